@@ -1,0 +1,303 @@
+"""One small adapter per runtime, all with the same methods, so every backend is timed alike.
+
+Libraries are imported in ``load()``, never at module import, so the runner can list the backends
+(and print their notes) without paying for, or depending on, any of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import multiprocessing
+import multiprocessing.pool
+import os
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks import tasks
+
+# Long enough that one warm-up task per CPU overlaps the others, so each lands on its own worker.
+WARM_TASK_SECONDS = 0.2
+
+
+class Backend(abc.ABC):
+    """The operations every workload needs; a subclass maps each onto its runtime's own API."""
+
+    name = ""
+    in_stdlib = False  # nothing to import: the import row shows n/a instead of a meaningless ~0 s
+    note = ""  # how this backend's operations are done, printed under the results table
+
+    def __init__(self) -> None:
+        self.num_cpus = 0
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Import the library; timed apart from start: a process pays it once, not per cluster."""
+
+    @abc.abstractmethod
+    def start(self, num_cpus: int) -> None:
+        """Start a local cluster or pool with ``num_cpus`` workers and connect to it."""
+
+    @abc.abstractmethod
+    def noop_sync(self) -> None:
+        """Run one no-op task and wait for its result: the synchronous round trip."""
+
+    @abc.abstractmethod
+    def run_concurrently(self, seconds: float, count: int) -> list[int]:
+        """Run ``count`` sleep tasks at once and return their worker PIDs (wakes every worker)."""
+
+    @abc.abstractmethod
+    def submit_many(self, n: int) -> Any:
+        """Submit ``n`` no-op tasks without waiting and return whatever ``get_all`` needs."""
+
+    @abc.abstractmethod
+    def get_all(self, handles: Any) -> list[Any]:
+        """Wait for every task that ``submit_many`` submitted and return their results."""
+
+    @abc.abstractmethod
+    def put(self, arr: np.ndarray) -> Any:
+        """Store ``arr`` where tasks could use it and return a handle to it."""
+
+    @abc.abstractmethod
+    def get(self, handle: Any) -> np.ndarray:
+        """Fetch the array behind ``handle`` into this process, as cheaply as the runtime allows."""
+
+    def free(self, handle: Any) -> None:  # noqa: B027 - optional hook: most runtimes free by refcount
+        """Release what reference counting does not (the caller drops its references after this)."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Stop the cluster or pool that ``start`` made."""
+
+    def process_tree_pids(self) -> list[int]:
+        """This driver and every process under it: what the machine pays for this runtime."""
+        me = psutil.Process()
+        return [me.pid, *(child.pid for child in me.children(recursive=True))]
+
+    def warm_workers(self) -> int:
+        """Make every worker live (some start lazily); return how many distinct workers ran."""
+        return len(set(self.run_concurrently(WARM_TASK_SECONDS, self.num_cpus)))
+
+
+class RayApiBackend(Backend):
+    """A runtime with Ray's core API (init, remote, get, put, shutdown): Ray and rayjupyter."""
+
+    module_name = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._api: Any = None
+        self._noop: Any = None
+        self._sleep_pid: Any = None
+
+    def load(self) -> None:
+        """Import the module that provides the Ray API."""
+        self._api = importlib.import_module(self.module_name)
+
+    def start(self, num_cpus: int) -> None:
+        """Start a local cluster the way a user would: ``init(num_cpus=...)`` and ``@remote``."""
+        self.num_cpus = num_cpus
+        self._api.init(num_cpus=num_cpus)
+        self._noop = self._api.remote(tasks.noop)
+        self._sleep_pid = self._api.remote(tasks.sleep_pid)
+
+    def noop_sync(self) -> None:
+        """``get(f.remote())``."""
+        self._api.get(self._noop.remote())
+
+    def run_concurrently(self, seconds: float, count: int) -> list[int]:
+        """Submit ``count`` sleep tasks, then get them all."""
+        return list(self._api.get([self._sleep_pid.remote(seconds) for _ in range(count)]))
+
+    def submit_many(self, n: int) -> Any:
+        """``[f.remote() for _ in range(n)]``."""
+        return [self._noop.remote() for _ in range(n)]
+
+    def get_all(self, handles: Any) -> list[Any]:
+        """``get(refs)`` in one call."""
+        return list(self._api.get(handles))
+
+    def put(self, arr: np.ndarray) -> Any:
+        """``put(arr)``: one copy into the shared-memory object store."""
+        return self._api.put(arr)
+
+    def get(self, handle: Any) -> np.ndarray:
+        """``get(ref)``: zero-copy when the store maps the object read-only into this process."""
+        result: np.ndarray = self._api.get(handle)
+        return result
+
+    def shutdown(self) -> None:
+        """``shutdown()``."""
+        self._api.shutdown()
+
+
+class RayJupyterBackend(RayApiBackend):
+    """rayjupyter through its Ray-compatible API: the runtime under test."""
+
+    name = "rayjupyter"
+    module_name = "rayjupyter"
+    note = "rayjupyter: rj.init(num_cpus=2); put/get = rj.put/rj.get."
+
+
+class RayBackend(RayApiBackend):
+    """Ray itself, with ``ray.init(num_cpus=...)`` defaults."""
+
+    name = "ray"
+    module_name = "ray"
+    note = "ray: ray.init(num_cpus=2) with its defaults; put/get = ray.put/ray.get."
+
+
+class DaskBackend(Backend):
+    """Dask distributed on a LocalCluster of single-threaded processes: the closest to a pool."""
+
+    name = "dask"
+    note = (
+        "dask: LocalCluster(n_workers=2, threads_per_worker=1, processes=True); tasks = "
+        "client.submit(pure=False) + gather; put = client.scatter(hash=False) (one copy to a "
+        "worker over TCP), get = future.result() (a copy back)."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._distributed: Any = None
+        self._cluster: Any = None
+        self._client: Any = None
+
+    def load(self) -> None:
+        """Import dask.distributed."""
+        self._distributed = importlib.import_module("distributed")
+
+    def start(self, num_cpus: int) -> None:
+        """Start a LocalCluster of processes and connect a Client to it."""
+        self.num_cpus = num_cpus
+        self._cluster = self._distributed.LocalCluster(
+            n_workers=num_cpus, threads_per_worker=1, processes=True
+        )
+        self._client = self._distributed.Client(self._cluster)
+
+    def noop_sync(self) -> None:
+        """``submit(f, pure=False).result()``; pure=False, or identical calls are deduplicated."""
+        self._client.submit(tasks.noop, pure=False).result()
+
+    def run_concurrently(self, seconds: float, count: int) -> list[int]:
+        """Submit ``count`` sleep tasks, then gather them."""
+        futures = [self._client.submit(tasks.sleep_pid, seconds, pure=False) for _ in range(count)]
+        return list(self._client.gather(futures))
+
+    def submit_many(self, n: int) -> Any:
+        """``[submit(f, pure=False) for _ in range(n)]``."""
+        return [self._client.submit(tasks.noop, pure=False) for _ in range(n)]
+
+    def get_all(self, handles: Any) -> list[Any]:
+        """``gather(futures)`` in one call."""
+        return list(self._client.gather(handles))
+
+    def put(self, arr: np.ndarray) -> Any:
+        """``scatter(arr, hash=False)``: hashing would add a pass over 1 GB and dedupe repeats."""
+        return self._client.scatter(arr, hash=False)
+
+    def get(self, handle: Any) -> np.ndarray:
+        """``future.result()``: the array travels back from the worker."""
+        result: np.ndarray = handle.result()
+        return result
+
+    def shutdown(self) -> None:
+        """Close the client, then the cluster."""
+        self._client.close()
+        self._cluster.close()
+
+
+class MultiprocessingBackend(Backend):
+    """A plain ``multiprocessing.Pool``: the floor a local runtime is measured against."""
+
+    name = "mp"
+    in_stdlib = True
+    note = (
+        "mp: multiprocessing.Pool(2), apply for sync, apply_async for async; it has no object "
+        "store, so put = copy into a new multiprocessing.shared_memory segment and get = copy "
+        "out of it (not zero-copy)."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool: multiprocessing.pool.Pool | None = None
+
+    def load(self) -> None:
+        """Nothing to import beyond the standard library."""
+
+    @property
+    def pool(self) -> multiprocessing.pool.Pool:
+        """The running pool; a clear error if a workload runs before ``start``."""
+        if self._pool is None:
+            raise RuntimeError("the multiprocessing pool is not started; call start() first")
+        return self._pool
+
+    def start(self, num_cpus: int) -> None:
+        """``Pool(num_cpus)`` with the platform's default start method."""
+        self.num_cpus = num_cpus
+        self._pool = multiprocessing.Pool(num_cpus)
+
+    def noop_sync(self) -> None:
+        """``pool.apply(f)``."""
+        self.pool.apply(tasks.noop)
+
+    def run_concurrently(self, seconds: float, count: int) -> list[int]:
+        """``apply_async`` ``count`` sleep tasks, then get them."""
+        results = [self.pool.apply_async(tasks.sleep_pid, (seconds,)) for _ in range(count)]
+        return [r.get() for r in results]
+
+    def submit_many(self, n: int) -> Any:
+        """``[pool.apply_async(f) for _ in range(n)]``."""
+        return [self.pool.apply_async(tasks.noop) for _ in range(n)]
+
+    def get_all(self, handles: Any) -> list[Any]:
+        """``[r.get() for r in results]``."""
+        return [r.get() for r in handles]
+
+    def put(self, arr: np.ndarray) -> Any:
+        """Copy ``arr`` into a fresh shared-memory segment another process could attach to."""
+        segment = shared_memory.SharedMemory(create=True, size=max(arr.nbytes, 1))
+        view: np.ndarray = np.ndarray(arr.shape, dtype=arr.dtype, buffer=segment.buf)
+        view[...] = arr
+        del view  # a live view would stop the segment from closing
+        return segment, arr.shape, arr.dtype
+
+    def get(self, handle: Any) -> np.ndarray:
+        """Copy the array out of its segment, so the result outlives the segment."""
+        segment, shape, dtype = handle
+        view: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=segment.buf)
+        result: np.ndarray = view.copy()
+        del view
+        return result
+
+    def free(self, handle: Any) -> None:
+        """Close and unlink the segment: shared memory is not reference counted across processes."""
+        segment = handle[0]
+        segment.close()
+        segment.unlink()
+
+    def shutdown(self) -> None:
+        """``pool.close(); pool.join()``: a graceful stop, like the other backends' shutdown."""
+        self.pool.close()
+        self.pool.join()
+        self._pool = None
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (RayJupyterBackend, RayBackend, DaskBackend, MultiprocessingBackend)
+}
+PEERS = ("ray", "dask", "mp")
+# What must import for a peer to run.
+PEER_MODULES = {"ray": "ray", "dask": "distributed", "mp": "multiprocessing"}
+
+
+def helper_pids() -> set[int]:
+    """PIDs of helpers that live as long as the process, not the runtime (mp's resource tracker)."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    pid = getattr(tracker, "_pid", None)
+    return {pid} if isinstance(pid, int) and pid != os.getpid() else set()

@@ -1,0 +1,133 @@
+"""Run each backend in a fresh child process, one at a time, repeated; clean up what it leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STDERR_TAIL_LINES = 15  # how much of a failed child's log goes into its reason
+# A child's helpers (multiprocessing's resource tracker) may take a moment to exit after it.
+LEFTOVER_GRACE_S = 5.0
+
+
+def run_all(
+    names: list[str], size: str, repeat: int, timeout_s: float, num_cpus: int
+) -> dict[str, dict[str, Any]]:
+    """Rounds of one run per backend, interleaved so drift hits all alike; drop one that fails."""
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        results[name] = {"status": "ok", "runs": [], "errors": {}}
+    with tempfile.TemporaryDirectory(prefix="rj-bench-") as workdir:
+        for rep in range(1, repeat + 1):
+            for name in names:
+                if results[name]["status"] != "ok":
+                    continue
+                t0 = time.perf_counter()
+                run = run_child(name, size, timeout_s, num_cpus, Path(workdir))
+                took = time.perf_counter() - t0
+                why = f" ({run['unavailable']})" if "unavailable" in run else ""
+                _log(f"run {rep}/{repeat} {name}: {took:.1f} s{why}")
+                if "unavailable" in run:
+                    results[name]["status"] = f"unavailable: {run['unavailable']}"
+                    continue
+                results[name]["runs"].append(run)
+                results[name]["errors"].update(run.get("errors", {}))
+    return results
+
+
+def run_child(
+    name: str, size: str, timeout_s: float, num_cpus: int, workdir: Path
+) -> dict[str, Any]:
+    """One fresh ``python -m benchmarks.child``; a crash or timeout is recorded, never raised."""
+    out = workdir / f"{name}-{time.monotonic_ns()}.json"
+    log = out.with_suffix(".log")
+    cmd = [sys.executable, "-m", "benchmarks.child", name, "--size", size, "--out", str(out)]
+    cmd += ["--num-cpus", str(num_cpus), "--stack-dump-after", str(max(1.0, timeout_s - 5))]
+    with open(log, "wb") as log_file:
+        child = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=_child_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a timeout can kill all of it
+        )
+        try:
+            code = child.wait(timeout=timeout_s)
+            reason = None if code == 0 else f"benchmark process exited with code {code}"
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            reason = f"timed out after {timeout_s:.0f} s"
+    run: dict[str, Any] = {"metrics": {}, "errors": {}}
+    if out.exists():
+        run.update(json.loads(out.read_text(encoding="utf-8")))
+    leftovers = _kill_leftovers(run.get("processes", {}))
+    if leftovers:
+        run["errors"]["leftovers"] = f"{leftovers} process(es) outlived the run; killed"
+    if reason and "unavailable" not in run:
+        if "first_result_s" in run["metrics"]:  # it did start: keep what it measured, flag it
+            run["errors"]["process"] = f"{reason}; log tail: {_tail(log)}"
+        else:
+            run["unavailable"] = f"{reason}; log tail: {_tail(log)}"
+    return run
+
+
+def _child_env() -> dict[str, str]:
+    """The environment plus the repo on PYTHONPATH, so every runtime's workers import our tasks."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's own process group (a new session, so the group holds only its tree)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def _kill_leftovers(processes: dict[str, float]) -> int:
+    """SIGKILL recorded processes still alive a grace period after the child; spare reused PIDs."""
+    survivors = []
+    for pid_text, created in processes.items():
+        try:
+            proc = psutil.Process(int(pid_text))
+            if abs(proc.create_time() - created) <= 0.01:
+                survivors.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(survivors, timeout=LEFTOVER_GRACE_S)
+    killed = 0
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+                killed += 1
+        except psutil.NoSuchProcess:
+            continue
+    return killed
+
+
+def _tail(log: Path) -> str:
+    """The last lines of a child's output, folded into one line for a status cell's note."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-STDERR_TAIL_LINES:]) or "(empty log)"
+
+
+def _log(message: str) -> None:
+    """Progress goes to stderr, so stdout carries only the table."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""The engine: processes, protocol, scheduling and the object store. No Jupyter imports here."""

@@ -1,0 +1,311 @@
+"""The Ray core API for tasks and objects: init, shutdown, remote, get, put, wait and the
+cluster queries, over one process-wide connection."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+import psutil
+
+from rayjupyter.core import options as option_table
+from rayjupyter.core.client import Client
+from rayjupyter.core.exceptions import GetTimeoutError
+from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
+from rayjupyter.core.config import SECRET_ENV, NodeConfig
+from rayjupyter.core.object_ref import ObjectRef, reference_counter
+from rayjupyter.core.remote_function import RemoteFunction, put_serialized
+from rayjupyter.core.serialization import serialize
+
+ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
+ADDRESS_SCHEME = "rayjupyter://"
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"client": None, "cluster": None, "context": None}
+
+
+class ClusterContext:
+    """What ``init`` returns: where the cluster is, and how another process can attach.
+
+    Usable as a context manager that shuts down on exit, like Ray's ``RayContext``.
+    """
+
+    def __init__(self, address: str, secret: str, node_id: bytes, session: str, local: bool):
+        self.address_info = {
+            "address": address,
+            "node_id": node_id.hex(),
+            "session": session,
+        }
+        self.local = local
+        self._secret = secret
+        self.dashboard_url: str | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.address_info["address"])
+
+    @property
+    def connect_address(self) -> str:
+        """An address with the secret in it: ``rj.init(address=...)`` in another process."""
+        return f"{ADDRESS_SCHEME}{self._secret}@{self.address}"
+
+    def disconnect(self) -> None:
+        shutdown()
+
+    def __enter__(self) -> ClusterContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutdown()
+
+    def __repr__(self) -> str:
+        kind = "local cluster" if self.local else "cluster"
+        return f"ClusterContext({kind} at {self.address})"
+
+
+def _parse_address(address: str) -> tuple[str, str]:
+    """(host:port, secret) from "rayjupyter://SECRET@HOST:PORT" or "HOST:PORT" + env secret."""
+    if address.startswith(ADDRESS_SCHEME):
+        secret, _, hostport = address[len(ADDRESS_SCHEME) :].rpartition("@")
+    else:
+        hostport, secret = address, os.environ.get(SECRET_ENV, "")
+    if not secret:
+        raise ValueError(
+            f"No secret for the cluster at {address!r}: pass the address that init() printed "
+            f"(rayjupyter://SECRET@HOST:PORT) or set {SECRET_ENV}."
+        )
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Bad cluster address {address!r}: expected HOST:PORT")
+    return hostport, secret
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    ignore_reinit_error: bool = False,
+    **kwargs: Any,
+) -> ClusterContext:
+    """Start a local cluster owned by this process, or attach to one at ``address``."""
+    unknown = set(kwargs) - {"namespace", "log_to_driver", "include_dashboard", "runtime_env"}
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    with _lock:
+        if _state["client"] is not None:
+            if ignore_reinit_error:
+                return _state["context"]  # type: ignore[no-any-return]
+            raise RuntimeError(
+                "Maybe you called rj.init twice by accident? This process is already connected; "
+                "call rj.shutdown() first, or pass ignore_reinit_error=True."
+            )
+        address = address or os.environ.get(ADDRESS_ENV) or None
+        if address not in (None, "local"):
+            assert address is not None
+            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                    "object_store_memory must not be given: they are set where it was started."
+                )
+            hostport, secret = _parse_address(address)
+            client = Client(hostport, secret, kind="driver")
+            context = ClusterContext(hostport, secret, client.node_id, client.session, False)
+            _state.update(client=client, cluster=None, context=context)
+            return context
+        config = NodeConfig(
+            num_cpus=float(num_cpus if num_cpus is not None else (psutil.cpu_count() or 1)),
+            num_gpus=float(num_gpus or 0),
+            resources=dict(resources or {}),
+            object_store_memory=int(object_store_memory or default_object_store_memory()),
+            sys_path=[p or os.getcwd() for p in sys.path],
+        )
+        for key in ("CPU", "GPU"):
+            if key in config.resources:
+                raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
+        cluster = LocalCluster(config)
+        try:
+            client = Client(cluster.address, cluster.secret, kind="driver")
+        except BaseException:
+            cluster.stop()
+            raise
+        context = ClusterContext(cluster.address, cluster.secret, client.node_id, client.session, True)
+        _state.update(client=client, cluster=cluster, context=context)
+        return context
+
+
+def shutdown() -> None:
+    """Disconnect; a local cluster this process started stops with it."""
+    with _lock:
+        client: Client | None = _state["client"]
+        cluster: LocalCluster | None = _state["cluster"]
+        _state.update(client=None, cluster=None, context=None)
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.stop()
+        reference_counter.reset()
+
+
+def is_initialized() -> bool:
+    return _state["client"] is not None
+
+
+def _client() -> Client:
+    """The process's connection; like Ray, the first use without init starts a local cluster."""
+    client: Client | None = _state["client"]
+    if client is None:
+        with _lock:
+            if _state["client"] is None:
+                init()
+            client = _state["client"]
+    assert client is not None
+    return client
+
+
+def _set_worker_client(client: Client) -> None:
+    """A worker's connection, so tasks can call the API (nested tasks, get, put)."""
+    _state.update(client=client, cluster=None, context=None)
+
+
+# ------------------------------------------------------------------ remote
+
+
+@overload
+def remote(function_or_class: Callable[..., Any], /) -> RemoteFunction: ...
+@overload
+def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+def remote(*args: Any, **options: Any) -> Any:
+    """Turn a function into a remote function: ``@rj.remote`` or ``@rj.remote(num_cpus=2)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @rj.remote decorator must be applied either with no arguments and no "
+            "parentheses, for example '@rj.remote', or with options, for example "
+            "'@rj.remote(num_returns=2, resources={\"CustomResource\": 1})'."
+        )
+    option_table.validate_options(options, for_actor=False)
+    return lambda function: _make_remote(function, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> RemoteFunction:
+    if inspect.isclass(target):
+        raise TypeError(
+            f"@rj.remote on class {target.__name__!r}: actors are not available in this version "
+            f"yet; use a remote function."
+        )
+    if not callable(target):
+        raise TypeError(f"@rj.remote expects a function, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+
+
+# ------------------------------------------------------------------ objects
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the cluster's object store once; pass the ref to many tasks."""
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
+            "wrap it in a list: rj.put([ref])."
+        )
+    client = _client()
+    return put_serialized(client, serialize(value, what="the value passed to put()"))
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+
+
+def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The values behind refs, waiting for them; a task's error is raised here."""
+    _check_timeout(timeout)
+    single = isinstance(object_refs, ObjectRef)
+    refs = [object_refs] if single else object_refs
+    if not isinstance(refs, list | tuple) or not all(isinstance(r, ObjectRef) for r in refs):
+        raise ValueError(
+            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, "
+            f"got {type(object_refs).__name__}."
+        )
+    client = _client()
+    infos = client.get_infos([ref.binary() for ref in refs], timeout)  # type: ignore[union-attr]
+    values = [client.materialize(info, timeout) for info in infos]
+    return values[0] if single else values
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into (ready, not_ready), both in input order, once num_returns are ready."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list | tuple):
+        raise TypeError(
+            f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}; "
+            f"wrap a single ref in a list."
+        )
+    if not all(isinstance(r, ObjectRef) for r in object_refs):
+        raise TypeError("wait() expected a list of ObjectRef; some items are not ObjectRefs.")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0 or num_returns > len(object_refs):
+        raise ValueError(
+            f"num_returns must be between 1 and the number of refs ({len(object_refs)}), "
+            f"got {num_returns}."
+        )
+    _check_timeout(timeout)
+    client = _client()
+    object_ids = [ref.binary() for ref in object_refs]
+    client.wait_objects(object_ids, num_returns, timeout)
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
+    for ref in object_refs:
+        if len(ready) < num_returns and ref.binary() in client.objects:
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
+
+
+# ------------------------------------------------------------------ cluster
+
+
+def cluster_resources() -> dict[str, float]:
+    """Everything the live nodes have."""
+    return dict(_client().request("cluster_resources"))
+
+
+def available_resources() -> dict[str, float]:
+    """What is free right now; fully used resources are left out, as in Ray."""
+    return dict(_client().request("available_resources"))
+
+
+def nodes() -> list[dict[str, Any]]:
+    """One row per node, shaped like ``ray.nodes()``."""
+    return list(_client().request("nodes"))
+
+
+__all__ = [
+    "ClusterContext",
+    "GetTimeoutError",
+    "available_resources",
+    "cluster_resources",
+    "get",
+    "init",
+    "is_initialized",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

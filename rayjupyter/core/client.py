@@ -1,0 +1,289 @@
+"""A process's connection to its node: used by drivers and workers alike.
+
+Two sockets (see protocol.py): the calling thread sends on ``tx`` under a lock, so a
+submit costs one send and no thread hop; an IO thread reads ``rx`` and files results,
+replies and (in workers) tasks, waking waiters through one condition variable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+
+from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ClusterConnectionError, GetTimeoutError, RayTaskError
+from rayjupyter.core.object_ref import reference_counter
+from rayjupyter.core.object_store import map_object, shm_path
+from rayjupyter.core.serialization import deserialize
+
+FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
+
+
+class Client:
+    """One process's view of the cluster: send messages, await objects and replies."""
+
+    def __init__(
+        self,
+        address: str,
+        secret: str,
+        *,
+        kind: str,
+        client_id: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.kind = kind
+        self.address = address
+        self.client_id = client_id or ids.new_client_id()
+        self.ids = ids.IdGenerator(self.client_id)
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.tx = self._socket(b"t", secret)
+        self.rx = self._socket(b"r", secret)
+        self._tx_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
+        self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
+        self._subscribed: set[bytes] = set()
+        self._replies: dict[int, Any] = {}
+        self._request_ids = itertools.count(1)
+        self._pins: deque[tuple[bool, bytes]] = deque()
+        self.sent_funcs: set[bytes] = set()
+        self.tasks: queue.SimpleQueue[P.ExecuteTask | None] = queue.SimpleQueue()
+        self._closed = False
+
+        welcome, rest = self._handshake(timeout)
+        self._handle(rest)
+        self.node_id = welcome.node_id
+        self.session = welcome.session
+        self.store_capacity = welcome.store_capacity
+        reference_counter.on_zero = self._forget
+        self._io_thread = threading.Thread(target=self._io_loop, name="rayjupyter-io", daemon=True)
+        self._io_thread.start()
+
+    def _socket(self, channel: bytes, secret: str) -> zmq.Socket[bytes]:
+        sock = self.context.socket(zmq.DEALER)
+        sock.routing_id = self.client_id + channel
+        sock.linger = 1000
+        sock.sndhwm = 0
+        sock.rcvhwm = 0
+        auth.secure_client(sock, secret)
+        sock.connect(f"tcp://{self.address}")
+        return sock
+
+    def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:
+        self.rx.send(protocol.dumps([P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION)]))
+        if not self.rx.poll(int(timeout * 1000)):
+            self.context.destroy(0)
+            raise ClusterConnectionError(
+                f"No answer from a rayjupyter node at {self.address} within {timeout:.0f} s: "
+                f"check that the cluster is running and that the address and secret are right."
+            )
+        welcome, *rest = protocol.loads(self.rx.recv())
+        if not isinstance(welcome, P.Welcome) or welcome.error:
+            self.context.destroy(0)
+            reason = welcome.error if isinstance(welcome, P.Welcome) else repr(welcome)
+            raise ClusterConnectionError(f"The node at {self.address} refused us: {reason}")
+        return welcome, rest
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, messages: list[Any]) -> None:
+        """Send a batch, preceded by any queued ref-count and pin changes (order matters)."""
+        with self._tx_lock:
+            if self._closed:
+                return
+            ops = reference_counter.drain()
+            pins = self._drain_pins()
+            if ops or pins:
+                head: list[Any] = []
+                if ops:
+                    head.append(P.RefOps(ops))
+                if pins:
+                    head.append(P.PinOps(pins))
+                messages = head + messages
+            if messages:
+                self.tx.send(protocol.dumps(messages))
+
+    def _drain_pins(self) -> tuple[tuple[bool, bytes], ...]:
+        pins: list[tuple[bool, bytes]] = []
+        while self._pins:
+            pins.append(self._pins.popleft())
+        return tuple(pins)
+
+    def submit(self, message: P.SubmitTask) -> None:
+        self._awaiting_push.update(message.return_ids)
+        self.send([message])
+
+    def put(self, object_id: bytes, inline: bytes | None, size: int, contained: tuple[bytes, ...]) -> None:
+        self.objects[object_id] = (object_id, inline, size, False)
+        self.send([P.PutObject(object_id, inline, size, contained)])
+
+    def request(self, what: str, timeout: float = 30.0) -> Any:
+        request_id = next(self._request_ids)
+        self.send([P.Request(request_id, what)])
+        with self._cond:
+            if not self._cond.wait_for(lambda: request_id in self._replies, timeout):
+                raise ClusterConnectionError(
+                    f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
+                )
+            value = self._replies.pop(request_id)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    # ------------------------------------------------------------------ waiting
+
+    def _request_missing(self, object_ids: list[bytes], restore: bool = False) -> None:
+        wanted = [
+            oid
+            for oid in object_ids
+            if oid not in self.objects
+            and (restore or (oid not in self._awaiting_push and oid not in self._subscribed))
+        ]
+        if wanted:
+            self._subscribed.update(wanted)
+            self.send([P.Subscribe(tuple(wanted), restore)])
+
+    def _blocked(self, blocked: bool) -> None:
+        if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
+            self.send([P.WorkerBlocked(blocked)])
+
+    def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
+        """Block until ``num_ready`` of the objects are available here; False on timeout."""
+        objects = self.objects
+
+        def enough() -> bool:
+            return sum(1 for oid in object_ids if oid in objects) >= num_ready
+
+        if enough():
+            return True
+        self._request_missing(object_ids)
+        self._blocked(True)
+        try:
+            with self._cond:
+                return self._cond.wait_for(enough, timeout)
+        finally:
+            self._blocked(False)
+
+    def get_infos(self, object_ids: list[bytes], timeout: float | None) -> list[P.ObjectInfo]:
+        if not self.wait_objects(object_ids, len(object_ids), timeout):
+            missing = sum(1 for oid in object_ids if oid not in self.objects)
+            raise GetTimeoutError(
+                f"Get timed out: {missing} of {len(object_ids)} object(s) not ready after "
+                f"{timeout} s."
+            )
+        return [self.objects[oid] for oid in object_ids]
+
+    def materialize(self, info: P.ObjectInfo, timeout: float | None = None) -> Any:
+        """The value behind an ObjectInfo: inline bytes decoded, shared memory mapped zero-copy."""
+        object_id, inline, _size, is_error = info
+        if is_error:
+            error = pickle.loads(inline or b"")
+            if isinstance(error, RayTaskError):
+                raise error.as_instanceof_cause()
+            raise error
+        if inline is not None:
+            return deserialize(inline)
+        path = shm_path(self.session, object_id)
+        for _ in range(3):
+            try:
+                view = map_object(path, on_release=lambda: self._pins.append((False, object_id)))
+            except FileNotFoundError:  # spilled to disk: ask the node to bring it back
+                self.objects.pop(object_id, None)
+                self._request_missing([object_id], restore=True)
+                self.get_infos([object_id], timeout)
+                continue
+            self._pins.append((True, object_id))
+            return deserialize(view)
+        raise FileNotFoundError(f"object {object_id.hex()} vanished from shared memory at {path}")
+
+    # ------------------------------------------------------------------ receiving
+
+    def _forget(self, object_id: bytes) -> None:
+        self.objects.pop(object_id, None)
+        self._subscribed.discard(object_id)
+        self._awaiting_push.discard(object_id)
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.rx, zmq.POLLIN)
+        last_flush = time.monotonic()
+        while not self._closed:
+            try:
+                events = poller.poll(int(FLUSH_INTERVAL_S * 1000))
+            except zmq.ZMQError:
+                return
+            if events:
+                self._drain_rx()
+            now = time.monotonic()
+            if (reference_counter.pending or self._pins) and now - last_flush >= FLUSH_INTERVAL_S:
+                last_flush = now
+                try:
+                    self.send([])
+                except zmq.ZMQError:
+                    return
+
+    def _drain_rx(self) -> None:
+        while True:
+            try:
+                frame = self.rx.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            self._handle(protocol.loads(frame))
+
+    def _handle(self, messages: list[Any]) -> None:
+        notify = False
+        for message in messages:
+            kind = type(message)
+            if kind is P.ObjectsReady:
+                for info in message.objects:
+                    oid = info[0]
+                    if reference_counter.count(oid) > 0:
+                        self.objects[oid] = info
+                    self._awaiting_push.discard(oid)
+                    self._subscribed.discard(oid)
+                notify = True
+            elif kind is P.ExecuteTask:
+                self.tasks.put(message)
+            elif kind is P.Reply:
+                self._replies[message.request_id] = message.value
+                notify = True
+            elif kind is P.LogLines:
+                stream = sys.stdout if message.stream == 1 else sys.stderr
+                stream.write(message.text)
+                stream.flush()
+        if notify:
+            with self._cond:
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Flush what is queued, stop the IO thread and close the sockets."""
+        if self._closed:
+            return
+        try:
+            self.send([])
+        except zmq.ZMQError:
+            pass
+        with self._tx_lock:
+            self._closed = True
+        if self._io_thread is not threading.current_thread():
+            self._io_thread.join(2.0)
+        self.tasks.put(None)
+        self.tx.close(linger=200)
+        self.rx.close(linger=0)
+        self.context.term()
+        if reference_counter.on_zero == self._forget:
+            reference_counter.on_zero = None

@@ -1,0 +1,25 @@
+"""How a node is configured and how its launcher hears from it; shared by both sides
+without importing the daemon itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+READY_LINE = "RAYJUPYTER_NODE_READY"
+SECRET_ENV = "RAYJUPYTER_SECRET"
+
+
+@dataclass
+class NodeConfig:
+    """How to start a node; passed as JSON on the command line."""
+
+    num_cpus: float
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int = 0
+    host: str = "127.0.0.1"
+    port: int = 0
+    session: str = ""
+    spill_dir: str = ""
+    sys_path: list[str] = field(default_factory=list)  # the driver's, so workers import alike
+    watch_stdin: bool = True  # exit when the owning driver's pipe closes

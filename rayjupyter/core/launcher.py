@@ -1,0 +1,104 @@
+"""Starting and stopping a local cluster owned by this process.
+
+The node daemon is a child in its own session (so Ctrl-C in a terminal reaches only the
+driver) whose stdin is a pipe from us: however this process ends, even by SIGKILL, the
+kernel closes the pipe and the node shuts its workers down and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from rayjupyter.core import auth
+from rayjupyter.core.exceptions import ClusterConnectionError
+from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+
+START_TIMEOUT_S = 60.0
+
+
+def default_object_store_memory() -> int:
+    """30% of RAM, as in Ray, but never more than /dev/shm can hold."""
+    memory = int(psutil.virtual_memory().total * 0.3)
+    try:
+        shm = os.statvfs("/dev/shm")
+        memory = min(memory, int(shm.f_bavail * shm.f_frsize * 0.8))
+    except OSError:
+        pass
+    return memory
+
+
+class LocalCluster:
+    """A node daemon (with the head's state) running as our child."""
+
+    def __init__(self, config: NodeConfig, timeout: float = START_TIMEOUT_S) -> None:
+        self.secret = auth.new_secret()
+        env = dict(os.environ)
+        env[SECRET_ENV] = self.secret
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        line = _read_line(self.process.stdout.fileno(), timeout)
+        self.process.stdout.close()
+        if not line.startswith(READY_LINE):
+            code = self.process.poll()
+            self.stop()
+            raise ClusterConnectionError(
+                f"The local cluster did not start (node exit code {code}); its error is printed "
+                f"above. Check that rayjupyter is installed in {sys.executable}."
+            )
+        _, port, self.session = line.split()
+        self.address = f"{config.host}:{port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the node's stdin (its signal to stop) and wait for it; kill it if it lingers."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    """The node's first stdout line, or "" if it exits or stays silent too long."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").split("\n", 1)[0]
+
+
+def spill_dir_for(session_hint: str) -> str:
+    return str(Path("/tmp") / "rayjupyter" / session_hint / "spill")

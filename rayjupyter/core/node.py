@@ -1,0 +1,692 @@
+"""The node daemon: one thread, one poll loop, owning scheduling, the worker pool, the
+object table and the shared-memory store of its machine.
+
+Everything arrives as events (a batch of messages, a worker's output, a worker's exit,
+the owning driver's stdin closing) and leaves as batched messages, one frame per client
+per loop turn. Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster
+secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command line.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import protocol as P
+from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
+from rayjupyter.core.head import HeadState, NodeInfo
+from rayjupyter.core.object_store import ObjectStore
+from rayjupyter.core.scheduler import (
+    ResourcePool,
+    Scheduler,
+    TaskRecord,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+)
+
+MAX_WORKERS = 256
+
+
+class ObjectEntry:
+    """One object in the node's table, from the task that will make it until it is freed."""
+
+    __slots__ = (
+        "contained",
+        "in_store",
+        "inline",
+        "is_error",
+        "ready",
+        "refs",
+        "size",
+        "subscribers",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.inline: bytes | None = None
+        self.size = 0
+        self.is_error = False
+        self.in_store = False  # the value is a file in shared memory (or spilled)
+        self.refs = 0  # holds: client refs, tasks using it, objects containing it
+        self.contained: tuple[bytes, ...] = ()
+        self.waiters: list[TaskRecord] = []
+        self.subscribers: set[bytes] = set()
+
+
+@dataclass
+class ClientInfo:
+    kind: str
+    pid: int
+
+
+@dataclass
+class WorkerPipes:
+    """A worker process's handles: its exit fd and its output pipes, read by the loop."""
+
+    process: subprocess.Popen[bytes]
+    pidfd: int
+    output_fds: list[int] = field(default_factory=list)
+    partial: dict[int, bytes] = field(default_factory=dict)
+
+
+class Node:
+    """The daemon's state and handlers; ``run`` is the loop."""
+
+    def __init__(self, config: NodeConfig, secret: str) -> None:
+        self.config = config
+        self.secret = secret
+        self.session = config.session or os.urandom(4).hex()
+        self.node_id = os.urandom(8)
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.authenticator = auth.start_authenticator(self.context, secret)
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.linger = 0
+        auth.secure_server(self.router)
+        if config.port:
+            self.router.bind(f"tcp://{config.host}:{config.port}")
+            self.port = config.port
+        else:
+            self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
+        self.address = f"{config.host}:{self.port}"
+
+        totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
+        totals.update({k: float(v) for k, v in config.resources.items()})
+        totals["object_store_memory"] = float(config.object_store_memory)
+        self.resources = ResourcePool(totals)
+        self.scheduler = Scheduler(self.resources)
+        spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
+        self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
+        self.head = HeadState()
+        self.head.register_node(NodeInfo(self.node_id, self.address, dict(self.resources.total)))
+
+        self.clients: dict[bytes, ClientInfo] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.pipes: dict[bytes, WorkerPipes] = {}
+        self._exiting: dict[bytes, WorkerPipes] = {}
+        self.tasks: dict[bytes, TaskRecord] = {}
+        self.objects: dict[bytes, ObjectEntry] = {}
+        self.funcs: dict[bytes, bytes] = {}
+        self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
+        self.outbox: dict[bytes, list[Any]] = {}
+        self.pool_size = max(1, int(config.num_cpus))
+        self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
+        self.running = True
+
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.fd_handlers: dict[int, Callable[[int], None]] = {}
+        if config.watch_stdin:
+            self._watch_fd(sys.stdin.fileno(), self._on_stdin)
+
+        self.handlers: dict[type, Callable[[bytes, Any], None]] = {
+            P.Hello: self.on_hello,
+            P.SubmitTask: self.on_submit,
+            P.PutObject: self.on_put,
+            P.RefOps: self.on_ref_ops,
+            P.PinOps: self.on_pin_ops,
+            P.Subscribe: self.on_subscribe,
+            P.TaskFinished: self.on_task_finished,
+            P.WorkerBlocked: self.on_worker_blocked,
+            P.Request: self.on_request,
+            P.StopCluster: self.on_stop,
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        for _ in range(self.pool_size):
+            self.spawn_worker()
+        print(f"{READY_LINE} {self.port} {self.session}", flush=True)
+        try:
+            while self.running:
+                events = self.poller.poll(1000)
+                for source, _ in events:
+                    if source is self.router:
+                        self._drain_router()
+                    else:
+                        self.fd_handlers[int(source)](int(source))
+                self.schedule()
+                self.flush()
+        finally:
+            self.shutdown()
+
+    def _drain_router(self) -> None:
+        router = self.router
+        for _ in range(10_000):
+            try:
+                identity, frame = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            client = identity[:-1]
+            for message in protocol.loads(frame):
+                self.handlers[type(message)](client, message)
+
+    def _watch_fd(self, fd: int, handler: Callable[[int], None]) -> None:
+        os.set_blocking(fd, False)
+        self.poller.register(fd, zmq.POLLIN)
+        self.fd_handlers[fd] = handler
+
+    def _unwatch_fd(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.fd_handlers[fd]
+        os.close(fd)
+
+    def _on_stdin(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:  # the owning driver is gone, however it died
+            self.running = False
+            self.poller.unregister(fd)
+            del self.fd_handlers[fd]
+
+    def send(self, client: bytes, message: Any) -> None:
+        self.outbox.setdefault(client, []).append(message)
+
+    def flush(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for client, messages in outbox.items():
+            try:
+                self.router.send_multipart(
+                    [client + b"r", protocol.dumps(messages)], zmq.NOBLOCK
+                )
+            except zmq.Again:  # a client that stopped reading: drop rather than stall the node
+                pass
+
+    def drivers(self) -> list[bytes]:
+        return [c for c, info in self.clients.items() if info.kind == "driver"]
+
+    # ------------------------------------------------------------------ workers
+
+    def spawn_worker(self) -> None:
+        client_id = ids.new_client_id()
+        env = dict(os.environ)
+        env.update(
+            {
+                SECRET_ENV: self.secret,
+                "RAYJUPYTER_NODE_ADDRESS": self.address,
+                "RAYJUPYTER_CLIENT_ID": client_id.hex(),
+                "RAYJUPYTER_SESSION": self.session,
+                "RAYJUPYTER_SYS_PATH": json.dumps(self.config.sys_path),
+                "RAYJUPYTER_PARENT_PID": str(os.getpid()),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rayjupyter.core.worker"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        worker = WorkerRecord(client_id=client_id, pid=process.pid)
+        pipes = WorkerPipes(process=process, pidfd=os.pidfd_open(process.pid))
+        self.workers[client_id] = worker
+        self.pipes[client_id] = pipes
+        assert process.stdout is not None and process.stderr is not None
+        for stream, pipe in ((1, process.stdout), (2, process.stderr)):
+            fd = os.dup(pipe.fileno())
+            pipe.close()
+            pipes.output_fds.append(fd)
+            self._watch_fd(fd, lambda fd, w=worker, s=stream: self._on_output(w, s, fd))
+        self.poller.register(pipes.pidfd, zmq.POLLIN)
+        self.fd_handlers[pipes.pidfd] = lambda fd, w=worker: self._on_worker_exit(w)
+
+    def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        pipes = self.pipes.get(worker.client_id) or self._exiting.get(worker.client_id)
+        if not data:
+            self._unwatch_fd(fd)
+            if pipes is not None and pipes.partial.get(stream):
+                self._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
+            return
+        if pipes is not None:
+            data = pipes.partial.pop(stream, b"") + data
+            complete, _, rest = data.rpartition(b"\n")
+            if rest:
+                pipes.partial[stream] = rest
+            if not complete:
+                return
+            data = complete + b"\n"
+        self._forward_output(worker, stream, data)
+
+    def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
+        name = worker.task.name if worker.task is not None else "worker"
+        prefix = f"({name} pid={worker.pid}) "
+        text = "".join(prefix + line + "\n" for line in data.decode(errors="replace").splitlines())
+        for driver in self.drivers():
+            self.send(driver, P.LogLines(stream, text))
+
+    def _on_worker_exit(self, worker: WorkerRecord) -> None:
+        pipes = self.pipes.pop(worker.client_id)
+        self._exiting[worker.client_id] = pipes
+        self.poller.unregister(pipes.pidfd)
+        del self.fd_handlers[pipes.pidfd]
+        os.close(pipes.pidfd)
+        returncode = pipes.process.wait()
+        for fd in pipes.output_fds:  # forward what is left before the pipes close
+            for _ in range(64):
+                if fd not in self.fd_handlers:
+                    break
+                self.fd_handlers[fd](fd)
+            if fd in self.fd_handlers:
+                self._unwatch_fd(fd)
+        del self._exiting[worker.client_id]
+        self.scheduler.forget_worker(worker)
+        task = worker.task
+        worker.transition(WorkerState.DEAD)
+        del self.workers[worker.client_id]
+        self.release_client(worker.client_id)
+        if task is not None and task.state is TaskState.RUNNING:
+            self._release_task_resources(task, worker)
+            self._unpin_deps(task)
+            task.attempt += 1
+            if task.retries_left():
+                task.transition(TaskState.READY)
+                self.scheduler.ready.appendleft(task)
+            else:
+                cause = f"exit code {returncode}" if returncode >= 0 else (
+                    f"killed by {signal.Signals(-returncode).name}"
+                )
+                error = WorkerCrashedError(
+                    f"The worker running task {task.name!r} died unexpectedly (pid "
+                    f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
+                    f"max_retries={task.max_retries} allows no more. Raise max_retries or "
+                    f"find why the process dies (out of memory, a segfault, os._exit)."
+                )
+                self.fail_task(task, pickle.dumps(error, protocol=5))
+        if self.running and self._live_workers() < self.pool_size:
+            self.spawn_worker()
+
+    def _live_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_hello(self, client: bytes, message: P.Hello) -> None:
+        error = ""
+        if message.version != protocol.PROTOCOL_VERSION:
+            error = (
+                f"protocol version {message.version} does not match the node's "
+                f"{protocol.PROTOCOL_VERSION}: install the same rayjupyter version on both sides"
+            )
+        else:
+            self.clients[client] = ClientInfo(message.kind, message.pid)
+            worker = self.workers.get(client)
+            if worker is not None and worker.state is WorkerState.STARTING:
+                worker.transition(WorkerState.IDLE)
+                self.scheduler.worker_idle(worker)
+        self.send(
+            client,
+            P.Welcome(self.node_id, self.session, self.config.object_store_memory, error),
+        )
+
+    def on_submit(self, client: bytes, message: P.SubmitTask) -> None:
+        if message.func_blob is not None:
+            self.funcs[message.func_id] = message.func_blob
+        task = TaskRecord(
+            task_id=message.task_id,
+            owner=client,
+            name=message.name,
+            func_id=message.func_id,
+            args_blob=message.args_blob,
+            deps=message.deps,
+            nested=message.nested,
+            return_ids=message.return_ids,
+            demand=message.resources,
+            max_retries=message.max_retries,
+            retry_exceptions=message.retry_exceptions,
+        )
+        self.tasks[task.task_id] = task
+        for object_id in message.return_ids:
+            self.objects[object_id] = ObjectEntry()
+            self.hold(client, object_id)
+        for object_id in message.nested:
+            self.incref(object_id)
+        failed_dep: bytes | None = None
+        for object_id in message.deps:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                failed_dep = pickle.dumps(
+                    ObjectLostError(
+                        f"Task {task.name!r} depends on object {object_id.hex()}, which no "
+                        f"longer exists (all its refs were dropped)."
+                    ),
+                    protocol=5,
+                )
+                continue
+            entry.refs += 1
+            if not entry.ready:
+                entry.waiters.append(task)
+                task.missing += 1
+            elif entry.is_error and failed_dep is None:
+                failed_dep = entry.inline
+        if failed_dep is not None:
+            self.fail_task(task, failed_dep)
+            return
+        if not self.resources.feasible(task.demand):
+            self._warn_infeasible(task)
+        if task.missing == 0:
+            self.scheduler.make_ready(task)
+
+    def _warn_infeasible(self, task: TaskRecord) -> None:
+        key = tuple(sorted(task.demand.items()))
+        if key in self.warned_infeasible:
+            return
+        self.warned_infeasible.add(key)
+        text = (
+            f"Warning: task {task.name!r} needs {task.demand}, more than this cluster has "
+            f"({self.head.cluster_resources()}); it waits until a node that can run it joins.\n"
+        )
+        for driver in self.drivers():
+            self.send(driver, P.LogLines(2, text))
+
+    def on_put(self, client: bytes, message: P.PutObject) -> None:
+        entry = ObjectEntry()
+        self.objects[message.object_id] = entry
+        self.hold(client, message.object_id)
+        self.set_ready(message.object_id, message.inline, message.size, False, message.contained)
+
+    def on_ref_ops(self, client: bytes, message: P.RefOps) -> None:
+        for add, object_id in message.ops:
+            if add:
+                if object_id in self.objects:
+                    self.hold(client, object_id)
+            else:
+                self.unhold(client, object_id)
+
+    def on_pin_ops(self, client: bytes, message: P.PinOps) -> None:
+        for pin, object_id in message.ops:
+            if not self.store.contains(object_id):
+                continue
+            if pin:
+                self.store.pin(object_id, client)
+            else:
+                self.store.unpin(object_id, client)
+
+    def on_subscribe(self, client: bytes, message: P.Subscribe) -> None:
+        for object_id in message.object_ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                error = ObjectLostError(
+                    f"Object {object_id.hex()} no longer exists: every ref to it was dropped "
+                    f"before this get."
+                )
+                blob = pickle.dumps(error, protocol=5)
+                self.send(client, P.ObjectsReady(((object_id, blob, len(blob), True),)))
+            elif entry.ready:
+                self.send(client, P.ObjectsReady((self.object_info(object_id, entry),)))
+            else:
+                entry.subscribers.add(client)
+
+    def on_task_finished(self, client: bytes, message: P.TaskFinished) -> None:
+        worker = self.workers[client]
+        task = self.tasks.get(message.task_id)
+        if task is None or worker.task is not task:
+            return
+        self._release_task_resources(task, worker)
+        self._unpin_deps(task)
+        worker.task = None
+        worker.transition(WorkerState.IDLE)
+        self.scheduler.worker_idle(worker)
+        if message.error is not None:
+            if message.retryable and task.retries_left():
+                task.attempt += 1
+                task.transition(TaskState.READY)
+                self.scheduler.ready.append(task)
+                return
+            self.fail_task(task, message.error)
+            return
+        task.transition(TaskState.FINISHED)
+        for object_id, inline, size, contained in message.results:
+            self.set_ready(object_id, inline, size, False, contained)
+        self._forget_task(task)
+
+    def on_worker_blocked(self, client: bytes, message: P.WorkerBlocked) -> None:
+        worker = self.workers.get(client)
+        if worker is None or worker.task is None:
+            return
+        if message.blocked and worker.state is WorkerState.BUSY:
+            worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
+            self.resources.release(worker.lent)
+            worker.transition(WorkerState.BLOCKED)
+        elif not message.blocked and worker.state is WorkerState.BLOCKED:
+            self.resources.acquire(worker.lent)  # may overcommit for a moment, as in Ray
+            worker.lent = {}
+            worker.transition(WorkerState.BUSY)
+
+    def on_request(self, client: bytes, message: P.Request) -> None:
+        value: Any
+        if message.what == "cluster_resources":
+            value = self.head.cluster_resources()
+        elif message.what == "available_resources":
+            value = {k: max(v, 0.0) for k, v in self.resources.available.items() if v > 1e-9}
+            value["object_store_memory"] = float(
+                max(self.config.object_store_memory - self.store.used_bytes, 0)
+            )
+        elif message.what == "nodes":
+            value = self.head.node_table()
+        elif message.what == "store_stats":
+            value = self.store.stats()
+        else:
+            value = ValueError(f"unknown request {message.what!r}")
+        self.send(client, P.Reply(message.request_id, value))
+
+    def on_stop(self, client: bytes, message: P.StopCluster) -> None:
+        self.running = False
+
+    # ------------------------------------------------------------------ objects
+
+    def hold(self, client: bytes, object_id: bytes) -> None:
+        counts = self.holds.setdefault(client, {})
+        counts[object_id] = counts.get(object_id, 0) + 1
+        self.incref(object_id)
+
+    def unhold(self, client: bytes, object_id: bytes) -> None:
+        counts = self.holds.get(client)
+        if counts is None or object_id not in counts:
+            return
+        if counts[object_id] <= 1:
+            del counts[object_id]
+        else:
+            counts[object_id] -= 1
+        self.decref(object_id)
+
+    def release_client(self, client: bytes) -> None:
+        """A client is gone: drop its holds and pins."""
+        self.clients.pop(client, None)
+        for object_id, count in self.holds.pop(client, {}).items():
+            for _ in range(count):
+                self.decref(object_id)
+        self.store.release_client(client)
+
+    def incref(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.refs += 1
+
+    def decref(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs <= 0 and entry.ready:
+            self.free(object_id, entry)
+
+    def free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        del self.objects[object_id]
+        if entry.in_store:
+            self.store.free(object_id)
+        for contained in entry.contained:
+            self.decref(contained)
+
+    def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
+        if entry.in_store:
+            self.store.restore(object_id)
+            self.store.touch(object_id)
+        return (object_id, entry.inline, entry.size, entry.is_error)
+
+    def set_ready(
+        self,
+        object_id: bytes,
+        inline: bytes | None,
+        size: int,
+        is_error: bool,
+        contained: tuple[bytes, ...],
+    ) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:  # made by a retried task whose first result was freed meanwhile
+            entry = self.objects[object_id] = ObjectEntry()
+        entry.ready = True
+        entry.inline = inline
+        entry.size = size
+        entry.is_error = is_error
+        if inline is None:
+            entry.in_store = True
+            self.store.add(object_id, size)
+        entry.contained = contained
+        for inner in contained:
+            self.incref(inner)
+        if entry.refs > 0:
+            info = (object_id, inline, size, is_error)
+            owner = ids.owner_of(object_id)
+            if owner in self.clients:
+                self.send(owner, P.ObjectsReady((info,)))
+            for subscriber in entry.subscribers:
+                if subscriber != owner:
+                    self.send(subscriber, P.ObjectsReady((info,)))
+        entry.subscribers = set()
+        waiters, entry.waiters = entry.waiters, []
+        for task in waiters:
+            if task.state is not TaskState.WAITING:
+                continue
+            if is_error:
+                self.fail_task(task, inline or b"")
+                continue
+            task.missing -= 1
+            if task.missing == 0:
+                self.scheduler.make_ready(task)
+        if entry.refs <= 0:
+            self.free(object_id, entry)
+
+    # ------------------------------------------------------------------ tasks
+
+    def fail_task(self, task: TaskRecord, error_blob: bytes) -> None:
+        """Every return value of the task becomes the error; dependents inherit it."""
+        task.transition(TaskState.FAILED)
+        for object_id in task.return_ids:
+            self.set_ready(object_id, error_blob, len(error_blob), True, ())
+        self._forget_task(task)
+
+    def _forget_task(self, task: TaskRecord) -> None:
+        del self.tasks[task.task_id]
+        for object_id in task.deps:
+            self.decref(object_id)
+        for object_id in task.nested:
+            self.decref(object_id)
+
+    def _release_task_resources(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        demand = dict(task.demand)
+        for key, value in worker.lent.items():
+            demand[key] = demand.get(key, 0.0) - value
+        worker.lent = {}
+        self.resources.release(demand)
+
+    def _unpin_deps(self, task: TaskRecord) -> None:
+        for object_id in task.deps:
+            if self.store.contains(object_id):
+                self.store.unpin(object_id, task.task_id)
+
+    def schedule(self) -> None:
+        assignments, needs_worker = self.scheduler.assignments()
+        for task, worker in assignments:
+            self.dispatch(task, worker)
+        if needs_worker and not any(
+            w.state is WorkerState.STARTING for w in self.workers.values()
+        ):
+            if len(self.workers) < MAX_WORKERS:
+                self.spawn_worker()
+
+    def dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        deps = []
+        for object_id in task.deps:
+            entry = self.objects[object_id]
+            if entry.in_store:
+                self.store.pin(object_id, task.task_id)
+            deps.append(self.object_info(object_id, entry))
+        func_blob = None
+        if task.func_id not in worker.known_funcs:
+            func_blob = self.funcs[task.func_id]
+            worker.known_funcs.add(task.func_id)
+        self.send(
+            worker.client_id,
+            P.ExecuteTask(
+                task.task_id,
+                task.func_id,
+                func_blob,
+                task.name,
+                task.args_blob,
+                tuple(deps),
+                task.return_ids,
+                task.retry_exceptions,
+                task.attempt,
+            ),
+        )
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        for pipes in self.pipes.values():
+            try:
+                pipes.process.kill()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        for pipes in self.pipes.values():
+            try:
+                pipes.process.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                pass
+        self.store.shutdown()
+        for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.router.close(0)
+        self.authenticator.stop()
+        self.context.term()
+
+
+def main() -> None:
+    config = NodeConfig(**json.loads(sys.argv[1]))
+    secret = os.environ.pop(SECRET_ENV, "")
+    if not secret:
+        raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
+    signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
+    node = Node(config, secret)
+    node.run()
+
+
+if __name__ == "__main__":
+    main()

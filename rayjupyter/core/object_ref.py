@@ -1,0 +1,105 @@
+"""ObjectRef, and the per-process reference counts that let the cluster free objects.
+
+Each process counts its live ObjectRefs per object id. Only the transitions matter to the
+node: the first ref in this process (0 -> 1) and the last one gone (1 -> 0). They are
+queued here, never sent from ``__del__`` (which may run inside a send, on any thread), and
+the client flushes the queue ahead of its next message, so the node sees them in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rayjupyter.core import serialization
+
+
+class ReferenceCounter:
+    """Live ObjectRefs per object id in this process, and the transitions to report."""
+
+    def __init__(self) -> None:
+        self._counts: dict[bytes, int] = {}
+        self._lock = threading.RLock()  # re-entrant: GC may run __del__ inside a locked section
+        self.pending: deque[tuple[bool, bytes]] = deque()
+        #: called with an id when its last ref in this process is gone (drops cached values)
+        self.on_zero: Callable[[bytes], None] | None = None
+
+    def add(self, object_id: bytes, *, report: bool = True) -> None:
+        with self._lock:
+            count = self._counts.get(object_id, 0)
+            self._counts[object_id] = count + 1
+            if count == 0 and report:
+                self.pending.append((True, object_id))
+
+    def remove(self, object_id: bytes) -> None:
+        with self._lock:
+            count = self._counts.get(object_id, 0)
+            if count <= 1:
+                self._counts.pop(object_id, None)
+                if count == 1:
+                    self.pending.append((False, object_id))
+                    if self.on_zero is not None:
+                        self.on_zero(object_id)
+            else:
+                self._counts[object_id] = count - 1
+
+    def count(self, object_id: bytes) -> int:
+        return self._counts.get(object_id, 0)
+
+    def drain(self) -> tuple[tuple[bool, bytes], ...]:
+        """Take the queued transitions, oldest first."""
+        ops: list[tuple[bool, bytes]] = []
+        pending = self.pending
+        while pending:
+            ops.append(pending.popleft())
+        return tuple(ops)
+
+    def reset(self) -> None:
+        """Forget everything (the cluster this process talked to is gone)."""
+        with self._lock:
+            self._counts.clear()
+            self.pending.clear()
+
+
+reference_counter = ReferenceCounter()
+
+
+class ObjectRef:
+    """A handle to a value in the cluster: pass it to tasks, ``get`` it, ``wait`` on it."""
+
+    __slots__ = ("__weakref__", "_id")
+
+    def __init__(self, object_id: bytes, *, _owned: bool = False) -> None:
+        self._id = object_id
+        # a ref made by submit or put is already held at the node on our behalf
+        reference_counter.add(object_id, report=not _owned)
+
+    def __del__(self) -> None:
+        try:
+            reference_counter.remove(self._id)
+        except Exception:  # noqa: S110 - interpreter shutdown; nothing left to tell
+            pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        serialization.record_contained_ref(self)
+        return (ObjectRef, (self._id,))
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> bytes:
+        return self._id[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"

@@ -1,0 +1,182 @@
+"""Every message between processes, defined once, and the framing that carries them.
+
+A zmq frame carries a pickled *list* of messages, so that a burst (a thousand submits, a
+hundred ref-count changes) costs one send. Messages are NamedTuples: they pickle by class
+reference and construct fast, which matters on the task hot path. Nothing here is
+unpickled before the connection has authenticated (see ``auth.py``).
+
+Sockets: every client (driver or worker) has two DEALER sockets to its node, ``tx`` (any
+thread sends, under a lock) and ``rx`` (read by the client's IO thread). Their zmq
+routing ids are ``client_id + b"t"`` and ``client_id + b"r"``, so the node knows both from
+the first frame and never needs a second handshake.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, NamedTuple
+
+PROTOCOL_VERSION = 1
+
+#: (object_id, inline payload or None when the value lives in shared memory, size in
+#: bytes, is_error). How a finished value travels to whoever needs it.
+ObjectInfo = tuple[bytes, "bytes | None", int, bool]
+
+
+# ---------------------------------------------------------------- client -> node
+
+
+class Hello(NamedTuple):
+    """First message on a client's rx socket; the node answers with ``Welcome``."""
+
+    kind: str  # "driver" or "worker"
+    pid: int  # the client's process id, for log prefixes and crash reports
+    version: int  # PROTOCOL_VERSION of the client
+
+
+class SubmitTask(NamedTuple):
+    """A task call: ``f.remote(*args)``. Implies the submitter holds every return id."""
+
+    task_id: bytes
+    func_id: bytes  # stable per RemoteFunction; the node caches the blob under it
+    func_blob: bytes | None  # cloudpickled function, sent once per connection
+    name: str  # the task's display name (function name or options(name=))
+    args_blob: bytes  # serialized (args, kwargs) with top-level refs replaced by markers
+    deps: tuple[bytes, ...]  # object ids of the top-level ref arguments, in marker order
+    nested: tuple[bytes, ...]  # object ids of refs inside containers, held for the task
+    return_ids: tuple[bytes, ...]  # one per num_returns
+    resources: dict[str, float]  # the demand: {"CPU": 1.0, ...}
+    max_retries: int  # retries after a worker crash (-1: forever)
+    retry_exceptions: bool | bytes  # True/False, or a pickled list of exception types
+
+
+class PutObject(NamedTuple):
+    """A value from ``rj.put``; implies the putter holds it."""
+
+    object_id: bytes
+    inline: bytes | None  # the serialized value, or None if written to shared memory
+    size: int
+    contained: tuple[bytes, ...]  # refs inside the value, held while it lives
+
+
+class RefOps(NamedTuple):
+    """Ordered reference-count changes: (True, id) on a local 0->1, (False, id) on 1->0."""
+
+    ops: tuple[tuple[bool, bytes], ...]
+
+
+class PinOps(NamedTuple):
+    """Ordered pin changes: a process mapped (True) or released (False) a shared object."""
+
+    ops: tuple[tuple[bool, bytes], ...]
+
+
+class Subscribe(NamedTuple):
+    """Ask for ``ObjectReady`` of objects this client did not submit (or lost track of)."""
+
+    object_ids: tuple[bytes, ...]
+    restore: bool  # the shared-memory file was gone: bring it back from the spill dir
+
+
+class TaskFinished(NamedTuple):
+    """A worker ran a task: its results, or the error for every return id."""
+
+    task_id: bytes
+    results: tuple[tuple[bytes, bytes | None, int, tuple[bytes, ...]], ...]
+    # (object_id, inline or None, size, contained refs) per return value
+    error: bytes | None  # a serialized RayTaskError when the task raised
+    retryable: bool  # the error matches retry_exceptions
+
+
+class WorkerBlocked(NamedTuple):
+    """A worker waits in get/wait: the node may lend its CPU to other tasks."""
+
+    blocked: bool
+
+
+class Request(NamedTuple):
+    """A query answered by ``Reply`` (cluster_resources, available_resources, nodes)."""
+
+    request_id: int
+    what: str
+
+
+class StopCluster(NamedTuple):
+    """The owning driver shuts its local cluster down."""
+
+
+# ---------------------------------------------------------------- node -> client
+
+
+class Welcome(NamedTuple):
+    """Answer to ``Hello``: what the client needs to know about its node."""
+
+    node_id: bytes
+    session: str  # names shared-memory files: /dev/shm/rj-<session>-<object id>
+    store_capacity: int  # object_store_memory in bytes
+    error: str  # non-empty when the client is refused (version mismatch)
+
+
+class ObjectsReady(NamedTuple):
+    """Values or locations of finished objects, pushed to owners and subscribers."""
+
+    objects: tuple[ObjectInfo, ...]
+
+
+class ExecuteTask(NamedTuple):
+    """Run a task on this worker."""
+
+    task_id: bytes
+    func_id: bytes
+    func_blob: bytes | None  # present the first time this worker sees func_id
+    name: str
+    args_blob: bytes
+    deps: tuple[ObjectInfo, ...]  # values of the top-level ref arguments, in marker order
+    return_ids: tuple[bytes, ...]
+    retry_exceptions: bool | bytes
+    attempt: int  # 0 for the first try
+
+
+class LogLines(NamedTuple):
+    """Output of workers, already prefixed with ``(task_name pid=N)``."""
+
+    stream: int  # 1 stdout, 2 stderr
+    text: str
+
+
+class Reply(NamedTuple):
+    """Answer to ``Request``."""
+
+    request_id: int
+    value: Any
+
+
+# ---------------------------------------------------------------- framing
+
+CLIENT_TO_NODE = (
+    Hello,
+    SubmitTask,
+    PutObject,
+    RefOps,
+    PinOps,
+    Subscribe,
+    TaskFinished,
+    WorkerBlocked,
+    Request,
+    StopCluster,
+)
+NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, LogLines, Reply)
+ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
+
+
+def dumps(messages: list[Any]) -> bytes:
+    """One frame for a batch of messages."""
+    return pickle.dumps(messages, protocol=5)
+
+
+def loads(frame: bytes) -> list[Any]:
+    """Decode a frame from an authenticated peer; anything but a list of messages is refused."""
+    messages = pickle.loads(frame)
+    if not isinstance(messages, list):
+        raise ValueError(f"malformed frame: expected a list of messages, got {type(messages)}")
+    return messages

@@ -1,0 +1,133 @@
+"""``@remote`` functions: options, function shipping and task submission."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from rayjupyter.core import options as option_table
+from rayjupyter.core import protocol as P
+from rayjupyter.core.client import Client
+from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.core.serialization import SerializedObject
+from rayjupyter.core.task_args import pack_args
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``.remote()``, tune with ``.options()``."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        options: dict[str, Any],
+        func_id: bytes | None = None,
+    ) -> None:
+        self._function = function
+        self._options = option_table.merge_options(
+            option_table.task_defaults(), options, for_actor=False
+        )
+        self._demand = option_table.resource_demand(self._options)
+        self._func_id = func_id or os.urandom(16)
+        self._blob: bytes | None = None
+        self._name = self._options["name"] or getattr(function, "__name__", "task")
+        retry = self._options["retry_exceptions"]
+        self._retry: bool | bytes = retry if isinstance(retry, bool) else cloudpickle.dumps(retry)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self._name}()', try '{self._name}.remote()'."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._function, self._options, self._func_id))
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with some options changed; the function itself is shipped once for both."""
+        merged = option_table.merge_options(self._options, options, for_actor=False)
+        copy = RemoteFunction(self._function, merged, self._func_id)
+        copy._blob = self._blob
+        return copy
+
+    def _function_blob(self) -> bytes:
+        if self._blob is None:
+            try:
+                self._blob = cloudpickle.dumps(self._function)
+            except Exception as exc:
+                raise SerializationError(
+                    f"Could not serialize the function {self._name!r}: {exc}. Something it "
+                    f"uses from its enclosing scope (a lock, a socket, an open file?) cannot be "
+                    f"pickled; create it inside the function instead."
+                ) from exc
+        return self._blob
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        from rayjupyter.core.api import _client
+
+        return submit(_client(), self, args, kwargs)
+
+
+def _rebuild(function: Callable[..., Any], options: dict[str, Any], func_id: bytes) -> RemoteFunction:
+    return RemoteFunction(function, options, func_id)
+
+
+def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
+    """Store an already serialized value; the ref returned is held at the node for us."""
+    from rayjupyter.core.exceptions import ObjectStoreFullError
+    from rayjupyter.core.object_store import shm_path, write_object
+    from rayjupyter.core.serialization import INLINE_THRESHOLD
+
+    object_id = client.ids.object_id(client.ids.task_id())
+    contained = tuple(ref.binary() for ref in sobj.contained_refs)
+    if sobj.nbytes <= INLINE_THRESHOLD:
+        client.put(object_id, sobj.to_bytes(), sobj.nbytes, contained)
+    else:
+        if client.store_capacity and sobj.nbytes > client.store_capacity:
+            raise ObjectStoreFullError(
+                f"Cannot put an object of {sobj.nbytes / 2**20:.1f} MiB: the object store holds "
+                f"{client.store_capacity / 2**20:.1f} MiB. Start the cluster with a larger "
+                f"object_store_memory."
+            )
+        size = write_object(shm_path(client.session, object_id), sobj)
+        client.put(object_id, None, size, contained)
+    return ObjectRef(object_id, _owned=True)
+
+
+def submit(client: Client, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
+    packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
+    task_id = client.ids.task_id()
+    num_returns: int = function._options["num_returns"]
+    return_ids = tuple(client.ids.object_id(task_id, i) for i in range(num_returns))
+    func_id = function._func_id
+    blob = None
+    if func_id not in client.sent_funcs:
+        blob = function._function_blob()
+        client.sent_funcs.add(func_id)
+    refs = [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+    client.submit(
+        P.SubmitTask(
+            task_id,
+            func_id,
+            blob,
+            function._name,
+            packed.blob,
+            packed.deps,
+            packed.nested,
+            return_ids,
+            function._demand,
+            function._options["max_retries"],
+            function._retry,
+        )
+    )
+    if num_returns == 1:
+        return refs[0]
+    if num_returns == 0:
+        return None
+    return refs

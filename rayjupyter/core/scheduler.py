@@ -1,0 +1,178 @@
+"""Task and worker states, their transitions, resources, and the choice of what runs next.
+
+No sockets or processes here: the node daemon feeds events in and acts on what comes out,
+so this logic is tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskState(enum.Enum):
+    WAITING = "waiting"  # for dependencies
+    READY = "ready"  # dependencies met, waiting for resources and a worker
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # process spawned, not yet connected
+    IDLE = "idle"
+    BUSY = "busy"
+    BLOCKED = "blocked"  # running a task that waits in get/wait; its CPU is lent out
+    DEAD = "dead"
+
+
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.WAITING: frozenset({TaskState.READY, TaskState.FAILED}),
+    TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FAILED}),
+    # RUNNING -> READY is a retry after a crash or a retryable exception
+    TaskState.RUNNING: frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.READY}),
+    TaskState.FINISHED: frozenset(),
+    TaskState.FAILED: frozenset(),
+}
+
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.DEAD}),
+    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.DEAD}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.BLOCKED, WorkerState.DEAD}),
+    WorkerState.BLOCKED: frozenset({WorkerState.BUSY, WorkerState.IDLE, WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the tables above do not allow: a bug in the node, never user error."""
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """Everything the node knows about one task, from submit until its results exist."""
+
+    task_id: bytes
+    owner: bytes  # client id of the submitter
+    name: str
+    func_id: bytes
+    args_blob: bytes
+    deps: tuple[bytes, ...]
+    nested: tuple[bytes, ...]
+    return_ids: tuple[bytes, ...]
+    demand: dict[str, float]
+    max_retries: int
+    retry_exceptions: bool | bytes
+    state: TaskState = TaskState.WAITING
+    missing: int = 0  # dependencies not yet available
+    attempt: int = 0
+    worker: bytes | None = None
+    history: list[TaskState] = field(default_factory=list)
+
+    def transition(self, new: TaskState) -> None:
+        if new not in TASK_TRANSITIONS[self.state]:
+            recent = " -> ".join(s.value for s in self.history[-5:])
+            raise InvalidTransition(
+                f"task {self.name!r} ({self.task_id.hex()}): {self.state.value} -> {new.value} "
+                f"is not allowed (recent: {recent or 'none'})"
+            )
+        self.history.append(self.state)
+        self.state = new
+
+    def retries_left(self) -> bool:
+        return self.max_retries < 0 or self.attempt < self.max_retries
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """A worker process in the pool."""
+
+    client_id: bytes
+    pid: int
+    state: WorkerState = WorkerState.STARTING
+    task: TaskRecord | None = None
+    known_funcs: set[bytes] = field(default_factory=set)
+    lent: dict[str, float] = field(default_factory=dict)  # resources given back while blocked
+    handle: Any = None  # the node's process handle (Popen), opaque here
+
+    def transition(self, new: WorkerState) -> None:
+        if new not in WORKER_TRANSITIONS[self.state]:
+            raise InvalidTransition(
+                f"worker pid={self.pid}: {self.state.value} -> {new.value} is not allowed"
+            )
+        self.state = new
+
+
+class ResourcePool:
+    """Total and available resources of one node; fractions allowed."""
+
+    def __init__(self, total: dict[str, float]) -> None:
+        self.total = {k: float(v) for k, v in total.items() if v > 0}
+        self.available = dict(self.total)
+
+    def feasible(self, demand: dict[str, float]) -> bool:
+        """Could this demand ever be met here, with nothing else running?"""
+        return all(self.total.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())
+
+    def fits(self, demand: dict[str, float]) -> bool:
+        return all(self.available.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())
+
+    def acquire(self, demand: dict[str, float]) -> None:
+        for k, v in demand.items():
+            self.available[k] = self.available.get(k, 0.0) - v
+
+    def release(self, demand: dict[str, float]) -> None:
+        for k, v in demand.items():
+            self.available[k] = self.available.get(k, 0.0) + v
+
+
+class Scheduler:
+    """FIFO among ready tasks, skipping those whose resources are busy (no head-of-line block)."""
+
+    def __init__(self, resources: ResourcePool) -> None:
+        self.resources = resources
+        self.ready: deque[TaskRecord] = deque()
+        self.idle: deque[WorkerRecord] = deque()
+
+    def make_ready(self, task: TaskRecord) -> None:
+        task.transition(TaskState.READY)
+        self.ready.append(task)
+
+    def worker_idle(self, worker: WorkerRecord) -> None:
+        self.idle.append(worker)
+
+    def forget_worker(self, worker: WorkerRecord) -> None:
+        if worker in self.idle:
+            self.idle.remove(worker)
+
+    def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], bool]:
+        """Pair ready tasks with idle workers; also say whether a task fits but lacks a worker."""
+        out: list[tuple[TaskRecord, WorkerRecord]] = []
+        skipped: list[TaskRecord] = []
+        needs_worker = False
+        ready = self.ready
+        while ready:
+            task = ready[0]
+            if task.state is not TaskState.READY:  # failed or cancelled while queued
+                ready.popleft()
+                continue
+            if not self.resources.fits(task.demand):
+                skipped.append(ready.popleft())
+                if len(skipped) > 64:  # bound the scan; the rest waits for a release
+                    break
+                continue
+            if not self.idle:
+                needs_worker = True
+                break
+            ready.popleft()
+            worker = self.idle.popleft()
+            self.resources.acquire(task.demand)
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            worker.transition(WorkerState.BUSY)
+            worker.task = task
+            out.append((task, worker))
+        ready.extendleft(reversed(skipped))
+        return out, needs_worker

@@ -1,0 +1,1 @@
+"""The head's web dashboard and its JSON API, started on demand."""

@@ -1,0 +1,35 @@
+"""Ray-compatible error types (`rayjupyter.exceptions`, as `ray.exceptions`)."""
+
+from rayjupyter.core.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ClusterConnectionError,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RayActorError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    SerializationError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+
+__all__ = [
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "ClusterConnectionError",
+    "GetTimeoutError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "OwnerDiedError",
+    "RayActorError",
+    "RayError",
+    "RaySystemError",
+    "RayTaskError",
+    "SerializationError",
+    "TaskCancelledError",
+    "WorkerCrashedError",
+]

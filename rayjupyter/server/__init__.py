@@ -1,0 +1,1 @@
+"""Jupyter server extension behind the JupyterLab side panel."""

@@ -1,0 +1,118 @@
+"""Fixtures that start real clusters and fail any test that leaves a process behind."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import pytest
+from helpers import assert_no_new_processes, child_pids
+
+
+@dataclass
+class _SharedCluster:
+    """The module-scoped cluster, if one is up: its process trees may outlive single tests."""
+
+    active: bool = False
+    roots: set[int] = field(default_factory=set)
+
+
+_SHARED = _SharedCluster()
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Adopt orphans: a process whose parent died re-parents to pytest, not to init.
+
+    Without this, a cluster left behind by a killed driver would escape the leak check.
+    A test that waits for such orphans to die should use helpers.wait_for_pids_gone,
+    which treats zombies as gone and reaps them.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _test_timeout(request: pytest.FixtureRequest) -> float | None:
+    """The pytest-timeout limit for this test: marker, then --timeout, then the ini value."""
+    marker = request.node.get_closest_marker("timeout")
+    value: Any = None
+    if marker is not None:
+        value = marker.args[0] if marker.args else marker.kwargs.get("timeout")
+    if value is None:
+        value = request.config.getoption("timeout", None)
+    if value is None:
+        value = request.config.getini("timeout")
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        return None
+    return timeout if timeout > 0 else None
+
+
+def _rayjupyter_initialized() -> bool:
+    rj = sys.modules.get("rayjupyter")
+    is_initialized = getattr(rj, "is_initialized", None)
+    return bool(is_initialized and is_initialized())
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test: dump stacks shortly before the timeout, and fail on leftover processes."""
+    timeout = _test_timeout(request)
+    stream = sys.__stderr__
+    if timeout is not None and stream is not None:
+        faulthandler.dump_traceback_later(timeout - min(5.0, timeout * 0.1), file=stream)
+    before = child_pids()
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    if not _SHARED.active and _rayjupyter_initialized():
+        import rayjupyter as rj
+
+        rj.shutdown()
+        assert_no_new_processes(before)
+        pytest.fail(
+            "the test left rayjupyter initialized: use the cluster fixture or rj.shutdown()"
+        )
+    assert_no_new_processes(before, ignore_roots=_SHARED.roots)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    """A fresh local 2-CPU cluster for one test, shut down (and leak-checked) after it."""
+    import rayjupyter as rj
+
+    ctx = rj.init(num_cpus=2)
+    try:
+        yield ctx
+    finally:
+        rj.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[Any]:
+    """One local 2-CPU cluster for a whole module of cheap tests.
+
+    Do not mix it with `cluster` in one module: there is one cluster per driver.
+    """
+    import rayjupyter as rj
+
+    before = child_pids()
+    direct_before = {proc.pid for proc in psutil.Process().children()}
+    ctx = rj.init(num_cpus=2)
+    _SHARED.roots = {proc.pid for proc in psutil.Process().children()} - direct_before
+    _SHARED.active = True
+    try:
+        yield ctx
+    finally:
+        _SHARED.active = False
+        _SHARED.roots = set()
+        rj.shutdown()
+        assert_no_new_processes(before)
