@@ -299,8 +299,7 @@ class Node:
         if task is not None and task.state is TaskState.RUNNING:
             self._release_task_resources(task, worker)
             self._unpin_deps(task)
-            task.attempt += 1
-            if task.retries_left():
+            if task.retry():
                 task.transition(TaskState.READY)
                 self.scheduler.ready.appendleft(task)
             else:
@@ -449,8 +448,7 @@ class Node:
         worker.transition(WorkerState.IDLE)
         self.scheduler.worker_idle(worker)
         if message.error is not None:
-            if message.retryable and task.retries_left():
-                task.attempt += 1
+            if message.retryable and task.retry():
                 task.transition(TaskState.READY)
                 self.scheduler.ready.append(task)
                 return
@@ -617,14 +615,12 @@ class Node:
                 self.store.unpin(object_id, task.task_id)
 
     def schedule(self) -> None:
-        assignments, needs_worker = self.scheduler.assignments()
+        assignments, unplaced = self.scheduler.assignments()
         for task, worker in assignments:
             self.dispatch(task, worker)
-        if needs_worker and not any(
-            w.state is WorkerState.STARTING for w in self.workers.values()
-        ):
-            if len(self.workers) < MAX_WORKERS:
-                self.spawn_worker()
+        starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+        for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
+            self.spawn_worker()
 
     def dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         deps = []

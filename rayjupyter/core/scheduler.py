@@ -7,6 +7,7 @@ so this logic is tested without starting anything.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +82,10 @@ class TaskRecord:
         self.history.append(self.state)
         self.state = new
 
-    def retries_left(self) -> bool:
-        return self.max_retries < 0 or self.attempt < self.max_retries
+    def retry(self) -> bool:
+        """Count a failed attempt; True if max_retries allows another (-1: always)."""
+        self.attempt += 1
+        return self.max_retries < 0 or self.attempt <= self.max_retries
 
 
 @dataclass(eq=False)
@@ -147,13 +150,12 @@ class Scheduler:
         if worker in self.idle:
             self.idle.remove(worker)
 
-    def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], bool]:
-        """Pair ready tasks with idle workers; also say whether a task fits but lacks a worker."""
+    def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], int]:
+        """Pair ready tasks with idle workers; also count tasks that fit but lack a worker."""
         out: list[tuple[TaskRecord, WorkerRecord]] = []
         skipped: list[TaskRecord] = []
-        needs_worker = False
         ready = self.ready
-        while ready:
+        while ready and self.idle:
             task = ready[0]
             if task.state is not TaskState.READY:  # failed or cancelled while queued
                 ready.popleft()
@@ -163,9 +165,6 @@ class Scheduler:
                 if len(skipped) > 64:  # bound the scan; the rest waits for a release
                     break
                 continue
-            if not self.idle:
-                needs_worker = True
-                break
             ready.popleft()
             worker = self.idle.popleft()
             self.resources.acquire(task.demand)
@@ -175,4 +174,17 @@ class Scheduler:
             worker.task = task
             out.append((task, worker))
         ready.extendleft(reversed(skipped))
-        return out, needs_worker
+        return out, self._unplaced() if ready and not self.idle else 0
+
+    def _unplaced(self, limit: int = 64) -> int:
+        """How many queued tasks the free resources could run now if there were workers."""
+        available = dict(self.resources.available)
+        count = 0
+        for task in itertools.islice(self.ready, limit):
+            if task.state is TaskState.READY and all(
+                available.get(k, 0.0) + 1e-9 >= v for k, v in task.demand.items()
+            ):
+                for k, v in task.demand.items():
+                    available[k] = available.get(k, 0.0) - v
+                count += 1
+        return count

@@ -1,0 +1,128 @@
+"""The shared-memory object store through the public API: zero-copy gets, freeing, spilling."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import wait_for_condition
+
+import rayjupyter as rj
+from rayjupyter.core.api import _client
+
+MiB = 2**20
+
+
+def _mapped_file(array: np.ndarray) -> str:
+    """The file backing the memory of an array, from /proc/self/maps ('' if anonymous)."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
+def _store_stats() -> dict[str, int]:
+    return dict(_client().request("store_stats"))
+
+
+@pytest.fixture
+def small_store_cluster():
+    rj.init(num_cpus=2, object_store_memory=300 * MiB)
+    yield
+    rj.shutdown()
+
+
+def test_get_of_400_mb_array_is_read_only_and_in_shared_memory(cluster):
+    array = np.arange(400 * MiB // 8, dtype=np.int64)
+    ref = rj.put(array)
+    out = rj.get(ref, timeout=60)
+    assert out.dtype == array.dtype and out.shape == array.shape
+    assert not out.flags.writeable
+    assert not out.flags.owndata
+    assert _mapped_file(out).startswith("/dev/shm/rj-")
+    assert out[12345] == 12345 and out[-1] == array[-1]
+    with pytest.raises(ValueError, match="read-only"):
+        out[0] = 1
+
+
+def test_large_task_result_and_arrow_table_are_zero_copy(cluster):
+    @rj.remote
+    def make(n):
+        return np.full(n, 7, dtype=np.uint8)
+
+    result = rj.get(make.remote(50 * MiB), timeout=60)
+    assert not result.flags.writeable and _mapped_file(result).startswith("/dev/shm/rj-")
+    assert int(result[:1000].sum()) == 7000
+
+    table = pa.table({"x": np.arange(1_000_000, dtype=np.int64)})
+    back = rj.get(rj.put(table), timeout=60)
+    assert back.equals(table)
+    column = back.column("x").chunk(0).to_numpy(zero_copy_only=True)
+    assert _mapped_file(column).startswith("/dev/shm/rj-")
+
+
+def test_task_reads_large_ref_argument_zero_copy(cluster):
+    @rj.remote
+    def inspect(array):
+        with open("/proc/self/maps") as maps:
+            address = array.__array_interface__["data"][0]
+            for line in maps:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                if start <= address < end:
+                    return float(array.sum()), line.split()[-1], array.flags.writeable
+        return None
+
+    array = np.ones(20 * MiB // 8)
+    total, path, writeable = rj.get(inspect.remote(rj.put(array)), timeout=60)
+    assert total == array.size and path.startswith("/dev/shm/rj-") and not writeable
+
+
+def test_memory_stays_flat_over_put_and_drop_cycles(cluster):
+    shm = os.statvfs("/dev/shm")
+    free_before = shm.f_bavail * shm.f_frsize
+    for i in range(20):
+        ref = rj.put(np.full(400 * MiB, i % 251, dtype=np.uint8))
+        assert rj.get(ref, timeout=60)[-1] == i % 251
+        del ref
+        # freed once the last ref is gone: the store empties and /dev/shm gets the space back
+        wait_for_condition(lambda: _store_stats()["used_bytes"] == 0, timeout=10)
+    shm = os.statvfs("/dev/shm")
+    assert free_before - shm.f_bavail * shm.f_frsize < 50 * MiB
+
+
+def test_full_store_spills_to_disk_and_reads_back_every_byte(small_store_cluster):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, 80 * MiB, dtype=np.uint8) for _ in range(6)]  # 480 MiB
+    refs = [rj.put(a) for a in arrays]
+    stats = _store_stats()
+    assert stats["used_bytes"] <= 300 * MiB
+    assert stats["spilled_bytes"] > 0
+    for array, ref in zip(arrays, refs):
+        back = rj.get(ref, timeout=60)
+        assert np.array_equal(back, array)
+        del back
+
+
+def test_put_larger_than_the_store_is_a_clear_error(small_store_cluster):
+    from rayjupyter.exceptions import ObjectStoreFullError
+
+    with pytest.raises(ObjectStoreFullError, match="object_store_memory"):
+        rj.put(np.zeros(400 * MiB, dtype=np.uint8))
+
+
+def test_objects_are_freed_when_refs_in_other_processes_go(cluster):
+    @rj.remote
+    def hold(items):
+        return len(items)
+
+    big = rj.put(np.zeros(10 * MiB, dtype=np.uint8))
+    assert rj.get(hold.remote([big]), timeout=30) == 1
+    assert _store_stats()["used_bytes"] >= 10 * MiB
+    del big
+    wait_for_condition(lambda: _store_stats()["used_bytes"] == 0, timeout=10)
