@@ -103,7 +103,7 @@ def test_full_store_spills_to_disk_and_reads_back_every_byte(small_store_cluster
     stats = _store_stats()
     assert stats["used_bytes"] <= 300 * MiB
     assert stats["spilled_bytes"] > 0
-    for array, ref in zip(arrays, refs):
+    for array, ref in zip(arrays, refs, strict=False):
         back = rj.get(ref, timeout=60)
         assert np.array_equal(back, array)
         del back

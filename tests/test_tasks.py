@@ -45,13 +45,13 @@ def test_seed_chain_and_tree_of_add():
 
     leaves = [rj.put(i) for i in range(16)]
     while len(leaves) > 1:
-        leaves = [add.remote(a, b) for a, b in zip(leaves[::2], leaves[1::2])]
+        leaves = [add.remote(a, b) for a, b in zip(leaves[::2], leaves[1::2], strict=False)]
     assert rj.get(leaves[0], timeout=30) == sum(range(16))
 
 
 def test_chain_of_1000_dependent_tasks():
     ref = add.remote(0, 0)
-    for i in range(1, 1000):
+    for _i in range(1, 1000):
         ref = add.remote(ref, 1)
     assert rj.get(ref, timeout=60) == 999
 

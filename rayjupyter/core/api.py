@@ -14,9 +14,9 @@ import psutil
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core.client import Client
+from rayjupyter.core.config import SECRET_ENV, NodeConfig
 from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
-from rayjupyter.core.config import SECRET_ENV, NodeConfig
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
 from rayjupyter.core.serialization import serialize
@@ -135,7 +135,9 @@ def init(
         except BaseException:
             cluster.stop()
             raise
-        context = ClusterContext(cluster.address, cluster.secret, client.node_id, client.session, True)
+        context = ClusterContext(
+            cluster.address, cluster.secret, client.node_id, client.session, True
+        )
         _state.update(client=client, cluster=cluster, context=context)
         return context
 

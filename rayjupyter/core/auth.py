@@ -20,7 +20,9 @@ def new_secret() -> str:
     return secrets.token_hex(16)
 
 
-def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], secret: str) -> ThreadAuthenticator:
+def start_authenticator(
+    context: zmq.Context[zmq.Socket[bytes]], secret: str
+) -> ThreadAuthenticator:
     """Start the ZAP handler that checks every incoming connection on this context."""
     authenticator = ThreadAuthenticator(context)
     authenticator.start()

@@ -7,6 +7,7 @@ replies and (in workers) tasks, waking waiters through one condition variable.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -123,7 +124,9 @@ class Client:
         self._awaiting_push.update(message.return_ids)
         self.send([message])
 
-    def put(self, object_id: bytes, inline: bytes | None, size: int, contained: tuple[bytes, ...]) -> None:
+    def put(
+        self, object_id: bytes, inline: bytes | None, size: int, contained: tuple[bytes, ...]
+    ) -> None:
         self.objects[object_id] = (object_id, inline, size, False)
         self.send([P.PutObject(object_id, inline, size, contained)])
 
@@ -273,10 +276,8 @@ class Client:
         """Flush what is queued, stop the IO thread and close the sockets."""
         if self._closed:
             return
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self.send([])
-        except zmq.ZMQError:
-            pass
         with self._tx_lock:
             self._closed = True
         if self._io_thread is not threading.current_thread():

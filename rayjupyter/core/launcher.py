@@ -7,6 +7,7 @@ kernel closes the pipe and the node shuts its workers down and exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -19,8 +20,8 @@ from pathlib import Path
 import psutil
 
 from rayjupyter.core import auth
-from rayjupyter.core.exceptions import ClusterConnectionError
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.exceptions import ClusterConnectionError
 
 START_TIMEOUT_S = 60.0
 
@@ -71,10 +72,8 @@ class LocalCluster:
     def stop(self, timeout: float = 10.0) -> None:
         """Close the node's stdin (its signal to stop) and wait for it; kill it if it lingers."""
         if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -9,6 +9,8 @@ secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command li
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import json
 import os
@@ -87,6 +89,20 @@ class WorkerPipes:
 class Node:
     """The daemon's state and handlers; ``run`` is the loop."""
 
+    #: which method handles each message a client may send
+    HANDLERS: dict[type, str] = {
+        P.Hello: "on_hello",
+        P.SubmitTask: "on_submit",
+        P.PutObject: "on_put",
+        P.RefOps: "on_ref_ops",
+        P.PinOps: "on_pin_ops",
+        P.Subscribe: "on_subscribe",
+        P.TaskFinished: "on_task_finished",
+        P.WorkerBlocked: "on_worker_blocked",
+        P.Request: "on_request",
+        P.StopCluster: "on_stop",
+    }
+
     def __init__(self, config: NodeConfig, secret: str) -> None:
         self.config = config
         self.secret = secret
@@ -96,6 +112,8 @@ class Node:
         self.authenticator = auth.start_authenticator(self.context, secret)
         self.router = self.context.socket(zmq.ROUTER)
         self.router.linger = 0
+        self.router.sndhwm = 0
+        self.router.rcvhwm = 0
         auth.secure_server(self.router)
         if config.port:
             self.router.bind(f"tcp://{config.host}:{config.port}")
@@ -134,16 +152,7 @@ class Node:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
-            P.Hello: self.on_hello,
-            P.SubmitTask: self.on_submit,
-            P.PutObject: self.on_put,
-            P.RefOps: self.on_ref_ops,
-            P.PinOps: self.on_pin_ops,
-            P.Subscribe: self.on_subscribe,
-            P.TaskFinished: self.on_task_finished,
-            P.WorkerBlocked: self.on_worker_blocked,
-            P.Request: self.on_request,
-            P.StopCluster: self.on_stop,
+            kind: getattr(self, name) for kind, name in self.HANDLERS.items()
         }
 
     # ------------------------------------------------------------------ loop
@@ -202,12 +211,8 @@ class Node:
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
         for client, messages in outbox.items():
-            try:
-                self.router.send_multipart(
-                    [client + b"r", protocol.dumps(messages)], zmq.NOBLOCK
-                )
-            except zmq.Again:  # a client that stopped reading: drop rather than stall the node
-                pass
+            # no high-water mark on the router: a slow reader queues, it never loses messages
+            self.router.send_multipart([client + b"r", protocol.dumps(messages)])
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
@@ -244,9 +249,9 @@ class Node:
             fd = os.dup(pipe.fileno())
             pipe.close()
             pipes.output_fds.append(fd)
-            self._watch_fd(fd, lambda fd, w=worker, s=stream: self._on_output(w, s, fd))
+            self._watch_fd(fd, functools.partial(self._on_output, worker, stream))
         self.poller.register(pipes.pidfd, zmq.POLLIN)
-        self.fd_handlers[pipes.pidfd] = lambda fd, w=worker: self._on_worker_exit(w)
+        self.fd_handlers[pipes.pidfd] = functools.partial(self._on_worker_exit, worker)
 
     def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> None:
         try:
@@ -276,7 +281,7 @@ class Node:
         for driver in self.drivers():
             self.send(driver, P.LogLines(stream, text))
 
-    def _on_worker_exit(self, worker: WorkerRecord) -> None:
+    def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
         pipes = self.pipes.pop(worker.client_id)
         self._exiting[worker.client_id] = pipes
         self.poller.unregister(pipes.pidfd)
@@ -303,8 +308,10 @@ class Node:
                 task.transition(TaskState.READY)
                 self.scheduler.ready.appendleft(task)
             else:
-                cause = f"exit code {returncode}" if returncode >= 0 else (
-                    f"killed by {signal.Signals(-returncode).name}"
+                cause = (
+                    f"exit code {returncode}"
+                    if returncode >= 0
+                    else (f"killed by {signal.Signals(-returncode).name}")
                 )
                 error = WorkerCrashedError(
                     f"The worker running task {task.name!r} died unexpectedly (pid "
@@ -652,22 +659,16 @@ class Node:
 
     def shutdown(self) -> None:
         for pipes in self.pipes.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 pipes.process.kill()
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
         for pipes in self.pipes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 pipes.process.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                pass
         self.store.shutdown()
         for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         self.router.close(0)
         self.authenticator.stop()
         self.context.term()

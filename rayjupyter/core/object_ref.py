@@ -8,6 +8,7 @@ the client flushes the queue ahead of its next message, so the node sees them in
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -77,10 +78,8 @@ class ObjectRef:
         reference_counter.add(object_id, report=not _owned)
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             reference_counter.remove(self._id)
-        except Exception:  # noqa: S110 - interpreter shutdown; nothing left to tell
-            pass
 
     def __reduce__(self) -> tuple[Any, ...]:
         serialization.record_contained_ref(self)

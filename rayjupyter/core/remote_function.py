@@ -73,7 +73,9 @@ class RemoteFunction:
         return submit(_client(), self, args, kwargs)
 
 
-def _rebuild(function: Callable[..., Any], options: dict[str, Any], func_id: bytes) -> RemoteFunction:
+def _rebuild(
+    function: Callable[..., Any], options: dict[str, Any], func_id: bytes
+) -> RemoteFunction:
     return RemoteFunction(function, options, func_id)
 
 
@@ -99,7 +101,9 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
     return ObjectRef(object_id, _owned=True)
 
 
-def submit(client: Client, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def submit(
+    client: Client, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
     packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
     task_id = client.ids.task_id()

@@ -15,9 +15,9 @@ from rayjupyter.core.serialization import INLINE_THRESHOLD, SerializedObject, se
 
 
 class DepMarker(NamedTuple):
-    """Stands in the argument tuple for the value of dependency number ``index``."""
+    """Stands in the argument tuple for the value of dependency number ``position``."""
 
-    index: int
+    position: int
 
 
 class PackedArgs(NamedTuple):
@@ -84,6 +84,8 @@ def unpack_args(
     """The call's (args, kwargs) with dependency markers replaced by their values."""
     args, kwargs = deserialize(blob)
     if dep_values:
-        args = tuple(dep_values[a.index] if type(a) is DepMarker else a for a in args)
-        kwargs = {k: dep_values[v.index] if type(v) is DepMarker else v for k, v in kwargs.items()}
+        args = tuple(dep_values[a.position] if type(a) is DepMarker else a for a in args)
+        kwargs = {
+            k: dep_values[v.position] if type(v) is DepMarker else v for k, v in kwargs.items()
+        }
     return args, kwargs

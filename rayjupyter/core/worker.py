@@ -7,6 +7,7 @@ stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -80,7 +81,7 @@ class TaskExecutor:
                     f"tuple or list of exactly {count} values."
                 )
             values = list(result)
-        out = []
+        out: list[tuple[bytes, bytes | None, int, tuple[bytes, ...]]] = []
         for object_id, value in zip(task.return_ids, values, strict=True):
             sobj = serialize(value, what=f"the return value of task {task.name!r}")
             contained = tuple(ref.binary() for ref in sobj.contained_refs)
@@ -111,10 +112,8 @@ def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     totals = rj.get([sum_primes.remote(2_000_000) for _ in range(8)])
-    print(f"8 x sum of primes below 2,000,000 = {totals[0]} each, in {time.perf_counter() - t0:.2f} s")
+    print(
+        f"8 x sum of primes below 2,000,000 = {totals[0]} each, in {time.perf_counter() - t0:.2f} s"
+    )
 
     rj.shutdown()
     print(f"done in {time.perf_counter() - started:.2f} s")

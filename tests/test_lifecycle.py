@@ -1,0 +1,158 @@
+"""Starting, attaching, stopping and securing local clusters, with real processes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import zmq
+from helpers import wait_for_condition, wait_for_pids_gone
+
+import rayjupyter as rj
+from rayjupyter.core import protocol
+
+
+def _tree(pid: int) -> set[int]:
+    import psutil
+
+    root = psutil.Process(pid)
+    return {pid} | {child.pid for child in root.children(recursive=True)}
+
+
+def test_init_shutdown_is_initialized_and_reinit(cluster):
+    assert rj.is_initialized()
+    with pytest.raises(RuntimeError, match="ignore_reinit_error"):
+        rj.init()
+    assert rj.init(ignore_reinit_error=True) is cluster
+    assert cluster.address.startswith("127.0.0.1:")
+
+
+def test_auto_init_on_first_use_and_shutdown_stops_everything():
+    assert not rj.is_initialized()
+
+    @rj.remote
+    def one():
+        return 1
+
+    assert rj.get(one.remote(), timeout=60) == 1  # started a local cluster on demand
+    assert rj.is_initialized()
+    context = rj.init(ignore_reinit_error=True)
+    session = context.address_info["session"]
+    rj.shutdown()
+    assert not rj.is_initialized()
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"rj-{session}-")]
+
+
+def test_init_options_set_the_cluster_resources():
+    rj.init(num_cpus=3, num_gpus=1, resources={"accelerator": 2}, object_store_memory=2**28)
+    try:
+        total = rj.cluster_resources()
+        assert total["CPU"] == 3 and total["GPU"] == 1 and total["accelerator"] == 2
+        assert total["object_store_memory"] == 2**28
+    finally:
+        rj.shutdown()
+
+
+def test_another_process_attaches_by_address(cluster, tmp_path):
+    ref = rj.put("shared through the cluster")
+    script = textwrap.dedent(
+        f"""
+        import rayjupyter as rj
+        rj.init(address={cluster.connect_address!r})
+
+        @rj.remote
+        def double(x):
+            return 2 * x
+
+        print(rj.get(double.remote(21), timeout=60), rj.cluster_resources()["CPU"])
+        rj.shutdown()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["42", "2.0"]
+    assert rj.get(ref, timeout=10) == "shared through the cluster"  # still up after it left
+
+
+def test_attach_without_secret_is_a_clear_error(cluster):
+    with pytest.raises(ValueError, match="secret"):
+        rj.core.api._parse_address(cluster.address)
+
+
+def test_connection_without_the_secret_is_refused_and_nothing_is_unpickled(cluster, tmp_path):
+    witness = tmp_path / "unpickled"
+    evil = pickle.dumps(_Evil(str(witness)), protocol=5)  # creates the witness if unpickled
+    stop = protocol.dumps([protocol.StopCluster()])  # would stop the cluster if served
+    host_port = cluster.address
+    context = zmq.Context()
+    sockets = []
+    try:
+        for password in (None, b"wrong-secret"):
+            sock = context.socket(zmq.DEALER)
+            sock.linger = 0
+            if password is not None:
+                sock.plain_username = b"rayjupyter"
+                sock.plain_password = password
+            sock.connect(f"tcp://{host_port}")
+            sock.send(evil)
+            sock.send(stop)
+            sockets.append(sock)
+        for sock in sockets:
+            assert not sock.poll(1500), "an unauthenticated peer got an answer"
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+    assert not witness.exists()
+
+    @rj.remote
+    def still_works():
+        return "ok"
+
+    assert rj.get(still_works.remote(), timeout=30) == "ok"
+
+
+class _Evil:
+    """Unpickling this runs code: touching the witness file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_local_cluster_dies_with_a_sigkilled_driver(tmp_path):
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        import rayjupyter as rj
+        rj.init(num_cpus=2)
+
+        @rj.remote
+        def pid():
+            return os.getpid()
+
+        rj.get([pid.remote() for _ in range(4)], timeout=60)
+        from rayjupyter.core.api import _state
+        print(_state["cluster"].pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        node_pid = int(driver.stdout.readline())
+        wait_for_condition(lambda: len(_tree(node_pid)) >= 3, timeout=30)  # node + 2 workers
+        cluster_pids = _tree(node_pid)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        driver.stdout.close()
+    wait_for_pids_gone(cluster_pids, timeout=10)
