@@ -10,8 +10,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-import psutil
-
 from rayjupyter.core import options as option_table
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig
@@ -120,7 +118,7 @@ def init(
             _state.update(client=client, cluster=None, context=context)
             return context
         config = NodeConfig(
-            num_cpus=float(num_cpus if num_cpus is not None else (psutil.cpu_count() or 1)),
+            num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
             num_gpus=float(num_gpus or 0),
             resources=dict(resources or {}),
             object_store_memory=int(object_store_memory or default_object_store_memory()),

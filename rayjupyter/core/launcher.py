@@ -15,9 +15,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
-
-import psutil
 
 from rayjupyter.core import auth
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
@@ -28,7 +25,7 @@ START_TIMEOUT_S = 60.0
 
 def default_object_store_memory() -> int:
     """30% of RAM, as in Ray, but never more than /dev/shm can hold."""
-    memory = int(psutil.virtual_memory().total * 0.3)
+    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3)
     try:
         shm = os.statvfs("/dev/shm")
         memory = min(memory, int(shm.f_bavail * shm.f_frsize * 0.8))
@@ -97,7 +94,3 @@ def _read_line(fd: int, timeout: float) -> str:
             break
         data += chunk
     return data.decode(errors="replace").split("\n", 1)[0]
-
-
-def spill_dir_for(session_hint: str) -> str:
-    return str(Path("/tmp") / "rayjupyter" / session_hint / "spill")

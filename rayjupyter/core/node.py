@@ -422,12 +422,10 @@ class Node:
 
     def on_pin_ops(self, client: bytes, message: P.PinOps) -> None:
         for pin, object_id in message.ops:
-            if not self.store.contains(object_id):
-                continue
-            if pin:
+            if not pin:
+                self.store.unpin(object_id, client)  # also for freed objects still mapped
+            elif self.store.contains(object_id):
                 self.store.pin(object_id, client)
-            else:
-                self.store.unpin(object_id, client)
 
     def on_subscribe(self, client: bytes, message: P.Subscribe) -> None:
         for object_id in message.object_ids:

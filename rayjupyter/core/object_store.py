@@ -33,8 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-import numpy as np
-
 from rayjupyter.core.serialization import SerializedObject
 
 __all__ = [
@@ -176,6 +174,8 @@ def map_object(path: str, on_release: Callable[[], None] | None = None) -> memor
     owner = _Mapping(address, size)
     finalizer = weakref.finalize(owner, _unmap, address, size, on_release)
     finalizer.atexit = False  # at exit the process is going away; do not message anyone
+    import numpy as np  # here, not at import: workers that never map anything start faster
+
     array = np.asarray(owner)  # base is owner: the mapping lives while any view does
     return array.data  # a memoryview whose exporter is the array
 
