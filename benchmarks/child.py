@@ -48,6 +48,7 @@ class Result:
         self.path = path
         self.data: dict[str, Any] = {"backend": backend, "metrics": {}, "errors": {}}
         self.data["processes"] = {}  # pid -> create time
+        self.data["load_avg_1m_at_start"] = os.getloadavg()[0]  # how busy the machine was
         self.save()
 
     def add(self, metrics: dict[str, Any]) -> None:

@@ -124,7 +124,7 @@ def _ratio(subject: dict[str, Any], peer: dict[str, Any], key: str) -> str:
     theirs = peer.get("summary", {}).get(key, {})
     if "median" not in mine or "median" not in theirs or not theirs["median"]:
         return ""
-    return f"{mine['median'] / theirs['median']:.2f}x"
+    return f"{_num(mine['median'] / theirs['median'])}x"
 
 
 def _num(value: float) -> str:

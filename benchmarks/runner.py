@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from benchmarks import procs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STDERR_TAIL_LINES = 15  # how much of a failed child's log goes into its reason
 # A child's helpers (multiprocessing's resource tracker) may take a moment to exit after it.
@@ -99,24 +101,22 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
 
 def _kill_leftovers(processes: dict[str, float]) -> int:
     """SIGKILL recorded processes still alive a grace period after the child; spare reused PIDs."""
-    survivors = []
-    for pid_text, created in processes.items():
-        try:
-            proc = psutil.Process(int(pid_text))
-            if abs(proc.create_time() - created) <= 0.01:
-                survivors.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(survivors, timeout=LEFTOVER_GRACE_S)
+    recorded = procs.processes(int(pid) for pid in processes)
+    same = [p for p in recorded if abs(_create_time(p) - processes[str(p.pid)]) <= 0.01]
     killed = 0
-    for proc in alive:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                proc.kill()
-                killed += 1
-        except psutil.NoSuchProcess:
-            continue
+    for proc in procs.wait_gone(same, LEFTOVER_GRACE_S):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+            killed += 1
     return killed
+
+
+def _create_time(proc: psutil.Process) -> float:
+    """Start time of ``proc``, or -1 when it is already gone."""
+    try:
+        return proc.create_time()
+    except psutil.NoSuchProcess:
+        return -1.0
 
 
 def _tail(log: Path) -> str:

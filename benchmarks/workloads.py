@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import psutil
 
+from benchmarks import procs
 from benchmarks.backends import Backend, helper_pids
 
 Metrics = dict[str, Any]
@@ -130,11 +130,11 @@ def put_get(backend: Backend, sizes: Sizes) -> Metrics:
 def time_shutdown(backend: Backend) -> Metrics:
     """Seconds from ``shutdown`` until every process of the tree exited: when memory is back."""
     skip = {os.getpid(), *helper_pids()}
-    procs = _processes(pid for pid in backend.process_tree_pids() if pid not in skip)
+    tree = procs.processes(pid for pid in backend.process_tree_pids() if pid not in skip)
     t0 = time.perf_counter()
     backend.shutdown()
     t1 = time.perf_counter()
-    leftovers = _wait_gone(procs, SHUTDOWN_LIMIT_S)
+    leftovers = procs.wait_gone(tree, SHUTDOWN_LIMIT_S)
     t2 = time.perf_counter()
     return {
         "shutdown_s": t2 - t0,
@@ -199,54 +199,11 @@ def shared_mapping_of(arr: np.ndarray) -> str | None:
 def _settled_tree_memory(backend: Backend) -> tuple[int, int, int, float]:
     """Sample until the tree's process count and RSS stop changing, so lazy helpers count."""
     t0 = time.perf_counter()
-    previous = _tree_memory(backend.process_tree_pids())
+    previous = procs.tree_memory(backend.process_tree_pids())
     while time.perf_counter() - t0 < SETTLE_LIMIT_S:
         time.sleep(SETTLE_INTERVAL_S)
-        current = _tree_memory(backend.process_tree_pids())
+        current = procs.tree_memory(backend.process_tree_pids())
         if current[2] == previous[2] and abs(current[0] - previous[0]) <= 0.01 * previous[0]:
             return (*current, time.perf_counter() - t0)
         previous = current
     return (*previous, time.perf_counter() - t0)
-
-
-def _tree_memory(pids: list[int]) -> tuple[int, int, int]:
-    """Summed RSS and PSS in bytes, and how many processes were measured (vanished ones skipped)."""
-    rss = pss = count = 0
-    for proc in _processes(pids):
-        try:
-            info = proc.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)  # PSS is Linux-only; RSS is the fallback
-        count += 1
-    return rss, pss, count
-
-
-def _processes(pids: Any) -> list[psutil.Process]:
-    """psutil handles for the PIDs that still exist."""
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    return procs
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """True while ``proc`` runs; a zombie has exited and only waits for its parent to reap it."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_gone(procs: list[psutil.Process], limit_s: float) -> list[psutil.Process]:
-    """Poll until every process has exited or ``limit_s`` passes; return the ones still alive."""
-    deadline = time.perf_counter() + limit_s
-    alive = [p for p in procs if _alive(p)]
-    while alive and time.perf_counter() < deadline:
-        time.sleep(0.005)
-        alive = [p for p in alive if _alive(p)]
-    return alive

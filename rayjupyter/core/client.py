@@ -77,7 +77,7 @@ class Client:
         sock.sndhwm = 0
         sock.rcvhwm = 0
         auth.secure_client(sock, secret)
-        sock.connect(f"tcp://{self.address}")
+        sock.connect(self.address if "://" in self.address else f"tcp://{self.address}")
         return sock
 
     def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:

@@ -15,17 +15,16 @@ import glob
 import json
 import os
 import pickle
+import shutil
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import auth, ids, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
@@ -39,6 +38,7 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.spawn import StartedProcess
 
 MAX_WORKERS = 256
 
@@ -80,7 +80,7 @@ class ClientInfo:
 class WorkerPipes:
     """A worker process's handles: its exit fd and its output pipes, read by the loop."""
 
-    process: subprocess.Popen[bytes]
+    pid: int
     pidfd: int
     output_fds: list[int] = field(default_factory=list)
     partial: dict[int, bytes] = field(default_factory=dict)
@@ -103,10 +103,16 @@ class Node:
         P.StopCluster: "on_stop",
     }
 
-    def __init__(self, config: NodeConfig, secret: str) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        secret: str,
+        preforked: list[tuple[bytes, StartedProcess]] = (),  # type: ignore[assignment]
+    ) -> None:
         self.config = config
         self.secret = secret
-        self.session = config.session or os.urandom(4).hex()
+        self.session = config.session
+        self.worker_endpoint = worker_endpoint(self.session)
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.authenticator = auth.start_authenticator(self.context, secret)
@@ -120,6 +126,7 @@ class Node:
             self.port = config.port
         else:
             self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
+        self.router.bind(self.worker_endpoint)  # local workers: a Unix socket, faster than tcp
         self.address = f"{config.host}:{self.port}"
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
@@ -147,19 +154,21 @@ class Node:
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
-        self.fd_handlers: dict[int, Callable[[int], None]] = {}
+        self.fd_handlers: dict[int, Callable[[int], object]] = {}
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
         }
+        for client_id, started in preforked:
+            self._adopt_worker(client_id, started)
+        for _ in range(self.pool_size - len(preforked)):
+            self.spawn_worker()
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        for _ in range(self.pool_size):
-            self.spawn_worker()
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
         try:
             while self.running:
@@ -185,7 +194,7 @@ class Node:
             for message in protocol.loads(frame):
                 self.handlers[type(message)](client, message)
 
-    def _watch_fd(self, fd: int, handler: Callable[[int], None]) -> None:
+    def _watch_fd(self, fd: int, handler: Callable[[int], object]) -> None:
         os.set_blocking(fd, False)
         self.poller.register(fd, zmq.POLLIN)
         self.fd_handlers[fd] = handler
@@ -221,58 +230,54 @@ class Node:
 
     def spawn_worker(self) -> None:
         client_id = ids.new_client_id()
-        env = dict(os.environ)
-        env.update(
-            {
-                SECRET_ENV: self.secret,
-                "RAYJUPYTER_NODE_ADDRESS": self.address,
-                "RAYJUPYTER_CLIENT_ID": client_id.hex(),
-                "RAYJUPYTER_SESSION": self.session,
-                "RAYJUPYTER_SYS_PATH": json.dumps(self.config.sys_path),
-                "RAYJUPYTER_PARENT_PID": str(os.getpid()),
-                "PYTHONUNBUFFERED": "1",
-            }
+        self._adopt_worker(
+            client_id,
+            spawn.spawn_worker(
+                worker_env(self.secret, self.session, self.config.sys_path, client_id)
+            ),
         )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rayjupyter.core.worker"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        worker = WorkerRecord(client_id=client_id, pid=process.pid)
-        pipes = WorkerPipes(process=process, pidfd=os.pidfd_open(process.pid))
+
+    def _adopt_worker(self, client_id: bytes, started: StartedProcess) -> None:
+        """Watch a started worker's output pipes and its exit."""
+        worker = WorkerRecord(client_id=client_id, pid=started.pid)
+        pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
         self.workers[client_id] = worker
         self.pipes[client_id] = pipes
-        assert process.stdout is not None and process.stderr is not None
-        for stream, pipe in ((1, process.stdout), (2, process.stderr)):
-            fd = os.dup(pipe.fileno())
-            pipe.close()
+        for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
             pipes.output_fds.append(fd)
             self._watch_fd(fd, functools.partial(self._on_output, worker, stream))
         self.poller.register(pipes.pidfd, zmq.POLLIN)
         self.fd_handlers[pipes.pidfd] = functools.partial(self._on_worker_exit, worker)
 
-    def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> None:
+    def _drain_output(self, pipes: WorkerPipes) -> None:
+        """Forward everything a worker has written so far (its pipes are non-blocking)."""
+        for fd in pipes.output_fds:
+            for _ in range(64):
+                if fd not in self.fd_handlers or not self.fd_handlers[fd](fd):
+                    break
+
+    def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> bool:
+        """Read once from a worker's pipe; False when there was nothing to read."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return False
         pipes = self.pipes.get(worker.client_id) or self._exiting.get(worker.client_id)
         if not data:
             self._unwatch_fd(fd)
             if pipes is not None and pipes.partial.get(stream):
                 self._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
-            return
+            return False
         if pipes is not None:
             data = pipes.partial.pop(stream, b"") + data
             complete, _, rest = data.rpartition(b"\n")
             if rest:
                 pipes.partial[stream] = rest
             if not complete:
-                return
+                return True
             data = complete + b"\n"
         self._forward_output(worker, stream, data)
+        return True
 
     def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
         name = worker.task.name if worker.task is not None else "worker"
@@ -287,12 +292,9 @@ class Node:
         self.poller.unregister(pipes.pidfd)
         del self.fd_handlers[pipes.pidfd]
         os.close(pipes.pidfd)
-        returncode = pipes.process.wait()
-        for fd in pipes.output_fds:  # forward what is left before the pipes close
-            for _ in range(64):
-                if fd not in self.fd_handlers:
-                    break
-                self.fd_handlers[fd](fd)
+        returncode = spawn.exit_code(os.waitpid(pipes.pid, 0)[1])
+        self._drain_output(pipes)  # forward what is left before the pipes close
+        for fd in pipes.output_fds:
             if fd in self.fd_handlers:
                 self._unwatch_fd(fd)
         del self._exiting[worker.client_id]
@@ -447,6 +449,7 @@ class Node:
         task = self.tasks.get(message.task_id)
         if task is None or worker.task is not task:
             return
+        self._drain_output(self.pipes[client])  # the task's prints, under the task's name
         self._release_task_resources(task, worker)
         self._unpin_deps(task)
         worker.task = None
@@ -658,11 +661,10 @@ class Node:
     def shutdown(self) -> None:
         for pipes in self.pipes.values():
             with contextlib.suppress(ProcessLookupError):
-                pipes.process.kill()
-        deadline = time.monotonic() + 5
+                os.kill(pipes.pid, signal.SIGKILL)
         for pipes in self.pipes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                pipes.process.wait(max(deadline - time.monotonic(), 0.01))
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pipes.pid, 0)  # SIGKILLed: this returns at once
         self.store.shutdown()
         for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
             with contextlib.suppress(FileNotFoundError):
@@ -670,6 +672,28 @@ class Node:
         self.router.close(0)
         self.authenticator.stop()
         self.context.term()
+        shutil.rmtree(session_dir(self.session), ignore_errors=True)
+
+
+def session_dir(session: str) -> str:
+    return f"/tmp/rayjupyter/{session}"
+
+
+def worker_endpoint(session: str) -> str:
+    return f"ipc://{session_dir(session)}/node.sock"
+
+
+def worker_env(secret: str, session: str, sys_path: list[str], client_id: bytes) -> dict[str, str]:
+    """What a worker needs to know, passed in its environment (the secret stays off argv)."""
+    return {
+        SECRET_ENV: secret,
+        "RAYJUPYTER_NODE_ADDRESS": worker_endpoint(session),
+        "RAYJUPYTER_CLIENT_ID": client_id.hex(),
+        "RAYJUPYTER_SESSION": session,
+        "RAYJUPYTER_SYS_PATH": json.dumps(sys_path),
+        "RAYJUPYTER_PARENT_PID": str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def main() -> None:
@@ -677,9 +701,20 @@ def main() -> None:
     secret = os.environ.pop(SECRET_ENV, "")
     if not secret:
         raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
+    config.session = config.session or os.urandom(4).hex()
+    os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
+    # fork the first workers now, while this process has no threads (see spawn.py), with
+    # the worker's modules imported once here and shared
+    import rayjupyter.core.worker  # noqa: F401
+
+    preforked = []
+    for _ in range(max(1, int(config.num_cpus))):
+        client_id = ids.new_client_id()
+        env = worker_env(secret, config.session, config.sys_path, client_id)
+        preforked.append((client_id, spawn.fork_worker(env)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
-    node = Node(config, secret)
+    node = Node(config, secret, preforked)
     node.run()
 
 
