@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -41,6 +42,7 @@ class Client:
         kind: str,
         client_id: bytes | None = None,
         timeout: float = 10.0,
+        io_thread: bool = True,
     ) -> None:
         self.kind = kind
         self.address = address
@@ -67,8 +69,16 @@ class Client:
         self.session = welcome.session
         self.store_capacity = welcome.store_capacity
         reference_counter.on_zero = self._forget
-        self._io_thread = threading.Thread(target=self._io_loop, name="rayjupyter-io", daemon=True)
-        self._io_thread.start()
+        # Drivers read in a background thread (output and results arrive while the user's code
+        # runs). A worker reads in whichever thread waits (see _pump): a task then reaches
+        # the code that runs it without a thread switch, the largest cost of a round trip.
+        self._rx_lock = threading.Lock()
+        self._io_thread: threading.Thread | None = None
+        if io_thread:
+            self._io_thread = threading.Thread(
+                target=self._io_loop, name="rayjupyter-io", daemon=True
+            )
+            self._io_thread.start()
 
     def _socket(self, channel: bytes, secret: str) -> zmq.Socket[bytes]:
         sock = self.context.socket(zmq.DEALER)
@@ -130,15 +140,56 @@ class Client:
         self.objects[object_id] = (object_id, inline, size, False)
         self.send([P.PutObject(object_id, inline, size, contained)])
 
+    def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until predicate holds; reading the socket ourselves when nobody else does."""
+        if self._io_thread is not None:
+            with self._cond:
+                return self._cond.wait_for(predicate, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not predicate():
+            remaining = FLUSH_INTERVAL_S
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    return predicate()
+            self._pump(remaining)
+        return True
+
+    def _pump(self, timeout: float) -> None:
+        """Read and handle what arrives within timeout; only one thread reads at a time."""
+        if not self._rx_lock.acquire(blocking=False):
+            with self._cond:  # another thread reads; it wakes us when something arrives
+                self._cond.wait(timeout)
+            return
+        try:
+            if self.rx.poll(int(timeout * 1000)):
+                self._drain_rx()
+            elif reference_counter.pending or self._pins:
+                self.send([])
+        finally:
+            self._rx_lock.release()
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_task(self) -> P.ExecuteTask | None:
+        """The next task for this worker (None once closed), waiting as long as it takes."""
+        while True:
+            try:
+                return self.tasks.get_nowait()
+            except queue.Empty:
+                pass
+            if self._closed:
+                return None
+            self._pump(FLUSH_INTERVAL_S)
+
     def request(self, what: str, timeout: float = 30.0) -> Any:
         request_id = next(self._request_ids)
         self.send([P.Request(request_id, what)])
-        with self._cond:
-            if not self._cond.wait_for(lambda: request_id in self._replies, timeout):
-                raise ClusterConnectionError(
-                    f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
-                )
-            value = self._replies.pop(request_id)
+        if not self._wait(lambda: request_id in self._replies, timeout):
+            raise ClusterConnectionError(
+                f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
+            )
+        value = self._replies.pop(request_id)
         if isinstance(value, Exception):
             raise value
         return value
@@ -172,8 +223,7 @@ class Client:
         self._request_missing(object_ids)
         self._blocked(True)
         try:
-            with self._cond:
-                return self._cond.wait_for(enough, timeout)
+            return self._wait(enough, timeout)
         finally:
             self._blocked(False)
 
@@ -280,7 +330,7 @@ class Client:
             self.send([])
         with self._tx_lock:
             self._closed = True
-        if self._io_thread is not threading.current_thread():
+        if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)
         self.tx.close(linger=200)

@@ -128,11 +128,12 @@ def main() -> None:
         secret,
         kind="worker",
         client_id=bytes.fromhex(env["RAYJUPYTER_CLIENT_ID"]),
+        io_thread=False,
     )
     api._set_worker_client(client)
     executor = TaskExecutor(client)
     while True:
-        task = client.tasks.get()
+        task = client.next_task()
         if task is None:
             break
         executor.run(task)
