@@ -12,7 +12,7 @@ from typing import Any, overload
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core.client import Client
-from rayjupyter.core.config import SECRET_ENV, NodeConfig
+from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
 from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
@@ -129,7 +129,7 @@ def init(
                 raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
         cluster = LocalCluster(config)
         try:
-            client = Client(cluster.address, cluster.secret, kind="driver")
+            client = Client(worker_endpoint(cluster.session), cluster.secret, kind="driver")
         except BaseException:
             cluster.stop()
             raise

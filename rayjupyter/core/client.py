@@ -29,6 +29,7 @@ from rayjupyter.core.object_store import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
+BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 
 
 class Client:
@@ -62,6 +63,13 @@ class Client:
         self.sent_funcs: set[bytes] = set()
         self.tasks: queue.SimpleQueue[P.ExecuteTask | None] = queue.SimpleQueue()
         self._closed = False
+        self._outbox: list[Any] = []
+        self._last_send = 0.0
+        self._flush_requested = False
+        self._wake_rx = self.context.socket(zmq.PAIR)
+        self._wake_rx.bind(f"inproc://wake-{self.client_id.hex()}")
+        self._wake_tx = self.context.socket(zmq.PAIR)
+        self._wake_tx.connect(f"inproc://wake-{self.client_id.hex()}")
 
         welcome, rest = self._handshake(timeout)
         self._handle(rest)
@@ -107,22 +115,40 @@ class Client:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, messages: list[Any]) -> None:
-        """Send a batch, preceded by any queued ref-count and pin changes (order matters)."""
+    def send(self, messages: list[Any], *, batch: bool = False) -> None:
+        """Send messages, after any queued ref-count and pin changes (order matters).
+
+        ``batch=True`` (submits and puts from a driver) sends at once after a quiet spell,
+        so a lone call is not delayed, but holds messages that follow each other closely
+        for the IO thread to send together: a loop of 10,000 submits costs a few hundred
+        sends instead of 10,000 (each send wakes zmq's IO thread: tens of microseconds).
+        """
         with self._tx_lock:
             if self._closed:
                 return
-            ops = reference_counter.drain()
-            pins = self._drain_pins()
-            if ops or pins:
-                head: list[Any] = []
-                if ops:
-                    head.append(P.RefOps(ops))
-                if pins:
-                    head.append(P.PinOps(pins))
-                messages = head + messages
-            if messages:
-                self.tx.send(protocol.dumps(messages))
+            outbox = self._outbox
+            self._queue_ops(outbox)
+            outbox.extend(messages)
+            now = time.monotonic()
+            if batch and self._io_thread is not None and now - self._last_send < BATCH_WINDOW_S:
+                if not self._flush_requested:
+                    self._flush_requested = True
+                    self._wake_tx.send(b"")
+                return
+            if outbox:
+                self._outbox = []
+                self._flush_requested = False
+                self.tx.send(protocol.dumps(outbox))
+                self._last_send = now
+
+    def _queue_ops(self, outbox: list[Any]) -> None:
+        """Ref-count and pin changes so far go ahead of the messages that follow them."""
+        ops = reference_counter.drain()
+        if ops:
+            outbox.append(P.RefOps(ops))
+        pins = self._drain_pins()
+        if pins:
+            outbox.append(P.PinOps(pins))
 
     def _drain_pins(self) -> tuple[tuple[bool, bytes], ...]:
         pins: list[tuple[bool, bytes]] = []
@@ -132,13 +158,13 @@ class Client:
 
     def submit(self, message: P.SubmitTask) -> None:
         self._awaiting_push.update(message.return_ids)
-        self.send([message])
+        self.send([message], batch=True)
 
     def put(
         self, object_id: bytes, inline: bytes | None, size: int, contained: tuple[bytes, ...]
     ) -> None:
         self.objects[object_id] = (object_id, inline, size, False)
-        self.send([P.PutObject(object_id, inline, size, contained)])
+        self.send([P.PutObject(object_id, inline, size, contained)], batch=True)
 
     def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until predicate holds; reading the socket ourselves when nobody else does."""
@@ -214,13 +240,18 @@ class Client:
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
         """Block until ``num_ready`` of the objects are available here; False on timeout."""
         objects = self.objects
+        missing = [oid for oid in object_ids if oid not in objects]
+        needed = len(missing) - (len(object_ids) - num_ready)  # how many more must arrive
 
         def enough() -> bool:
-            return sum(1 for oid in object_ids if oid in objects) >= num_ready
+            nonlocal missing
+            missing = [oid for oid in missing if oid not in objects]  # shrinks as they come
+            return len(missing) <= len(object_ids) - num_ready
 
-        if enough():
+        if needed <= 0:
             return True
-        self._request_missing(object_ids)
+        self.send([])  # submits held back for batching go now: we wait on them
+        self._request_missing(missing)
         self._blocked(True)
         try:
             return self._wait(enough, timeout)
@@ -269,21 +300,26 @@ class Client:
     def _io_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.rx, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
         while not self._closed:
             try:
-                events = poller.poll(int(FLUSH_INTERVAL_S * 1000))
+                events = dict(poller.poll(int(FLUSH_INTERVAL_S * 1000)))
+                if self.rx in events:
+                    self._drain_rx()
+                now = time.monotonic()
+                if self._wake_rx in events:
+                    while self._wake_rx.poll(0):
+                        self._wake_rx.recv()
+                    self.send([])  # the batch held back by send(batch=True)
+                    last_flush = now
+                elif (reference_counter.pending or self._pins) and (
+                    now - last_flush >= FLUSH_INTERVAL_S
+                ):
+                    self.send([])
+                    last_flush = now
             except zmq.ZMQError:
                 return
-            if events:
-                self._drain_rx()
-            now = time.monotonic()
-            if (reference_counter.pending or self._pins) and now - last_flush >= FLUSH_INTERVAL_S:
-                last_flush = now
-                try:
-                    self.send([])
-                except zmq.ZMQError:
-                    return
 
     def _drain_rx(self) -> None:
         while True:
@@ -335,6 +371,8 @@ class Client:
         self.tasks.put(None)
         self.tx.close(linger=200)
         self.rx.close(linger=0)
+        self._wake_rx.close(linger=0)
+        self._wake_tx.close(linger=0)
         self.context.term()
         if reference_counter.on_zero == self._forget:
             reference_counter.on_zero = None

@@ -23,3 +23,13 @@ class NodeConfig:
     spill_dir: str = ""
     sys_path: list[str] = field(default_factory=list)  # the driver's, so workers import alike
     watch_stdin: bool = True  # exit when the owning driver's pipe closes
+
+
+def session_dir(session: str) -> str:
+    """Where a node keeps its Unix socket and spill files (removed when it stops)."""
+    return f"/tmp/rayjupyter/{session}"
+
+
+def worker_endpoint(session: str) -> str:
+    """The node's Unix socket: for processes on its machine, faster than TCP on loopback."""
+    return f"ipc://{session_dir(session)}/node.sock"

@@ -26,7 +26,13 @@ import zmq
 
 from rayjupyter.core import auth, ids, protocol, spawn
 from rayjupyter.core import protocol as P
-from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.config import (
+    READY_LINE,
+    SECRET_ENV,
+    NodeConfig,
+    session_dir,
+    worker_endpoint,
+)
 from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.object_store import ObjectStore
@@ -131,13 +137,14 @@ class Node:
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
-        totals["object_store_memory"] = float(config.object_store_memory)
         self.resources = ResourcePool(totals)
         self.scheduler = Scheduler(self.resources)
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
         self.head = HeadState()
-        self.head.register_node(NodeInfo(self.node_id, self.address, dict(self.resources.total)))
+        advertised = dict(self.resources.total)
+        advertised["object_store_memory"] = float(config.object_store_memory)
+        self.head.register_node(NodeInfo(self.node_id, self.address, advertised))
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -673,14 +680,6 @@ class Node:
         self.authenticator.stop()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)
-
-
-def session_dir(session: str) -> str:
-    return f"/tmp/rayjupyter/{session}"
-
-
-def worker_endpoint(session: str) -> str:
-    return f"ipc://{session_dir(session)}/node.sock"
 
 
 def worker_env(secret: str, session: str, sys_path: list[str], client_id: bytes) -> dict[str, str]:

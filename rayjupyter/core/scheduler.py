@@ -179,6 +179,8 @@ class Scheduler:
     def _unplaced(self, limit: int = 64) -> int:
         """How many queued tasks the free resources could run now if there were workers."""
         available = dict(self.resources.available)
+        if all(v <= 1e-9 for v in available.values()):
+            return 0  # the common case under load: everything is in use
         count = 0
         for task in itertools.islice(self.ready, limit):
             if task.state is TaskState.READY and all(
