@@ -156,3 +156,27 @@ def test_local_cluster_dies_with_a_sigkilled_driver(tmp_path):
         driver.wait(10)
         driver.stdout.close()
     wait_for_pids_gone(cluster_pids, timeout=10)
+
+
+def test_get_on_a_cluster_whose_node_died_raises_instead_of_hanging():
+    from rayjupyter.core.api import _state
+    from rayjupyter.exceptions import ClusterConnectionError
+
+    rj.init(num_cpus=1)
+    try:
+
+        @rj.remote
+        def slow():
+            import time
+
+            time.sleep(60)
+
+        ref = slow.remote()
+        node = _state["cluster"].process
+        cluster_pids = _tree(node.pid)
+        node.send_signal(signal.SIGKILL)
+        with pytest.raises(ClusterConnectionError, match="exited"):
+            rj.get(ref, timeout=30)
+        wait_for_pids_gone(cluster_pids, timeout=10)  # its workers follow it
+    finally:
+        rj.shutdown()

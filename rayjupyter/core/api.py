@@ -129,7 +129,12 @@ def init(
                 raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
         cluster = LocalCluster(config)
         try:
-            client = Client(worker_endpoint(cluster.session), cluster.secret, kind="driver")
+            client = Client(
+                worker_endpoint(cluster.session),
+                cluster.secret,
+                kind="driver",
+                liveness=cluster.exit_reason,
+            )
         except BaseException:
             cluster.stop()
             raise

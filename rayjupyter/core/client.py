@@ -29,7 +29,8 @@ from rayjupyter.core.object_store import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
-BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
+BATCH_WINDOW_S = 0.0002
+LIVENESS_CHECK_S = 1.0  # messages closer together than this are sent in one frame
 
 
 class Client:
@@ -44,8 +45,11 @@ class Client:
         client_id: bytes | None = None,
         timeout: float = 10.0,
         io_thread: bool = True,
+        liveness: Callable[[], str | None] | None = None,
     ) -> None:
         self.kind = kind
+        #: says why the cluster is gone (None while it is up); checked while waiting
+        self.liveness = liveness
         self.address = address
         self.client_id = client_id or ids.new_client_id()
         self.ids = ids.IdGenerator(self.client_id)
@@ -169,8 +173,17 @@ class Client:
     def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until predicate holds; reading the socket ourselves when nobody else does."""
         if self._io_thread is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:
-                return self._cond.wait_for(predicate, timeout)
+                while not predicate():
+                    self._check_alive()
+                    remaining = LIVENESS_CHECK_S
+                    if deadline is not None:
+                        remaining = min(remaining, deadline - time.monotonic())
+                        if remaining <= 0:
+                            return False
+                    self._cond.wait(remaining)
+                return True
         deadline = None if timeout is None else time.monotonic() + timeout
         while not predicate():
             remaining = FLUSH_INTERVAL_S
@@ -180,6 +193,12 @@ class Client:
                     return predicate()
             self._pump(remaining)
         return True
+
+    def _check_alive(self) -> None:
+        """Raise rather than wait forever on a cluster whose node has died."""
+        reason = self.liveness() if self.liveness is not None else None
+        if reason:
+            raise ClusterConnectionError(reason)
 
     def _pump(self, timeout: float) -> None:
         """Read and handle what arrives within timeout; only one thread reads at a time."""

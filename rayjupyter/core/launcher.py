@@ -8,16 +8,18 @@ kernel closes the pipe and the node shuts its workers down and exits.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 
 from rayjupyter.core import auth
-from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig, session_dir
 from rayjupyter.core.exceptions import ClusterConnectionError
 
 START_TIMEOUT_S = 60.0
@@ -49,6 +51,7 @@ class LocalCluster:
             env=env,
             start_new_session=True,
         )
+        self.session = ""
         assert self.process.stdout is not None
         line = _read_line(self.process.stdout.fileno(), timeout)
         self.process.stdout.close()
@@ -66,6 +69,16 @@ class LocalCluster:
     def pid(self) -> int:
         return self.process.pid
 
+    def exit_reason(self) -> str | None:
+        """Why the node is gone, or None while it runs."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        return (
+            f"The local cluster's node process exited (code {code}); its error, if any, is "
+            f"printed above. Call rj.shutdown() and rj.init() to start a new one."
+        )
+
     def stop(self, timeout: float = 10.0) -> None:
         """Close the node's stdin (its signal to stop) and wait for it; kill it if it lingers."""
         if self.process.stdin is not None and not self.process.stdin.closed:
@@ -76,6 +89,11 @@ class LocalCluster:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout)
+        if self.session:  # a node that was killed could not clean up after itself
+            shutil.rmtree(session_dir(self.session), ignore_errors=True)
+            for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
 
 def _read_line(fd: int, timeout: float) -> str:

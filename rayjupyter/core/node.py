@@ -18,6 +18,7 @@ import pickle
 import shutil
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +200,19 @@ class Node:
                 return
             client = identity[:-1]
             for message in protocol.loads(frame):
-                self.handlers[type(message)](client, message)
+                try:
+                    self.handlers[type(message)](client, message)
+                except Exception:  # a bug here must not take the cluster down: report it
+                    self._report_internal_error(message)
+
+    def _report_internal_error(self, message: Any) -> None:
+        text = (
+            f"rayjupyter node: internal error while handling {type(message).__name__} "
+            f"(please report it):\n{traceback.format_exc()}"
+        )
+        print(text, file=sys.stderr, flush=True)
+        for driver in self.drivers():
+            self.send(driver, P.LogLines(2, text))
 
     def _watch_fd(self, fd: int, handler: Callable[[int], object]) -> None:
         os.set_blocking(fd, False)
@@ -546,6 +559,8 @@ class Node:
             self.free(object_id, entry)
 
     def free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if self.objects.get(object_id) is not entry:
+            return  # already freed further down a cascade of failures or releases
         del self.objects[object_id]
         if entry.in_store:
             self.store.free(object_id)
