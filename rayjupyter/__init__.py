@@ -3,11 +3,14 @@
 A Ray user changes one import: ``import rayjupyter as rj``.
 """
 
-from rayjupyter import exceptions
+from rayjupyter import actor, exceptions
+from rayjupyter.core.actor import get_actor, kill, method
 from rayjupyter.core.api import (
     available_resources,
+    cancel,
     cluster_resources,
     get,
+    get_runtime_context,
     init,
     is_initialized,
     nodes,
@@ -17,18 +20,26 @@ from rayjupyter.core.api import (
     wait,
 )
 from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.core.runtime_context import get_gpu_ids
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ObjectRef",
     "__version__",
+    "actor",
     "available_resources",
+    "cancel",
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

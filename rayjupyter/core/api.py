@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-from rayjupyter.core import options as option_table
+from rayjupyter.core import protocol as P
+from rayjupyter.core import runtime_context
+from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
 from rayjupyter.core.exceptions import GetTimeoutError
@@ -90,10 +92,11 @@ def init(
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
     ignore_reinit_error: bool = False,
+    namespace: str | None = None,
     **kwargs: Any,
 ) -> ClusterContext:
     """Start a local cluster owned by this process, or attach to one at ``address``."""
-    unknown = set(kwargs) - {"namespace", "log_to_driver", "include_dashboard", "runtime_env"}
+    unknown = set(kwargs) - {"log_to_driver", "include_dashboard", "runtime_env"}
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     with _lock:
@@ -113,7 +116,7 @@ def init(
                     "object_store_memory must not be given: they are set where it was started."
                 )
             hostport, secret = _parse_address(address)
-            client = Client(hostport, secret, kind="driver")
+            client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
             context = ClusterContext(hostport, secret, client.node_id, client.session, False)
             _state.update(client=client, cluster=None, context=context)
             return context
@@ -134,6 +137,7 @@ def init(
                 cluster.secret,
                 kind="driver",
                 liveness=cluster.exit_reason,
+                namespace=_namespace(namespace),
             )
         except BaseException:
             cluster.stop()
@@ -143,6 +147,11 @@ def init(
         )
         _state.update(client=client, cluster=cluster, context=context)
         return context
+
+
+def _namespace(namespace: str | None) -> str:
+    """As in Ray, a driver without a namespace gets an anonymous one of its own."""
+    return namespace if namespace else f"anonymous-{os.urandom(6).hex()}"
 
 
 def shutdown() -> None:
@@ -156,6 +165,7 @@ def shutdown() -> None:
         if cluster is not None:
             cluster.stop()
         reference_counter.reset()
+        runtime_context.reset()
 
 
 def is_initialized() -> bool:
@@ -183,9 +193,9 @@ def _set_worker_client(client: Client) -> None:
 
 
 @overload
-def remote(function_or_class: Callable[..., Any], /) -> RemoteFunction: ...
+def remote(function_or_class: Callable[..., Any], /) -> Any: ...
 @overload
-def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+def remote(**options: Any) -> Callable[[Callable[..., Any]], Any]: ...
 def remote(*args: Any, **options: Any) -> Any:
     """Turn a function into a remote function: ``@rj.remote`` or ``@rj.remote(num_cpus=2)``."""
     if len(args) == 1 and not options and callable(args[0]):
@@ -196,16 +206,12 @@ def remote(*args: Any, **options: Any) -> Any:
             "parentheses, for example '@rj.remote', or with options, for example "
             "'@rj.remote(num_returns=2, resources={\"CustomResource\": 1})'."
         )
-    option_table.validate_options(options, for_actor=False)
-    return lambda function: _make_remote(function, options)
+    return lambda target: _make_remote(target, options)
 
 
-def _make_remote(target: Any, options: dict[str, Any]) -> RemoteFunction:
+def _make_remote(target: Any, options: dict[str, Any]) -> RemoteFunction | ActorClass:
     if inspect.isclass(target):
-        raise TypeError(
-            f"@rj.remote on class {target.__name__!r}: actors are not available in this version "
-            f"yet; use a remote function."
-        )
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@rj.remote expects a function, got {type(target).__name__}")
     return RemoteFunction(target, options)
@@ -282,6 +288,26 @@ def wait(
     return ready, not_ready
 
 
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task behind a ref: a queued one never runs; a running one gets
+    KeyboardInterrupt (``force=True`` kills its worker); ``get`` then raises
+    TaskCancelledError. ``recursive`` cancels the tasks it submitted too."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"rj.cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    _client().send([P.CancelTask(object_ref.binary(), force, recursive)])
+
+
+def get_runtime_context() -> runtime_context.RuntimeContext:
+    """Ids of the current job, node, worker, task and actor."""
+    client = _client()
+    if not runtime_context.current.node_id:  # a driver: its own ids
+        runtime_context.current.node_id = client.node_id
+        runtime_context.current.worker_id = client.client_id
+    if not runtime_context.current.job_id and client.kind == "driver":
+        runtime_context.current.job_id = client.client_id
+    return runtime_context.RuntimeContext()
+
+
 # ------------------------------------------------------------------ cluster
 
 
@@ -304,8 +330,10 @@ __all__ = [
     "ClusterContext",
     "GetTimeoutError",
     "available_resources",
+    "cancel",
     "cluster_resources",
     "get",
+    "get_runtime_context",
     "init",
     "is_initialized",
     "nodes",

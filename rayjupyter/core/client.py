@@ -46,8 +46,10 @@ class Client:
         timeout: float = 10.0,
         io_thread: bool = True,
         liveness: Callable[[], str | None] | None = None,
+        namespace: str = "",
     ) -> None:
         self.kind = kind
+        self.namespace = namespace
         #: says why the cluster is gone (None while it is up); checked while waiting
         self.liveness = liveness
         self.address = address
@@ -65,7 +67,7 @@ class Client:
         self._request_ids = itertools.count(1)
         self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
-        self.tasks: queue.SimpleQueue[P.ExecuteTask | None] = queue.SimpleQueue()
+        self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | None] = queue.SimpleQueue()
         self._closed = False
         self._outbox: list[Any] = []
         self._last_send = 0.0
@@ -103,7 +105,11 @@ class Client:
         return sock
 
     def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:
-        self.rx.send(protocol.dumps([P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION)]))
+        self.rx.send(
+            protocol.dumps(
+                [P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)]
+            )
+        )
         if not self.rx.poll(int(timeout * 1000)):
             self.context.destroy(0)
             raise ClusterConnectionError(
@@ -216,7 +222,7 @@ class Client:
         with self._cond:
             self._cond.notify_all()
 
-    def next_task(self) -> P.ExecuteTask | None:
+    def next_task(self) -> P.ExecuteTask | P.StartActor | None:
         """The next task for this worker (None once closed), waiting as long as it takes."""
         while True:
             try:
@@ -227,9 +233,17 @@ class Client:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
-    def request(self, what: str, timeout: float = 30.0) -> Any:
-        request_id = next(self._request_ids)
-        self.send([P.Request(request_id, what)])
+    def request(self, what: str, *args: Any, timeout: float = 30.0) -> Any:
+        """Ask the node something and wait for the answer; an error answer is raised."""
+        request_id = self.new_request_id()
+        self.send([P.Request(request_id, what, args)])
+        return self.await_reply(request_id, what, timeout)
+
+    def new_request_id(self) -> int:
+        return next(self._request_ids)
+
+    def await_reply(self, request_id: int, what: str, timeout: float = 30.0) -> Any:
+        """Wait for the node's Reply to a message that carried request_id."""
         if not self._wait(lambda: request_id in self._replies, timeout):
             raise ClusterConnectionError(
                 f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
@@ -362,7 +376,7 @@ class Client:
                     self._awaiting_push.discard(oid)
                     self._subscribed.discard(oid)
                 notify = True
-            elif kind is P.ExecuteTask:
+            elif kind is P.ExecuteTask or kind is P.StartActor:
                 self.tasks.put(message)
             elif kind is P.Reply:
                 self._replies[message.request_id] = message.value

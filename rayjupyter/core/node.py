@@ -34,8 +34,9 @@ from rayjupyter.core.config import (
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
+from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 from rayjupyter.core.head import HeadState, NodeInfo
+from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import (
     ResourcePool,
@@ -81,6 +82,7 @@ class ObjectEntry:
 class ClientInfo:
     kind: str
     pid: int
+    namespace: str = ""
 
 
 @dataclass
@@ -93,7 +95,7 @@ class WorkerPipes:
     partial: dict[int, bytes] = field(default_factory=dict)
 
 
-class Node:
+class Node(NodeActors):
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: which method handles each message a client may send
@@ -108,6 +110,11 @@ class Node:
         P.WorkerBlocked: "on_worker_blocked",
         P.Request: "on_request",
         P.StopCluster: "on_stop",
+        P.CancelTask: "on_cancel",
+        P.CreateActor: "on_create_actor",
+        P.KillActor: "on_kill_actor",
+        P.ActorStarted: "on_actor_started",
+        P.ActorExiting: "on_actor_exiting",
     }
 
     def __init__(
@@ -148,6 +155,9 @@ class Node:
         self.head.register_node(NodeInfo(self.node_id, self.address, advertised))
 
         self.clients: dict[bytes, ClientInfo] = {}
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.named_actors: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
+        self.pending_actors: set[bytes] = set()  # waiting for resources to be placed
         self.workers: dict[bytes, WorkerRecord] = {}
         self.pipes: dict[bytes, WorkerPipes] = {}
         self._exiting: dict[bytes, WorkerPipes] = {}
@@ -248,18 +258,18 @@ class Node:
 
     # ------------------------------------------------------------------ workers
 
-    def spawn_worker(self) -> None:
+    def spawn_worker(self, actor_id: bytes = b"") -> bytes:
+        """Start a worker process (for the pool, or dedicated to one actor); its client id."""
         client_id = ids.new_client_id()
-        self._adopt_worker(
-            client_id,
-            spawn.spawn_worker(
-                worker_env(self.secret, self.session, self.config.sys_path, client_id)
-            ),
-        )
+        env = worker_env(self.secret, self.session, self.config.sys_path, client_id)
+        self._adopt_worker(client_id, spawn.spawn_worker(env), actor_id)
+        return client_id
 
-    def _adopt_worker(self, client_id: bytes, started: StartedProcess) -> None:
+    def _adopt_worker(
+        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b""
+    ) -> None:
         """Watch a started worker's output pipes and its exit."""
-        worker = WorkerRecord(client_id=client_id, pid=started.pid)
+        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id)
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
         self.workers[client_id] = worker
         self.pipes[client_id] = pipes
@@ -323,18 +333,22 @@ class Node:
         worker.transition(WorkerState.DEAD)
         del self.workers[worker.client_id]
         self.release_client(worker.client_id)
-        if task is not None and task.state is TaskState.RUNNING:
+        cause = (
+            f"exit code {returncode}"
+            if returncode >= 0
+            else f"killed by {signal.Signals(-returncode).name}"
+        )
+        if worker.actor_id:
+            self.actor_process_died(worker, cause)
+        elif task is not None and task.state is TaskState.RUNNING:
             self._release_task_resources(task, worker)
             self._unpin_deps(task)
-            if task.retry():
+            if task.cancelled:
+                self.fail_task(task, self.cancelled_error(task))
+            elif task.retry():
                 task.transition(TaskState.READY)
                 self.scheduler.ready.appendleft(task)
             else:
-                cause = (
-                    f"exit code {returncode}"
-                    if returncode >= 0
-                    else (f"killed by {signal.Signals(-returncode).name}")
-                )
                 error = WorkerCrashedError(
                     f"The worker running task {task.name!r} died unexpectedly (pid "
                     f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
@@ -346,31 +360,36 @@ class Node:
             self.spawn_worker()
 
     def _live_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+        return sum(
+            1 for w in self.workers.values() if w.state is not WorkerState.DEAD and not w.actor_id
+        )
 
     # ------------------------------------------------------------------ handlers
 
     def on_hello(self, client: bytes, message: P.Hello) -> None:
-        error = ""
         if message.version != protocol.PROTOCOL_VERSION:
             error = (
                 f"protocol version {message.version} does not match the node's "
                 f"{protocol.PROTOCOL_VERSION}: install the same rayjupyter version on both sides"
             )
-        else:
-            self.clients[client] = ClientInfo(message.kind, message.pid)
-            worker = self.workers.get(client)
-            if worker is not None and worker.state is WorkerState.STARTING:
-                worker.transition(WorkerState.IDLE)
-                self.scheduler.worker_idle(worker)
+            self.send(client, P.Welcome(self.node_id, self.session, 0, error))
+            return
         self.send(
-            client,
-            P.Welcome(self.node_id, self.session, self.config.object_store_memory, error),
+            client, P.Welcome(self.node_id, self.session, self.config.object_store_memory, "")
         )
+        self.clients[client] = ClientInfo(message.kind, message.pid, message.namespace)
+        worker = self.workers.get(client)
+        if worker is not None and worker.state is WorkerState.STARTING:
+            worker.transition(WorkerState.IDLE)
+            if worker.actor_id:
+                self.start_actor_in(worker)
+            else:
+                self.scheduler.worker_idle(worker)
 
     def on_submit(self, client: bytes, message: P.SubmitTask) -> None:
         if message.func_blob is not None:
             self.funcs[message.func_id] = message.func_blob
+        job, namespace, parent = self.context_of(client)
         task = TaskRecord(
             task_id=message.task_id,
             owner=client,
@@ -383,15 +402,39 @@ class Node:
             demand=message.resources,
             max_retries=message.max_retries,
             retry_exceptions=message.retry_exceptions,
+            actor_id=message.actor_id,
+            method=message.method,
+            job=job,
+            namespace=namespace,
+            parent=parent,
         )
+        if parent is not None and parent in self.tasks:
+            self.tasks[parent].children.append(task.task_id)
+        self.admit(client, task)
+
+    def context_of(self, client: bytes) -> tuple[bytes, str, bytes | None]:
+        """(job, namespace, parent task) of what a client submits now."""
+        worker = self.workers.get(client)
+        if worker is None:
+            info = self.clients.get(client)
+            return client, info.namespace if info else "", None
+        if worker.actor_id and worker.actor_id in self.actors:
+            actor = self.actors[worker.actor_id]
+            return actor.job, actor.namespace, None
+        if worker.task is not None:
+            return worker.task.job, worker.task.namespace, worker.task.task_id
+        return b"", "", None
+
+    def admit(self, client: bytes, task: TaskRecord) -> None:
+        """Take a new task (or actor call or creation): hold its values, wait for its deps."""
         self.tasks[task.task_id] = task
-        for object_id in message.return_ids:
+        for object_id in task.return_ids:
             self.objects[object_id] = ObjectEntry()
             self.hold(client, object_id)
-        for object_id in message.nested:
+        for object_id in task.nested:
             self.incref(object_id)
         failed_dep: bytes | None = None
-        for object_id in message.deps:
+        for object_id in task.deps:
             entry = self.objects.get(object_id)
             if entry is None:
                 failed_dep = pickle.dumps(
@@ -411,18 +454,28 @@ class Node:
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
-        if not self.resources.feasible(task.demand):
-            self._warn_infeasible(task)
+        if task.actor_id:
+            if not self.actor_call_admitted(task):
+                return
+        elif not self.resources.feasible(task.demand):
+            self._warn_infeasible(task.name, task.demand)
         if task.missing == 0:
+            self.task_ready(task)
+
+    def task_ready(self, task: TaskRecord) -> None:
+        if task.actor_id:
+            task.transition(TaskState.READY)
+            self.pump_actor(task.actor_id)
+        else:
             self.scheduler.make_ready(task)
 
-    def _warn_infeasible(self, task: TaskRecord) -> None:
-        key = tuple(sorted(task.demand.items()))
+    def _warn_infeasible(self, name: str, demand: dict[str, float]) -> None:
+        key = tuple(sorted(demand.items()))
         if key in self.warned_infeasible:
             return
         self.warned_infeasible.add(key)
         text = (
-            f"Warning: task {task.name!r} needs {task.demand}, more than this cluster has "
+            f"Warning: {name!r} needs {demand}, more than this cluster has "
             f"({self.head.cluster_resources()}); it waits until a node that can run it joins.\n"
         )
         for driver in self.drivers():
@@ -437,7 +490,7 @@ class Node:
     def on_ref_ops(self, client: bytes, message: P.RefOps) -> None:
         for add, object_id in message.ops:
             if add:
-                if object_id in self.objects:
+                if object_id in self.objects or object_id in self.actors:
                     self.hold(client, object_id)
             else:
                 self.unhold(client, object_id)
@@ -466,6 +519,9 @@ class Node:
 
     def on_task_finished(self, client: bytes, message: P.TaskFinished) -> None:
         worker = self.workers[client]
+        if worker.actor_id:
+            self.actor_call_finished(worker, message)
+            return
         task = self.tasks.get(message.task_id)
         if task is None or worker.task is not task:
             return
@@ -476,6 +532,9 @@ class Node:
         worker.transition(WorkerState.IDLE)
         self.scheduler.worker_idle(worker)
         if message.error is not None:
+            if task.cancelled:
+                self.fail_task(task, self.cancelled_error(task))
+                return
             if message.retryable and task.retry():
                 task.transition(TaskState.READY)
                 self.scheduler.ready.append(task)
@@ -513,6 +572,8 @@ class Node:
             value = self.head.node_table()
         elif message.what == "store_stats":
             value = self.store.stats()
+        elif message.what == "get_actor":
+            value = self.lookup_actor(client, *message.args)
         else:
             value = ValueError(f"unknown request {message.what!r}")
         self.send(client, P.Reply(message.request_id, value))
@@ -546,13 +607,18 @@ class Node:
         self.store.release_client(client)
 
     def incref(self, object_id: bytes) -> None:
+        """One more hold on an object, or on an actor (its handles count like refs)."""
         entry = self.objects.get(object_id)
         if entry is not None:
             entry.refs += 1
+        elif object_id in self.actors:
+            self.actors[object_id].refs += 1
 
     def decref(self, object_id: bytes) -> None:
         entry = self.objects.get(object_id)
         if entry is None:
+            if object_id in self.actors:
+                self.actor_released(self.actors[object_id])
             return
         entry.refs -= 1
         if entry.refs <= 0 and entry.ready:
@@ -612,7 +678,7 @@ class Node:
                 continue
             task.missing -= 1
             if task.missing == 0:
-                self.scheduler.make_ready(task)
+                self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
 
@@ -624,9 +690,14 @@ class Node:
         for object_id in task.return_ids:
             self.set_ready(object_id, error_blob, len(error_blob), True, ())
         self._forget_task(task)
+        if task.method == "__init__" and task.actor_id in self.actors:
+            actor = self.actors[task.actor_id]
+            if actor.state is not ActorState.DEAD:
+                self.actor_dies(actor, f"its creation failed: {pickle.loads(error_blob)}")
 
     def _forget_task(self, task: TaskRecord) -> None:
-        del self.tasks[task.task_id]
+        if self.tasks.pop(task.task_id, None) is None:
+            return  # already forgotten (an actor's creation, when the actor died)
         for object_id in task.deps:
             self.decref(object_id)
         for object_id in task.nested:
@@ -638,6 +709,9 @@ class Node:
             demand[key] = demand.get(key, 0.0) - value
         worker.lent = {}
         self.resources.release(demand)
+        if task.gpu_ids:
+            self.resources.return_gpus(task.gpu_ids, task.demand.get("GPU", 0.0))
+            task.gpu_ids = ()
 
     def _unpin_deps(self, task: TaskRecord) -> None:
         for object_id in task.deps:
@@ -645,6 +719,8 @@ class Node:
                 self.store.unpin(object_id, task.task_id)
 
     def schedule(self) -> None:
+        if self.pending_actors:
+            self.place_pending_actors()
         assignments, unplaced = self.scheduler.assignments()
         for task, worker in assignments:
             self.dispatch(task, worker)
@@ -661,8 +737,10 @@ class Node:
             deps.append(self.object_info(object_id, entry))
         func_blob = None
         if task.func_id not in worker.known_funcs:
-            func_blob = self.funcs[task.func_id]
+            func_blob = self.funcs.get(task.func_id)
             worker.known_funcs.add(task.func_id)
+        if not task.actor_id:
+            task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
         self.send(
             worker.client_id,
             P.ExecuteTask(
@@ -675,8 +753,44 @@ class Node:
                 task.return_ids,
                 task.retry_exceptions,
                 task.attempt,
+                task.actor_id,
+                task.method,
+                task.job,
+                task.gpu_ids,
             ),
         )
+
+    # ------------------------------------------------------------------ cancel
+
+    def on_cancel(self, client: bytes, message: P.CancelTask) -> None:
+        task = self.tasks.get(ids.task_of(message.object_id))
+        if task is not None:
+            self.cancel(task, message.force, message.recursive)
+
+    def cancel(self, task: TaskRecord, force: bool, recursive: bool) -> None:
+        """Queued: fail now. Running: KeyboardInterrupt in it, or kill its worker (force)."""
+        if recursive:
+            for child_id in task.children:
+                child = self.tasks.get(child_id)
+                if child is not None:
+                    self.cancel(child, force, recursive)
+        if task.state in (TaskState.FINISHED, TaskState.FAILED) or task.cancelled:
+            return
+        task.cancelled = True
+        if task.state in (TaskState.WAITING, TaskState.READY):
+            if task.actor_id:
+                self.actor_call_dropped(task)
+            self.fail_task(task, self.cancelled_error(task))
+        elif task.state is TaskState.RUNNING and task.worker in self.workers:
+            worker = self.workers[task.worker]
+            if task.actor_id:
+                return  # a running actor call finishes; cancelling it needs the actor's help
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL if force else signal.SIGINT)
+
+    def cancelled_error(self, task: TaskRecord) -> bytes:
+        error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
+        return pickle.dumps(error, protocol=5)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -32,6 +32,7 @@ class Hello(NamedTuple):
     kind: str  # "driver" or "worker"
     pid: int  # the client's process id, for log prefixes and crash reports
     version: int  # PROTOCOL_VERSION of the client
+    namespace: str  # a driver's namespace for named actors ("" for workers)
 
 
 class SubmitTask(NamedTuple):
@@ -48,6 +49,51 @@ class SubmitTask(NamedTuple):
     resources: dict[str, float]  # the demand: {"CPU": 1.0, ...}
     max_retries: int  # retries after a worker crash (-1: forever)
     retry_exceptions: bool | bytes  # True/False, or a pickled list of exception types
+    actor_id: bytes  # b"" for a task; else the actor whose ``method`` to call
+    method: str
+
+
+class CreateActor(NamedTuple):
+    """``Cls.remote(*args)``: start a process for an actor and run its ``__init__``."""
+
+    actor_id: bytes
+    class_blob: bytes  # the cloudpickled class
+    class_name: str
+    args_blob: bytes  # like SubmitTask's
+    deps: tuple[bytes, ...]
+    nested: tuple[bytes, ...]
+    place_demand: dict[str, float]  # needed free to place it (1 CPU by default)
+    run_demand: dict[str, float]  # held while it lives (0 CPU by default)
+    options: dict[str, Any]  # name, namespace, lifetime, max_restarts, max_task_retries, ...
+    request_id: int  # non-zero: answer with Reply (named actors: taken names, get_if_exists)
+
+
+class KillActor(NamedTuple):
+    """``rj.kill(handle)``: stop the actor's process now."""
+
+    actor_id: bytes
+    no_restart: bool
+
+
+class ActorStarted(NamedTuple):
+    """An actor worker ran ``__init__``; ``error`` is a serialized error if it raised."""
+
+    actor_id: bytes
+    error: bytes | None
+
+
+class ActorExiting(NamedTuple):
+    """The actor called ``exit_actor()``: its process ends on purpose, no restart."""
+
+    actor_id: bytes
+
+
+class CancelTask(NamedTuple):
+    """``rj.cancel(ref)``: stop the task that makes ``object_id``."""
+
+    object_id: bytes
+    force: bool  # kill the worker instead of raising KeyboardInterrupt in it
+    recursive: bool  # cancel the tasks it submitted too
 
 
 class PutObject(NamedTuple):
@@ -99,6 +145,7 @@ class Request(NamedTuple):
 
     request_id: int
     what: str
+    args: Any
 
 
 class StopCluster(NamedTuple):
@@ -135,6 +182,23 @@ class ExecuteTask(NamedTuple):
     return_ids: tuple[bytes, ...]
     retry_exceptions: bool | bytes
     attempt: int  # 0 for the first try
+    actor_id: bytes  # b"" for a task; else call ``method`` of the actor this worker hosts
+    method: str
+    job_id: bytes  # the driver the work belongs to (runtime context)
+    gpu_ids: tuple[int, ...]  # GPUs assigned to this task (CUDA_VISIBLE_DEVICES)
+
+
+class StartActor(NamedTuple):
+    """Become the process of an actor: build its instance from the class and arguments."""
+
+    actor_id: bytes
+    class_blob: bytes
+    class_name: str
+    args_blob: bytes
+    deps: tuple[ObjectInfo, ...]
+    max_concurrency: int  # 1 for a plain actor
+    job_id: bytes
+    gpu_ids: tuple[int, ...]
 
 
 class LogLines(NamedTuple):
@@ -156,6 +220,11 @@ class Reply(NamedTuple):
 CLIENT_TO_NODE = (
     Hello,
     SubmitTask,
+    CreateActor,
+    KillActor,
+    ActorStarted,
+    ActorExiting,
+    CancelTask,
     PutObject,
     RefOps,
     PinOps,
@@ -165,7 +234,7 @@ CLIENT_TO_NODE = (
     Request,
     StopCluster,
 )
-NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, LogLines, Reply)
+NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, StartActor, LogLines, Reply)
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
 

@@ -128,6 +128,8 @@ def submit(
             function._demand,
             function._options["max_retries"],
             function._retry,
+            b"",
+            "",
         )
     )
     if num_returns == 1:

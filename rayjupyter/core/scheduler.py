@@ -71,6 +71,14 @@ class TaskRecord:
     attempt: int = 0
     worker: bytes | None = None
     history: list[TaskState] = field(default_factory=list)
+    actor_id: bytes = b""  # an actor method call, run by that actor's process
+    method: str = ""
+    job: bytes = b""  # the driver this work belongs to
+    namespace: str = ""  # for named actors looked up from inside the task
+    parent: bytes | None = None  # the task that submitted this one (recursive cancel)
+    children: list[bytes] = field(default_factory=list)
+    gpu_ids: tuple[int, ...] = ()
+    cancelled: bool = False
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -98,6 +106,7 @@ class WorkerRecord:
     task: TaskRecord | None = None
     known_funcs: set[bytes] = field(default_factory=set)
     lent: dict[str, float] = field(default_factory=dict)  # resources given back while blocked
+    actor_id: bytes = b""  # set for a process dedicated to an actor
     handle: Any = None  # the node's process handle (Popen), opaque here
 
     def transition(self, new: WorkerState) -> None:
@@ -114,6 +123,29 @@ class ResourcePool:
     def __init__(self, total: dict[str, float]) -> None:
         self.total = {k: float(v) for k, v in total.items() if v > 0}
         self.available = dict(self.total)
+        self.gpu_free = [1.0] * int(self.total.get("GPU", 0))  # free fraction per GPU id
+
+    def assign_gpus(self, amount: float) -> tuple[int, ...]:
+        """Pick GPU ids for a demand: whole GPUs, or a share of one (fractions share an id)."""
+        if amount <= 0:
+            return ()
+        free = self.gpu_free
+        if amount < 1:
+            candidates = [i for i, f in enumerate(free) if f + 1e-9 >= amount]
+            if not candidates:
+                return ()
+            best = min(candidates, key=lambda i: free[i])  # pack shares onto used GPUs
+            free[best] -= amount
+            return (best,)
+        chosen = [i for i, f in enumerate(free) if f >= 1 - 1e-9][: int(amount)]
+        for i in chosen:
+            free[i] = 0.0
+        return tuple(chosen)
+
+    def return_gpus(self, ids: tuple[int, ...], amount: float) -> None:
+        share = amount if amount < 1 else 1.0
+        for i in ids:
+            self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
 
     def feasible(self, demand: dict[str, float]) -> bool:
         """Could this demand ever be met here, with nothing else running?"""

@@ -7,21 +7,28 @@ stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
+import functools
+import inspect
 import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api
+from rayjupyter.core import api, runtime_context
 from rayjupyter.core import protocol as P
+from rayjupyter.core.actor import ActorExitRequest
 from rayjupyter.core.client import Client
-from rayjupyter.core.exceptions import RayTaskError
+from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
 from rayjupyter.core.object_store import shm_path, write_object
 from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, serialize
 from rayjupyter.core.task_args import unpack_args
@@ -41,29 +48,124 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class TaskExecutor:
-    """Runs ExecuteTask messages and reports TaskFinished."""
+    """Runs tasks and, once it hosts an actor, that actor's calls; reports TaskFinished."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.pid = os.getpid()
+        self.running: bytes | None = None  # the task a SIGINT (cancel) is meant for
+        self.instance: Any = None  # the actor, once StartActor ran
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.slots: asyncio.Semaphore | None = None
+
+    # ------------------------------------------------------------------ tasks
 
     def run(self, task: P.ExecuteTask) -> None:
+        """Run a task or an actor call: inline, or on the actor's threads or event loop."""
+        if not task.actor_id:
+            self._execute(task, self._function(task))
+        elif self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
+        elif self.pool is not None:
+            self.pool.submit(self._execute, task, getattr(self.instance, task.method))
+        else:
+            self._execute(task, getattr(self.instance, task.method))
+
+    def _function(self, task: P.ExecuteTask) -> Callable[..., Any]:
+        function = self.functions.get(task.func_id)
+        if function is None:
+            function = cloudpickle.loads(task.func_blob or b"")
+            self.functions[task.func_id] = function
+        return function
+
+    def _enter(self, task: P.ExecuteTask) -> contextvars.Token[Any]:
+        if task.gpu_ids or not task.actor_id:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+        return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
+
+    def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
+        token = self._enter(task)
+        exiting = False
         try:
-            function = self.functions.get(task.func_id)
-            if function is None:
-                function = cloudpickle.loads(task.func_blob or b"")
-                self.functions[task.func_id] = function
             dep_values = [self.client.materialize(info) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
-            result = function(*args, **kwargs)
-            del args, kwargs, dep_values
+            del dep_values
+            if not task.actor_id:
+                self.running = task.task_id
+            try:
+                result = function(*args, **kwargs)
+            finally:
+                self.running = None
+            del args, kwargs
             message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
+        except ActorExitRequest:
+            exiting = True
+            message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+        except KeyboardInterrupt:  # rj.cancel: the node turns this into TaskCancelledError
+            message = self._failure(task, TaskCancelledError(f"Task {task.name!r} was cancelled."))
         except Exception as exc:
             message = self._failure(task, exc)
+        finally:
+            runtime_context.current_task.reset(token)
+        self._finish(message, exiting)
+
+    async def _execute_async(self, task: P.ExecuteTask) -> None:
+        assert self.slots is not None
+        async with self.slots:  # max_concurrency calls at once
+            token = self._enter(task)
+            exiting = False
+            try:
+                dep_values = [self.client.materialize(info) for info in task.deps]
+                args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
+                result = getattr(self.instance, task.method)(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
+            except ActorExitRequest:
+                exiting = True
+                message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+            except Exception as exc:
+                message = self._failure(task, exc)
+            finally:
+                runtime_context.current_task.reset(token)
+            self._finish(message, exiting)
+
+    def _finish(self, message: P.TaskFinished, exiting: bool) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        if exiting:
+            actor_id = runtime_context.current.actor_id
+            self.client.send([message, P.ActorExiting(actor_id)])
+            self.client.close()
+            os._exit(0)
         self.client.send([message])
+
+    # ------------------------------------------------------------------ actors
+
+    def start_actor(self, start: P.StartActor) -> None:
+        """Become an actor's process: build the instance, then serve its calls."""
+        runtime_context.current.actor_id = start.actor_id
+        runtime_context.current.job_id = start.job_id
+        runtime_context.current.actor_gpu_ids = start.gpu_ids
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
+        try:
+            cls = cloudpickle.loads(start.class_blob)
+            dep_values = [self.client.materialize(info) for info in start.deps]
+            args, kwargs = unpack_args(start.args_blob, dep_values, deserialize)
+            self.instance = cls(*args, **kwargs)
+        except Exception as exc:
+            error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
+            self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
+            return
+        if any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls)):
+            self.loop = asyncio.new_event_loop()
+            self.slots = asyncio.Semaphore(start.max_concurrency)
+            threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
+        elif start.max_concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(start.max_concurrency)
+        self.client.send([P.ActorStarted(start.actor_id, None)])
 
     def _store(
         self, task: P.ExecuteTask, result: Any
@@ -97,11 +199,17 @@ class TaskExecutor:
 
     def _failure(self, task: P.ExecuteTask, exc: Exception) -> P.TaskFinished:
         error = RayTaskError.from_exception(exc, task.name, self.pid)
-        try:
-            blob = cloudpickle.dumps(error)
-        except Exception:
-            blob = cloudpickle.dumps(RayTaskError(task.name, error.traceback_str, None, self.pid))
+        blob = _dumps_error(error, self.pid)
         return P.TaskFinished(task.task_id, (), blob, _retryable(task.retry_exceptions, exc))
+
+
+def _dumps_error(error: RayTaskError, pid: int) -> bytes:
+    """The error as bytes; without its cause if the cause cannot be pickled."""
+    try:
+        return bytes(cloudpickle.dumps(error))
+    except Exception:
+        bare = RayTaskError(error.function_name, error.traceback_str, None, pid)
+        return bytes(cloudpickle.dumps(bare))
 
 
 def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
@@ -114,6 +222,12 @@ def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _on_sigint(executor: TaskExecutor, signum: int, frame: Any) -> None:
+    """rj.cancel sends SIGINT: interrupt the running task, ignore it between tasks."""
+    if executor.running is not None:
+        raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -131,12 +245,18 @@ def main() -> None:
         io_thread=False,
     )
     api._set_worker_client(client)
+    runtime_context.current.node_id = client.node_id
+    runtime_context.current.worker_id = client.client_id
     executor = TaskExecutor(client)
+    signal.signal(signal.SIGINT, functools.partial(_on_sigint, executor))
     while True:
         task = client.next_task()
         if task is None:
             break
-        executor.run(task)
+        if isinstance(task, P.StartActor):
+            executor.start_actor(task)
+        else:
+            executor.run(task)
         del task
 
 

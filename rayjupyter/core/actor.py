@@ -1,0 +1,276 @@
+"""Actors from the caller's side: ``@remote`` classes, handles, method calls, ``kill``.
+
+A handle counts like an ObjectRef (the node ends a non-detached actor when no handle is
+left anywhere), pickles into tasks and other actors, and sends calls through the same
+submit path as tasks, so arguments, dependencies and results behave the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from rayjupyter.core import options as option_table
+from rayjupyter.core import protocol as P
+from rayjupyter.core import serialization
+from rayjupyter.core.client import Client
+from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.object_ref import ObjectRef, reference_counter
+from rayjupyter.core.remote_function import put_serialized
+from rayjupyter.core.task_args import pack_args
+
+ACTOR_INDEX = 0xFFFFFFFF  # an actor id is its creation's task id with this index
+ASYNC_DEFAULT_CONCURRENCY = 1000  # as in Ray
+
+
+def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Callable[[Any], Any]:
+    """``@rj.method(num_returns=2)`` on an actor method."""
+
+    def mark(function: Any) -> Any:
+        function.__rayjupyter_num_returns__ = num_returns
+        return function
+
+    return mark
+
+
+class ActorExitRequest(BaseException):
+    """Raised by ``exit_actor()``; the actor's process ends after the current call."""
+
+
+def exit_actor() -> None:
+    """End the current actor on purpose: no restart, later calls fail with ActorDiedError."""
+    from rayjupyter.core import runtime_context
+
+    if not runtime_context.current.actor_id:
+        raise TypeError("exit_actor() called outside an actor: call it from an actor method.")
+    raise ActorExitRequest()
+
+
+def _method_table(cls: type) -> dict[str, dict[str, Any]]:
+    table = {}
+    for name, member in inspect.getmembers(cls, callable):
+        if name.startswith("__") and name != "__call__":
+            continue
+        table[name] = {
+            "num_returns": getattr(member, "__rayjupyter_num_returns__", 1),
+            "is_async": inspect.iscoroutinefunction(member),
+        }
+    return table
+
+
+class ActorClass:
+    """A class made remote: ``Cls.remote(*args)`` starts an actor and returns its handle."""
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = option_table.merge_options(
+            option_table.actor_defaults(), options, for_actor=True
+        )
+        self._methods = _method_table(cls)
+        self._blob: bytes | None = None
+        self.__name__ = cls.__name__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+            f"use '{self.__name__}.remote()'."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorClass, (self._cls, self._options))
+
+    def options(self, **options: Any) -> ActorClass:
+        copy = ActorClass(self._cls, {})
+        copy._options = option_table.merge_options(self._options, options, for_actor=True)
+        copy._blob = self._blob
+        return copy
+
+    def _class_blob(self) -> bytes:
+        if self._blob is None:
+            try:
+                self._blob = cloudpickle.dumps(self._cls)
+            except Exception as exc:
+                raise SerializationError(
+                    f"Could not serialize the actor class {self.__name__!r}: {exc}."
+                ) from exc
+        return self._blob
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        from rayjupyter.core.api import _client
+
+        return create_actor(_client(), self, args, kwargs)
+
+
+def _node_options(actor_class: ActorClass) -> dict[str, Any]:
+    options = actor_class._options
+    is_async = any(m["is_async"] for m in actor_class._methods.values())
+    concurrency = options.get("max_concurrency")
+    if concurrency is None:
+        concurrency = ASYNC_DEFAULT_CONCURRENCY if is_async else 1
+    return {
+        "name": options.get("name") or "",
+        "namespace": options.get("namespace") or "",
+        "lifetime": options.get("lifetime"),
+        "get_if_exists": bool(options.get("get_if_exists")),
+        "max_restarts": options.get("max_restarts") or 0,
+        "max_task_retries": options.get("max_task_retries") or 0,
+        "max_concurrency": int(concurrency),
+        "methods": actor_class._methods,
+    }
+
+
+def create_actor(
+    client: Client, actor_class: ActorClass, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> ActorHandle:
+    name = actor_class.__name__
+    packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
+    actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
+    node_options = _node_options(actor_class)
+    request_id = client.new_request_id() if node_options["name"] else 0
+    message = P.CreateActor(
+        actor_id,
+        actor_class._class_blob(),
+        name,
+        packed.blob,
+        packed.deps,
+        packed.nested,
+        option_table.resource_demand(actor_class._options, for_placement=True),
+        option_table.resource_demand(actor_class._options),
+        node_options,
+        request_id,
+    )
+    if not request_id:
+        client.send([message], batch=True)
+        return ActorHandle(actor_id, name, actor_class._methods, _owned=True)
+    client.send([message])
+    got_id, class_name, methods = client.await_reply(request_id, f"create actor {name}")
+    if reference_counter.count(got_id) > 0:  # we already hold it: give back the node's new hold
+        reference_counter.pending.append((False, got_id))
+    return ActorHandle(got_id, class_name, methods, _owned=True)
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(*args)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running "
+            f"'handle.{self._name}()', try 'handle.{self._name}.remote()'."
+        )
+
+    def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
+        count = self._num_returns if num_returns is None else num_returns
+        return ActorMethod(self._handle, self._name, count)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        from rayjupyter.core.api import _client
+
+        return self._handle._call(_client(), self._name, args, kwargs, self._num_returns)
+
+
+class ActorHandle:
+    """A reference to a live actor; pass it anywhere a value can go."""
+
+    def __init__(
+        self,
+        actor_id: bytes,
+        class_name: str,
+        methods: dict[str, dict[str, Any]],
+        *,
+        _owned: bool = False,
+    ) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        reference_counter.add(actor_id, report=not _owned)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown
+            reference_counter.remove(self._actor_id)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        serialization.record_contained_ref(self)
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods))
+
+    def binary(self) -> bytes:
+        return self._actor_id
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        meta = self._methods.get(name)
+        if meta is None:
+            raise AttributeError(f"'{self._class_name}' actor has no method {name!r}")
+        return ActorMethod(self, name, int(meta["num_returns"]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
+
+    def _call(
+        self,
+        client: Client,
+        method_name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        num_returns: int,
+    ) -> Any:
+        label = f"{self._class_name}.{method_name}"
+        packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s))
+        task_id = client.ids.task_id()
+        return_ids = tuple(client.ids.object_id(task_id, i) for i in range(num_returns))
+        refs = [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+        client.submit(
+            P.SubmitTask(
+                task_id,
+                b"",
+                None,
+                label,
+                packed.blob,
+                packed.deps,
+                packed.nested,
+                return_ids,
+                {},
+                0,
+                False,
+                self._actor_id,
+                method_name,
+            )
+        )
+        if num_returns == 1:
+            return refs[0]
+        return None if num_returns == 0 else refs
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop an actor's process now; calls in flight fail with ActorDiedError."""
+    from rayjupyter.core.api import _client
+
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"rj.kill() expects an actor handle, got {type(actor).__name__}")
+    _client().send([P.KillActor(actor._actor_id, no_restart)])
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of a named actor; ValueError if no live actor has that name."""
+    from rayjupyter.core.api import _client
+
+    if not isinstance(name, str) or not name:
+        raise ValueError("get_actor() needs the actor's name, a non-empty string.")
+    actor_id, class_name, methods = _client().request("get_actor", name, namespace)
+    return ActorHandle(actor_id, class_name, methods)

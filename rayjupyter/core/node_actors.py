@@ -1,0 +1,408 @@
+"""Actors on a node: placement, a process each, ordered calls, restarts, names and death.
+
+A mixin of the node daemon (it shares the node's tables and loop). An actor's creation is
+a task record whose dependencies are its ``__init__`` arguments; its calls are task records
+queued per actor in submission order and sent to its process as soon as they are ready,
+so a caller's calls run in the order it made them and the process never waits on the node
+between two calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import pickle
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ActorDiedError
+from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
+
+if TYPE_CHECKING:
+    from rayjupyter.core.node import Node
+
+
+class ActorState(enum.Enum):
+    PENDING = "pending"  # waiting for its arguments or for resources to be placed
+    STARTING = "starting"  # its process runs __init__
+    ALIVE = "alive"
+    DEAD = "dead"
+
+
+ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
+    ActorState.PENDING: frozenset({ActorState.STARTING, ActorState.DEAD}),
+    # STARTING -> PENDING and ALIVE -> PENDING are restarts after the process died
+    ActorState.STARTING: frozenset({ActorState.ALIVE, ActorState.PENDING, ActorState.DEAD}),
+    ActorState.ALIVE: frozenset({ActorState.PENDING, ActorState.DEAD}),
+    ActorState.DEAD: frozenset(),
+}
+
+
+@dataclass(eq=False)
+class ActorRecord:
+    """Everything the node knows about one actor."""
+
+    actor_id: bytes
+    class_name: str
+    creation: TaskRecord  # its __init__ call; deps are held for the actor's whole life
+    class_blob: bytes
+    place_demand: dict[str, float]
+    run_demand: dict[str, float]
+    options: dict[str, Any]
+    namespace: str
+    state: ActorState = ActorState.PENDING
+    refs: int = 0  # handles (and the creator's hold), like an object's refs
+    restarts: int = 0
+    worker: bytes | None = None
+    queue: deque[TaskRecord] = field(default_factory=deque)
+    in_flight: dict[bytes, TaskRecord] = field(default_factory=dict)
+    gpu_ids: tuple[int, ...] = ()
+    death_error: bytes = b""
+    killed: bool = False
+    no_restart: bool = False
+    exiting: bool = False
+    release_when_idle: bool = False
+
+    @property
+    def job(self) -> bytes:
+        return self.creation.job
+
+    @property
+    def name(self) -> str:
+        return str(self.options.get("name") or "")
+
+    @property
+    def detached(self) -> bool:
+        return self.options.get("lifetime") == "detached"
+
+    def transition(self, new: ActorState) -> None:
+        if new not in ACTOR_TRANSITIONS[self.state]:
+            raise InvalidTransition(
+                f"actor {self.class_name} ({self.actor_id.hex()}): "
+                f"{self.state.value} -> {new.value} is not allowed"
+            )
+        self.state = new
+
+    def handle_info(self) -> tuple[bytes, str, dict[str, Any]]:
+        """What a process needs to build a handle: id, class name, method table."""
+        return self.actor_id, self.class_name, dict(self.options.get("methods") or {})
+
+
+class NodeActors:
+    """The node's actor handlers and bookkeeping (mixed into ``Node``)."""
+
+    def _node(self) -> Node:
+        return self  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ creation
+
+    def on_create_actor(self, client: bytes, message: P.CreateActor) -> None:
+        node = self._node()
+        job, namespace, _ = node.context_of(client)
+        namespace = str(message.options.get("namespace") or namespace)
+        name = str(message.options.get("name") or "")
+        if name:
+            existing = node.named_actors.get((namespace, name))
+            if existing is not None and node.actors[existing].state is not ActorState.DEAD:
+                if message.options.get("get_if_exists"):
+                    node.hold(client, existing)
+                    node.send(
+                        client, P.Reply(message.request_id, node.actors[existing].handle_info())
+                    )
+                else:
+                    error = ValueError(
+                        f"The name {name!r} (namespace={namespace!r}) is already taken by "
+                        f"another actor: pick another name, kill that actor, or pass "
+                        f"get_if_exists=True to get it."
+                    )
+                    node.send(client, P.Reply(message.request_id, error))
+                return
+            node.named_actors[(namespace, name)] = message.actor_id
+        creation = TaskRecord(
+            task_id=message.actor_id[:16],
+            owner=client,
+            name=f"{message.class_name}.__init__",
+            func_id=b"",
+            args_blob=message.args_blob,
+            deps=message.deps,
+            nested=message.nested,
+            return_ids=(),
+            demand=message.place_demand,
+            max_retries=0,
+            retry_exceptions=False,
+            actor_id=message.actor_id,
+            method="__init__",
+            job=job,
+            namespace=namespace,
+        )
+        actor = ActorRecord(
+            actor_id=message.actor_id,
+            class_name=message.class_name,
+            creation=creation,
+            class_blob=message.class_blob,
+            place_demand=message.place_demand,
+            run_demand=message.run_demand,
+            options=message.options,
+            namespace=namespace,
+        )
+        node.actors[actor.actor_id] = actor
+        node.hold(client, actor.actor_id)  # the creator's handle
+        if not node.resources.feasible(actor.place_demand):
+            node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
+        node.admit(client, creation)
+        if message.request_id:
+            node.send(client, P.Reply(message.request_id, actor.handle_info()))
+
+    def actor_call_admitted(self, task: TaskRecord) -> bool:
+        """A new call (or the creation) for an actor: queue it, or fail it if the actor is dead."""
+        node = self._node()
+        actor = node.actors.get(task.actor_id)
+        if task.method == "__init__":
+            return True
+        if actor is None or actor.state is ActorState.DEAD:
+            node.fail_task(task, actor.death_error if actor else self._unknown_actor(task))
+            return False
+        task.max_retries = int(actor.options.get("max_task_retries") or 0)
+        task.job, task.namespace = actor.job, actor.namespace
+        actor.queue.append(task)
+        return True
+
+    def _unknown_actor(self, task: TaskRecord) -> bytes:
+        error = ActorDiedError(f"No actor {task.actor_id.hex()} exists on this cluster.")
+        return pickle.dumps(error, protocol=5)
+
+    def pump_actor(self, actor_id: bytes) -> None:
+        """Place a pending actor, or send its ready calls in order."""
+        node = self._node()
+        actor = node.actors.get(actor_id)
+        if actor is None:
+            return
+        if actor.state is ActorState.PENDING:
+            if actor.creation.state is TaskState.READY:
+                node.pending_actors.add(actor_id)
+            return
+        if actor.state is not ActorState.ALIVE or actor.worker not in node.workers:
+            return
+        worker = node.workers[actor.worker]
+        queue = actor.queue
+        while queue:
+            task = queue[0]
+            if task.state is TaskState.FAILED:  # cancelled while queued
+                queue.popleft()
+                continue
+            if task.state is not TaskState.READY:
+                break  # a call still waiting for its arguments keeps the later ones waiting
+            queue.popleft()
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            actor.in_flight[task.task_id] = task
+            node.dispatch(task, worker)
+
+    def place_pending_actors(self) -> None:
+        """Start a process for each pending actor whose placement resources are free."""
+        node = self._node()
+        for actor_id in list(node.pending_actors):
+            actor = node.actors.get(actor_id)
+            if actor is None or actor.state is not ActorState.PENDING:
+                node.pending_actors.discard(actor_id)
+                continue
+            if not node.resources.fits(actor.place_demand):
+                continue
+            node.pending_actors.discard(actor_id)
+            node.resources.acquire(actor.run_demand)
+            actor.gpu_ids = node.resources.assign_gpus(actor.run_demand.get("GPU", 0.0))
+            actor.creation.transition(TaskState.RUNNING)
+            actor.transition(ActorState.STARTING)
+            actor.worker = node.spawn_worker(actor_id=actor_id)
+
+    def start_actor_in(self, worker: WorkerRecord) -> None:
+        """The actor's process connected: send it the class and the arguments."""
+        node = self._node()
+        actor = node.actors.get(worker.actor_id)
+        if actor is None or actor.worker != worker.client_id:
+            return
+        creation = actor.creation
+        deps = []
+        for object_id in creation.deps:
+            entry = node.objects[object_id]
+            deps.append(node.object_info(object_id, entry))
+        max_concurrency = int(actor.options.get("max_concurrency") or 1)
+        node.send(
+            worker.client_id,
+            P.StartActor(
+                actor.actor_id,
+                actor.class_blob,
+                actor.class_name,
+                creation.args_blob,
+                tuple(deps),
+                max_concurrency,
+                actor.job,
+                actor.gpu_ids,
+            ),
+        )
+
+    def on_actor_started(self, client: bytes, message: P.ActorStarted) -> None:
+        node = self._node()
+        actor = node.actors.get(message.actor_id)
+        if actor is None or actor.worker != client or actor.state is not ActorState.STARTING:
+            return
+        if message.error is not None:
+            cause = pickle.loads(message.error)
+            actor.no_restart = True
+            self.actor_dies(actor, f"its __init__ raised:\n{cause}")
+            return
+        actor.transition(ActorState.ALIVE)
+        self.pump_actor(actor.actor_id)
+
+    # ------------------------------------------------------------------ calls
+
+    def actor_call_finished(self, worker: WorkerRecord, message: P.TaskFinished) -> None:
+        node = self._node()
+        actor = node.actors.get(worker.actor_id)
+        if actor is None:
+            return
+        task = actor.in_flight.pop(message.task_id, None)
+        if task is None:
+            return
+        node._drain_output(node.pipes[worker.client_id])
+        node._unpin_deps(task)
+        if message.error is not None:
+            node.fail_task(task, node.cancelled_error(task) if task.cancelled else message.error)
+        else:
+            task.transition(TaskState.FINISHED)
+            for object_id, inline, size, contained in message.results:
+                node.set_ready(object_id, inline, size, False, contained)
+            node._forget_task(task)
+        if actor.release_when_idle and not actor.in_flight and not actor.queue:
+            self.actor_dies(actor, "all handles to it went out of scope")
+
+    def actor_call_dropped(self, task: TaskRecord) -> None:
+        actor = self._node().actors.get(task.actor_id)
+        if actor is not None and task in actor.queue:
+            actor.queue.remove(task)
+
+    # ------------------------------------------------------------------ death
+
+    def on_kill_actor(self, client: bytes, message: P.KillActor) -> None:
+        node = self._node()
+        actor = node.actors.get(message.actor_id)
+        if actor is None or actor.state is ActorState.DEAD:
+            return
+        actor.killed = True
+        actor.no_restart = actor.no_restart or message.no_restart
+        if actor.worker is not None and actor.worker in node.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
+        elif actor.no_restart:
+            self.actor_dies(actor, "it was killed by rj.kill() before it started")
+
+    def on_actor_exiting(self, client: bytes, message: P.ActorExiting) -> None:
+        actor = self._node().actors.get(message.actor_id)
+        if actor is not None and actor.worker == client:
+            actor.exiting = True
+
+    def actor_released(self, actor: ActorRecord) -> None:
+        """One handle fewer; a non-detached actor ends when none is left."""
+        actor.refs -= 1
+        if actor.refs > 0 or actor.detached or actor.state is ActorState.DEAD:
+            return
+        if actor.in_flight or actor.queue:
+            actor.release_when_idle = True
+        else:
+            self.actor_dies(actor, "all handles to it went out of scope")
+
+    def actor_process_died(self, worker: WorkerRecord, cause: str) -> None:
+        """An actor's process ended: restart it within max_restarts, or let it die."""
+        node = self._node()
+        actor = node.actors.get(worker.actor_id)
+        if actor is None or actor.worker != worker.client_id or actor.state is ActorState.DEAD:
+            return
+        actor.worker = None
+        node.resources.release(actor.run_demand)
+        node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+        actor.gpu_ids = ()
+        if actor.exiting:
+            reason = "it exited on purpose (exit_actor() was called)"
+        elif actor.killed:
+            reason = "it was killed by rj.kill()"
+        else:
+            reason = f"its process died ({cause})"
+        max_restarts = int(actor.options.get("max_restarts") or 0)
+        restartable = (
+            not actor.exiting
+            and not actor.no_restart
+            and (max_restarts < 0 or actor.restarts < max_restarts)
+            and (actor.refs > 0 or actor.detached)
+        )
+        if not restartable:
+            self.actor_dies(actor, reason)
+            return
+        actor.restarts += 1
+        actor.killed = False
+        retried = []
+        for task in actor.in_flight.values():
+            node._unpin_deps(task)
+            if task.retry():
+                task.transition(TaskState.READY)
+                retried.append(task)
+            else:
+                error = ActorDiedError(
+                    f"The actor {actor.class_name} died while running {task.name!r}: {reason}. "
+                    f"It is being restarted ({actor.restarts}/{max_restarts}); the call was not "
+                    f"retried (max_task_retries={task.max_retries})."
+                )
+                node.fail_task(task, pickle.dumps(error, protocol=5))
+        actor.in_flight.clear()
+        actor.queue.extendleft(reversed(retried))
+        actor.transition(ActorState.PENDING)
+        actor.creation.transition(TaskState.READY)
+        node.pending_actors.add(actor.actor_id)
+
+    def actor_dies(self, actor: ActorRecord, reason: str) -> None:
+        """For good: every waiting call fails with ActorDiedError naming the reason."""
+        node = self._node()
+        error = ActorDiedError(
+            f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
+        )
+        actor.death_error = pickle.dumps(error, protocol=5)
+        if actor.state in (ActorState.ALIVE, ActorState.STARTING) and (
+            actor.worker is not None and actor.worker in node.workers
+        ):
+            node.resources.release(actor.run_demand)
+            node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
+        actor.transition(ActorState.DEAD)
+        for task in [*actor.in_flight.values(), *actor.queue]:
+            if task.state not in (TaskState.FINISHED, TaskState.FAILED):
+                node._unpin_deps(task)
+                node.fail_task(task, actor.death_error)
+        actor.in_flight.clear()
+        actor.queue.clear()
+        if node.named_actors.get((actor.namespace, actor.name)) == actor.actor_id:
+            del node.named_actors[(actor.namespace, actor.name)]
+        creation = actor.creation
+        if creation.task_id in node.tasks:
+            node._forget_task(creation)
+        node.pending_actors.discard(actor.actor_id)
+
+    # ------------------------------------------------------------------ lookup
+
+    def lookup_actor(
+        self, client: bytes, name: str, namespace: str | None
+    ) -> tuple[bytes, str, dict[str, Any]] | Exception:
+        node = self._node()
+        if namespace is None:
+            namespace = node.context_of(client)[1]
+        actor_id = node.named_actors.get((namespace, name))
+        if actor_id is None or node.actors[actor_id].state is ActorState.DEAD:
+            return ValueError(
+                f"Failed to look up actor with name {name!r} in namespace {namespace!r}: no live "
+                f"actor has that name there. Check the name and namespace (rj.get_actor(name, "
+                f"namespace=...))."
+            )
+        return node.actors[actor_id].handle_info()

@@ -1,0 +1,222 @@
+"""Actors on real processes: ordering, handles, names, failures, restarts, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+
+import pytest
+from helpers import wait_for_condition
+
+import rayjupyter as rj
+from rayjupyter.exceptions import ActorDiedError, RayActorError
+
+pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+@rj.remote
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def increment(self, by=1):
+        self.value += by
+        return self.value
+
+    def get(self):
+        return self.value
+
+    def pid(self):
+        return os.getpid()
+
+    def fail(self):
+        raise KeyError("no such thing")
+
+    @rj.method(num_returns=2)
+    def pair(self):
+        return self.value, -self.value
+
+
+def test_seed_counter_called_1000_times_in_order():
+    counter = Counter.remote()
+    refs = [counter.increment.remote() for _ in range(1000)]
+    assert rj.get(refs, timeout=60) == list(range(1, 1001))
+    assert rj.get(counter.get.remote(), timeout=30) == 1000
+
+
+def test_actor_runs_in_its_own_process_and_keeps_state():
+    counter = Counter.remote(10)
+    assert rj.get(counter.pid.remote(), timeout=30) != os.getpid()
+    counter.increment.remote(5)
+    assert rj.get(counter.get.remote(), timeout=30) == 15
+    low, high = counter.pair.remote()
+    assert rj.get([low, high], timeout=30) == [15, -15]
+
+
+def test_method_error_raises_at_get_and_the_actor_stays_alive():
+    counter = Counter.remote(1)
+    with pytest.raises(KeyError) as info:
+        rj.get(counter.fail.remote(), timeout=30)
+    assert isinstance(info.value, rj.exceptions.RayTaskError)
+    assert rj.get(counter.increment.remote(), timeout=30) == 2
+
+
+def test_handle_used_by_ten_concurrent_tasks():
+    counter = Counter.remote()
+
+    @rj.remote
+    def bump(handle, times):
+        return rj.get([handle.increment.remote() for _ in range(times)], timeout=60)[-1]
+
+    rj.get([bump.remote(counter, 20) for _ in range(10)], timeout=120)
+    assert rj.get(counter.get.remote(), timeout=30) == 200
+
+
+def test_named_actor_is_found_from_a_task():
+    keep = Counter.options(name="global_counter").remote(7)  # named, still refcounted (Ray)
+
+    @rj.remote
+    def read_named():
+        return rj.get(rj.get_actor("global_counter").get.remote(), timeout=30)
+
+    assert rj.get(read_named.remote(), timeout=60) == 7
+    with pytest.raises(ValueError, match="already taken"):
+        Counter.options(name="global_counter").remote()
+    same = Counter.options(name="global_counter", get_if_exists=True).remote()
+    assert rj.get(same.get.remote(), timeout=30) == 7
+    with pytest.raises(ValueError, match="Failed to look up actor"):
+        rj.get_actor("no_such_actor")
+    del keep, same
+
+
+def test_kill_then_a_call_raises_ray_actor_error():
+    counter = Counter.remote()
+    assert rj.get(counter.increment.remote(), timeout=30) == 1
+    rj.kill(counter)
+    with pytest.raises(RayActorError, match="killed"):
+        rj.get(counter.increment.remote(), timeout=30)
+
+
+def test_sigkilled_actor_restarts_with_new_pid_and_fresh_state():
+    counter = Counter.options(max_restarts=1).remote(100)
+    assert rj.get(counter.increment.remote(), timeout=30) == 101
+    pid = rj.get(counter.pid.remote(), timeout=30)
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        try:
+            return rj.get(counter.pid.remote(), timeout=30) != pid
+        except ActorDiedError:  # a call that raced the death
+            return False
+
+    wait_for_condition(restarted, timeout=30)
+    assert rj.get(counter.get.remote(), timeout=30) == 100  # __init__ ran again
+    os.kill(rj.get(counter.pid.remote(), timeout=30), signal.SIGKILL)
+    with pytest.raises(ActorDiedError, match="died"):
+        for _ in range(100):  # out of restarts: every call fails from now on
+            rj.get(counter.get.remote(), timeout=30)
+
+
+def test_exit_actor_ends_it_without_restart():
+    @rj.remote
+    class Quitter:
+        def quit(self):
+            rj.actor.exit_actor()
+
+        def ping(self):
+            return "pong"
+
+    actor = Quitter.options(max_restarts=3).remote()
+    assert rj.get(actor.ping.remote(), timeout=30) == "pong"
+    actor.quit.remote()
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        for _ in range(100):
+            rj.get(actor.ping.remote(), timeout=30)
+
+
+def test_init_error_makes_every_call_fail_with_the_cause():
+    @rj.remote
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("cannot start")
+
+        def ping(self):
+            return "pong"
+
+    actor = Broken.remote()
+    with pytest.raises(ActorDiedError, match="cannot start"):
+        rj.get(actor.ping.remote(), timeout=30)
+
+
+@rj.remote
+class AsyncGate:
+    def __init__(self):
+        self.event = asyncio.Event()
+
+    async def wait(self):
+        await self.event.wait()
+        return "released"
+
+    async def release(self):
+        self.event.set()
+        return "set"
+
+
+def test_async_actor_runs_methods_concurrently():
+    gate = AsyncGate.remote()
+    waiters = [gate.wait.remote() for _ in range(5)]
+    # the waiters can only finish if release runs while they wait: concurrency, not timing
+    assert rj.get(gate.release.remote(), timeout=30) == "set"
+    assert rj.get(waiters, timeout=30) == ["released"] * 5
+
+
+@rj.remote
+class ThreadGate:
+    def __init__(self):
+        self.event = threading.Event()
+
+    def wait(self):
+        return self.event.wait(timeout=60)
+
+    def release(self):
+        self.event.set()
+        return threading.current_thread().name
+
+
+def test_threaded_actor_with_max_concurrency_runs_calls_at_once():
+    gate = ThreadGate.options(max_concurrency=4).remote()
+    waiters = [gate.wait.remote() for _ in range(3)]
+    rj.get(gate.release.remote(), timeout=30)
+    assert rj.get(waiters, timeout=30) == [True, True, True]
+
+
+def test_non_detached_actor_ends_when_its_handles_are_gone():
+    counter = Counter.remote()
+    pid = rj.get(counter.pid.remote(), timeout=30)
+    del counter
+    import psutil
+
+    wait_for_condition(lambda: not psutil.pid_exists(pid), timeout=15)
+
+
+def test_detached_actor_outlives_its_handles():
+    Counter.options(name="keeper", lifetime="detached").remote(3)
+    import gc
+
+    gc.collect()
+    assert rj.get(rj.get_actor("keeper").get.remote(), timeout=30) == 3
+    rj.kill(rj.get_actor("keeper"))
+
+
+def test_runtime_context_names_the_actor():
+    @rj.remote
+    class Who:
+        def ids(self):
+            context = rj.get_runtime_context()
+            return context.get_actor_id(), context.get_task_id(), context.get_job_id()
+
+    actor = Who.remote()
+    actor_id, task_id, job_id = rj.get(actor.ids.remote(), timeout=30)
+    assert actor_id and task_id and job_id == rj.get_runtime_context().get_job_id()
