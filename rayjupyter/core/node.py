@@ -117,19 +117,14 @@ class Node(NodeActors):
         P.ActorExiting: "on_actor_exiting",
     }
 
-    def __init__(
-        self,
-        config: NodeConfig,
-        secret: str,
-        preforked: list[tuple[bytes, StartedProcess]] = (),  # type: ignore[assignment]
-    ) -> None:
+    def __init__(self, config: NodeConfig, secret: str) -> None:
         self.config = config
         self.secret = secret
         self.session = config.session
         self.worker_endpoint = worker_endpoint(self.session)
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.authenticator = auth.start_authenticator(self.context, secret)
+        self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
         self.router = self.context.socket(zmq.ROUTER)
         self.router.linger = 0
         self.router.sndhwm = 0
@@ -172,6 +167,7 @@ class Node(NodeActors):
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.zap.socket, zmq.POLLIN)
         self.fd_handlers: dict[int, Callable[[int], object]] = {}
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
@@ -179,9 +175,7 @@ class Node(NodeActors):
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
         }
-        for client_id, started in preforked:
-            self._adopt_worker(client_id, started)
-        for _ in range(self.pool_size - len(preforked)):
+        for _ in range(self.pool_size):
             self.spawn_worker()
 
     # ------------------------------------------------------------------ loop
@@ -194,6 +188,8 @@ class Node(NodeActors):
                 for source, _ in events:
                     if source is self.router:
                         self._drain_router()
+                    elif source is self.zap.socket:
+                        self.zap.handle()
                     else:
                         self.fd_handlers[int(source)](int(source))
                 self.schedule()
@@ -262,7 +258,7 @@ class Node(NodeActors):
         """Start a worker process (for the pool, or dedicated to one actor); its client id."""
         client_id = ids.new_client_id()
         env = worker_env(self.secret, self.session, self.config.sys_path, client_id)
-        self._adopt_worker(client_id, spawn.spawn_worker(env), actor_id)
+        self._adopt_worker(client_id, spawn.fork_worker(env), actor_id)
         return client_id
 
     def _adopt_worker(
@@ -806,7 +802,7 @@ class Node(NodeActors):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self.router.close(0)
-        self.authenticator.stop()
+        self.zap.close()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)
 
@@ -831,18 +827,11 @@ def main() -> None:
         raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
     config.session = config.session or os.urandom(4).hex()
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
-    # fork the first workers now, while this process has no threads (see spawn.py), with
-    # the worker's modules imported once here and shared
-    import rayjupyter.core.worker  # noqa: F401
+    import rayjupyter.core.worker  # noqa: F401 - imported once here, shared by forked workers
 
-    preforked = []
-    for _ in range(max(1, int(config.num_cpus))):
-        client_id = ids.new_client_id()
-        env = worker_env(secret, config.session, config.sys_path, client_id)
-        preforked.append((client_id, spawn.fork_worker(env)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
-    node = Node(config, secret, preforked)
+    node = Node(config, secret)
     node.run()
 
 

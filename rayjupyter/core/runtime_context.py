@@ -24,6 +24,8 @@ def reset() -> None:
     """Forget the ids of a cluster this process left."""
     global current
     current = _Process()
+
+
 #: per task, so concurrent calls of a threaded or async actor each see their own
 current_task: contextvars.ContextVar[tuple[bytes, bytes, tuple[int, ...]] | None] = (
     contextvars.ContextVar("rayjupyter_task", default=None)

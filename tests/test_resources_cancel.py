@@ -1,0 +1,142 @@
+"""Resources (CPUs, GPUs, custom), infeasible requests, cancellation, many actors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from helpers import wait_for_condition
+
+import rayjupyter as rj
+from rayjupyter.exceptions import TaskCancelledError
+
+
+@pytest.fixture
+def gpu_cluster():
+    rj.init(num_cpus=2, num_gpus=2, resources={"accelerator": 1})
+    yield
+    rj.shutdown()
+
+
+def test_gpu_tasks_get_their_ids_and_cuda_visible_devices(gpu_cluster):
+    @rj.remote(num_gpus=1)
+    def which():
+        time.sleep(0.5)
+        return rj.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    results = rj.get([which.remote(), which.remote()], timeout=60)
+    assert sorted(ids[0] for ids, _ in results) == [0, 1]
+    assert all(env == str(ids[0]) for ids, env in results)
+
+    @rj.remote(num_gpus=0.5)
+    def half():
+        return rj.get_gpu_ids()
+
+    assert len(rj.get(half.remote(), timeout=30)) == 1
+
+
+def test_gpu_actor_and_custom_resources(gpu_cluster):
+    @rj.remote(num_gpus=1, resources={"accelerator": 1})
+    class Model:
+        def devices(self):
+            return rj.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    model = Model.remote()
+    ids, env = rj.get(model.devices.remote(), timeout=30)
+    assert len(ids) == 1 and env == str(ids[0])
+    wait_for_condition(lambda: rj.available_resources().get("GPU", 0) == 1.0, timeout=10)
+    assert "accelerator" not in rj.available_resources()  # fully used: left out, as in Ray
+
+
+def test_work_waits_while_resources_are_busy(gpu_cluster):
+    @rj.remote(resources={"accelerator": 1})
+    def exclusive(seconds):
+        start = time.monotonic()
+        time.sleep(seconds)
+        return start, time.monotonic()
+
+    first, second = rj.get([exclusive.remote(0.5), exclusive.remote(0.5)], timeout=60)
+    spans = sorted([first, second])
+    assert spans[1][0] >= spans[0][1]  # never at the same time
+
+
+def test_infeasible_request_is_reported_with_the_cluster_resources(cluster, capfd):
+    @rj.remote(num_gpus=4)
+    def needs_gpus():
+        return 1
+
+    ref = needs_gpus.remote()
+    seen = {"err": ""}
+
+    def reported():
+        seen["err"] += capfd.readouterr().err
+        return "needs_gpus" in seen["err"]
+
+    wait_for_condition(reported, timeout=5)
+    assert "'GPU': 4.0" in seen["err"] and "'CPU': 2.0" in seen["err"]
+    ready, _ = rj.wait([ref], timeout=0.5)
+    assert ready == []  # it waits for a node that can run it; it does not fail
+
+
+@rj.remote
+def sleeper(seconds, marker=None):
+    if marker:
+        open(marker, "w").close()
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_cancel_running_task_raises_task_cancelled_error(cluster, tmp_path):
+    marker = str(tmp_path / "started")
+    ref = sleeper.remote(60, marker)
+    wait_for_condition(lambda: os.path.exists(marker), timeout=30)
+    rj.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rj.get(ref, timeout=30)
+    assert rj.get(sleeper.remote(0), timeout=30) == "finished"  # the worker lives on
+
+
+def test_cancel_queued_task_never_starts_and_force_kills(cluster, tmp_path):
+    busy = [sleeper.remote(3) for _ in range(2)]  # both CPUs
+    never = str(tmp_path / "never")
+    queued = sleeper.remote(0, never)
+    rj.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        rj.get(queued, timeout=30)
+    rj.cancel(busy[0], force=True)
+    with pytest.raises(TaskCancelledError):
+        rj.get(busy[0], timeout=30)
+    assert rj.get(busy[1], timeout=30) == "finished"
+    assert not os.path.exists(never)
+
+
+def test_cancel_is_recursive(cluster, tmp_path):
+    marker = str(tmp_path / "child")
+
+    @rj.remote
+    def parent(path):
+        return rj.get(sleeper.remote(60, path), timeout=120)
+
+    ref = parent.remote(marker)
+    wait_for_condition(lambda: os.path.exists(marker), timeout=30)
+    rj.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rj.get(ref, timeout=30)
+    wait_for_condition(lambda: rj.available_resources().get("CPU", 0) == 2.0, timeout=15)
+
+
+@pytest.mark.timeout(300)
+def test_two_hundred_actors_alive_at_once_on_two_cpus(cluster):
+    @rj.remote
+    class Cell:
+        def __init__(self, index):
+            self.index = index
+
+        def where(self):
+            return self.index, os.getpid()
+
+    cells = [Cell.remote(i) for i in range(200)]
+    answers = rj.get([cell.where.remote() for cell in cells], timeout=240)
+    assert [index for index, _ in answers] == list(range(200))
+    assert len({pid for _, pid in answers}) == 200
