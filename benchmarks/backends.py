@@ -11,6 +11,7 @@ import importlib
 import multiprocessing
 import multiprocessing.pool
 import os
+from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -28,6 +29,7 @@ class Backend(abc.ABC):
 
     name = ""
     in_stdlib = False  # nothing to import: the import row shows n/a instead of a meaningless ~0 s
+    supports_actors = True  # False: the actor rows show n/a
     note = ""  # how this backend's operations are done, printed under the results table
 
     def __init__(self) -> None:
@@ -69,6 +71,38 @@ class Backend(abc.ABC):
         """Release what reference counting does not (the caller drops its references after this)."""
 
     @abc.abstractmethod
+    def sum_ref(self, handle: Any) -> float:
+        """Sum, in a task, the array behind a ``put`` handle, passed by reference; its result."""
+
+    @abc.abstractmethod
+    def chain(self, length: int) -> Any:
+        """Run ``length`` ``add_one`` tasks, each fed the previous one's result; the last result."""
+
+    @abc.abstractmethod
+    def map_tasks(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        """Submit ``fn(*a)`` for every ``a`` at once, then wait for all: a parallel map."""
+
+    def create_actors(self, n: int) -> list[Any]:
+        """Start ``n`` ``tasks.Counter`` actors and return handles to call them through."""
+        raise NotImplementedError(f"{self.name} has no actors; check supports_actors first")
+
+    def actor_call(self, actor: Any) -> Any:
+        """Call ``incr`` on ``actor`` and wait for its result: the actor's round trip."""
+        raise NotImplementedError(f"{self.name} has no actors; check supports_actors first")
+
+    def actor_submit(self, actor: Any) -> Any:
+        """Call ``incr`` on ``actor`` without waiting; return what ``actor_get_all`` needs."""
+        raise NotImplementedError(f"{self.name} has no actors; check supports_actors first")
+
+    def actor_get_all(self, handles: list[Any]) -> list[Any]:
+        """Wait for the calls ``actor_submit`` made and return their results."""
+        raise NotImplementedError(f"{self.name} has no actors; check supports_actors first")
+
+    def kill_actor(self, actor: Any) -> None:
+        """End ``actor`` now, so its process or thread is not left for the next workload."""
+        raise NotImplementedError(f"{self.name} has no actors; check supports_actors first")
+
+    @abc.abstractmethod
     def shutdown(self) -> None:
         """Stop the cluster or pool that ``start`` made."""
 
@@ -92,6 +126,8 @@ class RayApiBackend(Backend):
         self._api: Any = None
         self._noop: Any = None
         self._sleep_pid: Any = None
+        self._counter: Any = None
+        self._remote_fns: dict[Callable[..., Any], Any] = {}
 
     def load(self) -> None:
         """Import the module that provides the Ray API."""
@@ -101,8 +137,15 @@ class RayApiBackend(Backend):
         """Start a local cluster the way a user would: ``init(num_cpus=...)`` and ``@remote``."""
         self.num_cpus = num_cpus
         self._api.init(num_cpus=num_cpus)
-        self._noop = self._api.remote(tasks.noop)
-        self._sleep_pid = self._api.remote(tasks.sleep_pid)
+        self._noop = self._task(tasks.noop)
+        self._sleep_pid = self._task(tasks.sleep_pid)
+        self._counter = self._api.remote(tasks.Counter)
+
+    def _task(self, fn: Callable[..., Any]) -> Any:
+        """``remote(fn)``, made once per function, as a user would at module level."""
+        if fn not in self._remote_fns:
+            self._remote_fns[fn] = self._api.remote(fn)
+        return self._remote_fns[fn]
 
     def noop_sync(self) -> None:
         """``get(f.remote())``."""
@@ -129,6 +172,43 @@ class RayApiBackend(Backend):
         result: np.ndarray = self._api.get(handle)
         return result
 
+    def sum_ref(self, handle: Any) -> float:
+        """``get(array_sum.remote(ref))``: the worker reads the object where the store holds it."""
+        return float(self._api.get(self._task(tasks.array_sum).remote(handle)))
+
+    def chain(self, length: int) -> Any:
+        """``ref = add_one.remote(ref)`` ``length`` times, then ``get`` the last ref."""
+        add_one = self._task(tasks.add_one)
+        value: Any = 0
+        for _ in range(length):
+            value = add_one.remote(value)
+        return self._api.get(value)
+
+    def map_tasks(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        """``get([f.remote(*a) for a in args])``."""
+        remote_fn = self._task(fn)
+        return list(self._api.get([remote_fn.remote(*a) for a in args]))
+
+    def create_actors(self, n: int) -> list[Any]:
+        """``[Counter.remote() for _ in range(n)]``: returns at once, the actors start behind."""
+        return [self._counter.remote() for _ in range(n)]
+
+    def actor_call(self, actor: Any) -> Any:
+        """``get(actor.incr.remote())``."""
+        return self._api.get(actor.incr.remote())
+
+    def actor_submit(self, actor: Any) -> Any:
+        """``actor.incr.remote()``."""
+        return actor.incr.remote()
+
+    def actor_get_all(self, handles: list[Any]) -> list[Any]:
+        """``get(refs)`` in one call."""
+        return list(self._api.get(handles))
+
+    def kill_actor(self, actor: Any) -> None:
+        """``kill(actor)``."""
+        self._api.kill(actor)
+
     def shutdown(self) -> None:
         """``shutdown()``."""
         self._api.shutdown()
@@ -139,7 +219,10 @@ class RayJupyterBackend(RayApiBackend):
 
     name = "rayjupyter"
     module_name = "rayjupyter"
-    note = "rayjupyter: rj.init(num_cpus=2); put/get = rj.put/rj.get."
+    note = (
+        "rayjupyter: rj.init(num_cpus=2); put/get = rj.put/rj.get; actors = @rj.remote class, "
+        "Counter.remote(), a.incr.remote(), rj.kill(a); chain and ref sum pass ObjectRefs."
+    )
 
 
 class RayBackend(RayApiBackend):
@@ -147,7 +230,10 @@ class RayBackend(RayApiBackend):
 
     name = "ray"
     module_name = "ray"
-    note = "ray: ray.init(num_cpus=2) with its defaults; put/get = ray.put/ray.get."
+    note = (
+        "ray: ray.init(num_cpus=2) with its defaults; put/get = ray.put/ray.get; actors and "
+        "refs as for rayjupyter (ray.remote class, ray.kill)."
+    )
 
 
 class DaskBackend(Backend):
@@ -157,7 +243,10 @@ class DaskBackend(Backend):
     note = (
         "dask: LocalCluster(n_workers=2, threads_per_worker=1, processes=True); tasks = "
         "client.submit(pure=False) + gather; put = client.scatter(hash=False) (one copy to a "
-        "worker over TCP), get = future.result() (a copy back)."
+        "worker over TCP), get = future.result() (a copy back); chain and ref sum pass "
+        "futures to submit; actors = client.submit(Counter, actor=True), a.incr().result(), "
+        "killed by client.cancel(future); dask runs an actor's methods on its worker's actor "
+        "thread and does not promise call order."
     )
 
     def __init__(self) -> None:
@@ -204,6 +293,42 @@ class DaskBackend(Backend):
         result: np.ndarray = handle.result()
         return result
 
+    def sum_ref(self, handle: Any) -> float:
+        """``submit(array_sum, future)``: runs where the scattered array lives, no transfer."""
+        return float(self._client.submit(tasks.array_sum, handle, pure=False).result())
+
+    def chain(self, length: int) -> Any:
+        """``future = submit(add_one, future)`` ``length`` times, then ``result()`` of the last."""
+        value: Any = 0
+        for _ in range(length):
+            value = self._client.submit(tasks.add_one, value, pure=False)
+        return value.result()
+
+    def map_tasks(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        """``gather([submit(f, *a, pure=False) for a in args])``."""
+        return list(self._client.gather([self._client.submit(fn, *a, pure=False) for a in args]))
+
+    def create_actors(self, n: int) -> list[Any]:
+        """``submit(Counter, actor=True)`` each, then ``result()``: dask needs the proxy to call."""
+        futures = [self._client.submit(tasks.Counter, actor=True, pure=False) for _ in range(n)]
+        return [(future, future.result()) for future in futures]
+
+    def actor_call(self, actor: Any) -> Any:
+        """``proxy.incr().result()``."""
+        return actor[1].incr().result()
+
+    def actor_submit(self, actor: Any) -> Any:
+        """``proxy.incr()``: an ActorFuture."""
+        return actor[1].incr()
+
+    def actor_get_all(self, handles: list[Any]) -> list[Any]:
+        """``[f.result() for f in actor_futures]`` (gather does not take actor futures)."""
+        return [handle.result() for handle in handles]
+
+    def kill_actor(self, actor: Any) -> None:
+        """``client.cancel(future)``: the scheduler forgets the actor and its worker drops it."""
+        self._client.cancel([actor[0]])
+
     def shutdown(self) -> None:
         """Close the client, then the cluster."""
         self._client.close()
@@ -215,10 +340,13 @@ class MultiprocessingBackend(Backend):
 
     name = "mp"
     in_stdlib = True
+    supports_actors = False
     note = (
         "mp: multiprocessing.Pool(2), apply for sync, apply_async for async; it has no object "
         "store, so put = copy into a new multiprocessing.shared_memory segment and get = copy "
-        "out of it (not zero-copy)."
+        "out of it (not zero-copy); ref sum = a task that attaches to that segment by name; "
+        "chain = sequential pool.apply calls, each result fed back through the driver; no "
+        "actors (n/a)."
     )
 
     def __init__(self) -> None:
@@ -278,6 +406,24 @@ class MultiprocessingBackend(Backend):
         segment = handle[0]
         segment.close()
         segment.unlink()
+
+    def sum_ref(self, handle: Any) -> float:
+        """``apply(shared_array_sum, (name, shape, dtype))``: the worker maps the segment."""
+        segment, shape, dtype = handle
+        args = (segment.name, tuple(shape), np.dtype(dtype).str)
+        return float(self.pool.apply(tasks.shared_array_sum, args))
+
+    def chain(self, length: int) -> Any:
+        """``value = pool.apply(add_one, (value,))`` ``length`` times: no refs, via the driver."""
+        value = 0
+        for _ in range(length):
+            value = self.pool.apply(tasks.add_one, (value,))
+        return value
+
+    def map_tasks(self, fn: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+        """``[r.get() for r in [apply_async(f, a) for a in args]]``."""
+        results = [self.pool.apply_async(fn, a) for a in args]
+        return [r.get() for r in results]
 
     def shutdown(self) -> None:
         """``pool.close(); pool.join()``: a graceful stop, like the other backends' shutdown."""

@@ -101,7 +101,13 @@ def run_backend(backend: Backend, sizes: workloads.Sizes, num_cpus: int, result:
         ("idle_memory", lambda: workloads.idle_memory(backend)),
         ("sync_latency", lambda: workloads.sync_latency(backend, sizes)),
         ("async_throughput", lambda: workloads.async_throughput(backend, sizes)),
+        ("actor_creation", lambda: workloads.actor_creation(backend, sizes)),
+        ("actor_sync_latency", lambda: workloads.actor_sync_latency(backend, sizes)),
+        ("actor_async_throughput", lambda: workloads.actor_async_throughput(backend, sizes)),
+        ("dependency_chain", lambda: workloads.dependency_chain(backend, sizes)),
         ("put_get", lambda: workloads.put_get(backend, sizes)),
+        ("ref_sum", lambda: workloads.ref_sum(backend, sizes)),
+        ("primes_speedup", lambda: workloads.primes_speedup(backend, sizes)),
     ]
     for step, run in steps:
         result.remember_processes(backend.process_tree_pids())

@@ -28,6 +28,9 @@ def rows_for(sizes: Sizes) -> list[Row]:
     """The table's rows, labelled with the sizes run, so a quick run cannot pass for a full one."""
     size = _bytes_label(sizes.array_bytes)
     calls, tasks = f"{sizes.sync_calls:,}", f"{sizes.async_tasks:,}"
+    actors, actor_calls = f"{sizes.actor_count:,}", f"{sizes.actor_async_calls:,}"
+    chain = f"{sizes.chain_length:,}"
+    primes = f"sum of primes below {sizes.primes_limit:,}, {sizes.primes_runs} times"
     return [
         Row("import_s", "import the library", "s", "lower"),
         Row("first_result_s", "start to first result", "s", "lower"),
@@ -38,10 +41,19 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("sync_median_us", f"sync no-op round trip, median of {calls}", "us", "lower"),
         Row("sync_p99_us", f"sync no-op round trip, p99 of {calls}", "us", "lower"),
         Row("async_per_s", f"async throughput, {tasks} no-op tasks", "tasks/s", "higher"),
+        Row("actor_create_1_s", "create 1 actor, get its first call", "s", "lower"),
+        Row("actor_create_many_s", f"create {actors} actors, get a call from each", "s", "lower"),
+        Row("actor_sync_median_us", f"actor call round trip, median of {calls}", "us", "lower"),
+        Row("actor_sync_p99_us", f"actor call round trip, p99 of {calls}", "us", "lower"),
+        Row("actor_async_per_s", f"actor calls async, {actor_calls} to one", "calls/s", "higher"),
+        Row("chain_s", f"dependency chain of {chain} tasks", "s", "lower"),
         Row("put_gbps", f"put {size} numpy array", "GB/s", "higher"),
         Row("get_gbps", f"get {size} numpy array", "GB/s", "higher"),
         Row("get_ms", f"get {size} numpy array", "ms", "lower"),
         Row("get_zero_copy", "get is zero-copy (read-only, in shared memory)", "", ""),
+        Row("ref_sum_s", f"task sums a {size} ref (put excluded)", "s", "lower"),
+        Row("primes_par_s", f"{primes}, parallel", "s", "lower"),
+        Row("primes_speedup", f"{primes}: sequential / parallel", "x", "higher"),
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 
 def noop() -> None:
@@ -14,3 +15,54 @@ def sleep_pid(seconds: float) -> int:
     """Hold a worker for ``seconds`` and name it, so concurrent calls prove every worker is live."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def add_one(value: int) -> int:
+    """One link of the dependency chain: all cost is the runtime's hand-off of the result."""
+    return value + 1
+
+
+def array_sum(arr: Any) -> float:
+    """Sum an array the runtime passed by reference: the read is the cost, not a copy."""
+    return float(arr.sum())
+
+
+def shared_array_sum(name: str, shape: tuple[int, ...], dtype: str) -> float:
+    """Attach to a ``multiprocessing.shared_memory`` segment by name and sum it: mp's "ref"."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    segment = shared_memory.SharedMemory(name=name)
+    try:
+        view: Any = np.ndarray(shape, dtype=dtype, buffer=segment.buf)
+        total = float(view.sum())
+        del view  # a live view would stop the segment from closing
+    finally:
+        segment.close()
+    return total
+
+
+def sum_primes(limit: int) -> int:
+    """Sum of the primes below ``limit`` by a sieve of Eratosthenes: the seeds' CPU-bound task."""
+    if limit < 3:
+        return 0
+    is_prime = bytearray([1]) * limit
+    is_prime[0] = is_prime[1] = 0
+    for n in range(2, int(limit**0.5) + 1):
+        if is_prime[n]:
+            first = n * n
+            is_prime[first::n] = bytes(len(range(first, limit, n)))
+    return sum(n for n, flag in enumerate(is_prime) if flag)
+
+
+class Counter:
+    """The actor every backend creates: state that only its own calls change, in its process."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def incr(self) -> int:
+        """Count one call and return the count, so lost or repeated calls show in the results."""
+        self.count += 1
+        return self.count

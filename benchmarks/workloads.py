@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from benchmarks import procs
+from benchmarks import procs, tasks
 from benchmarks.backends import Backend, helper_pids
 
 Metrics = dict[str, Any]
@@ -25,16 +27,54 @@ class Sizes:
     sync_warmup: int  # untimed round trips before them
     async_tasks: int  # no-op tasks submitted before getting any
     array_bytes: int  # size of the put/get array
-    put_get_rounds: int  # put/get repeats in one run; the median is reported
+    put_get_rounds: int  # put/get (and ref sum) repeats in one run; the median is reported
+    actor_count: int  # actors created at once in the "many actors" timing
+    actor_async_calls: int  # calls submitted to one actor before getting any
+    chain_length: int  # tasks in the dependency chain
+    primes_limit: int  # sum the primes below this
+    primes_runs: int  # how many sums, sequential in the driver vs parallel on the backend
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict for the JSON record."""
         return asdict(self)
 
 
-FULL = Sizes(1000, sync_warmup=100, async_tasks=10_000, array_bytes=10**9, put_get_rounds=3)
-QUICK = Sizes(200, sync_warmup=20, async_tasks=200, array_bytes=10**8, put_get_rounds=3)
-TINY = Sizes(20, sync_warmup=5, async_tasks=20, array_bytes=10**6, put_get_rounds=1)
+FULL = Sizes(
+    sync_calls=1000,
+    sync_warmup=100,
+    async_tasks=10_000,
+    array_bytes=10**9,
+    put_get_rounds=3,
+    actor_count=20,
+    actor_async_calls=10_000,
+    chain_length=1000,
+    primes_limit=2_000_000,
+    primes_runs=8,
+)
+QUICK = Sizes(
+    sync_calls=200,
+    sync_warmup=20,
+    async_tasks=200,
+    array_bytes=10**8,
+    put_get_rounds=3,
+    actor_count=5,
+    actor_async_calls=200,
+    chain_length=100,
+    primes_limit=500_000,
+    primes_runs=8,
+)
+TINY = Sizes(
+    sync_calls=20,
+    sync_warmup=5,
+    async_tasks=20,
+    array_bytes=10**6,
+    put_get_rounds=1,
+    actor_count=2,
+    actor_async_calls=20,
+    chain_length=10,
+    primes_limit=10_000,
+    primes_runs=4,
+)
 
 SETTLE_INTERVAL_S = 0.25  # between memory samples while a fresh tree may still be growing
 SETTLE_LIMIT_S = 5.0  # stop waiting for the tree to settle and measure anyway
@@ -76,19 +116,8 @@ def idle_memory(backend: Backend) -> Metrics:
 
 def sync_latency(backend: Backend, sizes: Sizes) -> Metrics:
     """Median and p99 of one-at-a-time no-op round trips, after a warm-up that fills caches."""
-    for _ in range(sizes.sync_warmup):
-        backend.noop_sync()
-    samples_ns = []
-    for _ in range(sizes.sync_calls):
-        t0 = time.perf_counter_ns()
-        backend.noop_sync()
-        samples_ns.append(time.perf_counter_ns() - t0)
-    samples_us = np.asarray(samples_ns, dtype=np.float64) / 1e3
-    return {
-        "sync_median_us": float(np.median(samples_us)),
-        "sync_p99_us": float(np.percentile(samples_us, 99)),
-        "sync_calls": sizes.sync_calls,
-    }
+    median_us, p99_us = _round_trips(backend.noop_sync, sizes.sync_warmup, sizes.sync_calls)
+    return {"sync_median_us": median_us, "sync_p99_us": p99_us, "sync_calls": sizes.sync_calls}
 
 
 def async_throughput(backend: Backend, sizes: Sizes) -> Metrics:
@@ -104,6 +133,91 @@ def async_throughput(backend: Backend, sizes: Sizes) -> Metrics:
         "async_per_s": sizes.async_tasks / (t2 - t0),
         "async_submit_per_s": sizes.async_tasks / (t1 - t0),
         "async_tasks": sizes.async_tasks,
+    }
+
+
+def actor_creation(backend: Backend, sizes: Sizes) -> Metrics:
+    """Seconds to create one actor, then ``actor_count`` at once, and get a call from each."""
+    if not backend.supports_actors:
+        return {"actor_create_1_s": None, "actor_create_many_s": None}
+    return {
+        "actor_create_1_s": _time_actor_creation(backend, 1),
+        "actor_create_many_s": _time_actor_creation(backend, sizes.actor_count),
+        "actor_count": sizes.actor_count,
+    }
+
+
+def actor_sync_latency(backend: Backend, sizes: Sizes) -> Metrics:
+    """Median and p99 of one-at-a-time calls on one live actor, after a warm-up."""
+    if not backend.supports_actors:
+        return {"actor_sync_median_us": None, "actor_sync_p99_us": None}
+    [actor] = backend.create_actors(1)
+    try:
+        call = lambda: backend.actor_call(actor)  # noqa: E731 - a one-line closure reads best
+        median_us, p99_us = _round_trips(call, sizes.sync_warmup, sizes.sync_calls)
+    finally:
+        backend.kill_actor(actor)
+    return {"actor_sync_median_us": median_us, "actor_sync_p99_us": p99_us}
+
+
+def actor_async_throughput(backend: Backend, sizes: Sizes) -> Metrics:
+    """Calls per second when all calls to one actor are submitted before any is awaited."""
+    if not backend.supports_actors:
+        return {"actor_async_per_s": None}
+    n = sizes.actor_async_calls
+    [actor] = backend.create_actors(1)
+    try:
+        backend.actor_call(actor)  # the actor is up before the clock starts
+        t0 = time.perf_counter()
+        results = backend.actor_get_all([backend.actor_submit(actor) for _ in range(n)])
+        elapsed = time.perf_counter() - t0
+    finally:
+        backend.kill_actor(actor)
+    if sorted(results) != list(range(2, n + 2)):
+        raise RuntimeError(f"{n} counter calls returned other than the counts 2..{n + 1}")
+    return {"actor_async_per_s": n / elapsed, "actor_async_calls": n}
+
+
+def dependency_chain(backend: Backend, sizes: Sizes) -> Metrics:
+    """Seconds for ``chain_length`` tasks that each add 1 to the previous one's result."""
+    t0 = time.perf_counter()
+    result = backend.chain(sizes.chain_length)
+    elapsed = time.perf_counter() - t0
+    if result != sizes.chain_length:
+        raise RuntimeError(f"the chain of {sizes.chain_length} add_one tasks returned {result}")
+    return {"chain_s": elapsed, "chain_length": sizes.chain_length}
+
+
+def ref_sum(backend: Backend, sizes: Sizes) -> Metrics:
+    """Seconds for a task to sum a large array passed by reference, the put excluded."""
+    source = np.arange(sizes.array_bytes // 8, dtype=np.float64)
+    expected = float(source.sum())
+    handle = backend.put(source)
+    del source  # the store holds the array now; a second GB in the driver is not needed
+    gc.collect()
+    try:
+        seconds = [_time_ref_sum(backend, handle, expected) for _ in range(sizes.put_get_rounds)]
+    finally:
+        backend.free(handle)
+        del handle
+        gc.collect()
+    return {"ref_sum_s": statistics.median(seconds), "ref_sum_first_s": seconds[0]}
+
+
+def primes_speedup(backend: Backend, sizes: Sizes) -> Metrics:
+    """The seeds' example: ``primes_runs`` prime sums in the driver, then in parallel tasks."""
+    limit, runs = sizes.primes_limit, sizes.primes_runs
+    t0 = time.perf_counter()
+    sequential = [tasks.sum_primes(limit) for _ in range(runs)]
+    t1 = time.perf_counter()
+    parallel = backend.map_tasks(tasks.sum_primes, [(limit,)] * runs)
+    t2 = time.perf_counter()
+    if parallel != sequential:
+        raise RuntimeError(f"parallel prime sums {parallel[:2]}... differ from {sequential[0]}")
+    return {
+        "primes_seq_s": t1 - t0,
+        "primes_par_s": t2 - t1,
+        "primes_speedup": (t1 - t0) / (t2 - t1),
     }
 
 
@@ -141,6 +255,44 @@ def time_shutdown(backend: Backend) -> Metrics:
         "shutdown_call_s": t1 - t0,
         "shutdown_leftover_processes": len(leftovers),
     }
+
+
+def _round_trips(call: Callable[[], Any], warmup: int, calls: int) -> tuple[float, float]:
+    """Median and p99 in microseconds of ``calls`` timed calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    samples_ns = []
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        call()
+        samples_ns.append(time.perf_counter_ns() - t0)
+    samples_us = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    return float(np.median(samples_us)), float(np.percentile(samples_us, 99))
+
+
+def _time_actor_creation(backend: Backend, n: int) -> float:
+    """Seconds to create ``n`` actors and get one call's result from each; then kill them."""
+    t0 = time.perf_counter()
+    actors = backend.create_actors(n)
+    try:
+        results = backend.actor_get_all([backend.actor_submit(actor) for actor in actors])
+        elapsed = time.perf_counter() - t0
+    finally:
+        for actor in actors:
+            backend.kill_actor(actor)
+    if results != [1] * n:
+        raise RuntimeError(f"first calls on {n} fresh counters returned {results[:5]}, not 1s")
+    return elapsed
+
+
+def _time_ref_sum(backend: Backend, handle: Any, expected: float) -> float:
+    """Seconds for one ``sum_ref`` call, checked against the driver's own sum."""
+    t0 = time.perf_counter()
+    total = backend.sum_ref(handle)
+    elapsed = time.perf_counter() - t0
+    if not math.isclose(total, expected, rel_tol=1e-9):
+        raise RuntimeError(f"the task summed the array to {total}, expected {expected}")
+    return elapsed
 
 
 def _put_get_round(backend: Backend, source: np.ndarray) -> dict[str, Any]:

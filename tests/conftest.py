@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ class _SharedCluster:
 
 
 _SHARED = _SharedCluster()
+# attached drivers that go silent are let go after this long (30 s by default): short here so a
+# test can watch a killed driver's actors end
+os.environ.setdefault("RAYJUPYTER_CLIENT_TIMEOUT_S", "6")
 _PR_SET_CHILD_SUBREAPER = 36
 
 

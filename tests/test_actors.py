@@ -220,3 +220,58 @@ def test_runtime_context_names_the_actor():
     actor = Who.remote()
     actor_id, task_id, job_id = rj.get(actor.ids.remote(), timeout=30)
     assert actor_id and task_id and job_id == rj.get_runtime_context().get_job_id()
+
+
+def test_actors_of_a_driver_that_dies_end_with_it(shared_cluster, tmp_path):
+    """An attached driver is SIGKILLed: the node stops hearing it and lets its actors go."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import psutil
+
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        import rayjupyter as rj
+        rj.init(address={shared_cluster.connect_address!r})
+
+        @rj.remote
+        class Pid:
+            def pid(self):
+                return os.getpid()
+
+        keep = Pid.remote()
+        print(rj.get(keep.pid.remote(), timeout=60), flush=True)
+        time.sleep(600)
+        """
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        actor_pid = int(driver.stdout.readline())
+        assert psutil.pid_exists(actor_pid)
+    finally:
+        driver.kill()
+        driver.wait(10)
+        driver.stdout.close()
+    wait_for_condition(lambda: not psutil.pid_exists(actor_pid), timeout=20)
+
+
+def test_max_task_retries_reruns_a_call_after_the_actor_restarts(tmp_path):
+    marker = str(tmp_path / "crashed_once")
+
+    @rj.remote(max_restarts=1, max_task_retries=1)
+    class Fragile:
+        def work(self, path):
+            if not os.path.exists(path):
+                open(path, "w").close()
+                os._exit(1)  # the process dies mid-call, once
+            return "done after restart"
+
+    actor = Fragile.remote()
+    assert rj.get(actor.work.remote(marker), timeout=60) == "done after restart"
+
+    fragile_no_retry = Fragile.options(max_task_retries=0).remote()
+    os.unlink(marker)
+    with pytest.raises(ActorDiedError, match="not retried"):
+        rj.get(fragile_no_retry.work.remote(marker), timeout=60)

@@ -126,6 +126,8 @@ def init(
             resources=dict(resources or {}),
             object_store_memory=int(object_store_memory or default_object_store_memory()),
             sys_path=[p or os.getcwd() for p in sys.path],
+            owner_pid=os.getpid(),
+            client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
         )
         for key in ("CPU", "GPU"):
             if key in config.resources:

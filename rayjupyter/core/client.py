@@ -29,8 +29,9 @@ from rayjupyter.core.object_store import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
-BATCH_WINDOW_S = 0.0002
-LIVENESS_CHECK_S = 1.0  # messages closer together than this are sent in one frame
+BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
+LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
+HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 
 
 class Client:
@@ -351,6 +352,8 @@ class Client:
                 ):
                     self.send([])
                     last_flush = now
+                elif now - self._last_send > HEARTBEAT_S:
+                    self.send([P.Heartbeat()])
             except zmq.ZMQError:
                 return
 
@@ -396,7 +399,7 @@ class Client:
         if self._closed:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self.send([])
+            self.send([P.Disconnect()] if self.kind == "driver" else [])
         with self._tx_lock:
             self._closed = True
         if self._io_thread is not None and self._io_thread is not threading.current_thread():

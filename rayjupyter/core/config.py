@@ -23,6 +23,8 @@ class NodeConfig:
     spill_dir: str = ""
     sys_path: list[str] = field(default_factory=list)  # the driver's, so workers import alike
     watch_stdin: bool = True  # exit when the owning driver's pipe closes
+    owner_pid: int = 0  # the driver that started this node: its death is seen on stdin
+    client_timeout_s: float = 30.0  # other drivers silent this long are let go
 
 
 def session_dir(session: str) -> str:

@@ -18,6 +18,7 @@ import pickle
 import shutil
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class ClientInfo:
     kind: str
     pid: int
     namespace: str = ""
+    last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
 @dataclass
@@ -110,6 +112,8 @@ class Node(NodeActors):
         P.WorkerBlocked: "on_worker_blocked",
         P.Request: "on_request",
         P.StopCluster: "on_stop",
+        P.Heartbeat: "on_heartbeat",
+        P.Disconnect: "on_disconnect",
         P.CancelTask: "on_cancel",
         P.CreateActor: "on_create_actor",
         P.KillActor: "on_kill_actor",
@@ -182,9 +186,13 @@ class Node(NodeActors):
 
     def run(self) -> None:
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
+        last_check = time.monotonic()
         try:
             while self.running:
                 events = self.poller.poll(1000)
+                if time.monotonic() - last_check > 1.0:
+                    last_check = time.monotonic()
+                    self.let_go_of_silent_drivers()
                 for source, _ in events:
                     if source is self.router:
                         self._drain_router()
@@ -205,6 +213,9 @@ class Node(NodeActors):
             except zmq.Again:
                 return
             client = identity[:-1]
+            info = self.clients.get(client)
+            if info is not None:
+                info.last_seen = time.monotonic()
             for message in protocol.loads(frame):
                 try:
                     self.handlers[type(message)](client, message)
@@ -373,7 +384,9 @@ class Node(NodeActors):
         self.send(
             client, P.Welcome(self.node_id, self.session, self.config.object_store_memory, "")
         )
-        self.clients[client] = ClientInfo(message.kind, message.pid, message.namespace)
+        self.clients[client] = ClientInfo(
+            message.kind, message.pid, message.namespace, time.monotonic()
+        )
         worker = self.workers.get(client)
         if worker is not None and worker.state is WorkerState.STARTING:
             worker.transition(WorkerState.IDLE)
@@ -576,6 +589,20 @@ class Node(NodeActors):
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
+
+    def on_heartbeat(self, client: bytes, message: P.Heartbeat) -> None:
+        pass  # receiving it refreshed last_seen
+
+    def on_disconnect(self, client: bytes, message: P.Disconnect) -> None:
+        self.release_client(client)
+
+    def let_go_of_silent_drivers(self) -> None:
+        """A driver that stopped talking died: drop what it held (its actors end with it)."""
+        deadline = time.monotonic() - self.config.client_timeout_s
+        for client, info in list(self.clients.items()):
+            owner = info.pid == self.config.owner_pid
+            if info.kind == "driver" and not owner and info.last_seen < deadline:
+                self.release_client(client)
 
     # ------------------------------------------------------------------ objects
 

@@ -148,6 +148,14 @@ class Request(NamedTuple):
     args: Any
 
 
+class Heartbeat(NamedTuple):
+    """A driver with nothing to say is still alive (drivers that go silent are let go)."""
+
+
+class Disconnect(NamedTuple):
+    """A driver leaves (``shutdown``): release everything it holds now."""
+
+
 class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
@@ -233,6 +241,8 @@ CLIENT_TO_NODE = (
     WorkerBlocked,
     Request,
     StopCluster,
+    Heartbeat,
+    Disconnect,
 )
 NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, StartActor, LogLines, Reply)
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
