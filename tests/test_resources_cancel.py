@@ -140,3 +140,44 @@ def test_two_hundred_actors_alive_at_once_on_two_cpus(cluster):
     answers = rj.get([cell.where.remote() for cell in cells], timeout=240)
     assert [index for index, _ in answers] == list(range(200))
     assert len({pid for _, pid in answers}) == 200
+
+
+def test_ctrl_c_while_waiting_cancels_the_tasks_waited_on(tmp_path):
+    """The driver is interrupted in get (as a kernel interrupt does): the task is cancelled."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal, threading, time
+        import rayjupyter as rj
+        from rayjupyter.exceptions import TaskCancelledError
+        rj.init(num_cpus=1)
+
+        @rj.remote
+        def forever(path):
+            open(path, "w").close()
+            time.sleep(600)
+
+        marker = os.path.join(os.environ["TMP_DIR"], "started")
+        ref = forever.remote(marker)
+        while not os.path.exists(marker):
+            time.sleep(0.01)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            rj.get(ref, timeout=60)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        try:
+            rj.get(ref, timeout=30)
+        except TaskCancelledError:
+            print("cancelled", flush=True)
+        rj.shutdown()
+        """
+    )
+    env = dict(os.environ, TMP_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.stdout.split() == ["interrupted", "cancelled"], out.stderr

@@ -7,7 +7,8 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
 from rayjupyter.core import protocol as P
@@ -233,6 +234,28 @@ def put(value: Any) -> ObjectRef:
     return put_serialized(client, serialize(value, what="the value passed to put()"))
 
 
+#: called around every blocking get/wait with (client, object ids, how many must be ready);
+#: returns a context manager. The notebook side sets it to show a progress bar.
+wait_observer: Callable[[Client, list[bytes], int], AbstractContextManager[Any]] | None = None
+
+
+@contextmanager
+def _waiting(client: Client, object_ids: list[bytes], needed: int) -> Iterator[None]:
+    """Show progress while blocked, and on Ctrl-C (a kernel interrupt) cancel what we wait on.
+
+    Interrupting a notebook that waits on a cluster should stop the cluster's work too, not
+    leave it running unseen (a long-standing complaint about Ray and Dask in notebooks).
+    """
+    observer = wait_observer(client, object_ids, needed) if wait_observer else nullcontext()
+    try:
+        with observer:
+            yield
+    except KeyboardInterrupt:
+        pending = [oid for oid in object_ids if oid not in client.objects]
+        client.send([P.CancelTask(oid, False, True) for oid in pending])
+        raise
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
@@ -249,7 +272,9 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
             f"got {type(object_refs).__name__}."
         )
     client = _client()
-    infos = client.get_infos([ref.binary() for ref in refs], timeout)  # type: ignore[union-attr]
+    object_ids = [ref.binary() for ref in refs]  # type: ignore[union-attr]
+    with _waiting(client, object_ids, len(object_ids)):
+        infos = client.get_infos(object_ids, timeout)
     values = [client.materialize(info, timeout) for info in infos]
     return values[0] if single else values
 
@@ -279,7 +304,8 @@ def wait(
     _check_timeout(timeout)
     client = _client()
     object_ids = [ref.binary() for ref in object_refs]
-    client.wait_objects(object_ids, num_returns, timeout)
+    with _waiting(client, object_ids, num_returns):
+        client.wait_objects(object_ids, num_returns, timeout)
     ready: list[ObjectRef] = []
     not_ready: list[ObjectRef] = []
     for ref in object_refs:
