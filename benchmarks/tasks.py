@@ -27,6 +27,12 @@ def array_sum(arr: Any) -> float:
     return float(arr.sum())
 
 
+def hold_then_sum(seconds: float, arr: Any) -> float:
+    """Hold a worker, then sum: one per worker at once makes each load what arrays need (numpy)."""
+    time.sleep(seconds)
+    return float(arr.sum())
+
+
 def shared_array_sum(name: str, shape: tuple[int, ...], dtype: str) -> float:
     """Attach to a ``multiprocessing.shared_memory`` segment by name and sum it: mp's "ref"."""
     from multiprocessing import shared_memory

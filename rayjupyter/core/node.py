@@ -581,11 +581,46 @@ class Node(NodeActors):
             value = self.head.node_table()
         elif message.what == "store_stats":
             value = self.store.stats()
+        elif message.what == "status":
+            value = self.status()
         elif message.what == "get_actor":
             value = self.lookup_actor(client, *message.args)
         else:
             value = ValueError(f"unknown request {message.what!r}")
         self.send(client, P.Reply(message.request_id, value))
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for status displays: resources, tasks and actors by state, the store."""
+        tasks: dict[str, int] = {}
+        for task in self.tasks.values():
+            if task.method != "__init__":
+                tasks[task.state.name] = tasks.get(task.state.name, 0) + 1
+        actors: dict[str, int] = {}
+        for actor in self.actors.values():
+            actors[actor.state.name] = actors.get(actor.state.name, 0) + 1
+        return {
+            "nodes": self.head.node_table(),
+            "total": self.head.cluster_resources(),
+            "available": {k: max(v, 0.0) for k, v in self.resources.available.items()},
+            "tasks": tasks,
+            "actors": actors,
+            "workers": sum(1 for w in self.workers.values() if not w.actor_id),
+            "store": self.store.stats(),
+            "drivers": len(self.drivers()),
+            "machine": self._machine_usage(),
+        }
+
+    def _machine_usage(self) -> dict[str, float]:
+        """CPU and memory of this machine now (psutil), for resource charts."""
+        import psutil
+
+        memory = psutil.virtual_memory()
+        return {
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_total": float(memory.total),
+            "memory_used": float(memory.total - memory.available),
+            "time": time.time(),
+        }
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
