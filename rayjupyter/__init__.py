@@ -3,6 +3,8 @@
 A Ray user changes one import: ``import rayjupyter as rj``.
 """
 
+from typing import Any
+
 from rayjupyter import actor, exceptions
 from rayjupyter.core.actor import get_actor, kill, method
 from rayjupyter.core.api import (
@@ -23,6 +25,33 @@ from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.runtime_context import get_gpu_ids
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext rayjupyter``: register the magics; Jupyter parts load only here, lazily."""
+    from rayjupyter import notebook
+
+    notebook.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext rayjupyter``: stop showing progress bars on blocking calls."""
+    from rayjupyter import notebook
+
+    notebook.unload_ipython_extension(ipython)
+
+
+# Notebook helpers reachable as rj.progress / rj.resource_chart, imported on first use so a
+# worker never loads Jupyter packages; they are extras, so they stay out of __all__.
+_NOTEBOOK_HELPERS = ("progress", "resource_chart")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NOTEBOOK_HELPERS:
+        from rayjupyter import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'rayjupyter' has no attribute {name!r}")
 
 __all__ = [
     "ObjectRef",

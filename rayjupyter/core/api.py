@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
+from rayjupyter.core import cluster_repr, runtime_context
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_context
 from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
@@ -66,6 +66,30 @@ class ClusterContext:
     def __repr__(self) -> str:
         kind = "local cluster" if self.local else "cluster"
         return f"ClusterContext({kind} at {self.address})"
+
+    def _live_status(self) -> dict[str, Any] | None:
+        """The node's status snapshot for the reprs; None once this context is disconnected."""
+        client: Client | None = _state["client"]
+        if client is None or _state["context"] is not self:
+            return None
+        try:
+            return dict(client.request("status", timeout=5.0))
+        except Exception:  # a repr must not raise: show the card without live figures
+            return None
+
+    def _repr_html_(self) -> str:
+        """The summary card a notebook shows (JupyterLab-themed HTML)."""
+        return cluster_repr.summary_html(
+            self.address, self.local, self._live_status(), self.dashboard_url
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The same summary as text, for IPython in a terminal."""
+        printer.text(
+            cluster_repr.summary_text(
+                self.address, self.local, self._live_status(), self.dashboard_url
+            )
+        )
 
 
 def _parse_address(address: str) -> tuple[str, str]:

@@ -154,12 +154,14 @@ class Client:
 
     def _queue_ops(self, outbox: list[Any]) -> None:
         """Ref-count and pin changes so far go ahead of the messages that follow them."""
-        ops = reference_counter.drain()
-        if ops:
-            outbox.append(P.RefOps(ops))
+        # pins first: a value dropped with its ref is unmapped before it is freed, so the
+        # node may reuse its file (object_store's pool) only once nobody maps it
         pins = self._drain_pins()
         if pins:
             outbox.append(P.PinOps(pins))
+        ops = reference_counter.drain()
+        if ops:
+            outbox.append(P.RefOps(ops))
 
     def _drain_pins(self) -> tuple[tuple[bool, bytes], ...]:
         pins: list[tuple[bool, bytes]] = []

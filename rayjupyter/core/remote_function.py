@@ -82,7 +82,7 @@ def _rebuild(
 def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
     """Store an already serialized value; the ref returned is held at the node for us."""
     from rayjupyter.core.exceptions import ObjectStoreFullError
-    from rayjupyter.core.object_store import shm_path, write_object
+    from rayjupyter.core.object_store import pool_prefix, shm_path, write_object
     from rayjupyter.core.serialization import INLINE_THRESHOLD
 
     object_id = client.ids.object_id(client.ids.task_id())
@@ -96,7 +96,8 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
                 f"{client.store_capacity / 2**20:.1f} MiB. Start the cluster with a larger "
                 f"object_store_memory."
             )
-        size = write_object(shm_path(client.session, object_id), sobj)
+        path = shm_path(client.session, object_id)
+        size = write_object(path, sobj, pool_prefix(client.session))
         client.put(object_id, None, size, contained)
     return ObjectRef(object_id, _owned=True)
 

@@ -29,7 +29,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import ActorExitRequest
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
-from rayjupyter.core.object_store import shm_path, write_object
+from rayjupyter.core.object_store import pool_prefix, shm_path, write_object
 from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, serialize
 from rayjupyter.core.task_args import unpack_args
 
@@ -193,7 +193,7 @@ class TaskExecutor:
                 path = shm_path(self.client.session, object_id)
                 if task.attempt:
                     _remove(path)  # a crashed earlier attempt may have left it half written
-                size = write_object(path, sobj)
+                size = write_object(path, sobj, pool_prefix(self.client.session))
                 out.append((object_id, None, size, contained))
         return tuple(out)
 

@@ -1,0 +1,260 @@
+"""Cluster summary and status as HTML (themed by JupyterLab's ``--jp-*`` variables) and text.
+
+Pure string rendering from the node's ``status`` snapshot, so it stays in core (which never
+imports Jupyter) and the notebook, the terminal and the dashboard show the same facts.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Each var() has a fallback, so the HTML also reads well outside JupyterLab (VS Code, nbviewer).
+_BOX = (
+    "font-family: var(--jp-ui-font-family, sans-serif); "
+    "font-size: var(--jp-ui-font-size1, 13px); color: var(--jp-ui-font-color1, #212121); "
+    "background: var(--jp-layout-color1, transparent); "
+    "border: var(--jp-border-width, 1px) solid var(--jp-border-color2, #e0e0e0); "
+    "border-radius: 4px; padding: 6px 10px; margin: 2px 0; display: inline-block; "
+    "min-width: 22em"
+)
+_TITLE = "font-weight: 600; font-size: var(--jp-ui-font-size2, 14px); margin-bottom: 4px"
+_TABLE = "border-collapse: collapse; margin: 0"
+_KEY = (
+    "text-align: left; padding: 1px 12px 1px 0; color: var(--jp-ui-font-color2, #616161); "
+    "font-weight: normal; white-space: nowrap"
+)
+_VALUE = (
+    "text-align: left; padding: 1px 8px 1px 0; font-family: var(--jp-code-font-family, monospace)"
+)
+_HEAD = (
+    "text-align: left; padding: 2px 10px 2px 0; font-weight: 600; "
+    "border-bottom: 1px solid var(--jp-border-color2, #e0e0e0)"
+)
+_SECTION = "font-weight: 600; margin: 6px 0 2px 0"
+_MUTED = "color: var(--jp-ui-font-color2, #616161)"
+_OK = "color: var(--jp-success-color1, #388e3c)"
+_BAD = "color: var(--jp-error-color1, #d32f2f)"
+
+TASK_STATES = ("RUNNING", "READY", "WAITING", "FINISHED", "FAILED")
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB': sizes as people read them."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def format_amount(value: float) -> str:
+    """2.0 -> '2', 0.5 -> '0.5': resource amounts without float noise."""
+    return f"{value:g}"
+
+
+def _alive_nodes(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [node for node in status.get("nodes", []) if node.get("Alive", True)]
+
+
+def summary_rows(
+    address: str,
+    local: bool,
+    status: Mapping[str, Any] | None,
+    dashboard_url: str | None,
+) -> list[tuple[str, str]]:
+    """(label, value) rows of the cluster summary; the text and HTML views share them."""
+    rows = [("address", address)]
+    if status is None:
+        rows.append(("state", "not connected"))
+        return rows
+    total: Mapping[str, float] = status.get("total", {})
+    free: Mapping[str, float] = status.get("available", {})
+    rows.append(("nodes", str(len(_alive_nodes(status)))))
+    cpus = total.get("CPU", 0.0)
+    rows.append(("CPUs", f"{format_amount(cpus)} ({format_amount(free.get('CPU', 0.0))} free)"))
+    rows.append(("GPUs", format_amount(total.get("GPU", 0.0))))
+    machine: Mapping[str, float] = status.get("machine", {})
+    if machine.get("memory_total"):
+        rows.append(
+            (
+                "memory",
+                f"{format_bytes(machine.get('memory_used', 0.0))} used of "
+                f"{format_bytes(machine['memory_total'])}",
+            )
+        )
+    store: Mapping[str, Any] = status.get("store", {})
+    capacity = store.get("capacity", total.get("object_store_memory", 0.0))
+    rows.append(
+        (
+            "object store",
+            f"{format_bytes(store.get('used_bytes', 0))} used of {format_bytes(capacity)}",
+        )
+    )
+    custom = sorted(k for k in total if k not in ("CPU", "GPU", "object_store_memory"))
+    if custom:
+        rows.append(("resources", ", ".join(f"{k}: {format_amount(total[k])}" for k in custom)))
+    rows.append(("dashboard", dashboard_url or "not running (%ray_dashboard shows live charts)"))
+    if not local:
+        rows.append(("owner", "attached: the cluster keeps running after this process"))
+    return rows
+
+
+def summary_title(local: bool) -> str:
+    return "rayjupyter · local cluster" if local else "rayjupyter · cluster"
+
+
+def summary_text(
+    address: str,
+    local: bool,
+    status: Mapping[str, Any] | None,
+    dashboard_url: str | None = None,
+) -> str:
+    """A few aligned lines for terminals and ``repr`` in IPython."""
+    rows = summary_rows(address, local, status, dashboard_url)
+    width = max(len(label) for label, _ in rows)
+    lines = [summary_title(local)]
+    lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def summary_html(
+    address: str,
+    local: bool,
+    status: Mapping[str, Any] | None,
+    dashboard_url: str | None = None,
+) -> str:
+    """A small themed card: what ``rj.init()`` and ``%ray_connect`` show in a notebook."""
+    rows = summary_rows(address, local, status, dashboard_url)
+    body = []
+    for label, value in rows:
+        if label == "dashboard" and dashboard_url:
+            url = html.escape(dashboard_url)
+            cell = f'<a href="{url}" target="_blank">{html.escape(value)}</a>'
+        else:
+            cell = html.escape(value)
+        body.append(
+            f'<tr><th style="{_KEY}">{html.escape(label)}</th><td style="{_VALUE}">{cell}</td></tr>'
+        )
+    state = (
+        f'<span style="{_BAD}">● disconnected</span>'
+        if status is None
+        else f'<span style="{_OK}">● connected</span>'
+    )
+    return (
+        f'<div class="rayjupyter-summary" style="{_BOX}">'
+        f'<div style="{_TITLE}">{html.escape(summary_title(local))} {state}</div>'
+        f'<table style="{_TABLE}">{"".join(body)}</table></div>'
+    )
+
+
+# ------------------------------------------------------------------ status
+
+
+def _resource_rows(status: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(resource, used, total, percent) for every resource the cluster has."""
+    total: Mapping[str, float] = status.get("total", {})
+    free: Mapping[str, float] = status.get("available", {})
+    store: Mapping[str, Any] = status.get("store", {})
+    rows = []
+    for key in sorted(total, key=lambda k: (k != "CPU", k != "GPU", k)):
+        if key == "object_store_memory":
+            used = float(store.get("used_bytes", 0))
+            cap = float(store.get("capacity", total[key]))
+            rows.append(("object store", format_bytes(used), format_bytes(cap), _pct(used, cap)))
+            continue
+        cap = float(total[key])
+        used = max(cap - float(free.get(key, 0.0)), 0.0)
+        rows.append((key, format_amount(used), format_amount(cap), _pct(used, cap)))
+    return rows
+
+
+def _pct(used: float, cap: float) -> str:
+    return f"{100.0 * used / cap:.0f}%" if cap else "-"
+
+
+def _node_rows(status: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(node id, address, state, resources) per node."""
+    rows = []
+    for node in status.get("nodes", []):
+        resources: Mapping[str, float] = node.get("Resources", {})
+        shown = ", ".join(
+            f"{k}: {format_amount(v)}" for k, v in resources.items() if k != "object_store_memory"
+        )
+        address = f"{node.get('NodeManagerAddress', '?')}:{node.get('NodeManagerPort', '?')}"
+        state = "alive" if node.get("Alive", True) else "dead"
+        rows.append((str(node.get("NodeID", "?"))[:16], address, state, shown))
+    return rows
+
+
+def _count_rows(counts: Mapping[str, int], order: Sequence[str] = ()) -> list[tuple[str, str]]:
+    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    return [(k.lower(), str(counts[k])) for k in keys]
+
+
+def _machine_line(status: Mapping[str, Any]) -> str:
+    machine: Mapping[str, float] = status.get("machine", {})
+    if not machine:
+        return ""
+    return (
+        f"CPU {machine.get('cpu_percent', 0.0):.0f}%, memory "
+        f"{format_bytes(machine.get('memory_used', 0.0))} of "
+        f"{format_bytes(machine.get('memory_total', 0.0))}"
+    )
+
+
+def _process_line(status: Mapping[str, Any]) -> str:
+    return f"{status.get('workers', 0)} task workers, {status.get('drivers', 0)} drivers"
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """``%ray_status`` for terminals: nodes, resource use, tasks and actors by state."""
+    lines = ["Nodes"]
+    lines += [f"  {i}  {a}  {s}  {r}" for i, a, s, r in _node_rows(status)]
+    lines.append("Resources (used / total)")
+    lines += [f"  {n:<14} {u} / {t}  ({p})" for n, u, t, p in _resource_rows(status)]
+    tasks = _count_rows(status.get("tasks", {}), TASK_STATES)
+    lines.append("Tasks: " + (", ".join(f"{n} {s}" for s, n in tasks) if tasks else "none"))
+    actors = _count_rows(status.get("actors", {}))
+    lines.append("Actors: " + (", ".join(f"{n} {s}" for s, n in actors) if actors else "none"))
+    lines.append("Processes: " + _process_line(status))
+    machine = _machine_line(status)
+    if machine:
+        lines.append("Machine: " + machine)
+    return "\n".join(lines)
+
+
+def _html_table(head: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    header = "".join(f'<th style="{_HEAD}">{html.escape(h)}</th>' for h in head)
+    body = "".join(
+        "<tr>" + "".join(f'<td style="{_VALUE}">{html.escape(c)}</td>' for c in row) + "</tr>"
+        for row in rows
+    )
+    return f'<table style="{_TABLE}"><tr>{header}</tr>{body}</table>'
+
+
+def _html_counts(title: str, counts: list[tuple[str, str]]) -> str:
+    text = ", ".join(f"{n} {s}" for s, n in counts) if counts else "none"
+    return f'<div style="{_SECTION}">{html.escape(title)}</div><div>{html.escape(text)}</div>'
+
+
+def status_html(status: Mapping[str, Any]) -> str:
+    """``%ray_status`` in a notebook: the same facts as status_text, as a themed card."""
+    parts = [
+        f'<div class="rayjupyter-status" style="{_BOX}">',
+        f'<div style="{_TITLE}">rayjupyter · cluster status</div>',
+        f'<div style="{_SECTION}">Nodes</div>',
+        _html_table(("node", "address", "state", "resources"), _node_rows(status)),
+        f'<div style="{_SECTION}">Resources</div>',
+        _html_table(("resource", "used", "total", "use"), _resource_rows(status)),
+        _html_counts("Tasks", _count_rows(status.get("tasks", {}), TASK_STATES)),
+        _html_counts("Actors", _count_rows(status.get("actors", {}))),
+        f'<div style="{_SECTION}">Processes</div><div>{html.escape(_process_line(status))}</div>',
+    ]
+    machine = _machine_line(status)
+    if machine:
+        parts.append(f'<div style="{_MUTED}; margin-top: 4px">{html.escape(machine)}</div>')
+    parts.append("</div>")
+    return "".join(parts)
