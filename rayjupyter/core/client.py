@@ -404,6 +404,7 @@ class Client:
             self.send([P.Disconnect()] if self.kind == "driver" else [])
         with self._tx_lock:
             self._closed = True
+            self._wake_tx.send(b"")  # the IO thread sees _closed now, not at its next timeout
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)

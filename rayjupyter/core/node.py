@@ -895,6 +895,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
     node = Node(config, secret)
     node.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # everything is cleaned up: skip the interpreter's slow teardown
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Views of a ProgressModel: an ipywidgets panel in a kernel, a text bar elsewhere."""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import IO, Any
+
+from rayjupyter.notebook import templates
+from rayjupyter.notebook.progress_model import ProgressModel, format_elapsed, row_summary
+
+BAR_WIDTH = 30
+
+
+class TextProgressView:
+    """A bar per function on one line set, redrawn in place on a terminal, else per change."""
+
+    def __init__(self, model: ProgressModel, stream: IO[str] | None = None) -> None:
+        self.model = model
+        self.stream = stream if stream is not None else sys.stderr
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+        self._closed = False
+
+    def lines(self) -> list[str]:
+        model = self.model
+        width = max((len(row.name) for row in model.rows), default=4)
+        out = []
+        for row in model.rows:
+            filled = BAR_WIDTH * row.finished // row.total if row.total else BAR_WIDTH
+            bar = "#" * filled + "." * (BAR_WIDTH - filled)
+            out.append(f"{row.name:<{width}} [{bar}] {row_summary(row)}")
+        out.append(f"{'':<{width}}  {format_elapsed(model.elapsed())} elapsed")
+        return out
+
+    def render(self) -> None:
+        if self._closed:
+            return
+        text = "\n".join(self.lines())
+        if not self._tty:
+            body = text.rsplit("\n", 1)[0]  # the clock alone changing is no news in a log
+            if body == self._last:
+                return
+            self._last = body
+            self.stream.write(text + "\n")
+        else:
+            up = f"\x1b[{self._last.count(chr(10)) + 1}F\x1b[J" if self._last else ""
+            self._last = text
+            self.stream.write(up + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.render()
+            self._closed = True
+
+
+class WidgetProgressView:
+    """One IntProgress bar per function, with counts and the elapsed time, as a widget."""
+
+    def __init__(self, model: ProgressModel) -> None:
+        import ipywidgets as w
+
+        self.model = model
+        self._w = w
+        self.header = w.HTML(value=self._header())
+        self.bars: dict[str, Any] = {}
+        self.labels: dict[str, Any] = {}
+        rows = []
+        for row in model.rows:
+            bar = w.IntProgress(
+                value=row.finished,
+                min=0,
+                max=max(row.total, 1),
+                description=row.name,
+                layout=w.Layout(width="60%"),
+                style={"description_width": "initial"},
+            )
+            label = w.HTML(value=templates.progress_counts(row))
+            self.bars[row.name] = bar
+            self.labels[row.name] = label
+            rows.append(w.HBox([bar, label]))
+        self.widget = w.VBox([self.header, *rows])
+        self.widget.add_class("rayjupyter-progress")
+
+    def _header(self) -> str:
+        model = self.model
+        return templates.progress_header(
+            model.finished, model.total, model.failed, model.elapsed(), model.complete
+        )
+
+    def render(self) -> None:
+        for row in self.model.rows:
+            bar = self.bars[row.name]
+            bar.value = row.finished
+            bar.bar_style = (
+                "danger" if row.failed else ("success" if row.finished == row.total else "")
+            )
+            self.labels[row.name].value = templates.progress_counts(row)
+        self.header.value = self._header()
+
+    def close(self) -> None:
+        self.render()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _escape(text: str) -> str:
+    return html.escape(text)
