@@ -275,3 +275,21 @@ def test_max_task_retries_reruns_a_call_after_the_actor_restarts(tmp_path):
     os.unlink(marker)
     with pytest.raises(ActorDiedError, match="not retried"):
         rj.get(fragile_no_retry.work.remote(marker), timeout=60)
+
+
+def test_actor_output_is_prefixed_with_its_class(capfd):
+    @rj.remote
+    class Talker:
+        def say(self, text):
+            print(text)
+            return os.getpid()
+
+    pid = rj.get(Talker.remote().say.remote("hello from an actor"), timeout=30)
+    seen = {"out": ""}
+
+    def arrived():
+        seen["out"] += capfd.readouterr().out
+        return "hello from an actor" in seen["out"]
+
+    wait_for_condition(arrived, timeout=10)
+    assert f"(Talker pid={pid}) hello from an actor" in seen["out"]

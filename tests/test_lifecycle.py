@@ -180,3 +180,15 @@ def test_get_on_a_cluster_whose_node_died_raises_instead_of_hanging():
         wait_for_pids_gone(cluster_pids, timeout=10)  # its workers follow it
     finally:
         rj.shutdown()
+
+
+def test_unreachable_address_is_a_clear_error_in_bounded_time():
+    import time
+
+    from rayjupyter.exceptions import ClusterConnectionError
+
+    started = time.monotonic()
+    with pytest.raises(ClusterConnectionError, match="No answer from a rayjupyter node"):
+        rj.init(address="rayjupyter://not-the-secret@127.0.0.1:9")
+    assert time.monotonic() - started < 15
+    assert not rj.is_initialized()

@@ -317,7 +317,12 @@ class Node(NodeActors):
         return True
 
     def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
-        name = worker.task.name if worker.task is not None else "worker"
+        if worker.task is not None:
+            name = worker.task.name
+        elif worker.actor_id in self.actors:
+            name = self.actors[worker.actor_id].class_name  # as Ray prints an actor's output
+        else:
+            name = "worker"
         prefix = f"({name} pid={worker.pid}) "
         text = "".join(prefix + line + "\n" for line in data.decode(errors="replace").splitlines())
         for driver in self.drivers():

@@ -32,7 +32,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 def progress(refs: Any, *, wait: bool | None = None) -> Any:
     """Live progress of refs: a widget in a notebook, a text bar elsewhere (see progress.py)."""
-    from rayjupyter.notebook import progress as _progress
+    from rayjupyter.notebook import progress_display as _progress
 
     return _progress.progress(refs, wait=wait)
 
@@ -41,7 +41,7 @@ def configure_progress(
     *, enabled: bool | None = None, delay: float | None = None, min_refs: int | None = None
 ) -> dict[str, Any]:
     """Tune the bar shown on slow ``get``/``wait`` calls in a notebook; returns the settings."""
-    from rayjupyter.notebook import progress as _progress
+    from rayjupyter.notebook import progress_display as _progress
 
     return _progress.AUTO.configure(enabled=enabled, delay=delay, min_refs=min_refs)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import sys
 from typing import IO, Any
 
@@ -104,7 +103,3 @@ class WidgetProgressView:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
-
-
-def _escape(text: str) -> str:
-    return html.escape(text)

@@ -1,12 +1,13 @@
-"""Names and submit times of this driver's tasks, by return object id, for progress displays.
+"""Names and submit times of this driver's tasks, by return object id, for the displays.
 
 The node knows every task's name, but a driver only holds object ids. Until the node
 reports task events per object id, the notebook taps ``Client.submit`` (installed by
-``%load_ext``, removed by ``%unload_ext``): one dict write per submitted task.
+``%load_ext``, removed by ``%unload_ext``): a few dict writes per submitted task.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -19,19 +20,21 @@ LIMIT = 50_000  # ids remembered; older ones fall back to the name "task"
 
 
 class TaskTap:
-    """Remembers (name, submit time) per return object id of tasks this process submits."""
+    """(name, submit time, is-first-return) per return object id, oldest first."""
 
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
-        self._info: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._info: OrderedDict[bytes, tuple[str, float, bool]] = OrderedDict()
         self._lock = threading.Lock()
         self._original: Any = None
+        self.count = 0  # entries recorded so far: the cursor since() takes
 
     def record(self, message: P.SubmitTask) -> None:
-        entry = (message.name, time.time())
+        now = time.time()
         with self._lock:
-            for object_id in message.return_ids:
-                self._info[object_id] = entry
+            for index, object_id in enumerate(message.return_ids):
+                self._info[object_id] = (message.name, now, index == 0)
+                self.count += 1
             while len(self._info) > self.limit:
                 self._info.popitem(last=False)
 
@@ -39,14 +42,14 @@ class TaskTap:
         entry = self._info.get(object_id)
         return entry[0] if entry is not None else "task"
 
-    def submitted_at(self, object_id: bytes) -> float | None:
-        entry = self._info.get(object_id)
-        return entry[1] if entry is not None else None
-
-    def recent(self) -> list[tuple[bytes, str, float]]:
-        """(object id, name, submit time) of every remembered task, oldest first."""
+    def since(self, cursor: int) -> tuple[int, list[tuple[bytes, str, float]]]:
+        """Tasks recorded after cursor as (first return id, name, submit time); new cursor."""
         with self._lock:
-            return [(oid, name, at) for oid, (name, at) in self._info.items()]
+            fresh = min(self.count - cursor, len(self._info))
+            start = len(self._info) - fresh
+            tail = itertools.islice(self._info.items(), start, None)
+            tasks = [(oid, name, at) for oid, (name, at, first) in tail if first]
+            return self.count, tasks
 
     def install(self) -> None:
         """Tap every Client's submit (drivers started before or after this call)."""

@@ -1,0 +1,112 @@
+"""The numbers behind the resource charts, as rows to stream: no bokeh, no I/O.
+
+``sample`` turns one node status snapshot into one row per time chart. ``TaskStream``
+turns this driver's tasks into bars: the node does not report per-task start times or
+workers yet, so a task's bar is estimated, placed on the CPU slot that freed up first
+after it was submitted and ending when its result was seen.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+# Category10, repeated: a stable colour per function name
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+MIB = 2**20
+
+
+def colour(name: str) -> str:
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def sample(status: Mapping[str, Any], now: float | None = None) -> dict[str, dict[str, list[Any]]]:
+    """One new row per time chart from a status snapshot; times in ms (bokeh's datetime)."""
+    machine: Mapping[str, float] = status.get("machine", {})
+    at = float(machine.get("time") or now or time.time()) * 1000.0
+    total_memory = float(machine.get("memory_total") or 0.0)
+    memory = 100.0 * float(machine.get("memory_used", 0.0)) / total_memory if total_memory else 0.0
+    store: Mapping[str, Any] = status.get("store", {})
+    tasks: Mapping[str, int] = status.get("tasks", {})
+    total: Mapping[str, float] = status.get("total", {})
+    free: Mapping[str, float] = status.get("available", {})
+    cpus = float(total.get("CPU", 0.0))
+    return {
+        "usage": {
+            "time": [at],
+            "cpu": [float(machine.get("cpu_percent", 0.0))],
+            "memory": [memory],
+            "cpu_slots": [100.0 * (cpus - float(free.get("CPU", cpus))) / cpus if cpus else 0.0],
+        },
+        "store": {
+            "time": [at],
+            "used": [float(store.get("used_bytes", 0)) / MIB],
+            "capacity": [float(store.get("capacity", 0)) / MIB],
+            "spilled": [float(store.get("spilled_bytes", 0)) / MIB],
+        },
+        "tasks": {
+            "time": [at],
+            "running": [int(tasks.get("RUNNING", 0))],
+            "pending": [int(tasks.get("READY", 0)) + int(tasks.get("WAITING", 0))],
+        },
+    }
+
+
+class TaskStream:
+    """Bars for this driver's finished tasks: one row per CPU slot, coloured by function."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self._free = [(0.0, slot) for slot in range(self.slots)]  # heap of (free at, slot)
+        self._pending: dict[bytes, tuple[str, float]] = {}
+
+    def submitted(self, tasks: list[tuple[bytes, str, float]]) -> None:
+        for object_id, name, at in tasks:
+            self._pending[object_id] = (name, at)
+
+    def finished(self, done: Mapping[bytes, bool], now: float) -> dict[str, list[Any]]:
+        """Rows for tasks whose results arrived: done maps object id -> failed?"""
+        rows: dict[str, list[Any]] = {
+            "start": [],
+            "end": [],
+            "row": [],
+            "name": [],
+            "colour": [],
+            "state": [],
+        }
+        ended = sorted((at, oid, name) for oid, (name, at) in self._pending.items() if oid in done)
+        for submitted, object_id, name in ended:
+            del self._pending[object_id]
+            free_at, slot = heapq.heappop(self._free)
+            start = min(max(submitted, free_at), now)
+            heapq.heappush(self._free, (now, slot))
+            rows["start"].append(start * 1000.0)
+            rows["end"].append(now * 1000.0)
+            rows["row"].append(slot + 1)
+            rows["name"].append(name)
+            rows["colour"].append(colour(name))
+            rows["state"].append("failed" if done[object_id] else "finished")
+        return rows
+
+    @property
+    def waiting(self) -> list[bytes]:
+        return list(self._pending)
+
+    def forget(self, object_ids: list[bytes]) -> None:
+        """Tasks whose refs were dropped before we saw them finish: no bar."""
+        for object_id in object_ids:
+            self._pending.pop(object_id, None)
