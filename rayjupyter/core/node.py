@@ -10,7 +10,6 @@ secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command li
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import json
 import os
@@ -21,12 +20,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, protocol, spawn
+from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import (
     READY_LINE,
@@ -35,9 +34,10 @@ from rayjupyter.core.config import (
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
+from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import (
     ResourcePool,
@@ -47,7 +47,6 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
-from rayjupyter.core.spawn import StartedProcess
 
 MAX_WORKERS = 256
 
@@ -87,17 +86,7 @@ class ClientInfo:
     last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
-@dataclass
-class WorkerPipes:
-    """A worker process's handles: its exit fd and its output pipes, read by the loop."""
-
-    pid: int
-    pidfd: int
-    output_fds: list[int] = field(default_factory=list)
-    partial: dict[int, bytes] = field(default_factory=dict)
-
-
-class Node(NodeActors):
+class Node(NodeActors, NodeWorkers):
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: which method handles each message a client may send
@@ -262,119 +251,6 @@ class Node(NodeActors):
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
-
-    # ------------------------------------------------------------------ workers
-
-    def spawn_worker(self, actor_id: bytes = b"") -> bytes:
-        """Start a worker process (for the pool, or dedicated to one actor); its client id."""
-        client_id = ids.new_client_id()
-        env = worker_env(self.secret, self.session, self.config.sys_path, client_id)
-        self._adopt_worker(client_id, spawn.fork_worker(env), actor_id)
-        return client_id
-
-    def _adopt_worker(
-        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b""
-    ) -> None:
-        """Watch a started worker's output pipes and its exit."""
-        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id)
-        pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
-        self.workers[client_id] = worker
-        self.pipes[client_id] = pipes
-        for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
-            pipes.output_fds.append(fd)
-            self._watch_fd(fd, functools.partial(self._on_output, worker, stream))
-        self.poller.register(pipes.pidfd, zmq.POLLIN)
-        self.fd_handlers[pipes.pidfd] = functools.partial(self._on_worker_exit, worker)
-
-    def _drain_output(self, pipes: WorkerPipes) -> None:
-        """Forward everything a worker has written so far (its pipes are non-blocking)."""
-        for fd in pipes.output_fds:
-            for _ in range(64):
-                if fd not in self.fd_handlers or not self.fd_handlers[fd](fd):
-                    break
-
-    def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> bool:
-        """Read once from a worker's pipe; False when there was nothing to read."""
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return False
-        pipes = self.pipes.get(worker.client_id) or self._exiting.get(worker.client_id)
-        if not data:
-            self._unwatch_fd(fd)
-            if pipes is not None and pipes.partial.get(stream):
-                self._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
-            return False
-        if pipes is not None:
-            data = pipes.partial.pop(stream, b"") + data
-            complete, _, rest = data.rpartition(b"\n")
-            if rest:
-                pipes.partial[stream] = rest
-            if not complete:
-                return True
-            data = complete + b"\n"
-        self._forward_output(worker, stream, data)
-        return True
-
-    def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
-        if worker.task is not None:
-            name = worker.task.name
-        elif worker.actor_id in self.actors:
-            name = self.actors[worker.actor_id].class_name  # as Ray prints an actor's output
-        else:
-            name = "worker"
-        prefix = f"({name} pid={worker.pid}) "
-        text = "".join(prefix + line + "\n" for line in data.decode(errors="replace").splitlines())
-        for driver in self.drivers():
-            self.send(driver, P.LogLines(stream, text))
-
-    def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
-        pipes = self.pipes.pop(worker.client_id)
-        self._exiting[worker.client_id] = pipes
-        self.poller.unregister(pipes.pidfd)
-        del self.fd_handlers[pipes.pidfd]
-        os.close(pipes.pidfd)
-        returncode = spawn.exit_code(os.waitpid(pipes.pid, 0)[1])
-        self._drain_output(pipes)  # forward what is left before the pipes close
-        for fd in pipes.output_fds:
-            if fd in self.fd_handlers:
-                self._unwatch_fd(fd)
-        del self._exiting[worker.client_id]
-        self.scheduler.forget_worker(worker)
-        task = worker.task
-        worker.transition(WorkerState.DEAD)
-        del self.workers[worker.client_id]
-        self.release_client(worker.client_id)
-        cause = (
-            f"exit code {returncode}"
-            if returncode >= 0
-            else f"killed by {signal.Signals(-returncode).name}"
-        )
-        if worker.actor_id:
-            self.actor_process_died(worker, cause)
-        elif task is not None and task.state is TaskState.RUNNING:
-            self._release_task_resources(task, worker)
-            self._unpin_deps(task)
-            if task.cancelled:
-                self.fail_task(task, self.cancelled_error(task))
-            elif task.retry():
-                task.transition(TaskState.READY)
-                self.scheduler.ready.appendleft(task)
-            else:
-                error = WorkerCrashedError(
-                    f"The worker running task {task.name!r} died unexpectedly (pid "
-                    f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
-                    f"max_retries={task.max_retries} allows no more. Raise max_retries or "
-                    f"find why the process dies (out of memory, a segfault, os._exit)."
-                )
-                self.fail_task(task, pickle.dumps(error, protocol=5))
-        if self.running and self._live_workers() < self.pool_size:
-            self.spawn_worker()
-
-    def _live_workers(self) -> int:
-        return sum(
-            1 for w in self.workers.values() if w.state is not WorkerState.DEAD and not w.actor_id
-        )
 
     # ------------------------------------------------------------------ handlers
 
@@ -872,19 +748,6 @@ class Node(NodeActors):
         self.zap.close()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)
-
-
-def worker_env(secret: str, session: str, sys_path: list[str], client_id: bytes) -> dict[str, str]:
-    """What a worker needs to know, passed in its environment (the secret stays off argv)."""
-    return {
-        SECRET_ENV: secret,
-        "RAYJUPYTER_NODE_ADDRESS": worker_endpoint(session),
-        "RAYJUPYTER_CLIENT_ID": client_id.hex(),
-        "RAYJUPYTER_SESSION": session,
-        "RAYJUPYTER_SYS_PATH": json.dumps(sys_path),
-        "RAYJUPYTER_PARENT_PID": str(os.getpid()),
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def main() -> None:

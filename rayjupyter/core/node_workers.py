@@ -1,0 +1,177 @@
+"""The node's worker processes: starting them, forwarding their output, noticing their exit.
+
+A mixin of the node daemon (it shares the node's tables and loop). Workers are forked
+from the node (see spawn.py); each one's stdout and stderr are pipes the loop reads and
+forwards to the drivers with Ray's ``(task_name pid=N)`` prefix, and a pidfd tells the
+loop the moment a worker exits, so its task is retried or failed at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import zmq
+
+from rayjupyter.core import ids, spawn
+from rayjupyter.core import protocol as P
+from rayjupyter.core.config import SECRET_ENV, worker_endpoint
+from rayjupyter.core.exceptions import WorkerCrashedError
+from rayjupyter.core.scheduler import TaskState, WorkerRecord, WorkerState
+from rayjupyter.core.spawn import StartedProcess
+
+if TYPE_CHECKING:
+    from rayjupyter.core.node import Node
+
+
+@dataclass
+class WorkerPipes:
+    """A worker process's handles: its exit fd and its output pipes, read by the loop."""
+
+    pid: int
+    pidfd: int
+    output_fds: list[int] = field(default_factory=list)
+    partial: dict[int, bytes] = field(default_factory=dict)
+
+
+def worker_env(secret: str, session: str, sys_path: list[str], client_id: bytes) -> dict[str, str]:
+    """What a worker needs to know, passed in its environment (the secret stays off argv)."""
+    return {
+        SECRET_ENV: secret,
+        "RAYJUPYTER_NODE_ADDRESS": worker_endpoint(session),
+        "RAYJUPYTER_CLIENT_ID": client_id.hex(),
+        "RAYJUPYTER_SESSION": session,
+        "RAYJUPYTER_SYS_PATH": json.dumps(sys_path),
+        "RAYJUPYTER_PARENT_PID": str(os.getpid()),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class NodeWorkers:
+    """The node's worker-process handling (mixed into ``Node``)."""
+
+    def _node(self) -> Node:
+        return self  # type: ignore[return-value]
+
+    def spawn_worker(self, actor_id: bytes = b"") -> bytes:
+        """Start a worker process (for the pool, or dedicated to one actor); its client id."""
+        node = self._node()
+        client_id = ids.new_client_id()
+        env = worker_env(node.secret, node.session, node.config.sys_path, client_id)
+        node._adopt_worker(client_id, spawn.fork_worker(env), actor_id)
+        return client_id
+
+    def _adopt_worker(
+        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b""
+    ) -> None:
+        """Watch a started worker's output pipes and its exit."""
+        node = self._node()
+        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id)
+        pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
+        node.workers[client_id] = worker
+        node.pipes[client_id] = pipes
+        for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
+            pipes.output_fds.append(fd)
+            node._watch_fd(fd, functools.partial(node._on_output, worker, stream))
+        node.poller.register(pipes.pidfd, zmq.POLLIN)
+        node.fd_handlers[pipes.pidfd] = functools.partial(node._on_worker_exit, worker)
+
+    def _drain_output(self, pipes: WorkerPipes) -> None:
+        """Forward everything a worker has written so far (its pipes are non-blocking)."""
+        node = self._node()
+        for fd in pipes.output_fds:
+            for _ in range(64):
+                if fd not in node.fd_handlers or not node.fd_handlers[fd](fd):
+                    break
+
+    def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> bool:
+        """Read once from a worker's pipe; False when there was nothing to read."""
+        node = self._node()
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        pipes = node.pipes.get(worker.client_id) or node._exiting.get(worker.client_id)
+        if not data:
+            node._unwatch_fd(fd)
+            if pipes is not None and pipes.partial.get(stream):
+                node._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
+            return False
+        if pipes is not None:
+            data = pipes.partial.pop(stream, b"") + data
+            complete, _, rest = data.rpartition(b"\n")
+            if rest:
+                pipes.partial[stream] = rest
+            if not complete:
+                return True
+            data = complete + b"\n"
+        node._forward_output(worker, stream, data)
+        return True
+
+    def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
+        node = self._node()
+        if worker.task is not None:
+            name = worker.task.name
+        elif worker.actor_id in node.actors:
+            name = node.actors[worker.actor_id].class_name  # as Ray prints an actor's output
+        else:
+            name = "worker"
+        prefix = f"({name} pid={worker.pid}) "
+        text = "".join(prefix + line + "\n" for line in data.decode(errors="replace").splitlines())
+        for driver in node.drivers():
+            node.send(driver, P.LogLines(stream, text))
+
+    def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
+        node = self._node()
+        pipes = node.pipes.pop(worker.client_id)
+        node._exiting[worker.client_id] = pipes
+        node.poller.unregister(pipes.pidfd)
+        del node.fd_handlers[pipes.pidfd]
+        os.close(pipes.pidfd)
+        returncode = spawn.exit_code(os.waitpid(pipes.pid, 0)[1])
+        node._drain_output(pipes)  # forward what is left before the pipes close
+        for fd in pipes.output_fds:
+            if fd in node.fd_handlers:
+                node._unwatch_fd(fd)
+        del node._exiting[worker.client_id]
+        node.scheduler.forget_worker(worker)
+        task = worker.task
+        worker.transition(WorkerState.DEAD)
+        del node.workers[worker.client_id]
+        node.release_client(worker.client_id)
+        cause = (
+            f"exit code {returncode}"
+            if returncode >= 0
+            else f"killed by {signal.Signals(-returncode).name}"
+        )
+        if worker.actor_id:
+            node.actor_process_died(worker, cause)
+        elif task is not None and task.state is TaskState.RUNNING:
+            node._release_task_resources(task, worker)
+            node._unpin_deps(task)
+            if task.cancelled:
+                node.fail_task(task, node.cancelled_error(task))
+            elif task.retry():
+                task.transition(TaskState.READY)
+                node.scheduler.ready.appendleft(task)
+            else:
+                error = WorkerCrashedError(
+                    f"The worker running task {task.name!r} died unexpectedly (pid "
+                    f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
+                    f"max_retries={task.max_retries} allows no more. Raise max_retries or "
+                    f"find why the process dies (out of memory, a segfault, os._exit)."
+                )
+                node.fail_task(task, pickle.dumps(error, protocol=5))
+        if node.running and node._live_workers() < node.pool_size:
+            node.spawn_worker()
+
+    def _live_workers(self) -> int:
+        node = self._node()
+        return sum(
+            1 for w in node.workers.values() if w.state is not WorkerState.DEAD and not w.actor_id
+        )
