@@ -164,3 +164,34 @@ def test_cluster_resources_available_resources_and_nodes():
     nodes = rj.nodes()
     assert len(nodes) == 1 and nodes[0]["Alive"] and nodes[0]["Resources"]["CPU"] == 2.0
     assert nodes[0]["NodeManagerAddress"] == "127.0.0.1"
+
+
+@rj.remote
+class Mailbox:
+    def __init__(self):
+        self.boxed = None
+
+    def put(self, boxed):
+        self.boxed = boxed
+
+    def take(self):
+        return self.boxed
+
+
+def test_task_waiting_on_work_queued_behind_it_does_not_deadlock():
+    """With a long queue the node sends busy workers their next task early (prefetch). A
+    running task that then waits on that very task must get it back, not wait for itself."""
+
+    @rj.remote
+    def waiter(mailbox):
+        while True:
+            boxed = rj.get(mailbox.take.remote(), timeout=60)
+            if boxed:
+                return sum(rj.get(boxed[0], timeout=60))
+            time.sleep(0.005)  # busy, not blocked: the node may prefetch onto this worker
+
+    mailbox = Mailbox.remote()
+    head = waiter.remote(mailbox)
+    late = [sleep_then.remote(0.02, i) for i in range(40)]  # queued behind the waiter
+    mailbox.put.remote([late])
+    assert rj.get(head, timeout=60) == sum(range(40))

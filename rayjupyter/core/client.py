@@ -70,6 +70,7 @@ class Client:
         self.sent_funcs: set[bytes] = set()
         self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | None] = queue.SimpleQueue()
         self._closed = False
+        self._revoked: set[bytes] = set()  # prefetched tasks the node took back
         self._outbox: list[Any] = []
         self._last_send = 0.0
         self._flush_requested = False
@@ -229,9 +230,14 @@ class Client:
         """The next task for this worker (None once closed), waiting as long as it takes."""
         while True:
             try:
-                return self.tasks.get_nowait()
+                task = self.tasks.get_nowait()
             except queue.Empty:
-                pass
+                task = None
+            if task is not None:
+                if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
+                    self._revoked.discard(task.task_id)  # the node gave it to another worker
+                    continue
+                return task
             if self._closed:
                 return None
             self._pump(FLUSH_INTERVAL_S)
@@ -383,6 +389,8 @@ class Client:
                 notify = True
             elif kind is P.ExecuteTask or kind is P.StartActor:
                 self.tasks.put(message)
+            elif kind is P.RevokeTask:
+                self._revoked.add(message.task_id)
             elif kind is P.Reply:
                 self._replies[message.request_id] = message.value
                 notify = True

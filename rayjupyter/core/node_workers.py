@@ -22,7 +22,7 @@ from rayjupyter.core import ids, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import SECRET_ENV, worker_endpoint
 from rayjupyter.core.exceptions import WorkerCrashedError
-from rayjupyter.core.scheduler import TaskState, WorkerRecord, WorkerState
+from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, WorkerState
 from rayjupyter.core.spawn import StartedProcess
 
 if TYPE_CHECKING:
@@ -149,6 +149,13 @@ class NodeWorkers:
             if returncode >= 0
             else f"killed by {signal.Signals(-returncode).name}"
         )
+        following = worker.prefetched
+        if following is not None:
+            # sent ahead: it may have started as the worker died, so it counts as an attempt
+            worker.prefetched = None
+            node._unpin_deps(following)
+            following.worker = None
+            self._retry_or_fail(following, worker, cause)
         if worker.actor_id:
             node.actor_process_died(worker, cause)
         elif task is not None and task.state is TaskState.RUNNING:
@@ -156,19 +163,25 @@ class NodeWorkers:
             node._unpin_deps(task)
             if task.cancelled:
                 node.fail_task(task, node.cancelled_error(task))
-            elif task.retry():
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
             else:
-                error = WorkerCrashedError(
-                    f"The worker running task {task.name!r} died unexpectedly (pid "
-                    f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
-                    f"max_retries={task.max_retries} allows no more. Raise max_retries or "
-                    f"find why the process dies (out of memory, a segfault, os._exit)."
-                )
-                node.fail_task(task, pickle.dumps(error, protocol=5))
+                self._retry_or_fail(task, worker, cause)
         if node.running and node._live_workers() < node.pool_size:
             node.spawn_worker()
+
+    def _retry_or_fail(self, task: TaskRecord, worker: WorkerRecord, cause: str) -> None:
+        """A task whose worker died: queue it again within max_retries, else WorkerCrashedError."""
+        node = self._node()
+        if task.retry():
+            task.transition(TaskState.READY)
+            node.scheduler.ready.appendleft(task)
+            return
+        error = WorkerCrashedError(
+            f"The worker running task {task.name!r} died unexpectedly (pid "
+            f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
+            f"max_retries={task.max_retries} allows no more. Raise max_retries or "
+            f"find why the process dies (out of memory, a segfault, os._exit)."
+        )
+        node.fail_task(task, pickle.dumps(error, protocol=5))
 
     def _live_workers(self) -> int:
         node = self._node()

@@ -209,6 +209,12 @@ class StartActor(NamedTuple):
     gpu_ids: tuple[int, ...]
 
 
+class RevokeTask(NamedTuple):
+    """Do not start this prefetched task: the node gives it to another worker."""
+
+    task_id: bytes
+
+
 class LogLines(NamedTuple):
     """Output of workers, already prefixed with ``(task_name pid=N)``."""
 
@@ -244,7 +250,7 @@ CLIENT_TO_NODE = (
     Heartbeat,
     Disconnect,
 )
-NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, StartActor, LogLines, Reply)
+NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, StartActor, RevokeTask, LogLines, Reply)
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
 

@@ -107,6 +107,7 @@ class WorkerRecord:
     known_funcs: set[bytes] = field(default_factory=set)
     lent: dict[str, float] = field(default_factory=dict)  # resources given back while blocked
     actor_id: bytes = b""  # set for a process dedicated to an actor
+    prefetched: TaskRecord | None = None  # sent ahead, to start when the current task ends
     handle: Any = None  # the node's process handle (Popen), opaque here
 
     def transition(self, new: WorkerState) -> None:
