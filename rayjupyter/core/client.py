@@ -292,7 +292,8 @@ class Client:
 
         if needed <= 0:
             return True
-        self.send([])  # submits held back for batching go now: we wait on them
+        if self._outbox:  # submits held back for batching go now: we wait on them
+            self.send([])
         self._request_missing(missing)
         self._blocked(True)
         try:
