@@ -53,6 +53,7 @@ def __getattr__(name: str) -> Any:
         return getattr(notebook, name)
     raise AttributeError(f"module 'rayjupyter' has no attribute {name!r}")
 
+
 __all__ = [
     "ObjectRef",
     "__version__",

@@ -82,15 +82,37 @@ class Reply:
         ]
 
 
+def current_env_kernel_manager() -> Any:
+    """A KernelManager for an IPython kernel on this very Python (this venv), whatever
+    kernels named "python3" other Jupyter installs on the machine may have registered."""
+    import ipykernel.kernelspec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    class ThisPython(KernelSpecManager):  # type: ignore[misc]
+        def get_kernel_spec(self, kernel_name: str) -> Any:
+            return self.kernel_spec_class(
+                resource_dir=ipykernel.kernelspec.RESOURCES,
+                **ipykernel.kernelspec.get_kernel_dict(),
+            )
+
+    return KernelManager(kernel_name="this-python", kernel_spec_manager=ThisPython())
+
+
 class Kernel:
     """A kernel started in its own process; ``execute`` runs a cell and waits for idle."""
 
     def __init__(self, startup_timeout: float = 60.0) -> None:
-        from jupyter_client.manager import start_new_kernel
-
-        self.manager, self.client = start_new_kernel(
-            kernel_name="python3", startup_timeout=startup_timeout
-        )
+        self.manager = current_env_kernel_manager()
+        self.manager.start_kernel()
+        self.client = self.manager.client()
+        self.client.start_channels()
+        try:
+            self.client.wait_for_ready(timeout=startup_timeout)
+        except RuntimeError:
+            self.client.stop_channels()
+            self.manager.shutdown_kernel(now=True)
+            raise
         self.pid: int = self.manager.provisioner.process.pid  # type: ignore[union-attr]
         self.pending: list[dict[str, Any]] = []  # iopub messages of no awaited cell
         self.history: list[dict[str, Any]] = []  # every iopub message read, in order

@@ -15,7 +15,7 @@ from rayjupyter.core import cluster_repr
 from rayjupyter.core import protocol as P
 from rayjupyter.notebook import cell_runner, templates
 from rayjupyter.notebook.cell_names import analyze
-from rayjupyter.notebook.chart_data import TaskStream, colour, sample
+from rayjupyter.notebook.chart_data import PALETTE, TaskStream, sample
 from rayjupyter.notebook.output_routing import Router, RoutingStream, decode_display, encode_display
 from rayjupyter.notebook.progress_model import ProgressModel, format_elapsed
 from rayjupyter.notebook.progress_views import TextProgressView
@@ -255,13 +255,21 @@ def test_task_stream_places_bars_on_free_slots():
     stream = TaskStream(slots=2)
     stream.submitted([(b"a", "f", 1.0), (b"b", "f", 1.0), (b"c", "g", 1.0)])
     rows = stream.finished({b"a": False, b"b": True}, now=3.0)
-    assert (
-        rows["row"] == [1, 2] and rows["start"] == [1000.0, 1000.0] and rows["end"] == [3000.0] * 2
-    )
-    assert rows["state"] == ["finished", "failed"] and rows["colour"] == [colour("f")] * 2
+    assert sorted(rows["row"]) == [1, 2] and rows["start"] == [1000.0, 1000.0]
+    assert rows["end"] == [3000.0] * 2
+    assert sorted(rows["state"]) == ["failed", "finished"] and rows["colour"] == [PALETTE[0]] * 2
     rows = stream.finished({b"c": False}, now=5.0)
     assert rows["start"] == [3000.0] and rows["name"] == ["g"]  # it waited for a free slot
+    assert rows["colour"] == [PALETTE[1]]  # a new function, a new colour
     assert stream.waiting == []
+
+
+def test_task_stream_splits_a_poll_between_the_tasks_of_a_slot():
+    stream = TaskStream(slots=1)
+    stream.submitted([(b"a", "f", 0.0), (b"b", "f", 0.0), (b"c", "f", 0.0)])
+    rows = stream.finished({b"a": False, b"b": False, b"c": False}, now=3.0)
+    assert rows["start"] == [0.0, 1000.0, 2000.0] and rows["end"] == [1000.0, 2000.0, 3000.0]
+    assert rows["row"] == [1, 1, 1]
 
 
 # ------------------------------------------------------------------ the cell runner

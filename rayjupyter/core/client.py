@@ -34,6 +34,10 @@ LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node 
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 
 
+#: called with every task a client submits (the notebook's displays name tasks with it)
+submit_observers: list[Callable[[P.SubmitTask], None]] = []
+
+
 class Client:
     """One process's view of the cluster: send messages, await objects and replies."""
 
@@ -172,6 +176,8 @@ class Client:
 
     def submit(self, message: P.SubmitTask) -> None:
         self._awaiting_push.update(message.return_ids)
+        for observe in submit_observers:
+            observe(message)
         self.send([message], batch=True)
 
     def put(

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import heapq
 import time
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
-# Category10, repeated: a stable colour per function name
+# Category10: functions get colours in the order they first show up
 PALETTE = (
     "#1f77b4",
     "#ff7f0e",
@@ -30,8 +29,11 @@ PALETTE = (
 MIB = 2**20
 
 
-def colour(name: str) -> str:
-    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+def colour(name: str, taken: dict[str, str]) -> str:
+    """The colour of a function: the next unused one when it first shows up."""
+    if name not in taken:
+        taken[name] = PALETTE[len(taken) % len(PALETTE)]
+    return taken[name]
 
 
 def sample(status: Mapping[str, Any], now: float | None = None) -> dict[str, dict[str, list[Any]]]:
@@ -73,13 +75,18 @@ class TaskStream:
         self.slots = max(1, slots)
         self._free = [(0.0, slot) for slot in range(self.slots)]  # heap of (free at, slot)
         self._pending: dict[bytes, tuple[str, float]] = {}
+        self.colours: dict[str, str] = {}
 
     def submitted(self, tasks: list[tuple[bytes, str, float]]) -> None:
         for object_id, name, at in tasks:
             self._pending[object_id] = (name, at)
 
     def finished(self, done: Mapping[bytes, bool], now: float) -> dict[str, list[Any]]:
-        """Rows for tasks whose results arrived: done maps object id -> failed?"""
+        """Rows for tasks whose results arrived: done maps object id -> failed?
+
+        Tasks seen finishing in one poll are dealt to the slots that freed first, and each
+        slot's share of the time since it freed is split between its tasks, in order.
+        """
         rows: dict[str, list[Any]] = {
             "start": [],
             "end": [],
@@ -89,24 +96,29 @@ class TaskStream:
             "state": [],
         }
         ended = sorted((at, oid, name) for oid, (name, at) in self._pending.items() if oid in done)
-        for submitted, object_id, name in ended:
-            del self._pending[object_id]
-            free_at, slot = heapq.heappop(self._free)
-            start = min(max(submitted, free_at), now)
-            heapq.heappush(self._free, (now, slot))
-            rows["start"].append(start * 1000.0)
-            rows["end"].append(now * 1000.0)
-            rows["row"].append(slot + 1)
-            rows["name"].append(name)
-            rows["colour"].append(colour(name))
-            rows["state"].append("failed" if done[object_id] else "finished")
+        if not ended:
+            return rows
+        order = [heapq.heappop(self._free) for _ in range(self.slots)]
+        shares: list[list[tuple[float, bytes, str]]] = [[] for _ in order]
+        for index, task in enumerate(ended):
+            shares[index % len(order)].append(task)
+        for (free_at, slot), tasks in zip(order, shares, strict=True):
+            heapq.heappush(self._free, (now if tasks else free_at, slot))
+            if not tasks:
+                continue
+            begin = min(max(free_at, tasks[0][0]), now)
+            step = (now - begin) / len(tasks)
+            for position, (submitted, object_id, name) in enumerate(tasks):
+                del self._pending[object_id]
+                start = min(max(begin + position * step, submitted), now)
+                rows["start"].append(start * 1000.0)
+                rows["end"].append(min(begin + (position + 1) * step, now) * 1000.0)
+                rows["row"].append(slot + 1)
+                rows["name"].append(name)
+                rows["colour"].append(colour(name, self.colours))
+                rows["state"].append("failed" if done[object_id] else "finished")
         return rows
 
     @property
     def waiting(self) -> list[bytes]:
         return list(self._pending)
-
-    def forget(self, object_ids: list[bytes]) -> None:
-        """Tasks whose refs were dropped before we saw them finish: no bar."""
-        for object_id in object_ids:
-            self._pending.pop(object_id, None)

@@ -33,7 +33,7 @@ class ResourceChart:
 
     def __init__(self, client: Client, *, interval: float = 1.0, window: int = 300) -> None:
         from bokeh.layouts import gridplot
-        from bokeh.models import ColumnDataSource, HoverTool
+        from bokeh.models import ColumnDataSource, HoverTool, SingleIntervalTicker
         from bokeh.plotting import figure
 
         self.client = client
@@ -94,11 +94,13 @@ class ResourceChart:
             left="start",
             right="end",
             height=0.8,
-            color="colour",
+            fill_color="colour",
+            line_color="white",
             source=self.sources["stream"],
         )
         stream.add_tools(HoverTool(tooltips=[("task", "@name"), ("state", "@state")]))
         stream.yaxis.axis_label = "slot"
+        stream.yaxis.ticker = SingleIntervalTicker(interval=1, num_minor_ticks=0)
         for fig in (usage, store, tasks):
             fig.legend.location = "top_left"
             fig.legend.label_text_font_size = "8pt"
@@ -138,8 +140,10 @@ class ResourceChart:
         objects = self.client.objects
         waiting = self.stream.waiting
         done = {oid: bool(objects[oid][3]) for oid in waiting if oid in objects}
-        dropped = [oid for oid in waiting if oid not in done and not reference_counter.count(oid)]
-        self.stream.forget(dropped)
+        # refs dropped since the last look: almost always right after a get, so finished
+        done.update(
+            (oid, False) for oid in waiting if oid not in done and not reference_counter.count(oid)
+        )
         rows = self.stream.finished(done, time.time())
         if rows["start"]:
             self.sources["stream"].stream(rows, rollover=self.window * 10)
@@ -156,8 +160,8 @@ def resource_chart(*, interval: float = 1.0, window: int = 300) -> None:
 
     if not in_kernel():
         raise RuntimeError(
-            "resource_chart() draws in a Jupyter notebook; in a terminal use `rayjupyter "
-            "status` or rj.available_resources()."
+            "resource_chart() draws in a Jupyter notebook; elsewhere use %ray_status in "
+            "IPython, or rj.available_resources()."
         )
     if interval <= 0 or window < 2:
         raise ValueError("interval must be > 0 seconds and window at least 2 samples")

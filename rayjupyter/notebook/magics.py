@@ -168,8 +168,11 @@ class RayMagics(Magics):
         """Live charts of the cluster in the notebook: CPU, memory, store, tasks."""
         from rayjupyter.core import api
         from rayjupyter.notebook import charts
+        from rayjupyter.notebook.kernel import in_kernel
 
         args = parse_argstring(self.ray_dashboard, line)
+        if not in_kernel():
+            raise UsageError("%ray_dashboard draws in a Jupyter notebook; here use %ray_status")
         if api._state["client"] is None:
             raise UsageError("Not connected: run %ray_connect first")
         if args.window < 2:

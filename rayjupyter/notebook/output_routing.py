@@ -56,16 +56,19 @@ class Router:
             self._routes = {**self._routes, f"({task_name} pid=": sink}
 
     def unroute(self, task_name: str) -> None:
+        """Stop routing a task's lines; the streams are unwrapped once nothing is routed."""
         with self._lock:
             routes = dict(self._routes)
             routes.pop(f"({task_name} pid=", None)
             self._routes = routes
+            if not routes:
+                self.uninstall()
 
     def routed(self, task_name: str) -> bool:
         return f"({task_name} pid=" in self._routes
 
     def install(self) -> None:
-        """Wrap sys.stdout and sys.stderr (once; a stream already wrapped is left alone)."""
+        """Wrap sys.stdout and sys.stderr while cells are routed (a wrapped one is kept)."""
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
             if not isinstance(stream, RoutingStream):

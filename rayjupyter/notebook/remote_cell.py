@@ -75,10 +75,11 @@ def _runner() -> Any:
 def _cell_number(shell: Any) -> int:
     """The running cell's number, as its In[n] prompt shows it."""
     hook = getattr(shell, "displayhook", None)
-    count = getattr(hook, "prompt_count", None)
+    running = getattr(hook, "exec_result", None)  # set by IPython while a cell runs
+    count = getattr(running, "execution_count", None)
     if count is None:
-        count = int(getattr(shell, "execution_count", 1) or 1) - 1
-    return int(count)
+        count = getattr(hook, "prompt_count", None)
+    return int(count or 0)
 
 
 def _task_name(count: int) -> str:

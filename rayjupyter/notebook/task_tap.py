@@ -1,8 +1,9 @@
 """Names and submit times of this driver's tasks, by return object id, for the displays.
 
 The node knows every task's name, but a driver only holds object ids. Until the node
-reports task events per object id, the notebook taps ``Client.submit`` (installed by
-``%load_ext``, removed by ``%unload_ext``): a few dict writes per submitted task.
+reports task events per object id, the notebook observes this driver's submits (the
+core's ``submit_observers``, installed by ``%load_ext``, removed by ``%unload_ext``): a few
+dict writes per submitted task.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
 
+from rayjupyter.core import client as client_module
 from rayjupyter.core import protocol as P
-from rayjupyter.core.client import Client
 
 LIMIT = 50_000  # ids remembered; older ones fall back to the name "task"
 
@@ -26,7 +26,6 @@ class TaskTap:
         self.limit = limit
         self._info: OrderedDict[bytes, tuple[str, float, bool]] = OrderedDict()
         self._lock = threading.Lock()
-        self._original: Any = None
         self.count = 0  # entries recorded so far: the cursor since() takes
 
     def record(self, message: P.SubmitTask) -> None:
@@ -52,23 +51,13 @@ class TaskTap:
             return self.count, tasks
 
     def install(self) -> None:
-        """Tap every Client's submit (drivers started before or after this call)."""
-        if self._original is not None:
-            return
-        original = Client.submit
-        tap = self
-
-        def submit(client: Client, message: P.SubmitTask) -> None:
-            tap.record(message)
-            original(client, message)
-
-        self._original = original
-        Client.submit = submit  # type: ignore[method-assign]
+        """Observe every client's submits (drivers started before or after this call)."""
+        if self.record not in client_module.submit_observers:
+            client_module.submit_observers.append(self.record)
 
     def uninstall(self) -> None:
-        if self._original is not None:
-            Client.submit = self._original  # type: ignore[method-assign]
-            self._original = None
+        if self.record in client_module.submit_observers:
+            client_module.submit_observers.remove(self.record)
 
 
 TAP = TaskTap()
