@@ -162,6 +162,7 @@ class Node(NodeActors, NodeWorkers):
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
         self.fd_handlers: dict[int, Callable[[int], object]] = {}
+        self.exit_fds: set[int] = set()  # pidfds: readable when a worker process exits
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
@@ -182,13 +183,24 @@ class Node(NodeActors, NodeWorkers):
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
+                # Order matters: a worker writes its output, then sends its result, then
+                # may exit. So output first (a task's prints carry its own name), then
+                # messages, then exits (a result sent just before exiting still counts).
+                router_ready = False
+                exited = []
                 for source, _ in events:
                     if source is self.router:
-                        self._drain_router()
+                        router_ready = True
                     elif source is self.zap.socket:
                         self.zap.handle()
+                    elif source in self.exit_fds:
+                        exited.append(source)
                     else:
                         self.fd_handlers[int(source)](int(source))
+                if router_ready:
+                    self._drain_router()
+                for fd in exited:
+                    self.fd_handlers[fd](fd)
                 self.schedule()
                 self.flush()
         finally:
