@@ -481,6 +481,8 @@ class Node(NodeActors, NodeWorkers):
             value = self.head.node_table()
         elif message.what == "store_stats":
             value = self.store.stats()
+        elif message.what == "ping":
+            value = None  # answered after everything the client sent before it
         elif message.what == "status":
             value = self.status()
         elif message.what == "get_actor":

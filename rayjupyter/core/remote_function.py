@@ -17,6 +17,8 @@ from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.serialization import SerializedObject
 from rayjupyter.core.task_args import pack_args
 
+PING_BEFORE_WRITE = 64 << 20  # bytes
+
 
 class RemoteFunction:
     """A function that runs as a task: call ``.remote()``, tune with ``.options()``."""
@@ -96,6 +98,10 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
                 f"{client.store_capacity / 2**20:.1f} MiB. Start the cluster with a larger "
                 f"object_store_memory."
             )
+        if sobj.nbytes >= PING_BEFORE_WRITE:
+            # refs dropped just now may free a file this put can reuse: let the node see
+            # them first (one round trip, under 1% of writing an object this large)
+            client.request("ping")
         path = shm_path(client.session, object_id)
         size = write_object(path, sobj, pool_prefix(client.session))
         client.put(object_id, None, size, contained)
