@@ -153,3 +153,16 @@ def test_freed_files_are_reused_but_never_under_a_reader(cluster):
         out = rj.get(ref, timeout=30)
         assert int(out.min()) == int(out.max()) == value
         del out, ref
+
+
+def test_workers_keep_a_large_argument_mapped_across_tasks(cluster):
+    @rj.remote
+    def where(array):
+        return os.getpid(), array.__array_interface__["data"][0], float(array[:10].sum())
+
+    ref = rj.put(np.ones(16 * MiB // 8))
+    seen: dict[int, set[int]] = {}
+    for pid, address, total in rj.get([where.remote(ref) for _ in range(12)], timeout=60):
+        assert total == 10.0
+        seen.setdefault(pid, set()).add(address)
+    assert all(len(addresses) == 1 for addresses in seen.values())  # one mapping per worker

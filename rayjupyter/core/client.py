@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +31,7 @@ from rayjupyter.core.serialization import deserialize
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
 BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
+KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 
 
@@ -75,6 +76,8 @@ class Client:
         self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | None] = queue.SimpleQueue()
         self._closed = False
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
+        self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
+        self._mapped_bytes: dict[bytes, int] = {}
         self._outbox: list[Any] = []
         self._last_send = 0.0
         self._flush_requested = False
@@ -316,9 +319,19 @@ class Client:
             )
         return [self.objects[oid] for oid in object_ids]
 
-    def materialize(self, info: P.ObjectInfo, timeout: float | None = None) -> Any:
-        """The value behind an ObjectInfo: inline bytes decoded, shared memory mapped zero-copy."""
-        object_id, inline, _size, is_error = info
+    def materialize(
+        self, info: P.ObjectInfo, timeout: float | None = None, *, keep_mapped: bool = False
+    ) -> Any:
+        """The value behind an ObjectInfo: inline bytes decoded, shared memory mapped zero-copy.
+
+        ``keep_mapped`` (workers, for task arguments) keeps the last few mappings: a large
+        array passed to many tasks is then faulted into this process once, not per task.
+        Each call still builds a fresh value from the mapping, so tasks never share objects.
+        """
+        object_id, inline, size, is_error = info
+        if keep_mapped and inline is None and object_id in self._mapped:
+            self._mapped.move_to_end(object_id)
+            return deserialize(self._mapped[object_id])
         if is_error:
             error = pickle.loads(inline or b"")
             if isinstance(error, RayTaskError):
@@ -336,8 +349,22 @@ class Client:
                 self.get_infos([object_id], timeout)
                 continue
             self._pins.append((True, object_id))
+            if keep_mapped:
+                self._keep_mapped(object_id, view, size)
             return deserialize(view)
         raise FileNotFoundError(f"object {object_id.hex()} vanished from shared memory at {path}")
+
+    def _keep_mapped(self, object_id: bytes, view: memoryview, size: int) -> None:
+        """Remember a mapping; the oldest go (and are unpinned) past the count or byte limit."""
+        mapped = self._mapped
+        mapped[object_id] = view
+        self._mapped_bytes[object_id] = size
+        limit = max(self.store_capacity // 8, 1)
+        while len(mapped) > KEEP_MAPPED or (
+            len(mapped) > 1 and sum(self._mapped_bytes.values()) > limit
+        ):
+            oldest, _ = mapped.popitem(last=False)
+            del self._mapped_bytes[oldest]
 
     # ------------------------------------------------------------------ receiving
 

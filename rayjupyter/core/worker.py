@@ -89,7 +89,7 @@ class TaskExecutor:
         token = self._enter(task)
         exiting = False
         try:
-            dep_values = [self.client.materialize(info) for info in task.deps]
+            dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
             del dep_values
             if not task.actor_id:
@@ -117,7 +117,7 @@ class TaskExecutor:
             token = self._enter(task)
             exiting = False
             try:
-                dep_values = [self.client.materialize(info) for info in task.deps]
+                dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
                 args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
                 result = getattr(self.instance, task.method)(*args, **kwargs)
                 if inspect.isawaitable(result):
