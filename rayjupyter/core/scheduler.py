@@ -13,20 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class TaskState(enum.Enum):
-    WAITING = "waiting"  # for dependencies
-    READY = "ready"  # dependencies met, waiting for resources and a worker
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
+# IntEnum: members hash as ints (in C); a plain Enum hashes in Python, on every transition
+class TaskState(enum.IntEnum):
+    WAITING = 1  # for dependencies
+    READY = 2  # dependencies met, waiting for resources and a worker
+    RUNNING = 3
+    FINISHED = 4
+    FAILED = 5
 
 
-class WorkerState(enum.Enum):
-    STARTING = "starting"  # process spawned, not yet connected
-    IDLE = "idle"
-    BUSY = "busy"
-    BLOCKED = "blocked"  # running a task that waits in get/wait; its CPU is lent out
-    DEAD = "dead"
+class WorkerState(enum.IntEnum):
+    STARTING = 1  # process spawned, not yet connected
+    IDLE = 2
+    BUSY = 3
+    BLOCKED = 4  # running a task that waits in get/wait; its CPU is lent out
+    DEAD = 5
 
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
@@ -82,9 +83,9 @@ class TaskRecord:
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
-            recent = " -> ".join(s.value for s in self.history[-5:])
+            recent = " -> ".join(s.name for s in self.history[-5:])
             raise InvalidTransition(
-                f"task {self.name!r} ({self.task_id.hex()}): {self.state.value} -> {new.value} "
+                f"task {self.name!r} ({self.task_id.hex()}): {self.state.name} -> {new.name} "
                 f"is not allowed (recent: {recent or 'none'})"
             )
         self.history.append(self.state)
@@ -113,7 +114,7 @@ class WorkerRecord:
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:
             raise InvalidTransition(
-                f"worker pid={self.pid}: {self.state.value} -> {new.value} is not allowed"
+                f"worker pid={self.pid}: {self.state.name} -> {new.name} is not allowed"
             )
         self.state = new
 
