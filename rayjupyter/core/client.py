@@ -193,9 +193,12 @@ class Client:
         """Wait until predicate holds; reading the socket ourselves when nobody else does."""
         if self._io_thread is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
+            next_check = time.monotonic() + LIVENESS_CHECK_S
             with self._cond:
                 while not predicate():
-                    self._check_alive()
+                    if time.monotonic() >= next_check:  # not on every wake: it costs a syscall
+                        self._check_alive()
+                        next_check = time.monotonic() + LIVENESS_CHECK_S
                     remaining = LIVENESS_CHECK_S
                     if deadline is not None:
                         remaining = min(remaining, deadline - time.monotonic())
