@@ -181,3 +181,25 @@ def test_ctrl_c_while_waiting_cancels_the_tasks_waited_on(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
     )
     assert out.stdout.split() == ["interrupted", "cancelled"], out.stderr
+
+
+def test_cancel_a_running_async_actor_call(cluster):
+    import asyncio
+
+    @rj.remote
+    class Waiter:
+        async def forever(self):
+            await asyncio.Event().wait()
+
+        async def ping(self):
+            return "pong"
+
+    actor = Waiter.remote()
+    assert rj.get(actor.ping.remote(), timeout=30) == "pong"
+    stuck = actor.forever.remote()
+    ready, _ = rj.wait([stuck], timeout=0.3)
+    assert ready == []
+    rj.cancel(stuck)
+    with pytest.raises(TaskCancelledError):
+        rj.get(stuck, timeout=30)
+    assert rj.get(actor.ping.remote(), timeout=30) == "pong"  # the actor lives on

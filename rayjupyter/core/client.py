@@ -73,7 +73,9 @@ class Client:
         self._request_ids = itertools.count(1)
         self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
-        self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | None] = queue.SimpleQueue()
+        self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | P.CancelCall | None] = (
+            queue.SimpleQueue()
+        )
         self._closed = False
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
@@ -238,7 +240,7 @@ class Client:
         with self._cond:
             self._cond.notify_all()
 
-    def next_task(self) -> P.ExecuteTask | P.StartActor | None:
+    def next_task(self) -> P.ExecuteTask | P.StartActor | P.CancelCall | None:
         """The next task for this worker (None once closed), waiting as long as it takes."""
         while True:
             try:
@@ -424,7 +426,7 @@ class Client:
                     self._awaiting_push.discard(oid)
                     self._subscribed.discard(oid)
                 notify = True
-            elif kind is P.ExecuteTask or kind is P.StartActor:
+            elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.CancelCall:
                 self.tasks.put(message)
             elif kind is P.RevokeTask:
                 self._revoked.add(message.task_id)

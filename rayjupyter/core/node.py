@@ -791,8 +791,9 @@ class Node(NodeActors, NodeWorkers):
             self.fail_task(task, self.cancelled_error(task))
         elif task.state is TaskState.RUNNING and task.worker in self.workers:
             worker = self.workers[task.worker]
-            if task.actor_id:
-                return  # a running actor call finishes; cancelling it needs the actor's help
+            if task.actor_id:  # only an async actor can stop a running call (as in Ray)
+                self.send(worker.client_id, P.CancelCall(task.task_id))
+                return
             if worker.prefetched is task:  # sent ahead, not started: take it back
                 self.revoke_prefetched(worker)
                 self.fail_task(task, self.cancelled_error(task))

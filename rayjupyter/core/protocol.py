@@ -215,6 +215,12 @@ class RevokeTask(NamedTuple):
     task_id: bytes
 
 
+class CancelCall(NamedTuple):
+    """Cancel a running call of this worker's async actor (its coroutine gets CancelledError)."""
+
+    task_id: bytes
+
+
 class LogLines(NamedTuple):
     """Output of workers, already prefixed with ``(task_name pid=N)``."""
 
@@ -250,7 +256,16 @@ CLIENT_TO_NODE = (
     Heartbeat,
     Disconnect,
 )
-NODE_TO_CLIENT = (Welcome, ObjectsReady, ExecuteTask, StartActor, RevokeTask, LogLines, Reply)
+NODE_TO_CLIENT = (
+    Welcome,
+    ObjectsReady,
+    ExecuteTask,
+    StartActor,
+    RevokeTask,
+    CancelCall,
+    LogLines,
+    Reply,
+)
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
 

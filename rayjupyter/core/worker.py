@@ -59,6 +59,13 @@ class TaskExecutor:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slots: asyncio.Semaphore | None = None
+        self.async_calls: dict[bytes, concurrent.futures.Future[None]] = {}
+
+    def cancel_call(self, task_id: bytes) -> None:
+        """rj.cancel of a running async actor call: its coroutine gets CancelledError."""
+        future = self.async_calls.get(task_id)
+        if future is not None:
+            future.cancel()  # cancels the asyncio task behind it, in the loop's thread
 
     # ------------------------------------------------------------------ tasks
 
@@ -67,7 +74,9 @@ class TaskExecutor:
         if not task.actor_id:
             self._execute(task, self._function(task))
         elif self.loop is not None:
-            asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
+            future = asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
+            self.async_calls[task.task_id] = future
+            future.add_done_callback(lambda _: self.async_calls.pop(task.task_id, None))
         elif self.pool is not None:
             self.pool.submit(self._execute, task, getattr(self.instance, task.method))
         else:
@@ -113,24 +122,31 @@ class TaskExecutor:
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
         assert self.slots is not None
-        async with self.slots:  # max_concurrency calls at once
-            token = self._enter(task)
-            exiting = False
-            try:
-                dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
-                args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
-                result = getattr(self.instance, task.method)(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
-            except ActorExitRequest:
-                exiting = True
-                message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
-            except Exception as exc:
-                message = self._failure(task, exc)
-            finally:
-                runtime_context.current_task.reset(token)
-            self._finish(message, exiting)
+        exiting = False
+        try:
+            async with self.slots:  # max_concurrency calls at once
+                token = self._enter(task)
+                try:
+                    message = await self._call_async(task)
+                except ActorExitRequest:
+                    exiting = True
+                    message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+                except Exception as exc:
+                    message = self._failure(task, exc)
+                finally:
+                    runtime_context.current_task.reset(token)
+        except asyncio.CancelledError:  # rj.cancel, while running or waiting for a slot
+            error = TaskCancelledError(f"Actor call {task.name!r} was cancelled.")
+            message = self._failure(task, error)
+        self._finish(message, exiting)
+
+    async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
+        dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
+        args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
+        result = getattr(self.instance, task.method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return P.TaskFinished(task.task_id, self._store(task, result), None, False)
 
     def _finish(self, message: P.TaskFinished, exiting: bool) -> None:
         sys.stdout.flush()
@@ -255,6 +271,8 @@ def main() -> None:
             break
         if isinstance(task, P.StartActor):
             executor.start_actor(task)
+        elif isinstance(task, P.CancelCall):
+            executor.cancel_call(task.task_id)
         else:
             executor.run(task)
         del task
