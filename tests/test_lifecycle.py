@@ -192,3 +192,38 @@ def test_unreachable_address_is_a_clear_error_in_bounded_time():
         rj.init(address="rayjupyter://not-the-secret@127.0.0.1:9")
     assert time.monotonic() - started < 10
     assert not rj.is_initialized()
+
+
+def test_attached_driver_gives_up_on_a_dead_node_instead_of_hanging(cluster, tmp_path):
+    from rayjupyter.core.api import _state
+
+    marker = tmp_path / "started"
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        import rayjupyter as rj
+        from rayjupyter.exceptions import ClusterConnectionError
+        rj.init(address={cluster.connect_address!r})
+
+        @rj.remote
+        def slow(path):
+            open(path, "w").close()
+            time.sleep(600)
+
+        started = time.monotonic()
+        try:
+            rj.get(slow.remote({str(marker)!r}))
+        except ClusterConnectionError as error:
+            print("gave up", round(time.monotonic() - started), flush=True)
+        """
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_condition(marker.exists, timeout=60)
+        _state["cluster"].process.send_signal(signal.SIGKILL)  # the node, without goodbye
+        out, err = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert out.startswith("gave up"), err

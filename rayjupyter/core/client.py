@@ -33,6 +33,7 @@ BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one fr
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
+SILENCE_LIMIT_S = 10.0  # an attached driver gives up on a node that answered nothing for this
 
 
 #: called with every task a client submits (the notebook's displays name tasks with it)
@@ -77,6 +78,7 @@ class Client:
             queue.SimpleQueue()
         )
         self._closed = False
+        self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
         self._mapped_bytes: dict[bytes, int] = {}
@@ -220,7 +222,15 @@ class Client:
 
     def _check_alive(self) -> None:
         """Raise rather than wait forever on a cluster whose node has died."""
-        reason = self.liveness() if self.liveness is not None else None
+        if self.liveness is not None:
+            reason = self.liveness()
+        elif time.monotonic() - self.last_heard > SILENCE_LIMIT_S:  # heartbeats get answers
+            reason = (
+                f"No word from the cluster at {self.address} for {SILENCE_LIMIT_S:.0f} s: its "
+                f"node is gone or unreachable. Call rj.shutdown(), then rj.init() again."
+            )
+        else:
+            reason = None
         if reason:
             raise ClusterConnectionError(reason)
 
@@ -405,6 +415,7 @@ class Client:
                 return
 
     def _drain_rx(self) -> None:
+        self.last_heard = time.monotonic()
         while True:
             try:
                 frame = self.rx.recv(zmq.NOBLOCK)
@@ -431,8 +442,9 @@ class Client:
             elif kind is P.RevokeTask:
                 self._revoked.add(message.task_id)
             elif kind is P.Reply:
-                self._replies[message.request_id] = message.value
-                notify = True
+                if message.request_id:  # 0: the answer to a heartbeat
+                    self._replies[message.request_id] = message.value
+                    notify = True
             elif kind is P.LogLines:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)

@@ -531,7 +531,7 @@ class Node(NodeActors, NodeWorkers):
         self.running = False
 
     def on_heartbeat(self, client: bytes, message: P.Heartbeat) -> None:
-        pass  # receiving it refreshed last_seen
+        self.send(client, P.Reply(0, None))  # so an attached driver knows the node lives
 
     def on_disconnect(self, client: bytes, message: P.Disconnect) -> None:
         self.release_client(client)
