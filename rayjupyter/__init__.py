@@ -19,6 +19,7 @@ from rayjupyter.core.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from rayjupyter.core.object_ref import ObjectRef
@@ -74,5 +75,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]

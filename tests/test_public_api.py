@@ -24,6 +24,7 @@ EXPECTED = {
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 }
 

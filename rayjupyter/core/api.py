@@ -360,6 +360,23 @@ def get_runtime_context() -> runtime_context.RuntimeContext:
     return runtime_context.RuntimeContext()
 
 
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """A Chrome trace (chrome://tracing, Perfetto) of the tasks the head remembers.
+
+    Written to ``filename`` as JSON when given; returned as a list of events otherwise.
+    """
+    import json
+
+    from rayjupyter.core.task_events import chrome_trace
+
+    events = chrome_trace(list(_client().request("state", "tasks", [], 10**9)))
+    if filename is None:
+        return events
+    with open(filename, "w") as out:
+        json.dump(events, out)
+    return None
+
+
 # ------------------------------------------------------------------ cluster
 
 
@@ -392,5 +409,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import auth, ids, protocol, task_events
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import (
     READY_LINE,
@@ -37,6 +37,7 @@ from rayjupyter.core.config import (
 from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import (
@@ -86,7 +87,7 @@ class ClientInfo:
     last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
-class Node(NodeActors, NodeWorkers):
+class Node(NodeActors, NodeWorkers, NodeQueries):
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: which method handles each message a client may send
@@ -144,6 +145,7 @@ class Node(NodeActors, NodeWorkers):
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
+        self.events = task_events.TaskEventLog()
         self.named_actors: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.pending_actors: set[bytes] = set()  # waiting for resources to be placed
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -333,6 +335,8 @@ class Node(NodeActors, NodeWorkers):
     def admit(self, client: bytes, task: TaskRecord) -> None:
         """Take a new task (or actor call or creation): hold its values, wait for its deps."""
         self.tasks[task.task_id] = task
+        if task.method != "__init__":
+            self.events.submitted(task.task_id, task.name, task.job, task.actor_id, bool(task.deps))
         for object_id in task.return_ids:
             self.objects[object_id] = ObjectEntry()
             self.hold(client, object_id)
@@ -368,6 +372,7 @@ class Node(NodeActors, NodeWorkers):
             self.task_ready(task)
 
     def task_ready(self, task: TaskRecord) -> None:
+        self.events.ready(task.task_id)
         if task.actor_id:
             task.transition(TaskState.READY)
             self.pump_actor(task.actor_id)
@@ -453,6 +458,7 @@ class Node(NodeActors, NodeWorkers):
             self.fail_task(task, message.error)
             return
         task.transition(TaskState.FINISHED)
+        self.events.ended(task.task_id, failed=False)
         for object_id, inline, size, contained in message.results:
             self.set_ready(object_id, inline, size, False, contained)
         self._forget_task(task)
@@ -484,6 +490,8 @@ class Node(NodeActors, NodeWorkers):
             value = self.head.node_table()
         elif message.what == "store_stats":
             value = self.store.stats()
+        elif message.what == "state":
+            value = self.state_rows(*message.args)
         elif message.what == "ping":
             value = None  # answered after everything the client sent before it
         elif message.what == "status":
@@ -493,39 +501,6 @@ class Node(NodeActors, NodeWorkers):
         else:
             value = ValueError(f"unknown request {message.what!r}")
         self.send(client, P.Reply(message.request_id, value))
-
-    def status(self) -> dict[str, Any]:
-        """A snapshot for status displays: resources, tasks and actors by state, the store."""
-        tasks: dict[str, int] = {}
-        for task in self.tasks.values():
-            if task.method != "__init__":
-                tasks[task.state.name] = tasks.get(task.state.name, 0) + 1
-        actors: dict[str, int] = {}
-        for actor in self.actors.values():
-            actors[actor.state.name] = actors.get(actor.state.name, 0) + 1
-        return {
-            "nodes": self.head.node_table(),
-            "total": self.head.cluster_resources(),
-            "available": {k: max(v, 0.0) for k, v in self.resources.available.items()},
-            "tasks": tasks,
-            "actors": actors,
-            "workers": sum(1 for w in self.workers.values() if not w.actor_id),
-            "store": self.store.stats(),
-            "drivers": len(self.drivers()),
-            "machine": self._machine_usage(),
-        }
-
-    def _machine_usage(self) -> dict[str, float]:
-        """CPU and memory of this machine now (psutil), for resource charts."""
-        import psutil
-
-        memory = psutil.virtual_memory()
-        return {
-            "cpu_percent": psutil.cpu_percent(interval=None),
-            "memory_total": float(memory.total),
-            "memory_used": float(memory.total - memory.available),
-            "time": time.time(),
-        }
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
@@ -650,6 +625,7 @@ class Node(NodeActors, NodeWorkers):
     def fail_task(self, task: TaskRecord, error_blob: bytes) -> None:
         """Every return value of the task becomes the error; dependents inherit it."""
         task.transition(TaskState.FAILED)
+        self.events.ended(task.task_id, failed=True)
         for object_id in task.return_ids:
             self.set_ready(object_id, error_blob, len(error_blob), True, ())
         self._forget_task(task)
@@ -749,6 +725,7 @@ class Node(NodeActors, NodeWorkers):
             worker.known_funcs.add(task.func_id)
         if not task.actor_id:
             task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
+        self.events.started(task.task_id, worker.pid, task.attempt)
         self.send(
             worker.client_id,
             P.ExecuteTask(

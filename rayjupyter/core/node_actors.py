@@ -274,6 +274,7 @@ class NodeActors:
             node.fail_task(task, node.cancelled_error(task) if task.cancelled else message.error)
         else:
             task.transition(TaskState.FINISHED)
+            node.events.ended(task.task_id, failed=False)
             for object_id, inline, size, contained in message.results:
                 node.set_ready(object_id, inline, size, False, contained)
             node._forget_task(task)
@@ -389,6 +390,30 @@ class NodeActors:
         if creation.task_id in node.tasks:
             node._forget_task(creation)
         node.pending_actors.discard(actor.actor_id)
+
+    def actor_row(self, actor: ActorRecord) -> dict[str, Any]:
+        """A row shaped like Ray's ``list_actors``."""
+        node = self._node()
+        worker = node.workers.get(actor.worker) if actor.worker else None
+        states = {
+            ActorState.PENDING: "RESTARTING" if actor.restarts else "PENDING_CREATION",
+            ActorState.STARTING: "PENDING_CREATION",
+            ActorState.ALIVE: "ALIVE",
+            ActorState.DEAD: "DEAD",
+        }
+        return {
+            "actor_id": actor.actor_id.hex(),
+            "class_name": actor.class_name,
+            "state": states[actor.state],
+            "name": actor.name,
+            "ray_namespace": actor.namespace,
+            "job_id": actor.job.hex(),
+            "pid": worker.pid if worker else None,
+            "node_id": node.node_id.hex(),
+            "num_restarts": actor.restarts,
+            "is_detached": actor.detached,
+            "death_cause": pickle.loads(actor.death_error).args[0] if actor.death_error else None,
+        }
 
     # ------------------------------------------------------------------ lookup
 

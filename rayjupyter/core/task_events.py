@@ -1,0 +1,126 @@
+"""What happened to each task, kept in bounded memory on the head, for the state API and
+the timeline (and the dashboard, later).
+
+One small record per task, updated in place at submit, start and end: a few dictionary
+writes on the hot path. When more than ``limit`` tasks are remembered, the oldest finished
+ones are forgotten first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+# Ray's names for the states a task goes through
+PENDING_ARGS = "PENDING_ARGS_AVAIL"
+PENDING_NODE = "PENDING_NODE_ASSIGNMENT"
+RUNNING = "RUNNING"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+
+
+@dataclass
+class TaskEvent:
+    task_id: bytes
+    name: str
+    job_id: bytes
+    actor_id: bytes
+    state: str
+    submitted_at: float
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    worker_pid: int = 0
+    attempt: int = 0
+
+    def row(self, node_id: bytes) -> dict[str, Any]:
+        """A row shaped like Ray's ``list_tasks`` (ids as hex, times in seconds)."""
+        return {
+            "task_id": self.task_id.hex(),
+            "name": self.name,
+            "func_or_class_name": self.name,
+            "state": self.state,
+            "job_id": self.job_id.hex(),
+            "actor_id": self.actor_id.hex() if self.actor_id else None,
+            "type": "ACTOR_TASK" if self.actor_id else "NORMAL_TASK",
+            "node_id": node_id.hex(),
+            "worker_pid": self.worker_pid or None,
+            "attempt_number": self.attempt,
+            "submitted_at": self.submitted_at,
+            "start_time": self.started_at or None,
+            "end_time": self.finished_at or None,
+        }
+
+
+class TaskEventLog:
+    """The last ``limit`` tasks, by task id."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.events: OrderedDict[bytes, TaskEvent] = OrderedDict()
+
+    def submitted(
+        self, task_id: bytes, name: str, job_id: bytes, actor_id: bytes, waiting: bool
+    ) -> None:
+        state = PENDING_ARGS if waiting else PENDING_NODE
+        self.events[task_id] = TaskEvent(task_id, name, job_id, actor_id, state, time.time())
+        if len(self.events) > self.limit:
+            self._forget_oldest()
+
+    def ready(self, task_id: bytes) -> None:
+        event = self.events.get(task_id)
+        if event is not None:
+            event.state = PENDING_NODE
+
+    def started(self, task_id: bytes, worker_pid: int, attempt: int) -> None:
+        event = self.events.get(task_id)
+        if event is not None:
+            event.state = RUNNING
+            event.started_at = time.time()
+            event.worker_pid = worker_pid
+            event.attempt = attempt
+
+    def ended(self, task_id: bytes, failed: bool) -> None:
+        event = self.events.get(task_id)
+        if event is not None:
+            event.state = FAILED if failed else FINISHED
+            event.finished_at = time.time()
+
+    def _forget_oldest(self) -> None:
+        for task_id, event in self.events.items():
+            if event.state in (FINISHED, FAILED):
+                del self.events[task_id]
+                return
+        self.events.popitem(last=False)  # all still open: the oldest goes anyway
+
+
+def matches(row: dict[str, Any], filters: list[tuple[str, str, Any]]) -> bool:
+    """Ray's state-API filters: (key, "=" or "!=", value); values compare as strings."""
+    for key, op, value in filters:
+        have = str(row.get(key))
+        if op == "=" and have != str(value):
+            return False
+        if op == "!=" and have == str(value):
+            return False
+    return True
+
+
+def chrome_trace(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete events ("ph": "X") for tasks that ran: one lane per worker process."""
+    trace = []
+    for row in rows:
+        if row["start_time"] and row["end_time"]:
+            trace.append(
+                {
+                    "name": row["name"],
+                    "cat": row["type"].lower(),
+                    "ph": "X",
+                    "ts": row["start_time"] * 1e6,
+                    "dur": (row["end_time"] - row["start_time"]) * 1e6,
+                    "pid": f"node {row['node_id'][:8]}",
+                    "tid": f"worker {row['worker_pid']}",
+                    "args": {"task_id": row["task_id"], "state": row["state"]},
+                }
+            )
+    return trace

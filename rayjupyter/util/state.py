@@ -1,0 +1,51 @@
+"""Ray's state API: what the cluster is doing, as lists of plain dicts.
+
+``filters`` are ``(key, "=" | "!=", value)`` tuples, as in Ray; ``limit`` caps the rows
+(the most recent tasks, the first of the others).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rayjupyter.core.api import _client
+
+Filters = list[tuple[str, str, Any]] | None
+DEFAULT_LIMIT = 100  # as in Ray
+
+
+def _rows(kind: str, filters: Filters, limit: int) -> list[dict[str, Any]]:
+    for key, op, _value in filters or []:
+        if op not in ("=", "!="):
+            raise ValueError(f"filter {key!r}: operator {op!r} is not supported; use '=' or '!='")
+    return list(_client().request("state", kind, list(filters or []), int(limit)))
+
+
+def list_tasks(filters: Filters = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    """Recent tasks and actor calls: name, state, job, worker, start and end times."""
+    return _rows("tasks", filters, limit)
+
+
+def list_actors(filters: Filters = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    return _rows("actors", filters, limit)
+
+
+def list_objects(filters: Filters = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    return _rows("objects", filters, limit)
+
+
+def list_nodes(filters: Filters = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    return _rows("nodes", filters, limit)
+
+
+def list_jobs(filters: Filters = None, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    return _rows("jobs", filters, limit)
+
+
+def summarize_tasks() -> dict[str, dict[str, int]]:
+    """Task counts per function name and state, over the tasks the head remembers."""
+    summary: dict[str, Counter[str]] = {}
+    for row in _rows("tasks", None, 10**9):
+        summary.setdefault(row["name"], Counter())[row["state"]] += 1
+    return {name: dict(states) for name, states in summary.items()}

@@ -1,0 +1,68 @@
+"""The state API and the timeline, read from a real cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rayjupyter as rj
+from rayjupyter.util import state
+
+pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+@rj.remote
+def succeed(x):
+    return x
+
+
+@rj.remote
+def explode():
+    raise RuntimeError("boom")
+
+
+def test_list_tasks_shows_states_and_filters():
+    rj.get([succeed.remote(i) for i in range(3)], timeout=30)
+    with pytest.raises(RuntimeError):
+        rj.get(explode.remote(), timeout=30)
+    failed = state.list_tasks(filters=[("state", "=", "FAILED"), ("name", "=", "explode")])
+    assert len(failed) >= 1 and all(row["state"] == "FAILED" for row in failed)
+    finished = state.list_tasks(filters=[("name", "=", "succeed")], limit=1000)
+    assert len(finished) >= 3 and {row["state"] for row in finished} == {"FINISHED"}
+    row = finished[-1]
+    assert row["start_time"] <= row["end_time"] and row["worker_pid"]
+    assert len(state.list_tasks(limit=2)) == 2
+    summary = state.summarize_tasks()
+    assert summary["succeed"]["FINISHED"] >= 3 and summary["explode"]["FAILED"] >= 1
+    with pytest.raises(ValueError, match="operator"):
+        state.list_tasks(filters=[("state", ">", "x")])
+
+
+def test_list_actors_objects_nodes_jobs():
+    @rj.remote
+    class Named:
+        def ping(self):
+            return "pong"
+
+    actor = Named.options(name="listed").remote()
+    rj.get(actor.ping.remote(), timeout=30)
+    rows = state.list_actors(filters=[("name", "=", "listed")])
+    assert len(rows) == 1 and rows[0]["state"] == "ALIVE" and rows[0]["class_name"] == "Named"
+    ref = rj.put(b"x" * 1000)
+    objects = state.list_objects(filters=[("object_id", "=", ref.hex())])
+    assert objects and objects[0]["object_size"] > 1000 and objects[0]["where"] == "inline"
+    assert state.list_nodes()[0]["Alive"]
+    job_id = rj.get_runtime_context().get_job_id()
+    assert any(job["job_id"] == job_id for job in state.list_jobs())
+    rj.kill(actor)
+
+
+def test_timeline_writes_a_chrome_trace(tmp_path):
+    rj.get([succeed.remote(i) for i in range(4)], timeout=30)
+    path = tmp_path / "trace.json"
+    rj.timeline(str(path))
+    events = json.loads(path.read_text())
+    ours = [e for e in events if e["name"] == "succeed"]
+    assert len(ours) >= 4
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and e["tid"].startswith("worker") for e in ours)
