@@ -78,6 +78,7 @@ class Client:
             queue.SimpleQueue()
         )
         self._closed = False
+        self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
@@ -383,6 +384,18 @@ class Client:
 
     # ------------------------------------------------------------------ receiving
 
+    def when_ready(self, object_id: bytes, callback: Callable[[P.ObjectInfo], None]) -> None:
+        """Call back (in the IO thread, or now) once the object is available here."""
+        with self._cond:
+            info = self.objects.get(object_id)
+            if info is None:
+                self._ready_callbacks.setdefault(object_id, []).append(callback)
+        if info is not None:
+            callback(info)
+        else:
+            self.send([])  # a held-back submit of this very object goes now
+            self._request_missing([object_id])
+
     def _forget(self, object_id: bytes) -> None:
         self.objects.pop(object_id, None)
         self._subscribed.discard(object_id)
@@ -436,6 +449,9 @@ class Client:
                         self.objects[oid] = info
                     self._awaiting_push.discard(oid)
                     self._subscribed.discard(oid)
+                    if oid in self._ready_callbacks:
+                        for callback in self._ready_callbacks.pop(oid):
+                            callback(info)
                 notify = True
             elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.CancelCall:
                 self.tasks.put(message)

@@ -8,10 +8,12 @@ the client flushes the queue ahead of its next message, so the node sees them in
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from rayjupyter.core import serialization
@@ -93,6 +95,35 @@ class ObjectRef:
 
     def task_id(self) -> bytes:
         return self._id[:16]
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` that gets this ref's value (or its error)."""
+        from rayjupyter.core.api import _client
+
+        client = _client()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        keep = self  # the ref must stay alive until its value arrives
+
+        def settle(info: Any) -> None:
+            try:
+                future.set_result(client.materialize(info))
+            except BaseException as error:  # the task's error goes to the future
+                future.set_exception(error)
+            del keep_alive[:]
+
+        def resolve(info: Any) -> None:
+            if info[1] is None:  # shared memory: mapping may need a restore, not in the IO thread
+                threading.Thread(target=settle, args=(info,), daemon=True).start()
+            else:
+                settle(info)
+
+        keep_alive = [keep]
+        client.when_ready(self._id, resolve)
+        return future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await ref`` in async code: the event loop keeps running while it waits."""
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id

@@ -1,0 +1,85 @@
+"""concurrent.futures, asyncio, ActorPool and as_completed on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+
+import rayjupyter as rj
+from rayjupyter.util import ActorPool, Executor, as_completed
+
+pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+@rj.remote
+def slow_square(x, seconds=0.0):
+    time.sleep(seconds)
+    return x * x
+
+
+@rj.remote
+def fail(message):
+    raise KeyError(message)
+
+
+def square(x):
+    return x * x
+
+
+def test_object_ref_future_gives_the_value_or_the_error():
+    assert slow_square.remote(4).future().result(timeout=30) == 16
+    assert rj.put({"a": 1}).future().result(timeout=30) == {"a": 1}
+    with pytest.raises(KeyError):
+        fail.remote("missing").future().result(timeout=30)
+    futures = [slow_square.remote(i).future() for i in range(5)]
+    done, _ = concurrent.futures.wait(futures, timeout=30)
+    assert sorted(f.result() for f in done) == [0, 1, 4, 9, 16]
+
+
+def test_await_refs_in_async_code():
+    async def main():
+        one = await slow_square.remote(3)
+        many = await asyncio.gather(*[slow_square.remote(i) for i in range(4)])
+        return one, many
+
+    assert asyncio.run(main()) == (9, [0, 1, 4, 9])
+
+
+def test_executor_submit_map_and_errors():
+    with Executor() as pool:
+        assert pool.submit(square, 7).result(timeout=30) == 49
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+        future = pool.submit(int, "not a number")
+        with pytest.raises(ValueError):
+            future.result(timeout=30)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(square, 1)
+
+
+def test_as_completed_yields_refs_as_they_finish():
+    refs = [slow_square.remote(1, 1.0), slow_square.remote(2, 0.0)]
+    order = [rj.get(ref, timeout=30) for ref in as_completed(refs, timeout=30)]
+    assert order == [4, 1]
+
+
+@rj.remote
+class Doubler:
+    def double(self, value):
+        return 2 * value
+
+
+def test_actor_pool_map_submit_and_get_next():
+    pool = ActorPool([Doubler.remote(), Doubler.remote()])
+    assert list(pool.map(lambda actor, v: actor.double.remote(v), range(6))) == [0, 2, 4, 6, 8, 10]
+    assert sorted(pool.map_unordered(lambda a, v: a.double.remote(v), [1, 2, 3])) == [2, 4, 6]
+    for value in (10, 20, 30):
+        pool.submit(lambda actor, v: actor.double.remote(v), value)
+    results = []
+    while pool.has_next():
+        results.append(pool.get_next(timeout=30))
+    assert results == [20, 40, 60]
+    with pytest.raises(StopIteration):
+        pool.get_next()
