@@ -83,3 +83,44 @@ def test_actor_pool_map_submit_and_get_next():
     assert results == [20, 40, 60]
     with pytest.raises(StopIteration):
         pool.get_next()
+
+
+def cube(x):
+    return x**3
+
+
+def add(a, b):
+    return a + b
+
+
+def test_multiprocessing_pool_drop_in():
+    from rayjupyter.util.multiprocessing import Pool
+
+    with Pool(processes=2) as pool:
+        assert pool.map(cube, range(10)) == [x**3 for x in range(10)]
+        assert list(pool.imap(cube, range(5))) == [0, 1, 8, 27, 64]
+        assert sorted(pool.imap_unordered(cube, range(5))) == [0, 1, 8, 27, 64]
+        assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        assert pool.apply(add, (5, 6)) == 11
+        result = pool.apply_async(cube, (3,))
+        assert result.get(timeout=30) == 27 and result.ready() and result.successful()
+        failing = pool.apply_async(int, ("x",))
+        with pytest.raises(ValueError):
+            failing.get(timeout=30)
+        assert not failing.successful()
+    pool = Pool(processes=1)
+    pool.close()
+    with pytest.raises(ValueError, match="not running"):
+        pool.map(cube, [1])
+    pool.join()
+
+
+def test_pool_terminate_stops_unfinished_work():
+    from rayjupyter.exceptions import RayActorError
+    from rayjupyter.util.multiprocessing import Pool
+
+    pool = Pool(processes=1)
+    result = pool.apply_async(time.sleep, (60,))
+    pool.terminate()
+    with pytest.raises(RayActorError):
+        result.get(timeout=30)
