@@ -663,9 +663,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         assignments, unplaced = self.scheduler.assignments()
         for task, worker in assignments:
             self.dispatch(task, worker)
-        starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
-        for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
-            self.spawn_worker()
+        if unplaced:  # only then count starting workers: a scan of all workers, each loop turn
+            starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+            for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
+                self.spawn_worker()
         if len(self.scheduler.ready) > self.pool_size and not self.scheduler.idle:
             self.prefetch()
 
