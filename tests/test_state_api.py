@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
+from helpers import wait_for_condition
 
 import rayjupyter as rj
+from rayjupyter.core import discovery
 from rayjupyter.util import state
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
@@ -66,3 +70,38 @@ def test_timeline_writes_a_chrome_trace(tmp_path):
     ours = [e for e in events if e["name"] == "succeed"]
     assert len(ours) >= 4
     assert all(e["ph"] == "X" and e["dur"] >= 0 and e["tid"].startswith("worker") for e in ours)
+
+
+@rj.remote
+def chatty(i):
+    print(f"line {i}")
+    return os.getpid()
+
+
+def test_worker_logs_keep_recent_lines_per_worker():
+    pids = set(rj.get([chatty.remote(i) for i in range(4)], timeout=30))
+    logs = {}
+
+    def all_lines_seen():
+        logs.clear()
+        for entry in state.list_worker_logs():
+            logs.setdefault(entry["pid"], []).extend(text for _, _, text in entry["lines"])
+        seen = {text for lines in logs.values() for text in lines}
+        return all(f"line {i}" in seen for i in range(4))
+
+    wait_for_condition(all_lines_seen, timeout=10)
+    assert pids <= set(logs)
+    one = next(iter(pids))
+    only = state.list_worker_logs(pid=one, lines=1)
+    assert [entry["pid"] for entry in only] == [one] and len(only[0]["lines"]) == 1
+
+
+def test_local_cluster_is_discoverable_by_other_programs():
+    records = discovery.list_local_clusters()
+    mine = [r for r in records if r["owner_pid"] == os.getpid()]
+    assert mine, records
+    record = mine[-1]
+    assert record["connect_address"].startswith("rayjupyter://")
+    assert record["address"] in record["connect_address"]
+    mode = os.stat(discovery.cluster_file(record["session"])).st_mode
+    assert stat.S_IMODE(mode) == 0o600

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, protocol, task_events
+from rayjupyter.core import auth, discovery, ids, protocol, task_events
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import (
     READY_LINE,
@@ -156,6 +156,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         self.funcs: dict[bytes, bytes] = {}
         self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
         self.outbox: dict[bytes, list[Any]] = {}
+        self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = max(1, int(config.num_cpus))
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
@@ -265,6 +266,19 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
             # no high-water mark on the router: a slow reader queues, it never loses messages
             self.router.send(client + b"r", zmq.SNDMORE)
             self.router.send(protocol.dumps(messages))
+
+    def describe(self) -> dict[str, Any]:
+        """This cluster's record for ``discovery`` (other programs of this user find it)."""
+        return {
+            "session": self.session,
+            "address": self.address,
+            "connect_address": f"rayjupyter://{self.secret}@{self.address}",
+            "pid": os.getpid(),
+            "owner_pid": self.config.owner_pid,
+            "started": time.time(),
+            "num_cpus": self.config.num_cpus,
+            "num_gpus": self.config.num_gpus,
+        }
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
@@ -496,6 +510,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
             value = None  # answered after everything the client sent before it
         elif message.what == "status":
             value = self.status()
+        elif message.what == "logs":
+            value = self.recent_logs.snapshot(*message.args)
         elif message.what == "get_actor":
             value = self.lookup_actor(client, *message.args)
         else:
@@ -814,6 +830,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
     node = Node(config, secret)
+    discovery.write_cluster_file(config.session, node.describe())
     node.run()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -132,7 +132,9 @@ class NodeWorkers:
         else:
             name = "worker"
         prefix = f"({name} pid={worker.pid}) "
-        text = "".join(prefix + line + "\n" for line in data.decode(errors="replace").splitlines())
+        lines = data.decode(errors="replace").splitlines()
+        node.recent_logs.add(worker.pid, name, stream, lines)
+        text = "".join(prefix + line + "\n" for line in lines)
         for driver in node.drivers():
             node.send(driver, P.LogLines(stream, text))
 

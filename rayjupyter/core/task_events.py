@@ -9,7 +9,7 @@ ones are forgotten first.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,3 +124,36 @@ def chrome_trace(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return trace
+
+
+class RecentLogs:
+    """The last lines each worker printed, bounded per worker and in the number of workers,
+    so a dashboard can show a worker's recent output without the node keeping it all."""
+
+    def __init__(self, lines_per_worker: int = 500, max_workers: int = 256) -> None:
+        self.lines_per_worker = lines_per_worker
+        self.max_workers = max_workers
+        self.by_pid: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def add(self, pid: int, name: str, stream: int, lines: list[str]) -> None:
+        entry = self.by_pid.pop(pid, None)
+        if entry is None:
+            entry = {"pid": pid, "name": name, "lines": deque(maxlen=self.lines_per_worker)}
+            if len(self.by_pid) >= self.max_workers:
+                self.by_pid.popitem(last=False)  # the longest silent worker goes first
+        self.by_pid[pid] = entry
+        entry["name"] = name
+        now = time.time()
+        entry["lines"].extend((now, stream, line) for line in lines)
+
+    def snapshot(self, pid: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Per worker: pid, the name of what it ran last, and its last ``limit`` lines as
+        (unix time, stream 1=stdout 2=stderr, text); the most recently heard worker last."""
+        if pid is None:
+            entries = list(self.by_pid.values())
+        else:
+            entries = [self.by_pid[pid]] if pid in self.by_pid else []
+        return [
+            {"pid": e["pid"], "name": e["name"], "lines": list(e["lines"])[-limit:]}
+            for e in entries
+        ]

@@ -49,3 +49,11 @@ def summarize_tasks() -> dict[str, dict[str, int]]:
     for row in _rows("tasks", None, 10**9):
         summary.setdefault(row["name"], Counter())[row["state"]] += 1
     return {name: dict(states) for name, states in summary.items()}
+
+
+def list_worker_logs(pid: int | None = None, lines: int = 100) -> list[dict[str, Any]]:
+    """Each worker's recent output: ``{"pid", "name", "lines": [(time, stream, text)]}``.
+
+    The node keeps the last few hundred lines per worker; ``pid`` picks one worker.
+    """
+    return list(_client().request("logs", pid, int(lines)))

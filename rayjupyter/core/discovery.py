@@ -1,0 +1,79 @@
+"""Where running clusters on this machine can be found by other programs of the same user.
+
+Every node writes ``cluster.json`` (mode 0600) into its session folder when it starts, and
+the folder is removed when it stops. The Jupyter server extension lists local clusters from
+these files, and a dashboard records its URL in them, so nothing needs a registry process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+from typing import Any
+
+from rayjupyter.core.config import session_dir
+
+CLUSTER_FILE = "cluster.json"
+SESSIONS_ROOT = "/tmp/rayjupyter"
+
+
+def cluster_file(session: str) -> str:
+    return os.path.join(session_dir(session), CLUSTER_FILE)
+
+
+def write_cluster_file(session: str, info: dict[str, Any]) -> None:
+    """Write (or replace) a session's record atomically, readable by its user only."""
+    path = cluster_file(session)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)
+
+
+def update_cluster_file(session: str, **fields: Any) -> None:
+    """Add fields to a session's record (e.g. ``dashboard_url``); no-op if it is gone."""
+    info = read_cluster_file(session)
+    if info is not None:
+        info.update(fields)
+        write_cluster_file(session, info)
+
+
+def read_cluster_file(session: str) -> dict[str, Any] | None:
+    try:
+        with open(cluster_file(session)) as f:
+            info: dict[str, Any] = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+        return None
+    return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_local_clusters() -> list[dict[str, Any]]:
+    """Records of the live clusters of this user on this machine, oldest first.
+
+    Each record has: session, address (host:port), connect_address
+    (``rayjupyter://SECRET@host:port``), pid (the node), owner_pid (the driver that started
+    it, 0 if none), started (unix time), num_cpus, num_gpus, and dashboard_url once a
+    dashboard runs. Records of nodes that died without cleaning up are skipped.
+    """
+    found = []
+    for path in glob.glob(os.path.join(SESSIONS_ROOT, "*", CLUSTER_FILE)):
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_uid != os.getuid():
+                continue
+        info = read_cluster_file(os.path.basename(os.path.dirname(path)))
+        if info is not None and _alive(int(info.get("pid", 0))):
+            found.append(info)
+    return sorted(found, key=lambda info: info.get("started", 0.0))
