@@ -25,6 +25,8 @@ class NodeConfig:
     watch_stdin: bool = True  # exit when the owning driver's pipe closes
     owner_pid: int = 0  # the driver that started this node: its death is seen on stdin
     client_timeout_s: float = 30.0  # other drivers silent this long are let go
+    head_address: str = ""  # host:port of the head node to join; "" makes this node the head
+    node_timeout_s: float = 3.0  # a node silent this long is dead (heartbeats every 0.5 s)
 
 
 def session_dir(session: str) -> str:

@@ -66,7 +66,8 @@ def list_local_clusters() -> list[dict[str, Any]]:
     Each record has: session, address (host:port), connect_address
     (``rayjupyter://SECRET@host:port``), pid (the node), owner_pid (the driver that started
     it, 0 if none), started (unix time), num_cpus, num_gpus, and dashboard_url once a
-    dashboard runs. Records of nodes that died without cleaning up are skipped.
+    dashboard runs. Records of nodes that died without cleaning up, and of nodes that joined
+    another head, are skipped.
     """
     found = []
     for path in glob.glob(os.path.join(SESSIONS_ROOT, "*", CLUSTER_FILE)):
@@ -74,6 +75,8 @@ def list_local_clusters() -> list[dict[str, Any]]:
             if os.stat(path).st_uid != os.getuid():
                 continue
         info = read_cluster_file(os.path.basename(os.path.dirname(path)))
-        if info is not None and _alive(int(info.get("pid", 0))):
+        if info is None or info.get("head_address"):
+            continue  # a node that joined another cluster's head is part of that cluster
+        if _alive(int(info.get("pid", 0))):
             found.append(info)
     return sorted(found, key=lambda info: info.get("started", 0.0))

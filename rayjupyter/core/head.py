@@ -20,6 +20,10 @@ class NodeInfo:
     resources: dict[str, float]
     alive: bool = True
     started_at: float = field(default_factory=time.time)
+    session: str = ""
+    available: dict[str, float] = field(default_factory=dict)  # as of its last heartbeat
+    queued: int = 0  # tasks waiting for resources there, as of its last heartbeat
+    last_seen: float = field(default_factory=time.monotonic)
 
 
 class HeadState:
@@ -55,6 +59,7 @@ class HeadState:
                     "NodeManagerAddress": host,
                     "NodeManagerPort": int(port),
                     "Resources": dict(node.resources),
+                    "Available": dict(node.available),
                     "StartTime": node.started_at,
                 }
             )

@@ -39,8 +39,10 @@ def default_object_store_memory() -> int:
 class LocalCluster:
     """A node daemon (with the head's state) running as our child."""
 
-    def __init__(self, config: NodeConfig, timeout: float = START_TIMEOUT_S) -> None:
-        self.secret = auth.new_secret()
+    def __init__(
+        self, config: NodeConfig, timeout: float = START_TIMEOUT_S, secret: str | None = None
+    ) -> None:
+        self.secret = secret or auth.new_secret()
         env = dict(os.environ)
         env[SECRET_ENV] = self.secret
         env.setdefault("PYTHONUNBUFFERED", "1")

@@ -37,6 +37,7 @@ from rayjupyter.core.config import (
 from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_peers import NodePeers
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
 from rayjupyter.core.object_store import ObjectStore
@@ -57,9 +58,11 @@ class ObjectEntry:
 
     __slots__ = (
         "contained",
+        "copies",
         "in_store",
         "inline",
         "is_error",
+        "location",
         "ready",
         "refs",
         "size",
@@ -77,6 +80,8 @@ class ObjectEntry:
         self.contained: tuple[bytes, ...] = ()
         self.waiters: list[TaskRecord] = []
         self.subscribers: set[bytes] = set()
+        self.location = ""  # host:port of the peer node that has the value, if not here
+        self.copies: set[str] = set()  # peers that keep a copy for us until we free it
 
 
 @dataclass
@@ -87,7 +92,7 @@ class ClientInfo:
     last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
-class Node(NodeActors, NodeWorkers, NodeQueries):
+class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: which method handles each message a client may send
@@ -109,6 +114,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         P.KillActor: "on_kill_actor",
         P.ActorStarted: "on_actor_started",
         P.ActorExiting: "on_actor_exiting",
+        P.ProvideObjects: "on_provide_objects",
+        P.PullObject: "on_pull_object",
+        P.RegisterNode: "on_register_node",
+        P.NodeHeartbeat: "on_node_heartbeat",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -139,9 +148,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
         self.head = HeadState()
-        advertised = dict(self.resources.total)
-        advertised["object_store_memory"] = float(config.object_store_memory)
-        self.head.register_node(NodeInfo(self.node_id, self.address, advertised))
+        me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
+        self.head.register_node(me)
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
@@ -169,6 +177,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
+        self.init_peers()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
         }
@@ -178,7 +187,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        print(f"{READY_LINE} {self.port} {self.session}", flush=True)
+        if self.is_head:
+            self.announce_ready()  # a joining node does once the head has answered
         last_check = time.monotonic()
         try:
             while self.running:
@@ -186,6 +196,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
+                self.peers_tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
@@ -198,6 +209,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
                         self.zap.handle()
                     elif source in self.exit_fds:
                         exited.append(source)
+                    elif source in self.link_of_socket:
+                        self.drain_link(self.link_of_socket[source])
                     else:
                         self.fd_handlers[int(source)](int(source))
                 if router_ready:
@@ -208,6 +221,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
                 self.flush()
         finally:
             self.shutdown()
+
+    def announce_ready(self) -> None:
+        print(f"{READY_LINE} {self.port} {self.session}", flush=True)
 
     def _drain_router(self) -> None:
         router = self.router
@@ -260,12 +276,19 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
     def send(self, client: bytes, message: Any) -> None:
         self.outbox.setdefault(client, []).append(message)
 
+    def send_chunk(self, client: bytes, chunk: P.ObjectChunk) -> None:
+        """A piece of a value for a peer: its bytes go as a frame of their own, not pickled."""
+        self.flush()  # keep the order of what was sent before
+        header = protocol.dumps([chunk._replace(data=b"")])
+        self.router.send_multipart([client + b"r", header, chunk.data], copy=False)
+
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
         for client, messages in outbox.items():
             # no high-water mark on the router: a slow reader queues, it never loses messages
             self.router.send(client + b"r", zmq.SNDMORE)
             self.router.send(protocol.dumps(messages))
+        self.flush_links()
 
     def describe(self) -> dict[str, Any]:
         """This cluster's record for ``discovery`` (other programs of this user find it)."""
@@ -278,7 +301,23 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
             "started": time.time(),
             "num_cpus": self.config.num_cpus,
             "num_gpus": self.config.num_gpus,
+            "head_address": self.config.head_address,  # "" for a head: a cluster of its own
         }
+
+    def advertised(self) -> dict[str, float]:
+        """What this node offers, as the node table shows it."""
+        advertised = dict(self.resources.total)
+        advertised["object_store_memory"] = float(self.config.object_store_memory)
+        return advertised
+
+    def free_resources(self) -> dict[str, float]:
+        return {k: max(v, 0.0) for k, v in self.resources.available.items()}
+
+    def queued(self) -> int:
+        return len(self.scheduler.ready)
+
+    def new_entry(self) -> ObjectEntry:
+        return ObjectEntry()
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
@@ -380,7 +419,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         if task.actor_id:
             if not self.actor_call_admitted(task):
                 return
-        elif not self.resources.feasible(task.demand):
+        elif not self.resources.feasible(task.demand) and not self.feasible_on_peer(task.demand):
             self._warn_infeasible(task.name, task.demand)
         if task.missing == 0:
             self.task_ready(task)
@@ -388,10 +427,24 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
     def task_ready(self, task: TaskRecord) -> None:
         self.events.ready(task.task_id)
         if task.actor_id:
+            if self._pull_deps(task):
+                return
             task.transition(TaskState.READY)
             self.pump_actor(task.actor_id)
-        else:
+        elif not self.place_by_locality(task) and not self._pull_deps(task):
             self.scheduler.make_ready(task)
+
+    def _pull_deps(self, task: TaskRecord) -> bool:
+        """Start copying the task's values that only peers have; True if it must wait."""
+        waiting = False
+        for object_id in task.deps:
+            entry = self.objects.get(object_id)
+            if entry is not None and entry.location:
+                entry.waiters.append(task)
+                task.missing += 1
+                self.pull(object_id)
+                waiting = True
+        return waiting
 
     def _warn_infeasible(self, name: str, demand: dict[str, float]) -> None:
         key = tuple(sorted(demand.items()))
@@ -436,10 +489,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
                 )
                 blob = pickle.dumps(error, protocol=5)
                 self.send(client, P.ObjectsReady(((object_id, blob, len(blob), True),)))
-            elif entry.ready:
+            elif entry.ready and not entry.location:
                 self.send(client, P.ObjectsReady((self.object_info(object_id, entry),)))
             else:
                 entry.subscribers.add(client)
+                if entry.location:
+                    self.pull(object_id)
 
     def on_task_finished(self, client: bytes, message: P.TaskFinished) -> None:
         worker = self.workers[client]
@@ -584,6 +639,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         del self.objects[object_id]
         if entry.in_store:
             self.store.free(object_id)
+        if entry.location or entry.copies:
+            self.release_copies(object_id, entry.copies | ({entry.location} - {""}))
         for contained in entry.contained:
             self.decref(contained)
 
@@ -600,10 +657,15 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         size: int,
         is_error: bool,
         contained: tuple[bytes, ...],
+        location: str = "",
     ) -> None:
         entry = self.objects.get(object_id)
         if entry is None:  # made by a retried task whose first result was freed meanwhile
             entry = self.objects[object_id] = ObjectEntry()
+        if location:
+            self._set_ready_elsewhere(object_id, entry, size, location)
+            return
+        entry.location = ""
         entry.ready = True
         entry.inline = inline
         entry.size = size
@@ -633,6 +695,23 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
             task.missing -= 1
             if task.missing == 0:
                 self.task_ready(task)
+        if entry.refs <= 0:
+            self.free(object_id, entry)
+
+    def _set_ready_elsewhere(
+        self, object_id: bytes, entry: ObjectEntry, size: int, location: str
+    ) -> None:
+        """The value exists on a peer: pull it only when someone here needs it."""
+        entry.ready = True
+        entry.size = size
+        entry.location = location
+        if entry.refs > 0:
+            owner = ids.owner_of(object_id)
+            if owner in self.clients:
+                entry.subscribers.add(owner)  # it waits for its result, here
+        local_waiters = [t for t in entry.waiters if t.state is TaskState.WAITING]
+        if entry.subscribers or local_waiters:
+            self.pull(object_id)
         if entry.refs <= 0:
             self.free(object_id, entry)
 
@@ -679,6 +758,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         assignments, unplaced = self.scheduler.assignments()
         for task, worker in assignments:
             self.dispatch(task, worker)
+        if len(self.head.nodes) > 1:
+            self.spill_over()
         if unplaced:  # only then count starting workers: a scan of all workers, each loop turn
             starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
             for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
@@ -783,6 +864,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
             if task.actor_id:
                 self.actor_call_dropped(task)
             self.fail_task(task, self.cancelled_error(task))
+        elif task.state is TaskState.RUNNING and self.cancel_forwarded(task, force):
+            return
         elif task.state is TaskState.RUNNING and task.worker in self.workers:
             worker = self.workers[task.worker]
             if task.actor_id:  # only an async actor can stop a running call (as in Ray)
@@ -812,6 +895,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries):
         for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        for address in list(self.links):
+            self.drop_link(address)
         self.router.close(0)
         self.zap.close()
         self.context.term()

@@ -135,8 +135,8 @@ class NodeWorkers:
         lines = data.decode(errors="replace").splitlines()
         node.recent_logs.add(worker.pid, name, stream, lines)
         text = "".join(prefix + line + "\n" for line in lines)
-        for driver in node.drivers():
-            node.send(driver, P.LogLines(stream, text))
+        for client in (*node.drivers(), *node.node_clients):  # peers pass it to theirs
+            node.send(client, P.LogLines(stream, text))
 
     def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
         node = self._node()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -29,7 +29,7 @@ ObjectInfo = tuple[bytes, "bytes | None", int, bool]
 class Hello(NamedTuple):
     """First message on a client's rx socket; the node answers with ``Welcome``."""
 
-    kind: str  # "driver" or "worker"
+    kind: str  # "driver", "worker", "observer" (dashboards) or "node" (a peer node)
     pid: int  # the client's process id, for log prefixes and crash reports
     version: int  # PROTOCOL_VERSION of the client
     namespace: str  # a driver's namespace for named actors ("" for workers)
@@ -156,6 +156,42 @@ class Disconnect(NamedTuple):
     """A driver leaves (``shutdown``): release everything it holds now."""
 
 
+class ProvideObjects(NamedTuple):
+    """From a peer node, before it forwards a task here: the values the task will use.
+
+    Each is (object_id, inline payload or None, size, is_error, holder): a value kept in
+    shared memory is pulled from ``holder`` (host:port of the node that has it) when needed.
+    The sending node holds each object here until it releases it with ``RefOps``.
+    """
+
+    objects: tuple[tuple[bytes, bytes | None, int, bool, str], ...]
+
+
+class PullObject(NamedTuple):
+    """A peer node asks for part of a value in this node's store (answered with ObjectChunk)."""
+
+    object_id: bytes
+    offset: int
+    length: int
+
+
+class RegisterNode(NamedTuple):
+    """A node joining the cluster tells the head what it has (sent to the head only)."""
+
+    node_id: bytes
+    address: str  # host:port where peers and drivers reach the node
+    resources: dict[str, float]
+    session: str
+
+
+class NodeHeartbeat(NamedTuple):
+    """Every half second from each node to the head: it lives, and what it has free now."""
+
+    node_id: bytes
+    available: dict[str, float]
+    queued: int  # tasks waiting for resources there
+
+
 class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
@@ -228,6 +264,25 @@ class LogLines(NamedTuple):
     text: str
 
 
+class ObjectChunk(NamedTuple):
+    """Answer to PullObject: ``data`` holds bytes [offset, offset + len(data)) of the value."""
+
+    object_id: bytes
+    offset: int
+    total: int  # the value's full size
+    data: bytes
+    error: str  # non-empty when this node cannot serve the value (then data is empty)
+
+
+class ClusterView(NamedTuple):
+    """The head's node table, sent to every node after each heartbeat.
+
+    Rows: (node_id, address, alive, total resources, available resources, queued tasks).
+    """
+
+    nodes: tuple[tuple[bytes, str, bool, dict[str, float], dict[str, float], int], ...]
+
+
 class Reply(NamedTuple):
     """Answer to ``Request``."""
 
@@ -255,6 +310,10 @@ CLIENT_TO_NODE = (
     StopCluster,
     Heartbeat,
     Disconnect,
+    ProvideObjects,
+    PullObject,
+    RegisterNode,
+    NodeHeartbeat,
 )
 NODE_TO_CLIENT = (
     Welcome,
@@ -265,6 +324,8 @@ NODE_TO_CLIENT = (
     CancelCall,
     LogLines,
     Reply,
+    ObjectChunk,
+    ClusterView,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

@@ -1,0 +1,334 @@
+"""``rayjupyter start | stop | status``: run a cluster across machines from a shell.
+
+``start --head`` starts a head node in the background and prints the lines that join a
+node and connect a notebook; ``start --address`` joins a node to it; ``stop`` stops what
+was started on this machine; ``status`` prints nodes, resources and use, like ``ray status``.
+Every failure is one line on stderr that names the fix, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rayjupyter.core import auth
+from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.launcher import default_object_store_memory
+
+DEFAULT_PORT = 6380
+START_TIMEOUT_S = 30.0
+ADDRESS_SCHEME = "rayjupyter://"
+
+
+class CliError(Exception):
+    """A one-line message for the user; the command exits with status 1."""
+
+
+def state_dir() -> Path:
+    """Where this user's cluster file and the records of started nodes live."""
+    return Path(os.environ.get("RAYJUPYTER_HOME", Path.home() / ".rayjupyter"))
+
+
+def cluster_file() -> Path:
+    return state_dir() / "cluster.json"
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _read_cluster_file() -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(cluster_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """(host:port, secret) from ``rayjupyter://SECRET@HOST:PORT``, ``HOST:PORT`` + env or file."""
+    secret = ""
+    if address.startswith(ADDRESS_SCHEME):
+        secret, _, address = address[len(ADDRESS_SCHEME) :].rpartition("@")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"bad address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6380)")
+    secret = secret or os.environ.get(SECRET_ENV, "")
+    if not secret:
+        saved = _read_cluster_file()
+        if saved and saved.get("address") == address:
+            secret = str(saved["secret"])
+    if not secret:
+        raise CliError(
+            f"no secret for the cluster at {address}: pass rayjupyter://SECRET@{address} "
+            f"(printed by `rayjupyter start --head`) or set {SECRET_ENV}"
+        )
+    return address, secret
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pick another with --port, "
+                f"or run `rayjupyter stop` if an old cluster still holds it"
+            ) from None
+
+
+def _resources(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError):
+        raise CliError(f"--resources must be a JSON object of numbers, got {text!r}") from None
+
+
+def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
+    resources = _resources(args.resources)
+    for key in ("CPU", "GPU"):
+        if key in resources:
+            raise CliError(f"use --num-{key.lower()}s instead of {key} in --resources")
+    return NodeConfig(
+        num_cpus=float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1)),
+        num_gpus=float(args.num_gpus or 0),
+        resources=resources,
+        object_store_memory=int(args.object_store_memory or default_object_store_memory()),
+        host=args.node_ip,
+        port=args.port if args.head else 0,
+        sys_path=[p or os.getcwd() for p in sys.path],
+        watch_stdin=False,  # a background node lives until `rayjupyter stop`
+        head_address=head_address,
+    )
+
+
+def _launch(config: NodeConfig, secret: str, block: bool) -> tuple[int, str, str]:
+    """Start a node daemon; (pid, port, session) once it is ready (joined, for a node)."""
+    argv = [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))]
+    env = dict(os.environ, **{SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"})
+    if block:  # in a container: the node is the main process, its output the pod's log
+        os.execve(sys.executable, argv, env)
+    logs = state_dir() / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_path = logs / f"node-{int(time.time())}-{os.getpid()}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith(READY_LINE):
+                _, port, session = line.split()
+                return process.pid, port, session
+        if process.poll() is not None:
+            last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+            raise CliError(f"the node did not start: {last[0].strip()} (full log: {log_path})")
+        time.sleep(0.05)
+    process.kill()
+    raise CliError(f"the node did not start within {START_TIMEOUT_S:.0f} s (log: {log_path})")
+
+
+def _record_started(pid: int, session: str, role: str, address: str) -> None:
+    _write_private(
+        state_dir() / "started" / f"{pid}.json",
+        {"pid": pid, "session": session, "role": role, "address": address},
+    )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if args.head == bool(args.address):
+        raise CliError("give either --head (start a cluster) or --address HOST:PORT (join one)")
+    if args.head:
+        return _start_head(args)
+    head_address, secret = split_address(args.address)
+    config = _node_config(args, head_address)
+    pid, port, session = _launch(config, secret, args.block)
+    _record_started(pid, session, "node", f"{args.node_ip}:{port}")
+    print(f"Node started (pid {pid}) and joined the head at {head_address}.")
+    return 0
+
+
+def _start_head(args: argparse.Namespace) -> int:
+    _check_port_free(args.node_ip, args.port)
+    secret = os.environ.get(SECRET_ENV) or auth.new_secret()
+    config = _node_config(args, "")
+    address = f"{args.node_ip}:{args.port}"
+    if not args.block:
+        _write_private(cluster_file(), {"address": address, "secret": secret})
+    pid, _, session = _launch(config, secret, args.block)
+    _record_started(pid, session, "head", address)
+    connect = f"{ADDRESS_SCHEME}{secret}@{address}"
+    print(f"Head node started (pid {pid}) at {address}; secret kept in {cluster_file()} (0600).")
+    print()
+    print("To join another machine to this cluster:")
+    print(f"    rayjupyter start --address {connect}")
+    print("To connect a notebook or a script:")
+    print(f"    %ray_connect {connect}")
+    print(f"    rj.init(address={connect!r})")
+    print("To see the cluster, and to stop what was started on this machine:")
+    print("    rayjupyter status")
+    print("    rayjupyter stop")
+    return 0
+
+
+def _is_our_node(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"rayjupyter.core.node" in cmdline  # not a recycled pid running something else
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    folder = state_dir() / "started"
+    records = sorted(folder.glob("*.json")) if folder.exists() else []
+    # joined nodes first, so they do not see their head die and report it
+    loaded = [json.loads(path.read_text()) | {"path": path} for path in records]
+    loaded.sort(key=lambda r: r["role"] == "head")
+    stopped = 0
+    for record in loaded:
+        pid = int(record["pid"])
+        if _is_our_node(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + args.timeout
+            while _is_our_node(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _is_our_node(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stopped += 1
+        record["path"].unlink(missing_ok=True)
+    saved = _read_cluster_file()
+    if saved is not None and not any(r["role"] == "head" for r in loaded) and stopped == 0:
+        pass  # a head started elsewhere: its file stays for `status` and joining
+    elif any(r["role"] == "head" for r in loaded):
+        cluster_file().unlink(missing_ok=True)
+    print(f"Stopped {stopped} rayjupyter node(s)." if stopped else "Nothing to stop here.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rayjupyter.core.client import Client
+    from rayjupyter.core.exceptions import ClusterConnectionError
+
+    address = args.address
+    if not address:
+        saved = _read_cluster_file()
+        if saved is None:
+            raise CliError("no cluster started here: give --address HOST:PORT")
+        address = str(saved["address"])
+    hostport, secret = split_address(address)
+    try:
+        client = Client(hostport, secret, kind="observer", timeout=args.timeout, io_thread=False)
+    except ClusterConnectionError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        status = client.request("status", timeout=args.timeout)
+    finally:
+        client.close()
+    print(render_status(hostport, status))
+    return 0
+
+
+def render_status(address: str, status: dict[str, Any]) -> str:
+    """A ``ray status``-like text: nodes, then resources used of total, then tasks."""
+    lines = [f"Cluster at {address}", "", "Nodes:"]
+    for row in status["nodes"]:
+        state = "alive" if row["Alive"] else "DEAD"
+        where = f"{row['NodeManagerAddress']}:{row['NodeManagerPort']}"
+        custom = {k: v for k, v in row["Resources"].items() if k not in ("object_store_memory",)}
+        lines.append(f"  {row['NodeID'][:12]}  {where:<22} {state:<6} {_format(custom)}")
+    lines += ["", "Resources (used / total):"]
+    total = status["total"]
+    available = _available_everywhere(status)
+    for key in sorted(total):
+        if key == "object_store_memory":
+            continue
+        used = total[key] - available.get(key, total[key])
+        lines.append(f"  {used:g}/{total[key]:g} {key}")
+    store = status.get("store", {})
+    if store:
+        used_gb = store.get("used_bytes", 0) / 1e9
+        cap_gb = store.get("capacity", 0) / 1e9
+        lines.append(f"  {used_gb:.2f}/{cap_gb:.2f} GB object store (this node)")
+    tasks = status.get("tasks", {})
+    lines += ["", "Tasks: " + (", ".join(f"{n} {s}" for s, n in sorted(tasks.items())) or "none")]
+    return "\n".join(lines)
+
+
+def _available_everywhere(status: dict[str, Any]) -> dict[str, float]:
+    available: dict[str, float] = {}
+    for row in status["nodes"]:
+        if row["Alive"]:
+            for key, value in row.get("Available", row["Resources"]).items():
+                available[key] = available.get(key, 0.0) + value
+    return available
+
+
+def _format(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayjupyter", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="start a head node, or join a node to one")
+    start.add_argument("--head", action="store_true", help="start a new cluster's head here")
+    start.add_argument("--address", help="join the head at HOST:PORT or rayjupyter://SECRET@...")
+    start.add_argument("--port", type=int, default=DEFAULT_PORT, help="the head's port")
+    start.add_argument("--node-ip", default="127.0.0.1", help="the address peers reach us at")
+    start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
+    start.add_argument("--num-gpus", type=float, help="GPUs to offer")
+    start.add_argument("--resources", help="custom resources as JSON: '{\"accel\": 1}'")
+    start.add_argument("--object-store-memory", type=int, help="bytes of shared memory")
+    start.add_argument("--dashboard-port", type=int, help="serve the dashboard on this port")
+    start.add_argument("--block", action="store_true", help="stay in the foreground")
+    start.set_defaults(run=cmd_start)
+
+    stop = commands.add_parser("stop", help="stop the nodes started on this machine")
+    stop.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL")
+    stop.set_defaults(run=cmd_stop)
+
+    status = commands.add_parser("status", help="nodes, resources and tasks of a cluster")
+    status.add_argument("--address", help="HOST:PORT (default: the cluster started here)")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for it")
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except CliError as exc:
+        print(f"rayjupyter {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

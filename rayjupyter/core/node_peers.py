@@ -1,0 +1,586 @@
+"""Several nodes: joining the head, heartbeats, forwarding tasks, pulling objects.
+
+A mixin of the node daemon. Every node runs the same loop; the head is the node that
+others join, and it keeps the node table (``HeadState``), which it sends back to every node
+after each heartbeat, so each node knows its peers' addresses, resources and liveness.
+
+A node talks to a peer as a client of that peer (a ``PeerLink``: two DEALER sockets, as a
+driver has). To the peer, a forwarded task looks like one a driver submitted: the sender
+first provides the values the task uses (``ProvideObjects``), then submits it and
+subscribes to its results. Small results come back inline; a large one stays in the
+peer's store (its location is recorded) until someone here needs it, and is then pulled
+in chunks with a few requests in flight, so a 1 GB value crosses in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
+from rayjupyter.core.head import NodeInfo
+from rayjupyter.core.object_store import shm_path
+from rayjupyter.core.scheduler import TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from rayjupyter.core.node import Node
+
+CHUNK_BYTES = 8 << 20
+CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
+HEARTBEAT_S = 0.5
+JOIN_TIMEOUT_S = 10.0
+LOCALITY_MIN_BYTES = 1 << 20  # arguments this large pull their task to the node holding them
+
+
+class PeerLink:
+    """This node as a client of another node."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], address: str, secret: str) -> None:
+        self.address = address
+        self.client_id = ids.new_client_id()
+        self.tx = self._socket(context, b"t", secret)
+        self.rx = self._socket(context, b"r", secret)
+        self.known_funcs: set[bytes] = set()
+        self.outbox: list[Any] = [P.Hello("node", os.getpid(), protocol.PROTOCOL_VERSION, "")]
+        self.last_heard = time.monotonic()
+
+    def _socket(
+        self, context: zmq.Context[zmq.Socket[bytes]], channel: bytes, secret: str
+    ) -> zmq.Socket[bytes]:
+        sock = context.socket(zmq.DEALER)
+        sock.routing_id = self.client_id + channel
+        sock.linger = 0
+        sock.sndhwm = 0
+        sock.rcvhwm = 0
+        auth.secure_client(sock, secret)
+        sock.connect(f"tcp://{self.address}")
+        return sock
+
+    def send(self, message: Any) -> None:
+        self.outbox.append(message)
+
+    def flush(self) -> None:
+        """Send what is queued; never block the node's loop on a peer that is not there
+        (a DEALER blocks when it has no connection: refused, or the peer died)."""
+        if self.outbox:
+            try:
+                self.tx.send(protocol.dumps(self.outbox), zmq.NOBLOCK)
+            except zmq.Again:
+                return  # kept for the next turn; a dead peer's link is dropped
+            self.outbox = []
+
+    def close(self) -> None:
+        self.tx.close(0)
+        self.rx.close(0)
+
+
+@dataclass
+class Pull:
+    """A value being copied here from a peer's store, chunk by chunk."""
+
+    object_id: bytes
+    address: str
+    size: int
+    fd: int
+    requested: int = 0  # bytes asked for so far
+    received: int = 0
+
+
+@dataclass
+class Forwarded:
+    """A task of ours running on a peer."""
+
+    task: TaskRecord
+    address: str
+    pending: set[bytes] = field(default_factory=set)  # return ids not yet reported
+
+
+class NodePeers:
+    """Joining, heartbeats, task forwarding and object pulls (mixed into ``Node``)."""
+
+    def _node(self) -> Node:
+        return self  # type: ignore[return-value]
+
+    def init_peers(self) -> None:
+        node = self._node()
+        self.links: dict[str, PeerLink] = {}
+        self.link_of_socket: dict[zmq.Socket[bytes], PeerLink] = {}
+        self.node_clients: dict[bytes, bytes] = {}  # peer nodes' client ids -> their node ids
+        self.forwarded: dict[bytes, Forwarded] = {}
+        self.pulls: dict[bytes, Pull] = {}
+        self.last_heartbeat = 0.0
+        self.joined = False
+        self.started = time.monotonic()
+        self.peer_handlers = {
+            P.Welcome: self._on_peer_welcome,
+            P.ObjectsReady: self._on_peer_objects_ready,
+            P.ObjectChunk: self._on_object_chunk,
+            P.ClusterView: self._on_cluster_view,
+            P.LogLines: self._on_peer_log_lines,
+            P.Reply: lambda link, message: None,
+        }
+        if node.config.head_address:
+            link = self.link(node.config.head_address)
+            link.send(P.RegisterNode(node.node_id, node.address, node.advertised(), node.session))
+
+    @property
+    def is_head(self) -> bool:
+        return not self._node().config.head_address
+
+    def link(self, address: str) -> PeerLink:
+        node = self._node()
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = PeerLink(node.context, address, node.secret)
+            self.link_of_socket[link.rx] = link
+            node.poller.register(link.rx, zmq.POLLIN)
+        return link
+
+    def drop_link(self, address: str) -> None:
+        link = self.links.pop(address, None)
+        if link is not None:
+            del self.link_of_socket[link.rx]
+            self._node().poller.unregister(link.rx)
+            link.close()
+
+    def flush_links(self) -> None:
+        for link in self.links.values():
+            link.flush()
+
+    def drain_link(self, link: PeerLink) -> None:
+        node = self._node()
+        link.last_heard = time.monotonic()
+        for _ in range(10_000):
+            try:
+                frames = link.rx.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) == 2:  # a chunk of a value: a small header, then the raw bytes
+                header = protocol.loads(frames[0].bytes)[0]
+                self._on_object_chunk(link, header._replace(data=frames[1].buffer))
+                continue
+            for message in protocol.loads(frames[0].bytes):
+                try:
+                    self.peer_handlers[type(message)](link, message)  # type: ignore[operator]
+                except Exception:
+                    node._report_internal_error(message)
+
+    # ------------------------------------------------------------------ membership
+
+    def peers_tick(self) -> None:
+        """Each loop turn: heartbeats to the head, liveness of the nodes on the head."""
+        node = self._node()
+        now = time.monotonic()
+        if now - self.last_heartbeat < HEARTBEAT_S:
+            return
+        self.last_heartbeat = now
+        if not self.is_head:
+            if not self.joined and now - self.started > JOIN_TIMEOUT_S:
+                print(
+                    f"rayjupyter node: could not join the head at {node.config.head_address} "
+                    f"within {JOIN_TIMEOUT_S:.0f} s: check the address, that the head runs, "
+                    f"and the cluster secret (RAYJUPYTER_SECRET or the rayjupyter:// address)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                node.running = False
+                return
+            head = self.link(node.config.head_address)
+            head.send(P.NodeHeartbeat(node.node_id, node.free_resources(), node.queued()))
+            return
+        deadline = now - node.config.node_timeout_s
+        for node_id in list(self.node_clients.values()):
+            info = node.head.nodes.get(node_id)
+            if info is not None and info.alive and info.last_seen < deadline:
+                self.node_died(node_id, f"no heartbeat for {node.config.node_timeout_s:.0f} s")
+
+    def on_register_node(self, client: bytes, message: P.RegisterNode) -> None:
+        node = self._node()
+        if not self.is_head:
+            return
+        info = NodeInfo(message.node_id, message.address, dict(message.resources))
+        info.session = message.session
+        info.available = dict(message.resources)
+        info.last_seen = time.monotonic()
+        node.head.register_node(info)
+        self.node_clients[client] = message.node_id
+        self.send_view(client)
+
+    def on_node_heartbeat(self, client: bytes, message: P.NodeHeartbeat) -> None:
+        node = self._node()
+        info = node.head.nodes.get(message.node_id)
+        if info is None or not info.alive or self.node_clients.get(client) != message.node_id:
+            return  # declared dead already: it must register again (a restarted daemon does)
+        info.available = dict(message.available)
+        info.queued = message.queued
+        info.last_seen = time.monotonic()
+        self.send_view(client)
+
+    def send_view(self, client: bytes) -> None:
+        node = self._node()
+        me = node.head.nodes[node.node_id]
+        me.available = node.free_resources()
+        me.queued = node.queued()
+        rows = tuple(
+            (n.node_id, n.address, n.alive, n.resources, n.available, n.queued)
+            for n in node.head.nodes.values()
+        )
+        node.send(client, P.ClusterView(rows))
+
+    def _on_cluster_view(self, link: PeerLink, message: P.ClusterView) -> None:
+        node = self._node()
+        if not self.joined:
+            self.joined = True
+            node.announce_ready()
+        for node_id, address, alive, total, available, queued in message.nodes:
+            info = node.head.nodes.get(node_id)
+            if info is None:
+                info = NodeInfo(node_id, address, dict(total))
+                node.head.register_node(info)
+            info.available = dict(available)
+            info.queued = queued
+            if info.alive and not alive:
+                self.node_died(node_id, "the head declared it dead")
+
+    def node_died(self, node_id: bytes, why: str) -> None:
+        """Retry what ran there, fail what only it held, forget it."""
+        node = self._node()
+        info = node.head.nodes.get(node_id)
+        if info is None or not info.alive:
+            return
+        node.head.mark_dead(node_id)
+        address = info.address
+        message = f"Node {address} died ({why})."
+        print(f"rayjupyter node: {message}", file=sys.stderr, flush=True)
+        for client, peer_id in list(self.node_clients.items()):
+            if peer_id == node_id:
+                del self.node_clients[client]
+                node.release_client(client)
+        for forwarded in [f for f in self.forwarded.values() if f.address == address]:
+            task = forwarded.task
+            del self.forwarded[task.task_id]
+            if task.state is not TaskState.RUNNING:
+                continue
+            if task.retry():
+                task.transition(TaskState.READY)
+                node.scheduler.ready.appendleft(task)
+            else:
+                error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
+                node.fail_task(task, pickle.dumps(error, protocol=5))
+        for pull in [p for p in self.pulls.values() if p.address == address]:
+            self._pull_failed(pull, f"the node holding it died ({why})")
+        for object_id, entry in list(node.objects.items()):
+            if entry.location == address:
+                self._object_lost(object_id, f"its only copy was on node {address}, which died")
+            entry.copies.discard(address)
+        self.drop_link(address)
+
+    # ------------------------------------------------------------------ placement
+
+    def peer_nodes(self) -> list[NodeInfo]:
+        node = self._node()
+        return [n for n in node.head.nodes.values() if n.alive and n.node_id != node.node_id]
+
+    def feasible_on_peer(self, demand: dict[str, float]) -> bool:
+        return any(_fits(peer.resources, demand) for peer in self.peer_nodes())
+
+    def place_by_locality(self, task: TaskRecord) -> bool:
+        """Send a ready task to the peer that holds most of its large arguments, if one fits."""
+        node = self._node()
+        if task.actor_id or task.owner in self.node_clients or len(node.head.nodes) < 2:
+            return False
+        weight: dict[str, int] = {}
+        local = 0
+        for object_id in task.deps:
+            entry = node.objects.get(object_id)
+            if entry is None:
+                continue
+            if entry.location:
+                weight[entry.location] = weight.get(entry.location, 0) + entry.size
+            elif entry.in_store:
+                local += entry.size
+        if not weight:
+            return False
+        address, size = max(weight.items(), key=lambda item: item[1])
+        if size < LOCALITY_MIN_BYTES or size <= local:
+            return False
+        for peer in self.peer_nodes():
+            if peer.address == address and _fits(peer.available, task.demand):
+                self.forward(task, peer)
+                return True
+        return False
+
+    def spill_over(self) -> None:
+        """Queued tasks that this node cannot run now go to peers that can."""
+        node = self._node()
+        ready = node.scheduler.ready
+        if not ready:
+            return
+        peers = self.peer_nodes()
+        if not peers:
+            return
+        kept: deque[TaskRecord] = deque()
+        for _ in range(min(len(ready), 256)):
+            task = ready.popleft()
+            if task.state is not TaskState.READY:
+                continue
+            if task.owner in self.node_clients or node.resources.fits(task.demand):
+                kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
+                continue
+            target = self._choose_peer(task, peers)
+            if target is None:
+                kept.append(task)
+            else:
+                self.forward(task, target)
+        ready.extendleft(reversed(kept))
+
+    def _choose_peer(self, task: TaskRecord, peers: list[NodeInfo]) -> NodeInfo | None:
+        node = self._node()
+        fitting = [p for p in peers if _fits(p.available, task.demand)]
+        if fitting:
+            return max(fitting, key=lambda p: p.available.get("CPU", 0.0))
+        if node.resources.feasible(task.demand):
+            return None  # it waits here for a free slot rather than in a peer's queue
+        feasible = [p for p in peers if _fits(p.resources, task.demand)]
+        return min(feasible, key=lambda p: p.queued) if feasible else None
+
+    def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
+        """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
+        node = self._node()
+        link = self.link(peer.address)
+        provided = []
+        for object_id in (*task.deps, *task.nested):
+            entry = node.objects.get(object_id)
+            if entry is None or not entry.ready:
+                continue
+            if entry.location:
+                holder = entry.location
+            elif entry.in_store:
+                holder = node.address
+            else:
+                holder = ""
+            provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
+        if provided:
+            link.send(P.ProvideObjects(tuple(provided)))
+        func_blob = None
+        if task.func_id not in link.known_funcs:
+            func_blob = node.funcs.get(task.func_id)
+            link.known_funcs.add(task.func_id)
+        link.send(
+            P.SubmitTask(
+                task.task_id,
+                task.func_id,
+                func_blob,
+                task.name,
+                task.args_blob,
+                task.deps,
+                task.nested,
+                task.return_ids,
+                task.demand,
+                0,  # retries after a crash there are ours: the node itself may die
+                task.retry_exceptions,
+                b"",
+                "",
+            )
+        )
+        link.send(P.Subscribe(task.return_ids, False))
+        for key, value in task.demand.items():  # until the next view says otherwise
+            peer.available[key] = peer.available.get(key, 0.0) - value
+        task.transition(TaskState.RUNNING)
+        node.events.started(task.task_id, 0, task.attempt)
+        self.forwarded[task.task_id] = Forwarded(task, peer.address, set(task.return_ids))
+
+    def _on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
+        node = self._node()
+        for object_id, inline, size, is_error in message.objects:
+            forwarded = self.forwarded.get(ids.task_of(object_id))
+            if forwarded is None or object_id not in forwarded.pending:
+                link.send(P.RefOps(((False, object_id),)))  # nobody here needs it any more
+                continue
+            task = forwarded.task
+            forwarded.pending.discard(object_id)
+            if not forwarded.pending:
+                del self.forwarded[task.task_id]
+                self._slot_freed(link.address, task.demand)
+            if is_error:
+                with contextlib.suppress(KeyError):
+                    del self.forwarded[task.task_id]
+                for other in forwarded.pending:
+                    link.send(P.RefOps(((False, other),)))
+                link.send(P.RefOps(((False, object_id),)))
+                if task.state is TaskState.RUNNING:
+                    node.fail_task(task, inline or b"")
+                continue
+            if inline is not None:
+                link.send(P.RefOps(((False, object_id),)))
+                node.set_ready(object_id, inline, size, False, ())
+            else:
+                node.set_ready(object_id, None, size, False, (), location=link.address)
+            if not forwarded.pending and task.state is TaskState.RUNNING:
+                task.transition(TaskState.FINISHED)
+                node.events.ended(task.task_id, failed=False)
+                node._forget_task(task)
+
+    def _slot_freed(self, address: str, demand: dict[str, float]) -> None:
+        """A task of ours ended there: count its resources free until the next view."""
+        for peer in self.peer_nodes():
+            if peer.address == address:
+                for key, value in demand.items():
+                    peer.available[key] = min(
+                        peer.available.get(key, 0.0) + value, peer.resources.get(key, 0.0)
+                    )
+
+    def _on_peer_welcome(self, link: PeerLink, message: P.Welcome) -> None:
+        if message.error:
+            print(
+                f"rayjupyter node: node {link.address} refused us: {message.error}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _on_peer_log_lines(self, link: PeerLink, message: P.LogLines) -> None:
+        node = self._node()
+        for driver in node.drivers():
+            node.send(driver, message)
+
+    def cancel_forwarded(self, task: TaskRecord, force: bool) -> bool:
+        forwarded = self.forwarded.get(task.task_id)
+        if forwarded is None:
+            return False
+        self.link(forwarded.address).send(P.CancelTask(task.return_ids[0], force, True))
+        return True
+
+    # ------------------------------------------------------------------ objects
+
+    def on_provide_objects(self, client: bytes, message: P.ProvideObjects) -> None:
+        node = self._node()
+        for object_id, inline, size, is_error, holder in message.objects:
+            if object_id not in node.objects:
+                entry = node.objects[object_id] = node.new_entry()
+                node.hold(client, object_id)
+                if inline is not None or not holder:
+                    node.set_ready(object_id, inline, size, is_error, ())
+                else:
+                    location = "" if holder == node.address else holder
+                    node.set_ready(object_id, None, size, False, (), location=location)
+                del entry
+            else:
+                node.hold(client, object_id)
+
+    def on_pull_object(self, client: bytes, message: P.PullObject) -> None:
+        node = self._node()
+        object_id = message.object_id
+        entry = node.objects.get(object_id)
+        if entry is None or not node.store.contains(object_id):
+            node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", "not here"))
+            return
+        node.store.restore(object_id)
+        try:
+            fd = os.open(node.store.path_of(object_id), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, message.length, message.offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", str(exc)))
+            return
+        node.send_chunk(client, P.ObjectChunk(object_id, message.offset, entry.size, data, ""))
+
+    def pull(self, object_id: bytes) -> None:
+        """Copy a value that a peer holds into this node's store (once, however many ask)."""
+        node = self._node()
+        entry = node.objects[object_id]
+        if object_id in self.pulls or not entry.location:
+            return
+        path = shm_path(node.session, object_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            if entry.size:
+                os.posix_fallocate(fd, 0, entry.size)
+        except OSError as exc:
+            with contextlib.suppress(UnboundLocalError, OSError):
+                os.close(fd)
+            reason = os.strerror(exc.errno or errno.EIO)
+            self._object_lost(object_id, f"no room in this node's store for it ({reason})")
+            return
+        pull = self.pulls[object_id] = Pull(object_id, entry.location, entry.size, fd)
+        if entry.size == 0:
+            self._pull_done(pull)
+            return
+        for _ in range(CHUNKS_IN_FLIGHT):
+            self._request_chunk(pull)
+
+    def _request_chunk(self, pull: Pull) -> None:
+        if pull.requested >= pull.size:
+            return
+        length = min(CHUNK_BYTES, pull.size - pull.requested)
+        self.link(pull.address).send(P.PullObject(pull.object_id, pull.requested, length))
+        pull.requested += length
+
+    def _on_object_chunk(self, link: PeerLink, message: P.ObjectChunk) -> None:
+        pull = self.pulls.get(message.object_id)
+        if pull is None or pull.address != link.address:
+            return
+        if message.error:
+            self._pull_failed(pull, f"node {link.address} no longer has it ({message.error})")
+            return
+        view = memoryview(message.data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(pull.fd, view[done:], message.offset + done)
+        pull.received += len(view)
+        if pull.received >= pull.size:
+            self._pull_done(pull)
+        else:
+            self._request_chunk(pull)
+
+    def _pull_done(self, pull: Pull) -> None:
+        node = self._node()
+        del self.pulls[pull.object_id]
+        os.close(pull.fd)
+        entry = node.objects.get(pull.object_id)
+        if entry is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shm_path(node.session, pull.object_id))
+            return
+        entry.copies.add(pull.address)  # our hold there stays until we free it
+        node.set_ready(pull.object_id, None, pull.size, False, entry.contained)
+
+    def _pull_failed(self, pull: Pull, why: str) -> None:
+        node = self._node()
+        del self.pulls[pull.object_id]
+        os.close(pull.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(shm_path(node.session, pull.object_id))
+        self._object_lost(pull.object_id, why)
+
+    def _object_lost(self, object_id: bytes, why: str) -> None:
+        node = self._node()
+        entry = node.objects.get(object_id)
+        if entry is None:
+            return
+        error = ObjectLostError(f"Object {object_id.hex()} was lost: {why}.")
+        blob = pickle.dumps(error, protocol=5)
+        entry.location = ""
+        node.set_ready(object_id, blob, len(blob), True, ())
+
+    def release_copies(self, object_id: bytes, locations: set[str]) -> None:
+        """An object we freed: let go of the copies peers keep for us."""
+        for address in locations:
+            if address in self.links:
+                self.links[address].send(P.RefOps(((False, object_id),)))
+
+
+def _fits(available: dict[str, float], demand: dict[str, float]) -> bool:
+    return all(available.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())

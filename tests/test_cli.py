@@ -1,0 +1,109 @@
+"""The ``rayjupyter`` command: start a head, join a node, status, stop, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_for_pids_gone
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.env = dict(os.environ, RAYJUPYTER_HOME=str(home))
+        self.env.pop("RAYJUPYTER_SECRET", None)
+        self.home = home
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "rayjupyter", *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def started_pids(self) -> list[int]:
+        folder = self.home / "started"
+        return [int(p.stem) for p in folder.glob("*.json")] if folder.exists() else []
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    runner = Cli(tmp_path / "home")
+    try:
+        yield runner
+    finally:
+        pids = runner.started_pids()
+        runner("stop")
+        wait_for_pids_gone(pids, timeout=15)
+
+
+def test_head_node_status_and_stop(cli: Cli) -> None:
+    port = free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"h": 1}')
+    assert out.returncode == 0, out.stderr
+    connect = next(w for w in out.stdout.split() if w.startswith("rayjupyter://"))
+    assert f"rayjupyter start --address {connect}" in out.stdout
+    assert f"%ray_connect {connect}" in out.stdout
+    saved = cli.home / "cluster.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text())["address"] == f"127.0.0.1:{port}"
+
+    joined = cli("start", "--address", connect, "--num-cpus", "1", "--resources", '{"n1": 2}')
+    assert joined.returncode == 0, joined.stderr
+
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "2/2" not in status.stdout and "0/2 CPU" in status.stdout
+    assert "n1=2" in status.stdout and "h=1" in status.stdout
+    assert status.stdout.count("alive") == 2
+
+    pids = cli.started_pids()
+    assert len(pids) == 2
+    stopped = cli("stop")
+    assert stopped.returncode == 0 and "Stopped 2" in stopped.stdout
+    wait_for_pids_gone(pids, timeout=15)
+    assert not saved.exists()
+
+
+def test_errors_are_one_line_and_name_the_fix(cli: Cli) -> None:
+    port = free_port()
+    assert cli("start", "--head", "--port", str(port), "--num-cpus", "1").returncode == 0
+
+    busy = cli("start", "--head", "--port", str(port))
+    assert busy.returncode == 1 and "pick another with --port" in busy.stderr
+    assert len(busy.stderr.strip().splitlines()) == 1
+
+    wrong = cli("start", "--address", f"rayjupyter://wrong@127.0.0.1:{port}", "--num-cpus", "1")
+    assert wrong.returncode == 1
+    assert "could not join the head" in wrong.stderr and "secret" in wrong.stderr
+
+    no_secret = cli("status", "--address", "127.0.0.1:1")
+    assert no_secret.returncode == 1 and "RAYJUPYTER_SECRET" in no_secret.stderr
+
+    unreachable = cli("status", "--address", "rayjupyter://s@127.0.0.1:1", "--timeout", "1")
+    assert unreachable.returncode == 1 and "check that the cluster is running" in unreachable.stderr
+
+    bad = cli("start", "--head", "--resources", "[1]")
+    assert bad.returncode == 1 and "JSON object" in bad.stderr
+
+    neither = cli("start")
+    assert neither.returncode == 1 and "--head" in neither.stderr

@@ -1,0 +1,174 @@
+"""Several nodes as separate processes on loopback: a head (started by rj.init) and nodes
+that join it, each with its own worker pool and shared-memory store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import wait_for_condition, wait_for_pids_gone
+
+import rayjupyter as rj
+from rayjupyter.core import api
+from rayjupyter.core.config import NodeConfig
+from rayjupyter.core.exceptions import ClusterConnectionError
+from rayjupyter.core.launcher import LocalCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Nodes:
+    """The nodes a test started besides the head, stopped (and checked gone) at the end."""
+
+    def __init__(self, head: Any) -> None:
+        self.head = head
+        self.started: list[LocalCluster] = []
+
+    def join(self, num_cpus: float = 1, secret: str | None = None, **resources: float) -> Any:
+        config = NodeConfig(
+            num_cpus=num_cpus,
+            resources=resources,
+            head_address=self.head.address,
+            object_store_memory=4 << 30,
+            sys_path=list(sys.path),
+            owner_pid=os.getpid(),
+        )
+        node = LocalCluster(config, secret=secret or self.head._secret)
+        self.started.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in self.started:
+            node.stop()
+
+
+def alive_nodes() -> int:
+    return sum(1 for row in rj.nodes() if row["Alive"])
+
+
+@pytest.fixture
+def nodes() -> Iterator[Nodes]:
+    head = rj.init(num_cpus=1, resources={"head": 1})
+    started = Nodes(head)
+    try:
+        yield started
+    finally:
+        started.stop()
+        rj.shutdown()
+
+
+@rj.remote
+def node_of(delay: float = 0.0) -> str:
+    time.sleep(delay)
+    return rj.get_runtime_context().get_node_id()
+
+
+@rj.remote
+def make_array(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
+@rj.remote
+def checksum(array: np.ndarray) -> tuple[int, str]:
+    return int(array.sum()), rj.get_runtime_context().get_node_id()
+
+
+def test_nodes_join_and_are_listed(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    rows = rj.nodes()
+    assert {k for row in rows for k in row["Resources"]} >= {"head", "n1", "n2", "CPU"}
+    assert rj.cluster_resources()["CPU"] == 3
+
+
+def test_tasks_spread_across_nodes(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    where = rj.get([node_of.remote(0.5) for _ in range(9)], timeout=60)
+    assert len(set(where)) == 3, where
+
+
+def test_custom_resources_pin_work_to_a_node(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    n2 = rj.get(node_of.options(resources={"n2": 1}).remote(), timeout=30)
+    again = rj.get([node_of.options(resources={"n2": 0.5}).remote() for _ in range(4)], timeout=30)
+    assert set(again) == {n2}
+    head = rj.get(node_of.options(resources={"head": 1}).remote(), timeout=30)
+    assert head == api._state["context"].address_info["node_id"] and head != n2
+
+
+def test_large_array_made_on_one_node_is_read_on_another(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    n = (1 << 30) // 8  # 1 GiB of int64
+    made = make_array.options(resources={"n1": 1}).remote(n)
+    total, where = rj.get(checksum.options(resources={"n2": 1}).remote(made), timeout=100)
+    assert total == n * (n - 1) // 2
+    n1 = rj.get(node_of.options(resources={"n1": 1}).remote(), timeout=30)
+    assert where != n1
+    array = rj.get(made, timeout=100)  # pulled to the head's store, then read zero-copy
+    assert array.shape == (n,) and array[12345] == 12345 and array[-1] == n - 1
+    assert not array.flags.writeable
+
+
+def test_small_values_and_errors_come_back_from_peers(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+
+    @rj.remote(resources={"n1": 1})
+    def fail() -> None:
+        raise KeyError("on a peer")
+
+    @rj.remote(resources={"n1": 1})
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert rj.get(add.remote(add.remote(1, 2), rj.put(10)), timeout=30) == 13
+    with pytest.raises(KeyError, match="on a peer"):
+        rj.get(fail.remote(), timeout=30)
+
+
+def test_node_killed_mid_work_its_tasks_run_elsewhere(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    doomed = nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+
+    @rj.remote(max_retries=3)
+    def square(i: int) -> int:
+        time.sleep(0.5)
+        return i * i
+
+    refs = [square.remote(i) for i in range(12)]
+    time.sleep(0.7)  # some are running on the doomed node now
+    os.kill(doomed.pid, signal.SIGKILL)
+    started = time.monotonic()
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    assert time.monotonic() - started < 5
+    assert rj.get(refs, timeout=60) == [i * i for i in range(12)]
+    wait_for_pids_gone([doomed.pid], timeout=10)
+
+
+def test_node_joining_mid_run_takes_work(nodes: Nodes) -> None:
+    refs = [node_of.options(resources={"late": 1}).remote() for _ in range(3)]
+    ready, _ = rj.wait(refs, num_returns=1, timeout=1.0)
+    assert ready == []  # no node has "late" yet: the tasks wait
+    nodes.join(late=1)
+    where = rj.get(refs, timeout=60)
+    assert len(set(where)) == 1 and where[0] != api._state["context"].address_info["node_id"]
+
+
+def test_node_with_a_wrong_secret_cannot_join(nodes: Nodes) -> None:
+    with pytest.raises(ClusterConnectionError, match="did not start"):
+        nodes.join(n1=1, secret="not-the-secret")
+    assert alive_nodes() == 1
