@@ -109,9 +109,13 @@ def _gated(cls: type[RequestHandler], config: GateConfig) -> type[RequestHandler
 
 def gate_all_routes(app: Application, config: GateConfig) -> None:
     """Put the token check in front of every handler the application routes to."""
+    from bokeh.server.views.ico_handler import IcoHandler
+
     rules: list[Rule] = app.wildcard_router.rules
     for rule in rules:
         target = rule.target
         handler = isinstance(target, type) and issubclass(target, RequestHandler)
-        if handler and not issubclass(target, TokenGate):
+        # bokeh's favicon, which browsers ask for at the host's root, outside our prefix
+        # and cookie path: public bytes, served to anyone rather than logged as a 403
+        if handler and not issubclass(target, (TokenGate, IcoHandler)):
             rule.target = _gated(target, config)

@@ -140,6 +140,22 @@ def start_dashboard(
     return dashboard
 
 
+def driver_dashboard() -> str:
+    """This driver's dashboard URL (with its token), starting one owned by this process if
+    it has none yet; ``rj.shutdown()`` stops it (``%ray_dashboard --open``)."""
+    from rayjupyter.core import api
+
+    context = api._state["context"]
+    if context is None:
+        raise RuntimeError("Not connected to a cluster: call rj.init() (or %ray_connect) first.")
+    dashboard: DashboardProcess | None = api._state.get("dashboard")
+    if dashboard is None or not dashboard.running():
+        dashboard = start_dashboard(context.connect_address)
+        api._state["dashboard"] = dashboard
+        context.dashboard_url = dashboard.page_url()
+    return str(context.dashboard_url)
+
+
 def _first_line(fd: int, timeout: float) -> str:
     """The first stdout line of the child, or "" if it exits or stays silent too long."""
     deadline = time.monotonic() + timeout

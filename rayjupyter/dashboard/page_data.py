@@ -7,7 +7,7 @@ Times become milliseconds since the epoch (bokeh's datetime axis); sizes stay in
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rayjupyter.core.task_events import FAILED, FINISHED, RUNNING
@@ -79,7 +79,7 @@ def usage_rows(history: Iterable[Mapping[str, Any]], after: float) -> Columns:
     return rows
 
 
-def node_columns(nodes: list[Mapping[str, Any]]) -> Columns:
+def node_columns(nodes: Sequence[Mapping[str, Any]]) -> Columns:
     return {
         "node_id": [n["NodeID"][:12] for n in nodes],
         "address": [f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}" for n in nodes],
@@ -139,7 +139,7 @@ CARD_STYLE = """<style>
 </style>"""
 
 
-def stream_columns(rows: list[Mapping[str, Any]], colours: dict[str, str]) -> Columns:
+def stream_columns(rows: Sequence[Mapping[str, Any]], colours: dict[str, str]) -> Columns:
     """Task-stream bars: one per finished or failed task, on its worker's lane."""
     columns: Columns = {
         key: [] for key in ("start", "end", "worker", "name", "colour", "line", "state", "duration")
@@ -185,21 +185,13 @@ def progress_columns(summary: Mapping[str, Mapping[str, int]]) -> Columns:
     return columns
 
 
-def table_columns(rows: list[Mapping[str, Any]], keys: Iterable[str]) -> Columns:
-    """Rows as columns for a DataTable; ids shortened, None shown as empty."""
-    columns: Columns = {}
-    for key in keys:
-        values = []
-        for row in rows:
-            value = row.get(key)
-            if key.endswith("_id") and isinstance(value, str):
-                value = value[:12]
-            values.append("" if value is None else value)
-        columns[key] = values
-    return columns
+def table_columns(rows: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> Columns:
+    """Rows as columns for a DataTable, None shown as empty (ids stay whole: they share
+    their owner's prefix, so a shortened id would not tell objects apart)."""
+    return {key: ["" if row.get(key) is None else row.get(key) for row in rows] for key in keys}
 
 
-def log_html(workers: list[Mapping[str, Any]], pid: int | None, limit: int = 500) -> str:
+def log_html(workers: Sequence[Mapping[str, Any]], pid: int | None, limit: int = 500) -> str:
     """The chosen worker's lines (or everyone's, by time), stderr in red, escaped."""
     lines: list[tuple[float, int, str]] = []
     for worker in workers:
@@ -219,6 +211,7 @@ def log_html(workers: list[Mapping[str, Any]], pid: int | None, limit: int = 500
 
 LOG_STYLE = """<style>
 .rj-log { font-size: 12px; background: #fafafa; border: 1px solid #ddd; padding: 8px;
-  max-height: 70vh; overflow: auto; white-space: pre-wrap; }
+  max-height: 70vh; overflow: auto; white-space: pre-wrap; display: block; width: 100%;
+  box-sizing: border-box; margin: 0; }
 .rj-err { color: #c62828; }
 </style>"""

@@ -3,6 +3,7 @@ files, and the JSON API, all under one prefix and all behind the token gate."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -57,12 +58,12 @@ class DashboardServer:
 
         self.prefix = normalize_prefix(prefix)
         context = PageContext(feed, self.prefix)
-        applications = {}
-        for path in PAGES:
-            build = _builder(path)
-            applications[f"/{path}"] = Application(
-                FunctionHandler(lambda doc, build=build: build(doc, context))
+        applications = {
+            f"/{path}": Application(
+                FunctionHandler(functools.partial(_builder(path), context=context))
             )
+            for path in PAGES
+        }
         extra: list[Any] = [(r"/?", RootRedirect, {"target": f"{self.prefix}/{DEFAULT_PAGE}"})]
         extra += api.routes(feed)
         self.tornado = BokehTornado(

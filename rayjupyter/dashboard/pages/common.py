@@ -9,7 +9,8 @@ from typing import Any
 
 from bokeh.document import Document
 from bokeh.layouts import column
-from bokeh.models import Div, LayoutDOM
+from bokeh.models import LayoutDOM
+from bokeh.models.widgets import Div
 
 from rayjupyter.dashboard.feed import ClusterFeed
 from rayjupyter.dashboard.pages import PAGES

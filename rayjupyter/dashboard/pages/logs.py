@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bokeh.document import Document
-from bokeh.models import Div, Select
+from bokeh.models.widgets import Div, Select
 
 from rayjupyter.dashboard.page_data import log_html
 from rayjupyter.dashboard.pages.common import PageContext, mount

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from bokeh.document import Document
 from bokeh.layouts import gridplot
-from bokeh.models import (
-    ColumnDataSource,
-    DataTable,
-    DateFormatter,
-    Div,
-    NumberFormatter,
-    NumeralTickFormatter,
-    TableColumn,
-)
+from bokeh.models import ColumnDataSource, DataRange1d, NumeralTickFormatter, Range1d
+from bokeh.models.widgets import DataTable, DateFormatter, Div, NumberFormatter, TableColumn
 from bokeh.plotting import figure
 
 from rayjupyter.dashboard.page_data import node_columns, summary_cards, usage_row, usage_rows
@@ -36,7 +29,7 @@ def make(doc: Document, context: PageContext) -> None:
             TableColumn(field="cpus", title="CPUs", formatter=NumberFormatter(format="0.[00]")),
             TableColumn(field="gpus", title="GPUs", formatter=NumberFormatter(format="0.[00]")),
             TableColumn(
-                field="store", title="object store", formatter=NumberFormatter(format="0.0 b")
+                field="store", title="object store", formatter=NumberFormatter(format="0.[0] b")
             ),
             TableColumn(
                 field="started",
@@ -46,11 +39,12 @@ def make(doc: Document, context: PageContext) -> None:
         ],
         height=90,
         index_position=None,
+        reorderable=False,
         sizing_mode="stretch_width",
     )
     source = ColumnDataSource(usage_rows(feed.status_history, -1.0) or usage_row({}))
     common = figure_options(x_axis_type="datetime", height=220)
-    cpu = figure(title="CPU (%)", y_range=(0, 105), **common)
+    cpu = figure(title="CPU (%)", y_range=Range1d(0, 105), **common)
     cpu.line("time", "cpu", source=source, legend_label="machine CPU", line_width=2)
     cpu.line(
         "time",
@@ -88,7 +82,9 @@ def make(doc: Document, context: PageContext) -> None:
     store.line(
         "time", "store_spilled", source=source, color="#ff7f0e", legend_label="spilled to disk"
     )
-    tasks = figure(title="Tasks", x_range=cpu.x_range, **common)
+    tasks = figure(
+        title="Tasks", x_range=cpu.x_range, y_range=DataRange1d(start=0, min_interval=4), **common
+    )
     tasks.line("time", "running", source=source, legend_label="running", line_width=2)
     tasks.line(
         "time", "pending", source=source, color="#ff7f0e", legend_label="pending", line_width=2

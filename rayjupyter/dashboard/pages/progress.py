@@ -32,6 +32,7 @@ def make(doc: Document, context: PageContext) -> None:
         y="name",
         height=0.7,
         color=[COLOURS[part] for part in PROGRESS_PARTS],
+        line_color=None,
         legend_label=list(PROGRESS_PARTS),
         source=source,
     )
@@ -53,8 +54,8 @@ def make(doc: Document, context: PageContext) -> None:
     fig.xgrid.grid_line_color = None
     fig.ygrid.grid_line_color = None
     fig.legend.orientation = "horizontal"
-    fig.legend.location = "top_right"
-    fig.legend.label_text_font_size = "8pt"
+    fig.legend.label_text_font_size = "9pt"
+    fig.add_layout(fig.legend[0], "above")
 
     def update() -> None:
         summary = feed.want("summary")

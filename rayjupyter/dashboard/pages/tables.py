@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from bokeh.document import Document
-from bokeh.models import ColumnDataSource, DataTable, Div, NumberFormatter, TableColumn
+from bokeh.models import ColumnDataSource
+from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 
 from rayjupyter.dashboard.page_data import table_columns
 from rayjupyter.dashboard.pages.common import PageContext, mount
 
-BYTES = "0.0 b"  # a NumberFormatter format (models cannot be shared between documents)
+BYTES = "0.[0] b"  # a NumberFormatter format (models cannot be shared between documents)
 
 #: page -> (feed kind, [(row key, column title, number format or None)])
 TABLES: dict[str, tuple[str, list[tuple[str, str, str | None]]]] = {
@@ -63,6 +64,7 @@ def make_table(doc: Document, context: PageContext, page: str) -> None:
         ],
         height=600,
         index_position=None,
+        reorderable=False,
         sizing_mode="stretch_width",
     )
 
