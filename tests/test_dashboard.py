@@ -403,6 +403,37 @@ def test_process_dies_with_its_parent(dash):
             parent.wait()
 
 
+def test_process_stops_when_its_cluster_goes_away(dash):
+    script = textwrap.dedent(
+        """
+        import time
+        import rayjupyter as rj
+        ctx = rj.init(num_cpus=1)
+        print(ctx.connect_address, flush=True)
+        time.sleep(120)
+        """
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    dashboard = None
+    try:
+        dashboard = start_dashboard(driver.stdout.readline().strip())
+        assert fetch(dashboard, "api/v0/status").status == 200
+        driver.kill()  # its cluster stops with it, and then the dashboard
+        driver.wait(10)
+        wait_for_condition(lambda: not dashboard.running(), timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if dashboard is not None:
+            dashboard.stop()
+
+
 def test_bad_address_fails_at_once_with_a_clear_error(dash):
     with pytest.raises(ValueError, match="HOST:PORT"):
         start_dashboard("rayjupyter://secret@nowhere")

@@ -60,6 +60,7 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"rayjupyter dashboard: stopping: {reason}", file=sys.stderr, flush=True)
         loop.call_soon_threadsafe(stop.set)
 
+    client.liveness = discovery_record.node_liveness(client.session, hostport)
     feed = ClusterFeed(client, address=hostport, on_gone=gone)
     try:
         feed.start()
