@@ -94,7 +94,14 @@ class ClusterFeed:
 
     @property
     def status(self) -> dict[str, Any] | None:
-        return self.status_history[-1] if self.status_history else None
+        """The latest status snapshot (None before the first)."""
+        history = self.status_history
+        return history[-1] if history else None
+
+    def history(self) -> list[dict[str, Any]]:
+        """The status snapshots kept, oldest first (a copy: the thread appends meanwhile)."""
+        with self._lock:
+            return list(self.status_history)
 
     def bars_since(self, cursor: int) -> tuple[int, list[dict[str, Any]]]:
         """Task-stream bars newer than cursor (0: all kept), and the new cursor."""
@@ -136,7 +143,8 @@ class ClusterFeed:
         status = dict(self.request("status"))
         status["session"] = self.session
         status["address"] = self.address
-        self.status_history.append(status)
+        with self._lock:
+            self.status_history.append(status)
 
     def _refresh(self, kind: str) -> None:
         try:

@@ -211,7 +211,7 @@ def log_html(workers: Sequence[Mapping[str, Any]], pid: int | None, limit: int =
 
 LOG_STYLE = """<style>
 .rj-log { font-size: 12px; background: #fafafa; border: 1px solid #ddd; padding: 8px;
-  max-height: 70vh; overflow: auto; white-space: pre-wrap; display: block; width: 100%;
-  box-sizing: border-box; margin: 0; }
+  max-height: 75vh; overflow: auto; white-space: pre-wrap; display: block;
+  width: calc(100vw - 40px); box-sizing: border-box; margin: 0; }
 .rj-err { color: #c62828; }
 </style>"""

@@ -42,7 +42,7 @@ def make(doc: Document, context: PageContext) -> None:
         reorderable=False,
         sizing_mode="stretch_width",
     )
-    source = ColumnDataSource(usage_rows(feed.status_history, -1.0) or usage_row({}))
+    source = ColumnDataSource(usage_rows(feed.history(), -1.0) or usage_row({}))
     common = figure_options(x_axis_type="datetime", height=220)
     cpu = figure(title="CPU (%)", y_range=Range1d(0, 105), **common)
     cpu.line("time", "cpu", source=source, legend_label="machine CPU", line_width=2)
@@ -108,7 +108,7 @@ def make(doc: Document, context: PageContext) -> None:
         fresh_nodes = node_columns(latest.get("nodes", []))
         if fresh_nodes != dict(nodes.data):
             nodes.data = fresh_nodes
-        rows = usage_rows(feed.status_history, shown["time"])
+        rows = usage_rows(feed.history(), shown["time"])
         if rows:
             shown["time"] = rows["time"][-1]
             source.stream(rows, rollover=WINDOW)
