@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -358,6 +359,45 @@ def test_discovery_file_names_the_dashboard(dash):
     assert record["dashboard_pid"] == dash.process.pid
 
 
+def test_an_observer_gets_no_worker_output_and_is_no_job(dash):
+    """What the dashboard is to the node: a client that is neither driver nor worker."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from rayjupyter.core.api import _parse_address
+        from rayjupyter.core.client import Client
+        hostport, secret = _parse_address({dash.context.connect_address!r})
+        client = Client(hostport, secret, kind="observer")
+        print("connected", flush=True)
+        sys.stdin.read()  # until the test has run a printing task
+        client.request("ping")
+        print("done", flush=True)
+        client.close()
+        """
+    )
+    observer = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert observer.stdout.readline() == "connected\n"
+        jobs = fetch(dash.process, "api/v0/jobs").json()["jobs"]
+        assert [job["driver_pid"] for job in jobs] == [os.getpid()]
+        assert rj.get(square.remote(7), timeout=30) == 49  # prints "squaring 7"
+        wait_for_condition(
+            lambda: "squaring 7" in fetch(dash.process, "api/v0/logs").body.decode(), timeout=15
+        )
+        out, _ = observer.communicate("", timeout=30)
+        assert out == "done\n"  # none of the workers' output reached the observer
+    finally:
+        if observer.poll() is None:
+            observer.kill()
+            observer.wait()
+
+
 # ---------------------------------------------------------------- process lifetime
 
 
@@ -447,7 +487,7 @@ def test_init_with_include_dashboard_owns_one(dash, tmp_path):
         import json, sys, urllib.request
         import rayjupyter as rj
         from rayjupyter.core import api, discovery
-        ctx = rj.init(num_cpus=1, include_dashboard=True)
+        ctx = rj.init(num_cpus=1, include_dashboard=True, dashboard_port=int(sys.argv[1]))
         url = ctx.dashboard_url
         with urllib.request.urlopen(url.replace("/overview?", "/api/v0/status?")) as r:
             status = json.load(r)
@@ -458,8 +498,11 @@ def test_init_with_include_dashboard_owns_one(dash, tmp_path):
                           "recorded": record["dashboard_url"]}))
         """
     )
+    with socket.socket() as probe:  # a free port for dashboard_port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     out = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, str(port)],
         capture_output=True,
         text=True,
         timeout=90,
@@ -467,7 +510,7 @@ def test_init_with_include_dashboard_owns_one(dash, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert re.match(r"http://127\.0\.0\.1:\d+/overview\?token=[0-9a-f]{64}$", result["url"])
+    assert re.match(rf"http://127\.0\.0\.1:{port}/overview\?token=[0-9a-f]{{64}}$", result["url"])
     assert result["url"].startswith(result["recorded"])
     wait_for_pids_gone([result["pid"]], timeout=10)
 
