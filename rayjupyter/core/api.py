@@ -26,7 +26,7 @@ ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
 ADDRESS_SCHEME = "rayjupyter://"
 
 _lock = threading.RLock()
-_state: dict[str, Any] = {"client": None, "cluster": None, "context": None}
+_state: dict[str, Any] = {"client": None, "cluster": None, "context": None, "dashboard": None}
 
 
 class ClusterContext:
@@ -120,8 +120,14 @@ def init(
     namespace: str | None = None,
     **kwargs: Any,
 ) -> ClusterContext:
-    """Start a local cluster owned by this process, or attach to one at ``address``."""
-    unknown = set(kwargs) - {"log_to_driver", "include_dashboard", "runtime_env"}
+    """Start a local cluster owned by this process, or attach to one at ``address``.
+
+    ``include_dashboard=True`` also starts a web dashboard owned by this process (on
+    ``dashboard_host``, loopback by default, and ``dashboard_port``, any free one by
+    default); its URL, with its token, is ``context.dashboard_url``.
+    """
+    accepted = {"log_to_driver", "include_dashboard", "dashboard_host", "dashboard_port"}
+    unknown = set(kwargs) - accepted - {"runtime_env"}
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     with _lock:
@@ -144,6 +150,7 @@ def init(
             client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
             context = ClusterContext(hostport, secret, client.node_id, client.session, False)
             _state.update(client=client, cluster=None, context=context)
+            _maybe_start_dashboard(context, kwargs)
             return context
         config = NodeConfig(
             num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
@@ -173,7 +180,29 @@ def init(
             cluster.address, cluster.secret, client.node_id, client.session, True
         )
         _state.update(client=client, cluster=cluster, context=context)
+        _maybe_start_dashboard(context, kwargs)
         return context
+
+
+def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> None:
+    """``include_dashboard=True``: a dashboard process owned by this driver (off by default,
+    unlike Ray: a cluster nobody looks at pays nothing). Imported here only: core never
+    depends on the dashboard otherwise."""
+    if not kwargs.get("include_dashboard"):
+        return
+    from rayjupyter.dashboard.launch import start_dashboard
+
+    try:
+        dashboard = start_dashboard(
+            context.connect_address,
+            host=str(kwargs.get("dashboard_host") or "127.0.0.1"),
+            port=int(kwargs.get("dashboard_port") or 0),
+        )
+    except BaseException:
+        shutdown()
+        raise
+    _state["dashboard"] = dashboard
+    context.dashboard_url = dashboard.page_url()
 
 
 def _namespace(namespace: str | None) -> str:
@@ -186,7 +215,10 @@ def shutdown() -> None:
     with _lock:
         client: Client | None = _state["client"]
         cluster: LocalCluster | None = _state["cluster"]
-        _state.update(client=None, cluster=None, context=None)
+        dashboard = _state.get("dashboard")
+        _state.update(client=None, cluster=None, context=None, dashboard=None)
+        if dashboard is not None:
+            dashboard.stop()
         if client is not None:
             client.close()
         if cluster is not None:

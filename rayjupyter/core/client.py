@@ -476,7 +476,8 @@ class Client:
         if self._closed:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self.send([P.Disconnect()] if self.kind == "driver" else [])
+            # drivers and observers (dashboards) leave; a worker's exit is seen by its node
+            self.send([P.Disconnect()] if self.kind != "worker" else [])
         with self._tx_lock:
             self._closed = True
             self._wake_tx.send(b"")  # the IO thread sees _closed now, not at its next timeout

@@ -565,6 +565,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
             value = None  # answered after everything the client sent before it
         elif message.what == "status":
             value = self.status()
+        elif message.what == "task_summary":
+            value = self.events.summary()
         elif message.what == "logs":
             value = self.recent_logs.snapshot(*message.args)
         elif message.what == "get_actor":
@@ -583,11 +585,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         self.release_client(client)
 
     def let_go_of_silent_drivers(self) -> None:
-        """A driver that stopped talking died: drop what it held (its actors end with it)."""
+        """A driver (or observer) that stopped talking died: drop what it held (its actors
+        end with it)."""
         deadline = time.monotonic() - self.config.client_timeout_s
         for client, info in list(self.clients.items()):
             owner = info.pid == self.config.owner_pid
-            if info.kind == "driver" and not owner and info.last_seen < deadline:
+            if info.kind != "worker" and not owner and info.last_seen < deadline:
                 self.release_client(client)
 
     # ------------------------------------------------------------------ objects

@@ -87,6 +87,14 @@ class TaskEventLog:
             event.state = FAILED if failed else FINISHED
             event.finished_at = time.time()
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per name and state, built here: much less to send than every row."""
+        counts: dict[str, dict[str, int]] = {}
+        for event in self.events.values():
+            states = counts.setdefault(event.name, {})
+            states[event.state] = states.get(event.state, 0) + 1
+        return counts
+
     def _forget_oldest(self) -> None:
         for task_id, event in self.events.items():
             if event.state in (FINISHED, FAILED):

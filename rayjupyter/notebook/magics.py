@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 from typing import Any
 
@@ -163,6 +164,11 @@ class RayMagics(Magics):
     @magic_arguments()
     @argument("--interval", type=_positive, default=1.0, help="seconds between updates")
     @argument("--window", type=int, default=300, help="samples kept on the time charts")
+    @argument(
+        "--open",
+        action="store_true",
+        help="start the cluster's web dashboard (once) and show its link instead of charts",
+    )
     @line_magic
     def ray_dashboard(self, line: str) -> None:
         """Live charts of the cluster in the notebook: CPU, memory, store, tasks."""
@@ -171,6 +177,15 @@ class RayMagics(Magics):
         from rayjupyter.notebook.kernel import in_kernel
 
         args = parse_argstring(self.ray_dashboard, line)
+        if args.open:
+            from rayjupyter.dashboard.launch import driver_dashboard
+
+            if api._state["client"] is None:
+                raise UsageError("Not connected: run %ray_connect first")
+            url = driver_dashboard()
+            link = f'Dashboard: <a href="{html.escape(url)}" target="_blank">{html.escape(url)}</a>'
+            display(_Html(link, f"Dashboard: {url}"))
+            return
         if not in_kernel():
             raise UsageError("%ray_dashboard draws in a Jupyter notebook; here use %ray_status")
         if api._state["client"] is None:

@@ -1,0 +1,198 @@
+"""The JSON API under ``/api/v0/`` (see README.md and models.py): thin tornado handlers
+that ask the node in a thread (never blocking the event loop) and answer raw numbers.
+
+Errors are one-line JSON: 400 for a bad query, 502 when the cluster does not answer;
+never a traceback in a body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, get_type_hints
+
+from tornado.ioloop import IOLoop
+from tornado.web import HTTPError, RequestHandler
+
+from rayjupyter.core.exceptions import ClusterConnectionError
+from rayjupyter.core.task_events import chrome_trace
+from rayjupyter.dashboard import models
+from rayjupyter.dashboard.feed import ClusterFeed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 100  # as in Ray's state API
+MAX_LIMIT = 100_000
+LOG_LINES = 100
+
+
+class ApiError(Exception):
+    """A request the API refuses, with its HTTP status and one line saying why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiHandler(RequestHandler):
+    """Base of every endpoint: subclasses say how to build their payload (in a thread)."""
+
+    feed: ClusterFeed
+
+    def initialize(self, feed: ClusterFeed) -> None:
+        self.feed = feed
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    async def get(self) -> None:
+        args = {key: self.get_query_argument(key) for key in self.request.query_arguments}
+        try:
+            payload = self.check(args)
+            result = await IOLoop.current().run_in_executor(None, self.build, payload)
+        except ApiError as error:
+            self._error(error.status, str(error))
+            return
+        except ClusterConnectionError as error:
+            self._error(502, f"the cluster did not answer: {error}")
+            return
+        self.finish(json.dumps(result, allow_nan=False))
+
+    def check(self, args: dict[str, str]) -> Any:
+        """Validate the query (in the event loop); what build needs."""
+        if args:
+            raise ApiError(400, f"this endpoint takes no parameters, got {sorted(args)}")
+        return None
+
+    def build(self, checked: Any) -> Any:
+        raise NotImplementedError
+
+    def _error(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.finish(json.dumps({"error": message}) + "\n")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Unexpected failures: logged here, one line to the client."""
+        reason = self._reason if status_code < 500 else "internal error (see the dashboard's log)"
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HTTPError) and exc.log_message:
+            reason = exc.log_message
+        self.finish(json.dumps({"error": f"{status_code}: {reason}"}) + "\n")
+
+
+class StatusHandler(ApiHandler):
+    def build(self, checked: None) -> models.StatusResponse:
+        status = dict(self.feed.request("status"))
+        status["session"] = self.feed.session
+        status["address"] = self.feed.address
+        return status  # type: ignore[return-value]
+
+
+def _limit(args: dict[str, str]) -> int:
+    text = args.pop("limit", str(DEFAULT_LIMIT))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {text!r}")
+    return int(text)
+
+
+class RowsHandler(ApiHandler):
+    """A list endpoint: ``?KEY=VALUE`` keeps rows whose KEY equals VALUE; ``?limit=N``."""
+
+    kind: str  # the state API's kind, which is also the response's key
+    row_model: type
+
+    def check(self, args: dict[str, str]) -> tuple[list[tuple[str, str, str]], int]:
+        limit = _limit(args)
+        keys = set(get_type_hints(self.row_model))
+        unknown = sorted(set(args) - keys)
+        if unknown:
+            raise ApiError(
+                400, f"unknown filter(s) {unknown}: filter on {sorted(keys)}, or pass limit"
+            )
+        return [(key, "=", value) for key, value in args.items()], limit
+
+    def build(self, checked: tuple[list[tuple[str, str, str]], int]) -> dict[str, Any]:
+        filters, limit = checked
+        return {self.kind: list(self.feed.request("state", self.kind, filters, limit))}
+
+
+class NodesHandler(RowsHandler):
+    kind, row_model = "nodes", models.NodeRow
+
+
+class TasksHandler(RowsHandler):
+    kind, row_model = "tasks", models.TaskRow
+
+
+class ActorsHandler(RowsHandler):
+    kind, row_model = "actors", models.ActorRow
+
+
+class ObjectsHandler(RowsHandler):
+    kind, row_model = "objects", models.ObjectRow
+
+
+class JobsHandler(RowsHandler):
+    kind, row_model = "jobs", models.JobRow
+
+
+class TaskSummaryHandler(ApiHandler):
+    def build(self, checked: None) -> models.TaskSummaryResponse:
+        return {"summary": dict(self.feed.request("task_summary"))}
+
+
+class LogsHandler(ApiHandler):
+    """``?pid=`` picks one worker; ``?lines=`` how many of its last lines (default 100)."""
+
+    def check(self, args: dict[str, str]) -> tuple[int | None, int]:
+        pid = args.pop("pid", None)
+        lines = args.pop("lines", str(LOG_LINES))
+        if args:
+            raise ApiError(400, f"unknown parameter(s) {sorted(args)}: use pid and lines")
+        if pid is not None and not pid.isdigit():
+            raise ApiError(400, f"pid must be a process id, got {pid!r}")
+        if not lines.isdigit() or not 1 <= int(lines) <= 10_000:
+            raise ApiError(400, f"lines must be a whole number from 1 to 10000, got {lines!r}")
+        return (int(pid) if pid is not None else None), int(lines)
+
+    def build(self, checked: tuple[int | None, int]) -> models.LogsResponse:
+        pid, lines = checked
+        return {"workers": [worker_log(entry) for entry in self.feed.request("logs", pid, lines)]}
+
+
+def worker_log(entry: dict[str, Any]) -> models.WorkerLog:
+    """The node's (time, stream number, text) tuples as objects with named streams."""
+    return {
+        "pid": int(entry["pid"]),
+        "name": str(entry["name"]),
+        "lines": [
+            {"time": at, "stream": "stdout" if stream == 1 else "stderr", "text": text}
+            for at, stream, text in entry["lines"]
+        ],
+    }
+
+
+class TimelineHandler(ApiHandler):
+    def build(self, checked: None) -> models.TimelineResponse:
+        rows = self.feed.request("state", "tasks", [], 10**9)
+        return {"traceEvents": chrome_trace(list(rows)), "displayTimeUnit": "ms"}  # type: ignore[typeddict-item]
+
+
+HANDLERS: dict[str, type[ApiHandler]] = {
+    "status": StatusHandler,
+    "nodes": NodesHandler,
+    "tasks": TasksHandler,
+    "tasks/summary": TaskSummaryHandler,
+    "actors": ActorsHandler,
+    "objects": ObjectsHandler,
+    "jobs": JobsHandler,
+    "logs": LogsHandler,
+    "timeline": TimelineHandler,
+}
+assert set(HANDLERS) == set(models.ENDPOINTS), "every documented endpoint has a handler"
+
+
+def routes(feed: ClusterFeed) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+    """URL patterns (before the prefix) for bokeh's ``extra_patterns``."""
+    return [(f"/api/v0/{path}/?", handler, {"feed": feed}) for path, handler in HANDLERS.items()]
