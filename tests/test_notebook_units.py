@@ -130,6 +130,15 @@ def test_progress_model_counts_per_function_and_estimates_running():
     assert model.complete and model.ended is not None and model.failed == 1
 
 
+def test_progress_model_grows_with_work_submitted_while_it_is_watched():
+    model = ProgressModel([b"1"], {b"1": "fit"}, started=0.0)
+    model.update({b"1": False}, cluster_running=0)
+    assert model.complete and model.ended is not None
+    model.add([b"1", b"2", b"3"], {b"2": "fit", b"3": "score"})  # b"1" is not counted twice
+    assert not model.complete and model.ended is None
+    assert [(r.name, r.total, r.done) for r in model.rows] == [("fit", 2, 1), ("score", 1, 0)]
+
+
 def test_text_view_draws_bars_and_skips_repeats():
     ids = [b"1", b"2"]
     model = ProgressModel(ids, {b"1": "work", b"2": "work"})

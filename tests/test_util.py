@@ -7,9 +7,10 @@ import concurrent.futures
 import time
 
 import pytest
+from helpers import wait_for_condition
 
 import rayjupyter as rj
-from rayjupyter.util import ActorPool, Executor, as_completed
+from rayjupyter.util import ActorPool, Executor, as_completed, state
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
 
@@ -46,6 +47,20 @@ def test_await_refs_in_async_code():
         return one, many
 
     assert asyncio.run(main()) == (9, [0, 1, 4, 9])
+
+
+def test_an_await_given_up_on_leaves_the_connection_working():
+    async def impatient():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow_square.remote(2, 1.0), 0.05)
+
+    asyncio.run(impatient())
+    future = slow_square.remote(3, 0.5).future()
+    assert future.cancel()
+    # both values arrive after their futures were cancelled; the driver must read on
+    unfinished = [("name", "=", "slow_square"), ("state", "!=", "FINISHED")]
+    wait_for_condition(lambda: not state.list_tasks(filters=unfinished), timeout=20)
+    assert rj.get(slow_square.remote(5), timeout=30) == 25
 
 
 def test_executor_submit_map_and_errors():

@@ -291,7 +291,8 @@ def put(value: Any) -> ObjectRef:
 
 
 #: called around every blocking get/wait with (client, object ids, how many must be ready);
-#: returns a context manager. The notebook side sets it to show a progress bar.
+#: returns a context manager. The notebook side sets it to show a progress bar. A caller
+#: that keeps appending to the id list while it blocks (the joblib backend) passes 0.
 wait_observer: Callable[[Client, list[bytes], int], AbstractContextManager[Any]] | None = None
 
 

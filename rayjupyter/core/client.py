@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -451,7 +452,10 @@ class Client:
                     self._subscribed.discard(oid)
                     if oid in self._ready_callbacks:
                         for callback in self._ready_callbacks.pop(oid):
-                            callback(info)
+                            try:
+                                callback(info)
+                            except Exception:  # one broken callback must not stop the reader
+                                traceback.print_exc()
                 notify = True
             elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.CancelCall:
                 self.tasks.put(message)

@@ -106,10 +106,18 @@ class ObjectRef:
 
         def settle(info: Any) -> None:
             try:
-                future.set_result(client.materialize(info))
-            except BaseException as error:  # the task's error goes to the future
-                future.set_exception(error)
-            del keep_alive[:]
+                # False once cancelled (e.g. the asyncio task awaiting it was): nobody wants
+                # the value, and setting one would raise InvalidStateError in the IO thread
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    value = client.materialize(info)
+                except BaseException as error:  # the task's error goes to the future
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+            finally:
+                del keep_alive[:]
 
         def resolve(info: Any) -> None:
             if info[1] is None:  # shared memory: mapping may need a restore, not in the IO thread

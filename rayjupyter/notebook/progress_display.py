@@ -35,17 +35,26 @@ class Tracker:
         *,
         refs: Sequence[ObjectRef] = (),
         started: float | None = None,
+        growing: bool = False,
     ) -> None:
         self.client = client
+        initial = list(object_ids)  # a growing list may gain ids while we read it
         self.model = ProgressModel(
-            object_ids, {oid: TAP.name(oid) for oid in object_ids}, started=started
+            initial, {oid: TAP.name(oid) for oid in initial}, started=started
         )
+        #: a list the caller appends to while it blocks (a joblib call): re-read on each poll
+        self._source = object_ids if growing else None
+        self._seen = len(initial)
         self._refs = list(refs)  # hold the objects while they are watched
         self._running = 0
         self._asked = 0.0
 
     def poll(self) -> bool:
         """Take a snapshot into the model; True if a count changed."""
+        if self._source is not None and len(self._source) > self._seen:
+            fresh = list(self._source[self._seen :])
+            self._seen += len(fresh)
+            self.model.add(fresh, {oid: TAP.name(oid) for oid in fresh})
         objects = self.client.objects
         finished: dict[bytes, bool] = {}
         for oid in self.model.object_ids:
@@ -125,7 +134,11 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
 
 class AutoProgress:
     """The ``wait_observer``: a bar for a get/wait still blocked after ``delay`` seconds on
-    ``min_refs`` or more refs. Entering it costs a length check on small calls."""
+    ``min_refs`` or more refs. Entering it costs a length check on small calls.
+
+    ``needed == 0`` marks a caller that keeps adding to ``object_ids`` while it blocks (a
+    joblib call on the cluster): it gets a bar after ``delay`` however few refs it has yet.
+    """
 
     def __init__(self) -> None:
         self.enabled = True
@@ -154,9 +167,10 @@ class AutoProgress:
     def __call__(
         self, client: Client, object_ids: list[bytes], needed: int
     ) -> AbstractContextManager[Any]:
-        if not self.enabled or len(object_ids) < self.min_refs:
+        growing = needed == 0
+        if not self.enabled or (len(object_ids) < self.min_refs and not growing):
             return _NULL
-        return _Watch(client, object_ids, self.delay)
+        return _Watch(client, object_ids, self.delay, growing)
 
 
 _NULL: AbstractContextManager[Any] = nullcontext()
@@ -165,10 +179,13 @@ _NULL: AbstractContextManager[Any] = nullcontext()
 class _Watch:
     """One blocking call being watched; shows its widget only if it is still blocked later."""
 
-    def __init__(self, client: Client, object_ids: list[bytes], delay: float) -> None:
+    def __init__(
+        self, client: Client, object_ids: list[bytes], delay: float, growing: bool = False
+    ) -> None:
         self.client = client
         self.object_ids = object_ids
         self.delay = delay
+        self.growing = growing
         self.lock = threading.Lock()
         self.view: WidgetProgressView | None = None
         self.tracker: Tracker | None = None
@@ -187,7 +204,9 @@ class _Watch:
             if self.view is None:
                 from IPython.display import display
 
-                self.tracker = Tracker(self.client, self.object_ids, started=self.started)
+                self.tracker = Tracker(
+                    self.client, self.object_ids, started=self.started, growing=self.growing
+                )
                 self.view = WidgetProgressView(self.tracker.model)
                 self.context.run(display, self.view.widget)
             assert self.tracker is not None

@@ -51,6 +51,18 @@ class ProgressModel:
         self._running = 0
         self.rows: list[Row] = self._rows()
 
+    def add(self, object_ids: Sequence[bytes], names: Mapping[bytes, str]) -> None:
+        """Watch more objects too (a joblib call submits batches as earlier ones finish)."""
+        for oid in object_ids:
+            if oid not in self.names:
+                self.object_ids.append(oid)
+                self.names[oid] = name = names.get(oid, "task")
+                if name not in self.order:
+                    self.order.append(name)
+        if not self.complete:
+            self.ended = None
+        self.rows = self._rows()
+
     def update(self, finished: Mapping[bytes, bool], cluster_running: int) -> bool:
         """Take a snapshot: finished maps object id -> failed? True if any count changed."""
         for oid in self.object_ids:

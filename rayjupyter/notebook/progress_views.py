@@ -6,7 +6,7 @@ import sys
 from typing import IO, Any
 
 from rayjupyter.notebook import templates
-from rayjupyter.notebook.progress_model import ProgressModel, format_elapsed, row_summary
+from rayjupyter.notebook.progress_model import ProgressModel, Row, format_elapsed, row_summary
 
 BAR_WIDTH = 30
 
@@ -65,22 +65,23 @@ class WidgetProgressView:
         self.header = w.HTML(value=self._header())
         self.bars: dict[str, Any] = {}
         self.labels: dict[str, Any] = {}
-        rows = []
-        for row in model.rows:
-            bar = w.IntProgress(
-                value=row.finished,
-                min=0,
-                max=max(row.total, 1),
-                description=row.name,
-                layout=w.Layout(width="60%"),
-                style={"description_width": "initial"},
-            )
-            label = w.HTML(value=templates.progress_counts(row))
-            self.bars[row.name] = bar
-            self.labels[row.name] = label
-            rows.append(w.HBox([bar, label]))
-        self.widget = w.VBox([self.header, *rows])
+        self.widget = w.VBox([self.header, *[self._row_box(row) for row in model.rows]])
         self.widget.add_class("rayjupyter-progress")
+
+    def _row_box(self, row: Row) -> Any:
+        w = self._w
+        bar = w.IntProgress(
+            value=row.finished,
+            min=0,
+            max=max(row.total, 1),
+            description=row.name,
+            layout=w.Layout(width="60%"),
+            style={"description_width": "initial"},
+        )
+        label = w.HTML(value=templates.progress_counts(row))
+        self.bars[row.name] = bar
+        self.labels[row.name] = label
+        return w.HBox([bar, label])
 
     def _header(self) -> str:
         model = self.model
@@ -90,7 +91,12 @@ class WidgetProgressView:
 
     def render(self) -> None:
         for row in self.model.rows:
-            bar = self.bars[row.name]
+            bar = self.bars.get(row.name)
+            if bar is None:  # the model grew (a joblib call submits as it goes)
+                self.widget.children = (*self.widget.children, self._row_box(row))
+                bar = self.bars[row.name]
+            if bar.max != max(row.total, 1):
+                bar.max = max(row.total, 1)
             bar.value = row.finished
             bar.bar_style = (
                 "danger" if row.failed else ("success" if row.finished == row.total else "")
