@@ -122,12 +122,10 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
     )
 
 
-def _launch(config: NodeConfig, secret: str, block: bool) -> tuple[int, str, str]:
-    """Start a node daemon; (pid, port, session) once it is ready (joined, for a node)."""
+def _launch(config: NodeConfig, secret: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start a node daemon; (process, port, session) once it is ready (joined, for a node)."""
     argv = [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))]
     env = dict(os.environ, **{SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"})
-    if block:  # in a container: the node is the main process, its output the pod's log
-        os.execve(sys.executable, argv, env)
     logs = state_dir() / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = logs / f"node-{int(time.time())}-{os.getpid()}.log"
@@ -141,7 +139,7 @@ def _launch(config: NodeConfig, secret: str, block: bool) -> tuple[int, str, str
         for line in text.splitlines():
             if line.startswith(READY_LINE):
                 _, port, session = line.split()
-                return process.pid, port, session
+                return process, port, session
         if process.poll() is not None:
             last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
             raise CliError(f"the node did not start: {last[0].strip()} (full log: {log_path})")
@@ -164,10 +162,26 @@ def cmd_start(args: argparse.Namespace) -> int:
         return _start_head(args)
     head_address, secret = split_address(args.address)
     config = _node_config(args, head_address)
-    pid, port, session = _launch(config, secret, args.block)
-    _record_started(pid, session, "node", f"{args.node_ip}:{port}")
-    print(f"Node started (pid {pid}) and joined the head at {head_address}.")
-    return 0
+    process, port, session = _launch(config, secret)
+    _record_started(process.pid, session, "node", f"{args.node_ip}:{port}")
+    print(f"Node started (pid {process.pid}) and joined the head at {head_address}.", flush=True)
+    return _block(process, []) if args.block else 0
+
+
+def _block(process: subprocess.Popen[bytes], others: list[int]) -> int:
+    """Stay in the foreground (a container's main process) until the node ends or we are
+    told to stop (SIGTERM, SIGINT); then stop it and what was started with it."""
+
+    def stop(*_: object) -> None:
+        for pid in [process.pid, *others]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = process.wait()
+    stop()
+    return code
 
 
 def _start_head(args: argparse.Namespace) -> int:
@@ -177,10 +191,28 @@ def _start_head(args: argparse.Namespace) -> int:
     address = f"{args.node_ip}:{args.port}"
     if not args.block:
         _write_private(cluster_file(), {"address": address, "secret": secret})
-    pid, _, session = _launch(config, secret, args.block)
+    process, _, session = _launch(config, secret)
+    pid = process.pid
     _record_started(pid, session, "head", address)
     connect = f"{ADDRESS_SCHEME}{secret}@{address}"
     print(f"Head node started (pid {pid}) at {address}; secret kept in {cluster_file()} (0600).")
+    dashboard_pids = []
+    if args.dashboard_port is not None:
+        from rayjupyter.dashboard.launch import DashboardError, start_dashboard
+
+        try:
+            dashboard = start_dashboard(
+                connect,
+                host=args.node_ip,
+                port=args.dashboard_port,
+                detach=True,
+                log_path=str(state_dir() / "logs" / f"dashboard-{session}.log"),
+            )
+        except DashboardError as exc:
+            raise CliError(f"the head runs, but its dashboard did not start: {exc}") from None
+        _record_started(dashboard.pid, session, "dashboard", dashboard.url)
+        dashboard_pids.append(dashboard.pid)
+        print(f"Dashboard: {dashboard.page_url('overview')}")
     print()
     print("To join another machine to this cluster:")
     print(f"    rayjupyter start --address {connect}")
@@ -189,8 +221,8 @@ def _start_head(args: argparse.Namespace) -> int:
     print(f"    rj.init(address={connect!r})")
     print("To see the cluster, and to stop what was started on this machine:")
     print("    rayjupyter status")
-    print("    rayjupyter stop")
-    return 0
+    print("    rayjupyter stop", flush=True)
+    return _block(process, dashboard_pids) if args.block else 0
 
 
 def _is_our_node(pid: int) -> bool:
@@ -198,7 +230,8 @@ def _is_our_node(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"rayjupyter.core.node" in cmdline  # not a recycled pid running something else
+    # not a recycled pid now running something else
+    return b"rayjupyter.core.node" in cmdline or b"rayjupyter.dashboard" in cmdline
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -206,7 +239,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     records = sorted(folder.glob("*.json")) if folder.exists() else []
     # joined nodes first, so they do not see their head die and report it
     loaded = [json.loads(path.read_text()) | {"path": path} for path in records]
-    loaded.sort(key=lambda r: r["role"] == "head")
+    loaded.sort(key=lambda r: {"dashboard": 0, "node": 1}.get(r["role"], 2))
     stopped = 0
     for record in loaded:
         pid = int(record["pid"])
@@ -226,7 +259,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         pass  # a head started elsewhere: its file stays for `status` and joining
     elif any(r["role"] == "head" for r in loaded):
         cluster_file().unlink(missing_ok=True)
-    print(f"Stopped {stopped} rayjupyter node(s)." if stopped else "Nothing to stop here.")
+    print(f"Stopped {stopped} rayjupyter process(es)." if stopped else "Nothing to stop here.")
     return 0
 
 

@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_head_node_status_and_stop(cli: Cli) -> None:
     pids = cli.started_pids()
     assert len(pids) == 2
     stopped = cli("stop")
-    assert stopped.returncode == 0 and "Stopped 2" in stopped.stdout
+    assert stopped.returncode == 0 and "Stopped 2 rayjupyter process" in stopped.stdout
     wait_for_pids_gone(pids, timeout=15)
     assert not saved.exists()
 
@@ -107,3 +108,26 @@ def test_errors_are_one_line_and_name_the_fix(cli: Cli) -> None:
 
     neither = cli("start")
     assert neither.returncode == 1 and "--head" in neither.stderr
+
+
+def test_head_with_a_dashboard(cli: Cli) -> None:
+    port, dashboard_port = free_port(), free_port()
+    out = cli(
+        "start", "--head", "--port", str(port), "--num-cpus", "1",
+        "--dashboard-port", str(dashboard_port),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    url = next(w for w in out.stdout.split() if w.startswith("http://"))
+    assert f":{dashboard_port}/" in url and "token=" in url
+    token = url.split("token=")[1]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{dashboard_port}/api/v0/nodes",
+        headers={"Authorization": f"token {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+        assert json.loads(answer.read())
+    pids = cli.started_pids()
+    assert len(pids) == 2  # the head and its dashboard
+    assert "Stopped 2 rayjupyter process" in cli("stop").stdout
+    wait_for_pids_gone(pids, timeout=15)

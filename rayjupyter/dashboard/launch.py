@@ -100,10 +100,12 @@ def start_dashboard(
     prefix: str = "",
     timeout: float = 30.0,
     detach: bool = False,
+    log_path: str | None = None,
 ) -> DashboardProcess:
     """Start a dashboard for the cluster at ``rayjupyter://SECRET@HOST:PORT`` and wait
     until it listens. ``prefix`` serves everything under that URL path (for a proxy);
-    ``detach`` lets it outlive this process (stop it with ``stop()`` or SIGTERM)."""
+    ``detach`` lets it outlive this process (stop it with ``stop()`` or SIGTERM);
+    ``log_path`` takes its stderr (else it shares ours)."""
     from rayjupyter.core.api import _parse_address
     from rayjupyter.dashboard.server import normalize_prefix
 
@@ -116,13 +118,19 @@ def start_dashboard(
     command += ["--host", host, "--port", str(port), "--prefix", prefix or "/"]
     if detach:
         command.append("--detach")
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL if detach else subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # Ctrl-C in a terminal is for the parent, not for us
-    )
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL if detach else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,  # Ctrl-C in a terminal is for the parent, not for us
+        )
+    finally:
+        if log is not None:
+            log.close()
     assert process.stdout is not None
     line = _first_line(process.stdout.fileno(), timeout)
     process.stdout.close()
