@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -14,7 +15,7 @@ import zmq
 from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
-from rayjupyter.core import protocol
+from rayjupyter.core import auth, protocol
 
 
 def _tree(pid: int) -> set[int]:
@@ -94,12 +95,19 @@ def test_connection_without_the_secret_is_refused_and_nothing_is_unpickled(clust
     context = zmq.Context()
     sockets = []
     try:
-        for password in (None, b"wrong-secret"):
+        # no credentials; PLAIN with a wrong secret; PLAIN with the right secret (over tcp
+        # only CurveZMQ is accepted: the secret never crosses a network in clear); CurveZMQ
+        # with the keys of another secret
+        for credentials in (None, "wrong-secret", cluster._secret, "curve:wrong-secret"):
             sock = context.socket(zmq.DEALER)
             sock.linger = 0
-            if password is not None:
+            if credentials is not None and credentials.startswith("curve:"):
+                other = credentials[len("curve:") :]
+                sock.curve_publickey, sock.curve_secretkey = auth.client_keys(other)
+                sock.curve_serverkey = auth.server_keys(other)[0]
+            elif credentials is not None:
                 sock.plain_username = b"rayjupyter"
-                sock.plain_password = password
+                sock.plain_password = credentials.encode()
             sock.connect(f"tcp://{host_port}")
             sock.send(evil)
             sock.send(stop)
@@ -227,3 +235,45 @@ def test_attached_driver_gives_up_on_a_dead_node_instead_of_hanging(cluster, tmp
     finally:
         driver.kill()
     assert out.startswith("gave up"), err
+
+
+def test_tcp_traffic_is_encrypted(cluster):
+    """A peer with the secret talks CurveZMQ over tcp: the bytes on the wire are not the
+    pickled messages (a local proxy records what crosses it)."""
+    import socket
+    import threading
+
+    host, port = cluster.address.rsplit(":", 1)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    seen = bytearray()
+
+    def pump(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                seen.extend(data)
+                dst.sendall(data)
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                inbound, _ = listener.accept()
+                outbound = socket.create_connection((host, int(port)))
+                for a, b in ((inbound, outbound), (outbound, inbound)):
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = f"rayjupyter://{cluster._secret}@127.0.0.1:{listener.getsockname()[1]}"
+    marker = "a-very-recognisable-string-" * 4
+    script = (
+        f"import rayjupyter as rj; rj.init(address={proxy!r}); "
+        f"print(rj.get(rj.put({marker!r}), timeout=30)); rj.shutdown()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    listener.close()
+    assert done.returncode == 0 and marker in done.stdout, done.stderr
+    assert len(seen) > 1000
+    assert marker.encode() not in seen and cluster._secret.encode() not in seen

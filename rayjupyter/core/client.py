@@ -115,8 +115,9 @@ class Client:
         sock.linger = 1000
         sock.sndhwm = 0
         sock.rcvhwm = 0
-        auth.secure_client(sock, secret)
-        sock.connect(self.address if "://" in self.address else f"tcp://{self.address}")
+        endpoint = self.address if "://" in self.address else f"tcp://{self.address}"
+        auth.secure_client(sock, secret, endpoint)
+        sock.connect(endpoint)
         return sock
 
     def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:

@@ -128,17 +128,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.router.sndhwm = 0
-        self.router.rcvhwm = 0
-        auth.secure_server(self.router)
+        # Local workers and drivers: a Unix socket, faster than tcp and needing no crypto.
+        # Everyone else: tcp with CurveZMQ. Clients of each are told apart by their socket.
+        self.router = self._router(secret, curve=False)
+        self.router.bind(self.worker_endpoint)
+        self.tcp_router = self._router(secret, curve=True)
         if config.port:
-            self.router.bind(f"tcp://{config.host}:{config.port}")
+            self.tcp_router.bind(f"tcp://{config.host}:{config.port}")
             self.port = config.port
         else:
-            self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
-        self.router.bind(self.worker_endpoint)  # local workers: a Unix socket, faster than tcp
+            self.port = self.tcp_router.bind_to_random_port(f"tcp://{config.host}")
+        self.tcp_clients: set[bytes] = set()
         self.address = f"{config.host}:{self.port}"
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
@@ -171,6 +171,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.tcp_router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
         self.fd_handlers: dict[int, Callable[[int], object]] = {}
         self.exit_fds: set[int] = set()  # pidfds: readable when a worker process exits
@@ -200,11 +201,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
-                router_ready = False
+                router_ready = tcp_ready = False
                 exited = []
                 for source, _ in events:
                     if source is self.router:
                         router_ready = True
+                    elif source is self.tcp_router:
+                        tcp_ready = True
                     elif source is self.zap.socket:
                         self.zap.handle()
                     elif source in self.exit_fds:
@@ -214,7 +217,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                     else:
                         self.fd_handlers[int(source)](int(source))
                 if router_ready:
-                    self._drain_router()
+                    self._drain_router(self.router)
+                if tcp_ready:
+                    self._drain_router(self.tcp_router)
                 for fd in exited:
                     self.fd_handlers[fd](fd)
                 self.schedule()
@@ -225,8 +230,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
     def announce_ready(self) -> None:
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
 
-    def _drain_router(self) -> None:
-        router = self.router
+    def _router(self, secret: str, *, curve: bool) -> zmq.Socket[bytes]:
+        router = self.context.socket(zmq.ROUTER)
+        router.linger = 0
+        router.sndhwm = 0
+        router.rcvhwm = 0
+        auth.secure_server(router, secret, curve=curve)
+        return router
+
+    def _drain_router(self, router: zmq.Socket[bytes]) -> None:
+        over_tcp = router is self.tcp_router
         pollin = int(zmq.POLLIN)
         for _ in range(10_000):
             # EVENTS instead of a failing recv: an exception per drained batch costs more
@@ -235,6 +248,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
             identity = router.recv()  # always two frames: the peer's id, then the batch
             frame = router.recv()
             client = identity[:-1]
+            if over_tcp:
+                self.tcp_clients.add(client)
             info = self.clients.get(client)
             if info is not None:
                 info.last_seen = time.monotonic()
@@ -280,14 +295,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         """A piece of a value for a peer: its bytes go as a frame of their own, not pickled."""
         self.flush()  # keep the order of what was sent before
         header = protocol.dumps([chunk._replace(data=b"")])
-        self.router.send_multipart([client + b"r", header, chunk.data], copy=False)
+        router = self.tcp_router if client in self.tcp_clients else self.router
+        router.send_multipart([client + b"r", header, chunk.data], copy=False)
 
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
+        tcp_clients = self.tcp_clients
         for client, messages in outbox.items():
             # no high-water mark on the router: a slow reader queues, it never loses messages
-            self.router.send(client + b"r", zmq.SNDMORE)
-            self.router.send(protocol.dumps(messages))
+            router = self.tcp_router if client in tcp_clients else self.router
+            router.send(client + b"r", zmq.SNDMORE)
+            router.send(protocol.dumps(messages))
         self.flush_links()
 
     def describe(self) -> dict[str, Any]:
@@ -613,6 +631,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
     def release_client(self, client: bytes) -> None:
         """A client is gone: drop its holds and pins."""
         self.clients.pop(client, None)
+        self.tcp_clients.discard(client)
         for object_id, count in self.holds.pop(client, {}).items():
             for _ in range(count):
                 self.decref(object_id)
@@ -901,6 +920,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         for address in list(self.links):
             self.drop_link(address)
         self.router.close(0)
+        self.tcp_router.close(0)
         self.zap.close()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)

@@ -63,7 +63,7 @@ class PeerLink:
         sock.linger = 0
         sock.sndhwm = 0
         sock.rcvhwm = 0
-        auth.secure_client(sock, secret)
+        auth.secure_client(sock, secret, f"tcp://{self.address}")
         sock.connect(f"tcp://{self.address}")
         return sock
 
