@@ -86,6 +86,10 @@ def test_nodes_join_and_are_listed(nodes: Nodes) -> None:
     rows = rj.nodes()
     assert {k for row in rows for k in row["Resources"]} >= {"head", "n1", "n2", "CPU"}
     assert rj.cluster_resources()["CPU"] == 3
+    wait_for_condition(lambda: rj.available_resources().get("n2") == 1, timeout=5)
+    summary = api._state["context"]._repr_html_()  # what %ray_connect shows
+    for row in rows:
+        assert f"{row['NodeManagerAddress']}:{row['NodeManagerPort']}" in summary
 
 
 def test_tasks_spread_across_nodes(nodes: Nodes) -> None:

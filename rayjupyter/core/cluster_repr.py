@@ -72,7 +72,20 @@ def summary_rows(
         return rows
     total: Mapping[str, float] = status.get("total", {})
     free: Mapping[str, float] = status.get("available", {})
-    rows.append(("nodes", str(len(_alive_nodes(status)))))
+    alive = _alive_nodes(status)
+    listed = str(len(alive))
+    if len(alive) > 1:  # which machines, and what each offers
+        listed += ": " + "; ".join(
+            f"{row['NodeManagerAddress']}:{row['NodeManagerPort']} ("
+            + ", ".join(
+                f"{k} {format_amount(v)}"
+                for k, v in sorted(row.get("Resources", {}).items())
+                if k != "object_store_memory"
+            )
+            + ")"
+            for row in alive
+        )
+    rows.append(("nodes", listed))
     cpus = total.get("CPU", 0.0)
     rows.append(("CPUs", f"{format_amount(cpus)} ({format_amount(free.get('CPU', 0.0))} free)"))
     rows.append(("GPUs", format_amount(total.get("GPU", 0.0))))

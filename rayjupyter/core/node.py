@@ -569,7 +569,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         if message.what == "cluster_resources":
             value = self.head.cluster_resources()
         elif message.what == "available_resources":
-            value = {k: max(v, 0.0) for k, v in self.resources.available.items() if v > 1e-9}
+            value = {k: v for k, v in self._available_everywhere().items() if v > 1e-9}
             value["object_store_memory"] = float(
                 max(self.config.object_store_memory - self.store.used_bytes, 0)
             )

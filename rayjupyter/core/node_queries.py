@@ -33,7 +33,7 @@ class NodeQueries:
         return {
             "nodes": node.head.node_table(),
             "total": node.head.cluster_resources(),
-            "available": {k: max(v, 0.0) for k, v in node.resources.available.items()},
+            "available": self._available_everywhere(),
             "tasks": tasks,
             "actors": actors,
             "workers": sum(1 for w in node.workers.values() if not w.actor_id),
@@ -41,6 +41,16 @@ class NodeQueries:
             "drivers": len(node.drivers()),
             "machine": node._machine_usage(),
         }
+
+    def _available_everywhere(self) -> dict[str, float]:
+        """Free resources of every live node: ours now, peers' as of their last heartbeat."""
+        node = self._node()
+        free = node.free_resources()
+        for info in node.head.nodes.values():
+            if info.alive and info.node_id != node.node_id:
+                for key, value in info.available.items():
+                    free[key] = free.get(key, 0.0) + max(value, 0.0)
+        return free
 
     def _machine_usage(self) -> dict[str, float]:
         """CPU and memory of this machine now (psutil), for resource charts."""
