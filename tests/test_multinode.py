@@ -176,3 +176,38 @@ def test_node_with_a_wrong_secret_cannot_join(nodes: Nodes) -> None:
     with pytest.raises(ClusterConnectionError, match="did not start"):
         nodes.join(n1=1, secret="not-the-secret")
     assert alive_nodes() == 1
+
+
+@rj.remote(num_returns=2)
+def made_where(n: int) -> tuple[str, np.ndarray]:
+    return rj.get_runtime_context().get_node_id(), np.full(n, 7, dtype=np.int64)
+
+
+def test_lost_value_is_rebuilt_from_lineage_and_a_lost_put_raises(nodes: Nodes) -> None:
+    first = nodes.join(w=1)
+    second = nodes.join(w=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    by_node = {}
+    for node in (first, second):
+        by_node[rj.get(node_of.options(resources={"w": 1}).remote(), timeout=30)] = node
+
+    where_ref, value_ref = made_where.options(resources={"w": 1}, max_retries=2).remote(1 << 17)
+    where = rj.get(where_ref, timeout=30)  # the 1 MB value itself stays on that node
+    os.kill(by_node[where].pid, signal.SIGKILL)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    value = rj.get(value_ref, timeout=60)  # made again, on the node that is left
+    assert value.shape == (1 << 17,) and int(value.sum()) == 7 << 17
+
+    @rj.remote(resources={"w": 1})
+    def put_there() -> list[Any]:
+        return [rj.put(np.zeros(1 << 17))]  # a put: no task to run again
+
+    held = rj.get(put_there.remote(), timeout=30)[0]
+    assert rj.get(held, timeout=30).shape == (1 << 17,)  # pulled here from that node
+    held_too = rj.get(put_there.remote(), timeout=30)[0]  # not pulled: only there
+    survivor = next(node for node in (first, second) if node.pid != by_node[where].pid)
+    os.kill(survivor.pid, signal.SIGKILL)
+    wait_for_condition(lambda: alive_nodes() == 1, timeout=10)
+    with pytest.raises(rj.exceptions.ObjectLostError, match="rj.put"):
+        rj.get(held_too, timeout=30)
+    assert rj.get(held, timeout=30).shape == (1 << 17,)  # the copy here lives on

@@ -353,6 +353,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         self.send(
             client, P.Welcome(self.node_id, self.session, self.config.object_store_memory, "")
         )
+        if message.kind == "node":  # a peer: its tasks run here, it gets our workers' output
+            self.node_clients.setdefault(client, b"")
         self.clients[client] = ClientInfo(
             message.kind, message.pid, message.namespace, time.monotonic()
         )
@@ -663,6 +665,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
             self.store.free(object_id)
         if entry.location or entry.copies:
             self.release_copies(object_id, entry.copies | ({entry.location} - {""}))
+        if self.lineage:
+            self.forget_lineage(object_id)
         for contained in entry.contained:
             self.decref(contained)
 
@@ -705,6 +709,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                 self.send(owner, P.ObjectsReady((info,)))
             for subscriber in entry.subscribers:
                 if subscriber != owner:
+                    if contained and subscriber in self.node_clients:
+                        self.lend_contained(subscriber, object_id, contained)
                     self.send(subscriber, P.ObjectsReady((info,)))
         entry.subscribers = set()
         waiters, entry.waiters = entry.waiters, []

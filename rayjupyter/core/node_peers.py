@@ -15,6 +15,7 @@ in chunks with a few requests in flight, so a 1 GB value crosses in bounded memo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import pickle
@@ -119,6 +120,11 @@ class NodePeers:
         self.node_clients: dict[bytes, bytes] = {}  # peer nodes' client ids -> their node ids
         self.forwarded: dict[bytes, Forwarded] = {}
         self.pulls: dict[bytes, Pull] = {}
+        # finished tasks whose results live only on peers: kept (with their arguments held)
+        # to run again if that peer dies, until every result is freed
+        self.lineage: dict[bytes, TaskRecord] = {}
+        self.contained_info: dict[bytes, tuple[tuple[bytes, bytes | None, int, bool, str], ...]]
+        self.contained_info = {}  # refs inside a peer's value, until that value arrives
         self.last_heartbeat = 0.0
         self.joined = False
         self.started = time.monotonic()
@@ -127,6 +133,7 @@ class NodePeers:
             P.ObjectsReady: self._on_peer_objects_ready,
             P.ObjectChunk: self._on_object_chunk,
             P.ClusterView: self._on_cluster_view,
+            P.ContainedObjects: self._on_contained_objects,
             P.LogLines: self._on_peer_log_lines,
             P.Reply: lambda link, message: None,
         }
@@ -278,12 +285,9 @@ class NodePeers:
             else:
                 error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
                 node.fail_task(task, pickle.dumps(error, protocol=5))
+        self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
-        for object_id, entry in list(node.objects.items()):
-            if entry.location == address:
-                self._object_lost(object_id, f"its only copy was on node {address}, which died")
-            entry.copies.discard(address)
         self.drop_link(address)
 
     # ------------------------------------------------------------------ placement
@@ -422,15 +426,31 @@ class NodePeers:
                 if task.state is TaskState.RUNNING:
                     node.fail_task(task, inline or b"")
                 continue
+            inner = self._adopt_contained(link, object_id)
             if inline is not None:
                 link.send(P.RefOps(((False, object_id),)))
-                node.set_ready(object_id, inline, size, False, ())
+            node.set_ready(
+                object_id,
+                inline,
+                size,
+                False,
+                (),
+                location="" if inline is not None else link.address,
+            )
+            if object_id in node.objects:
+                node.objects[object_id].contained = inner  # held for it in _adopt_contained
             else:
-                node.set_ready(object_id, None, size, False, (), location=link.address)
+                for inner_id in inner:  # already freed: nobody wanted it
+                    node.decref(inner_id)
             if not forwarded.pending and task.state is TaskState.RUNNING:
                 task.transition(TaskState.FINISHED)
                 node.events.ended(task.task_id, failed=False)
-                node._forget_task(task)
+                remote = any(node.objects[r].location for r in task.return_ids if r in node.objects)
+                if remote and not task.actor_id:
+                    node.tasks.pop(task.task_id, None)
+                    self.lineage[task.task_id] = task  # its arguments stay held
+                else:
+                    node._forget_task(task)
 
     def _slot_freed(self, address: str, demand: dict[str, float]) -> None:
         """A task of ours ended there: count its resources free until the next view."""
@@ -440,6 +460,43 @@ class NodePeers:
                     peer.available[key] = min(
                         peer.available.get(key, 0.0) + value, peer.resources.get(key, 0.0)
                     )
+
+    def lend_contained(self, client: bytes, object_id: bytes, contained: tuple[bytes, ...]) -> None:
+        """A peer gets a value of ours with refs inside: hold those for it, and say what
+        they are, so that they outlive the value here and the peer can reach them."""
+        node = self._node()
+        infos = []
+        for inner in contained:
+            entry = node.objects.get(inner)
+            if entry is None or not entry.ready or entry.location:
+                continue  # not ready or not here: the peer cannot use it (not supported yet)
+            node.hold(client, inner)
+            holder = node.address if entry.in_store else ""
+            inline = None if entry.in_store else entry.inline
+            infos.append((inner, inline, entry.size, entry.is_error, holder))
+        node.send(client, P.ContainedObjects(object_id, tuple(infos)))
+
+    def _on_contained_objects(self, link: PeerLink, message: P.ContainedObjects) -> None:
+        self.contained_info[message.object_id] = message.objects
+
+    def _adopt_contained(self, link: PeerLink, object_id: bytes) -> tuple[bytes, ...]:
+        """Entries for the refs inside a value a peer sent us, each held once for it."""
+        node = self._node()
+        inner_ids = []
+        for inner, inline, size, is_error, holder in self.contained_info.pop(object_id, ()):
+            inner_ids.append(inner)
+            if inner in node.objects:
+                node.incref(inner)
+                link.send(P.RefOps(((False, inner),)))  # we have our own: theirs can go
+                continue
+            entry = node.objects[inner] = node.new_entry()
+            entry.refs = 1
+            if inline is not None or not holder:
+                link.send(P.RefOps(((False, inner),)))
+                node.set_ready(inner, inline, size, is_error, ())
+            else:
+                node.set_ready(inner, None, size, False, (), location=holder)
+        return tuple(inner_ids)
 
     def _on_peer_welcome(self, link: PeerLink, message: P.Welcome) -> None:
         if message.error:
@@ -555,7 +612,9 @@ class NodePeers:
                 os.unlink(shm_path(node.session, pull.object_id))
             return
         entry.copies.add(pull.address)  # our hold there stays until we free it
-        node.set_ready(pull.object_id, None, pull.size, False, entry.contained)
+        contained = entry.contained  # held already, when the value arrived
+        node.set_ready(pull.object_id, None, pull.size, False, ())
+        entry.contained = contained
 
     def _pull_failed(self, pull: Pull, why: str) -> None:
         node = self._node()
@@ -563,7 +622,60 @@ class NodePeers:
         os.close(pull.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(shm_path(node.session, pull.object_id))
-        self._object_lost(pull.object_id, why)
+        entry = node.objects.get(pull.object_id)
+        if entry is not None and entry.ready:  # (not being rebuilt)
+            self._object_lost(pull.object_id, why)
+
+    def _rebuild_or_lose(self, address: str) -> None:
+        """Values whose only copy was on a dead node: run their tasks again (lineage) where
+        retries allow, first marking every lost value as pending (a rebuilt task may need
+        another); the rest raise ObjectLostError."""
+        node = self._node()
+        rebuilding: dict[bytes, TaskRecord] = {}
+        for object_id, entry in list(node.objects.items()):
+            entry.copies.discard(address)
+            if entry.location != address:
+                continue
+            task_id = ids.task_of(object_id)
+            done = self.lineage.get(task_id)
+            if task_id not in rebuilding and done is not None and done.retry():
+                del self.lineage[task_id]
+                rebuilding[task_id] = done
+            if task_id in rebuilding:
+                entry.ready = False
+                entry.location = ""
+            else:
+                self._object_lost(
+                    object_id,
+                    f"its only copy was on node {address}, which died, and it cannot be "
+                    f"rebuilt (it came from rj.put, or its task is out of retries)",
+                )
+        for done in rebuilding.values():
+            self._run_again(done)
+
+    def _run_again(self, done: TaskRecord) -> None:
+        node = self._node()
+        again = dataclasses.replace(
+            done, state=TaskState.WAITING, missing=0, history=[], worker=None, children=[]
+        )
+        node.tasks[again.task_id] = again
+        node.events.submitted(again.task_id, again.name, again.job, b"", bool(again.deps))
+        for dep in again.deps:
+            entry = node.objects.get(dep)
+            if entry is not None and not entry.ready:
+                entry.waiters.append(again)
+                again.missing += 1
+        if again.missing == 0:
+            node.task_ready(again)
+
+    def forget_lineage(self, object_id: bytes) -> None:
+        """A value was freed: once all of its task's values are, let go of its arguments."""
+        node = self._node()
+        task = self.lineage.get(ids.task_of(object_id))
+        if task is not None and not any(r in node.objects for r in task.return_ids):
+            del self.lineage[task.task_id]
+            node.tasks[task.task_id] = task  # so that _forget_task releases its arguments
+            node._forget_task(task)
 
     def _object_lost(self, object_id: bytes, why: str) -> None:
         node = self._node()

@@ -274,6 +274,14 @@ class ObjectChunk(NamedTuple):
     error: str  # non-empty when this node cannot serve the value (then data is empty)
 
 
+class ContainedObjects(NamedTuple):
+    """To a peer node, just before the ``ObjectsReady`` of ``object_id``: the refs inside
+    that value, each held here for the peer (as in ``ProvideObjects``) until it lets go."""
+
+    object_id: bytes
+    objects: tuple[tuple[bytes, bytes | None, int, bool, str], ...]
+
+
 class ClusterView(NamedTuple):
     """The head's node table, sent to every node after each heartbeat.
 
@@ -326,6 +334,7 @@ NODE_TO_CLIENT = (
     Reply,
     ObjectChunk,
     ClusterView,
+    ContainedObjects,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

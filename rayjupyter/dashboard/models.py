@@ -30,6 +30,7 @@ class NodeRow(TypedDict):
     NodeManagerAddress: str  # host
     NodeManagerPort: int
     Resources: dict[str, float]  # CPU, GPU and custom: counts; object_store_memory: bytes
+    Available: dict[str, float]  # free now (peers: as of their last heartbeat), same units
     StartTime: float  # unix seconds
 
 
