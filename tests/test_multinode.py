@@ -208,6 +208,6 @@ def test_lost_value_is_rebuilt_from_lineage_and_a_lost_put_raises(nodes: Nodes) 
     survivor = next(node for node in (first, second) if node.pid != by_node[where].pid)
     os.kill(survivor.pid, signal.SIGKILL)
     wait_for_condition(lambda: alive_nodes() == 1, timeout=10)
-    with pytest.raises(rj.exceptions.ObjectLostError, match="rj.put"):
+    with pytest.raises(rj.exceptions.ObjectLostError, match=r"rj\.put"):
         rj.get(held_too, timeout=30)
     assert rj.get(held, timeout=30).shape == (1 << 17,)  # the copy here lives on
