@@ -735,11 +735,18 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         entry.location = location
         if entry.refs > 0:
             owner = ids.owner_of(object_id)
-            if owner in self.clients:
-                entry.subscribers.add(owner)  # it waits for its result, here
-        local_waiters = [t for t in entry.waiters if t.state is TaskState.WAITING]
-        if entry.subscribers or local_waiters:
+            if owner in self.clients and owner not in entry.subscribers:
+                # ready, not copied: when the owner reads it and finds no file here, it
+                # asks again (Subscribe with restore), and that is when we pull it
+                self.send(owner, P.ObjectsReady(((object_id, None, size, False),)))
+        if entry.subscribers:
             self.pull(object_id)
+        waiters, entry.waiters = entry.waiters, []
+        for task in waiters:  # placed next: maybe where the value is, with no copy
+            if task.state is TaskState.WAITING:
+                task.missing -= 1
+                if task.missing == 0:
+                    self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
 
