@@ -7,12 +7,16 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import lab_helpers
 import psutil
 import pytest
 from helpers import wait_for_pids_gone
@@ -398,3 +402,250 @@ async def test_the_cluster_of_a_kernel(jp_fetch, jp_serverapp):
             attached = await call(jp_fetch, "kernels", other_id, "cluster")
             assert attached["match"] == "connected"
             assert attached["cluster"]["id"] == session
+
+
+# ---------------------------------------------------------------------------- dashboard proxy
+
+
+class StandInDashboard:
+    """Until the dashboard lands: a tornado app with the dashboard's contract (token gate,
+    every path under the prefix, a websocket), on this test's event loop."""
+
+    def __init__(self, prefix: str) -> None:
+        import tornado.web
+        import tornado.websocket
+
+        token = self.token = os.urandom(8).hex()
+        seen = self.seen = []
+
+        class Gate(tornado.web.RequestHandler):
+            def prepare(self) -> None:
+                seen.append(dict(self.request.headers))
+                if self.request.headers.get("Authorization") != f"token {token}":
+                    raise tornado.web.HTTPError(403)
+
+        class Echo(Gate):
+            def get(self) -> None:
+                self.set_cookie("dashboard", "1")
+                self.finish({"path": self.request.path, "query": self.request.query})
+
+            def post(self) -> None:
+                self.finish({"body": self.request.body.decode()})
+
+        class Moved(Gate):
+            def get(self) -> None:
+                self.redirect(f"http://127.0.0.1:{self.request.host.split(':')[1]}{prefix}echo")
+
+        class Socket(tornado.websocket.WebSocketHandler):
+            def prepare(self) -> None:
+                Gate.prepare(self)  # type: ignore[arg-type]
+
+            def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+                return "bokeh" if "bokeh" in subprotocols else None
+
+            def check_origin(self, origin: str) -> bool:
+                return origin.startswith("http://127.0.0.1:")
+
+            def on_message(self, message: str | bytes) -> None:
+                self.write_message(message, binary=isinstance(message, bytes))
+
+        self.app = tornado.web.Application(
+            [(f"{prefix}echo", Echo), (f"{prefix}moved", Moved), (f"{prefix}ws", Socket)]
+        )
+        self.server = self.app.listen(0, "127.0.0.1")
+        self.port = next(iter(self.server._sockets.values())).getsockname()[1]
+        self.pid = os.getpid()
+        self.url = f"http://127.0.0.1:{self.port}{prefix}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+async def test_proxy_http_and_websocket(jp_fetch, jp_ws_fetch, jp_serverapp, driver):
+    started: list[StandInDashboard] = []
+    # listening on this test's loop (the starter runs in the extension's thread pool)
+    standin = StandInDashboard(f"/a%40b/rayjupyter/dashboard/{driver.session}/")
+
+    def starter(connect_address: str, *, host: str, port: int, prefix: str) -> StandInDashboard:
+        assert connect_address == driver.connect_address and host == "127.0.0.1"
+        assert prefix == f"/a%40b/rayjupyter/dashboard/{driver.session}/"
+        started.append(standin)
+        return standin
+
+    extension(jp_serverapp).service.dashboards.starter = starter
+    base = ("rayjupyter", "dashboard", driver.session)
+    jupyter_token = jp_serverapp.identity_provider.token
+    response = await jp_fetch(
+        *base, "echo", params={"token": jupyter_token, "x": "1"}, headers={"Cookie": "a=b"}
+    )
+    prefix = f"/a%40b/rayjupyter/dashboard/{driver.session}/"
+    assert json.loads(response.body) == {"path": f"{prefix}echo", "query": "x=1"}
+    cookies = response.headers.get_list("Set-Cookie")  # Jupyter's login cookie, not the dashboard's
+    assert not [c for c in cookies if c.startswith("dashboard=")], cookies
+    (dashboard,) = started
+    assert "Cookie" not in dashboard.seen[-1]  # Jupyter's credentials stay with Jupyter
+    response = await jp_fetch(*base, "echo", method="POST", body="hello")
+    assert json.loads(response.body) == {"body": "hello"}
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*base, "moved", follow_redirects=False)
+    assert info.value.code == 302
+    assert info.value.response.headers["Location"] == f"{prefix}echo"
+    assert len(started) == 1  # one dashboard per cluster, started on first use
+
+    ws = await jp_ws_fetch(*base, "ws", subprotocols=["bokeh", "session-token"])
+    try:
+        assert ws.selected_subprotocol == "bokeh"
+        await ws.write_message("ping")
+        assert await ws.read_message() == "ping"
+        await ws.write_message(b"\x00\x01", binary=True)
+        assert await ws.read_message() == b"\x00\x01"
+    finally:
+        ws.close()
+
+    # a cluster that is not known: a clear JSON error, no dashboard started
+    code, payload = await refused(jp_fetch, "rayjupyter", "dashboard", "nosuch", "echo")
+    assert code == 404 and "nosuch" in payload["message"]
+    dashboard.stop()
+
+
+# ---------------------------------------------------------------------------- typescript
+
+
+def test_typescript_models_match_the_python_models():
+    """labextension/src/models.ts is generated from rayjupyter/server/models.py, never edited."""
+    from rayjupyter.server import typescript
+
+    committed = (REPO / "labextension" / "src" / "models.ts").read_text()
+    assert committed == typescript.generate(), (
+        "labextension/src/models.ts differs from the Python models: run "
+        "`python -m rayjupyter.server.typescript > labextension/src/models.ts`"
+    )
+
+
+def test_typescript_generator_covers_json_types():
+    from typing import Literal, TypedDict
+
+    from rayjupyter.server import typescript
+
+    Kind = Literal["a", "b"]
+
+    class Inner(TypedDict):
+        x: float
+
+    class Outer(TypedDict, total=False):
+        inner: Inner | None
+        kinds: list[Kind | None]
+        table: dict[str, list[int]]
+
+    aliases = {"Kind": Kind}
+    hints = {"inner": Inner | None, "kinds": list[Kind | None], "table": dict[str, list[int]]}
+    rendered = {name: typescript._ts(hint, aliases) for name, hint in hints.items()}
+    assert rendered == {
+        "inner": "Inner | null",
+        "kinds": "(Kind | null)[]",
+        "table": "{ [key: string]: number[] }",
+    }
+    with pytest.raises(TypeError, match="JSON"):
+        typescript._ts(set[int], aliases)
+
+
+# ---------------------------------------------------------------------------- packaging
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.timeout(300)
+def test_wheel_ships_an_enabled_lab_and_server_extension(tmp_path):
+    """pip install of the wheel gives both extensions, enabled, with no node at install time."""
+    if not lab_helpers.labextension_built():
+        pytest.skip(
+            "the lab extension is not built: pip install -e . (or jlpm build in labextension/)"
+        )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PIP_NO_INPUT"] = "1"
+    dist = tmp_path / "dist"
+    subprocess.run(  # no build isolation: offline, with this environment's build tools
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(REPO),
+        ],
+        check=True,
+        env=env,
+        timeout=240,
+    )
+    (wheel,) = dist.glob("rayjupyter-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = "rayjupyter-0.1.0.data/data/"
+    labext = f"{data}share/jupyter/labextensions/rayjupyter/"
+    assert f"{labext}package.json" in names
+    assert f"{labext}install.json" in names
+    assert f"{labext}static/style.js" in names
+    assert any(n.startswith(f"{labext}static/remoteEntry.") for n in names)
+    assert f"{data}etc/jupyter/jupyter_server_config.d/rayjupyter.json" in names
+    assert "rayjupyter/server/app.py" in names and "rayjupyter/server/models.py" in names
+    assert not [n for n in names if "node_modules" in n or n.endswith(".ts")]
+
+    # install it into a fresh prefix that sees this environment's packages but not this
+    # checkout: what a user's `pip install rayjupyter-*.whl` gives
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    (site / "shared_env.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            "--prefix",
+            str(venv),
+            str(wheel),
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    python = str(venv / "bin" / "python")
+    where = subprocess.run(
+        [python, "-c", "import rayjupyter; print(rayjupyter.__file__)"],
+        check=True,
+        env=env,
+        cwd=tmp_path,  # not this checkout
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert where.startswith(str(site)), where
+
+    def listing(module: str) -> str:
+        """`jupyter labextension list` / `jupyter server extension list`, by their modules."""
+        done = subprocess.run(
+            [python, "-m", module, "list"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return ANSI.sub("", done.stdout + done.stderr)
+
+    labextensions = listing("jupyterlab.labextensions")
+    assert re.search(r"rayjupyter v0\.1\.0 enabled\s+OK \(python, rayjupyter\)", labextensions), (
+        labextensions
+    )
+    server = listing("jupyter_server.extension.serverextension")
+    assert re.search(r"rayjupyter enabled", server), server
+    assert re.search(r"rayjupyter 0\.1\.0 OK", server), server
