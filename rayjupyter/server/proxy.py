@@ -137,14 +137,18 @@ class DashboardProxyHandler(JupyterHandler):
                 f"reload the page.",
             )
         self.set_status(response.code, response.reason)
-        self._headers.clear()
+        seen: set[str] = set()
         for name, value in response.headers.get_all():
             lowered = name.lower()
             if lowered in _RESPONSE_DROP:
                 continue
             if lowered == "location":
                 value = _local_location(value)
-            self.add_header(name, value)
+            if lowered in seen:  # a repeated header (Vary, Link): keep every value
+                self.add_header(name, value)
+            else:  # replaces Jupyter's default (Content-Type, Cache-Control)
+                self.set_header(name, value)
+                seen.add(lowered)
         if response.body and method != "HEAD" and response.code not in (204, 304):
             self.write(response.body)
         await self.finish()
@@ -185,10 +189,10 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
         """No page headers (CSP and the like) on a websocket handshake."""
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        return self.settings.get("websocket_compression_options", None)  # type: ignore[no-any-return]
+        return self.settings.get("websocket_compression_options", None)
 
     @property
-    def max_message_size(self) -> int:  # type: ignore[override]
+    def max_message_size(self) -> int:
         return MAX_MESSAGE_BYTES
 
     @ws_authenticated

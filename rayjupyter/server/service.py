@@ -73,7 +73,9 @@ class ClusterService:
 
     async def clusters(self) -> list[ClusterInfo]:
         infos = await self.call(self.registry.list_clusters, self.kernel_pids())
-        self.dashboards.stop_all_but({info["id"] for info in infos})
+        running = set(self.dashboards.running())
+        if running - {info["id"] for info in infos}:  # their clusters are gone
+            await self.call(self.dashboards.stop_all_but, {info["id"] for info in infos})
         return infos
 
     async def cluster(self, session: str) -> ClusterInfo:
