@@ -9,7 +9,10 @@ built lab extension (pip install -e . builds it).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,4 +244,51 @@ def test_notebook_remote_cell_progress_and_resource_chart(lab: LabServer, page: 
         "() => document.querySelector('#rayjupyter-status')?.dataset.running === '0'"
     )
     shot(page, "notebook", "done")
+    assert not page.errors, page.errors
+
+
+def _real_dashboard() -> bool:
+    try:
+        import rayjupyter.dashboard.launch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _real_dashboard(),
+    reason="the dashboard (rayjupyter.dashboard.launch) is not in this checkout",
+)
+def test_dashboard_pages_open_as_tabs_through_the_proxy(lab: LabServer, page: Any) -> None:
+    """The panel opens a cluster's dashboard pages as JupyterLab tabs, through Jupyter's
+    port (the proxy under the server's base URL); their bokeh charts render."""
+    info = lab.api("rayjupyter/api/clusters", "POST", {"num_cpus": 1})
+    assert isinstance(info, dict)
+    # a few finished tasks, so the task stream has something to draw
+    code = (
+        "import time, rayjupyter as rj\n"
+        f"rj.init(address={info['connect_address']!r})\n"
+        "nap = rj.remote(lambda s: time.sleep(s))\n"
+        "rj.get([nap.remote(0.2) for _ in range(6)])\n"
+        "rj.shutdown()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    open_lab(page, lab)
+    panel = open_panel(page)
+    item = panel.locator(f'li.rj-Cluster[data-cluster-id="{info["id"]}"]')
+    item.locator('.rj-Cluster-nodes[data-alive="1"]').wait_for()
+
+    for path in ("overview", "task-stream"):
+        item.locator(f'button[data-action="dashboard-{path}"]').click()
+        tab = page.locator(f'.rj-Dashboard[data-cluster-id="{info["id"]}"][data-page="{path}"]')
+        tab.wait_for(state="visible")
+        frame = tab.locator("iframe")
+        assert frame.get_attribute("src") == f"{info['dashboard_url']}{path}"
+        assert frame.get_attribute("src").startswith(lab.base_url)
+        # a bokeh figure draws on a canvas inside the page's shadow roots
+        page.frame_locator(f'.rj-Dashboard[data-page="{path}"] iframe').locator(
+            ".bk-Figure canvas, .bk-Canvas canvas"
+        ).first.wait_for()
+        shot(page, "dashboard", path)
     assert not page.errors, page.errors

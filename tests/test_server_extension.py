@@ -461,6 +461,18 @@ class StandInDashboard:
         self.server.stop()
 
 
+def _real_dashboard() -> bool:
+    try:
+        import rayjupyter.dashboard.launch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    _real_dashboard(),
+    reason="superseded by test_proxy_to_the_real_dashboard (the dashboard is here)",
+)
 async def test_proxy_http_and_websocket(jp_fetch, jp_ws_fetch, jp_serverapp, driver):
     started: list[StandInDashboard] = []
     # listening on this test's loop (the starter runs in the extension's thread pool)
@@ -506,6 +518,52 @@ async def test_proxy_http_and_websocket(jp_fetch, jp_ws_fetch, jp_serverapp, dri
     code, payload = await refused(jp_fetch, "rayjupyter", "dashboard", "nosuch", "echo")
     assert code == 404 and "nosuch" in payload["message"]
     dashboard.stop()
+
+
+@pytest.mark.skipif(
+    not _real_dashboard(),
+    reason="the dashboard (rayjupyter.dashboard.launch) is not in this checkout",
+)
+async def test_proxy_to_the_real_dashboard(jp_fetch, jp_ws_fetch, jp_serverapp, driver):
+    """The cluster's dashboard, started on first use, through Jupyter's port and auth:
+    its JSON API, a bokeh page and the page's websocket; it stops with the server."""
+    base = ("rayjupyter", "dashboard", driver.session)
+    prefix = f"/a%40b/rayjupyter/dashboard/{driver.session}"
+    status = json.loads((await jp_fetch(*base, "api", "v0", "status")).body)
+    assert status["session"] == driver.session and status["nodes"]
+    dashboards = extension(jp_serverapp).service.dashboards
+    (dashboard,) = dashboards.running().values()
+
+    root = f"rayjupyter/dashboard/{driver.session}"  # jp_fetch puts the base URL first
+    for path, location in [(root, f"{prefix}/"), (f"{root}/", f"{prefix}/overview")]:
+        with pytest.raises(HTTPClientError) as info:  # the root opens the overview
+            await jp_fetch(path, follow_redirects=False)
+        assert info.value.code == 302
+        assert info.value.response.headers["Location"] == location
+
+    page = (await jp_fetch(*base, "overview")).body.decode()
+    assert "Bokeh" in page and dashboard.token not in page
+    token = re.search(r'"token":\s*"([^"]+)"', page)
+    assert token, "the bokeh page carries its session token"
+    # the page's websocket, as BokehJS opens it (session token as subprotocol)
+    ws = await jp_ws_fetch(*base, "overview", "ws", subprotocols=["bokeh", token.group(1)])
+    try:
+        assert ws.selected_subprotocol == "bokeh"
+        header = json.loads(await ws.read_message())
+        assert header["msgtype"] == "ACK"
+    finally:
+        ws.close()
+
+    # an error of the dashboard's own reaches the browser as it is (one-line JSON)
+    code, payload = 0, {}
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*base, "api", "v0", "tasks", params={"limit": "x"})
+    code, payload = info.value.code, json.loads(info.value.response.body)
+    assert code == 400 and "limit" in payload["error"]
+    assert len(dashboards.running()) == 1  # one per cluster
+
+    await jp_serverapp.extension_manager.stop_all_extensions()
+    wait_for_pids_gone([dashboard.pid], timeout=20)
 
 
 # ---------------------------------------------------------------------------- typescript

@@ -115,7 +115,7 @@ export class ClustersPanel extends Widget {
     this.cpusInput.min = '0';
     this.cpusInput.placeholder = 'CPUs';
     this.cpusInput.title = 'CPUs of the new local cluster (empty: all of this machine)';
-    this.startButton = button('Start local cluster', 'start', () => void this.startCluster());
+    this.startButton = button('Start cluster', 'start', () => void this.startCluster());
     this.startButton.title = 'Start a local cluster owned by this Jupyter server';
     this.startButton.classList.add('jp-mod-accept');
     start.append(this.cpusInput, this.startButton);
