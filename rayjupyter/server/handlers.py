@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 
 from rayjupyter.server.dashboards import dashboard_pages
@@ -27,7 +27,7 @@ INTERNAL_ERROR = (
 )
 
 
-def error_body(status: int, message: str, reason: str | None) -> str:
+def error_body(message: str, reason: str | None) -> str:
     body: ErrorReply = {"message": message, "reason": reason}
     return json.dumps(body)
 
@@ -43,11 +43,9 @@ def error_message(exc: BaseException | None, status: int) -> str:
     return INTERNAL_ERROR
 
 
-class RayJupyterAPIHandler(APIHandler):
-    """Base: Jupyter's auth (token, cookie, XSRF) and JSON errors without tracebacks."""
-
-    def initialize(self, service: ClusterService) -> None:
-        self.service = service
+class JsonErrors(JupyterHandler):
+    """Errors as one-line JSON ErrorReply bodies: a ClusterError with its own status, any
+    other failure as a 500 whose traceback goes to the log only."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
@@ -56,13 +54,20 @@ class RayJupyterAPIHandler(APIHandler):
             self.set_status(exc.status)
             status_code = exc.status
         self.set_header("Content-Type", "application/json")
-        self.finish(error_body(status_code, error_message(exc, status_code), self._reason))
+        self.finish(error_body(error_message(exc, status_code), self._reason))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ClusterError):  # expected: one line, no traceback
             self.log.warning("rayjupyter %s %s: %s", self.request.method, self.request.path, value)
             return
         super().log_exception(typ, value, tb)
+
+
+class RayJupyterAPIHandler(JsonErrors, APIHandler):
+    """Base of the API: Jupyter's auth (token, cookie, XSRF) and JSON errors."""
+
+    def initialize(self, service: ClusterService) -> None:
+        self.service = service
 
     def body_object(self) -> dict[str, Any]:
         """The JSON object in the request body ({} when empty); 400 otherwise."""

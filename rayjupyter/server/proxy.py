@@ -24,7 +24,7 @@ from tornado.routing import PathMatches
 
 from rayjupyter.server.dashboards import Dashboard
 from rayjupyter.server.errors import ClusterError
-from rayjupyter.server.handlers import error_body, error_message
+from rayjupyter.server.handlers import JsonErrors, error_body
 from rayjupyter.server.service import ClusterService
 
 UPSTREAM_TIMEOUT_S = 30.0
@@ -82,28 +82,13 @@ def upstream_headers(request: HTTPServerRequest, dashboard: Dashboard) -> dict[s
     return headers
 
 
-class DashboardProxyHandler(JupyterHandler):
+class DashboardProxyHandler(JsonErrors):
     """HTTP requests to a cluster's dashboard (started on first use)."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
     def initialize(self, service: ClusterService) -> None:
         self.service = service
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc_info = kwargs.get("exc_info")
-        exc = exc_info[1] if exc_info else None
-        if isinstance(exc, ClusterError):
-            self.set_status(exc.status)
-            status_code = exc.status
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body(status_code, error_message(exc, status_code), self._reason))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ClusterError):
-            self.log.warning("rayjupyter proxy %s: %s", self.request.path, value)
-            return
-        super().log_exception(typ, value, tb)
 
     async def _proxy(self, session: str, path: str) -> None:
         if self.current_user is None:
@@ -223,7 +208,7 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
             message = f"The dashboard of cluster {session} refused the websocket: {exc}"
             self.set_status(502)
             self.set_header("Content-Type", "application/json")
-            self.finish(error_body(502, message, None))
+            self.finish(error_body(message, None))
             return
         await super().get(session, path)
 

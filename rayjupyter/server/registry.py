@@ -54,6 +54,7 @@ class _Known:
     local: bool
     owner_pid: int = 0
     started: float | None = None
+    kernel_id: str | None = None  # the kernel of this server that started it
 
     @property
     def connect_address(self) -> str:
@@ -80,7 +81,9 @@ class ClusterRegistry:
     # ------------------------------------------------------------------ listing
 
     def known(self, kernel_pids: dict[int, str] | None = None) -> list[_Known]:
-        """Every cluster, without status: local ones first (oldest first), then remotes."""
+        """Every cluster, without status: this server's first, then remote ones, then the
+        other local ones (oldest first within each). kernel_pids: pid -> id of this
+        server's kernels, to tell which clusters a kernel started."""
         with self._lock:
             dead = [s for s, c in self._started.items() if c.exit_reason() is not None]
             gone = [self._started.pop(s) for s in dead]
@@ -96,13 +99,15 @@ class ClusterRegistry:
             except (KeyError, ValueError):
                 continue  # a record from another version: nothing we can reach
             owner = int(record.get("owner_pid", 0))
+            kernel = _owning_kernel(owner, kernel_pids or {})
             origin: ClusterOrigin = "process"
             if session in started:
                 origin = "panel"
-            elif kernel_pids and _owning_kernel(owner, kernel_pids) is not None:
+            elif kernel is not None:
                 origin = "kernel"
+            started_at = float(record.get("started", 0))
             found[session] = _Known(
-                session, hostport, secret, origin, True, owner, float(record.get("started", 0))
+                session, hostport, secret, origin, True, owner, started_at, kernel
             )
         for session, cluster in started.items():  # its record may not be written yet
             if session not in found:
@@ -112,22 +117,18 @@ class ClusterRegistry:
         for remote in remotes:
             found.setdefault(remote.session, remote)
         self.status_reader.forget_all_but({k.hostport for k in found.values()})
-        # this server's own clusters first, then remote ones, then other processes'
         return sorted(found.values(), key=lambda k: _ORIGIN_ORDER[k.origin])
 
     def list_clusters(self, kernel_pids: dict[int, str] | None = None) -> list[ClusterInfo]:
         """Every cluster with its live status (read in parallel, each bounded in time)."""
         known = self.known(kernel_pids)
-        statuses = list(self._pool.map(self._status, known))
-        return [
-            self._info(k, status, error, kernel_pids)
-            for k, (status, error) in zip(known, statuses, strict=True)
-        ]
+        return list(self._pool.map(self._info, known))
 
     def get(self, session: str, kernel_pids: dict[int, str] | None = None) -> ClusterInfo:
-        known = self._find(session, kernel_pids)
-        status, error = self._status(known)
-        return self._info(known, status, error, kernel_pids)
+        return self._info(self._find(session, kernel_pids))
+
+    def connect_address(self, session: str) -> str:
+        return self._find(session).connect_address
 
     def _find(self, session: str, kernel_pids: dict[int, str] | None = None) -> _Known:
         for known in self.known(kernel_pids):
@@ -139,20 +140,15 @@ class ClusterRegistry:
             f"refresh the list of clusters.",
         )
 
-    def _status(self, known: _Known) -> tuple[ClusterStatus | None, str | None]:
+    def _info(self, known: _Known) -> ClusterInfo:
+        """The cluster's model, with its status read now (or why it could not be)."""
+        status: ClusterStatus | None = None
+        error: str | None = None
         try:
-            return self.status_reader.status(known.hostport, known.secret), None
+            status = self.status_reader.status(known.hostport, known.secret)
         except StatusError as exc:
-            return None, str(exc)
-
-    def _info(
-        self,
-        known: _Known,
-        status: ClusterStatus | None,
-        error: str | None,
-        kernel_pids: dict[int, str] | None,
-    ) -> ClusterInfo:
-        action, note = self._stop_policy(known, kernel_pids)
+            error = str(exc)
+        action, note = self._stop_policy(known)
         return {
             "id": known.session,
             "address": known.hostport,
@@ -160,7 +156,7 @@ class ClusterRegistry:
             "origin": known.origin,
             "local": known.local,
             "owner_pid": known.owner_pid,
-            "kernel_id": _owning_kernel(known.owner_pid, kernel_pids or {}),
+            "kernel_id": known.kernel_id,
             "started": known.started,
             "stop_action": action,
             "stop_note": note,
@@ -170,7 +166,7 @@ class ClusterRegistry:
         }
 
     @staticmethod
-    def _stop_policy(known: _Known, kernel_pids: dict[int, str] | None) -> tuple[StopAction, str]:
+    def _stop_policy(known: _Known) -> tuple[StopAction, str]:
         """What DELETE does to this cluster, or why it refuses; shown in the panel.
 
         Stopping a cluster that a kernel or script started would break that driver's refs
@@ -181,10 +177,9 @@ class ClusterRegistry:
             return "stop", "Stop this cluster: its tasks and actors end."
         if known.origin == "remote":
             return "forget", "Remove it from this list; the cluster keeps running."
-        kernel = _owning_kernel(known.owner_pid, kernel_pids or {})
-        if kernel is not None:
+        if known.kernel_id is not None:
             return "none", (
-                f"Started by kernel {kernel} (pid {known.owner_pid}); it stops with that "
+                f"Started by kernel {known.kernel_id} (pid {known.owner_pid}); it stops with that "
                 f"kernel: run %ray_disconnect in its notebook, or shut the kernel down."
             )
         if known.owner_pid:
@@ -229,8 +224,7 @@ class ClusterRegistry:
         if remote is not None:
             self.status_reader.forget(remote.hostport)
             return f"Removed {remote.hostport} from the list; it keeps running."
-        known = self._find(session, kernel_pids)
-        _action, note = self._stop_policy(known, kernel_pids)
+        _action, note = self._stop_policy(self._find(session, kernel_pids))
         raise ClusterError(409, f"This server did not start cluster {session}. {note}")
 
     def add_remote(self, address: str) -> ClusterInfo:
@@ -269,22 +263,15 @@ class ClusterRegistry:
         family = _family(pid)
         for k in known:
             if k.local and k.owner_pid and k.owner_pid in family:
-                return self._with_status(k, kernel_pids), "owner"
+                return self._info(k), "owner"
         peers = _tcp_peers(pid)
         if peers:
             for k in known:
                 if _endpoints(k.hostport) & peers:
-                    return self._with_status(k, kernel_pids), "connected"
+                    return self._info(k), "connected"
         return None, None
 
-    def _with_status(self, known: _Known, kernel_pids: dict[int, str] | None) -> ClusterInfo:
-        status, error = self._status(known)
-        return self._info(known, status, error, kernel_pids)
-
     # ------------------------------------------------------------------ shutting down
-
-    def connect_address(self, session: str) -> str:
-        return self._find(session).connect_address
 
     def close(self) -> None:
         """Stop every cluster started from the panel and close the status connections."""

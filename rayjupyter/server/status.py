@@ -83,11 +83,6 @@ class StatusReader:
         """The cluster's status snapshot, shaped for the panel."""
         return summarize(self.request(hostport, secret, "status"))
 
-    def driver_pids(self, hostport: str, secret: str) -> set[int]:
-        """PIDs of the drivers connected to the cluster (for kernel -> cluster)."""
-        rows = self.request(hostport, secret, "state", "jobs", [], 10_000)
-        return {int(row.get("driver_pid", 0)) for row in rows}
-
     def forget(self, hostport: str) -> None:
         """Close the connection to a cluster that is gone or no longer listed."""
         with self._lock:
