@@ -100,6 +100,11 @@ class DashboardManager:
     def running(self) -> dict[str, Dashboard]:
         return dict(self._running)
 
+    def alive(self, session: str) -> Dashboard | None:
+        """The cluster's dashboard if it runs: every proxied request asks, so no lookups."""
+        dashboard = self._running.get(session)
+        return dashboard if dashboard is not None and _alive(dashboard.pid) else None
+
     def stop(self, session: str) -> None:
         dashboard = self._running.pop(session, None)
         if dashboard is not None:

@@ -103,6 +103,9 @@ class ClusterService:
 
     async def dashboard(self, session: str) -> Dashboard:
         """The cluster's dashboard, started on first use."""
+        running = self.dashboards.alive(session)
+        if running is not None:
+            return running
         address = await self.call(self.registry.connect_address, session)
         return await self.call(self.dashboards.get, session, address, timeout=DASHBOARD_TIMEOUT_S)
 
