@@ -171,7 +171,6 @@ def test_panel_starts_a_cluster_and_connects_a_notebook(lab: LabServer, page: An
     page.wait_for_selector(f"{ACTIVE_NOTEBOOK} .jp-OutputArea-output:has-text('{info['address']}')")
 
     # tasks of the notebook show in the status bar (the kernel is connected to the cluster)
-    page.locator(f"{ACTIVE_NOTEBOOK} .jp-Notebook").click()
     status = page.locator("#rayjupyter-status")
     status.wait_for(state="visible")
     assert status.get_attribute("data-cluster") == info["address"]

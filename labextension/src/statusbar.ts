@@ -43,14 +43,14 @@ export class ClusterStatusItem extends Widget {
       panel.sessionContext.kernelChanged.connect(() => void this.poll.refresh());
       panel.disposed.connect(() => this.watched.delete(panel.id));
     }
-    this.show_(null, 0, 0);
+    this.render(null, 0, 0);
     void this.poll.refresh();
   }
 
   private async refresh(): Promise<void> {
     const kernelId = this.kernelId();
     if (kernelId === null) {
-      this.show_(null, 0, 0);
+      this.render(null, 0, 0);
       return;
     }
     const reply = await api.kernelCluster(kernelId);
@@ -58,14 +58,14 @@ export class ClusterStatusItem extends Widget {
       return; // the user switched notebooks meanwhile
     }
     const status = reply.cluster?.status ?? null;
-    this.show_(
+    this.render(
       reply.cluster ? reply.cluster.address : null,
       status?.tasks_running ?? 0,
       status?.tasks_pending ?? 0
     );
   }
 
-  private show_(address: string | null, running: number, pending: number): void {
+  private render(address: string | null, running: number, pending: number): void {
     const node = this.node;
     node.dataset.running = `${running}`;
     node.dataset.pending = `${pending}`;
