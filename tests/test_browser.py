@@ -242,6 +242,7 @@ def test_notebook_remote_cell_progress_and_resource_chart(lab: LabServer, page: 
     page.wait_for_function(
         "() => document.querySelector('#rayjupyter-status')?.dataset.running === '0'"
     )
+    page.locator(f"{outputs} .bk-Figure canvas").first.scroll_into_view_if_needed()
     shot(page, "notebook", "done")
     assert not page.errors, page.errors
 
