@@ -42,6 +42,25 @@ def unload_ipython_extension(ipython: Any) -> None:
     notebook.unload_ipython_extension(ipython)
 
 
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter server: the clusters API and dashboard proxy (rayjupyter.server), loaded lazily."""
+    from rayjupyter.server.app import RayJupyterExtension
+
+    return [{"module": "rayjupyter", "app": RayJupyterExtension}]
+
+
+def _load_jupyter_server_extension(server_app: Any) -> None:
+    """The classic entry point, for servers that load extensions without extension points."""
+    from rayjupyter.server.app import RayJupyterExtension
+
+    RayJupyterExtension._load_jupyter_server_extension(server_app)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """JupyterLab: the prebuilt extension inside the package (`jupyter labextension develop`)."""
+    return [{"src": "labextension", "dest": "rayjupyter"}]
+
+
 # Notebook helpers reachable as rj.progress / rj.resource_chart, imported on first use so a
 # worker never loads Jupyter packages; they are extras, so they stay out of __all__.
 _NOTEBOOK_HELPERS = ("progress", "resource_chart")

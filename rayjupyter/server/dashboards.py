@@ -1,0 +1,133 @@
+"""One dashboard process per cluster, started the first time the proxy is asked for it.
+
+A cluster nobody looks at pays nothing for its dashboard (see DESIGN.md); one that is
+looked at gets a bokeh server on loopback whose every path sits under the proxy's prefix,
+so its pages and websockets work unchanged behind Jupyter's port. The dashboards stop
+when their cluster leaves the list and when the Jupyter server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import psutil
+
+from rayjupyter.server.errors import ClusterError
+from rayjupyter.server.models import DashboardPage
+
+# the pages the panel offers first; the dashboard package lists them all (see dashboard_pages)
+MAIN_PAGES = (("overview", "Overview"), ("task-stream", "Task stream"), ("progress", "Progress"))
+
+
+class Dashboard(Protocol):
+    """What ``rayjupyter.dashboard.launch.start_dashboard`` returns."""
+
+    pid: int
+    port: int
+    url: str
+    token: str
+
+    def stop(self) -> None: ...
+
+
+Starter = Callable[..., Dashboard]
+
+
+def start_dashboard(connect_address: str, *, host: str, port: int, prefix: str) -> Dashboard:
+    """The dashboard package's launcher, imported on first use (bokeh is heavy)."""
+    try:
+        from rayjupyter.dashboard.launch import start_dashboard as start
+    except ImportError as exc:
+        raise ClusterError(
+            503,
+            f"The dashboard cannot start here ({exc}): install bokeh in the Jupyter server's "
+            f"environment (pip install 'rayjupyter[notebook]').",
+        ) from None
+    dashboard: Dashboard = start(connect_address, host=host, port=port, prefix=prefix)
+    return dashboard
+
+
+def dashboard_pages() -> list[DashboardPage]:
+    """The dashboard's pages, main ones first (its page table imports without bokeh)."""
+    try:
+        from rayjupyter.dashboard.pages import PAGES
+    except ImportError:
+        return [{"path": path, "title": title} for path, title in MAIN_PAGES]
+    pages: list[DashboardPage] = [{"path": p, "title": t} for p, t in MAIN_PAGES if p in PAGES]
+    pages += [
+        {"path": path, "title": str(spec[0])}
+        for path, spec in PAGES.items()
+        if path not in {p for p, _ in MAIN_PAGES}
+    ]
+    return pages
+
+
+class DashboardManager:
+    """Dashboards by cluster session; thread-safe, one start at a time per cluster."""
+
+    def __init__(self, prefix_for: Callable[[str], str], starter: Starter = start_dashboard):
+        self.prefix_for = prefix_for
+        self.starter = starter
+        self.host = "127.0.0.1"
+        self._lock = threading.Lock()
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._running: dict[str, Dashboard] = {}
+
+    def get(self, session: str, connect_address: str) -> Dashboard:
+        """The cluster's running dashboard, started now if it has none (or it died)."""
+        with self._lock:
+            lock = self._session_locks.setdefault(session, threading.Lock())
+        with lock:
+            dashboard = self._running.get(session)
+            if dashboard is not None and _alive(dashboard.pid):
+                return dashboard
+            try:
+                dashboard = self.starter(
+                    connect_address, host=self.host, port=0, prefix=self.prefix_for(session)
+                )
+            except ClusterError:
+                raise
+            except Exception as exc:
+                raise ClusterError(
+                    502, f"The dashboard of cluster {session} did not start: {_line(exc)}"
+                ) from None
+            self._running[session] = dashboard
+            return dashboard
+
+    def running(self) -> dict[str, Dashboard]:
+        return dict(self._running)
+
+    def alive(self, session: str) -> Dashboard | None:
+        """The cluster's dashboard if it runs: every proxied request asks, so no lookups."""
+        dashboard = self._running.get(session)
+        return dashboard if dashboard is not None and _alive(dashboard.pid) else None
+
+    def stop(self, session: str) -> None:
+        dashboard = self._running.pop(session, None)
+        if dashboard is not None:
+            with contextlib.suppress(Exception):
+                dashboard.stop()
+
+    def stop_all_but(self, sessions: set[str]) -> None:
+        """Stop the dashboards of clusters that are gone."""
+        for session in list(self._running):
+            if session not in sessions:
+                self.stop(session)
+
+    def close(self) -> None:
+        self.stop_all_but(set())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _line(exc: Any) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,121 @@
+"""The JSON the server extension sends and accepts, as TypedDicts.
+
+These are the one definition of the REST API's shapes: ``python -m
+rayjupyter.server.typescript`` turns them into ``labextension/src/models.ts`` and a test
+fails when the committed file differs. Numbers are raw (bytes, counts, unix seconds), never
+preformatted. A field's trailing comment becomes its doc comment in TypeScript.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+#: how the server knows a cluster: started from the panel, by a kernel of this server, by
+#: another process on this machine (a script, another Jupyter, ``rj.init``), or added by address
+ClusterOrigin = Literal["panel", "kernel", "process", "remote"]
+
+#: what DELETE clusters/<id> does: stop a cluster this server started, forget a remote one,
+#: or nothing (its owner stops it; stop_note says how)
+StopAction = Literal["stop", "forget", "none"]
+
+#: how a kernel's cluster was found: the kernel started it, or is connected to it
+KernelMatch = Literal["owner", "connected"]
+
+
+class NodeStatus(TypedDict):
+    """One node of a cluster, as the head's node table has it."""
+
+    node_id: str  # hex
+    address: str  # host:port of the node daemon
+    alive: bool
+    resources: dict[str, float]  # total resources of the node: CPU, GPU, custom ones
+    started: float  # unix seconds
+
+
+class ClusterStatus(TypedDict):
+    """A live snapshot of a cluster, read from its head."""
+
+    nodes: list[NodeStatus]
+    nodes_alive: int
+    cpu_total: float  # CPU slots of the live nodes
+    cpu_used: float  # CPU slots held by running tasks and actors
+    gpu_total: float
+    gpu_used: float
+    cpu_percent: float  # machine CPU use of the head's machine, 0..100
+    memory_used: float  # bytes in use on the head's machine
+    memory_total: float  # bytes of memory of the head's machine
+    store_used: int  # bytes of the object store in shared memory
+    store_capacity: int  # bytes the object store may use
+    tasks: dict[str, int]  # live tasks by state (WAITING, READY, RUNNING)
+    tasks_running: int
+    tasks_pending: int  # waiting for dependencies or for a worker
+    actors: dict[str, int]  # actors by state
+    workers: int  # pooled worker processes
+    drivers: int  # connected drivers (kernels, scripts)
+    time: float  # unix seconds when the head answered
+
+
+class ClusterInfo(TypedDict):
+    """A cluster this Jupyter server knows, with its status when it could be read."""
+
+    id: str  # the cluster's session name; used in URLs
+    address: str  # host:port
+    connect_address: str  # rayjupyter://SECRET@HOST:PORT, what %ray_connect takes
+    origin: ClusterOrigin
+    local: bool  # runs on this machine
+    owner_pid: int  # the process that started it and whose exit stops it; 0 if none
+    kernel_id: str | None  # the kernel of this server that started it, if one did
+    started: float | None  # unix seconds; null when unknown (remote clusters)
+    stop_action: StopAction
+    stop_note: str  # what DELETE does, or why it is refused and how to stop it
+    dashboard_url: str  # the proxied dashboard's root, an absolute path on this server
+    status: ClusterStatus | None  # null when the cluster did not answer
+    error: str | None  # why status is null
+
+
+class DashboardPage(TypedDict):
+    """A page of the dashboard, at ``dashboard_url + path``."""
+
+    path: str
+    title: str
+
+
+class ClusterList(TypedDict):
+    """GET clusters: every cluster this server knows, and the pages of their dashboards."""
+
+    clusters: list[ClusterInfo]
+    dashboard_pages: list[DashboardPage]
+
+
+class StartClusterRequest(TypedDict, total=False):
+    """POST clusters with num_cpus: start a local cluster owned by this server."""
+
+    num_cpus: float  # CPUs of the new cluster; default: this machine's CPU count
+
+
+class AddClusterRequest(TypedDict):
+    """POST clusters with address: remember a running cluster by its address."""
+
+    address: str  # rayjupyter://SECRET@HOST:PORT
+
+
+class KernelCluster(TypedDict):
+    """GET kernels/<id>/cluster: the cluster a kernel uses, for the status bar."""
+
+    kernel_id: str
+    pid: int | None  # the kernel's process; null when it is not a local process
+    cluster: ClusterInfo | None  # null when the kernel uses no cluster
+    match: KernelMatch | None  # how the cluster was found
+
+
+class StopReply(TypedDict):
+    """DELETE clusters/<id>: what was done."""
+
+    message: str
+
+
+class ErrorReply(TypedDict):
+    """Every error body (any 4xx/5xx): one line that names the fix; never a traceback."""
+
+    message: str
+    reason: str | None  # the HTTP reason phrase
