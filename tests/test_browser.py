@@ -247,18 +247,6 @@ def test_notebook_remote_cell_progress_and_resource_chart(lab: LabServer, page: 
     assert not page.errors, page.errors
 
 
-def _real_dashboard() -> bool:
-    try:
-        import rayjupyter.dashboard.launch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(
-    not _real_dashboard(),
-    reason="the dashboard (rayjupyter.dashboard.launch) is not in this checkout",
-)
 def test_dashboard_pages_open_as_tabs_through_the_proxy(lab: LabServer, page: Any) -> None:
     """The panel opens a cluster's dashboard pages as JupyterLab tabs, through Jupyter's
     port (the proxy under the server's base URL); their bokeh charts render."""

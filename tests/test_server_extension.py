@@ -461,18 +461,6 @@ class StandInDashboard:
         self.server.stop()
 
 
-def _real_dashboard() -> bool:
-    try:
-        import rayjupyter.dashboard.launch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(
-    _real_dashboard(),
-    reason="superseded by test_proxy_to_the_real_dashboard (the dashboard is here)",
-)
 async def test_proxy_http_and_websocket(jp_fetch, jp_ws_fetch, jp_serverapp, driver):
     started: list[StandInDashboard] = []
     # listening on this test's loop (the starter runs in the extension's thread pool)
@@ -520,10 +508,6 @@ async def test_proxy_http_and_websocket(jp_fetch, jp_ws_fetch, jp_serverapp, dri
     dashboard.stop()
 
 
-@pytest.mark.skipif(
-    not _real_dashboard(),
-    reason="the dashboard (rayjupyter.dashboard.launch) is not in this checkout",
-)
 async def test_proxy_to_the_real_dashboard(jp_fetch, jp_ws_fetch, jp_serverapp, driver):
     """The cluster's dashboard, started on first use, through Jupyter's port and auth:
     its JSON API, a bokeh page and the page's websocket; it stops with the server."""
