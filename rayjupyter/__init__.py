@@ -53,7 +53,7 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     """The classic entry point, for servers that load extensions without extension points."""
     from rayjupyter.server.app import RayJupyterExtension
 
-    RayJupyterExtension._load_jupyter_server_extension(server_app)
+    RayJupyterExtension._load_jupyter_server_extension(server_app)  # type: ignore[no-untyped-call]
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

@@ -518,16 +518,7 @@ def test_init_with_include_dashboard_owns_one(dash, tmp_path):
 # ---------------------------------------------------------------- a real browser
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from lab_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - the browser part
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no {CHROMIUM}: apt-get install chromium")

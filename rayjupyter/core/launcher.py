@@ -55,7 +55,7 @@ class LocalCluster:
         )
         self.session = ""
         assert self.process.stdout is not None
-        line = _read_line(self.process.stdout.fileno(), timeout)
+        line = read_first_line(self.process.stdout.fileno(), timeout)
         self.process.stdout.close()
         if not line.startswith(READY_LINE):
             code = self.process.poll()
@@ -98,8 +98,8 @@ class LocalCluster:
                     os.unlink(path)
 
 
-def _read_line(fd: int, timeout: float) -> str:
-    """The node's first stdout line, or "" if it exits or stays silent too long."""
+def read_first_line(fd: int, timeout: float) -> str:
+    """A child's first stdout line (the ready line), or "" if it exits or stays silent too long."""
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:

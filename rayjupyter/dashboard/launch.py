@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import subprocess
 import sys
-import time
 from types import TracebackType
 
 from rayjupyter.core.config import SECRET_ENV
+from rayjupyter.core.launcher import read_first_line
 from rayjupyter.dashboard.auth import dashboard_token
 
 READY_LINE = "RAYJUPYTER_DASHBOARD_READY"
@@ -132,7 +131,7 @@ def start_dashboard(
         if log is not None:
             log.close()
     assert process.stdout is not None
-    line = _first_line(process.stdout.fileno(), timeout)
+    line = read_first_line(process.stdout.fileno(), timeout)
     process.stdout.close()
     dashboard = DashboardProcess(process, host, 0, prefix, dashboard_token(secret))
     if not line.startswith(READY_LINE):
@@ -162,21 +161,3 @@ def driver_dashboard() -> str:
         api._state["dashboard"] = dashboard
         context.dashboard_url = dashboard.page_url()
     return str(context.dashboard_url)
-
-
-def _first_line(fd: int, timeout: float) -> str:
-    """The first stdout line of the child, or "" if it exits or stays silent too long."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").split("\n", 1)[0]

@@ -53,6 +53,7 @@ def start_dashboard(connect_address: str, *, host: str, port: int, prefix: str) 
 def dashboard_pages() -> list[DashboardPage]:
     """The dashboard's pages, main ones first (its page table imports without bokeh)."""
     from rayjupyter.dashboard.pages import PAGES  # a plain table: no bokeh import
+
     pages: list[DashboardPage] = [{"path": p, "title": t} for p, t in MAIN_PAGES if p in PAGES]
     pages += [
         {"path": path, "title": str(spec[0])}
