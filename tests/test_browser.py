@@ -171,9 +171,8 @@ def test_panel_starts_a_cluster_and_connects_a_notebook(lab: LabServer, page: An
     page.wait_for_selector(f"{ACTIVE_NOTEBOOK} .jp-OutputArea-output:has-text('{info['address']}')")
 
     # tasks of the notebook show in the status bar (the kernel is connected to the cluster)
-    status = page.locator("#rayjupyter-status")
-    status.wait_for(state="visible")
-    assert status.get_attribute("data-cluster") == info["address"]
+    # the item polls: it names the cluster once it has heard that the kernel attached
+    page.locator(f'#rayjupyter-status[data-cluster="{info["address"]}"]').wait_for()
     code = (
         "import time, rayjupyter as rj\n"
         "@rj.remote\n"
