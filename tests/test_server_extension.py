@@ -652,6 +652,7 @@ def test_wheel_ships_an_enabled_lab_and_server_extension(tmp_path):
             "install",
             "--no-deps",
             "--no-index",
+            "--ignore-installed",  # else pip uninstalls this environment's rayjupyter first
             "-q",
             "--prefix",
             str(venv),
