@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import os
@@ -120,3 +121,20 @@ def shared_cluster() -> Iterator[Any]:
         _SHARED.roots = set()
         rj.shutdown()
         assert_no_new_processes(before)
+
+
+@contextlib.contextmanager
+def shared_notebook_kernel(*setup: str) -> Iterator[Any]:
+    """A kernel with the extension loaded and a 2-CPU local cluster, shared by a module.
+
+    Its processes may change between tests (the cluster replaces workers), so the
+    per-test leak check ignores them; running_kernel checks they are gone at the end.
+    """
+    from kernel_helpers import running_kernel
+
+    with running_kernel("%load_ext rayjupyter", "%ray_connect --num-cpus 2", *setup) as kernel:
+        _SHARED.roots, _SHARED.active = {kernel.pid}, True
+        try:
+            yield kernel
+        finally:
+            _SHARED.roots, _SHARED.active = set(), False

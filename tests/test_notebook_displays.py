@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest import _SHARED
-from kernel_helpers import Kernel, running_kernel
+from conftest import shared_notebook_kernel
+from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,12 +29,8 @@ def fail(i):
 
 @pytest.fixture(scope="module")
 def nb() -> Iterator[Kernel]:
-    with running_kernel("%load_ext rayjupyter", "%ray_connect --num-cpus 2", SETUP) as kernel:
-        _SHARED.roots, _SHARED.active = {kernel.pid}, True
-        try:
-            yield kernel
-        finally:
-            _SHARED.roots, _SHARED.active = set(), False
+    with shared_notebook_kernel(SETUP) as kernel:
+        yield kernel
 
 
 def _progress_values(reply, bar_id):

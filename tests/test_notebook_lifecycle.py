@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import _SHARED
+from conftest import shared_notebook_kernel
 from helpers import wait_for_pids_gone
 from kernel_helpers import Kernel, running_kernel
 
@@ -95,12 +95,8 @@ def test_unreachable_address_fails_fast_and_keeps_the_current_cluster():
 
 @pytest.fixture(scope="module")
 def interrupted() -> Iterator[Kernel]:
-    with running_kernel("%load_ext rayjupyter", "%ray_connect --num-cpus 2") as kernel:
-        _SHARED.roots, _SHARED.active = {kernel.pid}, True  # its cluster may change workers
-        try:
-            yield kernel
-        finally:
-            _SHARED.roots, _SHARED.active = set(), False
+    with shared_notebook_kernel() as kernel:
+        yield kernel
 
 
 def _interrupt_when_running(kernel: Kernel, code: str) -> None:

@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest import _SHARED
-from kernel_helpers import Kernel, running_kernel
+from conftest import shared_notebook_kernel
+from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def nb() -> Iterator[Kernel]:
     """One kernel with the extension loaded and a 2-CPU local cluster, for the module."""
-    with running_kernel("%load_ext rayjupyter", "%ray_connect --num-cpus 2") as kernel:
+    with shared_notebook_kernel() as kernel:
         kernel.ok(
             "import numpy as np\n"
             "import rayjupyter as rj\n"
@@ -31,11 +31,7 @@ def nb() -> Iterator[Kernel]:
             "    def _repr_html_(self):\n"
             "        return f'<b>Point {self.x}</b>'\n"
         )
-        _SHARED.roots, _SHARED.active = {kernel.pid}, True  # its cluster may change workers
-        try:
-            yield kernel
-        finally:
-            _SHARED.roots, _SHARED.active = set(), False
+        yield kernel
 
 
 # ------------------------------------------------------------------ %ray_connect, %ray_status

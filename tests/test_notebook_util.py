@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import _SHARED
-from kernel_helpers import Kernel, running_kernel
+from conftest import shared_notebook_kernel
+from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,12 +36,8 @@ async def create(path):
 
 @pytest.fixture(scope="module")
 def nb() -> Iterator[Kernel]:
-    with running_kernel("%load_ext rayjupyter", "%ray_connect --num-cpus 2", SETUP) as kernel:
-        _SHARED.roots, _SHARED.active = {kernel.pid}, True
-        try:
-            yield kernel
-        finally:
-            _SHARED.roots, _SHARED.active = set(), False
+    with shared_notebook_kernel(SETUP) as kernel:
+        yield kernel
 
 
 def test_top_level_await_on_refs(nb):
