@@ -53,8 +53,13 @@ class PeerLink:
         self.tx = self._socket(context, b"t", secret)
         self.rx = self._socket(context, b"r", secret)
         self.known_funcs: set[bytes] = set()
-        self.outbox: list[Any] = [P.Hello("node", os.getpid(), protocol.PROTOCOL_VERSION, "")]
+        self.outbox: list[Any] = []
         self.last_heard = time.monotonic()
+        # Hello goes on the receiving socket, and nothing else is sent before the Welcome:
+        # the peer can only answer on a connection it has heard from (a router drops the rest).
+        self.welcomed = False
+        hello = P.Hello("node", os.getpid(), protocol.PROTOCOL_VERSION, "")
+        self.rx.send(protocol.dumps([hello]), zmq.NOBLOCK)
 
     def _socket(
         self, context: zmq.Context[zmq.Socket[bytes]], channel: bytes, secret: str
@@ -74,7 +79,7 @@ class PeerLink:
     def flush(self) -> None:
         """Send what is queued; never block the node's loop on a peer that is not there
         (a DEALER blocks when it has no connection: refused, or the peer died)."""
-        if self.outbox:
+        if self.outbox and self.welcomed:
             try:
                 self.tx.send(protocol.dumps(self.outbox), zmq.NOBLOCK)
             except zmq.Again:
@@ -501,6 +506,7 @@ class NodePeers:
         return tuple(inner_ids)
 
     def _on_peer_welcome(self, link: PeerLink, message: P.Welcome) -> None:
+        link.welcomed = not message.error
         if message.error:
             print(
                 f"rayjupyter node: node {link.address} refused us: {message.error}",
