@@ -19,6 +19,7 @@ from rayjupyter.core import api
 from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.exceptions import ClusterConnectionError
 from rayjupyter.core.launcher import LocalCluster
+from rayjupyter.util import state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,3 +212,73 @@ def test_lost_value_is_rebuilt_from_lineage_and_a_lost_put_raises(nodes: Nodes) 
     with pytest.raises(rj.exceptions.ObjectLostError, match=r"rj\.put"):
         rj.get(held_too, timeout=30)
     assert rj.get(held, timeout=30).shape == (1 << 17,)  # the copy here lives on
+
+
+@rj.remote
+class Counter:
+    """Counts calls; says which node it lives on."""
+
+    def __init__(self, start: int) -> None:
+        self.count = start
+
+    def add(self, n: int = 1) -> tuple[int, str]:
+        self.count += n
+        return self.count, rj.get_runtime_context().get_node_id()
+
+
+def test_actors_are_placed_on_the_nodes_that_have_their_resources(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    head_id = api._state["context"].address_info["node_id"]
+    first = Counter.options(resources={"n1": 1}).remote(10)
+    second = Counter.options(resources={"n2": 1}).remote(20)
+    firsts = rj.get([first.add.remote() for _ in range(20)], timeout=30)
+    assert [count for count, _ in firsts] == list(range(11, 31))  # in order, one process
+    seconds = rj.get([second.add.remote(2) for _ in range(3)], timeout=30)
+    assert [count for count, _ in seconds] == [22, 24, 26]
+    where = {firsts[0][1], seconds[0][1]}
+    assert len(where) == 2 and head_id not in where
+    rows = {row["actor_id"]: row for row in state.list_actors()}
+    assert rows[first._actor_id.hex()]["node_id"] == firsts[0][1]
+    assert rows[first._actor_id.hex()]["state"] == "ALIVE"
+
+    rj.kill(first)
+    with pytest.raises(rj.exceptions.ActorDiedError, match=r"rj\.kill"):
+        rj.get(first.add.remote(), timeout=30)
+
+    @rj.remote(resources={"n1": 0.5})  # free again now
+    class Broken:
+        def __init__(self) -> None:
+            raise ValueError("no good")
+
+        def ping(self) -> int:
+            return 1
+
+    broken = Broken.options(max_restarts=3).remote()
+    with pytest.raises(rj.exceptions.ActorDiedError, match="no good"):
+        rj.get(broken.ping.remote(), timeout=30)
+
+    assert rj.get(second.add.remote(), timeout=30)[0] == 27
+
+
+def test_actor_restarts_on_another_node_when_its_node_dies(nodes: Nodes) -> None:
+    by_tag = {"a": nodes.join(w=1, a=1), "b": nodes.join(w=1, b=1)}
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    by_node = {
+        rj.get(node_of.options(resources={tag: 1}).remote(), timeout=30): node
+        for tag, node in by_tag.items()
+    }
+    counter = Counter.options(resources={"w": 1}, max_restarts=1, max_task_retries=1).remote(0)
+    count, where = rj.get(counter.add.remote(), timeout=30)
+    assert count == 1
+    os.kill(by_node[where].pid, signal.SIGKILL)
+    # restarted from its __init__ on the other node: the count starts again
+    count, where_now = rj.get(counter.add.remote(5), timeout=60)
+    assert (count, where_now != where) == (5, True)
+    rows = {row["actor_id"]: row for row in state.list_actors()}
+    assert rows[counter._actor_id.hex()]["num_restarts"] == 1
+    survivor = by_node[where_now]
+    os.kill(survivor.pid, signal.SIGKILL)  # no restarts left, and no node with "w"
+    with pytest.raises(rj.exceptions.ActorDiedError, match="died"):
+        rj.get(counter.add.remote(), timeout=60)

@@ -66,6 +66,8 @@ class ActorRecord:
     no_restart: bool = False
     exiting: bool = False
     release_when_idle: bool = False
+    host: str = ""  # the peer node that runs its process ("": this node)
+    host_node: bytes = b""
 
     @property
     def job(self) -> bytes:
@@ -151,7 +153,8 @@ class NodeActors:
         )
         node.actors[actor.actor_id] = actor
         node.hold(client, actor.actor_id)  # the creator's handle
-        if not node.resources.feasible(actor.place_demand):
+        demand = actor.place_demand
+        if not node.resources.feasible(demand) and not node.feasible_on_peer(demand):
             node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
         node.admit(client, creation)
         if message.request_id:
@@ -185,6 +188,10 @@ class NodeActors:
             if actor.creation.state is TaskState.READY:
                 node.pending_actors.add(actor_id)
             return
+        if actor.host:
+            if actor.state is ActorState.ALIVE:
+                node.forward_actor_calls(actor)
+            return
         if actor.state is not ActorState.ALIVE or actor.worker not in node.workers:
             return
         worker = node.workers[actor.worker]
@@ -211,6 +218,11 @@ class NodeActors:
                 node.pending_actors.discard(actor_id)
                 continue
             if not node.resources.fits(actor.place_demand):
+                peers = node.peer_nodes()
+                peer = node.choose_peer(actor.place_demand, peers) if peers else None
+                if peer is not None:
+                    node.pending_actors.discard(actor_id)
+                    node.host_actor(actor, peer)
                 continue
             node.pending_actors.discard(actor_id)
             node.resources.acquire(actor.run_demand)
@@ -281,6 +293,15 @@ class NodeActors:
         if actor.release_when_idle and not actor.in_flight and not actor.queue:
             self.actor_dies(actor, "all handles to it went out of scope")
 
+    def remote_call_ended(self, task: TaskRecord) -> None:
+        """A call to an actor that a peer hosts came back (a result or an error)."""
+        actor = self._node().actors.get(task.actor_id)
+        if actor is None or actor.in_flight.pop(task.task_id, None) is None:
+            return
+        idle = not actor.in_flight and not actor.queue
+        if actor.release_when_idle and idle and actor.state is not ActorState.DEAD:
+            self.actor_dies(actor, "all handles to it went out of scope")
+
     def actor_call_dropped(self, task: TaskRecord) -> None:
         actor = self._node().actors.get(task.actor_id)
         if actor is not None and task in actor.queue:
@@ -295,7 +316,9 @@ class NodeActors:
             return
         actor.killed = True
         actor.no_restart = actor.no_restart or message.no_restart
-        if actor.worker is not None and actor.worker in node.workers:
+        if actor.host:
+            node.release_hosted(actor)  # it ends there; ActorGone brings us back here
+        elif actor.worker is not None and actor.worker in node.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         elif actor.no_restart:
@@ -326,12 +349,17 @@ class NodeActors:
         node.resources.release(actor.run_demand)
         node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
         actor.gpu_ids = ()
+        self.restart_or_die(actor, f"its process died ({cause})")
+
+    def restart_or_die(self, actor: ActorRecord, died: str) -> None:
+        """Its process is gone (here or on a peer): restart it within max_restarts, or not."""
+        node = self._node()
         if actor.exiting:
             reason = "it exited on purpose (exit_actor() was called)"
         elif actor.killed:
             reason = "it was killed by rj.kill()"
         else:
-            reason = f"its process died ({cause})"
+            reason = died
         max_restarts = int(actor.options.get("max_restarts") or 0)
         restartable = (
             not actor.exiting
@@ -370,6 +398,9 @@ class NodeActors:
             f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
         )
         actor.death_error = pickle.dumps(error, protocol=5)
+        node.actor_gone_from_here(actor, reason, not (actor.no_restart or actor.exiting))
+        if actor.host:
+            node.release_hosted(actor)
         if actor.state in (ActorState.ALIVE, ActorState.STARTING) and (
             actor.worker is not None and actor.worker in node.workers
         ):
@@ -409,7 +440,7 @@ class NodeActors:
             "ray_namespace": actor.namespace,
             "job_id": actor.job.hex(),
             "pid": worker.pid if worker else None,
-            "node_id": node.node_id.hex(),
+            "node_id": (actor.host_node or node.node_id).hex(),
             "num_restarts": actor.restarts,
             "is_detached": actor.detached,
             "death_cause": pickle.loads(actor.death_error).args[0] if actor.death_error else None,

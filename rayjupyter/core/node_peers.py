@@ -31,11 +31,13 @@ from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
+from rayjupyter.core.node_actors import ActorState
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
+    from rayjupyter.core.node_actors import ActorRecord
 
 CHUNK_BYTES = 8 << 20
 CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
@@ -47,7 +49,9 @@ LOCALITY_MIN_BYTES = 1 << 20  # arguments this large pull their task to the node
 class PeerLink:
     """This node as a client of another node."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], address: str, secret: str) -> None:
+    def __init__(
+        self, context: zmq.Context[zmq.Socket[bytes]], address: str, secret: str, node_id: bytes
+    ) -> None:
         self.address = address
         self.client_id = ids.new_client_id()
         self.tx = self._socket(context, b"t", secret)
@@ -58,7 +62,7 @@ class PeerLink:
         # Hello goes on the receiving socket, and nothing else is sent before the Welcome:
         # the peer can only answer on a connection it has heard from (a router drops the rest).
         self.welcomed = False
-        hello = P.Hello("node", os.getpid(), protocol.PROTOCOL_VERSION, "")
+        hello = P.Hello("node", os.getpid(), protocol.PROTOCOL_VERSION, "", node_id)
         self.rx.send(protocol.dumps([hello]), zmq.NOBLOCK)
 
     def _socket(
@@ -139,6 +143,7 @@ class NodePeers:
             P.ObjectChunk: self._on_object_chunk,
             P.ClusterView: self._on_cluster_view,
             P.ContainedObjects: self._on_contained_objects,
+            P.ActorGone: self._on_actor_gone,
             P.LogLines: self._on_peer_log_lines,
             P.Reply: lambda link, message: None,
         }
@@ -154,7 +159,7 @@ class NodePeers:
         node = self._node()
         link = self.links.get(address)
         if link is None:
-            link = self.links[address] = PeerLink(node.context, address, node.secret)
+            link = self.links[address] = PeerLink(node.context, address, node.secret, node.node_id)
             self.link_of_socket[link.rx] = link
             node.poller.register(link.rx, zmq.POLLIN)
         return link
@@ -279,6 +284,8 @@ class NodePeers:
             if peer_id == node_id:
                 del self.node_clients[client]
                 node.release_client(client)
+        for actor in [a for a in node.actors.values() if a.host == address]:
+            self.host_lost(actor, f"the node it ran on died ({why})")
         for forwarded in [f for f in self.forwarded.values() if f.address == address]:
             task = forwarded.task
             del self.forwarded[task.task_id]
@@ -347,29 +354,30 @@ class NodePeers:
             if task.owner in self.node_clients or node.resources.fits(task.demand):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
                 continue
-            target = self._choose_peer(task, peers)
+            target = self.choose_peer(task.demand, peers)
             if target is None:
                 kept.append(task)
             else:
                 self.forward(task, target)
         ready.extendleft(reversed(kept))
 
-    def _choose_peer(self, task: TaskRecord, peers: list[NodeInfo]) -> NodeInfo | None:
+    def choose_peer(self, demand: dict[str, float], peers: list[NodeInfo]) -> NodeInfo | None:
+        """A peer with the demand free now; or, if this node can never meet it, the least
+        busy peer that can."""
         node = self._node()
-        fitting = [p for p in peers if _fits(p.available, task.demand)]
+        fitting = [p for p in peers if _fits(p.available, demand)]
         if fitting:
             return max(fitting, key=lambda p: p.available.get("CPU", 0.0))
-        if node.resources.feasible(task.demand):
+        if node.resources.feasible(demand):
             return None  # it waits here for a free slot rather than in a peer's queue
-        feasible = [p for p in peers if _fits(p.resources, task.demand)]
+        feasible = [p for p in peers if _fits(p.resources, demand)]
         return min(feasible, key=lambda p: p.queued) if feasible else None
 
-    def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
-        """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
+    def provide(self, link: PeerLink, object_ids: tuple[bytes, ...]) -> None:
+        """Tell a peer the values (or where they are) of the ready objects a call uses."""
         node = self._node()
-        link = self.link(peer.address)
         provided = []
-        for object_id in (*task.deps, *task.nested):
+        for object_id in object_ids:
             entry = node.objects.get(object_id)
             if entry is None or not entry.ready:
                 continue
@@ -382,6 +390,12 @@ class NodePeers:
             provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
         if provided:
             link.send(P.ProvideObjects(tuple(provided)))
+
+    def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
+        """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
+        node = self._node()
+        link = self.link(peer.address)
+        self.provide(link, (*task.deps, *task.nested))
         func_blob = None
         if task.func_id not in link.known_funcs:
             func_blob = node.funcs.get(task.func_id)
@@ -399,8 +413,8 @@ class NodePeers:
                 task.demand,
                 0,  # retries after a crash there are ours: the node itself may die
                 task.retry_exceptions,
-                b"",
-                "",
+                task.actor_id,
+                task.method,
             )
         )
         link.send(P.Subscribe(task.return_ids, False))
@@ -411,6 +425,87 @@ class NodePeers:
         task.transition(TaskState.RUNNING)
         node.events.started(task.task_id, 0, task.attempt)
         self.forwarded[task.task_id] = Forwarded(task, peer.address, set(task.return_ids))
+
+    # ------------------------------------------------------------------ actors on peers
+
+    def host_actor(self, actor: ActorRecord, peer: NodeInfo) -> None:
+        """Start one of our actors on a peer. Its record stays here (its home): calls are
+        forwarded to it in order, and if it dies there we decide whether it restarts."""
+        node = self._node()
+        link = self.link(peer.address)
+        creation = actor.creation
+        self.provide(link, (*creation.deps, *creation.nested))
+        options = {k: v for k, v in actor.options.items() if k not in _HOME_ONLY_OPTIONS}
+        options.update(max_restarts=0, max_task_retries=0)  # retries are the home's call
+        link.send(
+            P.CreateActor(
+                actor.actor_id,
+                actor.class_blob,
+                actor.class_name,
+                creation.args_blob,
+                creation.deps,
+                creation.nested,
+                actor.place_demand,
+                actor.run_demand,
+                options,
+                0,
+            )
+        )
+        for key, value in actor.run_demand.items():  # until the next view says otherwise
+            peer.available[key] = peer.available.get(key, 0.0) - value
+        actor.host, actor.host_node = peer.address, peer.node_id
+        creation.transition(TaskState.RUNNING)
+        actor.transition(ActorState.STARTING)
+        actor.transition(ActorState.ALIVE)  # calls queue there behind its __init__
+        node.pump_actor(actor.actor_id)
+
+    def forward_actor_calls(self, actor: ActorRecord) -> None:
+        """Send an actor's ready calls, in order, to the peer that hosts it."""
+        node = self._node()
+        peer = node.head.nodes.get(actor.host_node)
+        if peer is None or not peer.alive:
+            return
+        queue = actor.queue
+        while queue:
+            task = queue[0]
+            if task.state is TaskState.FAILED:  # cancelled while queued
+                queue.popleft()
+                continue
+            if task.state is not TaskState.READY:
+                break  # a call still waiting for its arguments keeps the later ones waiting
+            queue.popleft()
+            actor.in_flight[task.task_id] = task
+            self.forward(task, peer)
+
+    def host_lost(self, actor: ActorRecord, reason: str) -> None:
+        """The peer hosting one of our actors lost it: restart it (maybe elsewhere) or not."""
+        for task_id in actor.in_flight:
+            self.forwarded.pop(task_id, None)  # what the peer still says about them is stale
+        actor.host, actor.host_node = "", b""
+        self._node().restart_or_die(actor, reason)
+
+    def _on_actor_gone(self, link: PeerLink, message: P.ActorGone) -> None:
+        node = self._node()
+        actor = node.actors.get(message.actor_id)
+        if actor is None or actor.host != link.address or actor.state is ActorState.DEAD:
+            return
+        if not message.restartable and not actor.killed:
+            actor.no_restart = True
+        self.host_lost(actor, message.reason)
+
+    def actor_gone_from_here(self, actor: ActorRecord, reason: str, restartable: bool) -> None:
+        """An actor we host for another node died here: tell its home first."""
+        owner = actor.creation.owner
+        if owner in self.node_clients:
+            self._node().send(owner, P.ActorGone(actor.actor_id, reason, restartable))
+
+    def release_hosted(self, actor: ActorRecord) -> None:
+        """Our actor that a peer hosts is dead here: stop its process there."""
+        for task_id in actor.in_flight:
+            self.forwarded.pop(task_id, None)
+        link = self.links.get(actor.host)
+        if link is not None:
+            link.send(P.KillActor(actor.actor_id, True))
 
     def _on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
         node = self._node()
@@ -432,6 +527,8 @@ class NodePeers:
                 link.send(P.RefOps(((False, object_id),)))
                 if task.state is TaskState.RUNNING:
                     node.fail_task(task, inline or b"")
+                if task.actor_id:
+                    node.remote_call_ended(task)
                 continue
             inner = self._adopt_contained(link, object_id)
             if inline is not None:
@@ -458,6 +555,8 @@ class NodePeers:
                     self.lineage[task.task_id] = task  # its arguments stay held
                 else:
                     node._forget_task(task)
+                if task.actor_id:
+                    node.remote_call_ended(task)
 
     def _slot_freed(self, address: str, demand: dict[str, float]) -> None:
         """A task of ours ended there: count its resources free until the next view."""
@@ -700,6 +799,10 @@ class NodePeers:
         for address in locations:
             if address in self.links:
                 self.links[address].send(P.RefOps(((False, object_id),)))
+
+
+# what only an actor's home node acts on: names are looked up there, lifetime is kept there
+_HOME_ONLY_OPTIONS = ("name", "get_if_exists", "lifetime", "namespace")
 
 
 def _fits(available: dict[str, float], demand: dict[str, float]) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -33,6 +33,7 @@ class Hello(NamedTuple):
     pid: int  # the client's process id, for log prefixes and crash reports
     version: int  # PROTOCOL_VERSION of the client
     namespace: str  # a driver's namespace for named actors ("" for workers)
+    node_id: bytes = b""  # a peer node's id, so the node can drop it when it dies
 
 
 class SubmitTask(NamedTuple):
@@ -66,6 +67,16 @@ class CreateActor(NamedTuple):
     run_demand: dict[str, float]  # held while it lives (0 CPU by default)
     options: dict[str, Any]  # name, namespace, lifetime, max_restarts, max_task_retries, ...
     request_id: int  # non-zero: answer with Reply (named actors: taken names, get_if_exists)
+
+
+class ActorGone(NamedTuple):
+    """From the node that hosts another node's actor: its process ended. The actor's home
+    node decides whether it restarts (maybe elsewhere); sent before the calls in flight
+    fail there, so that the home can retry them instead."""
+
+    actor_id: bytes
+    reason: str
+    restartable: bool  # False after __init__ raised or exit_actor()
 
 
 class KillActor(NamedTuple):
@@ -335,6 +346,7 @@ NODE_TO_CLIENT = (
     ObjectChunk,
     ClusterView,
     ContainedObjects,
+    ActorGone,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
