@@ -71,6 +71,10 @@ def __getattr__(name: str) -> Any:
         from rayjupyter import notebook
 
         return getattr(notebook, name)
+    if name == "util":  # rj.util.state... as with ray.util, without importing it at startup
+        import importlib
+
+        return importlib.import_module("rayjupyter.util")
     raise AttributeError(f"module 'rayjupyter' has no attribute {name!r}")
 
 

@@ -83,6 +83,8 @@ def split_address(address: str) -> tuple[str, str]:
 
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as zmq binds: connections of a stopped head in TIME_WAIT do not hold the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -119,6 +121,8 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
         sys_path=[p or os.getcwd() for p in sys.path],
         watch_stdin=False,  # a background node lives until `rayjupyter stop`
         head_address=head_address,
+        # a head started again on the same port finds its named detached actors
+        actors_file=str(state_dir() / f"head-{args.port}.actors") if args.head else "",
     )
 
 
@@ -186,9 +190,12 @@ def _block(process: subprocess.Popen[bytes], others: list[int]) -> int:
 
 def _start_head(args: argparse.Namespace) -> int:
     _check_port_free(args.node_ip, args.port)
-    secret = os.environ.get(SECRET_ENV) or auth.new_secret()
-    config = _node_config(args, "")
     address = f"{args.node_ip}:{args.port}"
+    saved = _read_cluster_file()
+    # a head started again where one ran keeps its secret: its nodes and drivers reconnect
+    earlier = str(saved["secret"]) if saved and saved.get("address") == address else ""
+    secret = os.environ.get(SECRET_ENV) or earlier or auth.new_secret()
+    config = _node_config(args, "")
     if not args.block:
         _write_private(cluster_file(), {"address": address, "secret": secret})
     process, _, session = _launch(config, secret)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -131,3 +132,51 @@ def test_head_with_a_dashboard(cli: Cli) -> None:
     assert len(pids) == 2  # the head and its dashboard
     assert "Stopped 2 rayjupyter process" in cli("stop").stdout
     wait_for_pids_gone(pids, timeout=15)
+
+
+def test_head_restarted_finds_its_named_detached_actor(cli: Cli) -> None:
+    import rayjupyter as rj
+    from rayjupyter.util import state
+
+    port = free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"h": 1}')
+    assert out.returncode == 0, out.stderr
+    connect = next(w for w in out.stdout.split() if w.startswith("rayjupyter://"))
+    (head_pid,) = cli.started_pids()
+
+    @rj.remote(resources={"h": 1})
+    class Keeper:
+        def __init__(self, start: int) -> None:
+            self.value = start
+
+        def bump(self) -> int:
+            self.value += 1
+            return self.value
+
+    rj.init(address=connect, namespace="app")
+    try:
+        keeper = Keeper.options(name="keeper", lifetime="detached").remote(100)
+        assert rj.get(keeper.bump.remote(), timeout=30) == 101
+        saved = cli.home / f"head-{port}.actors"
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    finally:
+        rj.shutdown()
+    os.kill(head_pid, signal.SIGKILL)
+    wait_for_pids_gone([head_pid], timeout=15)
+
+    again = cli(
+        "start", "--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"h": 1}'
+    )
+    assert again.returncode == 0, again.stderr
+    assert connect in again.stdout  # the same secret: what joined before can join again
+    rj.init(address=connect, namespace="app")
+    try:
+        found = rj.get_actor("keeper")
+        assert rj.get(found.bump.remote(), timeout=30) == 101  # made again from its __init__
+        rows = [r for r in state.list_actors() if r["name"] == "keeper"]
+        assert [(r["state"], r["num_restarts"], r["is_detached"]) for r in rows] == [
+            ("ALIVE", 1, True)
+        ]
+        rj.kill(found)
+    finally:
+        rj.shutdown()

@@ -27,6 +27,7 @@ class NodeConfig:
     client_timeout_s: float = 30.0  # other drivers silent this long are let go
     head_address: str = ""  # host:port of the head node to join; "" makes this node the head
     node_timeout_s: float = 3.0  # a node silent this long is dead (heartbeats every 0.5 s)
+    actors_file: str = ""  # a head keeps its named detached actors here across restarts
 
 
 def session_dir(session: str) -> str:

@@ -184,6 +184,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         }
         for _ in range(self.pool_size):
             self.spawn_worker()
+        self.restore_detached_actors()
 
     # ------------------------------------------------------------------ loop
 

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rayjupyter.core import actor_file
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -103,8 +104,13 @@ class NodeActors:
     # ------------------------------------------------------------------ creation
 
     def on_create_actor(self, client: bytes, message: P.CreateActor) -> None:
+        job, namespace, _ = self._node().context_of(client)
+        self.create_actor(client, message, job, namespace)
+
+    def create_actor(
+        self, client: bytes, message: P.CreateActor, job: bytes, namespace: str
+    ) -> ActorRecord | None:
         node = self._node()
-        job, namespace, _ = node.context_of(client)
         namespace = str(message.options.get("namespace") or namespace)
         name = str(message.options.get("name") or "")
         if name:
@@ -122,7 +128,7 @@ class NodeActors:
                         f"get_if_exists=True to get it."
                     )
                     node.send(client, P.Reply(message.request_id, error))
-                return
+                return None
             node.named_actors[(namespace, name)] = message.actor_id
         creation = TaskRecord(
             task_id=message.actor_id[:16],
@@ -159,6 +165,50 @@ class NodeActors:
         node.admit(client, creation)
         if message.request_id:
             node.send(client, P.Reply(message.request_id, actor.handle_info()))
+        if actor.detached and actor.name:
+            self.save_detached_actors()
+        return actor
+
+    # ------------------------------------------------------------------ head restarts
+
+    def save_detached_actors(self) -> None:
+        """Named detached actors outlive the head: keep how to create them in its file."""
+        node = self._node()
+        path = node.config.actors_file
+        if not path or not node.is_head:
+            return
+        kept = []
+        for actor in node.actors.values():
+            if not (actor.detached and actor.name) or actor.state is ActorState.DEAD:
+                continue
+            creation = actor.creation
+            if creation.deps or creation.nested:
+                continue  # its ObjectRef arguments would not survive the head (see actor_file)
+            message = P.CreateActor(
+                actor.actor_id,
+                actor.class_blob,
+                actor.class_name,
+                creation.args_blob,
+                (),
+                (),
+                actor.place_demand,
+                actor.run_demand,
+                actor.options,
+                0,
+            )
+            kept.append((message, actor.job, actor.namespace, actor.restarts))
+        actor_file.save(path, kept)
+
+    def restore_detached_actors(self) -> None:
+        """A head started again with its file: create its named detached actors anew."""
+        node = self._node()
+        path = node.config.actors_file
+        if not path or not node.is_head:
+            return
+        for message, job, namespace, restarts in actor_file.load(path):
+            actor = self.create_actor(b"", message, job, namespace)
+            if actor is not None:
+                actor.restarts = restarts + 1
 
     def actor_call_admitted(self, task: TaskRecord) -> bool:
         """A new call (or the creation) for an actor: queue it, or fail it if the actor is dead."""
@@ -417,6 +467,8 @@ class NodeActors:
         actor.queue.clear()
         if node.named_actors.get((actor.namespace, actor.name)) == actor.actor_id:
             del node.named_actors[(actor.namespace, actor.name)]
+            if actor.detached:
+                self.save_detached_actors()
         creation = actor.creation
         if creation.task_id in node.tasks:
             node._forget_task(creation)
