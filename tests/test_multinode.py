@@ -282,3 +282,22 @@ def test_actor_restarts_on_another_node_when_its_node_dies(nodes: Nodes) -> None
     os.kill(survivor.pid, signal.SIGKILL)  # no restarts left, and no node with "w"
     with pytest.raises(rj.exceptions.ActorDiedError, match="died"):
         rj.get(counter.add.remote(), timeout=60)
+
+
+def test_actor_handles_work_in_tasks_on_other_nodes(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    here = Counter.remote(0)  # on the head
+    there = Counter.options(resources={"n2": 1}).remote(100)  # its home is the head too
+
+    @rj.remote(resources={"n1": 1})
+    def call_both(a: Any, b: Any) -> tuple[int, int, str]:
+        first = rj.get(a.add.remote(1), timeout=30)[0]
+        second = rj.get(b.add.remote(1), timeout=30)[0]
+        return first, second, rj.get_runtime_context().get_node_id()
+
+    first, second, where = rj.get(call_both.remote(here, there), timeout=30)
+    assert (first, second) == (1, 101)
+    assert where != api._state["context"].address_info["node_id"]
+    assert rj.get(here.add.remote(), timeout=30)[0] == 2  # the same actor, seen from here

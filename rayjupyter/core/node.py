@@ -118,6 +118,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         P.PullObject: "on_pull_object",
         P.RegisterNode: "on_register_node",
         P.NodeHeartbeat: "on_node_heartbeat",
+        P.ActorHomes: "on_actor_homes",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -448,6 +449,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
     def task_ready(self, task: TaskRecord) -> None:
         self.events.ready(task.task_id)
         if task.actor_id:
+            if task.actor_id not in self.actors:
+                self.route_actor_call(task)  # an actor of another node (see actor_homes)
+                return
             if self._pull_deps(task):
                 return
             task.transition(TaskState.READY)

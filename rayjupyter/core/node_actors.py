@@ -216,6 +216,8 @@ class NodeActors:
         actor = node.actors.get(task.actor_id)
         if task.method == "__init__":
             return True
+        if actor is None and task.actor_id in node.actor_homes:
+            return True  # it lives on another node: the call goes there when ready
         if actor is None or actor.state is ActorState.DEAD:
             node.fail_task(task, actor.death_error if actor else self._unknown_actor(task))
             return False

@@ -29,7 +29,7 @@ import zmq
 
 from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
-from rayjupyter.core.exceptions import ObjectLostError, WorkerCrashedError
+from rayjupyter.core.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_actors import ActorState
 from rayjupyter.core.object_store import shm_path
@@ -134,6 +134,7 @@ class NodePeers:
         self.lineage: dict[bytes, TaskRecord] = {}
         self.contained_info: dict[bytes, tuple[tuple[bytes, bytes | None, int, bool, str], ...]]
         self.contained_info = {}  # refs inside a peer's value, until that value arrives
+        self.actor_homes: dict[bytes, str] = {}  # other nodes' actors we were handed
         self.last_heartbeat = 0.0
         self.joined = False
         self.started = time.monotonic()
@@ -390,6 +391,34 @@ class NodePeers:
             provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
         if provided:
             link.send(P.ProvideObjects(tuple(provided)))
+        homes = []
+        for object_id in object_ids:
+            if object_id in node.actors:
+                homes.append((object_id, node.address))
+            elif object_id in self.actor_homes:
+                homes.append((object_id, self.actor_homes[object_id]))
+        if homes:
+            link.send(P.ActorHomes(tuple(homes)))
+
+    def on_actor_homes(self, client: bytes, message: P.ActorHomes) -> None:
+        node = self._node()
+        for actor_id, address in message.homes:
+            if actor_id not in node.actors and address != node.address:
+                self.actor_homes[actor_id] = address
+
+    def route_actor_call(self, task: TaskRecord) -> None:
+        """A call made here to an actor of another node: send it to the actor's home node."""
+        node = self._node()
+        address = self.actor_homes[task.actor_id]
+        home = next((peer for peer in self.peer_nodes() if peer.address == address), None)
+        if home is None:
+            error = ActorDiedError(
+                f"Task {task.name!r} calls an actor whose node ({address}) is no longer in "
+                f"the cluster."
+            )
+            node.fail_task(task, pickle.dumps(error, protocol=5))
+            return
+        self.forward(task, home)
 
     def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
         """Run a ready task on a peer: provide its values, submit it, subscribe to results."""

@@ -79,6 +79,13 @@ class ActorGone(NamedTuple):
     restartable: bool  # False after __init__ raised or exit_actor()
 
 
+class ActorHomes(NamedTuple):
+    """From a peer node: the actors whose handles a task it sends us carries, and the
+    node each lives on (its home), so calls made here go there."""
+
+    homes: tuple[tuple[bytes, str], ...]  # (actor id, home node address)
+
+
 class KillActor(NamedTuple):
     """``rj.kill(handle)``: stop the actor's process now."""
 
@@ -333,6 +340,7 @@ CLIENT_TO_NODE = (
     PullObject,
     RegisterNode,
     NodeHeartbeat,
+    ActorHomes,
 )
 NODE_TO_CLIENT = (
     Welcome,
