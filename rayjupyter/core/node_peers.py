@@ -382,6 +382,7 @@ class NodePeers:
             provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
         if provided:
             link.send(P.ProvideObjects(tuple(provided)))
+        node.send_runtime_env(link, task.env)  # its packages and env, once per link
         func_blob = None
         if task.func_id not in link.known_funcs:
             func_blob = node.funcs.get(task.func_id)
@@ -401,6 +402,7 @@ class NodePeers:
                 task.retry_exceptions,
                 b"",
                 "",
+                task.env,
             )
         )
         link.send(P.Subscribe(task.return_ids, False))
