@@ -24,6 +24,13 @@ from test_multinode import Nodes
 import rayjupyter as rj
 from rayjupyter.core import runtime_env
 from rayjupyter.core.exceptions import RuntimeEnvSetupError
+from rayjupyter.core.scheduler import (
+    ResourcePool,
+    Scheduler,
+    TaskRecord,
+    WorkerRecord,
+    WorkerState,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -254,6 +261,30 @@ def test_packages_are_cached_by_content_and_reused_by_a_second_driver(
     cwd, listing = out.stdout.split()
     assert cwd == package_dir and "sentinel" in listing.split(",")  # not extracted again
     assert sorted(p.name for p in Path(package_dir).parent.iterdir() if p.is_dir()) == [digest]
+
+
+def _task(name: str, env: str) -> TaskRecord:
+    return TaskRecord(
+        task_id=name.encode(), owner=b"", name=name, func_id=b"", args_blob=b"", deps=(),
+        nested=(), return_ids=(), demand={"CPU": 1.0}, max_retries=0, retry_exceptions=False,
+        env=env,
+    )  # fmt: skip
+
+
+def test_scheduler_pairs_tasks_only_with_workers_of_their_env() -> None:
+    scheduler = Scheduler(ResourcePool({"CPU": 4}))
+    plain = WorkerRecord(b"p", 1, state=WorkerState.IDLE)
+    in_x = WorkerRecord(b"x", 2, state=WorkerState.IDLE, env="x")
+    scheduler.worker_idle(plain)
+    scheduler.worker_idle(in_x)
+    tasks = [_task("needs-y", "y"), _task("in-x", "x"), _task("plain", ""), _task("x2", "x")]
+    for task in tasks:
+        scheduler.make_ready(task)
+    pairs, unplaced = scheduler.assignments()
+    assert [(t.name, w.client_id) for t, w in pairs] == [("in-x", b"x"), ("plain", b"p")]
+    assert scheduler.env_unplaced == {"y": 1, "x": 1} and unplaced == 0
+    assert [t.name for t in scheduler.ready] == ["needs-y", "x2"]
+    assert not scheduler.idle and not scheduler.idle_env
 
 
 # ------------------------------------------------------------------ errors
