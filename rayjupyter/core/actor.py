@@ -16,7 +16,7 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import serialization
+from rayjupyter.core import runtime_env, serialization
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
@@ -131,6 +131,8 @@ def create_actor(
     packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
     actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
     node_options = _node_options(actor_class)
+    # the env its process starts in (packed and registered the first time it is used)
+    node_options["runtime_env"] = runtime_env.env_for(client, actor_class._options["runtime_env"])
     request_id = client.new_request_id() if node_options["name"] else 0
     message = P.CreateActor(
         actor_id,

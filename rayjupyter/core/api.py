@@ -13,6 +13,7 @@ from typing import Any, overload
 
 from rayjupyter.core import cluster_repr, runtime_context
 from rayjupyter.core import protocol as P
+from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
@@ -20,6 +21,7 @@ from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
+from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import serialize
 
 ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
@@ -138,6 +140,10 @@ def init(
                 "Maybe you called rj.init twice by accident? This process is already connected; "
                 "call rj.shutdown() first, or pass ignore_reinit_error=True."
             )
+        if kwargs.get("runtime_env") is not None:
+            # checked and packed before anything starts: a bad env costs no cluster
+            spec = runtime_env_module.validate("runtime_env", kwargs["runtime_env"])
+            kwargs["runtime_env"] = runtime_env_module.resolve(spec or {})
         address = address or os.environ.get(ADDRESS_ENV) or None
         if address not in (None, "local"):
             assert address is not None
@@ -150,6 +156,7 @@ def init(
             client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
             context = ClusterContext(hostport, secret, client.node_id, client.session, False)
             _state.update(client=client, cluster=None, context=context)
+            _set_job_env(client, kwargs.get("runtime_env"))
             _maybe_start_dashboard(context, kwargs)
             return context
         config = NodeConfig(
@@ -180,8 +187,22 @@ def init(
             cluster.address, cluster.secret, client.node_id, client.session, True
         )
         _state.update(client=client, cluster=cluster, context=context)
+        _set_job_env(client, kwargs.get("runtime_env"))
         _maybe_start_dashboard(context, kwargs)
         return context
+
+
+def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] | None) -> None:
+    """init(runtime_env=...): upload it now; every task and actor of this job runs in it."""
+    if resolved is None:
+        return
+    env, packages = resolved
+    try:
+        runtime_env_module.register(client, env, packages)
+    except BaseException:
+        shutdown()
+        raise
+    client.runtime_env = None if env.empty else env
 
 
 def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> None:
@@ -225,6 +246,7 @@ def shutdown() -> None:
             cluster.stop()
         reference_counter.reset()
         runtime_context.reset()
+        runtime_env_module.clear_cache()
 
 
 def is_initialized() -> bool:

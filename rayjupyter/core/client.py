@@ -27,6 +27,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ClusterConnectionError, GetTimeoutError, RayTaskError
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.object_store import map_object, shm_path
+from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import deserialize
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
@@ -75,6 +76,8 @@ class Client:
         self._request_ids = itertools.count(1)
         self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
+        self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
+        self.sent_envs: set[str] = set()  # envs the node has from us (runtime_env.register)
         self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | P.CancelCall | None] = (
             queue.SimpleQueue()
         )

@@ -13,6 +13,7 @@
         ├── RayActorError              an actor cannot run the call
         │   ├── ActorDiedError         ... because it died and will not restart
         │   └── ActorUnavailableError  ... for now (restarting or unreachable)
+        ├── RuntimeEnvSetupError       a task's runtime_env could not be set up on its node
         ├── SerializationError         a value cannot be pickled        (also a TypeError)
         └── ClusterConnectionError     no cluster at that address       (also a ConnectionError)
 
@@ -44,6 +45,7 @@ __all__ = [
     "RayError",
     "RaySystemError",
     "RayTaskError",
+    "RuntimeEnvSetupError",
     "SerializationError",
     "TaskCancelledError",
     "WorkerCrashedError",
@@ -137,6 +139,12 @@ class ClusterConnectionError(RayError, ConnectionError):
         "Could not connect to the cluster; check the address, or call init() with no "
         "address to start a local one."
     )
+
+
+class RuntimeEnvSetupError(RayError):
+    """A task's or actor's runtime_env could not be set up on the node that was to run it."""
+
+    default_message = "The runtime_env could not be set up on the node."
 
 
 class SerializationError(RayError, TypeError):

@@ -39,6 +39,7 @@ from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_peers import NodePeers
 from rayjupyter.core.node_queries import NodeQueries
+from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import (
@@ -92,7 +93,7 @@ class ClientInfo:
     last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
-class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
+class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: which method handles each message a client may send
@@ -119,6 +120,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         P.RegisterNode: "on_register_node",
         P.NodeHeartbeat: "on_node_heartbeat",
         P.ActorHomes: "on_actor_homes",
+        P.UploadPackage: "on_upload_package",
+        P.RegisterRuntimeEnv: "on_register_runtime_env",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -180,6 +183,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
         self.init_peers()
+        self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
         }
@@ -199,6 +203,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
+                    self.reap_idle_env_workers()
                 self.peers_tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
@@ -389,6 +394,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
             job=job,
             namespace=namespace,
             parent=parent,
+            env=message.runtime_env,
         )
         if parent is not None and parent in self.tasks:
             self.tasks[parent].children.append(task.task_id)
@@ -435,6 +441,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                 task.missing += 1
             elif entry.is_error and failed_dep is None:
                 failed_dep = entry.inline
+        if failed_dep is None and (task.env or task.method == "__init__"):
+            failed_dep = self.env_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
@@ -801,9 +809,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
         if len(self.head.nodes) > 1:
             self.spill_over()
         if unplaced:  # only then count starting workers: a scan of all workers, each loop turn
-            starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+            starting = sum(
+                1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
+            )
             for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
                 self.spawn_worker()
+        if self.scheduler.env_unplaced:
+            self.spawn_env_workers()
         if len(self.scheduler.ready) > self.pool_size and not self.scheduler.idle:
             self.prefetch()
 
@@ -828,6 +840,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers):
                 continue
             task = ready[0]
             if task.state is not TaskState.READY or task.demand != running.demand:
+                continue
+            if task.env != running.env:  # a worker runs the tasks of its own env only
                 continue
             if task.demand.get("GPU"):
                 continue

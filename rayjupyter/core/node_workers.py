@@ -59,20 +59,25 @@ class NodeWorkers:
     def _node(self) -> Node:
         return self  # type: ignore[return-value]
 
-    def spawn_worker(self, actor_id: bytes = b"") -> bytes:
-        """Start a worker process (for the pool, or dedicated to one actor); its client id."""
+    def spawn_worker(self, actor_id: bytes = b"", env: str = "") -> bytes:
+        """Start a worker process (for the pool, or dedicated to one actor), in a
+        runtime_env if ``env`` names one (an actor's comes from its options); its client id."""
         node = self._node()
         client_id = ids.new_client_id()
-        env = worker_env(node.secret, node.session, node.config.sys_path, client_id)
-        node._adopt_worker(client_id, spawn.fork_worker(env), actor_id)
+        if actor_id and not env:
+            env = node.actor_env(actor_id)
+        variables = worker_env(node.secret, node.session, node.config.sys_path, client_id)
+        if env:
+            variables = {**node.env_process_vars(env), **variables}
+        node._adopt_worker(client_id, spawn.fork_worker(variables), actor_id, env)
         return client_id
 
     def _adopt_worker(
-        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b""
+        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b"", env: str = ""
     ) -> None:
         """Watch a started worker's output pipes and its exit."""
         node = self._node()
-        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id)
+        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id, env=env)
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
         node.workers[client_id] = worker
         node.pipes[client_id] = pipes
@@ -198,6 +203,8 @@ class NodeWorkers:
 
     def _live_workers(self) -> int:
         node = self._node()
-        return sum(
-            1 for w in node.workers.values() if w.state is not WorkerState.DEAD and not w.actor_id
+        return sum(  # the plain pool: actors' and envs' workers come and go with their work
+            1
+            for w in node.workers.values()
+            if w.state is not WorkerState.DEAD and not w.actor_id and not w.env
         )

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from rayjupyter.core import runtime_env
+
 __all__ = [
     "OPTIONS",
     "OptionSpec",
@@ -150,12 +152,6 @@ def _retry_exceptions(name: str, value: Any) -> bool | tuple[type[BaseException]
     raise TypeError(f"{name} must be True, False or a list of exception classes, got {value!r}")
 
 
-def _mapping(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a dict, got {value!r}")
-    return dict(value)
-
-
 def _scheduling_strategy(name: str, value: Any) -> Any:
     """ "DEFAULT", "SPREAD" or a strategy object; stored as given for the scheduler."""
     if isinstance(value, str):
@@ -212,7 +208,9 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         OptionSpec(
             "max_concurrency", _optional(_integer(1)), _NA, None, "calls run at the same time"
         ),
-        OptionSpec("runtime_env", _optional(_mapping), None, None, "environment for the worker"),
+        OptionSpec(
+            "runtime_env", runtime_env.validate, None, None, "working_dir, py_modules, env_vars"
+        ),
         OptionSpec(
             "scheduling_strategy",
             _optional(_scheduling_strategy),

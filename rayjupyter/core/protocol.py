@@ -52,6 +52,7 @@ class SubmitTask(NamedTuple):
     retry_exceptions: bool | bytes  # True/False, or a pickled list of exception types
     actor_id: bytes  # b"" for a task; else the actor whose ``method`` to call
     method: str
+    runtime_env: str = ""  # digest of a registered env (RegisterRuntimeEnv); "" for none
 
 
 class CreateActor(NamedTuple):
@@ -210,6 +211,26 @@ class NodeHeartbeat(NamedTuple):
     queued: int  # tasks waiting for resources there
 
 
+class UploadPackage(NamedTuple):
+    """A runtime_env package (a working_dir or py_module as a zip), before the
+    ``RegisterRuntimeEnv`` that names it; sent to a node once (or when it says it lacks it)."""
+
+    digest: str  # sha256 of ``blob``: the node checks it and caches the package under it
+    blob: bytes
+
+
+class RegisterRuntimeEnv(NamedTuple):
+    """Declare an env that tasks (``SubmitTask.runtime_env``) and actors (option
+    ``runtime_env``) name by digest. Answered with ``Reply``: the package digests the node
+    lacks (upload them, then register again), () once registered, or the setup error."""
+
+    request_id: int  # 0 (from a peer node): no answer
+    env: str  # digest of the env (``runtime_env.RuntimeEnv.digest``)
+    working_dir: str  # package digest, "" for none: the workers' cwd, first on sys.path
+    py_modules: tuple[str, ...]  # package digests, each extracted dir on sys.path
+    env_vars: dict[str, str]  # set in the workers' environment
+
+
 class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
@@ -341,6 +362,8 @@ CLIENT_TO_NODE = (
     RegisterNode,
     NodeHeartbeat,
     ActorHomes,
+    UploadPackage,
+    RegisterRuntimeEnv,
 )
 NODE_TO_CLIENT = (
     Welcome,

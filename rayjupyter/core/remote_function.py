@@ -11,6 +11,7 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
+from rayjupyter.core import runtime_env
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.object_ref import ObjectRef
@@ -36,6 +37,7 @@ class RemoteFunction:
         self._demand = option_table.resource_demand(self._options)
         self._func_id = func_id or os.urandom(16)
         self._blob: bytes | None = None
+        self._env: tuple[bytes, str] | None = None  # (client id, env digest) once resolved
         self._name = self._options["name"] or getattr(function, "__name__", "task")
         retry = self._options["retry_exceptions"]
         self._retry: bool | bytes = retry if isinstance(retry, bool) else cloudpickle.dumps(retry)
@@ -68,6 +70,15 @@ class RemoteFunction:
                     f"pickled; create it inside the function instead."
                 ) from exc
         return self._blob
+
+    def _env_digest(self, client: Client) -> str:
+        """The runtime_env this function's tasks run in, packed and registered once."""
+        cached = self._env
+        if cached is not None and cached[0] == client.client_id:
+            return cached[1]
+        digest = runtime_env.env_for(client, self._options["runtime_env"])
+        self._env = (client.client_id, digest)
+        return digest
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from rayjupyter.core.api import _client
@@ -112,6 +123,7 @@ def submit(
     client: Client, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
+    env = function._env_digest(client)
     packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
     task_id = client.ids.task_id()
     num_returns: int = function._options["num_returns"]
@@ -137,6 +149,7 @@ def submit(
             function._retry,
             b"",
             "",
+            env,
         )
     )
     if num_returns == 1:

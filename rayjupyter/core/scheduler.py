@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class TaskRecord:
     children: list[bytes] = field(default_factory=list)
     gpu_ids: tuple[int, ...] = ()
     cancelled: bool = False
+    env: str = ""  # runtime_env digest: runs only on a worker started in that env
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -110,6 +112,8 @@ class WorkerRecord:
     actor_id: bytes = b""  # set for a process dedicated to an actor
     prefetched: TaskRecord | None = None  # sent ahead, to start when the current task ends
     handle: Any = None  # the node's process handle (Popen), opaque here
+    env: str = ""  # runtime_env digest it was started in ("" for the plain pool)
+    idle_since: float = 0.0  # monotonic time it last became idle (env workers are reaped)
 
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:
@@ -166,41 +170,61 @@ class ResourcePool:
 
 
 class Scheduler:
-    """FIFO among ready tasks, skipping those whose resources are busy (no head-of-line block)."""
+    """FIFO among ready tasks, skipping those whose resources are busy (no head-of-line block).
+
+    A task with a runtime_env runs only on a worker started in that env: idle workers are
+    kept per env (``idle`` is the plain pool), and ``env_unplaced`` says how many workers
+    each env lacks for tasks that fit now.
+    """
 
     def __init__(self, resources: ResourcePool) -> None:
         self.resources = resources
         self.ready: deque[TaskRecord] = deque()
         self.idle: deque[WorkerRecord] = deque()
+        self.idle_env: dict[str, deque[WorkerRecord]] = {}
+        self.env_unplaced: dict[str, int] = {}
 
     def make_ready(self, task: TaskRecord) -> None:
         task.transition(TaskState.READY)
         self.ready.append(task)
 
     def worker_idle(self, worker: WorkerRecord) -> None:
-        self.idle.append(worker)
+        if worker.env:
+            worker.idle_since = time.monotonic()
+            self.idle_env.setdefault(worker.env, deque()).append(worker)
+        else:
+            self.idle.append(worker)
 
     def forget_worker(self, worker: WorkerRecord) -> None:
-        if worker in self.idle:
-            self.idle.remove(worker)
+        pool = self.idle_env.get(worker.env) if worker.env else self.idle
+        if pool is not None and worker in pool:
+            pool.remove(worker)
+            if worker.env and not pool:
+                del self.idle_env[worker.env]
 
     def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], int]:
-        """Pair ready tasks with idle workers; also count tasks that fit but lack a worker."""
+        """Pair ready tasks with idle workers; also count tasks that fit but lack a worker
+        (the plain pool's count is returned; other envs' counts go to ``env_unplaced``)."""
         out: list[tuple[TaskRecord, WorkerRecord]] = []
         skipped: list[TaskRecord] = []
         ready = self.ready
-        while ready and self.idle:
+        lacks_env_worker = False
+        while ready and (self.idle or self.idle_env):
             task = ready[0]
             if task.state is not TaskState.READY:  # failed or cancelled while queued
                 ready.popleft()
                 continue
-            if not self.resources.fits(task.demand):
+            pool = self.idle_env.get(task.env) if task.env else self.idle
+            if not pool or not self.resources.fits(task.demand):
+                lacks_env_worker = lacks_env_worker or (bool(task.env) and not pool)
                 skipped.append(ready.popleft())
                 if len(skipped) > 64:  # bound the scan; the rest waits for a release
                     break
                 continue
             ready.popleft()
-            worker = self.idle.popleft()
+            worker = pool.popleft()
+            if task.env and not pool:
+                del self.idle_env[task.env]
             self.resources.acquire(task.demand)
             task.transition(TaskState.RUNNING)
             task.worker = worker.client_id
@@ -208,19 +232,26 @@ class Scheduler:
             worker.task = task
             out.append((task, worker))
         ready.extendleft(reversed(skipped))
-        return out, self._unplaced() if ready and not self.idle else 0
+        self.env_unplaced = {}
+        if not ready or (self.idle and not lacks_env_worker):
+            return out, 0
+        counts = self._unplaced()
+        plain = counts.pop("", 0)
+        self.env_unplaced = counts
+        return out, plain if not self.idle else 0
 
-    def _unplaced(self, limit: int = 64) -> int:
-        """How many queued tasks the free resources could run now if there were workers."""
+    def _unplaced(self, limit: int = 64) -> dict[str, int]:
+        """How many queued tasks (per env) the free resources could run now if there were
+        workers for them."""
         available = dict(self.resources.available)
         if all(v <= 1e-9 for v in available.values()):
-            return 0  # the common case under load: everything is in use
-        count = 0
+            return {}  # the common case under load: everything is in use
+        counts: dict[str, int] = {}
         for task in itertools.islice(self.ready, limit):
             if task.state is TaskState.READY and all(
                 available.get(k, 0.0) + 1e-9 >= v for k, v in task.demand.items()
             ):
                 for k, v in task.demand.items():
                     available[k] = available.get(k, 0.0) - v
-                count += 1
-        return count
+                counts[task.env] = counts.get(task.env, 0) + 1
+        return counts

@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api, runtime_context
+from rayjupyter.core import api, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import ActorExitRequest
 from rayjupyter.core.client import Client
@@ -253,6 +253,17 @@ def main() -> None:
     for path in reversed(json.loads(env.get("RAYJUPYTER_SYS_PATH", "[]"))):
         if path not in sys.path:
             sys.path.insert(0, path)
+    # a runtime_env worker: its packages come first (ahead of the driver's own copies), and
+    # it runs in its working_dir, so relative paths open the shipped data files
+    for path in reversed(json.loads(env.pop("RAYJUPYTER_ENV_PATHS", "[]"))):
+        with contextlib.suppress(ValueError):
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    working_dir = env.pop("RAYJUPYTER_WORKING_DIR", "")
+    if working_dir:
+        os.chdir(working_dir)
+    job_env = runtime_env.job_env_of_worker()
+    env.pop(runtime_env.WORKER_ENV_VAR, None)
     client = Client(
         env["RAYJUPYTER_NODE_ADDRESS"],
         secret,
@@ -260,6 +271,9 @@ def main() -> None:
         client_id=bytes.fromhex(env["RAYJUPYTER_CLIENT_ID"]),
         io_thread=False,
     )
+    if job_env is not None:  # the tasks it submits inherit its env
+        client.runtime_env = job_env
+        client.sent_envs.add(job_env.digest)
     api._set_worker_client(client)
     runtime_context.current.node_id = client.node_id
     runtime_context.current.worker_id = client.client_id

@@ -1,0 +1,264 @@
+"""runtime_env on a node: the package cache, workers started in an env, envs sent to peers.
+
+A mixin of the node daemon. Packages (zips of a working_dir or a py_module, named by the
+sha256 of their bytes) are cached in ``<session dir>/runtime_resources/``: the zip, kept to
+send on to peers, and the directory it is extracted into, once; a second driver with the
+same contents finds both there and uploads nothing. A worker for an env is forked like any
+other, then (in the child, before it connects) changes into the extracted working_dir,
+puts it and the py_modules first on sys.path and sets the env's variables (``worker.py``).
+Idle workers of an env are reaped after a while, or sooner when envs crowd the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rayjupyter.core import protocol as P
+from rayjupyter.core.config import session_dir
+from rayjupyter.core.exceptions import RuntimeEnvSetupError
+from rayjupyter.core.runtime_env import WORKER_ENV_VAR, RuntimeEnv
+from rayjupyter.core.scheduler import TaskRecord, WorkerState
+
+if TYPE_CHECKING:
+    from rayjupyter.core.node import Node
+    from rayjupyter.core.node_peers import PeerLink
+
+#: an env's idle worker is stopped after this long (the plain pool is never reaped)
+ENV_WORKER_IDLE_S = 10.0
+WORKING_DIR_VAR = "RAYJUPYTER_WORKING_DIR"
+ENV_PATHS_VAR = "RAYJUPYTER_ENV_PATHS"
+_VAR_REF = re.compile(r"\$\{(\w+)\}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class EnvRecord:
+    """A registered env: its packages and variables."""
+
+    working_dir: str
+    py_modules: tuple[str, ...]
+    env_vars: dict[str, str]
+
+    def packages(self) -> list[str]:
+        return [d for d in (self.working_dir, *self.py_modules) if d]
+
+
+class NodeRuntimeEnv:
+    """Package cache, env registry, env workers (mixed into ``Node``)."""
+
+    def _node(self) -> Node:
+        return self  # type: ignore[return-value]
+
+    def init_runtime_envs(self) -> None:
+        node = self._node()
+        self.runtime_envs: dict[str, EnvRecord] = {}
+        self.package_errors: dict[str, str] = {}  # digest -> why it could not be set up
+        self.env_failures: dict[str, str] = {}  # env -> why it could not be registered
+        # per link (a new link, to a restarted peer, starts empty): what the peer has from us
+        self.envs_sent: dict[bytes, set[str]] = {}
+        self.packages_sent: dict[bytes, set[str]] = {}
+        self.package_root = os.path.join(session_dir(node.session), "runtime_resources")
+
+    def package_dir(self, digest: str) -> str:
+        """Where a package is extracted (on sys.path of its workers)."""
+        return os.path.join(self.package_root, digest)
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_upload_package(self, client: bytes, message: P.UploadPackage) -> None:
+        digest = message.digest
+        if os.path.isdir(self.package_dir(digest)):
+            return  # extracted before, for this driver or another
+        if not _DIGEST.fullmatch(digest):
+            return
+        if hashlib.sha256(message.blob).hexdigest() != digest:
+            self.package_errors[digest] = "its bytes do not match its sha256 (corrupted)"
+            return
+        try:
+            self._store_package(digest, message.blob)
+        except (OSError, zipfile.BadZipFile) as exc:
+            self.package_errors[digest] = f"it could not be unpacked on this node ({exc})"
+        else:
+            self.package_errors.pop(digest, None)
+
+    def _store_package(self, digest: str, blob: bytes) -> None:
+        """Keep the zip (for peers) and extract it, each renamed into place when complete,
+        so that a crash or a second upload never leaves half a package."""
+        os.makedirs(self.package_root, mode=0o700, exist_ok=True)
+        zip_path = self.package_dir(digest) + ".zip"
+        if not os.path.exists(zip_path):
+            fd, tmp = tempfile.mkstemp(dir=self.package_root, suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                out.write(blob)
+            os.replace(tmp, zip_path)
+        staging = tempfile.mkdtemp(dir=self.package_root, prefix=".extract-")
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                for member in archive.infolist():
+                    target = os.path.realpath(os.path.join(staging, member.filename))
+                    if not target.startswith(os.path.realpath(staging) + os.sep):
+                        raise OSError(f"unsafe path in package: {member.filename!r}")
+                    archive.extract(member, staging)
+                    mode = (member.external_attr >> 16) & 0o777
+                    if mode and not member.is_dir():
+                        os.chmod(target, mode)
+            os.rename(staging, self.package_dir(digest))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def on_register_runtime_env(self, client: bytes, message: P.RegisterRuntimeEnv) -> None:
+        node = self._node()
+        record = EnvRecord(message.working_dir, tuple(message.py_modules), dict(message.env_vars))
+        reply: Any = ()
+        packages = record.packages()
+        if not all(_DIGEST.fullmatch(d) for d in packages):
+            errors = ["is named by something other than a sha256"]
+        else:
+            errors = [self.package_errors[d] for d in packages if d in self.package_errors]
+        missing = tuple(d for d in packages if not os.path.isdir(self.package_dir(d)))
+        if errors:
+            reply = RuntimeEnvSetupError(
+                f"The runtime_env could not be set up on node {node.address}: a package of it "
+                f"{errors[0]}; check the disk space under {self.package_root}."
+            )
+            self.env_failures[message.env] = str(reply)
+        elif missing:
+            reply = missing  # the sender uploads these and registers again
+            if not message.request_id:  # a peer sends the packages first: they never came
+                self.env_failures[message.env] = (
+                    f"The runtime_env's packages never reached node {node.address}."
+                )
+        else:
+            self.runtime_envs[message.env] = record
+            self.env_failures.pop(message.env, None)
+        if message.request_id:
+            node.send(client, P.Reply(message.request_id, reply))
+
+    # ------------------------------------------------------------------ tasks and workers
+
+    def env_error(self, task: TaskRecord) -> bytes | None:
+        """A pickled RuntimeEnvSetupError if the task (or actor) names an env not set up here."""
+        node = self._node()
+        env = task.env
+        if task.method == "__init__" and task.actor_id in node.actors:
+            env = str(node.actors[task.actor_id].options.get("runtime_env") or "")
+        if not env or env in self.runtime_envs:
+            return None
+        error = RuntimeEnvSetupError(
+            self.env_failures.get(env)
+            or f"Task {task.name!r} names runtime_env {env}, which node {node.address} does "
+            f"not have: it must be registered first (rayjupyter's own submit path does this)."
+        )
+        return pickle.dumps(error, protocol=5)
+
+    def actor_env(self, actor_id: bytes) -> str:
+        actor = self._node().actors.get(actor_id)
+        return str(actor.options.get("runtime_env") or "") if actor is not None else ""
+
+    def env_process_vars(self, env: str) -> dict[str, str]:
+        """The environment a worker of this env starts with (added to the node's own)."""
+        record = self.runtime_envs[env]
+        variables = {
+            key: _VAR_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+            for key, value in record.env_vars.items()
+        }
+        paths = [self.package_dir(d) for d in record.packages()]
+        extra = variables.get("PYTHONPATH", "")
+        paths += [p for p in extra.split(os.pathsep) if p]  # the worker runs already
+        wire = RuntimeEnv(
+            record.working_dir or None,
+            record.py_modules,
+            tuple(sorted(record.env_vars.items())),
+        ).to_wire()
+        variables[ENV_PATHS_VAR] = json.dumps(paths)
+        variables[WORKING_DIR_VAR] = (
+            self.package_dir(record.working_dir) if record.working_dir else ""
+        )
+        variables[WORKER_ENV_VAR] = json.dumps(wire)
+        return variables
+
+    def spawn_env_workers(self) -> None:
+        """Start workers for envs whose tasks fit now but have no idle worker of theirs."""
+        node = self._node()
+        wanted = node.scheduler.env_unplaced
+        if not wanted:
+            return
+        starting: dict[str, int] = {}
+        for worker in node.workers.values():
+            if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
+                starting[worker.env] = starting.get(worker.env, 0) + 1
+        from rayjupyter.core.node import MAX_WORKERS
+
+        for env, count in wanted.items():
+            if env not in self.runtime_envs:
+                continue
+            for _ in range(count - starting.get(env, 0)):
+                self.reap_idle_env_workers(crowded_by=env)
+                if len(node.workers) >= MAX_WORKERS:
+                    return
+                node.spawn_worker(env=env)
+
+    def reap_idle_env_workers(self, crowded_by: str = "") -> None:
+        """Stop env workers idle for ENV_WORKER_IDLE_S; with ``crowded_by``, also the one
+        idle longest of another env when envs already have a pool's worth of workers."""
+        node = self._node()
+        idle_env = node.scheduler.idle_env
+        if not idle_env:
+            return
+        if crowded_by:
+            live = sum(
+                1
+                for w in node.workers.values()
+                if w.env and not w.actor_id and w.state is not WorkerState.DEAD
+            )
+            if live < node.pool_size:
+                return
+            others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
+            victims = sorted(others, key=lambda w: w.idle_since)[:1]
+        else:
+            deadline = time.monotonic() - ENV_WORKER_IDLE_S
+            victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
+        for worker in victims:
+            node.scheduler.forget_worker(worker)  # never given a task again; its exit cleans up
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ peers
+
+    def send_runtime_env(self, link: PeerLink, env: str) -> None:
+        """Before a task or actor of this env goes to a peer: its packages and the env,
+        once per peer (queued on the link ahead of the task)."""
+        sent_envs = self.envs_sent.setdefault(link.client_id, set())
+        if not env or env in sent_envs:
+            return
+        record = self.runtime_envs.get(env)
+        if record is None:
+            return  # the peer fails the task with RuntimeEnvSetupError
+        sent = self.packages_sent.setdefault(link.client_id, set())
+        for digest in record.packages():
+            if digest in sent:
+                continue
+            try:
+                with open(self.package_dir(digest) + ".zip", "rb") as source:
+                    blob = source.read()
+            except OSError:
+                continue  # the peer answers the task with RuntimeEnvSetupError
+            link.send(P.UploadPackage(digest, blob))
+            sent.add(digest)
+        link.send(
+            P.RegisterRuntimeEnv(0, env, record.working_dir, record.py_modules, record.env_vars)
+        )
+        sent_envs.add(env)
