@@ -299,7 +299,7 @@ class NodePeers:
         why, self.rejoin_reason = self.rejoin_reason, ""
         print(f"rayjupyter node: joining the head at {address} again ({why})", file=sys.stderr)
         if self.head_id:
-            self.node_died(self.head_id, why)
+            self.node_died(self.head_id, f"out of touch: {why}")
         self.drop_link(address)  # anything still queued on it belongs to the old membership
         link = self.link(address)
         link.send(P.RegisterNode(node.node_id, node.address, node.advertised(), node.session))
