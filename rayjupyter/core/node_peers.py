@@ -41,6 +41,7 @@ CHUNK_BYTES = 8 << 20
 CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
 HEARTBEAT_S = 0.5
 JOIN_TIMEOUT_S = 10.0
+STALL_S = 2.0  # a gap this long between two turns of our own loop: judge nobody's silence yet
 LOCALITY_MIN_BYTES = 1 << 20  # arguments this large pull their task to the node holding them
 
 
@@ -200,10 +201,13 @@ class NodePeers:
             self.rejoin()
         if now - self.last_heartbeat < HEARTBEAT_S:
             return
+        # our own loop stood still (a long handler, a stopped process): what peers sent
+        # meanwhile is still unread, so this turn reads it before anyone counts as silent
+        stalled = now - self.last_heartbeat > STALL_S
         self.last_heartbeat = now
         for link in self.links.values():  # a peer lets go of a silent client's holds
-            if link.welcomed and not link.outbox:
-                link.send(P.Heartbeat())
+            if link.welcomed and not link.outbox and link.address != node.config.head_address:
+                link.send(P.Heartbeat())  # (the head hears our NodeHeartbeat)
         if not self.is_head:
             if not self.joined and now - self.started > JOIN_TIMEOUT_S:
                 print(
@@ -217,11 +221,13 @@ class NodePeers:
                 return
             head = self.link(node.config.head_address)
             timeout = node.config.node_timeout_s
-            if self.joined and now - head.last_heard > timeout:
+            if self.joined and not stalled and now - head.last_heard > timeout:
                 self.rejoin_reason = f"no word from the head for {timeout:.0f} s"
                 self.rejoin()
                 return
             head.send(P.NodeHeartbeat(node.node_id, node.free_resources(), node.queued()))
+            return
+        if stalled:
             return
         deadline = now - node.config.node_timeout_s
         for node_id in list(self.node_clients.values()):
