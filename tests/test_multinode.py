@@ -31,7 +31,13 @@ class Nodes:
         self.head = head
         self.started: list[LocalCluster] = []
 
-    def join(self, num_cpus: float = 1, secret: str | None = None, **resources: float) -> Any:
+    def join(
+        self,
+        num_cpus: float = 1,
+        secret: str | None = None,
+        node_timeout_s: float = 3.0,
+        **resources: float,
+    ) -> Any:
         config = NodeConfig(
             num_cpus=num_cpus,
             resources=resources,
@@ -39,6 +45,7 @@ class Nodes:
             object_store_memory=4 << 30,
             sys_path=list(sys.path),
             owner_pid=os.getpid(),
+            node_timeout_s=node_timeout_s,
         )
         node = LocalCluster(config, secret=secret or self.head._secret)
         self.started.append(node)
@@ -301,3 +308,48 @@ def test_actor_handles_work_in_tasks_on_other_nodes(nodes: Nodes) -> None:
     assert (first, second) == (1, 101)
     assert where != api._state["context"].address_info["node_id"]
     assert rj.get(here.add.remote(), timeout=30)[0] == 2  # the same actor, seen from here
+
+
+@rj.remote(max_retries=3)
+def square_marked(i: int, marks: str, delay: float) -> int:
+    """i * i, after leaving a file that says which node began it (tests wait on these)."""
+    node_id = rj.get_runtime_context().get_node_id()
+    open(os.path.join(marks, f"{i}-{node_id}-{os.getpid()}"), "w").close()
+    time.sleep(delay)
+    return i * i
+
+
+def begun_on(marks: Any, node_id: str) -> bool:
+    return any(f"-{node_id}-" in path.name for path in marks.iterdir())
+
+
+# how long the frozen node waits for word from the head before it registers again: as long
+# as the head waits for it (it notices on its own), or longer (the head's answer tells it)
+@pytest.mark.parametrize("node_timeout_s", [3.0, 60.0], ids=["own-timer", "told-dead"])
+def test_node_silent_for_a_while_is_dead_then_rejoins_and_takes_work(
+    nodes: Nodes, tmp_path: Any, node_timeout_s: float
+) -> None:
+    nodes.join(n1=1)
+    frozen = nodes.join(n2=1, node_timeout_s=node_timeout_s)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    n2 = rj.get(node_of.options(resources={"n2": 1}).remote(), timeout=30)
+
+    refs = [square_marked.remote(i, str(tmp_path), 1.0) for i in range(9)]
+    wait_for_condition(lambda: begun_on(tmp_path, n2), timeout=30)
+    os.kill(frozen.pid, signal.SIGSTOP)  # like a cut link: its tasks finish, nobody hears
+    try:
+        stopped = time.monotonic()
+        wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+        assert time.monotonic() - stopped < 5
+        assert rj.get(refs, timeout=60) == [i * i for i in range(9)]  # retried elsewhere
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=20)  # it registered again
+    assert len(rj.nodes()) == 3  # the same node, not a second row
+    assert rj.get(node_of.options(resources={"n2": 1}).remote(), timeout=30) == n2
+    # its late results were dropped: nothing is counted twice, everything is free again
+    totals = {"CPU": 3.0, "head": 1.0, "n1": 1.0, "n2": 1.0}
+    wait_for_condition(
+        lambda: {k: rj.available_resources().get(k) for k in totals} == totals, timeout=20
+    )
+    assert rj.get(refs, timeout=10) == [i * i for i in range(9)]

@@ -43,6 +43,7 @@ CHUNK_BYTES = 8 << 20
 CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
 HEARTBEAT_S = 0.5
 JOIN_TIMEOUT_S = 10.0
+STALL_S = 2.0  # a gap this long between two turns of our own loop: judge nobody's silence yet
 LOCALITY_MIN_BYTES = 1 << 20  # arguments this large pull their task to the node holding them
 
 
@@ -137,6 +138,8 @@ class NodePeers:
         self.actor_homes: dict[bytes, str] = {}  # other nodes' actors we were handed
         self.last_heartbeat = 0.0
         self.joined = False
+        self.head_id = b""  # the head's node id, from its Welcome (on nodes that join one)
+        self.rejoin_reason = ""  # set: register with the head again at the next tick
         self.started = time.monotonic()
         self.peer_handlers = {
             P.Welcome: self._on_peer_welcome,
@@ -200,9 +203,17 @@ class NodePeers:
         """Each loop turn: heartbeats to the head, liveness of the nodes on the head."""
         node = self._node()
         now = time.monotonic()
+        if self.rejoin_reason:
+            self.rejoin()
         if now - self.last_heartbeat < HEARTBEAT_S:
             return
+        # our own loop stood still (a long handler, a stopped process): what peers sent
+        # meanwhile is still unread, so this turn reads it before anyone counts as silent
+        stalled = now - self.last_heartbeat > STALL_S
         self.last_heartbeat = now
+        for link in self.links.values():  # a peer lets go of a silent client's holds
+            if link.welcomed and not link.outbox and link.address != node.config.head_address:
+                link.send(P.Heartbeat())  # (the head hears our NodeHeartbeat)
         if not self.is_head:
             if not self.joined and now - self.started > JOIN_TIMEOUT_S:
                 print(
@@ -215,7 +226,14 @@ class NodePeers:
                 node.running = False
                 return
             head = self.link(node.config.head_address)
+            timeout = node.config.node_timeout_s
+            if self.joined and not stalled and now - head.last_heard > timeout:
+                self.rejoin_reason = f"no word from the head for {timeout:.0f} s"
+                self.rejoin()
+                return
             head.send(P.NodeHeartbeat(node.node_id, node.free_resources(), node.queued()))
+            return
+        if stalled:
             return
         deadline = now - node.config.node_timeout_s
         for node_id in list(self.node_clients.values()):
@@ -227,6 +245,11 @@ class NodePeers:
         node = self._node()
         if not self.is_head:
             return
+        known = node.head.nodes.get(message.node_id)
+        if known is not None and known.alive:
+            # it lost touch with us and settled our work as lost: settle its work here the
+            # same way (retried elsewhere, its link dropped) before it counts as new
+            self.node_died(message.node_id, "it registered again after losing touch")
         info = NodeInfo(message.node_id, message.address, dict(message.resources))
         info.session = message.session
         info.available = dict(message.resources)
@@ -239,7 +262,8 @@ class NodePeers:
         node = self._node()
         info = node.head.nodes.get(message.node_id)
         if info is None or not info.alive or self.node_clients.get(client) != message.node_id:
-            return  # declared dead already: it must register again (a restarted daemon does)
+            self.send_view(client)  # it is dead (or unknown) there: seeing so, it registers again
+            return
         info.available = dict(message.available)
         info.queued = message.queued
         info.last_seen = time.monotonic()
@@ -261,15 +285,36 @@ class NodePeers:
         if not self.joined:
             self.joined = True
             node.announce_ready()
+        listed = False
         for node_id, address, alive, total, available, queued in message.nodes:
             info = node.head.nodes.get(node_id)
             if info is None:
                 info = NodeInfo(node_id, address, dict(total))
                 node.head.register_node(info)
+            elif alive and not info.alive:  # it registered again (after a cut link)
+                info.alive, info.address, info.resources = True, address, dict(total)
             info.available = dict(available)
             info.queued = queued
-            if info.alive and not alive:
+            if node_id == node.node_id:
+                listed = alive
+            elif info.alive and not alive:
                 self.node_died(node_id, "the head declared it dead")
+        if not listed:  # (not now: this very link is being read)
+            self.rejoin_reason = "the head declared this node dead"
+
+    def rejoin(self) -> None:
+        """Out of touch with the head: settle what we had there as lost, as it did with ours
+        (it retried our tasks elsewhere), and register again on a fresh link; the head takes
+        this node back, alive, as it is now."""
+        node = self._node()
+        address = node.config.head_address
+        why, self.rejoin_reason = self.rejoin_reason, ""
+        print(f"rayjupyter node: joining the head at {address} again ({why})", file=sys.stderr)
+        if self.head_id:
+            self.node_died(self.head_id, f"out of touch: {why}")
+        self.drop_link(address)  # anything still queued on it belongs to the old membership
+        link = self.link(address)
+        link.send(P.RegisterNode(node.node_id, node.address, node.advertised(), node.session))
 
     def node_died(self, node_id: bytes, why: str) -> None:
         """Retry what ran there, fail what only it held, forget it."""
@@ -638,6 +683,8 @@ class NodePeers:
 
     def _on_peer_welcome(self, link: PeerLink, message: P.Welcome) -> None:
         link.welcomed = not message.error
+        if link.welcomed and link.address == self._node().config.head_address:
+            self.head_id = message.node_id
         if message.error:
             print(
                 f"rayjupyter node: node {link.address} refused us: {message.error}",
