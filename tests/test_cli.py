@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for_pids_gone
+from helpers import wait_for_condition, wait_for_pids_gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -143,6 +143,12 @@ def test_head_restarted_finds_its_named_detached_actor(cli: Cli) -> None:
     assert out.returncode == 0, out.stderr
     connect = next(w for w in out.stdout.split() if w.startswith("rayjupyter://"))
     (head_pid,) = cli.started_pids()
+    joined = cli("start", "--address", connect, "--num-cpus", "1", "--resources", '{"n1": 1}')
+    assert joined.returncode == 0, joined.stderr
+
+    @rj.remote(resources={"n1": 1})
+    def on_the_node() -> str:
+        return rj.get_runtime_context().get_node_id()
 
     @rj.remote(resources={"h": 1})
     class Keeper:
@@ -157,6 +163,7 @@ def test_head_restarted_finds_its_named_detached_actor(cli: Cli) -> None:
     try:
         keeper = Keeper.options(name="keeper", lifetime="detached").remote(100)
         assert rj.get(keeper.bump.remote(), timeout=30) == 101
+        node_id = rj.get(on_the_node.remote(), timeout=30)
         saved = cli.home / f"head-{port}.actors"
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     finally:
@@ -171,6 +178,9 @@ def test_head_restarted_finds_its_named_detached_actor(cli: Cli) -> None:
     assert connect in again.stdout  # the same secret: what joined before can join again
     rj.init(address=connect, namespace="app")
     try:
+        # the node that had joined joins the new head by itself, with the same id
+        wait_for_condition(lambda: sum(1 for n in rj.nodes() if n["Alive"]) == 2, timeout=20)
+        assert rj.get(on_the_node.remote(), timeout=30) == node_id
         found = rj.get_actor("keeper")
         assert rj.get(found.bump.remote(), timeout=30) == 101  # made again from its __init__
         rows = [r for r in state.list_actors() if r["name"] == "keeper"]
