@@ -3,8 +3,11 @@ that join it, each with its own worker pool and shared-memory store."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -353,3 +356,74 @@ def test_node_silent_for_a_while_is_dead_then_rejoins_and_takes_work(
         lambda: {k: rj.available_resources().get(k) for k in totals} == totals, timeout=20
     )
     assert rj.get(refs, timeout=10) == [i * i for i in range(9)]
+
+
+_ELSEWHERE_DRIVER = """
+import json, sys
+import numpy as np
+import rayjupyter as rj
+from rayjupyter.core import api
+
+rj.init(address=sys.argv[1])
+client = api._client()
+
+@rj.remote
+def make(n):
+    return np.arange(n, dtype=np.int64)
+
+@rj.remote
+def total(array):
+    return int(array.sum())
+
+n = 8 << 20  # 64 MB: eight chunks over the connection
+made = rj.get(make.remote(n), timeout=60)
+mine = rj.put(np.ones(4 << 20))  # 32 MB, stored by the node
+summed = rj.get(total.remote(mine), timeout=60)
+back = rj.get(mine, timeout=60)
+print(json.dumps({
+    "remote": client.remote,
+    "made_ok": bool(made[-1] == n - 1 and int(made.sum()) == n * (n - 1) // 2),
+    "read_only": not made.flags.writeable,
+    "summed": summed,
+    "back": float(back.sum()),
+}))
+rj.shutdown()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="needs root and unshare(1) to give a driver its own /dev/shm and /tmp",
+)
+def test_a_driver_on_another_machine_reads_and_puts_large_values(nodes: Nodes) -> None:
+    """The driver gets private /dev/shm and /tmp (a mount namespace): as on another
+    machine, it cannot map the node's shared memory, so values cross its connection."""
+    address = f"rayjupyter://{nodes.head._secret}@{nodes.head.address}"
+    mount = "mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp"
+    script = f'{mount} && exec "$0" -c "$1" "$2"'
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            sys.executable,
+            _ELSEWHERE_DRIVER,
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {
+        "remote": True,
+        "made_ok": True,
+        "read_only": True,
+        "summed": 4 << 20,
+        "back": float(4 << 20),
+    }

@@ -24,7 +24,14 @@ import zmq
 
 from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
-from rayjupyter.core.exceptions import ClusterConnectionError, GetTimeoutError, RayTaskError
+from rayjupyter.core.config import session_dir
+from rayjupyter.core.exceptions import (
+    ClusterConnectionError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayTaskError,
+)
+from rayjupyter.core.object_fetch import Fetch
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.object_store import map_object, shm_path
 from rayjupyter.core.runtime_env import RuntimeEnv
@@ -100,6 +107,11 @@ class Client:
         self.node_id = welcome.node_id
         self.session = welcome.session
         self.store_capacity = welcome.store_capacity
+        # on another machine than the node: its shared memory is not here (see object_fetch)
+        self.remote = not address.startswith("ipc://") and not os.path.isdir(
+            session_dir(self.session)
+        )
+        self._fetches: dict[bytes, Fetch] = {}
         reference_counter.on_zero = self._forget
         # Drivers read in a background thread (output and results arrive while the user's code
         # runs). A worker reads in whichever thread waits (see _pump): a task then reaches
@@ -360,6 +372,8 @@ class Client:
             raise error
         if inline is not None:
             return deserialize(inline)
+        if self.remote:
+            return deserialize(self._fetch(object_id, size, timeout))
         path = shm_path(self.session, object_id)
         for _ in range(3):
             try:
@@ -374,6 +388,42 @@ class Client:
                 self._keep_mapped(object_id, view, size)
             return deserialize(view)
         raise FileNotFoundError(f"object {object_id.hex()} vanished from shared memory at {path}")
+
+    def _fetch(self, object_id: bytes, size: int, timeout: float | None) -> memoryview:
+        """Copy a value from the node's store over the connection (a driver elsewhere)."""
+        fetch = Fetch.start(object_id, size)
+        with self._cond:
+            while object_id in self._fetches:  # another thread fetches it: wait for that one
+                self._cond.wait(0.1)
+            self._fetches[object_id] = fetch
+        try:
+            self.send(list(fetch.next_requests()))
+            if not self._wait(lambda: fetch.done, timeout):
+                raise GetTimeoutError(
+                    f"Get timed out: object {object_id.hex()} ({size / 2**20:.1f} MiB) was "
+                    f"still being copied from the node after {timeout} s."
+                )
+        finally:
+            with self._cond:
+                self._fetches.pop(object_id, None)
+                self._cond.notify_all()
+        if fetch.error:
+            raise ObjectLostError(
+                f"Object {object_id.hex()} could not be copied from the node at {self.address}: "
+                f"{fetch.error}."
+            )
+        return fetch.view()
+
+    def _on_chunk(self, chunk: P.ObjectChunk, data: bytes | memoryview) -> None:
+        fetch = self._fetches.get(chunk.object_id)
+        if fetch is None:
+            return
+        fetch.add(chunk, data)
+        if not fetch.done:
+            self.send(list(fetch.next_requests()))
+            return
+        with self._cond:
+            self._cond.notify_all()
 
     def _keep_mapped(self, object_id: bytes, view: memoryview, size: int) -> None:
         """Remember a mapping; the oldest go (and are unpinned) past the count or byte limit."""
@@ -441,6 +491,10 @@ class Client:
                 return
             except zmq.ZMQError:
                 return
+            if self.rx.rcvmore:  # a chunk of a value: a small header, then the raw bytes
+                data = self.rx.recv(copy=False)
+                self._on_chunk(protocol.loads(frame)[0], data.buffer)
+                continue
             self._handle(protocol.loads(frame))
 
     def _handle(self, messages: list[Any]) -> None:
@@ -463,6 +517,8 @@ class Client:
                 notify = True
             elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.CancelCall:
                 self.tasks.put(message)
+            elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
+                self._on_chunk(message, b"")
             elif kind is P.RevokeTask:
                 self._revoked.add(message.task_id)
             elif kind is P.Reply:

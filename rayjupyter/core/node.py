@@ -34,14 +34,20 @@ from rayjupyter.core.config import (
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.exceptions import ObjectLostError, TaskCancelledError
+from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError, TaskCancelledError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_peers import NodePeers
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
-from rayjupyter.core.object_store import ObjectStore
+from rayjupyter.core.object_store import (
+    FlatBytes,
+    ObjectStore,
+    pool_prefix,
+    shm_path,
+    write_object,
+)
 from rayjupyter.core.scheduler import (
     ResourcePool,
     Scheduler,
@@ -50,6 +56,7 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.serialization import INLINE_THRESHOLD
 
 MAX_WORKERS = 256
 
@@ -495,7 +502,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         entry = ObjectEntry()
         self.objects[message.object_id] = entry
         self.hold(client, message.object_id)
-        self.set_ready(message.object_id, message.inline, message.size, False, message.contained)
+        inline = message.inline
+        if inline is not None and len(inline) > INLINE_THRESHOLD:
+            # a driver on another machine sends large values whole: they go to the store here
+            path = shm_path(self.session, message.object_id)
+            try:
+                write_object(path, FlatBytes(inline), pool_prefix(self.session))
+                inline = None
+            except ObjectStoreFullError:
+                pass  # kept inline: the value still works, in this process's memory
+        self.set_ready(message.object_id, inline, message.size, False, message.contained)
 
     def on_ref_ops(self, client: bytes, message: P.RefOps) -> None:
         for add, object_id in message.ops:

@@ -29,9 +29,9 @@ import os
 import shutil
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from rayjupyter.core.serialization import SerializedObject
 
@@ -123,7 +123,26 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done : done + _COPY_CHUNK], offset + done)
 
 
-def write_object(path: str, sobj: SerializedObject, pool: str | None = None) -> int:
+class FlatLayout(Protocol):
+    """What write_object writes: a serialized value's size and its pieces at their offsets."""
+
+    nbytes: int
+
+    def chunks(self) -> Iterator[tuple[int, bytes | memoryview]]: ...
+
+
+class FlatBytes:
+    """A value that arrived already flat in one piece (a put from another machine)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.nbytes = len(data)
+
+    def chunks(self) -> Iterator[tuple[int, bytes | memoryview]]:
+        yield 0, self.data
+
+
+def write_object(path: str, sobj: FlatLayout | SerializedObject, pool: str | None = None) -> int:
     """Create path (it must not exist), write sobj's flat layout into it, and return its size.
 
     With ``pool`` (a pool_prefix), reuse a freed file of about the right size if there is one.

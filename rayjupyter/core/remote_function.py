@@ -100,7 +100,7 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
 
     object_id = client.ids.object_id(client.ids.task_id())
     contained = tuple(ref.binary() for ref in sobj.contained_refs)
-    if sobj.nbytes <= INLINE_THRESHOLD:
+    if sobj.nbytes <= INLINE_THRESHOLD or client.remote:  # remote: the node stores it
         client.put(object_id, sobj.to_bytes(), sobj.nbytes, contained)
     else:
         if client.store_capacity and sobj.nbytes > client.store_capacity:
