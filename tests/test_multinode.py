@@ -393,13 +393,17 @@ rj.shutdown()
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
-    reason="needs root and unshare(1) to give a driver its own /dev/shm and /tmp",
+    reason="needs root and unshare(1) to give a driver its own /dev/shm and /tmp/rayjupyter",
 )
 def test_a_driver_on_another_machine_reads_and_puts_large_values(nodes: Nodes) -> None:
-    """The driver gets private /dev/shm and /tmp (a mount namespace): as on another
+    """The driver gets private /dev/shm and /tmp/rayjupyter (a mount namespace): as on another
     machine, it cannot map the node's shared memory, so values cross its connection."""
     address = f"rayjupyter://{nodes.head._secret}@{nodes.head.address}"
-    mount = "mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp"
+    # only the node's session folders are hidden: the checkout (and its venv) may be in /tmp
+    mount = (
+        "mkdir -p /tmp/rayjupyter && mount -t tmpfs tmpfs /dev/shm "
+        "&& mount -t tmpfs tmpfs /tmp/rayjupyter"
+    )
     script = f'{mount} && exec "$0" -c "$1" "$2"'
     done = subprocess.run(
         [

@@ -12,8 +12,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_env, serialization
@@ -93,7 +91,7 @@ class ActorClass:
     def _class_blob(self) -> bytes:
         if self._blob is None:
             try:
-                self._blob = cloudpickle.dumps(self._cls)
+                self._blob = serialization.dumps(self._cls)
             except Exception as exc:
                 raise SerializationError(
                     f"Could not serialize the actor class {self.__name__!r}: {exc}."

@@ -12,6 +12,8 @@ import itertools
 import os
 import pickle
 import queue
+import select
+import socket
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ import zmq
 
 from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
+from rayjupyter.core.channel import CHANNEL_SCHEME, Channel
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
@@ -72,8 +75,17 @@ class Client:
         self.client_id = client_id or ids.new_client_id()
         self.ids = ids.IdGenerator(self.client_id)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.tx = self._socket(b"t", secret)
-        self.rx = self._socket(b"r", secret)
+        # a worker forked by its node talks over the socket pair it inherited (channel.py);
+        # everyone else over two zmq sockets
+        self.channel: Channel | None = None
+        if address.startswith(CHANNEL_SCHEME):
+            fd = int(address[len(CHANNEL_SCHEME) :])
+            self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
+            self._channel_poll = select.poll()
+            self._channel_poll.register(fd, select.POLLIN)
+        else:
+            self.tx = self._socket(b"t", secret)
+            self.rx = self._socket(b"r", secret)
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
@@ -136,18 +148,28 @@ class Client:
         return sock
 
     def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:
-        self.rx.send(
-            protocol.dumps(
-                [P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)]
-            )
-        )
-        if not self.rx.poll(int(timeout * 1000)):
-            self.context.destroy(0)
-            raise ClusterConnectionError(
-                f"No answer from a rayjupyter node at {self.address} within {timeout:.0f} s: "
-                f"check that the cluster is running and that the address and secret are right."
-            )
-        welcome, *rest = protocol.loads(self.rx.recv())
+        hello = [P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)]
+        if self.channel is not None:
+            self.channel.send(protocol.dumps(hello))
+        else:
+            self.rx.send(protocol.dumps(hello))
+        deadline = time.monotonic() + timeout
+        frames: list[bytes] | None = []
+        while not frames:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._poll_in(int(remaining * 1000)):
+                self.context.destroy(0)
+                raise ClusterConnectionError(
+                    f"No answer from a rayjupyter node at {self.address} within {timeout:.0f} "
+                    f"s: check that the cluster is running and that the address and secret "
+                    f"are right."
+                )
+            frames = self._read_frames()
+            if frames is None:
+                raise ClusterConnectionError(f"The node at {self.address} closed our channel.")
+        welcome, *rest = protocol.loads(frames[0])
+        for frame in frames[1:]:
+            rest.extend(protocol.loads(frame))
         if not isinstance(welcome, P.Welcome) or welcome.error:
             self.context.destroy(0)
             reason = welcome.error if isinstance(welcome, P.Welcome) else repr(welcome)
@@ -179,7 +201,10 @@ class Client:
             if outbox:
                 self._outbox = []
                 self._flush_requested = False
-                self.tx.send(protocol.dumps(outbox))
+                if self.channel is not None:
+                    self.channel.send(protocol.dumps(outbox))
+                else:
+                    self.tx.send(protocol.dumps(outbox))
                 self._last_send = now
 
     def _queue_ops(self, outbox: list[Any]) -> None:
@@ -259,7 +284,7 @@ class Client:
                 self._cond.wait(timeout)
             return
         try:
-            if self.rx.poll(int(timeout * 1000)):
+            if self._poll_in(int(timeout * 1000)):
                 self._drain_rx()
             elif reference_counter.pending or self._pins:
                 self.send([])
@@ -482,8 +507,34 @@ class Client:
             except zmq.ZMQError:
                 return
 
+    def _poll_in(self, timeout_ms: int) -> bool:
+        """Wait until the node has sent something (True) or the timeout passes (False)."""
+        if self.channel is not None:
+            return bool(self._channel_poll.poll(timeout_ms))
+        return bool(self.rx.poll(timeout_ms))
+
+    def _read_frames(self) -> list[bytes] | None:
+        """What has arrived, as frames (None once the node has closed our channel)."""
+        if self.channel is not None:
+            return self.channel.recv_frames()
+        frames = []
+        while True:
+            try:
+                frames.append(self.rx.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return frames
+
     def _drain_rx(self) -> None:
         self.last_heard = time.monotonic()
+        if self.channel is not None:
+            frames = self.channel.recv_frames()
+            if frames is None:  # our node is gone: nothing more will come
+                self._closed = True
+                self.tasks.put(None)
+                return
+            for frame in frames:
+                self._handle(protocol.loads(frame))
+            return
         while True:
             try:
                 frame = self.rx.recv(zmq.NOBLOCK)
@@ -548,8 +599,11 @@ class Client:
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)
-        self.tx.close(linger=200)
-        self.rx.close(linger=0)
+        if self.channel is not None:
+            self.channel.close()
+        else:
+            self.tx.close(linger=200)
+            self.rx.close(linger=0)
         self._wake_rx.close(linger=0)
         self._wake_tx.close(linger=0)
         self.context.term()

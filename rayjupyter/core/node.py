@@ -27,6 +27,7 @@ import zmq
 
 from rayjupyter.core import auth, discovery, ids, protocol, task_events
 from rayjupyter.core import protocol as P
+from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
     READY_LINE,
     SECRET_ENV,
@@ -139,8 +140,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
-        # Local workers and drivers: a Unix socket, faster than tcp and needing no crypto.
-        # Everyone else: tcp with CurveZMQ. Clients of each are told apart by their socket.
+        # Local drivers: a Unix socket, faster than tcp and needing no crypto. Everyone else:
+        # tcp with CurveZMQ. Clients of each are told apart by their socket. Our own workers
+        # talk over a socket pair each (channel.py), the cheapest hop there is.
         self.router = self._router(secret, curve=False)
         self.router.bind(self.worker_endpoint)
         self.tcp_router = self._router(secret, curve=True)
@@ -185,6 +187,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.poller.register(self.tcp_router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
         self.fd_handlers: dict[int, Callable[[int], object]] = {}
+        self.channels: dict[bytes, Channel] = {}  # worker -> its link (see channel.py)
+        self.channel_fds: dict[int, bytes] = {}  # a channel's descriptor -> its worker
         self.exit_fds: set[int] = set()  # pidfds: readable when a worker process exits
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
@@ -217,8 +221,11 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 # messages, then exits (a result sent just before exiting still counts).
                 router_ready = tcp_ready = False
                 exited = []
-                for source, _ in events:
-                    if source is self.router:
+                channel_fds = self.channel_fds
+                for source, mask in events:
+                    if source in channel_fds:
+                        self.on_channel(channel_fds[source], mask)
+                    elif source is self.router:
                         router_ready = True
                     elif source is self.tcp_router:
                         tcp_ready = True
@@ -315,7 +322,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
         tcp_clients = self.tcp_clients
+        channels = self.channels
         for client, messages in outbox.items():
+            link = channels.get(client)
+            if link is not None:  # a worker of ours
+                self.send_on_channel(link, protocol.dumps(messages))
+                continue
             # no high-water mark on the router: a slow reader queues, it never loses messages
             router = self.tcp_router if client in tcp_clients else self.router
             router.send(client + b"r", zmq.SNDMORE)
@@ -967,6 +979,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 os.unlink(path)
         for address in list(self.links):
             self.drop_link(address)
+        for client in list(self.channels):
+            self._close_channel(client)
         self.router.close(0)
         self.tcp_router.close(0)
         self.zap.close()

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from rayjupyter.core import ids, spawn
+from rayjupyter.core import channel, ids, protocol, spawn
 from rayjupyter.core import protocol as P
-from rayjupyter.core.config import SECRET_ENV, worker_endpoint
+from rayjupyter.core.channel import CHANNEL_SCHEME, Channel
+from rayjupyter.core.config import SECRET_ENV
 from rayjupyter.core.exceptions import WorkerCrashedError
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, WorkerState
 from rayjupyter.core.spawn import StartedProcess
@@ -40,11 +41,13 @@ class WorkerPipes:
     partial: dict[int, bytes] = field(default_factory=dict)
 
 
-def worker_env(secret: str, session: str, sys_path: list[str], client_id: bytes) -> dict[str, str]:
+def worker_env(
+    secret: str, session: str, sys_path: list[str], client_id: bytes, channel_fd: int
+) -> dict[str, str]:
     """What a worker needs to know, passed in its environment (the secret stays off argv)."""
     return {
         SECRET_ENV: secret,
-        "RAYJUPYTER_NODE_ADDRESS": worker_endpoint(session),
+        "RAYJUPYTER_NODE_ADDRESS": f"{CHANNEL_SCHEME}{channel_fd}",
         "RAYJUPYTER_CLIENT_ID": client_id.hex(),
         "RAYJUPYTER_SESSION": session,
         "RAYJUPYTER_SYS_PATH": json.dumps(sys_path),
@@ -66,11 +69,61 @@ class NodeWorkers:
         client_id = ids.new_client_id()
         if actor_id and not env:
             env = node.actor_env(actor_id)
-        variables = worker_env(node.secret, node.session, node.config.sys_path, client_id)
+        node_end, worker_end = channel.pair()
+        variables = worker_env(
+            node.secret, node.session, node.config.sys_path, client_id, worker_end.fileno()
+        )
         if env:
             variables = {**node.env_process_vars(env), **variables}
-        node._adopt_worker(client_id, spawn.fork_worker(variables), actor_id, env)
+        try:
+            started = spawn.fork_worker(variables, keep_fd=worker_end.fileno())
+        finally:
+            worker_end.close()
+        node._open_channel(client_id, Channel(node_end, blocking_send=False))
+        node._adopt_worker(client_id, started, actor_id, env)
         return client_id
+
+    def _open_channel(self, client_id: bytes, link: Channel) -> None:
+        node = self._node()
+        node.channels[client_id] = link
+        node.channel_fds[link.fileno()] = client_id
+        node.poller.register(link.fileno(), zmq.POLLIN)
+
+    def _close_channel(self, client_id: bytes) -> None:
+        node = self._node()
+        link = node.channels.pop(client_id, None)
+        if link is None:
+            return
+        del node.channel_fds[link.fileno()]
+        node.poller.unregister(link.fileno())
+        link.close()
+
+    def on_channel(self, client_id: bytes, events: int) -> None:
+        """A worker's channel is readable (or has room again for what we still owe it)."""
+        node = self._node()
+        link = node.channels[client_id]
+        if events & zmq.POLLOUT:
+            link.write_pending()
+            if not link.has_pending:
+                node.poller.modify(link.fileno(), zmq.POLLIN)
+        if not events & (zmq.POLLIN | zmq.POLLERR):
+            return
+        frames = link.recv_frames()
+        if frames is None:  # the worker closed its end: it is exiting (see its pidfd)
+            node._close_channel(client_id)
+            return
+        handlers = node.handlers
+        for frame in frames:
+            for message in protocol.loads(frame):
+                try:
+                    handlers[type(message)](client_id, message)
+                except Exception:  # a bug here must not take the cluster down: report it
+                    node._report_internal_error(message)
+
+    def send_on_channel(self, link: Channel, payload: bytes) -> None:
+        link.send(payload)
+        if link.has_pending:  # the loop writes the rest when the socket has room
+            self._node().poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
     def _adopt_worker(
         self, client_id: bytes, started: StartedProcess, actor_id: bytes = b"", env: str = ""
@@ -151,6 +204,9 @@ class NodeWorkers:
         node.exit_fds.discard(pipes.pidfd)
         del node.fd_handlers[pipes.pidfd]
         os.close(pipes.pidfd)
+        if worker.client_id in node.channels:  # what it sent before it exited comes first
+            self.on_channel(worker.client_id, zmq.POLLIN)
+            node._close_channel(worker.client_id)
         returncode = spawn.exit_code(os.waitpid(pipes.pid, 0)[1])
         node._drain_output(pipes)  # forward what is left before the pipes close
         for fd in pipes.output_fds:

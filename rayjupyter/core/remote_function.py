@@ -11,7 +11,7 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env
+from rayjupyter.core import runtime_env, serialization
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.object_ref import ObjectRef
@@ -62,7 +62,7 @@ class RemoteFunction:
     def _function_blob(self) -> bytes:
         if self._blob is None:
             try:
-                self._blob = cloudpickle.dumps(self._function)
+                self._blob = serialization.dumps(self._function)
             except Exception as exc:
                 raise SerializationError(
                     f"Could not serialize the function {self._name!r}: {exc}. Something it "

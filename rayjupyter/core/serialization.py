@@ -23,7 +23,9 @@ import io
 import pickle
 import struct
 import threading
-from collections.abc import Iterator
+import types
+from collections import ChainMap
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import cloudpickle
@@ -34,6 +36,7 @@ __all__ = [
     "KIND_PLAIN",
     "SerializedObject",
     "deserialize",
+    "dumps",
     "dumps_plain",
     "layout_kind",
     "loads_plain",
@@ -238,6 +241,45 @@ def _buffer_callback(out: list[pickle.PickleBuffer | memoryview]) -> Any:
     return callback
 
 
+_DYNAMIC_FILENAME = "<dynamic-code>"
+_cloudpickle_code_reduce: Callable[[types.CodeType], tuple[Any, tuple[Any, ...]]] | None = getattr(
+    cloudpickle.cloudpickle, "_code_reduce", None
+)
+
+
+def _code_reduce(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    """cloudpickle's reduction, but with the code's real file name.
+
+    cloudpickle 3.1.3 names the file of every function it ships ``<dynamic-code>``; remote
+    tracebacks then lose their source lines (the file and the notebook cell they point to).
+    """
+    assert _cloudpickle_code_reduce is not None
+    constructor, args = _cloudpickle_code_reduce(code)
+    args = tuple(
+        code.co_filename if isinstance(arg, str) and arg == _DYNAMIC_FILENAME else arg
+        for arg in args
+    )
+    return constructor, args
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap(
+            {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+        )
+
+
+def dumps(
+    value: Any,
+    protocol: int = _PROTOCOL,
+    buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+) -> bytes:
+    """cloudpickle.dumps, keeping functions' file names (see _code_reduce)."""
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(value)
+        return file.getvalue()
+
+
 def serialize(value: Any, *, what: str = "value") -> SerializedObject:
     """Pickle value (protocol 5, large buffers out of band) without copying those buffers.
 
@@ -251,7 +293,7 @@ def serialize(value: Any, *, what: str = "value") -> SerializedObject:
     _tls.refs = refs
     try:
         callback = _buffer_callback(buffers)
-        meta = cloudpickle.dumps(value, protocol=_PROTOCOL, buffer_callback=callback)
+        meta = dumps(value, protocol=_PROTOCOL, buffer_callback=callback)
     except Exception as exc:
         raise _serialization_error(value, what, exc) from exc
     finally:

@@ -30,8 +30,9 @@ def _pipes() -> tuple[int, int, int, int]:
     return out_r, out_w, err_r, err_w
 
 
-def fork_worker(env: dict[str, str]) -> StartedProcess:
-    """Fork a worker that runs ``worker.main`` with ``env`` added to its environment."""
+def fork_worker(env: dict[str, str], keep_fd: int) -> StartedProcess:
+    """Fork a worker that runs ``worker.main`` with ``env`` added to its environment; of
+    the node's descriptors it keeps only ``keep_fd`` (its end of the node's channel)."""
     out_r, out_w, err_r, err_w = _pipes()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -43,7 +44,7 @@ def fork_worker(env: dict[str, str]) -> StartedProcess:
             os.dup2(devnull, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            _close_inherited_fds()
+            _close_inherited_fds(keep_fd)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.environ.update(env)
@@ -64,11 +65,11 @@ def fork_worker(env: dict[str, str]) -> StartedProcess:
     return StartedProcess(pid, out_r, err_r)
 
 
-def _close_inherited_fds() -> None:
-    """In a fresh child: close everything but stdin, stdout and stderr."""
+def _close_inherited_fds(keep_fd: int) -> None:
+    """In a fresh child: close everything but stdin, stdout, stderr and ``keep_fd``."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2:
+        if fd > 2 and fd != keep_fd:
             with contextlib.suppress(OSError):  # the listing's own descriptor, now closed
                 os.close(fd)
 

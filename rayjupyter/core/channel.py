@@ -1,0 +1,125 @@
+"""Length-framed messages over a Unix socket pair: the link between a node and a worker it forked.
+
+Why not zmq on this link: every zmq message wakes libzmq's IO thread in the sender and in
+the receiver, besides the thread that reads it, so one hop costs three context switches
+where a plain socket costs one. A ping-pong on this 2-core machine took 148 us over zmq's
+ipc transport and 22-34 us over a socket pair, and a task crosses this link twice.
+
+The pair is made before the fork and inherited, so no other process can connect to it and
+the worker needs no credentials. Each frame is an 8-byte little-endian length, then the
+bytes of one ``protocol.dumps`` batch.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+CHANNEL_SCHEME = "fd:"  # a worker's node address: its end of the pair, by descriptor number
+HEADER = struct.Struct("<Q")
+READ_SIZE = 1 << 18  # bytes asked of the socket per read
+MAX_READS = 64  # per drain: one busy worker must not keep the node from the others
+
+
+class Channel:
+    """One end of a worker link. The node's end never blocks (it keeps what the socket
+    does not take yet); a worker's end blocks on send, since the node always reads."""
+
+    def __init__(self, sock: socket.socket, *, blocking_send: bool) -> None:
+        self.sock = sock
+        self.blocking_send = blocking_send
+        sock.setblocking(blocking_send)
+        self._inbuf = bytearray()
+        self._outbuf = bytearray()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def has_pending(self) -> bool:
+        """True while sent frames wait for room in the socket (the node then polls POLLOUT)."""
+        return bool(self._outbuf)
+
+    def send(self, payload: bytes) -> None:
+        """Send one frame; on the non-blocking end, keep whatever the socket cannot take."""
+        if self.closed:
+            return
+        frame = HEADER.pack(len(payload)) + payload
+        if self.blocking_send:
+            self.sock.sendall(frame)
+            return
+        if self._outbuf:
+            self._outbuf += frame
+            return
+        try:
+            sent = self.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the worker is gone; its exit is handled through its pidfd
+            self.closed = True
+            return
+        if sent < len(frame):
+            self._outbuf += memoryview(frame)[sent:]
+
+    def write_pending(self) -> None:
+        """Write what earlier sends left behind, as far as the socket takes it."""
+        while self._outbuf and not self.closed:
+            try:
+                sent = self.sock.send(self._outbuf)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.closed = True
+                self._outbuf.clear()
+                return
+            del self._outbuf[:sent]
+
+    def recv_frames(self, *, wait: bool = False) -> list[bytes] | None:
+        """The complete frames that have arrived; None once the other end has closed.
+
+        ``wait`` blocks for the first read (a worker's reading thread after a poll said
+        there is data); otherwise reads stop as soon as the socket is empty.
+        """
+        buf = self._inbuf
+        flags = 0 if wait and self.blocking_send else socket.MSG_DONTWAIT
+        for _ in range(MAX_READS):
+            try:
+                data = self.sock.recv(READ_SIZE, flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            buf += data
+            flags = socket.MSG_DONTWAIT
+            if len(data) < READ_SIZE:
+                break
+        frames: list[bytes] = []
+        start = 0
+        size = len(buf)
+        while size - start >= HEADER.size:
+            (length,) = HEADER.unpack_from(buf, start)
+            end = start + HEADER.size + length
+            if end > size:
+                break
+            frames.append(bytes(buf[start + HEADER.size : end]))
+            start = end
+        if start:
+            del buf[:start]
+        if not frames and self.closed:
+            return None
+        return frames
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """(node's end, worker's end); the worker's end is inheritable across fork."""
+    node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    worker_end.set_inheritable(True)
+    return node_end, worker_end
