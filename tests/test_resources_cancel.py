@@ -153,6 +153,8 @@ def test_ctrl_c_while_waiting_cancels_the_tasks_waited_on(tmp_path):
         import os, signal, threading, time
         import rayjupyter as rj
         from rayjupyter.exceptions import TaskCancelledError
+        # a shell's background job starts with SIGINT ignored; a kernel has a handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rj.init(num_cpus=1)
 
         @rj.remote

@@ -177,8 +177,10 @@ def init(
                 worker_endpoint(cluster.session),
                 cluster.secret,
                 kind="driver",
+                client_id=cluster.driver_client_id,
                 liveness=cluster.exit_reason,
                 namespace=_namespace(namespace),
+                channel_fd=cluster.take_driver_channel(),
             )
         except BaseException:
             cluster.stop()

@@ -26,7 +26,7 @@ import zmq
 
 from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
-from rayjupyter.core.channel import CHANNEL_SCHEME, Channel
+from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
@@ -66,6 +66,7 @@ class Client:
         io_thread: bool = True,
         liveness: Callable[[], str | None] | None = None,
         namespace: str = "",
+        channel_fd: int | None = None,
     ) -> None:
         self.kind = kind
         self.namespace = namespace
@@ -75,14 +76,14 @@ class Client:
         self.client_id = client_id or ids.new_client_id()
         self.ids = ids.IdGenerator(self.client_id)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # a worker forked by its node talks over the socket pair it inherited (channel.py);
-        # everyone else over two zmq sockets
+        # A worker forked by its node, and the driver that started its local cluster, talk
+        # over a socket pair (channel.py, ``channel_fd`` is our end); everyone else over two
+        # zmq sockets. ``address`` then only names the node in messages.
         self.channel: Channel | None = None
-        if address.startswith(CHANNEL_SCHEME):
-            fd = int(address[len(CHANNEL_SCHEME) :])
-            self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
+        if channel_fd is not None:
+            self.channel = Channel(socket.socket(fileno=channel_fd), blocking_send=True)
             self._channel_poll = select.poll()
-            self._channel_poll.register(fd, select.POLLIN)
+            self._channel_poll.register(channel_fd, select.POLLIN)
         else:
             self.tx = self._socket(b"t", secret)
             self.rx = self._socket(b"r", secret)
@@ -483,13 +484,16 @@ class Client:
 
     def _io_loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.rx, zmq.POLLIN)
+        incoming: zmq.Socket[bytes] | int = (
+            self.rx if self.channel is None else self.channel.fileno()
+        )
+        poller.register(incoming, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
         while not self._closed:
             try:
                 events = dict(poller.poll(int(FLUSH_INTERVAL_S * 1000)))
-                if self.rx in events:
+                if incoming in events:
                     self._drain_rx()
                 now = time.monotonic()
                 if self._wake_rx in events:

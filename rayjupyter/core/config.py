@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 READY_LINE = "RAYJUPYTER_NODE_READY"
 SECRET_ENV = "RAYJUPYTER_SECRET"
+DRIVER_CHANNEL_ENV = "RAYJUPYTER_DRIVER_CHANNEL"  # "FD:CLIENT_ID": a local cluster's driver link
 
 
 @dataclass

@@ -18,8 +18,14 @@ import sys
 import time
 from dataclasses import asdict
 
-from rayjupyter.core import auth
-from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig, session_dir
+from rayjupyter.core import auth, channel, ids
+from rayjupyter.core.config import (
+    DRIVER_CHANNEL_ENV,
+    READY_LINE,
+    SECRET_ENV,
+    NodeConfig,
+    session_dir,
+)
 from rayjupyter.core.exceptions import ClusterConnectionError
 
 START_TIMEOUT_S = 60.0
@@ -46,13 +52,21 @@ class LocalCluster:
         env = dict(os.environ)
         env[SECRET_ENV] = self.secret
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        # our link to the node is a socket pair it inherits (channel.py): faster than zmq
+        self.driver_client_id = ids.new_client_id()
+        self._driver_end, node_end = channel.pair()
+        env[DRIVER_CHANNEL_ENV] = f"{node_end.fileno()}:{self.driver_client_id.hex()}"
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                pass_fds=(node_end.fileno(),),
+            )
+        finally:
+            node_end.close()
         self.session = ""
         assert self.process.stdout is not None
         line = read_first_line(self.process.stdout.fileno(), timeout)
@@ -66,6 +80,10 @@ class LocalCluster:
             )
         _, port, self.session = line.split()
         self.address = f"{config.host}:{port}"
+
+    def take_driver_channel(self) -> int:
+        """The descriptor of our end of the driver's channel, for the Client to own."""
+        return self._driver_end.detach()
 
     @property
     def pid(self) -> int:
@@ -83,6 +101,8 @@ class LocalCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the node's stdin (its signal to stop) and wait for it; kill it if it lingers."""
+        if self._driver_end.fileno() != -1:  # never handed to a Client
+            self._driver_end.close()
         if self.process.stdin is not None and not self.process.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()

@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -29,6 +30,7 @@ from rayjupyter.core import auth, discovery, ids, protocol, task_events
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
+    DRIVER_CHANNEL_ENV,
     READY_LINE,
     SECRET_ENV,
     NodeConfig,
@@ -193,6 +195,11 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if config.watch_stdin:
             self._watch_fd(sys.stdin.fileno(), self._on_stdin)
 
+        driver_channel = os.environ.pop(DRIVER_CHANNEL_ENV, "")
+        if driver_channel:  # the driver that started us talks over a socket pair (channel.py)
+            fd, driver_id = driver_channel.split(":")
+            link = Channel(socket.socket(fileno=int(fd)), blocking_send=False)
+            self._open_channel(bytes.fromhex(driver_id), link)
         self.init_peers()
         self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {

@@ -14,6 +14,7 @@ import os
 import pickle
 import select
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,8 @@ import zmq
 
 from rayjupyter.core import channel, ids, protocol, spawn
 from rayjupyter.core import protocol as P
-from rayjupyter.core.channel import CHANNEL_SCHEME, Channel
-from rayjupyter.core.config import SECRET_ENV
+from rayjupyter.core.channel import Channel
+from rayjupyter.core.config import SECRET_ENV, worker_endpoint
 from rayjupyter.core.exceptions import WorkerCrashedError
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, WorkerState
 from rayjupyter.core.spawn import StartedProcess
@@ -47,7 +48,8 @@ def worker_env(
     """What a worker needs to know, passed in its environment (the secret stays off argv)."""
     return {
         SECRET_ENV: secret,
-        "RAYJUPYTER_NODE_ADDRESS": f"{CHANNEL_SCHEME}{channel_fd}",
+        "RAYJUPYTER_NODE_ADDRESS": worker_endpoint(session),  # for messages: it uses the fd
+        "RAYJUPYTER_CHANNEL_FD": str(channel_fd),
         "RAYJUPYTER_CLIENT_ID": client_id.hex(),
         "RAYJUPYTER_SESSION": session,
         "RAYJUPYTER_SYS_PATH": json.dumps(sys_path),
@@ -99,9 +101,12 @@ class NodeWorkers:
         link.close()
 
     def on_channel(self, client_id: bytes, events: int) -> None:
-        """A worker's channel is readable (or has room again for what we still owe it)."""
+        """A channel is readable (or has room again for what we still owe its client)."""
         node = self._node()
         link = node.channels[client_id]
+        info = node.clients.get(client_id)
+        if info is not None:
+            info.last_seen = time.monotonic()
         if events & zmq.POLLOUT:
             link.write_pending()
             if not link.has_pending:

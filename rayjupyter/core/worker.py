@@ -270,6 +270,7 @@ def main() -> None:
         kind="worker",
         client_id=bytes.fromhex(env["RAYJUPYTER_CLIENT_ID"]),
         io_thread=False,
+        channel_fd=int(env.pop("RAYJUPYTER_CHANNEL_FD")),
     )
     if job_env is not None:  # the tasks it submits inherit its env
         client.runtime_env = job_env
