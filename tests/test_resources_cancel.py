@@ -97,6 +97,33 @@ def test_cancel_running_task_raises_task_cancelled_error(cluster, tmp_path):
     assert rj.get(sleeper.remote(0), timeout=30) == "finished"  # the worker lives on
 
 
+class SlowToLoad:
+    """An argument whose unpickling in the worker takes a while and leaves a mark."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_load_slowly, (self.marker,))
+
+
+def _load_slowly(marker: str) -> str:
+    open(marker, "w").close()
+    time.sleep(1.0)
+    return marker
+
+
+def test_cancel_while_the_worker_sets_the_task_up(cluster, tmp_path):
+    """The cancel lands before the task's code runs (its SIGINT comes between tasks)."""
+    marker = str(tmp_path / "loading")
+    ref = sleeper.remote(60, SlowToLoad(marker))
+    wait_for_condition(lambda: os.path.exists(marker), timeout=30)
+    rj.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rj.get(ref, timeout=30)
+    wait_for_condition(lambda: rj.available_resources().get("CPU", 0) == 2.0, timeout=15)
+
+
 def test_cancel_queued_task_never_starts_and_force_kills(cluster, tmp_path):
     busy = [sleeper.remote(3) for _ in range(2)]  # both CPUs
     never = str(tmp_path / "never")

@@ -47,10 +47,7 @@ class Channel:
             return
         frame = HEADER.pack(len(payload)) + payload
         if self.blocking_send:
-            try:
-                self.sock.sendall(frame)
-            except OSError:  # the node is gone: the waiting side notices (liveness checks)
-                self.closed = True
+            self._send_whole(frame)
             return
         if self._outbuf:
             self._outbuf += frame
@@ -64,6 +61,22 @@ class Channel:
             return
         if sent < len(frame):
             self._outbuf += memoryview(frame)[sent:]
+
+    def _send_whole(self, frame: bytes) -> None:
+        """Block until all of frame is sent, even through Ctrl-C (raised afterwards): half a
+        frame would leave the node reading garbage lengths from then on."""
+        view = memoryview(frame)
+        interrupted: KeyboardInterrupt | None = None
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+            except OSError:  # the node is gone: the waiting side notices (liveness checks)
+                self.closed = True
+                break
+        if interrupted is not None:
+            raise interrupted
 
     def write_pending(self) -> None:
         """Write what earlier sends left behind, as far as the socket takes it."""

@@ -1,12 +1,15 @@
 """A process's connection to its node: used by drivers and workers alike.
 
-Two sockets (see protocol.py): the calling thread sends on ``tx`` under a lock, so a
-submit costs one send and no thread hop; an IO thread reads ``rx`` and files results,
-replies and (in workers) tasks, waking waiters through one condition variable.
+A socket pair (channel.py) for workers and a local cluster's own driver, else two zmq
+sockets (see protocol.py). The calling thread sends under a lock, so a submit costs one
+send and no thread hop. In a driver an IO thread reads and files results and replies,
+waking waiters through one condition variable, except while a thread waits on a channel:
+that thread reads itself. A worker always reads in the thread that waits.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -45,6 +48,7 @@ BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one fr
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
+FOREGROUND_IDLE_S = 0.01  # a driver's IO thread reads again once gets paused this long
 SILENCE_LIMIT_S = 10.0  # an attached driver gives up on a node that answered nothing for this
 
 
@@ -130,6 +134,11 @@ class Client:
         # runs). A worker reads in whichever thread waits (see _pump): a task then reaches
         # the code that runs it without a thread switch, the largest cost of a round trip.
         self._rx_lock = threading.Lock()
+        self._reading_here = False  # a waiting thread reads the channel (see _wait)
+        self.cancelled_calls: set[bytes] = set()  # (workers) tasks rj.cancel named
+        self._unhandled: collections.deque[bytes] = collections.deque()  # read, not handled
+        self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
+        self._last_read_here = 0.0
         self._io_thread: threading.Thread | None = None
         if io_thread:
             self._io_thread = threading.Thread(
@@ -239,7 +248,7 @@ class Client:
 
     def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until predicate holds; reading the socket ourselves when nobody else does."""
-        if self._io_thread is not None:
+        if self._io_thread is not None and self.channel is None:
             deadline = None if timeout is None else time.monotonic() + timeout
             next_check = time.monotonic() + LIVENESS_CHECK_S
             with self._cond:
@@ -254,15 +263,35 @@ class Client:
                             return False
                     self._cond.wait(remaining)
                 return True
+        # A worker, or a driver on a channel: the waiting thread reads the socket itself, so
+        # an answer wakes it directly rather than the IO thread, which would then wake it (a
+        # second context switch, about 60 us). A driver's IO thread stays off the socket
+        # meanwhile (see _io_loop); two threads polling it would both wake.
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not predicate():
-            remaining = FLUSH_INTERVAL_S
-            if deadline is not None:
-                remaining = min(remaining, deadline - time.monotonic())
-                if remaining <= 0:
-                    return predicate()
-            self._pump(remaining)
-        return True
+        driver = self._io_thread is not None
+        next_check = time.monotonic() + LIVENESS_CHECK_S
+        if driver:
+            self._last_read_here = time.monotonic()
+            self._reading_here = True
+        try:
+            while True:
+                seen = self._drains
+                if predicate():
+                    return True
+                remaining = FLUSH_INTERVAL_S
+                if driver:
+                    if time.monotonic() >= next_check:
+                        self._check_alive()
+                        next_check = time.monotonic() + LIVENESS_CHECK_S
+                    remaining = LIVENESS_CHECK_S
+                if deadline is not None:
+                    remaining = min(remaining, deadline - time.monotonic())
+                    if remaining <= 0:
+                        return predicate()
+                self._pump(remaining, seen)
+        finally:
+            if driver:
+                self._last_read_here = time.monotonic()
 
     def _check_alive(self) -> None:
         """Raise rather than wait forever on a cluster whose node has died."""
@@ -278,13 +307,24 @@ class Client:
         if reason:
             raise ClusterConnectionError(reason)
 
-    def _pump(self, timeout: float) -> None:
-        """Read and handle what arrives within timeout; only one thread reads at a time."""
+    def read_pending(self) -> None:
+        """Handle whatever has arrived already, without waiting."""
+        self._pump(0.0)
+
+    def _pump(self, timeout: float, seen: int | None = None) -> None:
+        """Read and handle what arrives within timeout; only one thread reads at a time.
+
+        seen is the drain count the caller last looked at: if another thread has read
+        since, return at once (what the caller waits for may have come in that read).
+        """
         if not self._rx_lock.acquire(blocking=False):
             with self._cond:  # another thread reads; it wakes us when something arrives
-                self._cond.wait(timeout)
+                if seen is None or self._drains == seen:
+                    self._cond.wait(timeout)
             return
         try:
+            if seen is not None and self._drains != seen:
+                return
             if self._poll_in(int(timeout * 1000)):
                 self._drain_rx()
             elif reference_counter.pending or self._pins:
@@ -489,12 +529,29 @@ class Client:
         )
         poller.register(incoming, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        wake_only = zmq.Poller()
+        wake_only.register(self._wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
         while not self._closed:
             try:
-                events = dict(poller.poll(int(FLUSH_INTERVAL_S * 1000)))
-                if incoming in events:
-                    self._drain_rx()
+                if self._reading_here:
+                    # a thread in _wait reads the channel: stay off it until that has been
+                    # over for a moment (a loop of gets then costs no hand-offs at all)
+                    events = dict(wake_only.poll(int(FOREGROUND_IDLE_S * 1000)))
+                    if (
+                        not self._rx_lock.locked()
+                        and time.monotonic() - self._last_read_here > FOREGROUND_IDLE_S
+                    ):
+                        self._reading_here = False
+                else:
+                    events = dict(poller.poll(int(FLUSH_INTERVAL_S * 1000)))
+                if incoming in events and self._rx_lock.acquire(blocking=False):
+                    try:
+                        self._drain_rx()
+                    finally:
+                        self._rx_lock.release()
+                    with self._cond:  # a waiter may have stood aside for this read
+                        self._cond.notify_all()
                 now = time.monotonic()
                 if self._wake_rx in events:
                     while self._wake_rx.poll(0):
@@ -529,6 +586,7 @@ class Client:
                 return frames
 
     def _drain_rx(self) -> None:
+        self._drains += 1
         self.last_heard = time.monotonic()
         if self.channel is not None:
             frames = self.channel.recv_frames()
@@ -536,8 +594,12 @@ class Client:
                 self._closed = True
                 self.tasks.put(None)
                 return
-            for frame in frames:
-                self._handle(protocol.loads(frame))
+            # kept on self until handled: Ctrl-C in a driver's reading thread must not drop
+            # the frames after the one it interrupts (the next drain handles them)
+            unhandled = self._unhandled
+            unhandled.extend(frames)
+            while unhandled:
+                self._handle(protocol.loads(unhandled.popleft()))
             return
         while True:
             try:
@@ -570,7 +632,10 @@ class Client:
                             except Exception:  # one broken callback must not stop the reader
                                 traceback.print_exc()
                 notify = True
-            elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.CancelCall:
+            elif kind is P.ExecuteTask or kind is P.StartActor:
+                self.tasks.put(message)
+            elif kind is P.CancelCall:
+                self.cancelled_calls.add(message.task_id)
                 self.tasks.put(message)
             elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
                 self._on_chunk(message, b"")

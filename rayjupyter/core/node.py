@@ -964,6 +964,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 self.revoke_prefetched(worker)
                 self.fail_task(task, self.cancelled_error(task))
                 return
+            if not force:  # names the task, so a worker still setting it up stops it too
+                self.send(worker.client_id, P.CancelCall(task.task_id))
+                self.flush()  # ahead of the signal, which makes the worker look for it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL if force else signal.SIGINT)
 

@@ -5,10 +5,11 @@ hundred ref-count changes) costs one send. Messages are NamedTuples: they pickle
 reference and construct fast, which matters on the task hot path. Nothing here is
 unpickled before the connection has authenticated (see ``auth.py``).
 
-Sockets: every client (driver or worker) has two DEALER sockets to its node, ``tx`` (any
-thread sends, under a lock) and ``rx`` (read by the client's IO thread). Their zmq
-routing ids are ``client_id + b"t"`` and ``client_id + b"r"``, so the node knows both from
-the first frame and never needs a second handshake.
+Sockets: a worker, and the driver that started a local cluster, have a socket pair to
+the node (``channel.py``; the same batches, length-framed). Every other client has two
+DEALER sockets to its node, ``tx`` (any thread sends, under a lock) and ``rx`` (read by the
+client's IO thread). Their zmq routing ids are ``client_id + b"t"`` and ``client_id +
+b"r"``, so the node knows both from the first frame and never needs a second handshake.
 """
 
 from __future__ import annotations

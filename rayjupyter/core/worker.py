@@ -55,6 +55,7 @@ class TaskExecutor:
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.pid = os.getpid()
         self.running: bytes | None = None  # the task a SIGINT (cancel) is meant for
+        self.sigint_between_tasks = False  # a cancel may be for the task being set up
         self.instance: Any = None  # the actor, once StartActor ran
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -104,9 +105,11 @@ class TaskExecutor:
             if not task.actor_id:
                 self.running = task.task_id
             try:
+                self._stop_if_cancelled(task.task_id)
                 result = function(*args, **kwargs)
             finally:
                 self.running = None
+                self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
             message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
         except ActorExitRequest:
@@ -119,6 +122,14 @@ class TaskExecutor:
         finally:
             runtime_context.current_task.reset(token)
         self._finish(message, exiting)
+
+    def _stop_if_cancelled(self, task_id: bytes) -> None:
+        """rj.cancel that came while the task was being set up: its SIGINT was ignored."""
+        if self.sigint_between_tasks:
+            self.sigint_between_tasks = False
+            self.client.read_pending()  # the node sends CancelCall ahead of the signal
+        if task_id in self.client.cancelled_calls:
+            raise KeyboardInterrupt
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
         assert self.slots is not None
@@ -244,6 +255,7 @@ def _on_sigint(executor: TaskExecutor, signum: int, frame: Any) -> None:
     """rj.cancel sends SIGINT: interrupt the running task, ignore it between tasks."""
     if executor.running is not None:
         raise KeyboardInterrupt
+    executor.sigint_between_tasks = True
 
 
 def main() -> None:
