@@ -139,6 +139,7 @@ class Client:
         self._unhandled: collections.deque[bytes] = collections.deque()  # read, not handled
         self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
         self._last_read_here = 0.0
+        self._waiting_here = 0  # threads in _wait on a channel right now
         self._io_thread: threading.Thread | None = None
         if io_thread:
             self._io_thread = threading.Thread(
@@ -271,6 +272,8 @@ class Client:
         driver = self._io_thread is not None
         next_check = time.monotonic() + LIVENESS_CHECK_S
         if driver:
+            with self._cond:
+                self._waiting_here += 1
             self._last_read_here = time.monotonic()
             self._reading_here = True
         try:
@@ -292,6 +295,10 @@ class Client:
         finally:
             if driver:
                 self._last_read_here = time.monotonic()
+                with self._cond:
+                    self._waiting_here -= 1
+                if self._ready_callbacks:  # awaited refs: the IO thread reads for them now
+                    self._wake_io_thread()
 
     def _check_alive(self) -> None:
         """Raise rather than wait forever on a cluster whose node has died."""
@@ -514,8 +521,16 @@ class Client:
         if info is not None:
             callback(info)
         else:
+            if self._reading_here:  # the IO thread stands aside: have it read for this
+                self._wake_io_thread()
             self.send([])  # a held-back submit of this very object goes now
             self._request_missing([object_id])
+
+    def _wake_io_thread(self) -> None:
+        with self._tx_lock:  # the wake socket is the IO thread's flush request too
+            if not self._flush_requested and not self._closed:
+                self._flush_requested = True
+                self._wake_tx.send(b"")
 
     def _forget(self, object_id: bytes) -> None:
         self.objects.pop(object_id, None)
@@ -538,9 +553,9 @@ class Client:
                     # a thread in _wait reads the channel: stay off it until that has been
                     # over for a moment (a loop of gets then costs no hand-offs at all)
                     events = dict(wake_only.poll(int(FOREGROUND_IDLE_S * 1000)))
-                    if (
-                        not self._rx_lock.locked()
-                        and time.monotonic() - self._last_read_here > FOREGROUND_IDLE_S
+                    if not self._waiting_here and (
+                        self._ready_callbacks  # refs awaited: nobody waits here to read
+                        or time.monotonic() - self._last_read_here > FOREGROUND_IDLE_S
                     ):
                         self._reading_here = False
                 else:
