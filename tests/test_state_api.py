@@ -43,6 +43,30 @@ def test_list_tasks_shows_states_and_filters():
         state.list_tasks(filters=[("state", ">", "x")])
 
 
+@rj.remote
+def nap(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_tasks_queued_behind_busy_workers_are_pending_not_running():
+    """A long queue makes the node send busy workers their next task early (prefetch):
+    those wait on the worker, and the state API must not count them as running."""
+    cpus = int(rj.cluster_resources()["CPU"])
+    refs = [nap.remote(1.0) for _ in range(cpus * 3)]
+
+    def running():
+        rows = state.list_tasks(filters=[("name", "=", "nap")], limit=1000)
+        return [row for row in rows if row["state"] == "RUNNING"]
+
+    wait_for_condition(lambda: len(running()) == cpus, timeout=30)
+    assert len(running()) == cpus  # and none of those sent ahead
+    counts = state.summarize_tasks()["nap"]
+    assert counts.get("RUNNING") == cpus and counts.get("PENDING_NODE_ASSIGNMENT") == 2 * cpus
+    rj.get(refs, timeout=60)
+
+
 def test_list_actors_objects_nodes_jobs():
     @rj.remote
     class Named:

@@ -581,6 +581,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.prefetched = None
             worker.task = following
             self.resources.acquire(following.demand)
+            self.events.started(following.task_id, worker.pid, following.attempt)
         else:
             worker.transition(WorkerState.IDLE)
             self.scheduler.worker_idle(worker)
@@ -912,7 +913,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.known_funcs.add(task.func_id)
         if not task.actor_id:
             task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
-        self.events.started(task.task_id, worker.pid, task.attempt)
+        if worker.prefetched is not task:  # one sent ahead starts when the current one ends
+            self.events.started(task.task_id, worker.pid, task.attempt)
         self.send(
             worker.client_id,
             P.ExecuteTask(

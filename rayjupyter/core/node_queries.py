@@ -27,6 +27,11 @@ class NodeQueries:
         for task in node.tasks.values():
             if task.method != "__init__":
                 tasks[task.state.name] = tasks.get(task.state.name, 0) + 1
+        # a task sent ahead to a busy worker (prefetch) waits there: it is queued, not running
+        prefetched = sum(1 for w in node.workers.values() if w.prefetched is not None)
+        if prefetched:
+            tasks["RUNNING"] -= prefetched
+            tasks["READY"] = tasks.get("READY", 0) + prefetched
         actors: dict[str, int] = {}
         for actor in node.actors.values():
             actors[actor.state.name] = actors.get(actor.state.name, 0) + 1
