@@ -71,6 +71,8 @@ def test_another_process_attaches_by_address(cluster, tmp_path):
             return 2 * x
 
         print(rj.get(double.remote(21), timeout=60), rj.cluster_resources()["CPU"])
+        # on the node's machine: its Unix socket (local_channel.py), not zmq
+        print(rj.core.api._state["client"].channel is not None)
         rj.shutdown()
         """
     )
@@ -78,7 +80,7 @@ def test_another_process_attaches_by_address(cluster, tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["42", "2.0"]
+    assert out.stdout.split() == ["42", "2.0", "True"]
     assert rj.get(ref, timeout=10) == "shared through the cluster"  # still up after it left
 
 
@@ -125,6 +127,37 @@ def test_connection_without_the_secret_is_refused_and_nothing_is_unpickled(clust
         return "ok"
 
     assert rj.get(still_works.remote(), timeout=30) == "ok"
+
+
+def test_local_socket_refuses_a_wrong_secret_before_unpickling(cluster, tmp_path):
+    """Drivers on the node's machine attach over its Unix socket: a connection that does
+    not open with proof of the secret is closed unanswered, and nothing it sent is read."""
+    import socket
+
+    from rayjupyter.core import channel, local_channel
+
+    witness = tmp_path / "unpickled"
+    evil = pickle.dumps(_Evil(str(witness)), protocol=5)
+    framed = b"".join(
+        channel.HEADER.pack(len(payload)) + payload
+        for payload in (evil, protocol.dumps([protocol.StopCluster()]))
+    )
+    path = local_channel.socket_path(cluster.address_info["session"])
+    for first in (b"", local_channel.auth_frame("wrong-secret", b"\0" * 8), b"RJCH1"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(local_channel.AUTH_TIMEOUT_S + 5)
+        try:
+            sock.connect(path)
+            sock.sendall(first + (framed if first != b"RJCH1" else b""))
+            try:
+                answer = sock.recv(1)
+            except ConnectionResetError:  # closed with our frames unread
+                answer = b""
+            assert answer == b"", "an unproven connection got an answer"
+        finally:
+            sock.close()
+    assert not witness.exists()
+    assert rj.get(rj.put("still up"), timeout=10) == "still up"
 
 
 class _Evil:

@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, protocol
+from rayjupyter.core import auth, ids, local_channel, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import session_dir
@@ -81,9 +81,12 @@ class Client:
         self.ids = ids.IdGenerator(self.client_id)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         # A worker forked by its node, and the driver that started its local cluster, talk
-        # over a socket pair (channel.py, ``channel_fd`` is our end); everyone else over two
-        # zmq sockets. ``address`` then only names the node in messages.
+        # over a socket pair (channel.py, ``channel_fd`` is our end); a driver that attaches
+        # to a node on this machine over its Unix socket (local_channel.py); everyone else
+        # over two zmq sockets. ``address`` then only names the node in messages.
         self.channel: Channel | None = None
+        if channel_fd is None and kind != "worker":
+            channel_fd = local_channel.connect(address, secret, self.client_id)
         if channel_fd is not None:
             self.channel = Channel(socket.socket(fileno=channel_fd), blocking_send=True)
             self._channel_poll = select.poll()
@@ -283,9 +286,12 @@ class Client:
                     return True
                 remaining = FLUSH_INTERVAL_S
                 if driver:
-                    if time.monotonic() >= next_check:
+                    if self._closed or time.monotonic() >= next_check:
                         self._check_alive()
                         next_check = time.monotonic() + LIVENESS_CHECK_S
+                    if self._closed:  # nothing more will come: wait for liveness to say why
+                        time.sleep(0.05)
+                        continue
                     remaining = LIVENESS_CHECK_S
                 if deadline is not None:
                     remaining = min(remaining, deadline - time.monotonic())
@@ -304,6 +310,11 @@ class Client:
         """Raise rather than wait forever on a cluster whose node has died."""
         if self.liveness is not None:
             reason = self.liveness()
+        elif self.channel is not None and self.channel.closed:
+            reason = (
+                f"The cluster at {self.address} closed this connection: its node has stopped. "
+                f"Call rj.shutdown(), then rj.init() again."
+            )
         elif time.monotonic() - self.last_heard > SILENCE_LIMIT_S:  # heartbeats get answers
             reason = (
                 f"No word from the cluster at {self.address} for {SILENCE_LIMIT_S:.0f} s: its "

@@ -200,6 +200,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             fd, driver_id = driver_channel.split(":")
             link = Channel(socket.socket(fileno=int(fd)), blocking_send=False)
             self._open_channel(bytes.fromhex(driver_id), link)
+        self.listen_for_local_drivers()
         self.init_peers()
         self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
@@ -221,6 +222,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
+                    self.expire_unproven()
                     self.reap_idle_env_workers()
                 self.peers_tick()
                 # Order matters: a worker writes its output, then sends its result, then

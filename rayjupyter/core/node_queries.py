@@ -44,6 +44,11 @@ class NodeQueries:
             "workers": sum(1 for w in node.workers.values() if not w.actor_id),
             "store": node.store.stats(),
             "drivers": len(node.drivers()),
+            # pids of drivers on this machine: which kernel is attached (over a Unix socket,
+            # which names no peer the way a TCP connection does)
+            "driver_pids": [
+                node.clients[c].pid for c in node.drivers() if c in node.channels
+            ],
             "machine": node._machine_usage(),
         }
 

@@ -8,19 +8,22 @@ loop the moment a worker exits, so its task is retried or failed at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import pickle
 import select
 import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import zmq
 
-from rayjupyter.core import channel, ids, protocol, spawn
+from rayjupyter.core import channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import SECRET_ENV, worker_endpoint
@@ -116,6 +119,9 @@ class NodeWorkers:
         frames = link.recv_frames()
         if frames is None:  # the worker closed its end: it is exiting (see its pidfd)
             node._close_channel(client_id)
+            info = node.clients.get(client_id)
+            if info is not None and info.kind != "worker":  # a driver left or died
+                node.release_client(client_id)
             return
         handlers = node.handlers
         for frame in frames:
@@ -124,6 +130,82 @@ class NodeWorkers:
                     handlers[type(message)](client_id, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     node._report_internal_error(message)
+
+    # ------------------------------------------------------------------ local drivers
+
+    def listen_for_local_drivers(self) -> None:
+        """Drivers that attach from this machine connect here (see local_channel.py)."""
+        node = self._node()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = local_channel.socket_path(node.session)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener.bind(path)
+        listener.listen(64)
+        self.channel_listener = listener
+        self.unproven: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        node._watch_fd(listener.fileno(), self._on_local_connection)
+
+    def _on_local_connection(self, fd: int) -> None:
+        while True:
+            try:
+                conn, _ = self.channel_listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of descriptors: the client times out and says so
+                return
+            conn.setblocking(False)
+            self.unproven[conn.fileno()] = (conn, bytearray(), time.monotonic())
+            node = self._node()
+            node.poller.register(conn.fileno(), zmq.POLLIN)
+            node.fd_handlers[conn.fileno()] = self._on_unproven
+
+    def _on_unproven(self, fd: int) -> None:
+        """Read a new connection's first frame; it opens a channel only with the secret."""
+        conn, buf, _ = self.unproven[fd]
+        try:
+            data = conn.recv(local_channel.AUTH_SIZE - len(buf))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_unproven(fd, reason="")
+            return
+        buf += data
+        if len(buf) < local_channel.AUTH_SIZE:
+            return
+        node = self._node()
+        client_id = local_channel.check_auth(node.secret, bytes(buf))
+        if client_id is None or client_id in node.channels or client_id in node.clients:
+            self._drop_unproven(fd, reason="wrong or missing secret")
+            return
+        del self.unproven[fd]
+        node.poller.unregister(fd)
+        del node.fd_handlers[fd]
+        node._open_channel(client_id, Channel(conn, blocking_send=False))
+        self.on_channel(client_id, zmq.POLLIN)  # its Hello may have come with the proof
+
+    def _drop_unproven(self, fd: int, reason: str) -> None:
+        conn, _, _ = self.unproven.pop(fd)
+        node = self._node()
+        node.poller.unregister(fd)
+        del node.fd_handlers[fd]
+        conn.close()
+        if reason:
+            where = local_channel.socket_path(node.session)
+            print(
+                f"rayjupyter node: refused a connection on {where}: {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def expire_unproven(self) -> None:
+        """Close connections that did not prove the secret in time (once a second)."""
+        deadline = time.monotonic() - local_channel.AUTH_TIMEOUT_S
+        for fd, (_, _, opened) in list(self.unproven.items()):
+            if opened < deadline:
+                self._drop_unproven(fd, reason="no secret within the time allowed")
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)

@@ -69,6 +69,7 @@ class StatusResponse(TypedDict):
     actors: dict[str, int]  # actors by engine state: PENDING, STARTING, ALIVE, DEAD
     workers: int  # pool worker processes (actors' processes not counted)
     drivers: int  # connected drivers (notebooks, scripts)
+    driver_pids: list[int]  # pids of the drivers attached from the head's own machine
     store: StoreStats
     machine: MachineUsage
 

@@ -269,6 +269,12 @@ class ClusterRegistry:
             for k in known:
                 if _endpoints(k.hostport) & peers:
                     return self._info(k), "connected"
+        for k in known:  # attached from this machine: over the node's Unix socket
+            if not k.local:
+                continue
+            with contextlib.suppress(StatusError):
+                if self.status_reader.driver_pids(k.hostport, k.secret) & family:
+                    return self._info(k), "connected"
         return None, None
 
     # ------------------------------------------------------------------ shutting down

@@ -83,6 +83,10 @@ class StatusReader:
         """The cluster's status snapshot, shaped for the panel."""
         return summarize(self.request(hostport, secret, "status"))
 
+    def driver_pids(self, hostport: str, secret: str) -> set[int]:
+        """Pids of the drivers attached to the cluster from this machine."""
+        return {int(pid) for pid in self.request(hostport, secret, "status").get("driver_pids", [])}
+
     def forget(self, hostport: str) -> None:
         """Close the connection to a cluster that is gone or no longer listed."""
         with self._lock:
