@@ -289,14 +289,14 @@ class Client:
                     if self._closed or time.monotonic() >= next_check:
                         self._check_alive()
                         next_check = time.monotonic() + LIVENESS_CHECK_S
-                    if self._closed:  # nothing more will come: wait for liveness to say why
-                        time.sleep(0.05)
-                        continue
                     remaining = LIVENESS_CHECK_S
                 if deadline is not None:
                     remaining = min(remaining, deadline - time.monotonic())
                     if remaining <= 0:
                         return predicate()
+                if driver and self._closed:  # nothing more will come: let liveness say why
+                    time.sleep(min(remaining, 0.05))
+                    continue
                 self._pump(remaining, seen)
         finally:
             if driver:

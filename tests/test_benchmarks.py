@@ -1,0 +1,93 @@
+"""Smoke runs of the benchmark runners at tiny sizes, rayjupyter only, so they never rot.
+
+These check that every workload runs and reports; they assert no speed (the full runs in
+benchmarks/RESULTS.md are for that, on an idle machine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOAD_KEYS = {
+    "first_result_s",
+    "shutdown_s",
+    "idle_rss_mb",
+    "idle_pss_mb",
+    "sync_median_us",
+    "sync_p99_us",
+    "async_per_s",
+    "actor_create_1_s",
+    "actor_sync_median_us",
+    "actor_async_per_s",
+    "chain_s",
+    "put_gbps",
+    "get_ms",
+    "ref_sum_first_s",
+    "ref_sum_s",
+    "primes_speedup",
+}
+
+
+def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_runner_measures_every_workload_at_tiny_sizes(tmp_path):
+    result = tmp_path / "tiny.json"
+    out = _run(
+        "benchmarks",
+        "--tiny",
+        "--repeat",
+        "1",
+        "--against",
+        "none",
+        "--json",
+        str(result),
+        timeout=280,
+    )
+    report = json.loads(result.read_text())
+    ours = report["backends"]["rayjupyter"]
+    assert ours["status"] == "ok" and ours["errors"] == {}
+    summary = ours["summary"]
+    assert set(summary) >= WORKLOAD_KEYS, WORKLOAD_KEYS - set(summary)
+    assert all(summary[key]["median"] > 0 for key in WORKLOAD_KEYS)
+    assert summary["get_zero_copy"]["value"] is True
+    assert summary["chain_length"]["median"] == 10
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["git"]
+    # the markdown table goes to stdout and beside the JSON
+    assert "| workload | unit | better | rayjupyter |" in out.stdout
+    assert result.with_suffix(".md").read_text().strip() in out.stdout
+
+
+@pytest.mark.timeout(300)
+def test_multinode_runner_crosses_nodes_at_tiny_sizes(tmp_path):
+    result = tmp_path / "multinode.json"
+    _run(
+        "benchmarks.multinode",
+        "--size-mb",
+        "8",
+        "--calls",
+        "20",
+        "--json",
+        str(result),
+        timeout=280,
+    )
+    report = json.loads(result.read_text())
+    assert report["cross_node_sync_us"]["median"] > 0
+    assert report["same_node_sync_us"]["median"] > 0
+    assert report["transfer"]["bytes"] == 8 * 2**20 and report["transfer"]["best_gb_s"] > 0
