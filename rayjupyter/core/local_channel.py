@@ -57,7 +57,9 @@ def session_at(address: str) -> str | None:
         their_host, _, their_port = str(record.get("address", "")).rpartition(":")
         if their_port != port:
             continue
-        if host == their_host or host in LOOPBACK_HOSTS:
+        # loopback stands for the node only if the node says loopback too: nodes in other
+        # network namespaces on this machine may listen on the same port at their own IPs
+        if host == their_host or (host in LOOPBACK_HOSTS and their_host in LOOPBACK_HOSTS):
             return str(record["session"])
     return None
 
