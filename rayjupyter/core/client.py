@@ -251,30 +251,19 @@ class Client:
         self.send([P.PutObject(object_id, inline, size, contained)], batch=True)
 
     def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
-        """Wait until predicate holds; reading the socket ourselves when nobody else does."""
-        if self._io_thread is not None and self.channel is None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            next_check = time.monotonic() + LIVENESS_CHECK_S
-            with self._cond:
-                while not predicate():
-                    if time.monotonic() >= next_check:  # not on every wake: it costs a syscall
-                        self._check_alive()
-                        next_check = time.monotonic() + LIVENESS_CHECK_S
-                    remaining = LIVENESS_CHECK_S
-                    if deadline is not None:
-                        remaining = min(remaining, deadline - time.monotonic())
-                        if remaining <= 0:
-                            return False
-                    self._cond.wait(remaining)
-                return True
-        # A worker, or a driver on a channel: the waiting thread reads the socket itself, so
-        # an answer wakes it directly rather than the IO thread, which would then wake it (a
-        # second context switch, about 60 us). A driver's IO thread stays off the socket
-        # meanwhile (see _io_loop); two threads polling it would both wake.
+        """Wait until predicate holds; reading the socket ourselves when nobody else does.
+
+        A worker, or a driver on a channel, reads in the waiting thread: an answer then
+        wakes it directly rather than the IO thread, which would then wake it (a second
+        context switch, about 60 us). A driver's IO thread stays off the channel meanwhile
+        (see _io_loop): two threads polling it would both wake. A driver on zmq sockets
+        waits for its IO thread (zmq sockets are not shared between threads).
+        """
+        reads_itself = self._io_thread is None or self.channel is not None
+        standing_in = reads_itself and self._io_thread is not None  # for the IO thread
         deadline = None if timeout is None else time.monotonic() + timeout
-        driver = self._io_thread is not None
         next_check = time.monotonic() + LIVENESS_CHECK_S
-        if driver:
+        if standing_in:
             with self._cond:
                 self._waiting_here += 1
             self._last_read_here = time.monotonic()
@@ -285,8 +274,8 @@ class Client:
                 if predicate():
                     return True
                 remaining = FLUSH_INTERVAL_S
-                if driver:
-                    if self._closed or time.monotonic() >= next_check:
+                if self._io_thread is not None:  # a driver: is its node still there?
+                    if self._closed or time.monotonic() >= next_check:  # (it costs a syscall)
                         self._check_alive()
                         next_check = time.monotonic() + LIVENESS_CHECK_S
                     remaining = LIVENESS_CHECK_S
@@ -294,12 +283,16 @@ class Client:
                     remaining = min(remaining, deadline - time.monotonic())
                     if remaining <= 0:
                         return predicate()
-                if driver and self._closed:  # nothing more will come: let liveness say why
+                if self._io_thread is not None and self._closed:  # let liveness say why
                     time.sleep(min(remaining, 0.05))
-                    continue
-                self._pump(remaining, seen)
+                elif reads_itself:
+                    self._pump(remaining, seen)
+                else:
+                    with self._cond:
+                        if self._drains == seen:  # else a read came since we looked
+                            self._cond.wait(remaining)
         finally:
-            if driver:
+            if standing_in:
                 self._last_read_here = time.monotonic()
                 with self._cond:
                     self._waiting_here -= 1
@@ -612,7 +605,12 @@ class Client:
                 return frames
 
     def _drain_rx(self) -> None:
-        self._drains += 1
+        try:
+            self._read_and_handle()
+        finally:  # counted once handled: a waiter that saw the count before missed nothing
+            self._drains += 1
+
+    def _read_and_handle(self) -> None:
         self.last_heard = time.monotonic()
         if self.channel is not None:
             frames = self.channel.recv_frames()
