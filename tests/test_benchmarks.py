@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,33 +35,23 @@ WORKLOAD_KEYS = {
 }
 
 
-def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def _run(result: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """Run a benchmark module writing its JSON to result: (its stdout, that JSON)."""
     out = subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, "-m", *args, "--json", str(result)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=280,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return out.stdout, json.loads(result.read_text())
 
 
 @pytest.mark.timeout(300)
 def test_runner_measures_every_workload_at_tiny_sizes(tmp_path):
     result = tmp_path / "tiny.json"
-    out = _run(
-        "benchmarks",
-        "--tiny",
-        "--repeat",
-        "1",
-        "--against",
-        "none",
-        "--json",
-        str(result),
-        timeout=280,
-    )
-    report = json.loads(result.read_text())
+    stdout, report = _run(result, "benchmarks", "--tiny", "--repeat", "1", "--against", "none")
     ours = report["backends"]["rayjupyter"]
     assert ours["status"] == "ok" and ours["errors"] == {}
     summary = ours["summary"]
@@ -70,24 +61,15 @@ def test_runner_measures_every_workload_at_tiny_sizes(tmp_path):
     assert summary["chain_length"]["median"] == 10
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["git"]
     # the markdown table goes to stdout and beside the JSON
-    assert "| workload | unit | better | rayjupyter |" in out.stdout
-    assert result.with_suffix(".md").read_text().strip() in out.stdout
+    assert "| workload | unit | better | rayjupyter |" in stdout
+    assert result.with_suffix(".md").read_text().strip() in stdout
 
 
 @pytest.mark.timeout(300)
 def test_multinode_runner_crosses_nodes_at_tiny_sizes(tmp_path):
-    result = tmp_path / "multinode.json"
-    _run(
-        "benchmarks.multinode",
-        "--size-mb",
-        "8",
-        "--calls",
-        "20",
-        "--json",
-        str(result),
-        timeout=280,
+    _, report = _run(
+        tmp_path / "multinode.json", "benchmarks.multinode", "--size-mb", "8", "--calls", "20"
     )
-    report = json.loads(result.read_text())
     assert report["cross_node_sync_us"]["median"] > 0
     assert report["same_node_sync_us"]["median"] > 0
     assert report["transfer"]["bytes"] == 8 * 2**20 and report["transfer"]["best_gb_s"] > 0

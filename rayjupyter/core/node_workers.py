@@ -177,8 +177,11 @@ class NodeWorkers:
             return
         node = self._node()
         client_id = local_channel.check_auth(node.secret, bytes(buf))
-        if client_id is None or client_id in node.channels or client_id in node.clients:
+        if client_id is None:
             self._drop_unproven(fd, reason="wrong or missing secret")
+            return
+        if client_id in node.channels or client_id in node.clients:
+            self._drop_unproven(fd, reason="its client id is connected already")
             return
         del self.unproven[fd]
         node.poller.unregister(fd)
