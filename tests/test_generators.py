@@ -313,3 +313,73 @@ def test_generators_cannot_be_passed_or_got():
     with pytest.raises(TypeError, match="iterate it"):
         rj.get(gen)
     assert [rj.get(r) for r in gen] == [1]
+
+
+def test_a_dropped_generator_lets_its_held_back_producer_finish():
+    @rj.remote
+    def produce(n):
+        yield from range(n)
+
+    gen = produce.options(_generator_backpressure_num_objects=1).remote(5)
+    done = gen.completed()
+    assert rj.get(next(gen), timeout=30) == 0
+    task_id = gen.task_id()
+    del gen  # four items never taken: the window no longer holds the producer
+    assert rj.get(done, timeout=30) is None
+    del done
+    wait_for_condition(lambda: not _objects_of(task_id), timeout=30)
+
+
+def test_async_actor_generator_with_backpressure_and_cancel():
+    @rj.remote
+    class Ticker:
+        def __init__(self):
+            self.made = 0
+            self.cancelled = False
+
+        async def ticks(self):
+            try:
+                while True:
+                    self.made += 1
+                    yield self.made
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+        async def report(self):
+            return self.made, self.cancelled
+
+    ticker = Ticker.remote()
+    gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
+    assert rj.get(next(gen), timeout=30) == 1
+    wait_for_condition(lambda: rj.get(ticker.report.remote())[0] == 3, timeout=30)
+    rj.cancel(gen)
+    wait_for_condition(lambda: rj.get(ticker.report.remote())[1], timeout=30)
+    made, _ = rj.get(ticker.report.remote())
+    assert made == 3  # item 1 taken, two ahead: held there until the cancel
+    refs = list(gen)
+    with pytest.raises(TaskCancelledError):
+        rj.get(refs[-1], timeout=30)
+
+
+def test_sync_actor_generator_stops_between_items_on_cancel():
+    signal = Signal.remote()
+
+    @rj.remote
+    class Source:
+        def numbers(self, signal):
+            yield 0
+            rj.get(signal.wait.remote())
+            i = 1
+            while True:
+                yield i
+                i += 1
+
+    gen = Source.remote().numbers.remote(signal)
+    assert rj.get(next(gen), timeout=30) == 0
+    rj.cancel(gen)
+    rj.get(signal.send.remote())
+    refs = list(gen)  # ends: the call stops at its next item
+    with pytest.raises(TaskCancelledError):
+        rj.get(refs[-1], timeout=30)

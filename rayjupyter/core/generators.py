@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import GetTimeoutError
-from rayjupyter.core.object_ref import ObjectRef
-from rayjupyter.core.streams import completed_id, item_id
+from rayjupyter.core.object_ref import ObjectRef, reference_counter
+from rayjupyter.core.streams import completed_id, handle_id, item_id
 
 if TYPE_CHECKING:
     from rayjupyter.core.client import Client
@@ -51,10 +51,12 @@ class ObjectRefGenerator:
 
     def __del__(self) -> None:
         try:
+            # the node hears of it in order with our ref ops (after the items we took)
+            reference_counter.pending.append((False, handle_id(self._task_id)))
             client = self._client
             client.streams.discard(self._task_id)
             # items that came but were never taken: their values go (the node lets go of
-            # them when our completed ref's release reaches it)
+            # them when the handle's release reaches it)
             index = self._index
             while item_id(self._task_id, index) in client.objects:
                 client.objects.pop(item_id(self._task_id, index), None)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.object_store import shm_path
-from rayjupyter.core.streams import GeneratorStream, ItemVerdict, item_id
+from rayjupyter.core.streams import GeneratorStream, ItemVerdict, handle_id, item_id
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
@@ -121,14 +121,12 @@ class NodeGenerators:
             del self.streams[task_id]
 
     def released(self, object_id: bytes) -> None:
-        """A ref released: if it was a generator's own (its owner dropped the generator),
-        let go of the items it never took; later items are freed as they come."""
+        """A ref op released a generator's handle (its owner dropped the generator): let
+        go of the items it never took; later items are freed as they come."""
         stream = self.streams.get(ids.task_of(object_id))
-        if stream is None or object_id[ids.TASK_ID_SIZE :] != b"\0\0\0\0":
+        if stream is None or object_id != handle_id(stream.task_id):
             return
         node = self.node
-        if stream.owner in node.holds and object_id in node.holds[stream.owner]:
-            return  # still held (another ref to completed() in that process)
         for index in stream.abandon():
             node.unhold(stream.owner, item_id(stream.task_id, index))
         if stream.task_id not in node.tasks:

@@ -16,7 +16,9 @@ import enum
 
 #: the task's own return id (``gen.completed()``) has index 0; item i has index i + 1
 COMPLETED_INDEX = 0
-MAX_ITEMS = 0xFFFFFFFE - 1  # indices above are not ours (0xFFFFFFFF names actors)
+#: names the caller's generator object: its release (a ref op) says it was dropped
+HANDLE_INDEX = 0xFFFFFFFE
+MAX_ITEMS = HANDLE_INDEX - 1  # indices above are not items (0xFFFFFFFF names actors)
 NO_BACKPRESSURE = -1
 
 
@@ -29,6 +31,11 @@ def item_id(task_id: bytes, index: int) -> bytes:
 
 def completed_id(task_id: bytes) -> bytes:
     return task_id + COMPLETED_INDEX.to_bytes(4, "big")
+
+
+def handle_id(task_id: bytes) -> bytes:
+    """Not an object: the id whose release tells the node the caller dropped its generator."""
+    return task_id + HANDLE_INDEX.to_bytes(4, "big")
 
 
 class StreamPhase(enum.IntEnum):
