@@ -430,7 +430,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         )
         if parent is not None and parent in self.tasks:
             self.tasks[parent].children.append(task.task_id)
-        self.generators.submitted(task.task_id, client, message)
+        if message.generator:
+            self.generators.submitted(task.task_id, client, message)
         self.admit(client, task)
 
     def context_of(self, client: bytes) -> tuple[bytes, str, bytes | None]:
@@ -938,7 +939,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
-        generator, credit = self.generators.execute_fields(task.task_id)
+        generator, credit = "", -1
+        if self.generators.modes:  # (a plain task pays one check on this hot path)
+            generator, credit = self.generators.execute_fields(task.task_id)
         self.send(
             worker.client_id,
             P.ExecuteTask(
