@@ -383,3 +383,13 @@ def test_sync_actor_generator_stops_between_items_on_cancel():
     refs = list(gen)  # ends: the call stops at its next item
     with pytest.raises(TaskCancelledError):
         rj.get(refs[-1], timeout=30)
+
+
+def test_async_generator_function_as_a_task():
+    @rj.remote
+    async def agen(n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+    assert [rj.get(r, timeout=30) for r in agen.remote(3)] == [0, 1, 2]

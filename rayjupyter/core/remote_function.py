@@ -33,7 +33,8 @@ class RemoteFunction:
         func_id: bytes | None = None,
     ) -> None:
         self._function = function
-        if "num_returns" not in options and inspect.isgeneratorfunction(function):
+        is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        if "num_returns" not in options and is_generator:
             options = {**options, "num_returns": "streaming"}  # as in Ray
         self._options = option_table.merge_options(
             option_table.task_defaults(), options, for_actor=False

@@ -211,6 +211,8 @@ class TaskExecutor:
 
     def _run_generator(self, task: P.ExecuteTask, generator: Any) -> Any:
         """Stream a generator's items (or, "dynamic", collect their refs); the task's value."""
+        if inspect.isasyncgen(generator):  # a task (not an async actor): step it on a loop
+            generator = _stepped(generator)
         if not hasattr(generator, "__next__"):
             raise TypeError(
                 f"Task {task.name!r} has num_returns={task.generator!r} but returned "
@@ -356,6 +358,25 @@ class TaskExecutor:
         error = RayTaskError.from_exception(exc, task.name, self.pid)
         blob = _dumps_error(error, self.pid)
         return P.TaskFinished(task.task_id, (), blob, _retryable(task.retry_exceptions, exc))
+
+
+def _stepped(generator: Any) -> Any:
+    """An async generator as a plain one, each step run on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                value = loop.run_until_complete(generator.__anext__())
+            except StopAsyncIteration:
+                return
+            try:
+                yield value
+            except BaseException as exc:  # a cancel thrown in at the yield: pass it on
+                with contextlib.suppress(StopAsyncIteration):
+                    loop.run_until_complete(generator.athrow(exc))
+                raise
+    finally:
+        loop.close()
 
 
 def _dumps_error(error: RayTaskError, pid: int) -> bytes:
