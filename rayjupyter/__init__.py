@@ -22,6 +22,7 @@ from rayjupyter.core.api import (
     timeline,
     wait,
 )
+from rayjupyter.core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.runtime_context import get_gpu_ids
 
@@ -79,7 +80,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "__version__",
     "actor",
     "available_resources",

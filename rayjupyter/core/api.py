@@ -18,6 +18,7 @@ from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
 from rayjupyter.core.exceptions import GetTimeoutError
+from rayjupyter.core.generators import ObjectRefGenerator
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
@@ -346,6 +347,11 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     """The values behind refs, waiting for them; a task's error is raised here."""
     _check_timeout(timeout)
     single = isinstance(object_refs, ObjectRef)
+    if isinstance(object_refs, ObjectRefGenerator):
+        raise TypeError(
+            "rj.get() does not take an ObjectRefGenerator (as in Ray): iterate it, or get "
+            "gen.completed() to wait for the task to end."
+        )
     refs = [object_refs] if single else object_refs
     if not isinstance(refs, list | tuple) or not all(isinstance(r, ObjectRef) for r in refs):
         raise ValueError(
@@ -373,6 +379,8 @@ def wait(
             f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}; "
             f"wrap a single ref in a list."
         )
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return _wait_with_generators(object_refs, num_returns, timeout)
     if not all(isinstance(r, ObjectRef) for r in object_refs):
         raise TypeError("wait() expected a list of ObjectRef; some items are not ObjectRefs.")
     if len(set(object_refs)) != len(object_refs):
@@ -397,10 +405,55 @@ def wait(
     return ready, not_ready
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def _wait_with_generators(
+    items: Sequence[Any], num_returns: int, timeout: float | None
+) -> tuple[list[Any], list[Any]]:
+    """wait() over refs and streaming generators: a generator is ready when ``next`` on it
+    would not block (its next item is here, or it has ended), as in Ray."""
+    if not all(isinstance(r, ObjectRef | ObjectRefGenerator) for r in items):
+        raise TypeError("wait() expected ObjectRefs and ObjectRefGenerators only.")
+    if len({id(r) if isinstance(r, ObjectRefGenerator) else r for r in items}) != len(items):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0 or num_returns > len(items):
+        raise ValueError(
+            f"num_returns must be between 1 and the number of refs ({len(items)}), "
+            f"got {num_returns}."
+        )
+    _check_timeout(timeout)
+    client = _client()
+    objects = client.objects
+
+    def is_ready(item: Any) -> bool:
+        if isinstance(item, ObjectRefGenerator):
+            return item._ready()
+        return item.binary() in objects
+
+    watched: list[bytes] = []
+    for item in items:
+        watched.extend(
+            item._watch_ids() if isinstance(item, ObjectRefGenerator) else [item.binary()]
+        )
+    with _waiting(client, watched, 0):
+        client.wait_until(lambda: sum(map(is_ready, items)) >= num_returns, watched, timeout)
+    ready: list[Any] = []
+    not_ready: list[Any] = []
+    for item in items:
+        if len(ready) < num_returns and is_ready(item):
+            ready.append(item)
+        else:
+            not_ready.append(item)
+    return ready, not_ready
+
+
+def cancel(
+    object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True
+) -> None:
     """Cancel the task behind a ref: a queued one never runs; a running one gets
     KeyboardInterrupt (``force=True`` kills its worker); ``get`` then raises
-    TaskCancelledError. ``recursive`` cancels the tasks it submitted too."""
+    TaskCancelledError. ``recursive`` cancels the tasks it submitted too. A streaming
+    generator stops; its next item is then the TaskCancelledError."""
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref._completed
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"rj.cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     _client().send([P.CancelTask(object_ref.binary(), force, recursive)])

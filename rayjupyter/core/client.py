@@ -127,6 +127,11 @@ class Client:
         self._rx_lock = threading.Lock()
         self._reading_here = False  # a waiting thread reads the channel (see _wait)
         self.cancelled_calls: set[bytes] = set()  # (workers) tasks rj.cancel named
+        # streaming generators (generators.py): the tasks whose items we take, and (workers
+        # running one) the latest credit per task with a callback that wakes an async producer
+        self.streams: set[bytes] = set()
+        self.credits: dict[bytes, tuple[int, int]] = {}
+        self.credit_waiters: dict[bytes, Callable[[], None]] = {}
         # read, not yet handled
         self._unhandled: collections.deque[transport.Incoming] = collections.deque()
         self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
@@ -368,6 +373,12 @@ class Client:
             self._subscribed.update(wanted)
             self.send([P.Subscribe(tuple(wanted), restore)])
 
+    def expect_push(self, object_id: bytes) -> None:
+        """The node pushes this object to us when it exists (a generator's item): waiting
+        for it must not subscribe (a subscription to an object not yet made fails)."""
+        if object_id not in self.objects:
+            self._awaiting_push.add(object_id)
+
     def _blocked(self, blocked: bool) -> None:
         if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
             self.send([P.WorkerBlocked(blocked)])
@@ -391,6 +402,21 @@ class Client:
         self._blocked(True)
         try:
             return self._wait(enough, timeout)
+        finally:
+            self._blocked(False)
+
+    def wait_until(
+        self, predicate: Callable[[], bool], object_ids: list[bytes], timeout: float | None
+    ) -> bool:
+        """Block until predicate holds, as objects among object_ids arrive; False on timeout."""
+        if predicate():
+            return True
+        if self._outbox:
+            self.send([])
+        self._request_missing([oid for oid in object_ids if oid not in self.objects])
+        self._blocked(True)
+        try:
+            return self._wait(predicate, timeout)
         finally:
             self._blocked(False)
 
@@ -590,7 +616,9 @@ class Client:
             if kind is P.ObjectsReady:
                 for info in message.objects:
                     oid = info[0]
-                    if reference_counter.count(oid) > 0:
+                    if reference_counter.count(oid) > 0 or (
+                        self.streams and oid[: ids.TASK_ID_SIZE] in self.streams
+                    ):
                         self.objects[oid] = info
                     self._awaiting_push.discard(oid)
                     self._subscribed.discard(oid)
@@ -608,6 +636,12 @@ class Client:
                 self.tasks.put(message)
             elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
                 self._on_chunk(message, b"")
+            elif kind is P.GeneratorCredit:
+                self.credits[message.task_id] = (message.allowed, message.seen)
+                waiter = self.credit_waiters.get(message.task_id)
+                if waiter is not None:
+                    waiter()
+                notify = True
             elif kind is P.RevokeTask:
                 self._revoked.add(message.task_id)
             elif kind is P.Reply:

@@ -40,6 +40,7 @@ from rayjupyter.core.config import (
 from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError, TaskCancelledError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_peers import NodePeers
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
@@ -132,6 +133,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.ActorHomes: "on_actor_homes",
         P.UploadPackage: "on_upload_package",
         P.RegisterRuntimeEnv: "on_register_runtime_env",
+        P.GeneratorItem: "on_generator_item",
+        P.GeneratorConsumed: "on_generator_consumed",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -183,6 +186,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.pool_size = max(1, int(config.num_cpus))
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
+        self.generators = NodeGenerators(self)  # streaming generator tasks (their items)
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
@@ -426,6 +430,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         )
         if parent is not None and parent in self.tasks:
             self.tasks[parent].children.append(task.task_id)
+        if message.generator:
+            self.generators.submitted(task.task_id, client, message)
         self.admit(client, task)
 
     def context_of(self, client: bytes) -> tuple[bytes, str, bytes | None]:
@@ -471,6 +477,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.env_error(task)
+        if failed_dep is None and self.generators.modes:
+            failed_dep = self.generators.placement_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
@@ -541,6 +549,14 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     self.hold(client, object_id)
             else:
                 self.unhold(client, object_id)
+                if self.generators.streams:  # maybe a generator its owner dropped
+                    self.generators.released(object_id)
+
+    def on_generator_item(self, client: bytes, message: P.GeneratorItem) -> None:
+        self.generators.on_item(message)
+
+    def on_generator_consumed(self, client: bytes, message: P.GeneratorConsumed) -> None:
+        self.generators.on_consumed(message)
 
     def on_pin_ops(self, client: bytes, message: P.PinOps) -> None:
         for pin, object_id in message.ops:
@@ -685,6 +701,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         """A client is gone: drop its holds and pins."""
         self.clients.pop(client, None)
         self.tcp_clients.discard(client)
+        if self.generators.streams:
+            self.generators.client_gone(client)
         for object_id, count in self.holds.pop(client, {}).items():
             for _ in range(count):
                 self.decref(object_id)
@@ -807,6 +825,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         """Every return value of the task becomes the error; dependents inherit it."""
         task.transition(TaskState.FAILED)
         self.events.ended(task.task_id, failed=True)
+        if self.generators.modes:  # a stream's error goes where it stopped, as an item
+            self.generators.failed(task, error_blob)
         for object_id in task.return_ids:
             self.set_ready(object_id, error_blob, len(error_blob), True, ())
         self._forget_task(task)
@@ -818,6 +838,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def _forget_task(self, task: TaskRecord) -> None:
         if self.tasks.pop(task.task_id, None) is None:
             return  # already forgotten (an actor's creation, when the actor died)
+        if self.generators.modes:
+            self.generators.forgotten(task.task_id)
         for object_id in task.deps:
             self.decref(object_id)
         for object_id in task.nested:
@@ -917,6 +939,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
+        generator, credit = "", -1
+        if self.generators.modes:  # (a plain task pays one check on this hot path)
+            generator, credit = self.generators.execute_fields(task.task_id)
         self.send(
             worker.client_id,
             P.ExecuteTask(
@@ -933,8 +958,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 task.method,
                 task.job,
                 task.gpu_ids,
+                generator,
+                credit,
             ),
         )
+        if generator:
+            self.generators.dispatched(task, worker.client_id)
 
     # ------------------------------------------------------------------ cancel
 

@@ -362,6 +362,8 @@ class NodePeers:
         node = self._node()
         if task.actor_id or task.owner in self.node_clients or len(node.head.nodes) < 2:
             return False
+        if node.generators.local_only(task.task_id):
+            return False
         weight: dict[str, int] = {}
         local = 0
         for object_id in task.deps:
@@ -397,7 +399,11 @@ class NodePeers:
             task = ready.popleft()
             if task.state is not TaskState.READY:
                 continue
-            if task.owner in self.node_clients or node.resources.fits(task.demand):
+            if (
+                task.owner in self.node_clients
+                or node.resources.fits(task.demand)
+                or node.generators.local_only(task.task_id)
+            ):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
                 continue
             target = self.choose_peer(task.demand, peers)
@@ -468,6 +474,8 @@ class NodePeers:
     def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
         """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
         node = self._node()
+        if node.generators.refuse_forward(task):
+            return
         link = self.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
         node.send_runtime_env(link, task.env)  # its packages and env, once per link

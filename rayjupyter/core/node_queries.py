@@ -46,9 +46,7 @@ class NodeQueries:
             "drivers": len(node.drivers()),
             # pids of drivers on this machine: which kernel is attached (over a Unix socket,
             # which names no peer the way a TCP connection does)
-            "driver_pids": [
-                node.clients[c].pid for c in node.drivers() if c in node.channels
-            ],
+            "driver_pids": [node.clients[c].pid for c in node.drivers() if c in node.channels],
             "machine": node._machine_usage(),
         }
 

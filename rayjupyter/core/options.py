@@ -163,10 +163,24 @@ def _scheduling_strategy(name: str, value: Any) -> Any:
     return value
 
 
-def _num_returns(name: str, value: Any) -> int:
+def _num_returns(name: str, value: Any) -> int | str:
+    """An integer >= 0, or "streaming" / "dynamic" for a generator function."""
     if isinstance(value, str):
-        raise ValueError(f"{name}={value!r} (generators) is not supported; give an integer >= 0")
+        if value in ("streaming", "dynamic"):
+            return value
+        raise ValueError(f"{name} must be an integer >= 0, 'streaming' or 'dynamic', got {value!r}")
     checked: int = _integer(0)(name, value)
+    return checked
+
+
+def _backpressure(name: str, value: Any) -> int:
+    """Items a streaming generator may run ahead of its caller; -1 for no bound."""
+    checked: int = _integer(-1, "-1 means no bound")(name, value)
+    if checked == 0:
+        raise ValueError(
+            f"{name}=0 would never let the generator make an item; give a number >= 1, or -1 "
+            f"for no bound"
+        )
     return checked
 
 
@@ -183,6 +197,13 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         OptionSpec("resources", _optional(_resources), {}, {}, "custom resources {name: amount}"),
         OptionSpec("memory", _optional(_quantity), None, None, "heap memory in bytes to reserve"),
         OptionSpec("num_returns", _num_returns, 1, _NA, "how many ObjectRefs .remote() returns"),
+        OptionSpec(
+            "_generator_backpressure_num_objects",
+            _optional(_backpressure),
+            None,
+            _NA,
+            "items a streaming generator may make ahead of the caller",
+        ),
         OptionSpec(
             "max_retries", _integer(-1, "-1 retries forever"), 3, _NA, "retries on worker death"
         ),

@@ -54,6 +54,8 @@ class SubmitTask(NamedTuple):
     actor_id: bytes  # b"" for a task; else the actor whose ``method`` to call
     method: str
     runtime_env: str = ""  # digest of a registered env (RegisterRuntimeEnv); "" for none
+    generator: str = ""  # "streaming" or "dynamic" for a generator task (generators.py)
+    backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
 
 
 class CreateActor(NamedTuple):
@@ -236,6 +238,21 @@ class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
 
+class GeneratorItem(NamedTuple):
+    """A streaming generator task yielded item ``index`` (its id: ``streams.item_id``)."""
+
+    task_id: bytes
+    item_index: int  # 0 for the first value yielded
+    result: tuple[bytes, bytes | None, int, tuple[bytes, ...]]  # as in TaskFinished.results
+
+
+class GeneratorConsumed(NamedTuple):
+    """The owner of a streaming generator has taken ``count`` items with ``next``."""
+
+    task_id: bytes
+    taken: int
+
+
 # ---------------------------------------------------------------- node -> client
 
 
@@ -270,6 +287,8 @@ class ExecuteTask(NamedTuple):
     method: str
     job_id: bytes  # the driver the work belongs to (runtime context)
     gpu_ids: tuple[int, ...]  # GPUs assigned to this task (CUDA_VISIBLE_DEVICES)
+    generator: str = ""  # "streaming" or "dynamic": the function is a generator
+    backpressure: int = -1  # streaming: the first credit (items it may make before any ack)
 
 
 class StartActor(NamedTuple):
@@ -338,6 +357,15 @@ class Reply(NamedTuple):
     value: Any
 
 
+class GeneratorCredit(NamedTuple):
+    """To the worker running a streaming generator: it may have made ``allowed`` items in
+    all (-1: no bound), and the node already has the first ``seen`` (a retry skips them)."""
+
+    task_id: bytes
+    allowed: int
+    seen: int
+
+
 # ---------------------------------------------------------------- framing
 
 CLIENT_TO_NODE = (
@@ -365,6 +393,8 @@ CLIENT_TO_NODE = (
     ActorHomes,
     UploadPackage,
     RegisterRuntimeEnv,
+    GeneratorItem,
+    GeneratorConsumed,
 )
 NODE_TO_CLIENT = (
     Welcome,
@@ -379,6 +409,7 @@ NODE_TO_CLIENT = (
     ClusterView,
     ContainedObjects,
     ActorGone,
+    GeneratorCredit,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
