@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, ids, protocol, task_events
+from rayjupyter.core import auth, discovery, ids, protocol, task_events, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -60,8 +60,6 @@ from rayjupyter.core.scheduler import (
     WorkerState,
 )
 from rayjupyter.core.serialization import INLINE_THRESHOLD
-
-MAX_WORKERS = 256
 
 
 class ObjectEntry:
@@ -181,6 +179,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = max(1, int(config.num_cpus))
+        self.worker_limit = worker_limit.for_node(config.max_workers)
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
 
@@ -519,6 +518,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         for driver in self.drivers():
             self.send(driver, P.LogLines(2, text))
 
+    def warn_worker_limit(self, waiting: int, what: str) -> None:
+        """Work found no process (worker_limit.py): the drivers hear it once per episode."""
+        text = self.worker_limit.refused(len(self.workers), waiting, what)
+        if text is not None:
+            for driver in self.drivers():
+                self.send(driver, P.LogLines(2, text))
+
     def on_put(self, client: bytes, message: P.PutObject) -> None:
         entry = ObjectEntry()
         self.objects[message.object_id] = entry
@@ -850,10 +856,14 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             starting = sum(
                 1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
             )
-            for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
+            room = self.worker_limit.room(len(self.workers))
+            for _ in range(min(unplaced - starting, room)):
                 self.spawn_worker()
+            if unplaced - starting > room:
+                self.warn_worker_limit(unplaced - starting - room, "tasks")
         if self.scheduler.env_unplaced:
             self.spawn_env_workers()
+        self.worker_limit.turn_ended()
         if len(self.scheduler.ready) > self.pool_size and not self.scheduler.idle:
             self.prefetch()
 
