@@ -243,14 +243,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                         exited.append(source)
                     elif source in self.link_of_socket:
                         self.drain_link(self.link_of_socket[source])
-                    else:
-                        self.fd_handlers[int(source)](int(source))
+                    else:  # .get: an earlier event of this turn may have closed it
+                        handler = self.fd_handlers.get(int(source))
+                        if handler is not None:
+                            handler(int(source))
                 if router_ready:
                     self._drain_router(self.router)
                 if tcp_ready:
                     self._drain_router(self.tcp_router)
                 for fd in exited:
-                    self.fd_handlers[fd](fd)
+                    if fd in self.fd_handlers:
+                        self.fd_handlers[fd](fd)
                 self.schedule()
                 self.flush()
         finally:
@@ -611,10 +614,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def on_worker_blocked(self, client: bytes, message: P.WorkerBlocked) -> None:
         worker = self.workers.get(client)
-        if worker is None or worker.task is None:
+        if worker is None:
+            return
+        if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
+            revoked = None
+            if worker.task is not None and worker.state is WorkerState.BUSY:
+                revoked = self.revoke_prefetched(worker, answers_block=True)
+            if revoked is None:
+                self.send(client, P.RevokeTask(b"", answers_block=True))
+        if worker.task is None:
             return
         if message.blocked and worker.state is WorkerState.BUSY:
-            self.revoke_prefetched(worker)  # it may be what the blocked task waits for
             worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
             self.resources.release(worker.lent)
             worker.transition(WorkerState.BLOCKED)
@@ -899,13 +909,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.prefetched = task
             self.dispatch(task, worker)
 
-    def revoke_prefetched(self, worker: WorkerRecord) -> TaskRecord | None:
+    def revoke_prefetched(
+        self, worker: WorkerRecord, answers_block: bool = False
+    ) -> TaskRecord | None:
         """Take back a task sent ahead to a worker; it goes first in the queue again."""
         task = worker.prefetched
         if task is None:
             return None
         worker.prefetched = None
-        self.send(worker.client_id, P.RevokeTask(task.task_id))
+        self.send(worker.client_id, P.RevokeTask(task.task_id, answers_block))
+        worker.known_funcs.discard(task.func_id)  # the worker drops the message that had it
         self._unpin_deps(task)
         task.worker = None
         task.transition(TaskState.READY)

@@ -17,6 +17,7 @@ when the last handle to it (the ``Queue`` and its copies in tasks) is gone, or a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue as std_queue
 from collections import deque
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from typing import Any
 
 from rayjupyter.core import api
 from rayjupyter.core.actor import ActorHandle, exit_actor, kill
-from rayjupyter.core.exceptions import GetTimeoutError
+from rayjupyter.core.exceptions import ActorDiedError, GetTimeoutError
 
 __all__ = ["Empty", "Full", "Queue"]
 
@@ -184,7 +185,7 @@ class Queue:
             api.get(actor.close.remote(), timeout=grace_period_s)
         except GetTimeoutError:
             kill(actor, no_restart=True)
-        except Exception:  # the exit itself: the call ends with ActorDiedError
+        except ActorDiedError:  # it was dead already
             pass
 
 
@@ -223,10 +224,8 @@ class _QueueActor:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     return False
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):  # then look once more
                     await asyncio.wait_for(self.changed.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
         return True
 
     async def _notify(self) -> None:
