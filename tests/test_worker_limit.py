@@ -123,3 +123,11 @@ def test_a_reached_limit_is_said_once_and_work_goes_on_when_processes_free(cappe
     seen["err"] += capfd.readouterr().err
     assert seen["err"].count(MAX_WORKERS_ENV) == 1  # one warning for the whole episode
     assert not any(pending_reasons())
+
+
+def test_the_cli_refuses_a_cap_below_the_pool_before_starting_anything(capsys):
+    from rayjupyter import cli
+
+    argv = ["start", "--address", "rayjupyter://s3cret@127.0.0.1:9", "--num-cpus", "2"]
+    assert cli.main([*argv, "--max-workers", "2"]) == 1
+    assert "--max-workers" in capsys.readouterr().err

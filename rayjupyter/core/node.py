@@ -179,7 +179,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = max(1, int(config.num_cpus))
-        self.worker_limit = worker_limit.for_node(config.max_workers)
+        self.worker_limit = worker_limit.for_node(config.max_workers, config.num_cpus)
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
 

@@ -96,9 +96,9 @@ def check(max_workers: int, num_cpus: float | None) -> int:
     return max_workers
 
 
-def for_node(max_workers: int) -> WorkerLimit:
+def for_node(max_workers: int, num_cpus: float) -> WorkerLimit:
     """The limit a node starts with: the configured one, else the machine's."""
-    if max_workers:
+    if check(max_workers, num_cpus):
         raise_fd_limit()
         return WorkerLimit(max_workers)
     return WorkerLimit(machine_max_workers())
