@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rayjupyter.core import auth
+from rayjupyter.core import auth, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.launcher import default_object_store_memory
 
@@ -111,8 +111,14 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
     for key in ("CPU", "GPU"):
         if key in resources:
             raise CliError(f"use --num-{key.lower()}s instead of {key} in --resources")
+    num_cpus = float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))
+    try:
+        max_workers = worker_limit.from_env() if args.max_workers is None else args.max_workers
+        worker_limit.check(max_workers, num_cpus)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     return NodeConfig(
-        num_cpus=float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1)),
+        num_cpus=num_cpus,
         num_gpus=float(args.num_gpus or 0),
         resources=resources,
         object_store_memory=int(args.object_store_memory or default_object_store_memory()),
@@ -123,6 +129,7 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
         head_address=head_address,
         # a head started again on the same port finds its named detached actors
         actors_file=str(state_dir() / f"head-{args.port}.actors") if args.head else "",
+        max_workers=max_workers,
     )
 
 
@@ -345,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--num-gpus", type=float, help="GPUs to offer")
     start.add_argument("--resources", help="custom resources as JSON: '{\"accel\": 1}'")
     start.add_argument("--object-store-memory", type=int, help="bytes of shared memory")
+    start.add_argument(
+        "--max-workers",
+        type=int,
+        help="worker processes at most (default: $RAYJUPYTER_MAX_WORKERS, else from the machine)",
+    )
     start.add_argument("--dashboard-port", type=int, help="serve the dashboard on this port")
     start.add_argument("--block", action="store_true", help="stay in the foreground")
     start.set_defaults(run=cmd_start)

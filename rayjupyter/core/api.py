@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
-from rayjupyter.core import cluster_repr, runtime_context
+from rayjupyter.core import cluster_repr, runtime_context, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
@@ -168,7 +168,9 @@ def init(
             sys_path=[p or os.getcwd() for p in sys.path],
             owner_pid=os.getpid(),
             client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
+            max_workers=worker_limit.from_env(),
         )
+        worker_limit.check(config.max_workers, config.num_cpus)
         for key in ("CPU", "GPU"):
             if key in config.resources:
                 raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")

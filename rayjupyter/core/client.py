@@ -100,6 +100,9 @@ class Client:
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
+        self._block_lock = threading.Lock()
+        self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
+        self._blocks_answered = 0
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
         self._mapped_bytes: dict[bytes, int] = {}
         self._outbox: list[Any] = []
@@ -332,6 +335,10 @@ class Client:
             except queue.Empty:
                 task = None
             if task is not None:
+                if isinstance(task, P.ExecuteTask):
+                    # the node may have taken it back when we last blocked: hear it first
+                    while self._blocks_answered < self._blocks_sent and not self._closed:
+                        self._pump(FLUSH_INTERVAL_S)
                 if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
                     self._revoked.discard(task.task_id)  # the node gave it to another worker
                     continue
@@ -381,6 +388,9 @@ class Client:
 
     def _blocked(self, blocked: bool) -> None:
         if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
+            if blocked:
+                with self._block_lock:
+                    self._blocks_sent += 1
             self.send([P.WorkerBlocked(blocked)])
 
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
@@ -643,7 +653,10 @@ class Client:
                     waiter()
                 notify = True
             elif kind is P.RevokeTask:
-                self._revoked.add(message.task_id)
+                if message.task_id:
+                    self._revoked.add(message.task_id)
+                if message.answers_block:
+                    self._blocks_answered += 1
             elif kind is P.Reply:
                 if message.request_id:  # 0: the answer to a heartbeat
                     self._replies[message.request_id] = message.value

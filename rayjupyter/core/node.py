@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, ids, protocol, task_events
+from rayjupyter.core import auth, discovery, ids, protocol, task_events, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -61,8 +61,6 @@ from rayjupyter.core.scheduler import (
     WorkerState,
 )
 from rayjupyter.core.serialization import INLINE_THRESHOLD
-
-MAX_WORKERS = 256
 
 
 class ObjectEntry:
@@ -184,6 +182,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = max(1, int(config.num_cpus))
+        self.worker_limit = worker_limit.for_node(config.max_workers, config.num_cpus)
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
         self.generators = NodeGenerators(self)  # streaming generator tasks (their items)
@@ -248,14 +247,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                         exited.append(source)
                     elif source in self.link_of_socket:
                         self.drain_link(self.link_of_socket[source])
-                    else:
-                        self.fd_handlers[int(source)](int(source))
+                    else:  # .get: an earlier event of this turn may have closed it
+                        handler = self.fd_handlers.get(int(source))
+                        if handler is not None:
+                            handler(int(source))
                 if router_ready:
                     self._drain_router(self.router)
                 if tcp_ready:
                     self._drain_router(self.tcp_router)
                 for fd in exited:
-                    self.fd_handlers[fd](fd)
+                    if fd in self.fd_handlers:
+                        self.fd_handlers[fd](fd)
                 self.schedule()
                 self.flush()
         finally:
@@ -527,6 +529,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         for driver in self.drivers():
             self.send(driver, P.LogLines(2, text))
 
+    def warn_worker_limit(self, waiting: int, what: str) -> None:
+        """Work found no process (worker_limit.py): the drivers hear it once per episode."""
+        text = self.worker_limit.refused(len(self.workers), waiting, what)
+        if text is not None:
+            for driver in self.drivers():
+                self.send(driver, P.LogLines(2, text))
+
     def on_put(self, client: bytes, message: P.PutObject) -> None:
         entry = ObjectEntry()
         self.objects[message.object_id] = entry
@@ -621,10 +630,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def on_worker_blocked(self, client: bytes, message: P.WorkerBlocked) -> None:
         worker = self.workers.get(client)
-        if worker is None or worker.task is None:
+        if worker is None:
+            return
+        if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
+            revoked = None
+            if worker.task is not None and worker.state is WorkerState.BUSY:
+                revoked = self.revoke_prefetched(worker, answers_block=True)
+            if revoked is None:
+                self.send(client, P.RevokeTask(b"", answers_block=True))
+        if worker.task is None:
             return
         if message.blocked and worker.state is WorkerState.BUSY:
-            self.revoke_prefetched(worker)  # it may be what the blocked task waits for
             worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
             self.resources.release(worker.lent)
             worker.transition(WorkerState.BLOCKED)
@@ -872,10 +888,14 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             starting = sum(
                 1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
             )
-            for _ in range(min(unplaced - starting, MAX_WORKERS - len(self.workers))):
+            room = self.worker_limit.room(len(self.workers))
+            for _ in range(min(unplaced - starting, room)):
                 self.spawn_worker()
+            if unplaced - starting > room:
+                self.warn_worker_limit(unplaced - starting - room, "tasks")
         if self.scheduler.env_unplaced:
             self.spawn_env_workers()
+        self.worker_limit.turn_ended()
         if len(self.scheduler.ready) > self.pool_size and not self.scheduler.idle:
             self.prefetch()
 
@@ -911,13 +931,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.prefetched = task
             self.dispatch(task, worker)
 
-    def revoke_prefetched(self, worker: WorkerRecord) -> TaskRecord | None:
+    def revoke_prefetched(
+        self, worker: WorkerRecord, answers_block: bool = False
+    ) -> TaskRecord | None:
         """Take back a task sent ahead to a worker; it goes first in the queue again."""
         task = worker.prefetched
         if task is None:
             return None
         worker.prefetched = None
-        self.send(worker.client_id, P.RevokeTask(task.task_id))
+        self.send(worker.client_id, P.RevokeTask(task.task_id, answers_block))
+        worker.known_funcs.discard(task.func_id)  # the worker drops the message that had it
         self._unpin_deps(task)
         task.worker = None
         task.transition(TaskState.READY)

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import actor_file
+from rayjupyter.core import actor_file, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -69,6 +69,7 @@ class ActorRecord:
     release_when_idle: bool = False
     host: str = ""  # the peer node that runs its process ("": this node)
     host_node: bytes = b""
+    pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
 
     @property
     def job(self) -> bytes:
@@ -264,6 +265,7 @@ class NodeActors:
     def place_pending_actors(self) -> None:
         """Start a process for each pending actor whose placement resources are free."""
         node = self._node()
+        no_process = 0
         for actor_id in list(node.pending_actors):
             actor = node.actors.get(actor_id)
             if actor is None or actor.state is not ActorState.PENDING:
@@ -276,12 +278,22 @@ class NodeActors:
                     node.pending_actors.discard(actor_id)
                     node.host_actor(actor, peer)
                 continue
+            if not node.worker_limit.room(len(node.workers)):
+                no_process += 1
+                actor.pending_reason = (
+                    f"waiting for a worker process: this node runs {node.worker_limit.limit}, "
+                    f"its limit ({worker_limit.SETTING})"
+                )
+                continue
+            actor.pending_reason = ""
             node.pending_actors.discard(actor_id)
             node.resources.acquire(actor.run_demand)
             actor.gpu_ids = node.resources.assign_gpus(actor.run_demand.get("GPU", 0.0))
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
+        if no_process:
+            node.warn_worker_limit(no_process, "actors")
 
     def start_actor_in(self, worker: WorkerRecord) -> None:
         """The actor's process connected: send it the class and the arguments."""
@@ -498,6 +510,7 @@ class NodeActors:
             "num_restarts": actor.restarts,
             "is_detached": actor.detached,
             "death_cause": pickle.loads(actor.death_error).args[0] if actor.death_error else None,
+            "pending_reason": actor.pending_reason or None,
         }
 
     # ------------------------------------------------------------------ lookup

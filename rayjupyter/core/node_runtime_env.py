@@ -200,14 +200,13 @@ class NodeRuntimeEnv:
         for worker in node.workers.values():
             if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
                 starting[worker.env] = starting.get(worker.env, 0) + 1
-        from rayjupyter.core.node import MAX_WORKERS
-
         for env, count in wanted.items():
             if env not in self.runtime_envs:
                 continue
             for _ in range(count - starting.get(env, 0)):
                 self.reap_idle_env_workers(crowded_by=env)
-                if len(node.workers) >= MAX_WORKERS:
+                if not node.worker_limit.room(len(node.workers)):
+                    node.warn_worker_limit(count - starting.get(env, 0), "tasks")
                     return
                 node.spawn_worker(env=env)
 

@@ -305,9 +305,15 @@ class StartActor(NamedTuple):
 
 
 class RevokeTask(NamedTuple):
-    """Do not start this prefetched task: the node gives it to another worker."""
+    """Do not start this prefetched task: the node gives it to another worker.
+
+    The node also answers every ``WorkerBlocked(True)`` with one (``answers_block``; task_id
+    b"" when it took nothing back): a worker starts no task it received before that answer
+    until the answer is in, so it never starts a task the node has just given away.
+    """
 
     task_id: bytes
+    answers_block: bool = False
 
 
 class CancelCall(NamedTuple):

@@ -124,6 +124,7 @@ class ActorRow(TypedDict):
     num_restarts: int
     is_detached: bool
     death_cause: str | None
+    pending_reason: str | None  # why a placeable actor waits (e.g. no worker process free)
 
 
 class ActorsResponse(TypedDict):

@@ -1,6 +1,7 @@
-"""Ray's util layer: joblib backend, Executor, Pool, ActorPool and the state API."""
+"""Ray's util layer: joblib backend, Executor, Pool, ActorPool, Queue and the state API."""
 
+from rayjupyter.util import queue
 from rayjupyter.util.actor_pool import ActorPool
 from rayjupyter.util.executor import Executor, as_completed
 
-__all__ = ["ActorPool", "Executor", "as_completed"]
+__all__ = ["ActorPool", "Executor", "as_completed", "queue"]
