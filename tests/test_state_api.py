@@ -11,6 +11,7 @@ from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import discovery
+from rayjupyter.core.api import _client
 from rayjupyter.util import state
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
@@ -129,3 +130,44 @@ def test_local_cluster_is_discoverable_by_other_programs():
     assert record["address"] in record["connect_address"]
     mode = os.stat(discovery.cluster_file(record["session"])).st_mode
     assert stat.S_IMODE(mode) == 0o600
+
+
+@rj.remote
+class Named:
+    def ping(self):
+        return "pong"
+
+
+@rj.remote
+def named_from_a_task(all_namespaces):
+    return rj.util.list_named_actors(all_namespaces=all_namespaces)
+
+
+def test_list_named_actors_by_namespace():
+    here = _client().namespace  # the driver's (anonymous) namespace
+    mine = Named.options(name="listed-here").remote()
+    other = Named.options(name="listed-there", namespace="elsewhere").remote()
+    unnamed = Named.remote()
+    rj.get([mine.ping.remote(), other.ping.remote(), unnamed.ping.remote()], timeout=30)
+
+    names = rj.util.list_named_actors()
+    assert "listed-here" in names and "listed-there" not in names
+    assert all(isinstance(name, str) for name in names)
+    everywhere = rj.util.list_named_actors(all_namespaces=True)
+    assert {"name": "listed-here", "namespace": here} in everywhere
+    assert {"name": "listed-there", "namespace": "elsewhere"} in everywhere
+    # a task sees its job's namespace, as in Ray
+    assert "listed-here" in rj.get(named_from_a_task.remote(False), timeout=30)
+
+    rj.kill(other)
+    wait_for_condition(
+        lambda: (
+            {"name": "listed-there", "namespace": "elsewhere"}
+            not in rj.util.list_named_actors(all_namespaces=True)
+        ),
+        timeout=10,
+    )
+    rj.kill(mine)
+    rj.kill(unnamed)
+    with pytest.raises(TypeError, match="all_namespaces"):
+        rj.util.list_named_actors(all_namespaces="yes")

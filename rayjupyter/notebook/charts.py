@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rayjupyter.core import queries
 from rayjupyter.core.client import Client
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.notebook.chart_data import TaskStream, sample
@@ -40,13 +41,13 @@ class ResourceChart:
         self.interval = interval
         self.window = window
         self.updates = 0
-        status = client.request("status", timeout=10.0)
+        status = queries.status(client, timeout=10.0)
         first = sample(status)
         self.sources = {key: ColumnDataSource(data=rows) for key, rows in first.items()}
         self.sources["stream"] = ColumnDataSource(
             data={"start": [], "end": [], "row": [], "name": [], "colour": [], "state": []}
         )
-        self.stream = TaskStream(int(status.get("total", {}).get("CPU", 1)))
+        self.stream = TaskStream(int(status.total.get("CPU", 1)))
         self._cursor = TAP.count
         common: dict[str, Any] = {
             "x_axis_type": "datetime",
@@ -125,7 +126,7 @@ class ResourceChart:
         if self.client._closed:
             return False
         try:
-            status = self.client.request("status", timeout=max(2.0, self.interval))
+            status = queries.status(self.client, timeout=max(2.0, self.interval))
         except Exception:  # busy or going away: skip a beat, stop once closed
             return not self.client._closed
         for key, rows in sample(status).items():

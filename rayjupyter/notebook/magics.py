@@ -151,14 +151,14 @@ class RayMagics(Magics):
     @line_magic
     def ray_status(self, line: str) -> None:
         """Nodes, resource use, and tasks and actors by state."""
-        from rayjupyter.core import api, cluster_repr
+        from rayjupyter.core import api, cluster_repr, queries
 
         if line.strip():
             raise UsageError("%ray_status takes no arguments")
         client = api._state["client"]
         if client is None:
             raise UsageError("Not connected: run %ray_connect first")
-        status = client.request("status", timeout=10.0)
+        status = queries.status(client, timeout=10.0)
         display(_Html(cluster_repr.status_html(status), cluster_repr.status_text(status)))
 
     @magic_arguments()

@@ -1,6 +1,7 @@
 """Ray's util layer: joblib backend, Executor, Pool, ActorPool and the state API."""
 
+from rayjupyter.core.actor import list_named_actors
 from rayjupyter.util.actor_pool import ActorPool
 from rayjupyter.util.executor import Executor, as_completed
 
-__all__ = ["ActorPool", "Executor", "as_completed"]
+__all__ = ["ActorPool", "Executor", "as_completed", "list_named_actors"]
