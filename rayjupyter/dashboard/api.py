@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler
 
-from rayjupyter.core import queries
+from rayjupyter.core import queries, read_models
 from rayjupyter.core.exceptions import ClusterConnectionError
 from rayjupyter.core.read_models import TaskRow, WorkerLogLines, as_dict
 from rayjupyter.core.task_events import chrome_trace
@@ -140,23 +140,23 @@ class RowsHandler(ApiHandler):
 
 
 class NodesHandler(RowsHandler):
-    kind, row_model = "nodes", models.NodeRow
+    kind, row_model = "nodes", read_models.NodeRow
 
 
 class TasksHandler(RowsHandler):
-    kind, row_model = "tasks", models.TaskRow
+    kind, row_model = "tasks", read_models.TaskRow
 
 
 class ActorsHandler(RowsHandler):
-    kind, row_model = "actors", models.ActorRow
+    kind, row_model = "actors", read_models.ActorRow
 
 
 class ObjectsHandler(RowsHandler):
-    kind, row_model = "objects", models.ObjectRow
+    kind, row_model = "objects", read_models.ObjectRow
 
 
 class JobsHandler(RowsHandler):
-    kind, row_model = "jobs", models.JobRow
+    kind, row_model = "jobs", read_models.JobRow
 
 
 class TaskSummaryHandler(ApiHandler):

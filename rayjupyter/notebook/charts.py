@@ -34,7 +34,7 @@ class ResourceChart:
 
     def __init__(self, client: Client, *, interval: float = 1.0, window: int = 300) -> None:
         from bokeh.layouts import gridplot
-        from bokeh.models import ColumnDataSource, HoverTool, SingleIntervalTicker
+        from bokeh.models import ColumnDataSource, HoverTool, Range1d, SingleIntervalTicker
         from bokeh.plotting import figure
 
         self.client = client
@@ -56,7 +56,7 @@ class ResourceChart:
             "tools": "pan,wheel_zoom,reset",
             "toolbar_location": "right",
         }
-        usage = figure(title="CPU and memory (%)", y_range=(0, 105), **common)
+        usage = figure(title="CPU and memory (%)", y_range=Range1d(start=0, end=105), **common)
         usage.line("time", "cpu", source=self.sources["usage"], legend_label="machine CPU")
         usage.line(
             "time",
@@ -112,8 +112,9 @@ class ResourceChart:
 
     def show(self) -> ResourceChart:
         """Display the charts in the current cell and start updating them."""
-        from IPython.display import display
         from jupyter_bokeh.widgets import BokehModel
+
+        from rayjupyter.notebook.ipython_typed import display
 
         _load_bokehjs()
         self.widget = BokehModel(self.layout)
@@ -130,7 +131,7 @@ class ResourceChart:
         except Exception:  # busy or going away: skip a beat, stop once closed
             return not self.client._closed
         for key, rows in sample(status).items():
-            self.sources[key].stream(rows, rollover=self.window)
+            self.sources[key].stream({**rows}, rollover=self.window)
         self._update_stream()
         self.updates += 1
         return True
@@ -147,7 +148,7 @@ class ResourceChart:
         )
         rows = self.stream.finished(done, time.time())
         if rows["start"]:
-            self.sources["stream"].stream(rows, rollover=self.window * 10)
+            self.sources["stream"].stream({**rows}, rollover=self.window * 10)
 
     def stop(self) -> None:
         if self.job is not None:

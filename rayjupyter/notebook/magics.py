@@ -9,11 +9,17 @@ import json
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
+from IPython.core.magic import Magics, magics_class
 
 from rayjupyter.notebook import connection
+from rayjupyter.notebook.ipython_typed import (
+    argument,
+    cell_magic,
+    display,
+    line_magic,
+    magic_arguments,
+    parse_argstring,
+)
 
 
 def _non_negative(text: str) -> float:

@@ -106,7 +106,7 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
         wait = not kernel
     view: WidgetProgressView | TextProgressView
     if kernel:
-        from IPython.display import display
+        from rayjupyter.notebook.ipython_typed import display
 
         view = WidgetProgressView(tracker.model)
         display(view.widget)
@@ -203,7 +203,7 @@ class _Watch:
             if self.exited:
                 return False
             if self.view is None:
-                from IPython.display import display
+                from rayjupyter.notebook.ipython_typed import display
 
                 self.tracker = Tracker(
                     self.client, self.object_ids, started=self.started, growing=self.growing

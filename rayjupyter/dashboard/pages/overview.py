@@ -44,7 +44,7 @@ def make(doc: Document, context: PageContext) -> None:
     )
     source = ColumnDataSource(usage_rows(feed.history(), -1.0) or usage_row(None))
     common = figure_options(x_axis_type="datetime", height=220)
-    cpu = figure(title="CPU (%)", y_range=Range1d(0, 105), **common)
+    cpu = figure(title="CPU (%)", y_range=Range1d(start=0, end=105), **common)
     cpu.line("time", "cpu", source=source, legend_label="machine CPU", line_width=2)
     cpu.line(
         "time",
@@ -111,6 +111,6 @@ def make(doc: Document, context: PageContext) -> None:
         rows = usage_rows(feed.history(), shown["time"])
         if rows:
             shown["time"] = rows["time"][-1]
-            source.stream(rows, rollover=WINDOW)
+            source.stream({**rows}, rollover=WINDOW)
 
     mount(doc, context, "overview", [cards, node_table, charts], update)
