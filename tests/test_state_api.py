@@ -171,3 +171,54 @@ def test_list_named_actors_by_namespace():
     rj.kill(unnamed)
     with pytest.raises(TypeError, match="all_namespaces"):
         rj.util.list_named_actors(all_namespaces="yes")
+
+
+@rj.remote
+class Gate:
+    """Holds callers of wait() until release()."""
+
+    def __init__(self):
+        self.opened = None
+
+    async def wait(self):
+        import asyncio
+
+        if self.opened is None:
+            self.opened = asyncio.Event()
+        await self.opened.wait()
+
+    async def release(self):
+        import asyncio
+
+        if self.opened is None:
+            self.opened = asyncio.Event()
+        self.opened.set()
+
+
+@rj.remote
+def held(gate):
+    rj.get(gate.wait.remote())
+    return 1
+
+
+def test_status_counts_live_tasks_in_rays_states():
+    from rayjupyter.core import queries
+    from rayjupyter.core.read_models import TASK_STATES, NodeStatus
+
+    gate = Gate.remote()
+    first = held.remote(gate)
+    second = succeed.remote(first)  # waits for its argument
+
+    def both_seen():
+        tasks = queries.status(_client()).tasks
+        return tasks.get("RUNNING", 0) >= 1 and tasks.get("PENDING_ARGS_AVAIL", 0) >= 1
+
+    wait_for_condition(both_seen, timeout=10)
+    status = queries.status(_client())
+    assert isinstance(status, NodeStatus) and set(status.tasks) <= set(TASK_STATES)
+    assert status.tasks_pending >= 1 and status.tasks_running >= 1
+    waiting = state.list_tasks(filters=[("state", "=", "PENDING_ARGS_AVAIL")], limit=1000)
+    assert any(row["name"] == "succeed" for row in waiting)
+    rj.get(gate.release.remote(), timeout=30)
+    assert rj.get(second, timeout=30) == 1
+    rj.kill(gate)
