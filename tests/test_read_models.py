@@ -48,9 +48,9 @@ def test_every_engine_task_state_has_a_ray_name():
 
 
 def test_status_figures_come_from_its_fields():
-    status = _status(RUNNING=2, PENDING_ARGS_AVAIL=1, SUBMITTED_TO_WORKER=3, FINISHED=9)
+    status = _status(RUNNING=2, PENDING_ARGS_AVAIL=1, PENDING_NODE_ASSIGNMENT=3, FINISHED=9)
     assert status.tasks_running == 2
-    assert status.tasks_pending == 4 and set(PENDING_STATES) >= {"SUBMITTED_TO_WORKER"}
+    assert status.tasks_pending == 4 and "RUNNING" not in PENDING_STATES
     assert status.used("CPU") == 3.0 and status.used("GPU") == 0.0
     assert [n.address for n in status.alive_nodes] == ["10.0.0.1:6380"]
 

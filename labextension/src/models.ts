@@ -46,7 +46,7 @@ export interface ClusterStatus {
   /** live tasks by state (Ray's: PENDING_ARGS_AVAIL, ..., RUNNING) */
   tasks: { [key: string]: number };
   tasks_running: number;
-  /** waiting for arguments, a worker, or their turn on one */
+  /** waiting for their arguments or for a worker */
   tasks_pending: number;
   /** actors by state */
   actors: { [key: string]: number };
@@ -133,8 +133,8 @@ export interface ErrorReply {
   reason: string | null;
 }
 
-/** Ray's names for the states a task goes through (those this engine reaches): waiting for its arguments, waiting for a node and a worker, sent ahead to a busy worker, running, and done. */
-export type TaskStateName = "PENDING_ARGS_AVAIL" | "PENDING_NODE_ASSIGNMENT" | "SUBMITTED_TO_WORKER" | "RUNNING" | "FINISHED" | "FAILED";
+/** Ray's names for the states a task goes through (those this engine reaches): waiting for its arguments, waiting for a worker (also when sent ahead to a busy one), running, done. */
+export type TaskStateName = "PENDING_ARGS_AVAIL" | "PENDING_NODE_ASSIGNMENT" | "RUNNING" | "FINISHED" | "FAILED";
 
 /** Ray's names for an actor's states */
 export type ActorStateName = "PENDING_CREATION" | "RESTARTING" | "ALIVE" | "DEAD";

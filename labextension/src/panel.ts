@@ -387,7 +387,7 @@ class Bar {
   private readonly text: HTMLElement;
 }
 
-// live tasks: running, and pending (waiting for arguments, a worker, or their turn)
+// live tasks: running, and pending (waiting for their arguments or for a worker)
 const TASK_STATES = ['RUNNING', 'PENDING'];
 
 const ORIGINS: { [origin: string]: string } = {

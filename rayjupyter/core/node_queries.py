@@ -20,7 +20,6 @@ from rayjupyter.core.read_models import (
     PENDING_NODE_ASSIGNMENT,
     RUNNING,
     STATE_KINDS,
-    SUBMITTED_TO_WORKER,
     ActorRow,
     ActorStateName,
     JobRow,
@@ -41,7 +40,8 @@ if TYPE_CHECKING:
     from rayjupyter.core.node import Node
 
 #: the engine's task states (scheduler.TaskState) in Ray's vocabulary; a task sent ahead to
-#: a busy worker (prefetched) is RUNNING to the engine and SUBMITTED_TO_WORKER to Ray
+#: a busy worker (prefetched) is RUNNING to the engine but still waits for a worker: it
+#: counts as PENDING_NODE_ASSIGNMENT, as the task event log has it until it starts
 TASK_STATE_NAMES: dict[TaskState, TaskStateName] = {
     TaskState.WAITING: PENDING_ARGS_AVAIL,
     TaskState.READY: PENDING_NODE_ASSIGNMENT,
@@ -83,11 +83,11 @@ class NodeQueries:
             if task.method != "__init__":
                 name = TASK_STATE_NAMES[task.state]
                 tasks[name] = tasks.get(name, 0) + 1
-        # a task sent ahead to a busy worker (prefetch) waits there: submitted, not running
+        # a task sent ahead to a busy worker (prefetch) waits there: pending, not running
         prefetched = sum(1 for w in node.workers.values() if w.prefetched is not None)
         if prefetched:
             tasks[RUNNING] -= prefetched
-            tasks[SUBMITTED_TO_WORKER] = prefetched
+            tasks[PENDING_NODE_ASSIGNMENT] = tasks.get(PENDING_NODE_ASSIGNMENT, 0) + prefetched
             if not tasks[RUNNING]:
                 del tasks[RUNNING]
         actors: dict[str, int] = {}

@@ -47,8 +47,9 @@ def list_state(
     for key, op, _value in filters:
         if op not in ("=", "!="):
             raise ValueError(f"filter {key!r}: operator {op!r} is not supported; use '=' or '!='")
-    query = (P.ListState, kind, tuple(tuple(f) for f in filters), int(limit))
-    return list(_checked(client.request(*query, timeout=timeout), list, "ListState"))
+    wanted = tuple((str(key), str(op), value) for key, op, value in filters)
+    answer = client.request(P.ListState, kind, wanted, int(limit), timeout=timeout)
+    return list(_checked(answer, list, "ListState"))
 
 
 def cluster_resources(client: Client, timeout: float = 30.0) -> dict[str, float]:
@@ -91,8 +92,8 @@ def get_actor(
     client: Client, name: str, namespace: str | None, timeout: float = 30.0
 ) -> tuple[bytes, str, dict[str, Any]]:
     """A named actor's id, class name and method table; ValueError if none is alive."""
-    answer = _checked(client.request(P.GetActor, name, namespace, timeout=timeout), tuple, "")
-    actor_id, class_name, methods = answer
+    answer = client.request(P.GetActor, name, namespace, timeout=timeout)
+    actor_id, class_name, methods = _checked(answer, tuple, "GetActor")
     return bytes(actor_id), str(class_name), dict(methods)
 
 

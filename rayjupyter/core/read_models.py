@@ -18,28 +18,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 #: Ray's names for the states a task goes through (those this engine reaches): waiting for
-#: its arguments, waiting for a node and a worker, sent ahead to a busy worker, running,
-#: and done.
+#: its arguments, waiting for a worker (also when sent ahead to a busy one), running, done.
 TaskStateName = Literal[
     "PENDING_ARGS_AVAIL",
     "PENDING_NODE_ASSIGNMENT",
-    "SUBMITTED_TO_WORKER",
     "RUNNING",
     "FINISHED",
     "FAILED",
 ]
 PENDING_ARGS_AVAIL: TaskStateName = "PENDING_ARGS_AVAIL"
 PENDING_NODE_ASSIGNMENT: TaskStateName = "PENDING_NODE_ASSIGNMENT"
-SUBMITTED_TO_WORKER: TaskStateName = "SUBMITTED_TO_WORKER"
 RUNNING: TaskStateName = "RUNNING"
 FINISHED: TaskStateName = "FINISHED"
 FAILED: TaskStateName = "FAILED"
 #: live states that are not running yet, in the order a task goes through them
-PENDING_STATES: tuple[TaskStateName, ...] = (
-    PENDING_ARGS_AVAIL,
-    PENDING_NODE_ASSIGNMENT,
-    SUBMITTED_TO_WORKER,
-)
+PENDING_STATES: tuple[TaskStateName, ...] = (PENDING_ARGS_AVAIL, PENDING_NODE_ASSIGNMENT)
 #: every state, in the order a task goes through them (displays sort by it)
 TASK_STATES: tuple[TaskStateName, ...] = (*PENDING_STATES, RUNNING, FINISHED, FAILED)
 
@@ -119,7 +112,7 @@ class NodeStatus:
 
     @property
     def tasks_pending(self) -> int:
-        """Live tasks not running yet: waiting for arguments, a worker, or their turn."""
+        """Live tasks not running yet: waiting for their arguments or for a worker."""
         return sum(self.tasks.get(state, 0) for state in PENDING_STATES)
 
     def used(self, resource: str) -> float:

@@ -48,7 +48,7 @@ class ClusterStatus(TypedDict):
     store_capacity: int  # bytes the object store may use
     tasks: dict[str, int]  # live tasks by state (Ray's: PENDING_ARGS_AVAIL, ..., RUNNING)
     tasks_running: int
-    tasks_pending: int  # waiting for arguments, a worker, or their turn on one
+    tasks_pending: int  # waiting for their arguments or for a worker
     actors: dict[str, int]  # actors by state
     workers: int  # pooled worker processes
     drivers: int  # connected drivers (kernels, scripts)
