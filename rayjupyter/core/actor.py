@@ -14,7 +14,7 @@ from typing import Any
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env, serialization
+from rayjupyter.core import queries, runtime_env, serialization
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
@@ -315,5 +315,18 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs the actor's name, a non-empty string.")
-    actor_id, class_name, methods = _client().request("get_actor", name, namespace)
+    actor_id, class_name, methods = queries.get_actor(_client(), name, namespace)
     return ActorHandle(actor_id, class_name, methods)
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
+    """The live named actors (detached or not): their names in this driver's namespace, or
+    with ``all_namespaces=True`` ``{"name": ..., "namespace": ...}`` for every namespace."""
+    from rayjupyter.core.api import _client
+
+    if not isinstance(all_namespaces, bool):
+        raise TypeError(f"all_namespaces must be True or False, got {all_namespaces!r}")
+    found = queries.named_actors(_client(), all_namespaces)
+    if all_namespaces:
+        return [{"name": actor.name, "namespace": actor.namespace} for actor in found]
+    return [actor.name for actor in found]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
-from rayjupyter.core import cluster_repr, runtime_context, worker_limit
+from rayjupyter.core import cluster_repr, hooks, queries, runtime_context, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
@@ -21,6 +21,7 @@ from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.generators import ObjectRefGenerator
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
+from rayjupyter.core.read_models import NodeStatus, TaskRow, as_dict
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
 from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import serialize
@@ -70,13 +71,13 @@ class ClusterContext:
         kind = "local cluster" if self.local else "cluster"
         return f"ClusterContext({kind} at {self.address})"
 
-    def _live_status(self) -> dict[str, Any] | None:
+    def _live_status(self) -> NodeStatus | None:
         """The node's status snapshot for the reprs; None once this context is disconnected."""
         client: Client | None = _state["client"]
         if client is None or _state["context"] is not self:
             return None
         try:
-            return dict(client.request("status", timeout=5.0))
+            return queries.status(client, timeout=5.0)
         except Exception:  # a repr must not raise: show the card without live figures
             return None
 
@@ -212,14 +213,12 @@ def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] |
 
 def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> None:
     """``include_dashboard=True``: a dashboard process owned by this driver (off by default,
-    unlike Ray: a cluster nobody looks at pays nothing). Imported here only: core never
-    depends on the dashboard otherwise."""
+    unlike Ray: a cluster nobody looks at pays nothing), started through ``hooks``: core
+    never imports the dashboard."""
     if not kwargs.get("include_dashboard"):
         return
-    from rayjupyter.dashboard.launch import start_dashboard
-
     try:
-        dashboard = start_dashboard(
+        dashboard = hooks.start_dashboard(
             context.connect_address,
             host=str(kwargs.get("dashboard_host") or "127.0.0.1"),
             port=int(kwargs.get("dashboard_port") or 0),
@@ -481,7 +480,8 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 
     from rayjupyter.core.task_events import chrome_trace
 
-    events = chrome_trace(list(_client().request("state", "tasks", [], 10**9)))
+    rows = queries.list_state(_client(), "tasks", limit=10**9)
+    events = chrome_trace([row for row in rows if isinstance(row, TaskRow)])
     if filename is None:
         return events
     with open(filename, "w") as out:
@@ -494,17 +494,17 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 
 def cluster_resources() -> dict[str, float]:
     """Everything the live nodes have."""
-    return dict(_client().request("cluster_resources"))
+    return queries.cluster_resources(_client())
 
 
 def available_resources() -> dict[str, float]:
     """What is free right now; fully used resources are left out, as in Ray."""
-    return dict(_client().request("available_resources"))
+    return queries.available_resources(_client())
 
 
 def nodes() -> list[dict[str, Any]]:
     """One row per node, shaped like ``ray.nodes()``."""
-    return list(_client().request("nodes"))
+    return [as_dict(row) for row in queries.nodes(_client())]
 
 
 __all__ = [

@@ -347,11 +347,13 @@ class Client:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
-    def request(self, what: str, *args: Any, timeout: float = 30.0) -> Any:
-        """Ask the node something and wait for the answer; an error answer is raised."""
+    def request(self, query: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """Ask the node a query (a class of ``protocol.QUERIES``, built with a fresh request
+        id and ``args``) and wait for the answer; an error answer is raised. ``queries.py``
+        reads the answers with their types."""
         request_id = self.new_request_id()
-        self.send([P.Request(request_id, what, args)])
-        return self.await_reply(request_id, what, timeout)
+        self.send([query(request_id, *args)])
+        return self.await_reply(request_id, getattr(query, "__name__", "a query"), timeout)
 
     def new_request_id(self) -> int:
         return next(self._request_ids)

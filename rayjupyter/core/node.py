@@ -115,7 +115,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.Subscribe: "on_subscribe",
         P.TaskFinished: "on_task_finished",
         P.WorkerBlocked: "on_worker_blocked",
-        P.Request: "on_request",
         P.StopCluster: "on_stop",
         P.Heartbeat: "on_heartbeat",
         P.Disconnect: "on_disconnect",
@@ -133,6 +132,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.RegisterRuntimeEnv: "on_register_runtime_env",
         P.GeneratorItem: "on_generator_item",
         P.GeneratorConsumed: "on_generator_consumed",
+        **dict.fromkeys(P.QUERIES, "on_query"),  # answered by type: node_queries.ANSWERS
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -649,34 +649,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.lent = {}
             worker.transition(WorkerState.BUSY)
 
-    def on_request(self, client: bytes, message: P.Request) -> None:
-        value: Any
-        if message.what == "cluster_resources":
-            value = self.head.cluster_resources()
-        elif message.what == "available_resources":
-            value = {k: v for k, v in self._available_everywhere().items() if v > 1e-9}
-            value["object_store_memory"] = float(
-                max(self.config.object_store_memory - self.store.used_bytes, 0)
-            )
-        elif message.what == "nodes":
-            value = self.head.node_table()
-        elif message.what == "store_stats":
-            value = self.store.stats()
-        elif message.what == "state":
-            value = self.state_rows(*message.args)
-        elif message.what == "ping":
-            value = None  # answered after everything the client sent before it
-        elif message.what == "status":
-            value = self.status()
-        elif message.what == "task_summary":
-            value = self.events.summary()
-        elif message.what == "logs":
-            value = self.recent_logs.snapshot(*message.args)
-        elif message.what == "get_actor":
-            value = self.lookup_actor(client, *message.args)
-        else:
-            value = ValueError(f"unknown request {message.what!r}")
-        self.send(client, P.Reply(message.request_id, value))
+    def on_query(self, client: bytes, message: Any) -> None:
+        """A query of protocol.QUERIES: answered with its read model (node_queries)."""
+        self.send(client, P.Reply(message.request_id, self.answer(client, message)))
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False

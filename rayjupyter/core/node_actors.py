@@ -488,31 +488,6 @@ class NodeActors:
             node._forget_task(creation)
         node.pending_actors.discard(actor.actor_id)
 
-    def actor_row(self, actor: ActorRecord) -> dict[str, Any]:
-        """A row shaped like Ray's ``list_actors``."""
-        node = self._node()
-        worker = node.workers.get(actor.worker) if actor.worker else None
-        states = {
-            ActorState.PENDING: "RESTARTING" if actor.restarts else "PENDING_CREATION",
-            ActorState.STARTING: "PENDING_CREATION",
-            ActorState.ALIVE: "ALIVE",
-            ActorState.DEAD: "DEAD",
-        }
-        return {
-            "actor_id": actor.actor_id.hex(),
-            "class_name": actor.class_name,
-            "state": states[actor.state],
-            "name": actor.name,
-            "ray_namespace": actor.namespace,
-            "job_id": actor.job.hex(),
-            "pid": worker.pid if worker else None,
-            "node_id": (actor.host_node or node.node_id).hex(),
-            "num_restarts": actor.restarts,
-            "is_detached": actor.detached,
-            "death_cause": pickle.loads(actor.death_error).args[0] if actor.death_error else None,
-            "pending_reason": actor.pending_reason or None,
-        }
-
     # ------------------------------------------------------------------ lookup
 
     def lookup_actor(

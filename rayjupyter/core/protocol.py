@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -162,14 +162,6 @@ class WorkerBlocked(NamedTuple):
     blocked: bool
 
 
-class Request(NamedTuple):
-    """A query answered by ``Reply`` (cluster_resources, available_resources, nodes)."""
-
-    request_id: int
-    what: str
-    args: Any
-
-
 class Heartbeat(NamedTuple):
     """A driver with nothing to say is still alive (drivers that go silent are let go)."""
 
@@ -251,6 +243,103 @@ class GeneratorConsumed(NamedTuple):
 
     task_id: bytes
     taken: int
+
+
+# ---------------------------------------------------------------- client -> node: queries
+# One message per question; the node answers each with ``Reply(request_id, value)``, the
+# value being a read model of ``read_models.py`` (or an exception, raised by the asker).
+# ``client.request(Kind, *args)`` fills in the request id; ``queries.py`` reads the answers
+# with their types. The node routes them by type (``node_queries.ANSWERS``).
+
+
+class GetStatus(NamedTuple):
+    """A snapshot of the cluster for status displays: ``read_models.NodeStatus``."""
+
+    request_id: int
+
+
+class ListState(NamedTuple):
+    """Rows for the state API: a list of ``read_models`` rows of ``kind``."""
+
+    request_id: int
+    kind: str  # read_models.StateKind: tasks, actors, objects, nodes or jobs
+    filters: tuple[tuple[str, str, Any], ...]  # (key, "=" or "!=", value), as in Ray
+    limit: int  # at most this many rows: the most recent tasks, the first of the others
+
+
+class GetClusterResources(NamedTuple):
+    """Everything the live nodes have: ``dict[str, float]``."""
+
+    request_id: int
+
+
+class GetAvailableResources(NamedTuple):
+    """What is free now (fully used resources left out, as in Ray): ``dict[str, float]``."""
+
+    request_id: int
+
+
+class ListNodes(NamedTuple):
+    """Every node the head knows: a list of ``read_models.NodeRow``."""
+
+    request_id: int
+
+
+class GetStoreStats(NamedTuple):
+    """This node's object store: ``read_models.StoreStats``."""
+
+    request_id: int
+
+
+class Ping(NamedTuple):
+    """Answered with None after everything the client sent before it was handled."""
+
+    request_id: int
+
+
+class GetTaskSummary(NamedTuple):
+    """Task counts per name, then per state (``TaskStateName``): ``dict[str, dict[str, int]]``."""
+
+    request_id: int
+
+
+class GetWorkerLogs(NamedTuple):
+    """Workers' recent output: a list of ``read_models.WorkerLogLines``."""
+
+    request_id: int
+    pid: int | None  # one worker, or None for every worker the node remembers
+    lines: int  # the last this many lines of each
+
+
+class GetActor(NamedTuple):
+    """A named actor's handle info: (actor id, class name, method table), or ValueError."""
+
+    request_id: int
+    name: str
+    namespace: str | None  # None: the asking driver's namespace
+
+
+class ListNamedActors(NamedTuple):
+    """Live named actors: a list of ``read_models.NamedActor``."""
+
+    request_id: int
+    all_namespaces: bool  # False: only the asking driver's namespace
+
+
+#: every query message, answered with Reply
+QUERIES = (
+    GetStatus,
+    ListState,
+    GetClusterResources,
+    GetAvailableResources,
+    ListNodes,
+    GetStoreStats,
+    Ping,
+    GetTaskSummary,
+    GetWorkerLogs,
+    GetActor,
+    ListNamedActors,
+)
 
 
 # ---------------------------------------------------------------- node -> client
@@ -357,7 +446,7 @@ class ClusterView(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """Answer to ``Request``."""
+    """Answer to a query (``QUERIES``) or to a message that carried a request id."""
 
     request_id: int
     value: Any
@@ -388,7 +477,6 @@ CLIENT_TO_NODE = (
     Subscribe,
     TaskFinished,
     WorkerBlocked,
-    Request,
     StopCluster,
     Heartbeat,
     Disconnect,
@@ -401,6 +489,7 @@ CLIENT_TO_NODE = (
     RegisterRuntimeEnv,
     GeneratorItem,
     GeneratorConsumed,
+    *QUERIES,
 )
 NODE_TO_CLIENT = (
     Welcome,

@@ -130,7 +130,7 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
         if sobj.nbytes >= PING_BEFORE_WRITE:
             # refs dropped just now may free a file this put can reuse: let the node see
             # them first (one round trip, under 1% of writing an object this large)
-            client.request("ping")
+            client.request(P.Ping)
         path = shm_path(client.session, object_id)
         size = write_object(path, sobj, pool_prefix(client.session))
         client.put(object_id, None, size, contained)
