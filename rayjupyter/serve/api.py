@@ -145,6 +145,9 @@ def shutdown() -> None:
         rj.get(controller.shutdown.remote(30.0), timeout=40)
     finally:
         rj.kill(controller)
+    deadline = time.monotonic() + 10.0  # the name is free once the kill is through
+    while _get_controller() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @dataclass

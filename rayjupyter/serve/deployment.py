@@ -9,6 +9,7 @@ replica's constructor receives handles to the deployments it calls.
 
 from __future__ import annotations
 
+import copyreg
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def ingress(app: Any) -> Callable[[type], type]:
     instance). Any ASGI app works; FastAPI's methods are bound per replica."""
     if not callable(app):
         raise TypeError(f"@serve.ingress takes an ASGI app such as FastAPI(), got {app!r}")
+    _make_starlette_state_picklable()
 
     def wrap(cls: type) -> type:
         if not inspect.isclass(cls):
@@ -127,6 +129,27 @@ def ingress(app: Any) -> Callable[[type], type]:
         return cls
 
     return wrap
+
+
+def _make_starlette_state_picklable() -> None:
+    """A FastAPI/starlette app travels with its class to the replicas, but starlette's
+    ``State`` cannot be unpickled as it is (its ``__getattr__`` recurses before its dict
+    is back): pickle it as the dict it holds."""
+    try:
+        from starlette.datastructures import State
+    except ImportError:
+        return
+    copyreg.pickle(State, _reduce_state)
+
+
+def _reduce_state(state: Any) -> Any:
+    return _rebuild_state, (dict(state._state),)
+
+
+def _rebuild_state(values: dict[str, Any]) -> Any:
+    from starlette.datastructures import State
+
+    return State(values)
 
 
 def flatten(app: Application, make_handle: Callable[[str], Any]) -> list[DeploymentSpec]:
@@ -173,3 +196,6 @@ def flatten(app: Application, make_handle: Callable[[str], Any]) -> list[Deploym
         )
     visit(app, True)
     return specs
+
+
+_make_starlette_state_picklable()  # every process that pickles a spec (driver, controller)

@@ -188,12 +188,13 @@ class Router:
         request.replica = replica
         try:
             if request.actor_method == "handle_request":
-                ref = actor.handle_request.remote(request.method, args, kwargs)
+                ref = actor.handle_request.remote(request.method, *args, **kwargs)
             else:
                 method = getattr(actor, request.actor_method).options(num_returns="streaming")
-                ref = method.remote(request.method, args, kwargs) if request.actor_method == (
-                    "handle_stream"
-                ) else method.remote(*args)
+                if request.actor_method == "handle_stream":
+                    ref = method.remote(request.method, *args, **kwargs)
+                else:
+                    ref = method.remote(*args)
         except Exception as error:
             self.release(replica)
             request.result.set_exception(error)

@@ -124,7 +124,9 @@ class Replica:
             )
         return method  # type: ignore[no-any-return]
 
-    async def handle_request(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def handle_request(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """A handle call; its arguments arrive at top level so ObjectRefs among them (a
+        DeploymentResponse passed on) are resolved to values by the runtime."""
         assert self.slots is not None
         self.ongoing += 1
         try:
@@ -133,9 +135,7 @@ class Replica:
         finally:
             self.ongoing -= 1
 
-    async def handle_stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+    async def handle_stream(self, method: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         assert self.slots is not None
         self.ongoing += 1
         try:
