@@ -60,7 +60,7 @@ def test_scaling_down_stops_starting_replicas_before_running_ones():
 
 def test_a_constructor_that_keeps_failing_fails_the_deployment():
     plan = DeploymentPlan("Broken", target=1)
-    for attempt in range(MAX_CONSTRUCTOR_FAILURES):
+    for _ in range(MAX_CONSTRUCTOR_FAILURES):
         (start,) = [a for a in plan.reconcile() if isinstance(a, StartReplica)]
         plan.on_start_failed(start.replica_id, "ValueError: bad weights")
     assert plan.status() is DeploymentStatus.DEPLOY_FAILED
@@ -131,9 +131,37 @@ def test_deployment_options_are_checked_and_unsupported_ones_refused():
     assert check_options({"num_replicas": 2})["num_replicas"] == 2
     with pytest.raises(ValueError, match="unknown option 'num_replica'"):
         check_options({"num_replica": 2})
-    with pytest.raises(ValueError, match="serve.run"):
+    with pytest.raises(ValueError, match=r"serve\.run"):
         check_options({"route_prefix": "/x"})
     with pytest.raises(ValueError, match="not both"):
         check_options({"num_replicas": 2, "autoscaling_config": {"max_replicas": 3}})
     with pytest.raises(ValueError, match="valid keys"):
         check_options({"autoscaling_config": {"max_replica": 3}})
+
+
+def test_serve_uses_only_the_public_api():
+    from pathlib import Path
+
+    from tests.test_layering import _imports
+
+    package = Path(__file__).resolve().parent.parent / "rayjupyter" / "serve"
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for path in sorted(package.glob("*.py"))
+        for line, module in _imports(path)
+        if module == "rayjupyter.core" or module.startswith("rayjupyter.core.")
+    ]
+    assert not bad, bad
+
+
+def test_the_notebook_link_goes_through_jupyter_when_it_can(monkeypatch):
+    import importlib.util
+
+    from rayjupyter.serve import display
+
+    direct = "http://127.0.0.1:8123"
+    assert display.proxied_url(direct, "/model", None) is None  # not behind a Jupyter server
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert display.proxied_url(direct, "/model", "/user/ada/") == "/user/ada/proxy/8123/model"
+    link = display.ApplicationLink("m", direct + "/model", "/user/ada/proxy/8123/model")
+    assert "/user/ada/proxy/8123/model" in link._repr_html_() and "ready at" in repr(link)

@@ -160,8 +160,10 @@ def test_a_replica_killed_under_load_loses_at_most_the_request_in_flight(url):
     wait_for_condition(lambda: len(answered) > 30, timeout=20)
     os.kill(victim, signal.SIGKILL)
     wait_for_condition(
-        lambda: _replicas("kill", "Worker") == (2, 2)
-        and victim not in {handle.pid.remote().result(timeout_s=10) for _ in range(10)},
+        lambda: (
+            _replicas("kill", "Worker") == (2, 2)
+            and victim not in {handle.pid.remote().result(timeout_s=10) for _ in range(10)}
+        ),
         timeout=30,
     )
     count = len(answered)

@@ -53,9 +53,7 @@ def start(http_options: dict[str, Any] | HTTPOptions | None = None, **unsupporte
 
     Starts rayjupyter (``rj.init()``) if it is not running, as Ray Serve does."""
     if unsupported:
-        raise ValueError(
-            f"serve.start does not take {sorted(unsupported)}; valid: http_options"
-        )
+        raise ValueError(f"serve.start does not take {sorted(unsupported)}; valid: http_options")
     options = HTTPOptions.from_user(http_options)
     if not rj.is_initialized():
         rj.init()
@@ -89,7 +87,9 @@ def run(
         )
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if route_prefix is not None and (not isinstance(route_prefix, str) or not route_prefix.startswith("/")):
+    if route_prefix is not None and (
+        not isinstance(route_prefix, str) or not route_prefix.startswith("/")
+    ):
         raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
     specs = flatten(target, lambda dep: DeploymentHandle(dep, name))
     controller = _get_controller()
@@ -181,7 +181,9 @@ class ServeStatus:
         for app_name, app in self.applications.items():
             for dep in app.deployments.values():
                 states = ", ".join(f"{k}: {v}" for k, v in sorted(dep.replica_states.items()))
-                found.append((app_name, app.status, dep.name, dep.status, states, dep.ongoing_requests))
+                found.append(
+                    (app_name, app.status, dep.name, dep.status, states, dep.ongoing_requests)
+                )
         return found
 
     def __str__(self) -> str:
@@ -204,8 +206,13 @@ class ServeStatus:
         )
         url = f"<p>HTTP: <code>{escape(self.proxy_url)}</code></p>" if self.proxy_url else ""
         return (
-            "<div class='rj-serve-status'>" + url + "<table><thead><tr>" + head
-            + "</tr></thead><tbody>" + body + "</tbody></table></div>"
+            "<div class='rj-serve-status'>"
+            + url
+            + "<table><thead><tr>"
+            + head
+            + "</tr></thead><tbody>"
+            + body
+            + "</tbody></table></div>"
         )
 
 
@@ -228,7 +235,11 @@ def status() -> ServeStatus:
             for name, dep in app["deployments"].items()
         }
         apps[app_name] = ApplicationStatusOverview(
-            app["status"], app["message"], app["last_deployed_time_s"], app["route_prefix"], deployments
+            app["status"],
+            app["message"],
+            app["last_deployed_time_s"],
+            app["route_prefix"],
+            deployments,
         )
     return ServeStatus(apps, raw["proxy_url"])
 

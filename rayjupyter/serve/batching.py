@@ -69,11 +69,17 @@ def batch(
 ) -> Any:
     """``@serve.batch`` or ``@serve.batch(max_batch_size=, batch_wait_timeout_s=)`` on an
     ``async def`` method or function that takes a list and returns a list as long."""
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+    if (
+        isinstance(max_batch_size, bool)
+        or not isinstance(max_batch_size, int)
+        or max_batch_size < 1
+    ):
         raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
-    if isinstance(batch_wait_timeout_s, bool) or not isinstance(
-        batch_wait_timeout_s, int | float
-    ) or batch_wait_timeout_s < 0:
+    if (
+        isinstance(batch_wait_timeout_s, bool)
+        or not isinstance(batch_wait_timeout_s, int | float)
+        or batch_wait_timeout_s < 0
+    ):
         raise ValueError(f"batch_wait_timeout_s must be >= 0, got {batch_wait_timeout_s!r}")
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:

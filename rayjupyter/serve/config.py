@@ -79,7 +79,9 @@ class AutoscalingConfig:
         if isinstance(value, AutoscalingConfig):
             return value
         if not isinstance(value, dict):
-            raise TypeError(f"autoscaling_config must be a dict or AutoscalingConfig, got {value!r}")
+            raise TypeError(
+                f"autoscaling_config must be a dict or AutoscalingConfig, got {value!r}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
@@ -152,9 +154,7 @@ CHECKERS: dict[str, Any] = {
     "graceful_shutdown_timeout_s": lambda v: _positive_number(
         "graceful_shutdown_timeout_s", v, allow_zero=True
     ),
-    "graceful_shutdown_wait_loop_s": lambda v: _positive_number(
-        "graceful_shutdown_wait_loop_s", v
-    ),
+    "graceful_shutdown_wait_loop_s": lambda v: _positive_number("graceful_shutdown_wait_loop_s", v),
     "ray_actor_options": _check_actor_options,
 }
 
@@ -184,7 +184,9 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         checked[key] = CHECKERS[key](value)
     if checked.get("num_replicas") == "auto":
         checked.pop("num_replicas")
-        checked.setdefault("autoscaling_config", AutoscalingConfig(min_replicas=1, max_replicas=100))
+        checked.setdefault(
+            "autoscaling_config", AutoscalingConfig(min_replicas=1, max_replicas=100)
+        )
     if "num_replicas" in checked and checked.get("autoscaling_config") is not None:
         raise ValueError("set num_replicas or autoscaling_config, not both")
     return checked

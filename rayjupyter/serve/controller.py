@@ -12,6 +12,7 @@ version and wakes the waiters. A reconcile loop on the actor's event loop does t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,12 @@ class ServeController:
         self.proxy: Any = None
         self.proxy_url: str | None = None
         self.http_options: HTTPOptions | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()  # held so they are not collected midway
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # ------------------------------------------------------------------ the loop
 
@@ -107,9 +114,7 @@ class ServeController:
                 except Exception as error:  # one deployment's trouble must not stop the rest
                     dep.plan.last_error = f"controller error: {error!r}"
             for name, app in list(self.apps.items()):
-                if app.deleting and not any(
-                    (name, d) in self.deployments for d in app.deployments
-                ):
+                if app.deleting and not any((name, d) in self.deployments for d in app.deployments):
                     del self.apps[name]
                     self.routes_version += 1
                     await self._notify()
@@ -117,7 +122,10 @@ class ServeController:
 
     async def _tick(self, key: tuple[str, str], dep: _Deployment, now: float) -> None:
         plan = dep.plan
-        if dep.policy is not None and now - dep.last_metrics >= dep.policy.config.metrics_interval_s:
+        if (
+            dep.policy is not None
+            and now - dep.last_metrics >= dep.policy.config.metrics_interval_s
+        ):
             dep.last_metrics = now
             running = plan.running()
             if running:
@@ -172,7 +180,7 @@ class ServeController:
                 dep.version += 1
                 await self._notify()
 
-        asyncio.get_running_loop().create_task(initialize())
+        self._spawn(initialize())
 
     async def _stop_replica(self, dep: _Deployment, replica_id: str, graceful: bool) -> None:
         actor = dep.actors.pop(replica_id, None)
@@ -184,7 +192,8 @@ class ServeController:
         async def stop() -> None:
             if actor is not None:
                 if graceful:
-                    try:
+                    # dead, stuck or its __del__ failed: it is killed anyway
+                    with contextlib.suppress(Exception):
                         await asyncio.wait_for(
                             asyncio.wrap_future(
                                 actor.prepare_for_shutdown.remote(
@@ -194,15 +203,11 @@ class ServeController:
                             ),
                             dep.config.graceful_shutdown_timeout_s + 1.0,
                         )
-                    except Exception:  # dead, stuck or its __del__ failed: kill it anyway
-                        pass
-                try:
+                with contextlib.suppress(Exception):  # already dead
                     rj.kill(actor)
-                except Exception:
-                    pass
             dep.plan.on_stopped(replica_id)
 
-        asyncio.get_running_loop().create_task(stop())
+        self._spawn(stop())
 
     def _check(self, dep: _Deployment, replica_id: str, metrics_only: bool) -> None:
         actor = dep.actors.get(replica_id)
@@ -220,18 +225,26 @@ class ServeController:
                 )
             except Exception as error:
                 if not metrics_only or isinstance(error, rj.exceptions.RayActorError):
-                    dep.plan.on_unhealthy(replica_id, f"health check: {type(error).__name__}: {error}")
+                    dep.plan.on_unhealthy(
+                        replica_id, f"health check: {type(error).__name__}: {error}"
+                    )
             finally:
                 dep.busy.discard(tag)
 
-        asyncio.get_running_loop().create_task(check())
+        self._spawn(check())
 
     # ------------------------------------------------------------------ deploying
 
-    async def deploy_app(self, name: str, route_prefix: str | None, specs: list[DeploymentSpec]) -> None:
+    async def deploy_app(
+        self, name: str, route_prefix: str | None, specs: list[DeploymentSpec]
+    ) -> None:
         self._start()
         for other in self.apps.values():
-            if other.name != name and route_prefix is not None and other.route_prefix == route_prefix:
+            if (
+                other.name != name
+                and route_prefix is not None
+                and other.route_prefix == route_prefix
+            ):
                 raise ValueError(
                     f"route_prefix {route_prefix!r} is taken by application {other.name!r}; "
                     "pick another or serve.delete that one"
@@ -244,23 +257,31 @@ class ServeController:
                     self.deployments[(name, dep_name)].plan.set_target(0)
         self.apps[name] = _App(name, route_prefix, ingress, [s.name for s in specs], time.time())
         for spec in specs:
-            code = cloudpickle.dumps((spec.target, spec.init_args, spec.init_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            code = cloudpickle.dumps(
+                (spec.target, spec.init_args, spec.init_kwargs), protocol=pickle.HIGHEST_PROTOCOL
+            )
             key = (name, spec.name)
             existing = self.deployments.get(key)
             config = spec.config
             target = config.initial_target()
-            if existing is not None and existing.code == code and (
-                existing.config.max_ongoing_requests == config.max_ongoing_requests
-                and existing.config.ray_actor_options == config.ray_actor_options
+            if (
+                existing is not None
+                and existing.code == code
+                and (
+                    existing.config.max_ongoing_requests == config.max_ongoing_requests
+                    and existing.config.ray_actor_options == config.ray_actor_options
+                )
             ):
                 # same code: keep the replicas, apply the new count and user_config
                 if config.user_config != existing.config.user_config:
                     for actor in existing.actors.values():
                         actor.reconfigure.remote(config.user_config)
                 existing.spec = spec
-                existing.policy = AutoscalingPolicy(config.autoscaling_config) if (
-                    config.autoscaling_config
-                ) else None
+                existing.policy = (
+                    AutoscalingPolicy(config.autoscaling_config)
+                    if (config.autoscaling_config)
+                    else None
+                )
                 if existing.policy is None:
                     existing.plan.set_target(target)
                 existing.plan.constructor_failures = 0
@@ -271,11 +292,15 @@ class ServeController:
                 existing.spec, existing.code = spec, code
                 existing.plan.target = target
                 existing.plan.constructor_failures = 0
-                existing.policy = AutoscalingPolicy(config.autoscaling_config) if (
-                    config.autoscaling_config
-                ) else None
+                existing.policy = (
+                    AutoscalingPolicy(config.autoscaling_config)
+                    if (config.autoscaling_config)
+                    else None
+                )
                 continue
-            policy = AutoscalingPolicy(config.autoscaling_config) if config.autoscaling_config else None
+            policy = (
+                AutoscalingPolicy(config.autoscaling_config) if config.autoscaling_config else None
+            )
             self.deployments[key] = _Deployment(
                 name, spec, code, DeploymentPlan(spec.name, target), policy
             )
@@ -294,7 +319,11 @@ class ServeController:
         for dep_name, status, error in statuses:
             if status is DeploymentStatus.DEPLOY_FAILED:
                 return AppStatus.DEPLOY_FAILED, f"deployment {dep_name!r} failed to start: {error}"
-        if all(s in (DeploymentStatus.HEALTHY, DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING) for _, s, _ in statuses):
+        if all(
+            s
+            in (DeploymentStatus.HEALTHY, DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING)
+            for _, s, _ in statuses
+        ):
             return AppStatus.RUNNING, ""
         if any(s is DeploymentStatus.UNHEALTHY for _, s, _ in statuses):
             return AppStatus.UNHEALTHY, "; ".join(e for _, s, e in statuses if e)
@@ -358,21 +387,19 @@ class ServeController:
                 running = [(r, dep.actors[r]) for r in dep.plan.running() if r in dep.actors]
                 return dep.version, running, dep.config.max_ongoing_requests, dep.config.queue_cap()
             async with changed:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0.01))
-                except asyncio.TimeoutError:
-                    pass
 
-    async def listen_routes(self, known: int, timeout_s: float) -> tuple[int, dict[str, tuple[str, str]]]:
+    async def listen_routes(
+        self, known: int, timeout_s: float
+    ) -> tuple[int, dict[str, tuple[str, str]]]:
         changed = self._start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.routes_version == known and loop.time() < deadline:
             async with changed:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0.01))
-                except asyncio.TimeoutError:
-                    pass
         routes = {
             a.route_prefix: (a.name, a.ingress)
             for a in self.apps.values()

@@ -203,8 +203,10 @@ class AutoscalingPolicy:
         if current > 0 and wish != current:  # the scaling factors damp the step
             factor = cfg.upscaling_factor if wish > current else cfg.downscaling_factor
             if factor is not None:
-                wish = current + math.ceil((wish - current) * factor) if wish > current else (
-                    current - math.ceil((current - wish) * factor)
+                wish = (
+                    current + math.ceil((wish - current) * factor)
+                    if wish > current
+                    else (current - math.ceil((current - wish) * factor))
                 )
         return max(cfg.min_replicas, min(cfg.max_replicas, wish))
 

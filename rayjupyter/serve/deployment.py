@@ -99,9 +99,7 @@ class DeploymentSpec:
     is_ingress: bool
 
 
-def deployment(
-    _func_or_class: Callable[..., Any] | None = None, **options: Any
-) -> Any:
+def deployment(_func_or_class: Callable[..., Any] | None = None, **options: Any) -> Any:
     """``@serve.deployment`` or ``@serve.deployment(num_replicas=2, ...)`` on a class or
     function. Unknown or unsupported options raise at once, naming the valid ones."""
     checked = check_options(options)
@@ -176,7 +174,12 @@ def flatten(app: Application, make_handle: Callable[[str], Any]) -> list[Deploym
         names[id(node)] = name
         specs.append(
             DeploymentSpec(
-                name, node.deployment.func_or_class, args, kwargs, node.deployment.config, is_ingress
+                name,
+                node.deployment.func_or_class,
+                args,
+                kwargs,
+                node.deployment.config,
+                is_ingress,
             )
         )
         return name
@@ -191,9 +194,7 @@ def flatten(app: Application, make_handle: Callable[[str], Any]) -> list[Deploym
         return value
 
     if not isinstance(app, Application):
-        raise TypeError(
-            f"serve.run takes an application (a deployment's .bind(...)), got {app!r}"
-        )
+        raise TypeError(f"serve.run takes an application (a deployment's .bind(...)), got {app!r}")
     visit(app, True)
     return specs
 

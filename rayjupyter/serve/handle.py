@@ -110,9 +110,11 @@ class Router:
         if self.polling or self.closed:
             return
         self.polling = True
-        future = _controller().listen.remote(
-            self.app_name, self.deployment, self.version, _LONG_POLL_S
-        ).future()
+        future = (
+            _controller()
+            .listen.remote(self.app_name, self.deployment, self.version, _LONG_POLL_S)
+            .future()
+        )
         future.add_done_callback(self._polled)
 
     def _polled(self, future: concurrent.futures.Future[Any]) -> None:

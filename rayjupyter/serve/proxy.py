@@ -36,9 +36,9 @@ def match_route(routes: dict[str, Any], path: str) -> str | None:
     best = None
     for prefix in routes:
         base = prefix.rstrip("/")
-        if base == "" or path == base or path.startswith(base + "/"):
-            if best is None or len(base) > len(best.rstrip("/")):
-                best = prefix
+        matches = base == "" or path == base or path.startswith(base + "/")
+        if matches and (best is None or len(base) > len(best.rstrip("/"))):
+            best = prefix
     return best
 
 
@@ -63,6 +63,7 @@ class Proxy:
         self.version = -1
         self.server: Any = None
         self.root_path = ""
+        self.tasks: list[asyncio.Task[Any]] = []
 
     async def start(self, options: HTTPOptions) -> int:
         """Listen (the socket is bound here, so a port in use raises OSError to
@@ -84,8 +85,10 @@ class Proxy:
         )
         self.server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()
-        loop.create_task(self.server.serve(sockets=[sock]))
-        loop.create_task(self._follow_routes())
+        self.tasks = [
+            loop.create_task(self.server.serve(sockets=[sock])),
+            loop.create_task(self._follow_routes()),
+        ]
         while not self.server.started:
             await asyncio.sleep(0.01)
         return int(sock.getsockname()[1])
@@ -140,7 +143,7 @@ class Proxy:
                     await _send_json(
                         send,
                         503,
-                        {"error": f"application {app_name!r} has no healthy replica now; retry later"},
+                        {"error": f"application {app_name!r} has no healthy replica now; retry"},
                     )
                     return
                 stream = http_call(app_name, ingress, scope, body)

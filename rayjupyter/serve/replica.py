@@ -98,7 +98,8 @@ class Replica:
         method = getattr(self.instance, "reconfigure", None)
         if method is None:
             raise TypeError(
-                f"deployment {self.deployment!r} has a user_config but no reconfigure(config) method"
+                f"deployment {self.deployment!r} has a user_config but no "
+                "reconfigure(config) method"
             )
         await _call(method, (user_config,), {})
 
@@ -119,9 +120,7 @@ class Replica:
             return self.instance  # type: ignore[no-any-return]
         method = getattr(self.instance, name, None)
         if method is None or not callable(method):
-            raise AttributeError(
-                f"deployment {self.deployment!r} has no method {name!r}"
-            )
+            raise AttributeError(f"deployment {self.deployment!r} has no method {name!r}")
         return method  # type: ignore[no-any-return]
 
     async def handle_request(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -162,7 +161,9 @@ class Replica:
         self.ongoing += 1
         try:
             async with self.slots:
-                task = asyncio.get_running_loop().create_task(self._serve_http(scope, body, messages))
+                task = asyncio.get_running_loop().create_task(
+                    self._serve_http(scope, body, messages)
+                )
                 task.add_done_callback(lambda _: messages.put_nowait(None))
                 done = False
                 while not done:
@@ -178,7 +179,9 @@ class Replica:
         finally:
             self.ongoing -= 1
 
-    async def _serve_http(self, scope: dict[str, Any], body: bytes, out: asyncio.Queue[Any]) -> None:
+    async def _serve_http(
+        self, scope: dict[str, Any], body: bytes, out: asyncio.Queue[Any]
+    ) -> None:
         started = False
         sent_body = False
         delivered = asyncio.Event()
@@ -225,7 +228,9 @@ class Replica:
         deadline = loop.time() + timeout_s
         while self.ongoing and loop.time() < deadline:
             await asyncio.sleep(min(wait_loop_s, 0.05))
-        finalizer = getattr(self.instance, "__del__", None) if inspect.isclass(self.target) else None
+        finalizer = (
+            getattr(self.instance, "__del__", None) if inspect.isclass(self.target) else None
+        )
         if finalizer is not None:
             await _call(finalizer, (), {})
 
