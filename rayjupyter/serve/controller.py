@@ -82,11 +82,18 @@ class ServeController:
         self.deployments: dict[tuple[str, str], _Deployment] = {}
         self.changed: asyncio.Condition | None = None
         self.routes_version = 0
+        # one counter for every deployment's replica-set version, so a router that outlives
+        # a deleted deployment never mistakes a re-created one's versions for old ones
+        self.versions = 0
         self.loop_task: asyncio.Task[None] | None = None
         self.proxy: Any = None
         self.proxy_url: str | None = None
         self.http_options: HTTPOptions | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # held so they are not collected midway
+
+    def _next_version(self) -> int:
+        self.versions += 1
+        return self.versions
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -146,7 +153,7 @@ class ServeController:
             app = self.apps[dep.app]
             if app.deleting or dep.spec.name not in app.deployments:
                 del self.deployments[key]
-                dep.version += 1
+                dep.version = self._next_version()
                 await self._notify()
 
     def _start_replica(self, dep: _Deployment, replica_id: str) -> None:
@@ -177,7 +184,7 @@ class ServeController:
             dep.pids[replica_id] = pid
             dep.plan.on_started(replica_id)
             if dep.plan.replicas.get(replica_id) is ReplicaState.RUNNING:
-                dep.version += 1
+                dep.version = self._next_version()
                 await self._notify()
 
         self._spawn(initialize())
@@ -186,7 +193,7 @@ class ServeController:
         actor = dep.actors.pop(replica_id, None)
         dep.pids.pop(replica_id, None)
         dep.ongoing.pop(replica_id, None)
-        dep.version += 1  # routers stop sending to it now
+        dep.version = self._next_version()  # routers stop sending to it now
         await self._notify()
 
         async def stop() -> None:
@@ -302,7 +309,12 @@ class ServeController:
                 AutoscalingPolicy(config.autoscaling_config) if config.autoscaling_config else None
             )
             self.deployments[key] = _Deployment(
-                name, spec, code, DeploymentPlan(spec.name, target), policy
+                name,
+                spec,
+                code,
+                DeploymentPlan(spec.name, target),
+                policy,
+                version=self._next_version(),
             )
         self.routes_version += 1
         await self._notify()

@@ -73,7 +73,8 @@ class Router:
         self.queue_cap = 1
         self.version = -1
         self.pending: collections.deque[_Request] = collections.deque()
-        self.update: Any = None  # the long poll's latest answer, applied on a caller thread
+        # the long poll's latest answer, (answer,) or None, applied on a caller thread
+        self.update: tuple[Any] | None = None
         self.polling = False
         self.dispatcher: threading.Thread | None = None
         self.closed = False
@@ -105,8 +106,8 @@ class Router:
     def _poll(self) -> None:
         """Keep one long poll in flight (called under the lock, from a caller thread)."""
         if self.update is not None:
-            update, self.update = self.update, None
-            self._apply(update)
+            (answer,), self.update = self.update, None
+            self._apply(answer)
         if self.polling or self.closed:
             return
         self.polling = True
@@ -122,15 +123,23 @@ class Router:
             self.polling = False
             error = future.exception()
             if error is None:
-                self.update = future.result()
+                self.update = (future.result(),)
             elif isinstance(error, ActorDiedError | ActorUnavailableError):
                 self.update = None
                 self.closed = True  # the controller is gone: serve was shut down
             self.lock.notify_all()
 
     def running_replicas(self) -> int:
+        """How many replicas take requests now; asks the controller when it knows none
+        (the long poll answers one change late, and the proxy answers 503 on a zero)."""
         with self.lock:
             self._poll()
+            if self.replicas or self.closed:
+                return len(self.replicas)
+        # outside the lock: the answer arrives through the IO thread, which takes it
+        answer = rj.get(_controller().listen.remote(self.app_name, self.deployment, -1, 0.0))
+        with self.lock:
+            self._apply(answer)
             return len(self.replicas)
 
     # ------------------------------------------------------------------ sending
@@ -248,6 +257,9 @@ def router_for(app_name: str, deployment: str) -> Router:
     key = (app_name, deployment)
     with _ROUTERS_LOCK:
         router = _ROUTERS.get(key)
+        if router is not None:
+            with router.lock:
+                router._poll()  # learn first if the deployment went away meanwhile
         if router is None or router.closed:
             router = _ROUTERS[key] = Router(app_name, deployment)
         return router

@@ -139,6 +139,8 @@ class Proxy:
         for attempt in range(2):
             try:
                 router = router_for(app_name, ingress)
+                if router.running_replicas() == 0 and router.closed:  # a new one replaced it
+                    router = router_for(app_name, ingress)
                 if router.running_replicas() == 0:
                     await _send_json(
                         send,
