@@ -71,8 +71,12 @@ class Proxy:
         import uvicorn
 
         self.root_path = options.root_path
-        sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets that say TCP,
+        # and without it every response waits ~40 ms for the client's delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((options.host, options.port))
         sock.set_inheritable(True)
         config = uvicorn.Config(
