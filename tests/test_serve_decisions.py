@@ -78,7 +78,7 @@ def test_an_undeclared_transition_raises_naming_the_states():
 
 def _policy(**kw):
     base = dict(min_replicas=1, max_replicas=4, target_ongoing_requests=2,
-                upscale_delay_s=3, downscale_delay_s=10)  # fmt: skip
+                upscale_delay_s=3, downscale_delay_s=10, look_back_period_s=0)  # fmt: skip
     return AutoscalingPolicy(AutoscalingConfig(**{**base, **kw}))
 
 
@@ -103,6 +103,14 @@ def test_autoscaling_scales_down_after_its_delay_and_not_below_min():
     assert policy.decide(0.0, 3, [0, 0, 0]) == 3
     assert policy.decide(9.9, 3, [0, 0, 0]) == 3
     assert policy.decide(10.0, 3, [0, 0, 0]) == 1
+
+
+def test_the_load_is_averaged_over_the_look_back_period():
+    policy = _policy(upscale_delay_s=0, look_back_period_s=2)
+    assert policy.decide(0.0, 1, [0]) == 1
+    assert policy.decide(1.0, 1, [4]) == 1  # mean 2 over the window: 1 replica is enough
+    assert policy.decide(2.0, 1, [8]) == 2  # mean (0 + 4 + 8) / 3 = 4
+    assert policy.decide(4.5, 2, [8]) == 4  # the old samples left the window
 
 
 def test_a_scaling_factor_damps_the_step():

@@ -96,6 +96,7 @@ def test_max_ongoing_requests_queues_then_refuses_past_max_queued(url):
         "upscale_delay_s": 0,
         "downscale_delay_s": 0.5,
         "metrics_interval_s": 0.1,
+        "look_back_period_s": 0.2,
     },
 )
 class Elastic:

@@ -223,4 +223,8 @@ class HTTPOptions:
             raise ValueError(f"http_options does not take {unknown}; valid keys: {sorted(known)}")
         options = cls(**value)
         _int_at_least("port", options.port, 0)
+        if options.request_timeout_s is not None:
+            _positive_number("request_timeout_s", options.request_timeout_s)
+        if options.root_path and not options.root_path.startswith("/"):
+            raise ValueError(f"root_path must start with '/', got {options.root_path!r}")
         return options

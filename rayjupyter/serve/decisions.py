@@ -10,6 +10,7 @@ tested with numbers, no processes (tests/test_serve_decisions.py).
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 import random
@@ -187,7 +188,8 @@ class AutoscalingPolicy:
 
     ``decide`` is called every ``metrics_interval_s`` with the current target and each
     running replica's ongoing requests (running plus queued in it). The wish is
-    ``ceil(total / target_ongoing_requests)`` within the bounds; it becomes the target only
+    ``ceil(total / target_ongoing_requests)`` within the bounds, the total being the mean
+    over ``look_back_period_s``; it becomes the target only
     after every wish for ``upscale_delay_s`` (or ``downscale_delay_s``) has pointed the
     same way, so a burst shorter than the delay changes nothing.
     """
@@ -195,6 +197,17 @@ class AutoscalingPolicy:
     config: AutoscalingConfig
     _up_since: float | None = None
     _down_since: float | None = None
+    # (time, total ongoing) over the last look_back_period_s: the wish is on their mean
+    _window: collections.deque[tuple[float, float]] = field(default_factory=collections.deque)
+
+    def observe(self, now: float, ongoing: Sequence[float]) -> float:
+        """Record a sample; the mean total over ``look_back_period_s`` (0: this sample)."""
+        self._window.append((now, float(sum(ongoing))))
+        while self._window and self._window[0][0] < now - self.config.look_back_period_s:
+            self._window.popleft()
+        if not self._window:
+            return float(sum(ongoing))
+        return sum(total for _, total in self._window) / len(self._window)
 
     def desired(self, current: int, ongoing: Sequence[float]) -> int:
         cfg = self.config
@@ -211,7 +224,7 @@ class AutoscalingPolicy:
         return max(cfg.min_replicas, min(cfg.max_replicas, wish))
 
     def decide(self, now: float, current: int, ongoing: Sequence[float]) -> int:
-        wish = self.desired(current, ongoing)
+        wish = self.desired(current, [self.observe(now, ongoing)])
         if wish > current:
             self._down_since = None
             if self._up_since is None:

@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rayjupyter as rj
-from rayjupyter.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+from rayjupyter.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+)
 from rayjupyter.serve.decisions import choose_replica
 
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
@@ -239,6 +244,12 @@ class Router:
         else:
             request.result.set_result(future.result())
 
+    def forget(self, replica: str | None) -> None:
+        """A replica seen dead: no more calls to it until the controller lists it again."""
+        with self.lock:
+            self.replicas.pop(replica or "", None)
+            self.ongoing.pop(replica or "", None)
+
     def release(self, replica: str) -> None:
         with self.lock:
             self._release_locked(replica)
@@ -328,6 +339,9 @@ class DeploymentResponseGenerator:
         try:
             for ref in gen:
                 yield rj.get(ref)
+        except RayActorError:
+            self._router.forget(self._request.replica)
+            raise
         finally:
             self._done()
 
@@ -336,6 +350,9 @@ class DeploymentResponseGenerator:
         try:
             async for ref in gen:
                 yield await ref
+        except RayActorError:
+            self._router.forget(self._request.replica)
+            raise
         finally:
             self._done()
 

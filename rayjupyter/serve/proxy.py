@@ -63,6 +63,7 @@ class Proxy:
         self.version = -1
         self.server: Any = None
         self.root_path = ""
+        self.request_timeout_s: float | None = None
         self.tasks: list[asyncio.Task[Any]] = []
 
     async def start(self, options: HTTPOptions) -> int:
@@ -71,6 +72,7 @@ class Proxy:
         import uvicorn
 
         self.root_path = options.root_path
+        self.request_timeout_s = options.request_timeout_s
         family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
         # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets that say TCP,
         # and without it every response waits ~40 ms for the client's delayed ACK
@@ -135,7 +137,28 @@ class Proxy:
         forwarded["path"] = path  # starlette routes on path minus root_path, the prefix
         forwarded["raw_path"] = path.encode()
         forwarded["root_path"] = prefix.rstrip("/")
-        await self._forward(app_name, ingress, forwarded, bytes(body), send)
+        if self.request_timeout_s is None:
+            await self._forward(app_name, ingress, forwarded, bytes(body), send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(
+                self._forward(app_name, ingress, forwarded, bytes(body), tracked),
+                self.request_timeout_s,
+            )
+        except asyncio.TimeoutError:
+            if not started:
+                await _send_json(
+                    send,
+                    408,
+                    {"error": f"no answer within request_timeout_s={self.request_timeout_s}"},
+                )
 
     async def _forward(
         self, app_name: str, ingress: str, scope: dict[str, Any], body: bytes, send: Any
