@@ -33,6 +33,17 @@ def test_a_plan_starts_the_target_and_is_healthy_once_they_run():
     plan.validate()
 
 
+def test_a_redeploy_with_more_replicas_is_updating_until_they_run():
+    plan = DeploymentPlan("Model", target=1)
+    plan.reconcile()
+    plan.on_started("Model#1")
+    plan.set_target(2, by_autoscaler=False)
+    assert plan.status() is DeploymentStatus.UPDATING
+    assert plan.reconcile() == [StartReplica("Model#2")]
+    plan.on_started("Model#2")
+    assert plan.status() is DeploymentStatus.HEALTHY
+
+
 def test_an_unhealthy_replica_is_killed_and_replaced():
     plan = DeploymentPlan("Model", target=1)
     plan.reconcile()

@@ -290,7 +290,7 @@ class ServeController:
                     else None
                 )
                 if existing.policy is None:
-                    existing.plan.set_target(target)
+                    existing.plan.set_target(target, by_autoscaler=False)
                 existing.plan.constructor_failures = 0
                 continue
             if existing is not None:  # new code: stop every old replica, start new ones

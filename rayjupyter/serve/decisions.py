@@ -115,11 +115,14 @@ class DeploymentPlan:
             self._move(replica_id, ReplicaState.STOPPING)
             self._pending_stops.append(StopReplica(replica_id, graceful=False))
 
-    def set_target(self, target: int) -> None:
+    def set_target(self, target: int, *, by_autoscaler: bool = True) -> None:
+        """A new replica count: the autoscaler's shows as UPSCALING/DOWNSCALING (the app
+        stays RUNNING); a redeploy's as UPDATING until reached, so serve.run waits for it."""
         if target != self.target:
-            self.scaling = (
-                DeploymentStatus.UPSCALING if target > self.target else DeploymentStatus.DOWNSCALING
-            )
+            self.scaling = None
+            if by_autoscaler:
+                up = target > self.target
+                self.scaling = DeploymentStatus.UPSCALING if up else DeploymentStatus.DOWNSCALING
             self.target = target
 
     # ------------------------------------------------------------------ decisions
