@@ -173,3 +173,49 @@ def test_a_replica_killed_under_load_loses_at_most_the_request_in_flight(url):
     for thread in threads:
         thread.join(30)
     assert len(failures) <= 1, failures
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=0.1)
+class Flaky:
+    def __init__(self):
+        self.sick = False
+
+    def make_sick(self):
+        self.sick = True
+        return os.getpid()
+
+    def check_health(self):
+        if self.sick:
+            raise RuntimeError("lost the GPU")
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_replica_failing_its_health_check_is_replaced():
+    handle = serve.run(Flaky.bind(), name="flaky", route_prefix=None)
+    sick = handle.make_sick.remote().result(timeout_s=10)
+    wait_for_condition(lambda: handle.pid.remote().result(timeout_s=10) != sick, timeout=20)
+    wait_for_condition(lambda: _replicas("flaky", "Flaky") == (1, 1), timeout=20)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=30)
+class Slow:
+    def __init__(self, gate):
+        self.gate = gate
+
+    async def work(self):
+        await self.gate.wait.remote()
+        return "finished"
+
+
+def test_delete_lets_requests_in_flight_finish():
+    gate = new_gate()
+    handle = serve.run(Slow.bind(gate), name="slow", route_prefix=None)
+    response = handle.work.remote()
+    wait_for_condition(lambda: rj.get(gate.count.remote()) == 1)
+    serve.delete("slow", _blocking=False)
+    wait_for_condition(lambda: serve.status().applications["slow"].status == "DELETING")
+    rj.get(gate.open.remote())
+    assert response.result(timeout_s=20) == "finished"
+    wait_for_condition(lambda: "slow" not in serve.status().applications, timeout=20)
