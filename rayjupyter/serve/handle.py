@@ -56,6 +56,7 @@ class _Request:
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     assigned: threading.Event = field(default_factory=threading.Event)
     ref: Any = None
+    actor: Any = None  # the replica's actor, once sent
     replica: str | None = None
     retried: bool = False
     cancelled: bool = False
@@ -205,20 +206,20 @@ class Router:
         try:
             if request.actor_method == "handle_request":
                 ref = actor.handle_request.remote(request.method, *args, **kwargs)
+            elif request.actor_method == "handle_http":
+                ref = actor.handle_http.remote(*args)
             else:
-                method = getattr(actor, request.actor_method).options(num_returns="streaming")
-                if request.actor_method == "handle_stream":
-                    ref = method.remote(request.method, *args, **kwargs)
-                else:
-                    ref = method.remote(*args)
+                method = actor.handle_stream.options(num_returns="streaming")
+                ref = method.remote(request.method, *args, **kwargs)
         except Exception as error:
             self.release(replica)
             request.result.set_exception(error)
             request.assigned.set()
             return
         request.ref = ref
+        request.actor = actor
         request.assigned.set()
-        if request.actor_method == "handle_request":
+        if request.actor_method != "handle_stream":
             ref.future().add_done_callback(lambda f: self._finished(request, replica, f))
         else:  # streams: the consumer releases the slot when it is done
             request.result.set_result(ref)
@@ -427,12 +428,13 @@ def _rebuild_handle(deployment: str, app: str, method: str, stream: bool) -> Dep
 
 
 def http_call(app_name: str, deployment: str, scope: dict[str, Any], body: bytes) -> Any:
-    """The proxy's call: a streamed ``handle_http`` on a replica chosen as for any call;
-    returns (the response stream's future, the router to release the slot on)."""
+    """The proxy's call: ``handle_http`` on a replica chosen as for any call (retried on
+    another if the replica dies, as nothing was sent yet); the DeploymentResponse's
+    ``_request.actor`` is the replica, for ``stream_http`` when the answer streams."""
     router = router_for(app_name, deployment)
     request = _Request("__http__", (scope, body), {}, "handle_http")
     router.submit(request)
-    return DeploymentResponseGenerator(request, router)
+    return DeploymentResponse(request)
 
 
 __all__ = [

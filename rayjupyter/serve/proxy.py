@@ -184,10 +184,15 @@ class Proxy:
                 return
             sent = False
             try:
-                async for messages in stream:
-                    for message in messages:
-                        await send(message)
-                        sent = True
+                kind, messages, stream_id = await stream
+                for message in messages:
+                    await send(message)
+                    sent = True
+                if kind == "stream":
+                    rest = stream._request.actor.stream_http.options(num_returns="streaming")
+                    async for ref in rest.remote(stream_id):
+                        for message in await ref:
+                            await send(message)
                 return
             except RayActorError as error:
                 if sent:

@@ -38,6 +38,7 @@ class ReplicaContext:
 
 
 _CONTEXT: ReplicaContext | None = None
+_UNCLAIMED_STREAM_S = 60.0
 
 
 def get_replica_context() -> ReplicaContext:
@@ -74,6 +75,8 @@ class Replica:
         self.asgi_app: Any = None
         self.ongoing = 0
         self.slots: asyncio.Semaphore | None = None
+        self.streams: dict[int, asyncio.Queue[Any]] = {}  # streamed HTTP answers being read
+        self.stream_ids = 0
 
     async def initialize(self, user_config: Any) -> int:
         """Build the user's object (the constructor may call other deployments' handles)
@@ -154,28 +157,54 @@ class Replica:
         finally:
             self.ongoing -= 1
 
-    async def handle_http(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[list[Any]]:
-        """Run one HTTP request; yields lists of ASGI messages as the app sends them."""
+    async def handle_http(self, scope: dict[str, Any], body: bytes) -> tuple[str, list[Any], int]:
+        """Run one HTTP request. A whole answer comes back in this one call:
+        ``("done", messages, 0)``. A streamed one (a body chunk with ``more_body``) comes back
+        as ``("stream", messages so far, id)``; the proxy reads the rest through
+        ``stream_http(id)``, so only streams pay for a second call."""
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self._serve_http_in_slot(scope, body, out))
+        task.add_done_callback(lambda _: out.put_nowait(None))
+        messages: list[Any] = []
+        while True:
+            message = await out.get()
+            if message is None:
+                return "done", messages, 0
+            messages.append(message)
+            if message["type"] == "http.response.body" and message.get("more_body"):
+                self.stream_ids += 1
+                self.streams[self.stream_ids] = out
+                # a stream nobody reads (its proxy died) is dropped after a minute
+                asyncio.get_running_loop().call_later(
+                    _UNCLAIMED_STREAM_S, self.streams.pop, self.stream_ids, None
+                )
+                return "stream", messages, self.stream_ids
+
+    async def stream_http(self, stream_id: int) -> AsyncIterator[list[Any]]:
+        """The rest of a streamed HTTP answer: lists of ASGI messages as the app sends them."""
+        out = self.streams.pop(stream_id, None)
+        if out is None:
+            raise RuntimeError(f"HTTP stream {stream_id} is unknown here (unread for too long?)")
+        while True:
+            batch = [await out.get()]
+            while not out.empty():
+                batch.append(out.get_nowait())
+            done = batch[-1] is None
+            if done:
+                batch.pop()
+            if batch:
+                yield batch
+            if done:
+                return
+
+    async def _serve_http_in_slot(
+        self, scope: dict[str, Any], body: bytes, out: asyncio.Queue[Any]
+    ) -> None:
         assert self.slots is not None
-        messages: asyncio.Queue[Any] = asyncio.Queue()
         self.ongoing += 1
         try:
             async with self.slots:
-                task = asyncio.get_running_loop().create_task(
-                    self._serve_http(scope, body, messages)
-                )
-                task.add_done_callback(lambda _: messages.put_nowait(None))
-                done = False
-                while not done:
-                    batch = [await messages.get()]
-                    while not messages.empty():
-                        batch.append(messages.get_nowait())
-                    if batch[-1] is None:
-                        batch.pop()
-                        done = True
-                    if batch:
-                        yield batch
-                await task
+                await self._serve_http(scope, body, out)
         finally:
             self.ongoing -= 1
 
