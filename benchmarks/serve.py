@@ -31,6 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {
     "full": {"latency": 500, "burst": 2000, "http_latency": 300, "http_each": 150, "threads": 8},
     "quick": {"latency": 100, "burst": 300, "http_latency": 60, "http_each": 30, "threads": 8},
+    "tiny": {"latency": 10, "burst": 40, "http_latency": 10, "http_each": 5, "threads": 2},
 }
 
 
@@ -172,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=["rayjupyter", "ray"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run (the test suite's)")
     parser.add_argument("--against", default="ray", choices=["ray", "none"])
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
+    size_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    size = SIZES[size_name]
     if args.child:  # inside a child: one backend, the metrics to --out
         assert args.out is not None
         try:
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             command = [sys.executable, "-m", "benchmarks.serve", "--child", backend]
-            command += ["--out", str(out)] + (["--quick"] if args.quick else [])
+            command += ["--out", str(out)] + ([f"--{size_name}"] if size_name != "full" else [])
             try:
                 subprocess.run(command, env=env, cwd=root, timeout=args.timeout, check=False)
                 results[backend] = (
@@ -209,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     for name, error in errors.items():
         print(f"{name}: {error}")
-    path = args.json or RESULTS / ("serve_quick.json" if args.quick else "serve.json")
+    path = args.json or RESULTS / (
+        f"serve_{size_name}.json" if size_name != "full" else "serve.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"size": size, "results": results, "table_markdown": report}
     try:
