@@ -241,3 +241,22 @@ def test_options_are_checked_and_status_renders_as_a_table(url):
     raw = serve.api._status_raw()["applications"]["two"]["deployments"]["Greeter"]
     pids = set(raw["replica_pids"].values())
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_the_live_view_shows_each_deployment_with_its_requests_and_latency(url):
+    from rayjupyter.serve.display import LiveView
+
+    handle = serve.run(Greeter.options(num_replicas=2).bind("Hi"), name="live", route_prefix=None)
+    view = LiveView()
+    assert view.refresh()
+    for _ in range(20):
+        handle.greet.remote("x").result(timeout_s=10)
+    assert view.refresh()
+    (row,) = [r for r in view.model.update(
+        rj.get(serve.api._get_controller().metrics.remote(10.0), timeout=10)
+    ) if r.app == "live"]  # fmt: skip
+    assert (row.deployment, row.replicas, row.target) == ("Greeter", 2, 2)
+    assert row.p50_ms is not None and row.p99_ms >= row.p50_ms
+    assert "Greeter" in view.widget.value and "2/2" in view.widget.value
+    serve.shutdown()
+    assert not view.refresh()  # it stops by itself once serve is gone

@@ -184,3 +184,24 @@ def test_the_notebook_link_goes_through_jupyter_when_it_can(monkeypatch):
     assert display.proxied_url(direct, "/model", "/user/ada/") == "/user/ada/proxy/8123/model"
     link = display.ApplicationLink("m", direct + "/model", "/user/ada/proxy/8123/model")
     assert "/user/ada/proxy/8123/model" in link._repr_html_() and "ready at" in repr(link)
+
+
+def test_the_live_view_derives_requests_per_second_and_percentiles():
+    from rayjupyter.serve.display import MetricsModel, render_rows
+
+    model = MetricsModel()
+
+    def snapshot(t, completed, latencies):
+        row = {"replicas": 2, "target": 2, "status": "HEALTHY", "ongoing": 3,
+               "completed": completed, "latencies": latencies}  # fmt: skip
+        return {"time": t, "deployments": {"app": {"Model": row}}}
+
+    (first,) = model.update(snapshot(10.0, 100, []))
+    assert first.requests_per_s == 0.0 and first.p50_ms is None  # no earlier snapshot yet
+    (row,) = model.update(snapshot(12.0, 300, [0.001] * 98 + [0.050, 0.100]))
+    assert row.requests_per_s == 100.0  # 200 requests in 2 s
+    assert row.p50_ms == 1.0 and row.p99_ms == 100.0
+    (after,) = model.update(snapshot(13.0, 50, []))  # a replica went away with its count
+    assert after.requests_per_s == 0.0
+    html = render_rows([row])
+    assert "<table" in html and "Model" in html and "2/2" in html and "100.0" in html

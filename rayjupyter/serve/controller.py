@@ -445,6 +445,37 @@ class ServeController:
             }
         return {"applications": apps, "proxy_url": self.proxy_url}
 
+    async def metrics(self, window_s: float) -> dict[str, Any]:
+        """Each deployment's replicas now: ongoing and completed requests, and the latencies
+        of the last ``window_s`` seconds (the live view's rows; it derives requests/s)."""
+        found: dict[str, Any] = {}
+        asked = []
+        for (app, name), dep in self.deployments.items():
+            for replica in dep.plan.running():
+                actor = dep.actors.get(replica)
+                if actor is not None:
+                    asked.append((app, name, actor.stats.remote(window_s)))
+            found.setdefault(app, {})[name] = {
+                "replicas": len(dep.plan.running()),
+                "target": dep.plan.target,
+                "status": dep.plan.status().value,
+                "ongoing": 0,
+                "completed": 0,
+                "latencies": [],
+            }
+        for app, name, ref in asked:
+            try:
+                ongoing, completed, latencies = await asyncio.wait_for(
+                    asyncio.wrap_future(ref.future()), 2.0
+                )
+            except Exception:  # a replica going away: the next poll will not ask it
+                continue
+            row = found[app][name]
+            row["ongoing"] += ongoing
+            row["completed"] += completed
+            row["latencies"] += latencies
+        return {"time": time.monotonic(), "deployments": found}
+
     def app_ingress(self, name: str) -> str | None:
         app = self.apps.get(name)
         return None if app is None or app.deleting else app.ingress

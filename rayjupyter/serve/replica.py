@@ -13,9 +13,11 @@ lists of ASGI messages (one list for a plain response: start and body together),
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ class ReplicaContext:
 
 _CONTEXT: ReplicaContext | None = None
 _UNCLAIMED_STREAM_S = 60.0
+_LATENCY_SAMPLES = 2000  # per replica: the bound of the live view's latency window
 
 
 def get_replica_context() -> ReplicaContext:
@@ -76,6 +79,11 @@ class Replica:
         self.ongoing = 0
         self.slots: asyncio.Semaphore | None = None
         self.streams: dict[int, asyncio.Queue[Any]] = {}  # streamed HTTP answers being read
+        self.completed = 0
+        # (end time, seconds) of the latest requests, for the live view's percentiles
+        self.latencies: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=_LATENCY_SAMPLES
+        )
         self.stream_ids = 0
 
     async def initialize(self, user_config: Any) -> int:
@@ -131,15 +139,28 @@ class Replica:
         DeploymentResponse passed on) are resolved to values by the runtime."""
         assert self.slots is not None
         self.ongoing += 1
+        began = time.monotonic()
         try:
             async with self.slots:
                 return await _call(self._method(method), args, kwargs)
         finally:
-            self.ongoing -= 1
+            self._finished(began)
+
+    def _finished(self, began: float) -> None:
+        self.ongoing -= 1
+        self.completed += 1
+        now = time.monotonic()
+        self.latencies.append((now, now - began))
+
+    def stats(self, window_s: float) -> tuple[int, int, list[float]]:
+        """(ongoing, completed so far, latencies of the last ``window_s`` seconds)."""
+        since = time.monotonic() - window_s
+        return self.ongoing, self.completed, [s for t, s in self.latencies if t >= since]
 
     async def handle_stream(self, method: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         assert self.slots is not None
         self.ongoing += 1
+        began = time.monotonic()
         try:
             async with self.slots:
                 result = self._method(method)(*args, **kwargs)
@@ -155,7 +176,7 @@ class Replica:
                         f"{self.deployment}.{method} returned {type(result).__name__}"
                     )
         finally:
-            self.ongoing -= 1
+            self._finished(began)
 
     async def handle_http(self, scope: dict[str, Any], body: bytes) -> tuple[str, list[Any], int]:
         """Run one HTTP request. A whole answer comes back in this one call:
@@ -202,11 +223,12 @@ class Replica:
     ) -> None:
         assert self.slots is not None
         self.ongoing += 1
+        began = time.monotonic()
         try:
             async with self.slots:
                 await self._serve_http(scope, body, out)
         finally:
-            self.ongoing -= 1
+            self._finished(began)
 
     async def _serve_http(
         self, scope: dict[str, Any], body: bytes, out: asyncio.Queue[Any]
