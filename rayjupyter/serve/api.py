@@ -59,6 +59,7 @@ def start(http_options: dict[str, Any] | HTTPOptions | None = None, **unsupporte
         rj.init()
     controller = _get_controller()
     if controller is None:
+        forget_routers()  # any left from a cluster before this one
         controller = (
             rj.remote(ServeController)
             .options(
@@ -175,6 +176,7 @@ class ServeStatus:
 
     applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
     proxy_url: str | None = None
+    proxies: dict[str, str] = field(default_factory=dict)  # node -> status, as in Ray
 
     def rows(self) -> list[tuple[str, str, str, str, str, int]]:
         found = []
@@ -241,7 +243,8 @@ def status() -> ServeStatus:
             app["route_prefix"],
             deployments,
         )
-    return ServeStatus(apps, raw["proxy_url"])
+    proxies = {"head": "HEALTHY"} if raw["proxy_url"] else {}
+    return ServeStatus(apps, raw["proxy_url"], proxies)
 
 
 def _status_raw() -> dict[str, Any]:
