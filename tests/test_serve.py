@@ -183,6 +183,8 @@ def test_streaming_over_http_and_through_a_handle(url):
         rj.get(gate.open.remote(), timeout=10)
         assert "".join(chunks) == "line 0\nline 1\nline 2\n"
     assert list(handle.options(stream=True).numbers.remote(4)) == [0, 1, 4, 9]
+    stream = handle.options(stream=True).numbers.remote(3)
+    assert next(stream) == 0 and list(stream) == [1, 4]
 
 
 @serve.deployment(**ZERO_CPU)

@@ -48,6 +48,14 @@ class Deployment:
         return self.config.max_ongoing_requests
 
     @property
+    def max_queued_requests(self) -> int:
+        return self.config.max_queued_requests
+
+    @property
+    def ray_actor_options(self) -> dict[str, Any]:
+        return dict(self.config.ray_actor_options)
+
+    @property
     def config(self) -> DeploymentConfig:
         return build_config(self._options)
 

@@ -331,6 +331,12 @@ class DeploymentResponseGenerator:
     def __init__(self, request: _Request, router: Router) -> None:
         self._request = request
         self._router = router
+        self._iterator: Iterator[Any] | None = None
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = iter(self)
+        return next(self._iterator)
 
     def _generator(self, timeout_s: float | None = 60.0) -> Any:
         return self._request.result.result(timeout_s)
