@@ -262,3 +262,17 @@ def test_the_live_view_shows_each_deployment_with_its_requests_and_latency(url):
     assert "Greeter" in view.widget.value and "2/2" in view.widget.value
     serve.shutdown()
     assert not view.refresh()  # it stops by itself once serve is gone
+
+
+def test_a_taken_port_is_refused_naming_the_fix(url):
+    import socket
+
+    serve.shutdown()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="http_options"):
+            serve.start(http_options={"port": port})
+    with pytest.raises(ValueError, match="valid keys"):
+        serve.start(http_options={"prot": 1})

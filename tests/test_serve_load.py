@@ -219,3 +219,24 @@ def test_delete_lets_requests_in_flight_finish():
     rj.get(gate.open.remote())
     assert response.result(timeout_s=20) == "finished"
     wait_for_condition(lambda: "slow" not in serve.status().applications, timeout=20)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Stuck:
+    def __init__(self, gate):
+        self.gate = gate
+
+    async def __call__(self, request):
+        await self.gate.wait.remote()
+        return "late"
+
+
+def test_a_request_past_request_timeout_s_gets_408():
+    serve.shutdown()
+    url = serve.start(http_options={"port": 0, "request_timeout_s": 0.3})
+    gate = new_gate()
+    serve.run(Stuck.bind(gate), name="stuck", route_prefix="/stuck")
+    response = httpx.get(f"{url}/stuck", timeout=20)
+    assert response.status_code == 408 and "request_timeout_s" in response.json()["error"]
+    rj.get(gate.open.remote())
+    assert httpx.get(f"{url}/stuck", timeout=20).text == "late"

@@ -501,8 +501,13 @@ class ServeController:
         proxy = rj.remote(Proxy).options(num_cpus=0, max_concurrency=100).remote()
         try:
             port = await proxy.start.remote(http_options)
-        except Exception:
+        except Exception as error:
             rj.kill(proxy)
+            if isinstance(error, OSError):  # the port is taken, or the host is not ours
+                raise OSError(
+                    f"the HTTP proxy cannot listen on {http_options.host}:{http_options.port} "
+                    f"({error}); pass serve.start(http_options={{'port': N}}), 0 picks a free one"
+                ) from None
             raise
         self.proxy, self.http_options = proxy, http_options
         host = http_options.host if http_options.host not in ("0.0.0.0", "::") else "127.0.0.1"
