@@ -42,6 +42,7 @@ def test_a_redeploy_with_more_replicas_is_updating_until_they_run():
     assert plan.reconcile() == [StartReplica("Model#2")]
     plan.on_started("Model#2")
     assert plan.status() is DeploymentStatus.HEALTHY
+    plan.validate()
 
 
 def test_an_unhealthy_replica_is_killed_and_replaced():
@@ -54,6 +55,7 @@ def test_an_unhealthy_replica_is_killed_and_replaced():
     plan.on_stopped("Model#1")
     plan.on_started("Model#2")
     assert plan.running() == ["Model#2"] and plan.status() is DeploymentStatus.HEALTHY
+    plan.validate()
 
 
 def test_scaling_down_stops_starting_replicas_before_running_ones():
@@ -67,6 +69,7 @@ def test_scaling_down_stops_starting_replicas_before_running_ones():
     plan.on_stopped("Model#3")
     plan.reconcile()
     assert plan.status() is DeploymentStatus.HEALTHY
+    plan.validate()
 
 
 def test_a_constructor_that_keeps_failing_fails_the_deployment():
@@ -77,6 +80,15 @@ def test_a_constructor_that_keeps_failing_fails_the_deployment():
     assert plan.status() is DeploymentStatus.DEPLOY_FAILED
     assert all(isinstance(a, StopReplica) for a in plan.reconcile())  # no more starts
     assert "bad weights" in plan.last_error
+    plan.validate()
+
+
+def test_validate_catches_a_plan_short_of_its_target():
+    plan = DeploymentPlan("Model", target=2)
+    plan.reconcile()
+    plan.replicas.pop("Model#2")  # as if a replica were lost without an event
+    with pytest.raises(AssertionError):
+        plan.validate()
 
 
 def test_an_undeclared_transition_raises_naming_the_states():

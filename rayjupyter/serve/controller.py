@@ -149,6 +149,7 @@ class ServeController:
                 self._start_replica(dep, action.replica_id)
             else:
                 await self._stop_replica(dep, action.replica_id, action.graceful)
+        plan.validate()
         if plan.target == 0 and not plan.replicas and self.apps.get(dep.app, None) is not None:
             app = self.apps[dep.app]
             if app.deleting or dep.spec.name not in app.deployments:

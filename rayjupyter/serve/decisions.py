@@ -178,11 +178,16 @@ class DeploymentPlan:
         return found
 
     def validate(self) -> None:
-        """Invariants: ids unique by construction; never more live replicas than the target
-        after a reconcile; states are the enum's."""
+        """Invariants (the controller checks them after every reconcile; tests at the end):
+        states are the enum's, a kill still to order names a STOPPING replica, and after a
+        reconcile the live replicas are the target unless starting has failed for good."""
+        assert self.target >= 0, self.target
         for replica_id, state in self.replicas.items():
             assert isinstance(state, ReplicaState), (replica_id, state)
-        assert self.target >= 0
+        for stop in self._pending_stops:
+            assert self.replicas.get(stop.replica_id) is ReplicaState.STOPPING, stop
+        if not self._pending_stops and not self.failed():
+            assert len(self.live()) == self.target, (self.name, self.target, self.replicas)
 
 
 @dataclass
