@@ -160,7 +160,8 @@ class ServeController:
     def _start_replica(self, dep: _Deployment, replica_id: str) -> None:
         from rayjupyter.serve.replica import Replica
 
-        options = dict(dep.config.ray_actor_options)
+        # replicas spread over the nodes, as Ray Serve places them
+        options = {"scheduling_strategy": "SPREAD", **dep.config.ray_actor_options}
         actor = (
             rj.remote(Replica)
             .options(**options, max_concurrency=_REPLICA_CONCURRENCY)

@@ -29,7 +29,6 @@ import rayjupyter as rj
 from rayjupyter.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
-    GetTimeoutError,
     RayActorError,
 )
 from rayjupyter.serve.decisions import choose_replica
@@ -448,5 +447,4 @@ __all__ = [
     "DeploymentHandle",
     "DeploymentResponse",
     "DeploymentResponseGenerator",
-    "GetTimeoutError",
 ]
