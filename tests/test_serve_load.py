@@ -240,3 +240,34 @@ def test_a_request_past_request_timeout_s_gets_408():
     assert response.status_code == 408 and "request_timeout_s" in response.json()["error"]
     rj.get(gate.open.remote())
     assert httpx.get(f"{url}/stuck", timeout=20).text == "late"
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=1,
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 600,
+        "metrics_interval_s": 0.1,
+        "look_back_period_s": 0.2,
+    },
+)
+class Narrow:
+    def __init__(self, gate):
+        self.gate = gate
+
+    async def work(self):
+        await self.gate.wait.remote()
+        return "done"
+
+
+def test_requests_queued_in_a_handle_count_as_load_for_autoscaling():
+    gate = new_gate()
+    handle = serve.run(Narrow.bind(gate), name="narrow", route_prefix=None)
+    held = [handle.work.remote() for _ in range(3)]  # 1 runs (max_ongoing_requests), 2 wait
+    wait_for_condition(lambda: _replicas("narrow", "Narrow")[0] == 2, timeout=20)
+    rj.get(gate.open.remote())
+    assert [r.result(timeout_s=20) for r in held] == ["done"] * 3

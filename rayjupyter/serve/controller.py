@@ -32,6 +32,8 @@ from rayjupyter.serve.decisions import (
 from rayjupyter.serve.deployment import DeploymentSpec
 
 _TICK_S = 0.05
+# a router's queue report counts this long (routers repeat it while calls wait)
+_QUEUE_REPORT_TTL_S = 2.0
 # calls that may wait in a replica at once beyond max_ongoing_requests (health checks,
 # metrics, and requests from several routers waiting for a slot there)
 _REPLICA_CONCURRENCY = 1000
@@ -60,6 +62,8 @@ class _Deployment:
     last_health: float = 0.0
     last_metrics: float = 0.0
     busy: set[str] = field(default_factory=set)  # replicas with a check in flight
+    # router id -> (calls queued in it, when it said so), one entry per calling process
+    queued: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def config(self) -> DeploymentConfig:
@@ -137,6 +141,8 @@ class ServeController:
             running = plan.running()
             if running:
                 counts = [dep.ongoing.get(r, 0) for r in running]
+                queued = sum(n for n, at in dep.queued.values() if now - at < _QUEUE_REPORT_TTL_S)
+                counts.append(queued)  # calls waiting in handles count as load too
                 plan.set_target(dep.policy.decide(now, plan.target, counts))
             for replica in running:
                 self._check(dep, replica, metrics_only=True)
@@ -446,6 +452,16 @@ class ServeController:
                 "deployments": deployments,
             }
         return {"applications": apps, "proxy_url": self.proxy_url}
+
+    def report_queued(self, app: str, deployment: str, router_id: str, queued: int) -> None:
+        """A router's queue length (its calls waiting for a replica slot)."""
+        dep = self.deployments.get((app, deployment))
+        if dep is None:
+            return
+        if queued:
+            dep.queued[router_id] = (queued, time.monotonic())
+        else:
+            dep.queued.pop(router_id, None)
 
     async def metrics(self, window_s: float) -> dict[str, Any]:
         """Each deployment's replicas now: ongoing and completed requests, and the latencies

@@ -21,6 +21,8 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,7 @@ from rayjupyter.serve.decisions import choose_replica
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
 SERVE_NAMESPACE = "serve"
 _LONG_POLL_S = 5.0
+_REPORT_S = 0.1  # at most this often a router reports its queue length
 
 
 class BackPressureError(RuntimeError):
@@ -83,6 +86,9 @@ class Router:
         self.polling = False
         self.dispatcher: threading.Thread | None = None
         self.closed = False
+        self.router_id = uuid.uuid4().hex
+        self.reported = 0  # the queue length last told to the controller, and when
+        self.reported_at = 0.0
         self._apply(rj.get(_controller().listen.remote(app_name, deployment, -1, 0.0), timeout=30))
 
     # ------------------------------------------------------------------ replica set
@@ -113,6 +119,7 @@ class Router:
         if self.update is not None:
             (answer,), self.update = self.update, None
             self._apply(answer)
+        self._report_queue()
         if self.polling or self.closed:
             return
         self.polling = True
@@ -122,6 +129,17 @@ class Router:
             .future()
         )
         future.add_done_callback(self._polled)
+
+    def _report_queue(self) -> None:
+        """Tell the controller how many calls wait here (autoscaling counts them with the
+        replicas' ongoing ones): on a change, and again every _REPORT_S while any wait,
+        as the controller forgets a report older than its time to live."""
+        queued = len(self.pending)
+        now = time.monotonic()
+        if self.closed or (queued == self.reported == 0) or now - self.reported_at < _REPORT_S:
+            return
+        self.reported, self.reported_at = queued, now
+        _controller().report_queued.remote(self.app_name, self.deployment, self.router_id, queued)
 
     def _polled(self, future: concurrent.futures.Future[Any]) -> None:
         with self.lock:
