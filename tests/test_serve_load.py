@@ -158,20 +158,22 @@ def test_a_replica_killed_under_load_loses_at_most_the_request_in_flight(url):
     threads = [threading.Thread(target=load, args=(i == 0,)) for i in range(3)]
     for thread in threads:
         thread.start()
-    wait_for_condition(lambda: len(answered) > 30, timeout=20)
-    os.kill(victim, signal.SIGKILL)
-    wait_for_condition(
-        lambda: (
-            _replicas("kill", "Worker") == (2, 2)
-            and victim not in {handle.pid.remote().result(timeout_s=10) for _ in range(10)}
-        ),
-        timeout=30,
-    )
-    count = len(answered)
-    wait_for_condition(lambda: len(answered) > count + 30, timeout=20)  # still serving
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        wait_for_condition(lambda: len(answered) > 30, timeout=20)
+        os.kill(victim, signal.SIGKILL)
+        wait_for_condition(
+            lambda: (
+                _replicas("kill", "Worker") == (2, 2)
+                and victim not in {handle.pid.remote().result(timeout_s=10) for _ in range(10)}
+            ),
+            timeout=30,
+        )
+        count = len(answered)
+        wait_for_condition(lambda: len(answered) > count + 30, timeout=20)  # still serving
+    finally:  # the load stops even when a wait fails
+        stop.set()
+        for thread in threads:
+            thread.join(30)
     assert len(failures) <= 1, failures
 
 
