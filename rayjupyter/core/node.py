@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, ids, protocol, task_events
+from rayjupyter.core import auth, discovery, ids, placement_groups, protocol, task_events
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -41,6 +41,7 @@ from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError, Ta
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_peers import NodePeers
+from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
@@ -132,6 +133,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.ActorHomes: "on_actor_homes",
         P.UploadPackage: "on_upload_package",
         P.RegisterRuntimeEnv: "on_register_runtime_env",
+        P.CreatePlacementGroup: "on_create_placement_group",
+        P.RemovePlacementGroup: "on_remove_placement_group",
+        P.QueryPlacementGroups: "on_query_placement_groups",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -158,13 +162,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
+        totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
         self.resources = ResourcePool(totals)
         self.scheduler = Scheduler(self.resources)
+        self.placement = NodePlacement(self)  # bundles held here; on the head, the group table
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
+        self.placement.table.node_joined(self.node_id, me.resources)
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
@@ -202,6 +209,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self._open_channel(bytes.fromhex(driver_id), link)
         self.listen_for_local_drivers()
         self.init_peers()
+        self.peer_handlers[P.Reply] = self.placement.on_peer_reply
         self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
@@ -359,7 +367,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def advertised(self) -> dict[str, float]:
         """What this node offers, as the node table shows it."""
-        advertised = dict(self.resources.total)
+        advertised = self.placement.ledger.base_total()  # without our groups' bundles
         advertised["object_store_memory"] = float(self.config.object_store_memory)
         return advertised
 
@@ -423,6 +431,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             namespace=namespace,
             parent=parent,
             env=message.runtime_env,
+            strategy=message.strategy,
         )
         if parent is not None and parent in self.tasks:
             self.tasks[parent].children.append(task.task_id)
@@ -477,7 +486,11 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if task.actor_id:
             if not self.actor_call_admitted(task):
                 return
-        elif not self.resources.feasible(task.demand) and not self.feasible_on_peer(task.demand):
+        elif (
+            not self.resources.feasible(task.demand)
+            and not self.feasible_on_peer(task.demand)
+            and placement_groups.names_group(task.demand) is None  # a group warns by itself
+        ):
             self._warn_infeasible(task.name, task.demand)
         if task.missing == 0:
             self.task_ready(task)
@@ -492,6 +505,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 return
             task.transition(TaskState.READY)
             self.pump_actor(task.actor_id)
+        elif task.strategy[:1] in ("S", "n") and self.placement.place(task):
+            return  # SPREAD or node affinity: sent to its node (or failed)
         elif not self.place_by_locality(task) and not self._pull_deps(task):
             self.scheduler.make_ready(task)
 
@@ -646,6 +661,15 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             value = ValueError(f"unknown request {message.what!r}")
         self.send(client, P.Reply(message.request_id, value))
 
+    def on_create_placement_group(self, client: bytes, message: P.CreatePlacementGroup) -> None:
+        self.placement.on_create(client, message)
+
+    def on_remove_placement_group(self, client: bytes, message: P.RemovePlacementGroup) -> None:
+        self.placement.on_remove(client, message)
+
+    def on_query_placement_groups(self, client: bytes, message: P.QueryPlacementGroups) -> None:
+        self.placement.on_query(client, message)
+
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
 
@@ -689,6 +713,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             for _ in range(count):
                 self.decref(object_id)
         self.store.release_client(client)
+        self.placement.client_gone(client)
 
     def incref(self, object_id: bytes) -> None:
         """One more hold on an object, or on an actor (its handles count like refs)."""
@@ -933,6 +958,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 task.method,
                 task.job,
                 task.gpu_ids,
+                task.strategy,
             ),
         )
 

@@ -68,6 +68,7 @@ class ActorRecord:
     exiting: bool = False
     release_when_idle: bool = False
     host: str = ""  # the peer node that runs its process ("": this node)
+    placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
     host_node: bytes = b""
 
     @property
@@ -269,6 +270,12 @@ class NodeActors:
             if actor is None or actor.state is not ActorState.PENDING:
                 node.pending_actors.discard(actor_id)
                 continue
+            where = node.placement.place_actor(actor)  # SPREAD, node affinity
+            if where == "done":
+                node.pending_actors.discard(actor_id)
+                continue
+            if where == "here" and not node.resources.fits(actor.place_demand):
+                continue
             if not node.resources.fits(actor.place_demand):
                 peers = node.peer_nodes()
                 peer = node.choose_peer(actor.place_demand, peers) if peers else None
@@ -306,6 +313,7 @@ class NodeActors:
                 max_concurrency,
                 actor.job,
                 actor.gpu_ids,
+                str(actor.options.get("strategy") or ""),
             ),
         )
 

@@ -54,6 +54,7 @@ class SubmitTask(NamedTuple):
     actor_id: bytes  # b"" for a task; else the actor whose ``method`` to call
     method: str
     runtime_env: str = ""  # digest of a registered env (RegisterRuntimeEnv); "" for none
+    strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
 
 
 class CreateActor(NamedTuple):
@@ -236,6 +237,36 @@ class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
 
+class CreatePlacementGroup(NamedTuple):
+    """``rj.util.placement_group(...)``: the head adds the group; answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    bundles: tuple[dict[str, float], ...]
+    strategy: str  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    name: str
+    lifetime: str | None  # None or "detached"
+    job: bytes = b""  # the creating job, filled in by the first node (relayed to the head)
+    namespace: str = ""
+
+
+class RemovePlacementGroup(NamedTuple):
+    """``rj.util.remove_placement_group(pg)``: answered with ``Reply`` (None)."""
+
+    request_id: int
+    group_id: bytes
+
+
+class QueryPlacementGroups(NamedTuple):
+    """The group table (Ray's ``placement_group_table`` rows): one group by id or by name,
+    or all of them (both empty); answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    name: str
+    namespace: str = ""
+
+
 # ---------------------------------------------------------------- node -> client
 
 
@@ -270,6 +301,7 @@ class ExecuteTask(NamedTuple):
     method: str
     job_id: bytes  # the driver the work belongs to (runtime context)
     gpu_ids: tuple[int, ...]  # GPUs assigned to this task (CUDA_VISIBLE_DEVICES)
+    strategy: str = ""  # its scheduling strategy string: the running code's placement group
 
 
 class StartActor(NamedTuple):
@@ -283,6 +315,7 @@ class StartActor(NamedTuple):
     max_concurrency: int  # 1 for a plain actor
     job_id: bytes
     gpu_ids: tuple[int, ...]
+    strategy: str = ""  # the actor's scheduling strategy string (its placement group)
 
 
 class RevokeTask(NamedTuple):
@@ -329,6 +362,9 @@ class ClusterView(NamedTuple):
     """
 
     nodes: tuple[tuple[bytes, str, bool, dict[str, float], dict[str, float], int], ...]
+    # the placement-group bundles the receiving node is to hold: (group id, index, resources)
+    bundles: tuple[tuple[bytes, int, dict[str, float]], ...] = ()
+    removed: tuple[bytes, ...] = ()  # groups removed lately: their work here fails
 
 
 class Reply(NamedTuple):
@@ -365,6 +401,9 @@ CLIENT_TO_NODE = (
     ActorHomes,
     UploadPackage,
     RegisterRuntimeEnv,
+    CreatePlacementGroup,
+    RemovePlacementGroup,
+    QueryPlacementGroups,
 )
 NODE_TO_CLIENT = (
     Welcome,

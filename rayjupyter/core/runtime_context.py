@@ -15,6 +15,9 @@ class _Process:
     worker_id: bytes = b""
     actor_id: bytes = b""
     actor_gpu_ids: tuple[int, ...] = ()
+    # the running work's scheduling strategy string (scheduling_strategies.resolve): a
+    # pool worker's task or an actor's process; "" outside any group or strategy
+    placement: str = ""
 
 
 current = _Process()
