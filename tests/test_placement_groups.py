@@ -1,0 +1,200 @@
+"""Placement groups on real clusters: bundles reserved across nodes (all or nothing), work
+placed in them, removal, a node's death, an infeasible group's warning."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_for_condition, wait_for_pids_gone
+from test_multinode import Nodes
+
+import rayjupyter as rj
+from rayjupyter.exceptions import ActorDiedError, TaskPlacementGroupRemoved
+from rayjupyter.util import (
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+from rayjupyter.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def nodes() -> Iterator[Nodes]:
+    head = rj.init(num_cpus=1)
+    started = Nodes(head)
+    try:
+        yield started
+    finally:
+        started.stop()
+        rj.shutdown()
+
+
+def alive_nodes() -> int:
+    return sum(1 for row in rj.nodes() if row["Alive"])
+
+
+def in_group(group: Any, index: int = -1, capture: bool | None = None) -> Any:
+    return PlacementGroupSchedulingStrategy(group, index, capture)
+
+
+@rj.remote(num_cpus=1)
+def node_of(delay: float = 0.0) -> str:
+    time.sleep(delay)
+    return rj.get_runtime_context().get_node_id()
+
+
+@rj.remote(num_cpus=1)
+class Where:
+    def node(self) -> str:
+        return rj.get_runtime_context().get_node_id()
+
+    def group(self) -> str | None:
+        group = get_current_placement_group()
+        return group.id.hex() if group else None
+
+
+def test_pack_and_strict_spread_over_three_nodes(nodes: Nodes) -> None:
+    nodes.join(num_cpus=2)
+    nodes.join(num_cpus=2)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+
+    spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+    assert spread.wait(30)
+    row = placement_group_table(spread)
+    assert row["state"] == "CREATED" and row["strategy"] == "STRICT_SPREAD"
+    holders = row["bundles_to_node_id"]
+    assert len(set(holders.values())) == 3
+    where = rj.get(
+        [node_of.options(scheduling_strategy=in_group(spread, i)).remote() for i in range(3)],
+        timeout=30,
+    )
+    assert where == [holders[i] for i in range(3)]  # each task ran on its bundle's node
+
+    pack = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="PACK", name="packed")
+    assert rj.get(pack.ready(), timeout=30) == pack
+    packed = placement_group_table(pack)["bundles_to_node_id"]
+    assert packed[0] == packed[1]  # both on one node: it has the room
+    assert get_placement_group("packed") == pack
+    assert get_placement_group("packed").bundle_specs == [{"CPU": 0.5}, {"CPU": 0.5}]
+    assert set(placement_group_table()) >= {spread.id.hex(), pack.id.hex()}
+
+    remove_placement_group(spread)
+    remove_placement_group(pack)
+    wait_for_condition(lambda: rj.available_resources().get("CPU") == 5, timeout=10)
+    assert placement_group_table(spread)["state"] == "REMOVED"
+    with pytest.raises(ValueError, match="packed"):
+        get_placement_group("packed")
+
+
+def test_all_or_nothing_warning_and_a_node_that_joins(nodes: Nodes, capfd: Any) -> None:
+    nodes.join(num_cpus=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    started = time.monotonic()
+    group = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")  # 3 nodes needed
+    wait_for_condition(lambda: "cannot be placed" in capfd.readouterr().err, timeout=5)
+    assert time.monotonic() - started < 5
+    assert not group.wait(0.5)
+    assert placement_group_table(group)["state"] == "PENDING"
+    assert rj.available_resources().get("CPU") == 2  # nothing reserved: all or nothing
+    nodes.join(num_cpus=1)
+    assert group.wait(30)  # now there is room: it is placed
+    assert len(set(placement_group_table(group)["bundles_to_node_id"].values())) == 3
+    assert "cannot be placed" not in capfd.readouterr().err  # said once
+    remove_placement_group(group)
+
+
+def test_work_in_a_bundle_uses_only_its_resources(cluster: Any) -> None:
+    group = placement_group([{"CPU": 1}])
+    assert group.wait(30)
+    with pytest.raises(ValueError, match="cannot fit in bundle 0"):
+        node_of.options(num_cpus=2, scheduling_strategy=in_group(group, 0)).remote()
+    first = node_of.options(scheduling_strategy=in_group(group, 0)).remote(1.0)
+    second = node_of.options(scheduling_strategy=in_group(group)).remote()
+    outside = node_of.remote()  # the other CPU, outside the group
+    assert rj.get(outside, timeout=30)
+    ready, _ = rj.wait([second], timeout=0.3)
+    assert ready == []  # the bundle's one CPU is busy with the first
+    rj.get([first, second], timeout=30)
+    remove_placement_group(group)
+
+
+def test_removal_kills_actors_and_fails_queued_tasks(cluster: Any) -> None:
+    group = placement_group([{"CPU": 1}])
+    assert group.wait(30)
+    actor = Where.options(scheduling_strategy=in_group(group, 0)).remote()
+    assert rj.get(actor.group.remote(), timeout=30) == group.id.hex()
+    queued = node_of.options(scheduling_strategy=in_group(group, 0)).remote()  # no CPU left
+    ready, _ = rj.wait([queued], timeout=0.3)
+    assert ready == []
+    remove_placement_group(group)
+    with pytest.raises(TaskPlacementGroupRemoved):
+        rj.get(queued, timeout=10)
+    with pytest.raises(ActorDiedError, match="placement group"):
+        rj.get(actor.node.remote(), timeout=10)
+    wait_for_condition(lambda: rj.available_resources().get("CPU") == 2, timeout=10)
+    assert not any("_group_" in key for key in rj.cluster_resources())
+
+
+def test_capture_child_tasks_and_the_current_group(cluster: Any) -> None:
+    group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    assert group.wait(30)
+
+    @rj.remote(num_cpus=0)
+    def child() -> str | None:
+        current = get_current_placement_group()
+        return current.id.hex() if current else None
+
+    @rj.remote(num_cpus=1)
+    def parent() -> tuple[str | None, str | None]:
+        current = get_current_placement_group()
+        return (current.id.hex() if current else None, rj.get(child.remote(), timeout=30))
+
+    assert get_current_placement_group() is None
+    captured = parent.options(scheduling_strategy=in_group(group, 0, True)).remote()
+    assert rj.get(captured, timeout=30) == (group.id.hex(), group.id.hex())
+    free = parent.options(scheduling_strategy=in_group(group, 1)).remote()
+    assert rj.get(free, timeout=30) == (group.id.hex(), None)
+    legacy = parent.options(placement_group=group, placement_group_capture_child_tasks=True)
+    assert rj.get(legacy.remote(), timeout=30) == (group.id.hex(), group.id.hex())
+    remove_placement_group(group)
+
+
+def test_a_dead_node_takes_its_bundles_and_the_group_is_placed_again(nodes: Nodes) -> None:
+    first = nodes.join(num_cpus=1)
+    second = nodes.join(num_cpus=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    assert group.wait(30)
+    held = placement_group_table(group)["bundles_to_node_id"]
+    ports = {int(node.address.rpartition(":")[2]): node.pid for node in (first, second)}
+    pids = {
+        row["NodeID"]: ports[row["NodeManagerPort"]]
+        for row in rj.nodes()
+        if row["NodeManagerPort"] in ports
+    }
+    doomed_index, doomed_id = next((i, n) for i, n in held.items() if n in pids)
+    actor = Where.options(
+        scheduling_strategy=in_group(group, doomed_index), max_restarts=1
+    ).remote()
+    assert rj.get(actor.node.remote(), timeout=30) == doomed_id
+    os.kill(pids[doomed_id], signal.SIGKILL)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+
+    def placed_again() -> bool:
+        row = placement_group_table(group)
+        return row["state"] == "CREATED" and doomed_id not in row["bundles_to_node_id"].values()
+
+    wait_for_condition(placed_again, timeout=15)
+    moved_to = placement_group_table(group)["bundles_to_node_id"][doomed_index]
+    assert rj.get(actor.node.remote(), timeout=30) == moved_to  # restarted in its bundle
+    wait_for_pids_gone([pids[doomed_id]], timeout=10)
+    remove_placement_group(group)
