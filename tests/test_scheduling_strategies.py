@@ -3,6 +3,8 @@ soft), a placement group's bundle for actors, and the node:<ip> resources."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -13,7 +15,12 @@ from test_multinode import Nodes
 import rayjupyter as rj
 from rayjupyter.core import api
 from rayjupyter.exceptions import ActorDiedError, TaskUnschedulableError
-from rayjupyter.util import placement_group, placement_group_table, remove_placement_group
+from rayjupyter.util import (
+    get_current_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 from rayjupyter.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -50,6 +57,10 @@ def node_of(delay: float = 0.0) -> str:
 class Where:
     def node(self) -> str:
         return rj.get_runtime_context().get_node_id()
+
+    def bundles(self) -> list[dict[str, float]]:
+        group = get_current_placement_group()  # asked of the head through this node
+        return group.bundle_specs if group else []
 
 
 def test_default_and_spread_use_every_node(three: list[str]) -> None:
@@ -102,6 +113,7 @@ def test_actors_in_a_bundle_follow_it(three: list[str]) -> None:
         for i in range(3)
     ]
     assert [rj.get(a.node.remote(), timeout=30) for a in actors] == [holders[i] for i in range(3)]
+    assert rj.get([a.bundles.remote() for a in actors], timeout=30) == [[{"CPU": 1.0}] * 3] * 3
     with pytest.raises(ValueError, match="out of range"):
         PlacementGroupSchedulingStrategy(group, 3)
     remove_placement_group(group)
@@ -124,3 +136,28 @@ def test_strategies_are_checked_at_the_call(three: list[str]) -> None:
         PlacementGroupSchedulingStrategy("group", 0)
     with pytest.raises(ValueError, match="_spill_on_unavailable"):
         NodeAffinitySchedulingStrategy(three[0], soft=True, _spill_on_unavailable=True)
+
+
+def test_hard_affinity_fails_when_its_node_dies() -> None:
+    head = rj.init(num_cpus=1)
+    started = Nodes(head)
+    try:
+        doomed = started.join(num_cpus=1)
+        wait_for_condition(lambda: sum(r["Alive"] for r in rj.nodes()) == 2, timeout=10)
+        port = int(doomed.address.rpartition(":")[2])
+        target = next(r["NodeID"] for r in rj.nodes() if r["NodeManagerPort"] == port)
+        pinned = node_of.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False), max_retries=2
+        )
+        preferred = node_of.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=True), max_retries=2
+        )
+        hard, soft = pinned.remote(30), preferred.remote(2)
+        wait_for_condition(lambda: rj.available_resources().get("CPU", 0) == 1, timeout=10)
+        os.kill(doomed.pid, signal.SIGKILL)
+        with pytest.raises(TaskUnschedulableError, match="died"):
+            rj.get(hard, timeout=30)
+        assert rj.get(soft, timeout=30) == api._state["context"].address_info["node_id"]
+    finally:
+        started.stop()
+        rj.shutdown()

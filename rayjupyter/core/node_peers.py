@@ -343,9 +343,11 @@ class NodePeers:
             del self.forwarded[task.task_id]
             if task.state is not TaskState.RUNNING:
                 continue
-            if task.retry():
+            if task.retry() and node.placement.requeue(task, node_id):
                 task.transition(TaskState.READY)
                 node.scheduler.ready.appendleft(task)
+            elif task.state is TaskState.FAILED:
+                continue  # its node affinity ruled every other node out
             else:
                 error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
                 node.fail_task(task, pickle.dumps(error, protocol=5))

@@ -292,8 +292,27 @@ class NodePlacement:
             error = TaskUnschedulableError(f"Task {task.name!r} cannot be scheduled: {target}.")
             node.fail_task(task, pickle.dumps(error, protocol=5))
             return True
-        if target is None or target == node.node_id:
+        if target is None or (target == node.node_id and task.strategy == "SPREAD"):
             return False
+        if target == node.node_id:  # pinned here: not moved by locality or spill-over
+            if not node._pull_deps(task):
+                node.scheduler.make_ready(task)
+            return True
         peer = next(p for p in node.peer_nodes() if p.node_id == target)
         node.forward(task, peer)
         return True
+
+    def requeue(self, task: TaskRecord, dead: bytes) -> bool:
+        """A task retried after its node died: False if its node affinity rules that out
+        (it has failed then); a soft affinity lets it run anywhere."""
+        if not task.strategy.startswith("node:") or task.strategy.split(":")[1] != dead.hex():
+            return True
+        if task.strategy.endswith(":1"):
+            task.strategy = ""
+            return True
+        error = TaskUnschedulableError(
+            f"Task {task.name!r} cannot be scheduled: its node {dead.hex()} died "
+            f"(NodeAffinitySchedulingStrategy, soft=False)."
+        )
+        self.node.fail_task(task, pickle.dumps(error, protocol=5))
+        return False
