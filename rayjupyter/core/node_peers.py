@@ -343,14 +343,12 @@ class NodePeers:
             del self.forwarded[task.task_id]
             if task.state is not TaskState.RUNNING:
                 continue
-            if task.retry() and node.placement.requeue(task, node_id):
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
-            elif task.state is TaskState.FAILED:
-                continue  # its node affinity ruled every other node out
-            else:
+            if not task.retry():
                 error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
                 node.fail_task(task, pickle.dumps(error, protocol=5))
+            elif node.placement.requeue(task, node_id):  # (else: pinned there, it failed)
+                task.transition(TaskState.READY)
+                node.scheduler.ready.appendleft(task)
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
