@@ -198,3 +198,23 @@ def test_a_dead_node_takes_its_bundles_and_the_group_is_placed_again(nodes: Node
     assert rj.get(actor.node.remote(), timeout=30) == moved_to  # restarted in its bundle
     wait_for_pids_gone([pids[doomed_id]], timeout=10)
     remove_placement_group(group)
+
+
+def test_gpus_in_a_bundle_get_device_ids() -> None:
+    rj.init(num_cpus=1, num_gpus=2)
+    try:
+        group = placement_group([{"GPU": 1}])
+        assert group.wait(30)
+
+        @rj.remote(num_cpus=0, num_gpus=1)
+        def devices() -> tuple[list[int], str]:
+            return rj.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+        ids, visible = rj.get(
+            devices.options(scheduling_strategy=in_group(group, 0)).remote(), timeout=30
+        )
+        assert len(ids) == 1 and visible == str(ids[0])
+        remove_placement_group(group)
+        wait_for_condition(lambda: rj.available_resources().get("GPU") == 2, timeout=10)
+    finally:
+        rj.shutdown()

@@ -855,7 +855,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         worker.lent = {}
         self.resources.release(demand)
         if task.gpu_ids:
-            self.resources.return_gpus(task.gpu_ids, task.demand.get("GPU", 0.0))
+            self.resources.return_gpus(task.gpu_ids, placement_groups.gpu_amount(task.demand))
             task.gpu_ids = ()
 
     def _unpin_deps(self, task: TaskRecord) -> None:
@@ -906,7 +906,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 continue
             if task.env != running.env:  # a worker runs the tasks of its own env only
                 continue
-            if task.demand.get("GPU"):
+            if placement_groups.gpu_amount(task.demand):
                 continue
             ready.popleft()
             task.transition(TaskState.RUNNING)
@@ -939,7 +939,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             func_blob = self.funcs.get(task.func_id)
             worker.known_funcs.add(task.func_id)
         if not task.actor_id:
-            task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
+            task.gpu_ids = self.resources.assign_gpus(placement_groups.gpu_amount(task.demand))
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
         self.send(

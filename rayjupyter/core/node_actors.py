@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import actor_file
+from rayjupyter.core import actor_file, placement_groups
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -285,7 +285,9 @@ class NodeActors:
                 continue
             node.pending_actors.discard(actor_id)
             node.resources.acquire(actor.run_demand)
-            actor.gpu_ids = node.resources.assign_gpus(actor.run_demand.get("GPU", 0.0))
+            actor.gpu_ids = node.resources.assign_gpus(
+                placement_groups.gpu_amount(actor.run_demand)
+            )
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
@@ -407,7 +409,7 @@ class NodeActors:
             return
         actor.worker = None
         node.resources.release(actor.run_demand)
-        node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+        node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
         actor.gpu_ids = ()
         self.restart_or_die(actor, f"its process died ({cause})")
 
@@ -465,7 +467,7 @@ class NodeActors:
             actor.worker is not None and actor.worker in node.workers
         ):
             node.resources.release(actor.run_demand)
-            node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+            node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         actor.transition(ActorState.DEAD)

@@ -93,6 +93,17 @@ def with_bundles(
     return total
 
 
+def gpu_amount(demand: dict[str, float]) -> float:
+    """The GPUs a demand takes, in a group's bundle too (they get device ids the same way)."""
+    amount = demand.get("GPU")
+    if amount is not None:
+        return amount
+    for key, value in demand.items():
+        if key.startswith("GPU_group_") and key.count("_") == 2:  # the group-wide name
+            return value
+    return 0.0
+
+
 def names_group(demand: dict[str, float]) -> bytes | None:
     """The group a demand was rewritten for, or None."""
     for key in demand:
