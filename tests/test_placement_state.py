@@ -182,6 +182,7 @@ def test_ledger_moves_resources_into_bundles_and_back() -> None:
     assert ledger.reconcile(()) == [group]  # ... when the group goes
     assert not any("_group_" in k for k in pool.total)
     assert pool.total["CPU"] == 4 and pool.available["CPU"] == 3  # its CPU is still in use
+    assert pool.redirect[pgs.wildcard_name("CPU", group)] == "CPU"
     pool.release(demand)  # it ends: the CPU comes back to the plain pool
     assert pool.available == {"CPU": 4}
 
@@ -194,6 +195,9 @@ def test_ledger_reconcile_is_idempotent() -> None:
     before = dict(pool.total)
     assert ledger.reconcile(wanted) == []
     assert pool.total == before
+    assert ledger.reconcile(()) == [gid(1)]
+    assert pool.total == pool.available == {"CPU": 2}
+    assert pool.redirect == {}  # nothing ran in it: nothing to give back later
 
 
 # ------------------------------------------------------------------ random runs

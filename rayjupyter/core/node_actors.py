@@ -161,7 +161,11 @@ class NodeActors:
         node.actors[actor.actor_id] = actor
         node.hold(client, actor.actor_id)  # the creator's handle
         demand = actor.place_demand
-        if not node.resources.feasible(demand) and not node.feasible_on_peer(demand):
+        if (
+            not node.resources.feasible(demand)
+            and not node.feasible_on_peer(demand)
+            and placement_groups.names_group(demand) is None  # a group warns by itself
+        ):
             node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
         node.admit(client, creation)
         if message.request_id:

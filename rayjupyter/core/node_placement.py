@@ -11,8 +11,11 @@ A node that is not the head relays its clients' group requests to the head.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import pickle
+import signal
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -231,17 +234,20 @@ class NodePlacement:
         )
 
     def end_running_work(self, group_id: bytes) -> None:
-        """Work that runs in bundles this node no longer holds: tasks are stopped, actors die."""
+        """Work that runs in bundles this node no longer holds: tasks are stopped; actors die
+        if the group was removed, else their process is killed (they restart where the
+        bundle is now, within max_restarts)."""
         node = self.node
+        removed = group_id in self.seen_removed
         for actor in list(node.actors.values()):
-            if actor.state is ActorState.DEAD:
+            if actor.state is ActorState.DEAD or pgs.names_group(actor.place_demand) != group_id:
                 continue
-            if pgs.names_group(actor.place_demand) == group_id and (
-                group_id in self.seen_removed or actor.host == ""
-            ):
-                actor.no_restart = group_id in self.seen_removed
-                reason = ActorPlacementGroupRemoved.default_message
-                node.actor_dies(actor, reason if actor.no_restart else "its bundle's node lost it")
+            if removed:
+                actor.no_restart = True
+                node.actor_dies(actor, ActorPlacementGroupRemoved.default_message)
+            elif not actor.host and actor.worker in node.workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         for task in list(node.tasks.values()):
             if (
                 not task.actor_id

@@ -33,6 +33,7 @@ BUNDLE_UNITS = 1000.0  # of bundle_group_*: each task in a bundle takes BUNDLE_S
 BUNDLE_SHARE = 0.001
 MAX_GROUPS = 10_000  # live groups in the table (setting: placement_groups.MAX_GROUPS)
 REMOVED_KEPT = 1_000  # removed groups still shown by placement_group_table
+REDIRECT_KEPT = 10_000  # names of released bundles that running work may still give back
 _EPS = 1e-9
 
 
@@ -471,7 +472,8 @@ class BundleLedger:
     def _release(self, group_id: bytes) -> None:
         """Give back every bundle of the group here; work still running in it gives its
         share back to the plain resources when it ends (``pool.redirect``)."""
-        total, available, redirect = self.pool.total, self.pool.available, self.pool.redirect
+        total, available = self.pool.total, self.pool.available
+        redirect: dict[str, str] = {}
         reserved: dict[str, float] = {}
         for key in [k for k in self.held if k[0] == group_id]:
             named = self.held.pop(key)
@@ -480,15 +482,21 @@ class BundleLedger:
                 total.pop(indexed_name(name, key[1], group_id), None)
                 available.pop(indexed_name(name, key[1], group_id), None)
                 redirect[indexed_name(name, key[1], group_id)] = ""
+        in_use = False
         for name, value in reserved.items():
             wild = wildcard_name(name, group_id)
             used = total.pop(wild, 0.0) - available.pop(wild, 0.0)
-            if name == "bundle":
-                redirect[wild] = ""
-                continue
-            total[name] = total.get(name, 0.0) + value
-            available[name] = available.get(name, 0.0) + value - used
-            redirect[wild] = name
+            in_use = in_use or used > _EPS
+            redirect[wild] = "" if name == "bundle" else name
+            if name != "bundle":
+                total[name] = total.get(name, 0.0) + value
+                available[name] = available.get(name, 0.0) + value - used
+        if in_use:  # only work still running needs to know where its share goes
+            pool_redirect = self.pool.redirect
+            if len(pool_redirect) > REDIRECT_KEPT:  # the oldest groups' work has long ended
+                for stale in list(pool_redirect)[: REDIRECT_KEPT // 2]:
+                    del pool_redirect[stale]
+            pool_redirect.update(redirect)
 
     def base_total(self) -> dict[str, float]:
         """The node's resources as if it held no bundle (what it registers with)."""
