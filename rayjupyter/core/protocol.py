@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: placement groups (new kinds shift the indices of later ones)
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
