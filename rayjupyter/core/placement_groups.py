@@ -130,6 +130,7 @@ class Group:
     state: GroupState = GroupState.PENDING
     nodes: list[bytes | None] = field(default_factory=list)  # node holding each bundle
     warned: bool = False  # the infeasible warning was given
+    never_at: int = -1  # the capacity epoch at which it was found not to fit at all
     history: list[GroupState] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
 
@@ -258,6 +259,9 @@ class PlacementGroups:
         self.removed: deque[Group] = deque(maxlen=REMOVED_KEPT)
         self.names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> group id
         self.capacity: dict[bytes, dict[str, float]] = {}  # live nodes' total resources
+        # bumped whenever capacity may have grown or changed (a node joined or died, a group
+        # went): a group that cannot fit at all is not tried again before it changes
+        self.epoch = 0
 
     # ------------------------------------------------------------ events
 
@@ -306,6 +310,7 @@ class PlacementGroups:
         if group.name and self.names.get((group.namespace, group.name)) == group_id:
             del self.names[(group.namespace, group.name)]
         self.removed.append(group)
+        self.epoch += 1
         return out
 
     def job_ended(self, creator: bytes) -> list[Instruction]:
@@ -319,10 +324,12 @@ class PlacementGroups:
     def node_joined(self, node_id: bytes, total: dict[str, float]) -> None:
         """A node's own resources (before any bundle), as it registered."""
         self.capacity[node_id] = dict(total)
+        self.epoch += 1
 
     def node_died(self, node_id: bytes) -> list[Instruction]:
         """Its bundles are gone: their groups go back to pending and are placed again."""
         self.capacity.pop(node_id, None)
+        self.epoch += 1
         for group in self.groups.values():
             if node_id in group.nodes:
                 group.nodes = [None if n == node_id else n for n in group.nodes]
@@ -344,12 +351,15 @@ class PlacementGroups:
             for node, free in room.items()
         }
         for group in waiting:
+            if group.never_at == self.epoch:
+                continue
             chosen = place(group.bundles, group.nodes, group.strategy, soft)
             if chosen is None:
-                never = place(group.bundles, group.nodes, group.strategy, room) is None
-                if never and not group.warned:
-                    group.warned = True
-                    out.append(Warn(group.group_id, group.creator, self._infeasible(group)))
+                if place(group.bundles, group.nodes, group.strategy, room) is None:
+                    group.never_at = self.epoch
+                    if not group.warned:
+                        group.warned = True
+                        out.append(Warn(group.group_id, group.creator, self._infeasible(group)))
                 continue
             for index, node in chosen.items():
                 group.nodes[index] = node
