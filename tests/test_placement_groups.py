@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +19,7 @@ from test_multinode import Nodes
 import rayjupyter as rj
 from rayjupyter.exceptions import ActorDiedError, TaskPlacementGroupRemoved
 from rayjupyter.util import (
+    PlacementGroup,
     get_current_placement_group,
     get_placement_group,
     placement_group,
@@ -218,3 +222,26 @@ def test_gpus_in_a_bundle_get_device_ids() -> None:
         wait_for_condition(lambda: rj.available_resources().get("GPU") == 2, timeout=10)
     finally:
         rj.shutdown()
+
+
+def test_a_drivers_groups_end_with_it_unless_detached(cluster: Any) -> None:
+    script = textwrap.dedent(
+        f"""
+        import rayjupyter as rj
+        from rayjupyter.util import placement_group
+        rj.init(address={cluster.connect_address!r})
+        mine = placement_group([{{"CPU": 0.5}}])
+        kept = placement_group([{{"CPU": 0.5}}], name="kept", lifetime="detached")
+        assert mine.wait(30) and kept.wait(30)
+        print(mine.id.hex(), kept.id.hex())
+        rj.shutdown()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    mine, kept = out.stdout.split()
+    wait_for_condition(lambda: placement_group_table()[mine]["state"] == "REMOVED", timeout=10)
+    assert placement_group_table()[kept]["state"] == "CREATED"
+    remove_placement_group(PlacementGroup(bytes.fromhex(kept)))  # (named in its namespace)
