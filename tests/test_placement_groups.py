@@ -245,3 +245,35 @@ def test_a_drivers_groups_end_with_it_unless_detached(cluster: Any) -> None:
     wait_for_condition(lambda: placement_group_table()[mine]["state"] == "REMOVED", timeout=10)
     assert placement_group_table()[kept]["state"] == "CREATED"
     remove_placement_group(PlacementGroup(bytes.fromhex(kept)))  # (named in its namespace)
+
+
+def test_a_driver_on_another_node_is_relayed_warned_and_cleaned_up(nodes: Nodes) -> None:
+    other = nodes.join(num_cpus=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    script = textwrap.dedent(
+        f"""
+        import io, sys, time
+        import rayjupyter as rj
+        from rayjupyter.util import placement_group, placement_group_table
+        rj.init(address="rayjupyter://{nodes.head._secret}@{other.address}")
+        sys.stderr = captured = io.StringIO()
+        fits = placement_group([{{"CPU": 1}}, {{"CPU": 1}}], strategy="STRICT_SPREAD")
+        never = placement_group([{{"CPU": 64}}])
+        assert fits.wait(30)
+        deadline = time.monotonic() + 5
+        while "cannot be placed" not in captured.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "cannot be placed" in captured.getvalue(), captured.getvalue()
+        assert placement_group_table(never)["state"] == "PENDING"
+        print(fits.id.hex(), never.id.hex(), file=sys.stdout)
+        rj.shutdown()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for group_id in out.stdout.split():  # its node told the head it left
+        wait_for_condition(
+            lambda g=group_id: placement_group_table()[g]["state"] == "REMOVED", timeout=10
+        )

@@ -53,6 +53,10 @@ class NodePlacement:
         self.seen_removed: deque[bytes] = deque(maxlen=pgs.REMOVED_KEPT)  # handled here
         self.relayed: dict[int, tuple[bytes, int]] = {}  # our id -> (client, its request id)
         self.relay_ids = itertools.count(1)
+        # not the head: the non-detached groups each local driver made, removed when it goes
+        self.jobs_groups: dict[bytes, list[bytes]] = {}
+        # the head: the node that relayed a group's creation, which hears its warnings
+        self.notify: dict[bytes, bytes] = {}
         self.last_schedule = 0.0
 
     # ------------------------------------------------------------ requests
@@ -84,6 +88,10 @@ class NodePlacement:
         if not message.job:
             job, namespace, _ = node.context_of(client)
             message = message._replace(job=job, namespace=namespace)
+        if not node.is_head and message.lifetime != "detached":
+            made = self.jobs_groups.setdefault(message.job, [])
+            if len(made) < pgs.MAX_GROUPS:
+                made.append(message.group_id)
         if self._relay(client, message):
             return
         try:
@@ -100,13 +108,16 @@ class NodePlacement:
             node.send(client, P.Reply(message.request_id, error))
             return
         node.send(client, P.Reply(message.request_id, None))
+        if client in node.node_clients:
+            self.notify[message.group_id] = client
         self.schedule()
 
     def on_remove(self, client: bytes, message: P.RemovePlacementGroup) -> None:
         if self._relay(client, message):
             return
         self.apply(self.table.remove(message.group_id))
-        self.node.send(client, P.Reply(message.request_id, None))
+        if message.request_id:
+            self.node.send(client, P.Reply(message.request_id, None))
 
     def on_query(self, client: bytes, message: P.QueryPlacementGroups) -> None:
         node = self.node
@@ -139,8 +150,13 @@ class NodePlacement:
 
     def client_gone(self, client: bytes) -> None:
         """A driver left: its groups go (not the detached ones)."""
-        if self.node.is_head and self.table.groups:
-            self.apply(self.table.job_ended(client))
+        node = self.node
+        if node.is_head:
+            if self.table.groups:
+                self.apply(self.table.job_ended(client))
+            return
+        for group_id in self.jobs_groups.pop(client, []):  # the head hears it from us
+            node.link(node.config.head_address).send(P.RemovePlacementGroup(0, group_id))
 
     def tick(self) -> None:
         """Each loop turn on the head: place waiting groups now and then."""
@@ -169,9 +185,11 @@ class NodePlacement:
                 touched.add(instruction.node_id)
             elif isinstance(instruction, pgs.Removed):
                 self.removed_at.append((time.monotonic(), instruction.group_id))
+                self.notify.pop(instruction.group_id, None)
                 self.group_removed(instruction.group_id)
             elif isinstance(instruction, pgs.Warn):
-                targets = [instruction.creator] if instruction.creator in node.clients else []
+                relayer = self.notify.get(instruction.group_id, b"")
+                targets = [c for c in (instruction.creator, relayer) if c in node.clients][:1]
                 for driver in targets or node.drivers():
                     node.send(driver, P.LogLines(2, instruction.text))
         for node_id in touched:
