@@ -146,6 +146,11 @@ def test_removal_kills_actors_and_fails_queued_tasks(cluster: Any) -> None:
         rj.get(actor.node.remote(), timeout=10)
     wait_for_condition(lambda: rj.available_resources().get("CPU") == 2, timeout=10)
     assert not any("_group_" in key for key in rj.cluster_resources())
+    with pytest.raises(TaskPlacementGroupRemoved):  # submitted after the removal
+        rj.get(node_of.options(scheduling_strategy=in_group(group)).remote(), timeout=10)
+    late = Where.options(scheduling_strategy=in_group(group)).remote()
+    with pytest.raises(ActorDiedError, match="placement group"):
+        rj.get(late.node.remote(), timeout=10)
 
 
 def test_capture_child_tasks_and_the_current_group(cluster: Any) -> None:

@@ -489,9 +489,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         elif (
             not self.resources.feasible(task.demand)
             and not self.feasible_on_peer(task.demand)
-            and placement_groups.names_group(task.demand) is None  # a group warns by itself
+            and self.placement.infeasible(task.name, task.demand)  # warns, or: group gone
         ):
-            self._warn_infeasible(task.name, task.demand)
+            self.fail_task(task, self.placement.removed_error(task.name, task.demand))
+            return
         if task.missing == 0:
             self.task_ready(task)
 

@@ -161,13 +161,13 @@ class NodeActors:
         node.actors[actor.actor_id] = actor
         node.hold(client, actor.actor_id)  # the creator's handle
         demand = actor.place_demand
-        if (
-            not node.resources.feasible(demand)
-            and not node.feasible_on_peer(demand)
-            and placement_groups.names_group(demand) is None  # a group warns by itself
-        ):
-            node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
+        gone = False  # its placement group was removed
+        if not node.resources.feasible(demand) and not node.feasible_on_peer(demand):
+            gone = node.placement.infeasible(f"actor {actor.class_name}", demand)
         node.admit(client, creation)
+        if gone and actor.state is not ActorState.DEAD:
+            actor.no_restart = True
+            node.actor_dies(actor, "its placement group was removed")
         if message.request_id:
             node.send(client, P.Reply(message.request_id, actor.handle_info()))
         if actor.detached and actor.name:

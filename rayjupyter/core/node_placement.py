@@ -274,6 +274,25 @@ class NodePlacement:
             ):
                 node.cancel(task, True, True)
 
+    def infeasible(self, name: str, demand: dict[str, float]) -> bool:
+        """No node can meet a demand now: warn (plain work), stay quiet (a group that waits
+        for placement warns by itself), or True: its group is gone, it must fail."""
+        node = self.node
+        group_id = pgs.names_group(demand)
+        if group_id is None:
+            node._warn_infeasible(name, demand)
+            return False
+        if node.is_head:
+            return group_id not in self.table.groups
+        return group_id in self.seen_removed
+
+    def removed_error(self, name: str, demand: dict[str, float]) -> bytes:
+        group_id = pgs.names_group(demand) or b""
+        error = TaskPlacementGroupRemoved(
+            f"Task {name!r} cannot run: its placement group {group_id.hex()} was removed."
+        )
+        return pickle.dumps(error, protocol=5)
+
     # ------------------------------------------------------------ strategies
 
     def place_actor(self, actor: ActorRecord) -> str:
