@@ -97,8 +97,8 @@ def with_bundles(
 def gpu_amount(demand: dict[str, float]) -> float:
     """The GPUs a demand takes, in a group's bundle too (they get device ids the same way)."""
     amount = demand.get("GPU")
-    if amount is not None:
-        return amount
+    if amount is not None or len(demand) < 3:  # a group's demand has 3 names at least
+        return amount or 0.0
     for key, value in demand.items():
         if key.startswith("GPU_group_") and key.count("_") == 2:  # the group-wide name
             return value

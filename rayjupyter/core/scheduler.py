@@ -253,7 +253,8 @@ class Scheduler:
         """How many queued tasks (per env) the free resources could run now if there were
         workers for them."""
         available = dict(self.resources.available)
-        if all(v <= 1e-9 for v in available.values()):
+        # (node:<ip> is never used up: only work pinned to this node asks for a share of it)
+        if all(v <= 1e-9 for k, v in available.items() if k[:5] != "node:"):
             return {}  # the common case under load: everything is in use
         counts: dict[str, int] = {}
         for task in itertools.islice(self.ready, limit):
