@@ -244,6 +244,7 @@ def test_random_events_keep_the_invariants(seed: int) -> None:
         groups.validate()
         for node, ledger in ledgers.items():  # each node holds what the head declares
             ledger.reconcile(groups.bundles_on(node))
+            ledger.validate()
             declared = pgs.with_bundles(dict(groups.capacity[node]), groups.bundles_on(node))
             assert ledger.pool.total == pytest.approx(declared)
             assert ledger.base_total() == pytest.approx(groups.capacity[node])

@@ -508,6 +508,23 @@ class BundleLedger:
                     del pool_redirect[stale]
             pool_redirect.update(redirect)
 
+    def validate(self) -> None:
+        """Invariants: every held bundle's names are in the pool with at least its amount
+        (wildcards sum their bundles), and no group name is left for a group not held."""
+        total = self.pool.total
+        wild: dict[str, float] = {}
+        for (group_id, index), named in self.held.items():
+            for key, value in named.items():
+                assert total.get(indexed_name(key, index, group_id), 0.0) == value, key
+                name = wildcard_name(key, group_id)
+                wild[name] = wild.get(name, 0.0) + value
+        for name, value in wild.items():
+            assert abs(total.get(name, 0.0) - value) < 1e-6, name
+        held = {group_id.hex() for group_id in self.groups()}
+        for key in total:
+            if "_group_" in key:
+                assert key.rpartition("_")[2] in held, f"{key} outlived its group"
+
     def base_total(self) -> dict[str, float]:
         """The node's resources as if it held no bundle (what it registers with)."""
         total = {k: v for k, v in self.pool.total.items() if "_group_" not in k}
