@@ -25,6 +25,7 @@ from rayjupyter.util import (
     placement_group,
     placement_group_table,
     remove_placement_group,
+    state,
 )
 from rayjupyter.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -90,6 +91,9 @@ def test_pack_and_strict_spread_over_three_nodes(nodes: Nodes) -> None:
     assert get_placement_group("packed") == pack
     assert get_placement_group("packed").bundle_specs == [{"CPU": 0.5}, {"CPU": 0.5}]
     assert set(placement_group_table()) >= {spread.id.hex(), pack.id.hex()}
+    listed = state.list_placement_groups(filters=[("name", "=", "packed")])
+    assert [r["placement_group_id"] for r in listed] == [pack.id.hex()]
+    assert [b["node_id"] for b in listed[0]["bundles"]] == [packed[0], packed[1]]
 
     remove_placement_group(spread)
     remove_placement_group(pack)

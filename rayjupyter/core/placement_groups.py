@@ -155,6 +155,7 @@ class Group:
             },
             "strategy": self.strategy,
             "state": self.state.name,
+            "is_detached": self.lifetime == "detached",
             "stats": {"scheduling_state": self.state.name},
         }
 
