@@ -182,6 +182,18 @@ def test_capture_child_tasks_and_the_current_group(cluster: Any) -> None:
     assert rj.get(legacy.remote(), timeout=30) == (group.id.hex(), group.id.hex())
     remove_placement_group(group)
 
+    heavy_child = child.options(num_cpus=1)
+
+    @rj.remote(num_cpus=1)
+    def heavy_parent() -> str | None:
+        return rj.get(heavy_child.remote(), timeout=30)  # type: ignore[no-any-return]
+
+    single = placement_group([{"CPU": 1}])  # a parent waiting in get lends its bundle's CPU
+    assert single.wait(30)
+    nested = heavy_parent.options(scheduling_strategy=in_group(single, 0, True)).remote()
+    assert rj.get(nested, timeout=30) == single.id.hex()
+    remove_placement_group(single)
+
 
 def test_a_dead_node_takes_its_bundles_and_the_group_is_placed_again(nodes: Nodes) -> None:
     first = nodes.join(num_cpus=1)

@@ -625,7 +625,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             return
         if message.blocked and worker.state is WorkerState.BUSY:
             self.revoke_prefetched(worker)  # it may be what the blocked task waits for
-            worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
+            worker.lent = placement_groups.cpu_share(worker.task.demand)
             self.resources.release(worker.lent)
             worker.transition(WorkerState.BLOCKED)
         elif not message.blocked and worker.state is WorkerState.BLOCKED:

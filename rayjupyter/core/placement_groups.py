@@ -105,6 +105,11 @@ def gpu_amount(demand: dict[str, float]) -> float:
     return 0.0
 
 
+def cpu_share(demand: dict[str, float]) -> dict[str, float]:
+    """The CPUs of a demand (a bundle's too): what a task lends while it waits in get."""
+    return {k: v for k, v in demand.items() if k == "CPU" or k.startswith("CPU_group_")}
+
+
 def names_group(demand: dict[str, float]) -> bytes | None:
     """The group a demand was rewritten for, or None."""
     for key in demand:
