@@ -74,6 +74,9 @@ def test_pack_and_strict_spread_over_three_nodes(nodes: Nodes) -> None:
 
     spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
     assert spread.wait(30)
+    assert rj.cluster_resources()["CPU"] == 5  # as in Ray: totals stay, the free CPUs drop
+    assert rj.cluster_resources()[f"CPU_group_{spread.id.hex()}"] == 3
+    wait_for_condition(lambda: rj.available_resources().get("CPU") == 2, timeout=10)
     row = placement_group_table(spread)
     assert row["state"] == "CREATED" and row["strategy"] == "STRICT_SPREAD"
     holders = row["bundles_to_node_id"]

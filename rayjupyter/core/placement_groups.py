@@ -5,12 +5,13 @@ node joined or died, fresh availability) and gets instructions back (reserve, re
 warn); what each node must hold is declared by ``bundles_on(node)`` and travels in the
 head's ``ClusterView``, so a node that missed a message converges at the next heartbeat.
 
-Reservation follows Ray's model: a node that holds bundle ``i`` of group ``G`` moves the
-bundle's resources out of its pool into renamed ones, ``CPU_group_i_G`` (this bundle) and
-``CPU_group_G`` (any bundle of G on this node), plus ``bundle_group_i_G`` (1000 units, of which
-every task in the bundle takes 0.001, so work with no CPUs still lands there). A task
-scheduled in a group asks for those names instead (``group_demand``), so the node's
-scheduler and peer placement place it without knowing about groups.
+Reservation follows Ray's model: a node that holds bundle ``i`` of group ``G`` takes the
+bundle's resources from what it has free (its totals stay) and adds renamed ones,
+``CPU_group_i_G`` (this bundle) and ``CPU_group_G`` (any bundle of G on this node), plus
+``bundle_group_i_G`` (1000 units, of which every task in the bundle takes 0.001, so work
+with no CPUs still lands there). A task scheduled in a group asks for those names instead
+(``group_demand``), so the node's scheduler and peer placement place it without knowing
+about groups.
 
 Decisions use two views of each node: its capacity (total resources less other groups'
 bundles, a hard limit: bundles never exceed it) and its availability as of its last
@@ -87,8 +88,6 @@ def with_bundles(
     total = dict(base)
     for group_id, index, resources in bundles:
         for key, value in (*resources.items(), ("bundle", BUNDLE_UNITS)):
-            if key != "bundle":
-                total[key] = total.get(key, 0.0) - value
             for name in (indexed_name(key, index, group_id), wildcard_name(key, group_id)):
                 total[name] = total.get(name, 0.0) + value
     return total
@@ -449,7 +448,7 @@ class PlacementGroups:
 
 
 class BundleLedger:
-    """The bundles a node holds, moved in and out of its resource pool.
+    """The bundles a node holds, taken from and given back to its resource pool.
 
     ``pool`` is the node's ``scheduler.ResourcePool`` (total, available, redirect).
     """
@@ -477,8 +476,7 @@ class BundleLedger:
         named = dict(resources)
         named["bundle"] = BUNDLE_UNITS
         for key, value in named.items():
-            if key != "bundle":
-                total[key] = total.get(key, 0.0) - value
+            if key != "bundle":  # taken from what is free; the node's total stays, as in Ray
                 available[key] = available.get(key, 0.0) - value
             for name in (indexed_name(key, index, group_id), wildcard_name(key, group_id)):
                 total[name] = total.get(name, 0.0) + value
@@ -505,7 +503,6 @@ class BundleLedger:
             in_use = in_use or used > _EPS
             redirect[wild] = "" if name == "bundle" else name
             if name != "bundle":
-                total[name] = total.get(name, 0.0) + value
                 available[name] = available.get(name, 0.0) + value - used
         if in_use:  # only work still running needs to know where its share goes
             pool_redirect = self.pool.redirect
@@ -533,9 +530,4 @@ class BundleLedger:
 
     def base_total(self) -> dict[str, float]:
         """The node's resources as if it held no bundle (what it registers with)."""
-        total = {k: v for k, v in self.pool.total.items() if "_group_" not in k}
-        for named in self.held.values():
-            for key, value in named.items():
-                if key != "bundle":
-                    total[key] = total.get(key, 0.0) + value
-        return total
+        return {k: v for k, v in self.pool.total.items() if "_group_" not in k}
