@@ -64,6 +64,9 @@ class Where:
 
     def group(self) -> str | None:
         group = get_current_placement_group()
+        assert rj.get_runtime_context().get_placement_group_id() == (
+            group.id.hex() if group else None
+        )
         return group.id.hex() if group else None
 
 

@@ -55,6 +55,11 @@ class RuntimeContext:
     def get_actor_id(self) -> str | None:
         return current.actor_id.hex() if current.actor_id else None
 
+    def get_placement_group_id(self) -> str | None:
+        """The placement group this task or actor runs in (hex), None outside any group."""
+        placement = current.placement
+        return placement.split(":")[1] if placement.startswith("pg:") else None
+
     @property
     def job_id(self) -> str:
         return self.get_job_id()
