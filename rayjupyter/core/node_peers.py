@@ -205,6 +205,7 @@ class NodePeers:
         now = time.monotonic()
         if self.rejoin_reason:
             self.rejoin()
+        node.placement.tick()
         if now - self.last_heartbeat < HEARTBEAT_S:
             return
         # our own loop stood still (a long handler, a stopped process): what peers sent
@@ -256,6 +257,7 @@ class NodePeers:
         info.last_seen = time.monotonic()
         node.head.register_node(info)
         self.node_clients[client] = message.node_id
+        node.placement.node_joined(message.node_id, info.resources)
         self.send_view(client)
 
     def on_node_heartbeat(self, client: bytes, message: P.NodeHeartbeat) -> None:
@@ -278,7 +280,7 @@ class NodePeers:
             (n.node_id, n.address, n.alive, n.resources, n.available, n.queued)
             for n in node.head.nodes.values()
         )
-        node.send(client, P.ClusterView(rows))
+        node.send(client, P.ClusterView(rows, *node.placement.view_extras(client)))
 
     def _on_cluster_view(self, link: PeerLink, message: P.ClusterView) -> None:
         node = self._node()
@@ -292,7 +294,8 @@ class NodePeers:
                 info = NodeInfo(node_id, address, dict(total))
                 node.head.register_node(info)
             elif alive and not info.alive:  # it registered again (after a cut link)
-                info.alive, info.address, info.resources = True, address, dict(total)
+                info.alive, info.address = True, address
+            info.resources = dict(total)  # placement groups' bundles change it
             info.available = dict(available)
             info.queued = queued
             if node_id == node.node_id:
@@ -301,6 +304,8 @@ class NodePeers:
                 self.node_died(node_id, "the head declared it dead")
         if not listed:  # (not now: this very link is being read)
             self.rejoin_reason = "the head declared this node dead"
+        else:
+            node.placement.on_view(message.bundles, message.removed)
 
     def rejoin(self) -> None:
         """Out of touch with the head: settle what we had there as lost, as it did with ours
@@ -323,6 +328,7 @@ class NodePeers:
         if info is None or not info.alive:
             return
         node.head.mark_dead(node_id)
+        node.placement.node_died(node_id)
         address = info.address
         message = f"Node {address} died ({why})."
         print(f"rayjupyter node: {message}", file=sys.stderr, flush=True)
@@ -337,12 +343,12 @@ class NodePeers:
             del self.forwarded[task.task_id]
             if task.state is not TaskState.RUNNING:
                 continue
-            if task.retry():
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
-            else:
+            if not task.retry():
                 error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
                 node.fail_task(task, pickle.dumps(error, protocol=5))
+            elif node.placement.requeue(task, node_id):  # (else: pinned there, it failed)
+                task.transition(TaskState.READY)
+                node.scheduler.ready.appendleft(task)
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
@@ -403,6 +409,7 @@ class NodePeers:
                 task.owner in self.node_clients
                 or node.resources.fits(task.demand)
                 or node.generators.local_only(task.task_id)
+                or task.strategy.startswith("node:")  # placed here by its node affinity
             ):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
                 continue
@@ -499,6 +506,7 @@ class NodePeers:
                 task.actor_id,
                 task.method,
                 task.env,
+                strategy=task.strategy,
             )
         )
         link.send(P.Subscribe(task.return_ids, False))
