@@ -5,6 +5,7 @@ semantics as on one node (see streams.py). Real nodes on loopback, as in test_mu
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import signal
 import time
@@ -116,6 +117,14 @@ def test_items_stream_from_a_peer_before_its_task_ends(nodes: Nodes) -> None:
     refs = rj.get(dynamic.remote(3), timeout=30)
     assert [rj.get(ref, timeout=30) for ref in refs] == [0, 1, 2]
 
+    @rj.remote(resources={"n1": 1})
+    def wrapped(n: int) -> Iterator[list[object]]:
+        for i in range(n):
+            yield [rj.put(i), rj.put(np.full(200_000, i))]  # refs made on the peer, inside
+
+    got = [rj.get(rj.get(ref, timeout=30), timeout=60) for ref in wrapped.remote(2)]
+    assert [(small, int(big[-1])) for small, big in got] == [(0, 0), (1, 1)]
+
 
 def test_large_items_and_an_error_mid_stream_from_a_peer(nodes: Nodes) -> None:
     nodes.join(n1=1)
@@ -128,13 +137,18 @@ def test_large_items_and_an_error_mid_stream_from_a_peer(nodes: Nodes) -> None:
 
     gen = big.remote(3)
     task_id = gen.task_id()
-    arrays = [rj.get(ref, timeout=60) for ref in gen]
+    refs = list(gen)
+    arrays = [rj.get(ref, timeout=60) for ref in refs]
     assert [(a.shape, int(a[0]), int(a[-1])) for a in arrays] == [
         ((300_000,), i, i) for i in range(3)
     ]
     assert not arrays[0].flags.writeable  # read zero-copy from this node's store
-    del arrays, gen
+    copies = glob.glob(f"/dev/shm/rj-*{task_id.hex()}*")
+    assert len(copies) == 6  # each item on the peer, and pulled here
+    del arrays, refs, gen
     wait_for_condition(lambda: not objects_of(task_id), timeout=30)
+    # the peer let go of its copies too (a freed file is renamed for reuse)
+    wait_for_condition(lambda: not glob.glob(f"/dev/shm/rj-*{task_id.hex()}*"), timeout=30)
 
     @rj.remote(resources={"n1": 1})
     def fails_at_two() -> Iterator[int]:
@@ -234,6 +248,30 @@ def test_generator_methods_of_an_actor_on_a_peer(nodes: Nodes) -> None:
     gen = source.count.options(_generator_backpressure_num_objects=1).remote(4)
     assert [rj.get(ref, timeout=30) for ref in gen] == list(range(4))
     assert rj.get(source.where.remote(), timeout=30) != head_id()  # still there, in order
+
+
+def test_an_actor_on_a_peer_restarted_mid_stream_goes_on_without_repeats(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    go = tmp_path / "go"
+
+    @rj.remote(resources={"n1": 1}, max_restarts=1, max_task_retries=1)
+    class Source:
+        def count(self, go: str, n: int) -> Iterator[int]:
+            yield os.getpid()  # the retry's is dropped: the caller has item 0
+            wait_for_file(go)
+            yield from range(1, n)
+
+    source = Source.remote()
+    gen = source.count.remote(str(go), 5)
+    pid = rj.get(next(gen), timeout=30)
+    os.kill(pid, signal.SIGKILL)  # the actor's process on the peer, mid-stream
+    wait_for_pids_gone([pid], timeout=10)
+    go.touch()
+    assert [rj.get(ref, timeout=60) for ref in gen] == [1, 2, 3, 4]
+    assert rj.get(gen.completed(), timeout=30) is None
 
 
 def test_a_peer_dying_mid_stream_retries_without_repeating_items(

@@ -81,6 +81,14 @@ class NodeGenerators:
         if stream is not None and stream.produced:
             link.send(P.GeneratorConsumed(task_id, stream.consumed, stream.produced))
 
+    def detach(self, task_id: bytes) -> None:
+        """We no longer listen to the peer that ran the task (it lost the actor, whose
+        home retries or fails the call): what it still sends of that attempt is dropped,
+        and its stream there is let go."""
+        if task_id in self.remote:
+            self._relay(task_id, P.RefOps(((False, handle_id(task_id)),)))
+            del self.remote[task_id]
+
     def execute_fields(self, task_id: bytes) -> tuple[str, int]:
         """(mode, first credit) for the task's ExecuteTask."""
         mode, backpressure = self.modes.get(task_id, ("", -1))

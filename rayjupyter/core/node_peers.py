@@ -565,6 +565,8 @@ class NodePeers:
         """The peer hosting one of our actors lost it: restart it (maybe elsewhere) or not."""
         for task_id in actor.in_flight:
             self.forwarded.pop(task_id, None)  # what the peer still says about them is stale
+            if self._node().generators.remote:
+                self._node().generators.detach(task_id)
         actor.host, actor.host_node = "", b""
         self._node().restart_or_die(actor, reason)
 
