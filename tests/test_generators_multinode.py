@@ -126,6 +126,32 @@ def test_items_stream_from_a_peer_before_its_task_ends(nodes: Nodes) -> None:
     assert [(small, int(big[-1])) for small, big in got] == [(0, 0), (1, 1)]
 
 
+def test_tasks_consume_generators_running_on_other_nodes(nodes: Nodes) -> None:
+    nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+
+    @rj.remote(num_cpus=0)
+    def produce(n: int) -> Iterator[tuple[int, str]]:
+        for i in range(n):
+            yield i, rj.get_runtime_context().get_node_id()
+
+    @rj.remote
+    def consume(where: str, n: int) -> tuple[int, set[str], str]:
+        gen = produce.options(resources={where: 1}).remote(n)
+        pairs = [rj.get(ref, timeout=60) for ref in gen]
+        return sum(i for i, _ in pairs), {w for _, w in pairs}, rj.get_runtime_context().node_id
+
+    # a task on the peer reads a stream from the head, and one on the head from the peer
+    total, producers, consumer = rj.get(
+        consume.options(resources={"n1": 1}).remote("head", 4), timeout=60
+    )
+    assert (total, producers) == (6, {head_id()}) and consumer != head_id()
+    total, producers, consumer = rj.get(
+        consume.options(resources={"head": 1}).remote("n1", 4), timeout=60
+    )
+    assert (total, consumer) == (6, head_id()) and producers != {head_id()}
+
+
 def test_large_items_and_an_error_mid_stream_from_a_peer(nodes: Nodes) -> None:
     nodes.join(n1=1)
     wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
@@ -181,13 +207,13 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
     wait_for_condition(lambda: rj.get(ledger.counts.remote())[0] == 2, timeout=30)
     values = []
     while True:
-        rj.get(ledger.take.remote())  # the ledger hears of a take before the nodes do
+        rj.get(ledger.take.remote(), timeout=30)  # the ledger hears of a take before the nodes do
         try:
             ref = next(gen)
         except StopIteration:
             break
         values.append(rj.get(ref, timeout=30))
-    made, _, worst = rj.get(ledger.counts.remote())
+    made, _, worst = rj.get(ledger.counts.remote(), timeout=30)
     assert (values, made) == (list(range(8)), 8)
     assert worst <= 2  # the window held the producer on the other node
 
@@ -212,7 +238,7 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
     assert refs, "the cancellation comes as the last item"
     with pytest.raises(TaskCancelledError):
         rj.get(refs[-1], timeout=30)
-    assert [rj.get(r) for r in refs[:-1]] == list(range(1, len(refs)))
+    assert [rj.get(r, timeout=30) for r in refs[:-1]] == list(range(1, len(refs)))
 
     # dropped while the window holds its producer: the producer runs on to its end
     gen = produce.options(_generator_backpressure_num_objects=1).remote(ledger, 5)
