@@ -252,7 +252,7 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
 
 
 def test_generator_methods_of_an_actor_on_a_peer(nodes: Nodes) -> None:
-    nodes.join(n1=1)
+    nodes.join(n1=2)  # room for two actors
     wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
 
     @rj.remote(resources={"n1": 1})
@@ -274,6 +274,36 @@ def test_generator_methods_of_an_actor_on_a_peer(nodes: Nodes) -> None:
     gen = source.count.options(_generator_backpressure_num_objects=1).remote(4)
     assert [rj.get(ref, timeout=30) for ref in gen] == list(range(4))
     assert rj.get(source.where.remote(), timeout=30) != head_id()  # still there, in order
+
+    @rj.remote(resources={"n1": 1})
+    class Ticker:
+        def __init__(self) -> None:
+            self.made = 0
+            self.cancelled = False
+
+        async def ticks(self) -> object:
+            try:
+                while True:
+                    self.made += 1
+                    yield self.made
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+        async def report(self) -> tuple[int, bool]:
+            return self.made, self.cancelled
+
+    ticker = Ticker.remote()
+    gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
+    assert rj.get(next(gen), timeout=30) == 1
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[0] == 3, timeout=30)
+    rj.cancel(gen)
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[1], timeout=30)
+    assert rj.get(ticker.report.remote(), timeout=30)[0] == 3  # held by the window till then
+    refs = list(gen)
+    with pytest.raises(TaskCancelledError):
+        rj.get(refs[-1], timeout=30)
 
 
 def test_an_actor_on_a_peer_restarted_mid_stream_goes_on_without_repeats(
