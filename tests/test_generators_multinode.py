@@ -240,6 +240,22 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
         rj.get(refs[-1], timeout=30)
     assert [rj.get(r, timeout=30) for r in refs[:-1]] == list(range(1, len(refs)))
 
+    # dropped before it was sent to the peer (its argument was not ready): no window there
+    signal_actor = Signal.remote()
+
+    @rj.remote(num_cpus=0)
+    def after(signal_actor: object) -> int:
+        rj.get(signal_actor.wait.remote())  # type: ignore[attr-defined]
+        return 5
+
+    gen = produce.options(_generator_backpressure_num_objects=1).remote(
+        ledger, after.remote(signal_actor)
+    )
+    done = gen.completed()
+    del gen
+    rj.get(signal_actor.send.remote(), timeout=30)
+    assert rj.get(done, timeout=30) is None
+
     # dropped while the window holds its producer: the producer runs on to its end
     gen = produce.options(_generator_backpressure_num_objects=1).remote(ledger, 5)
     done = gen.completed()

@@ -76,10 +76,15 @@ class NodeGenerators:
 
     def forwarded(self, task_id: bytes, link: PeerLink) -> None:
         """After its SubmitTask: a retry starts where our stream is (items we have are not
-        made again there, and the window counts what our owner took)."""
+        made again there, and the window counts what our owner took); a generator its
+        owner dropped already has no window there either."""
         stream = self.streams.get(task_id)
-        if stream is not None and stream.produced:
+        if stream is None:
+            return
+        if stream.produced:
             link.send(P.GeneratorConsumed(task_id, stream.consumed, stream.produced))
+        if stream.abandoned:
+            link.send(P.RefOps(((False, handle_id(task_id)),)))
 
     def detach(self, task_id: bytes) -> None:
         """We no longer listen to the peer that ran the task (it lost the actor, whose
