@@ -204,7 +204,7 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
             yield i
 
     gen = produce.options(_generator_backpressure_num_objects=2).remote(ledger, 8)
-    wait_for_condition(lambda: rj.get(ledger.counts.remote())[0] == 2, timeout=30)
+    wait_for_condition(lambda: rj.get(ledger.counts.remote(), timeout=30)[0] == 2, timeout=30)
     values = []
     while True:
         rj.get(ledger.take.remote(), timeout=30)  # the ledger hears of a take before the nodes do
