@@ -496,8 +496,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.env_error(task)
-        if failed_dep is None and self.generators.modes:
-            failed_dep = self.generators.placement_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return

@@ -368,8 +368,6 @@ class NodePeers:
         node = self._node()
         if task.actor_id or task.owner in self.node_clients or len(node.head.nodes) < 2:
             return False
-        if node.generators.local_only(task.task_id):
-            return False
         weight: dict[str, int] = {}
         local = 0
         for object_id in task.deps:
@@ -408,7 +406,6 @@ class NodePeers:
             if (
                 task.owner in self.node_clients
                 or node.resources.fits(task.demand)
-                or node.generators.local_only(task.task_id)
                 or task.strategy.startswith("node:")  # placed here by its node affinity
             ):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
@@ -481,8 +478,6 @@ class NodePeers:
     def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
         """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
         node = self._node()
-        if node.generators.refuse_forward(task):
-            return
         link = self.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
         node.send_runtime_env(link, task.env)  # its packages and env, once per link
@@ -490,6 +485,9 @@ class NodePeers:
         if task.func_id not in link.known_funcs:
             func_blob = node.funcs.get(task.func_id)
             link.known_funcs.add(task.func_id)
+        generator, backpressure = "", -1
+        if node.generators.modes:  # its items stream back to us (NodeGenerators.on_peer_item)
+            generator, backpressure = node.generators.forwarding(task.task_id, peer.address)
         link.send(
             P.SubmitTask(
                 task.task_id,
@@ -506,9 +504,13 @@ class NodePeers:
                 task.actor_id,
                 task.method,
                 task.env,
+                generator,
+                backpressure,
                 strategy=task.strategy,
             )
         )
+        if generator:
+            node.generators.forwarded(task.task_id, link)
         link.send(P.Subscribe(task.return_ids, False))
         for key, value in task.demand.items():  # until the next view says otherwise
             peer.available[key] = peer.available.get(key, 0.0) - value
@@ -574,6 +576,8 @@ class NodePeers:
         """The peer hosting one of our actors lost it: restart it (maybe elsewhere) or not."""
         for task_id in actor.in_flight:
             self.forwarded.pop(task_id, None)  # what the peer still says about them is stale
+            if self._node().generators.remote:
+                self._node().generators.detach(task_id)
         actor.host, actor.host_node = "", b""
         self._node().restart_or_die(actor, reason)
 
@@ -603,6 +607,10 @@ class NodePeers:
     def _on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
         node = self._node()
         for object_id, inline, size, is_error in message.objects:
+            if node.generators.remote and node.generators.on_peer_item(
+                link, object_id, inline, size, is_error
+            ):
+                continue
             forwarded = self.forwarded.get(ids.task_of(object_id))
             if forwarded is None or object_id not in forwarded.pending:
                 link.send(P.RefOps(((False, object_id),)))  # nobody here needs it any more

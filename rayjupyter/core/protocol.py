@@ -240,10 +240,14 @@ class GeneratorItem(NamedTuple):
 
 
 class GeneratorConsumed(NamedTuple):
-    """The owner of a streaming generator has taken ``count`` items with ``next``."""
+    """The owner of a streaming generator has taken ``count`` items with ``next``.
+
+    From a node that forwarded the task (it relays its owner's takes), ``seen`` > 0 says it
+    has the first ``seen`` items already (a retry of the task starts there)."""
 
     task_id: bytes
     taken: int
+    seen: int = 0
 
 
 # ---------------------------------------------------------------- client -> node: queries

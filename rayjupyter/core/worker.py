@@ -306,6 +306,9 @@ class TaskExecutor:
 
         client._wait(go_on, None)
         if task.task_id in client.cancelled_calls:
+            # one cancel, one interrupt: the SIGINT that follows its CancelCall must not
+            # cut the producer's cleanup short (it now counts as between tasks)
+            self.running = None
             raise KeyboardInterrupt
 
     def _send_item(self, task: P.ExecuteTask, gate: ProducerGate, index: int, value: Any) -> None:
