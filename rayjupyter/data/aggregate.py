@@ -168,11 +168,8 @@ def arrow_group_aggregate(table: pa.Table, keys: list[str], aggs: list[Aggregate
     """One partition's groups through pyarrow, renamed to Ray's column names, key-sorted."""
     specs = [agg.arrow() for agg in aggs]
     out = table.group_by(keys, use_threads=False).aggregate(specs)
-    names = []
-    for name in out.column_names:
-        names.append(name)
-    # pyarrow puts aggregates first, keys last
-    agg_cols = out.column_names[: len(aggs)]
+    # pyarrow names an aggregate "<column>_<function>" ("count_all" for the row count)
+    agg_cols = [spec[1] if not spec[0] else f"{spec[0]}_{spec[1]}" for spec in specs]
     result = out.select(keys + agg_cols)
     result = result.rename_columns(keys + [agg.name for agg in aggs])
     return result.sort_by([(k, "ascending") for k in keys])

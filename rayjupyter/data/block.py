@@ -89,7 +89,10 @@ def array_from_values(values: Any) -> pa.Array:
         values = values.to_numpy()
     if isinstance(values, np.ndarray):
         if values.ndim > 1:
-            return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+            array = np.ascontiguousarray(values)
+            if array.shape[0] <= 1:  # a length-1 axis may carry any stride: make it plain
+                array = array.copy()
+            return pa.FixedShapeTensorArray.from_numpy_ndarray(array)
         if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
             return array_from_values(np.stack(list(values)))
         return pa.array(values)

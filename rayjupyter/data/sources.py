@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayjupyter.data.block import even_sizes
+from rayjupyter.data.block import concat, even_sizes
 
 
 @dataclass
@@ -200,14 +200,18 @@ def _read_parquet_pieces(
     include_paths: bool,
 ) -> Iterator[pa.Table]:
     import pyarrow.dataset as pds
+    from pyarrow import fs
 
     fmt = pds.ParquetFileFormat()
+    local = fs.LocalFileSystem()
+    tables = []
     for path, row_groups in pieces:
-        fragment = fmt.make_fragment(path, row_groups=row_groups)
+        fragment = fmt.make_fragment(os.path.abspath(path), local, row_groups=row_groups)
         table = fragment.to_table(
             schema=fragment.physical_schema, columns=columns, filter=filter_expr
         )
-        yield _with_path(table, path, include_paths)
+        tables.append(_with_path(table, path, include_paths))
+    yield concat(tables)  # one block per task; run_chain splits it if it is too large
 
 
 def parquet_tasks(
