@@ -51,13 +51,14 @@ class StreamingExecutor:
             rj.init()
         self.ctx = ctx or DataContext.get_current()
         self.ops: list[PhysicalOperator] = []
+        streaming = sum(1 for node in rj.nodes() if node["Alive"]) <= 1
         self.consumers: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(specs))}
         for index, spec in enumerate(specs):
             op: PhysicalOperator
             if spec.kind == "input":
                 op = InputOperator(index, spec, self.ctx)
             elif spec.kind == "map":
-                op = MapOperator(index, spec, self.ctx)
+                op = MapOperator(index, spec, self.ctx, streaming)
             elif spec.kind == "limit":
                 op = LimitOperator(index, spec, self.ctx)
             else:

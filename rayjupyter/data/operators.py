@@ -26,6 +26,23 @@ def _map_task(source: Any, stages: Any, target: int, *blocks: Any) -> Any:
     yield from run_chain(source, stages, blocks, target)
 
 
+def _whole(items: list[Any]) -> tuple[Any, BlockMetadata]:
+    """A task's outputs as one block and its metadata (for tasks that are not streams)."""
+    from rayjupyter.data.block import concat, metadata_of
+
+    metas = items[1::2]
+    for meta in metas:
+        if meta.error is not None:
+            return items[-2], meta
+    table = concat(items[0::2])
+    wall = sum(m.wall_s for m in metas)
+    return table, metadata_of(table, wall)
+
+
+def _map_task_whole(source: Any, stages: Any, target: int, *blocks: Any) -> Any:
+    return _whole(list(run_chain(source, stages, blocks, target)))
+
+
 class _MapWorker:
     """An actor of a pool: its callable classes are made once, here, and reused."""
 
@@ -34,6 +51,9 @@ class _MapWorker:
 
     def run(self, source: Any, stages: Any, target: int, *blocks: Any) -> Any:
         yield from run_chain(source, stages, blocks, target)
+
+    def run_whole(self, source: Any, stages: Any, target: int, *blocks: Any) -> Any:
+        return _whole(list(run_chain(source, stages, blocks, target)))
 
     def pid(self) -> int:
         import os
@@ -47,6 +67,7 @@ _REMOTES: dict[str, Any] = {}
 def _remote(name: str) -> Any:
     if name not in _REMOTES:
         _REMOTES["task"] = rj.remote(_map_task)
+        _REMOTES["task_whole"] = rj.remote(_map_task_whole)
         _REMOTES["actor"] = rj.remote(_MapWorker)
     return _REMOTES[name]
 
@@ -155,13 +176,21 @@ class _Running:
     inputs: list[RefBundle]
     actor: Any = None
     pending_block: Any = None
+    whole: Any = None  # (block ref, metadata ref) of a task that is not a stream
 
 
 class MapOperator(PhysicalOperator):
-    """A fused chain of stages run as tasks, or as calls on a pool of actors."""
+    """A fused chain of stages run as tasks, or as calls on a pool of actors.
 
-    def __init__(self, index: int, spec: PhysicalSpec, ctx: DataContext) -> None:
+    On one node each task is a streaming generator (blocks flow out as they are made, and
+    a large output is cut into several blocks). rayjupyter runs generator tasks only on
+    the caller's node, so on several nodes each task returns its output as one block plus
+    its metadata (``streaming=False``), which lets the scheduler spread the tasks."""
+
+    def __init__(self, index: int, spec: PhysicalSpec, ctx: DataContext,
+                 streaming: bool = True) -> None:
         super().__init__(index, spec, ctx)
+        self.streaming = streaming
         self.work: deque[tuple[Any, list[RefBundle]]] = deque()  # (read task | None, inputs)
         if spec.read_tasks is not None:
             self.work.extend((task, []) for task in spec.read_tasks)
@@ -253,23 +282,38 @@ class MapOperator(PhysicalOperator):
                 self.work.appendleft((source, inputs))
                 return
             actor = self.actors[actor_index]
-            gen = actor.run.options(num_returns="streaming").remote(
-                source, self.spec.stages, target, *refs)
+            if self.streaming:
+                gen = actor.run.options(num_returns="streaming").remote(
+                    source, self.spec.stages, target, *refs)
+            else:
+                whole = actor.run_whole.options(num_returns=2).remote(
+                    source, self.spec.stages, target, *refs)
             self.actor_load[actor_index] += 1
-        else:
+        elif self.streaming:
             options: dict[str, Any] = {"num_returns": "streaming", **self.spec.remote_args}
             gen = _remote("task").options(**options).remote(
                 source, self.spec.stages, target, *refs)
+        else:
+            options = {**self.spec.remote_args, "num_returns": 2}
+            whole = _remote("task_whole").options(**options).remote(
+                source, self.spec.stages, target, *refs)
+        if not self.streaming:
+            gen = whole[1]  # wait on the metadata; the block is ready with it
         ordinal = self.next_ordinal
         self.next_ordinal += 1
         self.results[ordinal] = (deque(), False)
-        self.running[id(gen)] = _Running(gen, ordinal, inputs, actor_index)
+        self.running[id(gen)] = _Running(gen, ordinal, inputs, actor_index,
+                                         whole=None if self.streaming else whole)
 
     def waitables(self) -> list[Any]:
         return [r.gen for r in self.running.values()]
 
     def on_ready(self, item: Any) -> list[RefBundle]:
         run = self.running[id(item)]
+        if run.whole is not None:
+            block, meta_ref = run.whole
+            self._took(run, block, rj.get(meta_ref, timeout=60))
+            return self._finish(run)
         try:
             ref = next(run.gen)
         except StopIteration:
@@ -277,20 +321,22 @@ class MapOperator(PhysicalOperator):
         if run.pending_block is None:
             run.pending_block = ref
             return []
-        meta: BlockMetadata = rj.get(ref, timeout=60)
         block, run.pending_block = run.pending_block, None
+        self._took(run, block, rj.get(ref, timeout=60))
+        return []
+
+    def _took(self, run: _Running, block: Any, meta: BlockMetadata) -> None:
         self.stats.task_wall_s += meta.wall_s
         if meta.error is not None:
             self.stats.errored_blocks += 1
             self.errors.append((meta.error, meta.error_traceback))
-            return []
+            return
         queue, _ = self.results[run.ordinal]
         n = len(queue)
-        if not self.stopped:
+        if not self.stopped and (meta.num_rows or not self.streaming):
             queue.append(self._emitted(RefBundle(block, meta, (run.ordinal, n))))
         done = self.stats.blocks_out
         self.outputs_est = max(1, self.stats.bytes_out // max(1, done))
-        return []
 
     def _finish(self, run: _Running) -> list[RefBundle]:
         del self.running[id(run.gen)]
@@ -303,7 +349,8 @@ class MapOperator(PhysicalOperator):
 
     def shutdown(self) -> None:
         for run in list(self.running.values()):
-            rj.cancel(run.gen)
+            if run.whole is None:
+                rj.cancel(run.gen)
         self.running.clear()
         for actor in self.actors:
             rj.kill(actor)
