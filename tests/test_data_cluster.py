@@ -66,14 +66,19 @@ def make_block(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 class Halve:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"id": batch["id"], "data": batch["data"] // 1, "pid": np.full(len(batch["id"]),
-                                                                             os.getpid())}
+        return {
+            "id": batch["id"],
+            "data": batch["data"] // 1,
+            "pid": np.full(len(batch["id"]), os.getpid()),
+        }
 
 
 def test_three_times_the_store_streams_through_bounded(small_store: Any, tmp_path) -> None:
-    ds = (rd.range(48, override_num_blocks=48)
-          .map_batches(make_block, batch_size=1)
-          .map_batches(Halve, concurrency=1, batch_size=None, num_cpus=0.5))
+    ds = (
+        rd.range(48, override_num_blocks=48)
+        .map_batches(make_block, batch_size=1)
+        .map_batches(Halve, concurrency=1, batch_size=None, num_cpus=0.5)
+    )
     rows = 0
     with _Sampler() as sampler:
         for batch in ds.iter_batches(batch_size=None):
@@ -96,9 +101,15 @@ def test_three_nodes_spread_reads_and_the_result_is_exact() -> None:
     started = []
     try:
         for _ in range(2):
-            config = NodeConfig(num_cpus=1, resources={}, head_address=head.address,
-                                object_store_memory=256 << 20, sys_path=list(sys.path),
-                                owner_pid=os.getpid(), node_timeout_s=3.0)
+            config = NodeConfig(
+                num_cpus=1,
+                resources={},
+                head_address=head.address,
+                object_store_memory=256 << 20,
+                sys_path=list(sys.path),
+                owner_pid=os.getpid(),
+                node_timeout_s=3.0,
+            )
             started.append(LocalCluster(config, secret=head._secret))
         wait_for_condition(lambda: sum(1 for n in rj.nodes() if n["Alive"]) == 3, timeout=20)
 

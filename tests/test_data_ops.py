@@ -22,11 +22,13 @@ pytestmark = pytest.mark.usefixtures("shared_cluster")
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
     rng = np.random.default_rng(7)
-    return pd.DataFrame({
-        "k": rng.integers(0, 5, 300),
-        "x": rng.normal(size=300),
-        "s": [f"r{i}" for i in range(300)],
-    })
+    return pd.DataFrame(
+        {
+            "k": rng.integers(0, 5, 300),
+            "x": rng.normal(size=300),
+            "s": [f"r{i}" for i in range(300)],
+        }
+    )
 
 
 def test_range_and_rj_data_access():
@@ -52,8 +54,11 @@ def test_from_sources_round_trip(frame):
 
 def test_read_parquet_folder_with_pushdown(tmp_path, frame):
     for i in range(3):
-        pq.write_table(pa.Table.from_pandas(frame.iloc[i * 100:(i + 1) * 100], preserve_index=False),
-                       tmp_path / f"part-{i}.parquet", row_group_size=50)
+        pq.write_table(
+            pa.Table.from_pandas(frame.iloc[i * 100 : (i + 1) * 100], preserve_index=False),
+            tmp_path / f"part-{i}.parquet",
+            row_group_size=50,
+        )
     (tmp_path / "_SUCCESS").write_text("")
     ds = rd.read_parquet(str(tmp_path))
     assert ds.count() == 300
@@ -79,8 +84,9 @@ def test_read_text_csv_json_numpy_binary(tmp_path, frame):
     (tmp_path / "j" / "a.jsonl").write_text("\n".join(json.dumps({"v": i}) for i in range(5)))
     assert rd.read_json(str(tmp_path / "j")).sum("v") == 10
     np.save(tmp_path / "n.npy", np.arange(8).reshape(4, 2))
-    np.testing.assert_array_equal(rd.read_numpy(str(tmp_path / "n.npy")).take_batch(4)["data"],
-                                  np.arange(8).reshape(4, 2))
+    np.testing.assert_array_equal(
+        rd.read_numpy(str(tmp_path / "n.npy")).take_batch(4)["data"], np.arange(8).reshape(4, 2)
+    )
     rows = rd.read_binary_files([str(tmp_path / "a.txt")], include_paths=True).take_all()
     assert rows[0]["bytes"] == b"x\n\ny\n" and rows[0]["path"].endswith("a.txt")
 
@@ -95,34 +101,38 @@ def test_read_images(tmp_path):
 
 def test_row_and_batch_transforms_match_pandas(frame):
     ds = rd.from_pandas(frame, override_num_blocks=4)
-    out = (ds.map(lambda r: {**r, "y": r["x"] * 2})
-             .filter(lambda r: r["k"] != 0)
-             .map_batches(lambda df, c: df.assign(z=df.y + c), batch_format="pandas",
-                          batch_size=7, fn_args=(1.0,))
-             .add_column("w", lambda df: df["k"] * 10)
-             .drop_columns(["s"])
-             .rename_columns({"z": "zz"})
-             .to_pandas())
+    out = (
+        ds.map(lambda r: {**r, "y": r["x"] * 2})
+        .filter(lambda r: r["k"] != 0)
+        .map_batches(
+            lambda df, c: df.assign(z=df.y + c), batch_format="pandas", batch_size=7, fn_args=(1.0,)
+        )
+        .add_column("w", lambda df: df["k"] * 10)
+        .drop_columns(["s"])
+        .rename_columns({"z": "zz"})
+        .to_pandas()
+    )
     exp = frame.assign(y=frame.x * 2)[frame.k != 0].reset_index(drop=True)
     exp = exp.assign(z=exp.y + 1.0).assign(w=exp.k * 10).drop(columns=["s"])
     pd.testing.assert_frame_equal(out, exp.rename(columns={"z": "zz"}))
     flat = rd.range(3).flat_map(lambda r: [r, r]).take_all()
     assert [r["id"] for r in flat] == [0, 0, 1, 1, 2, 2]
-    fmt = rd.range(4).map_batches(lambda t: t.append_column("n", pc.negate(t["id"])),
-                                  batch_format="pyarrow", batch_size=None)
+    fmt = rd.range(4).map_batches(
+        lambda t: t.append_column("n", pc.negate(t["id"])), batch_format="pyarrow", batch_size=None
+    )
     assert fmt.select_columns(["n"]).take_batch(4)["n"].tolist() == [0, -1, -2, -3]
 
 
 def test_limit_union_zip_and_splits():
     ds = rd.range(20, override_num_blocks=4)
     assert ds.limit(7).count() == 7 and [r["id"] for r in ds.limit(7).take_all()] == list(range(7))
-    assert [r["id"] for r in ds.union(rd.range(2)).take_all()] == list(range(20)) + [0, 1]
+    assert [r["id"] for r in ds.union(rd.range(2)).take_all()] == [*list(range(20)), 0, 1]
     zipped = ds.zip(rd.range(20, override_num_blocks=3).map(lambda r: {"id": -r["id"]}))
     assert zipped.columns() == ["id", "id_1"]
     assert all(r["id"] == -r["id_1"] for r in zipped.take_all())
     parts = ds.split(3, equal=True)
     assert [p.count() for p in parts] == [6, 6, 6]
-    a, b, c = ds.split_at_indices([5, 12])
+    _a, b, c = ds.split_at_indices([5, 12])
     assert [r["id"] for r in b.take_all()] == list(range(5, 12)) and c.count() == 8
     train, test = ds.train_test_split(0.25)
     assert train.count() == 15 and [r["id"] for r in test.take_all()] == list(range(15, 20))
@@ -137,11 +147,13 @@ def test_shuffles_and_sort(frame):
     b = ds.random_shuffle(seed=3).to_pandas()
     pd.testing.assert_frame_equal(a, b)
     assert sorted(a.s) == sorted(frame.s) and a.s.tolist() != frame.s.tolist()
-    assert sorted(r["id"] for r in rd.range(10).randomize_block_order(seed=1).take_all()) == \
-        list(range(10))
+    assert sorted(r["id"] for r in rd.range(10).randomize_block_order(seed=1).take_all()) == list(
+        range(10)
+    )
     got = ds.sort("x", descending=True).to_pandas()
-    pd.testing.assert_frame_equal(got, frame.sort_values("x", ascending=False)
-                                  .reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        got, frame.sort_values("x", ascending=False).reset_index(drop=True)
+    )
 
 
 def test_groupby_and_aggregates_match_pandas(frame):
@@ -157,12 +169,17 @@ def test_groupby_and_aggregates_match_pandas(frame):
     assert ds.min(["x", "k"]) == {"min(x)": frame.x.min(), "min(k)": frame.k.min()}
     assert ds.mean("x") == pytest.approx(frame.x.mean())
     assert sorted(ds.unique("k")) == sorted(frame.k.unique())
-    custom = rd.AggregateFn(init=lambda k: 0, accumulate_row=lambda a, r: a + 1,
-                            merge=lambda a, b: a + b, name="n")
+    custom = rd.AggregateFn(
+        init=lambda k: 0, accumulate_row=lambda a, r: a + 1, merge=lambda a, b: a + b, name="n"
+    )
     assert ds.aggregate(custom) == {"n": 300}
-    sizes = ds.groupby("k").map_groups(lambda df: pd.DataFrame({"k": [df.k.iloc[0]],
-                                                                "n": [len(df)]}),
-                                       batch_format="pandas").to_pandas()
+    sizes = (
+        ds.groupby("k")
+        .map_groups(
+            lambda df: pd.DataFrame({"k": [df.k.iloc[0]], "n": [len(df)]}), batch_format="pandas"
+        )
+        .to_pandas()
+    )
     assert sizes.n.tolist() == g.size().tolist()
     assert ds.groupby("k").aggregate(custom).to_pandas()["n"].tolist() == g.size().tolist()
 
@@ -172,8 +189,14 @@ def test_consumption_apis(frame):
     sizes = [len(b["x"]) for b in ds.iter_batches(batch_size=64, prefetch_batches=2)]
     assert sizes == [64, 64, 64, 64, 44]
     assert len(list(ds.iter_batches(batch_size=64, drop_last=True))) == 4
-    shuffled = pd.concat(ds.iter_batches(batch_size=50, batch_format="pandas",
-                                         local_shuffle_buffer_size=100, local_shuffle_seed=0))
+    shuffled = pd.concat(
+        ds.iter_batches(
+            batch_size=50,
+            batch_format="pandas",
+            local_shuffle_buffer_size=100,
+            local_shuffle_seed=0,
+        )
+    )
     assert sorted(shuffled.s) == sorted(frame.s) and shuffled.s.tolist() != frame.s.tolist()
     assert len(list(ds.iter_rows())) == 300
     assert ds.take(2) == frame.head(2).to_dict("records")
@@ -194,8 +217,10 @@ def test_writers_round_trip(tmp_path, frame):
     ds = rd.from_pandas(frame, override_num_blocks=3)
     ds.write_parquet(str(tmp_path / "pq"))
     assert len(list((tmp_path / "pq").iterdir())) == 3
-    pd.testing.assert_frame_equal(rd.read_parquet(str(tmp_path / "pq")).sort("s").to_pandas(),
-                                  frame.sort_values("s").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        rd.read_parquet(str(tmp_path / "pq")).sort("s").to_pandas(),
+        frame.sort_values("s").reset_index(drop=True),
+    )
     ds.write_csv(str(tmp_path / "csv"))
     assert rd.read_csv(str(tmp_path / "csv")).count() == 300
     ds.write_json(str(tmp_path / "json"))
@@ -239,9 +264,11 @@ class AddOne:
 
 
 def test_actor_pool_is_created_once_and_reused():
-    out = rd.range(40, override_num_blocks=8).map_batches(
-        AddOne, fn_constructor_args=(1,), concurrency=2, batch_size=5, num_cpus=0.5
-    ).take_all()
+    out = (
+        rd.range(40, override_num_blocks=8)
+        .map_batches(AddOne, fn_constructor_args=(1,), concurrency=2, batch_size=5, num_cpus=0.5)
+        .take_all()
+    )
     assert sorted(r["id"] for r in out) == list(range(1, 41))
     assert len({r["pid"] for r in out}) <= 2  # 8 blocks, 2 actors, each made once
     with pytest.raises(ValueError, match="concurrency"):
@@ -263,8 +290,8 @@ def test_rj_data_does_not_import_pandas():
     import subprocess
     import sys
 
-    code = ("import sys, rayjupyter as rj; rj.data.range; "
-            "print('pandas' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+    code = "import sys, rayjupyter as rj; rj.data.range; print('pandas' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "False"

@@ -46,8 +46,11 @@ def test_actor_pool_and_different_resources_break_fusion():
 
 
 def test_select_and_filter_push_down_into_parquet(tmp_path):
-    pq.write_table(pa.table({"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]}),
-                   tmp_path / "x.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table({"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]}),
+        tmp_path / "x.parquet",
+        row_group_size=2,
+    )
     tasks = tuple(sources.parquet_tasks([str(tmp_path / "x.parquet")], None, None, None, False))
     assert len(tasks) == 2  # one per row group
     read = Read(name="ReadParquet", tasks=tasks)
@@ -70,8 +73,7 @@ def test_run_chain_yields_blocks_then_metadata_and_catches_user_errors():
     def boom(batch):
         raise KeyError("bad")
 
-    items = list(run_chain(None, [MapBatches("MB", UserFn(boom))], (pa.table({"a": [1]}),),
-                           2**30))
+    items = list(run_chain(None, [MapBatches("MB", UserFn(boom))], (pa.table({"a": [1]}),), 2**30))
     assert isinstance(items[-1].error, KeyError) and "boom" in items[-1].error_traceback
 
 
@@ -125,16 +127,22 @@ def test_slice_plans_boundaries_and_zip_names():
 def test_aggregations_merge_exactly():
     values = np.random.default_rng(0).normal(size=1000)
     t = pa.table({"x": values})
-    for fn, expected in ((agg.Std("x"), np.std(values, ddof=1)), (agg.Mean("x"), values.mean()),
-                         (agg.Sum("x"), values.sum()), (agg.Count(), 1000)):
+    for fn, expected in (
+        (agg.Std("x"), np.std(values, ddof=1)),
+        (agg.Mean("x"), values.mean()),
+        (agg.Sum("x"), values.sum()),
+        (agg.Count(), 1000),
+    ):
         parts = [fn.accumulate_block(fn.init(None), t.slice(i, 250)) for i in range(0, 1000, 250)]
         acc = parts[0]
         for p in parts[1:]:
             acc = fn.merge(acc, p)
         assert fn.finalize(acc) == pytest.approx(expected)
     grouped = agg.arrow_group_aggregate(
-        pa.table({"k": [2, 1, 2], "v": [1.0, 2.0, 5.0]}), ["k"],
-        [agg.Count(), agg.Mean("v"), agg.Std("v")])
+        pa.table({"k": [2, 1, 2], "v": [1.0, 2.0, 5.0]}),
+        ["k"],
+        [agg.Count(), agg.Mean("v"), agg.Std("v")],
+    )
     assert grouped.column_names == ["k", "count()", "mean(v)", "std(v)"]
     assert grouped.column("k").to_pylist() == [1, 2]
     assert grouped.column("mean(v)").to_pylist() == [2.0, 3.0]

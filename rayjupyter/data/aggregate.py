@@ -56,8 +56,12 @@ def _nonnull(table: pa.Table, on: str) -> pa.ChunkedArray:
 
 class Count(AggregateFn):
     def __init__(self) -> None:
-        super().__init__(lambda k: 0, lambda a, b: a + b,
-                         accumulate_block=lambda a, t: a + t.num_rows, name="count()")
+        super().__init__(
+            lambda k: 0,
+            lambda a, b: a + b,
+            accumulate_block=lambda a, t: a + t.num_rows,
+            name="count()",
+        )
 
     def arrow(self) -> tuple[Any, ...]:
         return ([], "count_all")
@@ -66,8 +70,13 @@ class Count(AggregateFn):
 class _Simple(AggregateFn):
     kind = ""
 
-    def __init__(self, on: str, fn: Callable[[pa.ChunkedArray], Any],
-                 merge: Callable[[Any, Any], Any], alias_name: str | None = None) -> None:
+    def __init__(
+        self,
+        on: str,
+        fn: Callable[[pa.ChunkedArray], Any],
+        merge: Callable[[Any, Any], Any],
+        alias_name: str | None = None,
+    ) -> None:
         self.on = on
 
         def acc_block(acc: Any, table: pa.Table) -> Any:
@@ -77,9 +86,12 @@ class _Simple(AggregateFn):
             value = fn(values).as_py()
             return value if acc is None else merge(acc, value)
 
-        super().__init__(lambda k: None,
-                         lambda a, b: b if a is None else a if b is None else merge(a, b),
-                         accumulate_block=acc_block, name=alias_name or f"{self.kind}({on})")
+        super().__init__(
+            lambda k: None,
+            lambda a, b: b if a is None else a if b is None else merge(a, b),
+            accumulate_block=acc_block,
+            name=alias_name or f"{self.kind}({on})",
+        )
 
     def arrow(self) -> tuple[Any, ...]:
         return (self.on, self.kind)
@@ -118,10 +130,13 @@ class Mean(AggregateFn):
                 acc = [acc[0] + pc.sum(values).as_py(), acc[1] + len(values)]
             return acc
 
-        super().__init__(lambda k: [0, 0], lambda a, b: [a[0] + b[0], a[1] + b[1]],
-                         accumulate_block=acc_block,
-                         finalize=lambda a: a[0] / a[1] if a[1] else None,
-                         name=alias_name or f"mean({on})")
+        super().__init__(
+            lambda k: [0, 0],
+            lambda a, b: [a[0] + b[0], a[1] + b[1]],
+            accumulate_block=acc_block,
+            finalize=lambda a: a[0] / a[1] if a[1] else None,
+            name=alias_name or f"mean({on})",
+        )
 
     def arrow(self) -> tuple[Any, ...]:
         return (self.on, "mean")
@@ -142,8 +157,9 @@ class Std(AggregateFn):
             part = (len(values), mean, float(((values - mean) ** 2).sum()))
             return merge(acc, part)
 
-        def merge(a: tuple[int, float, float], b: tuple[int, float, float]
-                  ) -> tuple[int, float, float]:
+        def merge(
+            a: tuple[int, float, float], b: tuple[int, float, float]
+        ) -> tuple[int, float, float]:
             if a[0] == 0:
                 return b
             if b[0] == 0:
@@ -157,8 +173,13 @@ class Std(AggregateFn):
                 return None
             return math.sqrt(acc[2] / (acc[0] - ddof))
 
-        super().__init__(lambda k: (0, 0.0, 0.0), merge, accumulate_block=acc_block,
-                         finalize=finalize, name=alias_name or f"std({on})")
+        super().__init__(
+            lambda k: (0, 0.0, 0.0),
+            merge,
+            accumulate_block=acc_block,
+            finalize=finalize,
+            name=alias_name or f"std({on})",
+        )
 
     def arrow(self) -> tuple[Any, ...]:
         return (self.on, "stddev", pc.VarianceOptions(ddof=self.ddof))
@@ -166,7 +187,7 @@ class Std(AggregateFn):
 
 def arrow_group_aggregate(table: pa.Table, keys: list[str], aggs: list[AggregateFn]) -> pa.Table:
     """One partition's groups through pyarrow, renamed to Ray's column names, key-sorted."""
-    specs = [agg.arrow() for agg in aggs]
+    specs = [spec for spec in (agg.arrow() for agg in aggs) if spec is not None]
     out = table.group_by(keys, use_threads=False).aggregate(specs)
     # pyarrow names an aggregate "<column>_<function>" ("count_all" for the row count)
     agg_cols = [spec[1] if not spec[0] else f"{spec[0]}_{spec[1]}" for spec in specs]

@@ -33,8 +33,10 @@ def _with_meta(table: pa.Table) -> tuple[pa.Table, Any]:
 
 def _bundles(pairs: list[Any]) -> list[RefBundle]:
     metas = rj.get([meta for _, meta in pairs], timeout=600)
-    return [RefBundle(ref, meta, (i,)) for i, ((ref, _), meta) in enumerate(zip(pairs, metas,
-                                                                               strict=True))]
+    return [
+        RefBundle(ref, meta, (i,))
+        for i, ((ref, _), meta) in enumerate(zip(pairs, metas, strict=True))
+    ]
 
 
 def _flat(groups: list[list[RefBundle]]) -> list[RefBundle]:
@@ -73,8 +75,9 @@ def _run_slices(bundles: list[RefBundle], out_rows: list[int]) -> list[RefBundle
     pairs = []
     for pieces in plan:
         blocks = list(dict.fromkeys(p[0] for p in pieces))
-        pairs.append(_task(_gather).options(num_returns=2).remote(
-            pieces, *[bundles[b].ref for b in blocks]))
+        pairs.append(
+            _task(_gather).options(num_returns=2).remote(pieces, *[bundles[b].ref for b in blocks])
+        )
     return _bundles(pairs)
 
 
@@ -99,8 +102,15 @@ def split_rows(bundles: list[RefBundle], sizes: list[int]) -> list[list[RefBundl
             if start == 0 and stop == bundle.meta.num_rows:
                 part.append(bundle)
             else:
-                part.extend(_bundles([_task(_gather).options(num_returns=2).remote(
-                    [(0, start, stop)], bundle.ref)]))
+                part.extend(
+                    _bundles(
+                        [
+                            _task(_gather)
+                            .options(num_returns=2)
+                            .remote([(0, start, stop)], bundle.ref)
+                        ]
+                    )
+                )
         out.append(part)
     return out
 
@@ -121,8 +131,9 @@ def _shuffle_reduce(seed: Any, index: int, *parts: pa.Table) -> tuple[pa.Table, 
     return _with_meta(table.take(pa.array(rng.permutation(table.num_rows))))
 
 
-def random_shuffle(seed: int | None, num_blocks: int | None = None
-                   ) -> Callable[[list[list[RefBundle]]], list[RefBundle]]:
+def random_shuffle(
+    seed: int | None, num_blocks: int | None = None
+) -> Callable[[list[list[RefBundle]]], list[RefBundle]]:
     def run(groups: list[list[RefBundle]]) -> list[RefBundle]:
         bundles = _flat(groups)
         n = num_blocks or max(1, len(bundles))
@@ -130,10 +141,12 @@ def random_shuffle(seed: int | None, num_blocks: int | None = None
         for i, bundle in enumerate(bundles):
             refs = _task(_shuffle_map).options(num_returns=n).remote(n, seed, i, bundle.ref)
             maps.append(refs if n > 1 else [refs])
-        return _bundles([
-            _task(_shuffle_reduce).options(num_returns=2).remote(seed, j, *[m[j] for m in maps])
-            for j in range(n)
-        ])
+        return _bundles(
+            [
+                _task(_shuffle_reduce).options(num_returns=2).remote(seed, j, *[m[j] for m in maps])
+                for j in range(n)
+            ]
+        )
 
     return run
 
@@ -151,10 +164,11 @@ def randomize_block_order(seed: int | None) -> Callable[[list[list[RefBundle]]],
 
 
 def _sample(key: str, count: int, table: pa.Table) -> np.ndarray:
-    values = table.column(key).to_numpy(zero_copy_only=False)
+    values: np.ndarray = table.column(key).to_numpy(zero_copy_only=False)
     if len(values) <= count:
         return values
-    return values[np.linspace(0, len(values) - 1, count).astype(int)]
+    picked: np.ndarray = values[np.linspace(0, len(values) - 1, count).astype(int)]
+    return picked
 
 
 def boundaries(samples: list[np.ndarray], n: int) -> np.ndarray:
@@ -188,8 +202,11 @@ def _range_partition(bundles: list[RefBundle], key: str, descending: bool) -> li
     bounds = boundaries(list(samples), n)
     maps = []
     for bundle in bundles:
-        refs = _task(_range_map).options(num_returns=len(bounds) + 1).remote(
-            key, bounds, descending, bundle.ref)
+        refs = (
+            _task(_range_map)
+            .options(num_returns=len(bounds) + 1)
+            .remote(key, bounds, descending, bundle.ref)
+        )
         maps.append(refs if len(bounds) else [refs])
     return [[m[j] for m in maps] for j in range(len(bounds) + 1)]
 
@@ -200,15 +217,16 @@ def sort(keys: list[str], descending: bool) -> Callable[[list[list[RefBundle]]],
         if not bundles:
             return []
         parts = _range_partition(bundles, keys[0], descending)
-        return _bundles([
-            _task(_sort_reduce).options(num_returns=2).remote(keys, descending, *p) for p in parts
-        ])
+        return _bundles(
+            [_task(_sort_reduce).options(num_returns=2).remote(keys, descending, *p) for p in parts]
+        )
 
     return run
 
 
-def _group_reduce(keys: list[str], aggs: list[AggregateFn], *parts: pa.Table
-                  ) -> tuple[pa.Table, Any]:
+def _group_reduce(
+    keys: list[str], aggs: list[AggregateFn], *parts: pa.Table
+) -> tuple[pa.Table, Any]:
     table = concat(list(parts))
     if table.num_rows == 0:
         return _with_meta(pa.table({}))
@@ -217,8 +235,9 @@ def _group_reduce(keys: list[str], aggs: list[AggregateFn], *parts: pa.Table
     return _with_meta(python_group_aggregate(table, keys, aggs))
 
 
-def _map_groups_reduce(keys: list[str], fn: Any, batch_format: str, *parts: pa.Table
-                       ) -> tuple[pa.Table, Any]:
+def _map_groups_reduce(
+    keys: list[str], fn: Any, batch_format: str, *parts: pa.Table
+) -> tuple[pa.Table, Any]:
     from rayjupyter.data.aggregate import group_bounds
     from rayjupyter.data.block import batch_from_table, table_from_batch
 
@@ -226,24 +245,33 @@ def _map_groups_reduce(keys: list[str], fn: Any, batch_format: str, *parts: pa.T
     if table.num_rows == 0:
         return _with_meta(pa.table({}))
     table = table.sort_by([(k, "ascending") for k in keys])
-    out = [table_from_batch(fn(batch_from_table(table.slice(a, b - a), batch_format)))
-           for a, b in group_bounds(table, keys)]
+    out = [
+        table_from_batch(fn(batch_from_table(table.slice(a, b - a), batch_format)))
+        for a, b in group_bounds(table, keys)
+    ]
     return _with_meta(concat(out))
 
 
-def groupby(keys: list[str], aggs: list[AggregateFn] | None = None, fn: Any = None,
-            batch_format: str = "default") -> Callable[[list[list[RefBundle]]], list[RefBundle]]:
+def groupby(
+    keys: list[str],
+    aggs: list[AggregateFn] | None = None,
+    fn: Any = None,
+    batch_format: str = "default",
+) -> Callable[[list[list[RefBundle]]], list[RefBundle]]:
     def run(groups: list[list[RefBundle]]) -> list[RefBundle]:
         bundles = [b for b in _flat(groups) if b.meta.num_rows]
         if not bundles:
             return []
         parts = _range_partition(bundles, keys[0], False)
         if fn is not None:
-            pairs = [_task(_map_groups_reduce).options(num_returns=2).remote(
-                keys, fn, batch_format, *p) for p in parts]
+            pairs = [
+                _task(_map_groups_reduce).options(num_returns=2).remote(keys, fn, batch_format, *p)
+                for p in parts
+            ]
         else:
-            pairs = [_task(_group_reduce).options(num_returns=2).remote(keys, aggs, *p)
-                     for p in parts]
+            pairs = [
+                _task(_group_reduce).options(num_returns=2).remote(keys, aggs, *p) for p in parts
+            ]
         return [b for b in _bundles(pairs) if b.meta.num_rows]
 
     return run
@@ -256,8 +284,9 @@ def union(groups: list[list[RefBundle]]) -> list[RefBundle]:
     return _flat(groups)
 
 
-def _zip_block(names_right: list[str], pieces: list[tuple[int, int, int]], left: pa.Table,
-               *rights: pa.Table) -> tuple[pa.Table, Any]:
+def _zip_block(
+    names_right: list[str], pieces: list[tuple[int, int, int]], left: pa.Table, *rights: pa.Table
+) -> tuple[pa.Table, Any]:
     right = _gather(pieces, *rights)[0]
     out = left
     for name, column in zip(names_right, right.columns, strict=True):
@@ -294,6 +323,9 @@ def zip_blocks(groups: list[list[RefBundle]]) -> list[RefBundle]:
     pairs = []
     for bundle, pieces in zip(left, plan, strict=True):
         blocks = list(dict.fromkeys(p[0] for p in pieces))
-        pairs.append(_task(_zip_block).options(num_returns=2).remote(
-            names, pieces, bundle.ref, *[right[b].ref for b in blocks]))
+        pairs.append(
+            _task(_zip_block)
+            .options(num_returns=2)
+            .remote(names, pieces, bundle.ref, *[right[b].ref for b in blocks])
+        )
     return _bundles(pairs)

@@ -72,13 +72,15 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         if len(column) == 0:
             shape = tuple(column.type.shape)
             return np.empty((0, *shape), dtype=column.type.value_type.to_pandas_dtype())
-        return column.to_numpy_ndarray()
+        tensor: np.ndarray = column.to_numpy_ndarray()
+        return tensor
     if pa.types.is_list(column.type) or pa.types.is_struct(column.type):
         values = column.to_pylist()
         out = np.empty(len(values), dtype=object)
         out[:] = values
         return out
-    return column.to_numpy(zero_copy_only=False)
+    plain: np.ndarray = column.to_numpy(zero_copy_only=False)
+    return plain
 
 
 def array_from_values(values: Any) -> pa.Array:

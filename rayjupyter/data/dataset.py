@@ -69,8 +69,9 @@ class Schema:
         return "\n".join(lines)
 
 
-def _remote_args(num_cpus: float | None, num_gpus: float | None, memory: float | None,
-                 extra: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def _remote_args(
+    num_cpus: float | None, num_gpus: float | None, memory: float | None, extra: dict[str, Any]
+) -> tuple[tuple[str, Any], ...]:
     args = dict(extra)
     for key, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus), ("memory", memory)):
         if value is not None:
@@ -96,8 +97,9 @@ class Dataset:
     def _with(self, name: str, cls: type = MapOp, **fields: Any) -> Dataset:
         return Dataset(cls(name=name, inputs=(self._op,), **fields), self._ctx)
 
-    def _map(self, name: str, stage: Stage, compute: Compute,
-             remote_args: tuple[tuple[str, Any], ...]) -> Dataset:
+    def _map(
+        self, name: str, stage: Stage, compute: Compute, remote_args: tuple[tuple[str, Any], ...]
+    ) -> Dataset:
         return self._with(name, MapOp, stage=stage, compute=compute, remote_args=remote_args)
 
     def _barrier(self, name: str, fn: Any, *others: Dataset) -> Dataset:
@@ -126,22 +128,41 @@ class Dataset:
 
     # ------------------------------------------------------------------ row transforms
 
-    def _udf_call(self, name: str, fn: Any, make: Callable[[UserFn], Stage], *,
-                  fn_args: Any = None, fn_kwargs: Any = None, fn_constructor_args: Any = None,
-                  fn_constructor_kwargs: Any = None, compute: Any = None,
-                  concurrency: Any = None, num_cpus: float | None = None,
-                  num_gpus: float | None = None, memory: float | None = None,
-                  **ray_remote_args: Any) -> Dataset:
+    def _udf_call(
+        self,
+        name: str,
+        fn: Any,
+        make: Callable[[UserFn], Stage],
+        *,
+        fn_args: Any = None,
+        fn_kwargs: Any = None,
+        fn_constructor_args: Any = None,
+        fn_constructor_kwargs: Any = None,
+        compute: Any = None,
+        concurrency: Any = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        memory: float | None = None,
+        **ray_remote_args: Any,
+    ) -> Dataset:
         if compute is not None:
             raise ValueError("compute= is deprecated in Ray Data; use concurrency= instead.")
         is_class = isinstance(fn, type)
         if not is_class and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError("fn_constructor_args/kwargs are for callable classes only.")
-        user_fn = UserFn(fn, tuple(fn_args or ()), dict(fn_kwargs or {}),
-                         tuple(fn_constructor_args or ()), dict(fn_constructor_kwargs or {}))
-        return self._map(f"{name}({_fn_name(fn)})", make(user_fn),
-                         Compute.from_concurrency(concurrency, is_class),
-                         _remote_args(num_cpus, num_gpus, memory, ray_remote_args))
+        user_fn = UserFn(
+            fn,
+            tuple(fn_args or ()),
+            dict(fn_kwargs or {}),
+            tuple(fn_constructor_args or ()),
+            dict(fn_constructor_kwargs or {}),
+        )
+        return self._map(
+            f"{name}({_fn_name(fn)})",
+            make(user_fn),
+            Compute.from_concurrency(concurrency, is_class),
+            _remote_args(num_cpus, num_gpus, memory, ray_remote_args),
+        )
 
     def map(self, fn: Any, **kwargs: Any) -> Dataset:
         return self._udf_call("Map", fn, lambda f: MapRows("Map", f), **kwargs)
@@ -156,31 +177,51 @@ class Dataset:
             import pyarrow.compute as pc
 
             if not isinstance(expr, pc.Expression):
-                raise TypeError("filter(expr=) takes a pyarrow.compute.Expression, e.g. "
-                                "pc.field('x') > 3.")
+                raise TypeError(
+                    "filter(expr=) takes a pyarrow.compute.Expression, e.g. pc.field('x') > 3."
+                )
             return self._map(f"Filter({expr})", FilterRows("Filter", expr=expr), Compute(), ())
         return self._udf_call("Filter", fn, lambda f: FilterRows("Filter", f), **kwargs)
 
-    def map_batches(self, fn: Any, *, batch_size: int | None | str = "default",
-                    batch_format: str | None = "default", zero_copy_batch: bool = False,
-                    **kwargs: Any) -> Dataset:
+    def map_batches(
+        self,
+        fn: Any,
+        *,
+        batch_size: int | str | None = "default",
+        batch_format: str | None = "default",
+        zero_copy_batch: bool = False,
+        **kwargs: Any,
+    ) -> Dataset:
         size = 1024 if batch_size == "default" else batch_size
         if size is not None and (not isinstance(size, int) or size < 1):
-            raise ValueError(f"batch_size must be a positive int, None or 'default', "
-                             f"got {batch_size!r}.")
+            raise ValueError(
+                f"batch_size must be a positive int, None or 'default', got {batch_size!r}."
+            )
         fmt = check_batch_format(batch_format)
-        return self._udf_call("MapBatches", fn, lambda f: MapBatches(
-            "MapBatches", f, size, fmt, zero_copy_batch), **kwargs)
+        return self._udf_call(
+            "MapBatches",
+            fn,
+            lambda f: MapBatches("MapBatches", f, size, fmt, zero_copy_batch),
+            **kwargs,
+        )
 
-    def add_column(self, col: str, fn: Callable[[Any], Any], *,
-                   batch_format: str | None = "pandas", **kwargs: Any) -> Dataset:
+    def add_column(
+        self,
+        col: str,
+        fn: Callable[[Any], Any],
+        *,
+        batch_format: str | None = "pandas",
+        **kwargs: Any,
+    ) -> Dataset:
         fmt = check_batch_format(batch_format)
-        return self._udf_call("AddColumn", fn, lambda f: AddColumn("AddColumn", col, f, fmt),
-                              **kwargs)
+        return self._udf_call(
+            "AddColumn", fn, lambda f: AddColumn("AddColumn", col, f, fmt), **kwargs
+        )
 
     def drop_columns(self, cols: list[str], **kwargs: Any) -> Dataset:
-        return self._map(f"DropColumns({cols})", DropColumns("DropColumns", list(cols)),
-                         Compute(), ())
+        return self._map(
+            f"DropColumns({cols})", DropColumns("DropColumns", list(cols)), Compute(), ()
+        )
 
     def select_columns(self, cols: list[str] | str, **kwargs: Any) -> Dataset:
         cols = [cols] if isinstance(cols, str) else list(cols)
@@ -188,10 +229,11 @@ class Dataset:
 
     def rename_columns(self, names: dict[str, str] | list[str], **kwargs: Any) -> Dataset:
         if not isinstance(names, dict):
-            current = self.columns()
+            current = self.columns() or []
             names = dict(zip(current, names, strict=True))
-        return self._map(f"RenameColumns({names})", RenameColumns("Rename", dict(names)),
-                         Compute(), ())
+        return self._map(
+            f"RenameColumns({names})", RenameColumns("Rename", dict(names)), Compute(), ()
+        )
 
     # ------------------------------------------------------------------ whole-dataset ops
 
@@ -200,12 +242,12 @@ class Dataset:
 
     def repartition(self, num_blocks: int, *, shuffle: bool = False) -> Dataset:
         if shuffle:
-            return self._barrier(f"Repartition[{num_blocks}, shuffle]",
-                                 alltoall.random_shuffle(None, num_blocks))
+            return self._barrier(
+                f"Repartition[{num_blocks}, shuffle]", alltoall.random_shuffle(None, num_blocks)
+            )
         return self._barrier(f"Repartition[{num_blocks}]", alltoall.repartition(num_blocks))
 
-    def random_shuffle(self, *, seed: int | None = None,
-                       num_blocks: int | None = None) -> Dataset:
+    def random_shuffle(self, *, seed: int | None = None, num_blocks: int | None = None) -> Dataset:
         return self._barrier("RandomShuffle", alltoall.random_shuffle(seed, num_blocks))
 
     def randomize_block_order(self, *, seed: int | None = None) -> Dataset:
@@ -229,8 +271,9 @@ class Dataset:
     def _bundles(self) -> list[RefBundle]:
         return list(self._execute())
 
-    def split(self, n: int, *, equal: bool = False, locality_hints: Any = None
-              ) -> list[MaterializedDataset]:
+    def split(
+        self, n: int, *, equal: bool = False, locality_hints: Any = None
+    ) -> list[MaterializedDataset]:
         if n < 1:
             raise ValueError(f"split needs n >= 1, got {n}.")
         if locality_hints is not None:
@@ -245,7 +288,7 @@ class Dataset:
         else:
             parts, start = [], 0
             for count in even_sizes(len(bundles), n):
-                parts.append(bundles[start:start + count])
+                parts.append(bundles[start : start + count])
                 start += count
         return [MaterializedDataset(p, self._ctx) for p in parts]
 
@@ -258,9 +301,9 @@ class Dataset:
         sizes = [b - a for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
         return [MaterializedDataset(p, self._ctx) for p in alltoall.split_rows(bundles, sizes)]
 
-    def train_test_split(self, test_size: float | int, *, shuffle: bool = False,
-                         seed: int | None = None) -> tuple[MaterializedDataset,
-                                                           MaterializedDataset]:
+    def train_test_split(
+        self, test_size: float | int, *, shuffle: bool = False, seed: int | None = None
+    ) -> tuple[MaterializedDataset, MaterializedDataset]:
         ds = self.random_shuffle(seed=seed) if shuffle else self
         total = ds.count()
         if isinstance(test_size, float):
@@ -274,8 +317,9 @@ class Dataset:
         train_part, test_part = ds.split_at_indices([total - test])
         return train_part, test_part
 
-    def streaming_split(self, n: int, *, equal: bool = False,
-                        locality_hints: Any = None) -> list[DataIterator]:
+    def streaming_split(
+        self, n: int, *, equal: bool = False, locality_hints: Any = None
+    ) -> list[DataIterator]:
         from rayjupyter.data.split import streaming_split
 
         if locality_hints is not None:
@@ -310,8 +354,9 @@ class Dataset:
 
     def take_batch(self, batch_size: int = 20, *, batch_format: str | None = "default") -> Any:
         fmt = check_batch_format(batch_format)
-        for batch in self.limit(batch_size).iter_batches(batch_size=batch_size,
-                                                         batch_format="pyarrow"):
+        for batch in self.limit(batch_size).iter_batches(
+            batch_size=batch_size, batch_format="pyarrow"
+        ):
             return batch_from_table(batch, fmt)
         raise ValueError("The dataset is empty.")
 
@@ -378,10 +423,12 @@ class Dataset:
             return "Dataset has not been executed yet: no stats."
         lines = []
         for s in self._last_stats:
-            lines.append(f"Operator {s.name}: {s.tasks_done} tasks, {s.blocks_out} blocks, "
-                         f"{s.rows_out} rows, {s.bytes_out} bytes out; task time "
-                         f"{s.task_wall_s:.3f}s; peak queued {s.peak_queued_bytes} bytes"
-                         + (f"; {s.errored_blocks} errored blocks" if s.errored_blocks else ""))
+            lines.append(
+                f"Operator {s.name}: {s.tasks_done} tasks, {s.blocks_out} blocks, "
+                f"{s.rows_out} rows, {s.bytes_out} bytes out; task time "
+                f"{s.task_wall_s:.3f}s; peak queued {s.peak_queued_bytes} bytes"
+                + (f"; {s.errored_blocks} errored blocks" if s.errored_blocks else "")
+            )
         return "\n".join(lines)
 
     def to_pandas(self, limit: int | None = None) -> Any:
@@ -501,8 +548,9 @@ class GroupedData:
         return f"GroupedData(dataset={self._ds._repr_name()}, key={self._keys!r})"
 
     def aggregate(self, *aggs: AggregateFn) -> Dataset:
-        return self._ds._barrier(f"Aggregate[{self._keys}]",
-                                 alltoall.groupby(self._keys, list(aggs)))
+        return self._ds._barrier(
+            f"Aggregate[{self._keys}]", alltoall.groupby(self._keys, list(aggs))
+        )
 
     def count(self) -> Dataset:
         return self.aggregate(Count())
@@ -529,14 +577,18 @@ class GroupedData:
     def std(self, on: str | list[str] | None = None, ddof: int = 1) -> Dataset:
         return self._each(lambda c: Std(c, ddof=ddof), on)
 
-    def map_groups(self, fn: Any, *, batch_format: str | None = "default",
-                   **kwargs: Any) -> Dataset:
+    def map_groups(
+        self, fn: Any, *, batch_format: str | None = "default", **kwargs: Any
+    ) -> Dataset:
         if kwargs:
-            raise ValueError(f"map_groups options {sorted(kwargs)} are not supported by "
-                             "rayjupyter.data; leave them out.")
+            raise ValueError(
+                f"map_groups options {sorted(kwargs)} are not supported by "
+                "rayjupyter.data; leave them out."
+            )
         fmt = check_batch_format(batch_format)
-        return self._ds._barrier(f"MapGroups({_fn_name(fn)})",
-                                 alltoall.groupby(self._keys, fn=fn, batch_format=fmt))
+        return self._ds._barrier(
+            f"MapGroups({_fn_name(fn)})", alltoall.groupby(self._keys, fn=fn, batch_format=fmt)
+        )
 
 
 _ = (html, rows_of)

@@ -45,8 +45,12 @@ def _limits(ctx: DataContext, actors_cpu: float) -> Limits:
 
 
 class StreamingExecutor:
-    def __init__(self, specs: list[PhysicalSpec], ctx: DataContext | None = None,
-                 on_progress: Callable[[StreamingExecutor], None] | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[PhysicalSpec],
+        ctx: DataContext | None = None,
+        on_progress: Callable[[StreamingExecutor], None] | None = None,
+    ) -> None:
         if not rj.is_initialized():
             rj.init()
         self.ctx = ctx or DataContext.get_current()
@@ -69,7 +73,8 @@ class StreamingExecutor:
         self.upstreams = {i: spec.inputs for i, spec in enumerate(specs)}
         actors_cpu = sum(
             float(s.remote_args.get("num_cpus", 1)) * s.compute.min_size
-            for s in specs if s.kind == "map" and s.compute.actors
+            for s in specs
+            if s.kind == "map" and s.compute.actors
         )
         self.limits = _limits(self.ctx, actors_cpu)
         self.output: deque[RefBundle] = deque()
@@ -105,7 +110,9 @@ class StreamingExecutor:
                         if limit.reached():
                             self._stop_upstream(limit.index)
         for op in self.ops:
-            if not op.inputs_done and all(self.ops[u].completed() for u in self.upstreams[op.index]):
+            if not op.inputs_done and all(
+                self.ops[u].completed() for u in self.upstreams[op.index]
+            ):
                 op.all_inputs_done()
             if isinstance(op, BarrierOperator):
                 released = op.run_if_ready()
@@ -141,15 +148,21 @@ class StreamingExecutor:
             total = sum(o.stats.errored_blocks for o in self.ops)
             if allowed < 0 or total <= allowed:
                 for exc, _tb in op.errors:
-                    logger.warning("rayjupyter.data: %s dropped a block: %r (max_errored_blocks"
-                                   "=%s)", op.spec.name, exc, allowed)
+                    logger.warning(
+                        "rayjupyter.data: %s dropped a block: %r (max_errored_blocks=%s)",
+                        op.spec.name,
+                        exc,
+                        allowed,
+                    )
                 op.errors.clear()
                 continue
             exc, tb = op.errors[0]
             self.shutdown()
             if hasattr(exc, "add_note"):
-                exc.add_note(f"\nraised by a user function in operator {op.spec.name!r} of "
-                             f"rayjupyter.data; the remote traceback:\n{tb}")
+                exc.add_note(
+                    f"\nraised by a user function in operator {op.spec.name!r} of "
+                    f"rayjupyter.data; the remote traceback:\n{tb}"
+                )
             raise exc
 
     def step(self, timeout: float = _WAIT_S) -> None:
@@ -163,8 +176,11 @@ class StreamingExecutor:
                 owners[id(item)] = op
         if waitables:
             ready, _ = rj.wait(waitables, num_returns=1, timeout=timeout)
-            ready, _ = rj.wait(waitables, num_returns=len(waitables), timeout=0) if ready else (
-                ready, None)
+            ready, _ = (
+                rj.wait(waitables, num_returns=len(waitables), timeout=0)
+                if ready
+                else (ready, None)
+            )
             for item in ready:
                 self._release(owners[id(item)].on_ready(item))
             self._raise_errors()

@@ -37,8 +37,9 @@ def _tables(bundles: Iterator[RefBundle], prefetch: int) -> Iterator[pa.Table]:
         yield rj.get(ahead.popleft().ref, timeout=600)
 
 
-def _local_shuffle(tables: Iterator[pa.Table], buffer_size: int, batch_size: int,
-                   seed: int | None) -> Iterator[pa.Table]:
+def _local_shuffle(
+    tables: Iterator[pa.Table], buffer_size: int, batch_size: int, seed: int | None
+) -> Iterator[pa.Table]:
     """Rows drawn at random from a buffer kept at least ``buffer_size`` rows full."""
     rng = np.random.default_rng(seed)
     buffer = pa.table({})
@@ -83,8 +84,9 @@ class DataIterator:
         if local_shuffle_buffer_size is not None:
             if batch_size is None:
                 raise ValueError("local_shuffle_buffer_size needs a batch_size.")
-            tables = _local_shuffle(tables, local_shuffle_buffer_size, batch_size,
-                                    local_shuffle_seed)
+            tables = _local_shuffle(
+                tables, local_shuffle_buffer_size, batch_size, local_shuffle_seed
+            )
         for batch in rebatch(tables, batch_size):
             if drop_last and batch_size is not None and batch.num_rows < batch_size:
                 return
@@ -110,10 +112,14 @@ class DataIterator:
         except ImportError as exc:
             raise ImportError("iter_torch_batches needs torch: pip install torch.") from exc
         dev = None if device == "auto" else torch.device(device)
-        for batch in self.iter_batches(prefetch_batches=prefetch_batches, batch_size=batch_size,
-                                       batch_format="numpy", drop_last=drop_last,
-                                       local_shuffle_buffer_size=local_shuffle_buffer_size,
-                                       local_shuffle_seed=local_shuffle_seed):
+        for batch in self.iter_batches(
+            prefetch_batches=prefetch_batches,
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=drop_last,
+            local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed,
+        ):
             out = {}
             for name, values in batch.items():
                 dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes

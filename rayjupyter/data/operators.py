@@ -187,8 +187,9 @@ class MapOperator(PhysicalOperator):
     the caller's node, so on several nodes each task returns its output as one block plus
     its metadata (``streaming=False``), which lets the scheduler spread the tasks."""
 
-    def __init__(self, index: int, spec: PhysicalSpec, ctx: DataContext,
-                 streaming: bool = True) -> None:
+    def __init__(
+        self, index: int, spec: PhysicalSpec, ctx: DataContext, streaming: bool = True
+    ) -> None:
         super().__init__(index, spec, ctx)
         self.streaming = streaming
         self.work: deque[tuple[Any, list[RefBundle]]] = deque()  # (read task | None, inputs)
@@ -245,14 +246,21 @@ class MapOperator(PhysicalOperator):
             cap = compute.max_size * compute.max_tasks_in_flight_per_actor
             ready = bool(self.work) and not self.stopped and self.actor_ready()
             return OpUsage(ready, len(self.running), cap, False, self.queued_bytes, est)
-        return OpUsage(bool(self.work) and not self.stopped, len(self.running),
-                       compute.max_size, True, self.queued_bytes, est)
+        return OpUsage(
+            bool(self.work) and not self.stopped,
+            len(self.running),
+            compute.max_size,
+            True,
+            self.queued_bytes,
+            est,
+        )
 
     def _pick_actor(self) -> int:
         compute = self.spec.compute
         busy = sum(1 for load in self.actor_load.values() if load > 0)
-        target = actor_pool_target(len(self.actors), compute.min_size, compute.max_size, busy,
-                                   len(self.work))
+        target = actor_pool_target(
+            len(self.actors), compute.min_size, compute.max_size, busy, len(self.work)
+        )
         args = dict(self.spec.remote_args)
         args.setdefault("num_cpus", 1)
         while len(self.actors) < target:
@@ -268,8 +276,9 @@ class MapOperator(PhysicalOperator):
             return True
         if len(self.actors) < self.spec.compute.max_size:
             return True
-        return any(n < self.spec.compute.max_tasks_in_flight_per_actor
-                   for n in self.actor_load.values())
+        return any(
+            n < self.spec.compute.max_tasks_in_flight_per_actor for n in self.actor_load.values()
+        )
 
     def dispatch(self) -> None:
         source, inputs = self.work.popleft()
@@ -284,26 +293,31 @@ class MapOperator(PhysicalOperator):
             actor = self.actors[actor_index]
             if self.streaming:
                 gen = actor.run.options(num_returns="streaming").remote(
-                    source, self.spec.stages, target, *refs)
+                    source, self.spec.stages, target, *refs
+                )
             else:
                 whole = actor.run_whole.options(num_returns=2).remote(
-                    source, self.spec.stages, target, *refs)
+                    source, self.spec.stages, target, *refs
+                )
             self.actor_load[actor_index] += 1
         elif self.streaming:
             options: dict[str, Any] = {"num_returns": "streaming", **self.spec.remote_args}
-            gen = _remote("task").options(**options).remote(
-                source, self.spec.stages, target, *refs)
+            gen = _remote("task").options(**options).remote(source, self.spec.stages, target, *refs)
         else:
             options = {**self.spec.remote_args, "num_returns": 2}
-            whole = _remote("task_whole").options(**options).remote(
-                source, self.spec.stages, target, *refs)
+            whole = (
+                _remote("task_whole")
+                .options(**options)
+                .remote(source, self.spec.stages, target, *refs)
+            )
         if not self.streaming:
             gen = whole[1]  # wait on the metadata; the block is ready with it
         ordinal = self.next_ordinal
         self.next_ordinal += 1
         self.results[ordinal] = (deque(), False)
-        self.running[id(gen)] = _Running(gen, ordinal, inputs, actor_index,
-                                         whole=None if self.streaming else whole)
+        self.running[id(gen)] = _Running(
+            gen, ordinal, inputs, actor_index, whole=None if self.streaming else whole
+        )
 
     def waitables(self) -> list[Any]:
         return [r.gen for r in self.running.values()]
@@ -399,8 +413,7 @@ class LimitOperator(PhysicalOperator):
 class BarrierOperator(PhysicalOperator):
     """Waits for all of its inputs, then runs its all-to-all function once."""
 
-    def __init__(self, index: int, spec: PhysicalSpec, ctx: DataContext,
-                 n_inputs: int) -> None:
+    def __init__(self, index: int, spec: PhysicalSpec, ctx: DataContext, n_inputs: int) -> None:
         super().__init__(index, spec, ctx)
         self.collected: list[list[RefBundle]] = [[] for _ in range(n_inputs)]
         self.out: deque[RefBundle] = deque()

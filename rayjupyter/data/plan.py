@@ -45,8 +45,10 @@ class Compute:
         else:
             lo, hi = concurrency
         if lo < 1 or hi < lo:
-            raise ValueError(f"concurrency must be N >= 1 or (min, max) with 1 <= min <= max, "
-                             f"got {concurrency!r}.")
+            raise ValueError(
+                f"concurrency must be N >= 1 or (min, max) with 1 <= min <= max, "
+                f"got {concurrency!r}."
+            )
         return Compute(actors=True, min_size=lo, max_size=hi)
 
 
@@ -134,8 +136,11 @@ def _pushdown(op: LogicalOp) -> LogicalOp:
         pushed = [push_filter(t, stage.expr) for t in child.tasks]
     if pushed is None or any(t is None for t in pushed):
         return op
-    return replace(child, name=f"{child.name}[{stage.name if stage else ''}]",
-                   tasks=tuple(t for t in pushed if t is not None))
+    return replace(
+        child,
+        name=f"{child.name}[{stage.name if stage else ''}]",
+        tasks=tuple(t for t in pushed if t is not None),
+    )
 
 
 def _can_fuse(up: PhysicalSpec, down: MapOp) -> bool:
@@ -170,8 +175,14 @@ def optimize(root: LogicalOp) -> list[PhysicalSpec]:
                     up.compute = op.compute
                 return in_ids[0]
             specs.append(
-                PhysicalSpec("map", op.name, in_ids, stages=[op.stage], compute=op.compute,
-                             remote_args=dict(op.remote_args))
+                PhysicalSpec(
+                    "map",
+                    op.name,
+                    in_ids,
+                    stages=[op.stage],
+                    compute=op.compute,
+                    remote_args=dict(op.remote_args),
+                )
             )
         elif isinstance(op, Limit):
             specs.append(PhysicalSpec("limit", op.name, in_ids, limit=op.limit))
@@ -187,6 +198,6 @@ def optimize(root: LogicalOp) -> list[PhysicalSpec]:
 
 def plan_text(specs: list[PhysicalSpec]) -> str:
     return " -> ".join(
-        spec.name if not spec.stages or spec.read_tasks is not None
-        else f"{spec.name}" for spec in specs
+        spec.name if not spec.stages or spec.read_tasks is not None else f"{spec.name}"
+        for spec in specs
     ) or describe([])

@@ -33,8 +33,17 @@ def rows(executor: Any) -> list[OpProgress]:
     for op in executor.ops:
         s = op.stats
         elapsed = max(1e-6, (s.finished or now) - s.started)
-        out.append(OpProgress(s.name, s.rows_out, s.total_rows, s.rows_out / elapsed,
-                              max(0, op.queued_bytes), op.usage().running, op.completed()))
+        out.append(
+            OpProgress(
+                s.name,
+                s.rows_out,
+                s.total_rows,
+                s.rows_out / elapsed,
+                max(0, op.queued_bytes),
+                op.usage().running,
+                op.completed(),
+            )
+        )
     return out
 
 
@@ -47,8 +56,7 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def progress_callback(specs: list[PhysicalSpec], ctx: DataContext
-                      ) -> Callable[[Any], None] | None:
+def progress_callback(specs: list[PhysicalSpec], ctx: DataContext) -> Callable[[Any], None] | None:
     if not ctx.enable_progress_bars or not _in_kernel():
         return None
     try:

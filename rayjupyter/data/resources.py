@@ -59,8 +59,9 @@ def choose_op(usages: list[OpUsage], limits: Limits) -> int | None:
     return None if best is None else best[1]
 
 
-def actor_pool_target(current: int, min_size: int, max_size: int, busy: int,
-                      queued_inputs: int) -> int:
+def actor_pool_target(
+    current: int, min_size: int, max_size: int, busy: int, queued_inputs: int
+) -> int:
     """How many actors an autoscaling pool should have: grow by one while every actor is
     busy and input waits, up to max_size; never below min_size (pools do not shrink while
     a dataset runs, so the callable classes are made once)."""

@@ -185,9 +185,7 @@ def file_tasks(
             for p in paths
         ]
     groups = _group(paths, num_blocks if num_blocks is not None else len(paths))
-    return [
-        ReadTask(_read_files, (kind, g, include_paths, options, 1), None, g[0]) for g in groups
-    ]
+    return [ReadTask(_read_files, (kind, g, include_paths, options, 1), None, g[0]) for g in groups]
 
 
 # --------------------------------------------------------------------------- parquet
@@ -259,7 +257,10 @@ def push_columns(task: ReadTask, columns: list[str]) -> ReadTask | None:
         include_paths = False
     wanted = [c for c in columns if c != "path" or not include_paths]
     return ReadTask(
-        _read_parquet_pieces, (pieces, wanted, filter_expr, include_paths), task.num_rows, task.label
+        _read_parquet_pieces,
+        (pieces, wanted, filter_expr, include_paths),
+        task.num_rows,
+        task.label,
     )
 
 

@@ -75,8 +75,7 @@ class _SplitSource:
         self.epoch += 1
         delay = 0.01
         while True:
-            kind, ref = rj.get(self.coordinator.next_block.remote(self.split, epoch),
-                               timeout=600)
+            kind, ref = rj.get(self.coordinator.next_block.remote(self.split, epoch), timeout=600)
             if kind == "end":
                 return
             if kind == "wait":
