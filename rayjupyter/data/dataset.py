@@ -27,8 +27,9 @@ from rayjupyter.data.plan import (
     Limit,
     LogicalOp,
     MapOp,
-    Read,
     chain_names,
+    known_rows,
+    known_schema,
     optimize,
 )
 from rayjupyter.data.stages import (
@@ -118,13 +119,7 @@ class Dataset:
             self._last_stats = executor.stats()
 
     def _known_rows(self) -> int | None:
-        op = self._op
-        if isinstance(op, InputData):
-            return sum(b.meta.num_rows for b in op.bundles)
-        if isinstance(op, Read):
-            rows = [t.num_rows for t in op.tasks]
-            return None if None in rows else sum(r or 0 for r in rows)
-        return None
+        return known_rows(self._op)
 
     # ------------------------------------------------------------------ row transforms
 
@@ -371,6 +366,9 @@ class Dataset:
         return sum(b.meta.num_rows for b in self._execute())
 
     def schema(self) -> Schema | None:
+        known = known_schema(self._op)
+        if known is not None:
+            return Schema(known)
         for bundle in self._execute():
             if bundle.meta.schema is not None and bundle.meta.schema.names:
                 return Schema(bundle.meta.schema)
@@ -529,12 +527,6 @@ class MaterializedDataset(Dataset):
 
     def num_blocks(self) -> int:
         return len(self._materialized)
-
-    def known_schema(self) -> pa.Schema | None:
-        for bundle in self._materialized:
-            if bundle.meta.schema is not None and bundle.meta.schema.names:
-                return bundle.meta.schema
-        return None
 
 
 class GroupedData:

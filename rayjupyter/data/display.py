@@ -19,9 +19,11 @@ _BORDER = "border-bottom: 1px solid var(--jp-border-color2, #e0e0e0)"
 
 
 def _known(ds: Any) -> tuple[int | None, Any]:
-    """Row count and schema, only where they are known without running anything."""
-    schema = ds.known_schema() if hasattr(ds, "known_schema") else None
-    return ds._known_rows(), schema
+    """The source's row count and schema, only where known without running anything."""
+    from rayjupyter.data.plan import known_rows, known_schema, leaf
+
+    source = leaf(ds._op)
+    return known_rows(source), known_schema(source)
 
 
 def _schema_text(schema: Any) -> str:

@@ -64,6 +64,33 @@ class LogicalOp:
 @dataclass(frozen=True)
 class Read(LogicalOp):
     tasks: tuple[ReadTask, ...] = ()
+    schema: Any = None  # a pyarrow.Schema when known without reading (footers, range)
+
+
+def known_rows(op: LogicalOp) -> int | None:
+    """Rows of a source known without running it (None for anything else)."""
+    if isinstance(op, InputData):
+        return sum(b.meta.num_rows for b in op.bundles)
+    if isinstance(op, Read):
+        rows = [t.num_rows for t in op.tasks]
+        return None if None in rows else sum(r or 0 for r in rows)
+    return None
+
+
+def known_schema(op: LogicalOp) -> Any:
+    if isinstance(op, InputData):
+        for bundle in op.bundles:
+            if bundle.meta.schema is not None and bundle.meta.schema.names:
+                return bundle.meta.schema
+    if isinstance(op, Read):
+        return op.schema
+    return None
+
+
+def leaf(op: LogicalOp) -> LogicalOp:
+    while op.inputs:
+        op = op.inputs[0]
+    return op
 
 
 @dataclass(frozen=True)

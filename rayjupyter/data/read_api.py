@@ -35,7 +35,7 @@ def _num_blocks(n_rows: int, override_num_blocks: int | None) -> int:
 def range(n: int, *, override_num_blocks: int | None = None) -> Dataset:
     """Rows ``{"id": 0} .. {"id": n-1}``."""
     tasks = sources.range_tasks(n, _num_blocks(n, override_num_blocks))
-    return Dataset(Read(name="ReadRange", tasks=tuple(tasks)))
+    return Dataset(Read(name="ReadRange", tasks=tuple(tasks), schema=pa.schema({"id": pa.int64()})))
 
 
 def range_tensor(
@@ -166,14 +166,10 @@ def read_parquet(
     files = sources.expand_paths(paths, file_extensions)
     if override_num_blocks is not None and override_num_blocks < 1:
         raise ValueError(f"override_num_blocks must be >= 1, got {override_num_blocks}.")
-    tasks = sources.parquet_tasks(
-        files,
-        list(columns) if columns is not None else None,
-        filter,
-        override_num_blocks,
-        include_paths,
-    )
-    return Dataset(Read(name="ReadParquet", tasks=tuple(tasks)))
+    cols = list(columns) if columns is not None else None
+    tasks = sources.parquet_tasks(files, cols, filter, override_num_blocks, include_paths)
+    schema = sources.parquet_schema(files[0], cols, include_paths)
+    return Dataset(Read(name="ReadParquet", tasks=tuple(tasks), schema=schema))
 
 
 def read_csv(

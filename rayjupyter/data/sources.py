@@ -246,6 +246,18 @@ def parquet_tasks(
     return tasks
 
 
+def parquet_schema(path: str, columns: list[str] | None, include_paths: bool) -> pa.Schema:
+    """The schema a read gives, from the first file's footer (no data read)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path).remove_metadata()
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    if include_paths:
+        schema = schema.append(pa.field("path", pa.string()))
+    return schema
+
+
 def push_columns(task: ReadTask, columns: list[str]) -> ReadTask | None:
     """A Parquet read task that reads only ``columns`` (None when it is not Parquet)."""
     if task.read_fn is not _read_parquet_pieces:
