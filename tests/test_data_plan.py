@@ -67,8 +67,10 @@ def test_run_chain_yields_blocks_then_metadata_and_catches_user_errors():
     stage = MapBatches("MB", UserFn(lambda b: {"x": b["id"] * 2}), batch_size=3)
     items = list(run_chain(None, [stage], (pa.table({"id": list(range(7))}),), 2**30))
     tables, metas = items[0::2], items[1::2]
-    assert [t.num_rows for t in tables] == [3, 3, 1]
-    assert [m.num_rows for m in metas] == [3, 3, 1]
+    assert [t.num_rows for t in tables] == [7]  # the batches' outputs joined into one block
+    assert [m.num_rows for m in metas] == [7]
+    items = list(run_chain(None, [stage], (pa.table({"id": list(range(7))}),), 24))
+    assert [t.num_rows for t in items[0::2]] == [3, 3, 1]  # each batch: 24 bytes, the target
 
     def boom(batch):
         raise KeyError("bad")

@@ -20,6 +20,7 @@ from rayjupyter.data.block import (
     BlockMetadata,
     batch_from_table,
     check_batch_format,
+    concat,
     metadata_of,
     rebatch,
     rows_of,
@@ -205,6 +206,29 @@ class WriteBlocks(Stage):
 # --------------------------------------------------------------------------- the task body
 
 
+def coalesce(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
+    """Small outputs (a map_batches batch each) joined into blocks of up to ``target`` bytes,
+    so a task makes few blocks, not one per batch; an all-empty output keeps its schema."""
+    pending: list[pa.Table] = []
+    held = 0
+    empty: pa.Table | None = None
+    emitted = False
+    for table in tables:
+        if table.num_rows == 0:
+            empty = table
+            continue
+        pending.append(table)
+        held += int(table.nbytes)
+        if held >= target:
+            yield concat(pending)
+            emitted = True
+            pending, held = [], 0
+    if pending:
+        yield concat(pending)
+    elif not emitted and empty is not None:
+        yield empty
+
+
 def run_chain(
     source: Callable[[], Iterable[pa.Table]] | None,
     stages: list[Stage],
@@ -221,7 +245,7 @@ def run_chain(
         stream: Iterator[pa.Table] = iter(source()) if source is not None else iter(blocks)
         for stage in stages:
             stream = stage.apply(stream)
-        for table in stream:
+        for table in coalesce(stream, target_max_block_size):
             for piece in split_table(table, target_max_block_size):
                 now = time.perf_counter()
                 yield piece
