@@ -295,3 +295,12 @@ def test_rj_data_does_not_import_pandas():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@rj.remote
+def _count_in_a_task(ds):
+    return ds.filter(lambda r: r["id"] % 2 == 0).count()
+
+
+def test_a_dataset_can_be_passed_to_a_task():
+    assert rj.get(_count_in_a_task.remote(rd.range(10)), timeout=60) == 5

@@ -156,3 +156,29 @@ def test_concurrency_rules():
     with pytest.raises(ValueError, match="actor pool"):
         Compute.from_concurrency((1, 2), False)
     assert Compute.from_concurrency((1, 3), True) == Compute(True, 1, 3)
+
+
+def test_the_library_uses_only_rayjupyters_public_api():
+    import ast
+    from pathlib import Path
+
+    import rayjupyter.data
+
+    for path in Path(rayjupyter.data.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith(("rayjupyter.core", "rayjupyter.notebook")), (
+                    f"{path.name} imports {name}"
+                )
+
+
+def test_html_tables_use_the_lab_theme():
+    from rayjupyter.data.display import table_html
+
+    out = table_html(["a", "<b>"], [[1, "x" * 100]], "caption")
+    assert "var(--jp-" in out and "&lt;b&gt;" in out and "..." in out

@@ -356,7 +356,20 @@ class Dataset:
         raise ValueError("The dataset is empty.")
 
     def show(self, limit: int = 20) -> None:
-        for row in self.take(limit):
+        """Prints the first rows, as Ray does; in a Jupyter kernel, as an HTML table."""
+        from rayjupyter.data.progress import _in_kernel
+
+        rows = self.take(limit)
+        if _in_kernel() and rows:
+            from IPython.display import HTML, display
+
+            from rayjupyter.data.display import table_html
+
+            names = list(rows[0])
+            body = [[row.get(n) for n in names] for row in rows]
+            display(HTML(table_html(names, body, f"first {len(rows)} rows")))  # type: ignore[no-untyped-call]
+            return
+        for row in rows:
             print(row)
 
     def count(self) -> int:
