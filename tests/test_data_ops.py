@@ -304,3 +304,14 @@ def _count_in_a_task(ds):
 
 def test_a_dataset_can_be_passed_to_a_task():
     assert rj.get(_count_in_a_task.remote(rd.range(10)), timeout=60) == 5
+
+
+def test_take_stops_a_long_pipeline_early():
+    def slow(batch):
+        import time
+
+        time.sleep(2)  # every block after the first would take this long
+        return batch
+
+    ds = rd.range(1000, override_num_blocks=50).map_batches(slow, batch_size=None)
+    assert [r["id"] for r in ds.take(3)] == [0, 1, 2]  # 50 blocks x 2 s on 2 CPUs: 50 s

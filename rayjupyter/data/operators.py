@@ -232,8 +232,16 @@ class MapOperator(PhysicalOperator):
         return idle and (self.stopped or (self.inputs_done and not self.work))
 
     def stop(self) -> None:
+        """A limit downstream is reached: queued work is dropped and running tasks are
+        cancelled, so ``take(5)`` of a large dataset does not wait for them."""
         super().stop()
         self.work.clear()
+        for run in list(self.running.values()):
+            if run.whole is None:
+                rj.cancel(run.gen)
+            self._finish(run)
+        for ordinal, (queue, _) in list(self.results.items()):
+            self.results[ordinal] = (queue, True)
 
     # launching
     def _cpu(self) -> float:
