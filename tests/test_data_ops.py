@@ -315,3 +315,12 @@ def test_take_stops_a_long_pipeline_early():
 
     ds = rd.range(1000, override_num_blocks=50).map_batches(slow, batch_size=None)
     assert [r["id"] for r in ds.take(3)] == [0, 1, 2]  # 50 blocks x 2 s on 2 CPUs: 50 s
+
+
+def test_an_error_in_map_groups_names_its_operator():
+    def bad(group):
+        raise LookupError("no such group")
+
+    with pytest.raises(LookupError, match="no such group") as info:
+        rd.range(10).groupby("id").map_groups(bad).take_all()
+    assert any("MapGroups(bad)" in note for note in info.value.__notes__)

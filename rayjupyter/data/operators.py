@@ -438,7 +438,11 @@ class BarrierOperator(PhysicalOperator):
         fn: Callable[[list[list[RefBundle]]], list[RefBundle]] | None = self.spec.fn
         assert fn is not None
         start = time.perf_counter()
-        result = fn(self.collected)
+        try:
+            result = fn(self.collected)
+        except Exception as exc:  # a user function of map_groups/aggregate, or bad input
+            exc.add_note(f"raised in operator {self.spec.name!r} of rayjupyter.data")
+            raise
         self.stats.task_wall_s += time.perf_counter() - start
         self.stats.tasks_done += 1
         released = [b for group in self.collected for b in group]
