@@ -25,6 +25,7 @@ from rayjupyter.data.operators import (
     MapOperator,
     OpStats,
     PhysicalOperator,
+    add_note,
 )
 from rayjupyter.data.plan import PhysicalSpec
 from rayjupyter.data.resources import Limits, choose_op, in_use
@@ -158,11 +159,11 @@ class StreamingExecutor:
                 continue
             exc, tb = op.errors[0]
             self.shutdown()
-            if hasattr(exc, "add_note"):
-                exc.add_note(
-                    f"\nraised by a user function in operator {op.spec.name!r} of "
-                    f"rayjupyter.data; the remote traceback:\n{tb}"
-                )
+            add_note(
+                exc,
+                f"\nraised by a user function in operator {op.spec.name!r} of "
+                f"rayjupyter.data; the remote traceback:\n{tb}",
+            )
             raise exc
 
     def step(self, timeout: float = _WAIT_S) -> None:

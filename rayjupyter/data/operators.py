@@ -89,8 +89,13 @@ class OpStats:
     total_rows: int | None = None  # expected, when the source knows
 
 
-class UserCodeError(Exception):
-    """Only a marker type in notes; the user's own exception is what is raised."""
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note`` (Python 3.11+); on 3.10 the note is kept in ``__notes__`` alone."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        notes = list(getattr(exc, "__notes__", []))
+        exc.__notes__ = [*notes, note]  # type: ignore[attr-defined]
 
 
 class PhysicalOperator:
@@ -441,7 +446,7 @@ class BarrierOperator(PhysicalOperator):
         try:
             result = fn(self.collected)
         except Exception as exc:  # a user function of map_groups/aggregate, or bad input
-            exc.add_note(f"raised in operator {self.spec.name!r} of rayjupyter.data")
+            add_note(exc, f"raised in operator {self.spec.name!r} of rayjupyter.data")
             raise
         self.stats.task_wall_s += time.perf_counter() - start
         self.stats.tasks_done += 1
