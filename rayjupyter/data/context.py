@@ -18,7 +18,8 @@ class ExecutionResources:
 @dataclass
 class ExecutionOptions:
     resource_limits: ExecutionResources = field(default_factory=ExecutionResources)
-    preserve_order: bool = True  # outputs follow input order (rayjupyter's default)
+    # rayjupyter always keeps input order; False (Ray's default) only permits any order
+    preserve_order: bool = True
 
 
 @dataclass

@@ -7,7 +7,6 @@ the streaming executor. ``MaterializedDataset`` holds finished blocks in the sto
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pyarrow as pa
 import rayjupyter as rj
 from rayjupyter.data import alltoall
 from rayjupyter.data.aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
-from rayjupyter.data.block import RefBundle, batch_from_table, check_batch_format, rows_of
+from rayjupyter.data.block import RefBundle, batch_from_table, check_batch_format
 from rayjupyter.data.context import DataContext
 from rayjupyter.data.executor import StreamingExecutor
 from rayjupyter.data.iterator import DataIterator
@@ -91,7 +90,6 @@ class Dataset:
         self._op = op
         self._ctx = ctx or DataContext.get_current()
         self._last_stats: list[Any] | None = None
-        self._progress_factory: Callable[[Any], Any] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -594,6 +592,3 @@ class GroupedData:
         return self._ds._barrier(
             f"MapGroups({_fn_name(fn)})", alltoall.groupby(self._keys, fn=fn, batch_format=fmt)
         )
-
-
-_ = (html, rows_of)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rayjupyter.data.block import RefBundle
 from rayjupyter.data.sources import ReadTask, push_columns, push_filter
-from rayjupyter.data.stages import FilterRows, SelectColumns, Stage, describe
+from rayjupyter.data.stages import FilterRows, SelectColumns, Stage
 
 
 @dataclass(frozen=True)
@@ -221,10 +221,3 @@ def optimize(root: LogicalOp) -> list[PhysicalSpec]:
 
     build(_pushdown(root))
     return specs
-
-
-def plan_text(specs: list[PhysicalSpec]) -> str:
-    return " -> ".join(
-        spec.name if not spec.stages or spec.read_tasks is not None else f"{spec.name}"
-        for spec in specs
-    ) or describe([])

@@ -4,7 +4,6 @@ over blocks put in the store now (in-memory data), named as in Ray Data."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -274,6 +273,3 @@ def read_images(
         include_paths,
         {"size": size, "mode": mode},
     )
-
-
-_ = Iterable

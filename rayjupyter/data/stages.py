@@ -270,7 +270,3 @@ def construct_udfs(stages: list[Stage]) -> None:
         fn = getattr(stage, "fn", None)
         if isinstance(fn, UserFn) and fn.is_class:
             fn.construct()
-
-
-def describe(stages: list[Stage]) -> str:
-    return "->".join(stage.name for stage in stages)
