@@ -10,6 +10,7 @@ user's own type, with a note naming the operator.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -166,7 +167,8 @@ class StreamingExecutor:
             )
             raise exc
 
-    def step(self, timeout: float = _WAIT_S) -> None:
+    def _prepare(self) -> tuple[list[Any], dict[int, PhysicalOperator]]:
+        """Move finished blocks on, start what the budget allows; what to wait on."""
         self._move()
         self._dispatch()
         waitables: list[Any] = []
@@ -175,18 +177,26 @@ class StreamingExecutor:
             for item in op.waitables():
                 waitables.append(item)
                 owners[id(item)] = op
-        if waitables:
-            ready, _ = rj.wait(waitables, num_returns=1, timeout=timeout)
-            ready, _ = (
-                rj.wait(waitables, num_returns=len(waitables), timeout=0)
-                if ready
-                else (ready, None)
-            )
-            for item in ready:
-                self._release(owners[id(item)].on_ready(item))
-            self._raise_errors()
+        return waitables, owners
+
+    def _handle(self, ready: list[Any], owners: dict[int, PhysicalOperator]) -> None:
+        for item in ready:
+            self._release(owners[id(item)].on_ready(item))
+        self._raise_errors()
         self._move()
         self._progress()
+
+    @staticmethod
+    def _wait(waitables: list[Any], timeout: float) -> list[Any]:
+        ready, _ = rj.wait(waitables, num_returns=1, timeout=timeout)
+        if ready:  # take every item that is here, not only the first
+            ready, _ = rj.wait(waitables, num_returns=len(waitables), timeout=0)
+        return list(ready)
+
+    def step(self, timeout: float = _WAIT_S) -> None:
+        """One round in the caller's thread (tests, and the driver-less paths)."""
+        waitables, owners = self._prepare()
+        self._handle(self._wait(waitables, timeout) if waitables else [], owners)
 
     def done(self) -> bool:
         return all(op.completed() for op in self.ops) and not self.output
@@ -199,24 +209,62 @@ class StreamingExecutor:
 
     # ------------------------------------------------------------------ consumers
 
+    def _run_loop(
+        self, cond: threading.Condition, stop: threading.Event, state: dict[str, Any]
+    ) -> None:
+        """The executor's own thread: it keeps the operators going while the consumer
+        works on a batch; the lock is dropped only while it waits on task items."""
+        try:
+            while not stop.is_set():
+                with cond:
+                    if all(op.completed() for op in self.ops):
+                        state["done"] = True
+                        cond.notify_all()
+                        return
+                    waitables, owners = self._prepare()
+                    cond.notify_all()
+                    if not waitables:  # back-pressured by the consumer, or a barrier ran
+                        cond.wait(_WAIT_S)
+                        continue
+                ready = self._wait(waitables, _WAIT_S)
+                with cond:
+                    self._handle(ready, owners)
+                    cond.notify_all()
+        except BaseException as exc:  # raised to the consumer, in its thread
+            with cond:
+                state["error"] = exc
+                cond.notify_all()
+
     def iter_bundles(self) -> Iterator[RefBundle]:
         """Output blocks in order; the budget counts each until the next one is asked."""
+        cond = threading.Condition()
+        stop = threading.Event()
+        state: dict[str, Any] = {"done": False, "error": None}
+        thread = threading.Thread(
+            target=self._run_loop, args=(cond, stop, state), name="rayjupyter.data", daemon=True
+        )
+        thread.start()
         last: RefBundle | None = None
         try:
             while True:
-                if last is not None:
-                    self._release([last])
-                    last = None
-                if self.output:
+                with cond:
+                    if last is not None:
+                        self._release([last])
+                        last = None
+                        cond.notify_all()
+                    while not self.output and not state["done"] and state["error"] is None:
+                        cond.wait(1.0)
+                    if state["error"] is not None:
+                        raise state["error"]
+                    if not self.output:
+                        break
                     last = self.output.popleft()
-                    self._move()
-                    self._dispatch()
-                    yield last
-                    continue
-                if all(op.completed() for op in self.ops):
-                    break
-                self.step()
+                yield last
         finally:
+            stop.set()
+            with cond:
+                cond.notify_all()
+            thread.join(timeout=60)
             self.finished = True
             self._progress(final=True)
             self.shutdown()
