@@ -1,9 +1,10 @@
 """The streaming executor: runs physical operators together under the resource manager.
 
-It is driven by its consumer: each ``step`` moves finished blocks downstream, starts the
-tasks the resource manager allows, and waits (bounded) for the next generator item. The
-consumer's unread output counts against the store budget, so a slow consumer stops the
-reads instead of filling the store. Errors from user functions are raised here, as the
+A thread of its own loops while a consumer iterates: each round moves finished blocks
+downstream, starts the tasks the resource manager allows, and waits (bounded) for the next
+generator item, so operators keep going while the consumer works on a batch. The consumer's
+unread output counts against the store budget, so a slow consumer stops the reads instead
+of filling the store. Errors from user functions are raised here, as the
 user's own type, with a note naming the operator.
 """
 
