@@ -182,3 +182,13 @@ def test_html_tables_use_the_lab_theme():
 
     out = table_html(["a", "<b>"], [[1, "x" * 100]], "caption")
     assert "var(--jp-" in out and "&lt;b&gt;" in out and "..." in out
+
+
+def test_text_progress_line():
+    from rayjupyter.data.progress import OpProgress, TextProgress
+
+    rows = [
+        OpProgress("ReadRange->Map", 50, 100, 10.0, 0, 1, False),
+        OpProgress("Sort", 0, None, 0.0, 0, 0, False),
+    ]
+    assert TextProgress.line(rows) == "ReadRange->Map: 50/100 rows | Sort: 0 rows"

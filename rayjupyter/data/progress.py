@@ -56,11 +56,45 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+class TextProgress:
+    """The terminal view: one line rewritten in place, a summary line at the end."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+
+    @staticmethod
+    def line(progress: list[OpProgress]) -> str:
+        parts = []
+        for row in progress:
+            total = f"/{row.total_rows:,}" if row.total_rows else ""
+            parts.append(f"{row.name}: {row.rows:,}{total} rows")
+        return " | ".join(parts)
+
+    def __call__(self, executor: Any) -> None:
+        progress = rows(executor)
+        if executor.finished:
+            elapsed = time.monotonic() - self.started
+            self.stream.write(f"\r{self.line(progress)} | done in {elapsed:.1f} s\n")
+        else:
+            self.stream.write(f"\r{self.line(progress)[:200]}")
+        self.stream.flush()
+
+
 def progress_callback(specs: list[PhysicalSpec], ctx: DataContext) -> Callable[[Any], None] | None:
-    if not ctx.enable_progress_bars or not _in_kernel():
+    """A widget in a kernel, a line on a terminal's stderr, nothing in logs or when
+    ``DataContext.enable_progress_bars`` is False."""
+    if not ctx.enable_progress_bars:
         return None
-    try:
-        from rayjupyter.data.display import WidgetProgress
-    except ImportError:
-        return None
-    return WidgetProgress(specs)
+    if _in_kernel():
+        try:
+            from rayjupyter.data.display import WidgetProgress
+        except ImportError:
+            return None
+        return WidgetProgress(specs)
+    import sys
+
+    stream = sys.stderr
+    if stream is not None and stream.isatty():
+        return TextProgress(stream)
+    return None
