@@ -273,6 +273,12 @@ def test_actor_pool_is_created_once_and_reused():
     assert len({r["pid"] for r in out}) <= 2  # 8 blocks, 2 actors, each made once
     with pytest.raises(ValueError, match="concurrency"):
         rd.range(4).map_batches(AddOne)
+    grown = rd.range(40, override_num_blocks=8).map_batches(
+        AddOne, fn_constructor_args=(0,), concurrency=(1, 2), batch_size=5, num_cpus=0.5
+    )
+    rows = grown.take_all()
+    assert sorted(r["id"] for r in rows) == list(range(40))
+    assert 1 <= len({r["pid"] for r in rows}) <= 2  # from one actor up to two, never more
 
 
 def test_streaming_split_feeds_every_row_once():
