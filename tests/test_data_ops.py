@@ -330,3 +330,16 @@ def test_an_error_in_map_groups_names_its_operator():
     with pytest.raises(LookupError, match="no such group") as info:
         rd.range(10).groupby("id").map_groups(bad).take_all()
     assert any("MapGroups(bad)" in note for note in info.value.__notes__)
+
+
+def test_iter_torch_batches():
+    ds = rd.range(10, override_num_blocks=2)
+    try:
+        import torch
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install torch"):
+            next(ds.iter_torch_batches(batch_size=4))
+        return
+    batches = list(ds.iter_torch_batches(batch_size=4))
+    assert [len(b["id"]) for b in batches] == [4, 4, 2]
+    assert isinstance(batches[0]["id"], torch.Tensor)

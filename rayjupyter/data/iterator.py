@@ -123,6 +123,8 @@ class DataIterator:
             out = {}
             for name, values in batch.items():
                 dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
+                if isinstance(values, np.ndarray) and not values.flags.writeable:
+                    values = values.copy()  # read-only shared memory: torch wants to own it
                 out[name] = torch.as_tensor(values, dtype=dtype, device=dev)
             yield out
 
