@@ -343,3 +343,28 @@ def test_iter_torch_batches():
     batches = list(ds.iter_torch_batches(batch_size=4))
     assert [len(b["id"]) for b in batches] == [4, 4, 2]
     assert isinstance(batches[0]["id"], torch.Tensor)
+
+
+def _in_shared_memory(table: pa.Table) -> list[bool]:
+    """Whether the first column's data buffer lies in a shared mapping of this process."""
+    address = table.column(0).chunk(0).buffers()[1].address
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(part, 16) for part in fields[0].split("-"))
+            if low <= address < high:
+                return [fields[1][3] == "s"] * table.num_rows
+    return [False] * table.num_rows
+
+
+def test_the_next_operator_reads_blocks_zero_copy():
+    # different num_cpus: two operators, so each block crosses the store between them
+    ds = rd.range(200_000, override_num_blocks=2).map_batches(
+        lambda t: t.append_column("shared", pa.array(_in_shared_memory(t))),
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+        num_cpus=0.5,
+    )
+    assert len(optimize(ds._op)) == 2
+    assert ds.select_columns(["shared"]).to_pandas()["shared"].all()
