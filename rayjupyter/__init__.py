@@ -83,10 +83,10 @@ def __getattr__(name: str) -> Any:
         from rayjupyter import notebook
 
         return getattr(notebook, name)
-    if name == "util":  # rj.util.state... as with ray.util, without importing it at startup
+    if name in ("util", "data"):  # rj.util.state, rj.data.range: imported on first use
         import importlib
 
-        return importlib.import_module("rayjupyter.util")
+        return importlib.import_module(f"rayjupyter.{name}")
     raise AttributeError(f"module 'rayjupyter' has no attribute {name!r}")
 
 

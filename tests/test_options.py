@@ -15,6 +15,7 @@ from rayjupyter.core.options import (
     valid_option_names,
     validate_options,
 )
+from rayjupyter.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 TASK_DEFAULTS = {
     "num_cpus": 1,
@@ -28,6 +29,9 @@ TASK_DEFAULTS = {
     "memory": None,
     "runtime_env": None,
     "scheduling_strategy": None,
+    "placement_group": "default",
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
 }
 ACTOR_DEFAULTS = {
     "num_cpus": None,
@@ -43,6 +47,9 @@ ACTOR_DEFAULTS = {
     "memory": None,
     "runtime_env": None,
     "scheduling_strategy": None,
+    "placement_group": "default",
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
 }
 
 
@@ -114,6 +121,9 @@ def test_option_of_the_other_kind_is_unknown(name: str, for_actor: bool) -> None
         ({"runtime_env": "conda"}, TypeError, "runtime_env must be a dict"),
         ({"scheduling_strategy": "FOO"}, ValueError, "'DEFAULT', 'SPREAD'"),
         ({"scheduling_strategy": 3}, TypeError, "scheduling strategy object"),
+        ({"scheduling_strategy": object()}, TypeError, "NodeAffinitySchedulingStrategy"),
+        ({"placement_group": "mine"}, TypeError, "must be a PlacementGroup"),
+        ({"placement_group_bundle_index": -2}, ValueError, "-1 means any bundle"),
     ],
 )
 def test_bad_task_values(options: dict[str, Any], error: type[Exception], fragment: str) -> None:
@@ -140,10 +150,7 @@ def test_bad_actor_values(options: dict[str, Any], error: type[Exception], fragm
 
 
 def test_good_values_are_normalized() -> None:
-    class Strategy:
-        pass
-
-    strategy = Strategy()
+    strategy = NodeAffinitySchedulingStrategy("ab" * 8, soft=True)
     checked = validate_options(
         {
             "num_cpus": 0.5,

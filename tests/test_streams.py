@@ -139,3 +139,74 @@ def test_random_runs_keep_the_invariants(seed):
         released = list(stream.abandon())
         assert released == list(range(stream.consumed, stream.produced))
         stream.validate()
+
+
+def test_an_error_item_from_a_peer_ends_the_stream():
+    stream = GeneratorStream(TASK, b"owner")
+    assert stream.item(0) is ItemVerdict.ACCEPT
+    assert stream.item(1, is_error=True) is ItemVerdict.ACCEPT
+    assert stream.phase is StreamPhase.FAILED and stream.produced == 2
+    assert stream.failed() is None  # the task's own failure adds no second error item
+    assert stream.item(2) is ItemVerdict.LATE
+
+
+def test_resume_starts_a_forwarded_retry_where_the_callers_node_is():
+    peer = GeneratorStream(TASK, b"node", backpressure=2)
+    assert peer.resume(3, 2)
+    assert (peer.produced, peer.consumed, peer.credit()) == (3, 2, 4)
+    assert peer.item(0) is ItemVerdict.DUPLICATE  # the retry's replay is not sent on
+    assert peer.item(3) is ItemVerdict.ACCEPT
+    assert not peer.resume(3, 2)  # nothing new
+    peer.validate()
+    with pytest.raises(InvalidStreamEvent):
+        GeneratorStream(TASK, b"node").resume(1, 2)  # more taken than made
+    peer.finished()
+    assert not peer.resume(9, 9)
+
+
+def _start_peer(home, window):
+    """An attempt on a peer node: its stream starts where the caller's node is."""
+    peer = GeneratorStream(TASK, b"home-node", window)
+    gate = ProducerGate(window)
+    if home.produced and peer.resume(home.produced, home.consumed):
+        gate.update(peer.credit(), peer.produced)
+    return peer, gate, 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_runs_across_nodes_keep_the_invariants(seed):
+    """A producer on a peer node: its stream there pushes items to the caller's node's
+    stream, which relays takes back; the peer dies at random and a retry on another peer
+    resumes where the caller's node is. The consumer sees each item once, in order."""
+    rng = random.Random(seed)
+    for _ in range(50):
+        window = rng.choice([NO_BACKPRESSURE, 1, 2, 5])
+        home = GeneratorStream(TASK, b"driver", window)
+        total = rng.randint(0, 12)
+
+        peer, gate, made = _start_peer(home, window)
+        in_flight: list[int] = []  # items the peer pushed, not yet read by the home node
+        taken: list[int] = []
+        for _ in range(300):
+            event = rng.random()
+            if event < 0.35 and made < total and gate.may_make(made):
+                if gate.must_send(made) and peer.item(made) is ItemVerdict.ACCEPT:
+                    in_flight.append(made)
+                made += 1
+            elif event < 0.55 and in_flight:
+                assert home.item(in_flight.pop(0)) is ItemVerdict.ACCEPT
+            elif event < 0.8 and home.consumed < home.produced:
+                taken.append(home.consumed)
+                credit = home.taken(home.consumed + 1)
+                if credit is not None and peer.taken(home.consumed) is not None:
+                    gate.update(peer.credit(), peer.produced)
+            elif event < 0.85 and not home.ended:  # the peer died: what it sent is lost
+                in_flight.clear()
+                peer, gate, made = _start_peer(home, window)
+            elif made == total and not in_flight and not home.ended:
+                peer.finished()
+                home.finished()
+            home.validate()
+            peer.validate()
+        assert taken == list(range(len(taken)))
+        assert home.produced <= total

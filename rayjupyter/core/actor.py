@@ -14,7 +14,13 @@ from typing import Any
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import queries, runtime_env, serialization
+from rayjupyter.core import (
+    queries,
+    runtime_context,
+    runtime_env,
+    scheduling_strategies,
+    serialization,
+)
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
@@ -142,6 +148,12 @@ def create_actor(
     # the env its process starts in (packed and registered the first time it is used)
     node_options["runtime_env"] = runtime_env.env_for(client, actor_class._options["runtime_env"])
     request_id = client.new_request_id() if node_options["name"] else 0
+    place = option_table.resource_demand(actor_class._options, for_placement=True)
+    run = option_table.resource_demand(actor_class._options)
+    strategy = scheduling_strategies.from_legacy(actor_class._options)
+    if strategy is not None or runtime_context.current.placement:
+        place, node_options["strategy"] = scheduling_strategies.resolve(strategy, place)
+        run, _ = scheduling_strategies.resolve(strategy, run)
     message = P.CreateActor(
         actor_id,
         actor_class._class_blob(),
@@ -149,8 +161,8 @@ def create_actor(
         packed.blob,
         packed.deps,
         packed.nested,
-        option_table.resource_demand(actor_class._options, for_placement=True),
-        option_table.resource_demand(actor_class._options),
+        place,
+        run,
         node_options,
         request_id,
     )

@@ -26,7 +26,15 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, ids, protocol, task_events, worker_limit
+from rayjupyter.core import (
+    auth,
+    discovery,
+    ids,
+    placement_groups,
+    protocol,
+    task_events,
+    worker_limit,
+)
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -42,6 +50,7 @@ from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_peers import NodePeers
+from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
@@ -133,6 +142,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.GeneratorItem: "on_generator_item",
         P.GeneratorConsumed: "on_generator_consumed",
         **dict.fromkeys(P.QUERIES, "on_query"),  # answered by type: node_queries.ANSWERS
+        P.CreatePlacementGroup: "on_create_placement_group",
+        P.RemovePlacementGroup: "on_remove_placement_group",
+        P.QueryPlacementGroups: "on_query_placement_groups",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -159,13 +171,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
+        totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
         self.resources = ResourcePool(totals)
         self.scheduler = Scheduler(self.resources)
+        self.placement = NodePlacement(self)  # bundles held here; on the head, the group table
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
+        self.placement.table.node_joined(self.node_id, me.resources)
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
@@ -205,6 +220,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self._open_channel(bytes.fromhex(driver_id), link)
         self.listen_for_local_drivers()
         self.init_peers()
+        self.peer_handlers[P.Reply] = self.placement.on_peer_reply
         self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
@@ -365,7 +381,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def advertised(self) -> dict[str, float]:
         """What this node offers, as the node table shows it."""
-        advertised = dict(self.resources.total)
+        advertised = self.placement.ledger.base_total()  # without our groups' bundles
         advertised["object_store_memory"] = float(self.config.object_store_memory)
         return advertised
 
@@ -429,6 +445,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             namespace=namespace,
             parent=parent,
             env=message.runtime_env,
+            strategy=message.strategy,
         )
         if parent is not None and parent in self.tasks:
             self.tasks[parent].children.append(task.task_id)
@@ -479,16 +496,19 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.env_error(task)
-        if failed_dep is None and self.generators.modes:
-            failed_dep = self.generators.placement_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
         if task.actor_id:
             if not self.actor_call_admitted(task):
                 return
-        elif not self.resources.feasible(task.demand) and not self.feasible_on_peer(task.demand):
-            self._warn_infeasible(task.name, task.demand)
+        elif (
+            not self.resources.feasible(task.demand)
+            and not self.feasible_on_peer(task.demand)
+            and self.placement.infeasible(task.name, task.demand)  # warns, or: group gone
+        ):
+            self.fail_task(task, self.placement.removed_error(task.name, task.demand))
+            return
         if task.missing == 0:
             self.task_ready(task)
 
@@ -502,6 +522,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 return
             task.transition(TaskState.READY)
             self.pump_actor(task.actor_id)
+        elif task.strategy[:1] in ("S", "n") and self.placement.place(task):
+            return  # SPREAD or node affinity: sent to its node (or failed)
         elif not self.place_by_locality(task) and not self._pull_deps(task):
             self.scheduler.make_ready(task)
 
@@ -641,7 +663,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if worker.task is None:
             return
         if message.blocked and worker.state is WorkerState.BUSY:
-            worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
+            worker.lent = placement_groups.cpu_share(worker.task.demand)
             self.resources.release(worker.lent)
             worker.transition(WorkerState.BLOCKED)
         elif not message.blocked and worker.state is WorkerState.BLOCKED:
@@ -652,6 +674,15 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def on_query(self, client: bytes, message: Any) -> None:
         """A query of protocol.QUERIES: answered with its read model (node_queries)."""
         self.send(client, P.Reply(message.request_id, self.answer(client, message)))
+
+    def on_create_placement_group(self, client: bytes, message: P.CreatePlacementGroup) -> None:
+        self.placement.on_create(client, message)
+
+    def on_remove_placement_group(self, client: bytes, message: P.RemovePlacementGroup) -> None:
+        self.placement.on_remove(client, message)
+
+    def on_query_placement_groups(self, client: bytes, message: P.QueryPlacementGroups) -> None:
+        self.placement.on_query(client, message)
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
@@ -698,6 +729,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             for _ in range(count):
                 self.decref(object_id)
         self.store.release_client(client)
+        self.placement.client_gone(client)
 
     def incref(self, object_id: bytes) -> None:
         """One more hold on an object, or on an actor (its handles count like refs)."""
@@ -843,7 +875,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         worker.lent = {}
         self.resources.release(demand)
         if task.gpu_ids:
-            self.resources.return_gpus(task.gpu_ids, task.demand.get("GPU", 0.0))
+            self.resources.return_gpus(task.gpu_ids, placement_groups.gpu_amount(task.demand))
             task.gpu_ids = ()
 
     def _unpin_deps(self, task: TaskRecord) -> None:
@@ -898,7 +930,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 continue
             if task.env != running.env:  # a worker runs the tasks of its own env only
                 continue
-            if task.demand.get("GPU"):
+            if placement_groups.gpu_amount(task.demand):
                 continue
             ready.popleft()
             task.transition(TaskState.RUNNING)
@@ -934,7 +966,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             func_blob = self.funcs.get(task.func_id)
             worker.known_funcs.add(task.func_id)
         if not task.actor_id:
-            task.gpu_ids = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
+            task.gpu_ids = self.resources.assign_gpus(placement_groups.gpu_amount(task.demand))
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
         generator, credit = "", -1
@@ -958,6 +990,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 task.gpu_ids,
                 generator,
                 credit,
+                task.strategy,
             ),
         )
         if generator:

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import actor_file, worker_limit
+from rayjupyter.core import actor_file, placement_groups, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -68,6 +68,7 @@ class ActorRecord:
     exiting: bool = False
     release_when_idle: bool = False
     host: str = ""  # the peer node that runs its process ("": this node)
+    placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
     host_node: bytes = b""
     pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
 
@@ -161,9 +162,13 @@ class NodeActors:
         node.actors[actor.actor_id] = actor
         node.hold(client, actor.actor_id)  # the creator's handle
         demand = actor.place_demand
+        gone = False  # its placement group was removed
         if not node.resources.feasible(demand) and not node.feasible_on_peer(demand):
-            node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
+            gone = node.placement.infeasible(f"actor {actor.class_name}", demand)
         node.admit(client, creation)
+        if gone and actor.state is not ActorState.DEAD:
+            actor.no_restart = True
+            node.actor_dies(actor, "its placement group was removed")
         if message.request_id:
             node.send(client, P.Reply(message.request_id, actor.handle_info()))
         if actor.detached and actor.name:
@@ -271,6 +276,12 @@ class NodeActors:
             if actor is None or actor.state is not ActorState.PENDING:
                 node.pending_actors.discard(actor_id)
                 continue
+            where = node.placement.place_actor(actor)  # SPREAD, node affinity
+            if where == "done":
+                node.pending_actors.discard(actor_id)
+                continue
+            if where == "here" and not node.resources.fits(actor.place_demand):
+                continue
             if not node.resources.fits(actor.place_demand):
                 peers = node.peer_nodes()
                 peer = node.choose_peer(actor.place_demand, peers) if peers else None
@@ -288,7 +299,9 @@ class NodeActors:
             actor.pending_reason = ""
             node.pending_actors.discard(actor_id)
             node.resources.acquire(actor.run_demand)
-            actor.gpu_ids = node.resources.assign_gpus(actor.run_demand.get("GPU", 0.0))
+            actor.gpu_ids = node.resources.assign_gpus(
+                placement_groups.gpu_amount(actor.run_demand)
+            )
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
@@ -318,6 +331,7 @@ class NodeActors:
                 max_concurrency,
                 actor.job,
                 actor.gpu_ids,
+                str(actor.options.get("strategy") or ""),
             ),
         )
 
@@ -411,7 +425,7 @@ class NodeActors:
             return
         actor.worker = None
         node.resources.release(actor.run_demand)
-        node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+        node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
         actor.gpu_ids = ()
         self.restart_or_die(actor, f"its process died ({cause})")
 
@@ -469,7 +483,7 @@ class NodeActors:
             actor.worker is not None and actor.worker in node.workers
         ):
             node.resources.release(actor.run_demand)
-            node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+            node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         actor.transition(ActorState.DEAD)

@@ -4,22 +4,35 @@ Built with the node (``Node.generators``); the node calls it from a handler and 
 (submit, dispatch, failure, ref release, a client leaving). Each item becomes an object
 owned by the task's submitter, held for it until its generator hands the ref out (then the
 ref's count takes over) or is dropped (then the items it never took are let go).
+
+A task forwarded to a peer (its resources, an actor hosted there) streams from there: the
+peer's node pushes each item to us (its stream's owner is our link) as it would a result,
+a large one staying in the peer's store until someone here pulls it (``on_peer_item``).
+We relay to the peer what the peer's producer must hear of: our owner's takes (only with
+backpressure: they move its credit), the owner dropping the generator (its handle's
+release), and on a retry elsewhere how many items we have (``GeneratorConsumed.seen``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from typing import TYPE_CHECKING
 
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.object_store import shm_path
-from rayjupyter.core.streams import GeneratorStream, ItemVerdict, handle_id, item_id
+from rayjupyter.core.streams import (
+    COMPLETED_INDEX,
+    GeneratorStream,
+    ItemVerdict,
+    handle_id,
+    item_id,
+)
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
+    from rayjupyter.core.node_peers import PeerLink
     from rayjupyter.core.scheduler import TaskRecord
 
 #: at most this many streams at once on a node (each costs a few ints; the bound catches
@@ -34,6 +47,9 @@ class NodeGenerators:
         self.node = node
         self.streams: dict[bytes, GeneratorStream] = {}
         self.modes: dict[bytes, tuple[str, int]] = {}  # task id -> (mode, backpressure)
+        # streams whose producer runs on a peer: task id -> that peer's address (kept as
+        # long as the stream: the owner's takes and drop are relayed there)
+        self.remote: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------ hooks
 
@@ -51,39 +67,32 @@ class NodeGenerators:
             )
         self.streams[task_id] = GeneratorStream(task_id, owner, message.backpressure)
 
-    def local_only(self, task_id: bytes) -> bool:
-        """Generator tasks run on the node their owner is attached to (see Known gaps)."""
-        return task_id in self.modes
+    def forwarding(self, task_id: bytes, address: str) -> tuple[str, int]:
+        """The task goes to the peer at ``address``: (mode, backpressure) for its SubmitTask."""
+        mode, backpressure = self.modes.get(task_id, ("", -1))
+        if task_id in self.streams:
+            self.remote[task_id] = address
+        return mode, backpressure
 
-    def placement_error(self, task: TaskRecord) -> bytes | None:
-        """A generator task this node can never run fails now, saying why (it would wait
-        forever: generator tasks are not sent to peers)."""
-        if task.task_id not in self.modes or task.actor_id:
-            return None
-        if self.node.resources.feasible(task.demand):
-            return None
-        error = NotImplementedError(
-            f"{task.name!r} is a generator task (num_returns='streaming' or 'dynamic') that "
-            f"needs {task.demand}, which the node its caller is attached to does not have; "
-            f"generator tasks run only on that node. Ask for resources that node has, or "
-            f"return a list instead."
-        )
-        return pickle.dumps(error, protocol=5)
+    def forwarded(self, task_id: bytes, link: PeerLink) -> None:
+        """After its SubmitTask: a retry starts where our stream is (items we have are not
+        made again there, and the window counts what our owner took); a generator its
+        owner dropped already has no window there either."""
+        stream = self.streams.get(task_id)
+        if stream is None:
+            return
+        if stream.produced:
+            link.send(P.GeneratorConsumed(task_id, stream.consumed, stream.produced))
+        if stream.abandoned:
+            link.send(P.RefOps(((False, handle_id(task_id)),)))
 
-    def refuse_forward(self, task: TaskRecord) -> bool:
-        """A generator call to an actor on another node: fail it, saying why (True)."""
-        if task.task_id not in self.modes:
-            return False
-        error = NotImplementedError(
-            f"{task.name!r} is a generator call (num_returns='streaming' or 'dynamic') to an "
-            f"actor or node elsewhere in the cluster; generator tasks run only on the node "
-            f"their caller is attached to. Create the actor there, or return a list instead."
-        )
-        actor = self.node.actors.get(task.actor_id)
-        if actor is not None:
-            actor.in_flight.pop(task.task_id, None)
-        self.node.fail_task(task, pickle.dumps(error, protocol=5))
-        return True
+    def detach(self, task_id: bytes) -> None:
+        """We no longer listen to the peer that ran the task (it lost the actor, whose
+        home retries or fails the call): what it still sends of that attempt is dropped,
+        and its stream there is let go."""
+        if task_id in self.remote:
+            self._relay(task_id, P.RefOps(((False, handle_id(task_id)),)))
+            del self.remote[task_id]
 
     def execute_fields(self, task_id: bytes) -> tuple[str, int]:
         """(mode, first credit) for the task's ExecuteTask."""
@@ -93,6 +102,7 @@ class NodeGenerators:
 
     def dispatched(self, task: TaskRecord, worker: bytes) -> None:
         """After ExecuteTask: a retry learns what the node has already."""
+        self.remote.pop(task.task_id, None)  # (a retry here of a task a peer ran first)
         stream = self.streams.get(task.task_id)
         if stream is not None and stream.produced:
             self.node.send(
@@ -118,7 +128,7 @@ class NodeGenerators:
         if not stream.ended:
             stream.finished()
         if stream.abandoned or stream.owner not in self.node.clients:
-            del self.streams[task_id]
+            self._drop(task_id)
 
     def released(self, object_id: bytes) -> None:
         """A ref op released a generator's handle (its owner dropped the generator): let
@@ -127,10 +137,16 @@ class NodeGenerators:
         if stream is None or object_id != handle_id(stream.task_id):
             return
         node = self.node
-        for index in stream.abandon():
-            node.unhold(stream.owner, item_id(stream.task_id, index))
+        if stream.owner not in node.node_clients:
+            # (a peer node that owns a stream here lets go of the items itself: it holds
+            # only the large ones it took, and frees those when its own refs go)
+            for index in stream.abandon():
+                node.unhold(stream.owner, item_id(stream.task_id, index))
+        else:
+            stream.abandon()
+        self._relay(stream.task_id, P.RefOps(((False, object_id),)))
         if stream.task_id not in node.tasks:
-            del self.streams[stream.task_id]
+            self._drop(stream.task_id)
         else:
             self._send_credit(stream)  # nobody reads: let the producer run to its end
 
@@ -138,8 +154,9 @@ class NodeGenerators:
         for task_id, stream in list(self.streams.items()):
             if stream.owner == client:
                 stream.abandoned = True
+                self._relay(task_id, P.RefOps(((False, handle_id(task_id)),)))
                 if task_id not in self.node.tasks:
-                    del self.streams[task_id]
+                    self._drop(task_id)
                 else:
                     self._send_credit(stream)
 
@@ -158,8 +175,43 @@ class NodeGenerators:
 
     def on_consumed(self, message: P.GeneratorConsumed) -> None:
         stream = self.streams.get(message.task_id)
-        if stream is not None and stream.taken(message.taken) is not None:
+        if stream is None:
+            return
+        if message.seen:  # a node re-forwarding a retried task: start where it is
+            if stream.resume(message.seen, message.taken):
+                self._send_credit(stream, always=True)
+        elif stream.taken(message.taken) is not None:
             self._send_credit(stream)
+            self._relay(stream.task_id, P.GeneratorConsumed(stream.task_id, stream.consumed))
+
+    def on_peer_item(
+        self, link: PeerLink, object_id: bytes, inline: bytes | None, size: int, is_error: bool
+    ) -> bool:
+        """An object the peer running one of our streams pushed: if it is an item (False:
+        not one), make it ours, in order; a large one stays there until pulled."""
+        index = int.from_bytes(object_id[ids.TASK_ID_SIZE :], "big")
+        task_id = ids.task_of(object_id)
+        stream = self.streams.get(task_id)
+        if stream is None or index == COMPLETED_INDEX:
+            return False
+        node = self.node
+        verdict = ItemVerdict.LATE
+        if self.remote.get(task_id) == link.address:  # (not a stale producer's)
+            verdict = stream.item(index - 1, is_error)
+        if verdict is not ItemVerdict.ACCEPT or inline is not None:
+            link.send(P.RefOps(((False, object_id),)))  # their copy is not needed
+        if verdict is not ItemVerdict.ACCEPT:
+            node.contained_info.pop(object_id, None)
+            return True
+        inner = node._adopt_contained(link, object_id)
+        location = "" if inline is not None else link.address
+        self._make_item(stream, index - 1, inline, size, is_error, (), location)
+        if object_id in node.objects:
+            node.objects[object_id].contained = inner  # held for it in _adopt_contained
+        else:
+            for inner_id in inner:  # already freed: nobody wanted it
+                node.decref(inner_id)
+        return True
 
     # ------------------------------------------------------------------ inside
 
@@ -171,24 +223,41 @@ class NodeGenerators:
         size: int,
         is_error: bool,
         contained: tuple[bytes, ...],
+        location: str = "",
     ) -> None:
         node = self.node
         object_id = item_id(stream.task_id, index)
-        if object_id not in node.objects:
-            node.objects[object_id] = node.new_entry()
+        entry = node.objects.get(object_id)
+        if entry is None:
+            entry = node.objects[object_id] = node.new_entry()
         if not stream.abandoned and stream.owner in node.clients:
             node.hold(stream.owner, object_id)  # handed to the owner's ref by next(gen)
-        node.set_ready(object_id, inline, size, is_error, contained)
+            if stream.owner in node.node_clients:  # a peer forwarded the task: push it there
+                entry.subscribers.add(stream.owner)
+        node.set_ready(object_id, inline, size, is_error, contained, location=location)
 
-    def _send_credit(self, stream: GeneratorStream) -> None:
+    def _send_credit(self, stream: GeneratorStream, always: bool = False) -> None:
         task = self.node.tasks.get(stream.task_id)
         if task is None or task.worker is None or stream.ended:
             return
-        if task.worker in self.node.workers:
+        if task.worker in self.node.workers and (always or stream.backpressure >= 0):
             self.node.send(
                 task.worker, P.GeneratorCredit(stream.task_id, stream.credit(), stream.produced)
             )
 
+    def _relay(self, task_id: bytes, message: P.GeneratorConsumed | P.RefOps) -> None:
+        """To the peer that runs the stream's producer (if its link still stands)."""
+        address = self.remote.get(task_id)
+        if address is not None:
+            link = self.node.links.get(address)
+            if link is not None:
+                link.send(message)
+
+    def _drop(self, task_id: bytes) -> None:
+        del self.streams[task_id]
+        self.remote.pop(task_id, None)
+
     def validate(self) -> None:
         for stream in self.streams.values():
             stream.validate()
+        assert self.remote.keys() <= self.streams.keys()

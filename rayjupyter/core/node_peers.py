@@ -205,6 +205,7 @@ class NodePeers:
         now = time.monotonic()
         if self.rejoin_reason:
             self.rejoin()
+        node.placement.tick()
         if now - self.last_heartbeat < HEARTBEAT_S:
             return
         # our own loop stood still (a long handler, a stopped process): what peers sent
@@ -256,6 +257,7 @@ class NodePeers:
         info.last_seen = time.monotonic()
         node.head.register_node(info)
         self.node_clients[client] = message.node_id
+        node.placement.node_joined(message.node_id, info.resources)
         self.send_view(client)
 
     def on_node_heartbeat(self, client: bytes, message: P.NodeHeartbeat) -> None:
@@ -278,7 +280,7 @@ class NodePeers:
             (n.node_id, n.address, n.alive, n.resources, n.available, n.queued)
             for n in node.head.nodes.values()
         )
-        node.send(client, P.ClusterView(rows))
+        node.send(client, P.ClusterView(rows, *node.placement.view_extras(client)))
 
     def _on_cluster_view(self, link: PeerLink, message: P.ClusterView) -> None:
         node = self._node()
@@ -292,7 +294,8 @@ class NodePeers:
                 info = NodeInfo(node_id, address, dict(total))
                 node.head.register_node(info)
             elif alive and not info.alive:  # it registered again (after a cut link)
-                info.alive, info.address, info.resources = True, address, dict(total)
+                info.alive, info.address = True, address
+            info.resources = dict(total)  # placement groups' bundles change it
             info.available = dict(available)
             info.queued = queued
             if node_id == node.node_id:
@@ -301,6 +304,8 @@ class NodePeers:
                 self.node_died(node_id, "the head declared it dead")
         if not listed:  # (not now: this very link is being read)
             self.rejoin_reason = "the head declared this node dead"
+        else:
+            node.placement.on_view(message.bundles, message.removed)
 
     def rejoin(self) -> None:
         """Out of touch with the head: settle what we had there as lost, as it did with ours
@@ -323,6 +328,7 @@ class NodePeers:
         if info is None or not info.alive:
             return
         node.head.mark_dead(node_id)
+        node.placement.node_died(node_id)
         address = info.address
         message = f"Node {address} died ({why})."
         print(f"rayjupyter node: {message}", file=sys.stderr, flush=True)
@@ -337,12 +343,12 @@ class NodePeers:
             del self.forwarded[task.task_id]
             if task.state is not TaskState.RUNNING:
                 continue
-            if task.retry():
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
-            else:
+            if not task.retry():
                 error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
                 node.fail_task(task, pickle.dumps(error, protocol=5))
+            elif node.placement.requeue(task, node_id):  # (else: pinned there, it failed)
+                task.transition(TaskState.READY)
+                node.scheduler.ready.appendleft(task)
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
@@ -361,8 +367,6 @@ class NodePeers:
         """Send a ready task to the peer that holds most of its large arguments, if one fits."""
         node = self._node()
         if task.actor_id or task.owner in self.node_clients or len(node.head.nodes) < 2:
-            return False
-        if node.generators.local_only(task.task_id):
             return False
         weight: dict[str, int] = {}
         local = 0
@@ -402,7 +406,7 @@ class NodePeers:
             if (
                 task.owner in self.node_clients
                 or node.resources.fits(task.demand)
-                or node.generators.local_only(task.task_id)
+                or task.strategy.startswith("node:")  # placed here by its node affinity
             ):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
                 continue
@@ -474,8 +478,6 @@ class NodePeers:
     def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
         """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
         node = self._node()
-        if node.generators.refuse_forward(task):
-            return
         link = self.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
         node.send_runtime_env(link, task.env)  # its packages and env, once per link
@@ -483,6 +485,9 @@ class NodePeers:
         if task.func_id not in link.known_funcs:
             func_blob = node.funcs.get(task.func_id)
             link.known_funcs.add(task.func_id)
+        generator, backpressure = "", -1
+        if node.generators.modes:  # its items stream back to us (NodeGenerators.on_peer_item)
+            generator, backpressure = node.generators.forwarding(task.task_id, peer.address)
         link.send(
             P.SubmitTask(
                 task.task_id,
@@ -499,8 +504,13 @@ class NodePeers:
                 task.actor_id,
                 task.method,
                 task.env,
+                generator,
+                backpressure,
+                strategy=task.strategy,
             )
         )
+        if generator:
+            node.generators.forwarded(task.task_id, link)
         link.send(P.Subscribe(task.return_ids, False))
         for key, value in task.demand.items():  # until the next view says otherwise
             peer.available[key] = peer.available.get(key, 0.0) - value
@@ -566,6 +576,8 @@ class NodePeers:
         """The peer hosting one of our actors lost it: restart it (maybe elsewhere) or not."""
         for task_id in actor.in_flight:
             self.forwarded.pop(task_id, None)  # what the peer still says about them is stale
+            if self._node().generators.remote:
+                self._node().generators.detach(task_id)
         actor.host, actor.host_node = "", b""
         self._node().restart_or_die(actor, reason)
 
@@ -595,6 +607,10 @@ class NodePeers:
     def _on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
         node = self._node()
         for object_id, inline, size, is_error in message.objects:
+            if node.generators.remote and node.generators.on_peer_item(
+                link, object_id, inline, size, is_error
+            ):
+                continue
             forwarded = self.forwarded.get(ids.task_of(object_id))
             if forwarded is None or object_id not in forwarded.pending:
                 link.send(P.RefOps(((False, object_id),)))  # nobody here needs it any more

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rayjupyter.core import runtime_env
+from rayjupyter.core import runtime_env, scheduling_strategies
 
 __all__ = [
     "OPTIONS",
@@ -153,14 +153,31 @@ def _retry_exceptions(name: str, value: Any) -> bool | tuple[type[BaseException]
 
 
 def _scheduling_strategy(name: str, value: Any) -> Any:
-    """ "DEFAULT", "SPREAD" or a strategy object; stored as given for the scheduler."""
+    """ "DEFAULT", "SPREAD", a PlacementGroupSchedulingStrategy or a
+    NodeAffinitySchedulingStrategy (from rj.util.scheduling_strategies)."""
     if isinstance(value, str):
         return _choice(*_BUILTIN_STRATEGIES)(name, value)
-    if isinstance(value, numbers.Number | bool | Mapping | list | tuple | set):
+    if not isinstance(value, scheduling_strategies.STRATEGY_TYPES):
         raise TypeError(
-            f"{name} must be 'DEFAULT', 'SPREAD' or a scheduling strategy object, got {value!r}"
+            f"{name} must be 'DEFAULT', 'SPREAD' or a scheduling strategy object "
+            f"(PlacementGroupSchedulingStrategy or NodeAffinitySchedulingStrategy from "
+            f"rj.util.scheduling_strategies), got {value!r}"
         )
     return value
+
+
+def _placement_group(name: str, value: Any) -> Any:
+    """Ray's older form of PlacementGroupSchedulingStrategy: a PlacementGroup or "default"."""
+    if value == "default" or isinstance(getattr(value, "id", None), bytes):
+        return value
+    raise TypeError(
+        f"{name} must be a PlacementGroup (rj.util.placement_group) or 'default', got "
+        f"{value!r}; better: scheduling_strategy=PlacementGroupSchedulingStrategy(pg)"
+    )
+
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _boolean(name, value)
 
 
 def _num_returns(name: str, value: Any) -> int | str:
@@ -239,6 +256,27 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
             None,
             "placement policy",
         ),
+        OptionSpec(
+            "placement_group",
+            _optional(_placement_group),
+            "default",
+            "default",
+            "legacy: run in this group",
+        ),
+        OptionSpec(
+            "placement_group_bundle_index",
+            _integer(-1, "-1 means any bundle"),
+            -1,
+            -1,
+            "legacy: the bundle to run in",
+        ),
+        OptionSpec(
+            "placement_group_capture_child_tasks",
+            _optional_bool,
+            None,
+            None,
+            "legacy: nested work runs in the group too",
+        ),
     )
 }
 
@@ -258,6 +296,13 @@ def validate_options(options: Mapping[str, Any], *, for_actor: bool) -> dict[str
             valid = ", ".join(valid_option_names(for_actor=for_actor))
             raise ValueError(f"Invalid option {name!r} for {kind}; valid options are: {valid}")
         checked[name] = spec.validate(name, value)
+    if checked.get("placement_group") not in (None, "default") and checked.get(
+        "scheduling_strategy"
+    ):
+        raise ValueError(
+            "placement_group= and scheduling_strategy= cannot both be given: use "
+            "scheduling_strategy=PlacementGroupSchedulingStrategy(...) alone"
+        )
     if for_actor and checked.get("get_if_exists") and not checked.get("name"):
         raise ValueError("get_if_exists=True needs name= too: it looks the actor up by name")
     return checked

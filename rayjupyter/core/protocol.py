@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 4  # 4: placement groups (new kinds shift the indices of later ones)
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -56,6 +56,7 @@ class SubmitTask(NamedTuple):
     runtime_env: str = ""  # digest of a registered env (RegisterRuntimeEnv); "" for none
     generator: str = ""  # "streaming" or "dynamic" for a generator task (generators.py)
     backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
+    strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
 
 
 class CreateActor(NamedTuple):
@@ -239,10 +240,14 @@ class GeneratorItem(NamedTuple):
 
 
 class GeneratorConsumed(NamedTuple):
-    """The owner of a streaming generator has taken ``count`` items with ``next``."""
+    """The owner of a streaming generator has taken ``count`` items with ``next``.
+
+    From a node that forwarded the task (it relays its owner's takes), ``seen`` > 0 says it
+    has the first ``seen`` items already (a retry of the task starts there)."""
 
     task_id: bytes
     taken: int
+    seen: int = 0
 
 
 # ---------------------------------------------------------------- client -> node: queries
@@ -342,6 +347,36 @@ QUERIES = (
 )
 
 
+class CreatePlacementGroup(NamedTuple):
+    """``rj.util.placement_group(...)``: the head adds the group; answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    bundles: tuple[dict[str, float], ...]
+    strategy: str  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    name: str
+    lifetime: str | None  # None or "detached"
+    job: bytes = b""  # the creating job, filled in by the first node (relayed to the head)
+    namespace: str = ""
+
+
+class RemovePlacementGroup(NamedTuple):
+    """``rj.util.remove_placement_group(pg)``: answered with ``Reply`` (None)."""
+
+    request_id: int
+    group_id: bytes
+
+
+class QueryPlacementGroups(NamedTuple):
+    """The group table (Ray's ``placement_group_table`` rows): one group by id or by name,
+    or all of them (both empty); answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    name: str
+    namespace: str = ""
+
+
 # ---------------------------------------------------------------- node -> client
 
 
@@ -378,6 +413,7 @@ class ExecuteTask(NamedTuple):
     gpu_ids: tuple[int, ...]  # GPUs assigned to this task (CUDA_VISIBLE_DEVICES)
     generator: str = ""  # "streaming" or "dynamic": the function is a generator
     backpressure: int = -1  # streaming: the first credit (items it may make before any ack)
+    strategy: str = ""  # its scheduling strategy string: the running code's placement group
 
 
 class StartActor(NamedTuple):
@@ -391,6 +427,7 @@ class StartActor(NamedTuple):
     max_concurrency: int  # 1 for a plain actor
     job_id: bytes
     gpu_ids: tuple[int, ...]
+    strategy: str = ""  # the actor's scheduling strategy string (its placement group)
 
 
 class RevokeTask(NamedTuple):
@@ -443,6 +480,9 @@ class ClusterView(NamedTuple):
     """
 
     nodes: tuple[tuple[bytes, str, bool, dict[str, float], dict[str, float], int], ...]
+    # the placement-group bundles the receiving node is to hold: (group id, index, resources)
+    bundles: tuple[tuple[bytes, int, dict[str, float]], ...] = ()
+    removed: tuple[bytes, ...] = ()  # groups removed lately: their work here fails
 
 
 class Reply(NamedTuple):
@@ -490,6 +530,9 @@ CLIENT_TO_NODE = (
     GeneratorItem,
     GeneratorConsumed,
     *QUERIES,
+    CreatePlacementGroup,
+    RemovePlacementGroup,
+    QueryPlacementGroups,
 )
 NODE_TO_CLIENT = (
     Welcome,

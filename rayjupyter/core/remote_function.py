@@ -12,7 +12,7 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env, serialization
+from rayjupyter.core import runtime_context, runtime_env, scheduling_strategies, serialization
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
@@ -40,6 +40,7 @@ class RemoteFunction:
             option_table.task_defaults(), options, for_actor=False
         )
         self._demand = option_table.resource_demand(self._options)
+        self._strategy = scheduling_strategies.from_legacy(self._options)
         self._func_id = func_id or os.urandom(16)
         self._blob: bytes | None = None
         self._env: tuple[bytes, str] | None = None  # (client id, env digest) once resolved
@@ -142,6 +143,9 @@ def submit(
 ) -> Any:
     """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
     env = function._env_digest(client)
+    demand, strategy = function._demand, ""
+    if function._strategy is not None or runtime_context.current.placement:
+        demand, strategy = scheduling_strategies.resolve(function._strategy, demand)
     packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
     task_id = client.ids.task_id()
     num_returns: int | str = function._options["num_returns"]
@@ -165,7 +169,7 @@ def submit(
             packed.deps,
             packed.nested,
             return_ids,
-            function._demand,
+            demand,
             function._options["max_retries"],
             function._retry,
             b"",
@@ -173,6 +177,7 @@ def submit(
             env,
             mode,
             backpressure,
+            strategy,
         )
     )
     if stream is not None:

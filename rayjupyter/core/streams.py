@@ -8,6 +8,12 @@ whether it may run ahead to the next item.
 
 Item ids are fixed by the task id and the index (``item_id``), so a retried attempt
 makes the same ids again and the stream drops the items it has seen already.
+
+A task forwarded to a peer node has a stream on both nodes: the peer's is owned by the
+forwarding node (a client of the peer) and decides what its producer makes and sends;
+the caller's node's stream takes the items the peer pushes (an error item from the peer
+ends it, ``item(..., is_error=True)``) and relays its owner's takes to the peer. A retry
+on another peer starts where the caller's node is (``resume``), so no item comes twice.
 """
 
 from __future__ import annotations
@@ -83,8 +89,9 @@ class GeneratorStream:
         self.history.append(self.phase)
         self.phase = new
 
-    def item(self, index: int) -> ItemVerdict:
-        """The producer reports item ``index``."""
+    def item(self, index: int, is_error: bool = False) -> ItemVerdict:
+        """The producer reports item ``index``; an error item (the stream of a peer that
+        runs the task failed there) is accepted and ends the stream."""
         if self.phase is not StreamPhase.RUNNING:
             return ItemVerdict.LATE
         if index < self.produced:
@@ -95,7 +102,25 @@ class GeneratorStream:
                 f"{self.produced}"
             )
         self.produced += 1
+        if is_error:
+            self._transition(StreamPhase.FAILED)
         return ItemVerdict.ACCEPT
+
+    def resume(self, seen: int, taken: int) -> bool:
+        """The task was forwarded here by a node that already has its first ``seen`` items
+        (from an attempt on another node) and whose owner took ``taken``: start there.
+        True if the producer must hear of it (a new credit, or items to skip)."""
+        if self.phase is not StreamPhase.RUNNING or (
+            seen <= self.produced and taken <= self.consumed
+        ):
+            return False
+        if seen < taken:
+            raise InvalidStreamEvent(
+                f"stream of task {self.task_id.hex()}: {taken} items taken of {seen} made"
+            )
+        self.produced = max(self.produced, seen)
+        self.consumed = max(self.consumed, taken)
+        return True
 
     def taken(self, count: int) -> int | None:
         """The owner has taken ``count`` items; the producer's new credit if it changed."""

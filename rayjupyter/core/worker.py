@@ -97,6 +97,8 @@ class TaskExecutor:
     def _enter(self, task: P.ExecuteTask) -> contextvars.Token[Any]:
         if task.gpu_ids or not task.actor_id:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+        if not task.actor_id:  # (an actor's process keeps the actor's own)
+            runtime_context.current.placement = task.strategy
         return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
@@ -186,6 +188,7 @@ class TaskExecutor:
         runtime_context.current.actor_id = start.actor_id
         runtime_context.current.job_id = start.job_id
         runtime_context.current.actor_gpu_ids = start.gpu_ids
+        runtime_context.current.placement = start.strategy
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
         try:
             cls = cloudpickle.loads(start.class_blob)
@@ -303,6 +306,9 @@ class TaskExecutor:
 
         client._wait(go_on, None)
         if task.task_id in client.cancelled_calls:
+            # one cancel, one interrupt: the SIGINT that follows its CancelCall must not
+            # cut the producer's cleanup short (it now counts as between tasks)
+            self.running = None
             raise KeyboardInterrupt
 
     def _send_item(self, task: P.ExecuteTask, gate: ProducerGate, index: int, value: Any) -> None:

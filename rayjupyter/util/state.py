@@ -58,3 +58,37 @@ def list_worker_logs(pid: int | None = None, lines: int = 100) -> list[dict[str,
     The node keeps the last few hundred lines per worker; ``pid`` picks one worker.
     """
     return [as_dict(entry) for entry in queries.worker_logs(_client(), pid, lines)]
+
+
+def list_placement_groups(
+    filters: Filters = None, limit: int = DEFAULT_LIMIT
+) -> list[dict[str, Any]]:
+    """Placement groups (removed ones too, for a while): id, name, state, strategy, whether
+    detached, and each bundle's resources and node."""
+    from rayjupyter.util.placement_group import placement_group_table
+
+    rows = []
+    for row in placement_group_table().values():
+        bundles = [
+            {
+                "bundle_index": index,
+                "node_id": row["bundles_to_node_id"].get(index),
+                "unit_resources": resources,
+            }
+            for index, resources in sorted(row["bundles"].items())
+        ]
+        rows.append(
+            {
+                "placement_group_id": row["placement_group_id"],
+                "name": row["name"],
+                "state": row["state"],
+                "strategy": row["strategy"],
+                "is_detached": row["is_detached"],
+                "bundles": bundles,
+            }
+        )
+    for key, op, value in filters or []:
+        if op not in ("=", "!="):
+            raise ValueError(f"filter {key!r}: operator {op!r} is not supported; use '=' or '!='")
+        rows = [r for r in rows if (str(r.get(key)) == str(value)) == (op == "=")]
+    return rows[: int(limit)]
