@@ -89,7 +89,12 @@ class Router:
         self.router_id = uuid.uuid4().hex
         self.reported = 0  # the queue length last told to the controller, and when
         self.reported_at = 0.0
-        self._apply(rj.get(_controller().listen.remote(app_name, deployment, -1, 0.0), timeout=30))
+        # looked up once, here: a lookup is a blocking query answered through the client's
+        # IO thread, and the IO thread's callbacks take self.lock, so none may run under it
+        self.controller = _controller()
+        self._apply(
+            rj.get(self.controller.listen.remote(app_name, deployment, -1, 0.0), timeout=30)
+        )
 
     # ------------------------------------------------------------------ replica set
 
@@ -115,7 +120,8 @@ class Router:
         self.queue_cap = queue_cap
 
     def _poll(self) -> None:
-        """Keep one long poll in flight (called under the lock, from a caller thread)."""
+        """Keep one long poll in flight (called under the lock, from a caller thread; so it
+        only sends, never waits for an answer)."""
         if self.update is not None:
             (answer,), self.update = self.update, None
             self._apply(answer)
@@ -123,11 +129,9 @@ class Router:
         if self.polling or self.closed:
             return
         self.polling = True
-        future = (
-            _controller()
-            .listen.remote(self.app_name, self.deployment, self.version, _LONG_POLL_S)
-            .future()
-        )
+        future = self.controller.listen.remote(
+            self.app_name, self.deployment, self.version, _LONG_POLL_S
+        ).future()
         future.add_done_callback(self._polled)
 
     def _report_queue(self) -> None:
@@ -139,7 +143,7 @@ class Router:
         if self.closed or (queued == self.reported == 0) or now - self.reported_at < _REPORT_S:
             return
         self.reported, self.reported_at = queued, now
-        _controller().report_queued.remote(self.app_name, self.deployment, self.router_id, queued)
+        self.controller.report_queued.remote(self.app_name, self.deployment, self.router_id, queued)
 
     def _polled(self, future: concurrent.futures.Future[Any]) -> None:
         with self.lock:
@@ -160,7 +164,7 @@ class Router:
             if self.replicas or self.closed:
                 return len(self.replicas)
         # outside the lock: the answer arrives through the IO thread, which takes it
-        answer = rj.get(_controller().listen.remote(self.app_name, self.deployment, -1, 0.0))
+        answer = rj.get(self.controller.listen.remote(self.app_name, self.deployment, -1, 0.0))
         with self.lock:
             self._apply(answer)
             return len(self.replicas)
