@@ -335,7 +335,8 @@ class NodeActors:
         node._drain_output(node.pipes[worker.client_id])
         node._unpin_deps(task)
         if message.error is not None:
-            node.fail_task(task, node.cancelled_error(task) if task.cancelled else message.error)
+            cancelled = task.state is TaskState.CANCELLED
+            node.fail_task(task, node.cancelled_error(task) if cancelled else message.error)
         else:
             task.transition(TaskState.FINISHED)
             node.events.ended(task.task_id, failed=False)
@@ -427,7 +428,9 @@ class NodeActors:
         retried = []
         for task in actor.in_flight.values():
             node._unpin_deps(task)
-            if task.retry():
+            if task.state is TaskState.CANCELLED:  # rj.cancel asked for it to stop
+                node.fail_task(task, node.cancelled_error(task))
+            elif task.retry():
                 task.transition(TaskState.READY)
                 retried.append(task)
             else:

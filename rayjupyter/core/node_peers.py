@@ -32,6 +32,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_actors import ActorState
+from rayjupyter.core.node_state import OCCUPYING
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 
@@ -335,14 +336,10 @@ class NodePeers:
         for forwarded in [f for f in self.forwarded.values() if f.address == address]:
             task = forwarded.task
             del self.forwarded[task.task_id]
-            if task.state is not TaskState.RUNNING:
+            if task.state not in OCCUPYING:
                 continue
-            if task.retry():
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
-            else:
-                error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
-                node.fail_task(task, pickle.dumps(error, protocol=5))
+            error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
+            node.execute(node.state.retry_or_fail(task, pickle.dumps(error, protocol=5)))
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
@@ -602,7 +599,7 @@ class NodePeers:
                 for other in forwarded.pending:
                     link.send(P.RefOps(((False, other),)))
                 link.send(P.RefOps(((False, object_id),)))
-                if task.state is TaskState.RUNNING:
+                if task.state in OCCUPYING:
                     node.fail_task(task, inline or b"")
                 if task.actor_id:
                     node.remote_call_ended(task)
@@ -623,7 +620,7 @@ class NodePeers:
             else:
                 for inner_id in inner:  # already freed: nobody wanted it
                     node.decref(inner_id)
-            if not forwarded.pending and task.state is TaskState.RUNNING:
+            if not forwarded.pending and task.state in OCCUPYING:
                 task.transition(TaskState.FINISHED)
                 node.events.ended(task.task_id, failed=False)
                 remote = any(node.objects[r].location for r in task.return_ids if r in node.objects)

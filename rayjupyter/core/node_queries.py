@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import task_events
+from rayjupyter.core.scheduler import TaskState
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
@@ -26,7 +27,9 @@ class NodeQueries:
         tasks: dict[str, int] = {}
         for task in node.tasks.values():
             if task.method != "__init__":
-                tasks[task.state.name] = tasks.get(task.state.name, 0) + 1
+                # a cancelled task still runs until its worker stops it
+                name = "RUNNING" if task.state is TaskState.CANCELLED else task.state.name
+                tasks[name] = tasks.get(name, 0) + 1
         # a task sent ahead to a busy worker (prefetch) waits there: it is queued, not running
         prefetched = sum(1 for w in node.workers.values() if w.prefetched is not None)
         if prefetched:
@@ -46,9 +49,7 @@ class NodeQueries:
             "drivers": len(node.drivers()),
             # pids of drivers on this machine: which kernel is attached (over a Unix socket,
             # which names no peer the way a TCP connection does)
-            "driver_pids": [
-                node.clients[c].pid for c in node.drivers() if c in node.channels
-            ],
+            "driver_pids": [node.clients[c].pid for c in node.drivers() if c in node.channels],
             "machine": node._machine_usage(),
         }
 

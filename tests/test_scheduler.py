@@ -1,0 +1,583 @@
+"""The node's task and worker logic (``core/node_state.py``) driven with no process at all.
+
+Every transition of every table is tried (the allowed ones work, the others raise an
+InvalidTransition that names the record, both states and the recent history); scenarios
+walk the hot path, prefetch, blocking, deaths, retries, runtime_env workers and each kind
+of cancel, checking ``validate()`` after every step; and seeded random sequences of
+events, hundreds per run, keep ``validate()`` true and end with every task settled and
+every resource back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import random
+from typing import Any
+
+import pytest
+
+from rayjupyter.core import node_state as ns
+from rayjupyter.core.exceptions import TaskCancelledError, WorkerCrashedError
+from rayjupyter.core.node_actors import ACTOR_TRANSITIONS, ActorRecord, ActorState
+from rayjupyter.core.node_state import NodeState
+from rayjupyter.core.scheduler import (
+    TASK_TRANSITIONS,
+    WORKER_TRANSITIONS,
+    InvalidTransition,
+    ResourcePool,
+    TaskRecord,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+)
+
+_ids = itertools.count(1)
+
+
+def make_task(
+    name: str = "f",
+    demand: dict[str, float] | None = None,
+    *,
+    max_retries: int = 0,
+    env: str = "",
+    parent: bytes | None = None,
+) -> TaskRecord:
+    n = next(_ids)
+    return TaskRecord(
+        task_id=n.to_bytes(8, "big"),
+        owner=b"driver",
+        name=name,
+        func_id=b"func",
+        args_blob=b"",
+        deps=(),
+        nested=(),
+        return_ids=(n.to_bytes(8, "big") + b"r",),
+        demand={"CPU": 1.0} if demand is None else demand,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        env=env,
+        parent=parent,
+    )
+
+
+class Shell:
+    """What node.py does with instructions, reduced to bookkeeping: enough to drive the
+    state machine through whole lifetimes and to see what it asked for."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+        self.log: list[tuple[Any, ...]] = []
+        self.doomed: set[bytes] = set()  # workers told to die (KILL, or an interrupt ignored)
+        self.ended: dict[bytes, tuple[TaskState, bytes | None]] = {}
+        self.pids = itertools.count(100)
+
+    def run(self, instructions: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        for instruction in instructions:
+            self.log.append(instruction)
+            op = instruction[0]
+            if op == ns.SPAWN:
+                for _ in range(instruction[2]):
+                    self.spawn(instruction[1])
+            elif op == ns.KILL:
+                self.doomed.add(instruction[1].client_id)
+            elif op in (ns.FAILED, ns.FINISHED):
+                task = instruction[1]
+                assert task.state.name == ns.OPCODE_NAMES[op], (op, task.state)
+                self.ended[task.task_id] = (task.state, instruction[2] if op == ns.FAILED else None)
+                self.state.forget(task)
+            elif op == ns.START_ACTOR:
+                raise AssertionError("no actor workers in these tests")
+        self.state.validate()
+        return instructions
+
+    def spawn(self, env: str = "") -> WorkerRecord:
+        pid = next(self.pids)
+        worker = WorkerRecord(client_id=b"w%d" % pid, pid=pid, env=env)
+        self.state.worker_spawned(worker)
+        return worker
+
+    def connect_all(self) -> None:
+        for worker in list(self.state.workers.values()):
+            if worker.state is WorkerState.STARTING:
+                self.run(self.state.worker_connected(worker))
+
+    def schedule(self, known_envs: tuple[str, ...] = (), now: float = 0.0) -> None:
+        state = self.state
+        self.run(state.assign())
+        if state.scheduler.env_unplaced:
+            self.run(state.env_spawns(known_envs, now))
+        self.run(state.prefetch())
+
+    def submit(self, task: TaskRecord, missing: int = 0) -> TaskRecord:
+        self.state.submit(task)
+        task.missing = missing
+        if missing == 0:
+            self.state.task_ready(task)
+        self.state.validate()
+        return task
+
+    def finish(self, worker: WorkerRecord, error: bytes | None = None, retryable: bool = False):
+        task = worker.task
+        assert task is not None
+        return self.run(self.state.task_finished(worker, task, error, retryable))
+
+    def die(self, worker: WorkerRecord, respawn: bool = True) -> list[tuple[Any, ...]]:
+        self.doomed.discard(worker.client_id)
+        return self.run(self.state.worker_died(worker, "killed by SIGKILL", respawn))
+
+
+def ops(instructions: list[tuple[Any, ...]]) -> list[str]:
+    return [ns.OPCODE_NAMES[i[0]] for i in instructions]
+
+
+def error_of(blob: bytes | None) -> BaseException:
+    assert blob is not None
+    value = pickle.loads(blob)
+    assert isinstance(value, BaseException)
+    return value
+
+
+def node(cpus: float = 2, gpus: float = 0, workers: int = 2, **extra: float) -> Shell:
+    state = NodeState(ResourcePool({"CPU": cpus, "GPU": gpus, **extra}), pool_size=workers)
+    shell = Shell(state)
+    for _ in range(workers):
+        shell.spawn()
+    shell.connect_all()
+    return shell
+
+
+# ------------------------------------------------------------------ the tables
+
+
+def _task_in(state: TaskState) -> TaskRecord:
+    task = make_task("probe")
+    task.state = state
+    task.history = [TaskState.WAITING, TaskState.READY]
+    return task
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(o, n) for o in TaskState for n in TaskState], ids=lambda s: s.name
+)
+def test_every_task_transition_is_allowed_or_named_when_refused(
+    old: TaskState, new: TaskState
+) -> None:
+    task = _task_in(old)
+    if new in TASK_TRANSITIONS[old]:
+        task.transition(new)
+        assert task.state is new and task.history[-1] is old
+        return
+    with pytest.raises(InvalidTransition) as info:
+        task.transition(new)
+    text = str(info.value)
+    assert "'probe'" in text and task.task_id.hex() in text
+    assert f"{old.name} -> {new.name}" in text and "recent: WAITING -> READY" in text
+    assert task.state is old
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(o, n) for o in WorkerState for n in WorkerState], ids=lambda s: s.name
+)
+def test_every_worker_transition_is_allowed_or_named_when_refused(
+    old: WorkerState, new: WorkerState
+) -> None:
+    worker = WorkerRecord(client_id=b"w1", pid=7, state=old)
+    if new in WORKER_TRANSITIONS[old]:
+        worker.transition(new)
+        assert worker.state is new
+        return
+    with pytest.raises(InvalidTransition, match=f"pid=7 .*{old.name} -> {new.name}"):
+        worker.transition(new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(o, n) for o in ActorState for n in ActorState], ids=lambda s: s.name
+)
+def test_every_actor_transition_is_allowed_or_named_when_refused(
+    old: ActorState, new: ActorState
+) -> None:
+    actor = ActorRecord(b"a1", "Counter", make_task(), b"", {}, {}, {}, "", state=old)
+    if new in ACTOR_TRANSITIONS[old]:
+        actor.transition(new)
+        assert actor.state is new
+        return
+    with pytest.raises(InvalidTransition, match=f"Counter .*{old.value} -> {new.value}"):
+        actor.transition(new)
+
+
+def test_the_tables_cover_every_state_and_terminal_states_lead_nowhere() -> None:
+    assert set(TASK_TRANSITIONS) == set(TaskState)
+    assert set(WORKER_TRANSITIONS) == set(WorkerState)
+    assert set(ACTOR_TRANSITIONS) == set(ActorState)
+    assert not TASK_TRANSITIONS[TaskState.FINISHED] and not TASK_TRANSITIONS[TaskState.FAILED]
+    assert not WORKER_TRANSITIONS[WorkerState.DEAD] and not ACTOR_TRANSITIONS[ActorState.DEAD]
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def test_hot_path_submit_execute_finish_gives_the_slot_back() -> None:
+    shell = node()
+    task = shell.submit(make_task())
+    assigned = shell.run(shell.state.assign())
+    worker = assigned[0][2]
+    assert ops(assigned) == ["EXECUTE"] and assigned[0][1] is task
+    assert task.state is TaskState.RUNNING and worker.task is task and worker.state.name == "BUSY"
+    assert shell.state.resources.available["CPU"] == 1.0
+    assert ops(shell.finish(worker)) == ["FINISHED"]
+    assert worker.state is WorkerState.IDLE and worker.task is None
+    assert shell.state.resources.available["CPU"] == 2.0 and task.task_id not in shell.state.tasks
+
+
+def test_a_task_sent_ahead_starts_when_the_current_one_ends() -> None:
+    shell = node(cpus=2, workers=2)
+    tasks = [shell.submit(make_task(f"t{i}")) for i in range(5)]
+    shell.schedule()
+    executed = [i[1] for i in shell.log if i[0] == ns.EXECUTE]
+    assert [t.name for t in executed] == ["t0", "t1", "t2", "t3"]
+    first = shell.state.workers[tasks[0].worker or b""]
+    assert first.prefetched is tasks[2] and tasks[2].state is TaskState.RUNNING
+    assert list(shell.state.ready) == [tasks[4]]
+    done = shell.finish(first)
+    assert ops(done) == ["STARTED", "FINISHED"] and done[0][1] is tasks[2]
+    assert first.task is tasks[2] and first.prefetched is None and first.state.name == "BUSY"
+
+
+def test_no_prefetch_while_a_worker_idles_or_for_a_different_demand() -> None:
+    shell = node(cpus=4, workers=2)
+    for i in range(4):
+        shell.submit(make_task(f"t{i}"))
+    shell.submit(make_task("big", {"CPU": 2.0}))
+    shell.run(shell.state.assign())
+    # the queue holds t2, t3, big: more than the pool; t2 and t3 go ahead, big does not
+    assert ops(shell.run(shell.state.prefetch())) == ["EXECUTE", "EXECUTE"]
+    assert [t.name for t in shell.state.ready] == ["big"]
+    assert shell.run(shell.state.prefetch()) == []
+
+
+def test_a_blocked_worker_lends_its_cpu_and_gives_back_what_was_sent_ahead() -> None:
+    shell = node(cpus=1, workers=1)
+    first, second, third = (shell.submit(make_task(f"t{i}")) for i in range(3))
+    shell.schedule()
+    worker = shell.state.workers[first.worker or b""]
+    assert worker.prefetched is second
+    revoked = shell.run(shell.state.worker_blocked(worker))
+    assert ops(revoked) == ["REVOKE"] and revoked[0][1] is second
+    assert second.state is TaskState.READY and list(shell.state.ready) == [second, third]
+    assert worker.state is WorkerState.BLOCKED and shell.state.resources.available["CPU"] == 1.0
+    assert shell.run(shell.state.assign()) == [(ns.SPAWN, "", 1)]  # a worker for the lent CPU
+    shell.connect_all()
+    shell.schedule()
+    assert second.state is TaskState.RUNNING and shell.state.resources.available["CPU"] == 0.0
+    shell.state.worker_unblocked(worker)  # may overcommit for a moment, as in Ray
+    shell.state.validate()
+    assert shell.state.resources.available["CPU"] == -1.0
+    assert ops(shell.finish(worker)) == ["FINISHED"]
+    assert shell.state.resources.available["CPU"] == 0.0
+
+
+def test_a_dead_worker_retries_its_task_then_fails_it_and_is_replaced() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("crashy", max_retries=1))
+    shell.schedule()
+    worker = shell.state.workers[task.worker or b""]
+    out = shell.die(worker)
+    assert ops(out) == ["UNPIN", "SPAWN"] and task.state is TaskState.READY
+    assert list(shell.state.ready) == [task] and task.attempt == 1
+    shell.connect_all()
+    shell.schedule()
+    out = shell.die(shell.state.workers[task.worker or b""])
+    assert ops(out) == ["UNPIN", "FAILED", "SPAWN"]
+    error = error_of(shell.ended[task.task_id][1])
+    assert isinstance(error, WorkerCrashedError) and "max_retries=1" in str(error)
+    assert shell.state.resources.available["CPU"] == 1.0
+
+
+def test_a_dead_worker_also_settles_the_task_sent_ahead_to_it() -> None:
+    shell = node(cpus=1, workers=1)
+    tasks = [shell.submit(make_task(f"t{i}", max_retries=2)) for i in range(3)]
+    shell.schedule()
+    worker = shell.state.workers[tasks[0].worker or b""]
+    assert worker.prefetched is tasks[1]
+    shell.die(worker, respawn=False)
+    # both go back first in the queue, each counted as an attempt
+    assert list(shell.state.ready) == [tasks[0], tasks[1], tasks[2]]
+    assert tasks[0].attempt == tasks[1].attempt == 1 and not shell.state.workers
+
+
+def test_a_retryable_exception_queues_the_task_again_last() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("flaky", max_retries=1))
+    other = shell.submit(make_task("other"))
+    shell.run(shell.state.assign())
+    worker = shell.state.workers[task.worker or b""]
+    assert shell.finish(worker, error=b"boom", retryable=True) == []
+    assert list(shell.state.ready) == [other, task] and task.state is TaskState.READY
+    shell.run(shell.state.assign())
+    shell.finish(worker)
+    shell.run(shell.state.assign())
+    assert ops(shell.finish(worker, error=b"boom", retryable=True)) == ["FAILED"]
+    assert shell.ended[task.task_id] == (TaskState.FAILED, b"boom")
+
+
+def test_cancel_a_queued_task_fails_it_at_once_and_leaves_the_queue_clean() -> None:
+    shell = node(cpus=1, workers=1)
+    shell.submit(make_task("runs"))
+    queued = shell.submit(make_task("queued"))
+    waiting = shell.submit(make_task("waiting"), missing=1)
+    shell.run(shell.state.assign())
+    for task in (queued, waiting):
+        out = shell.run(shell.state.cancel(task, False, False, ()))
+        assert ops(out) == ["FAILED"]
+        assert isinstance(error_of(out[0][2]), TaskCancelledError)
+        assert task.history[-1] is TaskState.CANCELLED  # why it failed stays in its history
+    assert not shell.state.ready
+    assert shell.run(shell.state.cancel(queued, False, False, ())) == []  # once is enough
+
+
+def test_cancel_a_running_task_interrupts_it_and_its_error_says_cancelled() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("long"))
+    shell.run(shell.state.assign())
+    worker = shell.state.workers[task.worker or b""]
+    out = shell.run(shell.state.cancel(task, False, False, ()))
+    assert out == [(ns.INTERRUPT, task, worker)] and task.state is TaskState.CANCELLED
+    assert task.cancelled
+    failed = shell.finish(worker, error=b"KeyboardInterrupt", retryable=True)
+    assert ops(failed) == ["FAILED"] and isinstance(error_of(failed[0][2]), TaskCancelledError)
+
+
+def test_a_cancelled_task_that_completes_first_keeps_its_result() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("quick"))
+    shell.run(shell.state.assign())
+    shell.run(shell.state.cancel(task, False, False, ()))
+    assert ops(shell.finish(shell.state.workers[task.worker or b""])) == ["FINISHED"]
+
+
+def test_force_cancel_kills_the_worker_and_the_task_is_not_retried() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("stuck", max_retries=3))
+    shell.run(shell.state.assign())
+    worker = shell.state.workers[task.worker or b""]
+    assert shell.run(shell.state.cancel(task, True, False, ())) == [(ns.KILL, worker)]
+    out = shell.die(worker)
+    assert ops(out) == ["UNPIN", "FAILED", "SPAWN"] and task.attempt == 0
+    assert isinstance(error_of(out[1][2]), TaskCancelledError)
+
+
+def test_cancel_a_task_sent_ahead_takes_it_back_and_fails_it() -> None:
+    shell = node(cpus=1, workers=1)
+    tasks = [shell.submit(make_task(f"t{i}")) for i in range(3)]
+    shell.schedule()
+    worker = shell.state.workers[tasks[0].worker or b""]
+    out = shell.run(shell.state.cancel(tasks[1], True, False, ()))
+    assert ops(out) == ["REVOKE", "FAILED"] and worker.prefetched is None
+    assert tasks[0].state is TaskState.RUNNING  # force or not, the running one is untouched
+
+
+def test_recursive_cancel_reaches_children_first_and_peers_are_told() -> None:
+    shell = node(cpus=2, workers=1)
+    parent = shell.submit(make_task("parent"))
+    shell.run(shell.state.assign())
+    child = shell.submit(make_task("child", parent=parent.task_id))
+    remote = shell.submit(make_task("remote", parent=parent.task_id))
+    shell.state.ready.remove(remote)  # as spill_over does before it forwards
+    remote.transition(TaskState.RUNNING)
+    assert parent.children == [child.task_id, remote.task_id]
+    out = shell.run(shell.state.cancel(parent, False, True, {remote.task_id}))
+    assert ops(out) == ["FAILED", "CANCEL_FORWARDED", "INTERRUPT"]
+    assert out[0][1] is child and out[1] == (ns.CANCEL_FORWARDED, remote, False)
+    # the peer's answer (its TaskCancelledError) ends the forwarded one as usual
+    shell.state.fail(remote)
+    assert remote.state is TaskState.FAILED
+
+
+def test_lost_attempts_of_a_cancelled_task_fail_as_cancelled() -> None:
+    shell = node(cpus=1, workers=0)
+    task = shell.submit(make_task("forwarded", max_retries=5))
+    shell.state.ready.remove(task)
+    task.transition(TaskState.RUNNING)
+    shell.run(shell.state.cancel(task, False, False, {task.task_id}))
+    out = shell.run(shell.state.retry_or_fail(task, b"node died"))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)
+
+
+def test_gpus_are_assigned_by_id_and_given_back() -> None:
+    shell = node(cpus=4, gpus=2, workers=3)
+    whole = shell.submit(make_task("whole", {"CPU": 1.0, "GPU": 1.0}))
+    half = shell.submit(make_task("half", {"CPU": 1.0, "GPU": 0.5}))
+    half2 = shell.submit(make_task("half2", {"CPU": 1.0, "GPU": 0.5}))
+    shell.run(shell.state.assign())
+    assert whole.gpu_ids == (0,) and half.gpu_ids == half2.gpu_ids == (1,)
+    shell.finish(shell.state.workers[whole.worker or b""])
+    assert whole.gpu_ids == () and shell.state.resources.gpu_free == [1.0, 0.0]
+
+
+def test_missing_workers_are_started_within_the_bound() -> None:
+    shell = node(cpus=8, workers=1)
+    shell.state.max_workers = 4
+    for i in range(8):
+        shell.submit(make_task(f"t{i}"))
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["EXECUTE", "SPAWN"] and out[1] == (ns.SPAWN, "", 3)
+    assert shell.run(shell.state.assign()) == []  # the 3 are starting: none more
+
+
+def test_env_tasks_get_workers_of_their_env_and_idle_ones_are_reaped() -> None:
+    shell = node(cpus=2, workers=1)
+    task = shell.submit(make_task("in-x", env="x"))
+    lost = shell.submit(make_task("in-y", env="y"))
+    shell.schedule(known_envs=("x",), now=0.0)
+    assert [i for i in shell.log if i[0] == ns.SPAWN] == [(ns.SPAWN, "x", 1)]
+    shell.connect_all()
+    shell.schedule(known_envs=("x",))
+    worker = shell.state.workers[task.worker or b""]
+    assert worker.env == "x" and list(shell.state.ready) == [lost]
+    shell.finish(worker)
+    assert worker.idle_since > 0
+    assert shell.state.reap_env_workers(worker.idle_since + 1) == []
+    out = shell.run(shell.state.reap_env_workers(worker.idle_since + ns.ENV_WORKER_IDLE_S + 1))
+    assert out == [(ns.KILL, worker)] and not shell.state.scheduler.idle_env
+
+
+def test_validate_names_a_broken_invariant() -> None:
+    shell = node(cpus=2, workers=1)
+    shell.submit(make_task())
+    shell.run(shell.state.assign())
+    shell.state.resources.available["CPU"] += 1
+    with pytest.raises(AssertionError, match=r"CPU: available 2\.0 but total 2\.0 less held 1\.0"):
+        shell.state.validate()
+    shell.state.resources.available["CPU"] -= 1
+    worker = next(iter(shell.state.workers.values()))
+    shell.state.ready.append(worker.task)  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="queued task f is RUNNING"):
+        shell.state.validate()
+
+
+# ------------------------------------------------------------------ random sequences
+
+
+def _random_demand(rng: random.Random) -> dict[str, float]:
+    roll = rng.random()
+    if roll < 0.6:
+        return {"CPU": 1.0}
+    if roll < 0.75:
+        return {"CPU": 0.5}
+    if roll < 0.85:
+        return {"CPU": 2.0}
+    if roll < 0.95:
+        return {"CPU": 1.0, "GPU": rng.choice((0.5, 1.0))}
+    return {"CPU": 0.0, "custom": 1.0}
+
+
+def _never_runs_here(state: NodeState, task: TaskRecord) -> bool:
+    """Queued for good: it needs more than the node has. (A task of an env the node
+    does not know fails at admission, so it is never queued.)"""
+    return task.state is TaskState.READY and not state.resources.feasible(task.demand)
+
+
+ENVS = ("x", "z")
+
+
+def _busy(state: NodeState) -> list[WorkerRecord]:
+    return [w for w in state.workers.values() if w.task is not None]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> None:
+    rng = random.Random(seed)
+    shell = node(cpus=rng.choice((1, 2, 4)), gpus=rng.choice((0, 1, 2)), workers=2, custom=2)
+    state = shell.state
+    waiting: list[TaskRecord] = []
+    submitted: list[TaskRecord] = []
+    running_parents: list[TaskRecord] = []
+    clock = 0.0
+    for _ in range(600):
+        clock += rng.random()
+        event = rng.random()
+        if event < 0.22:  # a submit, maybe waiting for dependencies, maybe nested
+            parent = rng.choice(running_parents) if running_parents and rng.random() < 0.3 else None
+            task = make_task(
+                f"t{len(submitted)}",
+                _random_demand(rng),
+                max_retries=rng.choice((0, 1, 3)),
+                env=rng.choice(("", "", "", "x", "z")),
+                parent=parent.task_id if parent else None,
+            )
+            missing = rng.choice((0, 0, 1, 2))
+            shell.submit(task, missing)
+            submitted.append(task)
+            if missing:
+                waiting.append(task)
+        elif event < 0.30 and waiting:  # a dependency became ready, or failed
+            task = rng.choice(waiting)
+            if task.state is not TaskState.WAITING:
+                waiting.remove(task)
+            elif rng.random() < 0.1:
+                waiting.remove(task)
+                state.fail(task)
+                shell.run([(ns.FAILED, task, b"dep failed")])
+            else:
+                task.missing -= 1
+                if task.missing == 0:
+                    waiting.remove(task)
+                    state.task_ready(task)
+        elif event < 0.55:
+            shell.schedule(known_envs=ENVS, now=clock)
+        elif event < 0.62:
+            shell.connect_all()
+        elif event < 0.80 and _busy(state):  # a worker answers for its task
+            worker = rng.choice(_busy(state))
+            if worker.task is not None:
+                running_parents.append(worker.task)
+            roll = rng.random()
+            error = None if roll < 0.7 else b"boom"
+            shell.finish(worker, error, retryable=roll > 0.85)
+        elif event < 0.86 and _busy(state):  # blocks in get, or returns from it
+            worker = rng.choice(_busy(state))
+            if worker.state is WorkerState.BUSY:
+                shell.run(state.worker_blocked(worker))
+            else:
+                state.worker_unblocked(worker)
+                state.validate()
+        elif event < 0.91 and state.workers:  # a process dies (killed, or by itself)
+            doomed = [w for w in state.workers.values() if w.client_id in shell.doomed]
+            shell.die(rng.choice(doomed or list(state.workers.values())))
+        elif event < 0.97 and submitted:  # rj.cancel
+            task = rng.choice(submitted)
+            shell.run(state.cancel(task, rng.random() < 0.3, rng.random() < 0.5, ()))
+        else:
+            shell.run(state.reap_env_workers(clock))
+        running_parents = [t for t in running_parents if t.state is TaskState.RUNNING][-8:]
+
+    # drain: every dependency arrives, workers connect and finish, the doomed die
+    for task in waiting:
+        if task.state is TaskState.WAITING:
+            task.missing = 0
+            state.task_ready(task)
+    for _ in range(5000):
+        for worker in [w for w in state.workers.values() if w.client_id in shell.doomed]:
+            shell.die(worker)
+        shell.connect_all()
+        shell.schedule(known_envs=ENVS, now=clock)
+        busy = _busy(state)
+        if busy:
+            worker = busy[0]
+            if worker.state is WorkerState.BLOCKED:
+                state.worker_unblocked(worker)
+            shell.finish(worker)
+        elif all(_never_runs_here(state, t) for t in state.tasks.values()):
+            break
+    leftover = [t for t in state.tasks.values() if not _never_runs_here(state, t)]
+    assert not leftover, [(t.name, t.state.name, t.demand) for t in leftover]
+    assert not [w for w in state.workers.values() if w.task is not None or w.lent]
+    for key, total in state.resources.total.items():
+        assert abs(state.resources.available[key] - total) < 1e-9, key
+    assert state.resources.gpu_free == [1.0] * len(state.resources.gpu_free)
+    for task in submitted:
+        ended = shell.ended.get(task.task_id)
+        cancelled = TaskState.CANCELLED in task.history
+        if ended is not None and ended[0] is TaskState.FAILED and ended[1] and cancelled:
+            assert isinstance(error_of(ended[1]), TaskCancelledError)
