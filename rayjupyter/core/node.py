@@ -73,6 +73,8 @@ from rayjupyter.core.object_store import (
 from rayjupyter.core.scheduler import ResourcePool, TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.serialization import INLINE_THRESHOLD
 
+VALIDATE_ENV = "RAYJUPYTER_VALIDATE"  # "1": check the state's invariants every loop turn
+
 
 class ObjectEntry:
     """One object in the node's table, from the task that will make it until it is freed."""
@@ -195,6 +197,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.pool_size = self.state.pool_size
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
+        # tests set it: the state machine's invariants are checked after every loop turn,
+        # and a broken one stops the node with the reason (as dask's validate=True does)
+        self.validating = os.environ.get(VALIDATE_ENV) == "1"
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
@@ -265,6 +270,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 for fd in exited:
                     self.fd_handlers[fd](fd)
                 self.schedule()
+                if self.validating:
+                    self.validate()
                 self.flush()
         finally:
             self.shutdown()
@@ -826,6 +833,24 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if self.scheduler.env_unplaced:
             self.execute(state.env_spawns(self.runtime_envs, time.monotonic()))
         self.execute(state.prefetch())
+
+    def validate(self) -> None:
+        """``NodeState.validate`` with what this node's actors hold (their processes' slots)."""
+        held: dict[str, float] = {}
+        for actor in self.actors.values():
+            if actor.state in (ActorState.STARTING, ActorState.ALIVE) and actor.worker:
+                for key, value in actor.run_demand.items():
+                    held[key] = held.get(key, 0.0) + value
+        try:
+            self.state.validate(held)
+        except AssertionError:
+            print(
+                f"rayjupyter node: an invariant of its state broke ({VALIDATE_ENV}=1):\n"
+                f"{traceback.format_exc()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
 
     def execute(self, instructions: list[Instruction]) -> None:
         """Carry out what ``NodeState`` decided."""

@@ -263,6 +263,8 @@ class NodeState:
         """Pair ready tasks with idle workers and free resources; say how many plain
         workers to start for tasks that fit but lack one (``env_unplaced``: env ones)."""
         pairs, unplaced = self.scheduler.assignments()
+        if not pairs and not unplaced:
+            return _NONE  # most loop turns
         out: list[Instruction] = []
         resources = self.resources
         for task, worker in pairs:
@@ -419,6 +421,7 @@ class NodeState:
     def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
         """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
         resources held outside this table (actors' processes), which the shell knows."""
+        assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
         resources = self.resources
         held: dict[str, float] = dict(held_elsewhere or {})
         queued = set()
