@@ -384,7 +384,7 @@ def test_recursive_cancel_reaches_children_first_and_peers_are_told() -> None:
     child = shell.submit(make_task("child", parent=parent.task_id))
     remote = shell.submit(make_task("remote", parent=parent.task_id))
     shell.state.ready.remove(remote)  # as spill_over does before it forwards
-    remote.transition(TaskState.RUNNING)
+    shell.state.forwarded(remote)
     assert parent.children == [child.task_id, remote.task_id]
     out = shell.run(shell.state.cancel(parent, False, True, {remote.task_id}))
     assert ops(out) == ["FAILED", "CANCEL_FORWARDED", "INTERRUPT"]
@@ -394,11 +394,20 @@ def test_recursive_cancel_reaches_children_first_and_peers_are_told() -> None:
     assert remote.state is TaskState.FAILED
 
 
+def test_a_task_placed_on_a_peer_as_its_values_arrive_runs_there() -> None:
+    shell = node(cpus=1, workers=0)
+    task = shell.submit(make_task("local-args"), missing=1)
+    shell.state.forwarded(task)  # place_by_locality: straight from WAITING
+    assert task.history == [TaskState.WAITING, TaskState.READY] and task.state.name == "RUNNING"
+    out = shell.run(shell.state.retry_or_fail(task, b"lost"))  # its node died; no retries
+    assert out == [(ns.FAILED, task, b"lost")]
+
+
 def test_lost_attempts_of_a_cancelled_task_fail_as_cancelled() -> None:
     shell = node(cpus=1, workers=0)
     task = shell.submit(make_task("forwarded", max_retries=5))
     shell.state.ready.remove(task)
-    task.transition(TaskState.RUNNING)
+    shell.state.forwarded(task)
     shell.run(shell.state.cancel(task, False, False, {task.task_id}))
     out = shell.run(shell.state.retry_or_fail(task, b"node died"))
     assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)

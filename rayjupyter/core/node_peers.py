@@ -493,9 +493,7 @@ class NodePeers:
         link.send(P.Subscribe(task.return_ids, False))
         for key, value in task.demand.items():  # until the next view says otherwise
             peer.available[key] = peer.available.get(key, 0.0) - value
-        if task.state is TaskState.WAITING:  # placed the moment its values exist
-            task.transition(TaskState.READY)
-        task.transition(TaskState.RUNNING)
+        node.state.forwarded(task)
         node.events.started(task.task_id, 0, task.attempt)
         self.forwarded[task.task_id] = Forwarded(task, peer.address, set(task.return_ids))
 

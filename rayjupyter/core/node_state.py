@@ -128,6 +128,13 @@ class NodeState:
         task.transition(TaskState.FAILED)
         return [(FAILED, task, error)]
 
+    def forwarded(self, task: TaskRecord) -> None:
+        """The task runs on a peer now (taken off the queue by the caller, or placed the
+        moment its values exist); its worker there is the peer's business."""
+        if task.state is TaskState.WAITING:
+            task.transition(TaskState.READY)
+        task.transition(TaskState.RUNNING)
+
     def forget(self, task: TaskRecord) -> bool:
         """Drop a finished or failed task from the table; False if it was gone already."""
         return self.tasks.pop(task.task_id, None) is not None
