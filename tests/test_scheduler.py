@@ -336,6 +336,29 @@ def test_cancel_a_queued_task_fails_it_at_once_and_leaves_the_queue_clean() -> N
     assert shell.run(shell.state.cancel(queued, False, False, ())) == []  # once is enough
 
 
+def test_cancelling_much_of_a_long_queue_costs_no_scan_per_task() -> None:
+    shell = node(cpus=1, workers=1)
+    tasks = [shell.submit(make_task(f"t{i}")) for i in range(2 * ns.STALE_SCAN + 2)]
+    state = shell.state
+    for task in tasks[-1:0:-2]:  # from the back: removing each would scan the whole queue
+        shell.run(state.cancel(task, False, False, ()))
+    half = len(tasks) // 2
+    assert len(state.ready) == len(tasks) and state.stale == half  # left in place, counted
+    shell.run(state.cancel(tasks[0], False, False, ()))  # the head: taken off at once
+    assert len(state.ready) == len(tasks) - 1
+    shell.run(state.cancel(tasks[2], False, False, ()))  # now half is stale: compacted
+    assert list(state.ready) == tasks[4::2] and state.stale == 0
+    shell.run(state.cancel(tasks[-2], False, False, ()))
+    shell.run(state.assign())
+    worker = next(iter(state.workers.values()))
+    started = [worker.task]
+    while worker.task is not None:  # the rest run in order, the cancelled ones skipped
+        shell.finish(worker)
+        shell.run(state.assign())
+        started.append(worker.task)
+    assert started[:-1] == tasks[4:-2:2]
+
+
 def test_cancel_a_running_task_interrupts_it_and_its_error_says_cancelled() -> None:
     shell = node(cpus=1, workers=1)
     task = shell.submit(make_task("long"))

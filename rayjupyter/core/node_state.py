@@ -56,6 +56,8 @@ OPCODE_NAMES = {
 MAX_WORKERS = 256
 #: runtime_env workers idle this long are stopped
 ENV_WORKER_IDLE_S = 10.0
+#: a queue this short gives a failing task up at once (longer: see NodeState.stale)
+STALE_SCAN = 256
 
 Instruction = tuple[Any, ...]
 _NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
@@ -91,6 +93,9 @@ class NodeState:
         self.workers: dict[bytes, WorkerRecord] = {}
         self.pool_size = pool_size  # plain workers kept alive (one per CPU)
         self.max_workers = MAX_WORKERS
+        # tasks failed while queued in a long queue stay in it until popped (every reader
+        # skips them) or until they are half of it: removing each one would cost O(queue)
+        self.stale = 0
 
     # ------------------------------------------------------------------ tasks
 
@@ -111,9 +116,24 @@ class NodeState:
     def fail(self, task: TaskRecord) -> None:
         """The task fails now (the shell turns its returns into the error): leave the queue."""
         if task.state is TaskState.READY and not task.actor_id:
-            with contextlib.suppress(ValueError):  # rare (cancel, a removed group)
-                self.ready.remove(task)
+            self._unqueue(task)
         task.transition(TaskState.FAILED)
+
+    def _unqueue(self, task: TaskRecord) -> None:
+        """A queued task leaves the queue (it is failing): now if that is cheap, else later."""
+        ready = self.ready
+        if ready and ready[0] is task:
+            ready.popleft()
+        elif len(ready) <= STALE_SCAN:
+            with contextlib.suppress(ValueError):
+                ready.remove(task)
+        else:
+            self.stale += 1
+            if self.stale * 2 > len(ready):
+                kept = [t for t in ready if t is not task and t.state is TaskState.READY]
+                ready.clear()
+                ready.extend(kept)
+                self.stale = 0
 
     def retry_or_fail(self, task: TaskRecord, error: bytes) -> list[Instruction]:
         """A task whose attempt was lost (its worker or its node died): queue it again first
@@ -394,8 +414,7 @@ class NodeState:
         state = task.state
         if state in (TaskState.WAITING, TaskState.READY):
             if state is TaskState.READY and not task.actor_id:
-                with contextlib.suppress(ValueError):
-                    self.ready.remove(task)
+                self._unqueue(task)
             task.transition(TaskState.CANCELLED)
             if task.actor_id:
                 out.append((DROP_ACTOR_CALL, task))
@@ -432,12 +451,17 @@ class NodeState:
         resources = self.resources
         held: dict[str, float] = dict(held_elsewhere or {})
         queued = set()
+        stale = 0
         for queued_task in self.ready:
             task = queued_task
+            if task.state is TaskState.FAILED and self.stale:
+                stale += 1  # failed while queued: dropped when popped (see self.stale)
+                continue
             assert task.state is TaskState.READY, f"queued task {task.name} is {task.state.name}"
             assert task.worker is None, f"queued task {task.name} names worker {task.worker!r}"
             assert id(task) not in queued, f"task {task.name} is queued twice"
             queued.add(id(task))
+        assert stale <= self.stale, f"{stale} failed tasks queued, {self.stale} counted"
         idle_ids = set()
         for pool in (self.scheduler.idle, *self.scheduler.idle_env.values()):
             for worker in pool:
