@@ -551,11 +551,9 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
                 waiting.remove(task)
                 state.fail(task)
                 shell.run([(ns.FAILED, task, b"dep failed")])
-            else:
-                task.missing -= 1
-                if task.missing == 0:
-                    waiting.remove(task)
-                    state.task_ready(task)
+            elif state.dependency_ready(task):
+                waiting.remove(task)
+                state.task_ready(task)
         elif event < 0.55:
             shell.schedule(known_envs=ENVS, now=clock)
         elif event < 0.62:
@@ -586,9 +584,9 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
 
     # drain: every dependency arrives, workers connect and finish, the doomed die
     for task in waiting:
-        if task.state is TaskState.WAITING:
-            task.missing = 0
-            state.task_ready(task)
+        while task.state is TaskState.WAITING:
+            if state.dependency_ready(task):
+                state.task_ready(task)
     for _ in range(5000):
         for worker in [w for w in state.workers.values() if w.client_id in shell.doomed]:
             shell.die(worker)

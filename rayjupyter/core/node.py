@@ -3,7 +3,8 @@ object table and the shared-memory store of its machine.
 
 Everything arrives as events (a batch of messages, a worker's output, a worker's exit,
 the owning driver's stdin closing) and leaves as batched messages, one frame per client
-per loop turn. Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster
+per loop turn. What to do with a task or a worker is decided by ``node_state.NodeState``
+(no I/O: events in, instructions out); this class carries its instructions out. Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster
 secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command line.
 """
 
@@ -755,14 +756,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     self.send(subscriber, P.ObjectsReady((info,)))
         entry.subscribers = set()
         waiters, entry.waiters = entry.waiters, []
+        dependency_ready = self.state.dependency_ready
         for task in waiters:
-            if task.state is not TaskState.WAITING:
-                continue
             if is_error:
-                self.fail_task(task, inline or b"")
-                continue
-            task.missing -= 1
-            if task.missing == 0:
+                if task.state is TaskState.WAITING:
+                    self.fail_task(task, inline or b"")
+            elif dependency_ready(task):
                 self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
@@ -784,10 +783,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self.pull(object_id)
         waiters, entry.waiters = entry.waiters, []
         for task in waiters:  # placed next: maybe where the value is, with no copy
-            if task.state is TaskState.WAITING:
-                task.missing -= 1
-                if task.missing == 0:
-                    self.task_ready(task)
+            if self.state.dependency_ready(task):
+                self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
 

@@ -109,6 +109,15 @@ class NodeState:
             if record is not None:
                 record.children.append(task.task_id)
 
+    def dependency_ready(self, task: TaskRecord) -> bool:
+        """One of a waiting task's values exists now: True when it has them all (the
+        shell then places it: here, on the peer that holds its values, or in its actor's
+        queue). A failed dependency fails the task instead (``fail``)."""
+        if task.state is not TaskState.WAITING:
+            return False  # failed or cancelled meanwhile
+        task.missing -= 1
+        return task.missing == 0
+
     def task_ready(self, task: TaskRecord) -> None:
         """Its dependencies exist (here): queue it for a worker."""
         self.scheduler.make_ready(task)
