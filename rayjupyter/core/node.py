@@ -4,8 +4,10 @@ object table and the shared-memory store of its machine.
 Everything arrives as events (a batch of messages, a worker's output, a worker's exit,
 the owning driver's stdin closing) and leaves as batched messages, one frame per client
 per loop turn. What to do with a task or a worker is decided by ``node_state.NodeState``
-(no I/O: events in, instructions out); this class carries its instructions out. Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster
-secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command line.
+(no I/O: events in, instructions out); this class carries its instructions out.
+
+Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster secret comes in the
+environment (``RAYJUPYTER_SECRET``), never on the command line.
 """
 
 from __future__ import annotations
