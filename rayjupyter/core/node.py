@@ -1,5 +1,5 @@
-"""The node daemon: one thread, one poll loop, owning scheduling, the worker pool, the
-object table and the shared-memory store of its machine.
+"""The node daemon: one thread, one poll loop, running the tasks, the worker processes,
+the object table and the shared-memory store of its machine.
 
 Everything arrives as events (a batch of messages, a worker's output, a worker's exit,
 the owning driver's stdin closing) and leaves as batched messages, one frame per client
