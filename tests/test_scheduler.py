@@ -71,6 +71,7 @@ class Shell:
         self.doomed: set[bytes] = set()  # workers told to die (KILL, or an interrupt ignored)
         self.ended: dict[bytes, tuple[TaskState, bytes | None]] = {}
         self.pids = itertools.count(100)
+        self.checking = True  # validate after each step (the drain checks now and then)
 
     def run(self, instructions: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         for instruction in instructions:
@@ -88,7 +89,8 @@ class Shell:
                 self.state.forget(task)
             elif op == ns.START_ACTOR:
                 raise AssertionError("no actor workers in these tests")
-        self.state.validate()
+        if self.checking:
+            self.state.validate()
         return instructions
 
     def spawn(self, env: str = "") -> WorkerRecord:
@@ -114,7 +116,8 @@ class Shell:
         task.missing = missing
         if missing == 0:
             self.state.task_ready(task)
-        self.state.validate()
+        if self.checking:
+            self.state.validate()
         return task
 
     def finish(self, worker: WorkerRecord, error: bytes | None = None, retryable: bool = False):
@@ -525,10 +528,43 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
     waiting: list[TaskRecord] = []
     submitted: list[TaskRecord] = []
     running_parents: list[TaskRecord] = []
+    remote: list[TaskRecord] = []  # forwarded to a peer (spill_over, locality)
     clock = 0.0
     for _ in range(600):
         clock += rng.random()
         event = rng.random()
+        side = rng.random()
+        if side < 0.01:  # a burst: the queue grows past STALE_SCAN, cancels leave it lazily
+            shell.checking = False
+            for _ in range(160):
+                submitted.append(shell.submit(make_task(f"t{len(submitted)}")))
+            shell.checking = True
+            state.validate()
+            continue
+        if side < 0.05:  # a queued task goes to a peer
+            queued = [t for t in state.ready if t.state is TaskState.READY]
+            if queued:
+                task = rng.choice(queued)
+                state.ready.remove(task)  # spill_over takes it off the queue first
+                state.forwarded(task)
+                remote.append(task)
+                state.validate()
+            continue
+        if side < 0.09 and remote:  # the peer answers for one, or dies
+            task = remote.pop(rng.randrange(len(remote)))
+            roll = rng.random()
+            if task.state not in ns.OCCUPYING:
+                pass
+            elif roll < 0.5:
+                task.transition(TaskState.FINISHED)  # as _on_peer_objects_ready does
+                shell.run([(ns.FINISHED, task)])
+            elif roll < 0.7:
+                blob = ns.cancelled_error(task) if task.cancelled else b"remote error"
+                state.fail(task)
+                shell.run([(ns.FAILED, task, blob)])
+            else:
+                shell.run(state.retry_or_fail(task, b"its node died"))
+            continue
         if event < 0.22:  # a submit, maybe waiting for dependencies, maybe nested
             parent = rng.choice(running_parents) if running_parents and rng.random() < 0.3 else None
             task = make_task(
@@ -577,17 +613,25 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             shell.die(rng.choice(doomed or list(state.workers.values())))
         elif event < 0.97 and submitted:  # rj.cancel
             task = rng.choice(submitted)
-            shell.run(state.cancel(task, rng.random() < 0.3, rng.random() < 0.5, ()))
+            forwarded = {t.task_id for t in remote}
+            shell.run(state.cancel(task, rng.random() < 0.3, rng.random() < 0.5, forwarded))
         else:
             shell.run(state.reap_env_workers(clock))
         running_parents = [t for t in running_parents if t.state is TaskState.RUNNING][-8:]
 
-    # drain: every dependency arrives, workers connect and finish, the doomed die
+    # drain: peers answer, every dependency arrives, workers connect and finish, the doomed die
+    for task in remote:
+        if task.state in ns.OCCUPYING:
+            task.transition(TaskState.FINISHED)
+            shell.run([(ns.FINISHED, task)])
     for task in waiting:
         while task.state is TaskState.WAITING:
             if state.dependency_ready(task):
                 state.task_ready(task)
-    for _ in range(5000):
+    shell.checking = False
+    for step in range(50_000):
+        if step % 64 == 0:
+            state.validate()
         for worker in [w for w in state.workers.values() if w.client_id in shell.doomed]:
             shell.die(worker)
         shell.connect_all()
@@ -600,6 +644,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             shell.finish(worker)
         elif all(_never_runs_here(state, t) for t in state.tasks.values()):
             break
+    state.validate()
     leftover = [t for t in state.tasks.values() if not _never_runs_here(state, t)]
     assert not leftover, [(t.name, t.state.name, t.demand) for t in leftover]
     assert not [w for w in state.workers.values() if w.task is not None or w.lent]
