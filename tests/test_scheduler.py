@@ -450,6 +450,24 @@ def test_gpus_are_assigned_by_id_and_given_back() -> None:
     assert whole.gpu_ids == () and shell.state.resources.gpu_free == [1.0, 0.0]
 
 
+def test_an_actor_holds_its_slot_and_gpu_from_placement_to_release_once() -> None:
+    shell = node(cpus=2, gpus=1, workers=1)
+    state = shell.state
+    assert state.actor_placed(b"a1", {"CPU": 1.0, "GPU": 0.5}) == (0,)
+    state.validate()
+    assert state.resources.available == {"CPU": 1.0, "GPU": 0.5}
+    task = shell.submit(make_task("gpu-half", {"CPU": 1.0, "GPU": 0.5}))
+    shell.run(state.assign())
+    assert task.gpu_ids == (0,) and state.resources.gpu_free == [0.0]
+    state.actor_released(b"a1")
+    state.actor_released(b"a1")  # the process died after a kill that released it: no-op
+    state.validate()
+    assert state.resources.available == {"CPU": 1.0, "GPU": 0.5}
+    state.resources.gpu_free[0] = 1.0  # a GPU id given back twice would look like this
+    with pytest.raises(AssertionError, match=r"GPU ids in use 0\.0 but tasks and actors hold"):
+        state.validate()
+
+
 def test_missing_workers_are_started_within_the_bound() -> None:
     shell = node(cpus=8, workers=1)
     shell.state.max_workers = 4
@@ -529,6 +547,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
     submitted: list[TaskRecord] = []
     running_parents: list[TaskRecord] = []
     remote: list[TaskRecord] = []  # forwarded to a peer (spill_over, locality)
+    actors: list[bytes] = []  # actors whose process holds a slot here
     clock = 0.0
     for _ in range(600):
         clock += rng.random()
@@ -550,7 +569,17 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
                 remote.append(task)
                 state.validate()
             continue
-        if side < 0.09 and remote:  # the peer answers for one, or dies
+        if side < 0.11:  # an actor's process takes a slot here, or gives it back
+            if actors and rng.random() < 0.5:
+                state.actor_released(actors.pop(rng.randrange(len(actors))))
+            else:
+                demand = rng.choice(({"CPU": 1.0}, {"CPU": 0.0}, {"CPU": 1.0, "GPU": 0.5}))
+                if state.resources.fits(demand):
+                    actors.append(b"actor%d" % next(_ids))
+                    state.actor_placed(actors[-1], demand)
+            state.validate()
+            continue
+        if side < 0.15 and remote:  # the peer answers for one, or dies
             task = remote.pop(rng.randrange(len(remote)))
             roll = rng.random()
             if task.state not in ns.OCCUPYING:
@@ -619,7 +648,9 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             shell.run(state.reap_env_workers(clock))
         running_parents = [t for t in running_parents if t.state is TaskState.RUNNING][-8:]
 
-    # drain: peers answer, every dependency arrives, workers connect and finish, the doomed die
+    # drain: actors end, peers answer, every dependency arrives, workers finish, the doomed die
+    for actor_id in actors:
+        state.actor_released(actor_id)
     for task in remote:
         if task.state in ns.OCCUPYING:
             task.transition(TaskState.FINISHED)

@@ -277,8 +277,7 @@ class NodeActors:
                     node.host_actor(actor, peer)
                 continue
             node.pending_actors.discard(actor_id)
-            node.resources.acquire(actor.run_demand)
-            actor.gpu_ids = node.resources.assign_gpus(actor.run_demand.get("GPU", 0.0))
+            actor.gpu_ids = node.state.actor_placed(actor.actor_id, actor.run_demand)
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
@@ -399,8 +398,7 @@ class NodeActors:
         if actor is None or actor.worker != worker.client_id or actor.state is ActorState.DEAD:
             return
         actor.worker = None
-        node.resources.release(actor.run_demand)
-        node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
+        node.state.actor_released(actor.actor_id)
         actor.gpu_ids = ()
         self.restart_or_die(actor, f"its process died ({cause})")
 
@@ -456,11 +454,11 @@ class NodeActors:
         node.actor_gone_from_here(actor, reason, not (actor.no_restart or actor.exiting))
         if actor.host:
             node.release_hosted(actor)
+        node.state.actor_released(actor.actor_id)  # if its process held a slot here
+        actor.gpu_ids = ()
         if actor.state in (ActorState.ALIVE, ActorState.STARTING) and (
             actor.worker is not None and actor.worker in node.workers
         ):
-            node.resources.release(actor.run_demand)
-            node.resources.return_gpus(actor.gpu_ids, actor.run_demand.get("GPU", 0.0))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         actor.transition(ActorState.DEAD)

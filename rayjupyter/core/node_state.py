@@ -96,6 +96,8 @@ class NodeState:
         # tasks failed while queued in a long queue stay in it until popped (every reader
         # skips them) or until they are half of it: removing each one would cost O(queue)
         self.stale = 0
+        # what each actor's process here holds: (demand, GPU ids), from placement to its end
+        self.actor_slots: dict[bytes, tuple[dict[str, float], tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ tasks
 
@@ -285,6 +287,24 @@ class NodeState:
             out.append((SPAWN, "", 1))
         return out
 
+    def actor_placed(self, actor_id: bytes, demand: dict[str, float]) -> tuple[int, ...]:
+        """An actor's process starts here: it holds ``demand`` (and GPU ids) until
+        ``actor_released``; placed again (a restart), its old slot goes first. The actor's
+        own queue and restarts are decided in node_actors."""
+        self.actor_released(actor_id)
+        self.resources.acquire(demand)
+        gpu_ids = self.resources.assign_gpus(demand.get("GPU", 0.0))
+        self.actor_slots[actor_id] = (demand, gpu_ids)
+        return gpu_ids
+
+    def actor_released(self, actor_id: bytes) -> None:
+        """An actor's process ended (or will: it is being killed): its slot is free. Once."""
+        slot = self.actor_slots.pop(actor_id, None)
+        if slot is not None:
+            demand, gpu_ids = slot
+            self.resources.release(demand)
+            self.resources.return_gpus(gpu_ids, demand.get("GPU", 0.0))
+
     def live_pool_workers(self) -> int:
         """The plain pool: actors' and envs' workers come and go with their work."""
         return sum(
@@ -455,7 +475,7 @@ class NodeState:
 
     def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
         """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
-        resources held outside this table (actors' processes), which the shell knows."""
+        resources that a part of the node holds outside these tables (none yet)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
         resources = self.resources
         held: dict[str, float] = dict(held_elsewhere or {})
@@ -512,6 +532,14 @@ class NodeState:
                     f"{following.name} sent ahead elsewhere"
                 )
                 assert id(following) not in queued, f"{following.name} prefetched and queued"
+        gpu_shares = 0.0  # GPU ids in use, by what holds them
+        for demand, gpu_ids in self.actor_slots.values():
+            for key, value in demand.items():
+                held[key] = held.get(key, 0.0) + value
+            gpu_shares += _gpu_share(demand, gpu_ids)
+        for worker in self.workers.values():
+            if worker.task is not None:
+                gpu_shares += _gpu_share(worker.task.demand, worker.task.gpu_ids)
         for key, total in resources.total.items():
             expected = total - held.get(key, 0.0)
             got = resources.available.get(key, 0.0)
@@ -521,15 +549,13 @@ class NodeState:
         for key, value in resources.available.items():
             if key not in resources.total:
                 assert abs(value + held.get(key, 0.0)) < 1e-6, f"{key} is not a resource here"
-        gpus_held = sum(1.0 - f for f in resources.gpu_free)
-        gpus_running = sum(
-            min(w.task.demand.get("GPU", 0.0), 1.0) * len(w.task.gpu_ids)
-            if w.task.demand.get("GPU", 0.0) < 1
-            else float(len(w.task.gpu_ids))
-            for w in self.workers.values()
-            if w.task is not None
+        in_use = sum(1.0 - f for f in resources.gpu_free)
+        assert abs(in_use - gpu_shares) < 1e-6, (
+            f"GPU ids in use {in_use} but tasks and actors hold {gpu_shares}"
         )
-        if held_elsewhere is None:
-            assert abs(gpus_held - gpus_running) < 1e-6, (
-                f"GPU ids in use {gpus_held} but running tasks hold {gpus_running}"
-            )
+
+
+def _gpu_share(demand: dict[str, float], gpu_ids: tuple[int, ...]) -> float:
+    """How much of the GPU ids' capacity a holder took (a fraction shares one id)."""
+    amount = demand.get("GPU", 0.0)
+    return amount * len(gpu_ids) if amount < 1 else float(len(gpu_ids))
