@@ -6,6 +6,7 @@ A Ray user changes one import: ``import rayjupyter as rj``.
 from typing import Any
 
 from rayjupyter import actor, exceptions
+from rayjupyter.core import hooks
 from rayjupyter.core.actor import get_actor, kill, method
 from rayjupyter.core.api import (
     available_resources,
@@ -22,10 +23,21 @@ from rayjupyter.core.api import (
     timeline,
     wait,
 )
+from rayjupyter.core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.runtime_context import get_gpu_ids
 
 __version__ = "0.1.0"
+
+
+def _start_dashboard(connect_address: str, *, host: str, port: int) -> hooks.RunningDashboard:
+    """``rj.init(include_dashboard=True)``: the dashboard package, imported only when used."""
+    from rayjupyter.dashboard.launch import start_dashboard
+
+    return start_dashboard(connect_address, host=host, port=port)
+
+
+hooks.register_dashboard(_start_dashboard)  # core starts dashboards without importing them
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -79,7 +91,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "__version__",
     "actor",
     "available_resources",

@@ -21,9 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rayjupyter.core import auth
+from rayjupyter.core import auth, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.launcher import default_object_store_memory
+from rayjupyter.core.read_models import NodeStatus
 
 DEFAULT_PORT = 6380
 START_TIMEOUT_S = 30.0
@@ -111,8 +112,14 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
     for key in ("CPU", "GPU"):
         if key in resources:
             raise CliError(f"use --num-{key.lower()}s instead of {key} in --resources")
+    num_cpus = float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))
+    try:
+        max_workers = worker_limit.from_env() if args.max_workers is None else args.max_workers
+        worker_limit.check(max_workers, num_cpus)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     return NodeConfig(
-        num_cpus=float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1)),
+        num_cpus=num_cpus,
         num_gpus=float(args.num_gpus or 0),
         resources=resources,
         object_store_memory=int(args.object_store_memory or default_object_store_memory()),
@@ -123,6 +130,7 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
         head_address=head_address,
         # a head started again on the same port finds its named detached actors
         actors_file=str(state_dir() / f"head-{args.port}.actors") if args.head else "",
+        max_workers=max_workers,
     )
 
 
@@ -271,6 +279,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rayjupyter.core import queries
     from rayjupyter.core.client import Client
     from rayjupyter.core.exceptions import ClusterConnectionError
 
@@ -286,45 +295,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ClusterConnectionError as exc:
         raise CliError(str(exc)) from None
     try:
-        status = client.request("status", timeout=args.timeout)
+        status = queries.status(client, timeout=args.timeout)
     finally:
         client.close()
     print(render_status(hostport, status))
     return 0
 
 
-def render_status(address: str, status: dict[str, Any]) -> str:
+def render_status(address: str, status: NodeStatus) -> str:
     """A ``ray status``-like text: nodes, then resources used of total, then tasks."""
     lines = [f"Cluster at {address}", "", "Nodes:"]
-    for row in status["nodes"]:
-        state = "alive" if row["Alive"] else "DEAD"
-        where = f"{row['NodeManagerAddress']}:{row['NodeManagerPort']}"
-        custom = {k: v for k, v in row["Resources"].items() if k not in ("object_store_memory",)}
-        lines.append(f"  {row['NodeID'][:12]}  {where:<22} {state:<6} {_format(custom)}")
+    for row in status.nodes:
+        state = "alive" if row.Alive else "DEAD"
+        custom = {k: v for k, v in row.Resources.items() if k not in ("object_store_memory",)}
+        lines.append(f"  {row.NodeID[:12]}  {row.address:<22} {state:<6} {_format(custom)}")
     lines += ["", "Resources (used / total):"]
-    total = status["total"]
+    total = status.total
     available = _available_everywhere(status)
     for key in sorted(total):
         if key == "object_store_memory":
             continue
         used = total[key] - available.get(key, total[key])
         lines.append(f"  {used:g}/{total[key]:g} {key}")
-    store = status.get("store", {})
-    if store:
-        used_gb = store.get("used_bytes", 0) / 1e9
-        cap_gb = store.get("capacity", 0) / 1e9
+    store = status.store
+    if store.capacity:
+        used_gb = store.used_bytes / 1e9
+        cap_gb = store.capacity / 1e9
         lines.append(f"  {used_gb:.2f}/{cap_gb:.2f} GB object store (this node)")
-    tasks = status.get("tasks", {})
+    tasks = status.tasks
     lines += ["", "Tasks: " + (", ".join(f"{n} {s}" for s, n in sorted(tasks.items())) or "none")]
     return "\n".join(lines)
 
 
-def _available_everywhere(status: dict[str, Any]) -> dict[str, float]:
+def _available_everywhere(status: NodeStatus) -> dict[str, float]:
+    """Free resources summed over the live nodes' rows (each as of its last heartbeat)."""
     available: dict[str, float] = {}
-    for row in status["nodes"]:
-        if row["Alive"]:
-            for key, value in row.get("Available", row["Resources"]).items():
-                available[key] = available.get(key, 0.0) + value
+    for row in status.alive_nodes:
+        for key, value in row.Available.items():
+            available[key] = available.get(key, 0.0) + value
     return available
 
 
@@ -345,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--num-gpus", type=float, help="GPUs to offer")
     start.add_argument("--resources", help="custom resources as JSON: '{\"accel\": 1}'")
     start.add_argument("--object-store-memory", type=int, help="bytes of shared memory")
+    start.add_argument(
+        "--max-workers",
+        type=int,
+        help="worker processes at most (default: $RAYJUPYTER_MAX_WORKERS, else from the machine)",
+    )
     start.add_argument("--dashboard-port", type=int, help="serve the dashboard on this port")
     start.add_argument("--block", action="store_true", help="stay in the foreground")
     start.set_defaults(run=cmd_start)

@@ -2,7 +2,9 @@
 
 from rayjupyter.core.exceptions import (
     ActorDiedError,
+    ActorPlacementGroupRemoved,
     ActorUnavailableError,
+    ActorUnschedulableError,
     ClusterConnectionError,
     GetTimeoutError,
     ObjectLostError,
@@ -15,12 +17,16 @@ from rayjupyter.core.exceptions import (
     RuntimeEnvSetupError,
     SerializationError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
+    TaskUnschedulableError,
     WorkerCrashedError,
 )
 
 __all__ = [
     "ActorDiedError",
+    "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
+    "ActorUnschedulableError",
     "ClusterConnectionError",
     "GetTimeoutError",
     "ObjectLostError",
@@ -33,5 +39,7 @@ __all__ = [
     "RuntimeEnvSetupError",
     "SerializationError",
     "TaskCancelledError",
+    "TaskPlacementGroupRemoved",
+    "TaskUnschedulableError",
     "WorkerCrashedError",
 ]

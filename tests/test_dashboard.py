@@ -5,6 +5,7 @@ browser."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -113,7 +114,7 @@ def fetch(
 def conforms(value: Any, kind: Any, where: str = "payload") -> None:
     """Assert that a JSON value matches a model type exactly (keys, types, literals)."""
     origin = get_origin(kind)
-    if typing.is_typeddict(kind):
+    if typing.is_typeddict(kind) or dataclasses.is_dataclass(kind):  # read models: dataclasses
         hints = get_type_hints(kind)
         assert isinstance(value, dict), f"{where}: expected an object, got {value!r}"
         assert set(value) == set(hints), f"{where}: keys {sorted(value)} != {sorted(hints)}"
@@ -365,12 +366,13 @@ def test_an_observer_gets_no_worker_output_and_is_no_job(dash):
         f"""
         import sys
         from rayjupyter.core.api import _parse_address
+        from rayjupyter.core import protocol as P
         from rayjupyter.core.client import Client
         hostport, secret = _parse_address({dash.context.connect_address!r})
         client = Client(hostport, secret, kind="observer")
         print("connected", flush=True)
         sys.stdin.read()  # until the test has run a printing task
-        client.request("ping")
+        client.request(P.Ping)
         print("done", flush=True)
         client.close()
         """

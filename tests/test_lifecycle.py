@@ -72,7 +72,7 @@ def test_another_process_attaches_by_address(cluster, tmp_path):
 
         print(rj.get(double.remote(21), timeout=60), rj.cluster_resources()["CPU"])
         # on the node's machine: its Unix socket (local_channel.py), not zmq
-        print(rj.core.api._state["client"].channel is not None)
+        print(type(rj.core.api._state["client"].transport).__name__ == "ChannelTransport")
         rj.shutdown()
         """
     )

@@ -431,3 +431,21 @@ def test_a_driver_on_another_machine_reads_and_puts_large_values(nodes: Nodes) -
         "summed": 4 << 20,
         "back": float(4 << 20),
     }
+
+
+def test_generator_tasks_run_on_the_callers_node_and_say_so_when_they_cannot(
+    nodes: Nodes,
+) -> None:
+    nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    head_id = api._state["context"].address_info["node_id"]
+
+    @rj.remote
+    def where(n: int) -> Iterator[str]:
+        for _ in range(n):
+            yield rj.get_runtime_context().get_node_id()
+
+    assert {rj.get(r, timeout=30) for r in where.remote(3)} == {head_id}
+    refs = list(where.options(resources={"n1": 1}).remote(1))
+    with pytest.raises(NotImplementedError, match="run only on that node"):
+        rj.get(refs[0], timeout=30)

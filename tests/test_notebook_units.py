@@ -3,6 +3,7 @@ text view, output routing, chart data, and the cell runner (no kernel needed).""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import rayjupyter as rj
 from rayjupyter.core import cluster_repr
 from rayjupyter.core import protocol as P
+from rayjupyter.core.read_models import MachineUsage, NodeRow, NodeStatus, StoreStats
 from rayjupyter.notebook import cell_runner, templates
 from rayjupyter.notebook.cell_names import analyze
 from rayjupyter.notebook.chart_data import PALETTE, TaskStream, sample
@@ -21,25 +23,28 @@ from rayjupyter.notebook.progress_model import ProgressModel, format_elapsed
 from rayjupyter.notebook.progress_views import TextProgressView
 from rayjupyter.notebook.task_tap import TaskTap
 
-STATUS = {
-    "nodes": [
-        {
-            "NodeID": "abc123",
-            "Alive": True,
-            "NodeManagerAddress": "127.0.0.1",
-            "NodeManagerPort": 4000,
-            "Resources": {"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2.0**30},
-        }
+STATUS = NodeStatus(
+    nodes=[
+        NodeRow(
+            NodeID="abc123",
+            Alive=True,
+            NodeManagerAddress="127.0.0.1",
+            NodeManagerPort=4000,
+            Resources={"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2.0**30},
+            Available={},
+            StartTime=0.0,
+        )
     ],
-    "total": {"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2.0**30, "<evil>": 1.0},
-    "available": {"CPU": 1.0, "GPU": 1.0},
-    "tasks": {"RUNNING": 3, "READY": 5},
-    "actors": {"ALIVE": 2},
-    "workers": 4,
-    "drivers": 1,
-    "store": {"capacity": 2**30, "used_bytes": 2**29, "spilled_bytes": 0},
-    "machine": {"cpu_percent": 75.0, "memory_total": 8 * 2**30, "memory_used": 2 * 2**30},
-}
+    total={"CPU": 4.0, "GPU": 1.0, "object_store_memory": 2.0**30, "<evil>": 1.0},
+    available={"CPU": 1.0, "GPU": 1.0},
+    tasks={"RUNNING": 3, "PENDING_NODE_ASSIGNMENT": 5},
+    actors={"ALIVE": 2},
+    workers=4,
+    drivers=1,
+    driver_pids=[],
+    store=StoreStats(2**30, 2**29, 0, 0, 0, 0, 0, 0, 0),
+    machine=MachineUsage(cpu_percent=75.0, memory_total=8 * 2**30, memory_used=2 * 2**30, time=0.0),
+)
 
 
 # ------------------------------------------------------------------ cluster reprs
@@ -67,7 +72,7 @@ def test_status_text_and_html():
     text = cluster_repr.status_text(STATUS)
     assert "abc123  127.0.0.1:4000  alive" in text
     assert "CPU            3 / 4  (75%)" in text
-    assert "Tasks: 3 running, 5 ready" in text and "Actors: 2 alive" in text
+    assert "Tasks: 5 pending_node_assignment, 3 running" in text and "Actors: 2 alive" in text
     html = cluster_repr.status_html(STATUS)
     assert "var(--jp-" in html and "3 running" in html
 
@@ -249,7 +254,9 @@ def test_display_lines_round_trip_and_survive_splitlines():
 
 
 def test_sample_makes_one_row_per_chart():
-    rows = sample(STATUS | {"machine": {**STATUS["machine"], "time": 10.0}})
+    rows = sample(
+        dataclasses.replace(STATUS, machine=dataclasses.replace(STATUS.machine, time=10.0))
+    )
     assert rows["usage"] == {
         "time": [10000.0],
         "cpu": [75.0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from helpers import wait_for_condition
 
 import rayjupyter as rj
+from rayjupyter.core import queries
 from rayjupyter.core.api import _client
 
 MiB = 2**20
@@ -28,7 +30,7 @@ def _mapped_file(array: np.ndarray) -> str:
 
 
 def _store_stats() -> dict[str, int]:
-    return dict(_client().request("store_stats"))
+    return dataclasses.asdict(queries.store_stats(_client()))
 
 
 @pytest.fixture

@@ -15,18 +15,23 @@ from rayjupyter.core.options import (
     valid_option_names,
     validate_options,
 )
+from rayjupyter.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 TASK_DEFAULTS = {
     "num_cpus": 1,
     "num_gpus": 0,
     "resources": {},
     "num_returns": 1,
+    "_generator_backpressure_num_objects": None,
     "max_retries": 3,
     "retry_exceptions": False,
     "name": "",
     "memory": None,
     "runtime_env": None,
     "scheduling_strategy": None,
+    "placement_group": "default",
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
 }
 ACTOR_DEFAULTS = {
     "num_cpus": None,
@@ -42,6 +47,9 @@ ACTOR_DEFAULTS = {
     "memory": None,
     "runtime_env": None,
     "scheduling_strategy": None,
+    "placement_group": "default",
+    "placement_group_bundle_index": -1,
+    "placement_group_capture_child_tasks": None,
 }
 
 
@@ -97,7 +105,8 @@ def test_option_of_the_other_kind_is_unknown(name: str, for_actor: bool) -> None
         ({"memory": -5}, ValueError, "memory must be a finite number >= 0"),
         ({"num_returns": -1}, ValueError, "num_returns must be >= 0"),
         ({"num_returns": 1.5}, TypeError, "num_returns must be an integer"),
-        ({"num_returns": "dynamic"}, ValueError, "not supported"),
+        ({"num_returns": "many"}, ValueError, "'streaming' or 'dynamic'"),
+        ({"_generator_backpressure_num_objects": 0}, ValueError, "give a number >= 1"),
         ({"max_retries": -2}, ValueError, "max_retries must be >= -1 (-1 retries forever)"),
         ({"max_retries": 2.0}, TypeError, "max_retries must be an integer"),
         ({"resources": {"CPU": 1}}, ValueError, "use num_cpus= instead"),
@@ -112,6 +121,9 @@ def test_option_of_the_other_kind_is_unknown(name: str, for_actor: bool) -> None
         ({"runtime_env": "conda"}, TypeError, "runtime_env must be a dict"),
         ({"scheduling_strategy": "FOO"}, ValueError, "'DEFAULT', 'SPREAD'"),
         ({"scheduling_strategy": 3}, TypeError, "scheduling strategy object"),
+        ({"scheduling_strategy": object()}, TypeError, "NodeAffinitySchedulingStrategy"),
+        ({"placement_group": "mine"}, TypeError, "must be a PlacementGroup"),
+        ({"placement_group_bundle_index": -2}, ValueError, "-1 means any bundle"),
     ],
 )
 def test_bad_task_values(options: dict[str, Any], error: type[Exception], fragment: str) -> None:
@@ -138,10 +150,7 @@ def test_bad_actor_values(options: dict[str, Any], error: type[Exception], fragm
 
 
 def test_good_values_are_normalized() -> None:
-    class Strategy:
-        pass
-
-    strategy = Strategy()
+    strategy = NodeAffinitySchedulingStrategy("ab" * 8, soft=True)
     checked = validate_options(
         {
             "num_cpus": 0.5,

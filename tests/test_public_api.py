@@ -5,7 +5,9 @@ from __future__ import annotations
 import rayjupyter as rj
 
 EXPECTED = {
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "__version__",
     "actor",
     "available_resources",

@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 from rayjupyter.core import node_state as ns
-from rayjupyter.core.exceptions import TaskCancelledError, WorkerCrashedError
+from rayjupyter.core import placement_groups as pgs
+from rayjupyter.core.exceptions import (
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
 from rayjupyter.core.node_actors import ACTOR_TRANSITIONS, ActorRecord, ActorState
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.scheduler import (
@@ -31,6 +36,7 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.worker_limit import MAX_WORKERS_ENV, WorkerLimit
 
 _ids = itertools.count(1)
 
@@ -42,6 +48,7 @@ def make_task(
     max_retries: int = 0,
     env: str = "",
     parent: bytes | None = None,
+    strategy: str = "",
 ) -> TaskRecord:
     n = next(_ids)
     return TaskRecord(
@@ -58,6 +65,7 @@ def make_task(
         retry_exceptions=False,
         env=env,
         parent=parent,
+        strategy=strategy,
     )
 
 
@@ -89,6 +97,8 @@ class Shell:
                 self.state.forget(task)
             elif op == ns.START_ACTOR:
                 raise AssertionError("no actor workers in these tests")
+            elif op == ns.WARN:
+                assert MAX_WORKERS_ENV in instruction[1], instruction
         if self.checking:
             self.state.validate()
         return instructions
@@ -109,6 +119,7 @@ class Shell:
         self.run(state.assign())
         if state.scheduler.env_unplaced:
             self.run(state.env_spawns(known_envs, now))
+        state.turn_ended()
         self.run(state.prefetch())
 
     def submit(self, task: TaskRecord, missing: int = 0) -> TaskRecord:
@@ -141,8 +152,11 @@ def error_of(blob: bytes | None) -> BaseException:
     return value
 
 
-def node(cpus: float = 2, gpus: float = 0, workers: int = 2, **extra: float) -> Shell:
-    state = NodeState(ResourcePool({"CPU": cpus, "GPU": gpus, **extra}), pool_size=workers)
+def node(
+    cpus: float = 2, gpus: float = 0, workers: int = 2, max_workers: int = 256, **extra: float
+) -> Shell:
+    pool = ResourcePool({"CPU": cpus, "GPU": gpus, **extra})
+    state = NodeState(pool, pool_size=workers, limit=WorkerLimit(max_workers))
     shell = Shell(state)
     for _ in range(workers):
         shell.spawn()
@@ -265,8 +279,10 @@ def test_a_blocked_worker_lends_its_cpu_and_gives_back_what_was_sent_ahead() -> 
     shell.schedule()
     worker = shell.state.workers[first.worker or b""]
     assert worker.prefetched is second
+    worker.known_funcs.add(second.func_id)  # as dispatch did: the message carried it
     revoked = shell.run(shell.state.worker_blocked(worker))
-    assert ops(revoked) == ["REVOKE"] and revoked[0][1] is second
+    assert revoked == [(ns.REVOKE, second, worker, True)]  # (answers the block)
+    assert second.func_id not in worker.known_funcs  # sent again with its next dispatch
     assert second.state is TaskState.READY and list(shell.state.ready) == [second, third]
     assert worker.state is WorkerState.BLOCKED and shell.state.resources.available["CPU"] == 1.0
     assert shell.run(shell.state.assign()) == [(ns.SPAWN, "", 1)]  # a worker for the lent CPU
@@ -398,8 +414,10 @@ def test_cancel_a_task_sent_ahead_takes_it_back_and_fails_it() -> None:
     tasks = [shell.submit(make_task(f"t{i}")) for i in range(3)]
     shell.schedule()
     worker = shell.state.workers[tasks[0].worker or b""]
+    worker.known_funcs.add(tasks[1].func_id)
     out = shell.run(shell.state.cancel(tasks[1], True, False, ()))
     assert ops(out) == ["REVOKE", "FAILED"] and worker.prefetched is None
+    assert out[0][3] is False and tasks[1].func_id not in worker.known_funcs
     assert tasks[0].state is TaskState.RUNNING  # force or not, the running one is untouched
 
 
@@ -468,14 +486,102 @@ def test_an_actor_holds_its_slot_and_gpu_from_placement_to_release_once() -> Non
         state.validate()
 
 
-def test_missing_workers_are_started_within_the_bound() -> None:
-    shell = node(cpus=8, workers=1)
-    shell.state.max_workers = 4
-    for i in range(8):
-        shell.submit(make_task(f"t{i}"))
+def test_missing_workers_are_started_within_the_limit_which_warns_once_per_episode() -> None:
+    shell = node(cpus=8, workers=1, max_workers=4)
+    tasks = [shell.submit(make_task(f"t{i}")) for i in range(8)]
     out = shell.run(shell.state.assign())
-    assert ops(out) == ["EXECUTE", "SPAWN"] and out[1] == (ns.SPAWN, "", 3)
-    assert shell.run(shell.state.assign()) == []  # the 3 are starting: none more
+    assert ops(out) == ["EXECUTE", "SPAWN", "WARN"] and out[1] == (ns.SPAWN, "", 3)
+    assert "runs 4 worker processes" in out[2][1] and "4 tasks wait" in out[2][1]
+    shell.state.turn_ended()
+    assert shell.run(shell.state.assign()) == []  # the 3 are starting; warned already
+    shell.state.turn_ended()
+    for task in tasks[4:]:  # nothing waits for a process any more: the episode ends
+        shell.run(shell.state.cancel(task, False, False, ()))
+    shell.connect_all()
+    mark = len(shell.log)
+    shell.schedule()
+    assert ops(shell.log[mark:]) == ["EXECUTE"] * 3
+    more = [shell.submit(make_task(f"u{i}")) for i in range(3)]
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["WARN"]  # a new episode: told again
+    assert all(t.state is TaskState.READY for t in more)
+
+
+def test_env_workers_stop_at_the_limit_too() -> None:
+    shell = node(cpus=4, workers=1, max_workers=2)
+    for i in range(3):
+        shell.submit(make_task(f"in-x{i}", env="x"))
+    assert shell.run(shell.state.assign()) == []  # (counts what env workers could run)
+    out = shell.run(shell.state.env_spawns(("x",), 0.0))
+    assert ops(out) == ["SPAWN", "WARN"] and "2 tasks wait" in out[1][1]
+    assert len(shell.state.workers) == 2
+
+
+def test_a_block_is_answered_even_when_nothing_was_sent_ahead() -> None:
+    shell = node(cpus=1, workers=1)
+    task = shell.submit(make_task("t"))
+    shell.schedule()
+    worker = shell.state.workers[task.worker or b""]
+    assert shell.run(shell.state.worker_blocked(worker)) == [(ns.REVOKE, None, worker, True)]
+    # blocked again (a nested get) and a worker with no task: answered all the same
+    assert shell.run(shell.state.worker_blocked(worker)) == [(ns.REVOKE, None, worker, True)]
+    shell.state.worker_unblocked(worker)
+    shell.finish(worker)
+    assert shell.run(shell.state.worker_blocked(worker)) == [(ns.REVOKE, None, worker, True)]
+
+
+def test_a_task_lost_with_its_pinned_node_fails_or_is_freed_by_soft_affinity() -> None:
+    shell = node(cpus=1, workers=1)
+    dead = b"\x01" * 4
+    hard = shell.submit(make_task("hard", max_retries=1, strategy=f"node:{dead.hex()}:0"))
+    soft = shell.submit(make_task("soft", max_retries=1, strategy=f"node:{dead.hex()}:1"))
+    other = shell.submit(make_task("other", max_retries=1, strategy="node:0202:0"))
+    for task in (hard, soft, other):
+        shell.state.ready.remove(task)
+        shell.state.forwarded(task)
+    out = shell.run(shell.state.retry_or_fail(hard, b"lost", dead_node=dead))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskUnschedulableError)
+    assert shell.run(shell.state.retry_or_fail(soft, b"lost", dead_node=dead)) == []
+    assert soft.state is TaskState.READY and soft.strategy == ""
+    assert shell.run(shell.state.retry_or_fail(other, b"lost", dead_node=dead)) == []
+    assert other.strategy == "node:0202:0"
+
+
+def test_bundles_count_in_the_resource_equation_and_removed_ones_redirect() -> None:
+    """The ledger takes a bundle's CPUs from the pool; a task in it holds the bundle's
+    names, lends its CPU share when blocked, and after the group is given back while it
+    runs, its share returns to CPU: validate holds at every step."""
+    shell = node(cpus=4, gpus=1, workers=2)
+    state = shell.state
+    ledger = pgs.BundleLedger(state.resources)
+    shell.checking = False  # (its checks know nothing of the ledger: check() does)
+    group = b"\x07" * 4
+    ledger.reconcile(((group, 0, {"CPU": 2.0, "GPU": 1.0}),))
+
+    def check() -> None:
+        ledger.validate()
+        state.validate(held_elsewhere=ledger.reserved())
+
+    check()
+    with pytest.raises(AssertionError, match="CPU: available"):
+        state.validate()  # without the ledger's holdings the equation is off
+    demand = pgs.group_demand({"CPU": 1.0, "GPU": 1.0}, group, 0)
+    task = shell.submit(make_task("in-bundle", demand))
+    shell.run(state.assign())
+    check()
+    assert task.state is TaskState.RUNNING and task.gpu_ids == (0,)  # a bundle's GPU id
+    worker = state.workers[task.worker or b""]
+    shell.run(state.worker_blocked(worker))
+    assert set(worker.lent) == {pgs.wildcard_name("CPU", group), pgs.indexed_name("CPU", 0, group)}
+    check()
+    state.worker_unblocked(worker)
+    ledger.reconcile(())  # the group goes while the task runs
+    check()
+    assert state.resources.available["CPU"] == 3.0  # the task still has one
+    shell.finish(worker)
+    check()
+    assert state.resources.available == {"CPU": 4.0, "GPU": 1.0}
+    assert state.resources.gpu_free == [1.0]
 
 
 def test_env_tasks_get_workers_of_their_env_and_idle_ones_are_reaped() -> None:
@@ -687,3 +793,41 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
         cancelled = TaskState.CANCELLED in task.history
         if ended is not None and ended[0] is TaskState.FAILED and ended[1] and cancelled:
             assert isinstance(error_of(ended[1]), TaskCancelledError)
+
+
+@pytest.mark.parametrize("other_runs", [False, True], ids=["alone", "with-another"])
+def test_a_task_blocked_while_its_bundle_is_given_back_takes_back_only_plain_cpus(
+    other_runs: bool,
+) -> None:
+    """The group goes while its task waits in get: on waking it does not take the gone
+    bundle's CPUs again (they went back to the plain pool, or with another task still
+    running, will when that ends: ``redirect``), and nothing is counted twice."""
+    shell = node(cpus=4, workers=2)
+    shell.checking = False
+    state = shell.state
+    ledger = pgs.BundleLedger(state.resources)
+    group = b"\x09" * 4
+    ledger.reconcile(((group, 0, {"CPU": 2.0}),))
+
+    def check() -> None:
+        ledger.validate()
+        state.validate(held_elsewhere=ledger.reserved())
+
+    demand = pgs.group_demand({"CPU": 1.0}, group, 0)
+    tasks = [shell.submit(make_task(f"in-bundle{i}", demand)) for i in range(1 + other_runs)]
+    shell.run(state.assign())
+    workers = [state.workers[t.worker or b""] for t in tasks]
+    shell.run(state.worker_blocked(workers[0]))
+    ledger.reconcile(())
+    check()
+    state.worker_unblocked(workers[0])
+    check()
+    assert set(workers[0].lent) == set(pgs.cpu_share(demand))  # stays lent: it is gone
+    shell.run(state.worker_blocked(workers[0]))  # blocks again: nothing more to lend
+    check()
+    state.worker_unblocked(workers[0])
+    for worker in workers:
+        shell.finish(worker)
+        check()
+    assert state.resources.available["CPU"] == 4.0
+    assert not [w for w in state.workers.values() if w.lent]

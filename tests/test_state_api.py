@@ -11,6 +11,7 @@ from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import discovery
+from rayjupyter.core.api import _client
 from rayjupyter.util import state
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
@@ -129,3 +130,95 @@ def test_local_cluster_is_discoverable_by_other_programs():
     assert record["address"] in record["connect_address"]
     mode = os.stat(discovery.cluster_file(record["session"])).st_mode
     assert stat.S_IMODE(mode) == 0o600
+
+
+@rj.remote
+class Named:
+    def ping(self):
+        return "pong"
+
+
+@rj.remote
+def named_from_a_task(all_namespaces):
+    return rj.util.list_named_actors(all_namespaces=all_namespaces)
+
+
+def test_list_named_actors_by_namespace():
+    here = _client().namespace  # the driver's (anonymous) namespace
+    mine = Named.options(name="listed-here").remote()
+    other = Named.options(name="listed-there", namespace="elsewhere").remote()
+    unnamed = Named.remote()
+    rj.get([mine.ping.remote(), other.ping.remote(), unnamed.ping.remote()], timeout=30)
+
+    names = rj.util.list_named_actors()
+    assert "listed-here" in names and "listed-there" not in names
+    assert all(isinstance(name, str) for name in names)
+    everywhere = rj.util.list_named_actors(all_namespaces=True)
+    assert {"name": "listed-here", "namespace": here} in everywhere
+    assert {"name": "listed-there", "namespace": "elsewhere"} in everywhere
+    # a task sees its job's namespace, as in Ray
+    assert "listed-here" in rj.get(named_from_a_task.remote(False), timeout=30)
+
+    rj.kill(other)
+    wait_for_condition(
+        lambda: (
+            {"name": "listed-there", "namespace": "elsewhere"}
+            not in rj.util.list_named_actors(all_namespaces=True)
+        ),
+        timeout=10,
+    )
+    rj.kill(mine)
+    rj.kill(unnamed)
+    with pytest.raises(TypeError, match="all_namespaces"):
+        rj.util.list_named_actors(all_namespaces="yes")
+
+
+@rj.remote
+class Gate:
+    """Holds callers of wait() until release()."""
+
+    def __init__(self):
+        self.opened = None
+
+    async def wait(self):
+        import asyncio
+
+        if self.opened is None:
+            self.opened = asyncio.Event()
+        await self.opened.wait()
+
+    async def release(self):
+        import asyncio
+
+        if self.opened is None:
+            self.opened = asyncio.Event()
+        self.opened.set()
+
+
+@rj.remote
+def held(gate):
+    rj.get(gate.wait.remote())
+    return 1
+
+
+def test_status_counts_live_tasks_in_rays_states():
+    from rayjupyter.core import queries
+    from rayjupyter.core.read_models import TASK_STATES, NodeStatus
+
+    gate = Gate.remote()
+    first = held.remote(gate)
+    second = succeed.remote(first)  # waits for its argument
+
+    def both_seen():
+        tasks = queries.status(_client()).tasks
+        return tasks.get("RUNNING", 0) >= 1 and tasks.get("PENDING_ARGS_AVAIL", 0) >= 1
+
+    wait_for_condition(both_seen, timeout=10)
+    status = queries.status(_client())
+    assert isinstance(status, NodeStatus) and set(status.tasks) <= set(TASK_STATES)
+    assert status.tasks_pending >= 1 and status.tasks_running >= 1
+    waiting = state.list_tasks(filters=[("state", "=", "PENDING_ARGS_AVAIL")], limit=1000)
+    assert any(row["name"] == "succeed" for row in waiting)
+    rj.get(gate.release.remote(), timeout=30)
+    assert rj.get(second, timeout=30) == 1
+    rj.kill(gate)

@@ -1,4 +1,4 @@
-// Generated from rayjupyter.server.models by `python -m rayjupyter.server.typescript`.
+// Generated from rayjupyter.server.models, rayjupyter.core.read_models by `python -m rayjupyter.server.typescript`.
 // Do not edit: change the Python models and regenerate (a test checks this file).
 
 /** how the server knows a cluster: started from the panel, by a kernel of this server, by another process on this machine (a script, another Jupyter, ``rj.init``), or added by address */
@@ -11,7 +11,7 @@ export type StopAction = "stop" | "forget" | "none";
 export type KernelMatch = "owner" | "connected";
 
 /** One node of a cluster, as the head's node table has it. */
-export interface NodeStatus {
+export interface ClusterNode {
   /** hex */
   node_id: string;
   /** host:port of the node daemon */
@@ -25,7 +25,7 @@ export interface NodeStatus {
 
 /** A live snapshot of a cluster, read from its head. */
 export interface ClusterStatus {
-  nodes: NodeStatus[];
+  nodes: ClusterNode[];
   nodes_alive: number;
   /** CPU slots of the live nodes */
   cpu_total: number;
@@ -43,10 +43,10 @@ export interface ClusterStatus {
   store_used: number;
   /** bytes the object store may use */
   store_capacity: number;
-  /** live tasks by state (WAITING, READY, RUNNING) */
+  /** live tasks by state (Ray's: PENDING_ARGS_AVAIL, ..., RUNNING) */
   tasks: { [key: string]: number };
   tasks_running: number;
-  /** waiting for dependencies or for a worker */
+  /** waiting for their arguments or for a worker */
   tasks_pending: number;
   /** actors by state */
   actors: { [key: string]: number };
@@ -131,4 +131,163 @@ export interface ErrorReply {
   message: string;
   /** the HTTP reason phrase */
   reason: string | null;
+}
+
+/** Ray's names for the states a task goes through (those this engine reaches): waiting for its arguments, waiting for a worker (also when sent ahead to a busy one), running, done. */
+export type TaskStateName = "PENDING_ARGS_AVAIL" | "PENDING_NODE_ASSIGNMENT" | "RUNNING" | "FINISHED" | "FAILED";
+
+/** Ray's names for an actor's states */
+export type ActorStateName = "PENDING_CREATION" | "RESTARTING" | "ALIVE" | "DEAD";
+
+/** the kinds of rows ``ListState`` answers with */
+export type StateKind = "tasks" | "actors" | "objects" | "nodes" | "jobs";
+
+/** One node, in Ray's ``ray.nodes()`` names. */
+export interface NodeRow {
+  /** hex */
+  NodeID: string;
+  Alive: boolean;
+  /** host */
+  NodeManagerAddress: string;
+  NodeManagerPort: number;
+  /** CPU, GPU and custom: counts; object_store_memory: bytes */
+  Resources: { [key: string]: number };
+  /** free now (peers: as of their last heartbeat), same units */
+  Available: { [key: string]: number };
+  /** unix seconds */
+  StartTime: number;
+}
+
+/** The node's shared-memory object store. */
+export interface StoreStats {
+  /** bytes */
+  capacity: number;
+  used_bytes: number;
+  spilled_bytes: number;
+  num_objects: number;
+  num_in_memory: number;
+  num_spilled: number;
+  num_pinned: number;
+  /** objects spilled to disk since start */
+  spill_count: number;
+  /** objects read back from disk since start */
+  restore_count: number;
+}
+
+/** The head machine's CPU and memory (psutil), sampled when the status was taken. */
+export interface MachineUsage {
+  /** 0-100, all cores together */
+  cpu_percent: number;
+  /** bytes */
+  memory_total: number;
+  /** bytes */
+  memory_used: number;
+  /** unix seconds */
+  time: number;
+}
+
+/** A snapshot of the whole cluster as the node sees it (``GetStatus``). */
+export interface NodeStatus {
+  nodes: NodeRow[];
+  /** resources of the live nodes (object_store_memory in bytes) */
+  total: { [key: string]: number };
+  /** what is free now */
+  available: { [key: string]: number };
+  /** live tasks by state (TaskStateName), actors' __init__ left out */
+  tasks: { [key: string]: number };
+  /** actors by state (ActorStateName) */
+  actors: { [key: string]: number };
+  /** pool worker processes (actors' processes not counted) */
+  workers: number;
+  /** connected drivers (notebooks, scripts) */
+  drivers: number;
+  /** pids of the drivers attached from the head's own machine */
+  driver_pids: number[];
+  store: StoreStats;
+  machine: MachineUsage;
+}
+
+/** One task or actor call, in Ray's ``list_tasks`` names. */
+export interface TaskRow {
+  /** hex */
+  task_id: string;
+  name: string;
+  func_or_class_name: string;
+  state: TaskStateName;
+  /** hex: the submitting driver's job */
+  job_id: string;
+  /** hex, for actor calls */
+  actor_id: string | null;
+  type: "NORMAL_TASK" | "ACTOR_TASK";
+  /** hex */
+  node_id: string;
+  /** once started */
+  worker_pid: number | null;
+  /** 0 for the first try */
+  attempt_number: number;
+  /** unix seconds */
+  submitted_at: number;
+  /** unix seconds, once started */
+  start_time: number | null;
+  /** unix seconds, once finished or failed */
+  end_time: number | null;
+}
+
+/** One actor, in Ray's ``list_actors`` names. */
+export interface ActorRow {
+  /** hex */
+  actor_id: string;
+  class_name: string;
+  state: ActorStateName;
+  /** "" for an unnamed actor */
+  name: string;
+  ray_namespace: string;
+  /** hex */
+  job_id: string;
+  /** its process, while it has one */
+  pid: number | null;
+  /** hex */
+  node_id: string;
+  num_restarts: number;
+  is_detached: boolean;
+  death_cause: string | null;
+  /** why a placeable actor waits (no worker process free) */
+  pending_reason: string | null;
+}
+
+/** One object the node tracks. */
+export interface ObjectRow {
+  /** hex */
+  object_id: string;
+  /** bytes */
+  object_size: number;
+  /** holds: refs in processes, tasks using it, objects containing it */
+  reference_count: number;
+  ready: boolean;
+  is_error: boolean;
+  where: "shared memory" | "inline";
+  spilled: boolean;
+}
+
+/** One connected driver (a job, in Ray's terms). */
+export interface JobRow {
+  /** hex */
+  job_id: string;
+  driver_pid: number;
+  status: "RUNNING";
+}
+
+/** A worker process's recent output (``GetWorkerLogs``). */
+export interface WorkerLogLines {
+  pid: number;
+  /** what it ran last (a task's name, or an actor's class) */
+  name: string;
+  /** (unix seconds, 1 stdout or 2 stderr, text), oldest first */
+  lines: [number, number, string][];
+}
+
+/** A live named actor (``ListNamedActors``). */
+export interface NamedActor {
+  name: string;
+  namespace: string;
 }

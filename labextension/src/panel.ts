@@ -327,8 +327,12 @@ class ClusterItem {
       `${bytes(status.store_used)} / ${bytes(status.store_capacity)}`
     );
     this.tasks.replaceChildren();
+    const counts: { [state: string]: number } = {
+      RUNNING: status.tasks_running,
+      PENDING: status.tasks_pending
+    };
     for (const state of TASK_STATES) {
-      const value = status.tasks[state] ?? 0;
+      const value = counts[state] ?? 0;
       const chip = el('span', 'rj-TaskCount', `${state.toLowerCase()} ${value}`);
       chip.dataset.state = state;
       chip.dataset.count = `${value}`;
@@ -383,7 +387,8 @@ class Bar {
   private readonly text: HTMLElement;
 }
 
-const TASK_STATES = ['RUNNING', 'READY', 'WAITING'];
+// live tasks: running, and pending (waiting for their arguments or for a worker)
+const TASK_STATES = ['RUNNING', 'PENDING'];
 
 const ORIGINS: { [origin: string]: string } = {
   panel: 'started here',

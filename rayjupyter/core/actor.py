@@ -14,22 +14,34 @@ from typing import Any
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env, serialization
+from rayjupyter.core import (
+    queries,
+    runtime_context,
+    runtime_env,
+    scheduling_strategies,
+    serialization,
+)
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
-from rayjupyter.core.remote_function import put_serialized
+from rayjupyter.core.remote_function import generator_options, put_serialized
 from rayjupyter.core.task_args import pack_args
 
 ACTOR_INDEX = 0xFFFFFFFF  # an actor id is its creation's task id with this index
 ASYNC_DEFAULT_CONCURRENCY = 1000  # as in Ray
 
 
-def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Callable[[Any], Any]:
-    """``@rj.method(num_returns=2)`` on an actor method."""
+def method(
+    *, num_returns: int | str | None = None, concurrency_group: str | None = None
+) -> Callable[[Any], Any]:
+    """``@rj.method(num_returns=2)`` (or ``"streaming"``, ``"dynamic"``) on an actor method."""
+    if num_returns is not None:
+        option_table.validate_options({"num_returns": num_returns}, for_actor=False)
 
     def mark(function: Any) -> Any:
-        function.__rayjupyter_num_returns__ = num_returns
+        if num_returns is not None:
+            function.__rayjupyter_num_returns__ = num_returns
         return function
 
     return mark
@@ -53,9 +65,13 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("__") and name != "__call__":
             continue
+        is_generator = inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member)
         table[name] = {
-            "num_returns": getattr(member, "__rayjupyter_num_returns__", 1),
-            "is_async": inspect.iscoroutinefunction(member),
+            # a generator method streams by default, as in Ray
+            "num_returns": getattr(
+                member, "__rayjupyter_num_returns__", "streaming" if is_generator else 1
+            ),
+            "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
         }
     return table
 
@@ -132,6 +148,12 @@ def create_actor(
     # the env its process starts in (packed and registered the first time it is used)
     node_options["runtime_env"] = runtime_env.env_for(client, actor_class._options["runtime_env"])
     request_id = client.new_request_id() if node_options["name"] else 0
+    place = option_table.resource_demand(actor_class._options, for_placement=True)
+    run = option_table.resource_demand(actor_class._options)
+    strategy = scheduling_strategies.from_legacy(actor_class._options)
+    if strategy is not None or runtime_context.current.placement:
+        place, node_options["strategy"] = scheduling_strategies.resolve(strategy, place)
+        run, _ = scheduling_strategies.resolve(strategy, run)
     message = P.CreateActor(
         actor_id,
         actor_class._class_blob(),
@@ -139,8 +161,8 @@ def create_actor(
         packed.blob,
         packed.deps,
         packed.nested,
-        option_table.resource_demand(actor_class._options, for_placement=True),
-        option_table.resource_demand(actor_class._options),
+        place,
+        run,
         node_options,
         request_id,
     )
@@ -157,10 +179,17 @@ def create_actor(
 class ActorMethod:
     """``handle.method``: call it with ``.remote(*args)``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(
+        self,
+        handle: ActorHandle,
+        name: str,
+        num_returns: int | str,
+        backpressure: int | None = None,
+    ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._backpressure = backpressure
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -168,14 +197,29 @@ class ActorMethod:
             f"'handle.{self._name}()', try 'handle.{self._name}.remote()'."
         )
 
-    def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
+    def options(
+        self,
+        *,
+        num_returns: int | str | None = None,
+        name: str | None = None,
+        _generator_backpressure_num_objects: int | None = None,
+    ) -> ActorMethod:
         count = self._num_returns if num_returns is None else num_returns
-        return ActorMethod(self._handle, self._name, count)
+        backpressure = _generator_backpressure_num_objects
+        checked = option_table.validate_options(
+            {"num_returns": count, "_generator_backpressure_num_objects": backpressure},
+            for_actor=False,
+        )
+        generator_options(checked["num_returns"], checked, f"{self._name}")
+        backpressure = checked["_generator_backpressure_num_objects"]
+        return ActorMethod(self._handle, self._name, count, backpressure)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from rayjupyter.core.api import _client
 
-        return self._handle._call(_client(), self._name, args, kwargs, self._num_returns)
+        return self._handle._call(
+            _client(), self._name, args, kwargs, self._num_returns, self._backpressure
+        )
 
 
 class ActorHandle:
@@ -211,7 +255,8 @@ class ActorHandle:
         meta = self._methods.get(name)
         if meta is None:
             raise AttributeError(f"'{self._class_name}' actor has no method {name!r}")
-        return ActorMethod(self, name, int(meta["num_returns"]))
+        count = meta["num_returns"]
+        return ActorMethod(self, name, count if isinstance(count, str) else int(count))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -228,13 +273,18 @@ class ActorHandle:
         method_name: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        num_returns: int,
+        num_returns: int | str,
+        backpressure: int | None = None,
     ) -> Any:
         label = f"{self._class_name}.{method_name}"
+        options = {"_generator_backpressure_num_objects": backpressure}
+        mode, window = generator_options(num_returns, options, label)
         packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s))
         task_id = client.ids.task_id()
-        return_ids = tuple(client.ids.object_id(task_id, i) for i in range(num_returns))
-        refs = [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+        count = 1 if mode else int(num_returns)
+        return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
+        stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
+        refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
         client.submit(
             P.SubmitTask(
                 task_id,
@@ -250,11 +300,16 @@ class ActorHandle:
                 False,
                 self._actor_id,
                 method_name,
+                "",
+                mode,
+                window,
             )
         )
-        if num_returns == 1:
+        if stream is not None:
+            return stream
+        if count == 1:
             return refs[0]
-        return None if num_returns == 0 else refs
+        return None if count == 0 else refs
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
@@ -272,5 +327,18 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs the actor's name, a non-empty string.")
-    actor_id, class_name, methods = _client().request("get_actor", name, namespace)
+    actor_id, class_name, methods = queries.get_actor(_client(), name, namespace)
     return ActorHandle(actor_id, class_name, methods)
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
+    """The live named actors (detached or not): their names in this driver's namespace, or
+    with ``all_namespaces=True`` ``{"name": ..., "namespace": ...}`` for every namespace."""
+    from rayjupyter.core.api import _client
+
+    if not isinstance(all_namespaces, bool):
+        raise TypeError(f"all_namespaces must be True or False, got {all_namespaces!r}")
+    found = queries.named_actors(_client(), all_namespaces)
+    if all_namespaces:
+        return [{"name": actor.name, "namespace": actor.namespace} for actor in found]
+    return [actor.name for actor in found]

@@ -11,15 +11,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
-from rayjupyter.core import cluster_repr, runtime_context
+from rayjupyter.core import cluster_repr, hooks, queries, runtime_context, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
 from rayjupyter.core.exceptions import GetTimeoutError
+from rayjupyter.core.generators import ObjectRefGenerator
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
+from rayjupyter.core.read_models import NodeStatus, TaskRow, as_dict
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
 from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import serialize
@@ -69,13 +71,13 @@ class ClusterContext:
         kind = "local cluster" if self.local else "cluster"
         return f"ClusterContext({kind} at {self.address})"
 
-    def _live_status(self) -> dict[str, Any] | None:
+    def _live_status(self) -> NodeStatus | None:
         """The node's status snapshot for the reprs; None once this context is disconnected."""
         client: Client | None = _state["client"]
         if client is None or _state["context"] is not self:
             return None
         try:
-            return dict(client.request("status", timeout=5.0))
+            return queries.status(client, timeout=5.0)
         except Exception:  # a repr must not raise: show the card without live figures
             return None
 
@@ -167,7 +169,9 @@ def init(
             sys_path=[p or os.getcwd() for p in sys.path],
             owner_pid=os.getpid(),
             client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
+            max_workers=worker_limit.from_env(),
         )
+        worker_limit.check(config.max_workers, config.num_cpus)
         for key in ("CPU", "GPU"):
             if key in config.resources:
                 raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
@@ -209,14 +213,12 @@ def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] |
 
 def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> None:
     """``include_dashboard=True``: a dashboard process owned by this driver (off by default,
-    unlike Ray: a cluster nobody looks at pays nothing). Imported here only: core never
-    depends on the dashboard otherwise."""
+    unlike Ray: a cluster nobody looks at pays nothing), started through ``hooks``: core
+    never imports the dashboard."""
     if not kwargs.get("include_dashboard"):
         return
-    from rayjupyter.dashboard.launch import start_dashboard
-
     try:
-        dashboard = start_dashboard(
+        dashboard = hooks.start_dashboard(
             context.connect_address,
             host=str(kwargs.get("dashboard_host") or "127.0.0.1"),
             port=int(kwargs.get("dashboard_port") or 0),
@@ -346,6 +348,11 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     """The values behind refs, waiting for them; a task's error is raised here."""
     _check_timeout(timeout)
     single = isinstance(object_refs, ObjectRef)
+    if isinstance(object_refs, ObjectRefGenerator):
+        raise TypeError(
+            "rj.get() does not take an ObjectRefGenerator (as in Ray): iterate it, or get "
+            "gen.completed() to wait for the task to end."
+        )
     refs = [object_refs] if single else object_refs
     if not isinstance(refs, list | tuple) or not all(isinstance(r, ObjectRef) for r in refs):
         raise ValueError(
@@ -373,6 +380,8 @@ def wait(
             f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}; "
             f"wrap a single ref in a list."
         )
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return _wait_with_generators(object_refs, num_returns, timeout)
     if not all(isinstance(r, ObjectRef) for r in object_refs):
         raise TypeError("wait() expected a list of ObjectRef; some items are not ObjectRefs.")
     if len(set(object_refs)) != len(object_refs):
@@ -397,10 +406,55 @@ def wait(
     return ready, not_ready
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def _wait_with_generators(
+    items: Sequence[Any], num_returns: int, timeout: float | None
+) -> tuple[list[Any], list[Any]]:
+    """wait() over refs and streaming generators: a generator is ready when ``next`` on it
+    would not block (its next item is here, or it has ended), as in Ray."""
+    if not all(isinstance(r, ObjectRef | ObjectRefGenerator) for r in items):
+        raise TypeError("wait() expected ObjectRefs and ObjectRefGenerators only.")
+    if len({id(r) if isinstance(r, ObjectRefGenerator) else r for r in items}) != len(items):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0 or num_returns > len(items):
+        raise ValueError(
+            f"num_returns must be between 1 and the number of refs ({len(items)}), "
+            f"got {num_returns}."
+        )
+    _check_timeout(timeout)
+    client = _client()
+    objects = client.objects
+
+    def is_ready(item: Any) -> bool:
+        if isinstance(item, ObjectRefGenerator):
+            return item._ready()
+        return item.binary() in objects
+
+    watched: list[bytes] = []
+    for item in items:
+        watched.extend(
+            item._watch_ids() if isinstance(item, ObjectRefGenerator) else [item.binary()]
+        )
+    with _waiting(client, watched, 0):
+        client.wait_until(lambda: sum(map(is_ready, items)) >= num_returns, watched, timeout)
+    ready: list[Any] = []
+    not_ready: list[Any] = []
+    for item in items:
+        if len(ready) < num_returns and is_ready(item):
+            ready.append(item)
+        else:
+            not_ready.append(item)
+    return ready, not_ready
+
+
+def cancel(
+    object_ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True
+) -> None:
     """Cancel the task behind a ref: a queued one never runs; a running one gets
     KeyboardInterrupt (``force=True`` kills its worker); ``get`` then raises
-    TaskCancelledError. ``recursive`` cancels the tasks it submitted too."""
+    TaskCancelledError. ``recursive`` cancels the tasks it submitted too. A streaming
+    generator stops; its next item is then the TaskCancelledError."""
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref._completed
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"rj.cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     _client().send([P.CancelTask(object_ref.binary(), force, recursive)])
@@ -426,7 +480,8 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 
     from rayjupyter.core.task_events import chrome_trace
 
-    events = chrome_trace(list(_client().request("state", "tasks", [], 10**9)))
+    rows = queries.list_state(_client(), "tasks", limit=10**9)
+    events = chrome_trace([row for row in rows if isinstance(row, TaskRow)])
     if filename is None:
         return events
     with open(filename, "w") as out:
@@ -439,17 +494,17 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 
 def cluster_resources() -> dict[str, float]:
     """Everything the live nodes have."""
-    return dict(_client().request("cluster_resources"))
+    return queries.cluster_resources(_client())
 
 
 def available_resources() -> dict[str, float]:
     """What is free right now; fully used resources are left out, as in Ray."""
-    return dict(_client().request("available_resources"))
+    return queries.available_resources(_client())
 
 
 def nodes() -> list[dict[str, Any]]:
     """One row per node, shaped like ``ray.nodes()``."""
-    return list(_client().request("nodes"))
+    return [as_dict(row) for row in queries.nodes(_client())]
 
 
 __all__ = [

@@ -1,10 +1,11 @@
 """A process's connection to its node: used by drivers and workers alike.
 
-A socket pair (channel.py) for workers and a local cluster's own driver, else two zmq
-sockets (see protocol.py). The calling thread sends under a lock, so a submit costs one
-send and no thread hop. In a driver an IO thread reads and files results and replies,
-waking waiters through one condition variable, except while a thread waits on a channel:
-that thread reads itself. A worker always reads in the thread that waits.
+Frames travel over one ``transport.Transport`` (a socket pair, the node's Unix socket, or
+zmq); the waiting logic here is written once for all three. The calling thread sends under
+a lock, so a submit costs one send and no thread hop. In a driver an IO thread reads and
+files results and replies, waking waiters through one condition variable, except while a
+thread waits on a transport any thread may read: that thread reads itself. A worker always
+reads in the thread that waits.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import itertools
 import os
 import pickle
 import queue
-import select
-import socket
 import sys
 import threading
 import time
@@ -27,9 +26,8 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, ids, local_channel, protocol
+from rayjupyter.core import ids, protocol, transport
 from rayjupyter.core import protocol as P
-from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
@@ -80,20 +78,10 @@ class Client:
         self.client_id = client_id or ids.new_client_id()
         self.ids = ids.IdGenerator(self.client_id)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # A worker forked by its node, and the driver that started its local cluster, talk
-        # over a socket pair (channel.py, ``channel_fd`` is our end); a driver that attaches
-        # to a node on this machine over its Unix socket (local_channel.py); everyone else
-        # over two zmq sockets. ``address`` then only names the node in messages.
-        self.channel: Channel | None = None
-        if channel_fd is None and kind != "worker":
-            channel_fd = local_channel.connect(address, secret, self.client_id)
-        if channel_fd is not None:
-            self.channel = Channel(socket.socket(fileno=channel_fd), blocking_send=True)
-            self._channel_poll = select.poll()
-            self._channel_poll.register(channel_fd, select.POLLIN)
-        else:
-            self.tx = self._socket(b"t", secret)
-            self.rx = self._socket(b"r", secret)
+        # ``channel_fd``: our end of a socket pair the node made (see transport.connect)
+        self.transport = transport.connect(
+            self.context, address, secret, self.client_id, kind=kind, channel_fd=channel_fd
+        )
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
@@ -112,6 +100,9 @@ class Client:
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
+        self._block_lock = threading.Lock()
+        self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
+        self._blocks_answered = 0
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
         self._mapped_bytes: dict[bytes, int] = {}
         self._outbox: list[Any] = []
@@ -139,7 +130,13 @@ class Client:
         self._rx_lock = threading.Lock()
         self._reading_here = False  # a waiting thread reads the channel (see _wait)
         self.cancelled_calls: set[bytes] = set()  # (workers) tasks rj.cancel named
-        self._unhandled: collections.deque[bytes] = collections.deque()  # read, not handled
+        # streaming generators (generators.py): the tasks whose items we take, and (workers
+        # running one) the latest credit per task with a callback that wakes an async producer
+        self.streams: set[bytes] = set()
+        self.credits: dict[bytes, tuple[int, int]] = {}
+        self.credit_waiters: dict[bytes, Callable[[], None]] = {}
+        # read, not yet handled
+        self._unhandled: collections.deque[transport.Incoming] = collections.deque()
         self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
         self._last_read_here = 0.0
         self._waiting_here = 0  # threads in _wait on a channel right now
@@ -150,40 +147,28 @@ class Client:
             )
             self._io_thread.start()
 
-    def _socket(self, channel: bytes, secret: str) -> zmq.Socket[bytes]:
-        sock = self.context.socket(zmq.DEALER)
-        sock.routing_id = self.client_id + channel
-        sock.linger = 1000
-        sock.sndhwm = 0
-        sock.rcvhwm = 0
-        endpoint = self.address if "://" in self.address else f"tcp://{self.address}"
-        auth.secure_client(sock, secret, endpoint)
-        sock.connect(endpoint)
-        return sock
-
     def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:
         hello = [P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)]
-        if self.channel is not None:
-            self.channel.send(protocol.dumps(hello))
-        else:
-            self.rx.send(protocol.dumps(hello))
+        self.transport.hello(protocol.dumps(hello))
         deadline = time.monotonic() + timeout
-        frames: list[bytes] | None = []
+        frames: list[transport.Incoming] | None = []
         while not frames:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._poll_in(int(remaining * 1000)):
+            if remaining <= 0 or not self.transport.poll_in(int(remaining * 1000)):
                 self.context.destroy(0)
                 raise ClusterConnectionError(
                     f"No answer from a rayjupyter node at {self.address} within {timeout:.0f} "
                     f"s: check that the cluster is running and that the address and secret "
                     f"are right."
                 )
-            frames = self._read_frames()
+            frames = self.transport.read()
             if frames is None:
                 raise ClusterConnectionError(f"The node at {self.address} closed our channel.")
-        welcome, *rest = protocol.loads(frames[0])
+        if not all(isinstance(frame, bytes) for frame in frames):
+            raise ClusterConnectionError(f"The node at {self.address} sent data before Welcome.")
+        welcome, *rest = protocol.loads(frames[0])  # type: ignore[arg-type]
         for frame in frames[1:]:
-            rest.extend(protocol.loads(frame))
+            rest.extend(protocol.loads(frame))  # type: ignore[arg-type]
         if not isinstance(welcome, P.Welcome) or welcome.error:
             self.context.destroy(0)
             reason = welcome.error if isinstance(welcome, P.Welcome) else repr(welcome)
@@ -215,10 +200,7 @@ class Client:
             if outbox:
                 self._outbox = []
                 self._flush_requested = False
-                if self.channel is not None:
-                    self.channel.send(protocol.dumps(outbox))
-                else:
-                    self.tx.send(protocol.dumps(outbox))
+                self.transport.send(protocol.dumps(outbox))
                 self._last_send = now
 
     def _queue_ops(self, outbox: list[Any]) -> None:
@@ -253,13 +235,13 @@ class Client:
     def _wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until predicate holds; reading the socket ourselves when nobody else does.
 
-        A worker, or a driver on a channel, reads in the waiting thread: an answer then
-        wakes it directly rather than the IO thread, which would then wake it (a second
-        context switch, about 60 us). A driver's IO thread stays off the channel meanwhile
-        (see _io_loop): two threads polling it would both wake. A driver on zmq sockets
-        waits for its IO thread (zmq sockets are not shared between threads).
+        A worker, or a driver on a transport any thread may read, reads in the waiting
+        thread: an answer then wakes it directly rather than the IO thread, which would then
+        wake it (a second context switch, about 60 us). A driver's IO thread stays off the
+        transport meanwhile (see _io_loop): two threads polling it would both wake. A driver
+        on zmq sockets waits for its IO thread (zmq sockets are not shared between threads).
         """
-        reads_itself = self._io_thread is None or self.channel is not None
+        reads_itself = self._io_thread is None or self.transport.shared_reads
         standing_in = reads_itself and self._io_thread is not None  # for the IO thread
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + LIVENESS_CHECK_S
@@ -303,7 +285,7 @@ class Client:
         """Raise rather than wait forever on a cluster whose node has died."""
         if self.liveness is not None:
             reason = self.liveness()
-        elif self.channel is not None and self.channel.closed:
+        elif self.transport.closed:
             reason = (
                 f"The cluster at {self.address} closed this connection: its node has stopped. "
                 f"Call rj.shutdown(), then rj.init() again."
@@ -336,7 +318,7 @@ class Client:
         try:
             if seen is not None and self._drains != seen:
                 return
-            if self._poll_in(int(timeout * 1000)):
+            if self.transport.poll_in(int(timeout * 1000)):
                 self._drain_rx()
             elif reference_counter.pending or self._pins:
                 self.send([])
@@ -353,6 +335,10 @@ class Client:
             except queue.Empty:
                 task = None
             if task is not None:
+                if isinstance(task, P.ExecuteTask):
+                    # the node may have taken it back when we last blocked: hear it first
+                    while self._blocks_answered < self._blocks_sent and not self._closed:
+                        self._pump(FLUSH_INTERVAL_S)
                 if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
                     self._revoked.discard(task.task_id)  # the node gave it to another worker
                     continue
@@ -361,11 +347,13 @@ class Client:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
-    def request(self, what: str, *args: Any, timeout: float = 30.0) -> Any:
-        """Ask the node something and wait for the answer; an error answer is raised."""
+    def request(self, query: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """Ask the node a query (a class of ``protocol.QUERIES``, built with a fresh request
+        id and ``args``) and wait for the answer; an error answer is raised. ``queries.py``
+        reads the answers with their types."""
         request_id = self.new_request_id()
-        self.send([P.Request(request_id, what, args)])
-        return self.await_reply(request_id, what, timeout)
+        self.send([query(request_id, *args)])
+        return self.await_reply(request_id, getattr(query, "__name__", "a query"), timeout)
 
     def new_request_id(self) -> int:
         return next(self._request_ids)
@@ -394,8 +382,17 @@ class Client:
             self._subscribed.update(wanted)
             self.send([P.Subscribe(tuple(wanted), restore)])
 
+    def expect_push(self, object_id: bytes) -> None:
+        """The node pushes this object to us when it exists (a generator's item): waiting
+        for it must not subscribe (a subscription to an object not yet made fails)."""
+        if object_id not in self.objects:
+            self._awaiting_push.add(object_id)
+
     def _blocked(self, blocked: bool) -> None:
         if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
+            if blocked:
+                with self._block_lock:
+                    self._blocks_sent += 1
             self.send([P.WorkerBlocked(blocked)])
 
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
@@ -417,6 +414,21 @@ class Client:
         self._blocked(True)
         try:
             return self._wait(enough, timeout)
+        finally:
+            self._blocked(False)
+
+    def wait_until(
+        self, predicate: Callable[[], bool], object_ids: list[bytes], timeout: float | None
+    ) -> bool:
+        """Block until predicate holds, as objects among object_ids arrive; False on timeout."""
+        if predicate():
+            return True
+        if self._outbox:
+            self.send([])
+        self._request_missing([oid for oid in object_ids if oid not in self.objects])
+        self._blocked(True)
+        try:
+            return self._wait(predicate, timeout)
         finally:
             self._blocked(False)
 
@@ -543,9 +555,7 @@ class Client:
 
     def _io_loop(self) -> None:
         poller = zmq.Poller()
-        incoming: zmq.Socket[bytes] | int = (
-            self.rx if self.channel is None else self.channel.fileno()
-        )
+        incoming = self.transport.pollable()
         poller.register(incoming, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
@@ -587,23 +597,6 @@ class Client:
             except zmq.ZMQError:
                 return
 
-    def _poll_in(self, timeout_ms: int) -> bool:
-        """Wait until the node has sent something (True) or the timeout passes (False)."""
-        if self.channel is not None:
-            return bool(self._channel_poll.poll(timeout_ms))
-        return bool(self.rx.poll(timeout_ms))
-
-    def _read_frames(self) -> list[bytes] | None:
-        """What has arrived, as frames (None once the node has closed our channel)."""
-        if self.channel is not None:
-            return self.channel.recv_frames()
-        frames = []
-        while True:
-            try:
-                frames.append(self.rx.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return frames
-
     def _drain_rx(self) -> None:
         try:
             self._read_and_handle()
@@ -612,31 +605,21 @@ class Client:
 
     def _read_and_handle(self) -> None:
         self.last_heard = time.monotonic()
-        if self.channel is not None:
-            frames = self.channel.recv_frames()
-            if frames is None:  # our node is gone: nothing more will come
-                self._closed = True
-                self.tasks.put(None)
-                return
-            # kept on self until handled: Ctrl-C in a driver's reading thread must not drop
-            # the frames after the one it interrupts (the next drain handles them)
-            unhandled = self._unhandled
-            unhandled.extend(frames)
-            while unhandled:
-                self._handle(protocol.loads(unhandled.popleft()))
+        frames = self.transport.read()
+        if frames is None:  # our node is gone: nothing more will come
+            self._closed = True
+            self.tasks.put(None)
             return
-        while True:
-            try:
-                frame = self.rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return
-            if self.rx.rcvmore:  # a chunk of a value: a small header, then the raw bytes
-                data = self.rx.recv(copy=False)
-                self._on_chunk(protocol.loads(frame)[0], data.buffer)
-                continue
-            self._handle(protocol.loads(frame))
+        # kept on self until handled: Ctrl-C in a driver's reading thread must not drop
+        # the frames after the one it interrupts (the next drain handles them)
+        unhandled = self._unhandled
+        unhandled.extend(frames)
+        while unhandled:
+            item = unhandled.popleft()
+            if isinstance(item, bytes):
+                self._handle(protocol.loads(item))
+            else:  # a chunk of a value: its header, then its raw bytes
+                self._on_chunk(protocol.loads(item[0])[0], item[1])
 
     def _handle(self, messages: list[Any]) -> None:
         notify = False
@@ -645,7 +628,9 @@ class Client:
             if kind is P.ObjectsReady:
                 for info in message.objects:
                     oid = info[0]
-                    if reference_counter.count(oid) > 0:
+                    if reference_counter.count(oid) > 0 or (
+                        self.streams and oid[: ids.TASK_ID_SIZE] in self.streams
+                    ):
                         self.objects[oid] = info
                     self._awaiting_push.discard(oid)
                     self._subscribed.discard(oid)
@@ -663,8 +648,17 @@ class Client:
                 self.tasks.put(message)
             elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
                 self._on_chunk(message, b"")
+            elif kind is P.GeneratorCredit:
+                self.credits[message.task_id] = (message.allowed, message.seen)
+                waiter = self.credit_waiters.get(message.task_id)
+                if waiter is not None:
+                    waiter()
+                notify = True
             elif kind is P.RevokeTask:
-                self._revoked.add(message.task_id)
+                if message.task_id:
+                    self._revoked.add(message.task_id)
+                if message.answers_block:
+                    self._blocks_answered += 1
             elif kind is P.Reply:
                 if message.request_id:  # 0: the answer to a heartbeat
                     self._replies[message.request_id] = message.value
@@ -692,11 +686,7 @@ class Client:
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)
-        if self.channel is not None:
-            self.channel.close()
-        else:
-            self.tx.close(linger=200)
-            self.rx.close(linger=0)
+        self.transport.close()
         self._wake_rx.close(linger=0)
         self._wake_tx.close(linger=0)
         self.context.term()

@@ -1,14 +1,16 @@
 """Cluster summary and status as HTML (themed by JupyterLab's ``--jp-*`` variables) and text.
 
-Pure string rendering from the node's ``status`` snapshot, so it stays in core (which never
-imports Jupyter) and the notebook, the terminal and the dashboard show the same facts.
+Pure string rendering from the node's status snapshot (``read_models.NodeStatus``), so it
+stays in core (which never imports Jupyter) and the notebook, the terminal and the
+dashboard show the same facts.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+
+from rayjupyter.core.read_models import TASK_STATES, NodeStatus
 
 # Each var() has a fallback, so the HTML also reads well outside JupyterLab (VS Code, nbviewer).
 _BOX = (
@@ -37,8 +39,6 @@ _MUTED = "color: var(--jp-ui-font-color2, #616161)"
 _OK = "color: var(--jp-success-color1, #388e3c)"
 _BAD = "color: var(--jp-error-color1, #d32f2f)"
 
-TASK_STATES = ("RUNNING", "READY", "WAITING", "FINISHED", "FAILED")
-
 
 def format_bytes(n: float) -> str:
     """1536 -> '1.5 KiB': sizes as people read them."""
@@ -55,14 +55,10 @@ def format_amount(value: float) -> str:
     return f"{value:g}"
 
 
-def _alive_nodes(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [node for node in status.get("nodes", []) if node.get("Alive", True)]
-
-
 def summary_rows(
     address: str,
     local: bool,
-    status: Mapping[str, Any] | None,
+    status: NodeStatus | None,
     dashboard_url: str | None,
 ) -> list[tuple[str, str]]:
     """(label, value) rows of the cluster summary; the text and HTML views share them."""
@@ -70,16 +66,16 @@ def summary_rows(
     if status is None:
         rows.append(("state", "not connected"))
         return rows
-    total: Mapping[str, float] = status.get("total", {})
-    free: Mapping[str, float] = status.get("available", {})
-    alive = _alive_nodes(status)
+    total = status.total
+    free = status.available
+    alive = status.alive_nodes
     listed = str(len(alive))
     if len(alive) > 1:  # which machines, and what each offers
         listed += ": " + "; ".join(
-            f"{row['NodeManagerAddress']}:{row['NodeManagerPort']} ("
+            f"{row.address} ("
             + ", ".join(
                 f"{k} {format_amount(v)}"
-                for k, v in sorted(row.get("Resources", {}).items())
+                for k, v in sorted(row.Resources.items())
                 if k != "object_store_memory"
             )
             + ")"
@@ -89,22 +85,18 @@ def summary_rows(
     cpus = total.get("CPU", 0.0)
     rows.append(("CPUs", f"{format_amount(cpus)} ({format_amount(free.get('CPU', 0.0))} free)"))
     rows.append(("GPUs", format_amount(total.get("GPU", 0.0))))
-    machine: Mapping[str, float] = status.get("machine", {})
-    if machine.get("memory_total"):
+    machine = status.machine
+    if machine.memory_total:
         rows.append(
             (
                 "memory",
-                f"{format_bytes(machine.get('memory_used', 0.0))} used of "
-                f"{format_bytes(machine['memory_total'])}",
+                f"{format_bytes(machine.memory_used)} used of {format_bytes(machine.memory_total)}",
             )
         )
-    store: Mapping[str, Any] = status.get("store", {})
-    capacity = store.get("capacity", total.get("object_store_memory", 0.0))
+    store = status.store
+    capacity = store.capacity or total.get("object_store_memory", 0.0)
     rows.append(
-        (
-            "object store",
-            f"{format_bytes(store.get('used_bytes', 0))} used of {format_bytes(capacity)}",
-        )
+        ("object store", f"{format_bytes(store.used_bytes)} used of {format_bytes(capacity)}")
     )
     custom = sorted(k for k in total if k not in ("CPU", "GPU", "object_store_memory"))
     if custom:
@@ -122,7 +114,7 @@ def summary_title(local: bool) -> str:
 def summary_text(
     address: str,
     local: bool,
-    status: Mapping[str, Any] | None,
+    status: NodeStatus | None,
     dashboard_url: str | None = None,
 ) -> str:
     """A few aligned lines for terminals and ``repr`` in IPython."""
@@ -136,7 +128,7 @@ def summary_text(
 def summary_html(
     address: str,
     local: bool,
-    status: Mapping[str, Any] | None,
+    status: NodeStatus | None,
     dashboard_url: str | None = None,
 ) -> str:
     """A small themed card: what ``rj.init()`` and ``%ray_connect`` show in a notebook."""
@@ -166,16 +158,16 @@ def summary_html(
 # ------------------------------------------------------------------ status
 
 
-def _resource_rows(status: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+def _resource_rows(status: NodeStatus) -> list[tuple[str, str, str, str]]:
     """(resource, used, total, percent) for every resource the cluster has."""
-    total: Mapping[str, float] = status.get("total", {})
-    free: Mapping[str, float] = status.get("available", {})
-    store: Mapping[str, Any] = status.get("store", {})
+    total = status.total
+    free = status.available
+    store = status.store
     rows = []
     for key in sorted(total, key=lambda k: (k != "CPU", k != "GPU", k)):
         if key == "object_store_memory":
-            used = float(store.get("used_bytes", 0))
-            cap = float(store.get("capacity", total[key]))
+            used = float(store.used_bytes)
+            cap = float(store.capacity or total[key])
             rows.append(("object store", format_bytes(used), format_bytes(cap), _pct(used, cap)))
             continue
         cap = float(total[key])
@@ -188,17 +180,17 @@ def _pct(used: float, cap: float) -> str:
     return f"{100.0 * used / cap:.0f}%" if cap else "-"
 
 
-def _node_rows(status: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+def _node_rows(status: NodeStatus) -> list[tuple[str, str, str, str]]:
     """(node id, address, state, resources) per node."""
     rows = []
-    for node in status.get("nodes", []):
-        resources: Mapping[str, float] = node.get("Resources", {})
+    for node in status.nodes:
         shown = ", ".join(
-            f"{k}: {format_amount(v)}" for k, v in resources.items() if k != "object_store_memory"
+            f"{k}: {format_amount(v)}"
+            for k, v in node.Resources.items()
+            if k != "object_store_memory"
         )
-        address = f"{node.get('NodeManagerAddress', '?')}:{node.get('NodeManagerPort', '?')}"
-        state = "alive" if node.get("Alive", True) else "dead"
-        rows.append((str(node.get("NodeID", "?"))[:16], address, state, shown))
+        state = "alive" if node.Alive else "dead"
+        rows.append((node.NodeID[:16], node.address, state, shown))
     return rows
 
 
@@ -207,30 +199,30 @@ def _count_rows(counts: Mapping[str, int], order: Sequence[str] = ()) -> list[tu
     return [(k.lower(), str(counts[k])) for k in keys]
 
 
-def _machine_line(status: Mapping[str, Any]) -> str:
-    machine: Mapping[str, float] = status.get("machine", {})
-    if not machine:
+def _machine_line(status: NodeStatus) -> str:
+    machine = status.machine
+    if not machine.memory_total:
         return ""
     return (
-        f"CPU {machine.get('cpu_percent', 0.0):.0f}%, memory "
-        f"{format_bytes(machine.get('memory_used', 0.0))} of "
-        f"{format_bytes(machine.get('memory_total', 0.0))}"
+        f"CPU {machine.cpu_percent:.0f}%, memory "
+        f"{format_bytes(machine.memory_used)} of "
+        f"{format_bytes(machine.memory_total)}"
     )
 
 
-def _process_line(status: Mapping[str, Any]) -> str:
-    return f"{status.get('workers', 0)} task workers, {status.get('drivers', 0)} drivers"
+def _process_line(status: NodeStatus) -> str:
+    return f"{status.workers} task workers, {status.drivers} drivers"
 
 
-def status_text(status: Mapping[str, Any]) -> str:
+def status_text(status: NodeStatus) -> str:
     """``%ray_status`` for terminals: nodes, resource use, tasks and actors by state."""
     lines = ["Nodes"]
     lines += [f"  {i}  {a}  {s}  {r}" for i, a, s, r in _node_rows(status)]
     lines.append("Resources (used / total)")
     lines += [f"  {n:<14} {u} / {t}  ({p})" for n, u, t, p in _resource_rows(status)]
-    tasks = _count_rows(status.get("tasks", {}), TASK_STATES)
+    tasks = _count_rows(status.tasks, TASK_STATES)
     lines.append("Tasks: " + (", ".join(f"{n} {s}" for s, n in tasks) if tasks else "none"))
-    actors = _count_rows(status.get("actors", {}))
+    actors = _count_rows(status.actors)
     lines.append("Actors: " + (", ".join(f"{n} {s}" for s, n in actors) if actors else "none"))
     lines.append("Processes: " + _process_line(status))
     machine = _machine_line(status)
@@ -253,7 +245,7 @@ def _html_counts(title: str, counts: list[tuple[str, str]]) -> str:
     return f'<div style="{_SECTION}">{html.escape(title)}</div><div>{html.escape(text)}</div>'
 
 
-def status_html(status: Mapping[str, Any]) -> str:
+def status_html(status: NodeStatus) -> str:
     """``%ray_status`` in a notebook: the same facts as status_text, as a themed card."""
     parts = [
         f'<div class="rayjupyter-status" style="{_BOX}">',
@@ -262,8 +254,8 @@ def status_html(status: Mapping[str, Any]) -> str:
         _html_table(("node", "address", "state", "resources"), _node_rows(status)),
         f'<div style="{_SECTION}">Resources</div>',
         _html_table(("resource", "used", "total", "use"), _resource_rows(status)),
-        _html_counts("Tasks", _count_rows(status.get("tasks", {}), TASK_STATES)),
-        _html_counts("Actors", _count_rows(status.get("actors", {}))),
+        _html_counts("Tasks", _count_rows(status.tasks, TASK_STATES)),
+        _html_counts("Actors", _count_rows(status.actors)),
         f'<div style="{_SECTION}">Processes</div><div>{html.escape(_process_line(status))}</div>',
     ]
     machine = _machine_line(status)

@@ -29,6 +29,7 @@ class NodeConfig:
     head_address: str = ""  # host:port of the head node to join; "" makes this node the head
     node_timeout_s: float = 3.0  # a node silent this long is dead (heartbeats every 0.5 s)
     actors_file: str = ""  # a head keeps its named detached actors here across restarts
+    max_workers: int = 0  # worker processes at most (0: derived from the machine, worker_limit.py)
 
 
 def session_dir(session: str) -> str:

@@ -14,6 +14,10 @@
         │   ├── ActorDiedError         ... because it died and will not restart
         │   └── ActorUnavailableError  ... for now (restarting or unreachable)
         ├── RuntimeEnvSetupError       a task's runtime_env could not be set up on its node
+        ├── TaskUnschedulableError     no node may run the task (e.g. its affinity node is dead)
+        ├── ActorUnschedulableError    no node may run the actor
+        ├── TaskPlacementGroupRemoved  the task's placement group was removed before it ran
+        ├── ActorPlacementGroupRemoved the actor's placement group was removed
         ├── SerializationError         a value cannot be pickled        (also a TypeError)
         └── ClusterConnectionError     no cluster at that address       (also a ConnectionError)
 
@@ -35,7 +39,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ActorDiedError",
+    "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
+    "ActorUnschedulableError",
     "ClusterConnectionError",
     "GetTimeoutError",
     "ObjectLostError",
@@ -48,6 +54,8 @@ __all__ = [
     "RuntimeEnvSetupError",
     "SerializationError",
     "TaskCancelledError",
+    "TaskPlacementGroupRemoved",
+    "TaskUnschedulableError",
     "WorkerCrashedError",
 ]
 
@@ -145,6 +153,30 @@ class RuntimeEnvSetupError(RayError):
     """A task's or actor's runtime_env could not be set up on the node that was to run it."""
 
     default_message = "The runtime_env could not be set up on the node."
+
+
+class TaskUnschedulableError(RayError):
+    """No node may run the task: its scheduling strategy rules every live node out."""
+
+    default_message = "The task cannot be scheduled on any node of the cluster."
+
+
+class ActorUnschedulableError(RayError):
+    """No node may run the actor: its scheduling strategy rules every live node out."""
+
+    default_message = "The actor cannot be scheduled on any node of the cluster."
+
+
+class TaskPlacementGroupRemoved(RayError):
+    """The placement group the task was to run in was removed before it ran."""
+
+    default_message = "The placement group corresponding to this task has been removed."
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The placement group the actor ran in was removed."""
+
+    default_message = "The placement group corresponding to this Actor has been removed."
 
 
 class SerializationError(RayError, TypeError):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+from rayjupyter.core.read_models import NodeRow
 
 
 @dataclass
@@ -47,20 +48,20 @@ class HeadState:
                     total[key] = total.get(key, 0.0) + value
         return total
 
-    def node_table(self) -> list[dict[str, Any]]:
+    def node_table(self) -> list[NodeRow]:
         """Rows shaped like ``ray.nodes()``."""
         rows = []
         for node in self.nodes.values():
             host, _, port = node.address.rpartition(":")
             rows.append(
-                {
-                    "NodeID": node.node_id.hex(),
-                    "Alive": node.alive,
-                    "NodeManagerAddress": host,
-                    "NodeManagerPort": int(port),
-                    "Resources": dict(node.resources),
-                    "Available": dict(node.available),
-                    "StartTime": node.started_at,
-                }
+                NodeRow(
+                    NodeID=node.node_id.hex(),
+                    Alive=node.alive,
+                    NodeManagerAddress=host,
+                    NodeManagerPort=int(port),
+                    Resources=dict(node.resources),
+                    Available=dict(node.available),
+                    StartTime=node.started_at,
+                )
             )
         return rows

@@ -126,8 +126,9 @@ def read_first_line(fd: int, timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
+        poll = select.poll()  # not select(): a busy driver's descriptors may pass 1024
+        poll.register(fd, select.POLLIN)
+        if not poll.poll(remaining * 1000):
             break
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -29,7 +29,14 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, ids, protocol, task_events
+from rayjupyter.core import (
+    auth,
+    discovery,
+    ids,
+    protocol,
+    task_events,
+    worker_limit,
+)
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -43,7 +50,9 @@ from rayjupyter.core.config import (
 from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_peers import NodePeers
+from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import (
@@ -61,6 +70,7 @@ from rayjupyter.core.node_state import (
     START_ACTOR,
     STARTED,
     UNPIN,
+    WARN,
     Instruction,
     NodeState,
     cancelled_error,
@@ -131,7 +141,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.Subscribe: "on_subscribe",
         P.TaskFinished: "on_task_finished",
         P.WorkerBlocked: "on_worker_blocked",
-        P.Request: "on_request",
         P.StopCluster: "on_stop",
         P.Heartbeat: "on_heartbeat",
         P.Disconnect: "on_disconnect",
@@ -147,6 +156,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.ActorHomes: "on_actor_homes",
         P.UploadPackage: "on_upload_package",
         P.RegisterRuntimeEnv: "on_register_runtime_env",
+        P.GeneratorItem: "on_generator_item",
+        P.GeneratorConsumed: "on_generator_consumed",
+        **dict.fromkeys(P.QUERIES, "on_query"),  # answered by type: node_queries.ANSWERS
+        P.CreatePlacementGroup: "on_create_placement_group",
+        P.RemovePlacementGroup: "on_remove_placement_group",
+        P.QueryPlacementGroups: "on_query_placement_groups",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -173,15 +188,23 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
+        totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
         # every task and worker decision is made there; this class carries them out
-        self.state = NodeState(ResourcePool(totals), pool_size=max(1, int(config.num_cpus)))
+        self.state = NodeState(
+            ResourcePool(totals),
+            pool_size=max(1, int(config.num_cpus)),
+            limit=worker_limit.for_node(config.max_workers, config.num_cpus),
+        )
         self.resources = self.state.resources
         self.scheduler = self.state.scheduler
+        self.worker_limit = self.state.limit
+        self.placement = NodePlacement(self)  # bundles held here; on the head, the group table
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
+        self.placement.table.node_joined(self.node_id, me.resources)
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
@@ -200,6 +223,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.pool_size = self.state.pool_size
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
+        self.generators = NodeGenerators(self)  # streaming generator tasks (their items)
         # tests set it: the state machine's invariants are checked after every loop turn,
         # and a broken one stops the node with the reason (as dask's validate=True does)
         self.validating = os.environ.get(VALIDATE_ENV) == "1"
@@ -222,6 +246,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self._open_channel(bytes.fromhex(driver_id), link)
         self.listen_for_local_drivers()
         self.init_peers()
+        self.peer_handlers[P.Reply] = self.placement.on_peer_reply
         self.init_runtime_envs()
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             kind: getattr(self, name) for kind, name in self.HANDLERS.items()
@@ -264,14 +289,17 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                         exited.append(source)
                     elif source in self.link_of_socket:
                         self.drain_link(self.link_of_socket[source])
-                    else:
-                        self.fd_handlers[int(source)](int(source))
+                    else:  # .get: an earlier event of this turn may have closed it
+                        handler = self.fd_handlers.get(int(source))
+                        if handler is not None:
+                            handler(int(source))
                 if router_ready:
                     self._drain_router(self.router)
                 if tcp_ready:
                     self._drain_router(self.tcp_router)
                 for fd in exited:
-                    self.fd_handlers[fd](fd)
+                    if fd in self.fd_handlers:
+                        self.fd_handlers[fd](fd)
                 self.schedule()
                 if self.validating:
                     self.validate()
@@ -381,7 +409,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def advertised(self) -> dict[str, float]:
         """What this node offers, as the node table shows it."""
-        advertised = dict(self.resources.total)
+        advertised = self.placement.ledger.base_total()  # without our groups' bundles
         advertised["object_store_memory"] = float(self.config.object_store_memory)
         return advertised
 
@@ -441,7 +469,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             namespace=namespace,
             parent=parent,
             env=message.runtime_env,
+            strategy=message.strategy,
         )
+        if message.generator:
+            self.generators.submitted(task.task_id, client, message)
         self.admit(client, task)
 
     def context_of(self, client: bytes) -> tuple[bytes, str, bytes | None]:
@@ -487,14 +518,21 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.env_error(task)
+        if failed_dep is None and self.generators.modes:
+            failed_dep = self.generators.placement_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
         if task.actor_id:
             if not self.actor_call_admitted(task):
                 return
-        elif not self.resources.feasible(task.demand) and not self.feasible_on_peer(task.demand):
-            self._warn_infeasible(task.name, task.demand)
+        elif (
+            not self.resources.feasible(task.demand)
+            and not self.feasible_on_peer(task.demand)
+            and self.placement.infeasible(task.name, task.demand)  # warns, or: group gone
+        ):
+            self.fail_task(task, self.placement.removed_error(task.name, task.demand))
+            return
         if task.missing == 0:
             self.task_ready(task)
 
@@ -508,6 +546,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 return
             task.transition(TaskState.READY)
             self.pump_actor(task.actor_id)
+        elif task.strategy[:1] in ("S", "n") and self.placement.place(task):
+            return  # SPREAD or node affinity: sent to its node (or failed)
         elif not self.place_by_locality(task) and not self._pull_deps(task):
             self.state.task_ready(task)
 
@@ -535,6 +575,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         for driver in self.drivers():
             self.send(driver, P.LogLines(2, text))
 
+    def warn_worker_limit(self, waiting: int, what: str) -> None:
+        """Work found no process (worker_limit.py): the drivers hear it once per episode."""
+        self.execute(self.state.limit_reached(waiting, what))
+
     def on_put(self, client: bytes, message: P.PutObject) -> None:
         entry = ObjectEntry()
         self.objects[message.object_id] = entry
@@ -557,6 +601,14 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     self.hold(client, object_id)
             else:
                 self.unhold(client, object_id)
+                if self.generators.streams:  # maybe a generator its owner dropped
+                    self.generators.released(object_id)
+
+    def on_generator_item(self, client: bytes, message: P.GeneratorItem) -> None:
+        self.generators.on_item(message)
+
+    def on_generator_consumed(self, client: bytes, message: P.GeneratorConsumed) -> None:
+        self.generators.on_consumed(message)
 
     def on_pin_ops(self, client: bytes, message: P.PinOps) -> None:
         for pin, object_id in message.ops:
@@ -605,39 +657,23 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         worker = self.workers.get(client)
         if worker is None:
             return
-        if message.blocked:
+        if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
             self.execute(self.state.worker_blocked(worker))
         else:
             self.state.worker_unblocked(worker)
 
-    def on_request(self, client: bytes, message: P.Request) -> None:
-        value: Any
-        if message.what == "cluster_resources":
-            value = self.head.cluster_resources()
-        elif message.what == "available_resources":
-            value = {k: v for k, v in self._available_everywhere().items() if v > 1e-9}
-            value["object_store_memory"] = float(
-                max(self.config.object_store_memory - self.store.used_bytes, 0)
-            )
-        elif message.what == "nodes":
-            value = self.head.node_table()
-        elif message.what == "store_stats":
-            value = self.store.stats()
-        elif message.what == "state":
-            value = self.state_rows(*message.args)
-        elif message.what == "ping":
-            value = None  # answered after everything the client sent before it
-        elif message.what == "status":
-            value = self.status()
-        elif message.what == "task_summary":
-            value = self.events.summary()
-        elif message.what == "logs":
-            value = self.recent_logs.snapshot(*message.args)
-        elif message.what == "get_actor":
-            value = self.lookup_actor(client, *message.args)
-        else:
-            value = ValueError(f"unknown request {message.what!r}")
-        self.send(client, P.Reply(message.request_id, value))
+    def on_query(self, client: bytes, message: Any) -> None:
+        """A query of protocol.QUERIES: answered with its read model (node_queries)."""
+        self.send(client, P.Reply(message.request_id, self.answer(client, message)))
+
+    def on_create_placement_group(self, client: bytes, message: P.CreatePlacementGroup) -> None:
+        self.placement.on_create(client, message)
+
+    def on_remove_placement_group(self, client: bytes, message: P.RemovePlacementGroup) -> None:
+        self.placement.on_remove(client, message)
+
+    def on_query_placement_groups(self, client: bytes, message: P.QueryPlacementGroups) -> None:
+        self.placement.on_query(client, message)
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
@@ -678,10 +714,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         """A client is gone: drop its holds and pins."""
         self.clients.pop(client, None)
         self.tcp_clients.discard(client)
+        if self.generators.streams:
+            self.generators.client_gone(client)
         for object_id, count in self.holds.pop(client, {}).items():
             for _ in range(count):
                 self.decref(object_id)
         self.store.release_client(client)
+        self.placement.client_gone(client)
 
     def incref(self, object_id: bytes) -> None:
         """One more hold on an object, or on an actor (its handles count like refs)."""
@@ -800,6 +839,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def task_failed(self, task: TaskRecord, error_blob: bytes) -> None:
         """A task is FAILED now (``NodeState`` said so): publish it, store the error."""
         self.events.ended(task.task_id, failed=True)
+        if self.generators.modes:  # a stream's error goes where it stopped, as an item
+            self.generators.failed(task, error_blob)
         for object_id in task.return_ids:
             self.set_ready(object_id, error_blob, len(error_blob), True, ())
         self._forget_task(task)
@@ -811,6 +852,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def _forget_task(self, task: TaskRecord) -> None:
         if not self.state.forget(task):
             return  # already forgotten (an actor's creation, when the actor died)
+        if self.generators.modes:
+            self.generators.forgotten(task.task_id)
         for object_id in task.deps:
             self.decref(object_id)
         for object_id in task.nested:
@@ -831,12 +874,16 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self.spill_over()
         if self.scheduler.env_unplaced:
             self.execute(state.env_spawns(self.runtime_envs, time.monotonic()))
+        state.turn_ended()  # (after every start this turn, actors' included)
         self.execute(state.prefetch())
 
     def validate(self) -> None:
         """``NodeState.validate``, reported on stderr before the error stops the node."""
         try:
-            self.state.validate()
+            ledger = self.placement.ledger
+            ledger.validate()
+            # the bundles held here were taken out of the plain resources (BundleLedger)
+            self.state.validate(held_elsewhere=ledger.reserved())
         except AssertionError:
             print(
                 f"rayjupyter node: an invariant of its state broke ({VALIDATE_ENV}=1):\n"
@@ -861,9 +908,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             task, worker = instruction[1], instruction[2]
             self.events.started(task.task_id, worker.pid, task.attempt)
         elif op == REVOKE:
-            task, worker = instruction[1], instruction[2]
-            self.send(worker.client_id, P.RevokeTask(task.task_id))
-            self._unpin_deps(task)
+            task, worker, answers_block = instruction[1], instruction[2], instruction[3]
+            self.send(
+                worker.client_id,
+                P.RevokeTask(task.task_id if task is not None else b"", answers_block),
+            )
+            if task is not None:
+                self._unpin_deps(task)
         elif op == UNPIN:
             self._unpin_deps(instruction[1])
         elif op == SPAWN:
@@ -890,6 +941,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.start_actor_in(instruction[1])
+        elif op == WARN:
+            for driver in self.drivers():
+                self.send(driver, P.LogLines(2, instruction[1]))
         else:
             raise ValueError(f"unknown instruction {instruction!r}")
 
@@ -906,6 +960,9 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             worker.known_funcs.add(task.func_id)
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
+        generator, credit = "", -1
+        if self.generators.modes:  # (a plain task pays one check on this hot path)
+            generator, credit = self.generators.execute_fields(task.task_id)
         self.send(
             worker.client_id,
             P.ExecuteTask(
@@ -922,8 +979,13 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 task.method,
                 task.job,
                 task.gpu_ids,
+                generator,
+                credit,
+                task.strategy,
             ),
         )
+        if generator:
+            self.generators.dispatched(task, worker.client_id)
 
     # ------------------------------------------------------------------ cancel
 

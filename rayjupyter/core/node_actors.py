@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import actor_file
+from rayjupyter.core import actor_file, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -68,7 +68,9 @@ class ActorRecord:
     exiting: bool = False
     release_when_idle: bool = False
     host: str = ""  # the peer node that runs its process ("": this node)
+    placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
     host_node: bytes = b""
+    pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
 
     @property
     def job(self) -> bytes:
@@ -160,9 +162,13 @@ class NodeActors:
         node.actors[actor.actor_id] = actor
         node.hold(client, actor.actor_id)  # the creator's handle
         demand = actor.place_demand
+        gone = False  # its placement group was removed
         if not node.resources.feasible(demand) and not node.feasible_on_peer(demand):
-            node._warn_infeasible(f"actor {actor.class_name}", actor.place_demand)
+            gone = node.placement.infeasible(f"actor {actor.class_name}", demand)
         node.admit(client, creation)
+        if gone and actor.state is not ActorState.DEAD:
+            actor.no_restart = True
+            node.actor_dies(actor, "its placement group was removed")
         if message.request_id:
             node.send(client, P.Reply(message.request_id, actor.handle_info()))
         if actor.detached and actor.name:
@@ -264,10 +270,17 @@ class NodeActors:
     def place_pending_actors(self) -> None:
         """Start a process for each pending actor whose placement resources are free."""
         node = self._node()
+        no_process = 0
         for actor_id in list(node.pending_actors):
             actor = node.actors.get(actor_id)
             if actor is None or actor.state is not ActorState.PENDING:
                 node.pending_actors.discard(actor_id)
+                continue
+            where = node.placement.place_actor(actor)  # SPREAD, node affinity
+            if where == "done":
+                node.pending_actors.discard(actor_id)
+                continue
+            if where == "here" and not node.resources.fits(actor.place_demand):
                 continue
             if not node.resources.fits(actor.place_demand):
                 peers = node.peer_nodes()
@@ -276,11 +289,21 @@ class NodeActors:
                     node.pending_actors.discard(actor_id)
                     node.host_actor(actor, peer)
                 continue
+            if not node.worker_limit.room(len(node.workers)):
+                no_process += 1
+                actor.pending_reason = (
+                    f"waiting for a worker process: this node runs {node.worker_limit.limit}, "
+                    f"its limit ({worker_limit.SETTING})"
+                )
+                continue
+            actor.pending_reason = ""
             node.pending_actors.discard(actor_id)
             actor.gpu_ids = node.state.actor_placed(actor.actor_id, actor.run_demand)
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
+        if no_process:
+            node.warn_worker_limit(no_process, "actors")
 
     def start_actor_in(self, worker: WorkerRecord) -> None:
         """The actor's process connected: send it the class and the arguments."""
@@ -305,6 +328,7 @@ class NodeActors:
                 max_concurrency,
                 actor.job,
                 actor.gpu_ids,
+                str(actor.options.get("strategy") or ""),
             ),
         )
 
@@ -476,30 +500,6 @@ class NodeActors:
         if creation.task_id in node.tasks:
             node._forget_task(creation)
         node.pending_actors.discard(actor.actor_id)
-
-    def actor_row(self, actor: ActorRecord) -> dict[str, Any]:
-        """A row shaped like Ray's ``list_actors``."""
-        node = self._node()
-        worker = node.workers.get(actor.worker) if actor.worker else None
-        states = {
-            ActorState.PENDING: "RESTARTING" if actor.restarts else "PENDING_CREATION",
-            ActorState.STARTING: "PENDING_CREATION",
-            ActorState.ALIVE: "ALIVE",
-            ActorState.DEAD: "DEAD",
-        }
-        return {
-            "actor_id": actor.actor_id.hex(),
-            "class_name": actor.class_name,
-            "state": states[actor.state],
-            "name": actor.name,
-            "ray_namespace": actor.namespace,
-            "job_id": actor.job.hex(),
-            "pid": worker.pid if worker else None,
-            "node_id": (actor.host_node or node.node_id).hex(),
-            "num_restarts": actor.restarts,
-            "is_detached": actor.detached,
-            "death_cause": pickle.loads(actor.death_error).args[0] if actor.death_error else None,
-        }
 
     # ------------------------------------------------------------------ lookup
 

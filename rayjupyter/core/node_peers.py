@@ -206,6 +206,7 @@ class NodePeers:
         now = time.monotonic()
         if self.rejoin_reason:
             self.rejoin()
+        node.placement.tick()
         if now - self.last_heartbeat < HEARTBEAT_S:
             return
         # our own loop stood still (a long handler, a stopped process): what peers sent
@@ -257,6 +258,7 @@ class NodePeers:
         info.last_seen = time.monotonic()
         node.head.register_node(info)
         self.node_clients[client] = message.node_id
+        node.placement.node_joined(message.node_id, info.resources)
         self.send_view(client)
 
     def on_node_heartbeat(self, client: bytes, message: P.NodeHeartbeat) -> None:
@@ -279,7 +281,7 @@ class NodePeers:
             (n.node_id, n.address, n.alive, n.resources, n.available, n.queued)
             for n in node.head.nodes.values()
         )
-        node.send(client, P.ClusterView(rows))
+        node.send(client, P.ClusterView(rows, *node.placement.view_extras(client)))
 
     def _on_cluster_view(self, link: PeerLink, message: P.ClusterView) -> None:
         node = self._node()
@@ -293,7 +295,8 @@ class NodePeers:
                 info = NodeInfo(node_id, address, dict(total))
                 node.head.register_node(info)
             elif alive and not info.alive:  # it registered again (after a cut link)
-                info.alive, info.address, info.resources = True, address, dict(total)
+                info.alive, info.address = True, address
+            info.resources = dict(total)  # placement groups' bundles change it
             info.available = dict(available)
             info.queued = queued
             if node_id == node.node_id:
@@ -302,6 +305,8 @@ class NodePeers:
                 self.node_died(node_id, "the head declared it dead")
         if not listed:  # (not now: this very link is being read)
             self.rejoin_reason = "the head declared this node dead"
+        else:
+            node.placement.on_view(message.bundles, message.removed)
 
     def rejoin(self) -> None:
         """Out of touch with the head: settle what we had there as lost, as it did with ours
@@ -324,6 +329,7 @@ class NodePeers:
         if info is None or not info.alive:
             return
         node.head.mark_dead(node_id)
+        node.placement.node_died(node_id)
         address = info.address
         message = f"Node {address} died ({why})."
         print(f"rayjupyter node: {message}", file=sys.stderr, flush=True)
@@ -339,7 +345,9 @@ class NodePeers:
             if task.state not in OCCUPYING:
                 continue
             error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
-            node.execute(node.state.retry_or_fail(task, pickle.dumps(error, protocol=5)))
+            lost = pickle.dumps(error, protocol=5)
+            # (dead_node: a task pinned to that node by its affinity fails, a soft one is freed)
+            node.execute(node.state.retry_or_fail(task, lost, dead_node=node_id))
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
@@ -358,6 +366,8 @@ class NodePeers:
         """Send a ready task to the peer that holds most of its large arguments, if one fits."""
         node = self._node()
         if task.actor_id or task.owner in self.node_clients or len(node.head.nodes) < 2:
+            return False
+        if node.generators.local_only(task.task_id):
             return False
         weight: dict[str, int] = {}
         local = 0
@@ -394,7 +404,12 @@ class NodePeers:
             task = ready.popleft()
             if task.state is not TaskState.READY:
                 continue
-            if task.owner in self.node_clients or node.resources.fits(task.demand):
+            if (
+                task.owner in self.node_clients
+                or node.resources.fits(task.demand)
+                or node.generators.local_only(task.task_id)
+                or task.strategy.startswith("node:")  # placed here by its node affinity
+            ):
                 kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
                 continue
             target = self.choose_peer(task.demand, peers)
@@ -465,6 +480,8 @@ class NodePeers:
     def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
         """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
         node = self._node()
+        if node.generators.refuse_forward(task):
+            return
         link = self.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
         node.send_runtime_env(link, task.env)  # its packages and env, once per link
@@ -488,6 +505,7 @@ class NodePeers:
                 task.actor_id,
                 task.method,
                 task.env,
+                strategy=task.strategy,
             )
         )
         link.send(P.Subscribe(task.return_ids, False))

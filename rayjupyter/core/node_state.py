@@ -20,7 +20,12 @@ import pickle
 from collections.abc import Container
 from typing import Any
 
-from rayjupyter.core.exceptions import TaskCancelledError, WorkerCrashedError
+from rayjupyter.core.exceptions import (
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+from rayjupyter.core.placement_groups import cpu_share, gpu_amount
 from rayjupyter.core.scheduler import (
     ResourcePool,
     Scheduler,
@@ -29,10 +34,14 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.worker_limit import WorkerLimit
 
 # Instructions: (opcode, ...). Ints, so the shell's dispatch is a cheap comparison.
 EXECUTE = 1  # (EXECUTE, task, worker): send the task; if worker.prefetched is task it waits there
-REVOKE = 2  # (REVOKE, task, worker): take back a task sent ahead; unpin what it pinned
+# (REVOKE, task, worker, answers_block): take back a task sent ahead and unpin what it
+# pinned; task None: nothing taken back, the message only answers a WorkerBlocked (the
+# worker waits for that answer before it starts a task it got earlier)
+REVOKE = 2
 SPAWN = 3  # (SPAWN, env, count): start count pool workers in runtime_env env ("" plain)
 KILL = 4  # (KILL, worker): SIGKILL the worker's process
 INTERRUPT = 5  # (INTERRUPT, task, worker): ask the task to stop (CancelCall, then SIGINT)
@@ -45,6 +54,7 @@ UNPIN = 11  # (UNPIN, task): the task left its worker: drop the pins on its argu
 ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end its actor
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
+WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
 
 OPCODE_NAMES = {
     value: name
@@ -52,8 +62,6 @@ OPCODE_NAMES = {
     if isinstance(value, int) and name.isupper() and not name.startswith("_")
 }
 
-#: a node never runs more worker processes than this (pool, runtime_env and actor workers)
-MAX_WORKERS = 256
 #: runtime_env workers idle this long are stopped
 ENV_WORKER_IDLE_S = 10.0
 #: a queue this short gives a failing task up at once (longer: see NodeState.stale)
@@ -65,6 +73,14 @@ _NONE: list[Instruction] = []  # returned (never mutated) when an event needs no
 
 def cancelled_error(task: TaskRecord) -> bytes:
     error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
+    return pickle.dumps(error, protocol=5)
+
+
+def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
+    error = TaskUnschedulableError(
+        f"Task {task.name!r} cannot be scheduled: its node {node_id.hex()} died "
+        f"(NodeAffinitySchedulingStrategy, soft=False)."
+    )
     return pickle.dumps(error, protocol=5)
 
 
@@ -85,14 +101,16 @@ OCCUPYING = (TaskState.RUNNING, TaskState.CANCELLED)
 class NodeState:
     """Tasks, workers, resources, ready queue, prefetch and cancellation of one node."""
 
-    def __init__(self, resources: ResourcePool, pool_size: int) -> None:
+    def __init__(self, resources: ResourcePool, pool_size: int, limit: WorkerLimit) -> None:
         self.resources = resources
         self.scheduler = Scheduler(resources)
         self.ready = self.scheduler.ready  # the same deque: FIFO of READY plain tasks
         self.tasks: dict[bytes, TaskRecord] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
         self.pool_size = pool_size  # plain workers kept alive (one per CPU)
-        self.max_workers = MAX_WORKERS
+        # worker processes at most (pool, runtime_env and actor workers: worker_limit.py);
+        # it also decides when the drivers hear that work waits for one (once per episode)
+        self.limit = limit
         # tasks failed while queued in a long queue stay in it until popped (every reader
         # skips them) or until they are half of it: removing each one would cost O(queue)
         self.stale = 0
@@ -146,18 +164,27 @@ class NodeState:
                 ready.extend(kept)
                 self.stale = 0
 
-    def retry_or_fail(self, task: TaskRecord, error: bytes) -> list[Instruction]:
+    def retry_or_fail(
+        self, task: TaskRecord, error: bytes, dead_node: bytes = b""
+    ) -> list[Instruction]:
         """A task whose attempt was lost (its worker or its node died): queue it again first
-        within max_retries, else fail it with ``error``; cancelled, it fails as cancelled."""
+        within max_retries, else fail it with ``error``; cancelled, it fails as cancelled.
+        ``dead_node``: the node it ran on died; pinned there by a hard node affinity it
+        cannot run anywhere else (TaskUnschedulableError), a soft one lets it go anywhere."""
         if task.state is TaskState.CANCELLED:
             task.transition(TaskState.FAILED)
             return [(FAILED, task, cancelled_error(task))]
-        if task.retry():
-            task.transition(TaskState.READY)
-            self.ready.appendleft(task)
-            return _NONE
-        task.transition(TaskState.FAILED)
-        return [(FAILED, task, error)]
+        if not task.retry():
+            task.transition(TaskState.FAILED)
+            return [(FAILED, task, error)]
+        if dead_node and task.strategy.startswith(f"node:{dead_node.hex()}:"):
+            if not task.strategy.endswith(":1"):
+                task.transition(TaskState.FAILED)
+                return [(FAILED, task, unschedulable_error(task, dead_node))]
+            task.strategy = ""  # soft: anywhere now
+        task.transition(TaskState.READY)
+        self.ready.appendleft(task)
+        return _NONE
 
     def forwarded(self, task: TaskRecord) -> None:
         """The task runs on a peer now (taken off the queue by the caller, or placed the
@@ -197,7 +224,7 @@ class NodeState:
         else:
             self.resources.release(task.demand)
         if task.gpu_ids:
-            self.resources.return_gpus(task.gpu_ids, task.demand.get("GPU", 0.0))
+            self.resources.return_gpus(task.gpu_ids, gpu_amount(task.demand))
             task.gpu_ids = ()
 
     def task_finished(
@@ -233,33 +260,48 @@ class NodeState:
         return out
 
     def worker_blocked(self, worker: WorkerRecord) -> list[Instruction]:
-        """Its task waits in get/wait: lend its CPU out, take back a task sent ahead (it
-        may be the very one it waits for)."""
+        """Its task waits in get/wait: lend its CPUs out (a bundle's too), take back a task
+        sent ahead (it may be the very one it waits for). Always answered with one REVOKE
+        (of nothing, if nothing was sent ahead): the worker waits for it before starting
+        anything it got earlier, so a task taken back never runs twice."""
         if worker.task is None or worker.state is not WorkerState.BUSY:
-            return _NONE
-        out = self._revoke(worker)
-        worker.lent = {"CPU": worker.task.demand.get("CPU", 0.0)}
-        self.resources.release(worker.lent)
+            return [(REVOKE, None, worker, True)]
+        out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
+        total = self.resources.total
+        lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
+        self.resources.release(lending)
+        worker.lent = {**worker.lent, **lending}  # (kept: what a removed bundle had)
         worker.transition(WorkerState.BLOCKED)
         return out
 
     def worker_unblocked(self, worker: WorkerRecord) -> None:
+        """Back from get: it takes its CPUs again (may overcommit for a moment, as in
+        Ray). A bundle given back while it waited (its group removed) is not taken
+        again: that share stays lent, and the task gives nothing back for it."""
         if worker.task is None or worker.state is not WorkerState.BLOCKED:
             return
-        self.resources.acquire(worker.lent)  # may overcommit for a moment, as in Ray
-        worker.lent = {}
+        total = self.resources.total
+        lent = worker.lent
+        if all(key in total for key in lent):
+            self.resources.acquire(lent)
+            worker.lent = {}
+        else:
+            self.resources.acquire({k: v for k, v in lent.items() if k in total})
+            worker.lent = {k: v for k, v in lent.items() if k not in total}
         worker.transition(WorkerState.BUSY)
 
-    def _revoke(self, worker: WorkerRecord) -> list[Instruction]:
-        """Take back a task sent ahead; it goes first in the queue again."""
+    def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
+        """Take back a task sent ahead; it goes first in the queue again. The worker drops
+        the message that sent it, which may have carried its function: send that again."""
         task = worker.prefetched
         if task is None:
             return _NONE
         worker.prefetched = None
+        worker.known_funcs.discard(task.func_id)
         task.worker = None
         task.transition(TaskState.READY)
         self.ready.appendleft(task)
-        return [(REVOKE, task, worker)]
+        return [(REVOKE, task, worker, answers_block)]
 
     def worker_died(self, worker: WorkerRecord, cause: str, respawn: bool) -> list[Instruction]:
         """Its process exited: retry or fail what it ran, hand an actor's death on, and
@@ -293,7 +335,7 @@ class NodeState:
         own queue and restarts are decided in node_actors."""
         self.actor_released(actor_id)
         self.resources.acquire(demand)
-        gpu_ids = self.resources.assign_gpus(demand.get("GPU", 0.0))
+        gpu_ids = self.resources.assign_gpus(gpu_amount(demand))
         self.actor_slots[actor_id] = (demand, gpu_ids)
         return gpu_ids
 
@@ -303,7 +345,7 @@ class NodeState:
         if slot is not None:
             demand, gpu_ids = slot
             self.resources.release(demand)
-            self.resources.return_gpus(gpu_ids, demand.get("GPU", 0.0))
+            self.resources.return_gpus(gpu_ids, gpu_amount(demand))
 
     def live_pool_workers(self) -> int:
         """The plain pool: actors' and envs' workers come and go with their work."""
@@ -324,7 +366,7 @@ class NodeState:
         out: list[Instruction] = []
         resources = self.resources
         for task, worker in pairs:
-            gpus = task.demand.get("GPU")
+            gpus = gpu_amount(task.demand)  # a bundle's GPUs get device ids the same way
             if gpus:
                 task.gpu_ids = resources.assign_gpus(gpus)
             out.append((EXECUTE, task, worker))
@@ -332,10 +374,24 @@ class NodeState:
             starting = sum(
                 1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
             )
-            count = min(unplaced - starting, self.max_workers - len(self.workers))
+            missing = unplaced - starting
+            count = min(missing, self.limit.room(len(self.workers)))
             if count > 0:
                 out.append((SPAWN, "", count))
+            if missing > max(count, 0):
+                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0))
         return out
+
+    def limit_reached(self, waiting: int, what: str, planned: int = 0) -> list[Instruction]:
+        """``waiting`` tasks or actors (``what``) found no worker process (the limit): the
+        drivers hear it once per episode (``WorkerLimit``). ``planned``: processes this
+        turn starts that are not in the table yet."""
+        text = self.limit.refused(len(self.workers) + planned, waiting, what)
+        return [(WARN, text)] if text is not None else _NONE
+
+    def turn_ended(self) -> None:
+        """After each scheduling turn: a turn that refused no start ends the episode."""
+        self.limit.turn_ended()
 
     def env_spawns(self, known_envs: Container[str], now: float) -> list[Instruction]:
         """Workers for runtime_envs whose tasks fit now but have no idle worker of theirs;
@@ -352,10 +408,11 @@ class NodeState:
         for env, count in wanted.items():
             if env not in known_envs:
                 continue  # admission failed its tasks already
-            for _ in range(count - starting.get(env, 0)):
+            missing = count - starting.get(env, 0)
+            for started in range(missing):
                 out += self.reap_env_workers(now, crowded_by=env, planned=planned)
-                if len(self.workers) + planned >= self.max_workers:
-                    return out
+                if not self.limit.room(len(self.workers) + planned):
+                    return out + self.limit_reached(missing - started, "tasks", planned)
                 out.append((SPAWN, env, 1))
                 planned += 1
         return out
@@ -417,7 +474,7 @@ class NodeState:
                 continue
             if task.demand != running.demand or task.env != running.env:
                 continue
-            if task.demand.get("GPU"):
+            if gpu_amount(task.demand):
                 continue
             ready.popleft()
             task.transition(TaskState.RUNNING)
@@ -461,10 +518,11 @@ class NodeState:
                 out.append((CANCEL_CALL, task, worker))
             elif worker.prefetched is task:  # sent ahead, not started: take it back
                 worker.prefetched = None
+                worker.known_funcs.discard(task.func_id)  # (the dropped message had it)
                 task.worker = None
                 task.transition(TaskState.CANCELLED)
                 task.transition(TaskState.FAILED)
-                out.append((REVOKE, task, worker))
+                out.append((REVOKE, task, worker, False))
                 out.append((FAILED, task, cancelled_error(task)))
             else:
                 task.transition(TaskState.CANCELLED)
@@ -475,7 +533,8 @@ class NodeState:
 
     def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
         """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
-        resources that a part of the node holds outside these tables (none yet)."""
+        resources that a part of the node holds outside these tables (the placement
+        groups' bundles: ``BundleLedger.reserved``)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
         resources = self.resources
         held: dict[str, float] = dict(held_elsewhere or {})
@@ -514,8 +573,10 @@ class NodeState:
                     held[key] = held.get(key, 0.0) + value
                 for key, value in worker.lent.items():
                     held[key] = held.get(key, 0.0) - value
-                if state is WorkerState.BUSY:
-                    assert not worker.lent, f"busy worker pid {worker.pid} lends {worker.lent}"
+                if state is WorkerState.BUSY:  # only what a removed bundle had stays lent
+                    assert all(k not in resources.total for k in worker.lent), (
+                        f"busy worker pid {worker.pid} lends {worker.lent}"
+                    )
             else:
                 assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
                 assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
@@ -540,6 +601,12 @@ class NodeState:
         for worker in self.workers.values():
             if worker.task is not None:
                 gpu_shares += _gpu_share(worker.task.demand, worker.task.gpu_ids)
+        redirect = resources.redirect
+        if redirect:  # a removed group's names: its running work gives them back elsewhere
+            for key in [k for k in held if k not in resources.total and k in redirect]:
+                value = held.pop(key)
+                if redirect[key]:
+                    held[redirect[key]] = held.get(redirect[key], 0.0) + value
         for key, total in resources.total.items():
             expected = total - held.get(key, 0.0)
             got = resources.available.get(key, 0.0)
@@ -557,5 +624,5 @@ class NodeState:
 
 def _gpu_share(demand: dict[str, float], gpu_ids: tuple[int, ...]) -> float:
     """How much of the GPU ids' capacity a holder took (a fraction shares one id)."""
-    amount = demand.get("GPU", 0.0)
+    amount = gpu_amount(demand)
     return amount * len(gpu_ids) if amount < 1 else float(len(gpu_ids))

@@ -232,15 +232,19 @@ class NodeWorkers:
     def _drain_output(self, pipes: WorkerPipes) -> None:
         """Forward everything a worker has written so far (its pipes are non-blocking).
 
-        One select() asks which pipe has data: on the hot path (every finished task) most
+        One poll() asks which pipe has data: on the hot path (every finished task) most
         tasks print nothing, and a read that finds nothing costs an exception in Python.
+        poll, not select: with a few hundred workers the node's descriptors pass 1024,
+        which select() cannot watch.
         """
         node = self._node()
         fds = [fd for fd in pipes.output_fds if fd in node.fd_handlers]
         if not fds:
             return
-        readable, _, _ = select.select(fds, [], [], 0)
-        for fd in readable:
+        poll = select.poll()
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        for fd, _ in poll.poll(0):
             for _ in range(64):
                 if fd not in node.fd_handlers or not node.fd_handlers[fd](fd):
                     break

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rayjupyter.core import runtime_env
+from rayjupyter.core import runtime_env, scheduling_strategies
 
 __all__ = [
     "OPTIONS",
@@ -153,20 +153,51 @@ def _retry_exceptions(name: str, value: Any) -> bool | tuple[type[BaseException]
 
 
 def _scheduling_strategy(name: str, value: Any) -> Any:
-    """ "DEFAULT", "SPREAD" or a strategy object; stored as given for the scheduler."""
+    """ "DEFAULT", "SPREAD", a PlacementGroupSchedulingStrategy or a
+    NodeAffinitySchedulingStrategy (from rj.util.scheduling_strategies)."""
     if isinstance(value, str):
         return _choice(*_BUILTIN_STRATEGIES)(name, value)
-    if isinstance(value, numbers.Number | bool | Mapping | list | tuple | set):
+    if not isinstance(value, scheduling_strategies.STRATEGY_TYPES):
         raise TypeError(
-            f"{name} must be 'DEFAULT', 'SPREAD' or a scheduling strategy object, got {value!r}"
+            f"{name} must be 'DEFAULT', 'SPREAD' or a scheduling strategy object "
+            f"(PlacementGroupSchedulingStrategy or NodeAffinitySchedulingStrategy from "
+            f"rj.util.scheduling_strategies), got {value!r}"
         )
     return value
 
 
-def _num_returns(name: str, value: Any) -> int:
+def _placement_group(name: str, value: Any) -> Any:
+    """Ray's older form of PlacementGroupSchedulingStrategy: a PlacementGroup or "default"."""
+    if value == "default" or isinstance(getattr(value, "id", None), bytes):
+        return value
+    raise TypeError(
+        f"{name} must be a PlacementGroup (rj.util.placement_group) or 'default', got "
+        f"{value!r}; better: scheduling_strategy=PlacementGroupSchedulingStrategy(pg)"
+    )
+
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _boolean(name, value)
+
+
+def _num_returns(name: str, value: Any) -> int | str:
+    """An integer >= 0, or "streaming" / "dynamic" for a generator function."""
     if isinstance(value, str):
-        raise ValueError(f"{name}={value!r} (generators) is not supported; give an integer >= 0")
+        if value in ("streaming", "dynamic"):
+            return value
+        raise ValueError(f"{name} must be an integer >= 0, 'streaming' or 'dynamic', got {value!r}")
     checked: int = _integer(0)(name, value)
+    return checked
+
+
+def _backpressure(name: str, value: Any) -> int:
+    """Items a streaming generator may run ahead of its caller; -1 for no bound."""
+    checked: int = _integer(-1, "-1 means no bound")(name, value)
+    if checked == 0:
+        raise ValueError(
+            f"{name}=0 would never let the generator make an item; give a number >= 1, or -1 "
+            f"for no bound"
+        )
     return checked
 
 
@@ -183,6 +214,13 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         OptionSpec("resources", _optional(_resources), {}, {}, "custom resources {name: amount}"),
         OptionSpec("memory", _optional(_quantity), None, None, "heap memory in bytes to reserve"),
         OptionSpec("num_returns", _num_returns, 1, _NA, "how many ObjectRefs .remote() returns"),
+        OptionSpec(
+            "_generator_backpressure_num_objects",
+            _optional(_backpressure),
+            None,
+            _NA,
+            "items a streaming generator may make ahead of the caller",
+        ),
         OptionSpec(
             "max_retries", _integer(-1, "-1 retries forever"), 3, _NA, "retries on worker death"
         ),
@@ -218,6 +256,27 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
             None,
             "placement policy",
         ),
+        OptionSpec(
+            "placement_group",
+            _optional(_placement_group),
+            "default",
+            "default",
+            "legacy: run in this group",
+        ),
+        OptionSpec(
+            "placement_group_bundle_index",
+            _integer(-1, "-1 means any bundle"),
+            -1,
+            -1,
+            "legacy: the bundle to run in",
+        ),
+        OptionSpec(
+            "placement_group_capture_child_tasks",
+            _optional_bool,
+            None,
+            None,
+            "legacy: nested work runs in the group too",
+        ),
     )
 }
 
@@ -237,6 +296,13 @@ def validate_options(options: Mapping[str, Any], *, for_actor: bool) -> dict[str
             valid = ", ".join(valid_option_names(for_actor=for_actor))
             raise ValueError(f"Invalid option {name!r} for {kind}; valid options are: {valid}")
         checked[name] = spec.validate(name, value)
+    if checked.get("placement_group") not in (None, "default") and checked.get(
+        "scheduling_strategy"
+    ):
+        raise ValueError(
+            "placement_group= and scheduling_strategy= cannot both be given: use "
+            "scheduling_strategy=PlacementGroupSchedulingStrategy(...) alone"
+        )
     if for_actor and checked.get("get_if_exists") and not checked.get("name"):
         raise ValueError("get_if_exists=True needs name= too: it looks the actor up by name")
     return checked

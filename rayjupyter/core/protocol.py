@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: placement groups (new kinds shift the indices of later ones)
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -54,6 +54,9 @@ class SubmitTask(NamedTuple):
     actor_id: bytes  # b"" for a task; else the actor whose ``method`` to call
     method: str
     runtime_env: str = ""  # digest of a registered env (RegisterRuntimeEnv); "" for none
+    generator: str = ""  # "streaming" or "dynamic" for a generator task (generators.py)
+    backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
+    strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
 
 
 class CreateActor(NamedTuple):
@@ -160,14 +163,6 @@ class WorkerBlocked(NamedTuple):
     blocked: bool
 
 
-class Request(NamedTuple):
-    """A query answered by ``Reply`` (cluster_resources, available_resources, nodes)."""
-
-    request_id: int
-    what: str
-    args: Any
-
-
 class Heartbeat(NamedTuple):
     """A driver with nothing to say is still alive (drivers that go silent are let go)."""
 
@@ -236,6 +231,148 @@ class StopCluster(NamedTuple):
     """The owning driver shuts its local cluster down."""
 
 
+class GeneratorItem(NamedTuple):
+    """A streaming generator task yielded item ``index`` (its id: ``streams.item_id``)."""
+
+    task_id: bytes
+    item_index: int  # 0 for the first value yielded
+    result: tuple[bytes, bytes | None, int, tuple[bytes, ...]]  # as in TaskFinished.results
+
+
+class GeneratorConsumed(NamedTuple):
+    """The owner of a streaming generator has taken ``count`` items with ``next``."""
+
+    task_id: bytes
+    taken: int
+
+
+# ---------------------------------------------------------------- client -> node: queries
+# One message per question; the node answers each with ``Reply(request_id, value)``, the
+# value being a read model of ``read_models.py`` (or an exception, raised by the asker).
+# ``client.request(Kind, *args)`` fills in the request id; ``queries.py`` reads the answers
+# with their types. The node routes them by type (``node_queries.ANSWERS``).
+
+
+class GetStatus(NamedTuple):
+    """A snapshot of the cluster for status displays: ``read_models.NodeStatus``."""
+
+    request_id: int
+
+
+class ListState(NamedTuple):
+    """Rows for the state API: a list of ``read_models`` rows of ``kind``."""
+
+    request_id: int
+    kind: str  # read_models.StateKind: tasks, actors, objects, nodes or jobs
+    filters: tuple[tuple[str, str, Any], ...]  # (key, "=" or "!=", value), as in Ray
+    limit: int  # at most this many rows: the most recent tasks, the first of the others
+
+
+class GetClusterResources(NamedTuple):
+    """Everything the live nodes have: ``dict[str, float]``."""
+
+    request_id: int
+
+
+class GetAvailableResources(NamedTuple):
+    """What is free now (fully used resources left out, as in Ray): ``dict[str, float]``."""
+
+    request_id: int
+
+
+class ListNodes(NamedTuple):
+    """Every node the head knows: a list of ``read_models.NodeRow``."""
+
+    request_id: int
+
+
+class GetStoreStats(NamedTuple):
+    """This node's object store: ``read_models.StoreStats``."""
+
+    request_id: int
+
+
+class Ping(NamedTuple):
+    """Answered with None after everything the client sent before it was handled."""
+
+    request_id: int
+
+
+class GetTaskSummary(NamedTuple):
+    """Task counts per name, then per state (``TaskStateName``): ``dict[str, dict[str, int]]``."""
+
+    request_id: int
+
+
+class GetWorkerLogs(NamedTuple):
+    """Workers' recent output: a list of ``read_models.WorkerLogLines``."""
+
+    request_id: int
+    pid: int | None  # one worker, or None for every worker the node remembers
+    lines: int  # the last this many lines of each
+
+
+class GetActor(NamedTuple):
+    """A named actor's handle info: (actor id, class name, method table), or ValueError."""
+
+    request_id: int
+    name: str
+    namespace: str | None  # None: the asking driver's namespace
+
+
+class ListNamedActors(NamedTuple):
+    """Live named actors: a list of ``read_models.NamedActor``."""
+
+    request_id: int
+    all_namespaces: bool  # False: only the asking driver's namespace
+
+
+#: every query message, answered with Reply
+QUERIES = (
+    GetStatus,
+    ListState,
+    GetClusterResources,
+    GetAvailableResources,
+    ListNodes,
+    GetStoreStats,
+    Ping,
+    GetTaskSummary,
+    GetWorkerLogs,
+    GetActor,
+    ListNamedActors,
+)
+
+
+class CreatePlacementGroup(NamedTuple):
+    """``rj.util.placement_group(...)``: the head adds the group; answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    bundles: tuple[dict[str, float], ...]
+    strategy: str  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    name: str
+    lifetime: str | None  # None or "detached"
+    job: bytes = b""  # the creating job, filled in by the first node (relayed to the head)
+    namespace: str = ""
+
+
+class RemovePlacementGroup(NamedTuple):
+    """``rj.util.remove_placement_group(pg)``: answered with ``Reply`` (None)."""
+
+    request_id: int
+    group_id: bytes
+
+
+class QueryPlacementGroups(NamedTuple):
+    """The group table (Ray's ``placement_group_table`` rows): one group by id or by name,
+    or all of them (both empty); answered with ``Reply``."""
+
+    request_id: int
+    group_id: bytes
+    name: str
+    namespace: str = ""
+
+
 # ---------------------------------------------------------------- node -> client
 
 
@@ -270,6 +407,9 @@ class ExecuteTask(NamedTuple):
     method: str
     job_id: bytes  # the driver the work belongs to (runtime context)
     gpu_ids: tuple[int, ...]  # GPUs assigned to this task (CUDA_VISIBLE_DEVICES)
+    generator: str = ""  # "streaming" or "dynamic": the function is a generator
+    backpressure: int = -1  # streaming: the first credit (items it may make before any ack)
+    strategy: str = ""  # its scheduling strategy string: the running code's placement group
 
 
 class StartActor(NamedTuple):
@@ -283,12 +423,19 @@ class StartActor(NamedTuple):
     max_concurrency: int  # 1 for a plain actor
     job_id: bytes
     gpu_ids: tuple[int, ...]
+    strategy: str = ""  # the actor's scheduling strategy string (its placement group)
 
 
 class RevokeTask(NamedTuple):
-    """Do not start this prefetched task: the node gives it to another worker."""
+    """Do not start this prefetched task: the node gives it to another worker.
+
+    The node also answers every ``WorkerBlocked(True)`` with one (``answers_block``; task_id
+    b"" when it took nothing back): a worker starts no task it received before that answer
+    until the answer is in, so it never starts a task the node has just given away.
+    """
 
     task_id: bytes
+    answers_block: bool = False
 
 
 class CancelCall(NamedTuple):
@@ -329,13 +476,25 @@ class ClusterView(NamedTuple):
     """
 
     nodes: tuple[tuple[bytes, str, bool, dict[str, float], dict[str, float], int], ...]
+    # the placement-group bundles the receiving node is to hold: (group id, index, resources)
+    bundles: tuple[tuple[bytes, int, dict[str, float]], ...] = ()
+    removed: tuple[bytes, ...] = ()  # groups removed lately: their work here fails
 
 
 class Reply(NamedTuple):
-    """Answer to ``Request``."""
+    """Answer to a query (``QUERIES``) or to a message that carried a request id."""
 
     request_id: int
     value: Any
+
+
+class GeneratorCredit(NamedTuple):
+    """To the worker running a streaming generator: it may have made ``allowed`` items in
+    all (-1: no bound), and the node already has the first ``seen`` (a retry skips them)."""
+
+    task_id: bytes
+    allowed: int
+    seen: int
 
 
 # ---------------------------------------------------------------- framing
@@ -354,7 +513,6 @@ CLIENT_TO_NODE = (
     Subscribe,
     TaskFinished,
     WorkerBlocked,
-    Request,
     StopCluster,
     Heartbeat,
     Disconnect,
@@ -365,6 +523,12 @@ CLIENT_TO_NODE = (
     ActorHomes,
     UploadPackage,
     RegisterRuntimeEnv,
+    GeneratorItem,
+    GeneratorConsumed,
+    *QUERIES,
+    CreatePlacementGroup,
+    RemovePlacementGroup,
+    QueryPlacementGroups,
 )
 NODE_TO_CLIENT = (
     Welcome,
@@ -379,6 +543,7 @@ NODE_TO_CLIENT = (
     ClusterView,
     ContainedObjects,
     ActorGone,
+    GeneratorCredit,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

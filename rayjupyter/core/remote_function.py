@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -11,9 +12,10 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env, serialization
+from rayjupyter.core import runtime_context, runtime_env, scheduling_strategies, serialization
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.serialization import SerializedObject
 from rayjupyter.core.task_args import pack_args
@@ -31,14 +33,19 @@ class RemoteFunction:
         func_id: bytes | None = None,
     ) -> None:
         self._function = function
+        is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        if "num_returns" not in options and is_generator:
+            options = {**options, "num_returns": "streaming"}  # as in Ray
         self._options = option_table.merge_options(
             option_table.task_defaults(), options, for_actor=False
         )
         self._demand = option_table.resource_demand(self._options)
+        self._strategy = scheduling_strategies.from_legacy(self._options)
         self._func_id = func_id or os.urandom(16)
         self._blob: bytes | None = None
         self._env: tuple[bytes, str] | None = None  # (client id, env digest) once resolved
         self._name = self._options["name"] or getattr(function, "__name__", "task")
+        generator_options(self._options["num_returns"], self._options, self._name)
         retry = self._options["retry_exceptions"]
         self._retry: bool | bytes = retry if isinstance(retry, bool) else cloudpickle.dumps(retry)
         functools.update_wrapper(self, function)
@@ -86,6 +93,18 @@ class RemoteFunction:
         return submit(_client(), self, args, kwargs)
 
 
+def generator_options(num_returns: Any, options: dict[str, Any], name: str) -> tuple[str, int]:
+    """(generator mode, backpressure) for SubmitTask; refuses backpressure without streaming."""
+    backpressure = options.get("_generator_backpressure_num_objects")
+    if backpressure is not None and num_returns != "streaming":
+        raise ValueError(
+            f"{name!r}: _generator_backpressure_num_objects applies to streaming generators "
+            f"only; set num_returns='streaming' (the default for a generator function) or drop it."
+        )
+    mode = num_returns if isinstance(num_returns, str) else ""
+    return mode, -1 if backpressure is None else int(backpressure)
+
+
 def _rebuild(
     function: Callable[..., Any], options: dict[str, Any], func_id: bytes
 ) -> RemoteFunction:
@@ -112,7 +131,7 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
         if sobj.nbytes >= PING_BEFORE_WRITE:
             # refs dropped just now may free a file this put can reuse: let the node see
             # them first (one round trip, under 1% of writing an object this large)
-            client.request("ping")
+            client.request(P.Ping)
         path = shm_path(client.session, object_id)
         size = write_object(path, sobj, pool_prefix(client.session))
         client.put(object_id, None, size, contained)
@@ -124,16 +143,22 @@ def submit(
 ) -> Any:
     """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
     env = function._env_digest(client)
+    demand, strategy = function._demand, ""
+    if function._strategy is not None or runtime_context.current.placement:
+        demand, strategy = scheduling_strategies.resolve(function._strategy, demand)
     packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
     task_id = client.ids.task_id()
-    num_returns: int = function._options["num_returns"]
-    return_ids = tuple(client.ids.object_id(task_id, i) for i in range(num_returns))
+    num_returns: int | str = function._options["num_returns"]
+    mode, backpressure = generator_options(num_returns, function._options, function._name)
+    count = 1 if mode else int(num_returns)
+    return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
     func_id = function._func_id
     blob = None
     if func_id not in client.sent_funcs:
         blob = function._function_blob()
         client.sent_funcs.add(func_id)
-    refs = [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+    stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
+    refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
     client.submit(
         P.SubmitTask(
             task_id,
@@ -144,16 +169,21 @@ def submit(
             packed.deps,
             packed.nested,
             return_ids,
-            function._demand,
+            demand,
             function._options["max_retries"],
             function._retry,
             b"",
             "",
             env,
+            mode,
+            backpressure,
+            strategy,
         )
     )
-    if num_returns == 1:
+    if stream is not None:
+        return stream
+    if count == 1:
         return refs[0]
-    if num_returns == 0:
+    if count == 0:
         return None
     return refs

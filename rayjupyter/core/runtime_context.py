@@ -15,6 +15,9 @@ class _Process:
     worker_id: bytes = b""
     actor_id: bytes = b""
     actor_gpu_ids: tuple[int, ...] = ()
+    # the running work's scheduling strategy string (scheduling_strategies.resolve): a
+    # pool worker's task or an actor's process; "" outside any group or strategy
+    placement: str = ""
 
 
 current = _Process()
@@ -51,6 +54,11 @@ class RuntimeContext:
 
     def get_actor_id(self) -> str | None:
         return current.actor_id.hex() if current.actor_id else None
+
+    def get_placement_group_id(self) -> str | None:
+        """The placement group this task or actor runs in (hex), None outside any group."""
+        placement = current.placement
+        return placement.split(":")[1] if placement.startswith("pg:") else None
 
     @property
     def job_id(self) -> str:

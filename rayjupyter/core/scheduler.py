@@ -89,6 +89,7 @@ class TaskRecord:
     children: list[bytes] = field(default_factory=list)
     gpu_ids: tuple[int, ...] = ()
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
+    strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -143,6 +144,9 @@ class ResourcePool:
         self.total = {k: float(v) for k, v in total.items() if v > 0}
         self.available = dict(self.total)
         self.gpu_free = [1.0] * int(self.total.get("GPU", 0))  # free fraction per GPU id
+        # a placement group's resources given back while work still held them: that work
+        # returns its share to the plain resource named here ("" : to none)
+        self.redirect: dict[str, str] = {}
 
     def assign_gpus(self, amount: float) -> tuple[int, ...]:
         """Pick GPU ids for a demand: whole GPUs, or a share of one (fractions share an id)."""
@@ -178,7 +182,12 @@ class ResourcePool:
             self.available[k] = self.available.get(k, 0.0) - v
 
     def release(self, demand: dict[str, float]) -> None:
+        redirect = self.redirect
         for k, v in demand.items():
+            if redirect and k in redirect and k not in self.total:
+                k = redirect[k]
+                if not k:
+                    continue
             self.available[k] = self.available.get(k, 0.0) + v
 
 
@@ -257,7 +266,8 @@ class Scheduler:
         """How many queued tasks (per env) the free resources could run now if there were
         workers for them."""
         available = dict(self.resources.available)
-        if all(v <= 1e-9 for v in available.values()):
+        # (node:<ip> is never used up: only work pinned to this node asks for a share of it)
+        if all(v <= 1e-9 for k, v in available.items() if k[:5] != "node:"):
             return {}  # the common case under load: everything is in use
         counts: dict[str, int] = {}
         for task in itertools.islice(self.ready, limit):

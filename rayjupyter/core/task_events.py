@@ -13,12 +13,16 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-# Ray's names for the states a task goes through
-PENDING_ARGS = "PENDING_ARGS_AVAIL"
-PENDING_NODE = "PENDING_NODE_ASSIGNMENT"
-RUNNING = "RUNNING"
-FINISHED = "FINISHED"
-FAILED = "FAILED"
+from rayjupyter.core.read_models import (
+    FAILED,
+    FINISHED,
+    PENDING_ARGS_AVAIL,
+    PENDING_NODE_ASSIGNMENT,
+    RUNNING,
+    TaskRow,
+    TaskStateName,
+    WorkerLogLines,
+)
 
 
 @dataclass
@@ -27,30 +31,30 @@ class TaskEvent:
     name: str
     job_id: bytes
     actor_id: bytes
-    state: str
+    state: TaskStateName
     submitted_at: float
     started_at: float = 0.0
     finished_at: float = 0.0
     worker_pid: int = 0
     attempt: int = 0
 
-    def row(self, node_id: bytes) -> dict[str, Any]:
+    def row(self, node_id: bytes) -> TaskRow:
         """A row shaped like Ray's ``list_tasks`` (ids as hex, times in seconds)."""
-        return {
-            "task_id": self.task_id.hex(),
-            "name": self.name,
-            "func_or_class_name": self.name,
-            "state": self.state,
-            "job_id": self.job_id.hex(),
-            "actor_id": self.actor_id.hex() if self.actor_id else None,
-            "type": "ACTOR_TASK" if self.actor_id else "NORMAL_TASK",
-            "node_id": node_id.hex(),
-            "worker_pid": self.worker_pid or None,
-            "attempt_number": self.attempt,
-            "submitted_at": self.submitted_at,
-            "start_time": self.started_at or None,
-            "end_time": self.finished_at or None,
-        }
+        return TaskRow(
+            task_id=self.task_id.hex(),
+            name=self.name,
+            func_or_class_name=self.name,
+            state=self.state,
+            job_id=self.job_id.hex(),
+            actor_id=self.actor_id.hex() if self.actor_id else None,
+            type="ACTOR_TASK" if self.actor_id else "NORMAL_TASK",
+            node_id=node_id.hex(),
+            worker_pid=self.worker_pid or None,
+            attempt_number=self.attempt,
+            submitted_at=self.submitted_at,
+            start_time=self.started_at or None,
+            end_time=self.finished_at or None,
+        )
 
 
 class TaskEventLog:
@@ -63,7 +67,7 @@ class TaskEventLog:
     def submitted(
         self, task_id: bytes, name: str, job_id: bytes, actor_id: bytes, waiting: bool
     ) -> None:
-        state = PENDING_ARGS if waiting else PENDING_NODE
+        state = PENDING_ARGS_AVAIL if waiting else PENDING_NODE_ASSIGNMENT
         self.events[task_id] = TaskEvent(task_id, name, job_id, actor_id, state, time.time())
         if len(self.events) > self.limit:
             self._forget_oldest()
@@ -71,7 +75,7 @@ class TaskEventLog:
     def ready(self, task_id: bytes) -> None:
         event = self.events.get(task_id)
         if event is not None:
-            event.state = PENDING_NODE
+            event.state = PENDING_NODE_ASSIGNMENT
 
     def started(self, task_id: bytes, worker_pid: int, attempt: int) -> None:
         event = self.events.get(task_id)
@@ -103,32 +107,21 @@ class TaskEventLog:
         self.events.popitem(last=False)  # all still open: the oldest goes anyway
 
 
-def matches(row: dict[str, Any], filters: list[tuple[str, str, Any]]) -> bool:
-    """Ray's state-API filters: (key, "=" or "!=", value); values compare as strings."""
-    for key, op, value in filters:
-        have = str(row.get(key))
-        if op == "=" and have != str(value):
-            return False
-        if op == "!=" and have == str(value):
-            return False
-    return True
-
-
-def chrome_trace(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chrome_trace(rows: list[TaskRow]) -> list[dict[str, Any]]:
     """Complete events ("ph": "X") for tasks that ran: one lane per worker process."""
     trace = []
     for row in rows:
-        if row["start_time"] and row["end_time"]:
+        if row.start_time and row.end_time:
             trace.append(
                 {
-                    "name": row["name"],
-                    "cat": row["type"].lower(),
+                    "name": row.name,
+                    "cat": row.type.lower(),
                     "ph": "X",
-                    "ts": row["start_time"] * 1e6,
-                    "dur": (row["end_time"] - row["start_time"]) * 1e6,
-                    "pid": f"node {row['node_id'][:8]}",
-                    "tid": f"worker {row['worker_pid']}",
-                    "args": {"task_id": row["task_id"], "state": row["state"]},
+                    "ts": row.start_time * 1e6,
+                    "dur": (row.end_time - row.start_time) * 1e6,
+                    "pid": f"node {row.node_id[:8]}",
+                    "tid": f"worker {row.worker_pid}",
+                    "args": {"task_id": row.task_id, "state": row.state},
                 }
             )
     return trace
@@ -154,7 +147,7 @@ class RecentLogs:
         now = time.time()
         entry["lines"].extend((now, stream, line) for line in lines)
 
-    def snapshot(self, pid: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def snapshot(self, pid: int | None = None, limit: int = 100) -> list[WorkerLogLines]:
         """Per worker: pid, the name of what it ran last, and its last ``limit`` lines as
         (unix time, stream 1=stdout 2=stderr, text); the most recently heard worker last."""
         if pid is None:
@@ -162,6 +155,6 @@ class RecentLogs:
         else:
             entries = [self.by_pid[pid]] if pid in self.by_pid else []
         return [
-            {"pid": e["pid"], "name": e["name"], "lines": list(e["lines"])[-limit:]}
+            WorkerLogLines(int(e["pid"]), str(e["name"]), list(e["lines"])[-limit:])
             for e in entries
         ]

@@ -29,8 +29,12 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import ActorExitRequest
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
+from rayjupyter.core.generators import DYNAMIC, DynamicObjectRefGenerator
+from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.object_store import pool_prefix, shm_path, write_object
+from rayjupyter.core.remote_function import put_serialized
 from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, serialize
+from rayjupyter.core.streams import ProducerGate, item_id
 from rayjupyter.core.task_args import unpack_args
 
 PR_SET_PDEATHSIG = 1
@@ -93,6 +97,8 @@ class TaskExecutor:
     def _enter(self, task: P.ExecuteTask) -> contextvars.Token[Any]:
         if task.gpu_ids or not task.actor_id:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+        if not task.actor_id:  # (an actor's process keeps the actor's own)
+            runtime_context.current.placement = task.strategy
         return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
@@ -107,6 +113,8 @@ class TaskExecutor:
             try:
                 self._stop_if_cancelled(task.task_id)
                 result = function(*args, **kwargs)
+                if task.generator:  # its items go out while it runs (cancel reaches it)
+                    result = self._run_generator(task, result)
             finally:
                 self.running = None
                 self.client.cancelled_calls.discard(task.task_id)
@@ -155,7 +163,11 @@ class TaskExecutor:
         dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
         args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
         result = getattr(self.instance, task.method)(*args, **kwargs)
-        if inspect.isawaitable(result):
+        if task.generator and inspect.isasyncgen(result):
+            result = await self._run_async_generator(task, result)
+        elif task.generator:
+            result = self._run_generator(task, result)
+        elif inspect.isawaitable(result):
             result = await result
         return P.TaskFinished(task.task_id, self._store(task, result), None, False)
 
@@ -176,6 +188,7 @@ class TaskExecutor:
         runtime_context.current.actor_id = start.actor_id
         runtime_context.current.job_id = start.job_id
         runtime_context.current.actor_gpu_ids = start.gpu_ids
+        runtime_context.current.placement = start.strategy
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
         try:
             cls = cloudpickle.loads(start.class_blob)
@@ -186,7 +199,10 @@ class TaskExecutor:
             error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
             self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
             return
-        if any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls)):
+        if any(
+            inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+            for _, m in inspect.getmembers(cls)
+        ):
             self.loop = asyncio.new_event_loop()
             self.slots = asyncio.Semaphore(start.max_concurrency)
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
@@ -194,10 +210,135 @@ class TaskExecutor:
             self.pool = concurrent.futures.ThreadPoolExecutor(start.max_concurrency)
         self.client.send([P.ActorStarted(start.actor_id, None)])
 
+    # ------------------------------------------------------------------ generators
+
+    def _run_generator(self, task: P.ExecuteTask, generator: Any) -> Any:
+        """Stream a generator's items (or, "dynamic", collect their refs); the task's value."""
+        if inspect.isasyncgen(generator):  # a task (not an async actor): step it on a loop
+            generator = _stepped(generator)
+        if not hasattr(generator, "__next__"):
+            raise TypeError(
+                f"Task {task.name!r} has num_returns={task.generator!r} but returned "
+                f"{type(generator).__name__}, not a generator: use yield, or an integer "
+                f"num_returns."
+            )
+        if task.generator == DYNAMIC:
+            return DynamicObjectRefGenerator([self._put(task, value) for value in generator])
+        gate = ProducerGate(task.backpressure)
+        index = 0
+        try:
+            while True:
+                self._await_credit(task, gate, index)
+                try:
+                    value = next(generator)
+                except StopIteration:
+                    break
+                self._send_item(task, gate, index, value)
+                index += 1
+        except KeyboardInterrupt:
+            # cancelled between items (held back, or sending one): the producer hears of
+            # it at its yield, as it would have had the signal come while it ran
+            if inspect.isgenerator(generator) and inspect.getgeneratorstate(generator) == (
+                inspect.GEN_SUSPENDED
+            ):
+                with contextlib.suppress(StopIteration):
+                    generator.throw(KeyboardInterrupt())
+            raise
+        finally:
+            self.client.credits.pop(task.task_id, None)
+        return None
+
+    async def _run_async_generator(self, task: P.ExecuteTask, generator: Any) -> Any:
+        """An async actor's async generator: as _run_generator, awaiting on the actor's loop."""
+        if task.generator == DYNAMIC:
+            return DynamicObjectRefGenerator([self._put(task, value) async for value in generator])
+        gate = ProducerGate(task.backpressure)
+        index = 0
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def wake_up() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        self.client.credit_waiters[task.task_id] = wake_up
+        try:
+            while True:
+                try:
+                    while not self._may_make(task, gate, index):
+                        await wake.wait()
+                        wake.clear()
+                except asyncio.CancelledError:  # cancelled while held back: tell the producer
+                    with contextlib.suppress(StopAsyncIteration):
+                        await generator.athrow(asyncio.CancelledError())
+                    raise
+                try:
+                    value = await generator.__anext__()
+                except StopAsyncIteration:
+                    break
+                self._send_item(task, gate, index, value)
+                index += 1
+        finally:
+            self.client.credit_waiters.pop(task.task_id, None)
+            self.client.credits.pop(task.task_id, None)
+        return None
+
+    def _may_make(self, task: P.ExecuteTask, gate: ProducerGate, index: int) -> bool:
+        credit = self.client.credits.get(task.task_id)
+        if credit is not None:
+            gate.update(*credit)
+        return gate.may_make(index)
+
+    def _await_credit(self, task: P.ExecuteTask, gate: ProducerGate, index: int) -> None:
+        """Backpressure: wait until the caller has taken enough items to make this one.
+
+        A sync actor's call reads what has come between items, so rj.cancel stops it there.
+        """
+        client = self.client
+        if task.actor_id:
+            client.read_pending()
+            if task.task_id in client.cancelled_calls:
+                raise KeyboardInterrupt
+        if self._may_make(task, gate, index):
+            return
+
+        def go_on() -> bool:
+            return self._may_make(task, gate, index) or task.task_id in client.cancelled_calls
+
+        client._wait(go_on, None)
+        if task.task_id in client.cancelled_calls:
+            raise KeyboardInterrupt
+
+    def _send_item(self, task: P.ExecuteTask, gate: ProducerGate, index: int, value: Any) -> None:
+        if not gate.must_send(index):
+            return  # the node has it from an earlier attempt
+        object_id = item_id(task.task_id, index)
+        what = f"item {index} of generator task {task.name!r}"
+        result = self._store_value(task, object_id, value, what)
+        self.client.send([P.GeneratorItem(task.task_id, index, result)])
+
+    def _put(self, task: P.ExecuteTask, value: Any) -> ObjectRef:
+        sobj = serialize(value, what=f"a value yielded by task {task.name!r}")
+        return put_serialized(self.client, sobj)
+
+    def _store_value(
+        self, task: P.ExecuteTask, object_id: bytes, value: Any, what: str
+    ) -> tuple[bytes, bytes | None, int, tuple[bytes, ...]]:
+        sobj = serialize(value, what=what)
+        contained = tuple(ref.binary() for ref in sobj.contained_refs)
+        if sobj.nbytes <= INLINE_THRESHOLD:
+            return (object_id, sobj.to_bytes(), sobj.nbytes, contained)
+        path = shm_path(self.client.session, object_id)
+        if task.attempt:
+            _remove(path)  # a crashed earlier attempt may have left it half written
+        size = write_object(path, sobj, pool_prefix(self.client.session))
+        return (object_id, None, size, contained)
+
     def _store(
         self, task: P.ExecuteTask, result: Any
     ) -> tuple[tuple[bytes, bytes | None, int, tuple[bytes, ...]], ...]:
         count = len(task.return_ids)
+        if count > 1 and inspect.isgenerator(result):  # a generator for a fixed num_returns
+            result = list(result)
         if count == 1:
             values = [result]
         elif count == 0:
@@ -210,24 +351,35 @@ class TaskExecutor:
                     f"tuple or list of exactly {count} values."
                 )
             values = list(result)
-        out: list[tuple[bytes, bytes | None, int, tuple[bytes, ...]]] = []
-        for object_id, value in zip(task.return_ids, values, strict=True):
-            sobj = serialize(value, what=f"the return value of task {task.name!r}")
-            contained = tuple(ref.binary() for ref in sobj.contained_refs)
-            if sobj.nbytes <= INLINE_THRESHOLD:
-                out.append((object_id, sobj.to_bytes(), sobj.nbytes, contained))
-            else:
-                path = shm_path(self.client.session, object_id)
-                if task.attempt:
-                    _remove(path)  # a crashed earlier attempt may have left it half written
-                size = write_object(path, sobj, pool_prefix(self.client.session))
-                out.append((object_id, None, size, contained))
-        return tuple(out)
+        what = f"the return value of task {task.name!r}"
+        return tuple(
+            self._store_value(task, object_id, value, what)
+            for object_id, value in zip(task.return_ids, values, strict=True)
+        )
 
     def _failure(self, task: P.ExecuteTask, exc: Exception) -> P.TaskFinished:
         error = RayTaskError.from_exception(exc, task.name, self.pid)
         blob = _dumps_error(error, self.pid)
         return P.TaskFinished(task.task_id, (), blob, _retryable(task.retry_exceptions, exc))
+
+
+def _stepped(generator: Any) -> Any:
+    """An async generator as a plain one, each step run on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                value = loop.run_until_complete(generator.__anext__())
+            except StopAsyncIteration:
+                return
+            try:
+                yield value
+            except BaseException as exc:  # a cancel thrown in at the yield: pass it on
+                with contextlib.suppress(StopAsyncIteration):
+                    loop.run_until_complete(generator.athrow(exc))
+                raise
+    finally:
+        loop.close()
 
 
 def _dumps_error(error: RayTaskError, pid: int) -> bytes:

@@ -7,6 +7,7 @@ never a traceback in a body.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any, get_type_hints
@@ -14,10 +15,12 @@ from typing import Any, get_type_hints
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler
 
+from rayjupyter.core import queries, read_models
 from rayjupyter.core.exceptions import ClusterConnectionError
+from rayjupyter.core.read_models import TaskRow, WorkerLogLines, as_dict
 from rayjupyter.core.task_events import chrome_trace
 from rayjupyter.dashboard import models
-from rayjupyter.dashboard.feed import ClusterFeed
+from rayjupyter.dashboard.feed import REQUEST_TIMEOUT_S, ClusterFeed
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class ApiHandler(RequestHandler):
         except ClusterConnectionError as error:
             self._error(502, f"the cluster did not answer: {error}")
             return
-        self.finish(json.dumps(result, allow_nan=False))
+        self.finish(json.dumps(result, allow_nan=False, default=_json))
 
     def check(self, args: dict[str, str]) -> Any:
         """Validate the query (in the event loop); what build needs."""
@@ -81,12 +84,30 @@ class ApiHandler(RequestHandler):
         self.finish(json.dumps({"error": f"{status_code}: {reason}"}) + "\n")
 
 
+def _json(value: Any) -> Any:
+    """Read models (dataclasses) travel as objects of their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return as_dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 class StatusHandler(ApiHandler):
     def build(self, checked: None) -> models.StatusResponse:
-        status = dict(self.feed.request("status"))
-        status["session"] = self.feed.session
-        status["address"] = self.feed.address
-        return status  # type: ignore[return-value]
+        status = queries.status(self.feed.client, timeout=REQUEST_TIMEOUT_S)
+        return {
+            "session": self.feed.session,
+            "address": self.feed.address,
+            "nodes": status.nodes,
+            "total": status.total,
+            "available": status.available,
+            "tasks": status.tasks,
+            "actors": status.actors,
+            "workers": status.workers,
+            "drivers": status.drivers,
+            "driver_pids": status.driver_pids,
+            "store": status.store,
+            "machine": status.machine,
+        }
 
 
 def _limit(args: dict[str, str]) -> int:
@@ -114,32 +135,33 @@ class RowsHandler(ApiHandler):
 
     def build(self, checked: tuple[list[tuple[str, str, str]], int]) -> dict[str, Any]:
         filters, limit = checked
-        return {self.kind: list(self.feed.request("state", self.kind, filters, limit))}
+        rows = queries.list_state(self.feed.client, self.kind, filters, limit, REQUEST_TIMEOUT_S)
+        return {self.kind: rows}
 
 
 class NodesHandler(RowsHandler):
-    kind, row_model = "nodes", models.NodeRow
+    kind, row_model = "nodes", read_models.NodeRow
 
 
 class TasksHandler(RowsHandler):
-    kind, row_model = "tasks", models.TaskRow
+    kind, row_model = "tasks", read_models.TaskRow
 
 
 class ActorsHandler(RowsHandler):
-    kind, row_model = "actors", models.ActorRow
+    kind, row_model = "actors", read_models.ActorRow
 
 
 class ObjectsHandler(RowsHandler):
-    kind, row_model = "objects", models.ObjectRow
+    kind, row_model = "objects", read_models.ObjectRow
 
 
 class JobsHandler(RowsHandler):
-    kind, row_model = "jobs", models.JobRow
+    kind, row_model = "jobs", read_models.JobRow
 
 
 class TaskSummaryHandler(ApiHandler):
     def build(self, checked: None) -> models.TaskSummaryResponse:
-        return {"summary": dict(self.feed.request("task_summary"))}
+        return {"summary": queries.task_summary(self.feed.client, timeout=REQUEST_TIMEOUT_S)}
 
 
 class LogsHandler(ApiHandler):
@@ -158,25 +180,27 @@ class LogsHandler(ApiHandler):
 
     def build(self, checked: tuple[int | None, int]) -> models.LogsResponse:
         pid, lines = checked
-        return {"workers": [worker_log(entry) for entry in self.feed.request("logs", pid, lines)]}
+        entries = queries.worker_logs(self.feed.client, pid, lines, REQUEST_TIMEOUT_S)
+        return {"workers": [worker_log(entry) for entry in entries]}
 
 
-def worker_log(entry: dict[str, Any]) -> models.WorkerLog:
+def worker_log(entry: WorkerLogLines) -> models.WorkerLog:
     """The node's (time, stream number, text) tuples as objects with named streams."""
     return {
-        "pid": int(entry["pid"]),
-        "name": str(entry["name"]),
+        "pid": entry.pid,
+        "name": entry.name,
         "lines": [
             {"time": at, "stream": "stdout" if stream == 1 else "stderr", "text": text}
-            for at, stream, text in entry["lines"]
+            for at, stream, text in entry.lines
         ],
     }
 
 
 class TimelineHandler(ApiHandler):
     def build(self, checked: None) -> models.TimelineResponse:
-        rows = self.feed.request("state", "tasks", [], 10**9)
-        return {"traceEvents": chrome_trace(list(rows)), "displayTimeUnit": "ms"}  # type: ignore[typeddict-item]
+        rows = queries.list_state(self.feed.client, "tasks", (), 10**9, REQUEST_TIMEOUT_S)
+        tasks = [row for row in rows if isinstance(row, TaskRow)]
+        return {"traceEvents": chrome_trace(tasks), "displayTimeUnit": "ms"}  # type: ignore[typeddict-item]
 
 
 HANDLERS: dict[str, type[ApiHandler]] = {

@@ -15,8 +15,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from rayjupyter.core import queries
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import ClusterConnectionError
+from rayjupyter.core.read_models import NodeStatus, TaskRow, as_dict
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,24 @@ STREAM_KEEP = 5000  # bars the task stream keeps
 WANT_TTL_S = 5.0  # a kind nobody asked for this long is no longer fetched
 REQUEST_TIMEOUT_S = 10.0
 
-#: what the feed can fetch, as the node's request and its arguments
-KINDS: dict[str, tuple[Any, ...]] = {
-    "summary": ("task_summary",),
-    "actors": ("state", "actors", [], 10_000),
-    "objects": ("state", "objects", [], 10_000),
-    "jobs": ("state", "jobs", [], 10_000),
-    "logs": ("logs", None, 200),
+
+def _rows(kind: str) -> Callable[[Client], Any]:
+    def fetch(client: Client) -> list[dict[str, Any]]:
+        rows = queries.list_state(client, kind, (), 10_000, timeout=REQUEST_TIMEOUT_S)
+        return [as_dict(row) for row in rows]
+
+    return fetch
+
+
+#: what the feed can fetch, and how: pages read plain dicts of the read models' fields
+KINDS: dict[str, Callable[[Client], Any]] = {
+    "summary": lambda client: queries.task_summary(client, timeout=REQUEST_TIMEOUT_S),
+    "actors": _rows("actors"),
+    "objects": _rows("objects"),
+    "jobs": _rows("jobs"),
+    "logs": lambda client: [
+        as_dict(entry) for entry in queries.worker_logs(client, None, 200, REQUEST_TIMEOUT_S)
+    ],
 }
 
 
@@ -52,7 +65,7 @@ class ClusterFeed:
         self.session = client.session
         self.interval = interval
         self.on_gone = on_gone
-        self.status_history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.status_history: deque[NodeStatus] = deque(maxlen=history)
         self.latest: dict[str, Any] = {}
         self._wanted: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -78,10 +91,6 @@ class ClusterFeed:
 
     # ------------------------------------------------------------------ reading
 
-    def request(self, what: str, *args: Any) -> Any:
-        """Ask the node now (thread-safe; the API's handlers call it from a thread pool)."""
-        return self.client.request(what, *args, timeout=REQUEST_TIMEOUT_S)
-
     def want(self, kind: str) -> Any:
         """The latest answer for ``kind`` (None before the first), and keep it fresh."""
         with self._lock:
@@ -93,12 +102,12 @@ class ClusterFeed:
         return self.latest.get(kind)
 
     @property
-    def status(self) -> dict[str, Any] | None:
+    def status(self) -> NodeStatus | None:
         """The latest status snapshot (None before the first)."""
         history = self.status_history
         return history[-1] if history else None
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[NodeStatus]:
         """The status snapshots kept, oldest first (a copy: the thread appends meanwhile)."""
         with self._lock:
             return list(self.status_history)
@@ -140,35 +149,36 @@ class ClusterFeed:
             self.on_gone(reason)
 
     def _poll_status(self) -> None:
-        status = dict(self.request("status"))
-        status["session"] = self.session
-        status["address"] = self.address
+        status = queries.status(self.client, timeout=REQUEST_TIMEOUT_S)
         with self._lock:
             self.status_history.append(status)
 
     def _refresh(self, kind: str) -> None:
         try:
-            self.latest[kind] = self.request(*KINDS[kind])
+            self.latest[kind] = KINDS[kind](self.client)
         except ClusterConnectionError:
             raise
         except Exception:
             log.exception("rayjupyter dashboard: fetching %s failed", kind)
 
     def _poll_stream(self) -> None:
-        rows = self.request("state", "tasks", [], STREAM_FETCH)
+        rows = queries.list_state(self.client, "tasks", (), STREAM_FETCH, REQUEST_TIMEOUT_S)
         seen = self._seen
         fresh = [
             row
             for row in rows
-            if row["end_time"] and row["start_time"] and row["task_id"] not in seen
+            if isinstance(row, TaskRow)
+            and row.end_time
+            and row.start_time
+            and row.task_id not in seen
         ]
         if not fresh:
             return
-        fresh.sort(key=lambda row: row["end_time"])
+        fresh.sort(key=lambda row: row.end_time or 0.0)
         with self._lock:
             for row in fresh:
-                self._seen[row["task_id"]] = None
+                self._seen[row.task_id] = None
                 self._stream_seq += 1
-                self._stream.append((self._stream_seq, row))
+                self._stream.append((self._stream_seq, as_dict(row)))
             while len(self._seen) > 4 * STREAM_FETCH + STREAM_KEEP:
                 self._seen.popitem(last=False)

@@ -10,7 +10,7 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from rayjupyter.core.task_events import FAILED, FINISHED, RUNNING
+from rayjupyter.core.read_models import FAILED, FINISHED, RUNNING, NodeRow, NodeStatus
 
 Columns = dict[str, list[Any]]
 
@@ -44,30 +44,43 @@ def colour(name: str, taken: dict[str, str]) -> str:
     return taken[name]
 
 
-def usage_row(status: Mapping[str, Any]) -> Columns:
-    """One sample of the overview's time charts from a status snapshot."""
-    machine = status.get("machine", {})
-    store = status.get("store", {})
-    tasks = status.get("tasks", {})
-    total = status.get("total", {})
-    free = status.get("available", {})
-    cpus = float(total.get("CPU", 0.0))
-    used_cpus = cpus - float(free.get("CPU", cpus))
+def usage_row(status: NodeStatus | None) -> Columns:
+    """One sample of the overview's time charts from a status snapshot (None: zeros, for
+    charts drawn before the first snapshot)."""
+    if status is None:
+        return {key: [0.0] for key in USAGE_KEYS}
+    machine = status.machine
+    store = status.store
+    cpus = float(status.total.get("CPU", 0.0))
     return {
-        "time": [float(machine.get("time", 0.0)) * 1000.0],
-        "cpu": [float(machine.get("cpu_percent", 0.0))],
-        "cpu_slots": [100.0 * used_cpus / cpus if cpus else 0.0],
-        "memory_used": [float(machine.get("memory_used", 0.0))],
-        "memory_total": [float(machine.get("memory_total", 0.0))],
-        "store_used": [float(store.get("used_bytes", 0))],
-        "store_capacity": [float(store.get("capacity", 0))],
-        "store_spilled": [float(store.get("spilled_bytes", 0))],
-        "running": [int(tasks.get("RUNNING", 0))],
-        "pending": [int(tasks.get("WAITING", 0)) + int(tasks.get("READY", 0))],
+        "time": [machine.time * 1000.0],
+        "cpu": [machine.cpu_percent],
+        "cpu_slots": [100.0 * status.used("CPU") / cpus if cpus else 0.0],
+        "memory_used": [machine.memory_used],
+        "memory_total": [machine.memory_total],
+        "store_used": [float(store.used_bytes)],
+        "store_capacity": [float(store.capacity)],
+        "store_spilled": [float(store.spilled_bytes)],
+        "running": [status.tasks_running],
+        "pending": [status.tasks_pending],
     }
 
 
-def usage_rows(history: Iterable[Mapping[str, Any]], after: float) -> Columns:
+USAGE_KEYS = (
+    "time",
+    "cpu",
+    "cpu_slots",
+    "memory_used",
+    "memory_total",
+    "store_used",
+    "store_capacity",
+    "store_spilled",
+    "running",
+    "pending",
+)
+
+
+def usage_rows(history: Iterable[NodeStatus], after: float) -> Columns:
     """The samples taken after ``after`` (ms), in order, as one block of columns."""
     rows: Columns = {}
     for status in history:
@@ -79,15 +92,15 @@ def usage_rows(history: Iterable[Mapping[str, Any]], after: float) -> Columns:
     return rows
 
 
-def node_columns(nodes: Sequence[Mapping[str, Any]]) -> Columns:
+def node_columns(nodes: Sequence[NodeRow]) -> Columns:
     return {
-        "node_id": [n["NodeID"][:12] for n in nodes],
-        "address": [f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}" for n in nodes],
-        "alive": ["alive" if n["Alive"] else "dead" for n in nodes],
-        "cpus": [n["Resources"].get("CPU", 0.0) for n in nodes],
-        "gpus": [n["Resources"].get("GPU", 0.0) for n in nodes],
-        "store": [n["Resources"].get("object_store_memory", 0.0) for n in nodes],
-        "started": [n["StartTime"] * 1000.0 for n in nodes],
+        "node_id": [n.NodeID[:12] for n in nodes],
+        "address": [n.address for n in nodes],
+        "alive": ["alive" if n.Alive else "dead" for n in nodes],
+        "cpus": [n.Resources.get("CPU", 0.0) for n in nodes],
+        "gpus": [n.Resources.get("GPU", 0.0) for n in nodes],
+        "store": [n.Resources.get("object_store_memory", 0.0) for n in nodes],
+        "started": [n.StartTime * 1000.0 for n in nodes],
     }
 
 
@@ -99,30 +112,24 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def summary_cards(status: Mapping[str, Any]) -> str:
+def summary_cards(status: NodeStatus) -> str:
     """HTML cards of the headline numbers (CPUs, tasks, actors, workers, store)."""
-    total = status.get("total", {})
-    free = status.get("available", {})
-    tasks = status.get("tasks", {})
-    actors = status.get("actors", {})
-    store = status.get("store", {})
+    total = status.total
+    store = status.store
     cpus = float(total.get("CPU", 0.0))
     cards = [
-        ("nodes", str(sum(1 for n in status.get("nodes", []) if n.get("Alive")))),
-        ("CPUs in use", f"{cpus - float(free.get('CPU', cpus)):g} / {cpus:g}"),
-        ("tasks running", str(tasks.get("RUNNING", 0))),
-        ("tasks pending", str(tasks.get("WAITING", 0) + tasks.get("READY", 0))),
-        ("actors alive", str(actors.get("ALIVE", 0))),
-        ("workers", str(status.get("workers", 0))),
-        ("drivers", str(status.get("drivers", 0))),
-        (
-            "object store",
-            f"{human_bytes(store.get('used_bytes', 0))} / {human_bytes(store.get('capacity', 0))}",
-        ),
+        ("nodes", str(len(status.alive_nodes))),
+        ("CPUs in use", f"{status.used('CPU'):g} / {cpus:g}"),
+        ("tasks running", str(status.tasks_running)),
+        ("tasks pending", str(status.tasks_pending)),
+        ("actors alive", str(status.actors.get("ALIVE", 0))),
+        ("workers", str(status.workers)),
+        ("drivers", str(status.drivers)),
+        ("object store", f"{human_bytes(store.used_bytes)} / {human_bytes(store.capacity)}"),
     ]
     if float(total.get("GPU", 0.0)):
         gpus = float(total["GPU"])
-        cards.insert(2, ("GPUs in use", f"{gpus - float(free.get('GPU', gpus)):g} / {gpus:g}"))
+        cards.insert(2, ("GPUs in use", f"{status.used('GPU'):g} / {gpus:g}"))
     items = "".join(
         f'<div class="rj-card"><div class="rj-value">{html.escape(value)}</div>'
         f'<div class="rj-label">{html.escape(label)}</div></div>'

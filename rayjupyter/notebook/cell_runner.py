@@ -147,7 +147,7 @@ def _rich_display(source: str) -> Iterator[None]:
         yield
         return
     saved = (functions.display, public.display)
-    functions.display = public.display = display  # type: ignore[assignment]
+    functions.display = public.display = display
     try:
         yield
     finally:

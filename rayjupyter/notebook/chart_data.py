@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rayjupyter.core.read_models import NodeStatus
+
 # Category10: functions get colours in the order they first show up
 PALETTE = (
     "#1f77b4",
@@ -36,34 +38,31 @@ def colour(name: str, taken: dict[str, str]) -> str:
     return taken[name]
 
 
-def sample(status: Mapping[str, Any], now: float | None = None) -> dict[str, dict[str, list[Any]]]:
+def sample(status: NodeStatus, now: float | None = None) -> dict[str, dict[str, list[Any]]]:
     """One new row per time chart from a status snapshot; times in ms (bokeh's datetime)."""
-    machine: Mapping[str, float] = status.get("machine", {})
-    at = float(machine.get("time") or now or time.time()) * 1000.0
-    total_memory = float(machine.get("memory_total") or 0.0)
-    memory = 100.0 * float(machine.get("memory_used", 0.0)) / total_memory if total_memory else 0.0
-    store: Mapping[str, Any] = status.get("store", {})
-    tasks: Mapping[str, int] = status.get("tasks", {})
-    total: Mapping[str, float] = status.get("total", {})
-    free: Mapping[str, float] = status.get("available", {})
-    cpus = float(total.get("CPU", 0.0))
+    machine = status.machine
+    at = float(machine.time or now or time.time()) * 1000.0
+    total_memory = machine.memory_total
+    memory = 100.0 * machine.memory_used / total_memory if total_memory else 0.0
+    store = status.store
+    cpus = float(status.total.get("CPU", 0.0))
     return {
         "usage": {
             "time": [at],
-            "cpu": [float(machine.get("cpu_percent", 0.0))],
+            "cpu": [machine.cpu_percent],
             "memory": [memory],
-            "cpu_slots": [100.0 * (cpus - float(free.get("CPU", cpus))) / cpus if cpus else 0.0],
+            "cpu_slots": [100.0 * status.used("CPU") / cpus if cpus else 0.0],
         },
         "store": {
             "time": [at],
-            "used": [float(store.get("used_bytes", 0)) / MIB],
-            "capacity": [float(store.get("capacity", 0)) / MIB],
-            "spilled": [float(store.get("spilled_bytes", 0)) / MIB],
+            "used": [store.used_bytes / MIB],
+            "capacity": [store.capacity / MIB],
+            "spilled": [store.spilled_bytes / MIB],
         },
         "tasks": {
             "time": [at],
-            "running": [int(tasks.get("RUNNING", 0))],
-            "pending": [int(tasks.get("READY", 0)) + int(tasks.get("WAITING", 0))],
+            "running": [status.tasks_running],
+            "pending": [status.tasks_pending],
         },
     }
 

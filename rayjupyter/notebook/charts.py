@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rayjupyter.core import queries
 from rayjupyter.core.client import Client
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.notebook.chart_data import TaskStream, sample
@@ -33,20 +34,20 @@ class ResourceChart:
 
     def __init__(self, client: Client, *, interval: float = 1.0, window: int = 300) -> None:
         from bokeh.layouts import gridplot
-        from bokeh.models import ColumnDataSource, HoverTool, SingleIntervalTicker
+        from bokeh.models import ColumnDataSource, HoverTool, Range1d, SingleIntervalTicker
         from bokeh.plotting import figure
 
         self.client = client
         self.interval = interval
         self.window = window
         self.updates = 0
-        status = client.request("status", timeout=10.0)
+        status = queries.status(client, timeout=10.0)
         first = sample(status)
         self.sources = {key: ColumnDataSource(data=rows) for key, rows in first.items()}
         self.sources["stream"] = ColumnDataSource(
             data={"start": [], "end": [], "row": [], "name": [], "colour": [], "state": []}
         )
-        self.stream = TaskStream(int(status.get("total", {}).get("CPU", 1)))
+        self.stream = TaskStream(int(status.total.get("CPU", 1)))
         self._cursor = TAP.count
         common: dict[str, Any] = {
             "x_axis_type": "datetime",
@@ -55,7 +56,7 @@ class ResourceChart:
             "tools": "pan,wheel_zoom,reset",
             "toolbar_location": "right",
         }
-        usage = figure(title="CPU and memory (%)", y_range=(0, 105), **common)
+        usage = figure(title="CPU and memory (%)", y_range=Range1d(start=0, end=105), **common)
         usage.line("time", "cpu", source=self.sources["usage"], legend_label="machine CPU")
         usage.line(
             "time",
@@ -111,8 +112,9 @@ class ResourceChart:
 
     def show(self) -> ResourceChart:
         """Display the charts in the current cell and start updating them."""
-        from IPython.display import display
         from jupyter_bokeh.widgets import BokehModel
+
+        from rayjupyter.notebook.ipython_typed import display
 
         _load_bokehjs()
         self.widget = BokehModel(self.layout)
@@ -125,11 +127,11 @@ class ResourceChart:
         if self.client._closed:
             return False
         try:
-            status = self.client.request("status", timeout=max(2.0, self.interval))
+            status = queries.status(self.client, timeout=max(2.0, self.interval))
         except Exception:  # busy or going away: skip a beat, stop once closed
             return not self.client._closed
         for key, rows in sample(status).items():
-            self.sources[key].stream(rows, rollover=self.window)
+            self.sources[key].stream({**rows}, rollover=self.window)
         self._update_stream()
         self.updates += 1
         return True
@@ -146,7 +148,7 @@ class ResourceChart:
         )
         rows = self.stream.finished(done, time.time())
         if rows["start"]:
-            self.sources["stream"].stream(rows, rollover=self.window * 10)
+            self.sources["stream"].stream({**rows}, rollover=self.window * 10)
 
     def stop(self) -> None:
         if self.job is not None:

@@ -72,7 +72,12 @@ def connect(
             _check_same_shape(local_options, namespace)
             return current, ""
         try:
-            context = api.init(namespace=namespace, **local_options)
+            context = api.init(
+                namespace=namespace,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                object_store_memory=object_store_memory,
+            )
         except ValueError as exc:
             raise UsageError(f"%ray_connect: {exc}") from None
         return context, ""

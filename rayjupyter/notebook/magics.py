@@ -9,11 +9,17 @@ import json
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
+from IPython.core.magic import Magics, magics_class
 
 from rayjupyter.notebook import connection
+from rayjupyter.notebook.ipython_typed import (
+    argument,
+    cell_magic,
+    display,
+    line_magic,
+    magic_arguments,
+    parse_argstring,
+)
 
 
 def _non_negative(text: str) -> float:
@@ -151,14 +157,14 @@ class RayMagics(Magics):
     @line_magic
     def ray_status(self, line: str) -> None:
         """Nodes, resource use, and tasks and actors by state."""
-        from rayjupyter.core import api, cluster_repr
+        from rayjupyter.core import api, cluster_repr, queries
 
         if line.strip():
             raise UsageError("%ray_status takes no arguments")
         client = api._state["client"]
         if client is None:
             raise UsageError("Not connected: run %ray_connect first")
-        status = client.request("status", timeout=10.0)
+        status = queries.status(client, timeout=10.0)
         display(_Html(cluster_repr.status_html(status), cluster_repr.status_text(status)))
 
     @magic_arguments()

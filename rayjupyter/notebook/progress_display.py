@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from rayjupyter.core import queries
 from rayjupyter.core.client import Client
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.notebook.kernel import cell_context, in_kernel
@@ -72,10 +73,10 @@ class Tracker:
 
     def _cluster_running(self) -> int:
         try:
-            status = self.client.request("status", timeout=2.0)
+            status = queries.status(self.client, timeout=2.0)
         except Exception:  # closed or busy: keep the last figure, the bar still moves
             return self._running
-        return int(status.get("tasks", {}).get("RUNNING", 0))
+        return status.tasks_running
 
 
 def _as_refs(refs: Any) -> list[ObjectRef]:
@@ -105,7 +106,7 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
         wait = not kernel
     view: WidgetProgressView | TextProgressView
     if kernel:
-        from IPython.display import display
+        from rayjupyter.notebook.ipython_typed import display
 
         view = WidgetProgressView(tracker.model)
         display(view.widget)
@@ -202,7 +203,7 @@ class _Watch:
             if self.exited:
                 return False
             if self.view is None:
-                from IPython.display import display
+                from rayjupyter.notebook.ipython_typed import display
 
                 self.tracker = Tracker(
                     self.client, self.object_ids, started=self.started, growing=self.growing

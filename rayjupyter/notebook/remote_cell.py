@@ -302,7 +302,7 @@ class BackgroundCell:
         self.ref = ref
         self.state = "running"
         if self.kernel:
-            from IPython.display import display
+            from rayjupyter.notebook.ipython_typed import display
 
             display(self.widget)
         TICKER.every(REFRESH_S, self._tick)
@@ -328,6 +328,7 @@ class BackgroundCell:
     def _collect(self) -> None:
         from rayjupyter.core import api
 
+        assert self.ref is not None  # collected only after start() submitted the cell
         try:
             result: CellResult = api.get(self.ref, timeout=30)
         except TaskCancelledError as err:

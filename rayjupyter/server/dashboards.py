@@ -25,10 +25,14 @@ MAIN_PAGES = (("overview", "Overview"), ("task-stream", "Task stream"), ("progre
 class Dashboard(Protocol):
     """What ``rayjupyter.dashboard.launch.start_dashboard`` returns."""
 
-    pid: int
     port: int
-    url: str
     token: str
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def url(self) -> str: ...
 
     def stop(self) -> None: ...
 

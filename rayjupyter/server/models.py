@@ -22,7 +22,7 @@ StopAction = Literal["stop", "forget", "none"]
 KernelMatch = Literal["owner", "connected"]
 
 
-class NodeStatus(TypedDict):
+class ClusterNode(TypedDict):
     """One node of a cluster, as the head's node table has it."""
 
     node_id: str  # hex
@@ -35,7 +35,7 @@ class NodeStatus(TypedDict):
 class ClusterStatus(TypedDict):
     """A live snapshot of a cluster, read from its head."""
 
-    nodes: list[NodeStatus]
+    nodes: list[ClusterNode]
     nodes_alive: int
     cpu_total: float  # CPU slots of the live nodes
     cpu_used: float  # CPU slots held by running tasks and actors
@@ -46,9 +46,9 @@ class ClusterStatus(TypedDict):
     memory_total: float  # bytes of memory of the head's machine
     store_used: int  # bytes of the object store in shared memory
     store_capacity: int  # bytes the object store may use
-    tasks: dict[str, int]  # live tasks by state (WAITING, READY, RUNNING)
+    tasks: dict[str, int]  # live tasks by state (Ray's: PENDING_ARGS_AVAIL, ..., RUNNING)
     tasks_running: int
-    tasks_pending: int  # waiting for dependencies or for a worker
+    tasks_pending: int  # waiting for their arguments or for a worker
     actors: dict[str, int]  # actors by state
     workers: int  # pooled worker processes
     drivers: int  # connected drivers (kernels, scripts)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
 
+from rayjupyter.core import queries
 from rayjupyter.core.client import Client
-from rayjupyter.server.models import ClusterStatus, NodeStatus
+from rayjupyter.core.read_models import NodeStatus
+from rayjupyter.server.models import ClusterNode, ClusterStatus
 
 CONNECT_TIMEOUT_S = 3.0  # a handshake that takes longer means a wrong or dead address
 REQUEST_TIMEOUT_S = 5.0
 BACKOFF_MIN_S = 2.0
 BACKOFF_MAX_S = 10.0
-PENDING_STATES = ("WAITING", "READY")
 
 
 class StatusError(Exception):
@@ -65,11 +65,11 @@ class StatusReader:
             conn.backoff = BACKOFF_MIN_S
             return conn.client
 
-    def request(self, hostport: str, secret: str, what: str, *args: Any) -> Any:
-        """Ask the cluster's node something; StatusError (one line) on any failure."""
+    def read_status(self, hostport: str, secret: str) -> NodeStatus:
+        """The cluster's node's status snapshot; StatusError (one line) on any failure."""
         client = self.client(hostport, secret)
         try:
-            return client.request(what, *args, timeout=REQUEST_TIMEOUT_S)
+            return queries.status(client, timeout=REQUEST_TIMEOUT_S)
         except Exception as exc:
             conn = self._connection(hostport)
             with conn.lock:
@@ -81,11 +81,11 @@ class StatusReader:
 
     def status(self, hostport: str, secret: str) -> ClusterStatus:
         """The cluster's status snapshot, shaped for the panel."""
-        return summarize(self.request(hostport, secret, "status"))
+        return summarize(self.read_status(hostport, secret))
 
     def driver_pids(self, hostport: str, secret: str) -> set[int]:
         """Pids of the drivers attached to the cluster from this machine."""
-        return {int(pid) for pid in self.request(hostport, secret, "status").get("driver_pids", [])}
+        return set(self.read_status(hostport, secret).driver_pids)
 
     def forget(self, hostport: str) -> None:
         """Close the connection to a cluster that is gone or no longer listed."""
@@ -120,44 +120,36 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def summarize(raw: dict[str, Any]) -> ClusterStatus:
-    """The node's ``status`` answer (see core.node_queries) as the panel's model."""
-    total: dict[str, float] = raw.get("total", {})
-    available: dict[str, float] = raw.get("available", {})
-    machine: dict[str, float] = raw.get("machine", {})
-    store: dict[str, int] = raw.get("store", {})
-    tasks = {str(k): int(v) for k, v in raw.get("tasks", {}).items()}
-    nodes: list[NodeStatus] = [
+def summarize(status: NodeStatus) -> ClusterStatus:
+    """The node's status snapshot (``read_models.NodeStatus``) as the panel's model."""
+    nodes: list[ClusterNode] = [
         {
-            "node_id": str(row["NodeID"]),
-            "address": f"{row['NodeManagerAddress']}:{row['NodeManagerPort']}",
-            "alive": bool(row["Alive"]),
-            "resources": {str(k): float(v) for k, v in row["Resources"].items()},
-            "started": float(row["StartTime"]),
+            "node_id": row.NodeID,
+            "address": row.address,
+            "alive": row.Alive,
+            "resources": {str(k): float(v) for k, v in row.Resources.items()},
+            "started": float(row.StartTime),
         }
-        for row in raw.get("nodes", [])
+        for row in status.nodes
     ]
-
-    def used(key: str) -> float:
-        return max(0.0, float(total.get(key, 0.0)) - float(available.get(key, 0.0)))
-
+    machine = status.machine
     return {
         "nodes": nodes,
-        "nodes_alive": sum(1 for node in nodes if node["alive"]),
-        "cpu_total": float(total.get("CPU", 0.0)),
-        "cpu_used": used("CPU"),
-        "gpu_total": float(total.get("GPU", 0.0)),
-        "gpu_used": used("GPU"),
-        "cpu_percent": float(machine.get("cpu_percent", 0.0)),
-        "memory_used": float(machine.get("memory_used", 0.0)),
-        "memory_total": float(machine.get("memory_total", 0.0)),
-        "store_used": int(store.get("used_bytes", 0)),
-        "store_capacity": int(store.get("capacity", 0)),
-        "tasks": tasks,
-        "tasks_running": tasks.get("RUNNING", 0),
-        "tasks_pending": sum(tasks.get(state, 0) for state in PENDING_STATES),
-        "actors": {str(k): int(v) for k, v in raw.get("actors", {}).items()},
-        "workers": int(raw.get("workers", 0)),
-        "drivers": int(raw.get("drivers", 0)),
-        "time": float(machine.get("time", time.time())),
+        "nodes_alive": len(status.alive_nodes),
+        "cpu_total": float(status.total.get("CPU", 0.0)),
+        "cpu_used": status.used("CPU"),
+        "gpu_total": float(status.total.get("GPU", 0.0)),
+        "gpu_used": status.used("GPU"),
+        "cpu_percent": machine.cpu_percent,
+        "memory_used": machine.memory_used,
+        "memory_total": machine.memory_total,
+        "store_used": status.store.used_bytes,
+        "store_capacity": status.store.capacity,
+        "tasks": dict(status.tasks),
+        "tasks_running": status.tasks_running,
+        "tasks_pending": status.tasks_pending,
+        "actors": dict(status.actors),
+        "workers": status.workers,
+        "drivers": status.drivers,
+        "time": machine.time or time.time(),
     }

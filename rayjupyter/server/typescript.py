@@ -1,13 +1,17 @@
-"""TypeScript declarations generated from the TypedDicts of the REST API's models.
+"""TypeScript declarations generated from the REST API's models and the node's read models.
 
 ``python -m rayjupyter.server.typescript > labextension/src/models.ts`` writes the lab
-extension's types; a test fails when the committed file differs from this output, so the
+extension's types from the TypedDicts of ``server/models.py`` and the dataclasses of
+``core/read_models.py`` (the node's status and state rows, which the panel's models are
+built from); a test fails when the committed file differs from this output, so the
 TypeScript side cannot drift from the Python models. Comments travel as doc comments:
 a class's docstring, a field's trailing ``# comment``, a ``#:`` comment above an alias.
+Only fields are declared: a dataclass's properties and methods stay on the Python side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -16,12 +20,13 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints, is_typeddict
 
-DEFAULT_MODULES = ("rayjupyter.server.models",)
+DEFAULT_MODULES = ("rayjupyter.server.models", "rayjupyter.core.read_models")
 _FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
 
 
 def generate(module_names: typing.Sequence[str] = DEFAULT_MODULES) -> str:
-    """The declarations of every public TypedDict and Literal alias of the modules, in order."""
+    """The declarations of every public TypedDict, dataclass and Literal alias of the
+    modules, in order."""
     out = [
         "// Generated from "
         + ", ".join(module_names)
@@ -49,14 +54,19 @@ def _module(module: types.ModuleType) -> list[str]:
             out.extend(_doc(_alias_comment(source, name)))
             out.append(f"export type {name} = {_literal(value)};")
             out.append("")
-        elif _is_own_typeddict(value, module):
+        elif _is_own_model(value, module):
             out.extend(_interface(value, aliases))
             out.append("")
     return out
 
 
-def _is_own_typeddict(value: Any, module: types.ModuleType) -> bool:
-    return isinstance(value, type) and is_typeddict(value) and value.__module__ == module.__name__
+def _is_model(value: Any) -> bool:
+    """A TypedDict or a dataclass: a JSON object of named fields."""
+    return isinstance(value, type) and (is_typeddict(value) or dataclasses.is_dataclass(value))
+
+
+def _is_own_model(value: Any, module: types.ModuleType) -> bool:
+    return _is_model(value) and value.__module__ == module.__name__
 
 
 def _interface(cls: type, aliases: dict[str, Any]) -> list[str]:
@@ -90,12 +100,18 @@ def _ts(hint: Any, aliases: dict[str, Any]) -> str:
         return "null"
     if hint is Any:
         return "unknown"
-    if isinstance(hint, type) and is_typeddict(hint):
-        return hint.__name__
+    if _is_model(hint):
+        return str(hint.__name__)
     if origin is Literal:
         return _literal(hint)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_ts(arg, aliases) for arg in get_args(hint))
+    if origin is tuple:
+        items = get_args(hint)
+        if len(items) == 2 and items[1] is Ellipsis:
+            inner = _ts(items[0], aliases)
+            return f"({inner})[]" if " | " in inner else f"{inner}[]"
+        return "[" + ", ".join(_ts(item, aliases) for item in items) + "]"
     if origin is list:
         (item,) = get_args(hint)
         inner = _ts(item, aliases)

@@ -131,7 +131,7 @@ class Pool:
     def map(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
     ) -> list[Any]:
-        return self.map_async(func, iterable, chunksize).get()
+        return list(self.map_async(func, iterable, chunksize).get())
 
     def map_async(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
@@ -148,7 +148,7 @@ class Pool:
     ) -> list[Any]:
         self._check_open()
         refs = self._submit_chunks(func, self._chunks(iterable, chunksize, star=True))
-        return AsyncResult(refs, single=False, flatten=True).get()
+        return list(AsyncResult(refs, single=False, flatten=True).get())
 
     def imap(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bokeh.document import Document
 from bokeh.models.widgets import Div, Select
 
@@ -13,7 +15,8 @@ ALL = "all workers"
 
 def make(doc: Document, context: PageContext) -> None:
     feed = context.feed
-    select = Select(title="Worker", value=ALL, options=[(ALL, ALL)], width=420)
+    first: list[str | tuple[Any, str]] = [(ALL, ALL)]
+    select = Select(title="Worker", value=ALL, options=first, width=420)
     text = Div(text="", sizing_mode="stretch_width")
     shown = {"html": ""}
 
@@ -21,12 +24,11 @@ def make(doc: Document, context: PageContext) -> None:
         workers = feed.want("logs")
         if workers is None:
             return
-        options = [(ALL, ALL)] + [
-            (str(w["pid"]), f"pid {w['pid']}: {w['name']}") for w in reversed(workers)
-        ]
-        if options != [tuple(option) for option in select.options]:
+        options: list[str | tuple[Any, str]] = [(ALL, ALL)]
+        options += [(str(w["pid"]), f"pid {w['pid']}: {w['name']}") for w in reversed(workers)]
+        if options != [tuple(option) for option in select.options if option is not None]:
             select.options = options
-        if select.value not in {value for value, _ in options}:
+        if select.value not in {option[0] for option in options}:
             select.value = ALL  # that worker's lines are gone
         pid = None if select.value == ALL else int(select.value)
         html = log_html(workers, pid)

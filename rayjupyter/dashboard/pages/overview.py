@@ -17,9 +17,9 @@ WINDOW = 600  # samples kept on the charts (ten minutes at one a second)
 
 def make(doc: Document, context: PageContext) -> None:
     feed = context.feed
-    status = feed.status or {}
+    status = feed.status
     cards = Div(text=summary_cards(status) if status else "", sizing_mode="stretch_width")
-    nodes = ColumnDataSource(node_columns(status.get("nodes", [])))
+    nodes = ColumnDataSource(node_columns(status.nodes if status else []))
     node_table = DataTable(
         source=nodes,
         columns=[
@@ -42,9 +42,9 @@ def make(doc: Document, context: PageContext) -> None:
         reorderable=False,
         sizing_mode="stretch_width",
     )
-    source = ColumnDataSource(usage_rows(feed.history(), -1.0) or usage_row({}))
+    source = ColumnDataSource(usage_rows(feed.history(), -1.0) or usage_row(None))
     common = figure_options(x_axis_type="datetime", height=220)
-    cpu = figure(title="CPU (%)", y_range=Range1d(0, 105), **common)
+    cpu = figure(title="CPU (%)", y_range=Range1d(start=0, end=105), **common)
     cpu.line("time", "cpu", source=source, legend_label="machine CPU", line_width=2)
     cpu.line(
         "time",
@@ -105,12 +105,12 @@ def make(doc: Document, context: PageContext) -> None:
         if latest is None:
             return
         cards.text = summary_cards(latest)
-        fresh_nodes = node_columns(latest.get("nodes", []))
+        fresh_nodes = node_columns(latest.nodes)
         if fresh_nodes != dict(nodes.data):
             nodes.data = fresh_nodes
         rows = usage_rows(feed.history(), shown["time"])
         if rows:
             shown["time"] = rows["time"][-1]
-            source.stream(rows, rollover=WINDOW)
+            source.stream({**rows}, rollover=WINDOW)
 
     mount(doc, context, "overview", [cards, node_table, charts], update)

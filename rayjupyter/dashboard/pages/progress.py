@@ -21,10 +21,11 @@ COLOURS = {
 def make(doc: Document, context: PageContext) -> None:
     feed = context.feed
     source = ColumnDataSource(progress_columns(feed.want("summary") or {}))
+    y_range = FactorRange(factors=_factors(list(source.data["name"])))
     fig = figure(
         title="Progress per function",
-        y_range=FactorRange(factors=_factors(source.data["name"])),
-        x_range=Range1d(0, 1.45),
+        y_range=y_range,
+        x_range=Range1d(start=0, end=1.45),
         **figure_options(height=_height(len(source.data["name"])), tools="save"),
     )
     fig.hbar_stack(
@@ -65,8 +66,8 @@ def make(doc: Document, context: PageContext) -> None:
         if columns == dict(source.data):
             return
         names = _factors(columns["name"])
-        if list(fig.y_range.factors) != names:
-            fig.y_range.factors = names
+        if list(y_range.factors) != names:
+            y_range.factors = names
             fig.height = _height(len(columns["name"]))
         source.data = columns
 

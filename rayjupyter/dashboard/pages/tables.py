@@ -46,6 +46,13 @@ TABLES: dict[str, tuple[str, list[tuple[str, str, str | None]]]] = {
 }
 
 
+def _column(key: str, title: str, fmt: str | None) -> TableColumn:
+    """A table column; numbers in the given NumberFormatter format, if any."""
+    if fmt:
+        return TableColumn(field=key, title=title, formatter=NumberFormatter(format=fmt))
+    return TableColumn(field=key, title=title)
+
+
 def make_table(doc: Document, context: PageContext, page: str) -> None:
     kind, spec = TABLES[page]
     feed = context.feed
@@ -54,14 +61,7 @@ def make_table(doc: Document, context: PageContext, page: str) -> None:
     count = Div(text="")
     table = DataTable(
         source=source,
-        columns=[
-            TableColumn(
-                field=key,
-                title=title,
-                **({"formatter": NumberFormatter(format=fmt)} if fmt else {}),
-            )
-            for key, title, fmt in spec
-        ],
+        columns=[_column(key, title, fmt) for key, title, fmt in spec],
         height=600,
         index_position=None,
         reorderable=False,

@@ -20,9 +20,10 @@ def make(doc: Document, context: PageContext) -> None:
     cursor, rows = feed.bars_since(0)
     source = ColumnDataSource(stream_columns(rows, colours))
     lanes = sorted(set(source.data["worker"]), key=_pid)
+    y_range = FactorRange(factors=lanes or ["(no tasks yet)"])
     fig = figure(
         title="Task stream (finished tasks per worker; failed ones outlined red)",
-        y_range=FactorRange(factors=lanes or ["(no tasks yet)"]),
+        y_range=y_range,
         x_range=DataRange1d(follow="end", follow_interval=FOLLOW_MS, range_padding=0.02),
         **figure_options(x_axis_type="datetime", height=480, tools="xpan,xwheel_zoom,reset,save"),
     )
@@ -54,12 +55,14 @@ def make(doc: Document, context: PageContext) -> None:
         if not fresh:
             return
         columns = stream_columns(fresh, colours)
-        source.stream(columns, rollover=STREAM_KEEP)
-        known = [lane for lane in fig.y_range.factors if lane.startswith("worker ")]
+        source.stream({**columns}, rollover=STREAM_KEEP)
+        known = [
+            lane for lane in y_range.factors if isinstance(lane, str) and lane.startswith("worker ")
+        ]
         new = sorted(set(columns["worker"]) - set(known), key=_pid)
         if new:
-            fig.y_range.factors = sorted(known + new, key=_pid)
-            fig.height = max(240, min(900, 60 + 26 * len(fig.y_range.factors)))
+            y_range.factors = sorted(known + new, key=_pid)
+            fig.height = max(240, min(900, 60 + 26 * len(y_range.factors)))
 
     mount(doc, context, "task-stream", [fig], update)
 

@@ -1,0 +1,174 @@
+"""How a client's frames travel to its node: one interface, three ways to connect.
+
+The client (client.py) waits, batches and files answers the same way whatever carries its
+frames; only sending, polling and reading differ, and they live here:
+
+- a socket pair its node handed it (workers, and the driver that started a local cluster):
+  ``ChannelTransport.inherited``;
+- the node's Unix socket on this machine (drivers that attach by address):
+  ``ChannelTransport`` over ``local_channel.connect``;
+- two zmq DEALER sockets, over CurveZMQ on TCP or PLAIN on the node's ipc endpoint
+  (other machines, other mount namespaces): ``ZmqTransport``.
+
+``connect`` picks one. A read returns ``Incoming`` items: a frame of pickled messages, or a
+chunk of a value (its small header frame and its raw bytes, which zmq carries apart).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Protocol, TypeAlias
+
+import zmq
+
+from rayjupyter.core import auth, local_channel
+from rayjupyter.core.channel import Channel
+
+#: a frame of messages, or (header frame, raw bytes) of an ObjectChunk
+Incoming: TypeAlias = bytes | tuple[bytes, memoryview]
+
+
+class Transport(Protocol):
+    """What the client needs of a link to its node."""
+
+    #: any thread may read it (under the client's read lock); zmq sockets belong to the one
+    #: thread that uses them, so the IO thread reads those for everyone
+    shared_reads: bool
+
+    @property
+    def closed(self) -> bool:
+        """True once the node has closed the link (known only to channel transports)."""
+
+    def pollable(self) -> zmq.Socket[bytes] | int:
+        """What the IO thread's zmq poller watches for incoming frames."""
+
+    def hello(self, frame: bytes) -> None:
+        """Send the first frame (it names the connection to the node)."""
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame, whole: blocks until the link has taken it."""
+
+    def poll_in(self, timeout_ms: int) -> bool:
+        """Wait until something has arrived (True) or the timeout passes (False)."""
+
+    def read(self) -> list[Incoming] | None:
+        """What has arrived, without waiting; None once the node has closed the link."""
+
+    def close(self) -> None:
+        """Close the link; what was sent is delivered first where the transport can."""
+
+
+class ChannelTransport:
+    """A length-framed Unix stream socket (channel.py): one context switch per hop."""
+
+    shared_reads = True
+
+    def __init__(self, fd: int) -> None:
+        self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    @classmethod
+    def inherited(cls, fd: int) -> ChannelTransport:
+        """Our end of a socket pair our node made (it needs no credentials: nobody else has it)."""
+        return cls(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self.channel.closed
+
+    def pollable(self) -> int:
+        return self.channel.fileno()
+
+    def hello(self, frame: bytes) -> None:
+        self.channel.send(frame)
+
+    def send(self, frame: bytes) -> None:
+        self.channel.send(frame)
+
+    def poll_in(self, timeout_ms: int) -> bool:
+        return bool(self._poll.poll(timeout_ms))
+
+    def read(self) -> list[Incoming] | None:
+        frames = self.channel.recv_frames()
+        return None if frames is None else list(frames)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class ZmqTransport:
+    """Two DEALER sockets: ``rx`` (named by the hello, the node answers on it) and ``tx``."""
+
+    shared_reads = False
+    closed = False  # zmq reconnects silently: a gone node shows as silence (client liveness)
+
+    def __init__(
+        self, context: zmq.Context[zmq.Socket[bytes]], address: str, client_id: bytes, secret: str
+    ) -> None:
+        endpoint = address if "://" in address else f"tcp://{address}"
+        self.tx = self._socket(context, endpoint, client_id + b"t", secret)
+        self.rx = self._socket(context, endpoint, client_id + b"r", secret)
+
+    @staticmethod
+    def _socket(
+        context: zmq.Context[zmq.Socket[bytes]], endpoint: str, routing_id: bytes, secret: str
+    ) -> zmq.Socket[bytes]:
+        sock = context.socket(zmq.DEALER)
+        sock.routing_id = routing_id
+        sock.linger = 1000
+        sock.sndhwm = 0
+        sock.rcvhwm = 0
+        auth.secure_client(sock, secret, endpoint)
+        sock.connect(endpoint)
+        return sock
+
+    def pollable(self) -> zmq.Socket[bytes]:
+        return self.rx
+
+    def hello(self, frame: bytes) -> None:
+        self.rx.send(frame)
+
+    def send(self, frame: bytes) -> None:
+        self.tx.send(frame)
+
+    def poll_in(self, timeout_ms: int) -> bool:
+        return bool(self.rx.poll(timeout_ms))
+
+    def read(self) -> list[Incoming] | None:
+        items: list[Incoming] = []
+        rx = self.rx
+        while True:
+            try:
+                frame = rx.recv(zmq.NOBLOCK)
+            except zmq.ZMQError:  # zmq.Again: nothing more now; else the socket is closing
+                return items
+            if rx.rcvmore:  # a chunk of a value: a small header, then the raw bytes
+                data = rx.recv(copy=False)
+                items.append((frame, data.buffer))
+            else:
+                items.append(frame)
+
+    def close(self) -> None:
+        self.tx.close(linger=200)
+        self.rx.close(linger=0)
+
+
+def connect(
+    context: zmq.Context[zmq.Socket[bytes]],
+    address: str,
+    secret: str,
+    client_id: bytes,
+    *,
+    kind: str,
+    channel_fd: int | None,
+) -> Transport:
+    """The cheapest link to the node at address that this process can have."""
+    if channel_fd is not None:
+        return ChannelTransport.inherited(channel_fd)
+    if kind != "worker":  # a worker always has its socket pair
+        fd = local_channel.connect(address, secret, client_id)
+        if fd is not None:
+            return ChannelTransport(fd)
+    return ZmqTransport(context, address, client_id, secret)
