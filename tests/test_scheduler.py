@@ -2,10 +2,11 @@
 
 Every transition of every table is tried (the allowed ones work, the others raise an
 InvalidTransition that names the record, both states and the recent history); scenarios
-walk the hot path, prefetch, blocking, deaths, retries, runtime_env workers and each kind
-of cancel, checking ``validate()`` after every step; and seeded random sequences of
-events, hundreds per run, keep ``validate()`` true and end with every task settled and
-every resource back.
+walk the hot path, prefetch, blocking, deaths, retries, runtime_env workers, the worker
+limit, placement-group bundles and each kind of cancel, checking ``validate()`` after
+every step; and seeded random sequences of events (bundles held and removed among them),
+hundreds per run, keep ``validate()`` true and end with every task settled and every
+resource back.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ class Shell:
         self.ended: dict[bytes, tuple[TaskState, bytes | None]] = {}
         self.pids = itertools.count(100)
         self.checking = True  # validate after each step (the drain checks now and then)
+        self.ledger: pgs.BundleLedger | None = None  # placement-group bundles held here
+
+    def check(self) -> None:
+        """validate(), with what the bundles held here took out of the pool."""
+        if self.ledger is None:
+            self.state.validate()
+            return
+        self.ledger.validate()
+        self.state.validate(held_elsewhere=self.ledger.reserved())
 
     def run(self, instructions: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         for instruction in instructions:
@@ -100,7 +110,7 @@ class Shell:
             elif op == ns.WARN:
                 assert MAX_WORKERS_ENV in instruction[1], instruction
         if self.checking:
-            self.state.validate()
+            self.check()
         return instructions
 
     def spawn(self, env: str = "") -> WorkerRecord:
@@ -128,7 +138,7 @@ class Shell:
         if missing == 0:
             self.state.task_ready(task)
         if self.checking:
-            self.state.validate()
+            self.check()
         return task
 
     def finish(self, worker: WorkerRecord, error: bytes | None = None, retryable: bool = False):
@@ -640,6 +650,22 @@ def _never_runs_here(state: NodeState, task: TaskRecord) -> bool:
 ENVS = ("x", "z")
 
 
+def _remove_group(shell: Shell, group: bytes) -> None:
+    """What node_placement does when a group is removed: its waiting work fails, its
+    running work is cancelled (force), its bundle goes back to the pool."""
+    state = shell.state
+    for task in list(state.tasks.values()):
+        if pgs.names_group(task.demand) != group:
+            continue
+        if task.state in (TaskState.WAITING, TaskState.READY):
+            state.fail(task)
+            shell.run([(ns.FAILED, task, b"group removed")])
+        elif task.state is TaskState.RUNNING:
+            shell.run(state.cancel(task, True, True, ()))
+    assert shell.ledger is not None
+    shell.ledger.reconcile(())
+
+
 def _busy(state: NodeState) -> list[WorkerRecord]:
     return [w for w in state.workers.values() if w.task is not None]
 
@@ -654,6 +680,8 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
     running_parents: list[TaskRecord] = []
     remote: list[TaskRecord] = []  # forwarded to a peer (spill_over, locality)
     actors: list[bytes] = []  # actors whose process holds a slot here
+    shell.ledger = pgs.BundleLedger(state.resources)
+    group = b""  # the placement group whose bundle this node holds, if any
     clock = 0.0
     for _ in range(600):
         clock += rng.random()
@@ -664,7 +692,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             for _ in range(160):
                 submitted.append(shell.submit(make_task(f"t{len(submitted)}")))
             shell.checking = True
-            state.validate()
+            shell.check()
             continue
         if side < 0.05:  # a queued task goes to a peer
             queued = [t for t in state.ready if t.state is TaskState.READY]
@@ -673,7 +701,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
                 state.ready.remove(task)  # spill_over takes it off the queue first
                 state.forwarded(task)
                 remote.append(task)
-                state.validate()
+                shell.check()
             continue
         if side < 0.11:  # an actor's process takes a slot here, or gives it back
             if actors and rng.random() < 0.5:
@@ -683,7 +711,16 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
                 if state.resources.fits(demand):
                     actors.append(b"actor%d" % next(_ids))
                     state.actor_placed(actors[-1], demand)
-            state.validate()
+            shell.check()
+            continue
+        if side < 0.13:  # the head gives this node a bundle, or the group is removed
+            if group and rng.random() < 0.2:
+                _remove_group(shell, group)
+                group = b""
+            elif not group and state.resources.available.get("CPU", 0.0) >= 1.0:
+                group = b"g%d" % next(_ids)
+                shell.ledger.reconcile(((group, 0, {"CPU": 1.0}),))
+            shell.check()
             continue
         if side < 0.15 and remote:  # the peer answers for one, or dies
             task = remote.pop(rng.randrange(len(remote)))
@@ -702,9 +739,14 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             continue
         if event < 0.22:  # a submit, maybe waiting for dependencies, maybe nested
             parent = rng.choice(running_parents) if running_parents and rng.random() < 0.3 else None
+            demand = _random_demand(rng)
+            if group and rng.random() < 0.5:  # work in the bundle (index 0 or any)
+                demand = pgs.group_demand(
+                    {"CPU": rng.choice((0.5, 1.0))}, group, rng.choice((0, -1))
+                )
             task = make_task(
                 f"t{len(submitted)}",
-                _random_demand(rng),
+                demand,
                 max_retries=rng.choice((0, 1, 3)),
                 env=rng.choice(("", "", "", "x", "z")),
                 parent=parent.task_id if parent else None,
@@ -742,7 +784,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
                 shell.run(state.worker_blocked(worker))
             else:
                 state.worker_unblocked(worker)
-                state.validate()
+                shell.check()
         elif event < 0.91 and state.workers:  # a process dies (killed, or by itself)
             doomed = [w for w in state.workers.values() if w.client_id in shell.doomed]
             shell.die(rng.choice(doomed or list(state.workers.values())))
@@ -754,7 +796,10 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             shell.run(state.reap_env_workers(clock))
         running_parents = [t for t in running_parents if t.state is TaskState.RUNNING][-8:]
 
-    # drain: actors end, peers answer, every dependency arrives, workers finish, the doomed die
+    # drain: the group goes, actors end, peers answer, every dependency arrives, workers
+    # finish, the doomed die
+    if group:
+        _remove_group(shell, group)
     for actor_id in actors:
         state.actor_released(actor_id)
     for task in remote:
@@ -768,7 +813,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
     shell.checking = False
     for step in range(50_000):
         if step % 64 == 0:
-            state.validate()
+            shell.check()
         for worker in [w for w in state.workers.values() if w.client_id in shell.doomed]:
             shell.die(worker)
         shell.connect_all()
@@ -781,7 +826,7 @@ def test_random_events_keep_the_invariants_and_everything_settles(seed: int) -> 
             shell.finish(worker)
         elif all(_never_runs_here(state, t) for t in state.tasks.values()):
             break
-    state.validate()
+    shell.check()
     leftover = [t for t in state.tasks.values() if not _never_runs_here(state, t)]
     assert not leftover, [(t.name, t.state.name, t.demand) for t in leftover]
     assert not [w for w in state.workers.values() if w.task is not None or w.lent]
