@@ -28,6 +28,9 @@ _SHARED = _SharedCluster()
 # attached drivers that go silent are let go after this long (30 s by default): short here so a
 # test can watch a killed driver's actors end
 os.environ.setdefault("RAYJUPYTER_CLIENT_TIMEOUT_S", "6")
+# every node started by a test checks its state machine's invariants after each loop turn
+# (NodeState.validate) and stops, saying which one broke, if one does
+os.environ.setdefault("RAYJUPYTER_VALIDATE", "1")
 _PR_SET_CHILD_SUBREAPER = 36
 
 
