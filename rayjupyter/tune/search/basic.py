@@ -51,7 +51,8 @@ class Searcher:
 
 class BasicVariantGenerator(Searcher):
     """Random search crossed with grid search: ``num_samples`` passes over the grid, each
-    grid point with freshly drawn random values. ``points_to_evaluate`` come first.
+    grid point with freshly drawn random values. Each of ``points_to_evaluate`` takes the
+    place of one pass (its keys fixed), first, as in Ray.
 
     Seeded by ``random_state``: the same seed gives the same configs in the same order."""
 
@@ -72,6 +73,7 @@ class BasicVariantGenerator(Searcher):
         self._space: dict[str, Any] = {}
         self._num_samples = 1
         self._made = 0
+        self._passes = 0  # passes over the grid begun
         self._queue: list[Any] = []
         self._live: set[str] = set()
 
@@ -85,22 +87,23 @@ class BasicVariantGenerator(Searcher):
 
     @property
     def total_samples(self) -> int:
-        return len(self._points) + self._num_samples * variants.grid_size(self._space)
+        """``num_samples`` passes (more if there are more points) over the grid."""
+        passes = max(self._num_samples, len(self._points) + self._passes)
+        return passes * variants.grid_size(self._space)
 
     def _next(self) -> dict[str, Any] | None:
-        if self._points:
-            point = self._points.pop(0)
-            merged = copy.deepcopy(self._space)
-            for name, value in variants.flatten(point).items():
-                variants.set_path(merged, tuple(name.split("/")), value)
-            return dict(variants.resolve(merged, self._rng))
         if not self._queue:
             if self._made >= self.total_samples:
                 return None
-            grid = variants.grid_variants(self._space)
+            spec = copy.deepcopy(self._space)
+            if self._points:  # a point fixes its keys for one pass over the grid
+                for name, value in variants.flatten(self._points.pop(0)).items():
+                    variants.set_path(spec, tuple(name.split("/")), value)
+            self._passes += 1
+            grid = variants.grid_variants(spec)
             if self._constant_grid:  # one draw of the random values shared by the grid
-                drawn = variants.resolve(self._space, self._rng)
-                for path, _ in variants.domain_paths(self._space):
+                drawn = variants.resolve(spec, self._rng)
+                for path, _ in variants.domain_paths(spec):
                     for variant in grid:
                         variants.set_path(variant, path, variants.get_path(drawn, path))
             self._queue = grid

@@ -1,0 +1,336 @@
+"""rayjupyter.tune on a real cluster: trials as actors, schedulers acting, results,
+failures, resources, checkpoints copied by PBT, and Tuner.restore after a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+from helpers import wait_for_condition
+
+import rayjupyter as rj
+from rayjupyter import tune
+from rayjupyter.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from rayjupyter.tune.search import BasicVariantGenerator, Searcher
+
+pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+def quiet(tmp_path, **kwargs):
+    return tune.RunConfig(storage_path=str(tmp_path), verbose=0, **kwargs)
+
+
+def quadratic(config):
+    for step in range(1, 4):
+        tune.report({"loss": (config["x"] - 0.3) ** 2 + config["y"] / step})
+
+
+def test_fit_matches_a_plain_loop_over_the_same_seeded_samples(tmp_path):
+    space = {"x": tune.uniform(0, 1), "y": tune.choice([0.0, 0.5]), "fixed": {"k": 1}}
+    tuner = tune.Tuner(
+        quadratic,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="loss",
+            mode="min",
+            num_samples=8,
+            search_alg=BasicVariantGenerator(random_state=7),
+        ),
+        run_config=quiet(tmp_path, name="plain"),
+    )
+    grid = tuner.fit()
+    assert len(grid) == 8 and grid.num_terminated == 8 and grid.num_errors == 0
+
+    loop = BasicVariantGenerator(random_state=7)
+    loop.set_search_properties("loss", "min", space, num_samples=8)
+    configs = []
+    while (config := loop.suggest(str(len(configs)))) != Searcher.FINISHED:
+        configs.append(config)
+    best = min(configs, key=lambda c: (c["x"] - 0.3) ** 2 + c["y"] / 3)
+    result = grid.get_best_result()
+    assert result.config == best
+    assert result.metrics["training_iteration"] == 3 and result.metrics["done"]
+    assert len(result.metrics_dataframe) == 3
+    frame = grid.get_dataframe()
+    assert len(frame) == 8 and "config/x" in frame.columns and "config/fixed/k" in frame.columns
+    assert grid.get_best_result("loss", "max", scope="all").config != best
+    assert os.path.isdir(result.path) and result.path.startswith(str(tmp_path / "plain"))
+
+
+def test_asha_stops_trials_early(tmp_path):
+    def climb(config):
+        for step in range(1, 17):
+            tune.report({"acc": config["q"] * step})
+
+    grid = tune.Tuner(
+        climb,
+        param_space={"q": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            metric="acc",
+            mode="max",
+            num_samples=12,
+            scheduler=ASHAScheduler(max_t=16, grace_period=1, reduction_factor=2),
+        ),
+        run_config=quiet(tmp_path),
+    ).fit()
+    iterations = sum(r.metrics["training_iteration"] for r in grid)
+    assert grid.num_terminated == 12 and iterations < 12 * 16
+    assert any(r.metrics["training_iteration"] < 16 for r in grid)
+
+
+def test_a_failing_trial_is_recorded_and_the_others_go_on(tmp_path):
+    def sometimes(config):
+        tune.report({"v": 1})
+        if config["x"] == 2:
+            raise ValueError("x=2 is bad")
+        tune.report({"v": 2})
+
+    grid = tune.Tuner(
+        sometimes,
+        param_space={"x": tune.grid_search([1, 2, 3])},
+        run_config=quiet(tmp_path),
+    ).fit()
+    assert grid.num_errors == 1 and grid.num_terminated == 2
+    (error,) = grid.errors
+    assert isinstance(error, ValueError) and "x=2 is bad" in str(error)
+    failed = [r for r in grid if r.error is not None][0]
+    assert failed.config == {"x": 2} and failed.metrics["v"] == 1
+
+
+def test_max_failures_retries_from_the_checkpoint(tmp_path):
+    marker = tmp_path / "failed-once"
+
+    def flaky(config):
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                start = json.loads(open(os.path.join(d, "s.json")).read())["step"]
+        for step in range(start + 1, 6):
+            if step == 4 and not marker.exists():
+                marker.touch()
+                raise RuntimeError("crash once")
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "s.json"), "w") as f:
+                    json.dump({"step": step}, f)
+                tune.report(
+                    {"step": step, "start": start}, checkpoint=tune.Checkpoint.from_directory(d)
+                )
+
+    grid = tune.Tuner(
+        flaky, run_config=quiet(tmp_path, failure_config=tune.FailureConfig(max_failures=1))
+    ).fit()
+    (result,) = grid
+    assert result.error is None and result.metrics["step"] == 5
+    assert result.metrics["start"] == 3 and result.metrics["training_iteration"] == 5
+    with result.checkpoint.as_directory() as d:
+        assert json.load(open(os.path.join(d, "s.json")))["step"] == 5
+    copy = result.checkpoint.to_directory(str(tmp_path / "copy"))
+    assert json.load(open(os.path.join(copy, "s.json")))["step"] == 5
+
+
+def test_max_concurrent_trials_runs_one_at_a_time(tmp_path):
+    import time
+
+    def timed(config):
+        tune.report({"t": time.time()})
+        tune.report({"t": time.time()})
+
+    grid = tune.Tuner(
+        timed,
+        param_space={"i": tune.grid_search([0, 1, 2, 3])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=quiet(tmp_path),
+    ).fit()
+    spans = sorted((r.history[0]["t"], r.history[-1]["t"]) for r in grid)
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+
+
+def test_with_parameters_puts_the_object_once(tmp_path):
+    from rayjupyter.util.state import list_objects
+
+    def big_objects():
+        return {o["object_id"] for o in list_objects(limit=10_000) if o["object_size"] >= 3_000_000}
+
+    before = big_objects()
+    data = b"x" * 3_000_000
+
+    def uses(config, data):
+        tune.report({"n": len(data), "id": id(data) % 1000})
+
+    wrapped = tune.with_parameters(uses, data=data)
+    grid = tune.Tuner(
+        wrapped, param_space={"i": tune.grid_search(list(range(4)))}, run_config=quiet(tmp_path)
+    ).fit()
+    assert [r.metrics["n"] for r in grid] == [3_000_000] * 4
+    assert len(big_objects() - before) == 1
+
+
+class Counter(tune.Trainable):
+    def setup(self, config):
+        self.total = config["start"]
+
+    def step(self):
+        self.total += 1
+        return {"total": self.total}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"total": self.total}
+
+    def load_checkpoint(self, checkpoint):
+        self.total = checkpoint["total"]
+
+
+def test_class_trainable_steps_and_checkpoints_with_resources(tmp_path):
+    trainable = tune.with_resources(Counter, {"cpu": 0.5})
+    grid = tune.Tuner(
+        trainable,
+        param_space={"start": tune.grid_search([0, 100])},
+        run_config=quiet(
+            tmp_path,
+            stop={"training_iteration": 4},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=2, num_to_keep=1),
+        ),
+    ).fit()
+    assert sorted(r.metrics["total"] for r in grid) == [4, 104]
+    for result in grid:
+        assert result.checkpoint is not None and len(result.best_checkpoints) == 1
+        assert os.path.basename(result.checkpoint.path) == "checkpoint_000001"
+
+
+def test_pbt_copies_a_better_trials_checkpoint(tmp_path):
+    import time
+
+    def lineage(config):
+        me = tune.get_context().get_trial_id()
+        state = {"step": 0, "writer": me}
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = json.load(open(os.path.join(d, "state.json")))
+        loaded_from = state["writer"]
+        while state["step"] < 8:
+            state["step"] += 1
+            state["writer"] = me
+            marks = config["marks"]
+            open(os.path.join(marks, f"{config['lr']}_{state['step']}"), "w").close()
+            # the weakest trial waits until the others are past their first perturbation
+            # point, so the scheduler has a population to rank it against
+            while (
+                config["lr"] == 0.1
+                and state["step"] == 3
+                and not all(
+                    os.path.exists(os.path.join(marks, f"{lr}_3")) for lr in (1.0, 10.0, 100.0)
+                )
+            ):
+                time.sleep(0.02)  # polling a condition the other trials create
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "state.json"), "w") as f:
+                    json.dump(state, f)
+                tune.report(
+                    {"score": config["lr"] * state["step"], "loaded_from": loaded_from},
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
+
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=2,
+        hyperparam_mutations={"lr": [0.1, 1.0, 10.0, 100.0]},
+        seed=0,
+    )
+    grid = tune.Tuner(
+        tune.with_resources(lineage, {"cpu": 0.5}),
+        param_space={"lr": tune.grid_search([0.1, 1.0, 10.0, 100.0]), "marks": str(tmp_path)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+        run_config=quiet(tmp_path),
+    ).fit()
+    assert pbt.num_perturbations >= 1 and grid.num_terminated == 4
+    copied = [
+        (r.metrics["trial_id"], row["loaded_from"])
+        for r in grid
+        for row in r.history
+        if row["loaded_from"] != r.metrics["trial_id"]
+    ]
+    assert copied, "no trial restored another trial's checkpoint"
+
+
+def test_restore_after_the_driver_is_killed(shared_cluster, tmp_path):
+    import signal
+
+    gate = tmp_path / "gate"
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys, tempfile, time
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import rayjupyter as rj
+        from rayjupyter import tune
+        from test_tune_run import gated
+        rj.init(address={shared_cluster.connect_address!r})
+        tune.Tuner(
+            gated,
+            param_space={{"i": tune.grid_search([0, 1, 2]), "gate": {str(gate)!r}}},
+            tune_config=tune.TuneConfig(max_concurrent_trials=2),
+            run_config=tune.RunConfig(storage_path={str(tmp_path)!r}, name="exp", verbose=0),
+        ).fit()
+        """
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    path = tmp_path / "exp"
+    try:
+
+        def two_blocked():
+            rows = [p / "result.json" for p in path.glob("gated_*")]
+            done = [r for r in rows if r.exists() and len(r.read_text().splitlines()) >= 2]
+            return len(done) >= 2 and (path / "experiment_state.pkl").exists()
+
+        wait_for_condition(two_blocked, timeout=60)
+        from rayjupyter.tune.state_file import load_experiment
+
+        wait_for_condition(
+            lambda: (
+                sum(t.checkpoint is not None for t in load_experiment(str(path))["trials"]) >= 2
+            ),
+            timeout=30,
+        )
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+    gate.touch()
+    assert tune.Tuner.can_restore(str(path))
+    grid = tune.Tuner.restore(str(path), trainable=gated).fit()
+    assert grid.num_terminated == 3 and sorted(r.config["i"] for r in grid) == [0, 1, 2]
+    assert all(r.metrics["step"] == 4 for r in grid)
+    resumed = [r for r in grid if r.metrics["start"] >= 2]
+    assert len(resumed) >= 2  # the interrupted trials went on from their checkpoints
+
+
+def gated(config):
+    """Reports twice with checkpoints, then waits at a gate file the test opens."""
+    import time
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = json.load(open(os.path.join(d, "s.json")))["step"]
+    for step in range(start + 1, 5):
+        while step == 3 and not os.path.exists(config["gate"]):
+            time.sleep(0.05)  # a gate the test opens; polled, it is no timing assumption
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "s.json"), "w") as f:
+                json.dump({"step": step}, f)
+            tune.report(
+                {"step": step, "start": start}, checkpoint=tune.Checkpoint.from_directory(d)
+            )
+
+
+def test_report_outside_a_trial_says_how_to_run_it():
+    with pytest.raises(RuntimeError, match="Tuner"):
+        tune.report({"x": 1})
+    assert tune.get_checkpoint() is None
+    assert rj.is_initialized()
