@@ -3,6 +3,7 @@ failures, resources, checkpoints copied by PBT, and Tuner.restore after a killed
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -19,6 +20,11 @@ from rayjupyter.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from rayjupyter.tune.search import BasicVariantGenerator, Searcher
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
+
+
+def read_json(directory, name):
+    with open(os.path.join(directory, name)) as f:
+        return json.load(f)
 
 
 def quiet(tmp_path, **kwargs):
@@ -98,7 +104,7 @@ def test_a_failing_trial_is_recorded_and_the_others_go_on(tmp_path):
     assert grid.num_errors == 1 and grid.num_terminated == 2
     (error,) = grid.errors
     assert isinstance(error, ValueError) and "x=2 is bad" in str(error)
-    failed = [r for r in grid if r.error is not None][0]
+    failed = next(r for r in grid if r.error is not None)
     assert failed.config == {"x": 2} and failed.metrics["v"] == 1
 
 
@@ -110,7 +116,7 @@ def test_max_failures_retries_from_the_checkpoint(tmp_path):
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                start = json.loads(open(os.path.join(d, "s.json")).read())["step"]
+                start = read_json(d, "s.json")["step"]
         for step in range(start + 1, 6):
             if step == 4 and not marker.exists():
                 marker.touch()
@@ -129,9 +135,9 @@ def test_max_failures_retries_from_the_checkpoint(tmp_path):
     assert result.error is None and result.metrics["step"] == 5
     assert result.metrics["start"] == 3 and result.metrics["training_iteration"] == 5
     with result.checkpoint.as_directory() as d:
-        assert json.load(open(os.path.join(d, "s.json")))["step"] == 5
+        assert read_json(d, "s.json")["step"] == 5
     copy = result.checkpoint.to_directory(str(tmp_path / "copy"))
-    assert json.load(open(os.path.join(copy, "s.json")))["step"] == 5
+    assert read_json(copy, "s.json")["step"] == 5
 
 
 def test_max_concurrent_trials_runs_one_at_a_time(tmp_path):
@@ -148,7 +154,7 @@ def test_max_concurrent_trials_runs_one_at_a_time(tmp_path):
         run_config=quiet(tmp_path),
     ).fit()
     spans = sorted((r.history[0]["t"], r.history[-1]["t"]) for r in grid)
-    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+    assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(spans))
 
 
 def test_with_parameters_puts_the_object_once(tmp_path):
@@ -212,7 +218,7 @@ def test_pbt_copies_a_better_trials_checkpoint(tmp_path):
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                state = json.load(open(os.path.join(d, "state.json")))
+                state = read_json(d, "state.json")
         loaded_from = state["writer"]
         while state["step"] < 8:
             state["step"] += 1
@@ -317,7 +323,7 @@ def gated(config):
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start = json.load(open(os.path.join(d, "s.json")))["step"]
+            start = read_json(d, "s.json")["step"]
     for step in range(start + 1, 5):
         while step == 3 and not os.path.exists(config["gate"]):
             time.sleep(0.05)  # a gate the test opens; polled, it is no timing assumption
