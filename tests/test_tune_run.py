@@ -269,7 +269,10 @@ def test_pbt_copies_a_better_trials_checkpoint(tmp_path):
     ]
 
 
-def test_restore_after_the_driver_is_killed(shared_cluster, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_restore_after_the_driver_is_killed_or_interrupted(shared_cluster, tmp_path, how):
+    """SIGKILL: the driver dies mid-experiment. SIGINT (what a kernel interrupt sends):
+    fit() stops cleanly, says how to restore, and the driver exits normally."""
     import signal
 
     gate = tmp_path / "gate"
@@ -289,7 +292,9 @@ def test_restore_after_the_driver_is_killed(shared_cluster, tmp_path):
         ).fit()
         """
     )
-    driver = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ}, stdout=subprocess.PIPE, text=True
+    )
     path = tmp_path / "exp"
     try:
 
@@ -308,15 +313,17 @@ def test_restore_after_the_driver_is_killed(shared_cluster, tmp_path):
             timeout=30,
         )
     finally:
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(10)
+        os.kill(driver.pid, getattr(signal, how))
+        out, _ = driver.communicate(timeout=30)
+    if how == "SIGINT":
+        assert driver.returncode == 0 and "Tuner.restore(" in out
     gate.touch()
     assert tune.Tuner.can_restore(str(path))
     grid = tune.Tuner.restore(str(path), trainable=gated).fit()
     assert grid.num_terminated == 3 and sorted(r.config["i"] for r in grid) == [0, 1, 2]
     assert all(r.metrics["step"] == 4 for r in grid)
     resumed = [r for r in grid if r.metrics["start"] >= 2]
-    assert len(resumed) >= 2  # the interrupted trials went on from their checkpoints
+    assert len(resumed) >= 2, [r.history for r in grid]  # went on from their checkpoints
 
 
 def gated(config):
@@ -344,3 +351,68 @@ def test_report_outside_a_trial_says_how_to_run_it():
         tune.report({"x": 1})
     assert tune.get_checkpoint() is None
     assert rj.is_initialized()
+
+
+def checkpointed_climb(config):
+    """Reports ``q * step`` for 9 steps, checkpointing its step (so pauses can resume)."""
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        start = read_json(checkpoint.path, "s.json")["step"]
+    for step in range(start + 1, 10):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "s.json"), "w") as f:
+                json.dump({"step": step}, f)
+            tune.report(
+                {"acc": config["q"] * step, "start": start},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
+
+
+def test_hyperband_pauses_and_resumes_trials_from_their_checkpoints(tmp_path):
+    from rayjupyter.tune.schedulers import HyperBandScheduler
+
+    grid = tune.Tuner(
+        checkpointed_climb,
+        param_space={"q": tune.grid_search([i / 10 for i in range(1, 10)])},
+        tune_config=tune.TuneConfig(
+            metric="acc", mode="max", scheduler=HyperBandScheduler(max_t=9, reduction_factor=3)
+        ),
+        run_config=quiet(tmp_path),
+    ).fit()
+    assert grid.num_terminated == 9
+    by_q = {r.config["q"]: r for r in grid}
+    assert by_q[0.9].metrics["training_iteration"] == 9  # the best went all the way
+    assert by_q[0.9].metrics["start"] > 0  # after a pause, from its checkpoint
+    assert sum(r.metrics["training_iteration"] for r in grid) < 9 * 9
+
+
+def test_optuna_search_median_rule_stop_and_time_budget(tmp_path):
+    from rayjupyter.tune.schedulers import MedianStoppingRule
+    from rayjupyter.tune.search.optuna import OptunaSearch
+
+    grid = tune.Tuner(
+        checkpointed_climb,
+        param_space={"q": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            metric="acc",
+            mode="max",
+            num_samples=6,
+            search_alg=OptunaSearch(seed=0),
+            scheduler=MedianStoppingRule(
+                time_attr="training_iteration", grace_period=2, min_samples_required=2
+            ),
+        ),
+        run_config=quiet(tmp_path, stop={"acc": 5.0}),
+    ).fit()
+    assert len(grid) == 6 and grid.num_terminated == 6
+    assert all(r.metrics["acc"] < 5.0 + 1 for r in grid)  # the stop dict ended the good ones
+
+    budget = tune.Tuner(
+        gated,
+        param_space={"i": tune.grid_search([0, 1]), "gate": str(tmp_path / "never")},
+        tune_config=tune.TuneConfig(time_budget_s=0.5),
+        run_config=quiet(tmp_path),
+    ).fit()
+    assert budget.num_terminated == 2
+    assert all(r.metrics["step"] == 2 for r in budget)
