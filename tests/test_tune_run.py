@@ -308,7 +308,11 @@ def test_restore_after_the_driver_is_killed_or_interrupted(shared_cluster, tmp_p
 
         wait_for_condition(
             lambda: (
-                sum(t.checkpoint is not None for t in load_experiment(str(path))["trials"]) >= 2
+                sum(  # two trials saved with their step-2 checkpoints
+                    len(t.history) >= 2 and t.checkpoint is not None
+                    for t in load_experiment(str(path))["trials"]
+                )
+                >= 2
             ),
             timeout=30,
         )

@@ -125,28 +125,99 @@ def html_table(model: TrialTableModel, trials: list[Trial]) -> str:
     )
 
 
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f",
+)  # fmt: skip
+MAX_LINES = 40  # trials drawn in the chart (the first ones made); the table shows the rest
+MAX_POINTS = 1000  # points kept per trial's line (older ones roll off)
+_GREY = "#b0b0b0"
+
+
+class TrialChart:
+    """A bokeh figure: the metric over ``training_iteration``, one line per trial, lines of
+    finished trials greyed. ``update`` streams only the rows each trial added since."""
+
+    def __init__(self, metric: str) -> None:
+        from bokeh.plotting import figure
+
+        self.metric = metric
+        self.figure = figure(
+            title=f"{metric} per trial", height=260, width=640, tools="pan,wheel_zoom,reset"
+        )
+        self.figure.xaxis.axis_label = "training_iteration"
+        self.figure.yaxis.axis_label = metric
+        self._lines: dict[str, tuple[Any, Any, int]] = {}  # trial -> (source, renderer, rows)
+
+    def update(self, trials: list[Trial]) -> None:
+        from bokeh.models import ColumnDataSource
+
+        for trial in trials:
+            entry = self._lines.get(trial.trial_id)
+            if entry is None:
+                if len(self._lines) >= MAX_LINES:
+                    continue
+                source = ColumnDataSource(data={"x": [], "y": []})
+                colour = _PALETTE[len(self._lines) % len(_PALETTE)]
+                line = self.figure.line("x", "y", source=source, color=colour, line_width=2)
+                entry = (source, line, 0)
+            source, line, seen = entry
+            fresh = [r for r in trial.history[seen:] if self.metric in r]
+            if fresh:
+                source.stream(
+                    {
+                        "x": [r.get("training_iteration", 0) for r in fresh],
+                        "y": [float(r[self.metric]) for r in fresh],
+                    },
+                    rollover=MAX_POINTS,
+                )
+            if trial.is_finished and line.glyph.line_color != _GREY:
+                line.glyph.line_color, line.glyph.line_alpha = _GREY, 0.6
+            self._lines[trial.trial_id] = (source, line, len(trial.history))
+
+
 class WidgetReporter:
-    """One ``ipywidgets.HTML`` table, redrawn in place while ``fit()`` runs."""
+    """One widget redrawn in place while ``fit()`` runs: the HTML table of trials and,
+    with a metric and bokeh installed, the chart of the metric per trial."""
 
     def __init__(self, model: TrialTableModel) -> None:
         import ipywidgets
         from IPython.display import display
 
         self.model = model
-        self.widget = ipywidgets.HTML(value=html_table(model, []))
+        self.table = ipywidgets.HTML(value=html_table(model, []))
+        self.chart: TrialChart | None = None
+        children: list[Any] = [self.table]
+        if model.metric:
+            try:
+                from jupyter_bokeh.widgets import BokehModel
+
+                from rayjupyter.notebook.charts import _load_bokehjs
+
+                _load_bokehjs()
+                self.chart = TrialChart(model.metric)
+                children.append(BokehModel(self.chart.figure))
+            except ImportError:  # the notebook extra is not installed: the table alone
+                self.chart = None
+        self.widget = ipywidgets.VBox(children)
         display(self.widget)  # type: ignore[no-untyped-call]
         self._last = 0.0
         self._trials: list[Trial] = []
+
+    def _draw(self) -> None:
+        self.table.value = html_table(self.model, self._trials)
+        if self.chart is not None:
+            self.chart.update(self._trials)
 
     def __call__(self, trials: list[Trial]) -> None:
         self._trials = trials
         now = time.monotonic()
         if now - self._last >= WIDGET_INTERVAL_S:
             self._last = now
-            self.widget.value = html_table(self.model, trials)
+            self._draw()
 
     def close(self) -> None:
-        self.widget.value = html_table(self.model, self._trials)
+        self._draw()
 
 
 def make_reporter(
