@@ -106,6 +106,9 @@ def test_points_to_evaluate_come_first_then_samples():
     assert len(configs) == 3 and configs[0] == {"x": 0.5, "y": 1}  # the point is a sample
     more = make({"x": tune.uniform(0, 1)}, 1, points_to_evaluate=[{"x": 0.1}, {"x": 0.2}])
     assert [c["x"] for c in more] == [0.1, 0.2]
+    grid = {"g": tune.grid_search([1, 2, 3]), "x": tune.uniform(0, 1)}
+    fixed = make(grid, 2, points_to_evaluate=[{"g": 2, "x": 0.5}])
+    assert len(fixed) == 1 + 3 and fixed[0] == {"g": 2, "x": 0.5}  # Ray's count
 
 
 def test_constant_grid_search_shares_the_random_values_across_the_grid():

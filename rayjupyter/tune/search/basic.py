@@ -73,7 +73,7 @@ class BasicVariantGenerator(Searcher):
         self._space: dict[str, Any] = {}
         self._num_samples = 1
         self._made = 0
-        self._passes = 0  # passes over the grid begun
+        self._total = 0
         self._queue: list[Any] = []
         self._live: set[str] = set()
 
@@ -83,23 +83,29 @@ class BasicVariantGenerator(Searcher):
         super().set_search_properties(metric, mode, config)
         self._space = config
         self._num_samples = int(spec.get("num_samples", 1))
+        # as in Ray: each point is one of the num_samples passes, over what it leaves of
+        # the grid; the remaining passes cover the whole grid
+        self._total = sum(variants.grid_size(self._with_point(p)) for p in self._points)
+        rest = self._num_samples - len(self._points)
+        self._total += max(rest, 0) * variants.grid_size(config)
         return True
+
+    def _with_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        spec = copy.deepcopy(self._space)
+        for name, value in variants.flatten(point).items():
+            variants.set_path(spec, tuple(name.split("/")), value)
+        return spec
 
     @property
     def total_samples(self) -> int:
-        """``num_samples`` passes (more if there are more points) over the grid."""
-        passes = max(self._num_samples, len(self._points) + self._passes)
-        return passes * variants.grid_size(self._space)
+        return self._total
 
     def _next(self) -> dict[str, Any] | None:
         if not self._queue:
             if self._made >= self.total_samples:
                 return None
-            spec = copy.deepcopy(self._space)
-            if self._points:  # a point fixes its keys for one pass over the grid
-                for name, value in variants.flatten(self._points.pop(0)).items():
-                    variants.set_path(spec, tuple(name.split("/")), value)
-            self._passes += 1
+            # a point fixes its keys for one pass over the grid
+            spec = self._with_point(self._points.pop(0)) if self._points else self._space
             grid = variants.grid_variants(spec)
             if self._constant_grid:  # one draw of the random values shared by the grid
                 drawn = variants.resolve(spec, self._rng)
