@@ -350,6 +350,15 @@ def gated(config):
             )
 
 
+def test_a_returned_dict_is_the_last_result(tmp_path):
+    def returns(config):
+        tune.report({"v": 1})
+        return {"v": config["x"] * 10}
+
+    grid = tune.Tuner(returns, param_space={"x": 2}, run_config=quiet(tmp_path)).fit()
+    assert grid[0].metrics["v"] == 20 and grid[0].metrics["training_iteration"] == 2
+
+
 def test_report_outside_a_trial_says_how_to_run_it():
     with pytest.raises(RuntimeError, match="Tuner"):
         tune.report({"x": 1})

@@ -51,7 +51,9 @@ class _FunctionRun:
     def _main(self, fn: Any, config: dict[str, Any]) -> None:
         session_mod.install(self._session)
         try:
-            fn(config)
+            final = fn(config)
+            if isinstance(final, dict):  # a returned dict is the trial's last result
+                self._deliver(final, None)
         except session_mod.StopTrial:
             return
         except BaseException as exc:
