@@ -386,6 +386,20 @@ class TuneController:
                     trial.checkpoint_counters(trial.checkpoint) if trial.checkpoint else {}
                 )
 
+    def validate(self) -> None:
+        """Invariants: resources in use are the running trials', each running trial waits
+        on one call, and every trial's own invariants hold."""
+        for key, amount in self._used.items():
+            expected = sum(self._by_id[t].resources.get(key, 0.0) for t in self._running)
+            assert abs(amount - expected) < 1e-6, (key, amount, expected)
+        assert sorted(self._inflight.values()) == sorted(self._running), self._inflight
+        for trial_id in self._running:
+            assert self._by_id[trial_id].state == TrialState.RUNNING, trial_id
+        for trial in self.trials:
+            trial.validate()
+        if not self.interrupted and not self._running:
+            assert all(t.is_finished for t in self.trials), [t.state for t in self.trials]
+
     def run(self) -> list[Trial]:
         self._cluster = rj.cluster_resources()
         self._trainable_ref = rj.put(self.trainable)
@@ -435,4 +449,5 @@ class TuneController:
             self.save(force=True)
             if self._on_update is not None:
                 self._on_update(self.trials)
+        self.validate()
         return self.trials
