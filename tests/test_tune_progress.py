@@ -29,6 +29,10 @@ def test_table_rows_are_sorted_best_first_with_latest_and_best():
     rows = model.rows(trials)
     assert [r[0] for r in rows] == ["fn_b", "fn_a", "fn_c"]
     assert rows[1][1:] == ["RUNNING", "lr=0.1", "3", "0.2", "0.3"]
+    model.sort_by = "iterations"
+    assert [r[0] for r in model.rows(trials)] == ["fn_a", "fn_b", "fn_c"]
+    model.sort_by = "state"
+    assert [r[1] for r in model.rows(trials)] == ["PENDING", "RUNNING", "TERMINATED"]
     text = text_table(model, trials)
     assert "3 trials (1 PENDING, 1 RUNNING, 1 TERMINATED)" in text and "best acc" in text
     html = html_table(model, trials)
@@ -103,7 +107,7 @@ def test_kernel_shows_a_widget_and_an_interrupt_leaves_the_experiment_restorable
             for m in opened
             if m["msg_type"] == "comm_open" and "state" in m["content"].get("data", {})
         }
-        assert {"VBoxModel", "HTMLModel", "BokehModel"} <= models, models
+        assert {"VBoxModel", "HTMLModel", "DropdownModel", "BokehModel"} <= models, models
         path = kernel.value("results.experiment_path")
         assert kernel.value("tune.Tuner.can_restore(results.experiment_path)") == "True"
         kernel.ok("open(os.path.join(GATE, 'open'), 'w').close()")

@@ -26,9 +26,12 @@ def _fmt(value: Any) -> str:
 class TrialTableModel:
     """Rows of (trial, state, config, iterations, latest and best metric)."""
 
+    SORT_KEYS = ("best", "trial", "state", "iterations")
+
     def __init__(self, metric: str | None, mode: str | None) -> None:
         self.metric, self.mode = metric, mode
         self.started = time.monotonic()
+        self.sort_by = "best" if metric else "trial"
 
     def best(self, trial: Trial) -> float | None:
         if not self.metric:
@@ -40,14 +43,22 @@ class TrialTableModel:
         return max(values) if self.mode == "max" else min(values)
 
     def rows(self, trials: list[Trial]) -> list[list[str]]:
-        def order(trial: Trial) -> tuple[int, float]:
+        def by_best(trial: Trial) -> tuple[int, float]:
             best = self.best(trial)
             if best is None:
                 return (1, 0.0)
             return (0, -best if self.mode == "max" else best)
 
+        if self.sort_by == "best":
+            ordered = sorted(trials, key=by_best)
+        elif self.sort_by == "state":
+            ordered = sorted(trials, key=lambda t: t.state.value)
+        elif self.sort_by == "iterations":
+            ordered = sorted(trials, key=lambda t: -t.last_result.get("training_iteration", 0))
+        else:
+            ordered = list(trials)
         out = []
-        for trial in sorted(trials, key=order)[:MAX_ROWS]:
+        for trial in ordered[:MAX_ROWS]:
             last = trial.last_result
             config = ", ".join(
                 f"{k}={_fmt(v)}" for k, v in trial.config.items() if not isinstance(v, dict)
@@ -186,8 +197,12 @@ class WidgetReporter:
 
         self.model = model
         self.table = ipywidgets.HTML(value=html_table(model, []))
+        self.sort = ipywidgets.Dropdown(
+            options=list(model.SORT_KEYS), value=model.sort_by, description="sort by"
+        )
+        self.sort.observe(self._resort, names="value")
         self.chart: TrialChart | None = None
-        children: list[Any] = [self.table]
+        children: list[Any] = [self.sort, self.table]
         if model.metric:
             try:
                 from jupyter_bokeh.widgets import BokehModel
@@ -203,6 +218,10 @@ class WidgetReporter:
         display(self.widget)  # type: ignore[no-untyped-call]
         self._last = 0.0
         self._trials: list[Trial] = []
+
+    def _resort(self, change: dict[str, Any]) -> None:
+        self.model.sort_by = str(change["new"])
+        self.table.value = html_table(self.model, self._trials)
 
     def _draw(self) -> None:
         self.table.value = html_table(self.model, self._trials)

@@ -31,8 +31,11 @@ class Tuner:
         tune_config: TuneConfig | None = None,
         run_config: RunConfig | None = None,
     ) -> None:
-        if trainable is None:
-            raise ValueError("Tuner needs a trainable: a function of config or a Trainable class")
+        if trainable is None or not callable(trainable):
+            raise ValueError(
+                "Tuner needs a trainable: a function of config or a Trainable subclass "
+                "(trainables registered by name are not supported)"
+            )
         if param_space is not None and not isinstance(param_space, dict):
             raise ValueError(f"param_space must be a dict, got {type(param_space).__name__}")
         self.trainable = trainable
