@@ -428,4 +428,5 @@ def test_optuna_search_median_rule_stop_and_time_budget(tmp_path):
         run_config=quiet(tmp_path),
     ).fit()
     assert budget.num_terminated == 2
-    assert all(r.metrics["step"] == 2 for r in budget)
+    # the gate never opens: only the budget could end them, before their third step
+    assert all(r.metrics.get("step", 0) <= 2 for r in budget)
