@@ -80,6 +80,7 @@ def test_asha_stops_trials_early(tmp_path):
             metric="acc",
             mode="max",
             num_samples=12,
+            search_alg=BasicVariantGenerator(random_state=1),
             scheduler=ASHAScheduler(max_t=16, grace_period=1, reduction_factor=2),
         ),
         run_config=quiet(tmp_path),
