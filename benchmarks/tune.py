@@ -7,7 +7,7 @@
 Rows: "trials/s" is num_samples / the seconds fit() takes for trials that report 10 times
 and sleep nothing (higher is better); "ASHA wall" is the seconds fit() takes for ASHA
 (max_t=16, grace_period=1, reduction_factor=2) on trials that report ``q * step`` (lower
-is better). Both run on ``init(num_cpus=2)`` with verbose=0 and a fresh storage directory.
+is better; samples seeded). Both run on ``init(num_cpus=2)`` with verbose=0 and a fresh storage directory.
 Writes a table to stdout and JSON to ``benchmarks/results/tune.json`` (or ``--json``).
 """
 
@@ -59,9 +59,11 @@ def child(backend: str, trials: int, asha_trials: int, out: Path) -> None:
     if backend == "ray":
         import ray as rj
         from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search import BasicVariantGenerator
     else:
         import rayjupyter as rj  # type: ignore[no-redef]
         from rayjupyter.tune.schedulers import ASHAScheduler  # type: ignore[assignment]
+        from rayjupyter.tune.search import BasicVariantGenerator  # type: ignore[assignment]
     tune = _tune()
     result: dict[str, Any] = {"backend": backend}
     rj.init(num_cpus=2)
@@ -86,6 +88,7 @@ def child(backend: str, trials: int, asha_trials: int, out: Path) -> None:
                     metric="acc",
                     mode="max",
                     num_samples=asha_trials,
+                    search_alg=BasicVariantGenerator(random_state=0),
                     scheduler=ASHAScheduler(max_t=16, grace_period=1, reduction_factor=2),
                 ),
                 run_config=tune.RunConfig(storage_path=storage, name="asha", verbose=0),
