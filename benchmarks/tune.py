@@ -7,7 +7,8 @@
 Rows: "trials/s" is num_samples / the seconds fit() takes for trials that report 10 times
 and sleep nothing (higher is better); "ASHA wall" is the seconds fit() takes for ASHA
 (max_t=16, grace_period=1, reduction_factor=2) on trials that report ``q * step`` (lower
-is better; samples seeded). Both run on ``init(num_cpus=2)`` with verbose=0 and a fresh storage directory.
+is better; samples seeded). Both run on ``init(num_cpus=2)`` with verbose=0 and a fresh
+storage directory.
 Writes a table to stdout and JSON to ``benchmarks/results/tune.json`` (or ``--json``).
 """
 
