@@ -81,6 +81,7 @@ def child(backend: str, trials: int, asha_trials: int, out: Path) -> None:
             assert grid.num_errors == 0 and len(grid) == trials, grid.errors
             result["trials_per_s"] = trials / seconds
             result["many_s"] = seconds
+            out.write_text(json.dumps(result))  # a run killed later still reports this
             start = time.perf_counter()
             grid = tune.Tuner(
                 climbs,
@@ -113,7 +114,8 @@ def run_child(backend: str, size: str, timeout: float) -> dict[str, Any]:
             try:
                 done = subprocess.run(cmd, env=env, stdout=f, stderr=f, timeout=timeout)
             except subprocess.TimeoutExpired:
-                return {"backend": backend, "error": f"timed out after {timeout:.0f} s"}
+                partial = json.loads(out.read_text()) if out.exists() else {}
+                return {**partial, "backend": backend, "error": f"timed out after {timeout:.0f} s"}
         if done.returncode != 0 or not out.exists():
             tail = log.read_text()[-800:]
             return {"backend": backend, "error": f"exit {done.returncode}: {tail}"}
