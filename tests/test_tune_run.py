@@ -360,6 +360,28 @@ def test_a_returned_dict_is_the_last_result(tmp_path):
     assert grid[0].metrics["v"] == 20 and grid[0].metrics["training_iteration"] == 2
 
 
+def test_trial_name_creators_and_refused_checkpoint_options(tmp_path):
+    grid = tune.Tuner(
+        quadratic,
+        param_space={"x": tune.grid_search([0.1, 0.2]), "y": 0.0},
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=lambda t: f"dir_x={t.config['x']}",
+            trial_name_creator=lambda t: f"{t.trainable_name}-{t.config['x']}",
+        ),
+        run_config=quiet(tmp_path, name="named"),
+    ).fit()
+    assert sorted(os.path.basename(r.path) for r in grid) == ["dir_x=0.1", "dir_x=0.2"]
+    frame = grid.get_dataframe()
+    assert sorted(frame["trial_name"]) == ["quadratic-0.1", "quadratic-0.2"]
+    with pytest.raises(ValueError, match="class trainables only"):
+        tune.Tuner(
+            quadratic,
+            run_config=quiet(
+                tmp_path, checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True)
+            ),
+        ).fit()
+
+
 def test_report_outside_a_trial_says_how_to_run_it():
     with pytest.raises(RuntimeError, match="Tuner"):
         tune.report({"x": 1})

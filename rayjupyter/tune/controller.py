@@ -87,6 +87,15 @@ class TuneController:
         self._last_save = 0.0
         self._stop_all = False
         self.interrupted = False
+        frequency = self.checkpoint_config.checkpoint_frequency
+        if not is_class_trainable(trainable) and (
+            frequency or self.checkpoint_config.checkpoint_at_end
+        ):
+            raise ValueError(
+                "CheckpointConfig(checkpoint_frequency=, checkpoint_at_end=) work with class "
+                "trainables only; a function trainable checkpoints with "
+                "tune.report(..., checkpoint=)"
+            )
         reuse = tune_config.reuse_actors
         self._reuse = (not is_class_trainable(trainable)) if reuse is None else bool(reuse)
 
@@ -126,6 +135,12 @@ class TuneController:
         trial = Trial(
             trial_id, config, os.path.join(self.path, name), resources_for(self.trainable, config)
         )
+        trial.trainable_name = trainable_name(self.trainable)
+        if self.tune_config.trial_dirname_creator is not None:
+            dirname = str(self.tune_config.trial_dirname_creator(trial))
+            trial.path = os.path.join(self.path, dirname)
+        if self.tune_config.trial_name_creator is not None:
+            trial.name = str(self.tune_config.trial_name_creator(trial))
         self.trials.append(trial)
         self._by_id[trial_id] = trial
         self.scheduler.on_trial_add(trial)

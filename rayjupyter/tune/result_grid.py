@@ -152,7 +152,8 @@ class ResultGrid:
             row.pop("config", None)
             row = flatten(row)
             row.update({f"config/{k}": v for k, v in flatten(trial.config).items()})
-            row["trial_id"], row["logdir"] = trial.trial_id, trial.path
+            row["trial_id"], row["trial_name"] = trial.trial_id, trial.trial_name
+            row["logdir"] = trial.path
             rows.append(row)
         return _pandas().DataFrame(rows)
 

@@ -50,10 +50,15 @@ class Trial:
     error_text: str | None = None
     num_failures: int = 0
     transitions: list[tuple[TrialState, TrialState]] = field(default_factory=list)
+    name: str | None = None  # TuneConfig(trial_name_creator=) sets it; else the directory's
+    trainable_name: str = "trainable"
 
     @property
     def trial_name(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
+        return self.name or self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return self.trial_name
 
     @property
     def last_result(self) -> dict[str, Any]:
