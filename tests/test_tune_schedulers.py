@@ -105,6 +105,8 @@ def test_median_stopping_rule_stops_below_the_median_of_running_means():
     )
     soft.on_trial_result(good[0], {"t": 1, "m": 10})
     assert soft.on_trial_result(bad, {"t": 1, "m": 1}) == PAUSE
+    with pytest.raises(ValueError, match="min_time_slice"):
+        MedianStoppingRule(min_time_slice=5)
 
 
 def test_hyperband_pauses_at_the_budget_then_resumes_the_best_and_stops_the_rest():

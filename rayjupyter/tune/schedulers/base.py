@@ -194,6 +194,11 @@ class MedianStoppingRule(TrialScheduler):
         min_time_slice: float = 0,
         hard_stop: bool = True,
     ) -> None:
+        if min_time_slice:
+            raise ValueError(
+                "MedianStoppingRule(min_time_slice=) is not supported: leave it 0 (a paused "
+                "trial here restarts from its checkpoint when it runs again)"
+            )
         super().__init__(metric, mode)
         self.time_attr, self.grace_period = time_attr, grace_period
         self.min_samples_required, self.hard_stop = min_samples_required, hard_stop
