@@ -382,6 +382,22 @@ def test_trial_name_creators_and_refused_checkpoint_options(tmp_path):
         ).fit()
 
 
+def test_history_in_memory_is_bounded_and_says_so(tmp_path, monkeypatch, caplog):
+    from rayjupyter.tune import controller
+
+    monkeypatch.setattr(controller, "MAX_HISTORY", 4)
+
+    def ten(config):
+        for i in range(10):
+            tune.report({"i": i})
+
+    grid = tune.Tuner(ten, run_config=quiet(tmp_path)).fit()
+    assert [row["i"] for row in grid[0].history] == [6, 7, 8, 9]
+    assert caplog.text.count("RAYJUPYTER_TUNE_MAX_HISTORY") == 1
+    with open(os.path.join(grid[0].path, "result.json")) as f:
+        assert len(f.readlines()) == 10
+
+
 def test_report_outside_a_trial_says_how_to_run_it():
     with pytest.raises(RuntimeError, match="Tuner"):
         tune.report({"x": 1})

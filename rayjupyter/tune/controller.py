@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _RemoteRunner: Any = None
 SAVE_INTERVAL_S = 0.5  # the experiment state is written at most this often (and at the end)
+# results kept in memory per trial (for metrics_dataframe and the schedulers' views); older
+# rows drop out with a warning, and every row stays in the trial's result.json
+MAX_HISTORY = int(os.environ.get("RAYJUPYTER_TUNE_MAX_HISTORY", "10000"))
 
 
 def _runner_class() -> Any:
@@ -86,6 +89,7 @@ class TuneController:
         self._used: dict[str, float] = {}
         self._last_save = 0.0
         self._stop_all = False
+        self._history_warned: set[str] = set()
         self.interrupted = False
         frequency = self.checkpoint_config.checkpoint_frequency
         if not is_class_trainable(trainable) and (
@@ -305,6 +309,17 @@ class TuneController:
     def _on_result(self, trial: Trial, result: dict[str, Any], checkpoint: str | None) -> None:
         result["config"] = trial.config
         trial.history.append(result)
+        if len(trial.history) > MAX_HISTORY:
+            if trial.trial_id not in self._history_warned:
+                self._history_warned.add(trial.trial_id)
+                log.warning(
+                    "trial %s has %d results in memory, the most kept "
+                    "(RAYJUPYTER_TUNE_MAX_HISTORY); older ones stay only in %s",
+                    trial.trial_id,
+                    MAX_HISTORY,
+                    os.path.join(trial.path, "result.json"),
+                )
+            del trial.history[0]
         with open(os.path.join(trial.path, "result.json"), "a") as f:
             f.write(json.dumps(result, default=repr) + "\n")
         if checkpoint:
