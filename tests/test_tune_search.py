@@ -156,3 +156,18 @@ def test_optuna_search_refuses_a_grid_and_needs_metric():
     search.set_search_properties(None, None, {})
     with pytest.raises(ValueError, match="metric and mode"):
         search.suggest("t")
+
+
+def test_the_public_names_are_ray_tunes():
+    ray_names = {
+        "Tuner", "TuneConfig", "RunConfig", "CheckpointConfig", "FailureConfig", "Checkpoint",
+        "Result", "ResultGrid", "Trainable", "Stopper", "report", "get_checkpoint",
+        "get_context", "with_parameters", "with_resources", "grid_search", "choice", "uniform",
+        "quniform", "loguniform", "qloguniform", "randn", "qrandn", "randint", "qrandint",
+        "lograndint", "sample_from", "schedulers", "search",
+    }  # fmt: skip
+    assert ray_names <= set(tune.__all__)
+    assert all(hasattr(tune, name) for name in tune.__all__)
+    assert {"ASHAScheduler", "HyperBandScheduler", "PopulationBasedTraining"} <= set(
+        tune.schedulers.__all__
+    )
