@@ -210,6 +210,56 @@ def test_class_trainable_steps_and_checkpoints_with_resources(tmp_path):
         assert os.path.basename(result.checkpoint.path) == "checkpoint_000001"
 
 
+class Lineage(tune.Trainable):
+    """Remembers which trial's state it carries: the one it was created as, or the one
+    whose checkpoint it loaded."""
+
+    def setup(self, config):
+        self.origin, self.steps = tune.get_context().get_trial_id(), 0
+
+    def step(self):
+        import time
+
+        self.steps += 1
+        marks = self.config["marks"]
+        open(os.path.join(marks, f"{self.config['lr']}_{self.steps}"), "w").close()
+        # the weakest waits until the others passed their first perturbation point
+        while (
+            self.config["lr"] == 0.1
+            and self.steps == 3
+            and not all(os.path.exists(os.path.join(marks, f"{lr}_3")) for lr in (1.0, 10.0, 100.0))
+        ):
+            time.sleep(0.02)  # polling a condition the other trials create
+        return {"score": self.config["lr"] * self.steps, "origin": self.origin}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"origin": self.origin, "steps": self.steps}
+
+    def load_checkpoint(self, checkpoint):
+        self.origin, self.steps = checkpoint["origin"], checkpoint["steps"]
+
+
+def test_pbt_with_a_class_trainable_saves_the_source_on_demand(tmp_path):
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=2,
+        hyperparam_mutations={"lr": [0.1, 1.0, 10.0]},
+        seed=0,
+    )
+    grid = tune.Tuner(
+        tune.with_resources(Lineage, {"cpu": 0.5}),
+        param_space={"lr": tune.grid_search([0.1, 1.0, 10.0, 100.0]), "marks": str(tmp_path)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+        run_config=quiet(
+            tmp_path,
+            stop={"training_iteration": 12},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+        ),
+    ).fit()
+    assert grid.num_terminated == 4 and pbt.num_perturbations >= 1
+    assert any(r.metrics["origin"] != r.metrics["trial_id"] for r in grid)
+
+
 def test_pbt_copies_a_better_trials_checkpoint(tmp_path):
     import time
 

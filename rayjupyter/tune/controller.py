@@ -335,6 +335,9 @@ class TuneController:
     def _apply(self, trial: Trial, decision: Any, result: dict[str, Any]) -> None:
         if isinstance(decision, Exploit):
             source = self._by_id.get(decision.clone_from)
+            if source is not None and source.state == TrialState.RUNNING:
+                # a class trainable saves on demand (queued after its step in flight)
+                self._save_class_checkpoint(source, source.last_result)
             if source is None or source.checkpoint is None:
                 decision = TrialScheduler.CONTINUE
             else:
