@@ -210,7 +210,3 @@ class TrialRunner:
             finally:
                 self._instance = None
         session_mod.install(None)
-
-    def reset(self, new_config: dict[str, Any]) -> bool:
-        """Class trainables: whether the instance took ``new_config`` in place."""
-        return bool(self._instance is not None and self._instance.reset_config(new_config))
