@@ -73,3 +73,12 @@ def test_multinode_runner_crosses_nodes_at_tiny_sizes(tmp_path):
     assert report["cross_node_sync_us"]["median"] > 0
     assert report["same_node_sync_us"]["median"] > 0
     assert report["transfer"]["bytes"] == 8 * 2**20 and report["transfer"]["best_gb_s"] > 0
+
+
+def test_tune_runner_at_tiny_sizes(tmp_path):
+    stdout, report = _run(tmp_path / "tune.json", "benchmarks.tune", "--tiny", "--against", "none")
+    (ours,) = report["results"]
+    assert ours["backend"] == "rayjupyter" and "error" not in ours, ours
+    assert ours["trials_per_s"] > 0 and ours["asha_s"] > 0
+    assert 8 <= ours["asha_iterations"] < 8 * 16  # ASHA stopped some of the 8 trials
+    assert "trials x 10 reports" in stdout
