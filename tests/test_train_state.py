@@ -116,3 +116,33 @@ def test_checkpoint_directories(tmp_path: os.PathLike[str]) -> None:
         assert os.listdir(folder) == ["w.txt"]
     checkpoint.set_metadata({"epoch": 3})
     assert checkpoint.get_metadata() == {"epoch": 3}
+
+
+def test_train_uses_only_the_public_api_and_imports_no_framework() -> None:
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "rayjupyter" / "train"
+    internal = [
+        f"{path.name}:{node.lineno}"
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and any(
+            name.startswith("rayjupyter.core")
+            for name in (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+        )
+    ]
+    assert not internal, f"rayjupyter.train must use rayjupyter's public API: {internal}"
+    code = (
+        "import sys, rayjupyter.train, rayjupyter.train.torch, rayjupyter.train.tensorflow;"
+        "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
