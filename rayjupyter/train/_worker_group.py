@@ -114,7 +114,8 @@ class WorkerGroup:
                     f"{rj.available_resources()} free",
                     stacklevel=2,
                 )
-            options = {"num_cpus": bundle.get("CPU", 0), "num_gpus": bundle.get("GPU", 0)}
+            options: dict[str, Any] = {"num_cpus": bundle.get("CPU", 0)}
+            options["num_gpus"] = bundle.get("GPU", 0)
             custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
             if custom:
                 options["resources"] = custom
