@@ -73,12 +73,11 @@ class DataParallelTrainer:
         """Train; return the result, or raise the user's error (or TrainingFailedError
         once workers died more often than FailureConfig.max_failures allows)."""
         callbacks = list(self._callbacks)
+        name = self._run_name()
         if self.run_config.verbose:
             from rayjupyter.train._view import live_view
 
-            view = live_view(self.scaling_config.num_workers)
-            if view is not None:
-                callbacks.append(view)
+            callbacks.append(live_view(name, self.scaling_config.num_workers))
         controller = Controller(
             self.train_loop_per_worker,
             self.train_loop_config,
@@ -87,7 +86,7 @@ class DataParallelTrainer:
             self.run_config,
             self.datasets,
             self.resume_from_checkpoint,
-            self._run_name(),
+            name,
             callbacks,
         )
         return controller.fit()
