@@ -68,6 +68,7 @@ NOTEBOOK_RUN = """
 import tempfile, os
 from rayjupyter import train
 from rayjupyter.train import DataParallelTrainer, RunConfig, ScalingConfig, Checkpoint
+import rayjupyter as rj
 
 def loop():
     for step in range(4):
@@ -97,3 +98,27 @@ def test_notebook_view_shows_workers_chart_and_checkpoints() -> None:
         (chart,) = reply.widget_states("BokehModel")
         assert "loss" in json.dumps(chart) and "acc" in json.dumps(chart)
         assert not rj.is_initialized()  # the cluster lives in the kernel, not here
+
+        # Interrupting the kernel while fit() runs stops the workers and frees their CPUs.
+        msg_id = kernel.submit(SLOW_RUN)
+
+        def first_step(message: dict[str, Any]) -> bool:
+            state = message["content"].get("data", {}).get("state", {})
+            return message["msg_type"] == "comm_msg" and "1 steps" in str(state.get("value"))
+
+        kernel.collect(msg_id, timeout=60, until=first_step)
+        kernel.interrupt()
+        reply = kernel.collect(msg_id, timeout=20)
+        assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
+        kernel.wait_in_kernel("rj.available_resources().get('CPU') == 2.0", timeout=20)
+
+
+SLOW_RUN = """
+import time
+def slow_loop():
+    train.report({"loss": 1.0})
+    time.sleep(120)
+
+DataParallelTrainer(slow_loop, scaling_config=ScalingConfig(num_workers=2),
+    run_config=RunConfig(name="slow", storage_path=tempfile.mkdtemp())).fit()
+"""

@@ -142,7 +142,7 @@ class WorkerGroup:
             if meta["node_id"] not in node_order:
                 node_order.append(meta["node_id"])
         infos = [
-            WorkerInfo(a, m["node_id"], ips.get(m["node_id"], "127.0.0.1"), m["pid"], m["gpu_ids"])
+            WorkerInfo(a, m["node_id"], ips[m["node_id"]], m["pid"], m["gpu_ids"])
             for a, m in zip(actors, found, strict=True)
         ]
         infos.sort(key=lambda info: node_order.index(info.node_id))  # stable within a node
