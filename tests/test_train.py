@@ -220,3 +220,29 @@ def test_report_outside_a_run_says_where_it_belongs() -> None:
         train.report({"x": 1})
     with pytest.raises(ValueError, match="at most one argument"):
         DataParallelTrainer(lambda a, b: None)
+
+
+def keras_loop() -> None:
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    history = model.fit(x, x.sum(axis=1), epochs=2, batch_size=16, verbose=0)
+    train.report(
+        {"loss": float(history.history["loss"][-1]), "replicas": strategy.num_replicas_in_sync}
+    )
+
+
+def test_tensorflow_trainer_trains_with_multi_worker_mirrored_strategy(
+    two_cpus: Any, tmp_path: Any
+) -> None:
+    pytest.importorskip("tensorflow")  # large and optional: the TF_CONFIG test runs without it
+    result = TensorflowTrainer(
+        keras_loop,
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=run_config(tmp_path, "keras"),
+    ).fit()
+    assert result.metrics is not None and result.metrics["replicas"] == 2

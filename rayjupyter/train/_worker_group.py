@@ -158,7 +158,20 @@ class WorkerGroup:
 
     @staticmethod
     def _get(refs: list[Any]) -> list[Any]:
+        """The results in order, failing as soon as any call fails: a dead worker must not
+        leave the driver waiting on a peer stuck in a collective with it."""
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        pending = list(refs)
         try:
+            while pending:
+                left = deadline - time.monotonic()
+                ready, pending = rj.wait(pending, num_returns=1, timeout=max(left, 0.0))
+                if not ready:
+                    raise TimeoutError(
+                        f"the training workers' set-up did not finish within {CALL_TIMEOUT_S:.0f}"
+                        " s (CALL_TIMEOUT_S in rayjupyter/train/_worker_group.py)"
+                    )
+                rj.get(ready, timeout=CALL_TIMEOUT_S)  # raises the first failure now
             return rj.get(refs, timeout=CALL_TIMEOUT_S)  # type: ignore[no-any-return]
         except LOST_ERRORS as error:
             raise WorkerLost(str(error)) from error
