@@ -1,5 +1,6 @@
-"""rayjupyter.train when a node dies (SIGKILL of its process): its worker's death tears the group down and the
-run restarts from the latest checkpoint on the nodes left, to the same final metrics."""
+"""rayjupyter.train when a node dies (its process SIGKILLed): its worker's death tears the
+group down and the run restarts from the latest checkpoint on the nodes left, to the same
+final metrics."""
 
 from __future__ import annotations
 
