@@ -105,7 +105,16 @@ class _Session:
             self.checkpoint = Checkpoint(path)
         record = Report(self.context.world_rank, self.next_index, dict(metrics), path)
         self.next_index += 1
-        self.queue.put(record, timeout=REPORT_PUT_TIMEOUT_S)
+        from rayjupyter.util.queue import Full
+
+        try:
+            self.queue.put(record, timeout=REPORT_PUT_TIMEOUT_S)
+        except Full:
+            raise RuntimeError(
+                f"train.report() waited {REPORT_PUT_TIMEOUT_S:.0f} s (REPORT_PUT_TIMEOUT_S) for "
+                "the driver to take earlier reports off the run's queue (REPORT_QUEUE_SIZE in "
+                "rayjupyter/train/_controller.py): is the driver process busy or stopped?"
+            ) from None
 
 
 _session: _Session | None = None
