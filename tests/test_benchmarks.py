@@ -85,3 +85,12 @@ def test_the_serve_benchmark_measures_handles_http_and_batching_at_tiny_sizes(tm
     assert metrics["http_1r"]["errors"] == metrics["http_2r"]["errors"] == 0
     assert metrics["batched_1ms"]["rps"] > 0
     assert "| handle, 1 replica: p50 ms |" in stdout
+
+
+def test_tune_runner_at_tiny_sizes(tmp_path):
+    stdout, report = _run(tmp_path / "tune.json", "benchmarks.tune", "--tiny", "--against", "none")
+    (ours,) = report["results"]
+    assert ours["backend"] == "rayjupyter" and "error" not in ours, ours
+    assert ours["trials_per_s"] > 0 and ours["asha_s"] > 0
+    assert 8 <= ours["asha_iterations"] < 8 * 16  # ASHA stopped some of the 8 trials
+    assert "trials x 10 reports" in stdout

@@ -232,3 +232,35 @@ def test_cancel_a_running_async_actor_call(cluster):
     with pytest.raises(TaskCancelledError):
         rj.get(stuck, timeout=30)
     assert rj.get(actor.ping.remote(), timeout=30) == "pong"  # the actor lives on
+
+
+def test_a_cancelled_actor_call_is_not_retried_when_its_actor_restarts(cluster, tmp_path):
+    """As in Ray: a running call of a regular actor is not interrupted by rj.cancel, and a
+    cancelled call is never retried, whatever max_task_retries allows."""
+    import signal
+
+    runs = tmp_path / "runs"
+
+    @rj.remote(max_restarts=1, max_task_retries=3)
+    class Holder:
+        def pid(self):
+            return os.getpid()
+
+        def hold(self, path, release):
+            with open(path, "a") as log:
+                log.write("run\n")
+            deadline = time.monotonic() + 60
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.02)  # a long call, ended by the actor's death
+            return "released"
+
+    holder = Holder.remote()
+    pid = rj.get(holder.pid.remote(), timeout=30)
+    call = holder.hold.remote(str(runs), str(tmp_path / "never"))
+    wait_for_condition(lambda: runs.exists(), timeout=30)
+    rj.cancel(call)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TaskCancelledError):
+        rj.get(call, timeout=30)
+    assert rj.get(holder.pid.remote(), timeout=30) != pid  # restarted, and usable
+    assert runs.read_text() == "run\n"  # the cancelled call did not run again

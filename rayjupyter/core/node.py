@@ -1,10 +1,13 @@
-"""The node daemon: one thread, one poll loop, owning scheduling, the worker pool, the
-object table and the shared-memory store of its machine.
+"""The node daemon: one thread, one poll loop, running the tasks, the worker processes,
+the object table and the shared-memory store of its machine.
 
 Everything arrives as events (a batch of messages, a worker's output, a worker's exit,
 the owning driver's stdin closing) and leaves as batched messages, one frame per client
-per loop turn. Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster
-secret comes in the environment (``RAYJUPYTER_SECRET``), never on the command line.
+per loop turn. What to do with a task or a worker is decided by ``node_state.NodeState``
+(no I/O: events in, instructions out); this class carries its instructions out.
+
+Start with ``python -m rayjupyter.core.node CONFIG_JSON``; the cluster secret comes in the
+environment (``RAYJUPYTER_SECRET``), never on the command line.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from rayjupyter.core import (
     auth,
     discovery,
     ids,
-    placement_groups,
     protocol,
     task_events,
     worker_limit,
@@ -45,7 +47,7 @@ from rayjupyter.core.config import (
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError, TaskCancelledError
+from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_generators import NodeGenerators
@@ -53,6 +55,26 @@ from rayjupyter.core.node_peers import NodePeers
 from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
+from rayjupyter.core.node_state import (
+    ACTOR_PROCESS_DIED,
+    CANCEL_CALL,
+    CANCEL_FORWARDED,
+    DROP_ACTOR_CALL,
+    EXECUTE,
+    FAILED,
+    FINISHED,
+    INTERRUPT,
+    KILL,
+    REVOKE,
+    SPAWN,
+    START_ACTOR,
+    STARTED,
+    UNPIN,
+    WARN,
+    Instruction,
+    NodeState,
+    cancelled_error,
+)
 from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
 from rayjupyter.core.object_store import (
     FlatBytes,
@@ -61,15 +83,10 @@ from rayjupyter.core.object_store import (
     shm_path,
     write_object,
 )
-from rayjupyter.core.scheduler import (
-    ResourcePool,
-    Scheduler,
-    TaskRecord,
-    TaskState,
-    WorkerRecord,
-    WorkerState,
-)
+from rayjupyter.core.scheduler import ResourcePool, TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.serialization import INLINE_THRESHOLD
+
+VALIDATE_ENV = "RAYJUPYTER_VALIDATE"  # "1": check the state's invariants every loop turn
 
 
 class ObjectEntry:
@@ -172,8 +189,15 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
         totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
-        self.resources = ResourcePool(totals)
-        self.scheduler = Scheduler(self.resources)
+        # every task and worker decision is made there; this class carries them out
+        self.state = NodeState(
+            ResourcePool(totals),
+            pool_size=max(1, int(config.num_cpus)),
+            limit=worker_limit.for_node(config.max_workers, config.num_cpus),
+        )
+        self.resources = self.state.resources
+        self.scheduler = self.state.scheduler
+        self.worker_limit = self.state.limit
         self.placement = NodePlacement(self)  # bundles held here; on the head, the group table
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
         self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
@@ -187,20 +211,22 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.events = task_events.TaskEventLog()
         self.named_actors: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.pending_actors: set[bytes] = set()  # waiting for resources to be placed
-        self.workers: dict[bytes, WorkerRecord] = {}
+        self.workers: dict[bytes, WorkerRecord] = self.state.workers
         self.pipes: dict[bytes, WorkerPipes] = {}
         self._exiting: dict[bytes, WorkerPipes] = {}
-        self.tasks: dict[bytes, TaskRecord] = {}
+        self.tasks: dict[bytes, TaskRecord] = self.state.tasks
         self.objects: dict[bytes, ObjectEntry] = {}
         self.funcs: dict[bytes, bytes] = {}
         self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
         self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
-        self.pool_size = max(1, int(config.num_cpus))
-        self.worker_limit = worker_limit.for_node(config.max_workers, config.num_cpus)
+        self.pool_size = self.state.pool_size
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.running = True
         self.generators = NodeGenerators(self)  # streaming generator tasks (their items)
+        # tests set it: the state machine's invariants are checked after every loop turn,
+        # and a broken one stops the node with the reason (as dask's validate=True does)
+        self.validating = os.environ.get(VALIDATE_ENV) == "1"
 
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
@@ -275,6 +301,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     if fd in self.fd_handlers:
                         self.fd_handlers[fd](fd)
                 self.schedule()
+                if self.validating:
+                    self.validate()
                 self.flush()
         finally:
             self.shutdown()
@@ -416,12 +444,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             message.kind, message.pid, message.namespace, time.monotonic()
         )
         worker = self.workers.get(client)
-        if worker is not None and worker.state is WorkerState.STARTING:
-            worker.transition(WorkerState.IDLE)
-            if worker.actor_id:
-                self.start_actor_in(worker)
-            else:
-                self.scheduler.worker_idle(worker)
+        if worker is not None:
+            self.execute(self.state.worker_connected(worker))
 
     def on_submit(self, client: bytes, message: P.SubmitTask) -> None:
         if message.func_blob is not None:
@@ -447,8 +471,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             env=message.runtime_env,
             strategy=message.strategy,
         )
-        if parent is not None and parent in self.tasks:
-            self.tasks[parent].children.append(task.task_id)
         if message.generator:
             self.generators.submitted(task.task_id, client, message)
         self.admit(client, task)
@@ -468,7 +490,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def admit(self, client: bytes, task: TaskRecord) -> None:
         """Take a new task (or actor call or creation): hold its values, wait for its deps."""
-        self.tasks[task.task_id] = task
+        self.state.submit(task)
         if task.method != "__init__":
             self.events.submitted(task.task_id, task.name, task.job, task.actor_id, bool(task.deps))
         for object_id in task.return_ids:
@@ -525,7 +547,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         elif task.strategy[:1] in ("S", "n") and self.placement.place(task):
             return  # SPREAD or node affinity: sent to its node (or failed)
         elif not self.place_by_locality(task) and not self._pull_deps(task):
-            self.scheduler.make_ready(task)
+            self.state.task_ready(task)
 
     def _pull_deps(self, task: TaskRecord) -> bool:
         """Start copying the task's values that only peers have; True if it must wait."""
@@ -553,10 +575,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def warn_worker_limit(self, waiting: int, what: str) -> None:
         """Work found no process (worker_limit.py): the drivers hear it once per episode."""
-        text = self.worker_limit.refused(len(self.workers), waiting, what)
-        if text is not None:
-            for driver in self.drivers():
-                self.send(driver, P.LogLines(2, text))
+        self.execute(self.state.limit_reached(waiting, what))
 
     def on_put(self, client: bytes, message: P.PutObject) -> None:
         entry = ObjectEntry()
@@ -622,54 +641,24 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if task is None or worker.task is not task:
             return
         self._drain_output(self.pipes[client])  # the task's prints, under the task's name
-        self._release_task_resources(task, worker)
         self._unpin_deps(task)
-        worker.task = None
-        following = worker.prefetched
-        if following is not None:  # the worker has started it already: it inherits the CPU
-            worker.prefetched = None
-            worker.task = following
-            self.resources.acquire(following.demand)
-            self.events.started(following.task_id, worker.pid, following.attempt)
-        else:
-            worker.transition(WorkerState.IDLE)
-            self.scheduler.worker_idle(worker)
-        if message.error is not None:
-            if task.cancelled:
-                self.fail_task(task, self.cancelled_error(task))
-                return
-            if message.retryable and task.retry():
-                task.transition(TaskState.READY)
-                self.scheduler.ready.append(task)
-                return
-            self.fail_task(task, message.error)
-            return
-        task.transition(TaskState.FINISHED)
-        self.events.ended(task.task_id, failed=False)
-        for object_id, inline, size, contained in message.results:
-            self.set_ready(object_id, inline, size, False, contained)
-        self._forget_task(task)
+        for instruction in self.state.task_finished(worker, task, message.error, message.retryable):
+            if instruction[0] == FINISHED:
+                self.events.ended(task.task_id, failed=False)
+                for object_id, inline, size, contained in message.results:
+                    self.set_ready(object_id, inline, size, False, contained)
+                self._forget_task(task)
+            else:
+                self.execute_one(instruction)
 
     def on_worker_blocked(self, client: bytes, message: P.WorkerBlocked) -> None:
         worker = self.workers.get(client)
         if worker is None:
             return
         if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
-            revoked = None
-            if worker.task is not None and worker.state is WorkerState.BUSY:
-                revoked = self.revoke_prefetched(worker, answers_block=True)
-            if revoked is None:
-                self.send(client, P.RevokeTask(b"", answers_block=True))
-        if worker.task is None:
-            return
-        if message.blocked and worker.state is WorkerState.BUSY:
-            worker.lent = placement_groups.cpu_share(worker.task.demand)
-            self.resources.release(worker.lent)
-            worker.transition(WorkerState.BLOCKED)
-        elif not message.blocked and worker.state is WorkerState.BLOCKED:
-            self.resources.acquire(worker.lent)  # may overcommit for a moment, as in Ray
-            worker.lent = {}
-            worker.transition(WorkerState.BUSY)
+            self.execute(self.state.worker_blocked(worker))
+        else:
+            self.state.worker_unblocked(worker)
 
     def on_query(self, client: bytes, message: Any) -> None:
         """A query of protocol.QUERIES: answered with its read model (node_queries)."""
@@ -806,14 +795,12 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     self.send(subscriber, P.ObjectsReady((info,)))
         entry.subscribers = set()
         waiters, entry.waiters = entry.waiters, []
+        dependency_ready = self.state.dependency_ready
         for task in waiters:
-            if task.state is not TaskState.WAITING:
-                continue
             if is_error:
-                self.fail_task(task, inline or b"")
-                continue
-            task.missing -= 1
-            if task.missing == 0:
+                if task.state is TaskState.WAITING:
+                    self.fail_task(task, inline or b"")
+            elif dependency_ready(task):
                 self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
@@ -835,10 +822,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self.pull(object_id)
         waiters, entry.waiters = entry.waiters, []
         for task in waiters:  # placed next: maybe where the value is, with no copy
-            if task.state is TaskState.WAITING:
-                task.missing -= 1
-                if task.missing == 0:
-                    self.task_ready(task)
+            if self.state.dependency_ready(task):
+                self.task_ready(task)
         if entry.refs <= 0:
             self.free(object_id, entry)
 
@@ -846,7 +831,11 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
 
     def fail_task(self, task: TaskRecord, error_blob: bytes) -> None:
         """Every return value of the task becomes the error; dependents inherit it."""
-        task.transition(TaskState.FAILED)
+        self.state.fail(task)
+        self.task_failed(task, error_blob)
+
+    def task_failed(self, task: TaskRecord, error_blob: bytes) -> None:
+        """A task is FAILED now (``NodeState`` said so): publish it, store the error."""
         self.events.ended(task.task_id, failed=True)
         if self.generators.modes:  # a stream's error goes where it stopped, as an item
             self.generators.failed(task, error_blob)
@@ -859,7 +848,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                 self.actor_dies(actor, f"its creation failed: {pickle.loads(error_blob)}")
 
     def _forget_task(self, task: TaskRecord) -> None:
-        if self.tasks.pop(task.task_id, None) is None:
+        if not self.state.forget(task):
             return  # already forgotten (an actor's creation, when the actor died)
         if self.generators.modes:
             self.generators.forgotten(task.task_id)
@@ -868,91 +857,93 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         for object_id in task.nested:
             self.decref(object_id)
 
-    def _release_task_resources(self, task: TaskRecord, worker: WorkerRecord) -> None:
-        demand = dict(task.demand)
-        for key, value in worker.lent.items():
-            demand[key] = demand.get(key, 0.0) - value
-        worker.lent = {}
-        self.resources.release(demand)
-        if task.gpu_ids:
-            self.resources.return_gpus(task.gpu_ids, placement_groups.gpu_amount(task.demand))
-            task.gpu_ids = ()
-
     def _unpin_deps(self, task: TaskRecord) -> None:
         for object_id in task.deps:
             if self.store.contains(object_id):
                 self.store.unpin(object_id, task.task_id)
 
     def schedule(self) -> None:
+        """Once per loop turn: place actors, run what is ready, start the workers missing."""
         if self.pending_actors:
             self.place_pending_actors()
-        assignments, unplaced = self.scheduler.assignments()
-        for task, worker in assignments:
-            self.dispatch(task, worker)
+        state = self.state
+        self.execute(state.assign())
         if len(self.head.nodes) > 1:
             self.spill_over()
-        if unplaced:  # only then count starting workers: a scan of all workers, each loop turn
-            starting = sum(
-                1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
-            )
-            room = self.worker_limit.room(len(self.workers))
-            for _ in range(min(unplaced - starting, room)):
-                self.spawn_worker()
-            if unplaced - starting > room:
-                self.warn_worker_limit(unplaced - starting - room, "tasks")
         if self.scheduler.env_unplaced:
-            self.spawn_env_workers()
-        self.worker_limit.turn_ended()
-        if len(self.scheduler.ready) > self.pool_size and not self.scheduler.idle:
-            self.prefetch()
+            self.execute(state.env_spawns(self.runtime_envs, time.monotonic()))
+        state.turn_ended()  # (after every start this turn, actors' included)
+        self.execute(state.prefetch())
 
-    def prefetch(self) -> None:
-        """With more queued tasks than workers, send each busy worker its next task now.
+    def validate(self) -> None:
+        """``NodeState.validate``, reported on stderr before the error stops the node."""
+        try:
+            ledger = self.placement.ledger
+            ledger.validate()
+            # the bundles held here were taken out of the plain resources (BundleLedger)
+            self.state.validate(held_elsewhere=ledger.reserved())
+        except AssertionError:
+            print(
+                f"rayjupyter node: an invariant of its state broke ({VALIDATE_ENV}=1):\n"
+                f"{traceback.format_exc()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
 
-        A worker then starts its next task the moment it finishes one, instead of idling
-        for a round trip through the node; this roughly doubles the rate of short tasks.
-        Only a task with the same demand (it inherits the finished task's resources).
-        """
-        ready = self.scheduler.ready
-        for worker in self.workers.values():
-            if not ready:
-                return
-            running = worker.task
-            if (
-                worker.state is not WorkerState.BUSY
-                or worker.prefetched is not None
-                or worker.actor_id
-                or running is None
-            ):
-                continue
-            task = ready[0]
-            if task.state is not TaskState.READY or task.demand != running.demand:
-                continue
-            if task.env != running.env:  # a worker runs the tasks of its own env only
-                continue
-            if placement_groups.gpu_amount(task.demand):
-                continue
-            ready.popleft()
-            task.transition(TaskState.RUNNING)
-            task.worker = worker.client_id
-            worker.prefetched = task
-            self.dispatch(task, worker)
+    def execute(self, instructions: list[Instruction]) -> None:
+        """Carry out what ``NodeState`` decided."""
+        for instruction in instructions:
+            self.execute_one(instruction)
 
-    def revoke_prefetched(
-        self, worker: WorkerRecord, answers_block: bool = False
-    ) -> TaskRecord | None:
-        """Take back a task sent ahead to a worker; it goes first in the queue again."""
-        task = worker.prefetched
-        if task is None:
-            return None
-        worker.prefetched = None
-        self.send(worker.client_id, P.RevokeTask(task.task_id, answers_block))
-        worker.known_funcs.discard(task.func_id)  # the worker drops the message that had it
-        self._unpin_deps(task)
-        task.worker = None
-        task.transition(TaskState.READY)
-        self.scheduler.ready.appendleft(task)
-        return task
+    def execute_one(self, instruction: Instruction) -> None:
+        op = instruction[0]
+        if op == EXECUTE:
+            self.dispatch(instruction[1], instruction[2])
+        elif op == FAILED:
+            self.task_failed(instruction[1], instruction[2])
+        elif op == STARTED:
+            task, worker = instruction[1], instruction[2]
+            self.events.started(task.task_id, worker.pid, task.attempt)
+        elif op == REVOKE:
+            task, worker, answers_block = instruction[1], instruction[2], instruction[3]
+            self.send(
+                worker.client_id,
+                P.RevokeTask(task.task_id if task is not None else b"", answers_block),
+            )
+            if task is not None:
+                self._unpin_deps(task)
+        elif op == UNPIN:
+            self._unpin_deps(instruction[1])
+        elif op == SPAWN:
+            for _ in range(instruction[2]):
+                self.spawn_worker(env=instruction[1])
+        elif op == KILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(instruction[1].pid, signal.SIGKILL)
+        elif op == INTERRUPT:
+            task, worker = instruction[1], instruction[2]
+            # names the task, so a worker still setting it up stops it too; sent ahead of
+            # the signal, which makes the worker look for it
+            self.send(worker.client_id, P.CancelCall(task.task_id))
+            self.flush()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGINT)
+        elif op == CANCEL_CALL:
+            self.send(instruction[2].client_id, P.CancelCall(instruction[1].task_id))
+        elif op == CANCEL_FORWARDED:
+            self.cancel_forwarded(instruction[1], instruction[2])
+        elif op == ACTOR_PROCESS_DIED:
+            self.actor_process_died(instruction[1], instruction[2])
+        elif op == DROP_ACTOR_CALL:
+            self.actor_call_dropped(instruction[1])
+        elif op == START_ACTOR:
+            self.start_actor_in(instruction[1])
+        elif op == WARN:
+            for driver in self.drivers():
+                self.send(driver, P.LogLines(2, instruction[1]))
+        else:
+            raise ValueError(f"unknown instruction {instruction!r}")
 
     def dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
         deps = []
@@ -965,8 +956,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if task.func_id not in worker.known_funcs:
             func_blob = self.funcs.get(task.func_id)
             worker.known_funcs.add(task.func_id)
-        if not task.actor_id:
-            task.gpu_ids = self.resources.assign_gpus(placement_groups.gpu_amount(task.demand))
         if worker.prefetched is not task:  # one sent ahead starts when the current one ends
             self.events.started(task.task_id, worker.pid, task.attempt)
         generator, credit = "", -1
@@ -1001,42 +990,10 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
     def on_cancel(self, client: bytes, message: P.CancelTask) -> None:
         task = self.tasks.get(ids.task_of(message.object_id))
         if task is not None:
-            self.cancel(task, message.force, message.recursive)
-
-    def cancel(self, task: TaskRecord, force: bool, recursive: bool) -> None:
-        """Queued: fail now. Running: KeyboardInterrupt in it, or kill its worker (force)."""
-        if recursive:
-            for child_id in task.children:
-                child = self.tasks.get(child_id)
-                if child is not None:
-                    self.cancel(child, force, recursive)
-        if task.state in (TaskState.FINISHED, TaskState.FAILED) or task.cancelled:
-            return
-        task.cancelled = True
-        if task.state in (TaskState.WAITING, TaskState.READY):
-            if task.actor_id:
-                self.actor_call_dropped(task)
-            self.fail_task(task, self.cancelled_error(task))
-        elif task.state is TaskState.RUNNING and self.cancel_forwarded(task, force):
-            return
-        elif task.state is TaskState.RUNNING and task.worker in self.workers:
-            worker = self.workers[task.worker]
-            if task.actor_id:  # only an async actor can stop a running call (as in Ray)
-                self.send(worker.client_id, P.CancelCall(task.task_id))
-                return
-            if worker.prefetched is task:  # sent ahead, not started: take it back
-                self.revoke_prefetched(worker)
-                self.fail_task(task, self.cancelled_error(task))
-                return
-            if not force:  # names the task, so a worker still setting it up stops it too
-                self.send(worker.client_id, P.CancelCall(task.task_id))
-                self.flush()  # ahead of the signal, which makes the worker look for it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL if force else signal.SIGINT)
+            self.execute(self.state.cancel(task, message.force, message.recursive, self.forwarded))
 
     def cancelled_error(self, task: TaskRecord) -> bytes:
-        error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
-        return pickle.dumps(error, protocol=5)
+        return cancelled_error(task)
 
     # ------------------------------------------------------------------ shutdown
 

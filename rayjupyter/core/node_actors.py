@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import actor_file, placement_groups, worker_limit
+from rayjupyter.core import actor_file, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
@@ -298,10 +298,7 @@ class NodeActors:
                 continue
             actor.pending_reason = ""
             node.pending_actors.discard(actor_id)
-            node.resources.acquire(actor.run_demand)
-            actor.gpu_ids = node.resources.assign_gpus(
-                placement_groups.gpu_amount(actor.run_demand)
-            )
+            actor.gpu_ids = node.state.actor_placed(actor.actor_id, actor.run_demand)
             actor.creation.transition(TaskState.RUNNING)
             actor.transition(ActorState.STARTING)
             actor.worker = node.spawn_worker(actor_id=actor_id)
@@ -361,7 +358,8 @@ class NodeActors:
         node._drain_output(node.pipes[worker.client_id])
         node._unpin_deps(task)
         if message.error is not None:
-            node.fail_task(task, node.cancelled_error(task) if task.cancelled else message.error)
+            cancelled = task.state is TaskState.CANCELLED
+            node.fail_task(task, node.cancelled_error(task) if cancelled else message.error)
         else:
             task.transition(TaskState.FINISHED)
             node.events.ended(task.task_id, failed=False)
@@ -424,8 +422,7 @@ class NodeActors:
         if actor is None or actor.worker != worker.client_id or actor.state is ActorState.DEAD:
             return
         actor.worker = None
-        node.resources.release(actor.run_demand)
-        node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
+        node.state.actor_released(actor.actor_id)
         actor.gpu_ids = ()
         self.restart_or_die(actor, f"its process died ({cause})")
 
@@ -453,7 +450,9 @@ class NodeActors:
         retried = []
         for task in actor.in_flight.values():
             node._unpin_deps(task)
-            if task.retry():
+            if task.state is TaskState.CANCELLED:  # rj.cancel asked for it to stop
+                node.fail_task(task, node.cancelled_error(task))
+            elif task.retry():
                 task.transition(TaskState.READY)
                 retried.append(task)
             else:
@@ -479,11 +478,11 @@ class NodeActors:
         node.actor_gone_from_here(actor, reason, not (actor.no_restart or actor.exiting))
         if actor.host:
             node.release_hosted(actor)
+        node.state.actor_released(actor.actor_id)  # if its process held a slot here
+        actor.gpu_ids = ()
         if actor.state in (ActorState.ALIVE, ActorState.STARTING) and (
             actor.worker is not None and actor.worker in node.workers
         ):
-            node.resources.release(actor.run_demand)
-            node.resources.return_gpus(actor.gpu_ids, placement_groups.gpu_amount(actor.run_demand))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
         actor.transition(ActorState.DEAD)

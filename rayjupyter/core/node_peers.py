@@ -32,6 +32,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_actors import ActorState
+from rayjupyter.core.node_state import OCCUPYING
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 
@@ -341,14 +342,12 @@ class NodePeers:
         for forwarded in [f for f in self.forwarded.values() if f.address == address]:
             task = forwarded.task
             del self.forwarded[task.task_id]
-            if task.state is not TaskState.RUNNING:
+            if task.state not in OCCUPYING:
                 continue
-            if not task.retry():
-                error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
-                node.fail_task(task, pickle.dumps(error, protocol=5))
-            elif node.placement.requeue(task, node_id):  # (else: pinned there, it failed)
-                task.transition(TaskState.READY)
-                node.scheduler.ready.appendleft(task)
+            error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
+            lost = pickle.dumps(error, protocol=5)
+            # (dead_node: a task pinned to that node by its affinity fails, a soft one is freed)
+            node.execute(node.state.retry_or_fail(task, lost, dead_node=node_id))
         self._rebuild_or_lose(address)
         for pull in [p for p in self.pulls.values() if p.address == address]:
             self._pull_failed(pull, f"the node holding it died ({why})")
@@ -514,9 +513,7 @@ class NodePeers:
         link.send(P.Subscribe(task.return_ids, False))
         for key, value in task.demand.items():  # until the next view says otherwise
             peer.available[key] = peer.available.get(key, 0.0) - value
-        if task.state is TaskState.WAITING:  # placed the moment its values exist
-            task.transition(TaskState.READY)
-        task.transition(TaskState.RUNNING)
+        node.state.forwarded(task)
         node.events.started(task.task_id, 0, task.attempt)
         self.forwarded[task.task_id] = Forwarded(task, peer.address, set(task.return_ids))
 
@@ -626,7 +623,7 @@ class NodePeers:
                 for other in forwarded.pending:
                     link.send(P.RefOps(((False, other),)))
                 link.send(P.RefOps(((False, object_id),)))
-                if task.state is TaskState.RUNNING:
+                if task.state in OCCUPYING:
                     node.fail_task(task, inline or b"")
                 if task.actor_id:
                     node.remote_call_ended(task)
@@ -647,7 +644,7 @@ class NodePeers:
             else:
                 for inner_id in inner:  # already freed: nobody wanted it
                     node.decref(inner_id)
-            if not forwarded.pending and task.state is TaskState.RUNNING:
+            if not forwarded.pending and task.state in OCCUPYING:
                 task.transition(TaskState.FINISHED)
                 node.events.ended(task.task_id, failed=False)
                 remote = any(node.objects[r].location for r in task.return_ids if r in node.objects)

@@ -234,8 +234,7 @@ class NodePlacement:
         for task in list(node.tasks.values()):
             if task.actor_id or pgs.names_group(task.demand) != group_id:
                 continue
-            if task.state in (TaskState.WAITING, TaskState.READY) and not task.cancelled:
-                task.cancelled = True
+            if task.state in (TaskState.WAITING, TaskState.READY):
                 error = TaskPlacementGroupRemoved(
                     f"Task {task.name!r} cannot run: its placement group {group_id.hex()} "
                     f"was removed."
@@ -272,7 +271,7 @@ class NodePlacement:
                 and task.state is TaskState.RUNNING
                 and pgs.names_group(task.demand) == group_id
             ):
-                node.cancel(task, True, True)
+                node.execute(node.state.cancel(task, True, True, node.forwarded))
 
     def infeasible(self, name: str, demand: dict[str, float]) -> bool:
         """No node can meet a demand now: warn (plain work), stay quiet (a group that waits
@@ -339,23 +338,8 @@ class NodePlacement:
             return False
         if target == node.node_id:  # pinned here: not moved by locality or spill-over
             if not node._pull_deps(task):
-                node.scheduler.make_ready(task)
+                node.state.task_ready(task)
             return True
         peer = next(p for p in node.peer_nodes() if p.node_id == target)
         node.forward(task, peer)
         return True
-
-    def requeue(self, task: TaskRecord, dead: bytes) -> bool:
-        """A task retried after its node died: False if its node affinity rules that out
-        (it has failed then); a soft affinity lets it run anywhere."""
-        if not task.strategy.startswith("node:") or task.strategy.split(":")[1] != dead.hex():
-            return True
-        if task.strategy.endswith(":1"):
-            task.strategy = ""
-            return True
-        error = TaskUnschedulableError(
-            f"Task {task.name!r} cannot be scheduled: its node {dead.hex()} died "
-            f"(NodeAffinitySchedulingStrategy, soft=False)."
-        )
-        self.node.fail_task(task, pickle.dumps(error, protocol=5))
-        return False

@@ -46,6 +46,8 @@ TASK_STATE_NAMES: dict[TaskState, TaskStateName] = {
     TaskState.WAITING: PENDING_ARGS_AVAIL,
     TaskState.READY: PENDING_NODE_ASSIGNMENT,
     TaskState.RUNNING: RUNNING,
+    # rj.cancel reached it while it ran: it still holds its worker until that stops it
+    TaskState.CANCELLED: RUNNING,
     TaskState.FINISHED: "FINISHED",
     TaskState.FAILED: "FAILED",
 }

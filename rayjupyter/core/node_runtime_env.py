@@ -11,14 +11,12 @@ Idle workers of an env are reaped after a while, or sooner when envs crowd the m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
-import signal
 import tempfile
 import time
 import zipfile
@@ -29,7 +27,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import RuntimeEnvSetupError
 from rayjupyter.core.runtime_env import WORKER_ENV_VAR, RuntimeEnv
-from rayjupyter.core.scheduler import TaskRecord, WorkerState
+from rayjupyter.core.scheduler import TaskRecord
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
@@ -190,50 +188,10 @@ class NodeRuntimeEnv:
         variables[WORKER_ENV_VAR] = json.dumps(wire)
         return variables
 
-    def spawn_env_workers(self) -> None:
-        """Start workers for envs whose tasks fit now but have no idle worker of theirs."""
+    def reap_idle_env_workers(self) -> None:
+        """Stop env workers idle for a while (once a second; ``NodeState`` picks them)."""
         node = self._node()
-        wanted = node.scheduler.env_unplaced
-        if not wanted:
-            return
-        starting: dict[str, int] = {}
-        for worker in node.workers.values():
-            if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
-                starting[worker.env] = starting.get(worker.env, 0) + 1
-        for env, count in wanted.items():
-            if env not in self.runtime_envs:
-                continue
-            for _ in range(count - starting.get(env, 0)):
-                self.reap_idle_env_workers(crowded_by=env)
-                if not node.worker_limit.room(len(node.workers)):
-                    node.warn_worker_limit(count - starting.get(env, 0), "tasks")
-                    return
-                node.spawn_worker(env=env)
-
-    def reap_idle_env_workers(self, crowded_by: str = "") -> None:
-        """Stop env workers idle for ENV_WORKER_IDLE_S; with ``crowded_by``, also the one
-        idle longest of another env when envs already have a pool's worth of workers."""
-        node = self._node()
-        idle_env = node.scheduler.idle_env
-        if not idle_env:
-            return
-        if crowded_by:
-            live = sum(
-                1
-                for w in node.workers.values()
-                if w.env and not w.actor_id and w.state is not WorkerState.DEAD
-            )
-            if live < node.pool_size:
-                return
-            others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
-            victims = sorted(others, key=lambda w: w.idle_since)[:1]
-        else:
-            deadline = time.monotonic() - ENV_WORKER_IDLE_S
-            victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
-        for worker in victims:
-            node.scheduler.forget_worker(worker)  # never given a task again; its exit cleans up
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
+        node.execute(node.state.reap_env_workers(time.monotonic()))
 
     # ------------------------------------------------------------------ peers
 

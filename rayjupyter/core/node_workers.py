@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import os
-import pickle
 import select
 import signal
 import socket
@@ -27,8 +26,7 @@ from rayjupyter.core import channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import SECRET_ENV, worker_endpoint
-from rayjupyter.core.exceptions import WorkerCrashedError
-from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, WorkerState
+from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
 
 if TYPE_CHECKING:
@@ -222,7 +220,7 @@ class NodeWorkers:
         node = self._node()
         worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id, env=env)
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
-        node.workers[client_id] = worker
+        node.state.worker_spawned(worker)
         node.pipes[client_id] = pipes
         for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
             pipes.output_fds.append(fd)
@@ -307,54 +305,11 @@ class NodeWorkers:
             if fd in node.fd_handlers:
                 node._unwatch_fd(fd)
         del node._exiting[worker.client_id]
-        node.scheduler.forget_worker(worker)
-        task = worker.task
-        worker.transition(WorkerState.DEAD)
-        del node.workers[worker.client_id]
-        node.release_client(worker.client_id)
         cause = (
             f"exit code {returncode}"
             if returncode >= 0
             else f"killed by {signal.Signals(-returncode).name}"
         )
-        following = worker.prefetched
-        if following is not None:
-            # sent ahead: it may have started as the worker died, so it counts as an attempt
-            worker.prefetched = None
-            node._unpin_deps(following)
-            following.worker = None
-            self._retry_or_fail(following, worker, cause)
-        if worker.actor_id:
-            node.actor_process_died(worker, cause)
-        elif task is not None and task.state is TaskState.RUNNING:
-            node._release_task_resources(task, worker)
-            node._unpin_deps(task)
-            if task.cancelled:
-                node.fail_task(task, node.cancelled_error(task))
-            else:
-                self._retry_or_fail(task, worker, cause)
-        if node.running and node._live_workers() < node.pool_size:
-            node.spawn_worker()
-
-    def _retry_or_fail(self, task: TaskRecord, worker: WorkerRecord, cause: str) -> None:
-        """A task whose worker died: queue it again within max_retries, else WorkerCrashedError."""
-        node = self._node()
-        if task.retry():
-            task.transition(TaskState.READY)
-            node.scheduler.ready.appendleft(task)
-            return
-        error = WorkerCrashedError(
-            f"The worker running task {task.name!r} died unexpectedly (pid "
-            f"{worker.pid}, {cause}); it was tried {task.attempt} time(s) and "
-            f"max_retries={task.max_retries} allows no more. Raise max_retries or "
-            f"find why the process dies (out of memory, a segfault, os._exit)."
-        )
-        node.fail_task(task, pickle.dumps(error, protocol=5))
-
-    def _live_workers(self) -> int:
-        node = self._node()
-        return sum(  # the plain pool: actors' and envs' workers come and go with their work
-            1
-            for w in node.workers.values()
-            if w.state is not WorkerState.DEAD and not w.actor_id and not w.env
-        )
+        instructions = node.state.worker_died(worker, cause, respawn=node.running)
+        node.release_client(worker.client_id)
+        node.execute(instructions)

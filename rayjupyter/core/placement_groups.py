@@ -528,6 +528,16 @@ class BundleLedger:
             if "_group_" in key:
                 assert key.rpartition("_")[2] in held, f"{key} outlived its group"
 
+    def reserved(self) -> dict[str, float]:
+        """What the bundles held here took out of the plain resources (``CPU``, ``GPU``...):
+        the node's resource equation counts it as held (``NodeState.validate``)."""
+        out: dict[str, float] = {}
+        for named in self.held.values():
+            for key, value in named.items():
+                if key != "bundle":
+                    out[key] = out.get(key, 0.0) + value
+        return out
+
     def base_total(self) -> dict[str, float]:
         """The node's resources as if it held no bundle (what it registers with)."""
         return {k: v for k, v in self.pool.total.items() if "_group_" not in k}

@@ -21,6 +21,10 @@ class TaskState(enum.IntEnum):
     RUNNING = 3
     FINISHED = 4
     FAILED = 5
+    # rj.cancel reached it while it ran (on a worker or a peer): it ends FAILED with
+    # TaskCancelledError, or FINISHED if it completed before the interrupt landed. A queued
+    # task passes through on its way to FAILED, so its history shows why it failed.
+    CANCELLED = 6
 
 
 class WorkerState(enum.IntEnum):
@@ -32,10 +36,14 @@ class WorkerState(enum.IntEnum):
 
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.WAITING: frozenset({TaskState.READY, TaskState.FAILED}),
-    TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FAILED}),
-    # RUNNING -> READY is a retry after a crash or a retryable exception
-    TaskState.RUNNING: frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.READY}),
+    TaskState.WAITING: frozenset({TaskState.READY, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELLED}),
+    # RUNNING -> READY is a retry after a crash or a retryable exception, or a task sent
+    # ahead to a worker (prefetch) taken back
+    TaskState.RUNNING: frozenset(
+        {TaskState.FINISHED, TaskState.FAILED, TaskState.READY, TaskState.CANCELLED}
+    ),
+    TaskState.CANCELLED: frozenset({TaskState.FAILED, TaskState.FINISHED}),
     TaskState.FINISHED: frozenset(),
     TaskState.FAILED: frozenset(),
 }
@@ -80,7 +88,6 @@ class TaskRecord:
     parent: bytes | None = None  # the task that submitted this one (recursive cancel)
     children: list[bytes] = field(default_factory=list)
     gpu_ids: tuple[int, ...] = ()
-    cancelled: bool = False
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
 
@@ -93,6 +100,11 @@ class TaskRecord:
             )
         self.history.append(self.state)
         self.state = new
+
+    @property
+    def cancelled(self) -> bool:
+        """rj.cancel reached it while it ran (read-only: cancelling is NodeState.cancel)."""
+        return self.state is TaskState.CANCELLED
 
     def retry(self) -> bool:
         """Count a failed attempt; True if max_retries allows another (-1: always)."""
@@ -119,7 +131,8 @@ class WorkerRecord:
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:
             raise InvalidTransition(
-                f"worker pid={self.pid}: {self.state.name} -> {new.name} is not allowed"
+                f"worker pid={self.pid} ({self.client_id.hex()}): {self.state.name} -> "
+                f"{new.name} is not allowed (task: {self.task.name if self.task else 'none'})"
             )
         self.state = new
 

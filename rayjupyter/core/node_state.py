@@ -1,0 +1,628 @@
+"""The node's task and worker decisions as one state machine: events in, instructions out.
+
+``NodeState`` owns the tasks table, the workers table, the resource pool, the ready queue
+(with its idle pools per runtime_env, ``scheduler.Scheduler``), prefetch (tasks sent ahead
+to busy workers) and cancellation. It does no I/O: each event is a method that changes
+the tables and returns what the node must do as a list of instructions, plain tuples whose
+first item is one of the opcodes below. The node (``node.py``) is the shell that sends the
+messages, signals the processes and fills in the objects. So every decision here is tested
+with no process at all (``tests/test_scheduler.py``), and ``validate`` checks the tables'
+invariants after any step.
+
+Actors and peers keep their own queues this far; the paths they share with plain tasks
+(failing a task, readying one, retrying a lost one) go through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from collections.abc import Container
+from typing import Any
+
+from rayjupyter.core.exceptions import (
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+from rayjupyter.core.placement_groups import cpu_share, gpu_amount
+from rayjupyter.core.scheduler import (
+    ResourcePool,
+    Scheduler,
+    TaskRecord,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+)
+from rayjupyter.core.worker_limit import WorkerLimit
+
+# Instructions: (opcode, ...). Ints, so the shell's dispatch is a cheap comparison.
+EXECUTE = 1  # (EXECUTE, task, worker): send the task; if worker.prefetched is task it waits there
+# (REVOKE, task, worker, answers_block): take back a task sent ahead and unpin what it
+# pinned; task None: nothing taken back, the message only answers a WorkerBlocked (the
+# worker waits for that answer before it starts a task it got earlier)
+REVOKE = 2
+SPAWN = 3  # (SPAWN, env, count): start count pool workers in runtime_env env ("" plain)
+KILL = 4  # (KILL, worker): SIGKILL the worker's process
+INTERRUPT = 5  # (INTERRUPT, task, worker): ask the task to stop (CancelCall, then SIGINT)
+CANCEL_CALL = 6  # (CANCEL_CALL, task, worker): an actor call: only CancelCall, no signal
+CANCEL_FORWARDED = 7  # (CANCEL_FORWARDED, task, force): the task runs on a peer: tell it
+FAILED = 8  # (FAILED, task, error_blob): the task failed: its returns become the error
+FINISHED = 9  # (FINISHED, task): the task succeeded: the shell stores its results
+STARTED = 10  # (STARTED, task, worker): publish that the task started (one sent ahead)
+UNPIN = 11  # (UNPIN, task): the task left its worker: drop the pins on its arguments
+ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end its actor
+DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
+START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
+WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
+
+OPCODE_NAMES = {
+    value: name
+    for name, value in globals().items()
+    if isinstance(value, int) and name.isupper() and not name.startswith("_")
+}
+
+#: runtime_env workers idle this long are stopped
+ENV_WORKER_IDLE_S = 10.0
+#: a queue this short gives a failing task up at once (longer: see NodeState.stale)
+STALE_SCAN = 256
+
+Instruction = tuple[Any, ...]
+_NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
+
+
+def cancelled_error(task: TaskRecord) -> bytes:
+    error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
+    return pickle.dumps(error, protocol=5)
+
+
+def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
+    error = TaskUnschedulableError(
+        f"Task {task.name!r} cannot be scheduled: its node {node_id.hex()} died "
+        f"(NodeAffinitySchedulingStrategy, soft=False)."
+    )
+    return pickle.dumps(error, protocol=5)
+
+
+def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
+    error = WorkerCrashedError(
+        f"The worker running task {task.name!r} died unexpectedly (pid "
+        f"{pid}, {cause}); it was tried {task.attempt} time(s) and "
+        f"max_retries={task.max_retries} allows no more. Raise max_retries or "
+        f"find why the process dies (out of memory, a segfault, os._exit)."
+    )
+    return pickle.dumps(error, protocol=5)
+
+
+#: states of a task that holds a worker (or a peer's slot) for now
+OCCUPYING = (TaskState.RUNNING, TaskState.CANCELLED)
+
+
+class NodeState:
+    """Tasks, workers, resources, ready queue, prefetch and cancellation of one node."""
+
+    def __init__(self, resources: ResourcePool, pool_size: int, limit: WorkerLimit) -> None:
+        self.resources = resources
+        self.scheduler = Scheduler(resources)
+        self.ready = self.scheduler.ready  # the same deque: FIFO of READY plain tasks
+        self.tasks: dict[bytes, TaskRecord] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.pool_size = pool_size  # plain workers kept alive (one per CPU)
+        # worker processes at most (pool, runtime_env and actor workers: worker_limit.py);
+        # it also decides when the drivers hear that work waits for one (once per episode)
+        self.limit = limit
+        # tasks failed while queued in a long queue stay in it until popped (every reader
+        # skips them) or until they are half of it: removing each one would cost O(queue)
+        self.stale = 0
+        # what each actor's process here holds: (demand, GPU ids), from placement to its end
+        self.actor_slots: dict[bytes, tuple[dict[str, float], tuple[int, ...]]] = {}
+
+    # ------------------------------------------------------------------ tasks
+
+    def submit(self, task: TaskRecord) -> None:
+        """A new task (or actor call or creation): known from now on; its parent learns
+        of it (recursive cancel). The shell counts its missing dependencies next."""
+        self.tasks[task.task_id] = task
+        parent = task.parent
+        if parent is not None:
+            record = self.tasks.get(parent)
+            if record is not None:
+                record.children.append(task.task_id)
+
+    def dependency_ready(self, task: TaskRecord) -> bool:
+        """One of a waiting task's values exists now: True when it has them all (the
+        shell then places it: here, on the peer that holds its values, or in its actor's
+        queue). A failed dependency fails the task instead (``fail``)."""
+        if task.state is not TaskState.WAITING:
+            return False  # failed or cancelled meanwhile
+        task.missing -= 1
+        return task.missing == 0
+
+    def task_ready(self, task: TaskRecord) -> None:
+        """Its dependencies exist (here): queue it for a worker."""
+        self.scheduler.make_ready(task)
+
+    def fail(self, task: TaskRecord) -> None:
+        """The task fails now (the shell turns its returns into the error): leave the queue."""
+        if task.state is TaskState.READY and not task.actor_id:
+            self._unqueue(task)
+        task.transition(TaskState.FAILED)
+
+    def _unqueue(self, task: TaskRecord) -> None:
+        """A queued task leaves the queue (it is failing): now if that is cheap, else later."""
+        ready = self.ready
+        if ready and ready[0] is task:
+            ready.popleft()
+        elif len(ready) <= STALE_SCAN:
+            with contextlib.suppress(ValueError):
+                ready.remove(task)
+        else:
+            self.stale += 1
+            if self.stale * 2 > len(ready):
+                kept = [t for t in ready if t is not task and t.state is TaskState.READY]
+                ready.clear()
+                ready.extend(kept)
+                self.stale = 0
+
+    def retry_or_fail(
+        self, task: TaskRecord, error: bytes, dead_node: bytes = b""
+    ) -> list[Instruction]:
+        """A task whose attempt was lost (its worker or its node died): queue it again first
+        within max_retries, else fail it with ``error``; cancelled, it fails as cancelled.
+        ``dead_node``: the node it ran on died; pinned there by a hard node affinity it
+        cannot run anywhere else (TaskUnschedulableError), a soft one lets it go anywhere."""
+        if task.state is TaskState.CANCELLED:
+            task.transition(TaskState.FAILED)
+            return [(FAILED, task, cancelled_error(task))]
+        if not task.retry():
+            task.transition(TaskState.FAILED)
+            return [(FAILED, task, error)]
+        if dead_node and task.strategy.startswith(f"node:{dead_node.hex()}:"):
+            if not task.strategy.endswith(":1"):
+                task.transition(TaskState.FAILED)
+                return [(FAILED, task, unschedulable_error(task, dead_node))]
+            task.strategy = ""  # soft: anywhere now
+        task.transition(TaskState.READY)
+        self.ready.appendleft(task)
+        return _NONE
+
+    def forwarded(self, task: TaskRecord) -> None:
+        """The task runs on a peer now (taken off the queue by the caller, or placed the
+        moment its values exist); its worker there is the peer's business."""
+        if task.state is TaskState.WAITING:
+            task.transition(TaskState.READY)
+        task.transition(TaskState.RUNNING)
+
+    def forget(self, task: TaskRecord) -> bool:
+        """Drop a finished or failed task from the table; False if it was gone already."""
+        return self.tasks.pop(task.task_id, None) is not None
+
+    # ------------------------------------------------------------------ workers
+
+    def worker_spawned(self, worker: WorkerRecord) -> None:
+        self.workers[worker.client_id] = worker
+
+    def worker_connected(self, worker: WorkerRecord) -> list[Instruction]:
+        """Its Hello arrived: an actor's process gets its class, a pool worker work."""
+        if worker.state is not WorkerState.STARTING:
+            return _NONE
+        worker.transition(WorkerState.IDLE)
+        if worker.actor_id:
+            return [(START_ACTOR, worker)]
+        self.scheduler.worker_idle(worker)
+        return _NONE
+
+    def _release(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        """The resources a task held, less what its worker lent while blocked, come back."""
+        lent = worker.lent
+        if lent:
+            demand = dict(task.demand)
+            for key, value in lent.items():
+                demand[key] = demand.get(key, 0.0) - value
+            worker.lent = {}
+            self.resources.release(demand)
+        else:
+            self.resources.release(task.demand)
+        if task.gpu_ids:
+            self.resources.return_gpus(task.gpu_ids, gpu_amount(task.demand))
+            task.gpu_ids = ()
+
+    def task_finished(
+        self, worker: WorkerRecord, task: TaskRecord, error: bytes | None, retryable: bool
+    ) -> list[Instruction]:
+        """The hot path: a pool worker answered for its task (the shell checked that
+        ``worker.task is task``). A task sent ahead starts at once and inherits the slot."""
+        self._release(task, worker)
+        following = worker.prefetched
+        if following is not None:  # the worker has started it already
+            worker.prefetched = None
+            worker.task = following
+            self.resources.acquire(following.demand)
+            out: list[Instruction] = [(STARTED, following, worker)]
+        else:
+            worker.task = None
+            worker.transition(WorkerState.IDLE)
+            self.scheduler.worker_idle(worker)
+            out = []
+        if error is None:
+            task.transition(TaskState.FINISHED)
+            out.append((FINISHED, task))
+        elif task.state is TaskState.CANCELLED:
+            task.transition(TaskState.FAILED)
+            out.append((FAILED, task, cancelled_error(task)))
+        elif retryable and task.retry():
+            task.worker = None
+            task.transition(TaskState.READY)
+            self.ready.append(task)
+        else:
+            task.transition(TaskState.FAILED)
+            out.append((FAILED, task, error))
+        return out
+
+    def worker_blocked(self, worker: WorkerRecord) -> list[Instruction]:
+        """Its task waits in get/wait: lend its CPUs out (a bundle's too), take back a task
+        sent ahead (it may be the very one it waits for). Always answered with one REVOKE
+        (of nothing, if nothing was sent ahead): the worker waits for it before starting
+        anything it got earlier, so a task taken back never runs twice."""
+        if worker.task is None or worker.state is not WorkerState.BUSY:
+            return [(REVOKE, None, worker, True)]
+        out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
+        total = self.resources.total
+        lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
+        self.resources.release(lending)
+        worker.lent = {**worker.lent, **lending}  # (kept: what a removed bundle had)
+        worker.transition(WorkerState.BLOCKED)
+        return out
+
+    def worker_unblocked(self, worker: WorkerRecord) -> None:
+        """Back from get: it takes its CPUs again (may overcommit for a moment, as in
+        Ray). A bundle given back while it waited (its group removed) is not taken
+        again: that share stays lent, and the task gives nothing back for it."""
+        if worker.task is None or worker.state is not WorkerState.BLOCKED:
+            return
+        total = self.resources.total
+        lent = worker.lent
+        if all(key in total for key in lent):
+            self.resources.acquire(lent)
+            worker.lent = {}
+        else:
+            self.resources.acquire({k: v for k, v in lent.items() if k in total})
+            worker.lent = {k: v for k, v in lent.items() if k not in total}
+        worker.transition(WorkerState.BUSY)
+
+    def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
+        """Take back a task sent ahead; it goes first in the queue again. The worker drops
+        the message that sent it, which may have carried its function: send that again."""
+        task = worker.prefetched
+        if task is None:
+            return _NONE
+        worker.prefetched = None
+        worker.known_funcs.discard(task.func_id)
+        task.worker = None
+        task.transition(TaskState.READY)
+        self.ready.appendleft(task)
+        return [(REVOKE, task, worker, answers_block)]
+
+    def worker_died(self, worker: WorkerRecord, cause: str, respawn: bool) -> list[Instruction]:
+        """Its process exited: retry or fail what it ran, hand an actor's death on, and
+        keep the plain pool at its size (``respawn``: the node still runs)."""
+        self.scheduler.forget_worker(worker)
+        task = worker.task
+        worker.transition(WorkerState.DEAD)
+        del self.workers[worker.client_id]
+        out: list[Instruction] = []
+        following = worker.prefetched
+        if following is not None:
+            # sent ahead: it may have started as the worker died, so it counts as an attempt
+            worker.prefetched = None
+            following.worker = None
+            out.append((UNPIN, following))
+            out += self.retry_or_fail(following, crashed_error(following, worker.pid, cause))
+        if worker.actor_id:
+            out.append((ACTOR_PROCESS_DIED, worker, cause))
+        elif task is not None and task.state in OCCUPYING:
+            self._release(task, worker)
+            task.worker = None
+            out.append((UNPIN, task))
+            out += self.retry_or_fail(task, crashed_error(task, worker.pid, cause))
+        if respawn and self.live_pool_workers() < self.pool_size:
+            out.append((SPAWN, "", 1))
+        return out
+
+    def actor_placed(self, actor_id: bytes, demand: dict[str, float]) -> tuple[int, ...]:
+        """An actor's process starts here: it holds ``demand`` (and GPU ids) until
+        ``actor_released``; placed again (a restart), its old slot goes first. The actor's
+        own queue and restarts are decided in node_actors."""
+        self.actor_released(actor_id)
+        self.resources.acquire(demand)
+        gpu_ids = self.resources.assign_gpus(gpu_amount(demand))
+        self.actor_slots[actor_id] = (demand, gpu_ids)
+        return gpu_ids
+
+    def actor_released(self, actor_id: bytes) -> None:
+        """An actor's process ended (or will: it is being killed): its slot is free. Once."""
+        slot = self.actor_slots.pop(actor_id, None)
+        if slot is not None:
+            demand, gpu_ids = slot
+            self.resources.release(demand)
+            self.resources.return_gpus(gpu_ids, gpu_amount(demand))
+
+    def live_pool_workers(self) -> int:
+        """The plain pool: actors' and envs' workers come and go with their work."""
+        return sum(
+            1
+            for w in self.workers.values()
+            if w.state is not WorkerState.DEAD and not w.actor_id and not w.env
+        )
+
+    # ------------------------------------------------------------------ scheduling
+
+    def assign(self) -> list[Instruction]:
+        """Pair ready tasks with idle workers and free resources; say how many plain
+        workers to start for tasks that fit but lack one (``env_unplaced``: env ones)."""
+        pairs, unplaced = self.scheduler.assignments()
+        if not pairs and not unplaced:
+            return _NONE  # most loop turns
+        out: list[Instruction] = []
+        resources = self.resources
+        for task, worker in pairs:
+            gpus = gpu_amount(task.demand)  # a bundle's GPUs get device ids the same way
+            if gpus:
+                task.gpu_ids = resources.assign_gpus(gpus)
+            out.append((EXECUTE, task, worker))
+        if unplaced:  # only then count starting workers: a scan of all workers
+            starting = sum(
+                1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
+            )
+            missing = unplaced - starting
+            count = min(missing, self.limit.room(len(self.workers)))
+            if count > 0:
+                out.append((SPAWN, "", count))
+            if missing > max(count, 0):
+                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0))
+        return out
+
+    def limit_reached(self, waiting: int, what: str, planned: int = 0) -> list[Instruction]:
+        """``waiting`` tasks or actors (``what``) found no worker process (the limit): the
+        drivers hear it once per episode (``WorkerLimit``). ``planned``: processes this
+        turn starts that are not in the table yet."""
+        text = self.limit.refused(len(self.workers) + planned, waiting, what)
+        return [(WARN, text)] if text is not None else _NONE
+
+    def turn_ended(self) -> None:
+        """After each scheduling turn: a turn that refused no start ends the episode."""
+        self.limit.turn_ended()
+
+    def env_spawns(self, known_envs: Container[str], now: float) -> list[Instruction]:
+        """Workers for runtime_envs whose tasks fit now but have no idle worker of theirs;
+        when envs hold a pool's worth of workers, the one idle longest of another env goes."""
+        wanted = self.scheduler.env_unplaced
+        if not wanted:
+            return _NONE
+        starting: dict[str, int] = {}
+        for worker in self.workers.values():
+            if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
+                starting[worker.env] = starting.get(worker.env, 0) + 1
+        out: list[Instruction] = []
+        planned = 0  # env workers this call starts (the shell adds them to the table)
+        for env, count in wanted.items():
+            if env not in known_envs:
+                continue  # admission failed its tasks already
+            missing = count - starting.get(env, 0)
+            for started in range(missing):
+                out += self.reap_env_workers(now, crowded_by=env, planned=planned)
+                if not self.limit.room(len(self.workers) + planned):
+                    return out + self.limit_reached(missing - started, "tasks", planned)
+                out.append((SPAWN, env, 1))
+                planned += 1
+        return out
+
+    def reap_env_workers(
+        self, now: float, crowded_by: str = "", planned: int = 0
+    ) -> list[Instruction]:
+        """Stop env workers idle for ENV_WORKER_IDLE_S; with ``crowded_by``, the one idle
+        longest of another env when envs already hold a pool's worth of workers
+        (``planned``: env workers about to start that are not in the table yet)."""
+        idle_env = self.scheduler.idle_env
+        if not idle_env:
+            return _NONE
+        if crowded_by:
+            live = planned + sum(
+                1
+                for w in self.workers.values()
+                if w.env and not w.actor_id and w.state is not WorkerState.DEAD
+            )
+            if live < self.pool_size:
+                return _NONE
+            others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
+            victims = sorted(others, key=lambda w: w.idle_since)[:1]
+        else:
+            deadline = now - ENV_WORKER_IDLE_S
+            victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
+        out: list[Instruction] = []
+        for worker in victims:
+            self.scheduler.forget_worker(worker)  # never given a task again; its exit cleans up
+            out.append((KILL, worker))
+        return out
+
+    def prefetch(self) -> list[Instruction]:
+        """With more queued tasks than workers, send each busy worker its next task now.
+
+        A worker then starts its next task the moment it finishes one, instead of idling
+        for a round trip through the node; this roughly doubles the rate of short tasks.
+        Only a task with the same demand (it inherits the finished task's resources), of
+        the worker's own runtime_env, and needing no GPU.
+        """
+        ready = self.ready
+        if len(ready) <= self.pool_size or self.scheduler.idle:
+            return _NONE
+        out: list[Instruction] = []
+        for worker in self.workers.values():
+            if not ready:
+                break
+            running = worker.task
+            if (
+                worker.state is not WorkerState.BUSY
+                or worker.prefetched is not None
+                or worker.actor_id
+                or running is None
+            ):
+                continue
+            task = ready[0]
+            if task.state is not TaskState.READY:
+                ready.popleft()  # defensive: the queue holds READY tasks only
+                continue
+            if task.demand != running.demand or task.env != running.env:
+                continue
+            if gpu_amount(task.demand):
+                continue
+            ready.popleft()
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            worker.prefetched = task
+            out.append((EXECUTE, task, worker))
+        return out
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(
+        self, task: TaskRecord, force: bool, recursive: bool, forwarded: Container[bytes]
+    ) -> list[Instruction]:
+        """Queued: it fails now. Running: it is CANCELLED until its worker answers (an
+        interrupt, or a kill with ``force``), then fails with TaskCancelledError.
+        ``forwarded``: ids of the tasks that run on peers (the peer is told)."""
+        out: list[Instruction] = []
+        if recursive:
+            for child_id in task.children:
+                child = self.tasks.get(child_id)
+                if child is not None:
+                    out += self.cancel(child, force, recursive, forwarded)
+        state = task.state
+        if state in (TaskState.WAITING, TaskState.READY):
+            if state is TaskState.READY and not task.actor_id:
+                self._unqueue(task)
+            task.transition(TaskState.CANCELLED)
+            if task.actor_id:
+                out.append((DROP_ACTOR_CALL, task))
+            task.transition(TaskState.FAILED)
+            out.append((FAILED, task, cancelled_error(task)))
+        elif state is not TaskState.RUNNING:
+            return out  # ended, or cancelled already
+        elif task.task_id in forwarded:
+            task.transition(TaskState.CANCELLED)
+            out.append((CANCEL_FORWARDED, task, force))
+        elif task.worker is not None and task.worker in self.workers:
+            worker = self.workers[task.worker]
+            if task.actor_id:  # only an async actor can stop a running call (as in Ray)
+                task.transition(TaskState.CANCELLED)
+                out.append((CANCEL_CALL, task, worker))
+            elif worker.prefetched is task:  # sent ahead, not started: take it back
+                worker.prefetched = None
+                worker.known_funcs.discard(task.func_id)  # (the dropped message had it)
+                task.worker = None
+                task.transition(TaskState.CANCELLED)
+                task.transition(TaskState.FAILED)
+                out.append((REVOKE, task, worker, False))
+                out.append((FAILED, task, cancelled_error(task)))
+            else:
+                task.transition(TaskState.CANCELLED)
+                out.append((KILL, worker) if force else (INTERRUPT, task, worker))
+        return out
+
+    # ------------------------------------------------------------------ checks
+
+    def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
+        """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
+        resources that a part of the node holds outside these tables (the placement
+        groups' bundles: ``BundleLedger.reserved``)."""
+        assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
+        resources = self.resources
+        held: dict[str, float] = dict(held_elsewhere or {})
+        queued = set()
+        stale = 0
+        for queued_task in self.ready:
+            task = queued_task
+            if task.state is TaskState.FAILED and self.stale:
+                stale += 1  # failed while queued: dropped when popped (see self.stale)
+                continue
+            assert task.state is TaskState.READY, f"queued task {task.name} is {task.state.name}"
+            assert task.worker is None, f"queued task {task.name} names worker {task.worker!r}"
+            assert id(task) not in queued, f"task {task.name} is queued twice"
+            queued.add(id(task))
+        assert stale <= self.stale, f"{stale} failed tasks queued, {self.stale} counted"
+        idle_ids = set()
+        for pool in (self.scheduler.idle, *self.scheduler.idle_env.values()):
+            for worker in pool:
+                assert worker.state is WorkerState.IDLE, f"pid {worker.pid} in an idle pool"
+                assert worker.client_id in self.workers, f"pid {worker.pid} idle but unknown"
+                assert worker.client_id not in idle_ids, f"pid {worker.pid} idle twice"
+                idle_ids.add(worker.client_id)
+        for worker in self.workers.values():
+            state = worker.state
+            running = worker.task
+            assert state is not WorkerState.DEAD, f"dead worker pid {worker.pid} still listed"
+            if state in (WorkerState.BUSY, WorkerState.BLOCKED):
+                assert running is not None, f"busy worker pid {worker.pid} has no task"
+                task = running
+                assert task.worker == worker.client_id, (
+                    f"task {task.name} on pid {worker.pid} names {task.worker!r}"
+                )
+                assert task.state in OCCUPYING, f"task {task.name} on a worker is {task.state.name}"
+                assert id(task) not in queued, f"task {task.name} both queued and running"
+                for key, value in task.demand.items():
+                    held[key] = held.get(key, 0.0) + value
+                for key, value in worker.lent.items():
+                    held[key] = held.get(key, 0.0) - value
+                if state is WorkerState.BUSY:  # only what a removed bundle had stays lent
+                    assert all(k not in resources.total for k in worker.lent), (
+                        f"busy worker pid {worker.pid} lends {worker.lent}"
+                    )
+            else:
+                assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
+                assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
+            following = worker.prefetched
+            if following is not None:
+                assert state is WorkerState.BUSY, (
+                    f"{state.name} pid {worker.pid} has a task sent ahead"
+                )
+                assert following is not running, f"pid {worker.pid} prefetched its own task"
+                assert following.state is TaskState.RUNNING, (
+                    f"prefetched {following.name} is {following.state.name}"
+                )
+                assert following.worker == worker.client_id, (
+                    f"{following.name} sent ahead elsewhere"
+                )
+                assert id(following) not in queued, f"{following.name} prefetched and queued"
+        gpu_shares = 0.0  # GPU ids in use, by what holds them
+        for demand, gpu_ids in self.actor_slots.values():
+            for key, value in demand.items():
+                held[key] = held.get(key, 0.0) + value
+            gpu_shares += _gpu_share(demand, gpu_ids)
+        for worker in self.workers.values():
+            if worker.task is not None:
+                gpu_shares += _gpu_share(worker.task.demand, worker.task.gpu_ids)
+        redirect = resources.redirect
+        if redirect:  # a removed group's names: its running work gives them back elsewhere
+            for key in [k for k in held if k not in resources.total and k in redirect]:
+                value = held.pop(key)
+                if redirect[key]:
+                    held[redirect[key]] = held.get(redirect[key], 0.0) + value
+        for key, total in resources.total.items():
+            expected = total - held.get(key, 0.0)
+            got = resources.available.get(key, 0.0)
+            assert abs(got - expected) < 1e-6, (
+                f"{key}: available {got} but total {total} less held {held.get(key, 0.0)}"
+            )
+        for key, value in resources.available.items():
+            if key not in resources.total:
+                assert abs(value + held.get(key, 0.0)) < 1e-6, f"{key} is not a resource here"
+        in_use = sum(1.0 - f for f in resources.gpu_free)
+        assert abs(in_use - gpu_shares) < 1e-6, (
+            f"GPU ids in use {in_use} but tasks and actors hold {gpu_shares}"
+        )
+
+
+def _gpu_share(demand: dict[str, float], gpu_ids: tuple[int, ...]) -> float:
+    """How much of the GPU ids' capacity a holder took (a fraction shares one id)."""
+    amount = gpu_amount(demand)
+    return amount * len(gpu_ids) if amount < 1 else float(len(gpu_ids))
