@@ -75,6 +75,18 @@ def test_multinode_runner_crosses_nodes_at_tiny_sizes(tmp_path):
     assert report["transfer"]["bytes"] == 8 * 2**20 and report["transfer"]["best_gb_s"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_the_serve_benchmark_measures_handles_http_and_batching_at_tiny_sizes(tmp_path):
+    result = tmp_path / "serve.json"
+    stdout, report = _run(result, "benchmarks.serve", "--tiny", "--against", "none")
+    metrics = report["results"]["rayjupyter"]["metrics"]
+    for key in ("handle_1r", "handle_2r", "http_1r", "http_2r"):
+        assert metrics[key]["rps"] > 0 and metrics[key]["p50_ms"] > 0, key
+    assert metrics["http_1r"]["errors"] == metrics["http_2r"]["errors"] == 0
+    assert metrics["batched_1ms"]["rps"] > 0
+    assert "| handle, 1 replica: p50 ms |" in stdout
+
+
 def test_tune_runner_at_tiny_sizes(tmp_path):
     stdout, report = _run(tmp_path / "tune.json", "benchmarks.tune", "--tiny", "--against", "none")
     (ours,) = report["results"]
