@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import time
 from typing import Any
 
 import pytest
@@ -111,17 +112,75 @@ def test_a_data_parallel_trainer_tuned_with_asha(tmp_path: Any) -> None:
     wait_for_condition(lambda: rj.available_resources().get("CPU") == total, timeout=30)
 
 
-def test_trainer_param_space_is_checked_and_scaling_sets_resources(tmp_path: Any) -> None:
-    trainer = DataParallelTrainer(climb, train_loop_config={"steps": 2, "rate": 1.0})
+def timed(config: dict[str, Any]) -> None:
+    """Notes when each worker of the trial starts and ends, to see which trials overlap."""
+    context = train.get_context()
+    trial = os.path.basename(os.path.dirname(context.get_trial_dir()))
+    log = os.path.join(config["log"], f"{trial}.{context.get_world_rank()}")
+    began = time.time()
+    for step in range(1, 3):
+        train.report({"score": float(step), "size": context.get_world_size()})
+    with open(log, "w") as file:
+        file.write(f"{began} {time.time()}")
+
+
+def test_trainer_param_space_is_checked_and_scaling_sets_concurrency(tmp_path: Any) -> None:
+    log = tmp_path / "log"
+    log.mkdir()
+    trainer = DataParallelTrainer(
+        timed,
+        train_loop_config={"log": str(log)},
+        run_config=train.RunConfig(name="from_trainer", storage_path=str(tmp_path), verbose=0),
+    )
     with pytest.raises(ValueError, match="only the trainer's arguments"):
-        tune.Tuner(trainer, param_space={"lr": 1}, run_config=quiet(tmp_path))
+        tune.Tuner(trainer, param_space={"lr": 1})
+    # a 2-worker trial takes both CPUs: it runs alone; 1-worker trials may share them
+    sizes = [{"num_workers": 2}, {"num_workers": 1}, {"num_workers": 2}, {"num_workers": 1}]
     grid = tune.Tuner(
         trainer,
-        param_space={"scaling_config": {"num_workers": tune.grid_search([2, 1])}},
+        param_space={"scaling_config": tune.grid_search(sizes)},
         tune_config=tune.TuneConfig(metric="score", mode="max"),
-        run_config=quiet(tmp_path, name="scaling"),
     ).fit()
-    assert grid.num_errors == 0 and [r.metrics["score"] for r in grid] == [2.0, 2.0]
+    assert grid.num_errors == 0 and len(grid) == 4
+    assert os.path.basename(grid.experiment_path) == "from_trainer"  # the trainer's RunConfig
+    assert sorted(r.metrics["size"] for r in grid) == [1, 1, 2, 2]
+    spans: dict[str, tuple[float, float, int]] = {}
+    for entry in os.listdir(log):
+        trial, _ = entry.split(".")
+        began, ended = map(float, (log / entry).read_text().split())
+        old = spans.get(trial, (began, ended, 0))
+        spans[trial] = (min(old[0], began), max(old[1], ended), old[2] + 1)
+    assert sorted(count for _, _, count in spans.values()) == [1, 1, 2, 2]
+    for name, (began, ended, count) in spans.items():
+        if count == 2:  # no other trial ran while this one did
+            others = [(b, e) for other, (b, e, _) in spans.items() if other != name]
+            assert all(e < began or b > ended for b, e in others), spans
+
+
+def fails_once(config: dict[str, Any]) -> None:
+    start = train.get_checkpoint()
+    first = load(start)["step"] + 1 if start else 1
+    for step in range(first, 5):
+        if step == 3 and not os.path.exists(config["marker"]):
+            open(config["marker"], "w").close()
+            raise RuntimeError("first attempt fails at step 3")
+        train.report({"step": step, "first": first}, checkpoint=save({"step": step}))
+
+
+def test_a_failed_trainer_trial_retries_from_its_checkpoint(tmp_path: Any) -> None:
+    trainer = DataParallelTrainer(
+        fails_once, train_loop_config={"marker": str(tmp_path / "failed")}
+    )
+    grid = tune.Tuner(
+        trainer,
+        tune_config=tune.TuneConfig(metric="step", mode="max"),
+        run_config=quiet(tmp_path, failure_config=tune.FailureConfig(max_failures=1)),
+    ).fit()
+    assert grid.num_errors == 0
+    result = grid[0]
+    assert result.metrics["step"] == 4 and result.metrics["first"] == 3  # resumed after 2
+    assert load(result.checkpoint) == {"step": 4}
+    assert [row["step"] for row in result.metrics_dataframe.to_dict("records")] == [1, 2, 3, 4]
 
 
 def test_over_large_trainer_trial_is_refused(tmp_path: Any) -> None:

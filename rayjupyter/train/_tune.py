@@ -95,8 +95,9 @@ def as_trainable(trainer: Any) -> Callable[[dict[str, Any]], None]:
         trial_dir = _session.get_context().get_trial_dir()
         run_dir = os.path.join(trial_dir, INNER_RUN)
         shutil.rmtree(run_dir, ignore_errors=True)  # a restarted trial's stale run
-        # The run keeps only its latest checkpoint: every one is copied into the trial's
-        # folder when reported to Tune, and Tune's CheckpointConfig decides what stays.
+        # The run keeps only its latest checkpoint (its restart point after a worker dies):
+        # every one is copied into the trial's folder when reported to Tune, whose
+        # CheckpointConfig decides what stays there.
         trial.run_config = RunConfig(
             name=INNER_RUN,
             storage_path=trial_dir,
@@ -106,7 +107,10 @@ def as_trainable(trainer: Any) -> Callable[[dict[str, Any]], None]:
         )
         trial.resume_from_checkpoint = _session.get_checkpoint() or trainer.resume_from_checkpoint
         trial._callbacks = [*trainer._callbacks, _ToTune()]
-        trial.fit()
+        try:
+            trial.fit()
+        finally:  # its checkpoints were copied into the trial's folder as reported
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     run_trial.__name__ = run_trial.__qualname__ = type(trainer).__name__
     run_trial._tune_resources = lambda config: trial_resources(trainer, config)  # type: ignore[attr-defined]

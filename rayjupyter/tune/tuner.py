@@ -34,6 +34,11 @@ class Tuner:
         if trainable is not None and not isinstance(trainable, type):
             as_trainable = getattr(trainable, "as_trainable", None)
             if callable(as_trainable):  # a rayjupyter.train trainer, as in Ray
+                own = trainable.run_config  # used where the Tuner is given none, as in Ray
+                if run_config is None:
+                    run_config = RunConfig(
+                        name=own.name, storage_path=own.storage_path, verbose=own.verbose
+                    )
                 trainable = as_trainable()
         if trainable is None or not callable(trainable):
             raise ValueError(
