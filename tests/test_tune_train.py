@@ -118,8 +118,9 @@ def timed(config: dict[str, Any]) -> None:
     trial = os.path.basename(os.path.dirname(context.get_trial_dir()))
     log = os.path.join(config["log"], f"{trial}.{context.get_world_rank()}")
     began = time.time()
-    for step in range(1, 3):
-        train.report({"score": float(step), "size": context.get_world_size()})
+    # tune.report inside a training loop is train.report, as in Ray
+    tune.report({"score": 1.0, "size": context.get_world_size()})
+    train.report({"score": 2.0, "size": tune.get_context().get_world_size()})
     with open(log, "w") as file:
         file.write(f"{began} {time.time()}")
 
@@ -144,6 +145,7 @@ def test_trainer_param_space_is_checked_and_scaling_sets_concurrency(tmp_path: A
     assert grid.num_errors == 0 and len(grid) == 4
     assert os.path.basename(grid.experiment_path) == "from_trainer"  # the trainer's RunConfig
     assert sorted(r.metrics["size"] for r in grid) == [1, 1, 2, 2]
+    assert all(r.metrics["training_iteration"] == 2 for r in grid)
     spans: dict[str, tuple[float, float, int]] = {}
     for entry in os.listdir(log):
         trial, _ = entry.split(".")
