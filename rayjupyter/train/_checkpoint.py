@@ -5,16 +5,22 @@ A checkpoint is only a path. The training loop makes one from a local folder
 into the run's storage (``storage_path/name/checkpoint_XXXXXX``), and the checkpoint that
 ``get_checkpoint`` and ``Result`` hand back points there. Storage is a local or a shared
 folder, so every node of a multi-node run must see ``storage_path`` at the same path.
+
+This is also ``rayjupyter.tune.Checkpoint`` (the very same class, as in Ray), so a
+checkpoint a Train run reports is the one a Tune trial keeps and restores from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+_METADATA = ".metadata.json"
 
 
 class Checkpoint:
@@ -42,20 +48,20 @@ class Checkpoint:
         yield self.path
 
     def get_metadata(self) -> dict[str, Any]:
-        import json
-
+        """The dict stored with the files by ``set_metadata`` ({} if none)."""
         try:
-            with open(os.path.join(self.path, ".metadata.json")) as file:
+            with open(os.path.join(self.path, _METADATA)) as file:
                 data: dict[str, Any] = json.load(file)
                 return data
         except FileNotFoundError:
             return {}
 
     def set_metadata(self, metadata: dict[str, Any]) -> None:
-        import json
-
-        with open(os.path.join(self.path, ".metadata.json"), "w") as file:
+        with open(os.path.join(self.path, _METADATA), "w") as file:
             json.dump(metadata, file)
+
+    def update_metadata(self, metadata: dict[str, Any]) -> None:
+        self.set_metadata({**self.get_metadata(), **metadata})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Checkpoint) and other.path == self.path

@@ -6,6 +6,11 @@ worker actor around the loop. A report copies the checkpoint's files into the ru
 storage first, then puts a small record (rank, report index, metrics, checkpoint path) on
 the run's queue, which the controller reads; the queue is bounded, so a loop that reports
 faster than the controller reads waits in ``report``.
+
+Inside a Tune trial (a function trainable) there is no worker session: Tune's runner
+installs its trial session here with `set_trial_session`, and ``report``,
+``get_checkpoint`` and ``get_context`` go to it, so a loop written for Train also runs as
+a Tune trainable, as in Ray. Train never imports Tune; Tune pushes the hook in.
 """
 
 from __future__ import annotations
@@ -118,6 +123,20 @@ class _Session:
 
 
 _session: _Session | None = None
+# A Tune trial's session (rayjupyter.tune.session.Session), installed by Tune's runner:
+# it has report(metrics, checkpoint), .checkpoint and .context.
+_trial_session: Any = None
+
+
+def set_trial_session(session: Any) -> None:
+    """Called by Tune's runner around a trial: the session Train's functions fall back to."""
+    global _trial_session
+    _trial_session = session
+
+
+def get_worker_session() -> _Session | None:
+    """This process's running training loop's session, if one runs here."""
+    return _session
 
 
 def _current(what: str) -> _Session:
@@ -132,18 +151,30 @@ def _current(what: str) -> _Session:
 def report(metrics: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
     """Report this step's metrics, and optionally a checkpoint (copied into the run's
     storage before this returns). Every worker calls it the same number of times; rank 0's
-    metrics are the run's, and every worker's checkpoint files go into one folder."""
+    metrics are the run's, and every worker's checkpoint files go into one folder. Inside
+    a Tune trial, this is ``tune.report``."""
+    if _session is None and _trial_session is not None:
+        if not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+        _trial_session.report(metrics, checkpoint)
+        return
     _current("report").report(metrics, checkpoint)
 
 
 def get_checkpoint() -> Checkpoint | None:
     """The checkpoint to resume from: the latest one reported, after a restart, or
-    ``resume_from_checkpoint``; None on a fresh start."""
+    ``resume_from_checkpoint``; None on a fresh start (inside a Tune trial: the trial's)."""
+    if _session is None and _trial_session is not None:
+        checkpoint: Checkpoint | None = _trial_session.checkpoint
+        return checkpoint
     return _current("get_checkpoint").checkpoint
 
 
-def get_context() -> TrainContext:
-    """This worker's rank, world size, local rank, node rank and run name."""
+def get_context() -> Any:
+    """This worker's rank, world size, local rank, node rank and run name (inside a Tune
+    trial: the trial's context, a world of one)."""
+    if _session is None and _trial_session is not None:
+        return _trial_session.context
     return _current("get_context").context
 
 

@@ -90,3 +90,11 @@ class DataParallelTrainer:
             callbacks,
         )
         return controller.fit()
+
+    def as_trainable(self) -> Callable[[dict[str, Any]], None]:
+        """This trainer as a Tune trainable (what ``Tuner(trainer, ...)`` runs): each
+        trial fits a copy with the trial's config merged into ``train_loop_config``,
+        ``scaling_config``, ``datasets`` or ``metadata``."""
+        from rayjupyter.train._tune import as_trainable
+
+        return as_trainable(self)

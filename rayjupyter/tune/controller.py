@@ -6,6 +6,7 @@ result, record it, ask the scheduler, act, save the experiment state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from rayjupyter.tune.trial import Trial, TrialState
 log = logging.getLogger(__name__)
 
 _RemoteRunner: Any = None
+STOP_TIMEOUT_S = 60.0  # how long a trainer's trial may take to stop its workers
 SAVE_INTERVAL_S = 0.5  # the experiment state is written at most this often (and at the end)
 # results kept in memory per trial (for metrics_dataframe and the schedulers' views); older
 # rows drop out with a warning, and every row stays in the trial's result.json
@@ -186,6 +188,11 @@ class TuneController:
             if res == resources:
                 del self._idle[index]
                 return actor
+        # A trainer's trial counts its workers' bundles but its actor holds nothing: the
+        # workers' placement group takes the resources (rayjupyter/train/_tune.py).
+        runner = getattr(self.trainable, "_tune_runner_resources", None)
+        if runner is not None:
+            resources = dict(runner)
         options: dict[str, Any] = {"num_cpus": resources.get("CPU", 0.0)}
         if resources.get("GPU"):
             options["num_gpus"] = resources["GPU"]
@@ -242,7 +249,15 @@ class TuneController:
             actor.stop.remote()
             self._idle.append((trial.resources, actor))
         else:
-            rj.kill(actor)
+            self._kill(actor)
+
+    def _kill(self, actor: Any) -> None:
+        """End a trial actor. A trainer's trial is stopped first, so its training workers
+        and their placement group go with it (killing its actor alone would leave them)."""
+        if getattr(self.trainable, "_tune_runner_resources", None) is not None:
+            with contextlib.suppress(Exception):  # a dead actor has nothing left to stop
+                rj.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+        rj.kill(actor)
 
     def _save_class_checkpoint(self, trial: Trial, result: dict[str, Any] | None) -> None:
         actor = self._running.get(trial.trial_id)
@@ -475,7 +490,7 @@ class TuneController:
             self._stop_running(TrialState.RUNNING)
         finally:
             for _, actor in self._idle:
-                rj.kill(actor)
+                self._kill(actor)
             self._idle = []
             if not self.interrupted:
                 self._stop_running(TrialState.RUNNING)

@@ -3,7 +3,9 @@
 A trial runs in an actor; the runner installs a `Session` for it before calling the user's
 function. ``report`` hands the metrics (and a persisted checkpoint) to the runner and waits
 until the controller has decided on them, so a trial never runs ahead of its scheduler.
-Kept apart from the controller so ``rayjupyter.train`` can reuse it with Ray's names.
+``rayjupyter.train``'s functions reach the same session: `install` hands it to
+``rayjupyter.train._session`` as well, and ``tune.report`` inside a Train worker's loop
+goes to that worker's session (as ``train.report``), so either name works in either place.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from rayjupyter.train import _session as train_session
 from rayjupyter.tune.checkpoint import Checkpoint
 
 
@@ -41,6 +44,25 @@ class TuneContext:
 
     def get_trial_resources(self) -> dict[str, float]:
         return dict(self._info.get("resources", {}))
+
+    # A trial is a world of one, so Train's questions have these answers (as in Ray).
+    def get_world_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 1
+
+    def get_local_rank(self) -> int:
+        return 0
+
+    def get_local_world_size(self) -> int:
+        return 1
+
+    def get_node_rank(self) -> int:
+        return 0
+
+    def get_metadata(self) -> dict[str, Any]:
+        return {}
 
 
 class Session:
@@ -81,6 +103,7 @@ _session: Session | None = None
 def install(session: Session | None) -> None:
     global _session
     _session = session
+    train_session.set_trial_session(session)
 
 
 def get_session() -> Session | None:
@@ -92,6 +115,9 @@ def report(metrics: dict[str, Any], *, checkpoint: Checkpoint | None = None) -> 
     if not isinstance(metrics, dict):
         raise TypeError(f"report() takes a dict of metrics, got {type(metrics).__name__}")
     if _session is None:
+        if train_session.get_worker_session() is not None:  # inside a Train worker's loop
+            train_session.report(metrics, checkpoint)
+            return
         raise RuntimeError(
             "tune.report() was called outside a trial: run the function with Tuner(...).fit()"
         )
@@ -100,10 +126,14 @@ def report(metrics: dict[str, Any], *, checkpoint: Checkpoint | None = None) -> 
 
 def get_checkpoint() -> Checkpoint | None:
     """The checkpoint this trial restarts from (after a failure, a pause or a PBT exploit)."""
+    if _session is None and train_session.get_worker_session() is not None:
+        return train_session.get_checkpoint()
     return None if _session is None else _session.checkpoint
 
 
-def get_context() -> TuneContext:
+def get_context() -> Any:
     if _session is None:
+        if train_session.get_worker_session() is not None:
+            return train_session.get_context()
         raise RuntimeError("tune.get_context() was called outside a trial")
     return _session.context

@@ -31,13 +31,26 @@ class Tuner:
         tune_config: TuneConfig | None = None,
         run_config: RunConfig | None = None,
     ) -> None:
+        if trainable is not None and not isinstance(trainable, type):
+            as_trainable = getattr(trainable, "as_trainable", None)
+            if callable(as_trainable):  # a rayjupyter.train trainer, as in Ray
+                own = trainable.run_config  # used where the Tuner is given none, as in Ray
+                if run_config is None:
+                    run_config = RunConfig(
+                        name=own.name, storage_path=own.storage_path, verbose=own.verbose
+                    )
+                trainable = as_trainable()
         if trainable is None or not callable(trainable):
             raise ValueError(
-                "Tuner needs a trainable: a function of config or a Trainable subclass "
+                "Tuner needs a trainable: a function of config, a Trainable subclass or a "
+                "rayjupyter.train trainer "
                 "(trainables registered by name are not supported)"
             )
         if param_space is not None and not isinstance(param_space, dict):
             raise ValueError(f"param_space must be a dict, got {type(param_space).__name__}")
+        check = getattr(trainable, "_tune_check_param_space", None)
+        if check is not None:
+            check(dict(param_space or {}))
         self.trainable = trainable
         self.param_space = dict(param_space or {})
         self.tune_config = tune_config or TuneConfig()
