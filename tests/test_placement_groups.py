@@ -9,12 +9,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cluster_helpers import Nodes, alive_nodes, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
-from test_multinode import Nodes
 
 import rayjupyter as rj
 from rayjupyter.exceptions import ActorDiedError, TaskPlacementGroupRemoved
@@ -32,19 +31,7 @@ from rayjupyter.util.scheduling_strategies import PlacementGroupSchedulingStrate
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def nodes() -> Iterator[Nodes]:
-    head = rj.init(num_cpus=1)
-    started = Nodes(head)
-    try:
-        yield started
-    finally:
-        started.stop()
-        rj.shutdown()
-
-
-def alive_nodes() -> int:
-    return sum(1 for row in rj.nodes() if row["Alive"])
+nodes = nodes_fixture(num_cpus=1)
 
 
 def in_group(group: Any, index: int = -1, capture: bool | None = None) -> Any:
