@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +50,13 @@ class Nodes:
     def stop(self) -> None:
         for node in self.started:
             node.stop()
+
+
+@rj.remote(num_cpus=1)
+def node_of(delay: float = 0.0) -> str:
+    """The id of the node this task ran on; delay holds its CPU that long first."""
+    time.sleep(delay)
+    return rj.get_runtime_context().get_node_id()
 
 
 def alive_nodes() -> int:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cluster_helpers import Nodes, alive_nodes, head_id, nodes_fixture
+from cluster_helpers import Nodes, alive_nodes, head_id, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
 from test_generators import Ledger, Signal, check_cancel_ends_the_stream, objects_of
-from test_multinode import node_of
 
 import rayjupyter as rj
 from rayjupyter.exceptions import TaskCancelledError, WorkerCrashedError

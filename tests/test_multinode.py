@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster_helpers import Nodes, alive_nodes, nodes_fixture
+from cluster_helpers import Nodes, alive_nodes, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 nodes = nodes_fixture(num_cpus=1, resources={"head": 1})
-
-
-@rj.remote
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
 
 
 @rj.remote

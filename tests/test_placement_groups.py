@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from typing import Any
 
 import pytest
-from cluster_helpers import Nodes, alive_nodes, nodes_fixture
+from cluster_helpers import Nodes, alive_nodes, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
@@ -36,12 +35,6 @@ nodes = nodes_fixture(num_cpus=1)
 
 def in_group(group: Any, index: int = -1, capture: bool | None = None) -> Any:
     return PlacementGroupSchedulingStrategy(group, index, capture)
-
-
-@rj.remote(num_cpus=1)
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
 
 
 @rj.remote(num_cpus=1)

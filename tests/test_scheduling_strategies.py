@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
-from cluster_helpers import alive_nodes, head_id, started_nodes
+from cluster_helpers import alive_nodes, head_id, node_of, started_nodes
 from helpers import wait_for_condition
 
 import rayjupyter as rj
@@ -39,12 +38,6 @@ def three() -> Iterator[list[str]]:
         head = head_id()
         others = [r["NodeID"] for r in rj.nodes() if r["NodeID"] != head]
         yield [head, *others]
-
-
-@rj.remote(num_cpus=1)
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
 
 
 @rj.remote(num_cpus=1)
