@@ -338,37 +338,44 @@ def test_a_dropped_generator_lets_its_held_back_producer_finish():
     wait_for_condition(lambda: not objects_of(task_id), timeout=30)
 
 
-def test_async_actor_generator_with_backpressure_and_cancel():
-    @rj.remote
-    class Ticker:
-        def __init__(self):
-            self.made = 0
-            self.cancelled = False
+@rj.remote
+class Ticker:
+    """An async generator method that counts until cancelled, and reports both."""
 
-        async def ticks(self):
-            try:
-                while True:
-                    self.made += 1
-                    yield self.made
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
+    def __init__(self) -> None:
+        self.made = 0
+        self.cancelled = False
 
-        async def report(self):
-            return self.made, self.cancelled
+    async def ticks(self) -> object:
+        try:
+            while True:
+                self.made += 1
+                yield self.made
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
 
-    ticker = Ticker.remote()
+    async def report(self) -> tuple[int, bool]:
+        return self.made, self.cancelled
+
+
+def check_ticker_backpressure_and_cancel(ticker: Any) -> None:
+    """A window of 2 holds a Ticker's stream two items ahead; a cancel reaches the method."""
     gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
     assert rj.get(next(gen), timeout=30) == 1
-    wait_for_condition(lambda: rj.get(ticker.report.remote())[0] == 3, timeout=30)
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[0] == 3, timeout=30)
     rj.cancel(gen)
-    wait_for_condition(lambda: rj.get(ticker.report.remote())[1], timeout=30)
-    made, _ = rj.get(ticker.report.remote())
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[1], timeout=30)
+    made, _ = rj.get(ticker.report.remote(), timeout=30)
     assert made == 3  # item 1 taken, two ahead: held there until the cancel
     refs = list(gen)
     with pytest.raises(TaskCancelledError):
         rj.get(refs[-1], timeout=30)
+
+
+def test_async_actor_generator_with_backpressure_and_cancel():
+    check_ticker_backpressure_and_cancel(Ticker.remote())
 
 
 def test_sync_actor_generator_stops_between_items_on_cancel():

@@ -4,7 +4,6 @@ semantics as on one node (see streams.py). Real nodes on loopback, as in test_mu
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import signal
@@ -16,10 +15,17 @@ import numpy as np
 import pytest
 from cluster_helpers import Nodes, alive_nodes, head_id, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
-from test_generators import Ledger, Signal, check_cancel_ends_the_stream, objects_of
+from test_generators import (
+    Ledger,
+    Signal,
+    Ticker,
+    check_cancel_ends_the_stream,
+    check_ticker_backpressure_and_cancel,
+    objects_of,
+)
 
 import rayjupyter as rj
-from rayjupyter.exceptions import TaskCancelledError, WorkerCrashedError
+from rayjupyter.exceptions import WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -232,35 +238,7 @@ def test_generator_methods_of_an_actor_on_a_peer(nodes: Nodes) -> None:
     assert [rj.get(ref, timeout=30) for ref in gen] == list(range(4))
     assert rj.get(source.where.remote(), timeout=30) != head_id()  # still there, in order
 
-    @rj.remote(resources={"n1": 1})
-    class Ticker:
-        def __init__(self) -> None:
-            self.made = 0
-            self.cancelled = False
-
-        async def ticks(self) -> object:
-            try:
-                while True:
-                    self.made += 1
-                    yield self.made
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-
-        async def report(self) -> tuple[int, bool]:
-            return self.made, self.cancelled
-
-    ticker = Ticker.remote()
-    gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
-    assert rj.get(next(gen), timeout=30) == 1
-    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[0] == 3, timeout=30)
-    rj.cancel(gen)
-    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[1], timeout=30)
-    assert rj.get(ticker.report.remote(), timeout=30)[0] == 3  # held by the window till then
-    refs = list(gen)
-    with pytest.raises(TaskCancelledError):
-        rj.get(refs[-1], timeout=30)
+    check_ticker_backpressure_and_cancel(Ticker.options(resources={"n1": 1}).remote())
 
 
 def test_an_actor_on_a_peer_restarted_mid_stream_goes_on_without_repeats(
