@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import procs
-from benchmarks.runner import REPO_ROOT, _child_env, _kill_group, _tail
+from benchmarks.runner import REPO_ROOT, _tail, run_logged
 
 ROW_FLOATS = 1024  # one tensor row: 8 KiB
 SIZES = {  # map_batches bytes, parquet bytes, shuffle bytes, groupby rows
@@ -185,21 +184,7 @@ def _run(backend: str, size: str, num_cpus: int, timeout_s: float, workdir: Path
     log = out.with_suffix(".log")
     cmd = [sys.executable, "-m", "benchmarks.data", "--child", backend, "--size", size]
     cmd += ["--num-cpus", str(num_cpus), "--out", str(out)]
-    with open(log, "wb") as log_file:
-        child = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = child.wait(timeout=timeout_s)
-            reason = None if code == 0 else f"exited with code {code}"
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            reason = f"timed out after {timeout_s:.0f} s"
+    reason = run_logged(cmd, timeout_s, log)
     run = json.loads(out.read_text()) if out.exists() else {"metrics": {}, "errors": {}}
     if reason:
         run["errors"]["process"] = f"{reason}; log tail: {_tail(log)}"

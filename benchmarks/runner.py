@@ -56,21 +56,7 @@ def run_child(
     log = out.with_suffix(".log")
     cmd = [sys.executable, "-m", "benchmarks.child", name, "--size", size, "--out", str(out)]
     cmd += ["--num-cpus", str(num_cpus), "--stack-dump-after", str(max(1.0, timeout_s - 5))]
-    with open(log, "wb") as log_file:
-        child = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so a timeout can kill all of it
-        )
-        try:
-            code = child.wait(timeout=timeout_s)
-            reason = None if code == 0 else f"benchmark process exited with code {code}"
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            reason = f"timed out after {timeout_s:.0f} s"
+    reason = run_logged(cmd, timeout_s, log)
     run: dict[str, Any] = {"metrics": {}, "errors": {}}
     if out.exists():
         run.update(json.loads(out.read_text(encoding="utf-8")))
@@ -83,6 +69,26 @@ def run_child(
         else:
             run["unavailable"] = f"{reason}; log tail: {_tail(log)}"
     return run
+
+
+def run_logged(cmd: list[str], timeout_s: float, log: Path) -> str | None:
+    """Runs cmd from the repo root (its output to log) in a process group of its own, so a
+    timeout kills all of it; why it failed, or None when it exited 0."""
+    with open(log, "wb") as log_file:
+        child = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=_child_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            return f"timed out after {timeout_s:.0f} s"
+    return None if code == 0 else f"benchmark process exited with code {code}"
 
 
 def _child_env() -> dict[str, str]:

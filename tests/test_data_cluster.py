@@ -5,7 +5,6 @@ use bounded and nothing spilled; on three nodes read tasks spread and the result
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,13 +12,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cluster_helpers import alive_nodes, started_nodes
 from helpers import wait_for_condition
 
 import rayjupyter as rj
 import rayjupyter.data as rd
 from rayjupyter.core import api, queries
-from rayjupyter.core.config import NodeConfig
-from rayjupyter.core.launcher import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,21 +95,10 @@ def test_three_times_the_store_streams_through_bounded(small_store: Any, tmp_pat
 
 
 def test_three_nodes_spread_reads_and_the_result_is_exact() -> None:
-    head = rj.init(num_cpus=1)
-    started = []
-    try:
+    with started_nodes(num_cpus=1) as started:
         for _ in range(2):
-            config = NodeConfig(
-                num_cpus=1,
-                resources={},
-                head_address=head.address,
-                object_store_memory=256 << 20,
-                sys_path=list(sys.path),
-                owner_pid=os.getpid(),
-                node_timeout_s=3.0,
-            )
-            started.append(LocalCluster(config, secret=head._secret))
-        wait_for_condition(lambda: sum(1 for n in rj.nodes() if n["Alive"]) == 3, timeout=20)
+            started.join(num_cpus=1, object_store_memory=256 << 20)
+        wait_for_condition(lambda: alive_nodes() == 3, timeout=20)
 
         def tag(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             import time
@@ -125,7 +112,3 @@ def test_three_nodes_spread_reads_and_the_result_is_exact() -> None:
         assert sorted(r["id"] for r in rows) == [3 * i for i in range(3000)]
         assert len({r["node"] for r in rows}) >= 2
         assert ds.sum("id") == 3 * sum(range(3000))
-    finally:
-        for node in started:
-            node.stop()
-        rj.shutdown()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,29 +13,62 @@ from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.exceptions import TaskCancelledError
+from rayjupyter.util.state import list_objects
 
 pytestmark = pytest.mark.usefixtures("shared_cluster")
 
 
-@rj.remote
+@rj.remote(num_cpus=0)  # num_cpus=0: also used on 1-CPU multi-node clusters
 class Signal:
     """Ordering without timing: one side waits until the other sends."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.event = asyncio.Event()
 
-    async def send(self):
+    async def send(self) -> None:
         self.event.set()
 
-    async def wait(self):
+    async def wait(self) -> None:
         await self.event.wait()
 
 
-def _objects_of(task_id: bytes) -> list[dict]:
-    from rayjupyter.util.state import list_objects
+@rj.remote(num_cpus=0)
+class Ledger:
+    """Counts what a producer made and what its consumer took."""
 
+    def __init__(self) -> None:
+        self.made = 0
+        self.taken = 0
+        self.worst = 0  # most items ever made ahead of what was taken
+
+    def make(self) -> None:
+        self.made += 1
+        self.worst = max(self.worst, self.made - self.taken)
+
+    def take(self) -> None:
+        self.taken += 1
+
+    def counts(self) -> tuple[int, int, int]:
+        return self.made, self.taken, self.worst
+
+
+def objects_of(task_id: bytes) -> list[dict]:
+    """The objects the cluster holds whose ids start with task_id (a stream's items)."""
     prefix = task_id.hex()
     return [row for row in list_objects(limit=100_000) if row["object_id"].startswith(prefix)]
+
+
+def check_cancel_ends_the_stream(gen: Any, stopped: Path) -> None:
+    """Cancel a stream of 0, 1, 2, ... after its first item: its producer sees the cancel
+    (it creates stopped), the items made so far come out, then the cancellation."""
+    assert rj.get(next(gen), timeout=30) == 0
+    rj.cancel(gen)
+    wait_for_condition(stopped.exists, timeout=30)  # the producer got the cancel
+    refs = list(gen)
+    assert refs, "the cancellation comes as the last item"
+    with pytest.raises(TaskCancelledError):
+        rj.get(refs[-1], timeout=30)
+    assert [rj.get(r, timeout=30) for r in refs[:-1]] == list(range(1, len(refs)))  # 0 taken
 
 
 def test_items_arrive_while_the_task_still_runs():
@@ -118,34 +153,7 @@ def test_cancel_stops_the_generator(tmp_path):
             raise
 
     gen = endless.options(_generator_backpressure_num_objects=1).remote(str(stopped))
-    assert rj.get(next(gen), timeout=30) == 0
-    rj.cancel(gen)
-    wait_for_condition(stopped.exists, timeout=30)  # the producer got the cancel
-    refs = list(gen)
-    assert refs, "the cancellation comes as the last item"
-    with pytest.raises(TaskCancelledError):
-        rj.get(refs[-1], timeout=30)
-    assert [rj.get(r) for r in refs[:-1]] == list(range(1, len(refs)))  # 0 was taken above
-
-
-@rj.remote
-class Ledger:
-    """Counts what a producer made and what its consumer took."""
-
-    def __init__(self):
-        self.made = 0
-        self.taken = 0
-        self.worst = 0  # most items ever made ahead of what was taken
-
-    def make(self):
-        self.made += 1
-        self.worst = max(self.worst, self.made - self.taken)
-
-    def take(self):
-        self.taken += 1
-
-    def counts(self):
-        return self.made, self.taken, self.worst
+    check_cancel_ends_the_stream(gen, stopped)
 
 
 def test_backpressure_bounds_how_far_the_producer_runs_ahead():
@@ -265,14 +273,14 @@ def test_refs_are_freed_after_use_and_when_the_generator_is_dropped():
     assert total == 6
     rj.get(gen.completed())
     del gen
-    wait_for_condition(lambda: not _objects_of(task_id), timeout=30)
+    wait_for_condition(lambda: not objects_of(task_id), timeout=30)
 
     gen = produce.remote(4)  # never read: its items go with it
     task_id = gen.task_id()
     rj.get(gen.completed(), timeout=30)
-    assert len(_objects_of(task_id)) == 5  # four items and its own ref
+    assert len(objects_of(task_id)) == 5  # four items and its own ref
     del gen
-    wait_for_condition(lambda: not _objects_of(task_id), timeout=30)
+    wait_for_condition(lambda: not objects_of(task_id), timeout=30)
 
 
 def test_a_task_consumes_another_tasks_generator():
@@ -327,40 +335,47 @@ def test_a_dropped_generator_lets_its_held_back_producer_finish():
     del gen  # four items never taken: the window no longer holds the producer
     assert rj.get(done, timeout=30) is None
     del done
-    wait_for_condition(lambda: not _objects_of(task_id), timeout=30)
+    wait_for_condition(lambda: not objects_of(task_id), timeout=30)
 
 
-def test_async_actor_generator_with_backpressure_and_cancel():
-    @rj.remote
-    class Ticker:
-        def __init__(self):
-            self.made = 0
-            self.cancelled = False
+@rj.remote
+class Ticker:
+    """An async generator method that counts until cancelled, and reports both."""
 
-        async def ticks(self):
-            try:
-                while True:
-                    self.made += 1
-                    yield self.made
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
+    def __init__(self) -> None:
+        self.made = 0
+        self.cancelled = False
 
-        async def report(self):
-            return self.made, self.cancelled
+    async def ticks(self) -> object:
+        try:
+            while True:
+                self.made += 1
+                yield self.made
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
 
-    ticker = Ticker.remote()
+    async def report(self) -> tuple[int, bool]:
+        return self.made, self.cancelled
+
+
+def check_ticker_backpressure_and_cancel(ticker: Any) -> None:
+    """A window of 2 holds a Ticker's stream two items ahead; a cancel reaches the method."""
     gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
     assert rj.get(next(gen), timeout=30) == 1
-    wait_for_condition(lambda: rj.get(ticker.report.remote())[0] == 3, timeout=30)
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[0] == 3, timeout=30)
     rj.cancel(gen)
-    wait_for_condition(lambda: rj.get(ticker.report.remote())[1], timeout=30)
-    made, _ = rj.get(ticker.report.remote())
+    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[1], timeout=30)
+    made, _ = rj.get(ticker.report.remote(), timeout=30)
     assert made == 3  # item 1 taken, two ahead: held there until the cancel
     refs = list(gen)
     with pytest.raises(TaskCancelledError):
         rj.get(refs[-1], timeout=30)
+
+
+def test_async_actor_generator_with_backpressure_and_cancel():
+    check_ticker_backpressure_and_cancel(Ticker.remote())
 
 
 def test_sync_actor_generator_stops_between_items_on_cancel():

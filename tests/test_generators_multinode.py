@@ -4,7 +4,6 @@ semantics as on one node (see streams.py). Real nodes on loopback, as in test_mu
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import signal
@@ -14,69 +13,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cluster_helpers import Nodes, alive_nodes, head_id, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
-from test_multinode import Nodes, alive_nodes, node_of
+from test_generators import (
+    Ledger,
+    Signal,
+    Ticker,
+    check_cancel_ends_the_stream,
+    check_ticker_backpressure_and_cancel,
+    objects_of,
+)
 
 import rayjupyter as rj
-from rayjupyter.core import api
-from rayjupyter.exceptions import TaskCancelledError, WorkerCrashedError
-from rayjupyter.util.state import list_objects
+from rayjupyter.exceptions import WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@rj.remote(num_cpus=0)
-class Signal:
-    """Ordering without timing: one side waits until the other sends."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def send(self) -> None:
-        self.event.set()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-
-
-@rj.remote(num_cpus=0)
-class Ledger:
-    """Counts what a producer made and what its consumer took."""
-
-    def __init__(self) -> None:
-        self.made = 0
-        self.taken = 0
-        self.worst = 0  # most items ever made ahead of what was taken
-
-    def make(self) -> None:
-        self.made += 1
-        self.worst = max(self.worst, self.made - self.taken)
-
-    def take(self) -> None:
-        self.taken += 1
-
-    def counts(self) -> tuple[int, int, int]:
-        return self.made, self.taken, self.worst
-
-
-@pytest.fixture
-def nodes() -> Iterator[Nodes]:
-    head = rj.init(num_cpus=1, resources={"head": 1})
-    started = Nodes(head)
-    try:
-        yield started
-    finally:
-        started.stop()
-        rj.shutdown()
-
-
-def head_id() -> str:
-    return str(api._state["context"].address_info["node_id"])
-
-
-def objects_of(task_id: bytes) -> list[dict]:
-    prefix = task_id.hex()
-    return [row for row in list_objects(limit=100_000) if row["object_id"].startswith(prefix)]
+nodes = nodes_fixture(num_cpus=1, resources={"head": 1})
 
 
 def wait_for_file(path: str, timeout: float = 60.0) -> None:
@@ -231,14 +185,7 @@ def test_cancel_and_backpressure_reach_a_producer_on_a_peer(nodes: Nodes, tmp_pa
             raise
 
     gen = endless.options(_generator_backpressure_num_objects=1).remote(str(stopped))
-    assert rj.get(next(gen), timeout=30) == 0
-    rj.cancel(gen)
-    wait_for_condition(stopped.exists, timeout=30)  # the producer got the cancel
-    refs = list(gen)
-    assert refs, "the cancellation comes as the last item"
-    with pytest.raises(TaskCancelledError):
-        rj.get(refs[-1], timeout=30)
-    assert [rj.get(r, timeout=30) for r in refs[:-1]] == list(range(1, len(refs)))
+    check_cancel_ends_the_stream(gen, stopped)
 
     # dropped before it was sent to the peer (its argument was not ready): no window there
     signal_actor = Signal.remote()
@@ -291,35 +238,7 @@ def test_generator_methods_of_an_actor_on_a_peer(nodes: Nodes) -> None:
     assert [rj.get(ref, timeout=30) for ref in gen] == list(range(4))
     assert rj.get(source.where.remote(), timeout=30) != head_id()  # still there, in order
 
-    @rj.remote(resources={"n1": 1})
-    class Ticker:
-        def __init__(self) -> None:
-            self.made = 0
-            self.cancelled = False
-
-        async def ticks(self) -> object:
-            try:
-                while True:
-                    self.made += 1
-                    yield self.made
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-
-        async def report(self) -> tuple[int, bool]:
-            return self.made, self.cancelled
-
-    ticker = Ticker.remote()
-    gen = ticker.ticks.options(_generator_backpressure_num_objects=2).remote()
-    assert rj.get(next(gen), timeout=30) == 1
-    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[0] == 3, timeout=30)
-    rj.cancel(gen)
-    wait_for_condition(lambda: rj.get(ticker.report.remote(), timeout=30)[1], timeout=30)
-    assert rj.get(ticker.report.remote(), timeout=30)[0] == 3  # held by the window till then
-    refs = list(gen)
-    with pytest.raises(TaskCancelledError):
-        rj.get(refs[-1], timeout=30)
+    check_ticker_backpressure_and_cancel(Ticker.options(resources={"n1": 1}).remote())
 
 
 def test_an_actor_on_a_peer_restarted_mid_stream_goes_on_without_repeats(

@@ -10,74 +10,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from cluster_helpers import Nodes, alive_nodes, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
 from rayjupyter.core import api
-from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.exceptions import ClusterConnectionError
-from rayjupyter.core.launcher import LocalCluster
 from rayjupyter.util import state
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Nodes:
-    """The nodes a test started besides the head, stopped (and checked gone) at the end."""
-
-    def __init__(self, head: Any) -> None:
-        self.head = head
-        self.started: list[LocalCluster] = []
-
-    def join(
-        self,
-        num_cpus: float = 1,
-        secret: str | None = None,
-        node_timeout_s: float = 3.0,
-        **resources: float,
-    ) -> Any:
-        config = NodeConfig(
-            num_cpus=num_cpus,
-            resources=resources,
-            head_address=self.head.address,
-            object_store_memory=4 << 30,
-            sys_path=list(sys.path),
-            owner_pid=os.getpid(),
-            node_timeout_s=node_timeout_s,
-        )
-        node = LocalCluster(config, secret=secret or self.head._secret)
-        self.started.append(node)
-        return node
-
-    def stop(self) -> None:
-        for node in self.started:
-            node.stop()
-
-
-def alive_nodes() -> int:
-    return sum(1 for row in rj.nodes() if row["Alive"])
-
-
-@pytest.fixture
-def nodes() -> Iterator[Nodes]:
-    head = rj.init(num_cpus=1, resources={"head": 1})
-    started = Nodes(head)
-    try:
-        yield started
-    finally:
-        started.stop()
-        rj.shutdown()
-
-
-@rj.remote
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
+nodes = nodes_fixture(num_cpus=1, resources={"head": 1})
 
 
 @rj.remote

@@ -8,13 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cluster_helpers import Nodes, alive_nodes, node_of, nodes_fixture
 from helpers import wait_for_condition, wait_for_pids_gone
-from test_multinode import Nodes
 
 import rayjupyter as rj
 from rayjupyter.exceptions import ActorDiedError, TaskPlacementGroupRemoved
@@ -32,29 +30,11 @@ from rayjupyter.util.scheduling_strategies import PlacementGroupSchedulingStrate
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def nodes() -> Iterator[Nodes]:
-    head = rj.init(num_cpus=1)
-    started = Nodes(head)
-    try:
-        yield started
-    finally:
-        started.stop()
-        rj.shutdown()
-
-
-def alive_nodes() -> int:
-    return sum(1 for row in rj.nodes() if row["Alive"])
+nodes = nodes_fixture(num_cpus=1)
 
 
 def in_group(group: Any, index: int = -1, capture: bool | None = None) -> Any:
     return PlacementGroupSchedulingStrategy(group, index, capture)
-
-
-@rj.remote(num_cpus=1)
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
 
 
 @rj.remote(num_cpus=1)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from helpers import wait_for_condition
+from test_worker_limit import check_actors_in_processes_of_their_own
 
 import rayjupyter as rj
 from rayjupyter.exceptions import TaskCancelledError
@@ -155,18 +156,7 @@ def test_cancel_is_recursive(cluster, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_two_hundred_actors_alive_at_once_on_two_cpus(cluster):
-    @rj.remote
-    class Cell:
-        def __init__(self, index):
-            self.index = index
-
-        def where(self):
-            return self.index, os.getpid()
-
-    cells = [Cell.remote(i) for i in range(200)]
-    answers = rj.get([cell.where.remote() for cell in cells], timeout=240)
-    assert [index for index, _ in answers] == list(range(200))
-    assert len({pid for _, pid in answers}) == 200
+    check_actors_in_processes_of_their_own(200, timeout=240)
 
 
 def test_ctrl_c_while_waiting_cancels_the_tasks_waited_on(tmp_path):

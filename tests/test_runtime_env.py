@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 import pytest
+from cluster_helpers import Nodes, started_nodes
 from helpers import wait_for_condition
-from test_multinode import Nodes
 
 import rayjupyter as rj
 from rayjupyter.core import runtime_env
@@ -384,15 +384,10 @@ def test_a_task_naming_an_unknown_env_fails_with_runtime_env_setup_error(cluster
 
 @pytest.fixture
 def env_nodes(notebook_dir: Path) -> Iterator[tuple[Nodes, Any]]:
-    head = rj.init(
+    with started_nodes(
         num_cpus=1, resources={"head": 1}, runtime_env={"working_dir": str(notebook_dir)}
-    )
-    started = Nodes(head)
-    try:
-        yield started, head
-    finally:
-        started.stop()
-        rj.shutdown()
+    ) as started:
+        yield started, started.head
 
 
 def test_a_module_next_to_the_notebook_imports_in_tasks_on_every_node(

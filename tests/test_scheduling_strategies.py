@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
+from cluster_helpers import alive_nodes, head_id, node_of, started_nodes
 from helpers import wait_for_condition
-from test_multinode import Nodes
 
 import rayjupyter as rj
-from rayjupyter.core import api
 from rayjupyter.exceptions import ActorDiedError, TaskUnschedulableError
 from rayjupyter.util import (
     get_current_placement_group,
@@ -33,24 +31,13 @@ UNKNOWN_NODE = "ab" * 8
 @pytest.fixture
 def three() -> Iterator[list[str]]:
     """A head and two nodes of 1 CPU each; yields their node ids, the head's first."""
-    head = rj.init(num_cpus=1)
-    started = Nodes(head)
-    try:
+    with started_nodes(num_cpus=1) as started:
         started.join(num_cpus=1)
         started.join(num_cpus=1)
-        wait_for_condition(lambda: sum(r["Alive"] for r in rj.nodes()) == 3, timeout=10)
-        head_id = api._state["context"].address_info["node_id"]
-        others = [r["NodeID"] for r in rj.nodes() if r["NodeID"] != head_id]
-        yield [head_id, *others]
-    finally:
-        started.stop()
-        rj.shutdown()
-
-
-@rj.remote(num_cpus=1)
-def node_of(delay: float = 0.0) -> str:
-    time.sleep(delay)
-    return rj.get_runtime_context().get_node_id()
+        wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+        head = head_id()
+        others = [r["NodeID"] for r in rj.nodes() if r["NodeID"] != head]
+        yield [head, *others]
 
 
 @rj.remote(num_cpus=1)
@@ -139,11 +126,9 @@ def test_strategies_are_checked_at_the_call(three: list[str]) -> None:
 
 
 def test_hard_affinity_fails_when_its_node_dies() -> None:
-    head = rj.init(num_cpus=1)
-    started = Nodes(head)
-    try:
+    with started_nodes(num_cpus=1) as started:
         doomed = started.join(num_cpus=1)
-        wait_for_condition(lambda: sum(r["Alive"] for r in rj.nodes()) == 2, timeout=10)
+        wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
         port = int(doomed.address.rpartition(":")[2])
         target = next(r["NodeID"] for r in rj.nodes() if r["NodeManagerPort"] == port)
         pinned = node_of.options(
@@ -157,7 +142,4 @@ def test_hard_affinity_fails_when_its_node_dies() -> None:
         os.kill(doomed.pid, signal.SIGKILL)
         with pytest.raises(TaskUnschedulableError, match="died"):
             rj.get(hard, timeout=30)
-        assert rj.get(soft, timeout=30) == api._state["context"].address_info["node_id"]
-    finally:
-        started.stop()
-        rj.shutdown()
+        assert rj.get(soft, timeout=30) == head_id()

@@ -14,18 +14,12 @@ from starlette.responses import StreamingResponse
 import rayjupyter as rj
 from rayjupyter import serve
 from tests.helpers import wait_for_condition
-from tests.serve_helpers import new_gate
+from tests.serve_helpers import new_gate, serve_url_fixture
 
 ZERO_CPU = {"ray_actor_options": {"num_cpus": 0}}
 
 
-@pytest.fixture(autouse=True)
-def url(shared_cluster):
-    address = serve.start(http_options={"port": 0})
-    try:
-        yield address
-    finally:
-        serve.shutdown()
+url = serve_url_fixture()
 
 
 @serve.deployment(**ZERO_CPU)

@@ -58,22 +58,28 @@ def test_the_machine_limit_has_a_floor_and_respects_descriptors():
 # ---------------------------------------------------------------- on real clusters
 
 
+def check_actors_in_processes_of_their_own(count: int, timeout: float) -> None:
+    """count actors alive at once each answer, in order, from a process of its own."""
+
+    @rj.remote
+    class Cell:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def where(self) -> tuple[int, int]:
+            return self.index, os.getpid()
+
+    cells = [Cell.remote(i) for i in range(count)]
+    answers = rj.get([cell.where.remote() for cell in cells], timeout=timeout)
+    assert [index for index, _ in answers] == list(range(count))
+    assert len({pid for _, pid in answers}) == count
+
+
 def test_three_hundred_actors_start_and_answer_on_two_cpus(cluster):
     """Each actor is a forked process of its own (~4 MiB of its own memory): 300 of them
     pass the node's 1024th descriptor, where select() used to fail, and the old cap of 256."""
 
-    @rj.remote
-    class Cell:
-        def __init__(self, index):
-            self.index = index
-
-        def where(self):
-            return self.index, os.getpid()
-
-    cells = [Cell.remote(i) for i in range(300)]
-    answers = rj.get([cell.where.remote() for cell in cells], timeout=100)
-    assert [index for index, _ in answers] == list(range(300))
-    assert len({pid for _, pid in answers}) == 300
+    check_actors_in_processes_of_their_own(300, timeout=100)
 
 
 @pytest.fixture

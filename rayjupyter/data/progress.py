@@ -48,6 +48,8 @@ def rows(executor: Any) -> list[OpProgress]:
 
 
 def _in_kernel() -> bool:
+    """True in a Jupyter kernel. rayjupyter.notebook.kernel.in_kernel asks the same, but this
+    library uses only the public API (test_data_plan), so it keeps its own copy."""
     try:
         from IPython import get_ipython
     except ImportError:

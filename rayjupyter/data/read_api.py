@@ -23,10 +23,14 @@ from rayjupyter.data.dataset import Dataset, MaterializedDataset
 from rayjupyter.data.plan import InputData, Read
 
 
+def _check_override(override_num_blocks: int | None) -> None:
+    if override_num_blocks is not None and override_num_blocks < 1:
+        raise ValueError(f"override_num_blocks must be >= 1, got {override_num_blocks}.")
+
+
 def _num_blocks(n_rows: int, override_num_blocks: int | None) -> int:
+    _check_override(override_num_blocks)
     if override_num_blocks is not None:
-        if override_num_blocks < 1:
-            raise ValueError(f"override_num_blocks must be >= 1, got {override_num_blocks}.")
         return override_num_blocks
     return builtins.max(1, builtins.min(n_rows, DataContext.get_current().read_op_min_num_blocks))
 
@@ -139,14 +143,14 @@ def _files(
     kind: str,
     name: str,
     paths: Any,
+    options: dict[str, Any],
     file_extensions: list[str] | None,
     override_num_blocks: int | None,
     include_paths: bool,
-    options: dict[str, Any],
 ) -> Dataset:
+    """A Read of the files under paths (the arguments every file reader takes, last)."""
     files = sources.expand_paths(paths, file_extensions)
-    if override_num_blocks is not None and override_num_blocks < 1:
-        raise ValueError(f"override_num_blocks must be >= 1, got {override_num_blocks}.")
+    _check_override(override_num_blocks)
     tasks = sources.file_tasks(kind, files, override_num_blocks, include_paths, options)
     return Dataset(Read(name=name, tasks=tuple(tasks)))
 
@@ -163,8 +167,7 @@ def read_parquet(
     """Parquet files, one read task per row group (or grouped into override_num_blocks);
     ``columns`` and ``filter`` (a pyarrow.dataset expression) are applied by the reader."""
     files = sources.expand_paths(paths, file_extensions)
-    if override_num_blocks is not None and override_num_blocks < 1:
-        raise ValueError(f"override_num_blocks must be >= 1, got {override_num_blocks}.")
+    _check_override(override_num_blocks)
     cols = list(columns) if columns is not None else None
     tasks = sources.parquet_tasks(files, cols, filter, override_num_blocks, include_paths)
     schema = sources.parquet_schema(files[0], cols, include_paths)
@@ -179,9 +182,8 @@ def read_csv(
     file_extensions: list[str] | None = None,
     **arrow_csv_args: Any,
 ) -> Dataset:
-    return _files(
-        "csv", "ReadCSV", paths, file_extensions, override_num_blocks, include_paths, arrow_csv_args
-    )
+    common = (file_extensions, override_num_blocks, include_paths)
+    return _files("csv", "ReadCSV", paths, arrow_csv_args, *common)
 
 
 def read_json(
@@ -192,15 +194,8 @@ def read_json(
     file_extensions: list[str] | None = None,
     **arrow_json_args: Any,
 ) -> Dataset:
-    return _files(
-        "json",
-        "ReadJSON",
-        paths,
-        file_extensions,
-        override_num_blocks,
-        include_paths,
-        arrow_json_args,
-    )
+    common = (file_extensions, override_num_blocks, include_paths)
+    return _files("json", "ReadJSON", paths, arrow_json_args, *common)
 
 
 def read_text(
@@ -212,15 +207,9 @@ def read_text(
     include_paths: bool = False,
     file_extensions: list[str] | None = None,
 ) -> Dataset:
-    return _files(
-        "text",
-        "ReadText",
-        paths,
-        file_extensions,
-        override_num_blocks,
-        include_paths,
-        {"encoding": encoding, "drop_empty_lines": drop_empty_lines},
-    )
+    options = {"encoding": encoding, "drop_empty_lines": drop_empty_lines}
+    common = (file_extensions, override_num_blocks, include_paths)
+    return _files("text", "ReadText", paths, options, *common)
 
 
 def read_numpy(
@@ -230,15 +219,8 @@ def read_numpy(
     include_paths: bool = False,
     file_extensions: list[str] | None = None,
 ) -> Dataset:
-    return _files(
-        "numpy",
-        "ReadNumpy",
-        paths,
-        file_extensions or ["npy"],
-        override_num_blocks,
-        include_paths,
-        {},
-    )
+    common = (file_extensions or ["npy"], override_num_blocks, include_paths)
+    return _files("numpy", "ReadNumpy", paths, {}, *common)
 
 
 def read_binary_files(
@@ -248,9 +230,8 @@ def read_binary_files(
     override_num_blocks: int | None = None,
     file_extensions: list[str] | None = None,
 ) -> Dataset:
-    return _files(
-        "binary", "ReadBinary", paths, file_extensions, override_num_blocks, include_paths, {}
-    )
+    common = (file_extensions, override_num_blocks, include_paths)
+    return _files("binary", "ReadBinary", paths, {}, *common)
 
 
 def read_images(
@@ -264,12 +245,5 @@ def read_images(
 ) -> Dataset:
     """Images through pillow (the ``data`` extra): ``{"image": HxWxC uint8 array}``."""
     exts = file_extensions or ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif"]
-    return _files(
-        "images",
-        "ReadImage",
-        paths,
-        exts,
-        override_num_blocks,
-        include_paths,
-        {"size": size, "mode": mode},
-    )
+    common = (exts, override_num_blocks, include_paths)
+    return _files("images", "ReadImage", paths, {"size": size, "mode": mode}, *common)

@@ -22,14 +22,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
-
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+from rayjupyter.notebook.kernel import in_kernel
 
 
 def proxied_url(direct: str, route_prefix: str, base_url: str | None) -> str | None:
@@ -201,7 +194,7 @@ _LIVE: LiveView | None = None
 def show_application(name: str, route_prefix: str | None) -> None:
     """The link and (once per kernel: it shows every application) the live view."""
     global _LIVE
-    if not _in_kernel():
+    if not in_kernel():
         return
     from IPython.display import display
 
