@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import operator
 import os
 import pickle
 import shutil
@@ -128,10 +129,19 @@ class ClientInfo:
     last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
 
 
-class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
+class Node(NodeActors, NodeWorkers, NodePeers):
     """The daemon's state and handlers; ``run`` is the loop."""
 
-    #: which method handles each message a client may send
+    #: the parts the node is made of: attribute -> class (each built in ``__init__``)
+    PARTS: dict[str, type] = {
+        "queries": NodeQueries,
+        "envs": NodeRuntimeEnv,
+        "placement": NodePlacement,
+        "generators": NodeGenerators,
+    }
+
+    #: which method handles each message a client may send: the node's own, or
+    #: "part.method" of one of ``PARTS`` (bound once, in ``__init__``: one lookup a message)
     HANDLERS: dict[type, str] = {
         P.Hello: "on_hello",
         P.SubmitTask: "on_submit",
@@ -154,14 +164,14 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         P.RegisterNode: "on_register_node",
         P.NodeHeartbeat: "on_node_heartbeat",
         P.ActorHomes: "on_actor_homes",
-        P.UploadPackage: "on_upload_package",
-        P.RegisterRuntimeEnv: "on_register_runtime_env",
+        P.UploadPackage: "envs.on_upload_package",
+        P.RegisterRuntimeEnv: "envs.on_register_runtime_env",
         P.GeneratorItem: "on_generator_item",
         P.GeneratorConsumed: "on_generator_consumed",
-        **dict.fromkeys(P.QUERIES, "on_query"),  # answered by type: node_queries.ANSWERS
-        P.CreatePlacementGroup: "on_create_placement_group",
-        P.RemovePlacementGroup: "on_remove_placement_group",
-        P.QueryPlacementGroups: "on_query_placement_groups",
+        **dict.fromkeys(P.QUERIES, "queries.on_query"),  # by type: node_queries.ANSWERS
+        P.CreatePlacementGroup: "placement.on_create",
+        P.RemovePlacementGroup: "placement.on_remove",
+        P.QueryPlacementGroups: "placement.on_query",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -247,9 +257,28 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         self.listen_for_local_drivers()
         self.init_peers()
         self.peer_handlers[P.Reply] = self.placement.on_peer_reply
-        self.init_runtime_envs()
+        self.envs = NodeRuntimeEnv(self.session, self.address, self.actors, self.send)
+        self.queries = NodeQueries(
+            node_id=self.node_id,
+            object_store_memory=config.object_store_memory,
+            state=self.state,
+            actors=self.actors,
+            named_actors=self.named_actors,
+            clients=self.clients,
+            channels=self.channels,
+            objects=self.objects,
+            head=self.head,
+            store=self.store,
+            events=self.events,
+            recent_logs=self.recent_logs,
+            free_resources=self.free_resources,
+            drivers=self.drivers,
+            context_of=self.context_of,
+            lookup_actor=self.lookup_actor,
+            send=self.send,
+        )
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
-            kind: getattr(self, name) for kind, name in self.HANDLERS.items()
+            kind: operator.attrgetter(name)(self) for kind, name in self.HANDLERS.items()
         }
         for _ in range(self.pool_size):
             self.spawn_worker()
@@ -268,7 +297,8 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
                     self.expire_unproven()
-                    self.reap_idle_env_workers()
+                    # env workers idle for a while stop (NodeState picks them)
+                    self.execute(self.state.reap_env_workers(last_check))
                 self.peers_tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
@@ -517,7 +547,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             elif entry.is_error and failed_dep is None:
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
-            failed_dep = self.env_error(task)
+            failed_dep = self.envs.env_error(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
@@ -659,19 +689,6 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
             self.execute(self.state.worker_blocked(worker))
         else:
             self.state.worker_unblocked(worker)
-
-    def on_query(self, client: bytes, message: Any) -> None:
-        """A query of protocol.QUERIES: answered with its read model (node_queries)."""
-        self.send(client, P.Reply(message.request_id, self.answer(client, message)))
-
-    def on_create_placement_group(self, client: bytes, message: P.CreatePlacementGroup) -> None:
-        self.placement.on_create(client, message)
-
-    def on_remove_placement_group(self, client: bytes, message: P.RemovePlacementGroup) -> None:
-        self.placement.on_remove(client, message)
-
-    def on_query_placement_groups(self, client: bytes, message: P.QueryPlacementGroups) -> None:
-        self.placement.on_query(client, message)
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
@@ -871,7 +888,7 @@ class Node(NodeActors, NodeWorkers, NodeQueries, NodePeers, NodeRuntimeEnv):
         if len(self.head.nodes) > 1:
             self.spill_over()
         if self.scheduler.env_unplaced:
-            self.execute(state.env_spawns(self.runtime_envs, time.monotonic()))
+            self.execute(state.env_spawns(self.envs.runtime_envs, time.monotonic()))
         state.turn_ended()  # (after every start this turn, actors' included)
         self.execute(state.prefetch())
 

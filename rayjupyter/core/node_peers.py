@@ -479,7 +479,7 @@ class NodePeers:
         node = self._node()
         link = self.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
-        node.send_runtime_env(link, task.env)  # its packages and env, once per link
+        node.envs.send_runtime_env(link, task.env)  # its packages and env, once per link
         func_blob = None
         if task.func_id not in link.known_funcs:
             func_blob = node.funcs.get(task.func_id)
@@ -526,7 +526,7 @@ class NodePeers:
         link = self.link(peer.address)
         creation = actor.creation
         self.provide(link, (*creation.deps, *creation.nested))
-        node.send_runtime_env(link, str(actor.options.get("runtime_env") or ""))
+        node.envs.send_runtime_env(link, str(actor.options.get("runtime_env") or ""))
         options = {k: v for k, v in actor.options.items() if k not in _HOME_ONLY_OPTIONS}
         options.update(max_restarts=0, max_task_retries=0)  # retries are the home's call
         link.send(

@@ -71,13 +71,13 @@ class NodeWorkers:
         node = self._node()
         client_id = ids.new_client_id()
         if actor_id and not env:
-            env = node.actor_env(actor_id)
+            env = node.envs.actor_env(actor_id)
         node_end, worker_end = channel.pair()
         variables = worker_env(
             node.secret, node.session, node.config.sys_path, client_id, worker_end.fileno()
         )
         if env:
-            variables = {**node.env_process_vars(env), **variables}
+            variables = {**node.envs.env_process_vars(env), **variables}
         try:
             started = spawn.fork_worker(variables, keep_fd=worker_end.fileno())
         finally:
