@@ -25,7 +25,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -51,9 +50,13 @@ from rayjupyter.core.config import (
 from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
-from rayjupyter.core.node_peers import NodePeers
+from rayjupyter.core.node_io import ClientInfo, NodePoll
+from rayjupyter.core.node_links import NodeLinks, PeerLink
+from rayjupyter.core.node_membership import NodeMembership
 from rayjupyter.core.node_placement import NodePlacement
+from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import (
@@ -76,7 +79,7 @@ from rayjupyter.core.node_state import (
     NodeState,
     cancelled_error,
 )
-from rayjupyter.core.node_workers import NodeWorkers, WorkerPipes
+from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import (
     FlatBytes,
     ObjectStore,
@@ -121,23 +124,21 @@ class ObjectEntry:
         self.copies: set[str] = set()  # peers that keep a copy for us until we free it
 
 
-@dataclass
-class ClientInfo:
-    kind: str
-    pid: int
-    namespace: str = ""
-    last_seen: float = 0.0  # monotonic time of its last frame (drivers' liveness)
-
-
-class Node(NodeActors, NodeWorkers, NodePeers):
+class Node:
     """The daemon's state and handlers; ``run`` is the loop."""
 
     #: the parts the node is made of: attribute -> class (each built in ``__init__``)
     PARTS: dict[str, type] = {
+        "actor_part": NodeActors,
         "queries": NodeQueries,
         "envs": NodeRuntimeEnv,
+        "pool": NodeWorkers,
         "placement": NodePlacement,
         "generators": NodeGenerators,
+        "peer_links": NodeLinks,
+        "membership": NodeMembership,
+        "forwarding": NodeForwarding,
+        "pulling": NodePulls,
     }
 
     #: which method handles each message a client may send: the node's own, or
@@ -155,15 +156,15 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         P.Heartbeat: "on_heartbeat",
         P.Disconnect: "on_disconnect",
         P.CancelTask: "on_cancel",
-        P.CreateActor: "on_create_actor",
-        P.KillActor: "on_kill_actor",
-        P.ActorStarted: "on_actor_started",
-        P.ActorExiting: "on_actor_exiting",
-        P.ProvideObjects: "on_provide_objects",
-        P.PullObject: "on_pull_object",
-        P.RegisterNode: "on_register_node",
-        P.NodeHeartbeat: "on_node_heartbeat",
-        P.ActorHomes: "on_actor_homes",
+        P.CreateActor: "actor_part.on_create_actor",
+        P.KillActor: "actor_part.on_kill_actor",
+        P.ActorStarted: "actor_part.on_actor_started",
+        P.ActorExiting: "actor_part.on_actor_exiting",
+        P.ProvideObjects: "pulling.on_provide_objects",
+        P.PullObject: "pulling.on_pull_object",
+        P.RegisterNode: "membership.on_register_node",
+        P.NodeHeartbeat: "membership.on_node_heartbeat",
+        P.ActorHomes: "forwarding.on_actor_homes",
         P.UploadPackage: "envs.on_upload_package",
         P.RegisterRuntimeEnv: "envs.on_register_runtime_env",
         P.GeneratorItem: "on_generator_item",
@@ -172,6 +173,18 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         P.CreatePlacementGroup: "placement.on_create",
         P.RemovePlacementGroup: "placement.on_remove",
         P.QueryPlacementGroups: "placement.on_query",
+    }
+
+    #: which method handles each message a peer node sends us on our link to it
+    PEER_HANDLERS: dict[type, str] = {
+        P.Welcome: "membership.on_peer_welcome",
+        P.ClusterView: "membership.on_cluster_view",
+        P.ObjectsReady: "forwarding.on_peer_objects_ready",
+        P.ContainedObjects: "forwarding.on_contained_objects",
+        P.ActorGone: "forwarding.on_actor_gone",
+        P.LogLines: "forwarding.on_peer_log_lines",
+        P.ObjectChunk: "pulling.on_object_chunk",
+        P.Reply: "placement.on_peer_reply",
     }
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
@@ -219,11 +232,7 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
         self.events = task_events.TaskEventLog()
-        self.named_actors: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
-        self.pending_actors: set[bytes] = set()  # waiting for resources to be placed
         self.workers: dict[bytes, WorkerRecord] = self.state.workers
-        self.pipes: dict[bytes, WorkerPipes] = {}
-        self._exiting: dict[bytes, WorkerPipes] = {}
         self.tasks: dict[bytes, TaskRecord] = self.state.tasks
         self.objects: dict[bytes, ObjectEntry] = {}
         self.funcs: dict[bytes, bytes] = {}
@@ -238,26 +247,79 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         # and a broken one stops the node with the reason (as dask's validate=True does)
         self.validating = os.environ.get(VALIDATE_ENV) == "1"
 
-        self.poller = zmq.Poller()
+        self.poll = NodePoll()
+        self.poller = self.poll.poller
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.tcp_router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
-        self.fd_handlers: dict[int, Callable[[int], object]] = {}
-        self.channels: dict[bytes, Channel] = {}  # worker -> its link (see channel.py)
-        self.channel_fds: dict[int, bytes] = {}  # a channel's descriptor -> its worker
-        self.exit_fds: set[int] = set()  # pidfds: readable when a worker process exits
         if config.watch_stdin:
-            self._watch_fd(sys.stdin.fileno(), self._on_stdin)
+            self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
+        #: the one dispatch table: message type -> the bound method that handles it
+        self.handlers: dict[type, Callable[[bytes, Any], None]] = {}
+        self.envs = NodeRuntimeEnv(self.session, self.address, self.actors, self.send)
+        self.pool = NodeWorkers(
+            secret=secret,
+            session=self.session,
+            sys_path=config.sys_path,
+            poll=self.poll,
+            state=self.state,
+            envs=self.envs,
+            clients=self.clients,
+            recent_logs=self.recent_logs,
+            handlers=self.handlers,
+            report_error=self.report_internal_error,
+            release_client=self.release_client,
+            execute=self.execute,
+            send=self.send,
+            log_clients=lambda: (*self.drivers(), *self.node_clients),
+            actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
+            running=lambda: self.running,
+        )
+        self.channels = self.pool.channels
+        self.pipes = self.pool.pipes
+        self.drain_output = self.pool.drain_output
+        self.send_on_channel = self.pool.send_on_channel
+        self.spawn_worker = self.pool.spawn_worker
         driver_channel = os.environ.pop(DRIVER_CHANNEL_ENV, "")
         if driver_channel:  # the driver that started us talks over a socket pair (channel.py)
             fd, driver_id = driver_channel.split(":")
             link = Channel(socket.socket(fileno=int(fd)), blocking_send=False)
-            self._open_channel(bytes.fromhex(driver_id), link)
-        self.listen_for_local_drivers()
-        self.init_peers()
-        self.peer_handlers[P.Reply] = self.placement.on_peer_reply
-        self.envs = NodeRuntimeEnv(self.session, self.address, self.actors, self.send)
+            self.pool.open_channel(bytes.fromhex(driver_id), link)
+        self.pool.listen_for_local_drivers()
+        self.peer_handlers: dict[type, Callable[[PeerLink, Any], None]] = {}
+        self.peer_links = NodeLinks(
+            context=self.context,
+            secret=secret,
+            node_id=self.node_id,
+            poll=self.poll,
+            handlers=self.peer_handlers,
+            report_error=self.report_internal_error,
+        )
+        self.links = self.peer_links.links
+        self.node_clients: dict[bytes, bytes] = self.peer_links.node_clients
+        self.flush_links = self.peer_links.flush_links
+        self.pulling = NodePulls(self, self.peer_links)
+        self.pull = self.pulling.pull
+        self.lineage = self.pulling.lineage
+        self.forwarding = NodeForwarding(self, self.peer_links, self.pulling)
+        self.forwarded = self.forwarding.forwarded
+        self.place_by_locality = self.forwarding.place_by_locality
+        self.membership = NodeMembership(self, self.peer_links, self.forwarding, self.pulling)
+        self.actor_part = NodeActors(
+            host=self,
+            peers=self.forwarding,
+            state=self.state,
+            pool=self.pool,
+            actors=self.actors,
+            objects=self.objects,
+            events=self.events,
+            actors_file=config.actors_file,
+            place_actor=self.placement.place_actor,
+            infeasible=self.placement.infeasible,
+        )
+        self.named_actors = self.actor_part.named_actors
+        self.membership.start()
         self.queries = NodeQueries(
             node_id=self.node_id,
             object_store_memory=config.object_store_memory,
@@ -274,15 +336,18 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             free_resources=self.free_resources,
             drivers=self.drivers,
             context_of=self.context_of,
-            lookup_actor=self.lookup_actor,
+            lookup_actor=self.actor_part.lookup_actor,
             send=self.send,
         )
-        self.handlers: dict[type, Callable[[bytes, Any], None]] = {
-            kind: operator.attrgetter(name)(self) for kind, name in self.HANDLERS.items()
-        }
+        self.handlers.update(
+            (kind, operator.attrgetter(name)(self)) for kind, name in self.HANDLERS.items()
+        )
+        self.peer_handlers.update(
+            (kind, operator.attrgetter(name)(self)) for kind, name in self.PEER_HANDLERS.items()
+        )
         for _ in range(self.pool_size):
             self.spawn_worker()
-        self.restore_detached_actors()
+        self.actor_part.restore_detached_actors()
 
     # ------------------------------------------------------------------ loop
 
@@ -296,31 +361,35 @@ class Node(NodeActors, NodeWorkers, NodePeers):
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.let_go_of_silent_drivers()
-                    self.expire_unproven()
+                    self.pool.expire_unproven()
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
-                self.peers_tick()
+                self.membership.tick()
+                self.placement.tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
                 router_ready = tcp_ready = False
                 exited = []
-                channel_fds = self.channel_fds
+                channel_fds = self.pool.channel_fds
+                exit_fds = self.poll.exit_fds
+                fd_handlers = self.poll.fd_handlers
+                link_of_socket = self.peer_links.link_of_socket
                 for source, mask in events:
                     if source in channel_fds:
-                        self.on_channel(channel_fds[source], mask)
+                        self.pool.on_channel(channel_fds[source], mask)
                     elif source is self.router:
                         router_ready = True
                     elif source is self.tcp_router:
                         tcp_ready = True
                     elif source is self.zap.socket:
                         self.zap.handle()
-                    elif source in self.exit_fds:
+                    elif source in exit_fds:
                         exited.append(source)
-                    elif source in self.link_of_socket:
-                        self.drain_link(self.link_of_socket[source])
+                    elif source in link_of_socket:
+                        self.peer_links.drain_link(link_of_socket[source])
                     else:  # .get: an earlier event of this turn may have closed it
-                        handler = self.fd_handlers.get(int(source))
+                        handler = fd_handlers.get(int(source))
                         if handler is not None:
                             handler(int(source))
                 if router_ready:
@@ -328,14 +397,18 @@ class Node(NodeActors, NodeWorkers, NodePeers):
                 if tcp_ready:
                     self._drain_router(self.tcp_router)
                 for fd in exited:
-                    if fd in self.fd_handlers:
-                        self.fd_handlers[fd](fd)
+                    if fd in fd_handlers:
+                        fd_handlers[fd](fd)
                 self.schedule()
                 if self.validating:
                     self.validate()
                 self.flush()
         finally:
             self.shutdown()
+
+    @property
+    def is_head(self) -> bool:
+        return not self.config.head_address
 
     def announce_ready(self) -> None:
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
@@ -367,9 +440,9 @@ class Node(NodeActors, NodeWorkers, NodePeers):
                 try:
                     self.handlers[type(message)](client, message)
                 except Exception:  # a bug here must not take the cluster down: report it
-                    self._report_internal_error(message)
+                    self.report_internal_error(message)
 
-    def _report_internal_error(self, message: Any) -> None:
+    def report_internal_error(self, message: Any) -> None:
         text = (
             f"rayjupyter node: internal error while handling {type(message).__name__} "
             f"(please report it):\n{traceback.format_exc()}"
@@ -378,16 +451,6 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         for driver in self.drivers():
             self.send(driver, P.LogLines(2, text))
 
-    def _watch_fd(self, fd: int, handler: Callable[[int], object]) -> None:
-        os.set_blocking(fd, False)
-        self.poller.register(fd, zmq.POLLIN)
-        self.fd_handlers[fd] = handler
-
-    def _unwatch_fd(self, fd: int) -> None:
-        self.poller.unregister(fd)
-        del self.fd_handlers[fd]
-        os.close(fd)
-
     def _on_stdin(self, fd: int) -> None:
         try:
             data = os.read(fd, 4096)
@@ -395,8 +458,7 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             return
         if not data:  # the owning driver is gone, however it died
             self.running = False
-            self.poller.unregister(fd)
-            del self.fd_handlers[fd]
+            self.poll.forget(fd)
 
     def send(self, client: bytes, message: Any) -> None:
         self.outbox.setdefault(client, []).append(message)
@@ -552,11 +614,11 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             self.fail_task(task, failed_dep)
             return
         if task.actor_id:
-            if not self.actor_call_admitted(task):
+            if not self.actor_part.actor_call_admitted(task):
                 return
         elif (
             not self.resources.feasible(task.demand)
-            and not self.feasible_on_peer(task.demand)
+            and not self.forwarding.feasible_on_peer(task.demand)
             and self.placement.infeasible(task.name, task.demand)  # warns, or: group gone
         ):
             self.fail_task(task, self.placement.removed_error(task.name, task.demand))
@@ -568,12 +630,12 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         self.events.ready(task.task_id)
         if task.actor_id:
             if task.actor_id not in self.actors:
-                self.route_actor_call(task)  # an actor of another node (see actor_homes)
+                self.forwarding.route_actor_call(task)  # an actor of another node (see actor_homes)
                 return
             if self._pull_deps(task):
                 return
             task.transition(TaskState.READY)
-            self.pump_actor(task.actor_id)
+            self.actor_part.pump_actor(task.actor_id)
         elif task.strategy[:1] in ("S", "n") and self.placement.place(task):
             return  # SPREAD or node affinity: sent to its node (or failed)
         elif not self.place_by_locality(task) and not self._pull_deps(task):
@@ -665,19 +727,19 @@ class Node(NodeActors, NodeWorkers, NodePeers):
     def on_task_finished(self, client: bytes, message: P.TaskFinished) -> None:
         worker = self.workers[client]
         if worker.actor_id:
-            self.actor_call_finished(worker, message)
+            self.actor_part.actor_call_finished(worker, message)
             return
         task = self.tasks.get(message.task_id)
         if task is None or worker.task is not task:
             return
-        self._drain_output(self.pipes[client])  # the task's prints, under the task's name
-        self._unpin_deps(task)
+        self.drain_output(self.pipes[client])  # the task's prints, under the task's name
+        self.unpin_deps(task)
         for instruction in self.state.task_finished(worker, task, message.error, message.retryable):
             if instruction[0] == FINISHED:
                 self.events.ended(task.task_id, failed=False)
                 for object_id, inline, size, contained in message.results:
                     self.set_ready(object_id, inline, size, False, contained)
-                self._forget_task(task)
+                self.forget_task(task)
             else:
                 self.execute_one(instruction)
 
@@ -749,7 +811,7 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         entry = self.objects.get(object_id)
         if entry is None:
             if object_id in self.actors:
-                self.actor_released(self.actors[object_id])
+                self.actor_part.actor_released(self.actors[object_id])
             return
         entry.refs -= 1
         if entry.refs <= 0 and entry.ready:
@@ -762,9 +824,9 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         if entry.in_store:
             self.store.free(object_id)
         if entry.location or entry.copies:
-            self.release_copies(object_id, entry.copies | ({entry.location} - {""}))
+            self.pulling.release_copies(object_id, entry.copies | ({entry.location} - {""}))
         if self.lineage:
-            self.forget_lineage(object_id)
+            self.pulling.forget_lineage(object_id)
         for contained in entry.contained:
             self.decref(contained)
 
@@ -808,7 +870,7 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             for subscriber in entry.subscribers:
                 if subscriber != owner:
                     if contained and subscriber in self.node_clients:
-                        self.lend_contained(subscriber, object_id, contained)
+                        self.forwarding.lend_contained(subscriber, object_id, contained)
                     self.send(subscriber, P.ObjectsReady((info,)))
         entry.subscribers = set()
         waiters, entry.waiters = entry.waiters, []
@@ -858,13 +920,15 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             self.generators.failed(task, error_blob)
         for object_id in task.return_ids:
             self.set_ready(object_id, error_blob, len(error_blob), True, ())
-        self._forget_task(task)
+        self.forget_task(task)
         if task.method == "__init__" and task.actor_id in self.actors:
             actor = self.actors[task.actor_id]
             if actor.state is not ActorState.DEAD:
-                self.actor_dies(actor, f"its creation failed: {pickle.loads(error_blob)}")
+                self.actor_part.actor_dies(
+                    actor, f"its creation failed: {pickle.loads(error_blob)}"
+                )
 
-    def _forget_task(self, task: TaskRecord) -> None:
+    def forget_task(self, task: TaskRecord) -> None:
         if not self.state.forget(task):
             return  # already forgotten (an actor's creation, when the actor died)
         if self.generators.modes:
@@ -874,19 +938,20 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         for object_id in task.nested:
             self.decref(object_id)
 
-    def _unpin_deps(self, task: TaskRecord) -> None:
+    def unpin_deps(self, task: TaskRecord) -> None:
         for object_id in task.deps:
             if self.store.contains(object_id):
                 self.store.unpin(object_id, task.task_id)
 
     def schedule(self) -> None:
         """Once per loop turn: place actors, run what is ready, start the workers missing."""
-        if self.pending_actors:
-            self.place_pending_actors()
+        actor_part = self.actor_part
+        if actor_part.pending_actors:
+            actor_part.place_pending_actors()
         state = self.state
         self.execute(state.assign())
         if len(self.head.nodes) > 1:
-            self.spill_over()
+            self.forwarding.spill_over()
         if self.scheduler.env_unplaced:
             self.execute(state.env_spawns(self.envs.runtime_envs, time.monotonic()))
         state.turn_ended()  # (after every start this turn, actors' included)
@@ -929,9 +994,9 @@ class Node(NodeActors, NodeWorkers, NodePeers):
                 P.RevokeTask(task.task_id if task is not None else b"", answers_block),
             )
             if task is not None:
-                self._unpin_deps(task)
+                self.unpin_deps(task)
         elif op == UNPIN:
-            self._unpin_deps(instruction[1])
+            self.unpin_deps(instruction[1])
         elif op == SPAWN:
             for _ in range(instruction[2]):
                 self.spawn_worker(env=instruction[1])
@@ -949,13 +1014,13 @@ class Node(NodeActors, NodeWorkers, NodePeers):
         elif op == CANCEL_CALL:
             self.send(instruction[2].client_id, P.CancelCall(instruction[1].task_id))
         elif op == CANCEL_FORWARDED:
-            self.cancel_forwarded(instruction[1], instruction[2])
+            self.forwarding.cancel_forwarded(instruction[1], instruction[2])
         elif op == ACTOR_PROCESS_DIED:
-            self.actor_process_died(instruction[1], instruction[2])
+            self.actor_part.actor_process_died(instruction[1], instruction[2])
         elif op == DROP_ACTOR_CALL:
-            self.actor_call_dropped(instruction[1])
+            self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
-            self.start_actor_in(instruction[1])
+            self.actor_part.start_actor_in(instruction[1])
         elif op == WARN:
             for driver in self.drivers():
                 self.send(driver, P.LogLines(2, instruction[1]))
@@ -1026,9 +1091,9 @@ class Node(NodeActors, NodeWorkers, NodePeers):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         for address in list(self.links):
-            self.drop_link(address)
+            self.peer_links.drop_link(address)
         for client in list(self.channels):
-            self._close_channel(client)
+            self.pool.close_channel(client)
         self.router.close(0)
         self.tcp_router.close(0)
         self.zap.close()

@@ -17,6 +17,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState
+from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.read_models import (
@@ -75,7 +76,7 @@ class NodeQueries:
         state: NodeState,
         actors: dict[bytes, ActorRecord],
         named_actors: dict[tuple[str, str], bytes],
-        clients: dict[bytes, Any],
+        clients: dict[bytes, ClientInfo],
         channels: dict[bytes, Channel],
         objects: dict[bytes, Any],
         head: HeadState,

@@ -49,7 +49,7 @@ class EnvRecord:
 
 
 class Link(Protocol):
-    """What sending an env to a peer needs of its link (``node_peers.PeerLink``)."""
+    """What sending an env to a peer needs of its link (``node_links.PeerLink``)."""
 
     client_id: bytes
 
