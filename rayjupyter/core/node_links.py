@@ -22,6 +22,7 @@ from rayjupyter.core import auth, ids, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.head import HeadState
+from rayjupyter.core.node_actors import ActorRecord, NodeActors
 from rayjupyter.core.node_io import NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import Instruction, NodeState
@@ -30,7 +31,6 @@ from rayjupyter.core.scheduler import TaskRecord
 from rayjupyter.core.task_events import TaskEventLog
 
 if TYPE_CHECKING:  # (for types only: these parts take the node itself, not yet a host)
-    from rayjupyter.core.node_actors import ActorRecord, NodeActors
     from rayjupyter.core.node_generators import NodeGenerators
     from rayjupyter.core.node_placement import NodePlacement
 

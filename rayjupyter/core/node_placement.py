@@ -279,7 +279,7 @@ class NodePlacement:
         node = self.node
         group_id = pgs.names_group(demand)
         if group_id is None:
-            node._warn_infeasible(name, demand)
+            node.task_part.warn_infeasible(name, demand)
             return False
         if node.is_head:
             return group_id not in self.table.groups
@@ -337,7 +337,7 @@ class NodePlacement:
         if target is None or (target == node.node_id and task.strategy == "SPREAD"):
             return False
         if target == node.node_id:  # pinned here: not moved by locality or spill-over
-            if not node._pull_deps(task):
+            if not node.task_part.pull_deps(task):
                 node.state.task_ready(task)
             return True
         peer = next(p for p in node.forwarding.peer_nodes() if p.node_id == target)
