@@ -50,6 +50,7 @@ from rayjupyter.core.config import (
 )
 from rayjupyter.core.head import HeadState, NodeInfo
 from rayjupyter.core.node_actors import ActorRecord, NodeActors
+from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_io import ClientInfo, NodePoll
@@ -88,12 +89,13 @@ class Node:
         "pulling": NodePulls,
         "object_table": NodeObjects,
         "task_part": NodeTasks,
+        "connections": NodeConnections,
     }
 
     #: which method handles each message a client may send: the node's own, or
     #: "part.method" of one of ``PARTS`` (bound once, in ``__init__``: one lookup a message)
     HANDLERS: dict[type, str] = {
-        P.Hello: "on_hello",
+        P.Hello: "connections.on_hello",
         P.SubmitTask: "task_part.on_submit",
         P.PutObject: "object_table.on_put",
         P.RefOps: "object_table.on_ref_ops",
@@ -102,8 +104,8 @@ class Node:
         P.TaskFinished: "task_part.on_task_finished",
         P.WorkerBlocked: "task_part.on_worker_blocked",
         P.StopCluster: "on_stop",
-        P.Heartbeat: "on_heartbeat",
-        P.Disconnect: "on_disconnect",
+        P.Heartbeat: "connections.on_heartbeat",
+        P.Disconnect: "connections.on_disconnect",
         P.CancelTask: "task_part.on_cancel",
         P.CreateActor: "actor_part.on_create_actor",
         P.KillActor: "actor_part.on_kill_actor",
@@ -213,7 +215,7 @@ class Node:
             recent_logs=self.recent_logs,
             handlers=self.handlers,
             report_error=self.report_internal_error,
-            release_client=self.release_client,
+            release_client=lambda client: self.release_client(client),
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             send=self.send,
             log_clients=lambda: (*self.drivers(), *self.node_clients),
@@ -280,6 +282,23 @@ class Node:
             infeasible=self.placement.infeasible,
         )
         self.named_actors = self.actor_part.named_actors
+        self.connections = NodeConnections(
+            node_id=self.node_id,
+            session=self.session,
+            config=config,
+            state=self.state,
+            clients=self.clients,
+            tcp_clients=self.tcp_clients,
+            node_clients=self.node_clients,
+            generators=self.generators,
+            object_table=self.object_table,
+            store=self.store,
+            placement=self.placement,
+            send=self.send,
+            execute=lambda instructions: self.execute(instructions),  # (the task part's)
+        )
+        self.drivers: Callable[[], list[bytes]] = self.connections.drivers
+        self.release_client: Callable[[bytes], None] = self.connections.release_client
         self.task_part = NodeTasks(
             state=self.state,
             events=self.events,
@@ -353,7 +372,7 @@ class Node:
                 events = self.poller.poll(1000)
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
-                    self.let_go_of_silent_drivers()
+                    self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
@@ -504,30 +523,7 @@ class Node:
     def queued(self) -> int:
         return len(self.scheduler.ready)
 
-    def drivers(self) -> list[bytes]:
-        return [c for c, info in self.clients.items() if info.kind == "driver"]
-
     # ------------------------------------------------------------------ handlers
-
-    def on_hello(self, client: bytes, message: P.Hello) -> None:
-        if message.version != protocol.PROTOCOL_VERSION:
-            error = (
-                f"protocol version {message.version} does not match the node's "
-                f"{protocol.PROTOCOL_VERSION}: install the same rayjupyter version on both sides"
-            )
-            self.send(client, P.Welcome(self.node_id, self.session, 0, error))
-            return
-        self.send(
-            client, P.Welcome(self.node_id, self.session, self.config.object_store_memory, "")
-        )
-        if message.kind == "node":  # a peer: its tasks run here, it gets our workers' output
-            self.node_clients.setdefault(client, b"")
-        self.clients[client] = ClientInfo(
-            message.kind, message.pid, message.namespace, time.monotonic()
-        )
-        worker = self.workers.get(client)
-        if worker is not None:
-            self.execute(self.state.worker_connected(worker))
 
     def on_generator_item(self, client: bytes, message: P.GeneratorItem) -> None:
         self.generators.on_item(message)
@@ -537,33 +533,6 @@ class Node:
 
     def on_stop(self, client: bytes, message: P.StopCluster) -> None:
         self.running = False
-
-    def on_heartbeat(self, client: bytes, message: P.Heartbeat) -> None:
-        self.send(client, P.Reply(0, None))  # so an attached driver knows the node lives
-
-    def on_disconnect(self, client: bytes, message: P.Disconnect) -> None:
-        self.release_client(client)
-
-    def let_go_of_silent_drivers(self) -> None:
-        """A driver (or observer) that stopped talking died: drop what it held (its actors
-        end with it)."""
-        deadline = time.monotonic() - self.config.client_timeout_s
-        for client, info in list(self.clients.items()):
-            owner = info.pid == self.config.owner_pid
-            if info.kind != "worker" and not owner and info.last_seen < deadline:
-                self.release_client(client)
-
-    # ------------------------------------------------------------------ objects
-
-    def release_client(self, client: bytes) -> None:
-        """A client is gone: drop its holds and pins."""
-        self.clients.pop(client, None)
-        self.tcp_clients.discard(client)
-        if self.generators.streams:
-            self.generators.client_gone(client)
-        self.object_table.release_holds(client)
-        self.store.release_client(client)
-        self.placement.client_gone(client)
 
     # ------------------------------------------------------------------ tasks
 
