@@ -77,3 +77,40 @@ def test_importing_core_loads_none_of_the_parts_built_on_it():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _runtime_node_imports(path: Path) -> set[str]:
+    """The node modules (``node*.py``) a file imports when it runs (not for types only)."""
+    tree = ast.parse(path.read_text(), str(path))
+    for_types = {
+        id(inner)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+        for inner in ast.walk(block)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and id(node) not in for_types and node.module:
+            name = node.module.rpartition(".")[2]
+            if node.module.startswith("rayjupyter.core.node") and name != path.stem:
+                found.add(name)
+    return found
+
+
+def test_the_node_parts_import_neither_the_node_nor_each_other_in_a_circle():
+    """The node is built of parts given what they need (README: The node's parts): none
+    imports node.py, and no chain of imports between node modules comes back to itself."""
+    graph = {path.stem: _runtime_node_imports(path) for path in CORE.glob("node*.py")}
+    assert not [name for name, imports in graph.items() if "node" in imports]
+
+    def reaches(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += graph.get(name, ())
+        return seen
+
+    assert not [name for name in graph if name in reaches(name)]

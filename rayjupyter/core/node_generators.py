@@ -32,7 +32,7 @@ from rayjupyter.core.streams import (
 
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
-    from rayjupyter.core.node_peers import PeerLink
+    from rayjupyter.core.node_links import PeerLink
     from rayjupyter.core.scheduler import TaskRecord
 
 #: at most this many streams at once on a node (each costs a few ints; the bound catches
@@ -201,9 +201,9 @@ class NodeGenerators:
         if verdict is not ItemVerdict.ACCEPT or inline is not None:
             link.send(P.RefOps(((False, object_id),)))  # their copy is not needed
         if verdict is not ItemVerdict.ACCEPT:
-            node.contained_info.pop(object_id, None)
+            node.forwarding.contained_info.pop(object_id, None)
             return True
-        inner = node._adopt_contained(link, object_id)
+        inner = node.forwarding.adopt_contained(link, object_id)
         location = "" if inline is not None else link.address
         self._make_item(stream, index - 1, inline, size, is_error, (), location)
         if object_id in node.objects:

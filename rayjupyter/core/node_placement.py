@@ -35,7 +35,7 @@ from rayjupyter.core.scheduler import TaskRecord, TaskState
 if TYPE_CHECKING:
     from rayjupyter.core.node import Node
     from rayjupyter.core.node_actors import ActorRecord
-    from rayjupyter.core.node_peers import PeerLink
+    from rayjupyter.core.node_links import PeerLink
 
 SCHEDULE_EVERY_S = 0.1  # how often the head tries again to place groups that wait
 REMOVED_NOTICE_S = 10.0  # how long views keep telling nodes about a removed group
@@ -75,7 +75,7 @@ class NodePlacement:
             return True
         relay_id = next(self.relay_ids)
         self.relayed[relay_id] = (client, message.request_id)
-        node.link(node.config.head_address).send(message._replace(request_id=relay_id))
+        node.peer_links.link(node.config.head_address).send(message._replace(request_id=relay_id))
         return True
 
     def on_peer_reply(self, link: PeerLink, message: P.Reply) -> None:
@@ -156,7 +156,7 @@ class NodePlacement:
                 self.apply(self.table.job_ended(client))
             return
         for group_id in self.jobs_groups.pop(client, []):  # the head hears it from us
-            node.link(node.config.head_address).send(P.RemovePlacementGroup(0, group_id))
+            node.peer_links.link(node.config.head_address).send(P.RemovePlacementGroup(0, group_id))
 
     def tick(self) -> None:
         """Each loop turn on the head: place waiting groups now and then."""
@@ -204,7 +204,7 @@ class NodePlacement:
             else:
                 for client, peer_id in node.node_clients.items():
                     if peer_id == node_id:
-                        node.send_view(client)
+                        node.membership.send_view(client)
 
     def view_extras(self, client: bytes) -> tuple[Any, tuple[bytes, ...]]:
         """What a node's view carries besides the node table: its bundles, recent removals."""
@@ -261,7 +261,7 @@ class NodePlacement:
                 continue
             if removed:
                 actor.no_restart = True
-                node.actor_dies(actor, ActorPlacementGroupRemoved.default_message)
+                node.actor_part.actor_dies(actor, ActorPlacementGroupRemoved.default_message)
             elif not actor.host and actor.worker in node.workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
@@ -279,7 +279,7 @@ class NodePlacement:
         node = self.node
         group_id = pgs.names_group(demand)
         if group_id is None:
-            node._warn_infeasible(name, demand)
+            node.task_part.warn_infeasible(name, demand)
             return False
         if node.is_head:
             return group_id not in self.table.groups
@@ -306,21 +306,21 @@ class NodePlacement:
         target = self._choose(strategy, actor.place_demand)
         if isinstance(target, str):
             actor.no_restart = True
-            node.actor_dies(actor, f"{ActorUnschedulableError.default_message} {target}")
+            node.actor_part.actor_dies(actor, f"{ActorUnschedulableError.default_message} {target}")
             return "done"
         if target is None:
             return "default"
         if target == node.node_id:
             actor.placed_by_strategy = True
             return "here"
-        peer = next(p for p in node.peer_nodes() if p.node_id == target)
-        node.host_actor(actor, peer)
+        peer = next(p for p in node.forwarding.peer_nodes() if p.node_id == target)
+        node.forwarding.host_actor(actor, peer)
         return "done"
 
     def _choose(self, strategy: str, demand: dict[str, float]) -> bytes | str | None:
         node = self.node
         nodes = [(node.node_id, dict(node.resources.total), node.free_resources())]
-        nodes += [(p.node_id, p.resources, p.available) for p in node.peer_nodes()]
+        nodes += [(p.node_id, p.resources, p.available) for p in node.forwarding.peer_nodes()]
         return scheduling_strategies.choose_node(strategy, demand, node.node_id, nodes)
 
     def place(self, task: TaskRecord) -> bool:
@@ -337,9 +337,9 @@ class NodePlacement:
         if target is None or (target == node.node_id and task.strategy == "SPREAD"):
             return False
         if target == node.node_id:  # pinned here: not moved by locality or spill-over
-            if not node._pull_deps(task):
+            if not node.task_part.pull_deps(task):
                 node.state.task_ready(task)
             return True
-        peer = next(p for p in node.peer_nodes() if p.node_id == target)
-        node.forward(task, peer)
+        peer = next(p for p in node.forwarding.peer_nodes() if p.node_id == target)
+        node.forwarding.forward(task, peer)
         return True

@@ -1,9 +1,9 @@
 """What the node answers to the typed queries of ``protocol.py``: status and state rows.
 
-A mixin of the node daemon; read-only over the node's tables. ``ANSWERS`` routes each query
-message by its type to the method that answers it; every answer is a read model of
-``read_models.py``. The engine's task states are named in Ray's words here and only here
-(``TASK_STATE_NAMES``).
+A part of the node daemon (``Node.queries``), read-only over the tables it is given.
+``ANSWERS`` routes each query message by its type to the method that answers it; every
+answer is a read model of ``read_models.py``. The engine's task states are named in Ray's
+words here and only here (``TASK_STATE_NAMES``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rayjupyter.core import protocol as P
+from rayjupyter.core.channel import Channel
+from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState
+from rayjupyter.core.node_io import ClientInfo
+from rayjupyter.core.node_state import NodeState
+from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.read_models import (
     PENDING_ARGS_AVAIL,
     PENDING_NODE_ASSIGNMENT,
@@ -35,9 +40,7 @@ from rayjupyter.core.read_models import (
     matches,
 )
 from rayjupyter.core.scheduler import TaskState
-
-if TYPE_CHECKING:
-    from rayjupyter.core.node import Node
+from rayjupyter.core.task_events import RecentLogs, TaskEventLog
 
 #: the engine's task states (scheduler.TaskState) in Ray's vocabulary; a task sent ahead to
 #: a busy worker (prefetched) is RUNNING to the engine but still waits for a worker: it
@@ -63,10 +66,51 @@ def actor_state_name(actor: ActorRecord) -> ActorStateName:
 
 
 class NodeQueries:
-    """Answers to the query messages (mixed into ``Node``)."""
+    """Answers to the query messages, over the node's tables (shared, never copied)."""
 
-    def _node(self) -> Node:
-        return self  # type: ignore[return-value]
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        object_store_memory: int,
+        state: NodeState,
+        actors: dict[bytes, ActorRecord],
+        named_actors: dict[tuple[str, str], bytes],
+        clients: dict[bytes, ClientInfo],
+        channels: dict[bytes, Channel],
+        objects: dict[bytes, Any],
+        head: HeadState,
+        store: ObjectStore,
+        events: TaskEventLog,
+        recent_logs: RecentLogs,
+        free_resources: Callable[[], dict[str, float]],
+        drivers: Callable[[], list[bytes]],
+        context_of: Callable[[bytes], tuple[bytes, str, bytes | None]],
+        lookup_actor: Callable[[bytes, str, str | None], Any],
+        send: Callable[[bytes, Any], None],
+    ) -> None:
+        self.node_id = node_id
+        self.object_store_memory = object_store_memory
+        self.tasks = state.tasks
+        self.workers = state.workers
+        self.actors = actors
+        self.named_actors = named_actors
+        self.clients = clients
+        self.channels = channels
+        self.objects = objects
+        self.head = head
+        self.store = store
+        self.events = events
+        self.recent_logs = recent_logs
+        self.free_resources = free_resources
+        self.drivers = drivers
+        self.context_of = context_of
+        self.lookup_actor = lookup_actor
+        self.send = send
+
+    def on_query(self, client: bytes, message: Any) -> None:
+        """A query of protocol.QUERIES: answered with its read model."""
+        self.send(client, P.Reply(message.request_id, self.answer(client, message)))
 
     def answer(self, client: bytes, message: Any) -> Any:
         """The answer to a query message (an exception is answered too: the asker raises it)."""
@@ -79,53 +123,50 @@ class NodeQueries:
 
     def status(self) -> NodeStatus:
         """A snapshot for status displays: resources, tasks and actors by state, the store."""
-        node = self._node()
         tasks: dict[str, int] = {}
-        for task in node.tasks.values():
+        for task in self.tasks.values():
             if task.method != "__init__":
                 name = TASK_STATE_NAMES[task.state]
                 tasks[name] = tasks.get(name, 0) + 1
         # a task sent ahead to a busy worker (prefetch) waits there: pending, not running
-        prefetched = sum(1 for w in node.workers.values() if w.prefetched is not None)
+        prefetched = sum(1 for w in self.workers.values() if w.prefetched is not None)
         if prefetched:
             tasks[RUNNING] -= prefetched
             tasks[PENDING_NODE_ASSIGNMENT] = tasks.get(PENDING_NODE_ASSIGNMENT, 0) + prefetched
             if not tasks[RUNNING]:
                 del tasks[RUNNING]
         actors: dict[str, int] = {}
-        for actor in node.actors.values():
+        for actor in self.actors.values():
             state = actor_state_name(actor)
             actors[state] = actors.get(state, 0) + 1
         return NodeStatus(
-            nodes=node.head.node_table(),
-            total=node.head.cluster_resources(),
+            nodes=self.head.node_table(),
+            total=self.head.cluster_resources(),
             available=self._available_everywhere(),
             tasks=tasks,
             actors=actors,
-            workers=sum(1 for w in node.workers.values() if not w.actor_id),
-            drivers=len(node.drivers()),
+            workers=sum(1 for w in self.workers.values() if not w.actor_id),
+            drivers=len(self.drivers()),
             # pids of drivers on this machine: which kernel is attached (over a Unix socket,
             # which names no peer the way a TCP connection does)
-            driver_pids=[node.clients[c].pid for c in node.drivers() if c in node.channels],
-            store=StoreStats(**node.store.stats()),
-            machine=node._machine_usage(),
+            driver_pids=[self.clients[c].pid for c in self.drivers() if c in self.channels],
+            store=StoreStats(**self.store.stats()),
+            machine=self._machine_usage(),
         )
 
     def available_resources(self) -> dict[str, float]:
         """Free now, fully used resources left out (as Ray), the store's free bytes added."""
-        node = self._node()
         value = {k: v for k, v in self._available_everywhere().items() if v > 1e-9}
         value["object_store_memory"] = float(
-            max(node.config.object_store_memory - node.store.used_bytes, 0)
+            max(self.object_store_memory - self.store.used_bytes, 0)
         )
         return value
 
     def _available_everywhere(self) -> dict[str, float]:
         """Free resources of every live node: ours now, peers' as of their last heartbeat."""
-        node = self._node()
-        free = node.free_resources()
-        for info in node.head.nodes.values():
-            if info.alive and info.node_id != node.node_id:
+        free = self.free_resources()
+        for info in self.head.nodes.values():
+            if info.alive and info.node_id != self.node_id:
                 for key, value in info.available.items():
                     free[key] = free.get(key, 0.0) + max(value, 0.0)
         return free
@@ -146,12 +187,11 @@ class NodeQueries:
         self, kind: str, filters: tuple[tuple[str, str, Any], ...], limit: int
     ) -> list[StateRow] | Exception:
         """Rows for the state API (``rj.util.state.list_*``), filtered, at most ``limit``."""
-        node = self._node()
         rows: list[Any]
         if kind == "tasks":
-            rows = [e.row(node.node_id) for e in node.events.events.values()]
+            rows = [e.row(self.node_id) for e in self.events.events.values()]
         elif kind == "actors":
-            rows = [node.actor_row(a) for a in node.actors.values()]
+            rows = [self.actor_row(a) for a in self.actors.values()]
         elif kind == "objects":
             rows = [
                 ObjectRow(
@@ -161,16 +201,16 @@ class NodeQueries:
                     ready=e.ready,
                     is_error=e.is_error,
                     where="shared memory" if e.in_store else "inline",
-                    spilled=e.in_store and node.store.is_spilled(oid),
+                    spilled=e.in_store and self.store.is_spilled(oid),
                 )
-                for oid, e in node.objects.items()
+                for oid, e in self.objects.items()
             ]
         elif kind == "nodes":
-            rows = node.head.node_table()
+            rows = self.head.node_table()
         elif kind == "jobs":
             rows = [
                 JobRow(job_id=c.hex(), driver_pid=info.pid, status="RUNNING")
-                for c, info in node.clients.items()
+                for c, info in self.clients.items()
                 if info.kind == "driver"
             ]
         else:
@@ -180,8 +220,7 @@ class NodeQueries:
 
     def actor_row(self, actor: ActorRecord) -> ActorRow:
         """A row shaped like Ray's ``list_actors``."""
-        node = self._node()
-        worker = node.workers.get(actor.worker) if actor.worker else None
+        worker = self.workers.get(actor.worker) if actor.worker else None
         return ActorRow(
             actor_id=actor.actor_id.hex(),
             class_name=actor.class_name,
@@ -190,7 +229,7 @@ class NodeQueries:
             ray_namespace=actor.namespace,
             job_id=actor.job.hex(),
             pid=worker.pid if worker else None,
-            node_id=(actor.host_node or node.node_id).hex(),
+            node_id=(actor.host_node or self.node_id).hex(),
             num_restarts=actor.restarts,
             is_detached=actor.detached,
             death_cause=pickle.loads(actor.death_error).args[0] if actor.death_error else None,
@@ -199,14 +238,13 @@ class NodeQueries:
 
     def list_named_actors(self, client: bytes, all_namespaces: bool) -> list[NamedActor]:
         """Live named actors: in the asker's namespace, or in every namespace."""
-        node = self._node()
-        namespace = node.context_of(client)[1]
+        namespace = self.context_of(client)[1]
         return [
             NamedActor(name, space)
-            for (space, name), actor_id in node.named_actors.items()
+            for (space, name), actor_id in self.named_actors.items()
             if (all_namespaces or space == namespace)
-            and actor_id in node.actors
-            and node.actors[actor_id].state is not ActorState.DEAD
+            and actor_id in self.actors
+            and self.actors[actor_id].state is not ActorState.DEAD
         ]
 
 
@@ -222,7 +260,7 @@ def _state(node: NodeQueries, client: bytes, m: P.ListState) -> list[StateRow] |
 
 
 def _cluster_resources(node: NodeQueries, client: bytes, m: P.GetClusterResources) -> Any:
-    return node._node().head.cluster_resources()
+    return node.head.cluster_resources()
 
 
 def _available(node: NodeQueries, client: bytes, m: P.GetAvailableResources) -> Any:
@@ -230,11 +268,11 @@ def _available(node: NodeQueries, client: bytes, m: P.GetAvailableResources) -> 
 
 
 def _nodes(node: NodeQueries, client: bytes, message: P.ListNodes) -> list[NodeRow]:
-    return node._node().head.node_table()
+    return node.head.node_table()
 
 
 def _store_stats(node: NodeQueries, client: bytes, message: P.GetStoreStats) -> StoreStats:
-    return StoreStats(**node._node().store.stats())
+    return StoreStats(**node.store.stats())
 
 
 def _ping(node: NodeQueries, client: bytes, message: P.Ping) -> None:
@@ -242,15 +280,15 @@ def _ping(node: NodeQueries, client: bytes, message: P.Ping) -> None:
 
 
 def _task_summary(node: NodeQueries, client: bytes, message: P.GetTaskSummary) -> Any:
-    return node._node().events.summary()
+    return node.events.summary()
 
 
 def _logs(node: NodeQueries, client: bytes, message: P.GetWorkerLogs) -> list[WorkerLogLines]:
-    return node._node().recent_logs.snapshot(message.pid, message.lines)
+    return node.recent_logs.snapshot(message.pid, message.lines)
 
 
 def _get_actor(node: NodeQueries, client: bytes, m: P.GetActor) -> Any:
-    return node._node().lookup_actor(client, m.name, m.namespace)
+    return node.lookup_actor(client, m.name, m.namespace)
 
 
 def _named_actors(node: NodeQueries, client: bytes, m: P.ListNamedActors) -> list[NamedActor]:

@@ -1,12 +1,13 @@
 """runtime_env on a node: the package cache, workers started in an env, envs sent to peers.
 
-A mixin of the node daemon. Packages (zips of a working_dir or a py_module, named by the
-sha256 of their bytes) are cached in ``<session dir>/runtime_resources/``: the zip, kept to
-send on to peers, and the directory it is extracted into, once; a second driver with the
-same contents finds both there and uploads nothing. A worker for an env is forked like any
-other, then (in the child, before it connects) changes into the extracted working_dir,
-puts it and the py_modules first on sys.path and sets the env's variables (``worker.py``).
-Idle workers of an env are reaped after a while, or sooner when envs crowd the machine.
+A part of the node daemon (``Node.envs``). Packages (zips of a working_dir or a py_module,
+named by the sha256 of their bytes) are cached in ``<session dir>/runtime_resources/``: the
+zip, kept to send on to peers, and the directory it is extracted into, once; a second driver
+with the same contents finds both there and uploads nothing. A worker for an env is forked
+like any other, then (in the child, before it connects) changes into the extracted
+working_dir, puts it and the py_modules first on sys.path and sets the env's variables
+(``worker.py``). Idle workers of an env are reaped after a while, or sooner when envs crowd
+the machine.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import pickle
 import re
 import shutil
 import tempfile
-import time
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import session_dir
@@ -29,12 +30,6 @@ from rayjupyter.core.exceptions import RuntimeEnvSetupError
 from rayjupyter.core.runtime_env import WORKER_ENV_VAR, RuntimeEnv
 from rayjupyter.core.scheduler import TaskRecord
 
-if TYPE_CHECKING:
-    from rayjupyter.core.node import Node
-    from rayjupyter.core.node_peers import PeerLink
-
-#: an env's idle worker is stopped after this long (the plain pool is never reaped)
-ENV_WORKER_IDLE_S = 10.0
 WORKING_DIR_VAR = "RAYJUPYTER_WORKING_DIR"
 ENV_PATHS_VAR = "RAYJUPYTER_ENV_PATHS"
 _VAR_REF = re.compile(r"\$\{(\w+)\}")
@@ -53,21 +48,40 @@ class EnvRecord:
         return [d for d in (self.working_dir, *self.py_modules) if d]
 
 
+class Link(Protocol):
+    """What sending an env to a peer needs of its link (``node_links.PeerLink``)."""
+
+    client_id: bytes
+
+    def send(self, message: Any) -> None: ...
+
+
+class ActorOptions(Protocol):
+    """What an env needs of an actor's record (``node_actors.ActorRecord``)."""
+
+    options: dict[str, Any]
+
+
 class NodeRuntimeEnv:
-    """Package cache, env registry, env workers (mixed into ``Node``)."""
+    """Package cache, env registry, what a worker of an env starts with, envs for peers."""
 
-    def _node(self) -> Node:
-        return self  # type: ignore[return-value]
-
-    def init_runtime_envs(self) -> None:
-        node = self._node()
+    def __init__(
+        self,
+        session: str,
+        address: str,
+        actors: Mapping[bytes, ActorOptions],
+        send: Callable[[bytes, Any], None],
+    ) -> None:
+        self.address = address
+        self.actors = actors  # the node's actor table: an actor's env is in its options
+        self.send = send
         self.runtime_envs: dict[str, EnvRecord] = {}
         self.package_errors: dict[str, str] = {}  # digest -> why it could not be set up
         self.env_failures: dict[str, str] = {}  # env -> why it could not be registered
         # per link (a new link, to a restarted peer, starts empty): what the peer has from us
         self.envs_sent: dict[bytes, set[str]] = {}
         self.packages_sent: dict[bytes, set[str]] = {}
-        self.package_root = os.path.join(session_dir(node.session), "runtime_resources")
+        self.package_root = os.path.join(session_dir(session), "runtime_resources")
 
     def package_dir(self, digest: str) -> str:
         """Where a package is extracted (on sys.path of its workers)."""
@@ -118,7 +132,6 @@ class NodeRuntimeEnv:
             raise
 
     def on_register_runtime_env(self, client: bytes, message: P.RegisterRuntimeEnv) -> None:
-        node = self._node()
         record = EnvRecord(message.working_dir, tuple(message.py_modules), dict(message.env_vars))
         reply: Any = ()
         packages = record.packages()
@@ -129,7 +142,7 @@ class NodeRuntimeEnv:
         missing = tuple(d for d in packages if not os.path.isdir(self.package_dir(d)))
         if errors:
             reply = RuntimeEnvSetupError(
-                f"The runtime_env could not be set up on node {node.address}: a package of it "
+                f"The runtime_env could not be set up on node {self.address}: a package of it "
                 f"{errors[0]}; check the disk space under {self.package_root}."
             )
             self.env_failures[message.env] = str(reply)
@@ -137,33 +150,32 @@ class NodeRuntimeEnv:
             reply = missing  # the sender uploads these and registers again
             if not message.request_id:  # a peer sends the packages first: they never came
                 self.env_failures[message.env] = (
-                    f"The runtime_env's packages never reached node {node.address}."
+                    f"The runtime_env's packages never reached node {self.address}."
                 )
         else:
             self.runtime_envs[message.env] = record
             self.env_failures.pop(message.env, None)
         if message.request_id:
-            node.send(client, P.Reply(message.request_id, reply))
+            self.send(client, P.Reply(message.request_id, reply))
 
     # ------------------------------------------------------------------ tasks and workers
 
     def env_error(self, task: TaskRecord) -> bytes | None:
         """A pickled RuntimeEnvSetupError if the task (or actor) names an env not set up here."""
-        node = self._node()
         env = task.env
-        if task.method == "__init__" and task.actor_id in node.actors:
-            env = str(node.actors[task.actor_id].options.get("runtime_env") or "")
+        if task.method == "__init__" and task.actor_id in self.actors:
+            env = str(self.actors[task.actor_id].options.get("runtime_env") or "")
         if not env or env in self.runtime_envs:
             return None
         error = RuntimeEnvSetupError(
             self.env_failures.get(env)
-            or f"Task {task.name!r} names runtime_env {env}, which node {node.address} does "
+            or f"Task {task.name!r} names runtime_env {env}, which node {self.address} does "
             f"not have: it must be registered first (rayjupyter's own submit path does this)."
         )
         return pickle.dumps(error, protocol=5)
 
     def actor_env(self, actor_id: bytes) -> str:
-        actor = self._node().actors.get(actor_id)
+        actor = self.actors.get(actor_id)
         return str(actor.options.get("runtime_env") or "") if actor is not None else ""
 
     def env_process_vars(self, env: str) -> dict[str, str]:
@@ -188,14 +200,9 @@ class NodeRuntimeEnv:
         variables[WORKER_ENV_VAR] = json.dumps(wire)
         return variables
 
-    def reap_idle_env_workers(self) -> None:
-        """Stop env workers idle for a while (once a second; ``NodeState`` picks them)."""
-        node = self._node()
-        node.execute(node.state.reap_env_workers(time.monotonic()))
-
     # ------------------------------------------------------------------ peers
 
-    def send_runtime_env(self, link: PeerLink, env: str) -> None:
+    def send_runtime_env(self, link: Link, env: str) -> None:
         """Before a task or actor of this env goes to a peer: its packages and the env,
         once per peer (queued on the link ahead of the task)."""
         sent_envs = self.envs_sent.setdefault(link.client_id, set())

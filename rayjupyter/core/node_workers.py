@@ -1,9 +1,12 @@
 """The node's worker processes: starting them, forwarding their output, noticing their exit.
 
-A mixin of the node daemon (it shares the node's tables and loop). Workers are forked
-from the node (see spawn.py); each one's stdout and stderr are pipes the loop reads and
-forwards to the drivers with Ray's ``(task_name pid=N)`` prefix, and a pidfd tells the
-loop the moment a worker exits, so its task is retried or failed at once.
+A part of the node daemon (``Node.pool``): it owns the socket pairs (``channel.py``) to the
+node's workers and to drivers on this machine, the workers' pipes and pidfds, and the
+listener local drivers attach to; it reads them and hands each message to the node's
+dispatch table. Workers are forked from the node (see spawn.py); each one's stdout and
+stderr are pipes the loop reads and forwards to the drivers with Ray's ``(task_name pid=N)``
+prefix, and a pidfd tells the loop the moment a worker exits, so its task is retried or
+failed at once.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import zmq
 
@@ -26,11 +30,12 @@ from rayjupyter.core import channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import SECRET_ENV, worker_endpoint
+from rayjupyter.core.node_io import ClientInfo, NodePoll
+from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
+from rayjupyter.core.node_state import Instruction, NodeState
 from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
-
-if TYPE_CHECKING:
-    from rayjupyter.core.node import Node
+from rayjupyter.core.task_events import RecentLogs
 
 
 @dataclass
@@ -60,92 +65,129 @@ def worker_env(
 
 
 class NodeWorkers:
-    """The node's worker-process handling (mixed into ``Node``)."""
+    """The node's worker processes and channels: spawn, read, forward output, exits."""
 
-    def _node(self) -> Node:
-        return self  # type: ignore[return-value]
+    def __init__(
+        self,
+        *,
+        secret: str,
+        session: str,
+        sys_path: list[str],
+        poll: NodePoll,
+        state: NodeState,
+        envs: NodeRuntimeEnv,
+        clients: dict[bytes, ClientInfo],
+        recent_logs: RecentLogs,
+        handlers: dict[type, Callable[[bytes, Any], None]],
+        report_error: Callable[[Any], None],
+        release_client: Callable[[bytes], None],
+        execute: Callable[[list[Instruction]], None],
+        send: Callable[[bytes, Any], None],
+        log_clients: Callable[[], Iterable[bytes]],
+        actor_class: Callable[[bytes], str | None],
+        running: Callable[[], bool],
+    ) -> None:
+        self.secret = secret
+        self.session = session
+        self.sys_path = sys_path
+        self.poll = poll
+        self.poller = poll.poller
+        self.state = state
+        self.envs = envs
+        self.clients = clients
+        self.recent_logs = recent_logs
+        self.handlers = handlers  # the node's dispatch table (filled once all parts exist)
+        self.report_error = report_error
+        self.release_client = release_client
+        self.execute = execute
+        self.send = send
+        self.log_clients = log_clients  # who hears workers' output: drivers, peer nodes
+        self.actor_class = actor_class  # an actor's class name (its worker's output prefix)
+        self.running = running
+        self.channels: dict[bytes, Channel] = {}  # client -> its link (see channel.py)
+        self.channel_fds: dict[int, bytes] = {}  # a channel's descriptor -> its client
+        self.pipes: dict[bytes, WorkerPipes] = {}
+        self.exiting: dict[bytes, WorkerPipes] = {}
+        self.unproven: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self.channel_listener: socket.socket | None = None
 
     def spawn_worker(self, actor_id: bytes = b"", env: str = "") -> bytes:
         """Start a worker process (for the pool, or dedicated to one actor), in a
         runtime_env if ``env`` names one (an actor's comes from its options); its client id."""
-        node = self._node()
         client_id = ids.new_client_id()
         if actor_id and not env:
-            env = node.actor_env(actor_id)
+            env = self.envs.actor_env(actor_id)
         node_end, worker_end = channel.pair()
         variables = worker_env(
-            node.secret, node.session, node.config.sys_path, client_id, worker_end.fileno()
+            self.secret, self.session, self.sys_path, client_id, worker_end.fileno()
         )
         if env:
-            variables = {**node.env_process_vars(env), **variables}
+            variables = {**self.envs.env_process_vars(env), **variables}
         try:
             started = spawn.fork_worker(variables, keep_fd=worker_end.fileno())
         finally:
             worker_end.close()
-        node._open_channel(client_id, Channel(node_end, blocking_send=False))
-        node._adopt_worker(client_id, started, actor_id, env)
+        self.open_channel(client_id, Channel(node_end, blocking_send=False))
+        self._adopt_worker(client_id, started, actor_id, env)
         return client_id
 
-    def _open_channel(self, client_id: bytes, link: Channel) -> None:
-        node = self._node()
-        node.channels[client_id] = link
-        node.channel_fds[link.fileno()] = client_id
-        node.poller.register(link.fileno(), zmq.POLLIN)
+    def open_channel(self, client_id: bytes, link: Channel) -> None:
+        self.channels[client_id] = link
+        self.channel_fds[link.fileno()] = client_id
+        self.poller.register(link.fileno(), zmq.POLLIN)
 
-    def _close_channel(self, client_id: bytes) -> None:
-        node = self._node()
-        link = node.channels.pop(client_id, None)
+    def close_channel(self, client_id: bytes) -> None:
+        link = self.channels.pop(client_id, None)
         if link is None:
             return
-        del node.channel_fds[link.fileno()]
-        node.poller.unregister(link.fileno())
+        del self.channel_fds[link.fileno()]
+        self.poller.unregister(link.fileno())
         link.close()
 
     def on_channel(self, client_id: bytes, events: int) -> None:
         """A channel is readable (or has room again for what we still owe its client)."""
-        node = self._node()
-        link = node.channels[client_id]
-        info = node.clients.get(client_id)
+        link = self.channels[client_id]
+        info = self.clients.get(client_id)
         if info is not None:
             info.last_seen = time.monotonic()
         if events & zmq.POLLOUT:
             link.write_pending()
             if not link.has_pending:
-                node.poller.modify(link.fileno(), zmq.POLLIN)
+                self.poller.modify(link.fileno(), zmq.POLLIN)
         if not events & (zmq.POLLIN | zmq.POLLERR):
             return
         frames = link.recv_frames()
         if frames is None:  # the worker closed its end: it is exiting (see its pidfd)
-            node._close_channel(client_id)
-            info = node.clients.get(client_id)
+            self.close_channel(client_id)
+            info = self.clients.get(client_id)
             if info is not None and info.kind != "worker":  # a driver left or died
-                node.release_client(client_id)
+                self.release_client(client_id)
             return
-        handlers = node.handlers
+        handlers = self.handlers
         for frame in frames:
             for message in protocol.loads(frame):
                 try:
                     handlers[type(message)](client_id, message)
                 except Exception:  # a bug here must not take the cluster down: report it
-                    node._report_internal_error(message)
+                    self.report_error(message)
 
     # ------------------------------------------------------------------ local drivers
 
     def listen_for_local_drivers(self) -> None:
         """Drivers that attach from this machine connect here (see local_channel.py)."""
-        node = self._node()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        path = local_channel.socket_path(node.session)
+        path = local_channel.socket_path(self.session)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         listener.bind(path)
         listener.listen(64)
+        listener.setblocking(False)
         self.channel_listener = listener
-        self.unproven: dict[int, tuple[socket.socket, bytearray, float]] = {}
-        node._watch_fd(listener.fileno(), self._on_local_connection)
+        self.poll.handle(listener.fileno(), self._on_local_connection)
 
     def _on_local_connection(self, fd: int) -> None:
         while True:
+            assert self.channel_listener is not None
             try:
                 conn, _ = self.channel_listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -154,9 +196,7 @@ class NodeWorkers:
                 return
             conn.setblocking(False)
             self.unproven[conn.fileno()] = (conn, bytearray(), time.monotonic())
-            node = self._node()
-            node.poller.register(conn.fileno(), zmq.POLLIN)
-            node.fd_handlers[conn.fileno()] = self._on_unproven
+            self.poll.handle(conn.fileno(), self._on_unproven)
 
     def _on_unproven(self, fd: int) -> None:
         """Read a new connection's first frame; it opens a channel only with the secret."""
@@ -173,28 +213,24 @@ class NodeWorkers:
         buf += data
         if len(buf) < local_channel.AUTH_SIZE:
             return
-        node = self._node()
-        client_id = local_channel.check_auth(node.secret, bytes(buf))
+        client_id = local_channel.check_auth(self.secret, bytes(buf))
         if client_id is None:
             self._drop_unproven(fd, reason="wrong or missing secret")
             return
-        if client_id in node.channels or client_id in node.clients:
+        if client_id in self.channels or client_id in self.clients:
             self._drop_unproven(fd, reason="its client id is connected already")
             return
         del self.unproven[fd]
-        node.poller.unregister(fd)
-        del node.fd_handlers[fd]
-        node._open_channel(client_id, Channel(conn, blocking_send=False))
+        self.poll.forget(fd)
+        self.open_channel(client_id, Channel(conn, blocking_send=False))
         self.on_channel(client_id, zmq.POLLIN)  # its Hello may have come with the proof
 
     def _drop_unproven(self, fd: int, reason: str) -> None:
         conn, _, _ = self.unproven.pop(fd)
-        node = self._node()
-        node.poller.unregister(fd)
-        del node.fd_handlers[fd]
+        self.poll.forget(fd)
         conn.close()
         if reason:
-            where = local_channel.socket_path(node.session)
+            where = local_channel.socket_path(self.session)
             print(
                 f"rayjupyter node: refused a connection on {where}: {reason}",
                 file=sys.stderr,
@@ -211,25 +247,23 @@ class NodeWorkers:
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)
         if link.has_pending:  # the loop writes the rest when the socket has room
-            self._node().poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
+            self.poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
     def _adopt_worker(
         self, client_id: bytes, started: StartedProcess, actor_id: bytes = b"", env: str = ""
     ) -> None:
         """Watch a started worker's output pipes and its exit."""
-        node = self._node()
         worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id, env=env)
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
-        node.state.worker_spawned(worker)
-        node.pipes[client_id] = pipes
+        self.state.worker_spawned(worker)
+        self.pipes[client_id] = pipes
         for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
             pipes.output_fds.append(fd)
-            node._watch_fd(fd, functools.partial(node._on_output, worker, stream))
-        node.poller.register(pipes.pidfd, zmq.POLLIN)
-        node.exit_fds.add(pipes.pidfd)
-        node.fd_handlers[pipes.pidfd] = functools.partial(node._on_worker_exit, worker)
+            self.poll.watch(fd, functools.partial(self._on_output, worker, stream))
+        self.poll.exit_fds.add(pipes.pidfd)
+        self.poll.handle(pipes.pidfd, functools.partial(self._on_worker_exit, worker))
 
-    def _drain_output(self, pipes: WorkerPipes) -> None:
+    def drain_output(self, pipes: WorkerPipes) -> None:
         """Forward everything a worker has written so far (its pipes are non-blocking).
 
         One poll() asks which pipe has data: on the hot path (every finished task) most
@@ -237,8 +271,7 @@ class NodeWorkers:
         poll, not select: with a few hundred workers the node's descriptors pass 1024,
         which select() cannot watch.
         """
-        node = self._node()
-        fds = [fd for fd in pipes.output_fds if fd in node.fd_handlers]
+        fds = [fd for fd in pipes.output_fds if fd in self.poll.fd_handlers]
         if not fds:
             return
         poll = select.poll()
@@ -246,21 +279,20 @@ class NodeWorkers:
             poll.register(fd, select.POLLIN)
         for fd, _ in poll.poll(0):
             for _ in range(64):
-                if fd not in node.fd_handlers or not node.fd_handlers[fd](fd):
+                if fd not in self.poll.fd_handlers or not self.poll.fd_handlers[fd](fd):
                     break
 
     def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> bool:
         """Read once from a worker's pipe; False when there was nothing to read."""
-        node = self._node()
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
             return False
-        pipes = node.pipes.get(worker.client_id) or node._exiting.get(worker.client_id)
+        pipes = self.pipes.get(worker.client_id) or self.exiting.get(worker.client_id)
         if not data:
-            node._unwatch_fd(fd)
+            self.poll.unwatch(fd)
             if pipes is not None and pipes.partial.get(stream):
-                node._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
+                self._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
             return False
         if pipes is not None:
             data = pipes.partial.pop(stream, b"") + data
@@ -270,46 +302,40 @@ class NodeWorkers:
             if not complete:
                 return True
             data = complete + b"\n"
-        node._forward_output(worker, stream, data)
+        self._forward_output(worker, stream, data)
         return True
 
     def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
-        node = self._node()
         if worker.task is not None:
             name = worker.task.name
-        elif worker.actor_id in node.actors:
-            name = node.actors[worker.actor_id].class_name  # as Ray prints an actor's output
-        else:
-            name = "worker"
+        else:  # as Ray prints an actor's output
+            name = (worker.actor_id and self.actor_class(worker.actor_id)) or "worker"
         prefix = f"({name} pid={worker.pid}) "
         lines = data.decode(errors="replace").splitlines()
-        node.recent_logs.add(worker.pid, name, stream, lines)
+        self.recent_logs.add(worker.pid, name, stream, lines)
         text = "".join(prefix + line + "\n" for line in lines)
-        for client in (*node.drivers(), *node.node_clients):  # peers pass it to theirs
-            node.send(client, P.LogLines(stream, text))
+        for client in self.log_clients():  # peers pass it to theirs
+            self.send(client, P.LogLines(stream, text))
 
     def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
-        node = self._node()
-        pipes = node.pipes.pop(worker.client_id)
-        node._exiting[worker.client_id] = pipes
-        node.poller.unregister(pipes.pidfd)
-        node.exit_fds.discard(pipes.pidfd)
-        del node.fd_handlers[pipes.pidfd]
-        os.close(pipes.pidfd)
-        if worker.client_id in node.channels:  # what it sent before it exited comes first
+        pipes = self.pipes.pop(worker.client_id)
+        self.exiting[worker.client_id] = pipes
+        self.poll.exit_fds.discard(pipes.pidfd)
+        self.poll.unwatch(pipes.pidfd)
+        if worker.client_id in self.channels:  # what it sent before it exited comes first
             self.on_channel(worker.client_id, zmq.POLLIN)
-            node._close_channel(worker.client_id)
+            self.close_channel(worker.client_id)
         returncode = spawn.exit_code(os.waitpid(pipes.pid, 0)[1])
-        node._drain_output(pipes)  # forward what is left before the pipes close
+        self.drain_output(pipes)  # forward what is left before the pipes close
         for fd in pipes.output_fds:
-            if fd in node.fd_handlers:
-                node._unwatch_fd(fd)
-        del node._exiting[worker.client_id]
+            if fd in self.poll.fd_handlers:
+                self.poll.unwatch(fd)
+        del self.exiting[worker.client_id]
         cause = (
             f"exit code {returncode}"
             if returncode >= 0
             else f"killed by {signal.Signals(-returncode).name}"
         )
-        instructions = node.state.worker_died(worker, cause, respawn=node.running)
-        node.release_client(worker.client_id)
-        node.execute(instructions)
+        instructions = self.state.worker_died(worker, cause, respawn=self.running())
+        self.release_client(worker.client_id)
+        self.execute(instructions)

@@ -1,0 +1,298 @@
+"""The node's object table: an entry per object from the task that will make it until it is
+freed, the holds on it, and what happens when it becomes ready.
+
+A part of the node daemon (``Node.object_table``). Holds come from client refs (per client,
+``holds``, so a client that leaves lets go of all of them), tasks using the object, and
+objects containing it; an actor's handles count like refs (its record's ``refs``). At 0
+holds a ready object is freed: its file in the store, the copies peers keep for us, the
+lineage kept to rebuild it, and the holds on what it contains. When an object becomes ready
+(``set_ready``) its owner and subscribers hear it and the tasks waiting for it move on.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from rayjupyter.core import ids
+from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ObjectLostError, ObjectStoreFullError
+from rayjupyter.core.node_actors import ActorRecord
+from rayjupyter.core.node_forwarding import NodeForwarding
+from rayjupyter.core.node_generators import NodeGenerators
+from rayjupyter.core.node_io import ClientInfo
+from rayjupyter.core.node_pulls import NodePulls
+from rayjupyter.core.node_state import NodeState
+from rayjupyter.core.object_store import (
+    FlatBytes,
+    ObjectStore,
+    pool_prefix,
+    shm_path,
+    write_object,
+)
+from rayjupyter.core.scheduler import TaskRecord, TaskState
+from rayjupyter.core.serialization import INLINE_THRESHOLD
+
+
+class ObjectEntry:
+    """One object in the node's table, from the task that will make it until it is freed."""
+
+    __slots__ = (
+        "contained",
+        "copies",
+        "in_store",
+        "inline",
+        "is_error",
+        "location",
+        "ready",
+        "refs",
+        "size",
+        "subscribers",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.inline: bytes | None = None
+        self.size = 0
+        self.is_error = False
+        self.in_store = False  # the value is a file in shared memory (or spilled)
+        self.refs = 0  # holds: client refs, tasks using it, objects containing it
+        self.contained: tuple[bytes, ...] = ()
+        self.waiters: list[TaskRecord] = []
+        self.subscribers: set[bytes] = set()
+        self.location = ""  # host:port of the peer node that has the value, if not here
+        self.copies: set[str] = set()  # peers that keep a copy for us until we free it
+
+
+class NodeObjects:
+    """The object table and its holds; objects made ready, subscribed to, freed."""
+
+    def __init__(
+        self,
+        *,
+        session: str,
+        state: NodeState,
+        store: ObjectStore,
+        clients: dict[bytes, ClientInfo],
+        actors: dict[bytes, ActorRecord],
+        generators: NodeGenerators,
+        pulling: NodePulls,
+        forwarding: NodeForwarding,
+        send: Callable[[bytes, Any], None],
+        actor_released: Callable[[ActorRecord], None],
+    ) -> None:
+        self.session = session
+        self.store = store
+        self.clients = clients
+        self.actors = actors  # actor handles are held like objects
+        self.generators = generators
+        self.send = send
+        # the task part's, given by ``wire`` (it is built after us: it uses this table)
+        self.task_ready: Callable[[TaskRecord], None] = _unwired
+        self.fail_task: Callable[[TaskRecord, bytes], None] = _unwired
+        self.actor_released = actor_released
+        # bound once: called per object on the path of every task
+        self.dependency_ready = state.dependency_ready
+        self.node_clients = forwarding.links.node_clients
+        self.lend_contained = forwarding.lend_contained
+        self.pull = pulling.pull
+        self.release_copies = pulling.release_copies
+        self.lineage = pulling.lineage
+        self.forget_lineage = pulling.forget_lineage
+        self.objects: dict[bytes, ObjectEntry] = {}
+        self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
+
+    def wire(
+        self,
+        task_ready: Callable[[TaskRecord], None],
+        fail_task: Callable[[TaskRecord, bytes], None],
+    ) -> None:
+        """What a ready object does to the tasks waiting for it (``NodeTasks``)."""
+        self.task_ready = task_ready
+        self.fail_task = fail_task
+
+    def new_entry(self) -> ObjectEntry:
+        return ObjectEntry()
+
+    def release_holds(self, client: bytes) -> None:
+        """A client is gone: drop its holds."""
+        for object_id, count in self.holds.pop(client, {}).items():
+            for _ in range(count):
+                self.decref(object_id)
+
+    def on_put(self, client: bytes, message: P.PutObject) -> None:
+        entry = ObjectEntry()
+        self.objects[message.object_id] = entry
+        self.hold(client, message.object_id)
+        inline = message.inline
+        if inline is not None and len(inline) > INLINE_THRESHOLD:
+            # a driver on another machine sends large values whole: they go to the store here
+            path = shm_path(self.session, message.object_id)
+            try:
+                write_object(path, FlatBytes(inline), pool_prefix(self.session))
+                inline = None
+            except ObjectStoreFullError:
+                pass  # kept inline: the value still works, in this process's memory
+        self.set_ready(message.object_id, inline, message.size, False, message.contained)
+
+    def on_ref_ops(self, client: bytes, message: P.RefOps) -> None:
+        for add, object_id in message.ops:
+            if add:
+                if object_id in self.objects or object_id in self.actors:
+                    self.hold(client, object_id)
+            else:
+                self.unhold(client, object_id)
+                if self.generators.streams:  # maybe a generator its owner dropped
+                    self.generators.released(object_id)
+
+    def on_pin_ops(self, client: bytes, message: P.PinOps) -> None:
+        for pin, object_id in message.ops:
+            if not pin:
+                self.store.unpin(object_id, client)  # also for freed objects still mapped
+            elif self.store.contains(object_id):
+                self.store.pin(object_id, client)
+
+    def on_subscribe(self, client: bytes, message: P.Subscribe) -> None:
+        for object_id in message.object_ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                error = ObjectLostError(
+                    f"Object {object_id.hex()} no longer exists: every ref to it was dropped "
+                    f"before this get."
+                )
+                blob = pickle.dumps(error, protocol=5)
+                self.send(client, P.ObjectsReady(((object_id, blob, len(blob), True),)))
+            elif entry.ready and not entry.location:
+                self.send(client, P.ObjectsReady((self.object_info(object_id, entry),)))
+            else:
+                entry.subscribers.add(client)
+                if entry.location:
+                    self.pull(object_id)
+
+    def hold(self, client: bytes, object_id: bytes) -> None:
+        counts = self.holds.setdefault(client, {})
+        counts[object_id] = counts.get(object_id, 0) + 1
+        self.incref(object_id)
+
+    def unhold(self, client: bytes, object_id: bytes) -> None:
+        counts = self.holds.get(client)
+        if counts is None or object_id not in counts:
+            return
+        if counts[object_id] <= 1:
+            del counts[object_id]
+        else:
+            counts[object_id] -= 1
+        self.decref(object_id)
+
+    def incref(self, object_id: bytes) -> None:
+        """One more hold on an object, or on an actor (its handles count like refs)."""
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            entry.refs += 1
+        elif object_id in self.actors:
+            self.actors[object_id].refs += 1
+
+    def decref(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:
+            if object_id in self.actors:
+                self.actor_released(self.actors[object_id])
+            return
+        entry.refs -= 1
+        if entry.refs <= 0 and entry.ready:
+            self.free(object_id, entry)
+
+    def free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if self.objects.get(object_id) is not entry:
+            return  # already freed further down a cascade of failures or releases
+        del self.objects[object_id]
+        if entry.in_store:
+            self.store.free(object_id)
+        if entry.location or entry.copies:
+            self.release_copies(object_id, entry.copies | ({entry.location} - {""}))
+        if self.lineage:
+            self.forget_lineage(object_id)
+        for contained in entry.contained:
+            self.decref(contained)
+
+    def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
+        if entry.in_store:
+            self.store.restore(object_id)
+            self.store.touch(object_id)
+        return (object_id, entry.inline, entry.size, entry.is_error)
+
+    def set_ready(
+        self,
+        object_id: bytes,
+        inline: bytes | None,
+        size: int,
+        is_error: bool,
+        contained: tuple[bytes, ...],
+        location: str = "",
+    ) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:  # made by a retried task whose first result was freed meanwhile
+            entry = self.objects[object_id] = ObjectEntry()
+        if location:
+            self._set_ready_elsewhere(object_id, entry, size, location)
+            return
+        entry.location = ""
+        entry.ready = True
+        entry.inline = inline
+        entry.size = size
+        entry.is_error = is_error
+        if inline is None:
+            entry.in_store = True
+            self.store.add(object_id, size)
+        entry.contained = contained
+        for inner in contained:
+            self.incref(inner)
+        if entry.refs > 0:
+            info = (object_id, inline, size, is_error)
+            owner = ids.owner_of(object_id)
+            if owner in self.clients:
+                self.send(owner, P.ObjectsReady((info,)))
+            for subscriber in entry.subscribers:
+                if subscriber != owner:
+                    if contained and subscriber in self.node_clients:
+                        self.lend_contained(subscriber, object_id, contained)
+                    self.send(subscriber, P.ObjectsReady((info,)))
+        entry.subscribers = set()
+        waiters, entry.waiters = entry.waiters, []
+        dependency_ready = self.dependency_ready
+        for task in waiters:
+            if is_error:
+                if task.state is TaskState.WAITING:
+                    self.fail_task(task, inline or b"")
+            elif dependency_ready(task):
+                self.task_ready(task)
+        if entry.refs <= 0:
+            self.free(object_id, entry)
+
+    def _set_ready_elsewhere(
+        self, object_id: bytes, entry: ObjectEntry, size: int, location: str
+    ) -> None:
+        """The value exists on a peer: pull it only when someone here needs it."""
+        entry.ready = True
+        entry.size = size
+        entry.location = location
+        if entry.refs > 0:
+            owner = ids.owner_of(object_id)
+            if owner in self.clients and owner not in entry.subscribers:
+                # ready, not copied: when the owner reads it and finds no file here, it
+                # asks again (Subscribe with restore), and that is when we pull it
+                self.send(owner, P.ObjectsReady(((object_id, None, size, False),)))
+        if entry.subscribers:
+            self.pull(object_id)
+        waiters, entry.waiters = entry.waiters, []
+        for task in waiters:  # placed next: maybe where the value is, with no copy
+            if self.dependency_ready(task):
+                self.task_ready(task)
+        if entry.refs <= 0:
+            self.free(object_id, entry)
+
+
+def _unwired(*args: Any) -> None:
+    raise RuntimeError("NodeObjects.wire was not called: the node wires its parts at start")

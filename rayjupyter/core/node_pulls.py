@@ -1,0 +1,215 @@
+"""Several nodes, values: what peers provide us, copies pulled from their stores, and
+values rebuilt from lineage when the only node that had them died.
+
+A part of the node daemon (``Node.pulling``). A large value that stays in a peer's store is
+pulled here only when someone needs it: in 8 MB chunks, a few requests in flight, each
+chunk's bytes a zmq frame of its own, so a 1 GB value crosses in bounded memory. The peer
+keeps its copy, held for us, until we free the object (``release_copies``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import pickle
+from dataclasses import dataclass
+
+from rayjupyter.core import ids
+from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ObjectLostError
+from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
+from rayjupyter.core.object_store import shm_path
+from rayjupyter.core.scheduler import TaskRecord, TaskState
+
+CHUNK_BYTES = 8 << 20
+CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
+
+
+@dataclass
+class Pull:
+    """A value being copied here from a peer's store, chunk by chunk."""
+
+    object_id: bytes
+    address: str
+    size: int
+    fd: int
+    requested: int = 0  # bytes asked for so far
+    received: int = 0
+
+
+class NodePulls:
+    """Values on peers: provided to us, pulled here, rebuilt or lost with their node."""
+
+    def __init__(self, node: PeerHost, links: NodeLinks) -> None:
+        self.node = node
+        self.links = links
+        self.pulls: dict[bytes, Pull] = {}
+        # finished tasks whose results live only on peers: kept (with their arguments held)
+        # to run again if that peer dies, until every result is freed
+        self.lineage: dict[bytes, TaskRecord] = {}
+
+    def on_provide_objects(self, client: bytes, message: P.ProvideObjects) -> None:
+        for object_id, inline, size, is_error, holder in message.objects:
+            if object_id not in self.node.objects:
+                entry = self.node.objects[object_id] = self.node.new_entry()
+                self.node.hold(client, object_id)
+                if inline is not None or not holder:
+                    self.node.set_ready(object_id, inline, size, is_error, ())
+                else:
+                    location = "" if holder == self.node.address else holder
+                    self.node.set_ready(object_id, None, size, False, (), location=location)
+                del entry
+            else:
+                self.node.hold(client, object_id)
+
+    def on_pull_object(self, client: bytes, message: P.PullObject) -> None:
+        object_id = message.object_id
+        entry = self.node.objects.get(object_id)
+        if entry is None or not self.node.store.contains(object_id):
+            self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", "not here"))
+            return
+        self.node.store.restore(object_id)
+        try:
+            fd = os.open(self.node.store.path_of(object_id), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.pread(fd, message.length, message.offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", str(exc)))
+            return
+        self.node.send_chunk(client, P.ObjectChunk(object_id, message.offset, entry.size, data, ""))
+
+    def pull(self, object_id: bytes) -> None:
+        """Copy a value that a peer holds into this node's store (once, however many ask)."""
+        entry = self.node.objects[object_id]
+        if object_id in self.pulls or not entry.location:
+            return
+        path = shm_path(self.node.session, object_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            if entry.size:
+                os.posix_fallocate(fd, 0, entry.size)
+        except OSError as exc:
+            with contextlib.suppress(UnboundLocalError, OSError):
+                os.close(fd)
+            reason = os.strerror(exc.errno or errno.EIO)
+            self.object_lost(object_id, f"no room in this node's store for it ({reason})")
+            return
+        pull = self.pulls[object_id] = Pull(object_id, entry.location, entry.size, fd)
+        if entry.size == 0:
+            self._pull_done(pull)
+            return
+        for _ in range(CHUNKS_IN_FLIGHT):
+            self._request_chunk(pull)
+
+    def _request_chunk(self, pull: Pull) -> None:
+        if pull.requested >= pull.size:
+            return
+        length = min(CHUNK_BYTES, pull.size - pull.requested)
+        self.links.link(pull.address).send(P.PullObject(pull.object_id, pull.requested, length))
+        pull.requested += length
+
+    def on_object_chunk(self, link: PeerLink, message: P.ObjectChunk) -> None:
+        pull = self.pulls.get(message.object_id)
+        if pull is None or pull.address != link.address:
+            return
+        if message.error:
+            self.pull_failed(pull, f"node {link.address} no longer has it ({message.error})")
+            return
+        view = memoryview(message.data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(pull.fd, view[done:], message.offset + done)
+        pull.received += len(view)
+        if pull.received >= pull.size:
+            self._pull_done(pull)
+        else:
+            self._request_chunk(pull)
+
+    def _pull_done(self, pull: Pull) -> None:
+        del self.pulls[pull.object_id]
+        os.close(pull.fd)
+        entry = self.node.objects.get(pull.object_id)
+        if entry is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shm_path(self.node.session, pull.object_id))
+            return
+        entry.copies.add(pull.address)  # our hold there stays until we free it
+        contained = entry.contained  # held already, when the value arrived
+        self.node.set_ready(pull.object_id, None, pull.size, False, ())
+        entry.contained = contained
+
+    def pull_failed(self, pull: Pull, why: str) -> None:
+        del self.pulls[pull.object_id]
+        os.close(pull.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(shm_path(self.node.session, pull.object_id))
+        entry = self.node.objects.get(pull.object_id)
+        if entry is not None and entry.ready:  # (not being rebuilt)
+            self.object_lost(pull.object_id, why)
+
+    def rebuild_or_lose(self, address: str) -> None:
+        """Values whose only copy was on a dead node: run their tasks again (lineage) where
+        retries allow, first marking every lost value as pending (a rebuilt task may need
+        another); the rest raise ObjectLostError."""
+        rebuilding: dict[bytes, TaskRecord] = {}
+        for object_id, entry in list(self.node.objects.items()):
+            entry.copies.discard(address)
+            if entry.location != address:
+                continue
+            task_id = ids.task_of(object_id)
+            done = self.lineage.get(task_id)
+            if task_id not in rebuilding and done is not None and done.retry():
+                del self.lineage[task_id]
+                rebuilding[task_id] = done
+            if task_id in rebuilding:
+                entry.ready = False
+                entry.location = ""
+            else:
+                self.object_lost(
+                    object_id,
+                    f"its only copy was on node {address}, which died, and it cannot be "
+                    f"rebuilt (it came from rj.put, or its task is out of retries)",
+                )
+        for done in rebuilding.values():
+            self._run_again(done)
+
+    def _run_again(self, done: TaskRecord) -> None:
+        again = dataclasses.replace(
+            done, state=TaskState.WAITING, missing=0, history=[], worker=None, children=[]
+        )
+        self.node.tasks[again.task_id] = again
+        self.node.events.submitted(again.task_id, again.name, again.job, b"", bool(again.deps))
+        for dep in again.deps:
+            entry = self.node.objects.get(dep)
+            if entry is not None and not entry.ready:
+                entry.waiters.append(again)
+                again.missing += 1
+        if again.missing == 0:
+            self.node.task_ready(again)
+
+    def forget_lineage(self, object_id: bytes) -> None:
+        """A value was freed: once all of its task's values are, let go of its arguments."""
+        task = self.lineage.get(ids.task_of(object_id))
+        if task is not None and not any(r in self.node.objects for r in task.return_ids):
+            del self.lineage[task.task_id]
+            self.node.tasks[task.task_id] = task  # so that forget_task releases its arguments
+            self.node.forget_task(task)
+
+    def object_lost(self, object_id: bytes, why: str) -> None:
+        entry = self.node.objects.get(object_id)
+        if entry is None:
+            return
+        error = ObjectLostError(f"Object {object_id.hex()} was lost: {why}.")
+        blob = pickle.dumps(error, protocol=5)
+        entry.location = ""
+        self.node.set_ready(object_id, blob, len(blob), True, ())
+
+    def release_copies(self, object_id: bytes, locations: set[str]) -> None:
+        """An object we freed: let go of the copies peers keep for us."""
+        for address in locations:
+            if address in self.links.links:
+                self.links.links[address].send(P.RefOps(((False, object_id),)))
