@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import resource
 
-import psutil
-
 MAX_WORKERS_ENV = "RAYJUPYTER_MAX_WORKERS"
 SETTING = f"{MAX_WORKERS_ENV} (rj.init) or `rayjupyter start --max-workers`"
 FLOOR = 64  # below this, the machine's own limits decide, not our estimate
@@ -61,6 +59,8 @@ def machine_max_workers() -> int:
         pids = _read_int(path)
         if pids is not None:
             bounds.append(pids // (2 * THREADS_PER_WORKER))
+    import psutil  # here, not at import: a driver imports this module and never asks
+
     memory = psutil.virtual_memory().total
     cgroup_memory = _read_int("/sys/fs/cgroup/memory.max")
     if cgroup_memory is not None:
