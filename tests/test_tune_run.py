@@ -519,3 +519,46 @@ def test_optuna_search_median_rule_stop_and_time_budget(tmp_path):
     assert budget.num_terminated == 2
     # the gate never opens: only the budget could end them, before their third step
     assert all(r.metrics.get("step", 0) <= 2 for r in budget)
+
+
+def reports_its_config(config):
+    """Each trial reports the values it was given, as its own process saw them."""
+    tune.report({"seen": 1, **{f"v_{k}": v for k, v in config.items() if k != "nested"}})
+
+
+def test_every_search_space_reaches_trials_within_its_domain(tmp_path):
+    space = {
+        "u": tune.uniform(-1, 1),
+        "qu": tune.quniform(0, 10, 0.5),
+        "lu": tune.loguniform(1e-4, 1e-1),
+        "qlu": tune.qloguniform(5, 1000, 5),
+        "n": tune.randn(10, 2),
+        "ri": tune.randint(3, 7),
+        "lri": tune.lograndint(1, 100),
+        "c": tune.choice(["a", "b"]),
+        "g": tune.grid_search([1, 2]),
+        "s": tune.sample_from(lambda spec: spec.config.g * 10),
+        "nested": {"inner": tune.uniform(5, 6)},
+    }
+    grid = tune.Tuner(
+        reports_its_config,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=3, search_alg=BasicVariantGenerator(random_state=1)
+        ),
+        run_config=quiet(tmp_path, name="spaces"),
+    ).fit()
+    assert len(grid) == 6 and grid.num_errors == 0  # 3 samples x 2 grid values
+    for result in grid:
+        config, metrics = result.config, result.metrics
+        assert -1 <= config["u"] < 1 and metrics["v_u"] == config["u"]
+        assert 0 <= config["qu"] <= 10 and (config["qu"] / 0.5) == round(config["qu"] / 0.5)
+        assert 1e-4 <= config["lu"] < 1e-1
+        assert 5 <= config["qlu"] <= 1000 and config["qlu"] % 5 == 0
+        assert isinstance(config["n"], float)
+        assert 3 <= config["ri"] < 7 and isinstance(config["ri"], int)
+        assert 1 <= config["lri"] < 100 and isinstance(config["lri"], int)
+        assert config["c"] in ("a", "b")
+        assert config["s"] == config["g"] * 10
+        assert 5 <= config["nested"]["inner"] < 6
+    assert sorted(r.config["g"] for r in grid) == [1, 1, 1, 2, 2, 2]
