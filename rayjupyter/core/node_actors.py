@@ -74,6 +74,20 @@ class ActorRecord:
     host_node: bytes = b""
     pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
 
+    def next_ready_call(self) -> TaskRecord | None:
+        """Take the next call that may go now: calls run in order, so one still waiting for
+        its arguments holds back the ones behind it; calls cancelled while queued are dropped."""
+        queue = self.queue
+        while queue:
+            task = queue[0]
+            if task.state is TaskState.FAILED:
+                queue.popleft()
+                continue
+            if task.state is not TaskState.READY:
+                return None
+            return queue.popleft()
+        return None
+
     @property
     def job(self) -> bytes:
         return self.creation.job
@@ -320,15 +334,7 @@ class NodeActors:
         if actor.state is not ActorState.ALIVE or actor.worker not in self.workers:
             return
         worker = self.workers[actor.worker]
-        queue = actor.queue
-        while queue:
-            task = queue[0]
-            if task.state is TaskState.FAILED:  # cancelled while queued
-                queue.popleft()
-                continue
-            if task.state is not TaskState.READY:
-                break  # a call still waiting for its arguments keeps the later ones waiting
-            queue.popleft()
+        while (task := actor.next_ready_call()) is not None:
             task.transition(TaskState.RUNNING)
             task.worker = worker.client_id
             actor.in_flight[task.task_id] = task

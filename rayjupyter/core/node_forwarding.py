@@ -247,15 +247,7 @@ class NodeForwarding:
         peer = self.node.head.nodes.get(actor.host_node)
         if peer is None or not peer.alive:
             return
-        queue = actor.queue
-        while queue:
-            task = queue[0]
-            if task.state is TaskState.FAILED:  # cancelled while queued
-                queue.popleft()
-                continue
-            if task.state is not TaskState.READY:
-                break  # a call still waiting for its arguments keeps the later ones waiting
-            queue.popleft()
+        while (task := actor.next_ready_call()) is not None:
             actor.in_flight[task.task_id] = task
             self.forward(task, peer)
 
