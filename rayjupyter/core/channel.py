@@ -18,7 +18,10 @@ import struct
 
 HEADER = struct.Struct("<Q")
 READ_SIZE = 1 << 18  # bytes asked of the socket per read
-MAX_READS = 64  # per drain: one busy worker must not keep the node from the others
+MAX_READS = 64  # per drain on a client's end (16 MiB)
+# per drain on the node's end (1 MiB, a few thousand submits): a driver that floods its
+# node with submits must not keep it from answering the others (a status within 1 s)
+NODE_READS = 4
 
 
 class Channel:
@@ -35,6 +38,11 @@ class Channel:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def pending_bytes(self) -> int:
+        """What was sent and still waits for room in the socket (a slow reader's backlog)."""
+        return len(self._outbuf)
 
     @property
     def has_pending(self) -> bool:
@@ -91,15 +99,16 @@ class Channel:
                 return
             del self._outbuf[:sent]
 
-    def recv_frames(self, *, wait: bool = False) -> list[bytes] | None:
+    def recv_frames(self, *, wait: bool = False, reads: int = MAX_READS) -> list[bytes] | None:
         """The complete frames that have arrived; None once the other end has closed.
 
         ``wait`` blocks for the first read (a worker's reading thread after a poll said
-        there is data); otherwise reads stop as soon as the socket is empty.
+        there is data); otherwise reads stop as soon as the socket is empty, or after
+        ``reads`` reads (what is left is read at the next poll).
         """
         buf = self._inbuf
         flags = 0 if wait and self.blocking_send else socket.MSG_DONTWAIT
-        for _ in range(MAX_READS):
+        for _ in range(reads):
             try:
                 data = self.sock.recv(READ_SIZE, flags)
             except (BlockingIOError, InterruptedError):

@@ -3,6 +3,7 @@ without importing the daemon itself."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 READY_LINE = "RAYJUPYTER_NODE_READY"
@@ -40,3 +41,79 @@ def session_dir(session: str) -> str:
 def worker_endpoint(session: str) -> str:
     """The node's Unix socket: for processes on its machine, faster than TCP on loopback."""
     return f"ipc://{session_dir(session)}/node.sock"
+
+
+# ---------------------------------------------------------------------- bounds
+
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One limit on a queue or table of the node: its setting, default, and what reaching
+    it does (every queue and table is bounded, and reaching a bound says so)."""
+
+    env: str  # the environment variable that sets it (read by the node when it starts)
+    default: int
+    bounds: str  # what it limits
+    reached: str  # what happens when it is reached
+
+
+#: every bound in one place (core/README.md, "Bounds", lists them for users)
+BOUNDS: dict[str, Bound] = {
+    "task_events": Bound(
+        "RAYJUPYTER_TASK_EVENTS_MAX",
+        100_000,
+        "task records the node keeps for the state API, the timeline and summaries",
+        "the task that ended first is forgotten (none ended: the oldest open one), in O(1); "
+        "list_tasks shows no older ones, and the drivers hear it once if an open one goes",
+    ),
+    "tasks_per_client": Bound(
+        "RAYJUPYTER_MAX_TASKS_PER_DRIVER",
+        1_000_000,
+        "tasks one driver (or worker, or peer node) has on the node and not yet ended: "
+        "waiting, queued or running (about 2 KB of node memory each)",
+        "the next task fails at once (get raises TaskUnschedulableError naming the setting)",
+    ),
+    "frame_bytes": Bound(
+        "RAYJUPYTER_MAX_ZMQ_FRAME_BYTES",
+        64 * KIB,
+        "one zmq frame arriving at the node's sockets (ZMQ_MAXMSGSIZE), before "
+        "authentication above all: the handshake's frames are a few hundred bytes",
+        "libzmq closes that connection; our clients and peers split larger messages into "
+        "frames of this size (one multipart message), so only a stranger reaches it",
+    ),
+    "unauthenticated": Bound(
+        "RAYJUPYTER_MAX_UNAUTHENTICATED",
+        64,
+        "connections to the local channel (channel.sock) that have not proved the secret; "
+        "each may send at most the proof's 69 bytes, for at most 5 s",
+        "a new connection is closed at once (logged, at most once every 5 s)",
+    ),
+    "log_backlog_bytes": Bound(
+        "RAYJUPYTER_LOG_BACKLOG_BYTES",
+        16 * MIB,
+        "bytes the node still owes a slow local driver when workers' output arrives for it",
+        "that output is dropped for that driver (others still get it); when it has caught "
+        "up it hears how many lines it missed and the setting's name",
+    ),
+}
+
+
+def bound(name: str) -> int:
+    """The value of a bound: its environment variable if set (a positive integer), else
+    its default. A bad value is a one-line error naming the variable."""
+    spec = BOUNDS[name]
+    raw = os.environ.get(spec.env, "")
+    if not raw:
+        return spec.default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(
+            f"{spec.env}={raw!r}: expected a positive integer (default {spec.default})"
+        )
+    return value

@@ -45,13 +45,16 @@ from rayjupyter.core.config import (
     READY_LINE,
     SECRET_ENV,
     NodeConfig,
+    bound,
     session_dir,
     worker_endpoint,
 )
 from rayjupyter.core.head import HeadState, NodeInfo
+from rayjupyter.core.local_channel import AUTH_TIMEOUT_S
 from rayjupyter.core.node_actors import ActorRecord, NodeActors
 from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
+from rayjupyter.core.node_gc import GarbagePolicy
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_links import NodeLinks, PeerLink
@@ -61,13 +64,14 @@ from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import Instruction, NodeState
+from rayjupyter.core.node_state import WARN, Instruction, NodeState
 from rayjupyter.core.node_tasks import NodeTasks
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import (
     ObjectStore,
 )
 from rayjupyter.core.scheduler import ResourcePool, TaskRecord, WorkerRecord
+from rayjupyter.core.transport import join_parts
 
 VALIDATE_ENV = "RAYJUPYTER_VALIDATE"  # "1": check the state's invariants every loop turn
 
@@ -145,6 +149,7 @@ class Node:
         self.worker_endpoint = worker_endpoint(self.session)
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.frame_bytes = bound("frame_bytes")  # config.BOUNDS: read before the routers bind
         self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
         # Local drivers: a Unix socket, faster than tcp and needing no crypto. Everyone else:
         # tcp with CurveZMQ. Clients of each are told apart by their socket. Our own workers
@@ -181,7 +186,7 @@ class Node:
 
         self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = {}
-        self.events = task_events.TaskEventLog()
+        self.events = task_events.TaskEventLog(bound("task_events"))
         self.workers: dict[bytes, WorkerRecord] = self.state.workers
         self.tasks: dict[bytes, TaskRecord] = self.state.tasks
         self.outbox: dict[bytes, list[Any]] = {}
@@ -262,6 +267,8 @@ class Node:
         )
         # the object table's calls on the path of every task, bound once
         self.objects = self.object_table.objects
+        # full collections only while the tables are small (a pause per million objects)
+        self.garbage = GarbagePolicy(lambda: len(self.tasks) + len(self.objects))
         self.hold = self.object_table.hold
         self.unhold = self.object_table.unhold
         self.incref = self.object_table.incref
@@ -319,6 +326,7 @@ class Node:
             drivers=self.drivers,
         )
         tasks = self.task_part
+        self.events.warn = lambda text: tasks.execute_one((WARN, text))
         self.object_table.wire(tasks.task_ready, tasks.fail_task)
         # what the other parts ask of the node (ActorHost, PeerHost), bound once
         self.funcs = tasks.funcs
@@ -367,6 +375,7 @@ class Node:
         if self.is_head:
             self.announce_ready()  # a joining node does once the head has answered
         last_check = time.monotonic()
+        self.garbage.start()
         try:
             while self.running:
                 events = self.poller.poll(1000)
@@ -374,6 +383,7 @@ class Node:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
+                    self.garbage.tick(last_check)
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                 self.membership.tick()
@@ -430,6 +440,11 @@ class Node:
         router.linger = 0
         router.sndhwm = 0
         router.rcvhwm = 0
+        # no frame larger than this is read, from anyone: before authentication a stranger
+        # could otherwise make libzmq hold a frame of any size it declares (our clients and
+        # peers split theirs, protocol.split_frame); a handshake not done in time is dropped
+        router.maxmsgsize = self.frame_bytes
+        router.handshake_ivl = int(AUTH_TIMEOUT_S * 1000)
         auth.secure_server(router, secret, curve=curve)
         return router
 
@@ -440,8 +455,10 @@ class Node:
             # EVENTS instead of a failing recv: an exception per drained batch costs more
             if not int(router.getsockopt(zmq.EVENTS)) & pollin:
                 return
-            identity = router.recv()  # always two frames: the peer's id, then the batch
+            identity = router.recv()  # the peer's id, then the batch: in parts if it is large
             frame = router.recv()
+            if router.rcvmore:
+                frame = join_parts(frame, router)
             client = identity[:-1]
             if over_tcp:
                 self.tcp_clients.add(client)

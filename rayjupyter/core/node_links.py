@@ -29,6 +29,7 @@ from rayjupyter.core.node_state import Instruction, NodeState
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord
 from rayjupyter.core.task_events import TaskEventLog
+from rayjupyter.core.transport import part_size, send_frame
 
 if TYPE_CHECKING:  # (for types only: these parts take the node itself, not yet a host)
     from rayjupyter.core.node_generators import NodeGenerators
@@ -43,6 +44,7 @@ class PeerLink:
     ) -> None:
         self.address = address
         self.client_id = ids.new_client_id()
+        self.part = part_size()  # larger frames go in parts (the peer's ZMQ_MAXMSGSIZE)
         self.tx = self._socket(context, b"t", secret)
         self.rx = self._socket(context, b"r", secret)
         self.known_funcs: set[bytes] = set()
@@ -74,7 +76,7 @@ class PeerLink:
         (a DEALER blocks when it has no connection: refused, or the peer died)."""
         if self.outbox and self.welcomed:
             try:
-                self.tx.send(protocol.dumps(self.outbox), zmq.NOBLOCK)
+                send_frame(self.tx, protocol.dumps(self.outbox), self.part, zmq.NOBLOCK)
             except zmq.Again:
                 return  # kept for the next turn; a dead peer's link is dropped
             self.outbox = []

@@ -116,6 +116,8 @@ class NodeState:
         self.stale = 0
         # what each actor's process here holds: (demand, GPU ids), from placement to its end
         self.actor_slots: dict[bytes, tuple[dict[str, float], tuple[int, ...]]] = {}
+        # tasks in the table per submitting client: bounded (config.BOUNDS "tasks_per_client")
+        self.owned: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------ tasks
 
@@ -123,6 +125,8 @@ class NodeState:
         """A new task (or actor call or creation): known from now on; its parent learns
         of it (recursive cancel). The shell counts its missing dependencies next."""
         self.tasks[task.task_id] = task
+        owned = self.owned
+        owned[task.owner] = owned.get(task.owner, 0) + 1
         parent = task.parent
         if parent is not None:
             record = self.tasks.get(parent)
@@ -195,7 +199,20 @@ class NodeState:
 
     def forget(self, task: TaskRecord) -> bool:
         """Drop a finished or failed task from the table; False if it was gone already."""
-        return self.tasks.pop(task.task_id, None) is not None
+        if self.tasks.pop(task.task_id, None) is None:
+            return False
+        owned = self.owned
+        left = owned.get(task.owner, 0) - 1
+        if left > 0:
+            owned[task.owner] = left
+        else:  # (>= 0: a lineage rebuild re-enters the table without a submit)
+            owned.pop(task.owner, None)
+        return True
+
+    def over_limit(self, task: TaskRecord, limit: int) -> bool:
+        """True if the task's submitter has more than ``limit`` tasks here with it (it was
+        just submitted): it must fail at once (config.BOUNDS "tasks_per_client")."""
+        return self.owned.get(task.owner, 0) > limit
 
     # ------------------------------------------------------------------ workers
 

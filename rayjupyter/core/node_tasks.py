@@ -20,7 +20,8 @@ from typing import Any
 
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
-from rayjupyter.core.exceptions import ObjectLostError
+from rayjupyter.core.config import BOUNDS, bound
+from rayjupyter.core.exceptions import ObjectLostError, TaskUnschedulableError
 from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_forwarding import NodeForwarding
@@ -110,6 +111,7 @@ class NodeTasks:
         self.drain_output = pool.drain_output
         self.spawn_worker = pool.spawn_worker
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
+        self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
 
     def on_submit(self, client: bytes, message: P.SubmitTask) -> None:
@@ -183,6 +185,8 @@ class NodeTasks:
                 failed_dep = entry.inline
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.envs.env_error(task)
+        if failed_dep is None and self.state.over_limit(task, self.max_tasks_per_client):
+            failed_dep = self.too_many_tasks(task)
         if failed_dep is not None:
             self.fail_task(task, failed_dep)
             return
@@ -198,6 +202,17 @@ class NodeTasks:
             return
         if task.missing == 0:
             self.task_ready(task)
+
+    def too_many_tasks(self, task: TaskRecord) -> bytes:
+        """The error of a task past its submitter's bound (it fails: memory stays bounded)."""
+        spec = BOUNDS["tasks_per_client"]
+        error = TaskUnschedulableError(
+            f"Task {task.name!r} was refused: its submitter already has "
+            f"{self.max_tasks_per_client:,} tasks on this node that have not ended (waiting, "
+            f"queued or running). Wait for some (rj.get / rj.wait) before submitting more, "
+            f"or raise {spec.env} where the cluster starts (about 2 KB of node memory each)."
+        )
+        return pickle.dumps(error, protocol=5)
 
     def task_ready(self, task: TaskRecord) -> None:
         self.events.ready(task.task_id)

@@ -29,7 +29,7 @@ import zmq
 from rayjupyter.core import channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
-from rayjupyter.core.config import SECRET_ENV, worker_endpoint
+from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import Instruction, NodeState
@@ -109,7 +109,11 @@ class NodeWorkers:
         self.pipes: dict[bytes, WorkerPipes] = {}
         self.exiting: dict[bytes, WorkerPipes] = {}
         self.unproven: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self.max_unproven = bound("unauthenticated")
+        self.last_refusal_report = 0.0
         self.channel_listener: socket.socket | None = None
+        self.log_backlog = bound("log_backlog_bytes")
+        self.dropped_lines: dict[bytes, int] = {}  # per slow local driver, not yet told
 
     def spawn_worker(self, actor_id: bytes = b"", env: str = "") -> bytes:
         """Start a worker process (for the pool, or dedicated to one actor), in a
@@ -138,6 +142,7 @@ class NodeWorkers:
 
     def close_channel(self, client_id: bytes) -> None:
         link = self.channels.pop(client_id, None)
+        self.dropped_lines.pop(client_id, None)
         if link is None:
             return
         del self.channel_fds[link.fileno()]
@@ -156,7 +161,7 @@ class NodeWorkers:
                 self.poller.modify(link.fileno(), zmq.POLLIN)
         if not events & (zmq.POLLIN | zmq.POLLERR):
             return
-        frames = link.recv_frames()
+        frames = link.recv_frames(reads=channel.NODE_READS)
         if frames is None:  # the worker closed its end: it is exiting (see its pidfd)
             self.close_channel(client_id)
             info = self.clients.get(client_id)
@@ -194,6 +199,14 @@ class NodeWorkers:
                 return
             except OSError:  # e.g. out of descriptors: the client times out and says so
                 return
+            if len(self.unproven) >= self.max_unproven:
+                conn.close()
+                self._report_refusal(
+                    f"{self.max_unproven} connections have not proved the secret yet "
+                    f"(raise {BOUNDS['unauthenticated'].env} if that many are legitimate)",
+                    rate_limited=True,
+                )
+                continue
             conn.setblocking(False)
             self.unproven[conn.fileno()] = (conn, bytearray(), time.monotonic())
             self.poll.handle(conn.fileno(), self._on_unproven)
@@ -230,12 +243,16 @@ class NodeWorkers:
         self.poll.forget(fd)
         conn.close()
         if reason:
-            where = local_channel.socket_path(self.session)
-            print(
-                f"rayjupyter node: refused a connection on {where}: {reason}",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._report_refusal(reason)
+
+    def _report_refusal(self, reason: str, rate_limited: bool = False) -> None:
+        now = time.monotonic()
+        if rate_limited and now - self.last_refusal_report < 5.0:
+            return  # a flood of connections must not become a flood of lines
+        self.last_refusal_report = now
+        where = local_channel.socket_path(self.session)
+        print(f"rayjupyter node: refused a connection on {where}: {reason}", file=sys.stderr)
+        sys.stderr.flush()
 
     def expire_unproven(self) -> None:
         """Close connections that did not prove the secret in time (once a second)."""
@@ -315,7 +332,30 @@ class NodeWorkers:
         self.recent_logs.add(worker.pid, name, stream, lines)
         text = "".join(prefix + line + "\n" for line in lines)
         for client in self.log_clients():  # peers pass it to theirs
+            link = self.channels.get(client)
+            if link is not None and not self._log_room(client, link, len(lines)):
+                continue
             self.send(client, P.LogLines(stream, text))
+
+    def _log_room(self, client: bytes, link: Channel, lines: int) -> bool:
+        """Whether a local driver has room for more output (config.BOUNDS
+        "log_backlog_bytes"): one that reads too slowly misses lines, and hears how many
+        once it has caught up, rather than the node holding them all."""
+        if link.pending_bytes > self.log_backlog:
+            self.dropped_lines[client] = self.dropped_lines.get(client, 0) + lines
+            return False
+        missed = self.dropped_lines.pop(client, 0)
+        if missed:
+            self.send(
+                client,
+                P.LogLines(
+                    2,
+                    f"rayjupyter: {missed:,} lines of worker output were dropped for this "
+                    f"driver: it read them more slowly than they came "
+                    f"({BOUNDS['log_backlog_bytes'].env} bytes were waiting for it).\n",
+                ),
+            )
+        return True
 
     def _on_worker_exit(self, worker: WorkerRecord, _fd: int) -> None:
         pipes = self.pipes.pop(worker.client_id)

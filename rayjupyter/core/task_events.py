@@ -2,17 +2,22 @@
 the timeline (and the dashboard, later).
 
 One small record per task, updated in place at submit, start and end: a few dictionary
-writes on the hot path. When more than ``limit`` tasks are remembered, the oldest finished
-ones are forgotten first.
+writes on the hot path. When more than ``limit`` tasks are remembered
+(``bounds.TASK_EVENTS``), the task that ended first is forgotten first, and only when none
+has ended the oldest open one: both in O(1), since ended tasks are also kept in the order
+they ended (a scan for the first ended task cost O(open tasks) on every submit once more
+than ``limit`` were open, and wedged a node with a driver's 100,000 queued tasks).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rayjupyter.core.config import BOUNDS
 from rayjupyter.core.read_models import (
     FAILED,
     FINISHED,
@@ -62,13 +67,21 @@ class TaskEventLog:
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self.events: OrderedDict[bytes, TaskEvent] = OrderedDict()
+        self.events: OrderedDict[bytes, TaskEvent] = OrderedDict()  # in the order submitted
+        # the ended ones again, in the order they ended: the next to forget is the first;
+        # an OrderedDict, since a dict's first key costs a walk over the deleted slots
+        self._ended: OrderedDict[bytes, None] = OrderedDict()
+        # told once when a task that has not ended is forgotten (the node warns its drivers)
+        self.warn: Callable[[str], None] | None = None
+        self.open_forgotten = 0
 
     def submitted(
         self, task_id: bytes, name: str, job_id: bytes, actor_id: bytes, waiting: bool
     ) -> None:
         state = PENDING_ARGS_AVAIL if waiting else PENDING_NODE_ASSIGNMENT
         self.events[task_id] = TaskEvent(task_id, name, job_id, actor_id, state, time.time())
+        if self._ended and task_id in self._ended:  # submitted again (a lineage rebuild)
+            del self._ended[task_id]
         if len(self.events) > self.limit:
             self._forget_oldest()
 
@@ -90,6 +103,7 @@ class TaskEventLog:
         if event is not None:
             event.state = FAILED if failed else FINISHED
             event.finished_at = time.time()
+            self._ended[task_id] = None
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Counts per name and state, built here: much less to send than every row."""
@@ -100,11 +114,20 @@ class TaskEventLog:
         return counts
 
     def _forget_oldest(self) -> None:
-        for task_id, event in self.events.items():
-            if event.state in (FINISHED, FAILED):
-                del self.events[task_id]
-                return
-        self.events.popitem(last=False)  # all still open: the oldest goes anyway
+        """O(1): the task that ended first, else (all open) the oldest open one."""
+        if self._ended:
+            task_id, _ = self._ended.popitem(last=False)
+            del self.events[task_id]
+        else:
+            self.events.popitem(last=False)
+            self.open_forgotten += 1
+            if self.open_forgotten == 1 and self.warn is not None:
+                env = BOUNDS["task_events"].env
+                self.warn(
+                    f"Warning: more than {self.limit:,} tasks are open on this node: the state "
+                    f"API and the timeline forget the oldest ones (the tasks themselves run). "
+                    f"Set {env} where the cluster starts to keep more.\n"
+                )
 
 
 def chrome_trace(rows: list[TaskRow]) -> list[dict[str, Any]]:

@@ -12,6 +12,11 @@ frames; only sending, polling and reading differ, and they live here:
 
 ``connect`` picks one. A read returns ``Incoming`` items: a frame of pickled messages, or a
 chunk of a value (its small header frame and its raw bytes, which zmq carries apart).
+
+Towards a node, zmq carries a frame larger than ``config.BOUNDS["frame_bytes"]`` (64 KiB)
+as one multipart message of parts below it (``send_frame``; the node joins them,
+``join_parts``): the node's sockets refuse any larger zmq frame (ZMQ_MAXMSGSIZE), which is
+what keeps a stranger from making it hold a frame of any size before authentication.
 """
 
 from __future__ import annotations
@@ -24,6 +29,36 @@ import zmq
 
 from rayjupyter.core import auth, local_channel
 from rayjupyter.core.channel import Channel
+from rayjupyter.core.config import bound
+
+#: what CurveZMQ adds to a part on the wire (its MESSAGE command: name, nonce, MAC, flags),
+#: with room to spare: a part plus this stays within the node's ZMQ_MAXMSGSIZE
+PART_OVERHEAD = 256
+
+
+def part_size() -> int:
+    """The largest part a frame towards a node's zmq socket is cut into."""
+    return max(bound("frame_bytes") - PART_OVERHEAD, 1024)
+
+
+def send_frame(sock: zmq.Socket[bytes], frame: bytes, part: int, flags: int = 0) -> None:
+    """Send one frame to a node: as it is if it fits in a part, else as one multipart
+    message of parts (zmq delivers all of them or none)."""
+    if len(frame) <= part:
+        sock.send(frame, flags)
+        return
+    view = memoryview(frame)
+    parts = [view[start : start + part] for start in range(0, len(frame), part)]
+    sock.send_multipart(parts, flags, copy=False)
+
+
+def join_parts(first: bytes, sock: zmq.Socket[bytes]) -> bytes:
+    """The frame whose first part was ``first``: the parts that follow it, joined."""
+    parts = [first]
+    while sock.rcvmore:
+        parts.append(sock.recv())
+    return b"".join(parts)
+
 
 #: a frame of messages, or (header frame, raw bytes) of an ObjectChunk
 Incoming: TypeAlias = bytes | tuple[bytes, memoryview]
@@ -108,6 +143,7 @@ class ZmqTransport:
         self, context: zmq.Context[zmq.Socket[bytes]], address: str, client_id: bytes, secret: str
     ) -> None:
         endpoint = address if "://" in address else f"tcp://{address}"
+        self.part = part_size()
         self.tx = self._socket(context, endpoint, client_id + b"t", secret)
         self.rx = self._socket(context, endpoint, client_id + b"r", secret)
 
@@ -128,10 +164,10 @@ class ZmqTransport:
         return self.rx
 
     def hello(self, frame: bytes) -> None:
-        self.rx.send(frame)
+        send_frame(self.rx, frame, self.part)
 
     def send(self, frame: bytes) -> None:
-        self.tx.send(frame)
+        send_frame(self.tx, frame, self.part)
 
     def poll_in(self, timeout_ms: int) -> bool:
         return bool(self.rx.poll(timeout_ms))

@@ -1,0 +1,254 @@
+"""Every queue and table of the node has a bound, and reaching one says so (config.BOUNDS).
+
+Admission stays O(1) however many task events are open (a scan of them on every submit
+wedged a node with a driver's 100,000 queued tasks); a driver past its task bound gets an
+error naming the setting; strangers cannot make the node hold large frames before they
+authenticate, on the zmq sockets or the local channel; a slow driver's output backlog is
+bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from rayjupyter.core import local_channel
+from rayjupyter.core.config import BOUNDS, bound
+from rayjupyter.core.task_events import TaskEventLog
+
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------------- no process
+
+
+class _NoScans(OrderedDict):  # type: ignore[type-arg]
+    """An event table that fails any walk over it: admission must not walk it."""
+
+    def _refuse(self, *args: Any) -> Any:
+        raise AssertionError("the task event table was walked on the submit path")
+
+    items = values = keys = __iter__ = _refuse
+
+
+def test_task_event_admission_never_walks_the_table() -> None:
+    log = TaskEventLog(limit=1000)
+    log.events = _NoScans()
+    warnings: list[str] = []
+    log.warn = warnings.append
+    for i in range(5000):  # all open: each submit past the limit forgets the oldest one
+        log.submitted(i.to_bytes(8, "big"), "f", b"job", b"", waiting=False)
+    assert len(log.events) == 1000
+    assert log.open_forgotten == 4000
+    assert len(warnings) == 1 and BOUNDS["task_events"].env in warnings[0]
+
+
+def test_task_events_forget_the_first_ended_then_the_oldest_open() -> None:
+    log = TaskEventLog(limit=4)
+    ids = [bytes([i]) * 8 for i in range(8)]
+    for task_id in ids[:4]:
+        log.submitted(task_id, "f", b"job", b"", waiting=False)
+    log.ended(ids[2], failed=False)
+    log.ended(ids[1], failed=True)
+    log.submitted(ids[4], "f", b"job", b"", waiting=False)  # ids[2] ended first: it goes
+    assert ids[2] not in log.events and ids[1] in log.events
+    log.submitted(ids[5], "f", b"job", b"", waiting=False)  # then ids[1]
+    assert ids[1] not in log.events
+    log.submitted(ids[6], "f", b"job", b"", waiting=False)  # none ended: the oldest open
+    assert list(log.events) == [ids[3], ids[4], ids[5], ids[6]]
+    log.ended(ids[4], failed=False)
+    log.submitted(ids[4], "f", b"job", b"", waiting=False)  # submitted again: open again
+    log.submitted(ids[7], "f", b"job", b"", waiting=False)
+    assert ids[4] in log.events and ids[3] not in log.events
+
+
+def test_a_bad_bound_setting_is_a_one_line_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = BOUNDS["tasks_per_client"].env
+    monkeypatch.setenv(env, "lots")
+    with pytest.raises(ValueError, match=env):
+        bound("tasks_per_client")
+    monkeypatch.setenv(env, "2_000")
+    assert bound("tasks_per_client") == 2000
+    monkeypatch.delenv(env)
+    assert bound("tasks_per_client") == BOUNDS["tasks_per_client"].default
+
+
+def test_every_bound_is_documented_in_the_engine_readme() -> None:
+    readme = os.path.join(os.path.dirname(__file__), "..", "rayjupyter", "core", "README.md")
+    with open(readme) as text:
+        content = text.read()
+    for spec in BOUNDS.values():
+        assert spec.env in content, f"{spec.env} is not in core/README.md"
+
+
+# ---------------------------------------------------------------------- a real node
+
+
+@pytest.fixture
+def bounded_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A local cluster started with small bounds (the node reads them from its env)."""
+    import rayjupyter as rj
+
+    monkeypatch.setenv(BOUNDS["tasks_per_client"].env, "40")
+    monkeypatch.setenv(BOUNDS["unauthenticated"].env, "4")
+    ctx = rj.init(num_cpus=2)
+    try:
+        yield ctx
+    finally:
+        rj.shutdown()
+
+
+def _node_process() -> psutil.Process:
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any("rayjupyter.core.node" in part for part in child.cmdline()):
+                return child
+    raise AssertionError("no node process under this test")
+
+
+def _node_memory(node: psutil.Process) -> int:
+    """The node's own resident memory (its workers are not what a stranger fills)."""
+    return int(node.memory_info().rss)
+
+
+def _send_until_closed(sock: socket.socket, total: int) -> int:
+    """Write junk until the peer closes (or ``total`` bytes went); how many bytes went."""
+    chunk = b"\xab" * (256 * 1024)
+    sent = 0
+    sock.settimeout(10.0)
+    with contextlib.suppress(OSError):  # EPIPE or ECONNRESET: the node closed it
+        while sent < total:
+            sent += sock.send(chunk)
+    return sent
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_driver_past_its_task_bound_gets_an_error_naming_the_setting(
+    bounded_cluster: Any,
+) -> None:
+    import rayjupyter as rj
+    from rayjupyter.core.exceptions import TaskUnschedulableError
+
+    @rj.remote
+    def gate() -> int:
+        time.sleep(1.5)
+        return 1
+
+    @rj.remote
+    def after(value: int) -> int:
+        return value + 1
+
+    held = gate.remote()
+    refs = [after.remote(held) for _ in range(60)]  # all wait on the gate: none ends yet
+    results: list[Any] = []
+    for ref in refs:
+        try:
+            results.append(rj.get(ref, timeout=60))
+        except TaskUnschedulableError as exc:
+            results.append(exc)
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert results[:39] == [2] * 39  # the gate is the 40th task of this driver
+    assert len(refused) == 21
+    assert BOUNDS["tasks_per_client"].env in str(refused[0])
+    assert rj.get(after.remote(1), timeout=30) == 2  # below the bound again: accepted
+
+
+def _zmtp_greeting(mechanism: bytes) -> bytes:
+    """ZMTP 3.0's 64-byte greeting, as a client would send it."""
+    return (
+        b"\xff"
+        + b"\x00" * 8
+        + b"\x7f"
+        + b"\x03\x00"
+        + mechanism.ljust(20, b"\x00")
+        + b"\x00"
+        + b"\x00" * 31
+    )
+
+
+def test_frames_before_the_handshake_are_bounded_on_tcp(bounded_cluster: Any) -> None:
+    """A stranger declares a 400 MB handshake frame and streams it: the node reads none of
+    it (ZMQ_MAXMSGSIZE) and closes the connection; its memory does not grow."""
+    import rayjupyter as rj
+
+    node = _node_process()
+    host, port = bounded_cluster.address.rsplit(":", 1)
+    before = _node_memory(node)
+    conns = []
+    for _ in range(4):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        # a command frame (flags 0x06: command, long size) of 400 MB, then its "bytes"
+        sock.sendall(_zmtp_greeting(b"CURVE") + b"\x06" + struct.pack(">Q", 400 * MIB))
+        conns.append(sock)
+    sent = [_send_until_closed(sock, 48 * MIB) for sock in conns]
+    assert all(_closed_by_peer(sock) for sock in conns)
+    for sock in conns:
+        sock.close()
+    grown = _node_memory(node) - before
+    assert grown < 16 * MIB, f"the node grew by {grown / MIB:.0f} MiB (strangers sent {sent})"
+    assert all(n < 48 * MIB for n in sent), f"a connection stayed open for {sent} bytes"
+    assert rj.cluster_resources()["CPU"] == 2.0  # the node still serves its driver
+    assert rj.get(rj.put(41), timeout=30) == 41
+
+
+def test_frames_before_the_proof_are_bounded_on_the_local_channel(
+    bounded_cluster: Any,
+) -> None:
+    """The local channel reads only the proof's bytes from a stranger and closes it; past
+    the bound on unproven connections, a new one is closed at once; a real driver still
+    attaches afterwards."""
+
+    node = _node_process()
+    path = local_channel.socket_path(bounded_cluster.address_info["session"])
+    before = _node_memory(node)
+    junk = []
+    for _ in range(2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        junk.append(sock)
+    sent = [_send_until_closed(sock, 48 * MIB) for sock in junk]
+    assert all(_closed_by_peer(sock) for sock in junk)
+    grown = _node_memory(node) - before
+    assert grown < 16 * MIB, f"the node grew by {grown / MIB:.0f} MiB (strangers sent {sent})"
+    idle = []
+    for _ in range(4):  # the bound (4 here): silent, unproven connections the node keeps
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        idle.append(sock)
+    # accepted in order: the first four are kept (unproven), the fifth is past the bound
+    extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    extra.connect(path)
+    assert _closed_by_peer(extra, timeout=3), "a connection past the bound was kept"
+    for sock in [*junk, *idle, extra]:
+        sock.close()
+    address = bounded_cluster.connect_address
+    script = f"import rayjupyter as rj; rj.init(address={address!r}); print(rj.get(rj.put(5)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "5"
