@@ -252,3 +252,25 @@ def test_frames_before_the_proof_are_bounded_on_the_local_channel(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "5"
+
+
+def test_a_client_over_zmq_sends_frames_past_the_frame_bound_in_parts(
+    bounded_cluster: Any,
+) -> None:
+    """A legitimate client's large frame (a 1 MiB query here, a large put or submit batch
+    in real use) reaches the node in parts under ZMQ_MAXMSGSIZE, over the node's ipc and
+    tcp sockets alike, and the node answers it."""
+    from rayjupyter.core import queries
+    from rayjupyter.core.client import Client
+    from rayjupyter.core.config import worker_endpoint
+
+    secret = bounded_cluster._secret
+    session = bounded_cluster.address_info["session"]
+    # ipc://: a zmq link even on this machine (tcp from here would take the local channel)
+    client = Client(worker_endpoint(session), secret, kind="observer", io_thread=False)
+    try:
+        value = "x" * MIB
+        assert queries.list_state(client, "tasks", (("name", "=", value),), timeout=20) == []
+        assert queries.status(client, timeout=20).total["CPU"] == 2.0
+    finally:
+        client.close()

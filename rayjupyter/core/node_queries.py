@@ -8,8 +8,10 @@ words here and only here (``TASK_STATE_NAMES``).
 
 from __future__ import annotations
 
+import operator
 import pickle
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,8 @@ from rayjupyter.core.task_events import RecentLogs, TaskEventLog
 #: the engine's task states (scheduler.TaskState) in Ray's vocabulary; a task sent ahead to
 #: a busy worker (prefetched) is RUNNING to the engine but still waits for a worker: it
 #: counts as PENDING_NODE_ASSIGNMENT, as the task event log has it until it starts
+_STATE_OF = operator.attrgetter("state")
+
 TASK_STATE_NAMES: dict[TaskState, TaskStateName] = {
     TaskState.WAITING: PENDING_ARGS_AVAIL,
     TaskState.READY: PENDING_NODE_ASSIGNMENT,
@@ -123,11 +127,18 @@ class NodeQueries:
 
     def status(self) -> NodeStatus:
         """A snapshot for status displays: resources, tasks and actors by state, the store."""
+        # counted in C (map, attrgetter, Counter): a status must stay cheap with a million
+        # tasks queued; actors' creations, which are not tasks to Ray, are taken out after
+        states = Counter(map(_STATE_OF, self.tasks.values()))
+        for actor in self.actors.values():
+            creation = actor.creation
+            if self.tasks.get(creation.task_id) is creation:
+                states[creation.state] -= 1
         tasks: dict[str, int] = {}
-        for task in self.tasks.values():
-            if task.method != "__init__":
-                name = TASK_STATE_NAMES[task.state]
-                tasks[name] = tasks.get(name, 0) + 1
+        for state, count in states.items():
+            if count > 0:
+                name = TASK_STATE_NAMES[state]
+                tasks[name] = tasks.get(name, 0) + count
         # a task sent ahead to a busy worker (prefetch) waits there: pending, not running
         prefetched = sum(1 for w in self.workers.values() if w.prefetched is not None)
         if prefetched:
