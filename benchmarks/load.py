@@ -58,8 +58,9 @@ class LoadResult:
 # ---------------------------------------------------------------------- one driver
 
 
-def run_driver(address: str, count: int) -> dict[str, Any]:
-    """Attach, submit ``count`` no-op tasks keeping every ref, then get them all."""
+def run_driver(address: str, count: int, leave: bool = False) -> dict[str, Any]:
+    """Attach, submit ``count`` no-op tasks keeping every ref, then get them all; with
+    ``leave``, exit at once instead (the node is left with the queue)."""
     import rayjupyter as rj
     from benchmarks.tasks import noop
 
@@ -69,6 +70,10 @@ def run_driver(address: str, count: int) -> dict[str, Any]:
         start = time.monotonic()
         refs = [remote_noop.remote() for _ in range(count)]
         submitted = time.monotonic()
+        if leave:
+            report = {"tasks": count, "submit_s": submitted - start, "total_s": 0.0}
+            print(json.dumps({**report, "wrong_results": 0}), flush=True)
+            os._exit(0)  # gone without a word, its tasks queued: the node lets them go
         values = rj.get(refs, timeout=3600)
         done = time.monotonic()
         wrong = sum(1 for value in values if value is not None)
@@ -99,6 +104,7 @@ class Watcher:
         self.peak_pss = 0
         self.peak_rss = 0
         self.peak_queued = 0
+        self.held = -1  # tasks the node held at its last answer
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._ask, daemon=True),
@@ -127,9 +133,15 @@ class Watcher:
                 self.latencies.append(time.monotonic() - start)
             else:
                 self.latencies.append(time.monotonic() - start)
-                queued = sum(n for state, n in status.tasks.items())
-                self.peak_queued = max(self.peak_queued, queued)
+                self.held = sum(n for state, n in status.tasks.items())
+                self.peak_queued = max(self.peak_queued, self.held)
             self._stop.wait(self.every_s)
+
+    def wait_drained(self, timeout: float) -> None:
+        """Until the node holds no task (the drivers left theirs behind)."""
+        deadline = time.monotonic() + timeout
+        while (self.held != 0 or not self.latencies) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -151,8 +163,12 @@ def node_tree(node_pid: int) -> list[int]:
 # ---------------------------------------------------------------------- the run
 
 
-def run(one: int, each: int, drivers: int, every_s: float, num_cpus: int) -> LoadResult:
-    """One cluster, one driver with ``one`` tasks and ``drivers`` more with ``each``."""
+def run(
+    one: int, each: int, drivers: int, every_s: float, num_cpus: int, leave: bool = False
+) -> LoadResult:
+    """One cluster, one driver with ``one`` tasks and ``drivers`` more with ``each``;
+    ``leave``: the drivers exit once they have submitted, and the run lasts until the node
+    has no task left."""
     import rayjupyter as rj
 
     counts = [one] + [each] * drivers
@@ -169,7 +185,8 @@ def run(one: int, each: int, drivers: int, every_s: float, num_cpus: int) -> Loa
         start = time.monotonic()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.load", "--driver", str(count)],
+                [sys.executable, "-m", "benchmarks.load", "--driver", str(count)]
+                + (["--leave"] if leave else []),
                 env={**env, "RJ_LOAD_ADDRESS": ctx.connect_address},
                 stdout=subprocess.PIPE,
                 text=True,
@@ -185,6 +202,8 @@ def run(one: int, each: int, drivers: int, every_s: float, num_cpus: int) -> Loa
             result.driver_reports.append(report)
             if report["wrong_results"]:
                 result.errors.append(f"{report['wrong_results']} wrong results")
+        if leave:
+            watcher.wait_drained(timeout=3600)
         result.wall_s = time.monotonic() - start
         watcher.stop()
     finally:
@@ -242,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-every", type=float, default=0.2, help="seconds between asks")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/load.json", help="where to write")
+    parser.add_argument("--leave", action="store_true", help="drivers exit once submitted (no get)")
     parser.add_argument("--driver", type=int, help=argparse.SUPPRESS)  # a driver's own run
     args = parser.parse_args(argv)
     if args.driver is not None:
-        print(json.dumps(run_driver(os.environ["RJ_LOAD_ADDRESS"], args.driver)), flush=True)
+        report = run_driver(os.environ["RJ_LOAD_ADDRESS"], args.driver, args.leave)
+        print(json.dumps(report), flush=True)
         return 0
-    result = run(args.one, args.each, args.drivers, args.status_every, args.num_cpus)
+    result = run(args.one, args.each, args.drivers, args.status_every, args.num_cpus, args.leave)
     print(table(result))
     for line in result.errors + result.status_failures:
         print("  " + line, file=sys.stderr)

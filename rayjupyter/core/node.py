@@ -50,7 +50,6 @@ from rayjupyter.core.config import (
     worker_endpoint,
 )
 from rayjupyter.core.head import HeadState, NodeInfo
-from rayjupyter.core.local_channel import AUTH_TIMEOUT_S
 from rayjupyter.core.node_actors import ActorRecord, NodeActors
 from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
@@ -73,6 +72,8 @@ from rayjupyter.core.object_store import (
 from rayjupyter.core.scheduler import ResourcePool, TaskRecord, WorkerRecord
 from rayjupyter.core.transport import join_parts
 
+#: a zmq handshake (ZAP included: the loop answers it) not done by then is dropped
+HANDSHAKE_MS = 10_000
 VALIDATE_ENV = "RAYJUPYTER_VALIDATE"  # "1": check the state's invariants every loop turn
 
 
@@ -444,7 +445,7 @@ class Node:
         # could otherwise make libzmq hold a frame of any size it declares (our clients and
         # peers split theirs, protocol.split_frame); a handshake not done in time is dropped
         router.maxmsgsize = self.frame_bytes
-        router.handshake_ivl = int(AUTH_TIMEOUT_S * 1000)
+        router.handshake_ivl = HANDSHAKE_MS  # (libzmq's default: 30 s)
         auth.secure_server(router, secret, curve=curve)
         return router
 
