@@ -105,6 +105,11 @@ class Shell:
                 assert task.state.name == ns.OPCODE_NAMES[op], (op, task.state)
                 self.ended[task.task_id] = (task.state, instruction[2] if op == ns.FAILED else None)
                 self.state.forget(task)
+            elif op == ns.ATTEMPT_LOST:  # the task's own node hears it (AttemptLost)
+                task = instruction[1]
+                assert task.state is TaskState.FAILED and task.retried_by_owner, task
+                self.ended[task.task_id] = (task.state, None)
+                self.state.forget(task)
             elif op == ns.START_ACTOR:
                 raise AssertionError("no actor workers in these tests")
             elif op == ns.WARN:
@@ -465,6 +470,89 @@ def test_lost_attempts_of_a_cancelled_task_fail_as_cancelled() -> None:
     shell.run(shell.state.cancel(task, False, False, {task.task_id}))
     out = shell.run(shell.state.retry_or_fail(task, b"node died"))
     assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)
+
+
+def _forward(owner: Shell, task: TaskRecord) -> TaskRecord:
+    """The owner sends its queued task to a peer: the copy the peer admits (max_retries=0,
+    its attempts counted by the owner), as NodeTasks.on_submit builds it from SubmitTask."""
+    owner.state.ready.remove(task)
+    owner.state.forwarded(task)
+    owner.check()
+    copy = make_task(task.name, dict(task.demand), max_retries=0)
+    copy.task_id, copy.return_ids, copy.owner = task.task_id, task.return_ids, b"owner-node"
+    copy.retried_by_owner = True
+    return copy
+
+
+def test_a_crash_on_a_peer_is_retried_by_the_task_s_node_within_max_retries_once() -> None:
+    owner = node(cpus=0.5, workers=0)  # too small for the task: it runs on the peer
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("remote", max_retries=2))
+    for attempt in range(3):
+        copy = peer.submit(_forward(owner, task))
+        peer.schedule()
+        worker = peer.state.workers[copy.worker or b""]
+        out = peer.die(worker)
+        # the peer neither retries nor fails it: it tells the owner, returns left unset
+        assert ops(out) == ["UNPIN", "ATTEMPT_LOST", "SPAWN"], ops(out)
+        lost = out[1]
+        assert lost[1:] == (copy, b"", worker.pid, "killed by SIGKILL")
+        assert not peer.state.ready and copy.attempt == 0 and not peer.state.tasks
+        peer.connect_all()
+        out = owner.run(owner.state.peer_attempt_lost(task, *lost[2:], "10.0.0.2:7000"))
+        assert task.attempt == attempt + 1
+        if attempt < 2:
+            assert out == [] and list(owner.state.ready) == [task], attempt  # placed anew
+    assert ops(out) == ["FAILED"] and not owner.state.ready
+    error = error_of(owner.ended[task.task_id][1])
+    assert isinstance(error, WorkerCrashedError)
+    assert "tried 3 time(s)" in str(error) and "max_retries=2" in str(error)
+    assert "on node 10.0.0.2:7000" in str(error)
+    # a late report of an attempt already settled changes nothing
+    assert owner.state.peer_attempt_lost(task, b"", 7, "SIGKILL", "10.0.0.2:7000") == []
+
+
+def test_a_retryable_exception_on_a_peer_goes_back_and_others_fail_there() -> None:
+    owner = node(cpus=0.5, workers=0)
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("flaky", max_retries=1))
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    worker = peer.state.workers[copy.worker or b""]
+    out = peer.finish(worker, error=b"boom", retryable=True)
+    assert out == [(ns.ATTEMPT_LOST, copy, b"boom", 0, "")] and not peer.state.ready
+    assert owner.run(owner.state.peer_attempt_lost(task, b"boom", 0, "", "peer")) == []
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    out = peer.finish(worker, error=b"boom", retryable=True)
+    out = owner.run(owner.state.peer_attempt_lost(task, *out[0][2:], "peer"))
+    assert out == [(ns.FAILED, task, b"boom")]  # max_retries=1: two attempts in all
+    # an exception retry_exceptions does not name fails there, as the final result
+    other = owner.submit(make_task("raises", max_retries=3))
+    copy = peer.submit(_forward(owner, other))
+    peer.schedule()
+    assert peer.finish(worker, error=b"bad", retryable=False) == [(ns.FAILED, copy, b"bad")]
+
+
+def test_a_peer_s_lost_attempt_of_a_cancelled_or_unretried_task_fails_it() -> None:
+    owner = node(cpus=0.5, workers=0)
+    none_left = owner.submit(make_task("once", max_retries=0))
+    _forward(owner, none_left)
+    out = owner.run(owner.state.peer_attempt_lost(none_left, b"", 9, "SIGKILL", "peer"))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), WorkerCrashedError)
+    cancelled = owner.submit(make_task("cancelled", max_retries=5))
+    _forward(owner, cancelled)
+    owner.run(owner.state.cancel(cancelled, False, False, {cancelled.task_id}))
+    out = owner.run(owner.state.peer_attempt_lost(cancelled, b"", 9, "SIGKILL", "peer"))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)
+    # a cancel that reached the peer's copy first fails it there, as cancelled, as before
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("t", max_retries=5))
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    peer.run(peer.state.cancel(copy, True, False, ()))
+    out = peer.die(peer.state.workers[copy.worker or b""])
+    assert ops(out) == ["UNPIN", "FAILED", "SPAWN"]
 
 
 def test_gpus_are_assigned_by_id_and_given_back() -> None:

@@ -55,6 +55,9 @@ ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end i
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
 WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
+# (ATTEMPT_LOST, task, error, pid, cause): a task a peer node forwarded here lost its
+# attempt (worker pid died of cause, or it raised error): tell that node, which retries
+ATTEMPT_LOST = 16
 
 OPCODE_NAMES = {
     value: name
@@ -87,7 +90,7 @@ def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
 def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
     error = WorkerCrashedError(
         f"The worker running task {task.name!r} died unexpectedly (pid "
-        f"{pid}, {cause}); it was tried {task.attempt} time(s) and "
+        f"{pid}, {cause}); it was tried {task.attempt + 1} time(s) and "
         f"max_retries={task.max_retries} allows no more. Raise max_retries or "
         f"find why the process dies (out of memory, a segfault, os._exit)."
     )
@@ -186,6 +189,26 @@ class NodeState:
         self.ready.appendleft(task)
         return _NONE
 
+    def peer_attempt_lost(
+        self, task: TaskRecord, error: bytes, pid: int, cause: str, address: str
+    ) -> list[Instruction]:
+        """A task of ours that a peer ran lost its attempt there (``AttemptLost``): its
+        worker there died (``pid``, ``cause``) or it raised ``error`` that its
+        retry_exceptions names. Attempts are counted here only (the peer runs it with
+        max_retries=0 and never retries it itself), so max_retries holds once in all."""
+        if task.state not in OCCUPYING:
+            return _NONE  # ended or retried already
+        if pid:
+            error = crashed_error(task, pid, f"{cause}, on node {address}")
+        return self.retry_or_fail(task, error)
+
+    def _attempt_lost(self, task: TaskRecord, pid: int, cause: str) -> list[Instruction]:
+        """Its worker died: retry or fail it here, or, if a peer node's, tell that node."""
+        if task.retried_by_owner and task.state is not TaskState.CANCELLED:
+            task.transition(TaskState.FAILED)
+            return [(ATTEMPT_LOST, task, b"", pid, cause)]
+        return self.retry_or_fail(task, crashed_error(task, pid, cause))
+
     def forwarded(self, task: TaskRecord) -> None:
         """The task runs on a peer now (taken off the queue by the caller, or placed the
         moment its values exist); its worker there is the peer's business."""
@@ -250,6 +273,9 @@ class NodeState:
         elif task.state is TaskState.CANCELLED:
             task.transition(TaskState.FAILED)
             out.append((FAILED, task, cancelled_error(task)))
+        elif retryable and task.retried_by_owner:  # its node counts (peer_attempt_lost)
+            task.transition(TaskState.FAILED)
+            out.append((ATTEMPT_LOST, task, error, 0, ""))
         elif retryable and task.retry():
             task.worker = None
             task.transition(TaskState.READY)
@@ -317,14 +343,14 @@ class NodeState:
             worker.prefetched = None
             following.worker = None
             out.append((UNPIN, following))
-            out += self.retry_or_fail(following, crashed_error(following, worker.pid, cause))
+            out += self._attempt_lost(following, worker.pid, cause)
         if worker.actor_id:
             out.append((ACTOR_PROCESS_DIED, worker, cause))
         elif task is not None and task.state in OCCUPYING:
             self._release(task, worker)
             task.worker = None
             out.append((UNPIN, task))
-            out += self.retry_or_fail(task, crashed_error(task, worker.pid, cause))
+            out += self._attempt_lost(task, worker.pid, cause)
         if respawn and self.live_pool_workers() < self.pool_size:
             out.append((SPAWN, "", 1))
         return out

@@ -90,6 +90,9 @@ class TaskRecord:
     gpu_ids: tuple[int, ...] = ()
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
+    # forwarded here by a peer node, which counts its attempts: a retryable loss goes back
+    # to it (AttemptLost) instead of failing or being retried here
+    retried_by_owner: bool = False
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
