@@ -412,7 +412,8 @@ def test_a_worker_crash_on_a_peer_is_retried_by_the_task_s_node_once(
         return False
 
     for kills in range(3):  # max_retries=3: no task can run out of retries
-        wait_for_condition(lambda: len(list(tmp_path.iterdir())) > 6 * (kills + 1), timeout=30)
+        begun = 6 * (kills + 1)  # spread the kills over the run
+        wait_for_condition(lambda n=begun: len(list(tmp_path.iterdir())) > n, timeout=30)
         wait_for_condition(kill_one, timeout=10)
     assert rj.get(refs, timeout=60) == [i * i for i in range(count)]  # none failed
     attempts: dict[int, int] = {}

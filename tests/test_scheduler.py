@@ -605,6 +605,92 @@ def test_missing_workers_are_started_within_the_limit_which_warns_once_per_episo
     assert all(t.state is TaskState.READY for t in more)
 
 
+def _nested_chain_at_the_limit() -> tuple[Shell, list[TaskRecord], WorkerRecord]:
+    """A node with 1 CPU and room for 2 processes: a task runs on each, the second a child
+    of the first, both blocked in get on their child; a third level waits."""
+    shell = node(cpus=1, workers=1, max_workers=2)
+    top = shell.submit(make_task("chain"))
+    shell.schedule()
+    chain = [top]
+    for level in (2, 3):
+        blocked = shell.state.workers[chain[-1].worker or b""]
+        shell.run(shell.state.worker_blocked(blocked))
+        chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        if level == 2:
+            shell.schedule()  # a second process starts for it
+            shell.connect_all()
+            shell.schedule()
+            assert chain[-1].state is TaskState.RUNNING
+    return shell, chain, shell.state.workers[chain[1].worker or b""]
+
+
+def test_at_the_limit_a_child_runs_inside_its_blocked_parent_and_it_is_told_once() -> None:
+    """Issue 16, 4: nested blocking tasks deeper than the limit starved the node."""
+    shell, chain, worker = _nested_chain_at_the_limit()
+    out = shell.run(shell.state.assign())  # no room: lent to its parent's process
+    assert ops(out) == ["EXECUTE", "WARN"] and out[0][1:] == (chain[2], worker)
+    assert "3 deep" in out[1][1] and MAX_WORKERS_ENV in out[1][1] and "now 2" in out[1][1]
+    assert worker.task is chain[2] and worker.suspended == [(chain[1], {"CPU": 1.0})]
+    assert worker.state is WorkerState.BUSY and len(shell.state.workers) == 2
+    for level in range(4, 8):  # deeper: each child inside its parent, warned no more
+        shell.run(shell.state.worker_blocked(worker))
+        chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        shell.state.turn_ended()
+        out = shell.run(shell.state.assign())
+        assert out == [(ns.EXECUTE, chain[-1], worker)], level
+        shell.state.turn_ended()
+        shell.state.turn_ended()  # a turn with no refusal between children: still told once
+    assert [t for t, _ in worker.suspended] == chain[1:-1]
+    for task in reversed(chain[1:]):  # each ends; its parent waits again, then goes on
+        assert worker.task is task
+        assert ops(shell.finish(worker)) == ["FINISHED"]
+        if task is not chain[1]:
+            assert worker.state is WorkerState.BLOCKED
+            shell.state.worker_unblocked(worker)
+            shell.check()
+    assert worker.state is WorkerState.IDLE and not worker.suspended
+    first = shell.state.workers[chain[0].worker or b""]
+    shell.state.worker_unblocked(first)
+    assert ops(shell.finish(first)) == ["FINISHED"]
+    assert shell.state.resources.available == {"CPU": 1.0}
+
+
+def test_only_children_of_blocked_tasks_are_lent_and_others_wait() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.state.ready.remove(chain[2])
+    chain[2].state = TaskState.FAILED  # (as if it had ended)
+    other = shell.submit(make_task("unrelated"))  # fits (a lent CPU) but has no process
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["WARN"] and "3 deep" in out[0][1] and not worker.suspended
+    assert other.state is TaskState.READY
+
+
+def test_a_lent_child_not_started_when_its_parent_s_wait_ends_is_sent_ahead() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.run(shell.state.assign())
+    shell.state.worker_unblocked(worker)  # the parent's get returned before the child came
+    shell.check()
+    assert worker.task is chain[1] and worker.prefetched is chain[2] and not worker.suspended
+    out = shell.finish(worker)
+    assert ops(out) == ["STARTED", "FINISHED"] and worker.task is chain[2]
+    # or the parent blocks again first: the child is taken back, as a task sent ahead is
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.run(shell.state.assign())
+    shell.state.worker_unblocked(worker)
+    out = shell.run(shell.state.worker_blocked(worker))
+    assert out == [(ns.REVOKE, chain[2], worker, True)] and chain[2].state is TaskState.READY
+
+
+def test_a_worker_dying_with_lent_children_settles_every_task_on_its_stack() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    chain[1].max_retries = 1
+    shell.run(shell.state.assign())
+    out = shell.die(worker, respawn=False)
+    assert ops(out) == ["UNPIN", "FAILED", "UNPIN"]  # the child had no retries, its parent one
+    assert list(shell.state.ready) == [chain[1]] and chain[1].attempt == 1
+    assert isinstance(error_of(out[1][2]), WorkerCrashedError)
+
+
 def test_env_workers_stop_at_the_limit_too() -> None:
     shell = node(cpus=4, workers=1, max_workers=2)
     for i in range(3):

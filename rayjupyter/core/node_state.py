@@ -20,6 +20,7 @@ import pickle
 from collections.abc import Container
 from typing import Any
 
+from rayjupyter.core import nested_lending
 from rayjupyter.core.exceptions import (
     TaskCancelledError,
     TaskUnschedulableError,
@@ -262,6 +263,10 @@ class NodeState:
             worker.task = following
             self.resources.acquire(following.demand)
             out: list[Instruction] = [(STARTED, following, worker)]
+        elif worker.suspended:  # it ran lent to its waiting parent: back to that wait
+            worker.task, worker.lent = worker.suspended.pop()
+            worker.transition(WorkerState.BLOCKED)
+            out = []
         else:
             worker.task = None
             worker.transition(WorkerState.IDLE)
@@ -304,7 +309,11 @@ class NodeState:
         """Back from get: it takes its CPUs again (may overcommit for a moment, as in
         Ray). A bundle given back while it waited (its group removed) is not taken
         again: that share stays lent, and the task gives nothing back for it."""
-        if worker.task is None or worker.state is not WorkerState.BLOCKED:
+        if worker.task is None:
+            return
+        if worker.state is WorkerState.BUSY and worker.suspended:
+            self._unlend(worker)
+        if worker.state is not WorkerState.BLOCKED:
             return
         total = self.resources.total
         lent = worker.lent
@@ -315,6 +324,17 @@ class NodeState:
             self.resources.acquire({k: v for k, v in lent.items() if k in total})
             worker.lent = {k: v for k, v in lent.items() if k not in total}
         worker.transition(WorkerState.BUSY)
+
+    def _unlend(self, worker: WorkerRecord) -> None:
+        """The wait a child was lent to ended before the child started there (the worker
+        says so by leaving it): the child waits in that process as a task sent ahead (it
+        starts when its parent ends, or is taken back if the parent blocks again)."""
+        child = worker.task
+        assert child is not None
+        self._release(child, worker)
+        worker.task, worker.lent = worker.suspended.pop()
+        worker.prefetched = child
+        worker.transition(WorkerState.BLOCKED)
 
     def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
         """Take back a task sent ahead; it goes first in the queue again. The worker drops
@@ -351,6 +371,12 @@ class NodeState:
             task.worker = None
             out.append((UNPIN, task))
             out += self._attempt_lost(task, worker.pid, cause)
+        while worker.suspended:  # the waiting parents a child was lent to die with it
+            parent, worker.lent = worker.suspended.pop()
+            self._release(parent, worker)
+            parent.worker = None
+            out.append((UNPIN, parent))
+            out += self._attempt_lost(parent, worker.pid, cause)
         if respawn and self.live_pool_workers() < self.pool_size:
             out.append((SPAWN, "", 1))
         return out
@@ -405,14 +431,54 @@ class NodeState:
             if count > 0:
                 out.append((SPAWN, "", count))
             if missing > max(count, 0):
-                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0))
+                detail = "" if self.limit.reached else self._nested_detail()  # (told once)
+                if count <= 0:  # at the limit: waiting parents run their children
+                    out += self._lend()
+                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0), detail)
         return out
 
-    def limit_reached(self, waiting: int, what: str, planned: int = 0) -> list[Instruction]:
+    def _lend(self) -> list[Instruction]:
+        """At the limit, queued children of tasks blocked in get run inside their parents'
+        processes (``nested_lending``)."""
+        parents = nested_lending.blocked_parents(self.workers.values())
+        if not parents:
+            return _NONE
+        out: list[Instruction] = []
+        for task in nested_lending.lendable(self.ready, parents):
+            if not self.resources.fits(task.demand):
+                continue
+            self.ready.remove(task)
+            worker = parents[task.parent or b""]
+            assert worker.task is not None and worker.prefetched is None
+            worker.suspended.append((worker.task, worker.lent))
+            worker.task, worker.lent = task, {}
+            self.resources.acquire(task.demand)
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            worker.transition(WorkerState.BUSY)
+            out.append((EXECUTE, task, worker))
+        return out
+
+    def _nested_detail(self) -> str:
+        """For the warning at the limit: how deep the nested tasks waiting here go."""
+        blocked = [w for w in self.workers.values() if w.state is WorkerState.BLOCKED]
+        deepest = nested_lending.deepest(self.tasks, self.ready, blocked)
+        if deepest < 2:
+            return ""
+        blocked_count = len(blocked)
+        return (
+            f"{blocked_count} of them wait in get on nested tasks, {deepest} deep so far; a queued "
+            f"child now runs inside its waiting parent's process (at most "
+            f"{nested_lending.MAX_NESTED} levels in one process)"
+        )
+
+    def limit_reached(
+        self, waiting: int, what: str, planned: int = 0, detail: str = ""
+    ) -> list[Instruction]:
         """``waiting`` tasks or actors (``what``) found no worker process (the limit): the
         drivers hear it once per episode (``WorkerLimit``). ``planned``: processes this
-        turn starts that are not in the table yet."""
-        text = self.limit.refused(len(self.workers) + planned, waiting, what)
+        turn starts that are not in the table yet; ``detail``: what the node does about it."""
+        text = self.limit.refused(len(self.workers) + planned, waiting, what, detail)
         return [(WARN, text)] if text is not None else _NONE
 
     def turn_ended(self) -> None:
@@ -490,6 +556,7 @@ class NodeState:
             if (
                 worker.state is not WorkerState.BUSY
                 or worker.prefetched is not None
+                or worker.suspended
                 or worker.actor_id
                 or running is None
             ):
@@ -603,8 +670,16 @@ class NodeState:
                     assert all(k not in resources.total for k in worker.lent), (
                         f"busy worker pid {worker.pid} lends {worker.lent}"
                     )
+                for parent, lent in worker.suspended:  # waiting beneath a child lent to them
+                    assert parent.worker == worker.client_id and parent.state in OCCUPYING, (
+                        f"{parent.name} suspended on pid {worker.pid} is {parent.state.name}"
+                    )
+                    assert id(parent) not in queued, f"{parent.name} suspended and queued"
+                    for key, value in parent.demand.items():
+                        held[key] = held.get(key, 0.0) + value - lent.get(key, 0.0)
             else:
                 assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
+                assert not worker.suspended, f"{state.name} pid {worker.pid} has suspended tasks"
                 assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
             following = worker.prefetched
             if following is not None:

@@ -130,6 +130,9 @@ class WorkerRecord:
     handle: Any = None  # the node's process handle (Popen), opaque here
     env: str = ""  # runtime_env digest it was started in ("" for the plain pool)
     idle_since: float = 0.0  # monotonic time it last became idle (env workers are reaped)
+    # tasks blocked in get beneath ``task``, which a child of theirs was lent to run inside
+    # their process (nested_lending.py), innermost last, each with what it lent
+    suspended: list[tuple[TaskRecord, dict[str, float]]] = field(default_factory=list)
 
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:

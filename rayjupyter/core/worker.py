@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api, runtime_context, runtime_env
+from rayjupyter.core import api, nested_lending, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import ActorExitRequest
 from rayjupyter.core.client import Client
@@ -104,6 +104,7 @@ class TaskExecutor:
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
         token = self._enter(task)
         exiting = False
+        outer = self.running  # a task lent to us runs inside the wait of another
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
@@ -116,7 +117,7 @@ class TaskExecutor:
                 if task.generator:  # its items go out while it runs (cancel reaches it)
                     result = self._run_generator(task, result)
             finally:
-                self.running = None
+                self.running = outer
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
             message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
@@ -446,6 +447,9 @@ def main() -> None:
     runtime_context.current.node_id = client.node_id
     runtime_context.current.worker_id = client.client_id
     executor = TaskExecutor(client)
+    client.run_lent = executor.run  # children lent to a waiting task (nested_lending.py)
+    # each nested level is about 8 frames: room for nested_lending.MAX_NESTED of them
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 16 * nested_lending.MAX_NESTED))
     signal.signal(signal.SIGINT, functools.partial(_on_sigint, executor))
     while True:
         task = client.next_task()
