@@ -614,8 +614,8 @@ def _nested_chain_at_the_limit() -> tuple[Shell, list[TaskRecord], WorkerRecord]
     chain = [top]
     for level in (2, 3):
         blocked = shell.state.workers[chain[-1].worker or b""]
-        shell.run(shell.state.worker_blocked(blocked))
         chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        shell.run(shell.state.worker_blocked(blocked, chain[-1].return_ids))  # its get
         if level == 2:
             shell.schedule()  # a second process starts for it
             shell.connect_all()
@@ -633,8 +633,8 @@ def test_at_the_limit_a_child_runs_inside_its_blocked_parent_and_it_is_told_once
     assert worker.task is chain[2] and worker.suspended == [(chain[1], {"CPU": 1.0})]
     assert worker.state is WorkerState.BUSY and len(shell.state.workers) == 2
     for level in range(4, 8):  # deeper: each child inside its parent, warned no more
-        shell.run(shell.state.worker_blocked(worker))
         chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        shell.run(shell.state.worker_blocked(worker, chain[-1].return_ids))
         shell.state.turn_ended()
         out = shell.run(shell.state.assign())
         assert out == [(ns.EXECUTE, chain[-1], worker)], level
@@ -655,14 +655,20 @@ def test_at_the_limit_a_child_runs_inside_its_blocked_parent_and_it_is_told_once
     assert shell.state.resources.available == {"CPU": 1.0}
 
 
-def test_only_children_of_blocked_tasks_are_lent_and_others_wait() -> None:
+def test_only_a_child_its_parent_gets_is_lent_and_others_wait() -> None:
     shell, chain, worker = _nested_chain_at_the_limit()
     shell.state.ready.remove(chain[2])
     chain[2].state = TaskState.FAILED  # (as if it had ended)
     other = shell.submit(make_task("unrelated"))  # fits (a lent CPU) but has no process
+    # a child its parent does not get (it waits on something else, or in rj.wait)
+    sibling = shell.submit(make_task("not awaited", parent=chain[1].task_id))
     out = shell.run(shell.state.assign())
     assert ops(out) == ["WARN"] and "3 deep" in out[0][1] and not worker.suspended
-    assert other.state is TaskState.READY
+    assert other.state is TaskState.READY and sibling.state is TaskState.READY
+    shell.state.worker_unblocked(worker)  # its wait ends; a get of the sibling lends it
+    shell.run(shell.state.worker_blocked(worker, sibling.return_ids))
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["EXECUTE"] and out[0][1] is sibling and worker.task is sibling
 
 
 def test_a_lent_child_not_started_when_its_parent_s_wait_ends_is_sent_ahead() -> None:

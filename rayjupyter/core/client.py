@@ -45,6 +45,7 @@ FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to
 BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
+WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 FOREGROUND_IDLE_S = 0.01  # a driver's IO thread reads again once gets paused this long
 SILENCE_LIMIT_S = 10.0  # an attached driver gives up on a node that answered nothing for this
@@ -396,7 +397,7 @@ class Client:
         if object_id not in self.objects:
             self._awaiting_push.add(object_id)
 
-    def _blocked(self, blocked: bool) -> None:
+    def _blocked(self, blocked: bool, waiting_for: tuple[bytes, ...] = ()) -> None:
         if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
             if blocked:
                 with self._block_lock:
@@ -407,10 +408,10 @@ class Client:
                     self._blocked_waits -= 1
                     while not self._blocked_waits and self._lent:  # came as the wait ended:
                         self.tasks.put(self._lent.popleft())  # the node waits for it next
-            self.send([P.WorkerBlocked(blocked)])
+            self.send([P.WorkerBlocked(blocked, waiting_for)])
 
     def _run_lent(self, run: Callable[[P.ExecuteTask], None]) -> None:
-        """A child of the waiting task, lent to us by the node at its worker limit
+        """A task making what we wait for, lent to us by the node at its worker limit
         (nested_lending.py): run it here, inside the wait, unless the node took it back."""
         task = self._lent.popleft()
         while self._blocks_answered < self._blocks_sent and not self._closed:
@@ -436,7 +437,9 @@ class Client:
         if self._outbox:  # submits held back for batching go now: we wait on them
             self.send([])
         self._request_missing(missing)
-        self._blocked(True)
+        # a get (all of them): the tasks making them may run inside this wait at the limit
+        waiting_for = tuple(missing) if needed == len(missing) <= WAITING_FOR_MAX else ()
+        self._blocked(True, waiting_for)
         try:
             return self._wait(enough, timeout)
         finally:

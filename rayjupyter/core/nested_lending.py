@@ -1,17 +1,23 @@
-"""Nested tasks at the worker limit: a blocked parent runs its child in its own process.
+"""Nested tasks at the worker limit: a task blocked in get runs its child in its process.
 
 A task that waits in ``get`` on a child it submitted lends its CPU, and the child needs a
 worker process. Below the node's limit (``worker_limit.py``) one is started; at the limit
 no process frees up while every one of them waits on a child (a chain of nested tasks
 deeper than the limit), and the node would starve silently. Ray has no hard limit and
 starts more workers; we keep the limit (it stands for the machine's descriptors, pids and
-memory) and lend instead: when a start is refused, a ready task whose parent is blocked in
-``get`` on this node is sent to the parent's own worker, which runs it inside the wait (on
-the same stack) and then goes back to waiting. A child is the safe thing to lend: its
-parent cannot go on before its children anyway, whereas an unrelated task would hold the
-parent back for no reason. A chain of any depth then completes on the limit's processes,
-each lending at most ``MAX_NESTED`` levels deep (the stack is finite); past that, work
-waits, and the warning (once per episode, naming the setting and the depth) says why.
+memory) and lend instead: when a start is refused, a queued task whose parent is blocked
+in ``get`` of its result on this node is sent to the parent's own worker, which runs it
+inside the wait (on the same stack) and then waits on. A chain of any depth completes on
+the limit's processes, and other work gets processes again as the chain ends.
+
+Only a child that its parent gets is lent (``WorkerBlocked.waiting_for``: a get returns
+only once all it names exist, so the parent cannot go on before the child ends anyway).
+Any other task (an unrelated one, a child it does not wait for, one of several awaited
+by ``rj.wait``) might wait on what the parent does after its get, and would deadlock
+above it on the same stack: it waits for a process. A worker nests at most
+``MAX_NESTED`` levels (the stack is finite); past that, work waits. The drivers hear it
+once per node (``WorkerLimit.refused``), with the depth and the setting to raise. A get
+with a timeout may overrun it by the time the lent child runs.
 
 Pure functions over ``NodeState``'s tables; ``NodeState.assign`` pairs what they find.
 """
@@ -41,13 +47,15 @@ def blocked_parents(workers: Iterable[WorkerRecord]) -> dict[bytes, WorkerRecord
         and worker.task is not None
         and not worker.actor_id
         and not worker.env
+        and not worker.task.gpu_ids  # (a child would reset its CUDA_VISIBLE_DEVICES)
         and len(worker.suspended) < MAX_NESTED
     }
 
 
 def lendable(ready: Iterable[TaskRecord], parents: dict[bytes, WorkerRecord]) -> list[TaskRecord]:
-    """Queued children (among the first SCAN) of the waiting tasks, one per parent: plain
-    tasks of no runtime_env and no GPU (the parent's process has neither set up)."""
+    """Queued children (among the first SCAN) that their waiting parents get (a get: the
+    parent cannot go on before it has them anyway), one per parent: plain tasks of no
+    runtime_env and no GPU (the parent's process has neither set up)."""
     found: list[TaskRecord] = []
     taken: set[bytes] = set()
     for task in islice(ready, SCAN):
@@ -56,6 +64,8 @@ def lendable(ready: Iterable[TaskRecord], parents: dict[bytes, WorkerRecord]) ->
             parent is not None
             and parent in parents
             and parent not in taken
+            and task.return_ids
+            and task.return_ids[0] in _waits_for(parents[parent])
             and task.state is TaskState.READY
             and not task.env
             and not task.actor_id
@@ -64,6 +74,10 @@ def lendable(ready: Iterable[TaskRecord], parents: dict[bytes, WorkerRecord]) ->
             taken.add(parent)
             found.append(task)
     return found
+
+
+def _waits_for(worker: WorkerRecord) -> tuple[bytes, ...]:
+    return worker.task.waits_for if worker.task is not None else ()
 
 
 def depth(tasks: dict[bytes, TaskRecord], task: TaskRecord) -> int:

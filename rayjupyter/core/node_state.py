@@ -290,13 +290,17 @@ class NodeState:
             out.append((FAILED, task, error))
         return out
 
-    def worker_blocked(self, worker: WorkerRecord) -> list[Instruction]:
+    def worker_blocked(
+        self, worker: WorkerRecord, waiting_for: tuple[bytes, ...] = ()
+    ) -> list[Instruction]:
         """Its task waits in get/wait: lend its CPUs out (a bundle's too), take back a task
         sent ahead (it may be the very one it waits for). Always answered with one REVOKE
         (of nothing, if nothing was sent ahead): the worker waits for it before starting
-        anything it got earlier, so a task taken back never runs twice."""
+        anything it got earlier, so a task taken back never runs twice. ``waiting_for``:
+        a get's objects, whose tasks may run inside the wait at the limit (``_lend``)."""
         if worker.task is None or worker.state is not WorkerState.BUSY:
             return [(REVOKE, None, worker, True)]
+        worker.task.waits_for = waiting_for
         out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
         total = self.resources.total
         lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
@@ -315,6 +319,7 @@ class NodeState:
             self._unlend(worker)
         if worker.state is not WorkerState.BLOCKED:
             return
+        worker.task.waits_for = ()
         total = self.resources.total
         lent = worker.lent
         if all(key in total for key in lent):
@@ -438,8 +443,8 @@ class NodeState:
         return out
 
     def _lend(self) -> list[Instruction]:
-        """At the limit, queued children of tasks blocked in get run inside their parents'
-        processes (``nested_lending``)."""
+        """At the limit, a queued task that a task blocked in get waits for (its child)
+        runs inside the waiting task's process (``nested_lending``)."""
         parents = nested_lending.blocked_parents(self.workers.values())
         if not parents:
             return _NONE

@@ -273,7 +273,7 @@ class NodeTasks:
         if worker is None:
             return
         if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
-            self.execute(self.state.worker_blocked(worker))
+            self.execute(self.state.worker_blocked(worker, message.waiting_for))
         else:
             self.state.worker_unblocked(worker)
 
@@ -360,11 +360,15 @@ class NodeTasks:
             self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.actor_part.start_actor_in(instruction[1])
-        elif op == ATTEMPT_LOST:  # its node retries it: our returns stay unset
+        elif op == ATTEMPT_LOST:  # its node retries it: our returns are never made
             task = instruction[1]
             self.events.ended(task.task_id, failed=True)
             self.send(task.owner, P.AttemptLost(task.task_id, *instruction[2:]))
             self.forget_task(task)
+            for object_id in task.return_ids:  # (its node's RefOps drop the holds)
+                entry = self.objects.get(object_id)
+                if entry is not None and not entry.ready:
+                    del self.objects[object_id]
         elif op == WARN:
             for driver in self.drivers():
                 self.send(driver, P.LogLines(2, instruction[1]))

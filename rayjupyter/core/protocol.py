@@ -173,6 +173,9 @@ class WorkerBlocked(NamedTuple):
     """A worker waits in get/wait: the node may lend its CPU to other tasks."""
 
     blocked: bool
+    # a get: the objects it cannot go on without (at most WAITING_FOR_MAX; else none): at
+    # the worker limit the task making one of them may run inside the wait (nested_lending)
+    waiting_for: tuple[bytes, ...] = ()
 
 
 class Heartbeat(NamedTuple):

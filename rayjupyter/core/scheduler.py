@@ -93,6 +93,9 @@ class TaskRecord:
     # forwarded here by a peer node, which counts its attempts: a retryable loss goes back
     # to it (AttemptLost) instead of failing or being retried here
     retried_by_owner: bool = False
+    # blocked in a get of these objects (WorkerBlocked.waiting_for): the tasks that make
+    # them may run inside the wait at the worker limit (nested_lending.py)
+    waits_for: tuple[bytes, ...] = ()
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:

@@ -102,9 +102,10 @@ class TaskExecutor:
         return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
+        outer = self.running  # a task lent to us runs inside the wait of another
+        placement = runtime_context.current.placement  # (the waiting task's, then)
         token = self._enter(task)
         exiting = False
-        outer = self.running  # a task lent to us runs inside the wait of another
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
@@ -130,6 +131,7 @@ class TaskExecutor:
             message = self._failure(task, exc)
         finally:
             runtime_context.current_task.reset(token)
+            runtime_context.current.placement = placement
         self._finish(message, exiting)
 
     def _stop_if_cancelled(self, task_id: bytes) -> None:
