@@ -25,10 +25,17 @@ Pure functions over ``NodeState``'s tables; ``NodeState.assign`` pairs what they
 from __future__ import annotations
 
 import sys
+from collections import deque
 from collections.abc import Iterable
 from itertools import islice
 
-from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, WorkerState
+from rayjupyter.core.scheduler import (
+    ResourcePool,
+    TaskRecord,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+)
 
 #: tasks a worker runs nested inside its waiting ones, at most: each level is about 8
 #: Python frames (the worker raises its recursion limit to fit them); 3.11 runs a Python
@@ -36,6 +43,37 @@ from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord, Worke
 MAX_NESTED = 1000 if sys.version_info >= (3, 11) else 200
 #: queued tasks looked at per scheduling turn for a blocked parent
 SCAN = 256
+
+
+def lend(
+    workers: Iterable[WorkerRecord], ready: deque[TaskRecord], resources: ResourcePool
+) -> list[tuple[TaskRecord, WorkerRecord]]:
+    """Which queued children go to which waiting parents' workers now: taken off the
+    queue here; ``NodeState._lend`` moves each parent onto its worker's suspended stack."""
+    parents = blocked_parents(workers)
+    if not parents:
+        return []
+    pairs = []
+    for task in lendable(ready, parents):
+        if resources.fits(task.demand):
+            ready.remove(task)
+            pairs.append((task, parents[task.parent or b""]))
+    return pairs
+
+
+def detail(
+    workers: dict[bytes, WorkerRecord], tasks: dict[bytes, TaskRecord], ready: deque[TaskRecord]
+) -> str:
+    """For the warning at the limit: how many processes wait on nested tasks, how deep."""
+    blocked = [w for w in workers.values() if w.state is WorkerState.BLOCKED]
+    level = deepest(tasks, ready, blocked)
+    if level < 2:
+        return ""
+    return (
+        f"{len(blocked)} of them wait in get on nested tasks, {level} deep so far; a child "
+        f"that its parent gets runs inside the parent's process meanwhile (at most "
+        f"{MAX_NESTED} levels in one process)"
+    )
 
 
 def blocked_parents(workers: Iterable[WorkerRecord]) -> dict[bytes, WorkerRecord]:

@@ -436,7 +436,11 @@ class NodeState:
             if count > 0:
                 out.append((SPAWN, "", count))
             if missing > max(count, 0):
-                detail = "" if self.limit.reached else self._nested_detail()  # (told once)
+                detail = (  # (told once: no scan while an episode is on)
+                    ""
+                    if self.limit.reached
+                    else nested_lending.detail(self.workers, self.tasks, self.ready)
+                )
                 if count <= 0:  # at the limit: waiting parents run their children
                     out += self._lend()
                 out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0), detail)
@@ -445,17 +449,11 @@ class NodeState:
     def _lend(self) -> list[Instruction]:
         """At the limit, a queued task that a task blocked in get waits for (its child)
         runs inside the waiting task's process (``nested_lending``)."""
-        parents = nested_lending.blocked_parents(self.workers.values())
-        if not parents:
-            return _NONE
         out: list[Instruction] = []
-        for task in nested_lending.lendable(self.ready, parents):
-            if not self.resources.fits(task.demand):
-                continue
-            self.ready.remove(task)
-            worker = parents[task.parent or b""]
-            assert worker.task is not None and worker.prefetched is None
-            worker.suspended.append((worker.task, worker.lent))
+        for task, worker in nested_lending.lend(self.workers.values(), self.ready, self.resources):
+            parent = worker.task
+            assert parent is not None  # (blocked in get: nested_lending.blocked_parents)
+            worker.suspended.append((parent, worker.lent))
             worker.task, worker.lent = task, {}
             self.resources.acquire(task.demand)
             task.transition(TaskState.RUNNING)
@@ -463,19 +461,6 @@ class NodeState:
             worker.transition(WorkerState.BUSY)
             out.append((EXECUTE, task, worker))
         return out
-
-    def _nested_detail(self) -> str:
-        """For the warning at the limit: how deep the nested tasks waiting here go."""
-        blocked = [w for w in self.workers.values() if w.state is WorkerState.BLOCKED]
-        deepest = nested_lending.deepest(self.tasks, self.ready, blocked)
-        if deepest < 2:
-            return ""
-        blocked_count = len(blocked)
-        return (
-            f"{blocked_count} of them wait in get on nested tasks, {deepest} deep so far; a queued "
-            f"child now runs inside its waiting parent's process (at most "
-            f"{nested_lending.MAX_NESTED} levels in one process)"
-        )
 
     def limit_reached(
         self, waiting: int, what: str, planned: int = 0, detail: str = ""
