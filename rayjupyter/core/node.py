@@ -159,6 +159,10 @@ class Node:
             self.port = self.tcp_router.bind_to_random_port(f"tcp://{config.host}")
         self.tcp_clients: set[bytes] = set()
         self.address = f"{config.host}:{self.port}"
+        # TCP peers without the secret fail the handshake before ZAP: reported from here
+        self.handshakes = auth.HandshakeMonitor(
+            self.tcp_router, f"tcp://{self.address}", self.zap.refusals
+        )
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
@@ -198,6 +202,7 @@ class Node:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.tcp_router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
+        self.poller.register(self.handshakes.socket, zmq.POLLIN)
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
@@ -221,6 +226,7 @@ class Node:
             log_clients=lambda: (*self.drivers(), *self.node_clients),
             actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
             running=lambda: self.running,
+            refusals=self.zap.refusals,
         )
         self.channels = self.pool.channels
         self.pipes = self.pool.pipes
@@ -374,6 +380,7 @@ class Node:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
+                    self.zap.refusals.tick()  # a window's summary of refused connections
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                 self.membership.tick()
@@ -396,6 +403,8 @@ class Node:
                         tcp_ready = True
                     elif source is self.zap.socket:
                         self.zap.handle()
+                    elif source is self.handshakes.socket:
+                        self.handshakes.handle()
                     elif source in exit_fds:
                         exited.append(source)
                     elif source in link_of_socket:
@@ -585,6 +594,7 @@ class Node:
             self.peer_links.drop_link(address)
         for client in list(self.channels):
             self.pool.close_channel(client)
+        self.handshakes.close()
         self.router.close(0)
         self.tcp_router.close(0)
         self.zap.close()

@@ -1,0 +1,132 @@
+"""What a node owes its machine under attack and after faults: every refused connection
+reported (bounded), a burst of local connections queued rather than refused, no session
+folder (with the secret) left by a killed node, no process left by a task that detached
+one, and a clear error for an object id that is no object id."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+
+import zmq
+
+import rayjupyter as rj
+from rayjupyter.core import auth, discovery, ids, local_channel
+from rayjupyter.core.api import _parse_address
+
+
+def node_pid(ctx: rj.ClusterContext) -> int:
+    record = discovery.read_cluster_file(ctx.address_info["session"])
+    assert record is not None
+    return int(record["pid"])
+
+
+# ---------------------------------------------------------------- refused connections
+
+
+def test_refused_connections_are_each_logged_with_their_peer_and_floods_summarized(capfd):
+    refused_line = re.compile(r"refused a connection on (.+?) from (.+?): (.+)$")
+    lines: list[str] = []
+
+    def read() -> list[str]:
+        lines.extend(capfd.readouterr().err.splitlines())
+        return lines
+
+    ctx = rj.init(num_cpus=1)
+    try:
+        hostport, _ = _parse_address(ctx.connect_address)
+        path = local_channel.socket_path(ctx.address_info["session"])
+        # 30 local connections with a wrong proof of the secret
+        for _ in range(30):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(path)
+                sock.sendall(b"x" * local_channel.AUTH_SIZE)
+                assert sock.recv(1) == b""  # the node closed it
+        # then clients over TCP with the wrong secret (CurveZMQ keys of another cluster)
+        context = zmq.Context()
+        sockets = []
+        try:
+            for _ in range(3):
+                sock = context.socket(zmq.DEALER)
+                sock.linger = 0
+                auth.secure_client(sock, "not-the-secret", f"tcp://{hostport}")
+                sock.connect(f"tcp://{hostport}")
+                sockets.append(sock)
+            time.sleep(0.5)  # let them try (they retry: each try is a refusal)
+        finally:
+            for sock in sockets:
+                sock.close(0)
+            context.term()
+    finally:
+        rj.shutdown()  # the node's last words: the summary of what it did not show
+    read()
+    shown = [m for m in map(refused_line.search, lines) if m]
+    assert len(shown) == 20, lines  # one window: the first 20 shown...
+    me = f"pid {os.getpid()} uid {os.getuid()}"
+    assert all(m.group(2) == me and m.group(3) == "wrong or missing secret" for m in shown)
+    assert shown[0].group(1) == path
+    (summary,) = [line for line in lines if "suppressed" in line]  # ...the rest counted
+    suppressed = int(re.search(r"suppressed (\d+) more", summary).group(1))  # type: ignore[union-attr]
+    assert suppressed >= 30 + 3 - 20
+    assert f"{me} (10)" in summary and "127.0.0.1 (" in summary, summary
+
+
+def test_refusal_log_shows_a_burst_per_window_and_sums_the_rest():
+    now = [0.0]
+    out: list[str] = []
+    log = auth.RefusalLog(shown=2, window_s=60, write=out.append, clock=lambda: now[0])
+    for peer in ["a", "b", "c", "c", "d"]:
+        log.refused("tcp", peer, "wrong or missing secret")
+    assert [line.split(" from ")[1] for line in out[:2]] == [
+        "a: wrong or missing secret",
+        "b: wrong or missing secret",
+    ]
+    assert len(out) == 3  # two refusals and the note that further ones are counted
+    now[0] = 61.0
+    log.tick()  # the window ends: one line for the three not shown, most frequent first
+    assert out[-1].endswith(
+        "suppressed 3 more refused connection(s) (at most 2 lines per 60 s); from c (2), d (1)"
+    )
+    log.refused("tcp", "e", "wrong or missing secret")  # a new window shows again
+    assert out[-1].endswith("from e: wrong or missing secret")
+    log.flush()
+    assert len(out) == 5 and log.total == 6
+
+
+# ---------------------------------------------------------------- a burst of local drivers
+
+
+def test_a_burst_of_300_local_connections_is_queued_not_refused(cluster):
+    hostport, secret = _parse_address(cluster.connect_address)
+    pid = node_pid(cluster)
+    fds: list[int | None] = []
+    os.kill(pid, signal.SIGSTOP)  # the node's loop is busy: nothing is accepted meanwhile
+    try:
+        fds = [local_channel.connect(hostport, secret, ids.new_client_id()) for _ in range(300)]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        connected = [fd for fd in fds if fd is not None]
+    try:
+        assert len(connected) == 300, f"{300 - len(connected)} of 300 connections refused"
+
+        def all_open() -> bool:  # the node accepted each and kept it (its proof was right)
+            for fd in connected:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1, socket.MSG_PEEK) == b"":
+                            return False
+                    except BlockingIOError:
+                        pass
+            return True
+
+        assert rj.get(rj.put(1), timeout=30) == 1  # the node has run its loop since...
+        assert all_open()  # ...and kept every connection
+    finally:
+        for fd in connected:
+            os.close(fd)
+    assert rj.get(rj.put(2), timeout=30) == 2  # and serves on once they are gone
