@@ -5,17 +5,22 @@ one, and a clear error for an object id that is no object id."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import zmq
+from helpers import wait_for_pids_gone
 
 import rayjupyter as rj
 from rayjupyter.core import auth, discovery, ids, local_channel
 from rayjupyter.core.api import _parse_address
+from rayjupyter.core.config import session_dir
 
 
 def node_pid(ctx: rj.ClusterContext) -> int:
@@ -130,3 +135,61 @@ def test_a_burst_of_300_local_connections_is_queued_not_refused(cluster):
         for fd in connected:
             os.close(fd)
     assert rj.get(rj.put(2), timeout=30) == 2  # and serves on once they are gone
+
+
+# ---------------------------------------------------------------- a killed node's session
+
+
+_HOLDER = """
+import sys, numpy as np, rayjupyter as rj
+from rayjupyter.core import discovery
+ctx = rj.init(num_cpus=1)
+ref = rj.put(np.zeros(4 << 20, dtype=np.uint8))  # in shared memory: a file in /dev/shm
+session = ctx.address_info["session"]
+print(session, discovery.read_cluster_file(session)["pid"], flush=True)
+sys.stdin.read()
+"""
+
+
+def shm_files(session: str) -> list[str]:
+    return glob.glob(f"/dev/shm/rj-{session}-*")
+
+
+def test_a_killed_nodes_folder_and_memory_are_removed_by_its_driver_or_the_next_node():
+    # its driver is alive: rj.shutdown() removes what the node could not
+    ctx = rj.init(num_cpus=1)
+    try:
+        session, pid = ctx.address_info["session"], node_pid(ctx)
+        os.kill(pid, signal.SIGKILL)
+        wait_for_pids_gone([pid])
+        assert os.path.exists(discovery.cluster_file(session))  # with the secret in it
+    finally:
+        rj.shutdown()
+    assert not os.path.exists(session_dir(session))
+
+    # node and driver both killed: nobody is left to clean, so the next node does
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    try:
+        assert holder.stdout is not None
+        session, pid_text = holder.stdout.readline().decode().split()
+        pid = int(pid_text)
+        os.kill(pid, signal.SIGKILL)
+        holder.kill()
+        holder.wait(10)
+        wait_for_pids_gone([pid])
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+    secret_copy = discovery.cluster_file(session)
+    assert os.path.exists(secret_copy) and shm_files(session)
+    assert session not in {c["session"] for c in discovery.list_local_clusters()}
+    with rj.init(num_cpus=1) as ctx:
+        assert not os.path.exists(session_dir(session)), "a dead node's folder is left"
+        assert not shm_files(session), "a dead node's shared memory is left"
+        assert os.path.exists(discovery.cluster_file(ctx.address_info["session"]))

@@ -608,6 +608,8 @@ def main() -> None:
     if not secret:
         raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
     config.session = config.session or os.urandom(4).hex()
+    # what nodes killed before us left (their secret, their shared memory): ours to clear
+    discovery.remove_stale_sessions(keep=config.session)
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
     import rayjupyter.core.worker  # noqa: F401 - imported once here, shared by forked workers
 
