@@ -5,6 +5,7 @@ one, and a clear error for an object id that is no object id."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -14,8 +15,9 @@ import subprocess
 import sys
 import time
 
+import psutil
 import zmq
-from helpers import wait_for_pids_gone
+from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
 from rayjupyter.core import auth, discovery, ids, local_channel
@@ -193,3 +195,49 @@ def test_a_killed_nodes_folder_and_memory_are_removed_by_its_driver_or_the_next_
         assert not os.path.exists(session_dir(session)), "a dead node's folder is left"
         assert not shm_files(session), "a dead node's shared memory is left"
         assert os.path.exists(discovery.cluster_file(ctx.address_info["session"]))
+
+
+# ---------------------------------------------------------------- processes tasks detach
+
+
+@rj.remote
+def detach_a_sleeper() -> int:
+    """Start a process the way daemons do (the shell forks it, then exits: it is orphaned
+    in a session of its own) and return its pid."""
+    out = subprocess.run(
+        ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    return int(out.stdout.strip())
+
+
+def test_a_process_a_task_detached_does_not_outlive_shutdown():
+    ctx = rj.init(num_cpus=1)
+    pid = 0
+    try:
+        node = node_pid(ctx)
+        pid = rj.get(detach_a_sleeper.remote(), timeout=60)
+        proc = psutil.Process(pid)
+        assert proc.ppid() == node  # adopted by the node, not by init
+        assert proc.status() != psutil.STATUS_ZOMBIE
+        rj.shutdown()
+        wait_for_pids_gone([pid], timeout=15)
+    finally:
+        if rj.is_initialized():
+            rj.shutdown()
+        if pid and psutil.pid_exists(pid):  # the defect: kill it so the machine stays clean
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_node_reaps_the_detached_processes_that_exit(cluster):
+    node = psutil.Process(node_pid(cluster))
+    pid = rj.get(detach_a_sleeper.remote(), timeout=60)
+    assert psutil.Process(pid).ppid() == node.pid
+    os.kill(pid, signal.SIGTERM)
+    # an adopted child that exits is reaped (no zombie piles up under the node)
+    wait_for_condition(lambda: not psutil.pid_exists(pid), timeout=10)
+    assert all(c.status() != psutil.STATUS_ZOMBIE for c in node.children())

@@ -35,6 +35,7 @@ from rayjupyter.core import (
     auth,
     discovery,
     protocol,
+    spawn,
     task_events,
     worker_limit,
 )
@@ -381,6 +382,7 @@ class Node:
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
                     self.zap.refusals.tick()  # a window's summary of refused connections
+                    self.pool.reap_adopted()  # tasks' orphaned processes that exited
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                 self.membership.tick()
@@ -586,6 +588,7 @@ class Node:
         for pipes in self.pipes.values():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pipes.pid, 0)  # SIGKILLed: this returns at once
+        spawn.kill_descendants()  # what tasks started and left behind (we are its subreaper)
         self.store.shutdown()
         for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
             with contextlib.suppress(FileNotFoundError):
@@ -608,6 +611,7 @@ def main() -> None:
     if not secret:
         raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
     config.session = config.session or os.urandom(4).hex()
+    spawn.become_subreaper()  # processes tasks detach stay below us (see spawn.py)
     # what nodes killed before us left (their secret, their shared memory): ours to clear
     discovery.remove_stale_sessions(keep=config.session)
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)

@@ -245,6 +245,11 @@ class NodeWorkers:
             if opened < deadline:
                 self._drop_unproven(fd, reason="no secret within the time allowed")
 
+    def reap_adopted(self) -> None:
+        """Reap the exited orphans of tasks' processes (the node is their subreaper)."""
+        own = {p.pid for p in self.pipes.values()} | {p.pid for p in self.exiting.values()}
+        spawn.reap_adopted(own)
+
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)
         if link.has_pending:  # the loop writes the rest when the socket has room
