@@ -16,6 +16,7 @@ import sys
 import time
 
 import psutil
+import pytest
 import zmq
 from helpers import wait_for_condition, wait_for_pids_gone
 
@@ -241,3 +242,25 @@ def test_the_node_reaps_the_detached_processes_that_exit(cluster):
     # an adopted child that exits is reaped (no zombie piles up under the node)
     wait_for_condition(lambda: not psutil.pid_exists(pid), timeout=10)
     assert all(c.status() != psutil.STATUS_ZOMBIE for c in node.children())
+
+
+# ---------------------------------------------------------------- object ids
+
+
+def test_an_objectref_of_bytes_that_are_no_object_id_is_refused_at_once(cluster):
+    for made_up, error, words in [
+        (b"random", ValueError, "an object id is 20 bytes, got 6"),
+        (os.urandom(20), ValueError, "was not made by any task or put"),
+        (bytes(20), ValueError, "was not made by any task or put"),
+        ("00" * 20, TypeError, "bytes.fromhex"),
+    ]:
+        with pytest.raises(error, match="Not an object id") as info:
+            rj.ObjectRef(made_up)
+        assert words in str(info.value) and "ref.binary()" in str(info.value)
+    ref = rj.put("kept")
+    again = rj.ObjectRef(ref.binary())  # the bytes of a live ref make a ref to it
+    assert rj.get(again, timeout=30) == "kept"
+    # a well-formed id nobody made here: not "lost", but not known to this cluster
+    stranger = rj.ObjectRef(os.urandom(8) + (1).to_bytes(8, "big") + bytes(4))
+    with pytest.raises(rj.exceptions.ObjectLostError, match="not known to this cluster"):
+        rj.get(stranger, timeout=30)
