@@ -56,6 +56,7 @@ def client_keys(secret: str) -> tuple[bytes, bytes]:
 REFUSALS_SHOWN = 20  # refused connections logged one line each per window...
 REFUSAL_WINDOW_S = 60.0  # ...after which a window's other refusals are one summary line
 REFUSAL_PEERS_NAMED = 5  # peers a summary names (the most frequent), the rest counted
+MAX_TRACKED_CONNECTIONS = 65536  # open TCP connections whose peer is remembered
 
 
 class RefusalLog:
@@ -217,6 +218,8 @@ class HandshakeMonitor:
                 continue
             event, value = struct.unpack("=hi", frames[0][:6])
             if event == zmq.EVENT_ACCEPTED:
+                if len(self._peers) >= MAX_TRACKED_CONNECTIONS:  # events were dropped
+                    del self._peers[next(iter(self._peers))]
                 self._peers[value] = _tcp_peer(value)
             elif event in _HANDSHAKE_FAILED:
                 self._failed = _HANDSHAKE_FAILED[event]
