@@ -89,7 +89,7 @@ BOUNDS: dict[str, Bound] = {
         64,
         "connections to the local channel (channel.sock) that have not proved the secret; "
         "each may send at most the proof's 69 bytes, for at most 5 s",
-        "a new connection is closed at once (logged, at most once every 5 s)",
+        "a new connection is closed at once (logged in the node's refusal log)",
     ),
     "log_backlog_bytes": Bound(
         "RAYJUPYTER_LOG_BACKLOG_BYTES",

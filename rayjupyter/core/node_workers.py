@@ -18,7 +18,7 @@ import os
 import select
 import signal
 import socket
-import sys
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import channel, ids, local_channel, protocol, spawn
+from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
@@ -86,6 +86,7 @@ class NodeWorkers:
         log_clients: Callable[[], Iterable[bytes]],
         actor_class: Callable[[bytes], str | None],
         running: Callable[[], bool],
+        refusals: auth.RefusalLog,
     ) -> None:
         self.secret = secret
         self.session = session
@@ -104,13 +105,13 @@ class NodeWorkers:
         self.log_clients = log_clients  # who hears workers' output: drivers, peer nodes
         self.actor_class = actor_class  # an actor's class name (its worker's output prefix)
         self.running = running
+        self.refusals = refusals  # the node's one log of refused connections (rate-bounded)
         self.channels: dict[bytes, Channel] = {}  # client -> its link (see channel.py)
         self.channel_fds: dict[int, bytes] = {}  # a channel's descriptor -> its client
         self.pipes: dict[bytes, WorkerPipes] = {}
         self.exiting: dict[bytes, WorkerPipes] = {}
         self.unproven: dict[int, tuple[socket.socket, bytearray, float]] = {}
         self.max_unproven = bound("unauthenticated")
-        self.last_refusal_report = 0.0
         self.channel_listener: socket.socket | None = None
         self.log_backlog = bound("log_backlog_bytes")
         self.dropped_lines: dict[bytes, int] = {}  # per slow local driver, not yet told
@@ -185,7 +186,10 @@ class NodeWorkers:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         listener.bind(path)
-        listener.listen(64)
+        # the kernel's largest backlog: a burst of drivers (a notebook's threads, a
+        # dashboard, status pollers) while the loop is busy waits in the queue; a short
+        # one refused them (EAGAIN on a Unix socket) and sent them to the slower zmq path
+        listener.listen(socket.SOMAXCONN)
         listener.setblocking(False)
         self.channel_listener = listener
         self.poll.handle(listener.fileno(), self._on_local_connection)
@@ -200,12 +204,13 @@ class NodeWorkers:
             except OSError:  # e.g. out of descriptors: the client times out and says so
                 return
             if len(self.unproven) >= self.max_unproven:
-                conn.close()
-                self._report_refusal(
+                self.refusals.refused(
+                    local_channel.socket_path(self.session),
+                    _peer(conn),
                     f"{self.max_unproven} connections have not proved the secret yet "
                     f"(raise {BOUNDS['unauthenticated'].env} if that many are legitimate)",
-                    rate_limited=True,
                 )
+                conn.close()
                 continue
             conn.setblocking(False)
             self.unproven[conn.fileno()] = (conn, bytearray(), time.monotonic())
@@ -241,18 +246,10 @@ class NodeWorkers:
     def _drop_unproven(self, fd: int, reason: str) -> None:
         conn, _, _ = self.unproven.pop(fd)
         self.poll.forget(fd)
-        conn.close()
         if reason:
-            self._report_refusal(reason)
-
-    def _report_refusal(self, reason: str, rate_limited: bool = False) -> None:
-        now = time.monotonic()
-        if rate_limited and now - self.last_refusal_report < 5.0:
-            return  # a flood of connections must not become a flood of lines
-        self.last_refusal_report = now
-        where = local_channel.socket_path(self.session)
-        print(f"rayjupyter node: refused a connection on {where}: {reason}", file=sys.stderr)
-        sys.stderr.flush()
+            where = local_channel.socket_path(self.session)
+            self.refusals.refused(where, _peer(conn), reason)
+        conn.close()
 
     def expire_unproven(self) -> None:
         """Close connections that did not prove the secret in time (once a second)."""
@@ -260,6 +257,11 @@ class NodeWorkers:
         for fd, (_, _, opened) in list(self.unproven.items()):
             if opened < deadline:
                 self._drop_unproven(fd, reason="no secret within the time allowed")
+
+    def reap_adopted(self) -> None:
+        """Reap the exited orphans of tasks' processes (the node is their subreaper)."""
+        own = {p.pid for p in self.pipes.values()} | {p.pid for p in self.exiting.values()}
+        spawn.reap_adopted(own)
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)
@@ -379,3 +381,17 @@ class NodeWorkers:
         instructions = self.state.worker_died(worker, cause, respawn=self.running())
         self.release_client(worker.client_id)
         self.execute(instructions)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer(conn: socket.socket) -> str:
+    """Who is at the other end of a Unix socket: its pid and uid (SO_PEERCRED)."""
+    try:
+        pid, uid, _ = _UCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError:
+        return "an unknown local process"
+    return f"pid {pid} uid {uid}"
