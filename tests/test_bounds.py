@@ -73,6 +73,32 @@ def test_task_events_forget_the_first_ended_then_the_oldest_open() -> None:
     assert ids[4] in log.events and ids[3] not in log.events
 
 
+def test_the_state_machine_counts_each_submitters_tasks_until_they_are_forgotten() -> None:
+    from rayjupyter.core.node_state import NodeState
+    from rayjupyter.core.scheduler import ResourcePool, TaskRecord
+    from rayjupyter.core.worker_limit import WorkerLimit
+
+    state = NodeState(ResourcePool({"CPU": 2.0}), pool_size=2, limit=WorkerLimit(64))
+
+    def task(n: int, owner: bytes) -> TaskRecord:
+        task_id = n.to_bytes(8, "big")
+        return TaskRecord(task_id, owner, "f", b"f", b"", (), (), (task_id + b"r",), {}, 0, False)
+
+    first = [task(i, b"a") for i in range(3)]
+    for record in first:
+        state.submit(record)
+    state.submit(task(10, b"b"))
+    assert state.owned == {b"a": 3, b"b": 1}
+    assert not state.over_limit(first[-1], 3) and state.over_limit(first[-1], 2)
+    state.fail(first[0])
+    assert state.forget(first[0]) and not state.forget(first[0])  # twice: counted once
+    assert state.owned == {b"a": 2, b"b": 1}
+    for record in first[1:]:
+        state.fail(record)
+        state.forget(record)
+    assert state.owned == {b"b": 1}  # a submitter with none left leaves the table
+
+
 def test_a_bad_bound_setting_is_a_one_line_error_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
