@@ -300,3 +300,77 @@ def test_a_client_over_zmq_sends_frames_past_the_frame_bound_in_parts(
         assert queries.status(client, timeout=20).total["CPU"] == 2.0
     finally:
         client.close()
+
+
+_SLOW_DRIVER = """
+import sys, threading
+import rayjupyter as rj
+
+noted = threading.Event()
+
+class Watch:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        if "lines of worker output were dropped" in text:
+            noted.set()
+        return self.stream.write(text)
+    def flush(self):
+        self.stream.flush()
+
+sys.stderr = Watch(sys.stderr)
+rj.init(address=sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+print("noted" if noted.wait(30) else "not noted", flush=True)
+rj.shutdown()
+"""
+
+
+def test_a_stopped_driver_misses_output_past_its_backlog_and_hears_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers print 16 MB while one attached driver is stopped (SIGSTOP): the node keeps
+    at most the backlog bound for it, and once it runs again it hears how many lines it
+    missed, naming the setting; the other driver got every line."""
+    import signal
+
+    import rayjupyter as rj
+
+    monkeypatch.setenv(BOUNDS["log_backlog_bytes"].env, str(256 * 1024))
+    ctx = rj.init(num_cpus=1)
+    slow = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_DRIVER, ctx.connect_address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert slow.stdout is not None and slow.stdin is not None
+        assert slow.stdout.readline().strip() == "ready"
+
+        @rj.remote
+        def spam(lines: int) -> int:
+            for i in range(lines):
+                print(f"line {i:08d} " + "x" * 90)
+            return lines
+
+        os.kill(slow.pid, signal.SIGSTOP)
+        try:
+            assert rj.get(spam.remote(160_000), timeout=60) == 160_000
+        finally:
+            os.kill(slow.pid, signal.SIGCONT)
+        node = _node_process()
+        assert node.memory_info().rss < 400 * MIB  # not the 16 MB per stopped driver, kept
+        assert rj.get(spam.remote(1), timeout=30) == 1  # output the driver has room for
+        slow.stdin.write("\n")
+        slow.stdin.flush()
+        said = [line.strip() for line in slow.stdout]  # its workers' output, then its verdict
+        assert slow.wait(30) == 0
+        assert "noted" in said and "not noted" not in said
+        assert len(said) < 160_000  # it missed lines
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait(10)
+        rj.shutdown()

@@ -455,7 +455,7 @@ class Node:
         router.rcvhwm = 0
         # no frame larger than this is read, from anyone: before authentication a stranger
         # could otherwise make libzmq hold a frame of any size it declares (our clients and
-        # peers split theirs, protocol.split_frame); a handshake not done in time is dropped
+        # peers split theirs, transport.send_frame); a handshake not done in time is dropped
         router.maxmsgsize = self.frame_bytes
         router.handshake_ivl = HANDSHAKE_MS  # (libzmq's default: 30 s)
         auth.secure_server(router, secret, curve=curve)
