@@ -233,7 +233,7 @@ class NodeGenerators:
         if not stream.abandoned and stream.owner in node.clients:
             node.hold(stream.owner, object_id)  # handed to the owner's ref by next(gen)
             if stream.owner in node.node_clients:  # a peer forwarded the task: push it there
-                entry.subscribers.add(stream.owner)
+                entry.subscribe(stream.owner)
         node.set_ready(object_id, inline, size, is_error, contained, location=location)
 
     def _send_credit(self, stream: GeneratorStream, always: bool = False) -> None:

@@ -137,7 +137,7 @@ class NodePulls:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(shm_path(self.node.session, pull.object_id))
             return
-        entry.copies.add(pull.address)  # our hold there stays until we free it
+        entry.add_copy(pull.address)  # our hold there stays until we free it
         contained = entry.contained  # held already, when the value arrived
         self.node.set_ready(pull.object_id, None, pull.size, False, ())
         entry.contained = contained
@@ -157,7 +157,7 @@ class NodePulls:
         another); the rest raise ObjectLostError."""
         rebuilding: dict[bytes, TaskRecord] = {}
         for object_id, entry in list(self.node.objects.items()):
-            entry.copies.discard(address)
+            entry.drop_copy(address)
             if entry.location != address:
                 continue
             task_id = ids.task_of(object_id)
