@@ -73,7 +73,7 @@ BOUNDS: dict[str, Bound] = {
         "RAYJUPYTER_MAX_TASKS_PER_DRIVER",
         1_000_000,
         "tasks one driver (or worker, or peer node) has on the node and not yet ended: "
-        "waiting, queued or running (about 2 KB of node memory each)",
+        "waiting, queued or running (about 1.5 KB of node memory each)",
         "the next task fails at once (get raises TaskUnschedulableError naming the setting)",
     ),
     "frame_bytes": Bound(

@@ -217,7 +217,7 @@ class NodeTasks:
             f"Task {task.name!r} was refused: its submitter already has "
             f"{self.max_tasks_per_client:,} tasks on this node that have not ended (waiting, "
             f"queued or running). Wait for some (rj.get / rj.wait) before submitting more, "
-            f"or raise {spec.env} where the cluster starts (about 2 KB of node memory each)."
+            f"or raise {spec.env} where the cluster starts (about 1.5 KB of node memory each)."
         )
         return pickle.dumps(error, protocol=5)
 
