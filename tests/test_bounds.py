@@ -374,3 +374,30 @@ def test_a_stopped_driver_misses_output_past_its_backlog_and_hears_so(
             slow.kill()
             slow.wait(10)
         rj.shutdown()
+
+
+def test_full_collections_wait_for_small_tables() -> None:
+    """The node never pauses for a full collection while it holds a heavy load (one over
+    150,000 queued tasks took 1.5 s); once its tables are small it runs them, spaced."""
+    import gc
+
+    from rayjupyter.core.node_gc import FULL_EVERY_S, NEVER, SMALL_TABLES, GarbagePolicy
+
+    size = [SMALL_TABLES + 1]
+    policy = GarbagePolicy(lambda: size[0])
+    saved = gc.get_threshold()
+    try:
+        policy.start()
+        assert gc.get_threshold()[2] == NEVER  # no automatic full collection
+        policy.tick(1000.0)
+        assert policy.full_runs == 0  # loaded: none
+        size[0] = 10
+        policy.tick(1000.0)
+        assert policy.full_runs == 1
+        policy.tick(1001.0)
+        assert policy.full_runs == 1  # spaced
+        policy.tick(1000.0 + FULL_EVERY_S + 1 + policy.last_duration * 200)
+        assert policy.full_runs == 2
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()

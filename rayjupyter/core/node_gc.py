@@ -54,6 +54,7 @@ class GarbagePolicy:
         if now - self.last_full < wait or self.table_size() > SMALL_TABLES:
             return
         self.full_runs += 1
+        started = time.perf_counter()
         gc.collect()
-        self.last_full = time.monotonic()
-        self.last_duration = self.last_full - now
+        self.last_duration = time.perf_counter() - started
+        self.last_full = now + self.last_duration
