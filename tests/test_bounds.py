@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import wait_for_condition
 
 from rayjupyter.core import local_channel
 from rayjupyter.core.config import BOUNDS, bound
@@ -401,3 +402,36 @@ def test_full_collections_wait_for_small_tables() -> None:
     finally:
         gc.set_threshold(*saved)
         gc.unfreeze()
+
+
+_HOLDER = """
+import os, sys
+import rayjupyter as rj
+rj.init(address=sys.argv[1])
+refs = [rj.put(i) for i in range(50_000)]
+rj.get(refs[-1])
+print("held", flush=True)
+os._exit(0)  # gone with every ref still held
+"""
+
+
+def test_a_gone_drivers_many_holds_are_all_let_go(cluster: Any) -> None:
+    """A driver that leaves holding 50,000 refs: the node drops them over a few loop turns
+    (RELEASE_PER_TURN a turn, so it keeps answering) and every one is freed."""
+    import rayjupyter as rj
+    from rayjupyter.core import api, queries
+
+    run = subprocess.run(
+        [sys.executable, "-c", _HOLDER, cluster.connect_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.stdout.strip() == "held", run.stderr[-2000:]
+    client = api._client()
+
+    def objects_left() -> int:
+        return len(queries.list_state(client, "objects", limit=100_000, timeout=20))
+
+    wait_for_condition(lambda: objects_left() == 0, timeout=60, interval=0.1)
+    assert rj.get(rj.put(7), timeout=30) == 7

@@ -19,9 +19,9 @@ import struct
 HEADER = struct.Struct("<Q")
 READ_SIZE = 1 << 18  # bytes asked of the socket per read
 MAX_READS = 64  # per drain on a client's end (16 MiB)
-# per drain on the node's end (1 MiB, a few thousand submits): a driver that floods its
+# per drain on the node's end (256 KiB, about a thousand submits): a driver that floods its
 # node with submits must not keep it from answering the others (a status within 1 s)
-NODE_READS = 4
+NODE_READS = 1
 
 
 class Channel:

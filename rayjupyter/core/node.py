@@ -387,7 +387,7 @@ class Node:
         self.garbage.start()
         try:
             while self.running:
-                events = self.poller.poll(1000)
+                events = self.poller.poll(0 if self.object_table.releasing else 1000)
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
@@ -434,6 +434,8 @@ class Node:
                 for fd in exited:
                     if fd in fd_handlers:
                         fd_handlers[fd](fd)
+                if self.object_table.releasing:  # a gone client's many holds, a share a turn
+                    self.object_table.release_some()
                 self.schedule()
                 if self.validating:
                     self.validate()

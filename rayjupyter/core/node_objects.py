@@ -11,8 +11,10 @@ lineage kept to rebuild it, and the holds on what it contains. When an object be
 
 from __future__ import annotations
 
+import itertools
 import pickle
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rayjupyter.core import ids
@@ -34,6 +36,8 @@ from rayjupyter.core.object_store import (
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 from rayjupyter.core.serialization import INLINE_THRESHOLD
 
+#: holds of gone clients dropped per loop turn (about 20 ms)
+RELEASE_PER_TURN = 20_000
 _NO_ONE: frozenset[Any] = frozenset()  # shared by every entry with no subscriber or copy
 
 
@@ -125,6 +129,7 @@ class NodeObjects:
         self.forget_lineage = pulling.forget_lineage
         self.objects: dict[bytes, ObjectEntry] = {}
         self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
+        self.releasing: deque[Iterator[tuple[bytes, int]]] = deque()  # gone clients' holds
 
     def wire(
         self,
@@ -139,10 +144,26 @@ class NodeObjects:
         return ObjectEntry()
 
     def release_holds(self, client: bytes) -> None:
-        """A client is gone: drop its holds."""
-        for object_id, count in self.holds.pop(client, {}).items():
-            for _ in range(count):
-                self.decref(object_id)
+        """A client is gone: drop its holds; a driver that held a million refs has them
+        dropped over several loop turns (``release_some``), so the node keeps answering."""
+        holds = self.holds.pop(client, None)
+        if holds:
+            self.releasing.append(iter(holds.items()))
+            self.release_some()
+
+    def release_some(self) -> None:
+        """Drop up to ``RELEASE_PER_TURN`` holds of clients that are gone (every loop turn
+        while some are left)."""
+        budget = RELEASE_PER_TURN
+        releasing = self.releasing
+        decref = self.decref
+        while releasing and budget > 0:
+            for object_id, count in itertools.islice(releasing[0], budget):
+                budget -= 1
+                for _ in range(count):
+                    decref(object_id)
+            if budget > 0:  # that client's holds are all dropped
+                releasing.popleft()
 
     def on_put(self, client: bytes, message: P.PutObject) -> None:
         entry = ObjectEntry()
