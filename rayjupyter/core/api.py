@@ -334,8 +334,11 @@ def _waiting(client: Client, object_ids: list[bytes], needed: int) -> Iterator[N
         with observer:
             yield
     except KeyboardInterrupt:
-        pending = [oid for oid in object_ids if oid not in client.objects]
-        client.send([P.CancelTask(oid, False, True) for oid in pending])
+        # only a driver's interrupt is a person stopping the work: in a worker it is rj.cancel
+        # of the waiting task itself, which (as in Ray) leaves what that task waits on running
+        if client.kind == "driver":
+            pending = [oid for oid in object_ids if oid not in client.objects]
+            client.send([P.CancelTask(oid, False, True) for oid in pending])
         raise
 
 
