@@ -219,7 +219,9 @@ class Node:
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             send=self.send,
             log_clients=lambda: (*self.drivers(), *self.node_clients),
-            actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
+            actor_class=lambda a: (
+                (self.actors[a].label or self.actors[a].class_name) if a in self.actors else None
+            ),
             running=lambda: self.running,
         )
         self.channels = self.pool.channels

@@ -40,6 +40,19 @@ from rayjupyter.core.task_args import unpack_args
 PR_SET_PDEATHSIG = 1
 
 
+def _own_repr(instance: Any) -> str:
+    """An actor's ``repr`` if its class defines ``__repr__`` (Ray prints its output as
+    ``(Worker(index=1) pid=...)`` then), else ""; bounded, and never raising."""
+    own: Any = type(instance).__repr__
+    if own is object.__repr__:
+        return ""
+    try:
+        text = repr(instance)
+    except Exception:
+        return ""
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Ask the kernel for SIGKILL when the node goes, then check it has not gone already."""
     try:
@@ -237,7 +250,7 @@ class TaskExecutor:
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
         elif start.max_concurrency > 1:
             self.pool = concurrent.futures.ThreadPoolExecutor(start.max_concurrency)
-        self.client.send([P.ActorStarted(start.actor_id, None)])
+        self.client.send([P.ActorStarted(start.actor_id, None, _own_repr(self.instance))])
 
     # ------------------------------------------------------------------ generators
 
