@@ -3,10 +3,13 @@ cluster queries, over one process-wide connection."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import inspect
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
@@ -31,6 +34,7 @@ ADDRESS_SCHEME = "rayjupyter://"
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "cluster": None, "context": None, "dashboard": None}
+atexit.register(lambda: _at_exit())  # (a lambda: tests may replace _at_exit)
 
 
 class ClusterContext:
@@ -235,8 +239,50 @@ def _namespace(namespace: str | None) -> str:
     return namespace if namespace else f"anonymous-{os.urandom(6).hex()}"
 
 
-def shutdown() -> None:
-    """Disconnect; a local cluster this process started stops with it."""
+#: how long a script's exit waits for its job's unfinished tasks, so what they print
+#: reaches the terminal first (as in Ray): ``RAYJUPYTER_EXIT_WAIT_S``
+EXIT_WAIT_ENV = "RAYJUPYTER_EXIT_WAIT_S"
+EXIT_WAIT_S = 3.0
+
+
+def _at_exit() -> None:
+    """The interpreter is ending (a script's last line): let this driver's fire-and-forget
+    tasks end and their prints arrive (a bounded wait), then shut down as Ray does."""
+    client: Client | None = _state["client"]
+    if client is None or client.kind != "driver":
+        return
+    # a kernel that ends was shut down or restarted on purpose: it waits for no task
+    bound = 0.0 if "ipykernel" in sys.modules else float(os.environ.get(EXIT_WAIT_ENV, EXIT_WAIT_S))
+    with contextlib.suppress(Exception):  # a dead cluster has nothing more to say
+        _deliver_last_output(client, bound)
+    shutdown(_exiting_interpreter=True)
+
+
+def _deliver_last_output(client: Client, bound: float) -> None:
+    """Wait up to ``bound`` seconds while tasks of this job have not ended, then once more
+    for the node: a task's prints travel ahead of its end, and the node's answer comes
+    after everything it forwarded before, so on return they are all printed here."""
+    job = client.client_id.hex()
+    unfinished = (("job_id", "=", job), ("state", "!=", "FINISHED"), ("state", "!=", "FAILED"))
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        left = deadline - time.monotonic()
+        if not queries.list_state(client, "tasks", unfinished, limit=1, timeout=max(left, 0.1)):
+            break
+        time.sleep(min(0.02, max(left, 0)))
+    queries.ping(client, timeout=1.0)
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    """Disconnect; a local cluster this process started stops with it.
+
+    What the job's tasks printed and the node has read arrives first. (Ray's argument
+    ``_exiting_interpreter`` is taken: an exiting interpreter shuts down the same way.)
+    """
+    client_now: Client | None = _state["client"]
+    if client_now is not None and client_now.kind == "driver":
+        with contextlib.suppress(Exception):
+            queries.ping(client_now, timeout=0.5)
     with _lock:
         client: Client | None = _state["client"]
         cluster: LocalCluster | None = _state["cluster"]
