@@ -10,16 +10,24 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
-from rayjupyter.core import cluster_repr, hooks, queries, runtime_context, worker_limit
+from rayjupyter.core import (
+    cluster_repr,
+    connect,
+    hooks,
+    init_options,
+    queries,
+    runtime_context,
+    worker_limit,
+)
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
-from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
+from rayjupyter.core.config import SECRET_ENV, NodeConfig, session_dir, worker_endpoint
 from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.generators import ObjectRefGenerator
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
@@ -29,29 +37,60 @@ from rayjupyter.core.remote_function import RemoteFunction, put_serialized
 from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import serialize
 
-ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
-ADDRESS_SCHEME = "rayjupyter://"
+ADDRESS_ENV = connect.ADDRESS_ENVS[0]
+ADDRESS_SCHEME = connect.ADDRESS_SCHEME
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "cluster": None, "context": None, "dashboard": None}
 atexit.register(lambda: _at_exit())  # (a lambda: tests may replace _at_exit)
 
 
-class ClusterContext:
+class ClusterContext(Mapping[str, Any]):
     """What ``init`` returns: where the cluster is, and how another process can attach.
 
-    Usable as a context manager that shuts down on exit, like Ray's ``RayContext``.
+    As Ray's ``RayContext``: ``ctx.address_info``, ``ctx["address"]`` (a read-only mapping
+    over ``address_info``), ``ctx.dashboard_url``, ``ctx.disconnect()``, and a context
+    manager that shuts down on exit.
     """
 
     def __init__(self, address: str, secret: str, node_id: bytes, session: str, local: bool):
-        self.address_info = {
+        host = address.rpartition(":")[0].strip("[]")
+        self.address_info: dict[str, Any] = {
             "address": address,
+            "gcs_address": address,  # Ray's name for the head's address
+            "node_ip_address": host,
+            "raylet_ip_address": host,
             "node_id": node_id.hex(),
             "session": session,
+            "session_dir": session_dir(session) if local else None,
+            "webui_url": None,
         }
         self.local = local
         self._secret = secret
-        self.dashboard_url: str | None = None
+        self.python_version = ".".join(map(str, sys.version_info[:3]))
+        self.ray_version = _package_version()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.address_info["webui_url"]  # type: ignore[no-any-return]
+
+    @dashboard_url.setter
+    def dashboard_url(self, url: str | None) -> None:
+        self.address_info["webui_url"] = url
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.address_info)
+
+    def __len__(self) -> int:
+        return len(self.address_info)
+
+    __hash__ = object.__hash__  # a live connection, not a value
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     @property
     def address(self) -> str:
@@ -100,16 +139,23 @@ class ClusterContext:
         )
 
 
+def _package_version() -> str:
+    from rayjupyter import __version__
+
+    return __version__
+
+
 def _parse_address(address: str) -> tuple[str, str]:
     """(host:port, secret) from "rayjupyter://SECRET@HOST:PORT" or "HOST:PORT" + env secret."""
     if address.startswith(ADDRESS_SCHEME):
         secret, _, hostport = address[len(ADDRESS_SCHEME) :].rpartition("@")
     else:
-        hostport, secret = address, os.environ.get(SECRET_ENV, "")
+        hostport, secret = address, connect.find_secret(address)
     if not secret:
         raise ValueError(
             f"No secret for the cluster at {address!r}: pass the address that init() printed "
-            f"(rayjupyter://SECRET@HOST:PORT) or set {SECRET_ENV}."
+            f"(rayjupyter://SECRET@HOST:PORT) or set {SECRET_ENV}; a cluster on this machine "
+            f"(started here, or added in the Jupyter panel) needs none."
         )
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -123,21 +169,46 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
     object_store_memory: int | None = None,
+    local_mode: bool = False,
     ignore_reinit_error: bool = False,
+    include_dashboard: bool | None = None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
+    job_config: Any = None,
+    configure_logging: bool = True,
+    logging_level: int | str = "info",
+    logging_format: str | None = None,
+    logging_config: Any = None,
+    log_to_driver: bool | None = None,
     namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    enable_resource_isolation: bool = False,
+    system_reserved_cpu: float | None = None,
+    system_reserved_memory: int | None = None,
     **kwargs: Any,
 ) -> ClusterContext:
-    """Start a local cluster owned by this process, or attach to one at ``address``.
+    """Attach to a cluster, or start a local one owned by this process, as Ray's ``init``.
 
-    ``include_dashboard=True`` also starts a web dashboard owned by this process (on
+    The address: ``address=`` (``rayjupyter://SECRET@HOST:PORT``, or ``HOST:PORT`` whose
+    secret this user's files on this machine know), else for ``None``/``"auto"``
+    ``RAYJUPYTER_ADDRESS`` or ``RAY_ADDRESS``, else a head started here with ``rayjupyter
+    start --head``; with none, ``None`` starts a local cluster (``"auto"`` raises
+    ConnectionError, ``"local"`` always starts one). Every argument of Ray's ``init`` is
+    taken: honoured, or refused with the reason (``init_options.REFUSED``).
+    ``include_dashboard=True`` starts a web dashboard owned by this process (on
     ``dashboard_host``, loopback by default, and ``dashboard_port``, any free one by
     default); its URL, with its token, is ``context.dashboard_url``.
     """
-    accepted = {"log_to_driver", "include_dashboard", "dashboard_host", "dashboard_port"}
-    unknown = set(kwargs) - accepted - {"runtime_env"}
-    if unknown:
-        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    for name, value in (
+        ("labels", labels),
+        ("logging_config", logging_config),
+        ("enable_resource_isolation", enable_resource_isolation),
+        ("system_reserved_cpu", system_reserved_cpu),
+        ("system_reserved_memory", system_reserved_memory),
+    ):
+        kwargs.setdefault(name, value)
     with _lock:
         if _state["client"] is not None:
             if ignore_reinit_error:
@@ -146,60 +217,87 @@ def init(
                 "Maybe you called rj.init twice by accident? This process is already connected; "
                 "call rj.shutdown() first, or pass ignore_reinit_error=True."
             )
-        if kwargs.get("runtime_env") is not None:
+        target = connect.resolve(address)
+        init_options.check_extra(kwargs, attaching=target is not None)
+        job = init_options.job_settings(job_config)
+        if local_mode:
+            init_options.warn_local_mode()
+        if configure_logging:
+            init_options.configure_logging(logging_level, logging_format)
+        namespace = namespace or job.namespace
+        env = runtime_env if runtime_env is not None else job.runtime_env
+        resolved = None
+        if env is not None:
             # checked and packed before anything starts: a bad env costs no cluster
-            spec = runtime_env_module.validate("runtime_env", kwargs["runtime_env"])
-            kwargs["runtime_env"] = runtime_env_module.resolve(spec or {})
-        address = address or os.environ.get(ADDRESS_ENV) or None
-        if address not in (None, "local"):
-            assert address is not None
+            spec = runtime_env_module.validate("runtime_env", env)
+            resolved = runtime_env_module.resolve(spec or {})
+        dashboard = {
+            "include_dashboard": include_dashboard,
+            "dashboard_host": dashboard_host,
+            "dashboard_port": dashboard_port,
+        }
+        if target is not None:
             if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
                 raise ValueError(
                     "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
                     "object_store_memory must not be given: they are set where it was started."
                 )
-            hostport, secret = _parse_address(address)
+            hostport, secret = _parse_address(target)
             client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
             context = ClusterContext(hostport, secret, client.node_id, client.session, False)
-            _state.update(client=client, cluster=None, context=context)
-            _set_job_env(client, kwargs.get("runtime_env"))
-            _maybe_start_dashboard(context, kwargs)
-            return context
-        config = NodeConfig(
-            num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
-            num_gpus=float(num_gpus or 0),
-            resources=dict(resources or {}),
-            object_store_memory=int(object_store_memory or default_object_store_memory()),
-            sys_path=[p or os.getcwd() for p in sys.path],
-            owner_pid=os.getpid(),
-            client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
-            max_workers=worker_limit.from_env(),
-        )
-        worker_limit.check(config.max_workers, config.num_cpus)
-        for key in ("CPU", "GPU"):
-            if key in config.resources:
-                raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
-        cluster = LocalCluster(config)
-        try:
-            client = Client(
-                worker_endpoint(cluster.session),
-                cluster.secret,
-                kind="driver",
-                client_id=cluster.driver_client_id,
-                liveness=cluster.exit_reason,
-                namespace=_namespace(namespace),
-                channel_fd=cluster.take_driver_channel(),
+        else:
+            client, cluster = _start_local(
+                num_cpus, num_gpus, resources, object_store_memory, namespace
             )
-        except BaseException:
-            cluster.stop()
-            raise
-        context = ClusterContext(
-            cluster.address, cluster.secret, client.node_id, client.session, True
-        )
-        _state.update(client=client, cluster=cluster, context=context)
-        _set_job_env(client, kwargs.get("runtime_env"))
-        _maybe_start_dashboard(context, kwargs)
+            _state["cluster"] = cluster
+            context = ClusterContext(
+                cluster.address, cluster.secret, client.node_id, client.session, True
+            )
+        if log_to_driver is False:
+            client.log_to_driver = False  # workers' prints stay in the node's recent logs
+        _state.update(client=client, context=context)
+        _set_job_env(client, resolved)
+        _maybe_start_dashboard(context, dashboard)
         return context
+
+
+def _start_local(
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: dict[str, float] | None,
+    object_store_memory: int | None,
+    namespace: str | None = None,
+) -> tuple[Client, LocalCluster]:
+    """A local cluster owned by this process (it dies with it), and our connection to it."""
+    config = NodeConfig(
+        num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+        num_gpus=float(num_gpus or 0),
+        resources=dict(resources or {}),
+        object_store_memory=int(object_store_memory or default_object_store_memory()),
+        sys_path=[p or os.getcwd() for p in sys.path],
+        owner_pid=os.getpid(),
+        client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
+        max_workers=worker_limit.from_env(),
+    )
+    worker_limit.check(config.max_workers, config.num_cpus)
+    for key in ("CPU", "GPU"):
+        if key in config.resources:
+            raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
+    cluster = LocalCluster(config)
+    try:
+        client = Client(
+            worker_endpoint(cluster.session),
+            cluster.secret,
+            kind="driver",
+            client_id=cluster.driver_client_id,
+            liveness=cluster.exit_reason,
+            namespace=_namespace(namespace),
+            channel_fd=cluster.take_driver_channel(),
+        )
+    except BaseException:
+        cluster.stop()
+        raise
+    return client, cluster
 
 
 def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] | None) -> None:
