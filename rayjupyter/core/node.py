@@ -378,6 +378,7 @@ class Node:
                     self.pool.expire_unproven()
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
+                    self.task_part.warn_if_starved(last_check)
                 self.membership.tick()
                 self.placement.tick()
                 # Order matters: a worker writes its output, then sends its result, then
