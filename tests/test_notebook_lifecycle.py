@@ -166,3 +166,23 @@ def test_interrupt_ends_a_get_that_waits_for_cpus_held_elsewhere(interrupted):
         "TaskCancelledError"
         in interrupted.execute("rj.get(refs[0], timeout=30)", timeout=60).error["ename"]
     )
+
+
+def test_interrupt_ends_a_remote_cell_that_waits_for_cpus(interrupted):
+    """%%remote whose task cannot start (an actor holds every CPU): the interrupt ends it."""
+    interrupted.ok(
+        "import rayjupyter as rj\n"
+        "@rj.remote(num_cpus=2)\n"
+        "class Hog2:\n"
+        "    def ready(self):\n"
+        "        return True\n"
+        "hog2 = Hog2.remote()\n"
+        "assert rj.get(hog2.ready.remote(), timeout=30)\n"
+    )
+    msg_id = interrupted.submit("%%remote\nprint('never', flush=True)\n")
+    time.sleep(2.5)  # the cell waits for a CPU
+    interrupted.interrupt()
+    reply = interrupted.collect(msg_id, timeout=10)
+    assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
+    interrupted.ok("rj.kill(hog2)")
+    assert interrupted.value("1 + 1") == "2"
