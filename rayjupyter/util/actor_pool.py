@@ -30,21 +30,21 @@ class ActorPool:
     """Submit ``fn(actor, value)`` calls to idle actors; read results in order or as they end."""
 
     def __init__(self, actors: list[ActorHandle]) -> None:
-        self._idle = list(actors)
+        self._idle_actors = list(actors)
         self._busy: dict[
             Hashable, tuple[int, ActorHandle, Any]
         ] = {}  # key -> (index, actor, result)
         self._by_index: dict[int, Hashable] = {}  # index -> key, for get_next in order
-        self._pending: deque[tuple[Callable[[Any, Any], Any], Any]] = deque()
+        self._pending_submits: deque[tuple[Callable[[Any, Any], Any], Any]] = deque()
         self._next_submit = 0
         self._next_return = 0
 
     def submit(self, fn: Callable[[Any, Any], Any], value: Any) -> None:
         """Schedule ``fn(actor, value)`` on an idle actor, or queue it until one is free."""
-        if not self._idle:
-            self._pending.append((fn, value))
+        if not self._idle_actors:
+            self._pending_submits.append((fn, value))
             return
-        actor = self._idle.pop()
+        actor = self._idle_actors.pop()
         result = fn(actor, value)
         key = _key(result)
         self._busy[key] = (self._next_submit, actor, result)
@@ -56,7 +56,7 @@ class ActorPool:
         return bool(self._busy)
 
     def has_free(self) -> bool:
-        return bool(self._idle) and not self._pending
+        return bool(self._idle_actors) and not self._pending_submits
 
     def _ready(self, keys: list[Hashable], timeout: float | None) -> Hashable | None:
         """The first of ``keys`` whose refs are all ready, waiting up to ``timeout``."""
@@ -133,9 +133,9 @@ class ActorPool:
 
     def _return_actor(self, actor: ActorHandle, alive: bool = True) -> None:
         if alive:
-            self._idle.append(actor)
-        if self._pending and self._idle:
-            self.submit(*self._pending.popleft())
+            self._idle_actors.append(actor)
+        if self._pending_submits and self._idle_actors:
+            self.submit(*self._pending_submits.popleft())
 
     def map(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]:
         """Results of ``fn(actor, v)`` for each value, in order. Every call is submitted
@@ -168,10 +168,10 @@ class ActorPool:
 
     def push(self, actor: ActorHandle) -> None:
         """Add an actor to the pool; ValueError if it is in the pool already."""
-        if actor in self._idle or any(actor == busy for _, busy, _ in self._busy.values()):
+        if actor in self._idle_actors or any(actor == busy for _, busy, _ in self._busy.values()):
             raise ValueError("Actor already belongs to current ActorPool")
         self._return_actor(actor)
 
     def pop_idle(self) -> ActorHandle | None:
         """An idle actor, taken out of the pool; None if none is free."""
-        return self._idle.pop() if self.has_free() else None
+        return self._idle_actors.pop() if self.has_free() else None
