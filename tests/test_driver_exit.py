@@ -55,3 +55,26 @@ def test_the_wait_at_exit_is_bounded():
     out = _run(forever=True, wait_s="2")  # its forever task would hold it 600 s
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("hello from task") == 3, out.stdout + out.stderr
+
+
+def test_a_forked_child_ending_leaves_its_parents_cluster_alone():
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import rayjupyter as rj
+        rj.init(num_cpus=1)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # the child's exit runs atexit hooks: they must not touch the cluster
+        os.waitpid(pid, 0)
+
+        @rj.remote
+        def alive():
+            return "still up"
+
+        print(rj.get(alive.remote(), timeout=30), flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "still up", out.stdout + out.stderr

@@ -73,6 +73,7 @@ class Client:
         self.kind = kind
         self.namespace = namespace
         self.log_to_driver = True  # init(log_to_driver=False): workers' prints are not shown
+        self.pid = os.getpid()  # the process that connected (a forked child is not it)
         #: says why the cluster is gone (None while it is up); checked while waiting
         self.liveness = liveness
         self.address = address

@@ -343,8 +343,8 @@ def _at_exit() -> None:
     """The interpreter is ending (a script's last line): let this driver's fire-and-forget
     tasks end and their prints arrive (a bounded wait), then shut down as Ray does."""
     client: Client | None = _state["client"]
-    if client is None or client.kind != "driver":
-        return
+    if client is None or client.kind != "driver" or client.pid != os.getpid():
+        return  # (a forked child ending must not touch its parent's connection)
     # a kernel that ends was shut down or restarted on purpose: it waits for no task
     bound = 0.0 if "ipykernel" in sys.modules else float(os.environ.get(EXIT_WAIT_ENV, EXIT_WAIT_S))
     with contextlib.suppress(Exception):  # a dead cluster has nothing more to say
