@@ -111,6 +111,11 @@ def test_what_cannot_be_honoured_is_refused_with_its_reason(arguments, reason):
     assert not rj.is_initialized()  # refused before anything started
 
 
+def test_a_ray_client_address_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="there is no Ray Client"):
+        rj.init(address="ray://127.0.0.1:10001")
+
+
 def test_an_unknown_argument_is_a_type_error():
     with pytest.raises(TypeError, match="no_such_option"):
         rj.init(no_such_option=1)

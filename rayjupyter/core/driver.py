@@ -145,6 +145,12 @@ def _parse_address(address: str) -> tuple[str, str]:
     """(host:port, secret) from "rayjupyter://SECRET@HOST:PORT" or "HOST:PORT" + env secret."""
     if address.startswith(ADDRESS_SCHEME):
         secret, _, hostport = address[len(ADDRESS_SCHEME) :].rpartition("@")
+    elif "://" in address:  # ray://HOST:10001 (Ray Client), http://... (a dashboard)
+        raise ValueError(
+            f"Cannot connect to {address!r}: give the cluster's HOST:PORT (what `rayjupyter "
+            f"start --head` printed), or rayjupyter://SECRET@HOST:PORT; there is no Ray "
+            f"Client (ray://) server here."
+        )
     else:
         hostport, secret = address, connect.find_secret(address)
     if not secret:
