@@ -42,6 +42,13 @@ def test_no_warning_while_a_task_runs_or_for_work_actors_do_not_block():
     assert watch.check(3.0, [_ready({"CPU": 8.0})], [], [{"CPU": 2}], TOTAL) is None  # infeasible
 
 
+def test_an_actor_waiting_to_be_placed_counts_as_waiting_work():
+    watch = StarvationWatch(after_s=1.0)
+    assert watch.check(0.0, [], [], [{"CPU": 2.0}], TOTAL, [{"CPU": 1.0}]) is None  # starts
+    text = watch.check(1.0, [], [], [{"CPU": 2.0}], TOTAL, [{"CPU": 1.0}])
+    assert text is not None and "1 task(s) or actor(s)" in text
+
+
 def test_a_task_waiting_for_cpus_an_actor_holds_is_reported(monkeypatch, capfd):
     monkeypatch.setenv(STARVED_ENV, "1")
     rj.init(num_cpus=1)
@@ -59,14 +66,16 @@ def test_a_task_waiting_for_cpus_an_actor_holds_is_reported(monkeypatch, capfd):
         holder = Holder.remote()
         assert rj.get(holder.ready.remote(), timeout=30)
         ref = queued.remote()
+        other = Holder.remote()  # an actor waiting to be placed waits too
         seen = {"err": ""}
 
         def warned():
             seen["err"] += capfd.readouterr().err
-            return "1 actor(s) hold CPU=1" in seen["err"]
+            return "2 task(s) or actor(s)" in seen["err"] and "1 actor(s) hold CPU=1" in seen["err"]
 
         wait_for_condition(warned, timeout=30)
+        rj.kill(other)
         rj.kill(holder)
-        assert rj.get(ref, timeout=30) == 1  # it runs once the actor is gone
+        assert rj.get(ref, timeout=30) == 1  # it runs once the actors are gone
     finally:
         rj.shutdown()

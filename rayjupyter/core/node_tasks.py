@@ -255,6 +255,11 @@ class NodeTasks:
             self.workers.values(),
             (held for held, _gpus in self.state.actor_slots.values()),
             self.resources.total,
+            (
+                self.actors[actor_id].place_demand
+                for actor_id in self.actor_part.pending_actors
+                if actor_id in self.actors
+            ),
         )
         if text is not None:
             for driver in self.drivers():

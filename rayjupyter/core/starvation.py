@@ -42,10 +42,13 @@ class StarvationWatch:
         workers: Iterable[WorkerRecord],
         actor_held: Iterable[Mapping[str, float]],
         total: Mapping[str, float],
+        pending_actors: Iterable[Mapping[str, float]] = (),
     ) -> str | None:
         """The warning to send now, if any. ``ready``: the queue of ready plain tasks;
-        ``actor_held``: what each actor's process holds here; ``total``: the node's."""
-        waiting = [t for t in ready if t.state is TaskState.READY and _fits(t.demand, total)]
+        ``actor_held``: what each actor's process holds here; ``total``: the node's;
+        ``pending_actors``: what each actor still waiting to be placed needs."""
+        tasks: list[Mapping[str, float]] = [t.demand for t in ready if t.state is TaskState.READY]
+        waiting = [d for d in [*tasks, *pending_actors] if _fits(d, total)]
         running = any(w.task is not None and not w.actor_id and not w.lent for w in workers)
         if not waiting or running:
             self.since, self.warned = None, False
@@ -60,13 +63,13 @@ class StarvationWatch:
             actors += 1
             for name, amount in demand.items():
                 held[name] = held.get(name, 0.0) + amount
-        needed = waiting[0].demand
+        needed = waiting[0]
         if not any(held.get(name, 0.0) > 0 for name in needed):
             return None  # not the actors' doing (a placement group, a worker limit...)
         self.warned = True
         held_text = ", ".join(f"{name}={amount:g}" for name, amount in sorted(held.items()))
         return (
-            f"Warning: {len(waiting)} task(s) have waited {now - self.since:.0f} s for "
+            f"Warning: {len(waiting)} task(s) or actor(s) have waited {now - self.since:.0f} s for "
             f"{dict(needed)}: {actors} actor(s) hold {held_text} of this node's "
             f"{dict(total)}, and no task is running that would free them. They wait until "
             f"those actors end: create fewer actors, give them num_cpus=0 (the default holds "
