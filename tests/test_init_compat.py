@@ -176,3 +176,13 @@ def test_ray_connect_with_host_port_only_finds_the_secret(cluster):
         assert "No rayjupyter cluster at" in reply.error["evalue"]
         assert kernel.value("rj.core.api._state['context'].address") == repr(cluster.address)
         kernel.ok("%ray_disconnect")
+
+
+def test_ray_connect_auto_attaches_to_the_head_started_here(head):
+    from kernel_helpers import running_kernel
+
+    with running_kernel("%load_ext rayjupyter", "import rayjupyter as rj") as kernel:
+        kernel.ok("%ray_connect auto")
+        assert kernel.value("rj.core.api._state['context'].address") == repr(head)
+        assert kernel.value("rj.cluster_resources().get('h')") == "1.0"
+        kernel.ok("%ray_disconnect")
