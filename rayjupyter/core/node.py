@@ -177,10 +177,11 @@ class Node:
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
+        self.state.nodes, self.state.node_id = self.head.nodes, self.node_id  # peer placement
         self.placement.table.node_joined(self.node_id, me.resources)
 
         self.clients: dict[bytes, ClientInfo] = {}
-        self.actors: dict[bytes, ActorRecord] = {}
+        self.actors: dict[bytes, ActorRecord] = self.state.actor_table.actors
         self.events = task_events.TaskEventLog()
         self.workers: dict[bytes, WorkerRecord] = self.state.workers
         self.tasks: dict[bytes, TaskRecord] = self.state.tasks
@@ -274,7 +275,6 @@ class Node:
             peers=self.forwarding,
             state=self.state,
             pool=self.pool,
-            actors=self.actors,
             objects=self.objects,
             events=self.events,
             actors_file=config.actors_file,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rayjupyter.core import protocol as P
+from rayjupyter.core.actor_state import ActorRecord, ActorState
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.head import HeadState
-from rayjupyter.core.node_actors import ActorRecord, ActorState
 from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
@@ -57,12 +57,13 @@ TASK_STATE_NAMES: dict[TaskState, TaskStateName] = {
 
 
 def actor_state_name(actor: ActorRecord) -> ActorStateName:
-    """The engine's actor state (node_actors.ActorState) in Ray's vocabulary."""
+    """The engine's actor state (actor_state.ActorState) in Ray's vocabulary: an actor
+    being killed or exiting is ALIVE until its process is gone, as in Ray."""
     if actor.state is ActorState.PENDING:
         return "RESTARTING" if actor.restarts else "PENDING_CREATION"
     if actor.state is ActorState.STARTING:
         return "PENDING_CREATION"
-    return "ALIVE" if actor.state is ActorState.ALIVE else "DEAD"
+    return "DEAD" if actor.state is ActorState.DEAD else "ALIVE"
 
 
 class NodeQueries:

@@ -9,23 +9,22 @@ messages, signals the processes and fills in the objects. So every decision here
 with no process at all (``tests/test_scheduler.py``), and ``validate`` checks the tables'
 invariants after any step.
 
-Actors and peers keep their own queues this far; the paths they share with plain tasks
-(failing a task, readying one, retrying a lost one) go through here.
+It composes the actors' state machine (``actor_state.ActorTable``: lifecycle, call queues
+per caller, placement, restarts) and decides what goes to peers (``spill_over``, with the
+policy of ``peer_placement``) from its view of them (``nodes``, set by the node).
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any
 
-from rayjupyter.core.exceptions import (
-    TaskCancelledError,
-    TaskUnschedulableError,
-    WorkerCrashedError,
-)
+from rayjupyter.core import peer_placement, state_checks
+from rayjupyter.core.actor_state import ActorTable
+from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
+from rayjupyter.core.scheduler import OCCUPYING as OCCUPYING
 from rayjupyter.core.scheduler import (
     ResourcePool,
     Scheduler,
@@ -34,6 +33,9 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.task_errors import cancelled_error as cancelled_error
+from rayjupyter.core.task_errors import crashed_error as crashed_error
+from rayjupyter.core.task_errors import unschedulable_error as unschedulable_error
 from rayjupyter.core.worker_limit import WorkerLimit
 
 # Instructions: (opcode, ...). Ints, so the shell's dispatch is a cheap comparison.
@@ -55,6 +57,7 @@ ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end i
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
 WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
+FORWARD = 16  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
 
 OPCODE_NAMES = {
     value: name
@@ -69,33 +72,6 @@ STALE_SCAN = 256
 
 Instruction = tuple[Any, ...]
 _NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
-
-
-def cancelled_error(task: TaskRecord) -> bytes:
-    error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
-    return pickle.dumps(error, protocol=5)
-
-
-def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
-    error = TaskUnschedulableError(
-        f"Task {task.name!r} cannot be scheduled: its node {node_id.hex()} died "
-        f"(NodeAffinitySchedulingStrategy, soft=False)."
-    )
-    return pickle.dumps(error, protocol=5)
-
-
-def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
-    error = WorkerCrashedError(
-        f"The worker running task {task.name!r} died unexpectedly (pid "
-        f"{pid}, {cause}); it was tried {task.attempt} time(s) and "
-        f"max_retries={task.max_retries} allows no more. Raise max_retries or "
-        f"find why the process dies (out of memory, a segfault, os._exit)."
-    )
-    return pickle.dumps(error, protocol=5)
-
-
-#: states of a task that holds a worker (or a peer's slot) for now
-OCCUPYING = (TaskState.RUNNING, TaskState.CANCELLED)
 
 
 class NodeState:
@@ -116,6 +92,10 @@ class NodeState:
         self.stale = 0
         # what each actor's process here holds: (demand, GPU ids), from placement to its end
         self.actor_slots: dict[bytes, tuple[dict[str, float], tuple[int, ...]]] = {}
+        # the cluster as this node last heard of it (the head's node table), and its own id
+        self.nodes: Mapping[bytes, NodeInfo] = {}
+        self.node_id = b""
+        self.actor_table = ActorTable(self)
 
     # ------------------------------------------------------------------ tasks
 
@@ -483,6 +463,46 @@ class NodeState:
             out.append((EXECUTE, task, worker))
         return out
 
+    # ------------------------------------------------------------------ peers
+
+    def peers(self) -> list[NodeInfo]:
+        """The other live nodes, as of the last view."""
+        return peer_placement.live_peers(self.nodes, self.node_id)
+
+    def spill_over(self, from_peers: Container[bytes]) -> list[Instruction]:
+        """Queued tasks that this node cannot run now go to peers that have the resources
+        free (``peer_placement.choose_peer``). Tasks a peer sent us (their owner is in
+        ``from_peers``) and tasks pinned here by node affinity stay."""
+        ready = self.ready
+        if not ready:
+            return _NONE
+        peers = self.peers()
+        if not peers:
+            return _NONE
+        resources = self.resources
+        kept: list[TaskRecord] = []
+        out: list[Instruction] = []
+        for _ in range(min(len(ready), peer_placement.SPILL_SCAN)):
+            task = ready.popleft()
+            if task.state is not TaskState.READY:
+                continue  # failed while queued (counted in self.stale, an upper bound)
+            if (
+                task.owner in from_peers
+                or resources.fits(task.demand)
+                or task.strategy.startswith("node:")  # placed here by its node affinity
+            ):
+                kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
+                continue
+            demand = task.demand
+            target = peer_placement.choose_peer(demand, peers, resources.feasible(demand))
+            if target is None:
+                kept.append(task)
+            else:
+                peer_placement.charge(target, demand)  # so the next choice sees it taken
+                out.append((FORWARD, task, target))
+        ready.extendleft(reversed(kept))
+        return out
+
     # ------------------------------------------------------------------ cancel
 
     def cancel(
@@ -532,97 +552,10 @@ class NodeState:
     # ------------------------------------------------------------------ checks
 
     def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
-        """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
-        resources that a part of the node holds outside these tables (the placement
-        groups' bundles: ``BundleLedger.reserved``)."""
+        """Raise AssertionError naming the first broken invariant of the tasks, workers,
+        resources (``state_checks``) and actors (``ActorTable.validate``).
+        ``held_elsewhere``: resources that a part of the node holds outside these tables
+        (the placement groups' bundles: ``BundleLedger.reserved``)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
-        resources = self.resources
-        held: dict[str, float] = dict(held_elsewhere or {})
-        queued = set()
-        stale = 0
-        for queued_task in self.ready:
-            task = queued_task
-            if task.state is TaskState.FAILED and self.stale:
-                stale += 1  # failed while queued: dropped when popped (see self.stale)
-                continue
-            assert task.state is TaskState.READY, f"queued task {task.name} is {task.state.name}"
-            assert task.worker is None, f"queued task {task.name} names worker {task.worker!r}"
-            assert id(task) not in queued, f"task {task.name} is queued twice"
-            queued.add(id(task))
-        assert stale <= self.stale, f"{stale} failed tasks queued, {self.stale} counted"
-        idle_ids = set()
-        for pool in (self.scheduler.idle, *self.scheduler.idle_env.values()):
-            for worker in pool:
-                assert worker.state is WorkerState.IDLE, f"pid {worker.pid} in an idle pool"
-                assert worker.client_id in self.workers, f"pid {worker.pid} idle but unknown"
-                assert worker.client_id not in idle_ids, f"pid {worker.pid} idle twice"
-                idle_ids.add(worker.client_id)
-        for worker in self.workers.values():
-            state = worker.state
-            running = worker.task
-            assert state is not WorkerState.DEAD, f"dead worker pid {worker.pid} still listed"
-            if state in (WorkerState.BUSY, WorkerState.BLOCKED):
-                assert running is not None, f"busy worker pid {worker.pid} has no task"
-                task = running
-                assert task.worker == worker.client_id, (
-                    f"task {task.name} on pid {worker.pid} names {task.worker!r}"
-                )
-                assert task.state in OCCUPYING, f"task {task.name} on a worker is {task.state.name}"
-                assert id(task) not in queued, f"task {task.name} both queued and running"
-                for key, value in task.demand.items():
-                    held[key] = held.get(key, 0.0) + value
-                for key, value in worker.lent.items():
-                    held[key] = held.get(key, 0.0) - value
-                if state is WorkerState.BUSY:  # only what a removed bundle had stays lent
-                    assert all(k not in resources.total for k in worker.lent), (
-                        f"busy worker pid {worker.pid} lends {worker.lent}"
-                    )
-            else:
-                assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
-                assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
-            following = worker.prefetched
-            if following is not None:
-                assert state is WorkerState.BUSY, (
-                    f"{state.name} pid {worker.pid} has a task sent ahead"
-                )
-                assert following is not running, f"pid {worker.pid} prefetched its own task"
-                assert following.state is TaskState.RUNNING, (
-                    f"prefetched {following.name} is {following.state.name}"
-                )
-                assert following.worker == worker.client_id, (
-                    f"{following.name} sent ahead elsewhere"
-                )
-                assert id(following) not in queued, f"{following.name} prefetched and queued"
-        gpu_shares = 0.0  # GPU ids in use, by what holds them
-        for demand, gpu_ids in self.actor_slots.values():
-            for key, value in demand.items():
-                held[key] = held.get(key, 0.0) + value
-            gpu_shares += _gpu_share(demand, gpu_ids)
-        for worker in self.workers.values():
-            if worker.task is not None:
-                gpu_shares += _gpu_share(worker.task.demand, worker.task.gpu_ids)
-        redirect = resources.redirect
-        if redirect:  # a removed group's names: its running work gives them back elsewhere
-            for key in [k for k in held if k not in resources.total and k in redirect]:
-                value = held.pop(key)
-                if redirect[key]:
-                    held[redirect[key]] = held.get(redirect[key], 0.0) + value
-        for key, total in resources.total.items():
-            expected = total - held.get(key, 0.0)
-            got = resources.available.get(key, 0.0)
-            assert abs(got - expected) < 1e-6, (
-                f"{key}: available {got} but total {total} less held {held.get(key, 0.0)}"
-            )
-        for key, value in resources.available.items():
-            if key not in resources.total:
-                assert abs(value + held.get(key, 0.0)) < 1e-6, f"{key} is not a resource here"
-        in_use = sum(1.0 - f for f in resources.gpu_free)
-        assert abs(in_use - gpu_shares) < 1e-6, (
-            f"GPU ids in use {in_use} but tasks and actors hold {gpu_shares}"
-        )
-
-
-def _gpu_share(demand: dict[str, float], gpu_ids: tuple[int, ...]) -> float:
-    """How much of the GPU ids' capacity a holder took (a fraction shares one id)."""
-    amount = gpu_amount(demand)
-    return amount * len(gpu_ids) if amount < 1 else float(len(gpu_ids))
+        state_checks.validate(self, held_elsewhere or {})
+        self.actor_table.validate()

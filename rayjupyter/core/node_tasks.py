@@ -38,6 +38,7 @@ from rayjupyter.core.node_state import (
     EXECUTE,
     FAILED,
     FINISHED,
+    FORWARD,
     INTERRUPT,
     KILL,
     REVOKE,
@@ -353,6 +354,8 @@ class NodeTasks:
             self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.actor_part.start_actor_in(instruction[1])
+        elif op == FORWARD:  # spill-over chose the peer (and counted it taken there)
+            self.forwarding.forward(instruction[1], instruction[2], charge=False)
         elif op == WARN:
             for driver in self.drivers():
                 self.send(driver, P.LogLines(2, instruction[1]))

@@ -90,11 +90,12 @@ def worker_logs(
 
 def get_actor(
     client: Client, name: str, namespace: str | None, timeout: float = 30.0
-) -> tuple[bytes, str, dict[str, Any]]:
-    """A named actor's id, class name and method table; ValueError if none is alive."""
+) -> tuple[bytes, str, dict[str, Any], int]:
+    """A named actor's id, class name, method table and max_pending_calls; ValueError if
+    none is alive."""
     answer = client.request(P.GetActor, name, namespace, timeout=timeout)
-    actor_id, class_name, methods = _checked(answer, tuple, "GetActor")
-    return bytes(actor_id), str(class_name), dict(methods)
+    actor_id, class_name, methods, limit = _checked(answer, tuple, "GetActor")
+    return bytes(actor_id), str(class_name), dict(methods), int(limit)
 
 
 def named_actors(
