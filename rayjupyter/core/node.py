@@ -34,7 +34,6 @@ import zmq
 from rayjupyter.core import (
     auth,
     discovery,
-    protocol,
     task_events,
     worker_limit,
 )
@@ -60,6 +59,7 @@ from rayjupyter.core.node_objects import NodeObjects
 from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
+from rayjupyter.core.node_routers import NodeRouters
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import Instruction, NodeState
 from rayjupyter.core.node_tasks import NodeTasks
@@ -146,18 +146,28 @@ class Node:
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
-        # Local drivers: a Unix socket, faster than tcp and needing no crypto. Everyone else:
-        # tcp with CurveZMQ. Clients of each are told apart by their socket. Our own workers
-        # talk over a socket pair each (channel.py), the cheapest hop there is.
-        self.router = self._router(secret, curve=False)
-        self.router.bind(self.worker_endpoint)
-        self.tcp_router = self._router(secret, curve=True)
-        if config.port:
-            self.tcp_router.bind(f"tcp://{config.host}:{config.port}")
-            self.port = config.port
-        else:
-            self.port = self.tcp_router.bind_to_random_port(f"tcp://{config.host}")
-        self.tcp_clients: set[bytes] = set()
+        self.clients: dict[bytes, ClientInfo] = {}
+        #: the one dispatch table: message type -> the bound method that handles it
+        self.handlers: dict[type, Callable[[bytes, Any], None]] = {}
+        # Local drivers: a Unix socket; everyone else: tcp with CurveZMQ (node_routers). Our
+        # own workers talk over a socket pair each (channel.py), the cheapest hop there is.
+        self.routers = NodeRouters(
+            context=self.context,
+            secret=secret,
+            endpoint=self.worker_endpoint,
+            host=config.host,
+            port=config.port,
+            handlers=self.handlers,
+            clients=self.clients,
+            report_error=self.report_internal_error,
+        )
+        self.router, self.tcp_router = self.routers.router, self.routers.tcp_router
+        self.port = self.routers.port
+        self.tcp_clients = self.routers.tcp_clients
+        # bound once: every part sends through these
+        self.send = self.routers.send
+        self.send_chunk = self.routers.send_chunk
+        self.flush = self.routers.flush
         self.address = f"{config.host}:{self.port}"
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
@@ -180,12 +190,10 @@ class Node:
         self.state.nodes, self.state.node_id = self.head.nodes, self.node_id  # peer placement
         self.placement.table.node_joined(self.node_id, me.resources)
 
-        self.clients: dict[bytes, ClientInfo] = {}
         self.actors: dict[bytes, ActorRecord] = self.state.actor_table.actors
         self.events = task_events.TaskEventLog()
         self.workers: dict[bytes, WorkerRecord] = self.state.workers
         self.tasks: dict[bytes, TaskRecord] = self.state.tasks
-        self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = self.state.pool_size
         self.running = True
@@ -202,8 +210,6 @@ class Node:
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
-        #: the one dispatch table: message type -> the bound method that handles it
-        self.handlers: dict[type, Callable[[bytes, Any], None]] = {}
         self.envs = NodeRuntimeEnv(self.session, self.address, self.actors, self.send)
         self.pool = NodeWorkers(
             secret=secret,
@@ -226,6 +232,7 @@ class Node:
         self.channels = self.pool.channels
         self.pipes = self.pool.pipes
         self.send_on_channel = self.pool.send_on_channel
+        self.routers.channels, self.routers.send_on_channel = self.channels, self.send_on_channel
         self.spawn_worker = self.pool.spawn_worker
         driver_channel = os.environ.pop(DRIVER_CHANNEL_ENV, "")
         if driver_channel:  # the driver that started us talks over a socket pair (channel.py)
@@ -245,6 +252,7 @@ class Node:
         self.links = self.peer_links.links
         self.node_clients: dict[bytes, bytes] = self.peer_links.node_clients
         self.flush_links = self.peer_links.flush_links
+        self.routers.flush_links = self.flush_links
         self.pulling = NodePulls(self, self.peer_links)
         self.forwarding = NodeForwarding(self, self.peer_links, self.pulling)
         self.forwarded = self.forwarding.forwarded
@@ -405,9 +413,9 @@ class Node:
                         if handler is not None:
                             handler(int(source))
                 if router_ready:
-                    self._drain_router(self.router)
+                    self.routers.drain(self.router)
                 if tcp_ready:
-                    self._drain_router(self.tcp_router)
+                    self.routers.drain(self.tcp_router)
                 for fd in exited:
                     if fd in fd_handlers:
                         fd_handlers[fd](fd)
@@ -424,35 +432,6 @@ class Node:
 
     def announce_ready(self) -> None:
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
-
-    def _router(self, secret: str, *, curve: bool) -> zmq.Socket[bytes]:
-        router = self.context.socket(zmq.ROUTER)
-        router.linger = 0
-        router.sndhwm = 0
-        router.rcvhwm = 0
-        auth.secure_server(router, secret, curve=curve)
-        return router
-
-    def _drain_router(self, router: zmq.Socket[bytes]) -> None:
-        over_tcp = router is self.tcp_router
-        pollin = int(zmq.POLLIN)
-        for _ in range(10_000):
-            # EVENTS instead of a failing recv: an exception per drained batch costs more
-            if not int(router.getsockopt(zmq.EVENTS)) & pollin:
-                return
-            identity = router.recv()  # always two frames: the peer's id, then the batch
-            frame = router.recv()
-            client = identity[:-1]
-            if over_tcp:
-                self.tcp_clients.add(client)
-            info = self.clients.get(client)
-            if info is not None:
-                info.last_seen = time.monotonic()
-            for message in protocol.loads(frame):
-                try:
-                    self.handlers[type(message)](client, message)
-                except Exception:  # a bug here must not take the cluster down: report it
-                    self.report_internal_error(message)
 
     def report_internal_error(self, message: Any) -> None:
         text = (
@@ -471,31 +450,6 @@ class Node:
         if not data:  # the owning driver is gone, however it died
             self.running = False
             self.poll.forget(fd)
-
-    def send(self, client: bytes, message: Any) -> None:
-        self.outbox.setdefault(client, []).append(message)
-
-    def send_chunk(self, client: bytes, chunk: P.ObjectChunk) -> None:
-        """A piece of a value for a peer: its bytes go as a frame of their own, not pickled."""
-        self.flush()  # keep the order of what was sent before
-        header = protocol.dumps([chunk._replace(data=b"")])
-        router = self.tcp_router if client in self.tcp_clients else self.router
-        router.send_multipart([client + b"r", header, chunk.data], copy=False)
-
-    def flush(self) -> None:
-        outbox, self.outbox = self.outbox, {}
-        tcp_clients = self.tcp_clients
-        channels = self.channels
-        for client, messages in outbox.items():
-            link = channels.get(client)
-            if link is not None:  # a worker of ours
-                self.send_on_channel(link, protocol.dumps(messages))
-                continue
-            # no high-water mark on the router: a slow reader queues, it never loses messages
-            router = self.tcp_router if client in tcp_clients else self.router
-            router.send(client + b"r", zmq.SNDMORE)
-            router.send(protocol.dumps(messages))
-        self.flush_links()
 
     def describe(self) -> dict[str, Any]:
         """This cluster's record for ``discovery`` (other programs of this user find it)."""
@@ -566,8 +520,6 @@ class Node:
             )
             raise
 
-    # ------------------------------------------------------------------ cancel
-
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
@@ -585,8 +537,7 @@ class Node:
             self.peer_links.drop_link(address)
         for client in list(self.channels):
             self.pool.close_channel(client)
-        self.router.close(0)
-        self.tcp_router.close(0)
+        self.routers.close()
         self.zap.close()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)
