@@ -57,7 +57,7 @@ ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end i
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
 WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
-FORWARD = 16  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
+FORWARD = 20  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
 
 OPCODE_NAMES = {
     value: name
