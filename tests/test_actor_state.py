@@ -412,6 +412,12 @@ def test_the_last_handle_ends_an_actor_once_its_calls_are_done() -> None:
     shell.answer(task)
     assert actor.state is ActorState.DEAD and actor.worker is None
     assert shell.ended[task.task_id][0] is TaskState.FINISHED
+    other = shell.create(cpus=0.5)
+    shell.schedule()
+    doomed = shell.call(other, ready=False)
+    shell.fail(doomed, b"its argument failed")  # it stays in its queue, FAILED, until popped
+    shell.run(shell.table.released(other))
+    assert other.state is ActorState.DEAD  # a failed queued call is no work to wait for
     detached = shell.create(lifetime="detached")
     shell.run(shell.table.released(detached))
     assert detached.state is ActorState.PENDING  # detached: outlives its handles

@@ -157,6 +157,13 @@ class ActorRecord:
     def queued(self) -> int:
         return sum(len(queue) for queue in self.calls.values())
 
+    @property
+    def busy(self) -> bool:
+        """A call runs or waits (calls that failed while queued do not count)."""
+        if self.in_flight:
+            return True
+        return any(task.state is not TaskState.FAILED for task in self.queued_calls())
+
     def queued_calls(self) -> Iterator[TaskRecord]:
         for queue in self.calls.values():
             yield from queue
@@ -357,7 +364,7 @@ class ActorTable:
         actor = self.actors.get(actor_id)
         if actor is None or not actor.release_when_idle or actor.state is ActorState.DEAD:
             return _NONE
-        if actor.in_flight or actor.calls:
+        if actor.busy:
             return _NONE
         return self.die(actor, "all handles to it went out of scope")
 
@@ -366,7 +373,7 @@ class ActorTable:
         actor.refs -= 1
         if actor.refs > 0 or actor.detached or actor.state is ActorState.DEAD:
             return _NONE
-        if actor.in_flight or actor.calls:
+        if actor.busy:
             actor.release_when_idle = True
             return _NONE
         return self.die(actor, "all handles to it went out of scope")
