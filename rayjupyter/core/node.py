@@ -408,10 +408,11 @@ class Node:
                         exited.append(source)
                     elif source in link_of_socket:
                         self.peer_links.drain_link(link_of_socket[source])
-                    else:  # .get: an earlier event of this turn may have closed it
-                        handler = fd_handlers.get(int(source))
+                    elif isinstance(source, int):  # .get: an earlier event may have closed it
+                        handler = fd_handlers.get(source)
                         if handler is not None:
-                            handler(int(source))
+                            handler(source)
+                    # else: a peer link's socket dropped by an earlier event of this turn
                 if router_ready:
                     self.routers.drain(self.router)
                 if tcp_ready:
