@@ -327,6 +327,18 @@ def test_a_callers_call_waits_only_on_its_own_callers_pending_arguments():
     assert rj.get(second, timeout=30) == ["task", "driver-1", "driver-2"]
 
 
+@rj.remote
+def calls_past_the_limit_from_a_task(log, opened):
+    from rayjupyter.exceptions import PendingCallsLimitExceeded
+
+    kept = [log.record.remote(f"task-{n}", opened[0]) for n in range(2)]
+    try:
+        log.record.remote("task-2")
+    except PendingCallsLimitExceeded:
+        return "refused", len(kept)
+    return "allowed", len(kept)
+
+
 def test_max_pending_calls_refuses_a_call_past_the_limit_until_results_come():
     from rayjupyter.exceptions import PendingCallsLimitExceeded
 
@@ -336,8 +348,11 @@ def test_max_pending_calls_refuses_a_call_past_the_limit_until_results_come():
     pending = [log.record.remote(n, opened) for n in range(2)]
     with pytest.raises(PendingCallsLimitExceeded, match="max_pending_calls=2"):
         log.record.remote(2)
+    # the limit travels with the handle, and counts per caller: a task has its own two
+    answer = calls_past_the_limit_from_a_task.remote(log, [opened])
+    assert rj.get(answer, timeout=30) == ("refused", 2)
     rj.get(gate.release.remote(), timeout=30)
-    assert rj.get(pending, timeout=30) == [[0], [0, 1]]
+    assert rj.get(pending, timeout=30)[0][-1] == 0
 
     def a_call_goes_again():
         try:
