@@ -90,6 +90,7 @@ class Shell:
         self.told_home: list[tuple[bytes, str, bool]] = []
         self.ended: dict[bytes, tuple[TaskState, bytes | None]] = {}
         self.checking = True
+        self.remote: list[TaskRecord] = []  # plain tasks sent to a peer (spill-over)
 
     def check(self) -> None:
         self.state.validate()
@@ -136,8 +137,23 @@ class Shell:
                 self.run(self.table.started(worker.actor_id, worker.client_id, None))
             elif op == ns.WARN:
                 assert MAX_WORKERS_ENV in instruction[1], instruction
-            elif op in (ns.CANCEL_CALL, ns.CANCEL_FORWARDED):
+            elif op in (ns.CANCEL_CALL, ns.CANCEL_FORWARDED, ns.INTERRUPT):
                 pass  # the process (or peer) answers later, with an error or a result
+            elif op in (ns.EXECUTE, ns.STARTED, ns.REVOKE, ns.UNPIN):
+                pass  # plain tasks: the state machine paired them already
+            elif op == ns.SPAWN:
+                for _ in range(instruction[2]):
+                    pid = next(self.pids)
+                    self.state.worker_spawned(WorkerRecord(b"w%d" % pid, pid, env=instruction[1]))
+            elif op == ns.KILL:
+                self.doomed.add(instruction[1].client_id)
+            elif op == ns.FINISHED:
+                task = instruction[1]
+                self.ended[task.task_id] = (task.state, None)
+                self.state.forget(task)
+            elif op == ns.FORWARD:
+                self.state.forwarded(instruction[1])
+                self.remote.append(instruction[1])
             else:
                 raise AssertionError(f"unexpected {instruction}")
         if self.checking:
@@ -681,3 +697,111 @@ def test_the_random_sequences_take_every_declared_transition(
         test_random_actor_events_keep_the_invariants_and_everything_settles(seed)
     declared = {(old, new) for old, targets in ACTOR_TRANSITIONS.items() for new in targets}
     assert declared - taken == set()
+
+
+def _plain_task(n: int, demand: dict[str, float], retries: int) -> TaskRecord:
+    task = make_call(b"", b"driver", name=f"t{n}")
+    task.actor_id, task.method, task.demand, task.max_retries = b"", "", demand, retries
+    return task
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_tasks_actors_and_spill_over_share_one_node_state(seed: int) -> None:
+    """Plain tasks (a worker pool, retries, cancels, spill-over to a peer) and actors (with
+    their processes and slots) on one NodeState: the resources add up after every step."""
+    rng = random.Random(seed)
+    shell = Shell(cpus=rng.choice((2, 4)), max_workers=rng.choice((4, 8, 64)), peers=1)
+    state, table = shell.state, shell.table
+    state.pool_size = 2
+    shell.run([(ns.SPAWN, "", 2)])
+    peer = shell.nodes[b"peer0"]
+    actors: list[ActorRecord] = []
+    tasks: list[TaskRecord] = []
+    calls: list[TaskRecord] = []
+
+    def plain_busy() -> list[WorkerRecord]:
+        return [w for w in state.workers.values() if w.task is not None and not w.actor_id]
+
+    def turn() -> None:
+        shell.schedule(connect=rng.random() < 0.8)
+        shell.run(state.assign())
+        shell.run(state.spill_over(from_peers=()))
+        state.turn_ended()
+        shell.run(state.prefetch())
+
+    for _ in range(400):
+        event = rng.random()
+        live = [a for a in actors if a.state is not ActorState.DEAD]
+        if event < 0.06:
+            actors.append(shell.create(cpus=rng.choice((0.5, 1.0)), max_restarts=1))
+        elif event < 0.30:
+            demand = {"CPU": rng.choice((0.5, 1.0, 2.0))}
+            task = _plain_task(len(tasks), demand, rng.choice((0, 1)))
+            state.submit(task)
+            state.task_ready(task)
+            tasks.append(task)
+        elif event < 0.40 and live:
+            calls.append(shell.call(rng.choice(live), rng.choice((b"A", b"B"))))
+        elif event < 0.60:
+            turn()
+        elif event < 0.75 and plain_busy():
+            worker = rng.choice(plain_busy())
+            task = worker.task
+            assert task is not None
+            error = b"boom" if rng.random() < 0.2 else None
+            shell.run(state.task_finished(worker, task, error, rng.random() < 0.5))
+        elif event < 0.82 and (shell.dispatched or shell.forwarded):
+            shell.answer(rng.choice(shell.dispatched + shell.forwarded))
+        elif event < 0.86 and shell.remote:  # the peer answers for a spilled task, or dies
+            task = shell.remote.pop(rng.randrange(len(shell.remote)))
+            if task.state in ns.OCCUPYING and rng.random() < 0.7:
+                task.transition(TaskState.FINISHED)
+                shell.run([(ns.FINISHED, task)])
+            elif task.state in ns.OCCUPYING:
+                shell.run(state.retry_or_fail(task, b"its node died"))
+        elif event < 0.90 and state.workers:
+            worker = rng.choice(list(state.workers.values()))
+            shell.doomed.discard(worker.client_id)
+            shell.dispatched = [t for t in shell.dispatched if t.worker != worker.client_id]
+            shell.run(state.worker_died(worker, "SIGKILL", respawn=True))
+        elif event < 0.94 and tasks:
+            shell.run(state.cancel(rng.choice(tasks), rng.random() < 0.3, False, ()))
+        elif event < 0.97 and live:
+            shell.run(table.kill(rng.choice(live).actor_id, rng.random() < 0.5))
+        else:
+            peer.available["CPU"] = rng.choice((0.0, 2.0, 4.0))
+        if rng.random() < 0.5:
+            shell.ends_come()
+
+    shell.checking = False
+    for actor in actors:
+        shell.run(table.kill(actor.actor_id, no_restart=True))
+    peer.available["CPU"] = 0.0  # no more spill-over: what is queued runs here
+    for step in range(20_000):
+        if step % 50 == 0:
+            shell.check()
+        shell.ends_come()
+        turn()
+        for task in list(shell.remote):
+            shell.remote.remove(task)
+            if task.state in ns.OCCUPYING:
+                task.transition(TaskState.FINISHED)
+                shell.run([(ns.FINISHED, task)])
+        if shell.dispatched or shell.forwarded:
+            shell.answer((shell.dispatched + shell.forwarded)[0])
+        elif plain_busy():
+            worker = plain_busy()[0]
+            assert worker.task is not None
+            shell.run(state.task_finished(worker, worker.task, None, False))
+        elif not shell.doomed and all(
+            t.state in (TaskState.FINISHED, TaskState.FAILED)
+            or not state.resources.feasible(t.demand)
+            for t in tasks
+        ):
+            break
+    shell.check()
+    assert all(a.state is ActorState.DEAD for a in actors)
+    leftover = [t for t in tasks if t.state not in (TaskState.FINISHED, TaskState.FAILED)]
+    assert all(not state.resources.feasible(t.demand) for t in leftover), leftover
+    assert state.resources.available["CPU"] == state.resources.total["CPU"]
+    assert not state.actor_slots and not table.pending
