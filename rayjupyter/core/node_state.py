@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Container, Mapping
 from typing import Any
 
-from rayjupyter.core import peer_placement, state_checks
+from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks
 from rayjupyter.core.actor_state import ActorTable
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
@@ -57,6 +57,9 @@ ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end i
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
 WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
+# (ATTEMPT_LOST, task, error, pid, cause): a task a peer node forwarded here lost its
+# attempt (worker pid died of cause, or it raised error): tell that node, which retries
+ATTEMPT_LOST = 16
 FORWARD = 20  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
 
 OPCODE_NAMES = {
@@ -65,8 +68,7 @@ OPCODE_NAMES = {
     if isinstance(value, int) and name.isupper() and not name.startswith("_")
 }
 
-#: runtime_env workers idle this long are stopped
-ENV_WORKER_IDLE_S = 10.0
+ENV_WORKER_IDLE_S = env_workers.IDLE_S  # runtime_env workers idle this long are stopped
 #: a queue this short gives a failing task up at once (longer: see NodeState.stale)
 STALE_SCAN = 256
 
@@ -166,6 +168,26 @@ class NodeState:
         self.ready.appendleft(task)
         return _NONE
 
+    def peer_attempt_lost(
+        self, task: TaskRecord, error: bytes, pid: int, cause: str, address: str
+    ) -> list[Instruction]:
+        """A task of ours that a peer ran lost its attempt there (``AttemptLost``): its
+        worker there died (``pid``, ``cause``) or it raised ``error`` that its
+        retry_exceptions names. Attempts are counted here only (the peer runs it with
+        max_retries=0 and never retries it itself), so max_retries holds once in all."""
+        if task.state not in OCCUPYING:
+            return _NONE  # ended or retried already
+        if pid:
+            error = crashed_error(task, pid, f"{cause}, on node {address}")
+        return self.retry_or_fail(task, error)
+
+    def _attempt_lost(self, task: TaskRecord, pid: int, cause: str) -> list[Instruction]:
+        """Its worker died: retry or fail it here, or, if a peer node's, tell that node."""
+        if task.retried_by_owner and task.state is not TaskState.CANCELLED:
+            task.transition(TaskState.FAILED)
+            return [(ATTEMPT_LOST, task, b"", pid, cause)]
+        return self.retry_or_fail(task, crashed_error(task, pid, cause))
+
     def forwarded(self, task: TaskRecord) -> None:
         """The task runs on a peer now (taken off the queue by the caller, or placed the
         moment its values exist); its worker there is the peer's business."""
@@ -219,6 +241,10 @@ class NodeState:
             worker.task = following
             self.resources.acquire(following.demand)
             out: list[Instruction] = [(STARTED, following, worker)]
+        elif worker.suspended:  # it ran lent to its waiting parent: back to that wait
+            worker.task, worker.lent = worker.suspended.pop()
+            worker.transition(WorkerState.BLOCKED)
+            out = []
         else:
             worker.task = None
             worker.transition(WorkerState.IDLE)
@@ -230,6 +256,9 @@ class NodeState:
         elif task.state is TaskState.CANCELLED:
             task.transition(TaskState.FAILED)
             out.append((FAILED, task, cancelled_error(task)))
+        elif retryable and task.retried_by_owner:  # its node counts (peer_attempt_lost)
+            task.transition(TaskState.FAILED)
+            out.append((ATTEMPT_LOST, task, error, 0, ""))
         elif retryable and task.retry():
             task.worker = None
             task.transition(TaskState.READY)
@@ -239,13 +268,17 @@ class NodeState:
             out.append((FAILED, task, error))
         return out
 
-    def worker_blocked(self, worker: WorkerRecord) -> list[Instruction]:
+    def worker_blocked(
+        self, worker: WorkerRecord, waiting_for: tuple[bytes, ...] = ()
+    ) -> list[Instruction]:
         """Its task waits in get/wait: lend its CPUs out (a bundle's too), take back a task
         sent ahead (it may be the very one it waits for). Always answered with one REVOKE
         (of nothing, if nothing was sent ahead): the worker waits for it before starting
-        anything it got earlier, so a task taken back never runs twice."""
+        anything it got earlier, so a task taken back never runs twice. ``waiting_for``:
+        a get's objects, whose tasks may run inside the wait at the limit (``_lend``)."""
         if worker.task is None or worker.state is not WorkerState.BUSY:
             return [(REVOKE, None, worker, True)]
+        worker.task.waits_for = waiting_for
         out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
         total = self.resources.total
         lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
@@ -258,8 +291,13 @@ class NodeState:
         """Back from get: it takes its CPUs again (may overcommit for a moment, as in
         Ray). A bundle given back while it waited (its group removed) is not taken
         again: that share stays lent, and the task gives nothing back for it."""
-        if worker.task is None or worker.state is not WorkerState.BLOCKED:
+        if worker.task is None:
             return
+        if worker.state is WorkerState.BUSY and worker.suspended:
+            self._unlend(worker)
+        if worker.state is not WorkerState.BLOCKED:
+            return
+        worker.task.waits_for = ()
         total = self.resources.total
         lent = worker.lent
         if all(key in total for key in lent):
@@ -269,6 +307,17 @@ class NodeState:
             self.resources.acquire({k: v for k, v in lent.items() if k in total})
             worker.lent = {k: v for k, v in lent.items() if k not in total}
         worker.transition(WorkerState.BUSY)
+
+    def _unlend(self, worker: WorkerRecord) -> None:
+        """The wait a child was lent to ended before the child started there (the worker
+        says so by leaving it): the child waits in that process as a task sent ahead (it
+        starts when its parent ends, or is taken back if the parent blocks again)."""
+        child = worker.task
+        assert child is not None
+        self._release(child, worker)
+        worker.task, worker.lent = worker.suspended.pop()
+        worker.prefetched = child
+        worker.transition(WorkerState.BLOCKED)
 
     def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
         """Take back a task sent ahead; it goes first in the queue again. The worker drops
@@ -297,14 +346,20 @@ class NodeState:
             worker.prefetched = None
             following.worker = None
             out.append((UNPIN, following))
-            out += self.retry_or_fail(following, crashed_error(following, worker.pid, cause))
+            out += self._attempt_lost(following, worker.pid, cause)
         if worker.actor_id:
             out.append((ACTOR_PROCESS_DIED, worker, cause))
         elif task is not None and task.state in OCCUPYING:
             self._release(task, worker)
             task.worker = None
             out.append((UNPIN, task))
-            out += self.retry_or_fail(task, crashed_error(task, worker.pid, cause))
+            out += self._attempt_lost(task, worker.pid, cause)
+        while worker.suspended:  # the waiting parents a child was lent to die with it
+            parent, worker.lent = worker.suspended.pop()
+            self._release(parent, worker)
+            parent.worker = None
+            out.append((UNPIN, parent))
+            out += self._attempt_lost(parent, worker.pid, cause)
         if respawn and self.live_pool_workers() < self.pool_size:
             out.append((SPAWN, "", 1))
         return out
@@ -359,14 +414,39 @@ class NodeState:
             if count > 0:
                 out.append((SPAWN, "", count))
             if missing > max(count, 0):
-                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0))
+                detail = (  # (told once: no scan while an episode is on)
+                    ""
+                    if self.limit.reached
+                    else nested_lending.detail(self.workers, self.tasks, self.ready)
+                )
+                if count <= 0:  # at the limit: waiting parents run their children
+                    out += self._lend()
+                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0), detail)
         return out
 
-    def limit_reached(self, waiting: int, what: str, planned: int = 0) -> list[Instruction]:
+    def _lend(self) -> list[Instruction]:
+        """At the limit, a queued task that a task blocked in get waits for (its child)
+        runs inside the waiting task's process (``nested_lending``)."""
+        out: list[Instruction] = []
+        for task, worker in nested_lending.lend(self.workers.values(), self.ready, self.resources):
+            parent = worker.task
+            assert parent is not None  # (blocked in get: nested_lending.blocked_parents)
+            worker.suspended.append((parent, worker.lent))
+            worker.task, worker.lent = task, {}
+            self.resources.acquire(task.demand)
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            worker.transition(WorkerState.BUSY)
+            out.append((EXECUTE, task, worker))
+        return out
+
+    def limit_reached(
+        self, waiting: int, what: str, planned: int = 0, detail: str = ""
+    ) -> list[Instruction]:
         """``waiting`` tasks or actors (``what``) found no worker process (the limit): the
         drivers hear it once per episode (``WorkerLimit``). ``planned``: processes this
-        turn starts that are not in the table yet."""
-        text = self.limit.refused(len(self.workers) + planned, waiting, what)
+        turn starts that are not in the table yet; ``detail``: what the node does about it."""
+        text = self.limit.refused(len(self.workers) + planned, waiting, what, detail)
         return [(WARN, text)] if text is not None else _NONE
 
     def turn_ended(self) -> None:
@@ -400,30 +480,12 @@ class NodeState:
     def reap_env_workers(
         self, now: float, crowded_by: str = "", planned: int = 0
     ) -> list[Instruction]:
-        """Stop env workers idle for ENV_WORKER_IDLE_S; with ``crowded_by``, the one idle
-        longest of another env when envs already hold a pool's worth of workers
-        (``planned``: env workers about to start that are not in the table yet)."""
-        idle_env = self.scheduler.idle_env
-        if not idle_env:
+        """Stop env workers idle for ENV_WORKER_IDLE_S, or with ``crowded_by`` make room for
+        that env's (``env_workers.reap``; ``planned``: env workers about to start)."""
+        if not self.scheduler.idle_env:
             return _NONE
-        if crowded_by:
-            live = planned + sum(
-                1
-                for w in self.workers.values()
-                if w.env and not w.actor_id and w.state is not WorkerState.DEAD
-            )
-            if live < self.pool_size:
-                return _NONE
-            others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
-            victims = sorted(others, key=lambda w: w.idle_since)[:1]
-        else:
-            deadline = now - ENV_WORKER_IDLE_S
-            victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
-        out: list[Instruction] = []
-        for worker in victims:
-            self.scheduler.forget_worker(worker)  # never given a task again; its exit cleans up
-            out.append((KILL, worker))
-        return out
+        victims = env_workers.reap(self, now, crowded_by, planned)
+        return [(KILL, worker) for worker in victims] if victims else _NONE
 
     def prefetch(self) -> list[Instruction]:
         """With more queued tasks than workers, send each busy worker its next task now.
@@ -444,6 +506,7 @@ class NodeState:
             if (
                 worker.state is not WorkerState.BUSY
                 or worker.prefetched is not None
+                or worker.suspended
                 or worker.actor_id
                 or running is None
             ):
@@ -471,37 +534,15 @@ class NodeState:
 
     def spill_over(self, from_peers: Container[bytes]) -> list[Instruction]:
         """Queued tasks that this node cannot run now go to peers that have the resources
-        free (``peer_placement.choose_peer``). Tasks a peer sent us (their owner is in
+        free (``peer_placement.spill``); tasks a peer sent us (their owner is in
         ``from_peers``) and tasks pinned here by node affinity stay."""
-        ready = self.ready
-        if not ready:
+        if not self.ready:
             return _NONE
         peers = self.peers()
         if not peers:
             return _NONE
-        resources = self.resources
-        kept: list[TaskRecord] = []
-        out: list[Instruction] = []
-        for _ in range(min(len(ready), peer_placement.SPILL_SCAN)):
-            task = ready.popleft()
-            if task.state is not TaskState.READY:
-                continue  # failed while queued (counted in self.stale, an upper bound)
-            if (
-                task.owner in from_peers
-                or resources.fits(task.demand)
-                or task.strategy.startswith("node:")  # placed here by its node affinity
-            ):
-                kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
-                continue
-            demand = task.demand
-            target = peer_placement.choose_peer(demand, peers, resources.feasible(demand))
-            if target is None:
-                kept.append(task)
-            else:
-                peer_placement.charge(target, demand)  # so the next choice sees it taken
-                out.append((FORWARD, task, target))
-        ready.extendleft(reversed(kept))
-        return out
+        moves = peer_placement.spill(self.ready, peers, self.resources, from_peers)
+        return [(FORWARD, task, peer) for task, peer in moves]
 
     # ------------------------------------------------------------------ cancel
 

@@ -9,9 +9,11 @@ rule and are tested with plain numbers (``tests/test_actor_state.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Container, Iterable, Mapping
 
 from rayjupyter.core.head import NodeInfo
+from rayjupyter.core.scheduler import ResourcePool, TaskRecord, TaskState
 
 #: arguments this large pull their task to the node holding them
 LOCALITY_MIN_BYTES = 1 << 20
@@ -74,3 +76,37 @@ def refund(peer: NodeInfo, demand: Mapping[str, float]) -> None:
         peer.available[key] = min(
             peer.available.get(key, 0.0) + value, peer.resources.get(key, 0.0)
         )
+
+
+def spill(
+    ready: deque[TaskRecord],
+    peers: list[NodeInfo],
+    resources: ResourcePool,
+    from_peers: Container[bytes],
+) -> list[tuple[TaskRecord, NodeInfo]]:
+    """Take off the ready queue the tasks that this node cannot run now and a peer can
+    (``choose_peer``), at most SPILL_SCAN per turn, each charged to its peer so the next
+    choice sees it taken. Tasks a peer sent us (owner in ``from_peers``) and tasks pinned
+    here by node affinity stay, in their order."""
+    kept: list[TaskRecord] = []
+    moves: list[tuple[TaskRecord, NodeInfo]] = []
+    for _ in range(min(len(ready), SPILL_SCAN)):
+        task = ready.popleft()
+        if task.state is not TaskState.READY:
+            continue  # failed while queued (NodeState.stale is an upper bound)
+        demand = task.demand
+        if (
+            task.owner in from_peers
+            or resources.fits(demand)
+            or task.strategy.startswith("node:")  # placed here by its node affinity
+        ):
+            kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
+            continue
+        target = choose_peer(demand, peers, resources.feasible(demand))
+        if target is None:
+            kept.append(task)
+        else:
+            charge(target, demand)
+            moves.append((task, target))
+    ready.extendleft(reversed(kept))
+    return moves

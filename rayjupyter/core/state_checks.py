@@ -61,8 +61,16 @@ def validate(state: NodeState, held_elsewhere: dict[str, float]) -> None:
                 assert all(k not in resources.total for k in worker.lent), (
                     f"busy worker pid {worker.pid} lends {worker.lent}"
                 )
+            for parent, lent in worker.suspended:  # waiting beneath a child lent to them
+                assert parent.worker == worker.client_id and parent.state in OCCUPYING, (
+                    f"{parent.name} suspended on pid {worker.pid} is {parent.state.name}"
+                )
+                assert id(parent) not in queued, f"{parent.name} suspended and queued"
+                for key, value in parent.demand.items():
+                    held[key] = held.get(key, 0.0) + value - lent.get(key, 0.0)
         else:
             assert running is None, f"{kind.name} worker pid {worker.pid} holds a task"
+            assert not worker.suspended, f"{kind.name} pid {worker.pid} has suspended tasks"
             assert not worker.lent, f"{kind.name} worker pid {worker.pid} lends"
         following = worker.prefetched
         if following is not None:

@@ -31,7 +31,7 @@ def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
 def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
     error = WorkerCrashedError(
         f"The worker running task {task.name!r} died unexpectedly (pid "
-        f"{pid}, {cause}); it was tried {task.attempt} time(s) and "
+        f"{pid}, {cause}); it was tried {task.attempt + 1} time(s) and "
         f"max_retries={task.max_retries} allows no more. Raise max_retries or "
         f"find why the process dies (out of memory, a segfault, os._exit)."
     )
