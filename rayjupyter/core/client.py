@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
 import queue
 import sys
@@ -34,6 +33,7 @@ from rayjupyter.core.exceptions import (
     GetTimeoutError,
 )
 from rayjupyter.core.object_ref import reference_counter
+from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
@@ -82,8 +82,11 @@ class Client:
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
-        self._replies: dict[int, Any] = {}
-        self._request_ids = itertools.count(1)
+        # requests to the node and their answers (queries.Replies), bound once
+        self.replies = Replies(self.send, self._wait, address)
+        self.request = self.replies.request
+        self.new_request_id = self.replies.new_id
+        self.await_reply = self.replies.await_reply
         self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
         self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
@@ -333,28 +336,6 @@ class Client:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
-    def request(self, query: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
-        """Ask the node a query (a class of ``protocol.QUERIES``, built with a fresh request
-        id and ``args``) and wait for the answer; an error answer is raised. ``queries.py``
-        reads the answers with their types."""
-        request_id = self.new_request_id()
-        self.send([query(request_id, *args)])
-        return self.await_reply(request_id, getattr(query, "__name__", "a query"), timeout)
-
-    def new_request_id(self) -> int:
-        return next(self._request_ids)
-
-    def await_reply(self, request_id: int, what: str, timeout: float = 30.0) -> Any:
-        """Wait for the node's Reply to a message that carried request_id."""
-        if not self._wait(lambda: request_id in self._replies, timeout):
-            raise ClusterConnectionError(
-                f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
-            )
-        value = self._replies.pop(request_id)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
     # ------------------------------------------------------------------ waiting
 
     def _request_missing(self, object_ids: list[bytes], restore: bool = False) -> None:
@@ -590,7 +571,7 @@ class Client:
                     self._blocks_answered += 1
             elif kind is P.Reply:
                 if message.request_id:  # 0: the answer to a heartbeat
-                    self._replies[message.request_id] = message.value
+                    self.replies.answers[message.request_id] = message.value
                     notify = True
             elif kind is P.LogLines:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
