@@ -26,7 +26,7 @@ import zmq
 
 from rayjupyter.core import ids, protocol, transport
 from rayjupyter.core import protocol as P
-from rayjupyter.core.client_values import ValueReader
+from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
@@ -83,7 +83,7 @@ class Client:
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
         # requests to the node and their answers (queries.Replies), bound once
-        self.replies = Replies(self.send, self._wait, address)
+        self.replies = Replies(weak_method(self.send), weak_method(self._wait), address)
         self.request = self.replies.request
         self.new_request_id = self.replies.new_id
         self.await_reply = self.replies.await_reply
@@ -132,9 +132,9 @@ class Client:
             store_capacity=self.store_capacity,
             pins=self._pins,
             cond=self._cond,
-            send=self.send,
-            wait=self._wait,
-            restore=self._restore,
+            send=weak_method(self.send),
+            wait=weak_method(self._wait),
+            restore=weak_method(self._restore),
         )
         self.materialize = self.values.materialize
         reference_counter.on_zero = self._forget

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pickle
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import GetTimeoutError, ObjectLostError, RayTaskError
@@ -21,6 +22,24 @@ from rayjupyter.core.object_files import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
 KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
+
+_Args = ParamSpec("_Args")
+_Result = TypeVar("_Result")
+
+
+def weak_method(method: Callable[_Args, _Result]) -> Callable[_Args, _Result]:
+    """A client's method for its parts, without a reference back to the client: a cycle
+    would leave a dropped client to the garbage collector, whose order of finalizers can
+    terminate its zmq context before its sockets close (and then block)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _Args.args, **kwargs: _Args.kwargs) -> _Result:
+        bound = ref()
+        if bound is None:
+            raise ReferenceError("this client was closed and dropped")
+        return bound(*args, **kwargs)
+
+    return call
 
 
 class ValueReader:
