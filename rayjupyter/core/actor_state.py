@@ -115,6 +115,7 @@ class ActorRecord:
     placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
     host_node: bytes = b""
     pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
+    label: str = ""  # its instance's own __repr__ (its output's prefix, as in Ray), if any
     history: list[ActorState] = field(default_factory=list)
 
     @property
@@ -341,14 +342,18 @@ class ActorTable:
         actor.transition(ActorState.ALIVE)
         return [(HOST_ACTOR, actor, peer), *self.pump(actor.actor_id)]
 
-    def started(self, actor_id: bytes, worker_id: bytes, error: str | None) -> list[Instruction]:
-        """Its process ran __init__: it is alive, or (``error``) dead for good."""
+    def started(
+        self, actor_id: bytes, worker_id: bytes, error: str | None, label: str = ""
+    ) -> list[Instruction]:
+        """Its process ran __init__: it is alive (``label``: its own __repr__, if it has
+        one), or (``error``) dead for good."""
         actor = self.actors.get(actor_id)
         if actor is None or actor.worker != worker_id or actor.state is not ActorState.STARTING:
             return _NONE
         if error is not None:
             actor.no_restart = True
             return self.die(actor, f"its __init__ raised:\n{error}")
+        actor.label = label
         actor.transition(ActorState.ALIVE)
         return self.pump(actor_id)
 

@@ -304,7 +304,7 @@ class NodeActors:
 
     def on_actor_started(self, client: bytes, message: P.ActorStarted) -> None:
         error = None if message.error is None else str(pickle.loads(message.error))
-        self.execute(self.table.started(message.actor_id, client, error))
+        self.execute(self.table.started(message.actor_id, client, error, message.label))
 
     def actor_call_finished(self, worker: WorkerRecord, message: P.TaskFinished) -> None:
         task = self.table.call_returned(worker.actor_id, message.task_id)
