@@ -400,7 +400,8 @@ class Node:
                         exited.append(source)
                     elif source in link_of_socket:
                         self.peer_links.drain_link(link_of_socket[source])
-                    else:  # .get: an earlier event of this turn may have closed it
+                    elif not isinstance(source, zmq.Socket):  # a dropped link's socket: skip
+                        # .get: an earlier event of this turn may have closed it
                         handler = fd_handlers.get(int(source))
                         if handler is not None:
                             handler(int(source))
