@@ -249,7 +249,7 @@ class ZmqClient:
         sock = ctx.socket(zmq.DEALER)
         sock.routing_id = routing_id
         sock.linger = 0
-        sock.sndtimeo = 1000
+        sock.sndtimeo = 300  # the handshake is quick; a refused client never gets one
         auth.secure_client(sock, secret, endpoint)
         sock.connect(endpoint)
         self.sockets.append(sock)
@@ -280,13 +280,17 @@ def send_zmq(
     of one or more frames), after a real Hello when `hello`."""
     client = ZmqClient(ctx, endpoint, secret)
     try:
-        if hello:
+        if hello:  # (a client the node refused cannot even send: zmq.Again)
             hi = P.Hello("driver", os.getpid(), protocol.PROTOCOL_VERSION, "fuzz")
-            client.rx.send(protocol.dumps([hi]))
+            with contextlib.suppress(zmq.ZMQError):
+                client.rx.send(protocol.dumps([hi]))
         for message in parts:
             out.frames += len(message)
-            with contextlib.suppress(zmq.ZMQError):
+            try:
                 client.tx.send_multipart(message)
+            except zmq.ZMQError:
+                out.closed += 1
+                break
         if client.answered():
             out.answered += 1
     finally:

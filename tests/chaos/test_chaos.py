@@ -78,28 +78,28 @@ CASES = {
     # a worker of a peer dies mid-task (the task was forwarded there)
     "worker_kill_peer": (
         Fault("worker_kill_peer", 3, True, kill_worker(3)),
-        RunPlan(tasks=40, seconds=0.3, faults=3, observe_s=6),
+        RunPlan(tasks=40, seconds=0.3, faults=2, observe_s=4),
     ),
     # a worker is frozen for 1.5 s: its task is late, not lost, and not run twice
     "worker_stop": (
         Fault("worker_stop", None, False, stop_worker, 1.5, cont_worker),
-        RunPlan(tasks=120, seconds=0.3, faults=2),
+        RunPlan(tasks=80, seconds=0.3, faults=2),
     ),
     # node 3's daemon is frozen past node_timeout_s: presumed dead, its work runs elsewhere
     # (at-least-once: what its workers finished meanwhile may be done again), then it rejoins
     "daemon_stop": (
         Fault("daemon_stop", None, True, stop_daemon(3), NODE_TIMEOUT_S + 2, cont_daemon(3)),
-        RunPlan(tasks=150, seconds=0.3, faults=1, observe_s=25),
+        RunPlan(tasks=100, seconds=0.3, faults=1, observe_s=25),
     ),
     # node 3's daemon is SIGKILLed (its workers die with it) and started again
     "node_kill": (
         Fault("node_kill", None, True, kill_daemon(3), 1.0, restart(3)),
-        RunPlan(tasks=150, seconds=0.3, faults=1, observe_s=25),
+        RunPlan(tasks=100, seconds=0.3, faults=1, observe_s=25),
     ),
     # the head is SIGKILLed and started again on its port; the nodes rejoin it
     "head_kill": (
         Fault("head_kill", None, True, kill_daemon(1), 1.0, restart(1)),
-        RunPlan(tasks=150, seconds=0.3, faults=1, observe_s=30),
+        RunPlan(tasks=100, seconds=0.3, faults=1, observe_s=30),
     ),
 }
 

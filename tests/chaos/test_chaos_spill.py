@@ -89,7 +89,7 @@ def test_spill_disk_full(small_store: Any, request: pytest.FixtureRequest) -> No
         fault_at = time.monotonic()
         refs = [block.remote(i) for i in range(12)]  # 12 MiB kept: 4 in memory, 2 on disk
         first_error: float | None = None
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 8
         for i, ref in enumerate(refs):
             try:
                 value = rj.get(ref, timeout=max(0.1, deadline - time.monotonic()))
