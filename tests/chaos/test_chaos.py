@@ -11,8 +11,9 @@ table is printed at the end of the session and written to test-artifacts/chaos.j
 CI runs one short run per kind (about a minute in all); RAYJUPYTER_CHAOS_SECONDS=N repeats
 runs of each kind for N seconds, RAYJUPYTER_CHAOS_SEED picks the schedule.
 
-Faults not here and why: disk-full spill directories are in test_chaos_spill.py (a tiny
-tmpfs, root only); link cuts need network namespaces (test_chaos_netns.py, root only).
+Disk-full spill directories are in test_chaos_spill.py (a tiny tmpfs, root only), link
+cuts in test_chaos_netns.py (network namespaces, root only); README.md says what is not
+covered and why.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def test_fault(case: str, cluster: Cluster, tmp_path: Path, request: pytest.Fixt
         if row.lost or time.monotonic() - began >= budget:
             break
     row.seconds += time.monotonic() - began
+    assert row.faults > 0, f"no fault was injected: {row.notes}"
     assert row.lost == 0, f"{row.lost} of {row.tasks} tasks lost: {row.notes}"
     if not fault.duplicates_allowed:
         assert row.duplicated == 0, f"{row.duplicated} side effects done twice: {row.notes}"
