@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from chaos_report import FaultRow
 from chaos_workload import Ledger, step
 from helpers import descendants, is_alive, wait_for_condition, wait_for_pids_gone
@@ -87,6 +86,7 @@ class Cluster:
     roots: set[int] = field(default_factory=set)  # every daemon PID: the leak check's roots
     seen: set[int] = field(default_factory=set)
     driver_address: str = ""
+    stopped_worker: int = 0  # the worker a worker_stop fault froze (its heal thaws it)
 
     @property
     def env(self) -> dict[str, str]:
@@ -272,13 +272,13 @@ def stop_worker(cluster: Cluster, ledger: Ledger, rng: random.Random) -> tuple[A
     pid = _running_worker(cluster, ledger, rng.choice([1, 2, 3]), rng)
     index = next(e.index for e in ledger.running() if e.pid == pid)
     os.kill(pid, signal.SIGSTOP)
-    cluster.stopped_worker = pid  # type: ignore[attr-defined]
+    cluster.stopped_worker = pid
     return None, lambda: ledger.read().ends().get(index, 0) > 0
 
 
 def cont_worker(cluster: Cluster) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(cluster.stopped_worker, signal.SIGCONT)  # type: ignore[attr-defined]
+        os.kill(cluster.stopped_worker, signal.SIGCONT)
 
 
 def stop_daemon(node: int) -> Callable[..., tuple[Any, ...]]:
@@ -411,9 +411,3 @@ def run_case(
     row.duplicates_allowed = fault.duplicates_allowed
     if errors:
         row.notes.append(f"errors at get: {errors}")
-
-
-def is_root_alive(pid: int) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    return False

@@ -19,7 +19,6 @@ RAYJUPYTER_FUZZ_SECONDS=N spends N.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import socket
@@ -36,7 +35,7 @@ import zmq
 from chaos_report import FuzzRow, reporter
 from cluster_helpers import Nodes
 from conftest import _SHARED
-from helpers import child_pids, wait_for_condition
+from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import discovery, local_channel
@@ -137,7 +136,6 @@ class Holder:
 
 @pytest.fixture(scope="module")
 def holder() -> Iterator[Holder]:
-    before = child_pids()
     held = Holder()
     _SHARED.active = True
     try:
@@ -148,7 +146,6 @@ def holder() -> Iterator[Holder]:
             held.cluster.nodes.stop()
             held.cluster.ctx.destroy(0)
         rj.shutdown()
-        del before
 
 
 @pytest.fixture
@@ -423,8 +420,6 @@ def test_after_auth_a_buggy_client_never_crashes_the_node(
         fuzz_for(budget, fuzz, messages=messages)
     finally:
         _fill(row, out, began)
-    with contextlib.suppress(Exception):
-        cluster.answers()
     if not (cluster.alive(cluster.head) and cluster.alive(cluster.node)):
         row.crashes += 1
     cluster.answers()
