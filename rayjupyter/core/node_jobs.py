@@ -36,8 +36,8 @@ from rayjupyter.core.jobs import (
     new_submission_id,
 )
 from rayjupyter.core.node_io import ClientInfo, NodePoll
-from rayjupyter.core.read_models import JobRow
 from rayjupyter.core.node_runtime_env import ENV_PATHS_VAR, WORKING_DIR_VAR
+from rayjupyter.core.read_models import JobRow
 from rayjupyter.core.runtime_env import WORKER_ENV_VAR
 
 JOB_LOG_MAX_ENV = "RAYJUPYTER_JOB_LOG_MAX_BYTES"

@@ -17,6 +17,7 @@ tasks in the same env. Its output is kept on the head (``get_job_logs``, ``tail_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -95,10 +96,8 @@ class JobSubmissionClient:
     def __del__(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # at exit the sockets may be gone already
                 client.close()
-            except Exception:  # at interpreter exit the sockets may be gone already
-                pass
 
     def _request(self, kind: Any, *args: Any) -> Any:
         return self._client.request(kind, *args, timeout=self._timeout)
@@ -140,7 +139,9 @@ class JobSubmissionClient:
             env, packages = runtime_env_module.resolve(spec)
             digest = runtime_env_module.register(self._client, env, packages)
         all_metadata = {**self._default_metadata, **(metadata or {})}
-        bad = [k for k, v in all_metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        bad = [
+            k for k, v in all_metadata.items() if not (isinstance(k, str) and isinstance(v, str))
+        ]
         if bad:
             raise TypeError(f"metadata must map str to str; check {bad}")
         answer = self._request(
