@@ -38,8 +38,9 @@ def test_list_tasks_shows_states_and_filters():
     row = finished[-1]
     assert row["start_time"] <= row["end_time"] and row["worker_pid"]
     assert len(state.list_tasks(limit=2)) == 2
-    summary = state.summarize_tasks()
-    assert summary["succeed"]["FINISHED"] >= 3 and summary["explode"]["FAILED"] >= 1
+    summary = state.summarize_tasks()["cluster"]["summary"]  # Ray's shape
+    assert summary["succeed"]["state_counts"]["FINISHED"] >= 3
+    assert summary["explode"]["state_counts"]["FAILED"] >= 1
     with pytest.raises(ValueError, match="operator"):
         state.list_tasks(filters=[("state", ">", "x")])
 
@@ -63,7 +64,7 @@ def test_tasks_queued_behind_busy_workers_are_pending_not_running():
 
     wait_for_condition(lambda: len(running()) == cpus, timeout=30)
     assert len(running()) == cpus  # and none of those sent ahead
-    counts = state.summarize_tasks()["nap"]
+    counts = state.summarize_tasks()["cluster"]["summary"]["nap"]["state_counts"]
     assert counts.get("RUNNING") == cpus and counts.get("PENDING_NODE_ASSIGNMENT") == 2 * cpus
     rj.get(refs, timeout=60)
 
