@@ -43,6 +43,7 @@ from rayjupyter.core.runtime_env import WORKER_ENV_VAR
 JOB_LOG_MAX_ENV = "RAYJUPYTER_JOB_LOG_MAX_BYTES"
 JOB_LOG_MAX_BYTES = 256 << 20  # a job's log file stops growing here, and says so
 ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
+LOOK_INTERVAL_S = 0.1
 #: what makes the entrypoint die with the head, then runs the command through the shell
 _PRELUDE = (
     "import ctypes, os, signal, sys\n"
@@ -92,6 +93,7 @@ class NodeJobs:
         self.send = send
         self.manager = JobManager(max_jobs=max_jobs_from_env())
         self.processes: dict[str, JobProcess] = {}
+        self.last_look = 0.0  # when tick last looked for the entrypoints' drivers
         self.log_dir = os.path.join(session_dir(session), "jobs")
         limit = os.environ.get(JOB_LOG_MAX_ENV, "")
         self.log_max = int(limit) if limit.isdigit() else JOB_LOG_MAX_BYTES
@@ -171,10 +173,6 @@ class NodeJobs:
                 return client.hex()
         return None
 
-    def submission_pids(self) -> set[int]:
-        """Processes of live submitted jobs (their drivers are listed with the job)."""
-        return {r.pid for r in self.manager.live() if r.pid}
-
     # ------------------------------------------------------------------ instructions
 
     def execute(self, instructions: list[Instruction]) -> None:
@@ -190,9 +188,19 @@ class NodeJobs:
                     os.unlink(self.log_path(record.submission_id))
 
     def tick(self) -> None:
-        """Once per loop turn: SIGKILL jobs that ignored their SIGTERM for too long."""
-        if self.processes:
-            self.execute(self.manager.tick(time.time()))
+        """Once per loop turn: SIGKILL jobs that ignored their SIGTERM for too long; note
+        the driver each running entrypoint started (its job id), a few times a second."""
+        if not self.processes:
+            return
+        now = time.time()
+        self.execute(self.manager.tick(now))
+        if now - self.last_look < LOOK_INTERVAL_S:
+            return
+        self.last_look = now
+        for submission_id in self.processes:
+            record = self.manager.jobs.get(submission_id)
+            if record is not None and record.job_id is None:
+                record.job_id = self.driver_job_of(record)
 
     def log_path(self, submission_id: str) -> str:
         return os.path.join(self.log_dir, f"{submission_id}.log")
