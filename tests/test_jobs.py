@@ -127,9 +127,7 @@ def client(head: Head) -> Iterator[JobSubmissionClient]:
 
 
 def wait_until_ended(client: JobSubmissionClient, submission_id: str, timeout: float = 60):
-    wait_for_condition(
-        lambda: client.get_job_status(submission_id).is_terminal(), timeout=timeout
-    )
+    wait_for_condition(lambda: client.get_job_status(submission_id).is_terminal(), timeout=timeout)
     return client.get_job_info(submission_id)
 
 
@@ -289,12 +287,11 @@ def test_unsupported_options_are_refused_not_ignored(client, tmp_path):
 
 
 def test_the_head_stopping_takes_its_jobs_with_it(tmp_path):
-    with started_head(tmp_path / "home") as own:
-        with JobSubmissionClient(own.connect) as jobs:
-            submission_id = jobs.submit_job(entrypoint="sleep 300")
-            wait_for_condition(lambda: jobs.get_job_info(submission_id).driver_pid, timeout=10)
-            pid = jobs.get_job_info(submission_id).driver_pid
-            assert alive_pids([pid])
+    with started_head(tmp_path / "home") as own, JobSubmissionClient(own.connect) as jobs:
+        submission_id = jobs.submit_job(entrypoint="sleep 300")
+        wait_for_condition(lambda: jobs.get_job_info(submission_id).driver_pid, timeout=10)
+        pid = jobs.get_job_info(submission_id).driver_pid
+        assert alive_pids([pid])
     wait_for_pids_gone([pid], timeout=10)
 
 
@@ -306,4 +303,3 @@ def test_the_entrypoint_is_killed_when_the_head_is(tmp_path):
             pid = jobs.get_job_info(submission_id).driver_pid
         os.kill(own.pid, signal.SIGKILL)
         wait_for_pids_gone([own.pid, pid], timeout=10)
-
