@@ -97,17 +97,24 @@ def _cell(value: Any) -> str:
 
 def table(rows: Sequence[Any], columns: Sequence[str], width: int | None = None) -> str:
     """Rows as an aligned text table no wider than the terminal: the widest columns are
-    cut first (their cells end with "~"); an empty list says so."""
+    cut first (their cells end with "~"), and the last columns left out (a line says so)
+    when even that is too wide; an empty list says so."""
     if not rows:
         return "(no rows)"
     width = width or terminal_width()
+    columns = list(columns)
+    dropped = 0
+    # too many columns for the terminal even at their narrowest: the last ones go
+    while len(columns) > 1 and len(columns) * (MIN_COLUMN + 2) - 2 > width:
+        columns.pop()
+        dropped += 1
     cells = [[_cell(row.get(c) if hasattr(row, "get") else None) for c in columns] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     budget = width - 2 * (len(columns) - 1)
     while sum(widths) > budget:
         widest = max(range(len(widths)), key=lambda i: widths[i])
         if widths[widest] <= MIN_COLUMN:
-            break  # as narrow as they go: the terminal wraps what is left
+            break  # as narrow as they go
         widths[widest] -= 1
 
     def fit(text: str, size: int) -> str:
@@ -119,6 +126,8 @@ def table(rows: Sequence[Any], columns: Sequence[str], width: int | None = None)
         "  ".join(fit(text, w) for text, w in zip(line, widths, strict=True)).rstrip()
         for line in cells
     ]
+    if dropped:
+        lines.append(f"({dropped} more columns: widen the terminal or --format json)"[:width])
     return "\n".join(lines)
 
 

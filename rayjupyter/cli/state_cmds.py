@@ -296,15 +296,17 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def find_py_spy() -> str | None:
+    """py-spy on PATH, or beside this Python (a virtualenv's bin folder)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or (beside if os.access(beside, os.X_OK) else None)
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     """Ray's ``ray stack``: every worker's and driver's Python stacks, through py-spy."""
     from rayjupyter.util import state
 
-    spy = shutil.which("py-spy") or (
-        os.path.join(os.path.dirname(sys.executable), "py-spy")
-        if os.path.exists(os.path.join(os.path.dirname(sys.executable), "py-spy"))
-        else None
-    )
+    spy = find_py_spy()
     if spy is None:
         raise CliError("`rayjupyter stack` needs py-spy: pip install py-spy, then run it again")
     workers = _state_call(
