@@ -50,6 +50,7 @@ class Head:
     cli: Cli
     connect: str  # rayjupyter://SECRET@HOST:PORT
     pid: int
+    stdout: str  # what `start --head` printed (the dashboard's URL, when it has one)
 
 
 @contextmanager
@@ -59,9 +60,10 @@ def started_head(home: Path, *extra: str) -> Iterator[Head]:
     out = cli("start", "--head", "--port", str(free_port()), "--num-cpus", "1", *extra)
     assert out.returncode == 0, out.stderr
     connect = next(w for w in out.stdout.split() if w.startswith("rayjupyter://"))
-    (pid,) = cli.started_pids()
+    pids = cli.started_pids()  # the head (and its dashboard, if asked for)
+    head = next(p for p in pids if "rayjupyter.core.node" in Path(f"/proc/{p}/cmdline").read_text())
     try:
-        yield Head(cli, connect, pid)
+        yield Head(cli, connect, head, out.stdout)
     finally:
         cli("stop")
-        wait_for_pids_gone([pid], timeout=15)
+        wait_for_pids_gone(pids, timeout=15)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cli_helpers import Cli, Head, started_head
+from cli_helpers import Cli, Head, free_port, started_head
 from conftest import _SHARED
 from helpers import wait_for_condition
 
@@ -63,8 +65,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    with started_head(tmp_path_factory.mktemp("home")) as started:
-        _SHARED.roots, _SHARED.active = {started.pid}, True
+    home = tmp_path_factory.mktemp("home")
+    with started_head(home, "--dashboard-port", str(free_port())) as started:
+        _SHARED.roots, _SHARED.active = set(started.cli.started_pids()), True
         try:
             yield started
         finally:
@@ -268,3 +271,25 @@ def test_job_commands(cli, tmp_path: Path):
     assert "deleted" in ok(cli("job", "delete", long))
     one_line_error(cli("job", "status", long), "does not exist")
     one_line_error(cli("job", "submit"), "after --")
+
+
+def test_submitted_jobs_show_in_the_dashboard(cli, head):
+    submission_id = ok(cli("job", "submit", "--no-wait", "--", "echo", "shown")).split("'")[1]
+    url = next(w for w in head.stdout.split() if w.startswith("http://"))
+    parts = urllib.parse.urlsplit(url)
+    token = urllib.parse.parse_qs(parts.query)["token"][0]
+    request = urllib.request.Request(
+        f"http://{parts.netloc}/api/v0/jobs", headers={"Authorization": f"token {token}"}
+    )
+
+    def listed() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return [j for j in json.loads(answer.read())["jobs"] if j["type"] == "SUBMISSION"]
+
+    wait_for_condition(
+        lambda: any(
+            j["submission_id"] == submission_id and j["status"] == "SUCCEEDED" for j in listed()
+        ),
+        timeout=30,
+    )
+    assert any(j["entrypoint"] == "echo shown" for j in listed())
