@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rayjupyter.cli.output import CliError
-from rayjupyter.core import addresses, auth, worker_limit
+from rayjupyter.core import addresses, auth, discovery, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.launcher import default_object_store_memory
 from rayjupyter.core.read_models import NodeStatus
@@ -240,6 +240,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             stopped += 1
+        if record["role"] != "dashboard" and not _is_our_node(pid) and record.get("session"):
+            # a node killed (now, or earlier by someone else) left its folder and its secret
+            discovery.remove_session(str(record["session"]))
         record["path"].unlink(missing_ok=True)
     saved = _read_cluster_file()
     if saved is not None and not any(r["role"] == "head" for r in loaded) and stopped == 0:
