@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -308,3 +309,19 @@ def test_the_entrypoint_is_killed_when_the_head_is(tmp_path):
             pid = jobs.get_job_info(submission_id).driver_pid
         os.kill(own.pid, signal.SIGKILL)
         wait_for_pids_gone([own.pid, pid], timeout=10)
+
+
+def test_a_node_that_is_not_the_head_says_where_the_head_is(head, client):
+    joined = head.cli("start", "--address", head.connect, "--num-cpus", "1")
+    assert joined.returncode == 0, joined.stderr
+    records = [json.loads(p.read_text()) for p in (head.cli.home / "started").glob("*.json")]
+    node = next(r for r in records if r["role"] == "node")
+    try:
+        secret = head.connect[len("rayjupyter://") :].rpartition("@")[0]
+        elsewhere = JobSubmissionClient(f"rayjupyter://{secret}@{node['address']}")
+        with elsewhere, pytest.raises(RuntimeError, match="not the head: submit jobs to the"):
+            elsewhere.submit_job(entrypoint="true")
+    finally:
+        os.kill(node["pid"], signal.SIGTERM)
+        wait_for_pids_gone([node["pid"]], timeout=15)
+        (head.cli.home / "started" / f"{node['pid']}.json").unlink()

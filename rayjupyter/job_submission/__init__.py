@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from enum import Enum
 from typing import Any, cast
 
 from rayjupyter.core import addresses
@@ -39,7 +40,7 @@ LOG_CHUNK_BYTES = 1 << 20
 TAIL_INTERVAL_S = 0.2
 
 
-class JobType:
+class JobType(str, Enum):
     """Ray's job types: submitted through this API, or a driver that connected itself."""
 
     SUBMISSION = "SUBMISSION"
