@@ -312,5 +312,6 @@ def test_the_state_api_reaches_a_cluster_by_address(tmp_path):
         mine = state.list_nodes()
         assert len(nodes) == 1 and nodes[0].node_id != mine[0].node_id
         assert state.summarize_tasks(address=other.connect)["cluster"]["total_tasks"] == 0
-    with pytest.raises(ConnectionError, match="Failed to connect"):
+    with pytest.raises(ConnectionError, match="Failed to connect") as failed:
         state.list_nodes(address="rayjupyter://wrong@127.0.0.1:1", timeout=2)
+    assert isinstance(failed.value, state.RayStateApiException)  # Ray's error type too

@@ -229,28 +229,31 @@ class NodeJobs:
 
     def _start(self, record: JobRecord) -> None:
         now = time.time()
-        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        read_end = write_end = -1
+        log = None
         try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+            log = open(self.log_path(record.submission_id), "wb", buffering=0)  # noqa: SIM115
             env, cwd = self._environment(record)
             read_end, write_end = os.pipe()
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _PRELUDE, record.entrypoint, str(os.getpid())],
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_end,
-                    stderr=write_end,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,  # its own process group: stop reaches children
-                )
-            finally:
-                os.close(write_end)
+            process = subprocess.Popen(
+                [sys.executable, "-c", _PRELUDE, record.entrypoint, str(os.getpid())],
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # its own process group: stop reaches its children
+            )
         except (OSError, KeyError, ValueError) as exc:
-            with contextlib.suppress(UnboundLocalError, OSError):
-                os.close(read_end)
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+            if log is not None:
+                log.close()
             self.execute(self.manager.start_failed(record.submission_id, str(exc), now))
             return
-        log = open(self.log_path(record.submission_id), "wb", buffering=0)  # noqa: SIM115
+        os.close(write_end)
         pidfd = os.pidfd_open(process.pid)
         running = JobProcess(process, read_end, pidfd, log)
         self.processes[record.submission_id] = running

@@ -61,6 +61,10 @@ class RayStateApiException(Exception):
     """Ray's error for a state query that could not be answered."""
 
 
+class StateConnectionError(RayStateApiException, ConnectionError):
+    """The cluster could not be reached: Ray's error, and a ConnectionError too."""
+
+
 def columns(row_type: type[Row]) -> list[str]:
     """The names a filter or a table may use: the fields, then Ray's alias properties."""
     names = [f.name for f in fields(row_type)]  # type: ignore[arg-type]
@@ -80,7 +84,7 @@ def _connection(address: str | None, timeout: float) -> Iterator[Client]:
     try:
         client = addresses.observer(address, timeout=min(float(timeout), 10.0))
     except (addresses.AddressError, ConnectionError) as exc:
-        raise ConnectionError(f"Failed to connect to the cluster: {exc}") from None
+        raise StateConnectionError(f"Failed to connect to the cluster: {exc}") from None
     try:
         yield client
     finally:
