@@ -96,6 +96,9 @@ def test_refusals_name_the_fix():
         jobs.submit("a", "x", now=0.0)
     with pytest.raises(ValueError, match="empty"):
         jobs.submit("b", "  ", now=0.0)
+    for bad in ("../../etc/x", "a/b", ".hidden", "", "x" * 129):
+        with pytest.raises(ValueError, match="is not allowed"):
+            jobs.submit(bad, "true", now=0.0)
     with pytest.raises(ValueError, match="stop it"):
         jobs.delete("a")
     jobs.start_failed("a", "no such file", now=1.0)
@@ -286,6 +289,8 @@ def test_unsupported_options_are_refused_not_ignored(client, tmp_path):
         client.submit_job(entrypoint="true", entrypoint_num_cpus=1)
     with pytest.raises(ValueError, match="pip"):
         client.submit_job(entrypoint="true", runtime_env={"pip": ["requests"]})
+    with pytest.raises(ValueError, match="is not allowed"):  # it names a file on the head
+        client.submit_job(entrypoint="true", submission_id="../../escape")
     with pytest.raises(ValueError, match="already exists"):
         first = client.submit_job(entrypoint="true")
         client.submit_job(entrypoint="true", submission_id=first)

@@ -24,6 +24,7 @@ States and their transitions (Ray's ``JobStatus``), one table::
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections import OrderedDict
@@ -40,6 +41,9 @@ JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
 #: jobs the head remembers; at the bound the oldest ended job is forgotten (with its log)
 MAX_JOBS = 1000
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (as Ray's stop_job)
+
+#: names a log file on the head: no path separators, no leading dot
+_SUBMISSION_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 START = "start"
 SIGNAL = "signal"
@@ -167,6 +171,11 @@ class JobManager:
         """A new job: start it. ValueError (a message for the submitter) if it is refused."""
         if not entrypoint.strip():
             raise ValueError("the job's entrypoint is empty: give the command to run")
+        if not _SUBMISSION_ID.fullmatch(submission_id):
+            raise ValueError(
+                f"submission_id {submission_id!r} is not allowed: use 1 to 128 letters, digits, "
+                "'_', '-' or '.', not starting with '.'"
+            )
         if submission_id in self.jobs:
             raise ValueError(
                 f"Job with submission_id {submission_id!r} already exists: pick another id "

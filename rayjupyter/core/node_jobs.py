@@ -109,8 +109,10 @@ class NodeJobs:
                     f"{self.head_address}"
                 )
             value = self._answer(client, message)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            value = exc if not isinstance(exc, KeyError) else RuntimeError(exc.args[0])
+        except (ValueError, RuntimeError) as exc:
+            value = exc
+        except Exception as exc:  # the asker hears of it at once, rather than timing out
+            value = RuntimeError(f"the head could not answer {type(message).__name__}: {exc!r}")
         self.send(client, P.Reply(message.request_id, value))
 
     def _answer(self, client: bytes, message: Any) -> Any:
