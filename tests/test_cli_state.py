@@ -66,7 +66,9 @@ class World:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     home = tmp_path_factory.mktemp("home")
-    with started_head(home, "--dashboard-port", str(free_port())) as started:
+    # Ray's option name for the address nodes are reached at
+    extra = ("--dashboard-port", str(free_port()), "--node-ip-address", "127.0.0.1")
+    with started_head(home, *extra) as started:
         _SHARED.roots, _SHARED.active = set(started.cli.started_pids()), True
         try:
             yield started
@@ -184,6 +186,9 @@ def test_logs_list_and_print_one(cli, world):
     assert "shouting hello" in ok(cli("logs", "task", "--id", task_id))
     assert ok(cli("logs", "worker", "--pid", str(world.shout_pid), "--err")) == ""
     one_line_error(cli("logs", "actor"), "--id")
+    node_id = as_json(cli, "list", "nodes")[0]["NodeID"]
+    assert "worker_out" in ok(cli("logs", "--node-id", node_id))
+    one_line_error(cli("logs", "--node-ip-address", "10.9.9.9"), "connect to that node")
 
 
 def test_memory_timeline_and_stack(cli, world, tmp_path):
