@@ -137,6 +137,7 @@ class Node:
         P.ObjectsReady: "forwarding.on_peer_objects_ready",
         P.ContainedObjects: "forwarding.on_contained_objects",
         P.ActorGone: "forwarding.on_actor_gone",
+        P.AttemptLost: "forwarding.on_attempt_lost",
         P.LogLines: "forwarding.on_peer_log_lines",
         P.ObjectChunk: "pulling.on_object_chunk",
         P.Reply: "placement.on_peer_reply",
