@@ -17,9 +17,9 @@ tasks in the same env. Its output is kept on the head (``get_job_logs``, ``tail_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
+import weakref
 from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Any, cast
@@ -80,25 +80,23 @@ class JobSubmissionClient:
         self._default_metadata = dict(metadata or {})
         self._client = addresses.observer(address, timeout=min(self._timeout, 10.0), io_thread=True)
         self._address = self._client.address
+        # closed when dropped; at interpreter exit it is left alone (the IO thread may be
+        # frozen holding the send lock there; the head lets a silent observer go by itself)
+        self._closer = weakref.finalize(self, self._client.close)
+        self._closer.atexit = False
 
     def __repr__(self) -> str:
         return f"JobSubmissionClient(head at {self._address})"
 
     def close(self) -> None:
         """Disconnect (the jobs go on)."""
-        self._client.close()
+        self._closer()
 
     def __enter__(self) -> JobSubmissionClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            with contextlib.suppress(Exception):  # at exit the sockets may be gone already
-                client.close()
 
     def _request(self, kind: Any, *args: Any) -> Any:
         return self._client.request(kind, *args, timeout=self._timeout)
