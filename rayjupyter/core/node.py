@@ -399,7 +399,8 @@ class Node:
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
                     self.zap.refusals.tick()  # a window's summary of refused connections
-                    self.pool.reap_adopted()  # tasks' orphaned processes that exited
+                    # tasks' orphaned processes that exited (not jobs': theirs to collect)
+                    self.pool.reap_adopted(also=self.jobs.pids())
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                 self.membership.tick()

@@ -204,6 +204,10 @@ class NodeJobs:
             if record is not None and record.job_id is None:
                 record.job_id = self.driver_job_of(record)
 
+    def pids(self) -> set[int]:
+        """The running entrypoints (children of the node whose exit ``_on_exit`` collects)."""
+        return {running.process.pid for running in self.processes.values()}
+
     def log_path(self, submission_id: str) -> str:
         return os.path.join(self.log_dir, f"{submission_id}.log")
 
