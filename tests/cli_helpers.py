@@ -54,10 +54,11 @@ class Head:
 
 
 @contextmanager
-def started_head(home: Path, *extra: str) -> Iterator[Head]:
-    """A head started with `rayjupyter start --head` (1 CPU), stopped and checked gone."""
+def started_head(home: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Head]:
+    """A head started with `rayjupyter start --head` (1 CPU), stopped and checked gone;
+    ``env``: variables the head is started with."""
     cli = Cli(home)
-    out = cli("start", "--head", "--port", str(free_port()), "--num-cpus", "1", *extra)
+    out = cli("start", "--head", "--port", str(free_port()), "--num-cpus", "1", *extra, env=env)
     assert out.returncode == 0, out.stderr
     connect = next(w for w in out.stdout.split() if w.startswith("rayjupyter://"))
     pids = cli.started_pids()  # the head (and its dashboard, if asked for)

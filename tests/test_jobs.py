@@ -330,3 +330,17 @@ def test_a_node_that_is_not_the_head_says_where_the_head_is(head, client):
         os.kill(node["pid"], signal.SIGTERM)
         wait_for_pids_gone([node["pid"]], timeout=15)
         (head.cli.home / "started" / f"{node['pid']}.json").unlink()
+
+
+def test_a_jobs_log_is_bounded_and_says_so(tmp_path):
+    limit = {"RAYJUPYTER_JOB_LOG_MAX_BYTES": "1000"}
+    with (
+        started_head(tmp_path / "home", env=limit) as own,
+        JobSubmissionClient(own.connect) as jobs,
+    ):
+        submission_id = jobs.submit_job(entrypoint="yes yy | head -c 20000")
+        assert wait_until_ended(jobs, submission_id).status == JobStatus.SUCCEEDED
+        text = jobs.get_job_logs(submission_id)
+    kept, _, note = text.partition("\n[rayjupyter: ")
+    assert kept.startswith("yy\nyy\n") and len(kept) <= 1000
+    assert "reached 1000 bytes" in note and "RAYJUPYTER_JOB_LOG_MAX_BYTES" in note

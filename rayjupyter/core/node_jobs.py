@@ -287,17 +287,17 @@ class NodeJobs:
         return True
 
     def _append(self, running: JobProcess, data: bytes) -> None:
-        room = self.log_max - running.written
-        if room <= 0:
-            if not running.truncated:
-                running.truncated = True
-                running.log.write(
-                    f"\n[rayjupyter: the job's log reached {self.log_max} bytes; later output "
-                    f"is dropped (raise {JOB_LOG_MAX_ENV})]\n".encode()
-                )
-            return
-        running.log.write(data[:room])
-        running.written += min(room, len(data))
+        """Into the log, up to its bound; the first byte past it writes a line saying so."""
+        room = max(self.log_max - running.written, 0)
+        if room:
+            running.log.write(data[:room])
+            running.written += min(room, len(data))
+        if len(data) > room and not running.truncated:
+            running.truncated = True
+            running.log.write(
+                f"\n[rayjupyter: the job's log reached {self.log_max} bytes; later output "
+                f"is dropped (raise {JOB_LOG_MAX_ENV})]\n".encode()
+            )
 
     def _on_exit(self, submission_id: str) -> None:
         running = self.processes[submission_id]
