@@ -118,7 +118,7 @@ def test_list_every_resource_as_json_yaml_and_a_table_that_fits(cli, world):
     assert {"succeed", "explode", "shout"} <= {r["name"] for r in found["tasks"]}
     assert [r["state"] for r in found["actors"] if r["name"] == "keeper"] == ["ALIVE"]
     assert {world.small.hex(), world.large.hex()} <= {r["object_id"] for r in found["objects"]}
-    assert [n["Alive"] for n in found["nodes"]] == [True]
+    assert [(n["Alive"], n["state"]) for n in found["nodes"]] == [(True, "ALIVE")]
     assert world.job_id in {j["job_id"] for j in found["jobs"]}
     assert [g["state"] for g in found["placement-groups"] if g["name"] == "grouped"] == ["CREATED"]
     workers = found["workers"]

@@ -245,6 +245,7 @@ def test_rows_have_attribute_and_item_access_and_rays_fields():
     assert state.get_task("00" * 20) is None
     node = state.list_nodes()[0]
     assert node.state == "ALIVE" and node.node_id == node.NodeID and node.resources_total["CPU"]
+    assert node.asdict()["state"] == "ALIVE" and node.asdict()["Alive"] is True  # both names
     assert state.get_node(node.node_id).node_ip == node.NodeManagerAddress
     assert state.list_nodes(filters=[("state", "=", "ALIVE")])  # Ray's alias names filter too
     with pytest.raises(ValueError, match=r"not supported.*state"):

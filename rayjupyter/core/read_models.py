@@ -64,7 +64,13 @@ class Row:
         return getattr(self, key, default)
 
     def asdict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        """The fields, then the properties that give Ray's other names for them."""
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for klass in type(self).__mro__:
+            for name, value in vars(klass).items():
+                if isinstance(value, property) and name not in fields:
+                    fields[name] = getattr(self, name)
+        return fields
 
     def keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
