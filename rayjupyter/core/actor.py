@@ -20,6 +20,7 @@ from rayjupyter.core import (
     runtime_env,
     scheduling_strategies,
     serialization,
+    signatures,
 )
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
@@ -72,6 +73,8 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
                 member, "__rayjupyter_num_returns__", "streaming" if is_generator else 1
             ),
             "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
+            # its parameters, so a call is checked at .remote() wherever the handle goes
+            "params": signatures.describe(signatures.for_method(cls, name)),
         }
     return table
 
@@ -85,6 +88,7 @@ class ActorClass:
             option_table.actor_defaults(), options, for_actor=True
         )
         self._methods = _method_table(cls)
+        self._argcheck = signatures.for_class(cls)
         self._blob: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
@@ -98,10 +102,24 @@ class ActorClass:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
 
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes (class variables, static and class methods), so a
+        method can use ``MyActor.LIMIT`` where ``MyActor`` names this remote class (Ray's
+        actor class derives from the user's class to the same end)."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(
+                f"actor class {cls.__name__!r} has no attribute {name!r}"
+            ) from None
+
     def options(self, **options: Any) -> ActorClass:
-        copy = ActorClass(self._cls, {})
+        copy = ActorClass.__new__(ActorClass)
+        copy.__dict__.update(self.__dict__)
         copy._options = option_table.merge_options(self._options, options, for_actor=True)
-        copy._blob = self._blob
         return copy
 
     def _class_blob(self) -> bytes:
@@ -142,6 +160,8 @@ def create_actor(
     client: Client, actor_class: ActorClass, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> ActorHandle:
     name = actor_class.__name__
+    if actor_class._argcheck is not None:
+        actor_class._argcheck.check(name, args, kwargs)
     packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
     actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
     node_options = _node_options(actor_class)
@@ -265,7 +285,7 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __repr__(self) -> str:
-        return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
 
     def _call(
         self,
@@ -277,6 +297,10 @@ class ActorHandle:
         backpressure: int | None = None,
     ) -> Any:
         label = f"{self._class_name}.{method_name}"
+        meta = self._methods.get(method_name)
+        params = meta.get("params") if meta is not None else None
+        if params is not None:
+            signatures.from_description(params).check(label, args, kwargs)
         options = {"_generator_backpressure_num_objects": backpressure}
         mode, window = generator_options(num_returns, options, label)
         packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s))

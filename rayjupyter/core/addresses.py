@@ -1,47 +1,43 @@
-"""Where a cluster is and its secret, from what a user gives: one place for the CLI, the
-state API and the Jobs client.
+"""Where a cluster is and its secret, for the programs that only look into it or ask it
+things (the CLI, the state API, the Jobs client): ``connect.py``'s rules, as ``rj.init``
+follows them, with errors that name the fix and without ever starting a cluster.
 
-Accepted, as Ray accepts its addresses: ``rayjupyter://SECRET@HOST:PORT``; ``HOST:PORT``
-with the secret in ``RAYJUPYTER_SECRET`` or in ``~/.rayjupyter/cluster.json`` (written by
-``rayjupyter start --head`` on this machine, 0600); ``"auto"`` or nothing, for the cluster
-named by ``RAYJUPYTER_ADDRESS`` / ``RAY_ADDRESS`` or else the head started on this machine.
+Accepted: ``rayjupyter://SECRET@HOST:PORT``; ``HOST:PORT`` with the secret found where this
+user's programs keep it (``RAYJUPYTER_SECRET``, ``~/.rayjupyter/cluster.json``, the local
+clusters' records); ``"auto"`` or nothing, for the cluster named by ``RAYJUPYTER_ADDRESS`` /
+``RAY_ADDRESS`` or else the head started on this machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rayjupyter.core import connect
 from rayjupyter.core.config import SECRET_ENV
 
 if TYPE_CHECKING:
     from rayjupyter.core.client import Client
 
-ADDRESS_SCHEME = "rayjupyter://"
-ADDRESS_ENVS = ("RAYJUPYTER_ADDRESS", "RAY_ADDRESS")
+ADDRESS_SCHEME = connect.ADDRESS_SCHEME
+ADDRESS_ENVS = connect.ADDRESS_ENVS
 
 
 class AddressError(ValueError):
     """No usable address or secret: the message names the fix."""
 
 
-def state_dir() -> Path:
-    """Where this user's cluster file and the records of started nodes live."""
-    return Path(os.environ.get("RAYJUPYTER_HOME", Path.home() / ".rayjupyter"))
-
-
-def cluster_file() -> Path:
-    return state_dir() / "cluster.json"
+state_dir = connect.state_dir
+cluster_file = connect.head_file
 
 
 def read_cluster_file() -> dict[str, Any] | None:
+    """What `rayjupyter start --head` wrote here (address and secret), if anything."""
     try:
-        data: dict[str, Any] = json.loads(cluster_file().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(cluster_file().read_text())
+    except (OSError, ValueError):
         return None
-    return data
+    return data if isinstance(data, dict) else None
 
 
 def split(address: str) -> tuple[str, str]:
@@ -58,11 +54,7 @@ def split(address: str) -> tuple[str, str]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise AddressError(f"bad address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6380)")
-    secret = secret or os.environ.get(SECRET_ENV, "")
-    if not secret:
-        saved = read_cluster_file()
-        if saved and saved.get("address") == address:
-            secret = str(saved["secret"])
+    secret = secret or connect.find_secret(address)
     if not secret:
         raise AddressError(
             f"no secret for the cluster at {address}: pass rayjupyter://SECRET@{address} "
@@ -72,19 +64,18 @@ def split(address: str) -> tuple[str, str]:
 
 
 def resolve(address: str | None) -> tuple[str, str]:
-    """(host:port, secret) of ``address``, or of the cluster found when it is None/"auto"."""
-    if address and address != "auto":
-        return split(address)
-    for name in ADDRESS_ENVS:
-        if os.environ.get(name) and os.environ[name] != "auto":
-            return split(os.environ[name])
-    saved = read_cluster_file()
-    if saved is None:
+    """(host:port, secret) of ``address``, or of the cluster found when it is None/"auto"
+    (never a new local cluster: there is nothing to look at in one)."""
+    try:
+        found = connect.resolve("auto" if address is None else address)
+    except ConnectionError:
+        found = None
+    if not found:
         raise AddressError(
             "no cluster to connect to: start one with `rayjupyter start --head`, or give its "
             "address (rayjupyter://SECRET@HOST:PORT, or set RAYJUPYTER_ADDRESS)"
         )
-    return str(saved["address"]), str(saved["secret"])
+    return split(found)
 
 
 def observer(address: str | None, timeout: float = 8.0, io_thread: bool = False) -> Client:

@@ -73,6 +73,8 @@ class Client:
     ) -> None:
         self.kind = kind
         self.namespace = namespace
+        self.log_to_driver = True  # init(log_to_driver=False): workers' prints are not shown
+        self.pid = os.getpid()  # the process that connected (a forked child is not it)
         #: says why the cluster is gone (None while it is up); checked while waiting
         self.liveness = liveness
         self.address = address
@@ -694,7 +696,7 @@ class Client:
                 if message.request_id:  # 0: the answer to a heartbeat
                     self._replies[message.request_id] = message.value
                     notify = True
-            elif kind is P.LogLines:
+            elif kind is P.LogLines and self.log_to_driver:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)
                 stream.flush()

@@ -229,7 +229,9 @@ class Node:
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             send=self.send,
             log_clients=lambda: (*self.drivers(), *self.node_clients),
-            actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
+            actor_class=lambda a: (
+                (self.actors[a].label or self.actors[a].class_name) if a in self.actors else None
+            ),
             running=lambda: self.running,
             refusals=self.zap.refusals,
         )
@@ -403,6 +405,7 @@ class Node:
                     self.pool.reap_adopted(also=self.jobs.pids())
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
+                    self.task_part.warn_if_starved(last_check)
                 self.membership.tick()
                 self.placement.tick()
                 self.jobs.tick()

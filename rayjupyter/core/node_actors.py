@@ -73,6 +73,7 @@ class ActorRecord:
     placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
     host_node: bytes = b""
     pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
+    label: str = ""  # its instance's own __repr__ (its output's prefix, as in Ray), if any
 
     def next_ready_call(self) -> TaskRecord | None:
         """Take the next call that may go now: calls run in order, so one still waiting for
@@ -412,6 +413,7 @@ class NodeActors:
             actor.no_restart = True
             self.actor_dies(actor, f"its __init__ raised:\n{cause}")
             return
+        actor.label = message.label
         actor.transition(ActorState.ALIVE)
         self.pump_actor(actor.actor_id)
 

@@ -115,6 +115,7 @@ class ActorStarted(NamedTuple):
 
     actor_id: bytes
     error: bytes | None
+    label: str = ""  # the instance's own __repr__, if its class defines one (log prefix)
 
 
 class ActorExiting(NamedTuple):
