@@ -23,33 +23,30 @@ from rayjupyter.util.placement_group import placement_group, remove_placement_gr
 pytestmark = pytest.mark.timeout(120)
 
 
-@rj.remote
-def succeed(x):
-    return x
-
-
-@rj.remote
-def explode():
-    raise RuntimeError("boom")
-
-
-@rj.remote
-def shout(word):
-    print(f"shouting {word}")
-    return os.getpid()
-
-
-@rj.remote
-class Keeper:
-    def ping(self):
-        print("keeper pinged")
-        return os.getpid()
-
-
 class World:
     """What the module's driver made, for the commands to find."""
 
     def __init__(self) -> None:
+        # defined here, so they travel by value: the head's workers cannot import this module
+        @rj.remote
+        def succeed(x):
+            return x
+
+        @rj.remote
+        def explode():
+            raise RuntimeError("boom")
+
+        @rj.remote
+        def shout(word):
+            print(f"shouting {word}")
+            return os.getpid()
+
+        @rj.remote
+        class Keeper:
+            def ping(self):
+                print("keeper pinged")
+                return os.getpid()
+
         rj.get([succeed.remote(i) for i in range(3)], timeout=30)
         with pytest.raises(RuntimeError):
             rj.get(explode.remote(), timeout=30)

@@ -12,11 +12,15 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import psutil
 import pytest
+import zmq
 from cli_helpers import Head, started_head
 from conftest import _SHARED
 from helpers import alive_pids, wait_for_condition, wait_for_pids_gone
 
+from rayjupyter.core import protocol
+from rayjupyter.core import protocol as P
 from rayjupyter.core.jobs import (
     FORGET,
     SIGNAL,
@@ -261,27 +265,27 @@ def test_a_job_survives_the_client_that_submitted_it(head, client, tmp_path):
     assert client.get_job_logs(submission_id) == "finished\n"
 
 
-def test_refused_without_the_secret(head, client):
+def test_refused_without_the_secret(head, client, tmp_path):
     before = len(client.list_jobs())
     hostport = head.connect.rpartition("@")[2]
     with pytest.raises(ConnectionError):
         JobSubmissionClient(f"rayjupyter://not-the-secret@{hostport}", timeout=5)
     with pytest.raises(ValueError, match="HTTP address"):
         JobSubmissionClient(f"http://{hostport}")
-    env = {k: v for k, v in os.environ.items() if k != "RAYJUPYTER_SECRET"}
-    script = (
-        "from rayjupyter.job_submission import JobSubmissionClient\n"
-        f"JobSubmissionClient({hostport!r}).submit_job(entrypoint='touch /tmp/never')\n"
-    )
-    refused = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env, "RAYJUPYTER_HOME": "/nonexistent"},
-    )
-    assert refused.returncode != 0 and "no secret" in refused.stderr
-    assert len(client.list_jobs()) == before
+    # a submission sent straight to the port, without the secret's handshake: no answer,
+    # no job (nothing is even unpickled before the secret is proven)
+    marker = tmp_path / "never"
+    context = zmq.Context()
+    try:
+        raw = context.socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(f"tcp://{hostport}")
+        raw.send(protocol.dumps([P.SubmitJob(1, "", f"touch {marker}", {}, "", {})]))
+        assert raw.poll(1000) == 0  # bounded wait for an answer that must not come
+        raw.close(0)
+    finally:
+        context.term()
+    assert len(client.list_jobs()) == before and not marker.exists()
 
 
 def test_unsupported_options_are_refused_not_ignored(client, tmp_path):
@@ -312,8 +316,10 @@ def test_the_entrypoint_is_killed_when_the_head_is(tmp_path):
             submission_id = jobs.submit_job(entrypoint="sleep 300")
             wait_for_condition(lambda: jobs.get_job_info(submission_id).driver_pid, timeout=10)
             pid = jobs.get_job_info(submission_id).driver_pid
+        below = [p.pid for p in psutil.Process(own.pid).children(recursive=True)]
+        assert pid in below
         os.kill(own.pid, signal.SIGKILL)
-        wait_for_pids_gone([own.pid, pid], timeout=10)
+        wait_for_pids_gone([own.pid, *below], timeout=15)  # its workers and the entrypoint
 
 
 def test_a_node_that_is_not_the_head_says_where_the_head_is(head, client):
