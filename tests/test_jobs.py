@@ -316,10 +316,15 @@ def test_the_entrypoint_is_killed_when_the_head_is(tmp_path):
             submission_id = jobs.submit_job(entrypoint="sleep 300")
             wait_for_condition(lambda: jobs.get_job_info(submission_id).driver_pid, timeout=10)
             pid = jobs.get_job_info(submission_id).driver_pid
+        supervisor = psutil.Process(pid)
+        # dash runs `sleep` as a child of the shell: the whole group must go, not only sh
+        wait_for_condition(
+            lambda: any(p.name() == "sleep" for p in supervisor.children(recursive=True)),
+            timeout=10,
+        )
         below = [p.pid for p in psutil.Process(own.pid).children(recursive=True)]
-        assert pid in below
         os.kill(own.pid, signal.SIGKILL)
-        wait_for_pids_gone([own.pid, *below], timeout=15)  # its workers and the entrypoint
+        wait_for_pids_gone([own.pid, *below], timeout=15)  # workers, entrypoint, its sleep
 
 
 def test_a_node_that_is_not_the_head_says_where_the_head_is(head, client):

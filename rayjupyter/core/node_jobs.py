@@ -1,12 +1,13 @@
 """The head's job part (``Node.jobs``): Ray's Jobs API carried out over real processes.
 
-``jobs.JobManager`` decides; this shell starts each entrypoint as ``sh -c ENTRYPOINT`` in a
-process group of its own (so stopping it reaches its children), with the cluster's address
-and secret in its environment (``rj.init()`` inside attaches to this cluster), its output
-through a pipe the node's loop reads into a log file (bounded: ``JOB_LOG_MAX_ENV``), and a
-pidfd that tells the loop when it exits. The entrypoint dies with the head
-(PR_SET_PDEATHSIG) and is stopped when the head stops: no job outlives its cluster.
-Requests reach it only through the node's authenticated transport.
+``jobs.JobManager`` decides; this shell starts each entrypoint as ``sh -c ENTRYPOINT``
+under a small supervisor (``job_supervisor.py``) that leads a process group of its own
+(so stopping the job reaches its children), with the cluster's address and secret in its
+environment (``rj.init()`` inside attaches to this cluster), its output through a pipe
+the node's loop reads into a log file (bounded: ``JOB_LOG_MAX_ENV``), and a pidfd that
+tells the loop when it exits. The group dies with the head (the supervisor hears of it
+through PR_SET_PDEATHSIG) and is stopped when the head stops: no job outlives its
+cluster. Requests reach it only through the node's authenticated transport.
 """
 
 from __future__ import annotations
@@ -44,13 +45,8 @@ JOB_LOG_MAX_ENV = "RAYJUPYTER_JOB_LOG_MAX_BYTES"
 JOB_LOG_MAX_BYTES = 256 << 20  # a job's log file stops growing here, and says so
 ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
 LOOK_INTERVAL_S = 0.1
-#: what makes the entrypoint die with the head, then runs the command through the shell
-_PRELUDE = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
-    "os.getppid() == int(sys.argv[2]) or os._exit(1)\n"  # the head died before that line
-    "os.execv('/bin/sh', ['sh', '-c', sys.argv[1]])\n"
-)
+#: leads each job's process group: runs the entrypoint, and kills the group if the head dies
+_SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_supervisor.py")
 
 
 @dataclass
@@ -243,7 +239,7 @@ class NodeJobs:
             env, cwd = self._environment(record)
             read_end, write_end = os.pipe()
             process = subprocess.Popen(
-                [sys.executable, "-c", _PRELUDE, record.entrypoint, str(os.getpid())],
+                [sys.executable, _SUPERVISOR, record.entrypoint, str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=write_end,
                 stderr=write_end,
