@@ -433,7 +433,8 @@ class Node:
                         exited.append(source)
                     elif source in link_of_socket:
                         self.peer_links.drain_link(link_of_socket[source])
-                    else:  # .get: an earlier event of this turn may have closed it
+                    elif not isinstance(source, zmq.Socket):  # a dropped link's socket: skip
+                        # .get: an earlier event of this turn may have closed it
                         handler = fd_handlers.get(int(source))
                         if handler is not None:
                             handler(int(source))
@@ -473,19 +474,36 @@ class Node:
             # EVENTS instead of a failing recv: an exception per drained batch costs more
             if not int(router.getsockopt(zmq.EVENTS)) & pollin:
                 return
-            identity = router.recv()  # always two frames: the peer's id, then the batch
-            frame = router.recv()
-            client = identity[:-1]
+            # the peer's id, then one batch; whole, so a client that sends a message of
+            # several frames cannot shift every later message by one (and wedge the loop)
+            parts = router.recv_multipart()
+            client = parts[0][:-1]
             if over_tcp:
                 self.tcp_clients.add(client)
             info = self.clients.get(client)
             if info is not None:
                 info.last_seen = time.monotonic()
-            for message in protocol.loads(frame):
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"a message of {len(parts) - 1} frames, not one batch")
+                messages = protocol.loads(parts[1])
+            except Exception as exc:  # an authenticated but buggy client: drop it, say why
+                self.refuse_frame(client, exc)
+                continue
+            for message in messages:
                 try:
                     self.handlers[type(message)](client, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     self.report_internal_error(message)
+
+    def refuse_frame(self, client: bytes, error: Exception) -> None:
+        """A frame that is not a batch of messages: dropped, and its sender told why."""
+        text = (
+            f"rayjupyter node: dropped a malformed frame from client {client.hex()}: "
+            f"{type(error).__name__}: {str(error)[:200]}"
+        )
+        print(text, file=sys.stderr, flush=True)
+        self.send(client, P.LogLines(2, text))
 
     def report_internal_error(self, message: Any) -> None:
         text = (

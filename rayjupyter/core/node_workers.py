@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
@@ -167,11 +168,30 @@ class NodeWorkers:
             return
         handlers = self.handlers
         for frame in frames:
-            for message in protocol.loads(frame):
+            try:
+                messages = protocol.loads(frame)
+            except Exception as exc:  # a buggy client: answered by closing its connection
+                self._refuse_channel(client_id, exc)
+                return
+            for message in messages:
                 try:
                     handlers[type(message)](client_id, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     self.report_error(message)
+
+    def _refuse_channel(self, client_id: bytes, error: Exception) -> None:
+        """A frame that is not a batch of messages: the channel is closed, and its client let
+        go (a worker's exit follows through its pidfd)."""
+        print(
+            f"rayjupyter node: closed the channel of client {client_id.hex()}: a malformed "
+            f"frame ({type(error).__name__}: {str(error)[:200]})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.close_channel(client_id)
+        info = self.clients.get(client_id)
+        if info is not None and info.kind != "worker":
+            self.release_client(client_id)
 
     # ------------------------------------------------------------------ local drivers
 
