@@ -54,6 +54,7 @@ from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_io import ClientInfo, NodePoll
+from rayjupyter.core.node_jobs import NodeJobs
 from rayjupyter.core.node_links import NodeLinks, PeerLink
 from rayjupyter.core.node_membership import NodeMembership
 from rayjupyter.core.node_objects import NodeObjects
@@ -91,6 +92,7 @@ class Node:
         "object_table": NodeObjects,
         "task_part": NodeTasks,
         "connections": NodeConnections,
+        "jobs": NodeJobs,
     }
 
     #: which method handles each message a client may send: the node's own, or
@@ -125,6 +127,7 @@ class Node:
         P.CreatePlacementGroup: "placement.on_create",
         P.RemovePlacementGroup: "placement.on_remove",
         P.QueryPlacementGroups: "placement.on_query",
+        **dict.fromkeys(P.JOB_MESSAGES, "jobs.on_job_message"),  # the head's Jobs API
     }
 
     #: which method handles each message a peer node sends us on our link to it
@@ -350,6 +353,18 @@ class Node:
         self.execute: Callable[[list[Instruction]], None] = tasks.execute
         self.warn_worker_limit = tasks.warn_worker_limit
         self.membership.start()
+        self.jobs = NodeJobs(
+            node_id=self.node_id,
+            address=self.address,
+            secret=secret,
+            session=self.session,
+            is_head=lambda: self.is_head,
+            head_address=config.head_address,
+            poll=self.poll,
+            clients=self.clients,
+            envs=self.envs,
+            send=self.send,
+        )
         self.queries = NodeQueries(
             node_id=self.node_id,
             object_store_memory=config.object_store_memory,
@@ -368,6 +383,7 @@ class Node:
             context_of=self.context_of,
             lookup_actor=self.actor_part.lookup_actor,
             send=self.send,
+            jobs=self.jobs,
         )
         self.handlers.update(
             (kind, operator.attrgetter(name)(self)) for kind, name in self.HANDLERS.items()
@@ -393,12 +409,14 @@ class Node:
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
                     self.zap.refusals.tick()  # a window's summary of refused connections
-                    self.pool.reap_adopted()  # tasks' orphaned processes that exited
+                    # tasks' orphaned processes that exited (not jobs': theirs to collect)
+                    self.pool.reap_adopted(also=self.jobs.pids())
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                     self.task_part.warn_if_starved(last_check)
                 self.membership.tick()
                 self.placement.tick()
+                self.jobs.tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
@@ -539,6 +557,7 @@ class Node:
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
+        self.jobs.shutdown()
         for pipes in self.pipes.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pipes.pid, signal.SIGKILL)

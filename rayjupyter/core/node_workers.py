@@ -21,7 +21,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,10 +265,11 @@ class NodeWorkers:
             if opened < deadline:
                 self._drop_unproven(fd, reason="no secret within the time allowed")
 
-    def reap_adopted(self) -> None:
-        """Reap the exited orphans of tasks' processes (the node is their subreaper)."""
+    def reap_adopted(self, also: Set[int] = frozenset()) -> None:
+        """Reap the exited orphans of tasks' processes (the node is their subreaper);
+        ``also``: other children of the node whose exit their own handler collects."""
         own = {p.pid for p in self.pipes.values()} | {p.pid for p in self.exiting.values()}
-        spawn.reap_adopted(own)
+        spawn.reap_adopted(own | also)
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)

@@ -58,11 +58,12 @@ def marker_pickle(path: str) -> bytes:
 # ----------------------------------------------------------------------------- strategies
 
 # messages a buggy driver might send in any order; not StopCluster (stopping is legitimate),
-# nor RegisterNode/NodeHeartbeat (what a peer node says, not a driver)
+# nor RegisterNode/NodeHeartbeat (what a peer node says, not a driver), nor SubmitJob (its
+# entrypoint is a shell command: fuzzed text would run as one)
 DRIVER_KINDS = [
     kind
     for kind in protocol.CLIENT_TO_NODE
-    if kind not in (P.StopCluster, P.RegisterNode, P.NodeHeartbeat)
+    if kind not in (P.StopCluster, P.RegisterNode, P.NodeHeartbeat, P.SubmitJob)
 ]
 
 _atoms = st.one_of(
