@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from rayjupyter.core import (
     signatures,
 )
 from rayjupyter.core.client import Client
-from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.exceptions import PendingCallsLimitExceeded, SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
 from rayjupyter.core.remote_function import generator_options, put_serialized
@@ -31,6 +32,42 @@ from rayjupyter.core.task_args import pack_args
 
 ACTOR_INDEX = 0xFFFFFFFF  # an actor id is its creation's task id with this index
 ASYNC_DEFAULT_CONCURRENCY = 1000  # as in Ray
+
+
+class _PendingCalls:
+    """Calls this process made on each actor and whose result is not here yet, counted only
+    for actors with a ``max_pending_calls`` limit (as in Ray, per caller and actor)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # results arrive on the client's IO thread
+        self._count: dict[bytes, int] = {}
+
+    def take(self, actor_id: bytes, limit: int, label: str) -> None:
+        with self._lock:
+            count = self._count.get(actor_id, 0)
+            if count >= limit:
+                raise PendingCallsLimitExceeded(
+                    f"{label} was not submitted: this caller already has {count} calls pending "
+                    f"on the actor, its max_pending_calls={limit}. Wait for some results "
+                    f"(rj.get / rj.wait) before calling again, or raise max_pending_calls "
+                    f"(-1: no limit)."
+                )
+            self._count[actor_id] = count + 1
+
+    def done(self, actor_id: bytes) -> None:
+        with self._lock:
+            count = self._count.get(actor_id, 0) - 1
+            if count > 0:
+                self._count[actor_id] = count
+            else:
+                self._count.pop(actor_id, None)
+
+    def pending(self, actor_id: bytes) -> int:
+        with self._lock:
+            return self._count.get(actor_id, 0)
+
+
+pending_calls = _PendingCalls()
 
 
 def method(
@@ -152,6 +189,7 @@ def _node_options(actor_class: ActorClass) -> dict[str, Any]:
         "max_restarts": options.get("max_restarts") or 0,
         "max_task_retries": options.get("max_task_retries") or 0,
         "max_concurrency": int(concurrency),
+        "max_pending_calls": int(options.get("max_pending_calls") or -1),
         "methods": actor_class._methods,
     }
 
@@ -186,14 +224,15 @@ def create_actor(
         node_options,
         request_id,
     )
+    limit = node_options["max_pending_calls"]
     if not request_id:
         client.send([message], batch=True)
-        return ActorHandle(actor_id, name, actor_class._methods, _owned=True)
+        return ActorHandle(actor_id, name, actor_class._methods, limit, _owned=True)
     client.send([message])
-    got_id, class_name, methods = client.await_reply(request_id, f"create actor {name}")
+    got_id, class_name, methods, limit = client.await_reply(request_id, f"create actor {name}")
     if reference_counter.count(got_id) > 0:  # we already hold it: give back the node's new hold
         reference_counter.pending.append((False, got_id))
-    return ActorHandle(got_id, class_name, methods, _owned=True)
+    return ActorHandle(got_id, class_name, methods, limit, _owned=True)
 
 
 class ActorMethod:
@@ -250,12 +289,14 @@ class ActorHandle:
         actor_id: bytes,
         class_name: str,
         methods: dict[str, dict[str, Any]],
+        max_pending_calls: int = -1,
         *,
         _owned: bool = False,
     ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        self._max_pending_calls = max_pending_calls  # -1: no limit
         reference_counter.add(actor_id, report=not _owned)
 
     def __del__(self) -> None:
@@ -264,7 +305,8 @@ class ActorHandle:
 
     def __reduce__(self) -> tuple[Any, ...]:
         serialization.record_contained_ref(self)
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods))
+        args = (self._actor_id, self._class_name, self._methods, self._max_pending_calls)
+        return (ActorHandle, args)
 
     def binary(self) -> bytes:
         return self._actor_id
@@ -309,6 +351,10 @@ class ActorHandle:
         return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
         stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
         refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+        limit = self._max_pending_calls
+        counted = limit > 0 and bool(refs)  # (streaming calls and num_returns=0: not counted)
+        if counted:
+            pending_calls.take(self._actor_id, limit, label)
         client.submit(
             P.SubmitTask(
                 task_id,
@@ -329,6 +375,13 @@ class ActorHandle:
                 window,
             )
         )
+        if counted:  # pending until its first result is here (the ref keeps it until then)
+            actor_id = self._actor_id
+
+            def settled(_info: P.ObjectInfo, _kept: ObjectRef = refs[0]) -> None:
+                pending_calls.done(actor_id)
+
+            client.when_ready(refs[0].binary(), settled)
         if stream is not None:
             return stream
         if count == 1:
@@ -351,8 +404,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs the actor's name, a non-empty string.")
-    actor_id, class_name, methods = queries.get_actor(_client(), name, namespace)
-    return ActorHandle(actor_id, class_name, methods)
+    actor_id, class_name, methods, limit = queries.get_actor(_client(), name, namespace)
+    return ActorHandle(actor_id, class_name, methods, limit)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:

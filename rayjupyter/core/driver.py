@@ -303,8 +303,16 @@ def _start_local(
 
 
 def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] | None) -> None:
-    """init(runtime_env=...): upload it now; every task and actor of this job runs in it."""
+    """init(runtime_env=...): upload it now; every task and actor of this job runs in it.
+    Without one, a driver started by a submitted job takes the job's (registered already)."""
     if resolved is None:
+        from rayjupyter.core.jobs import JOB_RUNTIME_ENV_VAR
+
+        wire = os.environ.get(JOB_RUNTIME_ENV_VAR)
+        if wire:
+            import json
+
+            client.runtime_env = RuntimeEnv.from_wire(json.loads(wire))
         return
     env, packages = resolved
     try:

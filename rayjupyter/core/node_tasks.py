@@ -40,6 +40,7 @@ from rayjupyter.core.node_state import (
     EXECUTE,
     FAILED,
     FINISHED,
+    FORWARD,
     INTERRUPT,
     KILL,
     REVOKE,
@@ -395,6 +396,8 @@ class NodeTasks:
             self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.actor_part.start_actor_in(instruction[1])
+        elif op == FORWARD:  # spill-over chose the peer (and counted it taken there)
+            self.forwarding.forward(instruction[1], instruction[2], charge=False)
         elif op == ATTEMPT_LOST:  # its node retries it: our returns are never made
             task = instruction[1]
             self.events.ended(task.task_id, failed=True)
