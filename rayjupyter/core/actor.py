@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from rayjupyter.core import options as option_table
@@ -32,19 +31,46 @@ ACTOR_INDEX = 0xFFFFFFFF  # an actor id is its creation's task id with this inde
 ASYNC_DEFAULT_CONCURRENCY = 1000  # as in Ray
 
 
-def method(
-    *, num_returns: int | str | None = None, concurrency_group: str | None = None
-) -> Callable[[Any], Any]:
-    """``@rj.method(num_returns=2)`` (or ``"streaming"``, ``"dynamic"``) on an actor method."""
+def method(*args: Any, **kwargs: Any) -> Any:
+    """Options of one actor method, as Ray's ``@ray.method``.
+
+    Bare (``@rj.method``) or with options: ``num_returns`` (an integer, ``"streaming"`` or
+    ``"dynamic"``) and ``concurrency_group`` (a name from the actor's
+    ``concurrency_groups``). Ray's other method options are refused, not ignored.
+    """
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return args[0]  # bare @rj.method: nothing to set
+    if args:
+        raise TypeError(
+            "rj.method takes keyword options only, e.g. @rj.method(num_returns=2), or is used "
+            "bare as @rj.method."
+        )
+    unknown = set(kwargs) - {"num_returns", "concurrency_group"}
+    if unknown:
+        raise TypeError(
+            f"rj.method() does not support {', '.join(sorted(unknown))}: the options it takes "
+            f"are num_returns and concurrency_group."
+        )
+    num_returns = kwargs.get("num_returns")
+    concurrency_group = kwargs.get("concurrency_group")
     if num_returns is not None:
         option_table.validate_options({"num_returns": num_returns}, for_actor=False)
+    if concurrency_group is not None and not isinstance(concurrency_group, str):
+        raise TypeError(f"concurrency_group must be a group's name, got {concurrency_group!r}")
 
     def mark(function: Any) -> Any:
         if num_returns is not None:
             function.__rayjupyter_num_returns__ = num_returns
+        if concurrency_group is not None:
+            function.__rayjupyter_concurrency_group__ = concurrency_group
         return function
 
     return mark
+
+
+#: methods every actor handle has (Ray's): ready once __init__ ran; end the actor gracefully
+READY_METHOD = "__ray_ready__"
+TERMINATE_METHOD = "__ray_terminate__"
 
 
 class ActorExitRequest(BaseException):
@@ -52,7 +78,10 @@ class ActorExitRequest(BaseException):
 
 
 def exit_actor() -> None:
-    """End the current actor on purpose: no restart, later calls fail with ActorDiedError."""
+    """End the current actor on purpose: no restart, later calls fail with ActorDiedError.
+
+    The process runs its ``atexit`` handlers before it ends, as in Ray (``rj.kill`` does not).
+    """
     from rayjupyter.core import runtime_context
 
     if not runtime_context.current.actor_id:
@@ -73,7 +102,21 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
             ),
             "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
         }
+    for name in (READY_METHOD, TERMINATE_METHOD):
+        table[name] = {"num_returns": 1, "is_async": False}
     return table
+
+
+def _check_concurrency_groups(cls: type, groups: dict[str, int] | None) -> None:
+    """A method's @rj.method(concurrency_group=...) must name one of the actor's groups."""
+    for name, member in inspect.getmembers(cls, callable):
+        group = getattr(member, "__rayjupyter_concurrency_group__", None)
+        if group is not None and group not in (groups or {}):
+            known = ", ".join(sorted(groups or {})) or "none"
+            raise ValueError(
+                f"{cls.__name__}.{name} is in concurrency group {group!r}, which the actor does "
+                f"not define (its groups: {known}); add it to concurrency_groups={{...}}."
+            )
 
 
 class ActorClass:
@@ -85,9 +128,15 @@ class ActorClass:
             option_table.actor_defaults(), options, for_actor=True
         )
         self._methods = _method_table(cls)
+        _check_concurrency_groups(cls, self._options.get("concurrency_groups"))
         self._blob: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __dir__(self) -> list[str]:
+        """``options``, ``remote`` and the class's methods (for autocompletion, as Ray's)."""
+        public = (n for n in self._methods if not n.startswith("__"))
+        return sorted({*object.__dir__(self), *public})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -99,9 +148,11 @@ class ActorClass:
         return (ActorClass, (self._cls, self._options))
 
     def options(self, **options: Any) -> ActorClass:
-        copy = ActorClass(self._cls, {})
+        if "concurrency_groups" in options:  # as in Ray: groups belong to the class
+            raise ValueError("Setting 'concurrency_groups' is not supported in '.options()'.")
+        copy = object.__new__(ActorClass)
+        copy.__dict__.update(self.__dict__)
         copy._options = option_table.merge_options(self._options, options, for_actor=True)
-        copy._blob = self._blob
         return copy
 
     def _class_blob(self) -> bytes:
@@ -134,6 +185,7 @@ def _node_options(actor_class: ActorClass) -> dict[str, Any]:
         "max_restarts": options.get("max_restarts") or 0,
         "max_task_retries": options.get("max_task_retries") or 0,
         "max_concurrency": int(concurrency),
+        "concurrency_groups": dict(options.get("concurrency_groups") or {}),
         "methods": actor_class._methods,
     }
 
@@ -250,13 +302,18 @@ class ActorHandle:
         return self._actor_id
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__"):
+        if name.startswith("__") and name not in (READY_METHOD, TERMINATE_METHOD):
             raise AttributeError(name)
         meta = self._methods.get(name)
         if meta is None:
             raise AttributeError(f"'{self._class_name}' actor has no method {name!r}")
         count = meta["num_returns"]
         return ActorMethod(self, name, count if isinstance(count, str) else int(count))
+
+    def __dir__(self) -> list[str]:
+        """The actor's methods, ``__init__`` and ``__ray_terminate__`` (Ray's listing)."""
+        names = set(self._methods) - {READY_METHOD}
+        return sorted(names | {"__init__", TERMINATE_METHOD})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id

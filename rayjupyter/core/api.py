@@ -44,6 +44,7 @@ class ClusterContext:
             "address": address,
             "node_id": node_id.hex(),
             "session": session,
+            "webui_url": "",  # Ray's key: the dashboard's URL once one is started
         }
         self.local = local
         self._secret = secret
@@ -228,6 +229,7 @@ def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> N
         raise
     _state["dashboard"] = dashboard
     context.dashboard_url = dashboard.page_url()
+    context.address_info["webui_url"] = context.dashboard_url
 
 
 def _namespace(namespace: str | None) -> str:

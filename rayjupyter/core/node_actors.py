@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from rayjupyter.core import actor_file, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError
+from rayjupyter.core.exceptions_extra import ActorAlreadyExistsError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_state import NodeState, cancelled_error
 from rayjupyter.core.node_workers import NodeWorkers
@@ -209,7 +210,7 @@ class NodeActors:
                         client, P.Reply(message.request_id, self.actors[existing].handle_info())
                     )
                 else:
-                    error = ValueError(
+                    error = ActorAlreadyExistsError(
                         f"The name {name!r} (namespace={namespace!r}) is already taken by "
                         f"another actor: pick another name, kill that actor, or pass "
                         f"get_if_exists=True to get it."
@@ -400,6 +401,11 @@ class NodeActors:
                 actor.job,
                 actor.gpu_ids,
                 str(actor.options.get("strategy") or ""),
+                tuple(actor.run_demand.items()),
+                str(actor.options.get("name") or ""),
+                actor.namespace,
+                actor.restarts,
+                tuple((actor.options.get("concurrency_groups") or {}).items()),
             ),
         )
 

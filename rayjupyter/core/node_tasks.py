@@ -54,6 +54,8 @@ from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_events import TaskEventLog
 
+_ONE_CPU = {"CPU": 1.0}  # a task's default demand: workers assume it when not told
+
 
 class NodeTasks:
     """Tasks on this node, from their submit to their end, and NodeState's instructions."""
@@ -394,6 +396,7 @@ class NodeTasks:
                 generator,
                 credit,
                 task.strategy,
+                None if task.demand == _ONE_CPU else tuple(task.demand.items()),
             ),
         )
         if generator:

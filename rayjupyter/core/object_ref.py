@@ -12,11 +12,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import types
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
 from rayjupyter.core import serialization
+from rayjupyter.core.id_types import JobID, TaskID
 
 
 class ReferenceCounter:
@@ -93,8 +95,21 @@ class ObjectRef:
     def hex(self) -> str:
         return self._id.hex()
 
-    def task_id(self) -> bytes:
-        return self._id[:16]
+    def task_id(self) -> TaskID:
+        """The task (or put) that made this object."""
+        return TaskID(self._id[:16])
+
+    def job_id(self) -> JobID:
+        """The job (driver or worker client) that made this object."""
+        return JobID(self._id[:8])
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        """``ObjectRef[int]`` in annotations, as Ray's ``ObjectRef[T]``."""
+        return types.GenericAlias(cls, item)
+
+    def as_future(self, _internal: bool = False) -> asyncio.Future[Any]:
+        """An asyncio future of this ref's value, on the running (or current) event loop."""
+        return asyncio.wrap_future(self.future())
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A ``concurrent.futures.Future`` that gets this ref's value (or its error)."""

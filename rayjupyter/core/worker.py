@@ -8,6 +8,7 @@ stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -26,7 +27,12 @@ import cloudpickle
 
 from rayjupyter.core import api, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
-from rayjupyter.core.actor import ActorExitRequest
+from rayjupyter.core.actor import (
+    READY_METHOD,
+    TERMINATE_METHOD,
+    ActorExitRequest,
+    _method_table,
+)
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
 from rayjupyter.core.generators import DYNAMIC, DynamicObjectRefGenerator
@@ -51,6 +57,16 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _ready() -> bool:
+    """``handle.__ray_ready__.remote()``: true once the actor's __init__ has run."""
+    return True
+
+
+def exit_gracefully() -> None:
+    """``handle.__ray_terminate__.remote()``: end the actor after the calls queued before."""
+    raise ActorExitRequest()
+
+
 class TaskExecutor:
     """Runs tasks and, once it hosts an actor, that actor's calls; reports TaskFinished."""
 
@@ -61,9 +77,11 @@ class TaskExecutor:
         self.running: bytes | None = None  # the task a SIGINT (cancel) is meant for
         self.sigint_between_tasks = False  # a cancel may be for the task being set up
         self.instance: Any = None  # the actor, once StartActor ran
-        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # a threaded actor's threads, per concurrency group ("" is the default group)
+        self.pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.slots: asyncio.Semaphore | None = None
+        # an async actor's call slots, per concurrency group ("" is the default group)
+        self.slots: dict[str, asyncio.Semaphore] = {}
         self.async_calls: dict[bytes, concurrent.futures.Future[None]] = {}
 
     def cancel_call(self, task_id: bytes) -> None:
@@ -82,10 +100,25 @@ class TaskExecutor:
             future = asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
             self.async_calls[task.task_id] = future
             future.add_done_callback(lambda _: self.async_calls.pop(task.task_id, None))
-        elif self.pool is not None:
-            self.pool.submit(self._execute, task, getattr(self.instance, task.method))
+        elif self.pools:
+            pool = self.pools[self._group_of(task.method)]
+            pool.submit(self._execute, task, self._method(task.method))
         else:
-            self._execute(task, getattr(self.instance, task.method))
+            self._execute(task, self._method(task.method))
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        """The actor's method to call; the two every actor has are answered here."""
+        if name == READY_METHOD:
+            return _ready
+        if name == TERMINATE_METHOD:
+            return exit_gracefully
+        return getattr(self.instance, name)  # type: ignore[no-any-return]
+
+    def _group_of(self, name: str) -> str:
+        """The concurrency group of a method (@rj.method(concurrency_group=...)), "" if none."""
+        member = getattr(type(self.instance), name, None)
+        group = getattr(member, "__rayjupyter_concurrency_group__", "")
+        return group if group in self.pools or group in self.slots else ""
 
     def _function(self, task: P.ExecuteTask) -> Callable[..., Any]:
         function = self.functions.get(task.func_id)
@@ -94,15 +127,19 @@ class TaskExecutor:
             self.functions[task.func_id] = function
         return function
 
-    def _enter(self, task: P.ExecuteTask) -> contextvars.Token[Any]:
+    def _enter(self, task: P.ExecuteTask, function: Any) -> contextvars.Token[Any]:
         if task.gpu_ids or not task.actor_id:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
         if not task.actor_id:  # (an actor's process keeps the actor's own)
             runtime_context.current.placement = task.strategy
-        return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
+        return runtime_context.current_task.set(
+            runtime_context.TaskInfo(
+                task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
+            )
+        )
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
-        token = self._enter(task)
+        token = self._enter(task, function)
         exiting = False
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
@@ -140,11 +177,11 @@ class TaskExecutor:
             raise KeyboardInterrupt
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
-        assert self.slots is not None
         exiting = False
         try:
-            async with self.slots:  # max_concurrency calls at once
-                token = self._enter(task)
+            # max_concurrency calls at once (per concurrency group)
+            async with self.slots[self._group_of(task.method)]:
+                token = self._enter(task, self._method(task.method))
                 try:
                     message = await self._call_async(task)
                 except ActorExitRequest:
@@ -162,7 +199,7 @@ class TaskExecutor:
     async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
         dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
         args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
-        result = getattr(self.instance, task.method)(*args, **kwargs)
+        result = self._method(task.method)(*args, **kwargs)
         if task.generator and inspect.isasyncgen(result):
             result = await self._run_async_generator(task, result)
         elif task.generator:
@@ -175,6 +212,10 @@ class TaskExecutor:
         sys.stdout.flush()
         sys.stderr.flush()
         if exiting:
+            with contextlib.suppress(Exception):
+                atexit._run_exitfuncs()  # exit_actor and __ray_terminate__ run them, as Ray
+            sys.stdout.flush()
+            sys.stderr.flush()
             actor_id = runtime_context.current.actor_id
             self.client.send([message, P.ActorExiting(actor_id)])
             self.client.close()
@@ -189,11 +230,17 @@ class TaskExecutor:
         runtime_context.current.job_id = start.job_id
         runtime_context.current.actor_gpu_ids = start.gpu_ids
         runtime_context.current.placement = start.strategy
+        runtime_context.current.actor_name = start.name
+        runtime_context.current.actor_namespace = start.namespace
+        runtime_context.current.actor_class_name = start.class_name
+        runtime_context.current.actor_resources = dict(start.resources)
+        runtime_context.current.actor_restarted = start.restarts > 0
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
         try:
             cls = cloudpickle.loads(start.class_blob)
             dep_values = [self.client.materialize(info) for info in start.deps]
             args, kwargs = unpack_args(start.args_blob, dep_values, deserialize)
+            runtime_context.current.actor_methods = _method_table(cls)
             self.instance = cls(*args, **kwargs)
         except Exception as exc:
             error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
@@ -204,10 +251,17 @@ class TaskExecutor:
             for _, m in inspect.getmembers(cls)
         ):
             self.loop = asyncio.new_event_loop()
-            self.slots = asyncio.Semaphore(start.max_concurrency)
+            self.slots = {"": asyncio.Semaphore(start.max_concurrency)}
+            for group, size in start.concurrency_groups:
+                self.slots[group] = asyncio.Semaphore(size)
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
-        elif start.max_concurrency > 1:
-            self.pool = concurrent.futures.ThreadPoolExecutor(start.max_concurrency)
+        elif start.max_concurrency > 1 or start.concurrency_groups:
+            # with groups, the default group gets threads too, so no group waits on another
+            pools = [("", start.max_concurrency), *start.concurrency_groups]
+            self.pools = {
+                group: concurrent.futures.ThreadPoolExecutor(size, group or "actor")
+                for group, size in pools
+            }
         self.client.send([P.ActorStarted(start.actor_id, None)])
 
     # ------------------------------------------------------------------ generators
