@@ -388,6 +388,8 @@ def wait(
         raise TypeError("wait() expected a list of ObjectRef; some items are not ObjectRefs.")
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
+    if not object_refs:  # nothing to wait for: Ray answers ([], [])
+        return [], []
     if num_returns <= 0 or num_returns > len(object_refs):
         raise ValueError(
             f"num_returns must be between 1 and the number of refs ({len(object_refs)}), "
