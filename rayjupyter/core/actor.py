@@ -165,6 +165,21 @@ class ActorClass:
                 ) from exc
         return self._blob
 
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        """``class Derived(SomeActor)``: refused with Ray's message."""
+        raise TypeError(
+            "Inheriting from actor classes is not currently supported. You can instead "
+            f"inherit from a non-actor base class and make the derived class an actor class "
+            f"(with @rj.remote); {self.__name__!r} is an actor class."
+        )
+
+    def _remote(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> ActorHandle:
+        """Ray's ``Cls._remote(args=[...], kwargs={...}, **options)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         from rayjupyter.core.api import _client
 
@@ -265,6 +280,13 @@ class ActorMethod:
         generator_options(checked["num_returns"], checked, f"{self._name}")
         backpressure = checked["_generator_backpressure_num_objects"]
         return ActorMethod(self._handle, self._name, count, backpressure)
+
+    def _remote(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Ray's ``handle.method._remote(args=[...], kwargs={...}, num_returns=...)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from rayjupyter.core.api import _client

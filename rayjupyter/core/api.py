@@ -287,7 +287,7 @@ def remote(*args: Any, **options: Any) -> Any:
     """Turn a function into a remote function: ``@rj.remote`` or ``@rj.remote(num_cpus=2)``."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not options:  # ``@rj.remote()``, as Ray, is refused
         raise TypeError(
             "The @rj.remote decorator must be applied either with no arguments and no "
             "parentheses, for example '@rj.remote', or with options, for example "
