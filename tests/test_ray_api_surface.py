@@ -213,3 +213,76 @@ def test_joblib_backend_under_rays_names():
     assert "ray" in BACKENDS and "rayjupyter" in BACKENDS
     assert BACKENDS["ray"] is BACKENDS["rayjupyter"]
     assert joblib is not None
+
+
+# Ray 2.60's public names, module by module (``__all__``, or ``dir()`` less imports).
+RAY_NAMES = {
+    "rayjupyter": """ActorClassID ActorID ClientBuilder DynamicObjectRefGenerator FunctionID JobID
+        Language LoggingConfig NodeID ObjectID ObjectRef ObjectRefGenerator PlacementGroupID
+        SCRIPT_MODE TaskID UniqueID WORKER_MODE WorkerID __version__ _config actor autoscaler
+        available_resources cancel client cluster_resources cpp_function data get get_actor
+        get_gpu_ids get_runtime_context init internal is_initialized java_actor_class
+        java_function kill method nodes put remote shutdown timeline util wait widgets workflow
+        ClusterID exceptions runtime_context""",
+    "rayjupyter.util": """ActorPool accelerators as_completed collective connect
+        deregister_serializer disable_log_once_globally disconnect enable_periodic_logging
+        get_current_placement_group get_node_instance_id get_node_ip_address
+        get_placement_group inspect_serializability iter list_named_actors log_once
+        map_unordered pdb placement_group placement_group_table ray_debugpy
+        register_serializer remove_placement_group""",
+    "rayjupyter.exceptions": " ".join(RAY_ERRORS)
+    + " ActorDiedErrorContext NodeDeathInfo Address RayException ErrorType",
+    "rayjupyter.runtime_context": "RuntimeContext get_runtime_context",
+    "rayjupyter.actor": """ActorClass ActorClassInheritanceException ActorHandle ActorMethod
+        exit_actor method ActorProxy""",
+}
+
+RAY_RUNTIME_CONTEXT = """actor_id current_actor current_placement_group_id gcs_address get
+    get_accelerator_ids get_actor_id get_actor_name get_assigned_resources get_job_id
+    get_node_id get_node_labels get_placement_group_id get_resource_ids
+    get_runtime_env_string get_session_name get_task_function_name get_task_id get_task_name
+    get_temp_dir get_worker_id is_canceled job_id namespace node_id runtime_env
+    should_capture_child_tasks_in_placement_group task_id was_current_actor_reconstructed"""
+
+
+def _doc_rows():
+    """(section's module, names in the first column, status) for each row of docs/ray_api.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "ray_api.md").read_text()
+    module = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            module = re.findall(r"`([\w.]+)`", line)[-1]
+        elif line.startswith("| ") and not line.startswith(("| ---", "| name", "| method")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            yield module, re.findall(r"`([\w.]+)`", cells[0]), cells[1]
+
+
+def test_every_ray_name_is_present_or_out_of_scope_in_the_docs_table():
+    import importlib
+
+    listed = {}
+    for module, names, status in _doc_rows():
+        for name in names:
+            listed[(module, name)] = status
+    for module, names in RAY_NAMES.items():
+        mod = importlib.import_module(module)
+        for name in names.split():
+            status = listed.get((module, name))
+            if module == "rayjupyter.runtime_context":
+                assert hasattr(mod, name), name  # the section is a table of its methods
+                continue
+            assert status is not None, f"{module}.{name} is not in docs/ray_api.md"
+            if status == "yes":
+                assert hasattr(mod, name), f"{module}.{name} is marked yes but missing"
+            else:
+                assert status == "out of scope", (module, name, status)
+                assert not hasattr(mod, name), f"{module}.{name} exists but is out of scope"
+
+
+def test_runtime_context_has_every_method_of_rays():
+    from rayjupyter.runtime_context import RuntimeContext
+
+    for name in RAY_RUNTIME_CONTEXT.split():
+        assert hasattr(RuntimeContext, name), name

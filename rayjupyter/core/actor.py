@@ -73,6 +73,10 @@ READY_METHOD = "__ray_ready__"
 TERMINATE_METHOD = "__ray_terminate__"
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class was derived from an actor class (derive from the plain class instead)."""
+
+
 class ActorExitRequest(BaseException):
     """Raised by ``exit_actor()``; the actor's process ends after the current call."""
 
@@ -167,7 +171,7 @@ class ActorClass:
 
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
         """``class Derived(SomeActor)``: refused with Ray's message."""
-        raise TypeError(
+        raise ActorClassInheritanceException(
             "Inheriting from actor classes is not currently supported. You can instead "
             f"inherit from a non-actor base class and make the derived class an actor class "
             f"(with @rj.remote); {self.__name__!r} is an actor class."
