@@ -317,3 +317,24 @@ def test_duplicate_actor_name_raises_actor_already_exists():
         Probe.options(name="compat-dup").remote()
     assert isinstance(caught.value, ValueError)
     rj.kill(first)
+
+
+@rj.remote
+def omp_threads():
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.skipif("OMP_NUM_THREADS" in os.environ, reason="set here: workers keep it")
+def test_omp_num_threads_follows_the_tasks_cpus():
+    assert rj.get(omp_threads.remote(), timeout=60) == "1"
+    assert rj.get(omp_threads.options(num_cpus=2).remote(), timeout=60) == "2"
+    assert rj.get(omp_threads.options(num_cpus=0.25).remote(), timeout=60) == "1"
+    env = {"env_vars": {"OMP_NUM_THREADS": "3"}}
+    assert rj.get(omp_threads.options(runtime_env=env).remote(), timeout=60) == "3"
+
+
+def test_nil_and_random_refs():
+    assert rj.ObjectRef.nil().is_nil()
+    random_ref = rj.ObjectRef.from_random()
+    assert not random_ref.is_nil() and random_ref != rj.ObjectRef.from_random()
+    assert rj.wait([random_ref], timeout=0.1) == ([], [random_ref])

@@ -69,6 +69,8 @@ class Cluster:
         node = LocalCluster(config, secret=secret)
         if self.head_node is None:
             self.head_node = node
+            # Ray's init() with no address attaches to a cluster started on this machine
+            os.environ["RAYJUPYTER_ADDRESS"] = self.address
         self._nodes.append(node)
         if wait:
             self.wait_for_nodes()
@@ -102,6 +104,7 @@ class Cluster:
         return rj.init(address=self.address, namespace=namespace)
 
     def shutdown(self) -> None:
+        os.environ.pop("RAYJUPYTER_ADDRESS", None)
         for node in reversed(self._nodes):
             node.stop()
         self._nodes.clear()

@@ -66,6 +66,11 @@ async def async_wait_for_condition(
     raise RuntimeError("The condition wasn't met before the timeout expired.")
 
 
+def generate_system_config_map(**kwargs: Any) -> dict[str, Any]:
+    """Fixture parameters that set Ray's internal configuration (a test using them skips)."""
+    return {"_system_config": kwargs}
+
+
 def wait_for_pid_to_exit(pid: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 import types
 from collections import deque
@@ -69,6 +70,7 @@ class ReferenceCounter:
 
 
 reference_counter = ReferenceCounter()
+_NIL = b"\xff" * 20  # Ray's nil object id (ours are 20 bytes)
 
 
 class ObjectRef:
@@ -94,6 +96,25 @@ class ObjectRef:
 
     def hex(self) -> str:
         return self._id.hex()
+
+    @classmethod
+    def nil(cls) -> ObjectRef:
+        """Ray's nil ref (all 0xff): a placeholder that names no object."""
+        return cls._uncounted(_NIL)
+
+    @classmethod
+    def from_random(cls) -> ObjectRef:
+        """A ref to a random id that no object has (Ray's, for tests and placeholders)."""
+        return cls._uncounted(os.urandom(len(_NIL)))
+
+    @classmethod
+    def _uncounted(cls, object_id: bytes) -> ObjectRef:
+        ref = object.__new__(cls)
+        ref._id = object_id  # not counted: the node holds nothing for it
+        return ref
+
+    def is_nil(self) -> bool:
+        return self._id == _NIL
 
     def task_id(self) -> TaskID:
         """The task (or put) that made this object."""

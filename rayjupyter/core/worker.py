@@ -57,6 +57,14 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _omp_threads(resources: tuple[tuple[str, float], ...] | None) -> str:
+    """Ray's OMP_NUM_THREADS for work holding these resources: its whole CPUs, at least 1."""
+    if resources is None:  # the default demand, one CPU
+        return "1"
+    cpus = max((amount for name, amount in resources if name.startswith("CPU")), default=0.0)
+    return str(max(1, int(cpus)))
+
+
 def _ready() -> bool:
     """``handle.__ray_ready__.remote()``: true once the actor's __init__ has run."""
     return True
@@ -83,6 +91,9 @@ class TaskExecutor:
         # an async actor's call slots, per concurrency group ("" is the default group)
         self.slots: dict[str, asyncio.Semaphore] = {}
         self.async_calls: dict[bytes, concurrent.futures.Future[None]] = {}
+        # OMP_NUM_THREADS given by the node's or the runtime_env's environment: kept; else
+        # each task (and an actor) gets its CPU count, as in Ray
+        self.omp_from_env = os.environ.get("OMP_NUM_THREADS")
 
     def cancel_call(self, task_id: bytes) -> None:
         """rj.cancel of a running async actor call: its coroutine gets CancelledError."""
@@ -132,6 +143,8 @@ class TaskExecutor:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
         if not task.actor_id:  # (an actor's process keeps the actor's own)
             runtime_context.current.placement = task.strategy
+            if self.omp_from_env is None:
+                os.environ["OMP_NUM_THREADS"] = _omp_threads(task.resources)
         return runtime_context.current_task.set(
             runtime_context.TaskInfo(
                 task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
@@ -235,6 +248,8 @@ class TaskExecutor:
         runtime_context.current.actor_class_name = start.class_name
         runtime_context.current.actor_resources = dict(start.resources)
         runtime_context.current.actor_restarted = start.restarts > 0
+        if self.omp_from_env is None:
+            os.environ["OMP_NUM_THREADS"] = _omp_threads(start.resources or ())
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
         try:
             cls = cloudpickle.loads(start.class_blob)
