@@ -199,7 +199,7 @@ def test_ray_ready_and_terminate_run_atexit(tmp_path):
     actor = WithExitHook.remote(str(marker))
     assert rj.get(actor.__ray_ready__.remote(), timeout=60) is True
     assert "__ray_terminate__" in dir(actor) and "ping" in dir(actor)
-    rj.get(actor.__ray_terminate__.remote(), timeout=60)
+    rj.wait([actor.__ray_terminate__.remote()], timeout=60)
     wait_for_condition(lambda: marker.exists() and marker.read_text() == "bye", timeout=30)
     with pytest.raises(rj.exceptions.RayActorError):
         rj.get(actor.ping.remote(), timeout=30)
@@ -338,3 +338,72 @@ def test_nil_and_random_refs():
     random_ref = rj.ObjectRef.from_random()
     assert not random_ref.is_nil() and random_ref != rj.ObjectRef.from_random()
     assert rj.wait([random_ref], timeout=0.1) == ([], [random_ref])
+
+
+def test_exit_actor_fails_its_own_call_even_when_caught(tmp_path):
+    @rj.remote
+    class Stubborn:
+        def __init__(self, path):
+            self.path = path
+
+        def leave(self, catch):
+            try:
+                rj.actor.exit_actor()
+            except SystemExit:
+                if not catch:
+                    raise
+            return "kept running"  # never reaches the caller: the actor ends anyway
+
+        def __ray_shutdown__(self):
+            with open(self.path, "w") as f:
+                f.write("shutdown")
+
+    for catch in (False, True):
+        marker = tmp_path / f"shutdown-{catch}"
+        actor = Stubborn.remote(str(marker))
+        with pytest.raises(rj.exceptions.ActorDiedError, match=r"exit_actor\(\)"):
+            rj.get(actor.leave.remote(catch), timeout=60)
+        with pytest.raises(rj.exceptions.ActorDiedError):
+            rj.get(actor.__ray_ready__.remote(), timeout=30)
+        assert marker.read_text() == "shutdown"  # __ray_shutdown__ ran before the end
+    with pytest.raises(TypeError, match="non-actor worker"):
+        rj.actor.exit_actor()
+
+
+def test_exit_actor_in_init_and_from_an_async_actors_own_task(tmp_path):
+    @rj.remote
+    class LeavesAtOnce:
+        def __init__(self, path):
+            import atexit
+
+            atexit.register(_write_bye, path)
+            rj.actor.exit_actor()
+
+        def ping(self):
+            return "pong"
+
+    first = tmp_path / "init"
+    gone = LeavesAtOnce.remote(str(first))
+    wait_for_condition(first.exists, timeout=30)
+    with pytest.raises(rj.exceptions.ActorDiedError):
+        rj.get(gone.ping.remote(), timeout=30)
+
+    @rj.remote
+    class AsyncLeaver:
+        def __init__(self, path):
+            import atexit
+
+            atexit.register(_write_bye, path)
+
+        async def leave_later(self):
+            async def leave():
+                await asyncio.sleep(0.2)
+                rj.actor.exit_actor()
+
+            self.task = asyncio.get_running_loop().create_task(leave())
+            return "scheduled"
+
+    second = tmp_path / "async"
+    leaver = AsyncLeaver.remote(str(second))
+    assert rj.get(leaver.leave_later.remote(), timeout=60) == "scheduled"
+    wait_for_condition(second.exists, timeout=30)

@@ -77,20 +77,30 @@ class ActorClassInheritanceException(TypeError):
     """A class was derived from an actor class (derive from the plain class instead)."""
 
 
-class ActorExitRequest(BaseException):
-    """Raised by ``exit_actor()``; the actor's process ends after the current call."""
+class ActorExitRequest(SystemExit):
+    """Raised by ``exit_actor()`` in a plain actor (a SystemExit, as Ray's); the process
+    ends after the current call even if the call catches it."""
 
 
 def exit_actor() -> None:
     """End the current actor on purpose: no restart, later calls fail with ActorDiedError.
 
-    The process runs its ``atexit`` handlers before it ends, as in Ray (``rj.kill`` does not).
+    The call that runs it fails with ActorDiedError too (its caller sees the actor's death,
+    not a value); queued calls fail; the process runs its ``atexit`` handlers before it
+    ends, as in Ray (``rj.kill`` does not). In an async actor it raises AsyncioActorExit.
     """
     from rayjupyter.core import runtime_context
+    from rayjupyter.core.exceptions_extra import AsyncioActorExit
 
     if not runtime_context.current.actor_id:
-        raise TypeError("exit_actor() called outside an actor: call it from an actor method.")
-    raise ActorExitRequest()
+        raise TypeError(
+            "exit_actor API is called on a non-actor worker: call exit_actor() inside an "
+            "actor method to end that actor (rj.kill(handle) ends one from outside)."
+        )
+    runtime_context.current.exit_requested = True
+    if runtime_context.current.actor_is_async:
+        raise AsyncioActorExit("exit_actor() was called.")
+    raise ActorExitRequest("exit_actor() was called.")
 
 
 def _method_table(cls: type) -> dict[str, dict[str, Any]]:

@@ -31,6 +31,10 @@ class _Process:
     actor_methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     actor_resources: dict[str, float] = field(default_factory=dict)
     actor_restarted: bool = False
+    actor_is_async: bool = False
+    # exit_actor() was called: the process ends after the running call, even if the user's
+    # code caught the exception it raised (as in Ray)
+    exit_requested: bool = False
 
 
 current = _Process()

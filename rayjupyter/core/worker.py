@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -71,8 +72,10 @@ def _ready() -> bool:
 
 
 def exit_gracefully() -> None:
-    """``handle.__ray_terminate__.remote()``: end the actor after the calls queued before."""
-    raise ActorExitRequest()
+    """``handle.__ray_terminate__.remote()``: end the actor after the calls queued before
+    (its ``__ray_shutdown__`` and atexit handlers run), as ``exit_actor()`` does."""
+    runtime_context.current.exit_requested = True
+    raise ActorExitRequest("__ray_terminate__ was called.")
 
 
 class TaskExecutor:
@@ -91,6 +94,7 @@ class TaskExecutor:
         # an async actor's call slots, per concurrency group ("" is the default group)
         self.slots: dict[str, asyncio.Semaphore] = {}
         self.async_calls: dict[bytes, concurrent.futures.Future[None]] = {}
+        self.exit_lock = threading.Lock()
         # OMP_NUM_THREADS given by the node's or the runtime_env's environment: kept; else
         # each task (and an actor) gets its CPU count, as in Ray
         self.omp_from_env = os.environ.get("OMP_NUM_THREADS")
@@ -153,7 +157,6 @@ class TaskExecutor:
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
         token = self._enter(task, function)
-        exiting = False
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
@@ -169,17 +172,18 @@ class TaskExecutor:
                 self.running = None
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
-            message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
+            message: P.TaskFinished | None = P.TaskFinished(
+                task.task_id, self._store(task, result), None, False
+            )
         except ActorExitRequest:
-            exiting = True
-            message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+            message = None
         except KeyboardInterrupt:  # rj.cancel: the node turns this into TaskCancelledError
             message = self._failure(task, TaskCancelledError(f"Task {task.name!r} was cancelled."))
         except Exception as exc:
             message = self._failure(task, exc)
         finally:
             runtime_context.current_task.reset(token)
-        self._finish(message, exiting)
+        self._finish(message, runtime_context.current.exit_requested)
 
     def _stop_if_cancelled(self, task_id: bytes) -> None:
         """rj.cancel that came while the task was being set up: its SIGINT was ignored."""
@@ -190,7 +194,7 @@ class TaskExecutor:
             raise KeyboardInterrupt
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
-        exiting = False
+        message: P.TaskFinished | None
         try:
             # max_concurrency calls at once (per concurrency group)
             async with self.slots[self._group_of(task.method)]:
@@ -198,8 +202,7 @@ class TaskExecutor:
                 try:
                     message = await self._call_async(task)
                 except ActorExitRequest:
-                    exiting = True
-                    message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+                    message = None
                 except Exception as exc:
                     message = self._failure(task, exc)
                 finally:
@@ -207,7 +210,7 @@ class TaskExecutor:
         except asyncio.CancelledError:  # rj.cancel, while running or waiting for a slot
             error = TaskCancelledError(f"Actor call {task.name!r} was cancelled.")
             message = self._failure(task, error)
-        self._finish(message, exiting)
+        self._finish(message, runtime_context.current.exit_requested)
 
     async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
         dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
@@ -221,19 +224,39 @@ class TaskExecutor:
             result = await result
         return P.TaskFinished(task.task_id, self._store(task, result), None, False)
 
-    def _finish(self, message: P.TaskFinished, exiting: bool) -> None:
+    def _finish(self, message: P.TaskFinished | None, exiting: bool) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        if exiting:
+        if exiting:  # the call's caller sees the actor's death, not a value (as in Ray)
+            self._exit_process()
+        assert message is not None
+        self.client.send([message])
+
+    def _exit_process(self) -> None:
+        """exit_actor() / __ray_terminate__: the actor's ``__ray_shutdown__``, then the
+        process's atexit handlers, then tell the node and end (never to be restarted)."""
+        with self.exit_lock:  # once, whichever thread or coroutine gets here first
+            shutdown = getattr(self.instance, "__ray_shutdown__", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:
+                    traceback.print_exc()
             with contextlib.suppress(Exception):
-                atexit._run_exitfuncs()  # exit_actor and __ray_terminate__ run them, as Ray
+                atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
-            actor_id = runtime_context.current.actor_id
-            self.client.send([message, P.ActorExiting(actor_id)])
+            self.client.send([P.ActorExiting(runtime_context.current.actor_id)])
             self.client.close()
             os._exit(0)
-        self.client.send([message])
+
+    async def _watch_exit(self) -> None:
+        """An async actor: exit_actor() called where no call returns to us (a task the
+        actor started itself) still ends the actor."""
+        while not runtime_context.current.exit_requested:
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(0.1)  # the call that asked, if any, ends the actor itself
+        self._exit_process()
 
     # ------------------------------------------------------------------ actors
 
@@ -256,20 +279,28 @@ class TaskExecutor:
             dep_values = [self.client.materialize(info) for info in start.deps]
             args, kwargs = unpack_args(start.args_blob, dep_values, deserialize)
             runtime_context.current.actor_methods = _method_table(cls)
+            runtime_context.current.actor_is_async = any(
+                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                for _, m in inspect.getmembers(cls)
+            )
             self.instance = cls(*args, **kwargs)
+        except ActorExitRequest:
+            pass  # exit_actor() in __init__: the actor starts, then ends at once
         except Exception as exc:
-            error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
-            self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
-            return
-        if any(
-            inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-            for _, m in inspect.getmembers(cls)
-        ):
+            if not runtime_context.current.exit_requested:
+                error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
+                self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
+                return
+        if runtime_context.current.exit_requested:
+            self.client.send([P.ActorStarted(start.actor_id, None)])
+            self._exit_process()
+        if runtime_context.current.actor_is_async:
             self.loop = asyncio.new_event_loop()
             self.slots = {"": asyncio.Semaphore(start.max_concurrency)}
             for group, size in start.concurrency_groups:
                 self.slots[group] = asyncio.Semaphore(size)
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
+            asyncio.run_coroutine_threadsafe(self._watch_exit(), self.loop)
         elif start.max_concurrency > 1 or start.concurrency_groups:
             # with groups, the default group gets threads too, so no group waits on another
             pools = [("", start.max_concurrency), *start.concurrency_groups]
