@@ -38,11 +38,12 @@ class Cluster:
                 self.connect()
 
     @property
-    def address(self) -> str:
+    def address(self) -> str | None:
+        """What ``init(address=...)`` takes; None before the head is added (as Ray's)."""
         from rayjupyter.core.api import ADDRESS_SCHEME
 
         if self.head_node is None:
-            raise RuntimeError("The cluster has no head yet: call add_node() first.")
+            return None
         return f"{ADDRESS_SCHEME}{self.head_node.secret}@{self.head_node.address}"
 
     def add_node(self, wait: bool = True, **node_args: Any) -> Any:
@@ -101,6 +102,8 @@ class Cluster:
     def connect(self, namespace: str | None = None) -> Any:
         import rayjupyter as rj
 
+        if self.address is None:
+            raise RuntimeError("The cluster has no head yet: call add_node() first.")
         return rj.init(address=self.address, namespace=namespace)
 
     def shutdown(self) -> None:
