@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rayjupyter.core import auth, worker_limit
+from rayjupyter.core import auth, discovery, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.launcher import default_object_store_memory
 from rayjupyter.core.read_models import NodeStatus
@@ -268,6 +268,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             stopped += 1
+        if record["role"] != "dashboard" and not _is_our_node(pid) and record.get("session"):
+            # a node killed (now, or earlier by someone else) left its folder and its secret
+            discovery.remove_session(str(record["session"]))
         record["path"].unlink(missing_ok=True)
     saved = _read_cluster_file()
     if saved is not None and not any(r["role"] == "head" for r in loaded) and stopped == 0:

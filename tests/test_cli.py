@@ -86,6 +86,22 @@ def test_head_node_status_and_stop(cli: Cli) -> None:
     assert not saved.exists()
 
 
+def test_stop_removes_the_folder_of_a_head_that_was_killed(cli: Cli) -> None:
+    """A SIGKILLed node cannot remove its session folder (a copy of the secret is in it):
+    `rayjupyter stop`, which started it, does."""
+    port = free_port()
+    assert cli("start", "--head", "--port", str(port), "--num-cpus", "1").returncode == 0
+    (pid,) = cli.started_pids()
+    record = json.loads((cli.home / "started" / f"{pid}.json").read_text())
+    folder = Path("/tmp/rayjupyter") / record["session"]
+    assert (folder / "cluster.json").exists()
+    os.kill(pid, signal.SIGKILL)
+    wait_for_pids_gone([pid], timeout=15)
+    stopped = cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not folder.exists()
+
+
 def test_errors_are_one_line_and_name_the_fix(cli: Cli) -> None:
     port = free_port()
     assert cli("start", "--head", "--port", str(port), "--num-cpus", "1").returncode == 0

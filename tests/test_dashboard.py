@@ -230,6 +230,12 @@ def test_task_filters_and_limit(dash):
         ("tasks?colour=red", "unknown filter"),
         ("status?x=1", "no parameters"),
         ("logs?pid=me", "pid must be"),
+        # past Python's int-digits limit, and digits int() refuses: 400, not 500
+        ("tasks?limit=" + "9" * 5000, "limit must be a whole number from 1 to 100000"),
+        ("tasks?limit=%C2%B2", "limit must be"),
+        ("tasks?limit=100001", "got 100001"),
+        ("logs?lines=" + "9" * 5000, "lines must be"),
+        ("logs?pid=" + "9" * 5000, "pid must be"),
     ],
 )
 def test_bad_queries_get_a_one_line_json_error(dash, query, complaint):

@@ -379,3 +379,55 @@ def test_a_driver_on_another_machine_reads_and_puts_large_values(nodes: Nodes) -
         "summed": 4 << 20,
         "back": float(4 << 20),
     }
+
+
+@rj.remote(max_retries=3, resources={"n1": 0.01})
+def square_on_n1(i: int, marks: str, delay: float) -> int:
+    """i * i on the node with n1, leaving a file per attempt named by the task and its
+    worker's pid (the test kills that pid while the task sleeps)."""
+    open(os.path.join(marks, f"{i}-{os.getpid()}"), "w").close()
+    time.sleep(delay)
+    return i * i
+
+
+def test_a_worker_crash_on_a_peer_is_retried_by_the_task_s_node_once(
+    nodes: Nodes, tmp_path: Any
+) -> None:
+    """Issue 16, 1: a task forwarded to a peer ran there with max_retries=0 and the peer's
+    WorkerCrashedError came back as the final result. Now its own node counts attempts:
+    each crash there costs exactly one retry (never two: the peer does not retry as well)."""
+    nodes.join(num_cpus=2, n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    count, delay = 40, 0.3
+    refs = [square_on_n1.remote(i, str(tmp_path), delay) for i in range(count)]
+    killed: dict[int, int] = {}  # task index -> the pid killed while it ran
+
+    def kill_one() -> bool:
+        for path in sorted(tmp_path.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            i, pid = (int(part) for part in path.name.split("-"))
+            if i not in killed and pid not in killed.values():
+                killed[i] = pid
+                os.kill(pid, signal.SIGKILL)  # a worker of the peer, mid-task
+                return True
+        return False
+
+    for kills in range(3):  # max_retries=3: no task can run out of retries
+        begun = 6 * (kills + 1)  # spread the kills over the run
+        wait_for_condition(lambda n=begun: len(list(tmp_path.iterdir())) > n, timeout=30)
+        wait_for_condition(kill_one, timeout=10)
+    assert rj.get(refs, timeout=60) == [i * i for i in range(count)]  # none failed
+    attempts: dict[int, int] = {}
+    for path in tmp_path.iterdir():
+        i = int(path.name.split("-")[0])
+        attempts[i] = attempts.get(i, 0) + 1
+    # each killed task began exactly twice, every other task once: one retry per crash
+    assert attempts == {i: 2 if i in killed else 1 for i in range(count)}, (attempts, killed)
+
+    # without retries the crash is the result, as Ray raises it
+    (tmp_path / "once").mkdir()
+    once = square_on_n1.options(max_retries=0).remote(0, str(tmp_path / "once"), 30.0)
+    wait_for_condition(lambda: any((tmp_path / "once").iterdir()), timeout=30)
+    pid = int(next((tmp_path / "once").iterdir()).name.split("-")[1])
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(rj.exceptions.WorkerCrashedError, match="max_retries=0"):
+        rj.get(once, timeout=30)

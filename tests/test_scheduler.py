@@ -105,6 +105,11 @@ class Shell:
                 assert task.state.name == ns.OPCODE_NAMES[op], (op, task.state)
                 self.ended[task.task_id] = (task.state, instruction[2] if op == ns.FAILED else None)
                 self.state.forget(task)
+            elif op == ns.ATTEMPT_LOST:  # the task's own node hears it (AttemptLost)
+                task = instruction[1]
+                assert task.state is TaskState.FAILED and task.retried_by_owner, task
+                self.ended[task.task_id] = (task.state, None)
+                self.state.forget(task)
             elif op == ns.START_ACTOR:
                 raise AssertionError("no actor workers in these tests")
             elif op == ns.WARN:
@@ -467,6 +472,89 @@ def test_lost_attempts_of_a_cancelled_task_fail_as_cancelled() -> None:
     assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)
 
 
+def _forward(owner: Shell, task: TaskRecord) -> TaskRecord:
+    """The owner sends its queued task to a peer: the copy the peer admits (max_retries=0,
+    its attempts counted by the owner), as NodeTasks.on_submit builds it from SubmitTask."""
+    owner.state.ready.remove(task)
+    owner.state.forwarded(task)
+    owner.check()
+    copy = make_task(task.name, dict(task.demand), max_retries=0)
+    copy.task_id, copy.return_ids, copy.owner = task.task_id, task.return_ids, b"owner-node"
+    copy.retried_by_owner = True
+    return copy
+
+
+def test_a_crash_on_a_peer_is_retried_by_the_task_s_node_within_max_retries_once() -> None:
+    owner = node(cpus=0.5, workers=0)  # too small for the task: it runs on the peer
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("remote", max_retries=2))
+    for attempt in range(3):
+        copy = peer.submit(_forward(owner, task))
+        peer.schedule()
+        worker = peer.state.workers[copy.worker or b""]
+        out = peer.die(worker)
+        # the peer neither retries nor fails it: it tells the owner, returns left unset
+        assert ops(out) == ["UNPIN", "ATTEMPT_LOST", "SPAWN"], ops(out)
+        lost = out[1]
+        assert lost[1:] == (copy, b"", worker.pid, "killed by SIGKILL")
+        assert not peer.state.ready and copy.attempt == 0 and not peer.state.tasks
+        peer.connect_all()
+        out = owner.run(owner.state.peer_attempt_lost(task, *lost[2:], "10.0.0.2:7000"))
+        assert task.attempt == attempt + 1
+        if attempt < 2:
+            assert out == [] and list(owner.state.ready) == [task], attempt  # placed anew
+    assert ops(out) == ["FAILED"] and not owner.state.ready
+    error = error_of(owner.ended[task.task_id][1])
+    assert isinstance(error, WorkerCrashedError)
+    assert "tried 3 time(s)" in str(error) and "max_retries=2" in str(error)
+    assert "on node 10.0.0.2:7000" in str(error)
+    # a late report of an attempt already settled changes nothing
+    assert owner.state.peer_attempt_lost(task, b"", 7, "SIGKILL", "10.0.0.2:7000") == []
+
+
+def test_a_retryable_exception_on_a_peer_goes_back_and_others_fail_there() -> None:
+    owner = node(cpus=0.5, workers=0)
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("flaky", max_retries=1))
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    worker = peer.state.workers[copy.worker or b""]
+    out = peer.finish(worker, error=b"boom", retryable=True)
+    assert out == [(ns.ATTEMPT_LOST, copy, b"boom", 0, "")] and not peer.state.ready
+    assert owner.run(owner.state.peer_attempt_lost(task, b"boom", 0, "", "peer")) == []
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    out = peer.finish(worker, error=b"boom", retryable=True)
+    out = owner.run(owner.state.peer_attempt_lost(task, *out[0][2:], "peer"))
+    assert out == [(ns.FAILED, task, b"boom")]  # max_retries=1: two attempts in all
+    # an exception retry_exceptions does not name fails there, as the final result
+    other = owner.submit(make_task("raises", max_retries=3))
+    copy = peer.submit(_forward(owner, other))
+    peer.schedule()
+    assert peer.finish(worker, error=b"bad", retryable=False) == [(ns.FAILED, copy, b"bad")]
+
+
+def test_a_peer_s_lost_attempt_of_a_cancelled_or_unretried_task_fails_it() -> None:
+    owner = node(cpus=0.5, workers=0)
+    none_left = owner.submit(make_task("once", max_retries=0))
+    _forward(owner, none_left)
+    out = owner.run(owner.state.peer_attempt_lost(none_left, b"", 9, "SIGKILL", "peer"))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), WorkerCrashedError)
+    cancelled = owner.submit(make_task("cancelled", max_retries=5))
+    _forward(owner, cancelled)
+    owner.run(owner.state.cancel(cancelled, False, False, {cancelled.task_id}))
+    out = owner.run(owner.state.peer_attempt_lost(cancelled, b"", 9, "SIGKILL", "peer"))
+    assert ops(out) == ["FAILED"] and isinstance(error_of(out[0][2]), TaskCancelledError)
+    # a cancel that reached the peer's copy first fails it there, as cancelled, as before
+    peer = node(cpus=1, workers=1)
+    task = owner.submit(make_task("t", max_retries=5))
+    copy = peer.submit(_forward(owner, task))
+    peer.schedule()
+    peer.run(peer.state.cancel(copy, True, False, ()))
+    out = peer.die(peer.state.workers[copy.worker or b""])
+    assert ops(out) == ["UNPIN", "FAILED", "SPAWN"]
+
+
 def test_gpus_are_assigned_by_id_and_given_back() -> None:
     shell = node(cpus=4, gpus=2, workers=3)
     whole = shell.submit(make_task("whole", {"CPU": 1.0, "GPU": 1.0}))
@@ -515,6 +603,98 @@ def test_missing_workers_are_started_within_the_limit_which_warns_once_per_episo
     out = shell.run(shell.state.assign())
     assert ops(out) == ["WARN"]  # a new episode: told again
     assert all(t.state is TaskState.READY for t in more)
+
+
+def _nested_chain_at_the_limit() -> tuple[Shell, list[TaskRecord], WorkerRecord]:
+    """A node with 1 CPU and room for 2 processes: a task runs on each, the second a child
+    of the first, both blocked in get on their child; a third level waits."""
+    shell = node(cpus=1, workers=1, max_workers=2)
+    top = shell.submit(make_task("chain"))
+    shell.schedule()
+    chain = [top]
+    for level in (2, 3):
+        blocked = shell.state.workers[chain[-1].worker or b""]
+        chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        shell.run(shell.state.worker_blocked(blocked, chain[-1].return_ids))  # its get
+        if level == 2:
+            shell.schedule()  # a second process starts for it
+            shell.connect_all()
+            shell.schedule()
+            assert chain[-1].state is TaskState.RUNNING
+    return shell, chain, shell.state.workers[chain[1].worker or b""]
+
+
+def test_at_the_limit_a_child_runs_inside_its_blocked_parent_and_it_is_told_once() -> None:
+    """Issue 16, 4: nested blocking tasks deeper than the limit starved the node."""
+    shell, chain, worker = _nested_chain_at_the_limit()
+    out = shell.run(shell.state.assign())  # no room: lent to its parent's process
+    assert ops(out) == ["EXECUTE", "WARN"] and out[0][1:] == (chain[2], worker)
+    assert "3 deep" in out[1][1] and MAX_WORKERS_ENV in out[1][1] and "now 2" in out[1][1]
+    assert worker.task is chain[2] and worker.suspended == [(chain[1], {"CPU": 1.0})]
+    assert worker.state is WorkerState.BUSY and len(shell.state.workers) == 2
+    for level in range(4, 8):  # deeper: each child inside its parent, warned no more
+        chain.append(shell.submit(make_task("chain", parent=chain[-1].task_id)))
+        shell.run(shell.state.worker_blocked(worker, chain[-1].return_ids))
+        shell.state.turn_ended()
+        out = shell.run(shell.state.assign())
+        assert out == [(ns.EXECUTE, chain[-1], worker)], level
+        shell.state.turn_ended()
+        shell.state.turn_ended()  # a turn with no refusal between children: still told once
+    assert [t for t, _ in worker.suspended] == chain[1:-1]
+    for task in reversed(chain[1:]):  # each ends; its parent waits again, then goes on
+        assert worker.task is task
+        assert ops(shell.finish(worker)) == ["FINISHED"]
+        if task is not chain[1]:
+            assert worker.state is WorkerState.BLOCKED
+            shell.state.worker_unblocked(worker)
+            shell.check()
+    assert worker.state is WorkerState.IDLE and not worker.suspended
+    first = shell.state.workers[chain[0].worker or b""]
+    shell.state.worker_unblocked(first)
+    assert ops(shell.finish(first)) == ["FINISHED"]
+    assert shell.state.resources.available == {"CPU": 1.0}
+
+
+def test_only_a_child_its_parent_gets_is_lent_and_others_wait() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.state.ready.remove(chain[2])
+    chain[2].state = TaskState.FAILED  # (as if it had ended)
+    other = shell.submit(make_task("unrelated"))  # fits (a lent CPU) but has no process
+    # a child its parent does not get (it waits on something else, or in rj.wait)
+    sibling = shell.submit(make_task("not awaited", parent=chain[1].task_id))
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["WARN"] and "3 deep" in out[0][1] and not worker.suspended
+    assert other.state is TaskState.READY and sibling.state is TaskState.READY
+    shell.state.worker_unblocked(worker)  # its wait ends; a get of the sibling lends it
+    shell.run(shell.state.worker_blocked(worker, sibling.return_ids))
+    out = shell.run(shell.state.assign())
+    assert ops(out) == ["EXECUTE"] and out[0][1] is sibling and worker.task is sibling
+
+
+def test_a_lent_child_not_started_when_its_parent_s_wait_ends_is_sent_ahead() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.run(shell.state.assign())
+    shell.state.worker_unblocked(worker)  # the parent's get returned before the child came
+    shell.check()
+    assert worker.task is chain[1] and worker.prefetched is chain[2] and not worker.suspended
+    out = shell.finish(worker)
+    assert ops(out) == ["STARTED", "FINISHED"] and worker.task is chain[2]
+    # or the parent blocks again first: the child is taken back, as a task sent ahead is
+    shell, chain, worker = _nested_chain_at_the_limit()
+    shell.run(shell.state.assign())
+    shell.state.worker_unblocked(worker)
+    out = shell.run(shell.state.worker_blocked(worker))
+    assert out == [(ns.REVOKE, chain[2], worker, True)] and chain[2].state is TaskState.READY
+
+
+def test_a_worker_dying_with_lent_children_settles_every_task_on_its_stack() -> None:
+    shell, chain, worker = _nested_chain_at_the_limit()
+    chain[1].max_retries = 1
+    shell.run(shell.state.assign())
+    out = shell.die(worker, respawn=False)
+    assert ops(out) == ["UNPIN", "FAILED", "UNPIN"]  # the child had no retries, its parent one
+    assert list(shell.state.ready) == [chain[1]] and chain[1].attempt == 1
+    assert isinstance(error_of(out[1][2]), WorkerCrashedError)
 
 
 def test_env_workers_stop_at_the_limit_too() -> None:

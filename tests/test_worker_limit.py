@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
+import time
 
 import pytest
 from helpers import wait_for_condition
@@ -129,6 +131,45 @@ def test_a_reached_limit_is_said_once_and_work_goes_on_when_processes_free(cappe
     seen["err"] += capfd.readouterr().err
     assert seen["err"].count(MAX_WORKERS_ENV) == 1  # one warning for the whole episode
     assert not any(pending_reasons())
+
+
+@rj.remote
+def nested(depth: int, delay: float) -> list[int]:
+    """A task that submits itself ``depth`` deep, each waiting in get on its child: the
+    pids that ran the levels, outermost first."""
+    time.sleep(delay)
+    below = rj.get(nested.remote(depth - 1, delay), timeout=60) if depth > 1 else []
+    return [os.getpid(), *below]
+
+
+@rj.remote
+def plain(i: int) -> int:
+    return i * i
+
+
+def test_nested_blocking_tasks_deeper_than_the_limit_complete_and_say_so(monkeypatch, capfd):
+    """Issue 16, 4: a chain of nested blocking tasks deeper than the worker limit held
+    every process in get and starved the node silently. At the limit a waiting parent now
+    runs its child in its own process; the drivers hear it once, with the setting and the
+    depth, and other work goes on."""
+    monkeypatch.setenv(MAX_WORKERS_ENV, "8")
+    rj.init(num_cpus=2)
+    try:
+        depth = 40
+        chain = nested.remote(depth, 0.02)
+        time.sleep(0.3)  # the chain is under way, deeper than 8 processes
+        others = [plain.remote(i) for i in range(5)]
+        pids = rj.get(chain, timeout=60)
+        assert len(pids) == depth and len(set(pids)) <= 8
+        assert rj.get(others, timeout=30) == [i * i for i in range(5)]
+        err = capfd.readouterr().err
+        assert err.count(MAX_WORKERS_ENV) == 1, err  # told once, not once per level
+        assert "--max-workers" in err and "(now 8)" in err
+        assert re.search(r"nested tasks, \d+ deep", err), err
+        assert rj.get(nested.remote(12, 0.0), timeout=30)[-1] > 0  # and again, quietly
+        assert MAX_WORKERS_ENV not in capfd.readouterr().err
+    finally:
+        rj.shutdown()
 
 
 def test_the_cli_refuses_a_cap_below_the_pool_before_starting_anything(capsys):

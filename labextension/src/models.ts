@@ -64,8 +64,8 @@ export interface ClusterInfo {
   id: string;
   /** host:port */
   address: string;
-  /** rayjupyter://SECRET@HOST:PORT, what %ray_connect takes */
-  connect_address: string;
+  /** rayjupyter://SECRET@HOST:PORT; null if the user may not run code */
+  connect_address: string | null;
   origin: ClusterOrigin;
   /** runs on this machine */
   local: boolean;

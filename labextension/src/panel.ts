@@ -217,9 +217,10 @@ class ClusterItem {
     this.note = el('div', 'rj-Cluster-note');
 
     const buttons = el('div', 'rj-Cluster-buttons');
-    buttons.appendChild(
-      button('Connect notebook', 'connect', () => this.actions.connect(this.cluster))
+    this.connect = button('Connect notebook', 'connect', () =>
+      this.actions.connect(this.cluster)
     );
+    buttons.appendChild(this.connect);
     this.stop = button('Stop', 'stop', () => void this.panel.stopCluster(this.cluster, this.stop));
     this.stop.classList.add('jp-mod-warn');
     buttons.appendChild(this.stop);
@@ -262,6 +263,12 @@ class ClusterItem {
       this.nodes.textContent = 'not answering';
       this.nodes.dataset.alive = '0';
     }
+    // no address: Jupyter does not allow this user to run code (the address holds the secret)
+    this.connect.disabled = cluster.connect_address === null;
+    this.connect.title =
+      cluster.connect_address === null
+        ? 'You may not run code on this cluster (ask the Jupyter server administrator)'
+        : 'Insert %ray_connect for this cluster into the current notebook';
     const action = cluster.stop_action;
     this.stop.hidden = action === 'none';
     if (!this.stop.disabled) {
@@ -359,6 +366,7 @@ class ClusterItem {
   private readonly error: HTMLElement;
   private readonly note: HTMLElement;
   private readonly stop: HTMLButtonElement;
+  private readonly connect: HTMLButtonElement;
 }
 
 /** A labelled horizontal bar. */

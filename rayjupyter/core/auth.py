@@ -15,11 +15,17 @@ key is not the one the secret gives), before any frame reaches the node.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
+import socket
+import struct
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import zmq
 from zmq.utils import z85
@@ -47,16 +53,101 @@ def client_keys(secret: str) -> tuple[bytes, bytes]:
     return _keypair(secret, b"client")
 
 
+REFUSALS_SHOWN = 20  # refused connections logged one line each per window...
+REFUSAL_WINDOW_S = 60.0  # ...after which a window's other refusals are one summary line
+REFUSAL_PEERS_NAMED = 5  # peers a summary names (the most frequent), the rest counted
+MAX_TRACKED_CONNECTIONS = 65536  # open TCP connections whose peer is remembered
+
+
+class RefusalLog:
+    """One line per refused connection, naming who tried, and bounded whatever they do.
+
+    Every refusal is counted; the first ``shown`` of each ``window_s`` are printed with
+    their peer, and the others are summed into one line when the window ends (``tick``,
+    called about once a second) or the node stops (``flush``), naming the peers that sent
+    most. A flood of bad connections therefore costs a counter each, not a log line each,
+    and none goes unreported. No I/O but ``write`` (a line to the node's stderr).
+    """
+
+    def __init__(
+        self,
+        shown: int = REFUSALS_SHOWN,
+        window_s: float = REFUSAL_WINDOW_S,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shown = shown
+        self.window_s = window_s
+        self.write = write or _stderr_line
+        self.clock = clock
+        self.total = 0  # every refusal since the node started
+        self._window_start = clock()
+        self._in_window = 0
+        self._suppressed: Counter[str] = Counter()
+
+    def refused(self, where: str, peer: str, reason: str, source: str = "") -> None:
+        """One refusal: ``peer`` as shown in its line, ``source`` as the summary counts it
+        (a host without its port, which changes every connection; default: the peer)."""
+        self.tick()
+        source = source or peer
+        self.total += 1
+        self._in_window += 1
+        if self._in_window <= self.shown:
+            self.write(f"rayjupyter node: refused a connection on {where} from {peer}: {reason}")
+            if self._in_window == self.shown:
+                self.write(
+                    f"rayjupyter node: {self.shown} refused connections in "
+                    f"{self.window_s:.0f} s; counting further ones for one summary line"
+                )
+        elif len(self._suppressed) < 1000 or source in self._suppressed:  # a bounded table
+            self._suppressed[source] += 1
+        else:
+            self._suppressed["other peers"] += 1
+
+    def tick(self) -> None:
+        """End the window when its time is up: its summary, then a fresh budget."""
+        now = self.clock()
+        if now - self._window_start >= self.window_s:
+            self.flush()
+            self._window_start = now
+            self._in_window = 0
+
+    def flush(self) -> None:
+        """The summary of the refusals not shown so far, if any."""
+        count = sum(self._suppressed.values())
+        if not count:
+            return
+        top = self._suppressed.most_common(REFUSAL_PEERS_NAMED)
+        named = ", ".join(f"{peer} ({n})" for peer, n in top)
+        rest = count - sum(n for _, n in top)
+        if rest:
+            named += f", others ({rest})"
+        self.write(
+            f"rayjupyter node: suppressed {count} more refused connection(s) "
+            f"(at most {self.shown} lines per {self.window_s:.0f} s); from {named}"
+        )
+        self._suppressed.clear()
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class ZapHandler:
     """Answers libzmq's authentication requests for every server socket of a context."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], secret: str) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        secret: str,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self.socket = context.socket(zmq.REP)
         self.socket.linger = 0
         self.socket.bind(ZAP_ENDPOINT)
         self._secret = secret.encode()
         self._client_public = z85.decode(client_keys(secret)[0])
-        self._last_report = 0.0
+        self.refusals = refusals or RefusalLog()
 
     def handle(self) -> None:
         """Answer every pending request: 200 for the right secret, 400 for anything else."""
@@ -80,20 +171,80 @@ class ZapHandler:
             status = (b"200", b"OK") if ok else (b"400", b"wrong or missing cluster secret")
             self.socket.send_multipart([version, request_id, *status, USERNAME if ok else b"", b""])
             if not ok:
-                self._report(address.decode(errors="replace"))
-
-    def _report(self, address: str) -> None:
-        now = time.monotonic()
-        if now - self._last_report > 5:  # at most one line every 5 s, whatever a peer does
-            self._last_report = now
-            print(
-                f"rayjupyter node: refused a connection from {address}: wrong or missing secret",
-                file=sys.stderr,
-                flush=True,
-            )
+                where = "tcp (CurveZMQ)" if mechanism == b"CURVE" else "the worker socket"
+                peer = address.decode(errors="replace") or "a local process"
+                self.refusals.refused(where, peer, "wrong or missing secret")
 
     def close(self) -> None:
+        self.refusals.flush()
         self.socket.close(0)
+
+
+# a CurveZMQ handshake that fails before ZAP is asked: the peer lacks the secret's keys
+_HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "no CurveZMQ handshake with this cluster's keys",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the CurveZMQ handshake failed",
+}
+
+
+class HandshakeMonitor:
+    """Refusals that ZAP never sees: a TCP peer without the secret fails the CurveZMQ
+    handshake itself (it cannot encrypt to our key), before libzmq asks ZAP anything.
+
+    A socket monitor reports them, but a failure event names no peer. Accepting gives
+    the connection's descriptor (its peer is read then), and libzmq's IO thread reports a
+    failed handshake and that connection's disconnection one after the other, so the
+    disconnection that follows a failure names who failed. Refusals ZAP makes (a wrong
+    client key) are ZapHandler's to report, with the peer ZAP is given.
+    """
+
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | sum(_HANDSHAKE_FAILED)
+
+    def __init__(self, server: zmq.Socket[bytes], where: str, refusals: RefusalLog) -> None:
+        self.server = server
+        self.socket: zmq.Socket[bytes] = server.get_monitor_socket(self.EVENTS)
+        self.where = where
+        self.refusals = refusals
+        self._peers: dict[int, str] = {}  # an open connection's descriptor -> its peer
+        self._failed = ""  # why the last handshake failed, until its connection closes
+
+    def handle(self) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2 or len(frames[0]) < 6:
+                continue
+            event, value = struct.unpack("=hi", frames[0][:6])
+            if event == zmq.EVENT_ACCEPTED:
+                if len(self._peers) >= MAX_TRACKED_CONNECTIONS:  # events were dropped
+                    del self._peers[next(iter(self._peers))]
+                self._peers[value] = _tcp_peer(value)
+            elif event in _HANDSHAKE_FAILED:
+                self._failed = _HANDSHAKE_FAILED[event]
+            elif event == zmq.EVENT_DISCONNECTED:
+                peer = self._peers.pop(value, "an unknown peer")
+                if self._failed:
+                    host = peer.rpartition(":")[0] if ":" in peer else peer
+                    self.refusals.refused(self.where, peer, self._failed, source=host)
+                    self._failed = ""
+
+    def close(self) -> None:
+        self.handle()  # the last ones
+        with contextlib.suppress(zmq.ZMQError):
+            self.server.disable_monitor()
+        self.socket.close(0)
+
+
+def _tcp_peer(fd: int) -> str:
+    """host:port at the other end of libzmq's descriptor (read through a duplicate of it)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            peer = sock.getpeername()
+    except OSError:  # closed already
+        return "an unknown peer"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local process"
 
 
 def secure_server(socket: zmq.Socket[bytes], secret: str, *, curve: bool) -> None:

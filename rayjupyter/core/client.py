@@ -45,6 +45,7 @@ FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to
 BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
+WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 FOREGROUND_IDLE_S = 0.01  # a driver's IO thread reads again once gets paused this long
 SILENCE_LIMIT_S = 10.0  # an attached driver gives up on a node that answered nothing for this
@@ -103,6 +104,11 @@ class Client:
         self._block_lock = threading.Lock()
         self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
         self._blocks_answered = 0
+        # a worker: children the node lent us while a task here waits in get, and what
+        # runs them (nested_lending.py; set by worker.main for a pool worker)
+        self._lent: deque[P.ExecuteTask] = deque()
+        self._blocked_waits = 0
+        self.run_lent: Callable[[P.ExecuteTask], None] | None = None
         self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
         self._mapped_bytes: dict[bytes, int] = {}
         self._outbox: list[Any] = []
@@ -255,6 +261,9 @@ class Client:
                 seen = self._drains
                 if predicate():
                     return True
+                if self._lent and self.run_lent is not None:
+                    self._run_lent(self.run_lent)
+                    continue
                 remaining = FLUSH_INTERVAL_S
                 if self._io_thread is not None:  # a driver: is its node still there?
                     if self._closed or time.monotonic() >= next_check:  # (it costs a syscall)
@@ -388,12 +397,29 @@ class Client:
         if object_id not in self.objects:
             self._awaiting_push.add(object_id)
 
-    def _blocked(self, blocked: bool) -> None:
+    def _blocked(self, blocked: bool, waiting_for: tuple[bytes, ...] = ()) -> None:
         if self.kind == "worker":  # lend our CPU to other tasks while we wait (nested tasks)
             if blocked:
                 with self._block_lock:
                     self._blocks_sent += 1
-            self.send([P.WorkerBlocked(blocked)])
+                    self._blocked_waits += 1
+            else:
+                with self._block_lock:
+                    self._blocked_waits -= 1
+                    while not self._blocked_waits and self._lent:  # came as the wait ended:
+                        self.tasks.put(self._lent.popleft())  # the node waits for it next
+            self.send([P.WorkerBlocked(blocked, waiting_for)])
+
+    def _run_lent(self, run: Callable[[P.ExecuteTask], None]) -> None:
+        """A task making what we wait for, lent to us by the node at its worker limit
+        (nested_lending.py): run it here, inside the wait, unless the node took it back."""
+        task = self._lent.popleft()
+        while self._blocks_answered < self._blocks_sent and not self._closed:
+            self._pump(FLUSH_INTERVAL_S)  # it may have been sent ahead and revoked since
+        if task.task_id in self._revoked:
+            self._revoked.discard(task.task_id)
+            return
+        run(task)
 
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
         """Block until ``num_ready`` of the objects are available here; False on timeout."""
@@ -411,7 +437,9 @@ class Client:
         if self._outbox:  # submits held back for batching go now: we wait on them
             self.send([])
         self._request_missing(missing)
-        self._blocked(True)
+        # a get (all of them): the tasks making them may run inside this wait at the limit
+        waiting_for = tuple(missing) if needed == len(missing) <= WAITING_FOR_MAX else ()
+        self._blocked(True, waiting_for)
         try:
             return self._wait(enough, timeout)
         finally:
@@ -640,6 +668,9 @@ class Client:
                                 callback(info)
                             except Exception:  # one broken callback must not stop the reader
                                 traceback.print_exc()
+                notify = True
+            elif kind is P.ExecuteTask and self._blocked_waits and not message.actor_id:
+                self._lent.append(message)  # run inside the wait (see _run_lent)
                 notify = True
             elif kind is P.ExecuteTask or kind is P.StartActor:
                 self.tasks.put(message)

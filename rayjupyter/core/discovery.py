@@ -3,6 +3,11 @@
 Every node writes ``cluster.json`` (mode 0600) into its session folder when it starts, and
 the folder is removed when it stops. The Jupyter server extension lists local clusters from
 these files, and a dashboard records its URL in them, so nothing needs a registry process.
+
+A node that is killed (SIGKILL, OOM) cannot remove its folder, which holds a copy of the
+cluster's secret, nor its shared-memory objects. Whoever can does it instead: the driver
+or CLI that started it (``remove_session``), and otherwise the next node that starts on
+this machine (``remove_stale_sessions``), which removes the folders whose node is gone.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 from typing import Any
 
 from rayjupyter.core.config import session_dir
@@ -80,3 +86,50 @@ def list_local_clusters() -> list[dict[str, Any]]:
         if _alive(int(info.get("pid", 0))):
             found.append(info)
     return sorted(found, key=lambda info: info.get("started", 0.0))
+
+
+def remove_session(session: str) -> None:
+    """Remove what a stopped node leaves: its session folder and its shared-memory files."""
+    shutil.rmtree(session_dir(session), ignore_errors=True)
+    for path in glob.glob(f"/dev/shm/rj-{session}-*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _is_node(pid: int) -> bool:
+    """pid runs a node daemon (not a recycled pid now running something else)."""
+    if not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return True  # cannot tell (another user's process, no /proc): leave it alone
+    return b"rayjupyter.core.node" in cmdline
+
+
+def remove_stale_sessions(keep: str = "") -> list[str]:
+    """Remove the sessions of this user's nodes that died without cleaning up; their names.
+
+    Only a folder with a record whose node is gone is touched: a node still starting has
+    no record yet, and a live node keeps its folder whatever happened to its record.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(SESSIONS_ROOT, "*", CLUSTER_FILE)):
+        session = os.path.basename(os.path.dirname(path))
+        try:
+            if session == keep or os.stat(path).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        info = read_cluster_file(session)
+        if info is None:
+            continue  # being written or removed right now
+        try:
+            pid = int(info.get("pid", 0))
+        except (TypeError, ValueError):
+            continue
+        if pid > 0 and not _is_node(pid):
+            remove_session(session)
+            removed.append(session)
+    return removed

@@ -13,6 +13,9 @@ import os
 CLIENT_ID_SIZE = 8
 TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = 20
+#: a client's counter starts at 1 and counts up by one: at a million ids a second it would
+#: take nine years to get here, so an id with a larger counter was made by no client
+MAX_COUNTER = 2**48
 
 
 def new_client_id() -> bytes:
@@ -41,3 +44,22 @@ def task_of(object_id: bytes) -> bytes:
 def owner_of(object_id: bytes) -> bytes:
     """The client that submitted the task (or put) behind an object."""
     return object_id[:CLIENT_ID_SIZE]
+
+
+def object_id_problem(object_id: object) -> str:
+    """Why ``object_id`` cannot be an object id ("" when it can): not bytes, not 20 of them,
+    or a counter no client reaches (random bytes)."""
+    if not isinstance(object_id, bytes):
+        hint = (
+            " (bytes.fromhex() turns a hex string into one)" if isinstance(object_id, str) else ""
+        )
+        return f"an object id is {OBJECT_ID_SIZE} bytes, got {type(object_id).__name__}{hint}"
+    if len(object_id) != OBJECT_ID_SIZE:
+        return f"an object id is {OBJECT_ID_SIZE} bytes, got {len(object_id)}"
+    counter = int.from_bytes(object_id[CLIENT_ID_SIZE:TASK_ID_SIZE], "big")
+    if not 0 < counter < MAX_COUNTER:
+        return (
+            f"{object_id.hex()} was not made by any task or put (its counter {counter} is "
+            f"outside 1..2**48): random bytes?"
+        )
+    return ""

@@ -8,23 +8,20 @@ kernel closes the pipe and the node shuts its workers down and exits.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 
-from rayjupyter.core import auth, channel, ids
+from rayjupyter.core import auth, channel, discovery, ids
 from rayjupyter.core.config import (
     DRIVER_CHANNEL_ENV,
     READY_LINE,
     SECRET_ENV,
     NodeConfig,
-    session_dir,
 )
 from rayjupyter.core.exceptions import ClusterConnectionError
 
@@ -112,10 +109,7 @@ class LocalCluster:
             self.process.kill()
             self.process.wait(timeout)
         if self.session:  # a node that was killed could not clean up after itself
-            shutil.rmtree(session_dir(self.session), ignore_errors=True)
-            for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            discovery.remove_session(self.session)
 
 
 def read_first_line(fd: int, timeout: float) -> str:

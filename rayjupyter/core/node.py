@@ -35,6 +35,7 @@ from rayjupyter.core import (
     auth,
     discovery,
     protocol,
+    spawn,
     task_events,
     worker_limit,
 )
@@ -133,6 +134,7 @@ class Node:
         P.ObjectsReady: "forwarding.on_peer_objects_ready",
         P.ContainedObjects: "forwarding.on_contained_objects",
         P.ActorGone: "forwarding.on_actor_gone",
+        P.AttemptLost: "forwarding.on_attempt_lost",
         P.LogLines: "forwarding.on_peer_log_lines",
         P.ObjectChunk: "pulling.on_object_chunk",
         P.Reply: "placement.on_peer_reply",
@@ -159,6 +161,10 @@ class Node:
             self.port = self.tcp_router.bind_to_random_port(f"tcp://{config.host}")
         self.tcp_clients: set[bytes] = set()
         self.address = f"{config.host}:{self.port}"
+        # TCP peers without the secret fail the handshake before ZAP: reported from here
+        self.handshakes = auth.HandshakeMonitor(
+            self.tcp_router, f"tcp://{self.address}", self.zap.refusals
+        )
 
         totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
         totals.update({k: float(v) for k, v in config.resources.items()})
@@ -198,6 +204,7 @@ class Node:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.tcp_router, zmq.POLLIN)
         self.poller.register(self.zap.socket, zmq.POLLIN)
+        self.poller.register(self.handshakes.socket, zmq.POLLIN)
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
@@ -221,6 +228,7 @@ class Node:
             log_clients=lambda: (*self.drivers(), *self.node_clients),
             actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
             running=lambda: self.running,
+            refusals=self.zap.refusals,
         )
         self.channels = self.pool.channels
         self.pipes = self.pool.pipes
@@ -374,6 +382,8 @@ class Node:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
+                    self.zap.refusals.tick()  # a window's summary of refused connections
+                    self.pool.reap_adopted()  # tasks' orphaned processes that exited
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                 self.membership.tick()
@@ -396,6 +406,8 @@ class Node:
                         tcp_ready = True
                     elif source is self.zap.socket:
                         self.zap.handle()
+                    elif source is self.handshakes.socket:
+                        self.handshakes.handle()
                     elif source in exit_fds:
                         exited.append(source)
                     elif source in link_of_socket:
@@ -577,6 +589,7 @@ class Node:
         for pipes in self.pipes.values():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pipes.pid, 0)  # SIGKILLed: this returns at once
+        spawn.kill_descendants()  # what tasks started and left behind (we are its subreaper)
         self.store.shutdown()
         for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
             with contextlib.suppress(FileNotFoundError):
@@ -585,6 +598,7 @@ class Node:
             self.peer_links.drop_link(address)
         for client in list(self.channels):
             self.pool.close_channel(client)
+        self.handshakes.close()
         self.router.close(0)
         self.tcp_router.close(0)
         self.zap.close()
@@ -598,6 +612,9 @@ def main() -> None:
     if not secret:
         raise SystemExit(f"rayjupyter node: set {SECRET_ENV}; a node never runs without a secret")
     config.session = config.session or os.urandom(4).hex()
+    spawn.become_subreaper()  # processes tasks detach stay below us (see spawn.py)
+    # what nodes killed before us left (their secret, their shared memory): ours to clear
+    discovery.remove_stale_sessions(keep=config.session)
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
     import rayjupyter.core.worker  # noqa: F401 - imported once here, shared by forked workers
 

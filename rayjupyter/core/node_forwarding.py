@@ -338,6 +338,23 @@ class NodeForwarding:
                 if task.actor_id:
                     self.node.actor_part.remote_call_ended(task)
 
+    def on_attempt_lost(self, link: PeerLink, message: P.AttemptLost) -> None:
+        """A task of ours lost its attempt on that peer (its worker died, or a retryable
+        exception): let go of its returns there; ``NodeState`` retries or fails it."""
+        forwarded = self.forwarded.get(message.task_id)
+        if forwarded is None or forwarded.address != link.address:
+            return  # retried already (the peer was declared dead) or cancelled
+        del self.forwarded[message.task_id]
+        for object_id in forwarded.pending:
+            link.send(P.RefOps(((False, object_id),)))
+        task = forwarded.task
+        self._slot_freed(link.address, task.demand)
+        self.node.execute(
+            self.node.state.peer_attempt_lost(
+                task, message.error, message.pid, message.cause, link.address
+            )
+        )
+
     def _slot_freed(self, address: str, demand: dict[str, float]) -> None:
         """A task of ours ended there: count its resources free until the next view."""
         for peer in self.peer_nodes():

@@ -159,8 +159,8 @@ class NodeObjects:
             entry = self.objects.get(object_id)
             if entry is None:
                 error = ObjectLostError(
-                    f"Object {object_id.hex()} no longer exists: every ref to it was dropped "
-                    f"before this get."
+                    f"Object {object_id.hex()} is not known to this cluster: every ref to it "
+                    f"was dropped before this get, or it was made by another cluster."
                 )
                 blob = pickle.dumps(error, protocol=5)
                 self.send(client, P.ObjectsReady(((object_id, blob, len(blob), True),)))

@@ -20,6 +20,7 @@ import pickle
 from collections.abc import Container
 from typing import Any
 
+from rayjupyter.core import nested_lending
 from rayjupyter.core.exceptions import (
     TaskCancelledError,
     TaskUnschedulableError,
@@ -55,6 +56,9 @@ ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end i
 DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
 START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
 WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
+# (ATTEMPT_LOST, task, error, pid, cause): a task a peer node forwarded here lost its
+# attempt (worker pid died of cause, or it raised error): tell that node, which retries
+ATTEMPT_LOST = 16
 
 OPCODE_NAMES = {
     value: name
@@ -87,7 +91,7 @@ def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
 def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
     error = WorkerCrashedError(
         f"The worker running task {task.name!r} died unexpectedly (pid "
-        f"{pid}, {cause}); it was tried {task.attempt} time(s) and "
+        f"{pid}, {cause}); it was tried {task.attempt + 1} time(s) and "
         f"max_retries={task.max_retries} allows no more. Raise max_retries or "
         f"find why the process dies (out of memory, a segfault, os._exit)."
     )
@@ -186,6 +190,26 @@ class NodeState:
         self.ready.appendleft(task)
         return _NONE
 
+    def peer_attempt_lost(
+        self, task: TaskRecord, error: bytes, pid: int, cause: str, address: str
+    ) -> list[Instruction]:
+        """A task of ours that a peer ran lost its attempt there (``AttemptLost``): its
+        worker there died (``pid``, ``cause``) or it raised ``error`` that its
+        retry_exceptions names. Attempts are counted here only (the peer runs it with
+        max_retries=0 and never retries it itself), so max_retries holds once in all."""
+        if task.state not in OCCUPYING:
+            return _NONE  # ended or retried already
+        if pid:
+            error = crashed_error(task, pid, f"{cause}, on node {address}")
+        return self.retry_or_fail(task, error)
+
+    def _attempt_lost(self, task: TaskRecord, pid: int, cause: str) -> list[Instruction]:
+        """Its worker died: retry or fail it here, or, if a peer node's, tell that node."""
+        if task.retried_by_owner and task.state is not TaskState.CANCELLED:
+            task.transition(TaskState.FAILED)
+            return [(ATTEMPT_LOST, task, b"", pid, cause)]
+        return self.retry_or_fail(task, crashed_error(task, pid, cause))
+
     def forwarded(self, task: TaskRecord) -> None:
         """The task runs on a peer now (taken off the queue by the caller, or placed the
         moment its values exist); its worker there is the peer's business."""
@@ -239,6 +263,10 @@ class NodeState:
             worker.task = following
             self.resources.acquire(following.demand)
             out: list[Instruction] = [(STARTED, following, worker)]
+        elif worker.suspended:  # it ran lent to its waiting parent: back to that wait
+            worker.task, worker.lent = worker.suspended.pop()
+            worker.transition(WorkerState.BLOCKED)
+            out = []
         else:
             worker.task = None
             worker.transition(WorkerState.IDLE)
@@ -250,6 +278,9 @@ class NodeState:
         elif task.state is TaskState.CANCELLED:
             task.transition(TaskState.FAILED)
             out.append((FAILED, task, cancelled_error(task)))
+        elif retryable and task.retried_by_owner:  # its node counts (peer_attempt_lost)
+            task.transition(TaskState.FAILED)
+            out.append((ATTEMPT_LOST, task, error, 0, ""))
         elif retryable and task.retry():
             task.worker = None
             task.transition(TaskState.READY)
@@ -259,13 +290,17 @@ class NodeState:
             out.append((FAILED, task, error))
         return out
 
-    def worker_blocked(self, worker: WorkerRecord) -> list[Instruction]:
+    def worker_blocked(
+        self, worker: WorkerRecord, waiting_for: tuple[bytes, ...] = ()
+    ) -> list[Instruction]:
         """Its task waits in get/wait: lend its CPUs out (a bundle's too), take back a task
         sent ahead (it may be the very one it waits for). Always answered with one REVOKE
         (of nothing, if nothing was sent ahead): the worker waits for it before starting
-        anything it got earlier, so a task taken back never runs twice."""
+        anything it got earlier, so a task taken back never runs twice. ``waiting_for``:
+        a get's objects, whose tasks may run inside the wait at the limit (``_lend``)."""
         if worker.task is None or worker.state is not WorkerState.BUSY:
             return [(REVOKE, None, worker, True)]
+        worker.task.waits_for = waiting_for
         out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
         total = self.resources.total
         lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
@@ -278,8 +313,13 @@ class NodeState:
         """Back from get: it takes its CPUs again (may overcommit for a moment, as in
         Ray). A bundle given back while it waited (its group removed) is not taken
         again: that share stays lent, and the task gives nothing back for it."""
-        if worker.task is None or worker.state is not WorkerState.BLOCKED:
+        if worker.task is None:
             return
+        if worker.state is WorkerState.BUSY and worker.suspended:
+            self._unlend(worker)
+        if worker.state is not WorkerState.BLOCKED:
+            return
+        worker.task.waits_for = ()
         total = self.resources.total
         lent = worker.lent
         if all(key in total for key in lent):
@@ -289,6 +329,17 @@ class NodeState:
             self.resources.acquire({k: v for k, v in lent.items() if k in total})
             worker.lent = {k: v for k, v in lent.items() if k not in total}
         worker.transition(WorkerState.BUSY)
+
+    def _unlend(self, worker: WorkerRecord) -> None:
+        """The wait a child was lent to ended before the child started there (the worker
+        says so by leaving it): the child waits in that process as a task sent ahead (it
+        starts when its parent ends, or is taken back if the parent blocks again)."""
+        child = worker.task
+        assert child is not None
+        self._release(child, worker)
+        worker.task, worker.lent = worker.suspended.pop()
+        worker.prefetched = child
+        worker.transition(WorkerState.BLOCKED)
 
     def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
         """Take back a task sent ahead; it goes first in the queue again. The worker drops
@@ -317,14 +368,20 @@ class NodeState:
             worker.prefetched = None
             following.worker = None
             out.append((UNPIN, following))
-            out += self.retry_or_fail(following, crashed_error(following, worker.pid, cause))
+            out += self._attempt_lost(following, worker.pid, cause)
         if worker.actor_id:
             out.append((ACTOR_PROCESS_DIED, worker, cause))
         elif task is not None and task.state in OCCUPYING:
             self._release(task, worker)
             task.worker = None
             out.append((UNPIN, task))
-            out += self.retry_or_fail(task, crashed_error(task, worker.pid, cause))
+            out += self._attempt_lost(task, worker.pid, cause)
+        while worker.suspended:  # the waiting parents a child was lent to die with it
+            parent, worker.lent = worker.suspended.pop()
+            self._release(parent, worker)
+            parent.worker = None
+            out.append((UNPIN, parent))
+            out += self._attempt_lost(parent, worker.pid, cause)
         if respawn and self.live_pool_workers() < self.pool_size:
             out.append((SPAWN, "", 1))
         return out
@@ -379,14 +436,39 @@ class NodeState:
             if count > 0:
                 out.append((SPAWN, "", count))
             if missing > max(count, 0):
-                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0))
+                detail = (  # (told once: no scan while an episode is on)
+                    ""
+                    if self.limit.reached
+                    else nested_lending.detail(self.workers, self.tasks, self.ready)
+                )
+                if count <= 0:  # at the limit: waiting parents run their children
+                    out += self._lend()
+                out += self.limit_reached(missing - max(count, 0), "tasks", max(count, 0), detail)
         return out
 
-    def limit_reached(self, waiting: int, what: str, planned: int = 0) -> list[Instruction]:
+    def _lend(self) -> list[Instruction]:
+        """At the limit, a queued task that a task blocked in get waits for (its child)
+        runs inside the waiting task's process (``nested_lending``)."""
+        out: list[Instruction] = []
+        for task, worker in nested_lending.lend(self.workers.values(), self.ready, self.resources):
+            parent = worker.task
+            assert parent is not None  # (blocked in get: nested_lending.blocked_parents)
+            worker.suspended.append((parent, worker.lent))
+            worker.task, worker.lent = task, {}
+            self.resources.acquire(task.demand)
+            task.transition(TaskState.RUNNING)
+            task.worker = worker.client_id
+            worker.transition(WorkerState.BUSY)
+            out.append((EXECUTE, task, worker))
+        return out
+
+    def limit_reached(
+        self, waiting: int, what: str, planned: int = 0, detail: str = ""
+    ) -> list[Instruction]:
         """``waiting`` tasks or actors (``what``) found no worker process (the limit): the
         drivers hear it once per episode (``WorkerLimit``). ``planned``: processes this
-        turn starts that are not in the table yet."""
-        text = self.limit.refused(len(self.workers) + planned, waiting, what)
+        turn starts that are not in the table yet; ``detail``: what the node does about it."""
+        text = self.limit.refused(len(self.workers) + planned, waiting, what, detail)
         return [(WARN, text)] if text is not None else _NONE
 
     def turn_ended(self) -> None:
@@ -464,6 +546,7 @@ class NodeState:
             if (
                 worker.state is not WorkerState.BUSY
                 or worker.prefetched is not None
+                or worker.suspended
                 or worker.actor_id
                 or running is None
             ):
@@ -577,8 +660,16 @@ class NodeState:
                     assert all(k not in resources.total for k in worker.lent), (
                         f"busy worker pid {worker.pid} lends {worker.lent}"
                     )
+                for parent, lent in worker.suspended:  # waiting beneath a child lent to them
+                    assert parent.worker == worker.client_id and parent.state in OCCUPYING, (
+                        f"{parent.name} suspended on pid {worker.pid} is {parent.state.name}"
+                    )
+                    assert id(parent) not in queued, f"{parent.name} suspended and queued"
+                    for key, value in parent.demand.items():
+                        held[key] = held.get(key, 0.0) + value - lent.get(key, 0.0)
             else:
                 assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
+                assert not worker.suspended, f"{state.name} pid {worker.pid} has suspended tasks"
                 assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
             following = worker.prefetched
             if following is not None:

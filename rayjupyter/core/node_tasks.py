@@ -32,6 +32,7 @@ from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import (
     ACTOR_PROCESS_DIED,
+    ATTEMPT_LOST,
     CANCEL_CALL,
     CANCEL_FORWARDED,
     DROP_ACTOR_CALL,
@@ -94,6 +95,7 @@ class NodeTasks:
         self.placement = placement
         self.forwarding = forwarding
         self.forwarded = forwarding.forwarded
+        self.node_clients = forwarding.links.node_clients  # client id -> peer node id
         self.envs = envs
         self.actor_part = actor_part
         self.send = send
@@ -137,6 +139,11 @@ class NodeTasks:
             parent=parent,
             env=message.runtime_env,
             strategy=message.strategy,
+            # a peer node's task: that node counts its attempts and retries it (a
+            # generator's stream and an actor's calls are still decided here, as before)
+            retried_by_owner=(
+                client in self.node_clients and not message.actor_id and not message.generator
+            ),
         )
         if message.generator:
             self.generators.submitted(task.task_id, client, message)
@@ -268,7 +275,7 @@ class NodeTasks:
         if worker is None:
             return
         if message.blocked:  # answered always, with what was taken back (see P.RevokeTask)
-            self.execute(self.state.worker_blocked(worker))
+            self.execute(self.state.worker_blocked(worker, message.waiting_for))
         else:
             self.state.worker_unblocked(worker)
 
@@ -355,6 +362,15 @@ class NodeTasks:
             self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.actor_part.start_actor_in(instruction[1])
+        elif op == ATTEMPT_LOST:  # its node retries it: our returns are never made
+            task = instruction[1]
+            self.events.ended(task.task_id, failed=True)
+            self.send(task.owner, P.AttemptLost(task.task_id, *instruction[2:]))
+            self.forget_task(task)
+            for object_id in task.return_ids:  # (its node's RefOps drop the holds)
+                entry = self.objects.get(object_id)
+                if entry is not None and not entry.ready:
+                    del self.objects[object_id]
         elif op == WARN:
             for driver in self.drivers():
                 self.send(driver, P.LogLines(2, instruction[1]))

@@ -18,7 +18,7 @@ import os
 import select
 import signal
 import socket
-import sys
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import channel, ids, local_channel, protocol, spawn
+from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import SECRET_ENV, worker_endpoint
@@ -86,6 +86,7 @@ class NodeWorkers:
         log_clients: Callable[[], Iterable[bytes]],
         actor_class: Callable[[bytes], str | None],
         running: Callable[[], bool],
+        refusals: auth.RefusalLog,
     ) -> None:
         self.secret = secret
         self.session = session
@@ -104,6 +105,7 @@ class NodeWorkers:
         self.log_clients = log_clients  # who hears workers' output: drivers, peer nodes
         self.actor_class = actor_class  # an actor's class name (its worker's output prefix)
         self.running = running
+        self.refusals = refusals  # the node's one log of refused connections (rate-bounded)
         self.channels: dict[bytes, Channel] = {}  # client -> its link (see channel.py)
         self.channel_fds: dict[int, bytes] = {}  # a channel's descriptor -> its client
         self.pipes: dict[bytes, WorkerPipes] = {}
@@ -180,7 +182,10 @@ class NodeWorkers:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         listener.bind(path)
-        listener.listen(64)
+        # the kernel's largest backlog: a burst of drivers (a notebook's threads, a
+        # dashboard, status pollers) while the loop is busy waits in the queue; a short
+        # one refused them (EAGAIN on a Unix socket) and sent them to the slower zmq path
+        listener.listen(socket.SOMAXCONN)
         listener.setblocking(False)
         self.channel_listener = listener
         self.poll.handle(listener.fileno(), self._on_local_connection)
@@ -228,14 +233,10 @@ class NodeWorkers:
     def _drop_unproven(self, fd: int, reason: str) -> None:
         conn, _, _ = self.unproven.pop(fd)
         self.poll.forget(fd)
-        conn.close()
         if reason:
             where = local_channel.socket_path(self.session)
-            print(
-                f"rayjupyter node: refused a connection on {where}: {reason}",
-                file=sys.stderr,
-                flush=True,
-            )
+            self.refusals.refused(where, _peer(conn), reason)
+        conn.close()
 
     def expire_unproven(self) -> None:
         """Close connections that did not prove the secret in time (once a second)."""
@@ -243,6 +244,11 @@ class NodeWorkers:
         for fd, (_, _, opened) in list(self.unproven.items()):
             if opened < deadline:
                 self._drop_unproven(fd, reason="no secret within the time allowed")
+
+    def reap_adopted(self) -> None:
+        """Reap the exited orphans of tasks' processes (the node is their subreaper)."""
+        own = {p.pid for p in self.pipes.values()} | {p.pid for p in self.exiting.values()}
+        spawn.reap_adopted(own)
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)
@@ -339,3 +345,17 @@ class NodeWorkers:
         instructions = self.state.worker_died(worker, cause, respawn=self.running())
         self.release_client(worker.client_id)
         self.execute(instructions)
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer(conn: socket.socket) -> str:
+    """Who is at the other end of a Unix socket: its pid and uid (SO_PEERCRED)."""
+    try:
+        pid, uid, _ = _UCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError:
+        return "an unknown local process"
+    return f"pid {pid} uid {uid}"

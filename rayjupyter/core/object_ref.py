@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
-from rayjupyter.core import serialization
+from rayjupyter.core import ids, serialization
 from rayjupyter.core.id_types import JobID, TaskID
 
 
@@ -79,6 +79,14 @@ class ObjectRef:
     __slots__ = ("__weakref__", "_id")
 
     def __init__(self, object_id: bytes, *, _owned: bool = False) -> None:
+        if not _owned:  # from the user or from a pickle: checked (ours are made right)
+            problem = ids.object_id_problem(object_id)
+            if problem:
+                error = TypeError if not isinstance(object_id, bytes) else ValueError
+                raise error(
+                    f"Not an object id: {problem}. Make an ObjectRef from the bytes of a "
+                    f"live ref (ref.binary()), or use the refs that .remote() and put return."
+                )
         self._id = object_id
         # a ref made by submit or put is already held at the node on our behalf
         reference_counter.add(object_id, report=not _owned)

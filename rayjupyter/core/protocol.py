@@ -84,6 +84,18 @@ class ActorGone(NamedTuple):
     restartable: bool  # False after __init__ raised or exit_actor()
 
 
+class AttemptLost(NamedTuple):
+    """From the node that runs another node's task: this attempt is lost in a way the
+    task's retries cover (its worker died, or it raised what ``retry_exceptions`` names).
+    Its returns were not set there; the task's own node (which counts attempts, so a
+    retry is counted once) retries or fails it (``NodeState.peer_attempt_lost``)."""
+
+    task_id: bytes
+    error: bytes  # the task's exception (pid 0); b"" when its worker died
+    pid: int  # the worker that died (0: the task raised)
+    cause: str  # how it died (a signal, an exit code)
+
+
 class ActorHomes(NamedTuple):
     """From a peer node: the actors whose handles a task it sends us carries, and the
     node each lives on (its home), so calls made here go there."""
@@ -161,6 +173,9 @@ class WorkerBlocked(NamedTuple):
     """A worker waits in get/wait: the node may lend its CPU to other tasks."""
 
     blocked: bool
+    # a get: the objects it cannot go on without (at most WAITING_FOR_MAX; else none): at
+    # the worker limit the task making one of them may run inside the wait (nested_lending)
+    waiting_for: tuple[bytes, ...] = ()
 
 
 class Heartbeat(NamedTuple):
@@ -555,6 +570,7 @@ NODE_TO_CLIENT = (
     ContainedObjects,
     ActorGone,
     GeneratorCredit,
+    AttemptLost,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

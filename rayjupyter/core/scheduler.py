@@ -90,6 +90,12 @@ class TaskRecord:
     gpu_ids: tuple[int, ...] = ()
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
+    # forwarded here by a peer node, which counts its attempts: a retryable loss goes back
+    # to it (AttemptLost) instead of failing or being retried here
+    retried_by_owner: bool = False
+    # blocked in a get of these objects (WorkerBlocked.waiting_for): the tasks that make
+    # them may run inside the wait at the worker limit (nested_lending.py)
+    waits_for: tuple[bytes, ...] = ()
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -127,6 +133,9 @@ class WorkerRecord:
     handle: Any = None  # the node's process handle (Popen), opaque here
     env: str = ""  # runtime_env digest it was started in ("" for the plain pool)
     idle_since: float = 0.0  # monotonic time it last became idle (env workers are reaped)
+    # tasks blocked in get beneath ``task``, which a child of theirs was lent to run inside
+    # their process (nested_lending.py), innermost last, each with what it lent
+    suspended: list[tuple[TaskRecord, dict[str, float]]] = field(default_factory=list)
 
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:

@@ -5,15 +5,26 @@ machine, 35 s for 200 actors) and shares the imported code's pages with the node
 other workers, which is most of a worker's memory. The child closes every descriptor it
 inherited (the node's sockets, pipes and zmq's internals) and makes its own zmq context,
 the pattern libzmq supports after fork; zmq's C threads in the node hold no Python state.
+
+Processes that tasks start are the node's too. The node is a child subreaper
+(``become_subreaper``): a process a task detached (forked twice, setsid) is re-parented to
+the node, not to init, so it stays below the node; the node reaps such adopted children
+as they exit (``reap_adopted``) and kills everything below it when it stops
+(``kill_descendants``), so nothing a task started outlives ``rj.shutdown()``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
+import time
+from collections.abc import Container
 from typing import NamedTuple
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 class StartedProcess(NamedTuple):
@@ -77,3 +88,64 @@ def _close_inherited_fds(keep_fd: int) -> None:
 def exit_code(status: int) -> int:
     """Like Popen.returncode: negative for a signal."""
     return os.waitstatus_to_exitcode(status)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants (a task's detached processes) our children, not init's.
+
+    Not inherited across fork: workers stay ordinary, so an orphan climbs to the node."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def reap_adopted(own: Container[int]) -> list[int]:
+    """Reap exited children that are not ``own`` (the workers, which their exit handler
+    waits for): the orphans the kernel gave us. Their pids; [] when none has exited."""
+    reaped: list[int] = []
+    while True:
+        try:  # peek (WNOWAIT): a worker's status is its exit handler's to collect
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid in own:
+            return reaped  # nothing exited, or a worker whose handler comes next
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+        reaped.append(info.si_pid)
+
+
+def kill_descendants(timeout: float = 5.0) -> int:
+    """SIGKILL every process below this one and reap them; how many there were.
+
+    Rounds, because a process killed while its parent lives is re-parented (to us) only
+    when that parent dies too; bounded in time whatever they do."""
+    import psutil
+
+    me = psutil.Process()
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = me.children(recursive=True)
+        if not procs:
+            break
+        for proc in procs:
+            seen.add(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        _reap_all()
+        time.sleep(0.01)
+    _reap_all()
+    return len(seen)
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

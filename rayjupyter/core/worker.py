@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api, runtime_context, runtime_env
+from rayjupyter.core import api, nested_lending, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import (
     READY_METHOD,
@@ -156,6 +156,9 @@ class TaskExecutor:
         )
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
+        outer = self.running  # a task lent to us runs inside the wait of another
+        placement = runtime_context.current.placement  # (the waiting task's, then)
+        omp = os.environ.get("OMP_NUM_THREADS")  # (and its OMP_NUM_THREADS)
         token = self._enter(task, function)
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
@@ -169,7 +172,7 @@ class TaskExecutor:
                 if task.generator:  # its items go out while it runs (cancel reaches it)
                     result = self._run_generator(task, result)
             finally:
-                self.running = None
+                self.running = outer
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
             message: P.TaskFinished | None = P.TaskFinished(
@@ -183,6 +186,9 @@ class TaskExecutor:
             message = self._failure(task, exc)
         finally:
             runtime_context.current_task.reset(token)
+            runtime_context.current.placement = placement
+            if omp is not None and self.omp_from_env is None:
+                os.environ["OMP_NUM_THREADS"] = omp
         self._finish(message, runtime_context.current.exit_requested)
 
     def _stop_if_cancelled(self, task_id: bytes) -> None:
@@ -546,6 +552,9 @@ def main() -> None:
     runtime_context.current.node_id = client.node_id
     runtime_context.current.worker_id = client.client_id
     executor = TaskExecutor(client)
+    client.run_lent = executor.run  # children lent to a waiting task (nested_lending.py)
+    # each nested level is about 8 frames: room for nested_lending.MAX_NESTED of them
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 16 * nested_lending.MAX_NESTED))
     signal.signal(signal.SIGINT, functools.partial(_on_sigint, executor))
     while True:
         task = client.next_task()

@@ -118,17 +118,26 @@ class WorkerLimit:
         self.limit = limit
         self.reached = False  # an episode is on: some work waits for a process
         self._refused_this_turn = False
+        self.nested_warned = False  # told the drivers that nested tasks fill the limit
 
     def room(self, live: int) -> int:
         """How many more processes may start now."""
         return max(0, self.limit - live)
 
-    def refused(self, live: int, waiting: int, what: str) -> str | None:
-        """``waiting`` pieces of work (``what``: "actors", "tasks") found no process."""
+    def refused(self, live: int, waiting: int, what: str, detail: str = "") -> str | None:
+        """``waiting`` pieces of work (``what``: "actors", "tasks") found no process;
+        ``detail``: what the node does about it (nested tasks lent to their parents)."""
         self._refused_this_turn = True
-        if self.reached:
-            return None
+        if self.reached or (detail and self.nested_warned):
+            return None  # (a long chain of nested tasks is told once, not per episode)
         self.reached = True
+        if detail:
+            self.nested_warned = True
+            return (
+                f"Warning: this node runs {live} worker processes, its limit; {detail}; "
+                f"other work waits until they end. Raise the limit with {SETTING} "
+                f"(now {self.limit}).\n"
+            )
         return (
             f"Warning: this node runs {live} worker processes, its limit; {waiting} {what} "
             f"wait for one to free up. Raise the limit with {SETTING} "

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 100  # as in Ray's state API
 MAX_LIMIT = 100_000
 LOG_LINES = 100
+MAX_LOG_LINES = 10_000
 
 
 class ApiError(Exception):
@@ -110,11 +111,30 @@ class StatusHandler(ApiHandler):
         }
 
 
+def whole_number(text: str, name: str, low: int, high: int) -> int:
+    """``text`` as an int in [low, high], else a 400 naming the range.
+
+    Checked as ASCII digits of bounded length before ``int``: ``str.isdigit`` also accepts
+    digits ``int`` refuses (superscripts), and ``int`` refuses strings over Python's
+    4,300-digit limit; either would have been a 500.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(high))):
+        raise ApiError(
+            400, f"{name} must be a whole number from {low} to {high}, got {_short(text)}"
+        )
+    value = int(text)
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, got {value}")
+    return value
+
+
+def _short(text: str) -> str:
+    """A query value for an error line: long ones cut, so the line stays one line."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def _limit(args: dict[str, str]) -> int:
-    text = args.pop("limit", str(DEFAULT_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {text!r}")
-    return int(text)
+    return whole_number(args.pop("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
 
 
 class RowsHandler(ApiHandler):
@@ -172,11 +192,10 @@ class LogsHandler(ApiHandler):
         lines = args.pop("lines", str(LOG_LINES))
         if args:
             raise ApiError(400, f"unknown parameter(s) {sorted(args)}: use pid and lines")
-        if pid is not None and not pid.isdigit():
-            raise ApiError(400, f"pid must be a process id, got {pid!r}")
-        if not lines.isdigit() or not 1 <= int(lines) <= 10_000:
-            raise ApiError(400, f"lines must be a whole number from 1 to 10000, got {lines!r}")
-        return (int(pid) if pid is not None else None), int(lines)
+        if pid is not None and not (pid.isascii() and pid.isdigit() and len(pid) <= 10):
+            raise ApiError(400, f"pid must be a process id, got {_short(pid)}")
+        count = whole_number(lines, "lines", 1, MAX_LOG_LINES)
+        return (int(pid) if pid is not None else None), count
 
     def build(self, checked: tuple[int | None, int]) -> models.LogsResponse:
         pid, lines = checked

@@ -1,5 +1,7 @@
-"""The REST API under ``{base_url}rayjupyter/api/``: thin authenticated handlers over
-ClusterService. Every error is a JSON ErrorReply with one line; tracebacks go to the log.
+"""The REST API under ``{base_url}rayjupyter/api/``: thin authenticated and authorized
+handlers over ClusterService. Every error is a JSON ErrorReply with one line; tracebacks go
+to the log. Each route needs an action on the resource ``rayjupyter`` (``authz.py``), and
+a connect address (it holds the cluster's secret) goes only to users who may run code.
 
     GET    clusters                  ClusterList
     POST   clusters  {num_cpus?}     ClusterInfo of a new local cluster (201)
@@ -17,9 +19,16 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 
+from rayjupyter.server.authz import (
+    AUTH_RESOURCE,
+    kernel_cluster_without_secret,
+    may_run_code,
+    requires,
+    without_secret,
+)
 from rayjupyter.server.dashboards import dashboard_pages
 from rayjupyter.server.errors import ClusterError
-from rayjupyter.server.models import ClusterList, ErrorReply, StopReply
+from rayjupyter.server.models import ClusterInfo, ClusterList, ErrorReply, StopReply
 from rayjupyter.server.service import ClusterService
 
 INTERNAL_ERROR = (
@@ -64,7 +73,9 @@ class JsonErrors(JupyterHandler):
 
 
 class RayJupyterAPIHandler(JsonErrors, APIHandler):
-    """Base of the API: Jupyter's auth (token, cookie, XSRF) and JSON errors."""
+    """Base of the API: Jupyter's auth (token, cookie, XSRF), its Authorizer, JSON errors."""
+
+    auth_resource = AUTH_RESOURCE
 
     def initialize(self, service: ClusterService) -> None:
         self.service = service
@@ -81,6 +92,10 @@ class RayJupyterAPIHandler(JsonErrors, APIHandler):
             raise ClusterError(400, "The request body must be a JSON object.")
         return value
 
+    async def for_user(self, info: ClusterInfo) -> ClusterInfo:
+        """The cluster's model as this user may see it (no secret unless they may run code)."""
+        return info if await may_run_code(self) else without_secret(info)
+
     def reply(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(value))
@@ -90,14 +105,19 @@ class ClustersHandler(RayJupyterAPIHandler):
     """The list of clusters; POST starts a local one or adds one by address."""
 
     @web.authenticated
+    @requires("read")
     async def get(self) -> None:
+        clusters = await self.service.clusters()
+        if not await may_run_code(self):
+            clusters = [without_secret(info) for info in clusters]
         body: ClusterList = {
-            "clusters": await self.service.clusters(),
+            "clusters": clusters,
             "dashboard_pages": dashboard_pages(),
         }
         self.reply(body)
 
     @web.authenticated
+    @requires("write")
     async def post(self) -> None:
         request = self.body_object()
         unknown = set(request) - {"num_cpus", "address"}
@@ -111,24 +131,26 @@ class ClustersHandler(RayJupyterAPIHandler):
             address = request["address"]
             if not isinstance(address, str):
                 raise ClusterError(400, "address must be a string: rayjupyter://SECRET@HOST:PORT")
-            self.reply(await self.service.add(address), 201)
+            self.reply(await self.for_user(await self.service.add(address)), 201)
             return
         num_cpus = request.get("num_cpus")
         if num_cpus is not None and (
             isinstance(num_cpus, bool) or not isinstance(num_cpus, int | float)
         ):
             raise ClusterError(400, f"num_cpus must be a number, got {num_cpus!r}")
-        self.reply(await self.service.start(num_cpus), 201)
+        self.reply(await self.for_user(await self.service.start(num_cpus)), 201)
 
 
 class ClusterHandler(RayJupyterAPIHandler):
     """One cluster; DELETE stops it (started here) or forgets it (remote)."""
 
     @web.authenticated
+    @requires("read")
     async def get(self, session: str) -> None:
-        self.reply(await self.service.cluster(session))
+        self.reply(await self.for_user(await self.service.cluster(session)))
 
     @web.authenticated
+    @requires("write")
     async def delete(self, session: str) -> None:
         body: StopReply = {"message": await self.service.stop(session)}
         self.reply(body)
@@ -138,5 +160,7 @@ class KernelClusterHandler(RayJupyterAPIHandler):
     """The cluster of a kernel: the one it started, else the one it is connected to."""
 
     @web.authenticated
+    @requires("read")
     async def get(self, kernel_id: str) -> None:
-        self.reply(await self.service.kernel_cluster(kernel_id))
+        found = await self.service.kernel_cluster(kernel_id)
+        self.reply(found if await may_run_code(self) else kernel_cluster_without_secret(found))

@@ -60,7 +60,7 @@ class ClusterInfo(TypedDict):
 
     id: str  # the cluster's session name; used in URLs
     address: str  # host:port
-    connect_address: str  # rayjupyter://SECRET@HOST:PORT, what %ray_connect takes
+    connect_address: str | None  # rayjupyter://SECRET@HOST:PORT; null if the user may not run code
     origin: ClusterOrigin
     local: bool  # runs on this machine
     owner_pid: int  # the process that started it and whose exit stops it; 0 if none

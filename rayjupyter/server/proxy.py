@@ -4,7 +4,9 @@ does (JupyterHub, an SSH tunnel).
 
 The dashboard serves every path under that same prefix, so a request's path travels
 unchanged. Jupyter's credentials (its token, its cookies) stay here; the dashboard gets its
-own token in an Authorization header instead. A websocket upgrade is routed to its own
+own token in an Authorization header instead. Jupyter's Authorizer decides who may use a
+dashboard: ``read`` on the resource ``rayjupyter`` for page views and the websocket,
+``write`` for other methods (``authz.py``). A websocket upgrade is routed to its own
 handler by a matcher on the Upgrade header (tornado picks handlers by path only).
 """
 
@@ -15,6 +17,7 @@ import contextlib
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
@@ -22,6 +25,7 @@ from tornado import httpclient, web, websocket
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches
 
+from rayjupyter.server.authz import AUTH_RESOURCE, READ_REFUSED, requires
 from rayjupyter.server.dashboards import Dashboard
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.handlers import JsonErrors, error_body
@@ -86,6 +90,7 @@ class DashboardProxyHandler(JsonErrors):
     """HTTP requests to a cluster's dashboard (started on first use)."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    auth_resource = AUTH_RESOURCE
 
     def initialize(self, service: ClusterService) -> None:
         self.service = service
@@ -138,26 +143,33 @@ class DashboardProxyHandler(JsonErrors):
             self.write(response.body)
         await self.finish()
 
-    @web.authenticated
+    @web.authenticated  # a page view without login goes to Jupyter's login page
+    @requires("read")
     async def get(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
+    @requires("read")
     async def head(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
+    @requires("read")
+    async def options(self, session: str, path: str = "") -> None:
+        await self._proxy(session, path)
+
+    @requires("write")
     async def post(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
+    @requires("write")
     async def put(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
+    @requires("write")
     async def patch(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
+    @requires("write")
     async def delete(self, session: str, path: str = "") -> None:
-        await self._proxy(session, path)
-
-    async def options(self, session: str, path: str = "") -> None:
         await self._proxy(session, path)
 
 
@@ -165,6 +177,7 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
     """A websocket to a cluster's dashboard (bokeh's document sync), relayed both ways."""
 
     upstream: websocket.WebSocketClientConnection | None = None
+    auth_resource = AUTH_RESOURCE
 
     def initialize(self, service: ClusterService) -> None:
         self.service = service
@@ -182,6 +195,12 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
 
     @ws_authenticated
     async def get(self, session: str, path: str = "") -> None:
+        # bokeh's document sync shows the dashboard: read, not Jupyter's websocket default
+        # (execute, meant for kernels)
+        if not await ensure_async(
+            self.authorizer.is_authorized(self, self.current_user, "read", AUTH_RESOURCE)
+        ):
+            raise web.HTTPError(403, READ_REFUSED)
         dashboard = await self._dashboard(session)
         headers = upstream_headers(self.request, dashboard)
         for name in ("Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions"):
