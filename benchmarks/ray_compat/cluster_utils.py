@@ -2,8 +2,8 @@
 local processes, here over rayjupyter's launcher (what ``rayjupyter start`` uses).
 
 The first ``add_node`` starts the head; later ones join it. ``address`` is what
-``ray.init(address=...)`` takes (the secret included). ``_system_config`` is Ray's internal
-configuration: a test that sets it is skipped.
+``ray.init(address=...)`` takes (the secret included). ``_system_config`` (Ray's internal
+tuning) is dropped, as the shim's ``ray.init`` drops it.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ class Cluster:
         from rayjupyter.core.config import NodeConfig
         from rayjupyter.core.launcher import LocalCluster
 
-        if node_args.pop("_system_config", None):
-            skip_internal("_system_config (Ray's internal configuration)")
+        node_args.pop("_system_config", None)  # Ray's internal tuning, dropped as by init
         args = {**NODE_DEFAULTS, **node_args}
         unknown = set(args) - {"num_cpus", "num_gpus", "resources", "object_store_memory"}
         for name in unknown:

@@ -67,7 +67,7 @@ async def async_wait_for_condition(
 
 
 def generate_system_config_map(**kwargs: Any) -> dict[str, Any]:
-    """Fixture parameters that set Ray's internal configuration (a test using them skips)."""
+    """Fixture parameters setting Ray's internal tuning (the shim's init drops it)."""
     return {"_system_config": kwargs}
 
 
