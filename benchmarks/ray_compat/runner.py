@@ -241,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file-timeout", type=int, default=900, help="seconds per file and side")
     parser.add_argument("--json", type=Path, help="write every test's outcome here")
     parser.add_argument(
-        "--reuse", type=Path, help="take the sides not in --targets from this earlier --json output"
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="figures of earlier --json outputs (repeatable): the files and sides run now "
+        "replace theirs",
     )
     args = parser.parse_args(argv)
     files = args.files or [f for f in DEFAULT_FILES if (args.tests / f).exists()]
@@ -250,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if target not in TARGETS:
             parser.error(f"unknown target {target!r}: use rayjupyter, ray or both")
     runs: dict[str, dict[str, FileRun]] = {t: {} for t in TARGETS}
-    if args.reuse:
-        old = json.loads(args.reuse.read_text())
+    for earlier in args.reuse:
+        old = json.loads(earlier.read_text())
         for target, by_file in old["runs"].items():
             for name, run in by_file.items():
                 tests = {k: TestResult(**v) for k, v in run.pop("tests").items()}
