@@ -92,3 +92,34 @@ def test_runner_on_a_ray_style_file(tmp_path):
     assert "ray._private.worker" in tests["test_internals_are_skipped"]["message"]
     assert "no_such_api" in tests["test_missing_api_fails"]["message"]
     assert "| test_style.py" in proc.stdout  # the side-by-side table
+
+
+DIES_MIDWAY = """
+import os
+
+
+def test_first():
+    assert True
+
+
+def test_kills_pytest():
+    os._exit(3)
+
+
+def test_never_runs():
+    assert True
+"""
+
+
+def test_runner_keeps_what_ran_when_pytest_dies(tmp_path):
+    (tmp_path / "test_dies.py").write_text(textwrap.dedent(DIES_MIDWAY))
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ray_compat", "--tests", str(tmp_path),
+         "--targets", "rayjupyter", "--json", str(out), "test_dies.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads(out.read_text())["runs"]["rayjupyter"]["test_dies.py"]
+    assert {name: r["outcome"] for name, r in run["tests"].items()} == {"test_first": "passed"}
+    assert run["note"] == "pytest ended early"

@@ -32,6 +32,8 @@ class Cluster:
     ) -> None:
         self._nodes: list[Any] = []
         self.head_node: Any = None
+        self._address_before: str | None = None
+        self._address_set = False
         if initialize_head:
             self.add_node(**(head_node_args or {}))
             if connect:
@@ -70,7 +72,9 @@ class Cluster:
         if self.head_node is None:
             self.head_node = node
             # Ray's init() with no address attaches to a cluster started on this machine
-            os.environ["RAYJUPYTER_ADDRESS"] = self.address
+            self._address_before = os.environ.get("RAYJUPYTER_ADDRESS")
+            self._address_set = True
+            os.environ["RAYJUPYTER_ADDRESS"] = self.address or ""
         self._nodes.append(node)
         if wait:
             self.wait_for_nodes()
@@ -106,7 +110,11 @@ class Cluster:
         return rj.init(address=self.address, namespace=namespace)
 
     def shutdown(self) -> None:
-        os.environ.pop("RAYJUPYTER_ADDRESS", None)
+        if self._address_set and self._address_before is not None:
+            os.environ["RAYJUPYTER_ADDRESS"] = self._address_before
+        elif self._address_set:
+            os.environ.pop("RAYJUPYTER_ADDRESS", None)
+        self._address_set = False
         for node in reversed(self._nodes):
             node.stop()
         self._nodes.clear()

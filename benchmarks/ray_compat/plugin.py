@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import sys
 import types
@@ -31,6 +32,13 @@ def _patch_ray_version_skew() -> None:
     for name in ("SignalActor", "Semaphore", "wait_for_condition", "run_string_as_driver"):
         if not hasattr(private, name) and hasattr(common, name):
             setattr(private, name, getattr(common, name))
+    try:  # moved from ray._private to ray._common
+        import ray._private.ray_option_utils
+    except ImportError:
+        import ray._common.ray_option_utils as option_utils
+
+        sys.modules["ray._private.ray_option_utils"] = option_utils
+        ray._private.ray_option_utils = option_utils  # type: ignore[attr-defined]
     if "ray.tests.client_test_utils" not in sys.modules:  # not in Ray's wheel
         tests = types.ModuleType("ray.tests")
         tests.__path__ = []
@@ -51,6 +59,36 @@ def _start(request: Any, **defaults: Any) -> Any:
     kwargs.update(defaults)
     kwargs.update(getattr(request, "param", None) or {})
     return ray.init(**kwargs)
+
+
+RESULTS = os.environ.get("RAY_COMPAT_RESULTS")
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """Each test's outcome, appended as it is known: kept even if pytest dies later."""
+    if not RESULTS:
+        return
+    if report.when != "call" and report.outcome == "passed":
+        return  # setup/teardown that passed: the call's report says how the test went
+    if report.outcome == "skipped":
+        outcome = "skipped"
+        longrepr = report.longrepr
+        message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    elif report.outcome == "passed":
+        outcome, message = "passed", ""
+    else:
+        outcome = "failed" if report.when == "call" else "error"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else report.longreprtext[-500:]
+    record = {
+        "name": report.nodeid.split("::", 1)[-1],
+        "when": report.when,
+        "outcome": outcome,
+        "message": message[:500],
+        "seconds": round(report.duration, 3),
+    }
+    with open(RESULTS, "a") as out:
+        out.write(json.dumps(record) + "\n")
 
 
 @pytest.hookimpl(tryfirst=True)

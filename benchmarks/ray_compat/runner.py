@@ -76,6 +76,8 @@ def _env(target: str) -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     for name in ("RAY_ADDRESS", "RAYJUPYTER_ADDRESS"):
         env.pop(name, None)
+    if target == "rayjupyter":  # never attach to a head someone started on this machine
+        env["RAYJUPYTER_ADDRESS"] = "local"
     return env
 
 
@@ -101,42 +103,44 @@ def _parse_junit(path: Path) -> dict[str, TestResult]:
     return results
 
 
+def _read_results(path: Path) -> dict[str, TestResult]:
+    """The plugin's per-test records: a failed teardown turns a pass into an error."""
+    results: dict[str, TestResult] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        name, outcome = record["name"], record["outcome"]
+        known = results.get(name)
+        if known is not None and not (known.outcome == "passed" and outcome == "error"):
+            continue
+        results[name] = TestResult(outcome, record["message"], record["seconds"])
+    return results
+
+
 def run_file(
     target: str, tests_dir: Path, name: str, test_timeout: int, file_timeout: int
 ) -> FileRun:
-    """One file on one side, in a process group of its own that is ended afterwards."""
+    """One file on one side, in a process group of its own that is ended afterwards.
+
+    Its TMPDIR is a folder of its own, so a Ray cluster that another run (or anyone else)
+    started on this machine is never the one ``ray.init()`` finds and attaches to.
+    """
     with tempfile.TemporaryDirectory(prefix="ray-compat-") as tmp:
         xml = Path(tmp) / "junit.xml"
+        records = Path(tmp) / "results.jsonl"
         cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(tests_dir / name),
-            "-p",
-            "benchmarks.ray_compat.plugin",
-            "-p",
-            "no:cacheprovider",
-            "-c",
-            os.devnull,
-            "--rootdir",
-            str(tests_dir),
-            "-q",
-            "--no-header",
-            f"--timeout={test_timeout}",
-            f"--junitxml={xml}",
-            "-o",
-            "junit_family=xunit1",
-        ]
+            sys.executable, "-m", "pytest", str(tests_dir / name),
+            "-p", "benchmarks.ray_compat.plugin", "-p", "no:cacheprovider",
+            "-c", os.devnull, "--rootdir", str(tests_dir), "-q", "--no-header",
+            f"--timeout={test_timeout}", f"--junitxml={xml}", "-o", "junit_family=xunit1",
+        ]  # fmt: skip
+        env = _env(target)
+        env.update(RAY_COMPAT_RESULTS=str(records), TMPDIR=tmp)
         start = time.monotonic()
         with open(Path(tmp) / "out.txt", "wb") as out:
             proc = subprocess.Popen(
-                cmd,
-                cwd=tmp,
-                env=_env(target),
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )
+            )  # fmt: skip
             timed_out = False
             try:
                 proc.wait(timeout=file_timeout)
@@ -149,6 +153,9 @@ def run_file(
         run = FileRun(target, name, round(wall, 1), timed_out)
         if xml.exists():
             run.tests = _parse_junit(xml)
+        elif records.exists():  # pytest died (or hit the wall limit): what it had finished
+            run.tests = _read_results(records)
+            run.note = "pytest ended early" + (" (file wall limit)" if timed_out else "")
         else:
             tail = (Path(tmp) / "out.txt").read_text(errors="replace")[-2000:]
             run.note = "no results" + (" (file wall limit reached)" if timed_out else "")
