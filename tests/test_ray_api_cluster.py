@@ -407,3 +407,12 @@ def test_exit_actor_in_init_and_from_an_async_actors_own_task(tmp_path):
     leaver = AsyncLeaver.remote(str(second))
     assert rj.get(leaver.leave_later.remote(), timeout=60) == "scheduled"
     wait_for_condition(second.exists, timeout=30)
+
+
+def test_actor_died_error_names_the_actor():
+    actor = Probe.remote()
+    rj.get(actor.echo.remote(1), timeout=60)
+    rj.kill(actor)
+    with pytest.raises(rj.exceptions.RayActorError) as caught:
+        rj.get(actor.echo.remote(2), timeout=30)
+    assert caught.value.actor_id == actor._actor_id.hex()

@@ -127,6 +127,8 @@ class RayActorError(RayError):
     """The actor cannot run the method call."""
 
     default_message = "The actor cannot run this call."
+    #: the actor's id (hex), as Ray's attribute; None when the error names no actor
+    actor_id: str | None = None
 
 
 class ActorDiedError(RayActorError):

@@ -533,6 +533,7 @@ class NodeActors:
                     f"It is being restarted ({actor.restarts}/{max_restarts}); the call was not "
                     f"retried (max_task_retries={task.max_retries})."
                 )
+                error.actor_id = actor.actor_id.hex()
                 self.node.fail_task(task, pickle.dumps(error, protocol=5))
         actor.in_flight.clear()
         actor.queue.extendleft(reversed(retried))
@@ -545,6 +546,7 @@ class NodeActors:
         error = ActorDiedError(
             f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
         )
+        error.actor_id = actor.actor_id.hex()  # Ray's attribute (travels with the pickle)
         actor.death_error = pickle.dumps(error, protocol=5)
         self.peers.actor_gone_from_here(actor, reason, not (actor.no_restart or actor.exiting))
         if actor.host:
