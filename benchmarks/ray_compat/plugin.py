@@ -8,6 +8,7 @@ a gRPC proxy) skip on both sides. Defaults follow Ray's conftest: one CPU, a 150
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import json
 import os
@@ -33,12 +34,11 @@ def _patch_ray_version_skew() -> None:
         if not hasattr(private, name) and hasattr(common, name):
             setattr(private, name, getattr(common, name))
     try:  # moved from ray._private to ray._common
-        import ray._private.ray_option_utils
+        importlib.import_module("ray._private.ray_option_utils")
     except ImportError:
-        import ray._common.ray_option_utils as option_utils
-
+        option_utils = importlib.import_module("ray._common.ray_option_utils")
         sys.modules["ray._private.ray_option_utils"] = option_utils
-        ray._private.ray_option_utils = option_utils  # type: ignore[attr-defined]
+        setattr(sys.modules["ray._private"], "ray_option_utils", option_utils)  # noqa: B010
     if "ray.tests.client_test_utils" not in sys.modules:  # not in Ray's wheel
         tests = types.ModuleType("ray.tests")
         tests.__path__ = []
