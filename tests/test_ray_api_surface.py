@@ -286,3 +286,13 @@ def test_runtime_context_has_every_method_of_rays():
 
     for name in RAY_RUNTIME_CONTEXT.split():
         assert hasattr(RuntimeContext, name), name
+
+
+def test_runtime_env_class(tmp_path):
+    from rayjupyter.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(env_vars={"A": "1"}, working_dir=str(tmp_path))
+    assert env == {"env_vars": {"A": "1"}, "working_dir": str(tmp_path)}
+    assert isinstance(env, dict)
+    with pytest.raises(ValueError, match="pip"):
+        RuntimeEnv(pip=["requests"])
