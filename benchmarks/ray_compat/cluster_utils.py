@@ -17,6 +17,15 @@ from benchmarks.ray_compat.internals import skip_internal
 
 cluster_not_supported = False
 
+#: clusters with a head, newest last
+LIVE: list[Cluster] = []
+
+
+def current_address() -> str | None:
+    """The newest live cluster's address: where Ray's ``init()`` with no arguments goes."""
+    return LIVE[-1].address if LIVE else None
+
+
 NODE_DEFAULTS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 150 * 1024 * 1024}
 
 
@@ -32,8 +41,6 @@ class Cluster:
     ) -> None:
         self._nodes: list[Any] = []
         self.head_node: Any = None
-        self._address_before: str | None = None
-        self._address_set = False
         if initialize_head:
             self.add_node(**(head_node_args or {}))
             if connect:
@@ -71,10 +78,7 @@ class Cluster:
         node = LocalCluster(config, secret=secret)
         if self.head_node is None:
             self.head_node = node
-            # Ray's init() with no address attaches to a cluster started on this machine
-            self._address_before = os.environ.get("RAYJUPYTER_ADDRESS")
-            self._address_set = True
-            os.environ["RAYJUPYTER_ADDRESS"] = self.address or ""
+            LIVE.append(self)  # the shim's init() with no address attaches to it, as Ray's
         self._nodes.append(node)
         if wait:
             self.wait_for_nodes()
@@ -110,11 +114,8 @@ class Cluster:
         return rj.init(address=self.address, namespace=namespace)
 
     def shutdown(self) -> None:
-        if self._address_set and self._address_before is not None:
-            os.environ["RAYJUPYTER_ADDRESS"] = self._address_before
-        elif self._address_set:
-            os.environ.pop("RAYJUPYTER_ADDRESS", None)
-        self._address_set = False
+        if self in LIVE:
+            LIVE.remove(self)
         for node in reversed(self._nodes):
             node.stop()
         self._nodes.clear()

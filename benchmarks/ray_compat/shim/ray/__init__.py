@@ -121,12 +121,21 @@ sys.meta_path.insert(0, _Finder())
 ObjectID = _rj.ObjectRef
 
 
-def init(*args: Any, **kwargs: Any) -> Any:
+def init(address: str | None = None, **kwargs: Any) -> Any:
     """``rj.init``, less Ray's ``_system_config``: Ray's internal tuning (GCS and raylet
     timeouts, retry delays) that Ray's tests pass to run faster. It means nothing here, so
-    the shim drops it and runs the test on its own terms; rayjupyter's init refuses it."""
+    the shim drops it and runs the test on its own terms; rayjupyter's init refuses it.
+
+    With no address and no resources, it attaches to the newest ``ray.cluster_utils``
+    cluster of this test run, as Ray's ``init()`` does; with resources it starts a new one.
+    """
     kwargs.pop("_system_config", None)
-    return _rj.init(*args, **kwargs)
+    resources = ("num_cpus", "num_gpus", "resources", "object_store_memory")
+    if address is None and not any(kwargs.get(name) is not None for name in resources):
+        from benchmarks.ray_compat import cluster_utils
+
+        address = cluster_utils.current_address()
+    return _rj.init(address, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
