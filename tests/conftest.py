@@ -6,7 +6,9 @@ import contextlib
 import ctypes
 import faulthandler
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,20 @@ os.environ.setdefault("RAYJUPYTER_CLIENT_TIMEOUT_S", "6")
 # every node started by a test checks its state machine's invariants after each loop turn
 # (NodeState.validate) and stops, saying which one broke, if one does
 os.environ.setdefault("RAYJUPYTER_VALIDATE", "1")
+# rj.init() with no address attaches to the head this user started with `rayjupyter start
+# --head` (named by $RAYJUPYTER_HOME/cluster.json), or to RAYJUPYTER_ADDRESS / RAY_ADDRESS,
+# and a HOST:PORT finds its secret in RAYJUPYTER_SECRET: tests start clusters of their own,
+# so a developer's running head, environment and home stay out of them (kernels and
+# scripts started by tests inherit this)
+_TEST_HOME = tempfile.mkdtemp(prefix="rj-test-home-")
+os.environ["RAYJUPYTER_HOME"] = _TEST_HOME
+for _name in ("RAYJUPYTER_ADDRESS", "RAY_ADDRESS", "RAYJUPYTER_SECRET"):
+    os.environ.pop(_name, None)
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

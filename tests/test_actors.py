@@ -293,3 +293,75 @@ def test_actor_output_is_prefixed_with_its_class(capfd):
 
     wait_for_condition(arrived, timeout=10)
     assert f"(Talker pid={pid}) hello from an actor" in seen["out"]
+
+
+@rj.remote
+class Log:
+    """Records the calls it runs, in the order it runs them."""
+
+    def __init__(self):
+        self.seen = []
+
+    def record(self, tag, _after=None):
+        self.seen.append(tag)
+        return list(self.seen)
+
+
+@rj.remote
+def record_from_a_task(log, tag):
+    return rj.get(log.record.remote(tag), timeout=30)
+
+
+def test_a_callers_call_waits_only_on_its_own_callers_pending_arguments():
+    """Ray orders calls per caller: the driver's call waiting for an argument holds back the
+    driver's later calls, not a call another process (a task) makes meanwhile."""
+    gate = AsyncGate.remote()
+    log = Log.remote()
+    opened = gate.wait.remote()  # ready only once the gate is released
+    first = log.record.remote("driver-1", opened)
+    second = log.record.remote("driver-2")
+    # before the fix this waited behind driver-1 (its argument never came): a timeout
+    assert rj.get(record_from_a_task.remote(log, "task"), timeout=30) == ["task"]
+    rj.get(gate.release.remote(), timeout=30)
+    assert rj.get(first, timeout=30) == ["task", "driver-1"]
+    assert rj.get(second, timeout=30) == ["task", "driver-1", "driver-2"]
+
+
+@rj.remote
+def calls_past_the_limit_from_a_task(log, opened):
+    from rayjupyter.exceptions import PendingCallsLimitExceeded
+
+    kept = [log.record.remote(f"task-{n}", opened[0]) for n in range(2)]
+    try:
+        log.record.remote("task-2")
+    except PendingCallsLimitExceeded:
+        return "refused", len(kept)
+    return "allowed", len(kept)
+
+
+def test_max_pending_calls_refuses_a_call_past_the_limit_until_results_come():
+    from rayjupyter.exceptions import PendingCallsLimitExceeded
+
+    gate = AsyncGate.remote()
+    log = Log.options(max_pending_calls=2).remote()
+    opened = gate.wait.remote()
+    pending = [log.record.remote(n, opened) for n in range(2)]
+    with pytest.raises(PendingCallsLimitExceeded, match="max_pending_calls=2"):
+        log.record.remote(2)
+    # the limit travels with the handle, and counts per caller: a task has its own two
+    answer = calls_past_the_limit_from_a_task.remote(log, [opened])
+    assert rj.get(answer, timeout=30) == ("refused", 2)
+    rj.get(gate.release.remote(), timeout=30)
+    assert rj.get(pending, timeout=30)[0][-1] == 0
+
+    def a_call_goes_again():
+        try:
+            return rj.get(log.record.remote(3), timeout=30)[-1] == 3
+        except PendingCallsLimitExceeded:
+            return False
+
+    wait_for_condition(a_call_goes_again, timeout=10)
+    unlimited = Log.remote()  # -1 by default: no limit
+    assert len(rj.get([unlimited.record.remote(n) for n in range(50)], timeout=30)) == 50
+    with pytest.raises(ValueError, match="max_pending_calls must be -1"):
+        Log.options(max_pending_calls=0)

@@ -163,10 +163,13 @@ def test_panel_starts_a_cluster_and_connects_a_notebook(lab: LabServer, page: An
     assert item.locator('.rj-TaskCount[data-state="RUNNING"]').get_attribute("data-count") == "0"
     shot(page, "panel", "cluster-started")
 
-    # "Connect notebook" puts %ray_connect with the cluster's address into the notebook
+    # "Connect notebook" puts %ray_connect with the cluster's address into the notebook, and
+    # not its secret (the notebook is saved and shared): the kernel finds the secret itself
     item.locator('button[data-action="connect"]').click()
     cell = page.locator(f"{ACTIVE_NOTEBOOK} .jp-Cell.jp-mod-active .cm-content")
-    assert f"%ray_connect {info['connect_address']}" in cell.inner_text()
+    assert f"%ray_connect {info['address']}" in cell.inner_text()
+    secret = info["connect_address"].removeprefix("rayjupyter://").rpartition("@")[0]
+    assert secret and secret not in cell.inner_text()
     menu(page, "Run", re.compile(r"^Run Selected Cell"))
     page.wait_for_selector(f"{ACTIVE_NOTEBOOK} .jp-OutputArea-output:has-text('{info['address']}')")
 

@@ -5,6 +5,7 @@ interrupt while the kernel waits cancels the cluster's work."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -131,3 +132,57 @@ def test_interrupt_during_remote_cancels_the_cell(interrupted):
         interrupted, "%%remote\nimport time\nprint('running', flush=True)\ntime.sleep(120)\n"
     )
     assert interrupted.value("1 + 1") == "2"  # the kernel carries on
+
+
+def test_interrupt_ends_a_get_that_waits_for_cpus_held_elsewhere(interrupted):
+    """A task that cannot start (an actor holds every CPU): the interrupt still ends the
+    cell at once, and the queued task is cancelled."""
+    interrupted.ok(
+        "import rayjupyter as rj\n"
+        "@rj.remote(num_cpus=2)\n"
+        "class Hog:\n"
+        "    def ready(self):\n"
+        "        return True\n"
+        "hog = Hog.remote()\n"
+        "assert rj.get(hog.ready.remote(), timeout=30)\n"
+        "@rj.remote\n"
+        "def queued():\n"
+        "    return 1\n"
+    )
+    msg_id = interrupted.submit(
+        "print('waiting', flush=True); refs = [queued.remote() for _ in range(12)]; rj.get(refs)"
+    )
+
+    def waiting(message):
+        return message["msg_type"] == "stream" and "waiting" in message["content"]["text"]
+
+    interrupted.collect(msg_id, timeout=30, until=waiting)
+    time.sleep(2.5)  # well inside the get, its progress bar shown
+    interrupted.interrupt()
+    reply = interrupted.collect(msg_id, timeout=10)
+    assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
+    interrupted.ok("rj.kill(hog)")
+    assert (
+        "TaskCancelledError"
+        in interrupted.execute("rj.get(refs[0], timeout=30)", timeout=60).error["ename"]
+    )
+
+
+def test_interrupt_ends_a_remote_cell_that_waits_for_cpus(interrupted):
+    """%%remote whose task cannot start (an actor holds every CPU): the interrupt ends it."""
+    interrupted.ok(
+        "import rayjupyter as rj\n"
+        "@rj.remote(num_cpus=2)\n"
+        "class Hog2:\n"
+        "    def ready(self):\n"
+        "        return True\n"
+        "hog2 = Hog2.remote()\n"
+        "assert rj.get(hog2.ready.remote(), timeout=30)\n"
+    )
+    msg_id = interrupted.submit("%%remote\nprint('never', flush=True)\n")
+    time.sleep(2.5)  # the cell waits for a CPU
+    interrupted.interrupt()
+    reply = interrupted.collect(msg_id, timeout=10)
+    assert reply.error is not None and reply.error["ename"] == "KeyboardInterrupt"
+    interrupted.ok("rj.kill(hog2)")
+    assert interrupted.value("1 + 1") == "2"

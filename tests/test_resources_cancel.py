@@ -254,3 +254,73 @@ def test_a_cancelled_actor_call_is_not_retried_when_its_actor_restarts(cluster, 
         rj.get(call, timeout=30)
     assert rj.get(holder.pid.remote(), timeout=30) != pid  # restarted, and usable
     assert runs.read_text() == "run\n"  # the cancelled call did not run again
+
+
+def test_a_cancelled_async_call_raises_even_when_the_method_catches_the_cancel(cluster):
+    """Ray's documented example: the method catches CancelledError and returns; get still
+    raises TaskCancelledError (it used to return None)."""
+    import asyncio
+
+    @rj.remote
+    class Catcher:
+        def __init__(self):
+            self.started = asyncio.Event()
+
+        async def f(self):
+            self.started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return "swallowed"
+
+        async def started_yet(self):
+            await self.started.wait()
+            return True
+
+    actor = Catcher.remote()
+    ref = actor.f.remote()
+    assert rj.get(actor.started_yet.remote(), timeout=30)
+    rj.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rj.get(ref, timeout=30)
+
+
+def test_cancel_leaves_the_tasks_a_task_waits_on_running(cluster, tmp_path):
+    """As in Ray: a non-forced cancel of a task blocked in get stops that task only; the
+    tasks it waits on (and their own waits) keep running and finish."""
+    import asyncio
+
+    from rayjupyter.exceptions import GetTimeoutError
+
+    @rj.remote(num_cpus=0)
+    class Gate:
+        def __init__(self):
+            self.open = asyncio.Event()
+
+        async def wait(self):
+            await self.open.wait()
+            return "opened"
+
+        async def release(self):
+            self.open.set()
+
+    @rj.remote
+    def wait_for(refs, marker):
+        open(marker, "w").close()
+        return rj.get(refs[0])
+
+    gate = Gate.remote()
+    markers = [str(tmp_path / str(i)) for i in range(3)]
+    first = wait_for.remote([gate.wait.remote()], markers[0])
+    second = wait_for.remote([first], markers[1])
+    third = wait_for.remote([second], markers[2])
+    # all three run, blocked in get (a blocked task lends its CPU to the next)
+    wait_for_condition(lambda: all(map(os.path.exists, markers)), timeout=30)
+    rj.cancel(third, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        rj.get(third, timeout=30)
+    for ref in (first, second):
+        with pytest.raises(GetTimeoutError):
+            rj.get(ref, timeout=0.5)
+    gate.release.remote()
+    assert rj.get([first, second], timeout=30) == ["opened", "opened"]

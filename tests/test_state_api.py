@@ -38,8 +38,9 @@ def test_list_tasks_shows_states_and_filters():
     row = finished[-1]
     assert row["start_time"] <= row["end_time"] and row["worker_pid"]
     assert len(state.list_tasks(limit=2)) == 2
-    summary = state.summarize_tasks()
-    assert summary["succeed"]["FINISHED"] >= 3 and summary["explode"]["FAILED"] >= 1
+    summary = state.summarize_tasks()["cluster"]["summary"]  # Ray's shape
+    assert summary["succeed"]["state_counts"]["FINISHED"] >= 3
+    assert summary["explode"]["state_counts"]["FAILED"] >= 1
     with pytest.raises(ValueError, match="operator"):
         state.list_tasks(filters=[("state", ">", "x")])
 
@@ -63,7 +64,7 @@ def test_tasks_queued_behind_busy_workers_are_pending_not_running():
 
     wait_for_condition(lambda: len(running()) == cpus, timeout=30)
     assert len(running()) == cpus  # and none of those sent ahead
-    counts = state.summarize_tasks()["nap"]
+    counts = state.summarize_tasks()["cluster"]["summary"]["nap"]["state_counts"]
     assert counts.get("RUNNING") == cpus and counts.get("PENDING_NODE_ASSIGNMENT") == 2 * cpus
     rj.get(refs, timeout=60)
 
@@ -222,3 +223,96 @@ def test_status_counts_live_tasks_in_rays_states():
     rj.get(gate.release.remote(), timeout=30)
     assert rj.get(second, timeout=30) == 1
     rj.kill(gate)
+
+
+@rj.remote
+def printer(word):
+    print(f"printed {word}")
+    return os.getpid()
+
+
+def test_rows_have_attribute_and_item_access_and_rays_fields():
+    ref = succeed.remote(5)
+    assert rj.get(ref, timeout=30) == 5
+    task = state.list_tasks(filters=[("name", "=", "succeed")], limit=1)[0]
+    assert task.state == task["state"] == task.get("state") == "FINISHED"
+    assert task.get("no_such_field", "default") == "default"
+    with pytest.raises(KeyError):
+        task["no_such_field"]
+    assert task.asdict()["task_id"] == task.task_id
+    assert task.start_time_ms <= task.end_time_ms and task.creation_time_ms <= task.start_time_ms
+    assert state.get_task(task.task_id).task_id == task.task_id
+    assert state.get_task("00" * 20) is None
+    node = state.list_nodes()[0]
+    assert node.state == "ALIVE" and node.node_id == node.NodeID and node.resources_total["CPU"]
+    assert node.asdict()["state"] == "ALIVE" and node.asdict()["Alive"] is True  # both names
+    assert state.get_node(node.node_id).node_ip == node.NodeManagerAddress
+    assert state.list_nodes(filters=[("state", "=", "ALIVE")])  # Ray's alias names filter too
+    with pytest.raises(ValueError, match=r"not supported.*state"):
+        state.list_tasks(filters=[("colour", "=", "red")])
+
+
+def test_get_actor_worker_object_and_summaries_in_rays_shape():
+    actor = Named.options(name="summarized").remote()
+    rj.get(actor.ping.remote(), timeout=30)
+    row = state.list_actors(filters=[("name", "=", "summarized")])[0]
+    assert state.get_actor(row.actor_id).class_name == "Named"
+    workers = state.list_workers(filters=[("pid", "=", row.pid)])
+    assert [(w.worker_type, w.actor_id) for w in workers] == [("WORKER", row.actor_id)]
+    assert state.get_worker(workers[0].worker_id).pid == row.pid
+    drivers = state.list_workers(filters=[("worker_type", "=", "DRIVER")])
+    assert os.getpid() in {w.pid for w in drivers}
+    ref = rj.put(b"z" * 300_000)
+    [obj] = state.get_objects(ref.hex())
+    assert obj.object_size >= 300_000 and obj.task_status == "FINISHED"
+
+    actors = state.summarize_actors()["cluster"]
+    assert actors["summary"]["Named"]["state_counts"]["ALIVE"] >= 1
+    assert actors["total_actors"] >= 1 and actors["summary_by"] == "class"
+    objects = state.summarize_objects()["cluster"]
+    assert objects["total_objects"] >= 1 and objects["total_size_mb"] >= 0.28
+    assert objects["summary"]["disabled"]["total_objects"] == objects["total_objects"]
+    tasks = state.summarize_tasks()["cluster"]
+    assert tasks["summary_by"] == "func_name" and tasks["total_actor_tasks"] >= 1
+    rj.kill(actor)
+
+
+def test_list_placement_groups_and_get_one():
+    from rayjupyter.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"CPU": 0.5}], name="listed-group")
+    rj.get(group.ready(), timeout=30)
+    [row] = state.list_placement_groups(filters=[("name", "=", "listed-group")])
+    assert row.state == "CREATED" and row["bundles"][0]["unit_resources"] == {"CPU": 0.5}
+    assert state.get_placement_group(group.id.hex()).name == "listed-group"
+    remove_placement_group(group)
+
+
+def test_list_logs_and_get_log():
+    pid = rj.get(printer.remote("loudly"), timeout=30)
+    wait_for_condition(lambda: f"worker-{pid}.out" in state.list_logs()["worker_out"], timeout=10)
+    assert state.list_logs(glob_filter="worker-*.err")["worker_out"] == []
+    wait_for_condition(
+        lambda: "printed loudly\n" in list(state.get_log(pid=pid, tail=-1)), timeout=10
+    )
+    assert "printed loudly\n" in list(state.get_log(filename=f"worker-{pid}.out"))
+    assert list(state.get_log(pid=pid, suffix="err")) == []
+    with pytest.raises(ValueError, match="suffix"):
+        list(state.get_log(pid=pid, suffix="log"))
+    with pytest.raises(ValueError, match="actor_id, task_id, pid"):
+        list(state.get_log())
+
+
+def test_the_state_api_reaches_a_cluster_by_address(tmp_path):
+    """``address=`` asks another cluster than this process's own (here: a second one,
+    started as `rayjupyter start --head` would, whose secret is in the address)."""
+    from cli_helpers import started_head
+
+    with started_head(tmp_path / "home") as other:
+        nodes = state.list_nodes(address=other.connect)
+        mine = state.list_nodes()
+        assert len(nodes) == 1 and nodes[0].node_id != mine[0].node_id
+        assert state.summarize_tasks(address=other.connect)["cluster"]["total_tasks"] == 0
+    with pytest.raises(ConnectionError, match="Failed to connect") as failed:
+        state.list_nodes(address="rayjupyter://wrong@127.0.0.1:1", timeout=2)
+    assert isinstance(failed.value, state.RayStateApiException)  # Ray's error type too

@@ -140,3 +140,40 @@ def test_pool_terminate_stops_unfinished_work():
     pool.terminate()
     with pytest.raises(RayActorError):
         result.get(timeout=30)
+
+
+def pid_of(_):
+    import os
+
+    return os.getpid()
+
+
+def test_a_live_pool_holds_no_cpu_so_tasks_and_actors_still_run():
+    """As in Ray: a pool's processes are actors that hold no CPU once placed; a pool as
+    large as the cluster used to starve every other task and actor, silently."""
+    from rayjupyter.util.multiprocessing import Pool
+
+    @rj.remote
+    class Other:
+        def ping(self):
+            return "pong"
+
+    with Pool(processes=2) as pool:
+        assert pool.map(cube, [1, 2]) == [1, 8]
+        assert rj.get(slow_square.remote(3), timeout=30) == 9
+        assert rj.get(Other.remote().ping.remote(), timeout=30) == "pong"
+        assert rj.available_resources().get("CPU") == 2.0
+
+
+def test_pool_maxtasksperchild_and_ray_remote_args():
+    from rayjupyter.util.multiprocessing import Pool
+
+    with Pool(processes=1, maxtasksperchild=2) as pool:
+        pids = pool.map(pid_of, range(6), chunksize=1)
+        # two chunks per process: a fresh process after every second chunk
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+    with Pool(processes=1, ray_remote_args={"num_cpus": 1}) as pool:
+        assert pool.map(cube, [2]) == [8]
+        assert rj.available_resources().get("CPU") == 1.0  # reserved, as asked
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(processes=1, maxtasksperchild=0)

@@ -40,9 +40,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     statusBar: IStatusBar | null
   ) => {
     const panel = new ClustersPanel({
+      // HOST:PORT only: the kernel finds the secret on this machine (the cluster's record,
+      // or the one this server keeps for clusters added by address), so a saved and
+      // shared notebook never carries it
       connect: cluster =>
         void app.commands.execute(CommandIDs.insertConnect, {
-          address: cluster.connect_address
+          address: cluster.address
         }),
       openDashboard: (cluster, page) => openDashboard(app, cluster, page)
     });

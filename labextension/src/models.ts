@@ -140,7 +140,13 @@ export type TaskStateName = "PENDING_ARGS_AVAIL" | "PENDING_NODE_ASSIGNMENT" | "
 export type ActorStateName = "PENDING_CREATION" | "RESTARTING" | "ALIVE" | "DEAD";
 
 /** the kinds of rows ``ListState`` answers with */
-export type StateKind = "tasks" | "actors" | "objects" | "nodes" | "jobs";
+export type StateKind = "tasks" | "actors" | "objects" | "nodes" | "jobs" | "workers";
+
+/** Ray's job states (``JobStatus``): a submitted job waits for its process, runs, then ends stopped (``stop_job``), succeeded (exit code 0) or failed */
+export type JobStatusName = "PENDING" | "RUNNING" | "STOPPED" | "SUCCEEDED" | "FAILED";
+
+/** a job submitted through the Jobs API, or a driver that connected by itself */
+export type JobTypeName = "SUBMISSION" | "DRIVER";
 
 /** One node, in Ray's ``ray.nodes()`` names. */
 export interface NodeRow {
@@ -231,6 +237,12 @@ export interface TaskRow {
   start_time: number | null;
   /** unix seconds, once finished or failed */
   end_time: number | null;
+  /** Ray's name of why it failed, once failed */
+  error_type: string | null;
+  /** Ray's names of the three times above, unix ms */
+  creation_time_ms: number | null;
+  start_time_ms: number | null;
+  end_time_ms: number | null;
 }
 
 /** One actor, in Ray's ``list_actors`` names. */
@@ -269,12 +281,62 @@ export interface ObjectRow {
   spilled: boolean;
 }
 
-/** One connected driver (a job, in Ray's terms). */
+/** One job in Ray's ``JobDetails`` names: submitted through the Jobs API (its entrypoint runs on the head) or a driver that connected by itself. */
 export interface JobRow {
+  type: JobTypeName;
+  /** hex of the driver's job; a submission's, once its driver connected */
+  job_id: string | null;
+  /** the Jobs API's id ("raysubmit_..."); None for a plain driver */
+  submission_id: string | null;
+  status: JobStatusName;
+  /** the shell command of a submission ("" for a plain driver) */
+  entrypoint: string;
+  /** what happened, in words */
+  message: string | null;
+  /** why it failed, once failed */
+  error_type: string | null;
+  /** unix ms */
+  start_time: number | null;
+  /** unix ms, once ended */
+  end_time: number | null;
+  metadata: { [key: string]: string };
+  /** as submitted */
+  runtime_env: { [key: string]: unknown };
+  /** the entrypoint's exit code, once ended */
+  driver_exit_code: number | null;
+  /** hex of the node it runs on */
+  driver_node_id: string | null;
+  /** the driver's (or the entrypoint's) process id */
+  driver_pid: number | null;
+}
+
+/** One process of a node: a pool or actor worker, or a driver, in Ray's ``list_workers`` names. */
+export interface WorkerRow {
   /** hex */
-  job_id: string;
-  driver_pid: number;
-  status: "RUNNING";
+  worker_id: string;
+  is_alive: boolean;
+  worker_type: "WORKER" | "DRIVER";
+  exit_type: string | null;
+  /** hex */
+  node_id: string;
+  ip: string;
+  pid: number;
+  /** hex, for an actor's process */
+  actor_id: string | null;
+}
+
+/** One placement group, in Ray's ``list_placement_groups`` names. */
+export interface PlacementGroupRow {
+  /** hex */
+  placement_group_id: string;
+  name: string;
+  /** hex ("" when the head does not know it) */
+  creator_job_id: string;
+  state: "PENDING" | "CREATED" | "REMOVED" | "RESCHEDULING";
+  strategy: string;
+  is_detached: boolean;
+  /** bundle_index, node_id, unit_resources */
+  bundles: { [key: string]: unknown }[];
 }
 
 /** A worker process's recent output (``GetWorkerLogs``). */

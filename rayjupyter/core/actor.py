@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from typing import Any
 
 from rayjupyter.core import options as option_table
@@ -19,9 +20,10 @@ from rayjupyter.core import (
     runtime_env,
     scheduling_strategies,
     serialization,
+    signatures,
 )
 from rayjupyter.core.client import Client
-from rayjupyter.core.exceptions import SerializationError
+from rayjupyter.core.exceptions import PendingCallsLimitExceeded, SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
 from rayjupyter.core.remote_function import generator_options, put_serialized
@@ -29,6 +31,42 @@ from rayjupyter.core.task_args import pack_args
 
 ACTOR_INDEX = 0xFFFFFFFF  # an actor id is its creation's task id with this index
 ASYNC_DEFAULT_CONCURRENCY = 1000  # as in Ray
+
+
+class _PendingCalls:
+    """Calls this process made on each actor and whose result is not here yet, counted only
+    for actors with a ``max_pending_calls`` limit (as in Ray, per caller and actor)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # results arrive on the client's IO thread
+        self._count: dict[bytes, int] = {}
+
+    def take(self, actor_id: bytes, limit: int, label: str) -> None:
+        with self._lock:
+            count = self._count.get(actor_id, 0)
+            if count >= limit:
+                raise PendingCallsLimitExceeded(
+                    f"{label} was not submitted: this caller already has {count} calls pending "
+                    f"on the actor, its max_pending_calls={limit}. Wait for some results "
+                    f"(rj.get / rj.wait) before calling again, or raise max_pending_calls "
+                    f"(-1: no limit)."
+                )
+            self._count[actor_id] = count + 1
+
+    def done(self, actor_id: bytes) -> None:
+        with self._lock:
+            count = self._count.get(actor_id, 0) - 1
+            if count > 0:
+                self._count[actor_id] = count
+            else:
+                self._count.pop(actor_id, None)
+
+    def pending(self, actor_id: bytes) -> int:
+        with self._lock:
+            return self._count.get(actor_id, 0)
+
+
+pending_calls = _PendingCalls()
 
 
 def method(*args: Any, **kwargs: Any) -> Any:
@@ -115,6 +153,8 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
                 member, "__rayjupyter_num_returns__", "streaming" if is_generator else 1
             ),
             "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
+            # its parameters, so a call is checked at .remote() wherever the handle goes
+            "params": signatures.describe(signatures.for_method(cls, name)),
         }
     for name in (READY_METHOD, TERMINATE_METHOD):
         table[name] = {"num_returns": 1, "is_async": False}
@@ -143,6 +183,7 @@ class ActorClass:
         )
         self._methods = _method_table(cls)
         _check_concurrency_groups(cls, self._options.get("concurrency_groups"))
+        self._argcheck = signatures.for_class(cls)
         self._blob: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
@@ -161,10 +202,24 @@ class ActorClass:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
 
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes (class variables, static and class methods), so a
+        method can use ``MyActor.LIMIT`` where ``MyActor`` names this remote class (Ray's
+        actor class derives from the user's class to the same end)."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(
+                f"actor class {cls.__name__!r} has no attribute {name!r}"
+            ) from None
+
     def options(self, **options: Any) -> ActorClass:
         if "concurrency_groups" in options:  # as in Ray: groups belong to the class
             raise ValueError("Setting 'concurrency_groups' is not supported in '.options()'.")
-        copy = object.__new__(ActorClass)
+        copy = ActorClass.__new__(ActorClass)
         copy.__dict__.update(self.__dict__)
         copy._options = option_table.merge_options(self._options, options, for_actor=True)
         return copy
@@ -215,6 +270,7 @@ def _node_options(actor_class: ActorClass) -> dict[str, Any]:
         "max_task_retries": options.get("max_task_retries") or 0,
         "max_concurrency": int(concurrency),
         "concurrency_groups": dict(options.get("concurrency_groups") or {}),
+        "max_pending_calls": int(options.get("max_pending_calls") or -1),
         "methods": actor_class._methods,
     }
 
@@ -223,6 +279,8 @@ def create_actor(
     client: Client, actor_class: ActorClass, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> ActorHandle:
     name = actor_class.__name__
+    if actor_class._argcheck is not None:
+        actor_class._argcheck.check(name, args, kwargs)
     packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
     actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
     node_options = _node_options(actor_class)
@@ -247,14 +305,15 @@ def create_actor(
         node_options,
         request_id,
     )
+    limit = node_options["max_pending_calls"]
     if not request_id:
         client.send([message], batch=True)
-        return ActorHandle(actor_id, name, actor_class._methods, _owned=True)
+        return ActorHandle(actor_id, name, actor_class._methods, limit, _owned=True)
     client.send([message])
-    got_id, class_name, methods = client.await_reply(request_id, f"create actor {name}")
+    got_id, class_name, methods, limit = client.await_reply(request_id, f"create actor {name}")
     if reference_counter.count(got_id) > 0:  # we already hold it: give back the node's new hold
         reference_counter.pending.append((False, got_id))
-    return ActorHandle(got_id, class_name, methods, _owned=True)
+    return ActorHandle(got_id, class_name, methods, limit, _owned=True)
 
 
 class ActorMethod:
@@ -318,12 +377,14 @@ class ActorHandle:
         actor_id: bytes,
         class_name: str,
         methods: dict[str, dict[str, Any]],
+        max_pending_calls: int = -1,
         *,
         _owned: bool = False,
     ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        self._max_pending_calls = max_pending_calls  # -1: no limit
         reference_counter.add(actor_id, report=not _owned)
 
     def __del__(self) -> None:
@@ -332,7 +393,8 @@ class ActorHandle:
 
     def __reduce__(self) -> tuple[Any, ...]:
         serialization.record_contained_ref(self)
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods))
+        args = (self._actor_id, self._class_name, self._methods, self._max_pending_calls)
+        return (ActorHandle, args)
 
     def binary(self) -> bytes:
         return self._actor_id
@@ -358,7 +420,7 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __repr__(self) -> str:
-        return f"Actor({self._class_name}, {self._actor_id.hex()[:16]})"
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
 
     def _call(
         self,
@@ -370,6 +432,10 @@ class ActorHandle:
         backpressure: int | None = None,
     ) -> Any:
         label = f"{self._class_name}.{method_name}"
+        meta = self._methods.get(method_name)
+        params = meta.get("params") if meta is not None else None
+        if params is not None:
+            signatures.from_description(params).check(label, args, kwargs)
         options = {"_generator_backpressure_num_objects": backpressure}
         mode, window = generator_options(num_returns, options, label)
         packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s))
@@ -378,6 +444,10 @@ class ActorHandle:
         return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
         stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
         refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
+        limit = self._max_pending_calls
+        counted = limit > 0 and bool(refs)  # (streaming calls and num_returns=0: not counted)
+        if counted:
+            pending_calls.take(self._actor_id, limit, label)
         client.submit(
             P.SubmitTask(
                 task_id,
@@ -398,6 +468,13 @@ class ActorHandle:
                 window,
             )
         )
+        if counted:  # pending until its first result is here (the ref keeps it until then)
+            actor_id = self._actor_id
+
+            def settled(_info: P.ObjectInfo, _kept: ObjectRef = refs[0]) -> None:
+                pending_calls.done(actor_id)
+
+            client.when_ready(refs[0].binary(), settled)
         if stream is not None:
             return stream
         if count == 1:
@@ -420,8 +497,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs the actor's name, a non-empty string.")
-    actor_id, class_name, methods = queries.get_actor(_client(), name, namespace)
-    return ActorHandle(actor_id, class_name, methods)
+    actor_id, class_name, methods, limit = queries.get_actor(_client(), name, namespace)
+    return ActorHandle(actor_id, class_name, methods, limit)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:

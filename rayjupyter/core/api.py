@@ -1,279 +1,34 @@
 """The Ray core API for tasks and objects: init, shutdown, remote, get, put, wait and the
-cluster queries, over one process-wide connection."""
+cluster queries, over one process-wide connection (``driver.py`` owns its life)."""
 
 from __future__ import annotations
 
 import inspect
-import os
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, overload
 
-from rayjupyter.core import cluster_repr, hooks, queries, runtime_context, worker_limit
+from rayjupyter.core import driver, queries, runtime_context
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.actor import ActorClass
 from rayjupyter.core.client import Client
-from rayjupyter.core.config import SECRET_ENV, NodeConfig, worker_endpoint
+from rayjupyter.core.driver import ClusterContext, init, is_initialized, shutdown
 from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.generators import ObjectRefGenerator
-from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
-from rayjupyter.core.object_ref import ObjectRef, reference_counter
-from rayjupyter.core.read_models import NodeStatus, TaskRow, as_dict
+from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.core.read_models import TaskRow, as_dict
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
-from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.serialization import serialize
 
-ADDRESS_ENV = "RAYJUPYTER_ADDRESS"
-ADDRESS_SCHEME = "rayjupyter://"
-
-_lock = threading.RLock()
-_state: dict[str, Any] = {"client": None, "cluster": None, "context": None, "dashboard": None}
-
-
-class ClusterContext:
-    """What ``init`` returns: where the cluster is, and how another process can attach.
-
-    Usable as a context manager that shuts down on exit, like Ray's ``RayContext``.
-    """
-
-    def __init__(self, address: str, secret: str, node_id: bytes, session: str, local: bool):
-        self.address_info = {
-            "address": address,
-            "node_id": node_id.hex(),
-            "session": session,
-            "webui_url": "",  # Ray's key: the dashboard's URL once one is started
-        }
-        self.local = local
-        self._secret = secret
-        self.dashboard_url: str | None = None
-
-    @property
-    def address(self) -> str:
-        return str(self.address_info["address"])
-
-    @property
-    def connect_address(self) -> str:
-        """An address with the secret in it: ``rj.init(address=...)`` in another process."""
-        return f"{ADDRESS_SCHEME}{self._secret}@{self.address}"
-
-    def disconnect(self) -> None:
-        shutdown()
-
-    def __enter__(self) -> ClusterContext:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        shutdown()
-
-    def __repr__(self) -> str:
-        kind = "local cluster" if self.local else "cluster"
-        return f"ClusterContext({kind} at {self.address})"
-
-    def _live_status(self) -> NodeStatus | None:
-        """The node's status snapshot for the reprs; None once this context is disconnected."""
-        client: Client | None = _state["client"]
-        if client is None or _state["context"] is not self:
-            return None
-        try:
-            return queries.status(client, timeout=5.0)
-        except Exception:  # a repr must not raise: show the card without live figures
-            return None
-
-    def _repr_html_(self) -> str:
-        """The summary card a notebook shows (JupyterLab-themed HTML)."""
-        return cluster_repr.summary_html(
-            self.address, self.local, self._live_status(), self.dashboard_url
-        )
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """The same summary as text, for IPython in a terminal."""
-        printer.text(
-            cluster_repr.summary_text(
-                self.address, self.local, self._live_status(), self.dashboard_url
-            )
-        )
-
-
-def _parse_address(address: str) -> tuple[str, str]:
-    """(host:port, secret) from "rayjupyter://SECRET@HOST:PORT" or "HOST:PORT" + env secret."""
-    if address.startswith(ADDRESS_SCHEME):
-        secret, _, hostport = address[len(ADDRESS_SCHEME) :].rpartition("@")
-    else:
-        hostport, secret = address, os.environ.get(SECRET_ENV, "")
-    if not secret:
-        raise ValueError(
-            f"No secret for the cluster at {address!r}: pass the address that init() printed "
-            f"(rayjupyter://SECRET@HOST:PORT) or set {SECRET_ENV}."
-        )
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"Bad cluster address {address!r}: expected HOST:PORT")
-    return hostport, secret
-
-
-def init(
-    address: str | None = None,
-    *,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    resources: dict[str, float] | None = None,
-    object_store_memory: int | None = None,
-    ignore_reinit_error: bool = False,
-    namespace: str | None = None,
-    **kwargs: Any,
-) -> ClusterContext:
-    """Start a local cluster owned by this process, or attach to one at ``address``.
-
-    ``include_dashboard=True`` also starts a web dashboard owned by this process (on
-    ``dashboard_host``, loopback by default, and ``dashboard_port``, any free one by
-    default); its URL, with its token, is ``context.dashboard_url``.
-    """
-    accepted = {"log_to_driver", "include_dashboard", "dashboard_host", "dashboard_port"}
-    unknown = set(kwargs) - accepted - {"runtime_env"}
-    if unknown:
-        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    with _lock:
-        if _state["client"] is not None:
-            if ignore_reinit_error:
-                return _state["context"]  # type: ignore[no-any-return]
-            raise RuntimeError(
-                "Maybe you called rj.init twice by accident? This process is already connected; "
-                "call rj.shutdown() first, or pass ignore_reinit_error=True."
-            )
-        if kwargs.get("runtime_env") is not None:
-            # checked and packed before anything starts: a bad env costs no cluster
-            spec = runtime_env_module.validate("runtime_env", kwargs["runtime_env"])
-            kwargs["runtime_env"] = runtime_env_module.resolve(spec or {})
-        address = address or os.environ.get(ADDRESS_ENV) or None
-        if address not in (None, "local"):
-            assert address is not None
-            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
-                raise ValueError(
-                    "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
-                    "object_store_memory must not be given: they are set where it was started."
-                )
-            hostport, secret = _parse_address(address)
-            client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
-            context = ClusterContext(hostport, secret, client.node_id, client.session, False)
-            _state.update(client=client, cluster=None, context=context)
-            _set_job_env(client, kwargs.get("runtime_env"))
-            _maybe_start_dashboard(context, kwargs)
-            return context
-        config = NodeConfig(
-            num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
-            num_gpus=float(num_gpus or 0),
-            resources=dict(resources or {}),
-            object_store_memory=int(object_store_memory or default_object_store_memory()),
-            sys_path=[p or os.getcwd() for p in sys.path],
-            owner_pid=os.getpid(),
-            client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
-            max_workers=worker_limit.from_env(),
-        )
-        worker_limit.check(config.max_workers, config.num_cpus)
-        for key in ("CPU", "GPU"):
-            if key in config.resources:
-                raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
-        cluster = LocalCluster(config)
-        try:
-            client = Client(
-                worker_endpoint(cluster.session),
-                cluster.secret,
-                kind="driver",
-                client_id=cluster.driver_client_id,
-                liveness=cluster.exit_reason,
-                namespace=_namespace(namespace),
-                channel_fd=cluster.take_driver_channel(),
-            )
-        except BaseException:
-            cluster.stop()
-            raise
-        context = ClusterContext(
-            cluster.address, cluster.secret, client.node_id, client.session, True
-        )
-        _state.update(client=client, cluster=cluster, context=context)
-        _set_job_env(client, kwargs.get("runtime_env"))
-        _maybe_start_dashboard(context, kwargs)
-        return context
-
-
-def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] | None) -> None:
-    """init(runtime_env=...): upload it now; every task and actor of this job runs in it."""
-    if resolved is None:
-        return
-    env, packages = resolved
-    try:
-        runtime_env_module.register(client, env, packages)
-    except BaseException:
-        shutdown()
-        raise
-    client.runtime_env = None if env.empty else env
-
-
-def _maybe_start_dashboard(context: ClusterContext, kwargs: dict[str, Any]) -> None:
-    """``include_dashboard=True``: a dashboard process owned by this driver (off by default,
-    unlike Ray: a cluster nobody looks at pays nothing), started through ``hooks``: core
-    never imports the dashboard."""
-    if not kwargs.get("include_dashboard"):
-        return
-    try:
-        dashboard = hooks.start_dashboard(
-            context.connect_address,
-            host=str(kwargs.get("dashboard_host") or "127.0.0.1"),
-            port=int(kwargs.get("dashboard_port") or 0),
-        )
-    except BaseException:
-        shutdown()
-        raise
-    _state["dashboard"] = dashboard
-    context.dashboard_url = dashboard.page_url()
-    context.address_info["webui_url"] = context.dashboard_url
-
-
-def _namespace(namespace: str | None) -> str:
-    """As in Ray, a driver without a namespace gets an anonymous one of its own."""
-    return namespace if namespace else f"anonymous-{os.urandom(6).hex()}"
-
-
-def shutdown() -> None:
-    """Disconnect; a local cluster this process started stops with it."""
-    with _lock:
-        client: Client | None = _state["client"]
-        cluster: LocalCluster | None = _state["cluster"]
-        dashboard = _state.get("dashboard")
-        _state.update(client=None, cluster=None, context=None, dashboard=None)
-        if dashboard is not None:
-            dashboard.stop()
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.stop()
-        reference_counter.reset()
-        runtime_context.reset()
-        runtime_env_module.clear_cache()
-
-
-def is_initialized() -> bool:
-    return _state["client"] is not None
-
-
-def _client() -> Client:
-    """The process's connection; like Ray, the first use without init starts a local cluster."""
-    client: Client | None = _state["client"]
-    if client is None:
-        with _lock:
-            if _state["client"] is None:
-                init()
-            client = _state["client"]
-    assert client is not None
-    return client
-
-
-def _set_worker_client(client: Client) -> None:
-    """A worker's connection, so tasks can call the API (nested tasks, get, put)."""
-    _state.update(client=client, cluster=None, context=None)
+# the connection's life, kept in driver.py, reached here too (api._state, api._client, ...)
+ADDRESS_ENV = driver.ADDRESS_ENV
+ADDRESS_SCHEME = driver.ADDRESS_SCHEME
+EXIT_WAIT_ENV = driver.EXIT_WAIT_ENV
+_state = driver._state
+_lock = driver._lock
+_client = driver._client
+_parse_address = driver._parse_address
+_set_worker_client = driver._set_worker_client
 
 
 # ------------------------------------------------------------------ remote
@@ -336,8 +91,11 @@ def _waiting(client: Client, object_ids: list[bytes], needed: int) -> Iterator[N
         with observer:
             yield
     except KeyboardInterrupt:
-        pending = [oid for oid in object_ids if oid not in client.objects]
-        client.send([P.CancelTask(oid, False, True) for oid in pending])
+        # only a driver's interrupt is a person stopping the work: in a worker it is rj.cancel
+        # of the waiting task itself, which (as in Ray) leaves what that task waits on running
+        if client.kind == "driver":
+            pending = [oid for oid in object_ids if oid not in client.objects]
+            client.send([P.CancelTask(oid, False, True) for oid in pending])
         raise
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
-import pickle
 import queue
 import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,23 +26,19 @@ import zmq
 
 from rayjupyter.core import ids, protocol, transport
 from rayjupyter.core import protocol as P
+from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
     GetTimeoutError,
-    ObjectLostError,
-    RayTaskError,
 )
-from rayjupyter.core.object_fetch import Fetch
 from rayjupyter.core.object_ref import reference_counter
-from rayjupyter.core.object_store import map_object, shm_path
+from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
-from rayjupyter.core.serialization import deserialize
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
 BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
-KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
 WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
 FOREGROUND_IDLE_S = 0.01  # a driver's IO thread reads again once gets paused this long
@@ -73,6 +67,8 @@ class Client:
     ) -> None:
         self.kind = kind
         self.namespace = namespace
+        self.log_to_driver = True  # init(log_to_driver=False): workers' prints are not shown
+        self.pid = os.getpid()  # the process that connected (a forked child is not it)
         #: says why the cluster is gone (None while it is up); checked while waiting
         self.liveness = liveness
         self.address = address
@@ -88,8 +84,11 @@ class Client:
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
-        self._replies: dict[int, Any] = {}
-        self._request_ids = itertools.count(1)
+        # requests to the node and their answers (queries.Replies), bound once
+        self.replies = Replies(weak_method(self.send), weak_method(self._wait), address)
+        self.request = self.replies.request
+        self.new_request_id = self.replies.new_id
+        self.await_reply = self.replies.await_reply
         self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
         self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
@@ -109,8 +108,6 @@ class Client:
         self._lent: deque[P.ExecuteTask] = deque()
         self._blocked_waits = 0
         self.run_lent: Callable[[P.ExecuteTask], None] | None = None
-        self._mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
-        self._mapped_bytes: dict[bytes, int] = {}
         self._outbox: list[Any] = []
         self._last_send = 0.0
         self._flush_requested = False
@@ -119,7 +116,8 @@ class Client:
         self._wake_tx = self.context.socket(zmq.PAIR)
         self._wake_tx.connect(f"inproc://wake-{self.client_id.hex()}")
 
-        welcome, rest = self._handshake(timeout)
+        hello = P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)
+        welcome, rest = transport.handshake(self.transport, self.context, hello, address, timeout)
         self._handle(rest)
         self.node_id = welcome.node_id
         self.session = welcome.session
@@ -128,7 +126,19 @@ class Client:
         self.remote = not address.startswith("ipc://") and not os.path.isdir(
             session_dir(self.session)
         )
-        self._fetches: dict[bytes, Fetch] = {}
+        # values from ObjectInfos: inline, mapped from shared memory, or fetched from afar
+        self.values = ValueReader(
+            session=self.session,
+            remote=self.remote,
+            address=address,
+            store_capacity=self.store_capacity,
+            pins=self._pins,
+            cond=self._cond,
+            send=weak_method(self.send),
+            wait=weak_method(self._wait),
+            restore=weak_method(self._restore),
+        )
+        self.materialize = self.values.materialize
         reference_counter.on_zero = self._forget
         # Drivers read in a background thread (output and results arrive while the user's code
         # runs). A worker reads in whichever thread waits (see _pump): a task then reaches
@@ -152,34 +162,6 @@ class Client:
                 target=self._io_loop, name="rayjupyter-io", daemon=True
             )
             self._io_thread.start()
-
-    def _handshake(self, timeout: float) -> tuple[P.Welcome, list[Any]]:
-        hello = [P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)]
-        self.transport.hello(protocol.dumps(hello))
-        deadline = time.monotonic() + timeout
-        frames: list[transport.Incoming] | None = []
-        while not frames:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.transport.poll_in(int(remaining * 1000)):
-                self.context.destroy(0)
-                raise ClusterConnectionError(
-                    f"No answer from a rayjupyter node at {self.address} within {timeout:.0f} "
-                    f"s: check that the cluster is running and that the address and secret "
-                    f"are right."
-                )
-            frames = self.transport.read()
-            if frames is None:
-                raise ClusterConnectionError(f"The node at {self.address} closed our channel.")
-        if not all(isinstance(frame, bytes) for frame in frames):
-            raise ClusterConnectionError(f"The node at {self.address} sent data before Welcome.")
-        welcome, *rest = protocol.loads(frames[0])  # type: ignore[arg-type]
-        for frame in frames[1:]:
-            rest.extend(protocol.loads(frame))  # type: ignore[arg-type]
-        if not isinstance(welcome, P.Welcome) or welcome.error:
-            self.context.destroy(0)
-            reason = welcome.error if isinstance(welcome, P.Welcome) else repr(welcome)
-            raise ClusterConnectionError(f"The node at {self.address} refused us: {reason}")
-        return welcome, rest
 
     # ------------------------------------------------------------------ sending
 
@@ -356,28 +338,6 @@ class Client:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
-    def request(self, query: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
-        """Ask the node a query (a class of ``protocol.QUERIES``, built with a fresh request
-        id and ``args``) and wait for the answer; an error answer is raised. ``queries.py``
-        reads the answers with their types."""
-        request_id = self.new_request_id()
-        self.send([query(request_id, *args)])
-        return self.await_reply(request_id, getattr(query, "__name__", "a query"), timeout)
-
-    def new_request_id(self) -> int:
-        return next(self._request_ids)
-
-    def await_reply(self, request_id: int, what: str, timeout: float = 30.0) -> Any:
-        """Wait for the node's Reply to a message that carried request_id."""
-        if not self._wait(lambda: request_id in self._replies, timeout):
-            raise ClusterConnectionError(
-                f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
-            )
-        value = self._replies.pop(request_id)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
     # ------------------------------------------------------------------ waiting
 
     def _request_missing(self, object_ids: list[bytes], restore: bool = False) -> None:
@@ -469,90 +429,11 @@ class Client:
             )
         return [self.objects[oid] for oid in object_ids]
 
-    def materialize(
-        self, info: P.ObjectInfo, timeout: float | None = None, *, keep_mapped: bool = False
-    ) -> Any:
-        """The value behind an ObjectInfo: inline bytes decoded, shared memory mapped zero-copy.
-
-        ``keep_mapped`` (workers, for task arguments) keeps the last few mappings: a large
-        array passed to many tasks is then faulted into this process once, not per task.
-        Each call still builds a fresh value from the mapping, so tasks never share objects.
-        """
-        object_id, inline, size, is_error = info
-        if keep_mapped and inline is None and object_id in self._mapped:
-            self._mapped.move_to_end(object_id)
-            return deserialize(self._mapped[object_id])
-        if is_error:
-            error = pickle.loads(inline or b"")
-            if isinstance(error, RayTaskError):
-                raise error.as_instanceof_cause()
-            raise error
-        if inline is not None:
-            return deserialize(inline)
-        if self.remote:
-            return deserialize(self._fetch(object_id, size, timeout))
-        path = shm_path(self.session, object_id)
-        for _ in range(3):
-            try:
-                view = map_object(path, on_release=lambda: self._pins.append((False, object_id)))
-            except FileNotFoundError:  # spilled to disk: ask the node to bring it back
-                self.objects.pop(object_id, None)
-                self._request_missing([object_id], restore=True)
-                self.get_infos([object_id], timeout)
-                continue
-            self._pins.append((True, object_id))
-            if keep_mapped:
-                self._keep_mapped(object_id, view, size)
-            return deserialize(view)
-        raise FileNotFoundError(f"object {object_id.hex()} vanished from shared memory at {path}")
-
-    def _fetch(self, object_id: bytes, size: int, timeout: float | None) -> memoryview:
-        """Copy a value from the node's store over the connection (a driver elsewhere)."""
-        fetch = Fetch.start(object_id, size)
-        with self._cond:
-            while object_id in self._fetches:  # another thread fetches it: wait for that one
-                self._cond.wait(0.1)
-            self._fetches[object_id] = fetch
-        try:
-            self.send(list(fetch.next_requests()))
-            if not self._wait(lambda: fetch.done, timeout):
-                raise GetTimeoutError(
-                    f"Get timed out: object {object_id.hex()} ({size / 2**20:.1f} MiB) was "
-                    f"still being copied from the node after {timeout} s."
-                )
-        finally:
-            with self._cond:
-                self._fetches.pop(object_id, None)
-                self._cond.notify_all()
-        if fetch.error:
-            raise ObjectLostError(
-                f"Object {object_id.hex()} could not be copied from the node at {self.address}: "
-                f"{fetch.error}."
-            )
-        return fetch.view()
-
-    def _on_chunk(self, chunk: P.ObjectChunk, data: bytes | memoryview) -> None:
-        fetch = self._fetches.get(chunk.object_id)
-        if fetch is None:
-            return
-        fetch.add(chunk, data)
-        if not fetch.done:
-            self.send(list(fetch.next_requests()))
-            return
-        with self._cond:
-            self._cond.notify_all()
-
-    def _keep_mapped(self, object_id: bytes, view: memoryview, size: int) -> None:
-        """Remember a mapping; the oldest go (and are unpinned) past the count or byte limit."""
-        mapped = self._mapped
-        mapped[object_id] = view
-        self._mapped_bytes[object_id] = size
-        limit = max(self.store_capacity // 8, 1)
-        while len(mapped) > KEEP_MAPPED or (
-            len(mapped) > 1 and sum(self._mapped_bytes.values()) > limit
-        ):
-            oldest, _ = mapped.popitem(last=False)
-            del self._mapped_bytes[oldest]
+    def _restore(self, object_id: bytes, timeout: float | None) -> None:
+        """A value spilled to disk: ask the node to bring it back, wait until it has."""
+        self.objects.pop(object_id, None)
+        self._request_missing([object_id], restore=True)
+        self.get_infos([object_id], timeout)
 
     # ------------------------------------------------------------------ receiving
 
@@ -647,7 +528,7 @@ class Client:
             if isinstance(item, bytes):
                 self._handle(protocol.loads(item))
             else:  # a chunk of a value: its header, then its raw bytes
-                self._on_chunk(protocol.loads(item[0])[0], item[1])
+                self.values.on_chunk(protocol.loads(item[0])[0], item[1])
 
     def _handle(self, messages: list[Any]) -> None:
         notify = False
@@ -678,7 +559,7 @@ class Client:
                 self.cancelled_calls.add(message.task_id)
                 self.tasks.put(message)
             elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
-                self._on_chunk(message, b"")
+                self.values.on_chunk(message, b"")
             elif kind is P.GeneratorCredit:
                 self.credits[message.task_id] = (message.allowed, message.seen)
                 waiter = self.credit_waiters.get(message.task_id)
@@ -692,9 +573,9 @@ class Client:
                     self._blocks_answered += 1
             elif kind is P.Reply:
                 if message.request_id:  # 0: the answer to a heartbeat
-                    self._replies[message.request_id] = message.value
+                    self.replies.answers[message.request_id] = message.value
                     notify = True
-            elif kind is P.LogLines:
+            elif kind is P.LogLines and self.log_to_driver:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)
                 stream.flush()

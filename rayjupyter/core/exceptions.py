@@ -18,6 +18,7 @@
         ├── ActorUnschedulableError    no node may run the actor
         ├── TaskPlacementGroupRemoved  the task's placement group was removed before it ran
         ├── ActorPlacementGroupRemoved the actor's placement group was removed
+        ├── PendingCallsLimitExceeded  a caller has max_pending_calls calls pending on an actor
         ├── SerializationError         a value cannot be pickled        (also a TypeError)
         ├── ClusterConnectionError     no cluster at that address       (also a ConnectionError)
         └── ... Ray's rarer errors (NodeDiedError, OutOfMemoryError, ...): exceptions_extra.py
@@ -48,6 +49,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectStoreFullError",
     "OwnerDiedError",
+    "PendingCallsLimitExceeded",
     "RayActorError",
     "RayError",
     "RaySystemError",
@@ -180,6 +182,13 @@ class ActorPlacementGroupRemoved(RayError):
     """The placement group the actor ran in was removed."""
 
     default_message = "The placement group corresponding to this Actor has been removed."
+
+
+class PendingCallsLimitExceeded(RayError):
+    """Raised at ``.remote()``: this caller already has the actor's ``max_pending_calls``
+    calls submitted and not finished."""
+
+    default_message = "Too many calls are pending on this actor (max_pending_calls)."
 
 
 class SerializationError(RayError, TypeError):

@@ -12,7 +12,6 @@
     ├── OufOfBandObjectRefSerializationException  a ref was pickled outside the runtime
     ├── OutOfDiskError                     the store's spill disk is full
     ├── OutOfMemoryError                   the machine ran out of memory while the work ran
-    ├── PendingCallsLimitExceeded          an actor's max_pending_calls was reached
     ├── PlasmaObjectNotAvailable           (Ray's plasma store: never raised here)
     ├── RpcError                           a call between processes failed
     ├── UnserializableException            a task's exception could not be pickled
@@ -52,7 +51,6 @@ __all__ = [
     "OufOfBandObjectRefSerializationException",
     "OutOfDiskError",
     "OutOfMemoryError",
-    "PendingCallsLimitExceeded",
     "PlasmaObjectNotAvailable",
     "RayCgraphCapacityExceeded",
     "RayChannelError",
@@ -154,12 +152,6 @@ class OutOfMemoryError(RayError):
     """The machine ran out of memory while the task or actor ran."""
 
     default_message = "The machine ran out of memory while this work ran."
-
-
-class PendingCallsLimitExceeded(RayError):
-    """An actor handle's max_pending_calls was reached: too many calls not yet done."""
-
-    default_message = "Too many pending calls on this actor handle (max_pending_calls)."
 
 
 class PlasmaObjectNotAvailable(RayError):

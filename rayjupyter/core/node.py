@@ -34,7 +34,6 @@ import zmq
 from rayjupyter.core import (
     auth,
     discovery,
-    protocol,
     spawn,
     task_events,
     worker_limit,
@@ -55,12 +54,14 @@ from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_io import ClientInfo, NodePoll
+from rayjupyter.core.node_jobs import NodeJobs
 from rayjupyter.core.node_links import NodeLinks, PeerLink
 from rayjupyter.core.node_membership import NodeMembership
 from rayjupyter.core.node_objects import NodeObjects
 from rayjupyter.core.node_placement import NodePlacement
 from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
+from rayjupyter.core.node_routers import NodeRouters
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import Instruction, NodeState
 from rayjupyter.core.node_tasks import NodeTasks
@@ -91,6 +92,7 @@ class Node:
         "object_table": NodeObjects,
         "task_part": NodeTasks,
         "connections": NodeConnections,
+        "jobs": NodeJobs,
     }
 
     #: which method handles each message a client may send: the node's own, or
@@ -125,6 +127,7 @@ class Node:
         P.CreatePlacementGroup: "placement.on_create",
         P.RemovePlacementGroup: "placement.on_remove",
         P.QueryPlacementGroups: "placement.on_query",
+        **dict.fromkeys(P.JOB_MESSAGES, "jobs.on_job_message"),  # the head's Jobs API
     }
 
     #: which method handles each message a peer node sends us on our link to it
@@ -148,18 +151,28 @@ class Node:
         self.node_id = os.urandom(8)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = auth.ZapHandler(self.context, secret)  # before any socket binds
-        # Local drivers: a Unix socket, faster than tcp and needing no crypto. Everyone else:
-        # tcp with CurveZMQ. Clients of each are told apart by their socket. Our own workers
-        # talk over a socket pair each (channel.py), the cheapest hop there is.
-        self.router = self._router(secret, curve=False)
-        self.router.bind(self.worker_endpoint)
-        self.tcp_router = self._router(secret, curve=True)
-        if config.port:
-            self.tcp_router.bind(f"tcp://{config.host}:{config.port}")
-            self.port = config.port
-        else:
-            self.port = self.tcp_router.bind_to_random_port(f"tcp://{config.host}")
-        self.tcp_clients: set[bytes] = set()
+        self.clients: dict[bytes, ClientInfo] = {}
+        #: the one dispatch table: message type -> the bound method that handles it
+        self.handlers: dict[type, Callable[[bytes, Any], None]] = {}
+        # Local drivers: a Unix socket; everyone else: tcp with CurveZMQ (node_routers). Our
+        # own workers talk over a socket pair each (channel.py), the cheapest hop there is.
+        self.routers = NodeRouters(
+            context=self.context,
+            secret=secret,
+            endpoint=self.worker_endpoint,
+            host=config.host,
+            port=config.port,
+            handlers=self.handlers,
+            clients=self.clients,
+            report_error=self.report_internal_error,
+        )
+        self.router, self.tcp_router = self.routers.router, self.routers.tcp_router
+        self.port = self.routers.port
+        self.tcp_clients = self.routers.tcp_clients
+        # bound once: every part sends through these
+        self.send = self.routers.send
+        self.send_chunk = self.routers.send_chunk
+        self.flush = self.routers.flush
         self.address = f"{config.host}:{self.port}"
         # TCP peers without the secret fail the handshake before ZAP: reported from here
         self.handshakes = auth.HandshakeMonitor(
@@ -183,14 +196,13 @@ class Node:
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
+        self.state.nodes, self.state.node_id = self.head.nodes, self.node_id  # peer placement
         self.placement.table.node_joined(self.node_id, me.resources)
 
-        self.clients: dict[bytes, ClientInfo] = {}
-        self.actors: dict[bytes, ActorRecord] = {}
+        self.actors: dict[bytes, ActorRecord] = self.state.actor_table.actors
         self.events = task_events.TaskEventLog()
         self.workers: dict[bytes, WorkerRecord] = self.state.workers
         self.tasks: dict[bytes, TaskRecord] = self.state.tasks
-        self.outbox: dict[bytes, list[Any]] = {}
         self.recent_logs = task_events.RecentLogs()  # each worker's last lines, for dashboards
         self.pool_size = self.state.pool_size
         self.running = True
@@ -208,8 +220,6 @@ class Node:
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
-        #: the one dispatch table: message type -> the bound method that handles it
-        self.handlers: dict[type, Callable[[bytes, Any], None]] = {}
         self.envs = NodeRuntimeEnv(self.session, self.address, self.actors, self.send)
         self.pool = NodeWorkers(
             secret=secret,
@@ -226,13 +236,16 @@ class Node:
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             send=self.send,
             log_clients=lambda: (*self.drivers(), *self.node_clients),
-            actor_class=lambda a: self.actors[a].class_name if a in self.actors else None,
+            actor_class=lambda a: (
+                (self.actors[a].label or self.actors[a].class_name) if a in self.actors else None
+            ),
             running=lambda: self.running,
             refusals=self.zap.refusals,
         )
         self.channels = self.pool.channels
         self.pipes = self.pool.pipes
         self.send_on_channel = self.pool.send_on_channel
+        self.routers.channels, self.routers.send_on_channel = self.channels, self.send_on_channel
         self.spawn_worker = self.pool.spawn_worker
         driver_channel = os.environ.pop(DRIVER_CHANNEL_ENV, "")
         if driver_channel:  # the driver that started us talks over a socket pair (channel.py)
@@ -252,6 +265,7 @@ class Node:
         self.links = self.peer_links.links
         self.node_clients: dict[bytes, bytes] = self.peer_links.node_clients
         self.flush_links = self.peer_links.flush_links
+        self.routers.flush_links = self.flush_links
         self.pulling = NodePulls(self, self.peer_links)
         self.forwarding = NodeForwarding(self, self.peer_links, self.pulling)
         self.forwarded = self.forwarding.forwarded
@@ -282,7 +296,6 @@ class Node:
             peers=self.forwarding,
             state=self.state,
             pool=self.pool,
-            actors=self.actors,
             objects=self.objects,
             events=self.events,
             actors_file=config.actors_file,
@@ -340,6 +353,18 @@ class Node:
         self.execute: Callable[[list[Instruction]], None] = tasks.execute
         self.warn_worker_limit = tasks.warn_worker_limit
         self.membership.start()
+        self.jobs = NodeJobs(
+            node_id=self.node_id,
+            address=self.address,
+            secret=secret,
+            session=self.session,
+            is_head=lambda: self.is_head,
+            head_address=config.head_address,
+            poll=self.poll,
+            clients=self.clients,
+            envs=self.envs,
+            send=self.send,
+        )
         self.queries = NodeQueries(
             node_id=self.node_id,
             object_store_memory=config.object_store_memory,
@@ -358,6 +383,7 @@ class Node:
             context_of=self.context_of,
             lookup_actor=self.actor_part.lookup_actor,
             send=self.send,
+            jobs=self.jobs,
         )
         self.handlers.update(
             (kind, operator.attrgetter(name)(self)) for kind, name in self.HANDLERS.items()
@@ -383,11 +409,14 @@ class Node:
                     self.connections.let_go_of_silent_drivers()
                     self.pool.expire_unproven()
                     self.zap.refusals.tick()  # a window's summary of refused connections
-                    self.pool.reap_adopted()  # tasks' orphaned processes that exited
+                    # tasks' orphaned processes that exited (not jobs': theirs to collect)
+                    self.pool.reap_adopted(also=self.jobs.pids())
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
+                    self.task_part.warn_if_starved(last_check)
                 self.membership.tick()
                 self.placement.tick()
+                self.jobs.tick()
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
@@ -412,14 +441,15 @@ class Node:
                         exited.append(source)
                     elif source in link_of_socket:
                         self.peer_links.drain_link(link_of_socket[source])
-                    else:  # .get: an earlier event of this turn may have closed it
-                        handler = fd_handlers.get(int(source))
+                    elif isinstance(source, int):  # .get: an earlier event may have closed it
+                        handler = fd_handlers.get(source)
                         if handler is not None:
-                            handler(int(source))
+                            handler(source)
+                    # else: a peer link's socket dropped by an earlier event of this turn
                 if router_ready:
-                    self._drain_router(self.router)
+                    self.routers.drain(self.router)
                 if tcp_ready:
-                    self._drain_router(self.tcp_router)
+                    self.routers.drain(self.tcp_router)
                 for fd in exited:
                     if fd in fd_handlers:
                         fd_handlers[fd](fd)
@@ -436,35 +466,6 @@ class Node:
 
     def announce_ready(self) -> None:
         print(f"{READY_LINE} {self.port} {self.session}", flush=True)
-
-    def _router(self, secret: str, *, curve: bool) -> zmq.Socket[bytes]:
-        router = self.context.socket(zmq.ROUTER)
-        router.linger = 0
-        router.sndhwm = 0
-        router.rcvhwm = 0
-        auth.secure_server(router, secret, curve=curve)
-        return router
-
-    def _drain_router(self, router: zmq.Socket[bytes]) -> None:
-        over_tcp = router is self.tcp_router
-        pollin = int(zmq.POLLIN)
-        for _ in range(10_000):
-            # EVENTS instead of a failing recv: an exception per drained batch costs more
-            if not int(router.getsockopt(zmq.EVENTS)) & pollin:
-                return
-            identity = router.recv()  # always two frames: the peer's id, then the batch
-            frame = router.recv()
-            client = identity[:-1]
-            if over_tcp:
-                self.tcp_clients.add(client)
-            info = self.clients.get(client)
-            if info is not None:
-                info.last_seen = time.monotonic()
-            for message in protocol.loads(frame):
-                try:
-                    self.handlers[type(message)](client, message)
-                except Exception:  # a bug here must not take the cluster down: report it
-                    self.report_internal_error(message)
 
     def report_internal_error(self, message: Any) -> None:
         text = (
@@ -483,31 +484,6 @@ class Node:
         if not data:  # the owning driver is gone, however it died
             self.running = False
             self.poll.forget(fd)
-
-    def send(self, client: bytes, message: Any) -> None:
-        self.outbox.setdefault(client, []).append(message)
-
-    def send_chunk(self, client: bytes, chunk: P.ObjectChunk) -> None:
-        """A piece of a value for a peer: its bytes go as a frame of their own, not pickled."""
-        self.flush()  # keep the order of what was sent before
-        header = protocol.dumps([chunk._replace(data=b"")])
-        router = self.tcp_router if client in self.tcp_clients else self.router
-        router.send_multipart([client + b"r", header, chunk.data], copy=False)
-
-    def flush(self) -> None:
-        outbox, self.outbox = self.outbox, {}
-        tcp_clients = self.tcp_clients
-        channels = self.channels
-        for client, messages in outbox.items():
-            link = channels.get(client)
-            if link is not None:  # a worker of ours
-                self.send_on_channel(link, protocol.dumps(messages))
-                continue
-            # no high-water mark on the router: a slow reader queues, it never loses messages
-            router = self.tcp_router if client in tcp_clients else self.router
-            router.send(client + b"r", zmq.SNDMORE)
-            router.send(protocol.dumps(messages))
-        self.flush_links()
 
     def describe(self) -> dict[str, Any]:
         """This cluster's record for ``discovery`` (other programs of this user find it)."""
@@ -578,11 +554,10 @@ class Node:
             )
             raise
 
-    # ------------------------------------------------------------------ cancel
-
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
+        self.jobs.shutdown()
         for pipes in self.pipes.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pipes.pid, signal.SIGKILL)
@@ -599,8 +574,7 @@ class Node:
         for client in list(self.channels):
             self.pool.close_channel(client)
         self.handshakes.close()
-        self.router.close(0)
-        self.tcp_router.close(0)
+        self.routers.close()
         self.zap.close()
         self.context.term()
         shutil.rmtree(session_dir(self.session), ignore_errors=True)

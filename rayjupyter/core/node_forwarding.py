@@ -1,11 +1,12 @@
 """Several nodes, work: tasks and actors sent to peers, and what comes back from them.
 
-A part of the node daemon (``Node.forwarding``). A task that does not fit here goes to a
-peer that has the resources free (``spill_over``), or to the peer holding most of its large
-arguments (``place_by_locality``). To the peer, a forwarded task looks like one a driver
-submitted: we first provide the values the task uses (``ProvideObjects``), then submit it
-and subscribe to its results. Small results come back inline; a large one stays in the
-peer's store (its location is recorded) until someone here needs it (``NodePulls``). An
+A part of the node daemon (``Node.forwarding``), a shell: which peer gets what is decided
+without I/O (``peer_placement``: spill-over in ``NodeState.spill_over``, locality here,
+actors' hosts in ``actor_state.ActorTable``), and this part sends it. To the peer, a
+forwarded task looks like one a driver submitted: we first provide the values the task
+uses (``ProvideObjects``), then submit it and subscribe to its results. Small results
+come back inline; a large one stays in the peer's store (its location is recorded) until
+someone here needs it (``NodePulls``). An
 actor that does not fit here is hosted by a peer; its record stays here, its home, which
 forwards its calls in order and decides its restarts.
 """
@@ -14,19 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-from collections import deque
 
-from rayjupyter.core import ids
+from rayjupyter.core import ids, peer_placement
 from rayjupyter.core import protocol as P
+from rayjupyter.core.actor_state import ActorRecord, ActorState
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.head import NodeInfo
-from rayjupyter.core.node_actors import ActorRecord, ActorState
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
 from rayjupyter.core.node_pulls import NodePulls
-from rayjupyter.core.node_state import OCCUPYING
-from rayjupyter.core.scheduler import TaskRecord, TaskState
+from rayjupyter.core.scheduler import OCCUPYING, TaskRecord, TaskState
 
-LOCALITY_MIN_BYTES = 1 << 20  # arguments this large pull their task to the node holding them
+LOCALITY_MIN_BYTES = peer_placement.LOCALITY_MIN_BYTES
 
 #: what only an actor's home node acts on: names are looked up there, lifetime is kept there
 _HOME_ONLY_OPTIONS = ("name", "get_if_exists", "lifetime", "namespace")
@@ -56,12 +55,10 @@ class NodeForwarding:
         self.contained_info = {}  # refs inside a peer's value, until that value arrives
 
     def peer_nodes(self) -> list[NodeInfo]:
-        return [
-            n for n in self.node.head.nodes.values() if n.alive and n.node_id != self.node.node_id
-        ]
+        return self.node.state.peers()
 
     def feasible_on_peer(self, demand: dict[str, float]) -> bool:
-        return any(_fits(peer.resources, demand) for peer in self.peer_nodes())
+        return peer_placement.feasible_on_peer(self.peer_nodes(), demand)
 
     def place_by_locality(self, task: TaskRecord) -> bool:
         """Send a ready task to the peer that holds most of its large arguments, if one fits."""
@@ -77,54 +74,16 @@ class NodeForwarding:
                 weight[entry.location] = weight.get(entry.location, 0) + entry.size
             elif entry.in_store:
                 local += entry.size
-        if not weight:
+        peer = peer_placement.by_locality(weight, local, task.demand, self.peer_nodes())
+        if peer is None:
             return False
-        address, size = max(weight.items(), key=lambda item: item[1])
-        if size < LOCALITY_MIN_BYTES or size <= local:
-            return False
-        for peer in self.peer_nodes():
-            if peer.address == address and _fits(peer.available, task.demand):
-                self.forward(task, peer)
-                return True
-        return False
+        self.forward(task, peer)
+        return True
 
     def spill_over(self) -> None:
-        """Queued tasks that this node cannot run now go to peers that can."""
-        ready = self.node.state.scheduler.ready
-        if not ready:
-            return
-        peers = self.peer_nodes()
-        if not peers:
-            return
-        kept: deque[TaskRecord] = deque()
-        for _ in range(min(len(ready), 256)):
-            task = ready.popleft()
-            if task.state is not TaskState.READY:
-                continue
-            if (
-                task.owner in self.links.node_clients
-                or self.node.state.resources.fits(task.demand)
-                or task.strategy.startswith("node:")  # placed here by its node affinity
-            ):
-                kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
-                continue
-            target = self.choose_peer(task.demand, peers)
-            if target is None:
-                kept.append(task)
-            else:
-                self.forward(task, target)
-        ready.extendleft(reversed(kept))
-
-    def choose_peer(self, demand: dict[str, float], peers: list[NodeInfo]) -> NodeInfo | None:
-        """A peer with the demand free now; or, if this node can never meet it, the least
-        busy peer that can."""
-        fitting = [p for p in peers if _fits(p.available, demand)]
-        if fitting:
-            return max(fitting, key=lambda p: p.available.get("CPU", 0.0))
-        if self.node.state.resources.feasible(demand):
-            return None  # it waits here for a free slot rather than in a peer's queue
-        feasible = [p for p in peers if _fits(p.resources, demand)]
-        return min(feasible, key=lambda p: p.queued) if feasible else None
+        """Queued tasks that this node cannot run now go to peers that can (its decision:
+        ``NodeState.spill_over``)."""
+        self.node.execute(self.node.state.spill_over(self.links.node_clients))
 
     def provide(self, link: PeerLink, object_ids: tuple[bytes, ...]) -> None:
         """Tell a peer the values (or where they are) of the ready objects a call uses."""
@@ -169,8 +128,9 @@ class NodeForwarding:
             return
         self.forward(task, home)
 
-    def forward(self, task: TaskRecord, peer: NodeInfo) -> None:
-        """Run a ready task on a peer: provide its values, submit it, subscribe to results."""
+    def forward(self, task: TaskRecord, peer: NodeInfo, charge: bool = True) -> None:
+        """Run a ready task on a peer: provide its values, submit it, subscribe to results.
+        ``charge``: count its resources taken there (False: the decision did already)."""
         link = self.links.link(peer.address)
         self.provide(link, (*task.deps, *task.nested))
         self.node.envs.send_runtime_env(link, task.env)  # its packages and env, once per link
@@ -205,15 +165,16 @@ class NodeForwarding:
         if generator:
             self.node.generators.forwarded(task.task_id, link)
         link.send(P.Subscribe(task.return_ids, False))
-        for key, value in task.demand.items():  # until the next view says otherwise
-            peer.available[key] = peer.available.get(key, 0.0) - value
+        if charge:  # until the next view says otherwise
+            peer_placement.charge(peer, task.demand)
         self.node.state.forwarded(task)
         self.node.events.started(task.task_id, 0, task.attempt)
         self.forwarded[task.task_id] = Forwarded(task, peer.address, set(task.return_ids))
 
     def host_actor(self, actor: ActorRecord, peer: NodeInfo) -> None:
-        """Start one of our actors on a peer. Its record stays here (its home): calls are
-        forwarded to it in order, and if it dies there we decide whether it restarts."""
+        """Start one of our actors on a peer (``ActorTable.host`` chose it). Its record
+        stays here (its home): calls are forwarded to it in order, and if it dies there we
+        decide whether it restarts."""
         link = self.links.link(peer.address)
         creation = actor.creation
         self.provide(link, (*creation.deps, *creation.nested))
@@ -234,39 +195,21 @@ class NodeForwarding:
                 0,
             )
         )
-        for key, value in actor.run_demand.items():  # until the next view says otherwise
-            peer.available[key] = peer.available.get(key, 0.0) - value
-        actor.host, actor.host_node = peer.address, peer.node_id
-        creation.transition(TaskState.RUNNING)
-        actor.transition(ActorState.STARTING)
-        actor.transition(ActorState.ALIVE)  # calls queue there behind its __init__
-        self.node.actor_part.pump_actor(actor.actor_id)
 
-    def forward_actor_calls(self, actor: ActorRecord) -> None:
-        """Send an actor's ready calls, in order, to the peer that hosts it."""
-        peer = self.node.head.nodes.get(actor.host_node)
-        if peer is None or not peer.alive:
-            return
-        while (task := actor.next_ready_call()) is not None:
-            actor.in_flight[task.task_id] = task
-            self.forward(task, peer)
-
-    def host_lost(self, actor: ActorRecord, reason: str) -> None:
-        """The peer hosting one of our actors lost it: restart it (maybe elsewhere) or not."""
+    def host_lost(self, actor: ActorRecord, reason: str, restartable: bool = True) -> None:
+        """The peer hosting one of our actors lost it (or died): what it still says about
+        the calls in flight is stale; the actor restarts (maybe elsewhere) or not."""
         for task_id in actor.in_flight:
-            self.forwarded.pop(task_id, None)  # what the peer still says about them is stale
+            self.forwarded.pop(task_id, None)
             if self.node.generators.remote:
                 self.node.generators.detach(task_id)
-        actor.host, actor.host_node = "", b""
-        self.node.actor_part.restart_or_die(actor, reason)
+        self.node.actor_part.host_lost(actor, reason, restartable)
 
     def on_actor_gone(self, link: PeerLink, message: P.ActorGone) -> None:
         actor = self.node.actors.get(message.actor_id)
         if actor is None or actor.host != link.address or actor.state is ActorState.DEAD:
             return
-        if not message.restartable and not actor.killed:
-            actor.no_restart = True
-        self.host_lost(actor, message.reason)
+        self.host_lost(actor, message.reason, message.restartable)
 
     def actor_gone_from_here(self, actor: ActorRecord, reason: str, restartable: bool) -> None:
         """An actor we host for another node died here: tell its home first."""
@@ -274,13 +217,13 @@ class NodeForwarding:
         if owner in self.links.node_clients:
             self.node.send(owner, P.ActorGone(actor.actor_id, reason, restartable))
 
-    def release_hosted(self, actor: ActorRecord) -> None:
-        """Our actor that a peer hosts is dead here: stop its process there."""
-        for task_id in actor.in_flight:
+    def release_hosted(self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...]) -> None:
+        """Our actor that a peer hosts is killed or dead here: stop its process there."""
+        for task_id in task_ids:
             self.forwarded.pop(task_id, None)
-        link = self.links.links.get(actor.host)
+        link = self.links.links.get(address)
         if link is not None:
-            link.send(P.KillActor(actor.actor_id, True))
+            link.send(P.KillActor(actor_id, True))
 
     def on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
         for object_id, inline, size, is_error in message.objects:
@@ -359,10 +302,7 @@ class NodeForwarding:
         """A task of ours ended there: count its resources free until the next view."""
         for peer in self.peer_nodes():
             if peer.address == address:
-                for key, value in demand.items():
-                    peer.available[key] = min(
-                        peer.available.get(key, 0.0) + value, peer.resources.get(key, 0.0)
-                    )
+                peer_placement.refund(peer, demand)
 
     def lend_contained(self, client: bytes, object_id: bytes, contained: tuple[bytes, ...]) -> None:
         """A peer gets a value of ours with refs inside: hold those for it, and say what
@@ -409,7 +349,3 @@ class NodeForwarding:
             return False
         self.links.link(forwarded.address).send(P.CancelTask(task.return_ids[0], force, True))
         return True
-
-
-def _fits(available: dict[str, float], demand: dict[str, float]) -> bool:
-    return all(available.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())

@@ -24,13 +24,8 @@ from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_state import NodeState
-from rayjupyter.core.object_store import (
-    FlatBytes,
-    ObjectStore,
-    pool_prefix,
-    shm_path,
-    write_object,
-)
+from rayjupyter.core.object_files import FlatBytes, pool_prefix, shm_path, write_object
+from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 from rayjupyter.core.serialization import INLINE_THRESHOLD
 

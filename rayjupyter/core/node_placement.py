@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Any
 from rayjupyter.core import placement_groups as pgs
 from rayjupyter.core import protocol as P
 from rayjupyter.core import scheduling_strategies
+from rayjupyter.core.actor_state import ActorState
 from rayjupyter.core.exceptions import (
     ActorPlacementGroupRemoved,
     ActorUnschedulableError,
     TaskPlacementGroupRemoved,
     TaskUnschedulableError,
 )
-from rayjupyter.core.node_actors import ActorState
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 
 if TYPE_CHECKING:
+    from rayjupyter.core.actor_state import ActorRecord
     from rayjupyter.core.node import Node
-    from rayjupyter.core.node_actors import ActorRecord
     from rayjupyter.core.node_links import PeerLink
 
 SCHEDULE_EVERY_S = 0.1  # how often the head tries again to place groups that wait
@@ -314,7 +314,7 @@ class NodePlacement:
             actor.placed_by_strategy = True
             return "here"
         peer = next(p for p in node.forwarding.peer_nodes() if p.node_id == target)
-        node.forwarding.host_actor(actor, peer)
+        node.actor_part.host_on(actor, peer)
         return "done"
 
     def _choose(self, strategy: str, demand: dict[str, float]) -> bytes | str | None:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rayjupyter.core import protocol as P
+from rayjupyter.core.actor_state import ActorRecord, ActorState
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.head import HeadState
-from rayjupyter.core.node_actors import ActorRecord, ActorState
 from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
@@ -37,6 +37,7 @@ from rayjupyter.core.read_models import (
     StoreStats,
     TaskStateName,
     WorkerLogLines,
+    WorkerRow,
     matches,
 )
 from rayjupyter.core.scheduler import TaskState
@@ -57,12 +58,13 @@ TASK_STATE_NAMES: dict[TaskState, TaskStateName] = {
 
 
 def actor_state_name(actor: ActorRecord) -> ActorStateName:
-    """The engine's actor state (node_actors.ActorState) in Ray's vocabulary."""
+    """The engine's actor state (actor_state.ActorState) in Ray's vocabulary: an actor
+    being killed or exiting is ALIVE until its process is gone, as in Ray."""
     if actor.state is ActorState.PENDING:
         return "RESTARTING" if actor.restarts else "PENDING_CREATION"
     if actor.state is ActorState.STARTING:
         return "PENDING_CREATION"
-    return "ALIVE" if actor.state is ActorState.ALIVE else "DEAD"
+    return "DEAD" if actor.state is ActorState.DEAD else "ALIVE"
 
 
 class NodeQueries:
@@ -88,6 +90,7 @@ class NodeQueries:
         context_of: Callable[[bytes], tuple[bytes, str, bytes | None]],
         lookup_actor: Callable[[bytes, str, str | None], Any],
         send: Callable[[bytes, Any], None],
+        jobs: Any = None,  # node_jobs.NodeJobs: the head's submitted jobs
     ) -> None:
         self.node_id = node_id
         self.object_store_memory = object_store_memory
@@ -107,6 +110,7 @@ class NodeQueries:
         self.context_of = context_of
         self.lookup_actor = lookup_actor
         self.send = send
+        self.jobs = jobs
 
     def on_query(self, client: bytes, message: Any) -> None:
         """A query of protocol.QUERIES: answered with its read model."""
@@ -208,15 +212,72 @@ class NodeQueries:
         elif kind == "nodes":
             rows = self.head.node_table()
         elif kind == "jobs":
-            rows = [
-                JobRow(job_id=c.hex(), driver_pid=info.pid, status="RUNNING")
-                for c, info in self.clients.items()
-                if info.kind == "driver"
-            ]
+            rows = self.job_rows()
+        elif kind == "workers":
+            rows = self.worker_rows()
         else:
             return ValueError(f"unknown state kind {kind!r}: use one of {', '.join(STATE_KINDS)}")
         matching = [row for row in rows if matches(row, filters)]
         return matching[-limit:] if kind == "tasks" else matching[:limit]
+
+    def job_rows(self) -> list[JobRow]:
+        """Submitted jobs (their drivers included), then drivers that connected by
+        themselves, in Ray's ``JobDetails`` names."""
+        submitted: list[JobRow] = self.jobs.rows() if self.jobs is not None else []
+        theirs = {row.job_id for row in submitted if row.job_id}
+        drivers = [
+            JobRow(
+                type="DRIVER",
+                job_id=client.hex(),
+                submission_id=None,
+                status="RUNNING",
+                entrypoint="",
+                message=None,
+                error_type=None,
+                start_time=None,
+                end_time=None,
+                metadata={},
+                runtime_env={},
+                driver_exit_code=None,
+                driver_node_id=self.node_id.hex(),
+                driver_pid=info.pid,
+            )
+            for client, info in self.clients.items()
+            if info.kind == "driver" and client.hex() not in theirs
+        ]
+        return [*submitted, *drivers]
+
+    def worker_rows(self) -> list[WorkerRow]:
+        """This node's worker processes and its drivers, in Ray's ``list_workers`` names."""
+        host = self.head.nodes[self.node_id].address.rpartition(":")[0]
+        rows = [
+            WorkerRow(
+                worker_id=worker.client_id.hex(),
+                is_alive=True,
+                worker_type="WORKER",
+                exit_type=None,
+                node_id=self.node_id.hex(),
+                ip=host,
+                pid=worker.pid,
+                actor_id=worker.actor_id.hex() if worker.actor_id else None,
+            )
+            for worker in self.workers.values()
+        ]
+        rows += [
+            WorkerRow(
+                worker_id=client.hex(),
+                is_alive=True,
+                worker_type="DRIVER",
+                exit_type=None,
+                node_id=self.node_id.hex(),
+                ip=host,
+                pid=info.pid,
+                actor_id=None,
+            )
+            for client, info in self.clients.items()
+            if info.kind == "driver"
+        ]
+        return rows
 
     def actor_row(self, actor: ActorRecord) -> ActorRow:
         """A row shaped like Ray's ``list_actors``."""

@@ -9,24 +9,22 @@ messages, signals the processes and fills in the objects. So every decision here
 with no process at all (``tests/test_scheduler.py``), and ``validate`` checks the tables'
 invariants after any step.
 
-Actors and peers keep their own queues this far; the paths they share with plain tasks
-(failing a task, readying one, retrying a lost one) go through here.
+It composes the actors' state machine (``actor_state.ActorTable``: lifecycle, call queues
+per caller, placement, restarts) and decides what goes to peers (``spill_over``, with the
+policy of ``peer_placement``) from its view of them (``nodes``, set by the node).
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from typing import Any
 
-from rayjupyter.core import nested_lending
-from rayjupyter.core.exceptions import (
-    TaskCancelledError,
-    TaskUnschedulableError,
-    WorkerCrashedError,
-)
+from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks
+from rayjupyter.core.actor_state import ActorTable
+from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
+from rayjupyter.core.scheduler import OCCUPYING as OCCUPYING
 from rayjupyter.core.scheduler import (
     ResourcePool,
     Scheduler,
@@ -35,6 +33,9 @@ from rayjupyter.core.scheduler import (
     WorkerRecord,
     WorkerState,
 )
+from rayjupyter.core.task_errors import cancelled_error as cancelled_error
+from rayjupyter.core.task_errors import crashed_error as crashed_error
+from rayjupyter.core.task_errors import unschedulable_error as unschedulable_error
 from rayjupyter.core.worker_limit import WorkerLimit
 
 # Instructions: (opcode, ...). Ints, so the shell's dispatch is a cheap comparison.
@@ -59,6 +60,7 @@ WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker pr
 # (ATTEMPT_LOST, task, error, pid, cause): a task a peer node forwarded here lost its
 # attempt (worker pid died of cause, or it raised error): tell that node, which retries
 ATTEMPT_LOST = 16
+FORWARD = 20  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
 
 OPCODE_NAMES = {
     value: name
@@ -66,40 +68,12 @@ OPCODE_NAMES = {
     if isinstance(value, int) and name.isupper() and not name.startswith("_")
 }
 
-#: runtime_env workers idle this long are stopped
-ENV_WORKER_IDLE_S = 10.0
+ENV_WORKER_IDLE_S = env_workers.IDLE_S  # runtime_env workers idle this long are stopped
 #: a queue this short gives a failing task up at once (longer: see NodeState.stale)
 STALE_SCAN = 256
 
 Instruction = tuple[Any, ...]
 _NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
-
-
-def cancelled_error(task: TaskRecord) -> bytes:
-    error = TaskCancelledError(f"Task {task.name!r} was cancelled (rj.cancel).")
-    return pickle.dumps(error, protocol=5)
-
-
-def unschedulable_error(task: TaskRecord, node_id: bytes) -> bytes:
-    error = TaskUnschedulableError(
-        f"Task {task.name!r} cannot be scheduled: its node {node_id.hex()} died "
-        f"(NodeAffinitySchedulingStrategy, soft=False)."
-    )
-    return pickle.dumps(error, protocol=5)
-
-
-def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
-    error = WorkerCrashedError(
-        f"The worker running task {task.name!r} died unexpectedly (pid "
-        f"{pid}, {cause}); it was tried {task.attempt + 1} time(s) and "
-        f"max_retries={task.max_retries} allows no more. Raise max_retries or "
-        f"find why the process dies (out of memory, a segfault, os._exit)."
-    )
-    return pickle.dumps(error, protocol=5)
-
-
-#: states of a task that holds a worker (or a peer's slot) for now
-OCCUPYING = (TaskState.RUNNING, TaskState.CANCELLED)
 
 
 class NodeState:
@@ -120,6 +94,10 @@ class NodeState:
         self.stale = 0
         # what each actor's process here holds: (demand, GPU ids), from placement to its end
         self.actor_slots: dict[bytes, tuple[dict[str, float], tuple[int, ...]]] = {}
+        # the cluster as this node last heard of it (the head's node table), and its own id
+        self.nodes: Mapping[bytes, NodeInfo] = {}
+        self.node_id = b""
+        self.actor_table = ActorTable(self)
 
     # ------------------------------------------------------------------ tasks
 
@@ -502,30 +480,12 @@ class NodeState:
     def reap_env_workers(
         self, now: float, crowded_by: str = "", planned: int = 0
     ) -> list[Instruction]:
-        """Stop env workers idle for ENV_WORKER_IDLE_S; with ``crowded_by``, the one idle
-        longest of another env when envs already hold a pool's worth of workers
-        (``planned``: env workers about to start that are not in the table yet)."""
-        idle_env = self.scheduler.idle_env
-        if not idle_env:
+        """Stop env workers idle for ENV_WORKER_IDLE_S, or with ``crowded_by`` make room for
+        that env's (``env_workers.reap``; ``planned``: env workers about to start)."""
+        if not self.scheduler.idle_env:
             return _NONE
-        if crowded_by:
-            live = planned + sum(
-                1
-                for w in self.workers.values()
-                if w.env and not w.actor_id and w.state is not WorkerState.DEAD
-            )
-            if live < self.pool_size:
-                return _NONE
-            others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
-            victims = sorted(others, key=lambda w: w.idle_since)[:1]
-        else:
-            deadline = now - ENV_WORKER_IDLE_S
-            victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
-        out: list[Instruction] = []
-        for worker in victims:
-            self.scheduler.forget_worker(worker)  # never given a task again; its exit cleans up
-            out.append((KILL, worker))
-        return out
+        victims = env_workers.reap(self, now, crowded_by, planned)
+        return [(KILL, worker) for worker in victims] if victims else _NONE
 
     def prefetch(self) -> list[Instruction]:
         """With more queued tasks than workers, send each busy worker its next task now.
@@ -565,6 +525,24 @@ class NodeState:
             worker.prefetched = task
             out.append((EXECUTE, task, worker))
         return out
+
+    # ------------------------------------------------------------------ peers
+
+    def peers(self) -> list[NodeInfo]:
+        """The other live nodes, as of the last view."""
+        return peer_placement.live_peers(self.nodes, self.node_id)
+
+    def spill_over(self, from_peers: Container[bytes]) -> list[Instruction]:
+        """Queued tasks that this node cannot run now go to peers that have the resources
+        free (``peer_placement.spill``); tasks a peer sent us (their owner is in
+        ``from_peers``) and tasks pinned here by node affinity stay."""
+        if not self.ready:
+            return _NONE
+        peers = self.peers()
+        if not peers:
+            return _NONE
+        moves = peer_placement.spill(self.ready, peers, self.resources, from_peers)
+        return [(FORWARD, task, peer) for task, peer in moves]
 
     # ------------------------------------------------------------------ cancel
 
@@ -615,105 +593,10 @@ class NodeState:
     # ------------------------------------------------------------------ checks
 
     def validate(self, held_elsewhere: dict[str, float] | None = None) -> None:
-        """Raise AssertionError naming the first broken invariant. ``held_elsewhere``:
-        resources that a part of the node holds outside these tables (the placement
-        groups' bundles: ``BundleLedger.reserved``)."""
+        """Raise AssertionError naming the first broken invariant of the tasks, workers,
+        resources (``state_checks``) and actors (``ActorTable.validate``).
+        ``held_elsewhere``: resources that a part of the node holds outside these tables
+        (the placement groups' bundles: ``BundleLedger.reserved``)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
-        resources = self.resources
-        held: dict[str, float] = dict(held_elsewhere or {})
-        queued = set()
-        stale = 0
-        for queued_task in self.ready:
-            task = queued_task
-            if task.state is TaskState.FAILED and self.stale:
-                stale += 1  # failed while queued: dropped when popped (see self.stale)
-                continue
-            assert task.state is TaskState.READY, f"queued task {task.name} is {task.state.name}"
-            assert task.worker is None, f"queued task {task.name} names worker {task.worker!r}"
-            assert id(task) not in queued, f"task {task.name} is queued twice"
-            queued.add(id(task))
-        assert stale <= self.stale, f"{stale} failed tasks queued, {self.stale} counted"
-        idle_ids = set()
-        for pool in (self.scheduler.idle, *self.scheduler.idle_env.values()):
-            for worker in pool:
-                assert worker.state is WorkerState.IDLE, f"pid {worker.pid} in an idle pool"
-                assert worker.client_id in self.workers, f"pid {worker.pid} idle but unknown"
-                assert worker.client_id not in idle_ids, f"pid {worker.pid} idle twice"
-                idle_ids.add(worker.client_id)
-        for worker in self.workers.values():
-            state = worker.state
-            running = worker.task
-            assert state is not WorkerState.DEAD, f"dead worker pid {worker.pid} still listed"
-            if state in (WorkerState.BUSY, WorkerState.BLOCKED):
-                assert running is not None, f"busy worker pid {worker.pid} has no task"
-                task = running
-                assert task.worker == worker.client_id, (
-                    f"task {task.name} on pid {worker.pid} names {task.worker!r}"
-                )
-                assert task.state in OCCUPYING, f"task {task.name} on a worker is {task.state.name}"
-                assert id(task) not in queued, f"task {task.name} both queued and running"
-                for key, value in task.demand.items():
-                    held[key] = held.get(key, 0.0) + value
-                for key, value in worker.lent.items():
-                    held[key] = held.get(key, 0.0) - value
-                if state is WorkerState.BUSY:  # only what a removed bundle had stays lent
-                    assert all(k not in resources.total for k in worker.lent), (
-                        f"busy worker pid {worker.pid} lends {worker.lent}"
-                    )
-                for parent, lent in worker.suspended:  # waiting beneath a child lent to them
-                    assert parent.worker == worker.client_id and parent.state in OCCUPYING, (
-                        f"{parent.name} suspended on pid {worker.pid} is {parent.state.name}"
-                    )
-                    assert id(parent) not in queued, f"{parent.name} suspended and queued"
-                    for key, value in parent.demand.items():
-                        held[key] = held.get(key, 0.0) + value - lent.get(key, 0.0)
-            else:
-                assert running is None, f"{state.name} worker pid {worker.pid} holds a task"
-                assert not worker.suspended, f"{state.name} pid {worker.pid} has suspended tasks"
-                assert not worker.lent, f"{state.name} worker pid {worker.pid} lends"
-            following = worker.prefetched
-            if following is not None:
-                assert state is WorkerState.BUSY, (
-                    f"{state.name} pid {worker.pid} has a task sent ahead"
-                )
-                assert following is not running, f"pid {worker.pid} prefetched its own task"
-                assert following.state is TaskState.RUNNING, (
-                    f"prefetched {following.name} is {following.state.name}"
-                )
-                assert following.worker == worker.client_id, (
-                    f"{following.name} sent ahead elsewhere"
-                )
-                assert id(following) not in queued, f"{following.name} prefetched and queued"
-        gpu_shares = 0.0  # GPU ids in use, by what holds them
-        for demand, gpu_ids in self.actor_slots.values():
-            for key, value in demand.items():
-                held[key] = held.get(key, 0.0) + value
-            gpu_shares += _gpu_share(demand, gpu_ids)
-        for worker in self.workers.values():
-            if worker.task is not None:
-                gpu_shares += _gpu_share(worker.task.demand, worker.task.gpu_ids)
-        redirect = resources.redirect
-        if redirect:  # a removed group's names: its running work gives them back elsewhere
-            for key in [k for k in held if k not in resources.total and k in redirect]:
-                value = held.pop(key)
-                if redirect[key]:
-                    held[redirect[key]] = held.get(redirect[key], 0.0) + value
-        for key, total in resources.total.items():
-            expected = total - held.get(key, 0.0)
-            got = resources.available.get(key, 0.0)
-            assert abs(got - expected) < 1e-6, (
-                f"{key}: available {got} but total {total} less held {held.get(key, 0.0)}"
-            )
-        for key, value in resources.available.items():
-            if key not in resources.total:
-                assert abs(value + held.get(key, 0.0)) < 1e-6, f"{key} is not a resource here"
-        in_use = sum(1.0 - f for f in resources.gpu_free)
-        assert abs(in_use - gpu_shares) < 1e-6, (
-            f"GPU ids in use {in_use} but tasks and actors hold {gpu_shares}"
-        )
-
-
-def _gpu_share(demand: dict[str, float], gpu_ids: tuple[int, ...]) -> float:
-    """How much of the GPU ids' capacity a holder took (a fraction shares one id)."""
-    amount = gpu_amount(demand)
-    return amount * len(gpu_ids) if amount < 1 else float(len(gpu_ids))
+        state_checks.validate(self, held_elsewhere or {})
+        self.actor_table.validate()

@@ -39,6 +39,7 @@ from rayjupyter.core.node_state import (
     EXECUTE,
     FAILED,
     FINISHED,
+    FORWARD,
     INTERRUPT,
     KILL,
     REVOKE,
@@ -53,6 +54,7 @@ from rayjupyter.core.node_state import (
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
+from rayjupyter.core.starvation import StarvationWatch
 from rayjupyter.core.task_events import TaskEventLog
 
 _ONE_CPU = {"CPU": 1.0}  # a task's default demand: workers assume it when not told
@@ -115,6 +117,7 @@ class NodeTasks:
         self.spawn_worker = pool.spawn_worker
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
+        self.starvation = StarvationWatch.from_env()
 
     def on_submit(self, client: bytes, message: P.SubmitTask) -> None:
         if message.func_blob is not None:
@@ -247,6 +250,24 @@ class NodeTasks:
         for driver in self.drivers():
             self.send(driver, P.LogLines(2, text))
 
+    def warn_if_starved(self, now: float) -> None:
+        """Once a second: queued work that actors starve is told to the drivers, once."""
+        text = self.starvation.check(
+            now,
+            self.state.ready,
+            self.workers.values(),
+            (held for held, _gpus in self.state.actor_slots.values()),
+            self.resources.total,
+            (
+                self.actors[actor_id].place_demand
+                for actor_id in self.actor_part.pending_actors
+                if actor_id in self.actors
+            ),
+        )
+        if text is not None:
+            for driver in self.drivers():
+                self.send(driver, P.LogLines(2, text))
+
     def warn_worker_limit(self, waiting: int, what: str) -> None:
         """Work found no process (worker_limit.py): the drivers hear it once per episode."""
         self.execute(self.state.limit_reached(waiting, what))
@@ -362,6 +383,8 @@ class NodeTasks:
             self.actor_part.actor_call_dropped(instruction[1])
         elif op == START_ACTOR:
             self.actor_part.start_actor_in(instruction[1])
+        elif op == FORWARD:  # spill-over chose the peer (and counted it taken there)
+            self.forwarding.forward(instruction[1], instruction[2], charge=False)
         elif op == ATTEMPT_LOST:  # its node retries it: our returns are never made
             task = instruction[1]
             self.events.ended(task.task_id, failed=True)

@@ -19,8 +19,9 @@ import select
 import signal
 import socket
 import struct
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,11 +168,30 @@ class NodeWorkers:
             return
         handlers = self.handlers
         for frame in frames:
-            for message in protocol.loads(frame):
+            try:
+                messages = protocol.loads(frame)
+            except Exception as exc:  # a buggy client: answered by closing its connection
+                self._refuse_channel(client_id, exc)
+                return
+            for message in messages:
                 try:
                     handlers[type(message)](client_id, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     self.report_error(message)
+
+    def _refuse_channel(self, client_id: bytes, error: Exception) -> None:
+        """A frame that is not a batch of messages: the channel is closed, and its client let
+        go (a worker's exit follows through its pidfd)."""
+        print(
+            f"rayjupyter node: closed the channel of client {client_id.hex()}: a malformed "
+            f"frame ({type(error).__name__}: {str(error)[:200]})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.close_channel(client_id)
+        info = self.clients.get(client_id)
+        if info is not None and info.kind != "worker":
+            self.release_client(client_id)
 
     # ------------------------------------------------------------------ local drivers
 
@@ -245,10 +265,11 @@ class NodeWorkers:
             if opened < deadline:
                 self._drop_unproven(fd, reason="no secret within the time allowed")
 
-    def reap_adopted(self) -> None:
-        """Reap the exited orphans of tasks' processes (the node is their subreaper)."""
+    def reap_adopted(self, also: Set[int] = frozenset()) -> None:
+        """Reap the exited orphans of tasks' processes (the node is their subreaper);
+        ``also``: other children of the node whose exit their own handler collects."""
         own = {p.pid for p in self.pipes.values()} | {p.pid for p in self.exiting.values()}
-        spawn.reap_adopted(own)
+        spawn.reap_adopted(own | also)
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)

@@ -103,6 +103,14 @@ def _integer(minimum: int, meaning: str = "") -> Validator:
     return validate
 
 
+def _pending_calls(name: str, value: Any) -> int:
+    if type(value) is bool or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value == 0 or value < -1:
+        raise ValueError(f"{name} must be -1 (no limit) or a positive integer, got {value!r}")
+    return int(value)
+
+
 def _boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -261,6 +269,13 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
             _NA,
             None,
             "named call groups, each with its own max concurrency",
+        ),
+        OptionSpec(
+            "max_pending_calls",
+            _pending_calls,
+            _NA,
+            -1,
+            "calls a caller may have pending (-1: no limit)",
         ),
         OptionSpec(
             "runtime_env", runtime_env.validate, None, None, "working_dir, py_modules, env_vars"

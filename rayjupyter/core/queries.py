@@ -2,14 +2,18 @@
 
 One function per query: every reader (the CLI, the reprs, the notebook, the dashboard, the
 server extension, ``rj.util.state``) calls these rather than ``Client.request``, so the
-answer's type is checked once, here, and mypy knows it everywhere else.
+answer's type is checked once, here, and mypy knows it everywhere else. ``Replies`` is the
+mechanism under them (and under ``create_actor``'s reply): request ids and their answers.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rayjupyter.core import protocol as P
+from rayjupyter.core.exceptions import ClusterConnectionError
 from rayjupyter.core.read_models import (
     STATE_KINDS,
     NamedActor,
@@ -22,6 +26,47 @@ from rayjupyter.core.read_models import (
 
 if TYPE_CHECKING:
     from rayjupyter.core.client import Client
+
+
+class Replies:
+    """A client's requests to its node and their answers, matched by request id (a part of
+    ``client.Client``: its reader files each ``Reply`` in ``answers``)."""
+
+    def __init__(
+        self,
+        send: Callable[[list[Any]], None],
+        wait: Callable[[Callable[[], bool], float | None], bool],
+        address: str,
+    ) -> None:
+        self.send = send
+        self.wait = wait
+        self.address = address
+        self.answers: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def request(self, query: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """Ask the node a query (a class of ``protocol.QUERIES``, built with a fresh request
+        id and ``args``) and wait for the answer; an error answer is raised. The functions
+        below read the answers with their types."""
+        request_id = self.new_id()
+        self.send([query(request_id, *args)])
+        return self.await_reply(request_id, getattr(query, "__name__", "a query"), timeout)
+
+    def await_reply(self, request_id: int, what: str, timeout: float = 30.0) -> Any:
+        """Wait for the node's Reply to a message that carried request_id."""
+        answers = self.answers
+        if not self.wait(lambda: request_id in answers, timeout):
+            raise ClusterConnectionError(
+                f"The node at {self.address} did not answer {what!r} within {timeout:.0f} s."
+            )
+        value = answers.pop(request_id)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
 
 T = TypeVar("T")
 Filters = list[tuple[str, str, Any]] | tuple[tuple[str, str, Any], ...]
@@ -90,11 +135,12 @@ def worker_logs(
 
 def get_actor(
     client: Client, name: str, namespace: str | None, timeout: float = 30.0
-) -> tuple[bytes, str, dict[str, Any]]:
-    """A named actor's id, class name and method table; ValueError if none is alive."""
+) -> tuple[bytes, str, dict[str, Any], int]:
+    """A named actor's id, class name, method table and max_pending_calls; ValueError if
+    none is alive."""
     answer = client.request(P.GetActor, name, namespace, timeout=timeout)
-    actor_id, class_name, methods = _checked(answer, tuple, "GetActor")
-    return bytes(actor_id), str(class_name), dict(methods)
+    actor_id, class_name, methods, limit = _checked(answer, tuple, "GetActor")
+    return bytes(actor_id), str(class_name), dict(methods), int(limit)
 
 
 def named_actors(

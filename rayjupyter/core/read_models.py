@@ -40,12 +40,44 @@ TASK_STATES: tuple[TaskStateName, ...] = (*PENDING_STATES, RUNNING, FINISHED, FA
 ActorStateName = Literal["PENDING_CREATION", "RESTARTING", "ALIVE", "DEAD"]
 
 #: the kinds of rows ``ListState`` answers with
-StateKind = Literal["tasks", "actors", "objects", "nodes", "jobs"]
-STATE_KINDS: tuple[StateKind, ...] = ("tasks", "actors", "objects", "nodes", "jobs")
+StateKind = Literal["tasks", "actors", "objects", "nodes", "jobs", "workers"]
+STATE_KINDS: tuple[StateKind, ...] = ("tasks", "actors", "objects", "nodes", "jobs", "workers")
+
+#: Ray's job states (``JobStatus``): a submitted job waits for its process, runs, then ends
+#: stopped (``stop_job``), succeeded (exit code 0) or failed
+JobStatusName = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+#: a job submitted through the Jobs API, or a driver that connected by itself
+JobTypeName = Literal["SUBMISSION", "DRIVER"]
+
+
+class Row:
+    """What every state row offers beside its fields, as Ray's state rows do: ``row["name"]``
+    and ``row.get("name")`` read a field, ``row.asdict()`` gives them all."""
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def asdict(self) -> dict[str, Any]:
+        """The fields, then the properties that give Ray's other names for them."""
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for klass in type(self).__mro__:
+            for name, value in vars(klass).items():
+                if isinstance(value, property) and name not in fields:
+                    fields[name] = getattr(self, name)
+        return fields
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class NodeRow:
+class NodeRow(Row):
     """One node, in Ray's ``ray.nodes()`` names."""
 
     NodeID: str  # hex
@@ -60,6 +92,28 @@ class NodeRow:
     def address(self) -> str:
         """host:port of the node daemon."""
         return f"{self.NodeManagerAddress}:{self.NodeManagerPort}"
+
+    # Ray's state API (``list_nodes``) names the same facts differently: both work here
+
+    @property
+    def node_id(self) -> str:
+        return self.NodeID
+
+    @property
+    def node_ip(self) -> str:
+        return self.NodeManagerAddress
+
+    @property
+    def state(self) -> str:
+        return "ALIVE" if self.Alive else "DEAD"
+
+    @property
+    def resources_total(self) -> dict[str, float]:
+        return self.Resources
+
+    @property
+    def start_time_ms(self) -> int:
+        return int(self.StartTime * 1000)
 
 
 @dataclass(frozen=True)
@@ -122,7 +176,7 @@ class NodeStatus:
 
 
 @dataclass(frozen=True)
-class TaskRow:
+class TaskRow(Row):
     """One task or actor call, in Ray's ``list_tasks`` names."""
 
     task_id: str  # hex
@@ -138,10 +192,14 @@ class TaskRow:
     submitted_at: float  # unix seconds
     start_time: float | None  # unix seconds, once started
     end_time: float | None  # unix seconds, once finished or failed
+    error_type: str | None = None  # Ray's name of why it failed, once failed
+    creation_time_ms: int | None = None  # Ray's names of the three times above, unix ms
+    start_time_ms: int | None = None
+    end_time_ms: int | None = None
 
 
 @dataclass(frozen=True)
-class ActorRow:
+class ActorRow(Row):
     """One actor, in Ray's ``list_actors`` names."""
 
     actor_id: str  # hex
@@ -159,7 +217,7 @@ class ActorRow:
 
 
 @dataclass(frozen=True)
-class ObjectRow:
+class ObjectRow(Row):
     """One object the node tracks."""
 
     object_id: str  # hex
@@ -170,22 +228,75 @@ class ObjectRow:
     where: Literal["shared memory", "inline"]
     spilled: bool
 
+    @property
+    def task_status(self) -> str:
+        """Ray's name for where the task making it is: done, or not yet."""
+        return "FINISHED" if self.ready else "PENDING_NODE_ASSIGNMENT"
+
+    @property
+    def call_site(self) -> str:
+        return "disabled"  # as Ray without RAY_record_ref_creation_sites
+
+    @property
+    def reference_type(self) -> str:
+        return "LOCAL_REFERENCE" if self.reference_count else "UNKNOWN_STATUS"
+
 
 @dataclass(frozen=True)
-class JobRow:
-    """One connected driver (a job, in Ray's terms)."""
+class JobRow(Row):
+    """One job in Ray's ``JobDetails`` names: submitted through the Jobs API (its entrypoint
+    runs on the head) or a driver that connected by itself."""
 
-    job_id: str  # hex
-    driver_pid: int
-    status: Literal["RUNNING"]
+    type: JobTypeName
+    job_id: str | None  # hex of the driver's job; a submission's, once its driver connected
+    submission_id: str | None  # the Jobs API's id ("raysubmit_..."); None for a plain driver
+    status: JobStatusName
+    entrypoint: str  # the shell command of a submission ("" for a plain driver)
+    message: str | None  # what happened, in words
+    error_type: str | None  # why it failed, once failed
+    start_time: int | None  # unix ms
+    end_time: int | None  # unix ms, once ended
+    metadata: dict[str, str]
+    runtime_env: dict[str, Any]  # as submitted
+    driver_exit_code: int | None  # the entrypoint's exit code, once ended
+    driver_node_id: str | None  # hex of the node it runs on
+    driver_pid: int | None  # the driver's (or the entrypoint's) process id
+
+
+@dataclass(frozen=True)
+class WorkerRow(Row):
+    """One process of a node: a pool or actor worker, or a driver, in Ray's ``list_workers``
+    names."""
+
+    worker_id: str  # hex
+    is_alive: bool
+    worker_type: Literal["WORKER", "DRIVER"]
+    exit_type: str | None
+    node_id: str  # hex
+    ip: str
+    pid: int
+    actor_id: str | None  # hex, for an actor's process
+
+
+@dataclass(frozen=True)
+class PlacementGroupRow(Row):
+    """One placement group, in Ray's ``list_placement_groups`` names."""
+
+    placement_group_id: str  # hex
+    name: str
+    creator_job_id: str  # hex ("" when the head does not know it)
+    state: Literal["PENDING", "CREATED", "REMOVED", "RESCHEDULING"]
+    strategy: str
+    is_detached: bool
+    bundles: list[dict[str, Any]]  # bundle_index, node_id, unit_resources
 
 
 #: a row of any kind ``ListState`` answers with
-StateRow = TaskRow | ActorRow | ObjectRow | NodeRow | JobRow
+StateRow = TaskRow | ActorRow | ObjectRow | NodeRow | JobRow | WorkerRow
 
 
 @dataclass(frozen=True)
-class WorkerLogLines:
+class WorkerLogLines(Row):
     """A worker process's recent output (``GetWorkerLogs``)."""
 
     pid: int

@@ -12,7 +12,13 @@ import cloudpickle
 
 from rayjupyter.core import options as option_table
 from rayjupyter.core import protocol as P
-from rayjupyter.core import runtime_context, runtime_env, scheduling_strategies, serialization
+from rayjupyter.core import (
+    runtime_context,
+    runtime_env,
+    scheduling_strategies,
+    serialization,
+    signatures,
+)
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
@@ -44,6 +50,9 @@ class RemoteFunction:
         self._func_id = func_id or os.urandom(16)
         self._blob: bytes | None = None
         self._env: tuple[bytes, str] | None = None  # (client id, env digest) once resolved
+        # the check of a call's arguments, worked out at the first .remote()
+        self._argcheck: signatures.ArgumentCheck | None = None
+        self._argcheck_known = False
         self._name = self._options["name"] or getattr(function, "__name__", "task")
         generator_options(self._options["num_returns"], self._options, self._name)
         retry = self._options["retry_exceptions"]
@@ -64,6 +73,7 @@ class RemoteFunction:
         merged = option_table.merge_options(self._options, options, for_actor=False)
         copy = RemoteFunction(self._function, merged, self._func_id)
         copy._blob = self._blob
+        copy._argcheck, copy._argcheck_known = self._arguments_check(), True
         return copy
 
     def _function_blob(self) -> bytes:
@@ -77,6 +87,13 @@ class RemoteFunction:
                     f"pickled; create it inside the function instead."
                 ) from exc
         return self._blob
+
+    def _arguments_check(self) -> signatures.ArgumentCheck | None:
+        """The function's signature check, worked out once (``.options()`` copies share it)."""
+        if not self._argcheck_known:
+            self._argcheck = signatures.for_callable(self._function)
+            self._argcheck_known = True
+        return self._argcheck
 
     def _env_digest(self, client: Client) -> str:
         """The runtime_env this function's tasks run in, packed and registered once."""
@@ -152,6 +169,9 @@ def submit(
     client: Client, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Send one task; returns its ObjectRef, a list of them (num_returns > 1) or None (0)."""
+    check = function._argcheck if function._argcheck_known else function._arguments_check()
+    if check is not None:
+        check.check(function._name, args, kwargs)
     env = function._env_digest(client)
     demand, strategy = function._demand, ""
     if function._strategy is not None or runtime_context.current.placement:

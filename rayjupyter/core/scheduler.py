@@ -27,6 +27,10 @@ class TaskState(enum.IntEnum):
     CANCELLED = 6
 
 
+#: states of a task that holds a worker (or a peer's slot) for now
+OCCUPYING = (TaskState.RUNNING, TaskState.CANCELLED)
+
+
 class WorkerState(enum.IntEnum):
     STARTING = 1  # process spawned, not yet connected
     IDLE = 2

@@ -54,6 +54,10 @@ class TaskEvent:
             submitted_at=self.submitted_at,
             start_time=self.started_at or None,
             end_time=self.finished_at or None,
+            error_type="TASK_EXECUTION_EXCEPTION" if self.state == FAILED else None,
+            creation_time_ms=int(self.submitted_at * 1000),
+            start_time_ms=int(self.started_at * 1000) if self.started_at else None,
+            end_time_ms=int(self.finished_at * 1000) if self.finished_at else None,
         )
 
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Protocol, TypeAlias
+import time
+from typing import Any, Protocol, TypeAlias
 
 import zmq
 
-from rayjupyter.core import auth, local_channel
+from rayjupyter.core import auth, local_channel, protocol
+from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
+from rayjupyter.core.exceptions import ClusterConnectionError
 
 #: a frame of messages, or (header frame, raw bytes) of an ObjectChunk
 Incoming: TypeAlias = bytes | tuple[bytes, memoryview]
@@ -172,3 +175,39 @@ def connect(
         if fd is not None:
             return ChannelTransport(fd)
     return ZmqTransport(context, address, client_id, secret)
+
+
+def handshake(
+    link: Transport,
+    context: zmq.Context[zmq.Socket[bytes]],
+    hello: P.Hello,
+    address: str,
+    timeout: float,
+) -> tuple[P.Welcome, list[Any]]:
+    """Say Hello and read the node's Welcome (and what it sent right after), or raise a
+    ClusterConnectionError naming the address within ``timeout``."""
+    link.hello(protocol.dumps([hello]))
+    deadline = time.monotonic() + timeout
+    frames: list[Incoming] | None = []
+    while not frames:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not link.poll_in(int(remaining * 1000)):
+            context.destroy(0)
+            raise ClusterConnectionError(
+                f"No answer from a rayjupyter node at {address} within {timeout:.0f} "
+                f"s: check that the cluster is running and that the address and secret "
+                f"are right."
+            )
+        frames = link.read()
+        if frames is None:
+            raise ClusterConnectionError(f"The node at {address} closed our channel.")
+    if not all(isinstance(frame, bytes) for frame in frames):
+        raise ClusterConnectionError(f"The node at {address} sent data before Welcome.")
+    welcome, *rest = protocol.loads(frames[0])  # type: ignore[arg-type]
+    for frame in frames[1:]:
+        rest.extend(protocol.loads(frame))  # type: ignore[arg-type]
+    if not isinstance(welcome, P.Welcome) or welcome.error:
+        context.destroy(0)
+        reason = welcome.error if isinstance(welcome, P.Welcome) else repr(welcome)
+        raise ClusterConnectionError(f"The node at {address} refused us: {reason}")
+    return welcome, rest

@@ -47,6 +47,19 @@ from rayjupyter.core.task_args import unpack_args
 PR_SET_PDEATHSIG = 1
 
 
+def _own_repr(instance: Any) -> str:
+    """An actor's ``repr`` if its class defines ``__repr__`` (Ray prints its output as
+    ``(Worker(index=1) pid=...)`` then), else ""; bounded, and never raising."""
+    own: Any = type(instance).__repr__
+    if own is object.__repr__:
+        return ""
+    try:
+        text = repr(instance)
+    except Exception:
+        return ""
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Ask the kernel for SIGKILL when the node goes, then check it has not gone already."""
     try:
@@ -98,12 +111,23 @@ class TaskExecutor:
         # OMP_NUM_THREADS given by the node's or the runtime_env's environment: kept; else
         # each task (and an actor) gets its CPU count, as in Ray
         self.omp_from_env = os.environ.get("OMP_NUM_THREADS")
+        # async calls rj.cancel reached: they end cancelled even if the method swallowed the
+        # CancelledError and returned (Ray's get raises TaskCancelledError then too)
+        self.cancelled_async: set[bytes] = set()
+        self.async_tasks: dict[bytes, asyncio.Task[None]] = {}  # (read in the loop's thread)
 
     def cancel_call(self, task_id: bytes) -> None:
         """rj.cancel of a running async actor call: its coroutine gets CancelledError."""
-        future = self.async_calls.get(task_id)
-        if future is not None:
-            future.cancel()  # cancels the asyncio task behind it, in the loop's thread
+        if task_id in self.async_calls and self.loop is not None:
+            self.cancelled_async.add(task_id)
+            self.loop.call_soon_threadsafe(self._cancel_in_loop, task_id)
+
+    def _cancel_in_loop(self, task_id: bytes) -> None:
+        """In the actor's loop: a call that has begun gets CancelledError where it awaits;
+        one that has not begins by reporting itself cancelled (``_execute_async``)."""
+        running = self.async_tasks.get(task_id)
+        if running is not None:
+            running.cancel()
 
     # ------------------------------------------------------------------ tasks
 
@@ -114,7 +138,7 @@ class TaskExecutor:
         elif self.loop is not None:
             future = asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
             self.async_calls[task.task_id] = future
-            future.add_done_callback(lambda _: self.async_calls.pop(task.task_id, None))
+            future.add_done_callback(lambda _: self._async_call_done(task.task_id))
         elif self.pools:
             pool = self.pools[self._group_of(task.method)]
             pool.submit(self._execute, task, self._method(task.method))
@@ -134,6 +158,10 @@ class TaskExecutor:
         member = getattr(type(self.instance), name, None)
         group = getattr(member, "__rayjupyter_concurrency_group__", "")
         return group if group in self.pools or group in self.slots else ""
+
+    def _async_call_done(self, task_id: bytes) -> None:
+        self.async_calls.pop(task_id, None)
+        self.cancelled_async.discard(task_id)
 
     def _function(self, task: P.ExecuteTask) -> Callable[..., Any]:
         function = self.functions.get(task.func_id)
@@ -201,6 +229,12 @@ class TaskExecutor:
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
         message: P.TaskFinished | None
+        if task.task_id in self.cancelled_async:  # cancelled before it began
+            self._finish(self._cancelled_async(task), False)
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self.async_tasks[task.task_id] = current
         try:
             # max_concurrency calls at once (per concurrency group)
             async with self.slots[self._group_of(task.method)]:
@@ -214,9 +248,18 @@ class TaskExecutor:
                 finally:
                     runtime_context.current_task.reset(token)
         except asyncio.CancelledError:  # rj.cancel, while running or waiting for a slot
-            error = TaskCancelledError(f"Actor call {task.name!r} was cancelled.")
-            message = self._failure(task, error)
-        self._finish(message, runtime_context.current.exit_requested)
+            message = self._cancelled_async(task)
+        finally:
+            del self.async_tasks[task.task_id]
+        exiting = runtime_context.current.exit_requested
+        if task.task_id in self.cancelled_async and not exiting:
+            message = self._cancelled_async(task)  # the method caught CancelledError
+        self._finish(message, exiting)
+
+    def _cancelled_async(self, task: P.ExecuteTask) -> P.TaskFinished:
+        self.cancelled_async.discard(task.task_id)
+        error = TaskCancelledError(f"Actor call {task.name!r} was cancelled.")
+        return self._failure(task, error)
 
     async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
         dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
@@ -314,7 +357,7 @@ class TaskExecutor:
                 group: concurrent.futures.ThreadPoolExecutor(size, group or "actor")
                 for group, size in pools
             }
-        self.client.send([P.ActorStarted(start.actor_id, None)])
+        self.client.send([P.ActorStarted(start.actor_id, None, _own_repr(self.instance))])
 
     # ------------------------------------------------------------------ generators
 

@@ -3,11 +3,13 @@ failing fast with one line when nothing listens at the address."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 from IPython.core.error import UsageError
 
+from rayjupyter.core import connect as addresses
 from rayjupyter.core.exceptions import ClusterConnectionError
 
 PROBE_TIMEOUT_S = 3.0  # an address that does not answer a TCP connect in this long is wrong
@@ -29,8 +31,8 @@ def host_port(address: str) -> str:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(
-            f"%ray_connect: bad address {address!r}; expected HOST:PORT or the "
-            f"rayjupyter://SECRET@HOST:PORT that rj.init() returned as connect_address"
+            f"%ray_connect: bad address {address!r}; expected HOST:PORT (its secret is found "
+            f"on this machine), 'auto', or rayjupyter://SECRET@HOST:PORT"
         )
     return f"{host}:{port}"
 
@@ -67,12 +69,20 @@ def connect(
         "num_gpus": num_gpus,
         "object_store_memory": object_store_memory,
     }
+    if address == "auto":  # as rj.init: the environment's address, or a head started here
+        try:
+            address = addresses.resolve("auto")
+        except ConnectionError as exc:
+            raise ConnectError(str(exc)) from None
     if address is None:
         if current is not None:
             _check_same_shape(local_options, namespace)
             return current, ""
         try:
+            # a local cluster of this kernel's own (unlike rj.init(), even when a head runs
+            # here), unless the environment names a cluster
             context = api.init(
+                address=_environment_address() or "local",
                 namespace=namespace,
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
@@ -92,6 +102,10 @@ def connect(
         _check_same_shape({}, namespace)
         return current, ""
     probe(target)
+    try:  # its secret, found before leaving the cluster we are on
+        api._parse_address(address)
+    except ValueError as exc:
+        raise UsageError(f"%ray_connect: {exc}") from None
     note = ""
     if current is not None:
         kind = "stopped the local cluster" if current.local else "disconnected"
@@ -104,6 +118,14 @@ def connect(
     except ClusterConnectionError as exc:
         raise ConnectError(str(exc)) from None
     return context, note
+
+
+def _environment_address() -> str | None:
+    for name in addresses.ADDRESS_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value and value != "auto":
+            return value
+    return None
 
 
 def _check_same_shape(options: dict[str, Any], namespace: str | None) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from rayjupyter.core import discovery
+from rayjupyter.core import connect, discovery
 from rayjupyter.core.api import ADDRESS_SCHEME, _parse_address
 from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
@@ -223,6 +223,7 @@ class ClusterRegistry:
             return f"Stopped the cluster {session} at {cluster.address}."
         if remote is not None:
             self.status_reader.forget(remote.hostport)
+            connect.forget_secret(remote.hostport)
             return f"Removed {remote.hostport} from the list; it keeps running."
         _action, note = self._stop_policy(self._find(session, kernel_pids))
         raise ClusterError(409, f"This server did not start cluster {session}. {note}")
@@ -251,6 +252,9 @@ class ClusterRegistry:
             self._remotes[session] = _Known(
                 session, hostport, secret, "remote", _is_this_machine(host)
             )
+        # this user's kernels find the secret themselves: "Connect notebook" writes only
+        # %ray_connect HOST:PORT into the notebook, which is saved and shared
+        connect.remember_secret(hostport, secret)
         return self.get(session)
 
     # ------------------------------------------------------------------ kernels
@@ -283,8 +287,12 @@ class ClusterRegistry:
         """Stop every cluster started from the panel and close the status connections."""
         with self._lock:
             started = list(self._started.values())
+            remotes = list(self._remotes.values())
             self._started.clear()
             self._remotes.clear()
+        for remote in remotes:
+            with contextlib.suppress(OSError):
+                connect.forget_secret(remote.hostport)
         self.status_reader.close()
         for cluster in started:
             with contextlib.suppress(Exception):

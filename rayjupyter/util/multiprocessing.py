@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rayjupyter.core import api
-from rayjupyter.core.actor import kill
+from rayjupyter.core.actor import ActorHandle, exit_actor, kill
 from rayjupyter.core.object_ref import ObjectRef
 
 
@@ -21,6 +21,11 @@ class _PoolProcess:
 
     def run_chunk(self, fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
         return [fn(*args) for args in chunk]
+
+    def retire(self) -> None:
+        """End this process once the chunks sent before this call are done (calls run in
+        order): ``maxtasksperchild``."""
+        exit_actor()
 
 
 class AsyncResult:
@@ -55,15 +60,24 @@ class AsyncResult:
 
 
 class Pool:
-    """``Pool(processes=N)``: N actors; map, imap, imap_unordered, starmap, apply, ..."""
+    """``Pool(processes=N)``: N actors; map, imap, imap_unordered, starmap, apply, ...
+
+    As in Ray, a pool process is an actor with the actor defaults: it takes a CPU to be
+    placed and holds none while it lives, so tasks and other actors still run beside a
+    pool (``ray_remote_args={"num_cpus": 1}`` reserves one per process instead).
+    ``context`` (a multiprocessing start method) has no meaning for actors, which start as
+    the cluster starts every worker; it is taken for drop-in use, as Ray takes it.
+    """
 
     def __init__(
         self,
         processes: int | None = None,
         initializer: Callable[..., Any] | None = None,
-        initargs: tuple[Any, ...] = (),
+        initargs: tuple[Any, ...] | None = None,
         maxtasksperchild: int | None = None,
+        context: Any = None,
         ray_address: str | None = None,
+        ray_remote_args: dict[str, Any] | None = None,
     ) -> None:
         if ray_address is not None and not api.is_initialized():
             api.init(address=ray_address)
@@ -71,10 +85,24 @@ class Pool:
             processes = int(api.cluster_resources().get("CPU", os.cpu_count() or 1))
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
-        actor_class = api.remote(num_cpus=1)(_PoolProcess)
-        self._actors = [actor_class.remote(initializer, initargs) for _ in range(processes)]
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
+        ):
+            raise ValueError(
+                f"maxtasksperchild must be a positive int or None, got {maxtasksperchild!r}"
+            )
+        self._initializer = initializer
+        self._initargs = tuple(initargs or ())
+        self._maxtasks = maxtasksperchild
+        self._actor_class = api.remote(**(ray_remote_args or {}))(_PoolProcess)
+        self._actors = [self._new_process() for _ in range(processes)]
+        self._counts = [0] * processes  # chunks sent to each current process
+        self._retired: list[ActorHandle] = []  # told to end after their last chunk
         self._closed = False
         self._outstanding: list[ObjectRef] = []
+
+    def _new_process(self) -> ActorHandle:
+        return self._actor_class.remote(self._initializer, self._initargs)  # type: ignore[no-any-return]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -89,8 +117,18 @@ class Pool:
         return [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
 
     def _submit_chunks(self, fn: Callable[..., Any], chunks: list[list[Any]]) -> list[ObjectRef]:
-        actors = itertools.cycle(self._actors)
-        refs = [next(actors).run_chunk.remote(fn, chunk) for chunk in chunks]
+        slots = itertools.cycle(range(len(self._actors)))
+        refs = []
+        for chunk in chunks:
+            slot = next(slots)
+            refs.append(self._actors[slot].run_chunk.remote(fn, chunk))
+            self._counts[slot] += 1
+            if self._maxtasks is not None and self._counts[slot] >= self._maxtasks:
+                # its chunks run first (calls run in order), then it ends; a fresh one follows
+                old = self._actors[slot]
+                old.retire.remote()
+                self._retired.append(old)
+                self._actors[slot], self._counts[slot] = self._new_process(), 0
         self._outstanding.extend(refs)
         return refs
 
@@ -177,15 +215,18 @@ class Pool:
         if self._outstanding:
             api.wait(self._outstanding, num_returns=len(self._outstanding))
         self._outstanding = []
-        for actor in self._actors:
-            kill(actor)
+        self._kill_all()
 
     def terminate(self) -> None:
         """Stop now: the pool's actors are killed, unfinished work fails."""
         self._closed = True
-        for actor in self._actors:
-            kill(actor)
+        self._kill_all()
         self._outstanding = []
+
+    def _kill_all(self) -> None:
+        for actor in self._actors + self._retired:
+            kill(actor)
+        self._retired = []
 
     def __enter__(self) -> Pool:
         self._check_open()

@@ -41,7 +41,15 @@ TABLES: dict[str, tuple[str, list[tuple[str, str, str | None]]]] = {
     ),
     "jobs": (
         "jobs",
-        [("job_id", "job", None), ("driver_pid", "driver pid", None), ("status", "status", None)],
+        [
+            ("submission_id", "submission", None),
+            ("job_id", "job", None),
+            ("type", "type", None),
+            ("status", "status", None),
+            ("entrypoint", "entrypoint", None),
+            ("driver_pid", "driver pid", None),
+            ("message", "message", None),
+        ],
     ),
 }
 

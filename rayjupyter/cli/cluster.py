@@ -21,27 +21,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rayjupyter.core import auth, discovery, worker_limit
+from rayjupyter.cli.output import CliError
+from rayjupyter.core import addresses, auth, discovery, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.launcher import default_object_store_memory
 from rayjupyter.core.read_models import NodeStatus
 
 DEFAULT_PORT = 6380
 START_TIMEOUT_S = 30.0
-ADDRESS_SCHEME = "rayjupyter://"
+ADDRESS_SCHEME = addresses.ADDRESS_SCHEME
 
 
-class CliError(Exception):
-    """A one-line message for the user; the command exits with status 1."""
-
-
-def state_dir() -> Path:
-    """Where this user's cluster file and the records of started nodes live."""
-    return Path(os.environ.get("RAYJUPYTER_HOME", Path.home() / ".rayjupyter"))
-
-
-def cluster_file() -> Path:
-    return state_dir() / "cluster.json"
+state_dir = addresses.state_dir
+cluster_file = addresses.cluster_file
+_read_cluster_file = addresses.read_cluster_file
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -53,33 +46,12 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_cluster_file() -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(cluster_file().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data
-
-
 def split_address(address: str) -> tuple[str, str]:
     """(host:port, secret) from ``rayjupyter://SECRET@HOST:PORT``, ``HOST:PORT`` + env or file."""
-    secret = ""
-    if address.startswith(ADDRESS_SCHEME):
-        secret, _, address = address[len(ADDRESS_SCHEME) :].rpartition("@")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise CliError(f"bad address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6380)")
-    secret = secret or os.environ.get(SECRET_ENV, "")
-    if not secret:
-        saved = _read_cluster_file()
-        if saved and saved.get("address") == address:
-            secret = str(saved["secret"])
-    if not secret:
-        raise CliError(
-            f"no secret for the cluster at {address}: pass rayjupyter://SECRET@{address} "
-            f"(printed by `rayjupyter start --head`) or set {SECRET_ENV}"
-        )
-    return address, secret
+    try:
+        return addresses.split(address)
+    except addresses.AddressError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -343,15 +315,20 @@ def _format(resources: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayjupyter", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(commands: Any) -> None:
+    """start, stop and status."""
 
     start = commands.add_parser("start", help="start a head node, or join a node to one")
     start.add_argument("--head", action="store_true", help="start a new cluster's head here")
     start.add_argument("--address", help="join the head at HOST:PORT or rayjupyter://SECRET@...")
     start.add_argument("--port", type=int, default=DEFAULT_PORT, help="the head's port")
-    start.add_argument("--node-ip", default="127.0.0.1", help="the address peers reach us at")
+    start.add_argument(
+        "--node-ip",
+        "--node-ip-address",  # Ray's name
+        dest="node_ip",
+        default="127.0.0.1",
+        help="the address peers reach us at",
+    )
     start.add_argument("--num-cpus", type=float, help="CPUs to offer (default: all)")
     start.add_argument("--num-gpus", type=float, help="GPUs to offer")
     start.add_argument("--resources", help="custom resources as JSON: '{\"accel\": 1}'")
@@ -373,18 +350,3 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", help="HOST:PORT (default: the cluster started here)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for it")
     status.set_defaults(run=cmd_status)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.run(args)
-    except CliError as exc:
-        print(f"rayjupyter {args.command}: {exc}", file=sys.stderr)
-        return 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
