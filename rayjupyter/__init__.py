@@ -5,7 +5,7 @@ A Ray user changes one import: ``import rayjupyter as rj``.
 
 from typing import Any
 
-from rayjupyter import actor, exceptions
+from rayjupyter import actor, exceptions, runtime_context
 from rayjupyter.core import hooks
 from rayjupyter.core.actor import get_actor, kill, method
 from rayjupyter.core.api import (
@@ -24,8 +24,23 @@ from rayjupyter.core.api import (
     wait,
 )
 from rayjupyter.core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
+from rayjupyter.core.id_types import (
+    ActorClassID,
+    ActorID,
+    ClusterID,
+    FunctionID,
+    JobID,
+    NodeID,
+    PlacementGroupID,
+    TaskID,
+    UniqueID,
+    WorkerID,
+)
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.runtime_context import get_gpu_ids
+
+#: Ray's old name for ObjectRef (Ray keeps it as an alias too)
+ObjectID = ObjectRef
 
 __version__ = "0.1.0"
 
@@ -91,9 +106,20 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ActorClassID",
+    "ActorID",
+    "ClusterID",
     "DynamicObjectRefGenerator",
+    "FunctionID",
+    "JobID",
+    "NodeID",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
+    "PlacementGroupID",
+    "TaskID",
+    "UniqueID",
+    "WorkerID",
     "__version__",
     "actor",
     "available_resources",
@@ -111,6 +137,7 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "runtime_context",
     "shutdown",
     "timeline",
     "wait",

@@ -1,5 +1,19 @@
-"""Ray's ``ray.actor`` module: ``exit_actor`` and the actor types."""
+"""Ray's ``ray.actor`` module: ``exit_actor``, ``method`` and the actor types."""
 
-from rayjupyter.core.actor import ActorClass, ActorHandle, ActorMethod, exit_actor
+from rayjupyter.core.actor import (
+    ActorClass,
+    ActorClassInheritanceException,
+    ActorHandle,
+    ActorMethod,
+    exit_actor,
+    method,
+)
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor"]
+__all__ = [
+    "ActorClass",
+    "ActorClassInheritanceException",
+    "ActorHandle",
+    "ActorMethod",
+    "exit_actor",
+    "method",
+]

@@ -22,8 +22,11 @@ from rayjupyter.core.exceptions import (
     TaskUnschedulableError,
     WorkerCrashedError,
 )
+from rayjupyter.core.exceptions_extra import *  # noqa: F403 (Ray's rarer errors, same tree)
+from rayjupyter.core.exceptions_extra import __all__ as _extra
 
 __all__ = [
+    *_extra,
     "ActorDiedError",
     "ActorPlacementGroupRemoved",
     "ActorUnavailableError",

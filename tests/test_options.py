@@ -44,6 +44,7 @@ ACTOR_DEFAULTS = {
     "max_restarts": 0,
     "max_task_retries": 0,
     "max_concurrency": None,
+    "concurrency_groups": None,
     "max_pending_calls": -1,
     "memory": None,
     "runtime_env": None,

@@ -5,9 +5,20 @@ from __future__ import annotations
 import rayjupyter as rj
 
 EXPECTED = {
+    "ActorClassID",
+    "ActorID",
+    "ClusterID",
     "DynamicObjectRefGenerator",
+    "FunctionID",
+    "JobID",
+    "NodeID",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
+    "PlacementGroupID",
+    "TaskID",
+    "UniqueID",
+    "WorkerID",
     "__version__",
     "actor",
     "available_resources",
@@ -25,6 +36,7 @@ EXPECTED = {
     "nodes",
     "put",
     "remote",
+    "runtime_context",
     "shutdown",
     "timeline",
     "wait",

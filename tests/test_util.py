@@ -76,7 +76,8 @@ def test_executor_submit_map_and_errors():
 
 def test_as_completed_yields_refs_as_they_finish():
     refs = [slow_square.remote(1, 1.0), slow_square.remote(2, 0.0)]
-    order = [rj.get(ref, timeout=30) for ref in as_completed(refs, timeout=30)]
+    done = as_completed(refs, chunk_size=1, yield_obj_refs=True, timeout=30)  # Ray's signature
+    order = [rj.get(ref, timeout=30) for ref in done]
     assert order == [4, 1]
 
 

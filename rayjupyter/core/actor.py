@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from rayjupyter.core import options as option_table
@@ -70,32 +69,76 @@ class _PendingCalls:
 pending_calls = _PendingCalls()
 
 
-def method(
-    *, num_returns: int | str | None = None, concurrency_group: str | None = None
-) -> Callable[[Any], Any]:
-    """``@rj.method(num_returns=2)`` (or ``"streaming"``, ``"dynamic"``) on an actor method."""
+def method(*args: Any, **kwargs: Any) -> Any:
+    """Options of one actor method, as Ray's ``@ray.method``.
+
+    Bare (``@rj.method``) or with options: ``num_returns`` (an integer, ``"streaming"`` or
+    ``"dynamic"``) and ``concurrency_group`` (a name from the actor's
+    ``concurrency_groups``). Ray's other method options are refused, not ignored.
+    """
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return args[0]  # bare @rj.method: nothing to set
+    if args:
+        raise TypeError(
+            "rj.method takes keyword options only, e.g. @rj.method(num_returns=2), or is used "
+            "bare as @rj.method."
+        )
+    unknown = set(kwargs) - {"num_returns", "concurrency_group"}
+    if unknown:
+        raise TypeError(
+            f"rj.method() does not support {', '.join(sorted(unknown))}: the options it takes "
+            f"are num_returns and concurrency_group."
+        )
+    num_returns = kwargs.get("num_returns")
+    concurrency_group = kwargs.get("concurrency_group")
     if num_returns is not None:
         option_table.validate_options({"num_returns": num_returns}, for_actor=False)
+    if concurrency_group is not None and not isinstance(concurrency_group, str):
+        raise TypeError(f"concurrency_group must be a group's name, got {concurrency_group!r}")
 
     def mark(function: Any) -> Any:
         if num_returns is not None:
             function.__rayjupyter_num_returns__ = num_returns
+        if concurrency_group is not None:
+            function.__rayjupyter_concurrency_group__ = concurrency_group
         return function
 
     return mark
 
 
-class ActorExitRequest(BaseException):
-    """Raised by ``exit_actor()``; the actor's process ends after the current call."""
+#: methods every actor handle has (Ray's): ready once __init__ ran; end the actor gracefully
+READY_METHOD = "__ray_ready__"
+TERMINATE_METHOD = "__ray_terminate__"
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class was derived from an actor class (derive from the plain class instead)."""
+
+
+class ActorExitRequest(SystemExit):
+    """Raised by ``exit_actor()`` in a plain actor (a SystemExit, as Ray's); the process
+    ends after the current call even if the call catches it."""
 
 
 def exit_actor() -> None:
-    """End the current actor on purpose: no restart, later calls fail with ActorDiedError."""
+    """End the current actor on purpose: no restart, later calls fail with ActorDiedError.
+
+    The call that runs it fails with ActorDiedError too (its caller sees the actor's death,
+    not a value); queued calls fail; the process runs its ``atexit`` handlers before it
+    ends, as in Ray (``rj.kill`` does not). In an async actor it raises AsyncioActorExit.
+    """
     from rayjupyter.core import runtime_context
+    from rayjupyter.core.exceptions_extra import AsyncioActorExit
 
     if not runtime_context.current.actor_id:
-        raise TypeError("exit_actor() called outside an actor: call it from an actor method.")
-    raise ActorExitRequest()
+        raise TypeError(
+            "exit_actor API is called on a non-actor worker: call exit_actor() inside an "
+            "actor method to end that actor (rj.kill(handle) ends one from outside)."
+        )
+    runtime_context.current.exit_requested = True
+    if runtime_context.current.actor_is_async:
+        raise AsyncioActorExit("exit_actor() was called.")
+    raise ActorExitRequest("exit_actor() was called.")
 
 
 def _method_table(cls: type) -> dict[str, dict[str, Any]]:
@@ -113,7 +156,21 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
             # its parameters, so a call is checked at .remote() wherever the handle goes
             "params": signatures.describe(signatures.for_method(cls, name)),
         }
+    for name in (READY_METHOD, TERMINATE_METHOD):
+        table[name] = {"num_returns": 1, "is_async": False}
     return table
+
+
+def _check_concurrency_groups(cls: type, groups: dict[str, int] | None) -> None:
+    """A method's @rj.method(concurrency_group=...) must name one of the actor's groups."""
+    for name, member in inspect.getmembers(cls, callable):
+        group = getattr(member, "__rayjupyter_concurrency_group__", None)
+        if group is not None and group not in (groups or {}):
+            known = ", ".join(sorted(groups or {})) or "none"
+            raise ValueError(
+                f"{cls.__name__}.{name} is in concurrency group {group!r}, which the actor does "
+                f"not define (its groups: {known}); add it to concurrency_groups={{...}}."
+            )
 
 
 class ActorClass:
@@ -125,10 +182,16 @@ class ActorClass:
             option_table.actor_defaults(), options, for_actor=True
         )
         self._methods = _method_table(cls)
+        _check_concurrency_groups(cls, self._options.get("concurrency_groups"))
         self._argcheck = signatures.for_class(cls)
         self._blob: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __dir__(self) -> list[str]:
+        """``options``, ``remote`` and the class's methods (for autocompletion, as Ray's)."""
+        public = (n for n in self._methods if not n.startswith("__"))
+        return sorted({*object.__dir__(self), *public})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -154,6 +217,8 @@ class ActorClass:
             ) from None
 
     def options(self, **options: Any) -> ActorClass:
+        if "concurrency_groups" in options:  # as in Ray: groups belong to the class
+            raise ValueError("Setting 'concurrency_groups' is not supported in '.options()'.")
         copy = ActorClass.__new__(ActorClass)
         copy.__dict__.update(self.__dict__)
         copy._options = option_table.merge_options(self._options, options, for_actor=True)
@@ -168,6 +233,21 @@ class ActorClass:
                     f"Could not serialize the actor class {self.__name__!r}: {exc}."
                 ) from exc
         return self._blob
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        """``class Derived(SomeActor)``: refused with Ray's message."""
+        raise ActorClassInheritanceException(
+            "Inheriting from actor classes is not currently supported. You can instead "
+            f"inherit from a non-actor base class and make the derived class an actor class "
+            f"(with @rj.remote); {self.__name__!r} is an actor class."
+        )
+
+    def _remote(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> ActorHandle:
+        """Ray's ``Cls._remote(args=[...], kwargs={...}, **options)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         from rayjupyter.core.api import _client
@@ -189,6 +269,7 @@ def _node_options(actor_class: ActorClass) -> dict[str, Any]:
         "max_restarts": options.get("max_restarts") or 0,
         "max_task_retries": options.get("max_task_retries") or 0,
         "max_concurrency": int(concurrency),
+        "concurrency_groups": dict(options.get("concurrency_groups") or {}),
         "max_pending_calls": int(options.get("max_pending_calls") or -1),
         "methods": actor_class._methods,
     }
@@ -273,6 +354,13 @@ class ActorMethod:
         backpressure = checked["_generator_backpressure_num_objects"]
         return ActorMethod(self._handle, self._name, count, backpressure)
 
+    def _remote(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Ray's ``handle.method._remote(args=[...], kwargs={...}, num_returns=...)``."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from rayjupyter.core.api import _client
 
@@ -312,13 +400,18 @@ class ActorHandle:
         return self._actor_id
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__"):
+        if name.startswith("__") and name not in (READY_METHOD, TERMINATE_METHOD):
             raise AttributeError(name)
         meta = self._methods.get(name)
         if meta is None:
             raise AttributeError(f"'{self._class_name}' actor has no method {name!r}")
         count = meta["num_returns"]
         return ActorMethod(self, name, count if isinstance(count, str) else int(count))
+
+    def __dir__(self) -> list[str]:
+        """The actor's methods, ``__init__`` and ``__ray_terminate__`` (Ray's listing)."""
+        names = set(self._methods) - {READY_METHOD}
+        return sorted(names | {"__init__", TERMINATE_METHOD})
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id

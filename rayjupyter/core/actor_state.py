@@ -463,6 +463,7 @@ class ActorTable:
                     f"It is being restarted ({actor.restarts}/{max_restarts}); the call was not "
                     f"retried (max_task_retries={task.max_retries})."
                 )
+                error.actor_id = actor.actor_id.hex()  # Ray's attribute (travels with the pickle)
                 out.append((FAIL_CALL, task, pickle.dumps(error, protocol=5)))
         actor.in_flight.clear()
         actor.requeue(retried)
@@ -476,6 +477,7 @@ class ActorTable:
         error = ActorDiedError(
             f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
         )
+        error.actor_id = actor.actor_id.hex()  # Ray's attribute (travels with the pickle)
         actor.death_error = pickle.dumps(error, protocol=5)
         restartable = not actor.no_restart and actor.state is not ActorState.EXITING
         out: list[Instruction] = [(TELL_HOME, actor, reason, restartable)]

@@ -42,7 +42,7 @@ def remote(*args: Any, **options: Any) -> Any:
     """Turn a function into a remote function: ``@rj.remote`` or ``@rj.remote(num_cpus=2)``."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
+    if args or not options:  # ``@rj.remote()``, as Ray, is refused
         raise TypeError(
             "The @rj.remote decorator must be applied either with no arguments and no "
             "parentheses, for example '@rj.remote', or with options, for example "
@@ -146,6 +146,8 @@ def wait(
         raise TypeError("wait() expected a list of ObjectRef; some items are not ObjectRefs.")
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
+    if not object_refs:  # nothing to wait for: Ray answers ([], [])
+        return [], []
     if num_returns <= 0 or num_returns > len(object_refs):
         raise ValueError(
             f"num_returns must be between 1 and the number of refs ({len(object_refs)}), "

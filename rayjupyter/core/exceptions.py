@@ -20,7 +20,8 @@
         ├── ActorPlacementGroupRemoved the actor's placement group was removed
         ├── PendingCallsLimitExceeded  a caller has max_pending_calls calls pending on an actor
         ├── SerializationError         a value cannot be pickled        (also a TypeError)
-        └── ClusterConnectionError     no cluster at that address       (also a ConnectionError)
+        ├── ClusterConnectionError     no cluster at that address       (also a ConnectionError)
+        └── ... Ray's rarer errors (NodeDiedError, OutOfMemoryError, ...): exceptions_extra.py
 
 Every error keeps its type, message and attributes through pickle and cloudpickle, because
 errors are made in one process and raised in another.
@@ -128,6 +129,8 @@ class RayActorError(RayError):
     """The actor cannot run the method call."""
 
     default_message = "The actor cannot run this call."
+    #: the actor's id (hex), as Ray's attribute; None when the error names no actor
+    actor_id: str | None = None
 
 
 class ActorDiedError(RayActorError):
@@ -485,3 +488,11 @@ def _sendable_cause(exc: BaseException) -> tuple[BaseException | None, str]:
     except Exception:
         return None, f"the {name} could not be pickled, so only its text travels: {problem}"
     return bare, f"the {name}'s attributes could not be pickled and were dropped: {problem}"
+
+
+# Ray's rarer error classes, in the same tree (drawn in their module's docstring); kept in a
+# module of their own so this one stays readable. Imported last: they subclass the above.
+from rayjupyter.core.exceptions_extra import *  # noqa: E402, F403
+from rayjupyter.core.exceptions_extra import __all__ as _extra  # noqa: E402
+
+__all__ += _extra

@@ -24,6 +24,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.actor_state import ACTOR_TRANSITIONS as ACTOR_TRANSITIONS
 from rayjupyter.core.actor_state import ActorRecord as ActorRecord
 from rayjupyter.core.actor_state import ActorState as ActorState
+from rayjupyter.core.exceptions_extra import ActorAlreadyExistsError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_state import Instruction, NodeState, cancelled_error
 from rayjupyter.core.node_workers import NodeWorkers
@@ -161,7 +162,7 @@ class NodeActors:
                 self.node.hold(client, existing.actor_id)
                 self.node.send(client, P.Reply(message.request_id, existing.handle_info()))
             else:
-                error = ValueError(
+                error = ActorAlreadyExistsError(
                     f"The name {name!r} (namespace={namespace!r}) is already taken by "
                     f"another actor: pick another name, kill that actor, or pass "
                     f"get_if_exists=True to get it."
@@ -299,6 +300,11 @@ class NodeActors:
                 actor.job,
                 actor.gpu_ids,
                 str(actor.options.get("strategy") or ""),
+                tuple(actor.run_demand.items()),
+                str(actor.options.get("name") or ""),
+                actor.namespace,
+                actor.restarts,
+                tuple((actor.options.get("concurrency_groups") or {}).items()),
             ),
         )
 

@@ -58,6 +58,8 @@ from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.starvation import StarvationWatch
 from rayjupyter.core.task_events import TaskEventLog
 
+_ONE_CPU = {"CPU": 1.0}  # a task's default demand: workers assume it when not told
+
 
 class NodeTasks:
     """Tasks on this node, from their submit to their end, and NodeState's instructions."""
@@ -448,6 +450,7 @@ class NodeTasks:
                 generator,
                 credit,
                 task.strategy,
+                None if task.demand == _ONE_CPU else tuple(task.demand.items()),
             ),
         )
         if generator:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
+import types
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
 from rayjupyter.core import ids, serialization
+from rayjupyter.core.id_types import JobID, TaskID
 
 
 class ReferenceCounter:
@@ -67,6 +70,7 @@ class ReferenceCounter:
 
 
 reference_counter = ReferenceCounter()
+_NIL = b"\xff" * 20  # Ray's nil object id (ours are 20 bytes)
 
 
 class ObjectRef:
@@ -101,8 +105,40 @@ class ObjectRef:
     def hex(self) -> str:
         return self._id.hex()
 
-    def task_id(self) -> bytes:
-        return self._id[:16]
+    @classmethod
+    def nil(cls) -> ObjectRef:
+        """Ray's nil ref (all 0xff): a placeholder that names no object."""
+        return cls._uncounted(_NIL)
+
+    @classmethod
+    def from_random(cls) -> ObjectRef:
+        """A ref to a random id that no object has (Ray's, for tests and placeholders)."""
+        return cls._uncounted(os.urandom(len(_NIL)))
+
+    @classmethod
+    def _uncounted(cls, object_id: bytes) -> ObjectRef:
+        ref = object.__new__(cls)
+        ref._id = object_id  # not counted: the node holds nothing for it
+        return ref
+
+    def is_nil(self) -> bool:
+        return self._id == _NIL
+
+    def task_id(self) -> TaskID:
+        """The task (or put) that made this object."""
+        return TaskID(self._id[:16])
+
+    def job_id(self) -> JobID:
+        """The job (driver or worker client) that made this object."""
+        return JobID(self._id[:8])
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        """``ObjectRef[int]`` in annotations, as Ray's ``ObjectRef[T]``."""
+        return types.GenericAlias(cls, item)
+
+    def as_future(self, _internal: bool = False) -> asyncio.Future[Any]:
+        """An asyncio future of this ref's value, on the running (or current) event loop."""
+        return asyncio.wrap_future(self.future())
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A ``concurrent.futures.Future`` that gets this ref's value (or its error)."""

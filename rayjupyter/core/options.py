@@ -188,6 +188,15 @@ def _optional_bool(name: str, value: Any) -> bool | None:
     return None if value is None else _boolean(name, value)
 
 
+def _concurrency_groups(name: str, value: Any) -> dict[str, int] | None:
+    """Ray's ``concurrency_groups={"io": 2, "compute": 4}``: a group's name and its size."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict {{group name: max concurrency}}, got {value!r}")
+    return {_string(f"{name} key", k): _integer(1)(f"{name}[{k!r}]", v) for k, v in value.items()}
+
+
 def _num_returns(name: str, value: Any) -> int | str:
     """An integer >= 0, or "streaming" / "dynamic" for a generator function."""
     if isinstance(value, str):
@@ -253,6 +262,13 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         ),
         OptionSpec(
             "max_concurrency", _optional(_integer(1)), _NA, None, "calls run at the same time"
+        ),
+        OptionSpec(
+            "concurrency_groups",
+            _concurrency_groups,
+            _NA,
+            None,
+            "named call groups, each with its own max concurrency",
         ),
         OptionSpec(
             "max_pending_calls",

@@ -487,6 +487,8 @@ class ExecuteTask(NamedTuple):
     generator: str = ""  # "streaming" or "dynamic": the function is a generator
     backpressure: int = -1  # streaming: the first credit (items it may make before any ack)
     strategy: str = ""  # its scheduling strategy string: the running code's placement group
+    # what the task holds, when not the default of one CPU (the runtime context's answer)
+    resources: tuple[tuple[str, float], ...] | None = None
 
 
 class StartActor(NamedTuple):
@@ -501,6 +503,11 @@ class StartActor(NamedTuple):
     job_id: bytes
     gpu_ids: tuple[int, ...]
     strategy: str = ""  # the actor's scheduling strategy string (its placement group)
+    resources: tuple[tuple[str, float], ...] = ()  # what its process holds while it runs
+    name: str = ""  # "" for an unnamed actor
+    namespace: str = ""
+    restarts: int = 0  # >0: a restart after its process died (was_current_actor_reconstructed)
+    concurrency_groups: tuple[tuple[str, int], ...] = ()  # named groups and their sizes
 
 
 class RevokeTask(NamedTuple):

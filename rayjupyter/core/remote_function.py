@@ -104,6 +104,16 @@ class RemoteFunction:
         self._env = (client.client_id, digest)
         return digest
 
+    def _remote(
+        self,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Ray's ``f._remote(args=[...], kwargs={...}, **options)``: options and a call at once."""
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from rayjupyter.core.api import _client
 

@@ -262,11 +262,16 @@ def _code_reduce(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
     return constructor, args
 
 
+#: serializers registered by ``rj.util.register_serializer``: type -> reduce function
+custom_reducers: dict[type, Callable[[Any], Any]] = {}
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    if _cloudpickle_code_reduce is not None:
-        dispatch_table = ChainMap(
-            {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
-        )
+    dispatch_table = ChainMap(
+        custom_reducers,
+        {types.CodeType: _code_reduce} if _cloudpickle_code_reduce is not None else {},
+        cloudpickle.Pickler.dispatch_table,
+    )
 
 
 def dumps(

@@ -8,6 +8,7 @@ stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +28,12 @@ import cloudpickle
 
 from rayjupyter.core import api, nested_lending, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
-from rayjupyter.core.actor import ActorExitRequest
+from rayjupyter.core.actor import (
+    READY_METHOD,
+    TERMINATE_METHOD,
+    ActorExitRequest,
+    _method_table,
+)
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
 from rayjupyter.core.generators import DYNAMIC, DynamicObjectRefGenerator
@@ -64,6 +71,26 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _omp_threads(resources: tuple[tuple[str, float], ...] | None) -> str:
+    """Ray's OMP_NUM_THREADS for work holding these resources: its whole CPUs, at least 1."""
+    if resources is None:  # the default demand, one CPU
+        return "1"
+    cpus = max((amount for name, amount in resources if name.startswith("CPU")), default=0.0)
+    return str(max(1, int(cpus)))
+
+
+def _ready() -> bool:
+    """``handle.__ray_ready__.remote()``: true once the actor's __init__ has run."""
+    return True
+
+
+def exit_gracefully() -> None:
+    """``handle.__ray_terminate__.remote()``: end the actor after the calls queued before
+    (its ``__ray_shutdown__`` and atexit handlers run), as ``exit_actor()`` does."""
+    runtime_context.current.exit_requested = True
+    raise ActorExitRequest("__ray_terminate__ was called.")
+
+
 class TaskExecutor:
     """Runs tasks and, once it hosts an actor, that actor's calls; reports TaskFinished."""
 
@@ -74,10 +101,16 @@ class TaskExecutor:
         self.running: bytes | None = None  # the task a SIGINT (cancel) is meant for
         self.sigint_between_tasks = False  # a cancel may be for the task being set up
         self.instance: Any = None  # the actor, once StartActor ran
-        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # a threaded actor's threads, per concurrency group ("" is the default group)
+        self.pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.slots: asyncio.Semaphore | None = None
+        # an async actor's call slots, per concurrency group ("" is the default group)
+        self.slots: dict[str, asyncio.Semaphore] = {}
         self.async_calls: dict[bytes, concurrent.futures.Future[None]] = {}
+        self.exit_lock = threading.Lock()
+        # OMP_NUM_THREADS given by the node's or the runtime_env's environment: kept; else
+        # each task (and an actor) gets its CPU count, as in Ray
+        self.omp_from_env = os.environ.get("OMP_NUM_THREADS")
         # async calls rj.cancel reached: they end cancelled even if the method swallowed the
         # CancelledError and returned (Ray's get raises TaskCancelledError then too)
         self.cancelled_async: set[bytes] = set()
@@ -106,10 +139,25 @@ class TaskExecutor:
             future = asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
             self.async_calls[task.task_id] = future
             future.add_done_callback(lambda _: self._async_call_done(task.task_id))
-        elif self.pool is not None:
-            self.pool.submit(self._execute, task, getattr(self.instance, task.method))
+        elif self.pools:
+            pool = self.pools[self._group_of(task.method)]
+            pool.submit(self._execute, task, self._method(task.method))
         else:
-            self._execute(task, getattr(self.instance, task.method))
+            self._execute(task, self._method(task.method))
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        """The actor's method to call; the two every actor has are answered here."""
+        if name == READY_METHOD:
+            return _ready
+        if name == TERMINATE_METHOD:
+            return exit_gracefully
+        return getattr(self.instance, name)  # type: ignore[no-any-return]
+
+    def _group_of(self, name: str) -> str:
+        """The concurrency group of a method (@rj.method(concurrency_group=...)), "" if none."""
+        member = getattr(type(self.instance), name, None)
+        group = getattr(member, "__rayjupyter_concurrency_group__", "")
+        return group if group in self.pools or group in self.slots else ""
 
     def _async_call_done(self, task_id: bytes) -> None:
         self.async_calls.pop(task_id, None)
@@ -122,18 +170,24 @@ class TaskExecutor:
             self.functions[task.func_id] = function
         return function
 
-    def _enter(self, task: P.ExecuteTask) -> contextvars.Token[Any]:
+    def _enter(self, task: P.ExecuteTask, function: Any) -> contextvars.Token[Any]:
         if task.gpu_ids or not task.actor_id:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
         if not task.actor_id:  # (an actor's process keeps the actor's own)
             runtime_context.current.placement = task.strategy
-        return runtime_context.current_task.set((task.task_id, task.job_id, task.gpu_ids))
+            if self.omp_from_env is None:
+                os.environ["OMP_NUM_THREADS"] = _omp_threads(task.resources)
+        return runtime_context.current_task.set(
+            runtime_context.TaskInfo(
+                task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
+            )
+        )
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
         outer = self.running  # a task lent to us runs inside the wait of another
         placement = runtime_context.current.placement  # (the waiting task's, then)
-        token = self._enter(task)
-        exiting = False
+        omp = os.environ.get("OMP_NUM_THREADS")  # (and its OMP_NUM_THREADS)
+        token = self._enter(task, function)
         try:
             dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
@@ -149,10 +203,11 @@ class TaskExecutor:
                 self.running = outer
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
-            message = P.TaskFinished(task.task_id, self._store(task, result), None, False)
+            message: P.TaskFinished | None = P.TaskFinished(
+                task.task_id, self._store(task, result), None, False
+            )
         except ActorExitRequest:
-            exiting = True
-            message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+            message = None
         except KeyboardInterrupt:  # rj.cancel: the node turns this into TaskCancelledError
             message = self._failure(task, TaskCancelledError(f"Task {task.name!r} was cancelled."))
         except Exception as exc:
@@ -160,7 +215,9 @@ class TaskExecutor:
         finally:
             runtime_context.current_task.reset(token)
             runtime_context.current.placement = placement
-        self._finish(message, exiting)
+            if omp is not None and self.omp_from_env is None:
+                os.environ["OMP_NUM_THREADS"] = omp
+        self._finish(message, runtime_context.current.exit_requested)
 
     def _stop_if_cancelled(self, task_id: bytes) -> None:
         """rj.cancel that came while the task was being set up: its SIGINT was ignored."""
@@ -171,8 +228,7 @@ class TaskExecutor:
             raise KeyboardInterrupt
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
-        assert self.slots is not None
-        exiting = False
+        message: P.TaskFinished | None
         if task.task_id in self.cancelled_async:  # cancelled before it began
             self._finish(self._cancelled_async(task), False)
             return
@@ -180,13 +236,13 @@ class TaskExecutor:
         assert current is not None
         self.async_tasks[task.task_id] = current
         try:
-            async with self.slots:  # max_concurrency calls at once
-                token = self._enter(task)
+            # max_concurrency calls at once (per concurrency group)
+            async with self.slots[self._group_of(task.method)]:
+                token = self._enter(task, self._method(task.method))
                 try:
                     message = await self._call_async(task)
                 except ActorExitRequest:
-                    exiting = True
-                    message = P.TaskFinished(task.task_id, self._store(task, None), None, False)
+                    message = None
                 except Exception as exc:
                     message = self._failure(task, exc)
                 finally:
@@ -195,6 +251,7 @@ class TaskExecutor:
             message = self._cancelled_async(task)
         finally:
             del self.async_tasks[task.task_id]
+        exiting = runtime_context.current.exit_requested
         if task.task_id in self.cancelled_async and not exiting:
             message = self._cancelled_async(task)  # the method caught CancelledError
         self._finish(message, exiting)
@@ -207,7 +264,7 @@ class TaskExecutor:
     async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
         dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
         args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
-        result = getattr(self.instance, task.method)(*args, **kwargs)
+        result = self._method(task.method)(*args, **kwargs)
         if task.generator and inspect.isasyncgen(result):
             result = await self._run_async_generator(task, result)
         elif task.generator:
@@ -216,15 +273,39 @@ class TaskExecutor:
             result = await result
         return P.TaskFinished(task.task_id, self._store(task, result), None, False)
 
-    def _finish(self, message: P.TaskFinished, exiting: bool) -> None:
+    def _finish(self, message: P.TaskFinished | None, exiting: bool) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        if exiting:
-            actor_id = runtime_context.current.actor_id
-            self.client.send([message, P.ActorExiting(actor_id)])
+        if exiting:  # the call's caller sees the actor's death, not a value (as in Ray)
+            self._exit_process()
+        assert message is not None
+        self.client.send([message])
+
+    def _exit_process(self) -> None:
+        """exit_actor() / __ray_terminate__: the actor's ``__ray_shutdown__``, then the
+        process's atexit handlers, then tell the node and end (never to be restarted)."""
+        with self.exit_lock:  # once, whichever thread or coroutine gets here first
+            shutdown = getattr(self.instance, "__ray_shutdown__", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:
+                    traceback.print_exc()
+            with contextlib.suppress(Exception):
+                atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.client.send([P.ActorExiting(runtime_context.current.actor_id)])
             self.client.close()
             os._exit(0)
-        self.client.send([message])
+
+    async def _watch_exit(self) -> None:
+        """An async actor: exit_actor() called where no call returns to us (a task the
+        actor started itself) still ends the actor."""
+        while not runtime_context.current.exit_requested:
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(0.1)  # the call that asked, if any, ends the actor itself
+        self._exit_process()
 
     # ------------------------------------------------------------------ actors
 
@@ -234,25 +315,48 @@ class TaskExecutor:
         runtime_context.current.job_id = start.job_id
         runtime_context.current.actor_gpu_ids = start.gpu_ids
         runtime_context.current.placement = start.strategy
+        runtime_context.current.actor_name = start.name
+        runtime_context.current.actor_namespace = start.namespace
+        runtime_context.current.actor_class_name = start.class_name
+        runtime_context.current.actor_resources = dict(start.resources)
+        runtime_context.current.actor_restarted = start.restarts > 0
+        if self.omp_from_env is None:
+            os.environ["OMP_NUM_THREADS"] = _omp_threads(start.resources or ())
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
         try:
             cls = cloudpickle.loads(start.class_blob)
             dep_values = [self.client.materialize(info) for info in start.deps]
             args, kwargs = unpack_args(start.args_blob, dep_values, deserialize)
+            runtime_context.current.actor_methods = _method_table(cls)
+            runtime_context.current.actor_is_async = any(
+                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                for _, m in inspect.getmembers(cls)
+            )
             self.instance = cls(*args, **kwargs)
+        except ActorExitRequest:
+            pass  # exit_actor() in __init__: the actor starts, then ends at once
         except Exception as exc:
-            error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
-            self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
-            return
-        if any(
-            inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-            for _, m in inspect.getmembers(cls)
-        ):
+            if not runtime_context.current.exit_requested:
+                error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
+                self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
+                return
+        if runtime_context.current.exit_requested:
+            self.client.send([P.ActorStarted(start.actor_id, None)])
+            self._exit_process()
+        if runtime_context.current.actor_is_async:
             self.loop = asyncio.new_event_loop()
-            self.slots = asyncio.Semaphore(start.max_concurrency)
+            self.slots = {"": asyncio.Semaphore(start.max_concurrency)}
+            for group, size in start.concurrency_groups:
+                self.slots[group] = asyncio.Semaphore(size)
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
-        elif start.max_concurrency > 1:
-            self.pool = concurrent.futures.ThreadPoolExecutor(start.max_concurrency)
+            asyncio.run_coroutine_threadsafe(self._watch_exit(), self.loop)
+        elif start.max_concurrency > 1 or start.concurrency_groups:
+            # with groups, the default group gets threads too, so no group waits on another
+            pools = [("", start.max_concurrency), *start.concurrency_groups]
+            self.pools = {
+                group: concurrent.futures.ThreadPoolExecutor(size, group or "actor")
+                for group, size in pools
+            }
         self.client.send([P.ActorStarted(start.actor_id, None, _own_repr(self.instance))])
 
     # ------------------------------------------------------------------ generators

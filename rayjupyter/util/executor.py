@@ -57,13 +57,3 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; the cluster stays up (it belongs to ``rj.init``)."""
         self._shutdown = True
-
-
-def as_completed(refs: Iterable[ObjectRef], timeout: float | None = None) -> Iterator[ObjectRef]:
-    """Yield refs as their values become ready (like ``concurrent.futures.as_completed``)."""
-    pending = list(refs)
-    while pending:
-        ready, pending = api.wait(pending, num_returns=1, timeout=timeout)
-        if not ready:
-            raise TimeoutError(f"{len(pending)} ref(s) not ready after {timeout} s")
-        yield ready[0]

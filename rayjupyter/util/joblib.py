@@ -5,6 +5,8 @@
     with joblib.parallel_backend("rayjupyter"):
         search.fit(X, y)                  # scikit-learn's fits run on the cluster
 
+Ray's names work too: ``register_ray()`` and the backend ``"ray"``.
+
 Large arguments (numpy arrays and pandas objects over ``SHARE_THRESHOLD``, such as the X
 and y that scikit-learn passes to every fit) are put in the object store once per
 ``Parallel`` call and reach each task as a dependency, mapped zero-copy on the worker,
@@ -34,6 +36,7 @@ from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.serialization import INLINE_THRESHOLD
 
 BACKEND_NAME = "rayjupyter"
+RAY_BACKEND_NAME = "ray"  # the name Ray's ray.util.joblib registers, for ported code
 #: arguments larger than this (bytes) are put in the object store once per Parallel call;
 #: smaller ones ride inside the batch (the same size above which any value goes to shm)
 SHARE_THRESHOLD = INLINE_THRESHOLD
@@ -41,8 +44,15 @@ PUMP_S = 0.05  # how long a worker's completion thread waits per turn (workers h
 
 
 def register_rayjupyter() -> None:
-    """Make ``joblib.parallel_backend("rayjupyter")`` (and ``parallel_config``) available."""
+    """Make ``joblib.parallel_backend("rayjupyter")`` (and ``parallel_config``) available,
+    under Ray's name ``"ray"`` too."""
     register_parallel_backend(BACKEND_NAME, RayJupyterBackend)
+    register_parallel_backend(RAY_BACKEND_NAME, RayJupyterBackend)
+
+
+def register_ray() -> None:
+    """Ray's name for it: ``register_ray()`` then ``joblib.parallel_backend("ray")``."""
+    register_rayjupyter()
 
 
 # ------------------------------------------------------------------ on the worker

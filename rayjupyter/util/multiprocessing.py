@@ -94,7 +94,11 @@ class Pool:
         self._initializer = initializer
         self._initargs = tuple(initargs or ())
         self._maxtasks = maxtasksperchild
-        self._actor_class = api.remote(**(ray_remote_args or {}))(_PoolProcess)
+        self._actor_class = (
+            api.remote(**ray_remote_args)(_PoolProcess)
+            if ray_remote_args
+            else api.remote(_PoolProcess)
+        )
         self._actors = [self._new_process() for _ in range(processes)]
         self._counts = [0] * processes  # chunks sent to each current process
         self._retired: list[ActorHandle] = []  # told to end after their last chunk
