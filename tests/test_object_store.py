@@ -327,6 +327,48 @@ def test_an_object_larger_than_capacity_is_accepted(store: ObjectStore) -> None:
     assert store.size_of(oid(2)) == len(exact)
 
 
+def test_policy_refuses_what_does_not_fit_only_when_spilling_failed() -> None:
+    policy = StorePolicy(capacity=100)
+    policy.added(oid(1), 80)
+    assert policy.admits(20, spill_failed=True)  # fits: spilling was not needed
+    assert not policy.admits(30, spill_failed=True)  # the spill disk is full: refused
+    assert policy.admits(30, spill_failed=False)  # nothing to spill (pinned): over capacity
+
+
+def test_a_full_or_unwritable_spill_dir_refuses_the_new_object_and_keeps_the_rest(
+    session: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "spill"
+    blocker.write_bytes(b"")  # a file where the spill directory goes: no spill can be made
+    st = ObjectStore(session, capacity=3 * MiB, spill_dir=str(blocker))
+    try:
+        kept = {n: put(st, oid(n), np.full(MiB // 8 - 64, n, dtype=np.float64)) for n in (1, 2)}
+        used = st.used_bytes
+        with pytest.raises(ObjectStoreFullError, match="object_store_memory") as info:
+            put(st, oid(3), np.zeros(2 * MiB // 8))
+        assert str(blocker) in str(info.value)
+        assert not os.path.exists(st.path_of(oid(3))) and not st.contains(oid(3))
+        assert st.used_bytes == used and st.spilled_bytes == 0  # nothing half done
+        for n, exact in kept.items():
+            assert file_bytes(st.path_of(oid(n))) == exact
+        st.policy.validate()
+    finally:
+        st.shutdown()
+
+
+def test_a_spilled_object_is_restored_even_when_others_cannot_be_spilled(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    exact = {n: put(store, oid(n), np.full(MiB // 8 - 64, n, dtype=np.float64)) for n in (1, 2)}
+    exact[3] = put(store, oid(3), np.zeros(2 * MiB // 8 - 64))  # spills 1
+    assert store.is_spilled(oid(1))
+    for n in (2, 3):  # a directory where their spill files go: spilling them fails
+        os.mkdir(tmp_path / "spill" / oid(n).hex())
+    store.restore(oid(1))  # a reader needs it: read over capacity rather than fail
+    assert file_bytes(store.path_of(oid(1))) == exact[1]
+    assert store.used_bytes > store.capacity and not store.is_spilled(oid(2))
+
+
 def test_readers_keep_their_memory_when_an_object_is_spilled(store: ObjectStore) -> None:
     array = np.arange(MiB // 8 - 64, dtype=np.float64)
     put(store, oid(1), array)

@@ -56,7 +56,7 @@ class ValueReader:
         cond: threading.Condition,
         send: Callable[[list[Any]], None],
         wait: Callable[[Callable[[], bool], float | None], bool],
-        restore: Callable[[bytes, float | None], None],
+        restore: Callable[[bytes, float | None], P.ObjectInfo],
     ) -> None:
         self.session = session
         self.remote = remote  # on another machine than the node: no shared memory here
@@ -66,7 +66,7 @@ class ValueReader:
         self.cond = cond
         self.send = send
         self.wait = wait
-        self.restore = restore  # a spilled value: the node brings it back
+        self.restore = restore  # a spilled value: the node brings it back (or says why not)
         self.mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
         self.mapped_bytes: dict[bytes, int] = {}
         self.fetches: dict[bytes, Fetch] = {}
@@ -98,7 +98,9 @@ class ValueReader:
             try:
                 view = map_object(path, on_release=lambda: self.pins.append((False, object_id)))
             except FileNotFoundError:  # spilled to disk: ask the node to bring it back
-                self.restore(object_id, timeout)
+                fresh = self.restore(object_id, timeout)
+                if fresh[3] or fresh[1] is not None:  # e.g. ObjectStoreFullError: no room
+                    return self.materialize(fresh, timeout, keep_mapped=keep_mapped)
                 continue
             self.pins.append((True, object_id))
             if keep_mapped:

@@ -257,7 +257,11 @@ class NodeObjects:
 
     def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
         if entry.in_store:
-            self.store.restore(object_id)
+            try:
+                self.store.restore(object_id)
+            except ObjectStoreFullError as exc:  # /dev/shm itself is full: this read fails
+                blob = pickle.dumps(exc, protocol=5)
+                return (object_id, blob, len(blob), True)
             self.store.touch(object_id)
         return (object_id, entry.inline, entry.size, entry.is_error)
 
@@ -276,14 +280,20 @@ class NodeObjects:
         if location:
             self._set_ready_elsewhere(object_id, entry, size, location)
             return
+        if inline is None:
+            try:
+                self.store.add(object_id, size)
+            except ObjectStoreFullError as exc:
+                # no room even by spilling: the value is this error, so a get raises it
+                # and the tasks waiting for it fail, rather than wait for ever
+                inline = pickle.dumps(exc, protocol=5)
+                size, is_error, contained = len(inline), True, ()
         entry.location = ""
         entry.ready = True
         entry.inline = inline
         entry.size = size
         entry.is_error = is_error
-        if inline is None:
-            entry.in_store = True
-            self.store.add(object_id, size)
+        entry.in_store = inline is None
         entry.contained = contained
         for inner in contained:
             self.incref(inner)

@@ -16,6 +16,7 @@ import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from rayjupyter.core.exceptions import ObjectStoreFullError
 from rayjupyter.core.object_files import (
     COPY_CHUNK,
     POOL_MIN_SIZE,
@@ -109,6 +110,18 @@ class StorePolicy:
             if need <= 0:
                 break
         return victims
+
+    def admits(self, incoming: int, spill_failed: bool) -> bool:
+        """Whether a new object of incoming bytes is accounted once room was sought for it.
+
+        It is when it fits, and when nothing could be spilled (every object pinned, or one
+        larger than the whole capacity): its writer already wrote it, and refusing it would
+        fail work that will fit once readers let go. When spilling failed (the spill
+        directory is full or unwritable) and it does not fit, it is refused: the store is
+        really full, and the one who made the object hears ObjectStoreFullError instead of
+        the node's memory growing past its capacity without bound.
+        """
+        return not spill_failed or self.used_bytes + incoming <= self.capacity
 
     def added(self, object_id: bytes, size: int) -> bool:
         """Account a new in-memory object; False if it was already known (nothing changed)."""
@@ -278,13 +291,22 @@ class ObjectStore:
         """A sealed shm file for object_id exists: account it; spill LRU objects if over capacity.
 
         An object larger than the whole capacity is still accepted (its writer already wrote it).
+        If spilling fails (spill directory full or unwritable) and the object does not fit,
+        its file is deleted and ObjectStoreFullError raised (``StorePolicy.admits``): the
+        caller makes that error the object's value, so whoever waits for it hears why.
         """
+        if self._policy.contains(object_id):
+            self._policy.touch(object_id)
+            return
         if size >= POOL_MIN_SIZE or self._pool_seq:
             pooled = pooled_files(self._pool_prefix)
             if self._policy.used_bytes + sum(s for s, _ in pooled) + size > self.capacity:
                 for _, path in pooled:  # reusable files go before live objects are spilled
                     unlink_quietly(path)
-        self._make_room(size, exclude=object_id)
+        failure = self._make_room(size, exclude=object_id)
+        if failure is not None and not self._policy.admits(size, spill_failed=True):
+            unlink_quietly(self.path_of(object_id))
+            raise self._full_error(size, failure)
         self._policy.added(object_id, size)
 
     def touch(self, object_id: bytes) -> None:
@@ -302,7 +324,11 @@ class ObjectStore:
         self._policy.release_client(client)
 
     def restore(self, object_id: bytes) -> None:
-        """If object_id is spilled, copy it back to shared memory (spilling others to make room)."""
+        """If object_id is spilled, copy it back to shared memory (spilling others to make room).
+
+        A value someone reads is restored even when others cannot be spilled (a full spill
+        directory): the store goes over its capacity for it rather than fail the read.
+        """
         entry = self._policy.entry(object_id)
         if not entry.spilled:
             self._policy.touch(object_id)
@@ -366,9 +392,26 @@ class ObjectStore:
     def _spill_path(self, object_id: bytes) -> str:
         return os.path.join(self.spill_dir, object_id.hex())
 
-    def _make_room(self, incoming: int, exclude: bytes) -> None:
+    def _make_room(self, incoming: int, exclude: bytes) -> Exception | None:
+        """Spill what the policy picks; the error that stopped it, or None if all went.
+
+        Victims spilled before a failure stay spilled (the accounting follows each one).
+        """
         for victim in self._policy.plan_room(incoming, exclude=exclude):
-            self._spill(victim)
+            try:
+                self._spill(victim)
+            except (OSError, ObjectStoreFullError) as exc:  # ENOSPC comes as the latter
+                return exc
+        return None
+
+    def _full_error(self, size: int, cause: Exception) -> ObjectStoreFullError:
+        return ObjectStoreFullError(
+            f"The object store is full: a {size}-byte object does not fit in its "
+            f"{self.capacity} bytes ({self._policy.used_bytes} in use) and spilling to "
+            f"{self.spill_dir} failed ({cause}). Start the cluster with a larger "
+            f"object_store_memory (rj.init(object_store_memory=...)), give {self.spill_dir} "
+            f"more free space (or make it writable), or drop ObjectRefs you no longer need."
+        )
 
     def _spill(self, object_id: bytes) -> None:
         entry = self._policy.entry(object_id)

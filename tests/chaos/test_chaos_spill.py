@@ -71,14 +71,6 @@ def small_store(tmp_path: Path) -> Iterator[Any]:
         shutil.rmtree(spill.parent, ignore_errors=True)
 
 
-DEFECT_SPILL_FULL = (
-    "a full spill disk: spilling to make room for a finished task's result raises "
-    "ObjectStoreFullError inside the node's TaskFinished handler, reported as an internal "
-    "error; the result never becomes ready or failed, so get hangs (the task is lost)"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DEFECT_SPILL_FULL)
 def test_spill_disk_full(small_store: Any, request: pytest.FixtureRequest) -> None:
     report = reporter(request.config)
     report.seed = chaos_seed()
