@@ -430,8 +430,7 @@ class Client:
         return [self.objects[oid] for oid in object_ids]
 
     def _restore(self, object_id: bytes, timeout: float | None) -> P.ObjectInfo:
-        """A value spilled to disk: ask the node to bring it back, wait until it has; what
-        the node answers (an error instead, when the store had no room for it)."""
+        """A spilled value: the node brings it back (or answers with why not: no room)."""
         self.objects.pop(object_id, None)
         self._request_missing([object_id], restore=True)
         return self.get_infos([object_id], timeout)[0]
