@@ -17,6 +17,8 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
+from rayjupyter.core import protocol_jobs
+
 PROTOCOL_VERSION = 5  # 4: placement groups, 5: jobs (new kinds shift the indices of later ones)
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
@@ -394,60 +396,15 @@ class QueryPlacementGroups(NamedTuple):
 
 
 # ---------------------------------------------------------------- client -> head: Jobs API
-# Ray's Jobs API over the authenticated transport (never an open HTTP port). Each is
-# answered with ``Reply(request_id, value)``; the head's ``node_jobs.NodeJobs`` handles
-# them (``JOB_MESSAGES``), a node that is not the head answers with an error naming it.
+# defined in protocol_jobs (kept apart for size), framed here, reachable as P.<name>
 
-
-class SubmitJob(NamedTuple):
-    """Run ``entrypoint`` (a shell command) on the head: answered with the submission id."""
-
-    request_id: int
-    submission_id: str  # "" for a new one
-    entrypoint: str
-    runtime_env: dict[str, Any]  # as the user gave it (shown back by get_job_info)
-    env: str  # digest of the runtime_env registered beforehand ("" for none)
-    metadata: dict[str, str]
-
-
-class GetJobInfo(NamedTuple):
-    """One job as ``read_models.JobRow``, or a RuntimeError if there is none."""
-
-    request_id: int
-    submission_id: str
-
-
-class ListJobs(NamedTuple):
-    """Every job the head remembers: a list of ``read_models.JobRow``."""
-
-    request_id: int
-
-
-class StopJob(NamedTuple):
-    """SIGTERM to the job's process group, SIGKILL later: True if it was live."""
-
-    request_id: int
-    submission_id: str
-
-
-class DeleteJob(NamedTuple):
-    """Forget an ended job and its log: True once deleted."""
-
-    request_id: int
-    submission_id: str
-
-
-class GetJobLogs(NamedTuple):
-    """The job's output from byte ``offset``: (text, next offset, job ended)."""
-
-    request_id: int
-    submission_id: str
-    offset: int
-    max_bytes: int  # at most this much per answer
-
-
-#: the Jobs API's messages, handled by the head's job part
-JOB_MESSAGES = (SubmitJob, GetJobInfo, ListJobs, StopJob, DeleteJob, GetJobLogs)
+SubmitJob = protocol_jobs.SubmitJob
+GetJobInfo = protocol_jobs.GetJobInfo
+ListJobs = protocol_jobs.ListJobs
+StopJob = protocol_jobs.StopJob
+DeleteJob = protocol_jobs.DeleteJob
+GetJobLogs = protocol_jobs.GetJobLogs
+JOB_MESSAGES = protocol_jobs.JOB_MESSAGES
 
 
 # ---------------------------------------------------------------- node -> client
