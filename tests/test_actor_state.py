@@ -91,6 +91,8 @@ class Shell:
         self.ended: dict[bytes, tuple[TaskState, bytes | None]] = {}
         self.checking = True
         self.remote: list[TaskRecord] = []  # plain tasks sent to a peer (spill-over)
+        # calls waiting on a task's value (node_objects: its error fails them as it lands)
+        self.waiters: dict[bytes, list[TaskRecord]] = {}
 
     def check(self) -> None:
         self.state.validate()
@@ -119,15 +121,14 @@ class Shell:
             elif op == A.TELL_HOME:
                 self.told_home.append((instruction[1].actor_id, instruction[2], instruction[3]))
             elif op == A.FAIL_CALL:
-                self.fail(instruction[1], instruction[2])
+                assert instruction[1].state is TaskState.FAILED, instruction  # the table's
+                self.published(instruction[1], instruction[2])
             elif op == A.UNPIN_CALL:
                 assert instruction[1].state is TaskState.READY
             elif op == A.ACTOR_ENDED:
                 self.state.forget(instruction[1].creation)
             elif op == ns.FAILED:
-                task = instruction[1]
-                self.ended[task.task_id] = (task.state, instruction[2])
-                self.state.forget(task)
+                self.published(instruction[1], instruction[2])
             elif op == ns.DROP_ACTOR_CALL:
                 self.table.drop_call(instruction[1])
             elif op == ns.ACTOR_PROCESS_DIED:
@@ -163,8 +164,16 @@ class Shell:
     def fail(self, task: TaskRecord, blob: bytes) -> None:
         """What node_tasks.fail_task does: FAILED, returns become the error."""
         self.state.fail(task)
+        self.published(task, blob)
+
+    def published(self, task: TaskRecord, blob: bytes) -> None:
+        """What node_tasks.task_failed does: the returns become the error, which fails
+        the tasks still waiting on them (node_objects.set_ready)."""
         self.ended[task.task_id] = (task.state, blob)
         self.state.forget(task)
+        for waiter in self.waiters.pop(task.task_id, []):
+            if waiter.state is TaskState.WAITING:
+                self.fail(waiter, blob)
 
     # ------------------------------------------------------------------ events
 
@@ -193,9 +202,19 @@ class Shell:
                 self.run(self.state.worker_connected(worker))
         self.state.turn_ended()
 
-    def call(self, actor: ActorRecord, caller: bytes = b"driver", ready: bool = True):
+    def call(
+        self,
+        actor: ActorRecord,
+        caller: bytes = b"driver",
+        ready: bool = True,
+        waits_on: TaskRecord | None = None,
+    ):
+        """A call; ``waits_on``: its argument is that task's value (it is not ready)."""
         task = make_call(actor.actor_id, caller)
         self.state.submit(task)
+        if waits_on is not None:
+            ready = False
+            self.waiters.setdefault(waits_on.task_id, []).append(task)
         out = self.table.admit_call(task)
         if out:
             self.run(out)
@@ -391,6 +410,52 @@ def test_kill_is_a_state_until_the_process_ends_then_it_restarts_or_dies() -> No
     assert actor.state is ActorState.DEAD
     assert "killed by rj.kill()" in str(error_of(actor.death_error))
     assert "killed by rj.kill()" in str(error_of(shell.ended[late.task_id][1]))
+
+
+@pytest.mark.parametrize("calls_first", [False, True], ids=["kill_first", "calls_first"])
+def test_a_dead_actors_call_waiting_on_another_of_its_calls_fails_once(
+    calls_first: bool,
+) -> None:
+    """rj.kill() and ``a.foo.remote(a.dep.remote())`` (dep queued, or running): the death
+    fails both calls, and publishing dep's error fails foo (which waits on it) before the
+    shell reaches foo's FAIL_CALL. The table marks each call FAILED as it decides, so foo
+    is not failed twice (it was: FAILED -> FAILED crashed the node)."""
+    shell = Shell()
+    actor = shell.create()
+    shell.schedule()
+    if not calls_first:
+        shell.run(shell.table.kill(actor.actor_id, no_restart=False))
+    dep = shell.call(actor)
+    foo = shell.call(actor, waits_on=dep)
+    assert (dep in shell.dispatched) is calls_first
+    if calls_first:
+        shell.run(shell.table.kill(actor.actor_id, no_restart=False))
+    shell.process_dies(actor)
+    assert actor.state is ActorState.DEAD
+    for task in (dep, foo):
+        state, blob = shell.ended[task.task_id]
+        assert state is TaskState.FAILED and isinstance(error_of(blob), ActorDiedError)
+        assert "killed by rj.kill()" in str(error_of(blob))
+
+
+def test_a_restarted_actors_call_waits_on_its_earlier_call_and_runs_after_it() -> None:
+    """The same with a restart: dep runs on the new process and foo, waiting on it,
+    follows once dep's value exists; nothing fails."""
+    shell = Shell()
+    actor = shell.create(max_restarts=1)
+    shell.schedule()
+    shell.run(shell.table.kill(actor.actor_id, no_restart=False))
+    dep = shell.call(actor)
+    foo = shell.call(actor, waits_on=dep)
+    shell.process_dies(actor)
+    assert actor.state is ActorState.PENDING
+    shell.schedule()
+    assert shell.dispatched == [dep]
+    shell.answer(dep)
+    shell.ready(foo)  # dep's value exists
+    assert shell.dispatched == [foo]
+    shell.answer(foo)
+    assert shell.ended[foo.task_id] == (TaskState.FINISHED, None)
 
 
 def test_kill_before_start_ends_it_and_exit_actor_never_restarts() -> None:

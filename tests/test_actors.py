@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 
 import pytest
 from helpers import wait_for_condition
@@ -97,6 +98,52 @@ def test_kill_then_a_call_raises_ray_actor_error():
     rj.kill(counter)
     with pytest.raises(RayActorError, match="killed"):
         rj.get(counter.increment.remote(), timeout=30)
+
+
+@rj.remote
+class Dependent:
+    def dep(self, seconds):
+        time.sleep(seconds)
+        return 7
+
+    def foo(self, x):
+        return x
+
+
+@rj.remote
+def answer():
+    return 42
+
+
+@pytest.mark.parametrize("calls_first", [False, True], ids=["kill_first", "calls_first"])
+def test_a_killed_actors_call_waiting_on_its_own_call_fails_and_the_node_lives(calls_first):
+    """Ray's test_failure_during_dependency_resolution: kill(no_restart=False) of an actor
+    without restarts, and a call whose argument is another call of it, made after the kill
+    (racing the process's end) or before it (dep runs, foo waits on it: always the case
+    that crashed). Both fail with ActorDiedError; the node used to fail foo twice."""
+    actor = Dependent.remote()
+    assert rj.get(actor.foo.remote(1), timeout=30) == 1
+    if calls_first:
+        dep = actor.dep.remote(3600)
+        ref = actor.foo.remote(dep)
+        assert rj.wait([ref], timeout=0.5)[0] == []  # dep runs; foo waits on it
+    rj.kill(actor, no_restart=False)
+    if not calls_first:
+        dep = actor.dep.remote(3600)
+        ref = actor.foo.remote(dep)
+    for each in (dep, ref):
+        with pytest.raises(ActorDiedError, match="killed"):
+            rj.get(each, timeout=30)
+    assert rj.get(answer.remote(), timeout=30) == 42  # the node still answers
+
+
+def test_a_killed_actor_that_restarts_runs_a_call_waiting_on_its_own_call():
+    actor = Dependent.options(max_restarts=1).remote()
+    assert rj.get(actor.foo.remote(1), timeout=30) == 1
+    rj.kill(actor, no_restart=False)
+    dep = actor.dep.remote(0.2)
+    assert rj.get(actor.foo.remote(dep), timeout=30) == 7
+    assert rj.get(dep, timeout=30) == 7
 
 
 def test_sigkilled_actor_restarts_with_new_pid_and_fresh_state():

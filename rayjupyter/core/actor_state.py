@@ -75,7 +75,7 @@ FORWARD_CALL = 34  # (FORWARD_CALL, task, peer): send a call to the peer hosting
 KILL_PROCESS = 35  # (KILL_PROCESS, worker): SIGKILL the actor's process here
 STOP_HOSTED = 36  # (STOP_HOSTED, actor, address, task_ids): its host stops it; those calls: stale
 TELL_HOME = 37  # (TELL_HOME, actor, reason, restartable): it ran here for a peer: tell it
-FAIL_CALL = 38  # (FAIL_CALL, task, error_blob): unpin its arguments, fail it
+FAIL_CALL = 38  # (FAIL_CALL, task, error_blob): it is FAILED now: unpin its arguments, publish
 UNPIN_CALL = 39  # (UNPIN_CALL, task): it left the process (it is queued again)
 ACTOR_ENDED = 40  # (ACTOR_ENDED, actor, named_detached): forget its creation (and save file)
 
@@ -232,13 +232,21 @@ class ActorTable:
         actor = self.actors.get(task.actor_id)
         if actor is None or actor.state is ActorState.DEAD:
             if actor is not None:
-                return [(FAIL_CALL, task, actor.death_error)]
+                return [self.fail_call(task, actor.death_error)]
             error = ActorDiedError(f"No actor {task.actor_id.hex()} exists on this cluster.")
-            return [(FAIL_CALL, task, pickle.dumps(error, protocol=5))]
+            return [self.fail_call(task, pickle.dumps(error, protocol=5))]
         task.max_retries = int(actor.options.get("max_task_retries") or 0)
         task.job, task.namespace = actor.job, actor.namespace
         actor.enqueue(task)
         return _NONE
+
+    def fail_call(self, task: TaskRecord, error_blob: bytes) -> Instruction:
+        """The call is FAILED from now, decided here rather than when the shell gets to
+        the instruction: publishing one call's error fails the calls waiting on its value
+        (the shell's dependency propagation), and a call of the same batch that waits on it
+        must then be seen as failed already, not failed a second time."""
+        self.state.fail(task)
+        return (FAIL_CALL, task, error_blob)
 
     def drop_call(self, task: TaskRecord) -> None:
         """A queued call was cancelled."""
@@ -451,7 +459,7 @@ class ActorTable:
         retried = []
         for task in actor.in_flight.values():
             if task.state is TaskState.CANCELLED:  # rj.cancel asked for it to stop
-                out.append((FAIL_CALL, task, cancelled_error(task)))
+                out.append(self.fail_call(task, cancelled_error(task)))
             elif task.retry():
                 task.worker = None
                 task.transition(TaskState.READY)
@@ -464,7 +472,7 @@ class ActorTable:
                     f"retried (max_task_retries={task.max_retries})."
                 )
                 error.actor_id = actor.actor_id.hex()  # Ray's attribute (travels with the pickle)
-                out.append((FAIL_CALL, task, pickle.dumps(error, protocol=5)))
+                out.append(self.fail_call(task, pickle.dumps(error, protocol=5)))
         actor.in_flight.clear()
         actor.requeue(retried)
         actor.transition(ActorState.PENDING)
@@ -493,7 +501,7 @@ class ActorTable:
         actor.transition(ActorState.DEAD)
         for task in [*actor.in_flight.values(), *actor.queued_calls()]:
             if task.state not in (TaskState.FINISHED, TaskState.FAILED):
-                out.append((FAIL_CALL, task, actor.death_error))
+                out.append(self.fail_call(task, actor.death_error))
         actor.in_flight.clear()
         actor.calls.clear()
         named_detached = False

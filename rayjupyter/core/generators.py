@@ -13,7 +13,6 @@ an item that is not here when the completed ref is has never been made: the stre
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -102,6 +101,8 @@ class ObjectRefGenerator:
             future: concurrent.futures.Future[None] = concurrent.futures.Future()
             for object_id in self._watch_ids():
                 self._client.when_ready(object_id, functools.partial(_settle, future))
+            import asyncio  # only for async iteration: a driver need not import it
+
             await asyncio.wrap_future(future)
             state = self._state()
         ref = self._take(state)

@@ -352,6 +352,7 @@ class Node:
         self.admit = tasks.admit
         self.task_ready = tasks.task_ready
         self.fail_task = tasks.fail_task
+        self.task_failed = tasks.task_failed
         self.forget_task = tasks.forget_task
         self.unpin_deps = tasks.unpin_deps
         self.dispatch = tasks.dispatch

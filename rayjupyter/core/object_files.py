@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -176,7 +175,8 @@ def write_object(path: str, sobj: FlatLayout | SerializedObject, pool: str | Non
 
 _PROT_READ: Final[int] = 0x1
 _MAP_SHARED: Final[int] = 0x01
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# the process's own symbols include libc's: find_library("c") would run ldconfig at import
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [
     ctypes.c_void_p,

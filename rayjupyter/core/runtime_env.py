@@ -20,7 +20,6 @@ import json
 import os
 import stat
 import types
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -209,6 +208,8 @@ def pack(path: str, *, top: str = "", excludes: tuple[str, ...] = (), what: str)
             f"limit: list large files or folders in runtime_env['excludes'] (e.g. 'data/', "
             f"'*.parquet') or move them out"
         )
+    import zipfile  # only where a package is made: zipfile costs every driver ~5 ms at import
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for disk_path, name, mode in entries:
