@@ -229,6 +229,15 @@ def test_writers_round_trip(tmp_path, frame):
     assert rd.read_numpy(str(tmp_path / "np")).count() == 6
 
 
+def test_a_write_behind_map_batches_makes_a_file_per_block_not_per_batch(tmp_path):
+    # fused behind map_batches the writer sees one table per batch: joined into blocks first
+    ds = rd.range(3_000, override_num_blocks=3).map_batches(lambda b: b, batch_size=100)
+    ds.write_parquet(str(tmp_path / "pq"))
+    files = sorted((tmp_path / "pq").iterdir())
+    assert len(files) == 3
+    assert sorted(rd.read_parquet(str(tmp_path / "pq")).to_pandas()["id"]) == list(range(3_000))
+
+
 def test_user_error_raises_its_type_naming_the_operator():
     def bad(batch):
         raise ZeroDivisionError("no rows today")

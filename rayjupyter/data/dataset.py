@@ -468,7 +468,8 @@ class Dataset:
     def _write(self, name: str, writer: Any) -> None:
         from rayjupyter.data.stages import WriteBlocks
 
-        ds = self._map(name, WriteBlocks(name, writer), Compute(), ())
+        block_bytes = self._ctx.target_max_block_size
+        ds = self._map(name, WriteBlocks(name, writer, block_bytes), Compute(), ())
         for _ in ds._execute():
             pass
         self._last_stats = ds._last_stats

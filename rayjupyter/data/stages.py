@@ -191,12 +191,17 @@ class RenameColumns(Stage):
 
 @dataclass
 class WriteBlocks(Stage):
-    """A sink: writes each block with ``writer(table, index)``, yields a one-row summary."""
+    """A sink: writes each block with ``writer(table, index)``, yields a one-row summary.
+
+    What reaches it is joined into blocks of up to ``target_bytes`` first: fused behind a
+    map_batches, it sees one small table per batch, and a file per batch (1,024 rows) made
+    a 2 GB write 122,000 files and slower than Ray Data, which writes a file per block."""
 
     writer: Callable[[pa.Table, str], str]
+    target_bytes: int = 128 * 1024 * 1024
 
     def apply(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        for i, table in enumerate(tables):
+        for i, table in enumerate(coalesce(tables, self.target_bytes)):
             if table.num_rows == 0:
                 continue
             path = self.writer(table, f"{uuid.uuid4().hex[:12]}_{i:06d}")
