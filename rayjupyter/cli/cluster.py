@@ -282,7 +282,9 @@ def render_status(address: str, status: NodeStatus) -> str:
     lines = [f"Cluster at {address}", "", "Nodes:"]
     for row in status.nodes:
         state = "alive" if row.Alive else "DEAD"
-        custom = {k: v for k, v in row.Resources.items() if k not in ("object_store_memory",)}
+        custom = {
+            k: v for k, v in row.Resources.items() if k not in ("object_store_memory", "memory")
+        }
         lines.append(f"  {row.NodeID[:12]}  {row.address:<22} {state:<6} {_format(custom)}")
     lines += ["", "Resources (used / total):"]
     total = status.total
@@ -291,6 +293,9 @@ def render_status(address: str, status: NodeStatus) -> str:
         if key == "object_store_memory":
             continue
         used = total[key] - available.get(key, total[key])
+        if key == "memory":  # bytes, as Ray's status shows it
+            lines.append(f"  {used / 2**30:.2f}GiB/{total[key] / 2**30:.2f}GiB memory")
+            continue
         lines.append(f"  {used:g}/{total[key]:g} {key}")
     store = status.store
     if store.capacity:

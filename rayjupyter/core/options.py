@@ -371,7 +371,8 @@ def merge_options(
 
 
 def resource_demand(options: Mapping[str, Any], *, for_placement: bool = False) -> dict[str, float]:
-    """What a task or actor needs from a node: {"CPU": .., "GPU": .., **resources}, no zeros.
+    """What a task or actor needs from a node: {"CPU": .., "GPU": .., "memory": bytes,
+    **resources}, no zeros.
 
     num_cpus=None is an actor's default: 1 CPU to place it (for_placement), 0 while it runs.
     """
@@ -382,6 +383,8 @@ def resource_demand(options: Mapping[str, Any], *, for_placement: bool = False) 
         "CPU": float(num_cpus),
         "GPU": float(options.get("num_gpus") or 0),
     }
+    if options.get("memory"):  # bytes of the node's "memory" resource (config.node_totals)
+        demand["memory"] = float(options["memory"])
     for name, amount in (options.get("resources") or {}).items():
         demand[name] = float(amount)
     return {name: amount for name, amount in demand.items() if amount != 0}

@@ -20,6 +20,7 @@ from rayjupyter.core import (
     signatures,
 )
 from rayjupyter.core.client import Client
+from rayjupyter.core.config import check_definition_size
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
@@ -79,13 +80,15 @@ class RemoteFunction:
     def _function_blob(self) -> bytes:
         if self._blob is None:
             try:
-                self._blob = serialization.dumps(self._function)
+                blob = serialization.dumps(self._function)
             except Exception as exc:
                 raise SerializationError(
                     f"Could not serialize the function {self._name!r}: {exc}. Something it "
                     f"uses from its enclosing scope (a lock, a socket, an open file?) cannot be "
                     f"pickled; create it inside the function instead."
                 ) from exc
+            check_definition_size(blob, f"remote function {_qualified(self._function)}")
+            self._blob = blob
         return self._blob
 
     def _arguments_check(self) -> signatures.ArgumentCheck | None:
@@ -132,6 +135,13 @@ def generator_options(num_returns: Any, options: dict[str, Any], name: str) -> t
     return mode, -1 if backpressure is None else int(backpressure)
 
 
+def _qualified(function: Callable[..., Any]) -> str:
+    """module.qualname of a function, as error messages name it."""
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", "task")
+    module = getattr(function, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
 def _rebuild(
     function: Callable[..., Any], options: dict[str, Any], func_id: bytes
 ) -> RemoteFunction:
@@ -172,6 +182,8 @@ def submit(
     check = function._argcheck if function._argcheck_known else function._arguments_check()
     if check is not None:
         check.check(function._name, args, kwargs)
+    func_id = function._func_id
+    blob = None if func_id in client.sent_funcs else function._function_blob()
     env = function._env_digest(client)
     demand, strategy = function._demand, ""
     if function._strategy is not None or runtime_context.current.placement:
@@ -182,10 +194,7 @@ def submit(
     mode, backpressure = generator_options(num_returns, function._options, function._name)
     count = 1 if mode else int(num_returns)
     return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
-    func_id = function._func_id
-    blob = None
-    if func_id not in client.sent_funcs:
-        blob = function._function_blob()
+    if blob is not None:
         client.sent_funcs.add(func_id)
     stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
     refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
