@@ -241,6 +241,14 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         OptionSpec(
             "max_retries", _integer(-1, "-1 retries forever"), 3, _NA, "retries on worker death"
         ),
+        # None: 0 (no limit), or 1 for a function that asks for GPUs (RemoteFunction, as Ray)
+        OptionSpec(
+            "max_calls",
+            _optional(_integer(0, "0 means no limit")),
+            None,
+            _NA,
+            "runs of the function a worker makes before it exits (worker_pool.py)",
+        ),
         OptionSpec(
             "retry_exceptions", _retry_exceptions, False, _NA, "also retry application errors"
         ),

@@ -43,6 +43,8 @@ class RemoteFunction:
         is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
         if "num_returns" not in options and is_generator:
             options = {**options, "num_returns": "streaming"}  # as in Ray
+        if options.get("max_calls") is None:  # as Ray: a GPU function's worker runs it once
+            options = {**options, "max_calls": 1 if options.get("num_gpus") else 0}
         self._options = option_table.merge_options(
             option_table.task_defaults(), options, for_actor=False
         )
@@ -70,7 +72,13 @@ class RemoteFunction:
         return (_rebuild, (self._function, self._options, self._func_id))
 
     def options(self, **options: Any) -> RemoteFunction:
-        """A copy with some options changed; the function itself is shipped once for both."""
+        """A copy with some options changed; the function itself is shipped once for both.
+        ``max_calls`` belongs to the function's definition: refused here, as in Ray."""
+        if "max_calls" in options:
+            raise ValueError(
+                f"{self._name!r}: max_calls cannot be set in .options(); give it to "
+                f"@remote(max_calls=...) where the function is defined."
+            )
         merged = option_table.merge_options(self._options, options, for_actor=False)
         copy = RemoteFunction(self._function, merged, self._func_id)
         copy._blob = self._blob
@@ -217,6 +225,7 @@ def submit(
             mode,
             backpressure,
             strategy,
+            function._options["max_calls"],
         )
     )
     if stream is not None:
