@@ -95,7 +95,8 @@ def test_memory_is_reported_and_reserved(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize(
-    "switch", ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "RAYJUPYTER_NOSET_CUDA_VISIBLE_DEVICES"]
+    "switch",
+    ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "RAYJUPYTER_NOSET_CUDA_VISIBLE_DEVICES"],
 )
 def test_the_noset_switch_leaves_cuda_visible_devices_alone(monkeypatch, switch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

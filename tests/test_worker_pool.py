@@ -135,7 +135,7 @@ def test_memory_is_a_resource_in_bytes() -> None:
 def test_a_definition_past_the_bound_is_refused_naming_the_setting(monkeypatch) -> None:
     monkeypatch.setenv("RAYJUPYTER_MAX_FUNCTION_BYTES", "1000")
     config.check_definition_size(b"x" * 1000, "remote function m.f")
-    with pytest.raises(ValueError, match="The remote function m.f is too large") as info:
+    with pytest.raises(ValueError, match=r"The remote function m\.f is too large") as info:
         config.check_definition_size(b"x" * 1001, "remote function m.f")
     assert "RAYJUPYTER_MAX_FUNCTION_BYTES" in str(info.value)
     assert "\n" not in str(info.value)
