@@ -68,7 +68,6 @@ def make_task(
         max_retries=max_retries,
         retry_exceptions=False,
         env=env,
-        pool=worker_pool.pool_of(env, demand),  # as the node's submit sets it
         max_calls=max_calls,
         parent=parent,
         strategy=strategy,

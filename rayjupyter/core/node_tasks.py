@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from rayjupyter.core import ids, worker_pool
+from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import BOUNDS, bound
 from rayjupyter.core.exceptions import ObjectLostError, TaskUnschedulableError
@@ -143,7 +143,6 @@ class NodeTasks:
             namespace=namespace,
             parent=parent,
             env=message.runtime_env,
-            pool=worker_pool.pool_of(message.runtime_env, message.resources),
             max_calls=message.max_calls,
             strategy=message.strategy,
             # a peer node's task: that node counts its attempts and retries it (a

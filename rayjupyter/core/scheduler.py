@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayjupyter.core import worker_pool
+
 
 # IntEnum: members hash as ints (in C); a plain Enum hashes in Python, on every transition
 class TaskState(enum.IntEnum):
@@ -95,7 +97,7 @@ class TaskRecord:
     gpu_ids: tuple[int, ...] = ()
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
     # the pool of workers it may run on (worker_pool.pool_of: its env, GPU work apart)
-    pool: str = ""
+    pool: str = field(init=False, default="")
     max_calls: int = 0  # its function's runs a worker makes before it exits (0: no limit)
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
     # forwarded here by a peer node, which counts its attempts: a retryable loss goes back
@@ -104,6 +106,9 @@ class TaskRecord:
     # blocked in a get of these objects (WorkerBlocked.waiting_for): the tasks that make
     # them may run inside the wait at the worker limit (nested_lending.py)
     waits_for: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.pool = worker_pool.pool_of(self.env, self.demand)
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -147,6 +152,10 @@ class WorkerRecord:
     # tasks blocked in get beneath ``task``, which a child of theirs was lent to run inside
     # their process (nested_lending.py), innermost last, each with what it lent
     suspended: list[tuple[TaskRecord, dict[str, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.env and not self.pool:  # started in an env, not said for what: its tasks
+            self.pool = self.env
 
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:

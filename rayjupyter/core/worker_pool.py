@@ -17,8 +17,12 @@ Two rules of Ray's, as pure functions over the records (no I/O; ``NodeState`` an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rayjupyter.core.placement_groups import gpu_amount
-from rayjupyter.core.scheduler import Scheduler, TaskRecord, WorkerRecord
+
+if TYPE_CHECKING:  # (scheduler's records take their pool from here)
+    from rayjupyter.core.scheduler import Scheduler, TaskRecord, WorkerRecord
 
 #: a pool key that starts with this is GPU work's (in the runtime_env that follows it)
 GPU_POOL = "gpu:"
