@@ -10,6 +10,7 @@ from test_scheduler import make_task, node, ops
 
 from rayjupyter.core import config, gpu_visibility, init_options, worker_pool
 from rayjupyter.core import node_state as ns
+from rayjupyter.core import placement_groups as pgs
 from rayjupyter.core.options import resource_demand
 from rayjupyter.core.remote_function import RemoteFunction
 from rayjupyter.core.scheduler import TaskState, WorkerState
@@ -24,6 +25,12 @@ def test_pool_keys_keep_gpu_work_apart_within_its_env() -> None:
     key = worker_pool.pool_of("env1", {"GPU": 0.5})
     assert worker_pool.for_gpu(key) and worker_pool.env_of(key) == "env1"
     assert worker_pool.env_of("env1") == "env1" and not worker_pool.for_gpu("env1")
+    # a task record takes its pool from its env and demand (a bundle's GPUs count too)
+    assert make_task("g", {"GPU": 1.0}).pool == worker_pool.GPU_POOL
+    assert make_task("e", {"CPU": 1.0}, env="env1").pool == "env1"
+    in_bundle = pgs.group_demand({"CPU": 1.0, "GPU": 1.0}, b"\x07" * 4, 0)
+    assert make_task("b", in_bundle).pool == worker_pool.GPU_POOL
+    assert make_task("c", pgs.group_demand({"CPU": 1.0}, b"\x07" * 4, 0)).pool == ""
 
 
 def test_a_gpu_task_gets_a_worker_of_its_own_and_cpu_work_never_uses_it() -> None:

@@ -108,7 +108,9 @@ class TaskRecord:
     waits_for: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
-        self.pool = worker_pool.pool_of(self.env, self.demand)
+        demand = self.demand  # (most demands are {"CPU": n}: no call for them)
+        gpu = len(demand) > 1 or "GPU" in demand
+        self.pool = worker_pool.pool_of(self.env, demand) if gpu else self.env
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
