@@ -25,6 +25,8 @@ def test_pool_keys_keep_gpu_work_apart_within_its_env() -> None:
     key = worker_pool.pool_of("env1", {"GPU": 0.5})
     assert worker_pool.for_gpu(key) and worker_pool.env_of(key) == "env1"
     assert worker_pool.env_of("env1") == "env1" and not worker_pool.for_gpu("env1")
+    assert worker_pool.env_known(worker_pool.GPU_POOL, ()) and worker_pool.env_known("e", {"e"})
+    assert not worker_pool.env_known(worker_pool.GPU_POOL + "e", ())
     # a task record takes its pool from its env and demand (a bundle's GPUs count too)
     assert make_task("g", {"GPU": 1.0}).pool == worker_pool.GPU_POOL
     assert make_task("e", {"CPU": 1.0}, env="env1").pool == "env1"

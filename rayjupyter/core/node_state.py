@@ -483,7 +483,7 @@ class NodeState:
         out: list[Instruction] = []
         planned = 0  # env workers this call starts (the shell adds them to the table)
         for env, count in wanted.items():
-            if worker_pool.env_of(env) not in known_envs and worker_pool.env_of(env):
+            if not worker_pool.env_known(env, known_envs):
                 continue  # admission failed its tasks already
             missing = count - starting.get(env, 0)
             for started in range(missing):

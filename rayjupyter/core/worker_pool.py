@@ -17,6 +17,7 @@ Two rules of Ray's, as pure functions over the records (no I/O; ``NodeState`` an
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from rayjupyter.core.placement_groups import gpu_amount
@@ -40,6 +41,12 @@ def env_of(pool: str) -> str:
 
 def for_gpu(pool: str) -> bool:
     return pool.startswith(GPU_POOL)
+
+
+def env_known(pool: str, known_envs: Container[str]) -> bool:
+    """Whether a pool's workers can start: no runtime_env, or one set up on the node."""
+    env = env_of(pool)
+    return not env or env in known_envs
 
 
 def ran(worker: WorkerRecord, task: TaskRecord) -> bool:
