@@ -69,12 +69,16 @@ def test_head_node_status_and_stop(cli: Cli) -> None:
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert json.loads(saved.read_text())["address"] == f"127.0.0.1:{port}"
 
-    joined = cli("start", "--address", connect, "--num-cpus", "1", "--resources", '{"n1": 2}')
+    joined = cli(
+        "start", "--address", connect, "--num-cpus", "1", "--resources", '{"n1": 2}',
+        "--memory", str(2**30),
+    )  # fmt: skip
     assert joined.returncode == 0, joined.stderr
 
     status = cli("status")
     assert status.returncode == 0, status.stderr
     assert "2/2" not in status.stdout and "0/2 CPU" in status.stdout
+    assert "0.00GiB/" in status.stdout  # the memory resource, in bytes as Ray shows it
     assert "n1=2" in status.stdout and "h=1" in status.stdout
     assert status.stdout.count("alive") == 2
 

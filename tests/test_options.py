@@ -24,6 +24,7 @@ TASK_DEFAULTS = {
     "num_returns": 1,
     "_generator_backpressure_num_objects": None,
     "max_retries": 3,
+    "max_calls": None,
     "retry_exceptions": False,
     "name": "",
     "memory": None,

@@ -20,6 +20,7 @@ import pytest
 
 from rayjupyter.core import node_state as ns
 from rayjupyter.core import placement_groups as pgs
+from rayjupyter.core import worker_pool
 from rayjupyter.core.exceptions import (
     TaskCancelledError,
     TaskUnschedulableError,
@@ -50,8 +51,10 @@ def make_task(
     env: str = "",
     parent: bytes | None = None,
     strategy: str = "",
+    max_calls: int = 0,
 ) -> TaskRecord:
     n = next(_ids)
+    demand = {"CPU": 1.0} if demand is None else demand
     return TaskRecord(
         task_id=n.to_bytes(8, "big"),
         owner=b"driver",
@@ -61,10 +64,11 @@ def make_task(
         deps=(),
         nested=(),
         return_ids=(n.to_bytes(8, "big") + b"r",),
-        demand={"CPU": 1.0} if demand is None else demand,
+        demand=demand,
         max_retries=max_retries,
         retry_exceptions=False,
         env=env,
+        max_calls=max_calls,
         parent=parent,
         strategy=strategy,
     )
@@ -118,9 +122,10 @@ class Shell:
             self.check()
         return instructions
 
-    def spawn(self, env: str = "") -> WorkerRecord:
+    def spawn(self, pool: str = "") -> WorkerRecord:
         pid = next(self.pids)
-        worker = WorkerRecord(client_id=b"w%d" % pid, pid=pid, env=env)
+        env = worker_pool.env_of(pool)
+        worker = WorkerRecord(client_id=b"w%d" % pid, pid=pid, env=env, pool=pool)
         self.state.worker_spawned(worker)
         return worker
 
@@ -168,13 +173,21 @@ def error_of(blob: bytes | None) -> BaseException:
 
 
 def node(
-    cpus: float = 2, gpus: float = 0, workers: int = 2, max_workers: int = 256, **extra: float
+    cpus: float = 2,
+    gpus: float = 0,
+    workers: int = 2,
+    max_workers: int = 256,
+    gpu_workers: int = 0,
+    **extra: float,
 ) -> Shell:
+    """A node with ``workers`` plain workers and ``gpu_workers`` started for GPU work."""
     pool = ResourcePool({"CPU": cpus, "GPU": gpus, **extra})
     state = NodeState(pool, pool_size=workers, limit=WorkerLimit(max_workers))
     shell = Shell(state)
     for _ in range(workers):
         shell.spawn()
+    for _ in range(gpu_workers):
+        shell.spawn(worker_pool.GPU_POOL)
     shell.connect_all()
     return shell
 
@@ -556,7 +569,7 @@ def test_a_peer_s_lost_attempt_of_a_cancelled_or_unretried_task_fails_it() -> No
 
 
 def test_gpus_are_assigned_by_id_and_given_back() -> None:
-    shell = node(cpus=4, gpus=2, workers=3)
+    shell = node(cpus=4, gpus=2, workers=1, gpu_workers=3)
     whole = shell.submit(make_task("whole", {"CPU": 1.0, "GPU": 1.0}))
     half = shell.submit(make_task("half", {"CPU": 1.0, "GPU": 0.5}))
     half2 = shell.submit(make_task("half2", {"CPU": 1.0, "GPU": 0.5}))
@@ -567,7 +580,7 @@ def test_gpus_are_assigned_by_id_and_given_back() -> None:
 
 
 def test_an_actor_holds_its_slot_and_gpu_from_placement_to_release_once() -> None:
-    shell = node(cpus=2, gpus=1, workers=1)
+    shell = node(cpus=2, gpus=1, workers=1, gpu_workers=1)
     state = shell.state
     assert state.actor_placed(b"a1", {"CPU": 1.0, "GPU": 0.5}) == (0,)
     state.validate()
@@ -741,7 +754,7 @@ def test_bundles_count_in_the_resource_equation_and_removed_ones_redirect() -> N
     """The ledger takes a bundle's CPUs from the pool; a task in it holds the bundle's
     names, lends its CPU share when blocked, and after the group is given back while it
     runs, its share returns to CPU: validate holds at every step."""
-    shell = node(cpus=4, gpus=1, workers=2)
+    shell = node(cpus=4, gpus=1, workers=2, gpu_workers=1)
     state = shell.state
     ledger = pgs.BundleLedger(state.resources)
     shell.checking = False  # (its checks know nothing of the ledger: check() does)

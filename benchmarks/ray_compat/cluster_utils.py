@@ -3,7 +3,8 @@ local processes, here over rayjupyter's launcher (what ``rayjupyter start`` uses
 
 The first ``add_node`` starts the head; later ones join it. ``address`` is what
 ``ray.init(address=...)`` takes (the secret included). ``_system_config`` (Ray's internal
-tuning) is dropped, as the shim's ``ray.init`` drops it.
+tuning) is dropped where a node starts, as the shim's ``ray.init`` drops it when it starts
+a cluster (connecting, it is passed on and refused, as Ray refuses it).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Cluster:
         from rayjupyter.core.config import NodeConfig
         from rayjupyter.core.launcher import LocalCluster
 
-        node_args.pop("_system_config", None)  # Ray's internal tuning, dropped as by init
+        node_args.pop("_system_config", None)  # Ray's internal tuning: dropped at a start
         args = {**NODE_DEFAULTS, **node_args}
         unknown = set(args) - {"num_cpus", "num_gpus", "resources", "object_store_memory"}
         for name in unknown:

@@ -81,9 +81,9 @@ def _resources(text: str | None) -> dict[str, float]:
 
 def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
     resources = _resources(args.resources)
-    for key in ("CPU", "GPU"):
+    for key, flag in (("CPU", "--num-cpus"), ("GPU", "--num-gpus"), ("memory", "--memory")):
         if key in resources:
-            raise CliError(f"use --num-{key.lower()}s instead of {key} in --resources")
+            raise CliError(f"use {flag} instead of {key} in --resources")
     num_cpus = float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))
     try:
         max_workers = worker_limit.from_env() if args.max_workers is None else args.max_workers
@@ -95,6 +95,7 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
         num_gpus=float(args.num_gpus or 0),
         resources=resources,
         object_store_memory=int(args.object_store_memory or default_object_store_memory()),
+        memory=int(args.memory or 0),
         host=args.node_ip,
         port=args.port if args.head else 0,
         sys_path=[p or os.getcwd() for p in sys.path],
@@ -282,7 +283,9 @@ def render_status(address: str, status: NodeStatus) -> str:
     lines = [f"Cluster at {address}", "", "Nodes:"]
     for row in status.nodes:
         state = "alive" if row.Alive else "DEAD"
-        custom = {k: v for k, v in row.Resources.items() if k not in ("object_store_memory",)}
+        custom = {
+            k: v for k, v in row.Resources.items() if k not in ("object_store_memory", "memory")
+        }
         lines.append(f"  {row.NodeID[:12]}  {row.address:<22} {state:<6} {_format(custom)}")
     lines += ["", "Resources (used / total):"]
     total = status.total
@@ -291,6 +294,9 @@ def render_status(address: str, status: NodeStatus) -> str:
         if key == "object_store_memory":
             continue
         used = total[key] - available.get(key, total[key])
+        if key == "memory":  # bytes, as Ray's status shows it
+            lines.append(f"  {used / 2**30:.2f}GiB/{total[key] / 2**30:.2f}GiB memory")
+            continue
         lines.append(f"  {used:g}/{total[key]:g} {key}")
     store = status.store
     if store.capacity:
@@ -333,6 +339,12 @@ def add_commands(commands: Any) -> None:
     start.add_argument("--num-gpus", type=float, help="GPUs to offer")
     start.add_argument("--resources", help="custom resources as JSON: '{\"accel\": 1}'")
     start.add_argument("--object-store-memory", type=int, help="bytes of shared memory")
+    start.add_argument(
+        "--memory",
+        type=int,
+        help="bytes of the memory resource that tasks' memory= reserve (default: the "
+        "machine's available memory less the object store, as Ray)",
+    )
     start.add_argument(
         "--max-workers",
         type=int,

@@ -23,6 +23,7 @@ from rayjupyter.core import (
     signatures,
 )
 from rayjupyter.core.client import Client
+from rayjupyter.core.config import check_definition_size
 from rayjupyter.core.exceptions import PendingCallsLimitExceeded, SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef, reference_counter
@@ -227,11 +228,13 @@ class ActorClass:
     def _class_blob(self) -> bytes:
         if self._blob is None:
             try:
-                self._blob = serialization.dumps(self._cls)
+                blob = serialization.dumps(self._cls)
             except Exception as exc:
                 raise SerializationError(
                     f"Could not serialize the actor class {self.__name__!r}: {exc}."
                 ) from exc
+            check_definition_size(blob, f"actor {self.__name__}")
+            self._blob = blob
         return self._blob
 
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
@@ -281,6 +284,7 @@ def create_actor(
     name = actor_class.__name__
     if actor_class._argcheck is not None:
         actor_class._argcheck.check(name, args, kwargs)
+    class_blob = actor_class._class_blob()  # (refused here if too large: nothing sent yet)
     packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
     actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
     node_options = _node_options(actor_class)
@@ -295,7 +299,7 @@ def create_actor(
         run, _ = scheduling_strategies.resolve(strategy, run)
     message = P.CreateActor(
         actor_id,
-        actor_class._class_blob(),
+        class_blob,
         name,
         packed.blob,
         packed.deps,

@@ -12,6 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from rayjupyter.core.read_models import TASK_STATES, NodeStatus
 
+#: resources counted in bytes (shown apart from the counts: the store, and tasks' memory=)
+_BYTE_RESOURCES = ("object_store_memory", "memory")
+
 # Each var() has a fallback, so the HTML also reads well outside JupyterLab (VS Code, nbviewer).
 _BOX = (
     "font-family: var(--jp-ui-font-family, sans-serif); "
@@ -76,7 +79,7 @@ def summary_rows(
             + ", ".join(
                 f"{k} {format_amount(v)}"
                 for k, v in sorted(row.Resources.items())
-                if k != "object_store_memory"
+                if k not in _BYTE_RESOURCES
             )
             + ")"
             for row in alive
@@ -98,7 +101,7 @@ def summary_rows(
     rows.append(
         ("object store", f"{format_bytes(store.used_bytes)} used of {format_bytes(capacity)}")
     )
-    custom = sorted(k for k in total if k not in ("CPU", "GPU", "object_store_memory"))
+    custom = sorted(k for k in total if k not in ("CPU", "GPU", *_BYTE_RESOURCES))
     if custom:
         rows.append(("resources", ", ".join(f"{k}: {format_amount(total[k])}" for k in custom)))
     rows.append(("dashboard", dashboard_url or "not running (%ray_dashboard shows live charts)"))
@@ -172,7 +175,8 @@ def _resource_rows(status: NodeStatus) -> list[tuple[str, str, str, str]]:
             continue
         cap = float(total[key])
         used = max(cap - float(free.get(key, 0.0)), 0.0)
-        rows.append((key, format_amount(used), format_amount(cap), _pct(used, cap)))
+        show = format_bytes if key == "memory" else format_amount
+        rows.append((key, show(used), show(cap), _pct(used, cap)))
     return rows
 
 
@@ -187,7 +191,7 @@ def _node_rows(status: NodeStatus) -> list[tuple[str, str, str, str]]:
         shown = ", ".join(
             f"{k}: {format_amount(v)}"
             for k, v in node.Resources.items()
-            if k != "object_store_memory"
+            if k not in _BYTE_RESOURCES
         )
         state = "alive" if node.Alive else "dead"
         rows.append((node.NodeID[:16], node.address, state, shown))

@@ -31,6 +31,22 @@ class NodeConfig:
     node_timeout_s: float = 3.0  # a node silent this long is dead (heartbeats every 0.5 s)
     actors_file: str = ""  # a head keeps its named detached actors here across restarts
     max_workers: int = 0  # worker processes at most (0: derived from the machine, worker_limit.py)
+    # bytes of the "memory" resource that tasks' and actors' memory= reserve (Ray's init
+    # _memory); 0: the machine's available memory less the object store, as Ray derives it
+    memory: int = 0
+
+
+def node_totals(config: NodeConfig) -> dict[str, float]:
+    """What a node offers to tasks and actors: CPU, GPU, memory (bytes) and custom ones."""
+    memory = config.memory
+    if memory <= 0:
+        import psutil
+
+        memory = max(psutil.virtual_memory().available - config.object_store_memory, 0)
+    totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
+    totals["memory"] = float(memory)
+    totals.update({k: float(v) for k, v in config.resources.items()})
+    return totals
 
 
 def session_dir(session: str) -> str:
@@ -54,7 +70,7 @@ class Bound:
     """One limit on a queue or table of the node: its setting, default, and what reaching
     it does (every queue and table is bounded, and reaching a bound says so)."""
 
-    env: str  # the environment variable that sets it (read by the node when it starts)
+    env: str  # the variable that sets it (read by the node when it starts, unless said)
     default: int
     bounds: str  # what it limits
     reached: str  # what happens when it is reached
@@ -98,6 +114,15 @@ BOUNDS: dict[str, Bound] = {
         "that output is dropped for that driver (others still get it); when it has caught "
         "up it hears how many lines it missed and the setting's name",
     ),
+    "function_bytes": Bound(
+        "RAYJUPYTER_MAX_FUNCTION_BYTES",
+        100_000_000,  # Ray's limit too (its FUNCTION_SIZE_ERROR_THRESHOLD)
+        "the pickled definition of one remote function or actor class, with all it captures "
+        "from its enclosing scope; checked by the driver (its environment) at the first "
+        ".remote(), before anything is shipped",
+        "that .remote() raises ValueError naming the size and the setting: put a large value "
+        "with rj.put and pass the ref as an argument instead of capturing it",
+    ),
 }
 
 
@@ -117,3 +142,16 @@ def bound(name: str) -> int:
             f"{spec.env}={raw!r}: expected a positive integer (default {spec.default})"
         )
     return value
+
+
+def check_definition_size(blob: bytes, what: str) -> None:
+    """Refuse a remote function's or actor class's pickled definition past the bound
+    (BOUNDS "function_bytes"), as Ray does, before it is shipped; ``what`` names it
+    ("remote function NAME" or "actor NAME")."""
+    limit = bound("function_bytes")
+    if len(blob) > limit:
+        raise ValueError(
+            f"The {what} is too large ({len(blob) / MIB:.1f} MiB pickled > "
+            f"{limit / MIB:.1f} MiB, {BOUNDS['function_bytes'].env}): it captures a large value "
+            f"from its enclosing scope; pass it as an argument (rj.put it once, pass the ref)."
+        )

@@ -238,18 +238,26 @@ def init(
             "dashboard_host": dashboard_host,
             "dashboard_port": dashboard_port,
         }
+        memory = kwargs.get("_memory")  # Ray's: the node's "memory" resource, in bytes
         if target is not None:
-            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+            if (
+                num_cpus is not None
+                or num_gpus is not None
+                or resources
+                or object_store_memory
+                or memory
+            ):
                 raise ValueError(
-                    "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
-                    "object_store_memory must not be given: they are set where it was started."
+                    "When connecting to an existing cluster, num_cpus, num_gpus, resources, "
+                    "object_store_memory and _memory must not be given: they are set where it "
+                    "was started."
                 )
             hostport, secret = _parse_address(target)
             client = Client(hostport, secret, kind="driver", namespace=_namespace(namespace))
             context = ClusterContext(hostport, secret, client.node_id, client.session, False)
         else:
             client, cluster = _start_local(
-                num_cpus, num_gpus, resources, object_store_memory, namespace
+                num_cpus, num_gpus, resources, object_store_memory, namespace, memory
             )
             _state["cluster"] = cluster
             context = ClusterContext(
@@ -269,6 +277,7 @@ def _start_local(
     resources: dict[str, float] | None,
     object_store_memory: int | None,
     namespace: str | None = None,
+    memory: int | None = None,
 ) -> tuple[Client, LocalCluster]:
     """A local cluster owned by this process (it dies with it), and our connection to it."""
     config = NodeConfig(
@@ -276,15 +285,16 @@ def _start_local(
         num_gpus=float(num_gpus or 0),
         resources=dict(resources or {}),
         object_store_memory=int(object_store_memory or default_object_store_memory()),
+        memory=int(memory or 0),
         sys_path=[p or os.getcwd() for p in sys.path],
         owner_pid=os.getpid(),
         client_timeout_s=float(os.environ.get("RAYJUPYTER_CLIENT_TIMEOUT_S", "30")),
         max_workers=worker_limit.from_env(),
     )
     worker_limit.check(config.max_workers, config.num_cpus)
-    for key in ("CPU", "GPU"):
+    for key, option in (("CPU", "num_cpus"), ("GPU", "num_gpus"), ("memory", "_memory")):
         if key in config.resources:
-            raise ValueError(f"Use num_cpus/num_gpus instead of resources={{{key!r}: ...}}.")
+            raise ValueError(f"Use {option} instead of resources={{{key!r}: ...}}.")
     cluster = LocalCluster(config)
     try:
         client = Client(

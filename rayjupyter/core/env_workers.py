@@ -1,4 +1,5 @@
-"""Which runtime_env workers stop: those idle too long, or one making room for another env.
+"""Which runtime_env (and GPU) workers stop: those idle too long, or one making room for
+another pool's (``worker_pool``: a runtime_env's or GPU work's workers).
 
 A decision of ``NodeState`` (``reap_env_workers``, ``env_spawns``), kept apart because it
 reads the idle pools per env and the workers table at once; no I/O.
@@ -27,7 +28,7 @@ def reap(state: NodeState, now: float, crowded_by: str, planned: int) -> list[Wo
         live = planned + sum(
             1
             for w in state.workers.values()
-            if w.env and not w.actor_id and w.state is not WorkerState.DEAD
+            if w.pool and not w.actor_id and w.state is not WorkerState.DEAD
         )
         if live < state.pool_size:
             return []

@@ -29,7 +29,6 @@ REFUSED: dict[str, str] = {
     "guards it",
     "_plasma_directory": "objects live in /dev/shm (spilled to the session's folder)",
     "_metrics_export_port": "there is no Prometheus exporter; use the dashboard or the state API",
-    "_memory": "a node's memory is not a schedulable resource here",
     "_driver_object_store_memory": "a driver has no object store of its own",
     "_node_name": "nodes are named by their id",
     "_tracing_startup_hook": "tracing hooks are not supported",
@@ -44,7 +43,7 @@ TRIVIAL: dict[str, Any] = {
 }
 
 #: every keyword init takes besides those in its signature
-EXTRA_KEYWORDS = frozenset(REFUSED) | frozenset(TRIVIAL) | {"_node_ip_address"}
+EXTRA_KEYWORDS = frozenset(REFUSED) | frozenset(TRIVIAL) | {"_node_ip_address", "_memory"}
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RAY_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"
@@ -69,6 +68,11 @@ def check_extra(kwargs: dict[str, Any], attaching: bool) -> None:
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     for name, value in kwargs.items():
+        if name == "_system_config" and attaching and _given(value):
+            raise ValueError(
+                "init(_system_config=...) cannot be given when connecting to an existing "
+                "cluster (as in Ray): a cluster's system config is fixed where it starts."
+            )
         if name in REFUSED and _given(value):
             raise ValueError(f"init({name}=...) is refused: {REFUSED[name]}.")
         if name == "_enable_object_reconstruction" and value is False:

@@ -84,8 +84,8 @@ def blocked_parents(workers: Iterable[WorkerRecord]) -> dict[bytes, WorkerRecord
         if worker.state is WorkerState.BLOCKED
         and worker.task is not None
         and not worker.actor_id
-        and not worker.env
-        and not worker.task.gpu_ids  # (a child would reset its CUDA_VISIBLE_DEVICES)
+        and not worker.pool  # the plain pool's (worker_pool.py: no env, no GPU work)
+        and not worker.task.gpu_ids
         and len(worker.suspended) < MAX_NESTED
     }
 
@@ -105,9 +105,8 @@ def lendable(ready: Iterable[TaskRecord], parents: dict[bytes, WorkerRecord]) ->
             and task.return_ids
             and task.return_ids[0] in _waits_for(parents[parent])
             and task.state is TaskState.READY
-            and not task.env
+            and not task.pool  # the plain pool's: no runtime_env, no GPU (a bundle's too)
             and not task.actor_id
-            and not task.demand.get("GPU")
         ):
             taken.add(parent)
             found.append(task)

@@ -46,6 +46,7 @@ from rayjupyter.core.config import (
     SECRET_ENV,
     NodeConfig,
     bound,
+    node_totals,
     session_dir,
     worker_endpoint,
 )
@@ -181,8 +182,7 @@ class Node:
             self.tcp_router, f"tcp://{self.address}", self.zap.refusals
         )
 
-        totals = {"CPU": float(config.num_cpus), "GPU": float(config.num_gpus)}
-        totals.update({k: float(v) for k, v in config.resources.items()})
+        totals = node_totals(config)  # CPU, GPU, memory and the custom ones
         totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
         # every task and worker decision is made there; NodeTasks carries them out
         self.state = NodeState(

@@ -160,6 +160,7 @@ class NodeForwarding:
                 generator,
                 backpressure,
                 strategy=task.strategy,
+                max_calls=task.max_calls,
             )
         )
         if generator:

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Container, Mapping
 from typing import Any
 
-from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks
+from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks, worker_pool
 from rayjupyter.core.actor_state import ActorTable
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
@@ -265,8 +265,7 @@ class NodeState:
         else:
             worker.task = None
             worker.transition(WorkerState.IDLE)
-            self.scheduler.worker_idle(worker)
-            out = []
+            out = [] if worker_pool.finished_on(self.scheduler, worker, task) else [(KILL, worker)]
         if error is None:
             task.transition(TaskState.FINISHED)
             out.append((FINISHED, task))
@@ -404,7 +403,7 @@ class NodeState:
         return sum(
             1
             for w in self.workers.values()
-            if w.state is not WorkerState.DEAD and not w.actor_id and not w.env
+            if w.state is not WorkerState.DEAD and not w.actor_id and not w.pool
         )
 
     # ------------------------------------------------------------------ scheduling
@@ -424,7 +423,7 @@ class NodeState:
             out.append((EXECUTE, task, worker))
         if unplaced:  # only then count starting workers: a scan of all workers
             starting = sum(
-                1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.env
+                1 for w in self.workers.values() if w.state is WorkerState.STARTING and not w.pool
             )
             missing = unplaced - starting
             count = min(missing, self.limit.room(len(self.workers)))
@@ -471,19 +470,20 @@ class NodeState:
         self.limit.turn_ended()
 
     def env_spawns(self, known_envs: Container[str], now: float) -> list[Instruction]:
-        """Workers for runtime_envs whose tasks fit now but have no idle worker of theirs;
-        when envs hold a pool's worth of workers, the one idle longest of another env goes."""
+        """Workers for pools (runtime_envs, GPU work: ``worker_pool``) whose tasks fit now
+        but have no idle worker of theirs; when those hold a pool's worth of workers, the
+        one idle longest of another goes."""
         wanted = self.scheduler.env_unplaced
         if not wanted:
             return _NONE
         starting: dict[str, int] = {}
         for worker in self.workers.values():
-            if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
-                starting[worker.env] = starting.get(worker.env, 0) + 1
+            if worker.pool and not worker.actor_id and worker.state is WorkerState.STARTING:
+                starting[worker.pool] = starting.get(worker.pool, 0) + 1
         out: list[Instruction] = []
         planned = 0  # env workers this call starts (the shell adds them to the table)
         for env, count in wanted.items():
-            if env not in known_envs:
+            if not worker_pool.env_known(env, known_envs):
                 continue  # admission failed its tasks already
             missing = count - starting.get(env, 0)
             for started in range(missing):
@@ -510,7 +510,7 @@ class NodeState:
         A worker then starts its next task the moment it finishes one, instead of idling
         for a round trip through the node; this roughly doubles the rate of short tasks.
         Only a task with the same demand (it inherits the finished task's resources), of
-        the worker's own runtime_env, and needing no GPU.
+        the worker's own pool, needing no GPU, behind a task without max_calls.
         """
         ready = self.ready
         if len(ready) <= self.pool_size or self.scheduler.idle:
@@ -532,9 +532,9 @@ class NodeState:
             if task.state is not TaskState.READY:
                 ready.popleft()  # defensive: the queue holds READY tasks only
                 continue
-            if task.demand != running.demand or task.env != running.env:
+            if task.demand != running.demand or task.pool != running.pool:
                 continue
-            if gpu_amount(task.demand):
+            if gpu_amount(task.demand) or running.max_calls:  # (its worker may exit after it)
                 continue
             ready.popleft()
             task.transition(TaskState.RUNNING)

@@ -143,6 +143,7 @@ class NodeTasks:
             namespace=namespace,
             parent=parent,
             env=message.runtime_env,
+            max_calls=message.max_calls,
             strategy=message.strategy,
             # a peer node's task: that node counts its attempts and retries it (a
             # generator's stream and an actor's calls are still decided here, as before)
@@ -376,7 +377,7 @@ class NodeTasks:
             self.unpin_deps(instruction[1])
         elif op == SPAWN:
             for _ in range(instruction[2]):
-                self.spawn_worker(env=instruction[1])
+                self.spawn_worker(pool=instruction[1])
         elif op == KILL:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(instruction[1].pid, signal.SIGKILL)

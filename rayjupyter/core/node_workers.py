@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn
+from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn, worker_pool
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
@@ -117,10 +117,12 @@ class NodeWorkers:
         self.log_backlog = bound("log_backlog_bytes")
         self.dropped_lines: dict[bytes, int] = {}  # per slow local driver, not yet told
 
-    def spawn_worker(self, actor_id: bytes = b"", env: str = "") -> bytes:
-        """Start a worker process (for the pool, or dedicated to one actor), in a
-        runtime_env if ``env`` names one (an actor's comes from its options); its client id."""
+    def spawn_worker(self, actor_id: bytes = b"", pool: str = "") -> bytes:
+        """Start a worker process (for a pool, or dedicated to one actor), in the pool's
+        runtime_env if it names one (an actor's comes from its options); its client id.
+        ``pool`` (worker_pool.pool_of) is what it is started for, and all it will run."""
         client_id = ids.new_client_id()
+        env = worker_pool.env_of(pool)
         if actor_id and not env:
             env = self.envs.actor_env(actor_id)
         node_end, worker_end = channel.pair()
@@ -134,7 +136,7 @@ class NodeWorkers:
         finally:
             worker_end.close()
         self.open_channel(client_id, Channel(node_end, blocking_send=False))
-        self._adopt_worker(client_id, started, actor_id, env)
+        self._adopt_worker(client_id, started, actor_id, env, pool)
         return client_id
 
     def open_channel(self, client_id: bytes, link: Channel) -> None:
@@ -290,10 +292,17 @@ class NodeWorkers:
             self.poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
     def _adopt_worker(
-        self, client_id: bytes, started: StartedProcess, actor_id: bytes = b"", env: str = ""
+        self,
+        client_id: bytes,
+        started: StartedProcess,
+        actor_id: bytes = b"",
+        env: str = "",
+        pool: str = "",
     ) -> None:
         """Watch a started worker's output pipes and its exit."""
-        worker = WorkerRecord(client_id=client_id, pid=started.pid, actor_id=actor_id, env=env)
+        worker = WorkerRecord(
+            client_id=client_id, pid=started.pid, actor_id=actor_id, env=env, pool=pool
+        )
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
         self.state.worker_spawned(worker)
         self.pipes[client_id] = pipes

@@ -241,6 +241,14 @@ OPTIONS: Final[Mapping[str, OptionSpec]] = {
         OptionSpec(
             "max_retries", _integer(-1, "-1 retries forever"), 3, _NA, "retries on worker death"
         ),
+        # None: 0 (no limit), or 1 for a function that asks for GPUs (RemoteFunction, as Ray)
+        OptionSpec(
+            "max_calls",
+            _optional(_integer(0, "0 means no limit")),
+            None,
+            _NA,
+            "runs of the function a worker makes before it exits (worker_pool.py)",
+        ),
         OptionSpec(
             "retry_exceptions", _retry_exceptions, False, _NA, "also retry application errors"
         ),
@@ -371,7 +379,8 @@ def merge_options(
 
 
 def resource_demand(options: Mapping[str, Any], *, for_placement: bool = False) -> dict[str, float]:
-    """What a task or actor needs from a node: {"CPU": .., "GPU": .., **resources}, no zeros.
+    """What a task or actor needs from a node: {"CPU": .., "GPU": .., "memory": bytes,
+    **resources}, no zeros.
 
     num_cpus=None is an actor's default: 1 CPU to place it (for_placement), 0 while it runs.
     """
@@ -382,6 +391,8 @@ def resource_demand(options: Mapping[str, Any], *, for_placement: bool = False) 
         "CPU": float(num_cpus),
         "GPU": float(options.get("num_gpus") or 0),
     }
+    if options.get("memory"):  # bytes of the node's "memory" resource (config.node_totals)
+        demand["memory"] = float(options["memory"])
     for name, amount in (options.get("resources") or {}).items():
         demand[name] = float(amount)
     return {name: amount for name, amount in demand.items() if amount != 0}

@@ -21,8 +21,7 @@ from rayjupyter.core import protocol_jobs
 
 PROTOCOL_VERSION = 5  # 4: placement groups, 5: jobs (new kinds shift the indices of later ones)
 
-#: (object_id, inline payload or None when the value lives in shared memory, size in
-#: bytes, is_error). How a finished value travels to whoever needs it.
+#: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
 
 
@@ -59,6 +58,7 @@ class SubmitTask(NamedTuple):
     generator: str = ""  # "streaming" or "dynamic" for a generator task (generators.py)
     backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
+    max_calls: int = 0  # runs of the function a worker makes before it exits (0: no limit)
 
 
 class CreateActor(NamedTuple):

@@ -20,6 +20,7 @@ from rayjupyter.core import (
     signatures,
 )
 from rayjupyter.core.client import Client
+from rayjupyter.core.config import check_definition_size
 from rayjupyter.core.exceptions import SerializationError
 from rayjupyter.core.generators import STREAMING, ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
@@ -42,6 +43,8 @@ class RemoteFunction:
         is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
         if "num_returns" not in options and is_generator:
             options = {**options, "num_returns": "streaming"}  # as in Ray
+        if options.get("max_calls") is None:  # as Ray: a GPU function's worker runs it once
+            options = {**options, "max_calls": 1 if options.get("num_gpus") else 0}
         self._options = option_table.merge_options(
             option_table.task_defaults(), options, for_actor=False
         )
@@ -69,7 +72,13 @@ class RemoteFunction:
         return (_rebuild, (self._function, self._options, self._func_id))
 
     def options(self, **options: Any) -> RemoteFunction:
-        """A copy with some options changed; the function itself is shipped once for both."""
+        """A copy with some options changed; the function itself is shipped once for both.
+        ``max_calls`` belongs to the function's definition: refused here, as in Ray."""
+        if "max_calls" in options:
+            raise ValueError(
+                f"{self._name!r}: max_calls cannot be set in .options(); give it to "
+                f"@remote(max_calls=...) where the function is defined."
+            )
         merged = option_table.merge_options(self._options, options, for_actor=False)
         copy = RemoteFunction(self._function, merged, self._func_id)
         copy._blob = self._blob
@@ -79,13 +88,15 @@ class RemoteFunction:
     def _function_blob(self) -> bytes:
         if self._blob is None:
             try:
-                self._blob = serialization.dumps(self._function)
+                blob = serialization.dumps(self._function)
             except Exception as exc:
                 raise SerializationError(
                     f"Could not serialize the function {self._name!r}: {exc}. Something it "
                     f"uses from its enclosing scope (a lock, a socket, an open file?) cannot be "
                     f"pickled; create it inside the function instead."
                 ) from exc
+            check_definition_size(blob, f"remote function {_qualified(self._function)}")
+            self._blob = blob
         return self._blob
 
     def _arguments_check(self) -> signatures.ArgumentCheck | None:
@@ -132,6 +143,13 @@ def generator_options(num_returns: Any, options: dict[str, Any], name: str) -> t
     return mode, -1 if backpressure is None else int(backpressure)
 
 
+def _qualified(function: Callable[..., Any]) -> str:
+    """module.qualname of a function, as error messages name it."""
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", "task")
+    module = getattr(function, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
 def _rebuild(
     function: Callable[..., Any], options: dict[str, Any], func_id: bytes
 ) -> RemoteFunction:
@@ -172,6 +190,8 @@ def submit(
     check = function._argcheck if function._argcheck_known else function._arguments_check()
     if check is not None:
         check.check(function._name, args, kwargs)
+    func_id = function._func_id
+    blob = None if func_id in client.sent_funcs else function._function_blob()
     env = function._env_digest(client)
     demand, strategy = function._demand, ""
     if function._strategy is not None or runtime_context.current.placement:
@@ -182,10 +202,7 @@ def submit(
     mode, backpressure = generator_options(num_returns, function._options, function._name)
     count = 1 if mode else int(num_returns)
     return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
-    func_id = function._func_id
-    blob = None
-    if func_id not in client.sent_funcs:
-        blob = function._function_blob()
+    if blob is not None:
         client.sent_funcs.add(func_id)
     stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
     refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
@@ -208,6 +225,7 @@ def submit(
             mode,
             backpressure,
             strategy,
+            function._options["max_calls"],
         )
     )
     if stream is not None:

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayjupyter.core import worker_pool
+
 
 # IntEnum: members hash as ints (in C); a plain Enum hashes in Python, on every transition
 class TaskState(enum.IntEnum):
@@ -94,6 +96,9 @@ class TaskRecord:
     children: list[bytes] = field(default_factory=list)
     gpu_ids: tuple[int, ...] = ()
     env: str = ""  # runtime_env digest: runs only on a worker started in that env
+    # the pool of workers it may run on (worker_pool.pool_of: its env, GPU work apart)
+    pool: str = field(init=False, default="")
+    max_calls: int = 0  # its function's runs a worker makes before it exits (0: no limit)
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
     # forwarded here by a peer node, which counts its attempts: a retryable loss goes back
     # to it (AttemptLost) instead of failing or being retried here
@@ -101,6 +106,11 @@ class TaskRecord:
     # blocked in a get of these objects (WorkerBlocked.waiting_for): the tasks that make
     # them may run inside the wait at the worker limit (nested_lending.py)
     waits_for: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        demand = self.demand  # (most demands are {"CPU": n}: no call for them)
+        gpu = len(demand) > 1 or "GPU" in demand
+        self.pool = worker_pool.pool_of(self.env, demand) if gpu else self.env
 
     def transition(self, new: TaskState) -> None:
         if new not in TASK_TRANSITIONS[self.state]:
@@ -137,10 +147,17 @@ class WorkerRecord:
     prefetched: TaskRecord | None = None  # sent ahead, to start when the current task ends
     handle: Any = None  # the node's process handle (Popen), opaque here
     env: str = ""  # runtime_env digest it was started in ("" for the plain pool)
+    pool: str = ""  # what it was started for (worker_pool.pool_of); "" for the plain pool
+    # runs of each function with max_calls it made (worker_pool.ran): it exits at the max
+    calls: dict[bytes, int] = field(default_factory=dict)
     idle_since: float = 0.0  # monotonic time it last became idle (env workers are reaped)
     # tasks blocked in get beneath ``task``, which a child of theirs was lent to run inside
     # their process (nested_lending.py), innermost last, each with what it lent
     suspended: list[tuple[TaskRecord, dict[str, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.env and not self.pool:  # started in an env, not said for what: its tasks
+            self.pool = self.env
 
     def transition(self, new: WorkerState) -> None:
         if new not in WORKER_TRANSITIONS[self.state]:
@@ -208,9 +225,10 @@ class ResourcePool:
 class Scheduler:
     """FIFO among ready tasks, skipping those whose resources are busy (no head-of-line block).
 
-    A task with a runtime_env runs only on a worker started in that env: idle workers are
-    kept per env (``idle`` is the plain pool), and ``env_unplaced`` says how many workers
-    each env lacks for tasks that fit now.
+    A task runs only on a worker of its pool (``worker_pool``: a runtime_env's workers, GPU
+    work's apart): idle workers are kept per pool (``idle`` is the plain pool,
+    ``idle_env`` the others by pool key), and ``env_unplaced`` says how many workers each
+    other pool lacks for tasks that fit now.
     """
 
     def __init__(self, resources: ResourcePool) -> None:
@@ -225,18 +243,18 @@ class Scheduler:
         self.ready.append(task)
 
     def worker_idle(self, worker: WorkerRecord) -> None:
-        if worker.env:
+        if worker.pool:
             worker.idle_since = time.monotonic()
-            self.idle_env.setdefault(worker.env, deque()).append(worker)
+            self.idle_env.setdefault(worker.pool, deque()).append(worker)
         else:
             self.idle.append(worker)
 
     def forget_worker(self, worker: WorkerRecord) -> None:
-        pool = self.idle_env.get(worker.env) if worker.env else self.idle
+        pool = self.idle_env.get(worker.pool) if worker.pool else self.idle
         if pool is not None and worker in pool:
             pool.remove(worker)
-            if worker.env and not pool:
-                del self.idle_env[worker.env]
+            if worker.pool and not pool:
+                del self.idle_env[worker.pool]
 
     def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], int]:
         """Pair ready tasks with idle workers; also count tasks that fit but lack a worker
@@ -250,17 +268,17 @@ class Scheduler:
             if task.state is not TaskState.READY:  # failed or cancelled while queued
                 ready.popleft()
                 continue
-            pool = self.idle_env.get(task.env) if task.env else self.idle
+            pool = self.idle_env.get(task.pool) if task.pool else self.idle
             if not pool or not self.resources.fits(task.demand):
-                lacks_env_worker = lacks_env_worker or (bool(task.env) and not pool)
+                lacks_env_worker = lacks_env_worker or (bool(task.pool) and not pool)
                 skipped.append(ready.popleft())
                 if len(skipped) > 64:  # bound the scan; the rest waits for a release
                     break
                 continue
             ready.popleft()
             worker = pool.popleft()
-            if task.env and not pool:
-                del self.idle_env[task.env]
+            if task.pool and not pool:
+                del self.idle_env[task.pool]
             self.resources.acquire(task.demand)
             task.transition(TaskState.RUNNING)
             task.worker = worker.client_id
@@ -290,5 +308,5 @@ class Scheduler:
             ):
                 for k, v in task.demand.items():
                     available[k] = available.get(k, 0.0) - v
-                counts[task.env] = counts.get(task.env, 0) + 1
+                counts[task.pool] = counts.get(task.pool, 0) + 1
         return counts

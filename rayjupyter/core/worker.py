@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api, nested_lending, runtime_context, runtime_env
+from rayjupyter.core import api, gpu_visibility, nested_lending, runtime_context, runtime_env
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import (
     READY_METHOD,
@@ -172,7 +172,7 @@ class TaskExecutor:
 
     def _enter(self, task: P.ExecuteTask, function: Any) -> contextvars.Token[Any]:
         if task.gpu_ids or not task.actor_id:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+            gpu_visibility.apply(task.gpu_ids)
         if not task.actor_id:  # (an actor's process keeps the actor's own)
             runtime_context.current.placement = task.strategy
             if self.omp_from_env is None:
@@ -322,7 +322,7 @@ class TaskExecutor:
         runtime_context.current.actor_restarted = start.restarts > 0
         if self.omp_from_env is None:
             os.environ["OMP_NUM_THREADS"] = _omp_threads(start.resources or ())
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, start.gpu_ids))
+        gpu_visibility.apply(start.gpu_ids)
         try:
             cls = cloudpickle.loads(start.class_blob)
             dep_values = [self.client.materialize(info) for info in start.deps]

@@ -11,7 +11,8 @@ so for every worker it starts). Then:
   ``InternalModule``s: a test that uses one is skipped, with the name it used;
 - Ray's generic test helpers (``wait_for_condition``, ``SignalActor``, ...) and
   ``ray.cluster_utils.Cluster`` are ours, over rayjupyter's public API;
-- ``ray.init`` drops Ray's ``_system_config`` (internal tuning) before calling ``rj.init``.
+- ``ray.init`` drops Ray's ``_system_config`` (internal tuning) when it starts a cluster, and
+  passes it on when it connects to one, where ``rj.init`` refuses it as Ray's init does.
 """
 
 from __future__ import annotations
@@ -122,19 +123,22 @@ ObjectID = _rj.ObjectRef
 
 
 def init(address: str | None = None, **kwargs: Any) -> Any:
-    """``rj.init``, less Ray's ``_system_config``: Ray's internal tuning (GCS and raylet
-    timeouts, retry delays) that Ray's tests pass to run faster. It means nothing here, so
-    the shim drops it and runs the test on its own terms; rayjupyter's init refuses it.
+    """``rj.init``; Ray's ``_system_config`` is dropped when it starts a cluster: Ray's internal
+    tuning (GCS and raylet timeouts, retry delays) that Ray's tests pass to run faster, which
+    means nothing here (rayjupyter's init refuses it), so the test runs on its own terms.
+    Connecting to a cluster, it is passed on: there Ray's init raises ValueError, and so does
+    rayjupyter's.
 
     With no address and no resources, it attaches to the newest ``ray.cluster_utils``
     cluster of this test run, as Ray's ``init()`` does; with resources it starts a new one.
     """
-    kwargs.pop("_system_config", None)
     resources = ("num_cpus", "num_gpus", "resources", "object_store_memory")
     if address is None and not any(kwargs.get(name) is not None for name in resources):
         from benchmarks.ray_compat import cluster_utils
 
         address = cluster_utils.current_address()
+    if address is None:
+        kwargs.pop("_system_config", None)
     return _rj.init(address, **kwargs)
 
 
