@@ -5,7 +5,8 @@ a connect address (it holds the cluster's secret) goes only to users who may run
 
     GET    clusters                  ClusterList
     POST   clusters  {num_cpus?}     ClusterInfo of a new local cluster (201)
-    POST   clusters  {address}       ClusterInfo of a cluster added by address (201)
+    POST   clusters  {address}       ClusterInfo of a cluster added by address (201): ours,
+                                     or Ray's (ray://HOST:10001, http://HOST:8265)
     GET    clusters/<id>             ClusterInfo
     DELETE clusters/<id>             stop (started here) or forget (remote); 409 otherwise
     GET    kernels/<id>/cluster      KernelCluster, for the status bar
@@ -29,6 +30,7 @@ from rayjupyter.server.authz import (
 from rayjupyter.server.dashboards import dashboard_pages
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.models import ClusterInfo, ClusterList, ErrorReply, StopReply
+from rayjupyter.server.ray_clusters import RAY_DASHBOARD_PAGES
 from rayjupyter.server.service import ClusterService
 
 INTERNAL_ERROR = (
@@ -113,6 +115,7 @@ class ClustersHandler(RayJupyterAPIHandler):
         body: ClusterList = {
             "clusters": clusters,
             "dashboard_pages": dashboard_pages(),
+            "ray_dashboard_pages": list(RAY_DASHBOARD_PAGES),
         }
         self.reply(body)
 
@@ -125,7 +128,8 @@ class ClustersHandler(RayJupyterAPIHandler):
             raise ClusterError(
                 400,
                 "Send {} or {'num_cpus': N} to start a local cluster, or "
-                "{'address': 'rayjupyter://SECRET@HOST:PORT'} to add a running one.",
+                "{'address': 'rayjupyter://SECRET@HOST:PORT'} (or a Ray cluster's "
+                "'ray://HOST:10001' or 'http://HOST:8265') to add a running one.",
             )
         if "address" in request:
             address = request["address"]
