@@ -123,8 +123,16 @@ class RayHead:
         return ""
 
 
-def start_ray_head(num_cpus: int = 2, object_store_memory: int = 200_000_000) -> RayHead:
-    """Start a Ray head on free ports with a private temp dir and token; wait for its dashboard."""
+def start_ray_head(
+    num_cpus: int = 2, object_store_memory: int = 200_000_000, *, loopback: bool = True
+) -> RayHead:
+    """Start a Ray head on free ports with a private temp dir and token; wait for its dashboard.
+
+    loopback: the node's address is 127.0.0.1 (Ray Client listens there too). Ray turns a
+    loopback --node-ip-address into the machine's IP unless it runs as a single-machine
+    cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which refuses joining nodes: a test that
+    joins a second node passes loopback=False.
+    """
     gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     # a short path: Ray's Unix socket paths live under it
     temp_dir = Path(tempfile.mkdtemp(prefix="rjray-", dir="/tmp"))
@@ -138,6 +146,8 @@ def start_ray_head(num_cpus: int = 2, object_store_memory: int = 200_000_000) ->
         RAY_AUTH_TOKEN_PATH=str(token_path),
         RAY_USAGE_STATS_ENABLED="0",
     )
+    if loopback:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
     command = [
@@ -186,11 +196,14 @@ def _dashboard_ready(head: RayHead) -> bool:
     if head.process.poll() is not None:
         raise AssertionError(f"ray start exited ({head.process.returncode}):\n{head.log_tail()}")
     try:
-        # the node table answers once the raylet has registered with the GCS, and the node
+        # the node table answers once the raylet has registered with the GCS, the node
         # summary once the node's agent has reported (every few seconds)
-        return b'"ALIVE"' in head.get("/api/v0/nodes", timeout=3) and b'"mem"' in head.get(
-            "/nodes?view=summary", timeout=3
-        )
+        if b'"ALIVE"' not in head.get("/api/v0/nodes", timeout=3):
+            return False
+        if b'"mem"' not in head.get("/nodes?view=summary", timeout=3):
+            return False
+        with socket.create_connection(("127.0.0.1", head.client_port), timeout=3):
+            return True  # Ray Client's server listens
     except OSError:
         return False
 

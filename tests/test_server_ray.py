@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -181,6 +183,48 @@ async def test_a_ray_cluster_without_its_token_is_refused_with_the_fix(
         body=json.dumps({"address": "ray://"}),
     )
     assert code == 400 and "ray://HOST:10001" in body["message"], body
+
+
+async def test_a_ray_client_driver_is_matched_to_its_cluster(
+    jp_fetch: Any, jp_serverapp: Any, ray_env: RayHead
+) -> None:
+    """The status bar's lookup: a process connected with Ray Client (ray://) finds its cluster."""
+    head = ray_env
+    client = f"ray://127.0.0.1:{head.client_port}"
+    info = await api(
+        jp_fetch,
+        "clusters",
+        method="POST",
+        body={"address": head.dashboard_url, "ray_client_address": client},
+    )
+    assert info["connect_address"] == client
+    driver_code = (
+        f"import ray, sys, time\nray.init({client!r})\nprint('connected', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = {**os.environ, **head.env()}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", driver_code],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # Ray Client logs there
+    )
+    try:
+        assert driver.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(driver.stdout.readline), 120)
+        assert line.strip() == b"connected", line
+        registry = jp_serverapp.web_app.settings["rayjupyter"].service.registry
+        found, match = await asyncio.to_thread(registry.cluster_of, driver.pid)
+        assert match == "connected" and found["id"] == info["id"], (found, match)
+    finally:
+        if driver.stdin is not None:
+            driver.stdin.close()  # the driver exits at end of input
+        try:
+            driver.wait(30)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.wait(10)
 
 
 async def test_proxied_ray_dashboard_job_api_task_counts_and_log_websocket(

@@ -111,10 +111,11 @@ export interface StartClusterRequest {
   num_cpus?: number;
 }
 
-/** POST clusters with address: remember a running cluster by its address. */
+/** POST clusters with address: remember a running cluster by its address, one of ours (rayjupyter://SECRET@HOST:PORT) or Ray's (ray://HOST:10001, or http://HOST:8265). */
 export interface AddClusterRequest {
-  /** rayjupyter://SECRET@HOST:PORT; Ray: ray://HOST:10001 or http://HOST:8265 */
   address: string;
+  /** ray://HOST:PORT: a Ray Client server not on HOST:10001 */
+  ray_client_address?: string;
 }
 
 /** GET kernels/<id>/cluster: the cluster a kernel uses, for the status bar. */

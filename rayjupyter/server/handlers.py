@@ -123,7 +123,7 @@ class ClustersHandler(RayJupyterAPIHandler):
     @requires("write")
     async def post(self) -> None:
         request = self.body_object()
-        unknown = set(request) - {"num_cpus", "address"}
+        unknown = set(request) - {"num_cpus", "address", "ray_client_address"}
         if unknown or ("num_cpus" in request and "address" in request):
             raise ClusterError(
                 400,
@@ -133,9 +133,14 @@ class ClustersHandler(RayJupyterAPIHandler):
             )
         if "address" in request:
             address = request["address"]
-            if not isinstance(address, str):
-                raise ClusterError(400, "address must be a string: rayjupyter://SECRET@HOST:PORT")
-            self.reply(await self.for_user(await self.service.add(address)), 201)
+            client = request.get("ray_client_address")
+            if not isinstance(address, str) or not isinstance(client, str | None):
+                raise ClusterError(
+                    400,
+                    "address must be a string: rayjupyter://SECRET@HOST:PORT, ray://HOST:10001 "
+                    "or http://HOST:8265 (and ray_client_address: ray://HOST:PORT)",
+                )
+            self.reply(await self.for_user(await self.service.add(address, client)), 201)
             return
         num_cpus = request.get("num_cpus")
         if num_cpus is not None and (

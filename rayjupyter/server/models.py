@@ -98,10 +98,15 @@ class StartClusterRequest(TypedDict, total=False):
     num_cpus: float  # CPUs of the new cluster; default: this machine's CPU count
 
 
-class AddClusterRequest(TypedDict):
-    """POST clusters with address: remember a running cluster by its address."""
-
+class _AddClusterAddress(TypedDict):
     address: str  # rayjupyter://SECRET@HOST:PORT; Ray: ray://HOST:10001 or http://HOST:8265
+
+
+class AddClusterRequest(_AddClusterAddress, total=False):
+    """POST clusters with address: remember a running cluster by its address, one of ours
+    (rayjupyter://SECRET@HOST:PORT) or Ray's (ray://HOST:10001, or http://HOST:8265)."""
+
+    ray_client_address: str  # ray://HOST:PORT: a Ray Client server not on HOST:10001
 
 
 class KernelCluster(TypedDict):

@@ -69,6 +69,11 @@ class RayAddress:
     def host(self) -> str:
         return urlsplit(self.dashboard).hostname or ""
 
+    @property
+    def client_hostport(self) -> str:
+        """HOST:PORT of the Ray Client server (what a Ray Client driver is connected to)."""
+        return self.client.removeprefix("ray://")
+
 
 def is_ray_address(address: str) -> bool:
     """Whether the panel's address names a Ray cluster (else it is one of ours)."""
@@ -301,10 +306,18 @@ class RayClusters:
         self._lock = threading.Lock()
         self._clusters: dict[str, RayCluster] = {}
 
-    def add(self, address: str) -> RayCluster:
-        """Remember a Ray cluster once its dashboard has answered; ClusterError otherwise."""
+    def add(self, address: str, client_address: str | None = None) -> RayCluster:
+        """Remember a Ray cluster once its dashboard has answered; ClusterError otherwise.
+        client_address: its Ray Client's ray://HOST:PORT, where not the default."""
         try:
             parsed = parse_ray_address(address)
+            if client_address is not None:
+                client = parse_ray_address(client_address)
+                if not client_address.strip().lower().startswith("ray://"):
+                    raise ValueError(
+                        f"ray_client_address must be ray://HOST:PORT, got {client_address!r}."
+                    )
+                parsed = RayAddress(parsed.dashboard, client.client)
         except ValueError as exc:
             raise ClusterError(400, str(exc)) from None
         try:
@@ -318,8 +331,10 @@ class RayClusters:
                     f"This server already lists {MAX_RAY_CLUSTERS} Ray clusters "
                     f"(ray_clusters.MAX_RAY_CLUSTERS): remove one first.",
                 )
-            cluster = RayCluster(session, parsed, bool(self.is_this_machine(parsed.host)))
-            self._clusters[session] = self._clusters.get(session, cluster)
+            # added again: the latest addresses win (the user corrects a client port)
+            self._clusters[session] = RayCluster(
+                session, parsed, bool(self.is_this_machine(parsed.host))
+            )
             return self._clusters[session]
 
     def find(self, session: str) -> RayCluster | None:

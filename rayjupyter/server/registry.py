@@ -241,8 +241,9 @@ class ClusterRegistry:
         _action, note = self._stop_policy(self._find(session, kernel_pids))
         raise ClusterError(409, f"This server did not start cluster {session}. {note}")
 
-    def add_remote(self, address: str) -> ClusterInfo:
-        """Remember a running cluster by its address, once it has answered."""
+    def add_remote(self, address: str, ray_client_address: str | None = None) -> ClusterInfo:
+        """Remember a running cluster by its address, once it has answered (a Ray cluster's
+        Ray Client address may be given too, when it is not the default)."""
         address = address.strip()
         if not address:
             raise ClusterError(
@@ -251,7 +252,11 @@ class ClusterRegistry:
                 "cluster ray://HOST:10001 or its dashboard's http://HOST:8265.",
             )
         if is_ray_address(address):
-            return self.ray.info(self.ray.add(address))
+            return self.ray.info(self.ray.add(address, ray_client_address))
+        if ray_client_address is not None:
+            raise ClusterError(
+                400, "ray_client_address goes with a Ray cluster's address (ray:// or http://)."
+            )
         if "://" not in address and "@" in address:
             address = ADDRESS_SCHEME + address
         try:
@@ -292,6 +297,9 @@ class ClusterRegistry:
             for k in known:
                 if _endpoints(k.hostport) & peers:
                     return self._info(k), "connected"
+            for ray in self.ray.all():  # a Ray Client driver (ray://HOST:PORT)
+                if _endpoints(ray.address.client_hostport) & peers:
+                    return self.ray.info(ray), "connected"
         for k in known:  # attached from this machine: over the node's Unix socket
             if not k.local:
                 continue
@@ -347,8 +355,9 @@ def _tcp_peers(pid: int) -> set[tuple[str, int]]:
         connections = psutil.Process(pid).net_connections(kind="tcp")
     except psutil.Error:
         return set()
+    # an IPv4 peer of a dual-stack socket (gRPC's, Ray Client's) reads ::ffff:a.b.c.d
     return {
-        (str(c.raddr.ip), int(c.raddr.port))
+        (str(c.raddr.ip).removeprefix("::ffff:"), int(c.raddr.port))
         for c in connections
         if c.raddr and c.status == psutil.CONN_ESTABLISHED
     }

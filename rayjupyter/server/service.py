@@ -85,8 +85,8 @@ class ClusterService:
     async def start(self, num_cpus: float | None) -> ClusterInfo:
         return await self.call(self.registry.start_local, num_cpus, timeout=START_TIMEOUT_S)
 
-    async def add(self, address: str) -> ClusterInfo:
-        return await self.call(self.registry.add_remote, address)
+    async def add(self, address: str, ray_client_address: str | None = None) -> ClusterInfo:
+        return await self.call(self.registry.add_remote, address, ray_client_address)
 
     async def stop(self, session: str) -> str:
         message = await self.call(self.registry.stop, session, self.kernel_pids())
