@@ -19,7 +19,7 @@ from jupyter_server.auth.authorizer import Authorizer
 from ray_head import RAY_MISSING, RayHead, ray_importable, start_ray_head, stop_ray_head
 from tornado.httpclient import HTTPClientError
 
-from rayjupyter.server.ray_clusters import RAY_DASHBOARD_PAGES, parse_ray_address
+from rayjupyter.server.ray_clusters import RAY_DASHBOARD_PAGES
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 pytestmark = [
@@ -114,16 +114,6 @@ async def add_ray(jp_fetch: Any, head: RayHead) -> dict[str, Any]:
         jp_fetch, "clusters", method="POST", body={"address": head.dashboard_url}
     )
     return info
-
-
-def test_ray_addresses_name_the_dashboard_and_the_client() -> None:
-    assert parse_ray_address("ray://10.1.2.3:10001").dashboard == "http://10.1.2.3:8265"
-    assert parse_ray_address("ray://head-svc").client == "ray://head-svc:10001"
-    http = parse_ray_address("http://head:8265/")
-    assert (http.dashboard, http.client) == ("http://head:8265", "ray://head:10001")
-    assert parse_ray_address("https://h/ray").dashboard == "https://h:443/ray"
-    with pytest.raises(ValueError, match="ray://HOST:10001"):
-        parse_ray_address("ftp://h")
 
 
 async def test_lists_a_ray_cluster_with_its_nodes_cpus_and_store(

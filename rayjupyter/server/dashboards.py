@@ -9,10 +9,13 @@ when their cluster leaves the list and when the Jupyter server stops.
 from __future__ import annotations
 
 import contextlib
+import posixpath
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import psutil
 
@@ -64,10 +67,21 @@ class Upstream:
         return request_path
 
     def acts(self, method: str, upstream_path: str) -> bool:
-        """Whether the request acts on the cluster (runs code, attaches to processes)."""
+        """Whether the request acts on the cluster (runs code, attaches to processes).
+
+        The path is compared as the upstream's router sees it: percent-decoded, with
+        repeated slashes and dot segments folded (``/%77orker//./traceback`` is
+        ``/worker/traceback``).
+        """
         if method not in ("GET", "HEAD", "OPTIONS"):
             return self.guard_writes
-        return upstream_path.startswith(self.acting_paths) if self.acting_paths else False
+        if not self.acting_paths:
+            return False
+        path = posixpath.normpath("/" + re.sub(r"/+", "/", unquote(upstream_path)).lstrip("/"))
+        return any(
+            (path + "/").startswith(prefix if prefix.endswith("/") else prefix + "/")
+            for prefix in self.acting_paths
+        )
 
 
 def start_dashboard(connect_address: str, *, host: str, port: int, prefix: str) -> Dashboard:
