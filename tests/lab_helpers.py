@@ -86,8 +86,11 @@ class LabServer:
         return ""
 
 
-def start_lab(tmp: Path, base_url: str = "/rj-lab/") -> LabServer:
-    """Start jupyter lab with isolated config, runtime, settings and workspaces dirs."""
+def start_lab(
+    tmp: Path, base_url: str = "/rj-lab/", extra_env: dict[str, str] | None = None
+) -> LabServer:
+    """Start jupyter lab with isolated config, runtime, settings and workspaces dirs
+    (extra_env: more environment for the server, e.g. a Ray cluster's token path)."""
     config, runtime, settings, workspaces, root, labext = (
         tmp / name for name in ("config", "runtime", "settings", "workspaces", "work", "labext")
     )
@@ -114,6 +117,7 @@ def start_lab(tmp: Path, base_url: str = "/rj-lab/") -> LabServer:
         ),
         BOKEH_RESOURCES="inline",
     )
+    env.update(extra_env or {})
     log = tmp / "jupyter-lab.log"
     command = [
         sys.executable,

@@ -15,7 +15,8 @@ export function openDashboard(
   cluster: Pick<ClusterInfo, 'id' | 'address' | 'dashboard_url'>,
   page: DashboardPage
 ): MainAreaWidget<IFrame> {
-  const id = `rayjupyter-dashboard-${cluster.id}-${page.path}`;
+  // Ray's pages are URL fragments (#/overview): keep the id to word characters
+  const id = `rayjupyter-dashboard-${cluster.id}-${page.path.replace(/[^\w-]+/g, '_')}`;
   const existing = open.get(id);
   if (existing && !existing.isDisposed) {
     app.shell.activateById(id);

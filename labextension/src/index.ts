@@ -42,10 +42,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new ClustersPanel({
       // HOST:PORT only: the kernel finds the secret on this machine (the cluster's record,
       // or the one this server keeps for clusters added by address), so a saved and
-      // shared notebook never carries it
+      // shared notebook never carries it; a Ray cluster's ray://HOST:PORT holds no secret
+      // (the kernel reads Ray's token where Ray's clients look)
       connect: cluster =>
         void app.commands.execute(CommandIDs.insertConnect, {
-          address: cluster.address
+          address:
+            cluster.engine === 'ray'
+              ? (cluster.connect_address ?? cluster.address)
+              : cluster.address
         }),
       openDashboard: (cluster, page) => openDashboard(app, cluster, page)
     });
@@ -101,13 +105,14 @@ function addCommands(
     execute: async args => {
       const id = String(args.id ?? '');
       const path = String(args.page ?? 'overview');
-      const { clusters, dashboard_pages } = await api.listClusters();
+      const { clusters, dashboard_pages, ray_dashboard_pages } = await api.listClusters();
       const cluster = clusters.find((c: ClusterInfo) => c.id === id);
       if (!cluster) {
         panel.showMessage(`No cluster ${id}: refresh the list.`, 'error');
         return;
       }
-      const page = dashboard_pages.find(p => p.path === path) ?? { path, title: path };
+      const pages = cluster.engine === 'ray' ? ray_dashboard_pages : dashboard_pages;
+      const page = pages.find(p => p.path === path) ?? { path, title: path };
       openDashboard(app, cluster, page);
     }
   });

@@ -7,6 +7,9 @@ export type ClusterOrigin = "panel" | "kernel" | "process" | "remote";
 /** what DELETE clusters/<id> does: stop a cluster this server started, forget a remote one, or nothing (its owner stops it; stop_note says how) */
 export type StopAction = "stop" | "forget" | "none";
 
+/** the runtime a cluster runs: rayjupyter's own, or Ray (read through Ray's dashboard HTTP API) */
+export type ClusterEngine = "rayjupyter" | "ray";
+
 /** how a kernel's cluster was found: the kernel started it, or is connected to it */
 export type KernelMatch = "owner" | "connected";
 
@@ -14,7 +17,7 @@ export type KernelMatch = "owner" | "connected";
 export interface ClusterNode {
   /** hex */
   node_id: string;
-  /** host:port of the node daemon */
+  /** host:port of the node daemon (Ray: the node's IP) */
   address: string;
   alive: boolean;
   /** total resources of the node: CPU, GPU, custom ones */
@@ -33,11 +36,11 @@ export interface ClusterStatus {
   cpu_used: number;
   gpu_total: number;
   gpu_used: number;
-  /** machine CPU use of the head's machine, 0..100 */
+  /** machine CPU use of the head's machine (Ray: mean of live nodes), 0..100 */
   cpu_percent: number;
-  /** bytes in use on the head's machine */
+  /** bytes in use on the head's machine (Ray: sum over live nodes) */
   memory_used: number;
-  /** bytes of memory of the head's machine */
+  /** bytes of memory of the head's machine (Ray: sum over live nodes) */
   memory_total: number;
   /** bytes of the object store in shared memory */
   store_used: number;
@@ -62,9 +65,10 @@ export interface ClusterStatus {
 export interface ClusterInfo {
   /** the cluster's session name; used in URLs */
   id: string;
-  /** host:port */
+  engine: ClusterEngine;
+  /** host:port (Ray: the dashboard's http://HOST:PORT) */
   address: string;
-  /** rayjupyter://SECRET@HOST:PORT; null if the user may not run code */
+  /** rayjupyter://SECRET@HOST:PORT or ray://HOST:PORT; null: no code */
   connect_address: string | null;
   origin: ClusterOrigin;
   /** runs on this machine */
@@ -95,7 +99,10 @@ export interface DashboardPage {
 /** GET clusters: every cluster this server knows, and the pages of their dashboards. */
 export interface ClusterList {
   clusters: ClusterInfo[];
+  /** pages of rayjupyter's dashboard */
   dashboard_pages: DashboardPage[];
+  /** pages of Ray's dashboard (its own routes) */
+  ray_dashboard_pages: DashboardPage[];
 }
 
 /** POST clusters with num_cpus: start a local cluster owned by this server. */
@@ -104,10 +111,11 @@ export interface StartClusterRequest {
   num_cpus?: number;
 }
 
-/** POST clusters with address: remember a running cluster by its address. */
+/** POST clusters with address: remember a running cluster by its address, one of ours (rayjupyter://SECRET@HOST:PORT) or Ray's (ray://HOST:10001, or http://HOST:8265). */
 export interface AddClusterRequest {
-  /** rayjupyter://SECRET@HOST:PORT */
   address: string;
+  /** ray://HOST:PORT: a Ray Client server not on HOST:10001 */
+  ray_client_address?: string;
 }
 
 /** GET kernels/<id>/cluster: the cluster a kernel uses, for the status bar. */

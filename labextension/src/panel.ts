@@ -1,7 +1,8 @@
 /**
- * The "Clusters" side panel: every cluster the server knows, with its live nodes, CPU,
- * memory and object-store bars and task counts by state; buttons to start, stop, add,
- * connect a notebook and open dashboard pages. It polls while visible, backs off on
+ * The "Clusters" side panel: every cluster the server knows (ours, and Ray clusters added
+ * by address), with its live nodes, CPU, memory and object-store bars and task counts by
+ * state; buttons to start, stop, add, connect a notebook and open dashboard pages (ours, or
+ * Ray's own dashboard through the server's proxy). It polls while visible, backs off on
  * errors and stands by while hidden.
  */
 import { Poll } from '@lumino/polling';
@@ -10,7 +11,7 @@ import { Widget } from '@lumino/widgets';
 import * as api from './api';
 import { MAIN_PAGES } from './dashboard';
 import { bytes, count, fraction } from './format';
-import { ClusterInfo, ClusterStatus, DashboardPage } from './models';
+import { ClusterEngine, ClusterInfo, ClusterStatus, DashboardPage } from './models';
 
 export const PANEL_ID = 'rayjupyter-panel';
 const INTERVAL_MS = 2000;
@@ -47,8 +48,8 @@ export class ClustersPanel extends Widget {
   /** Read the list now (and re-render); errors are shown and rethrown for the back-off. */
   async refresh(): Promise<void> {
     try {
-      const { clusters, dashboard_pages } = await api.listClusters();
-      this.render(clusters, dashboard_pages);
+      const { clusters, dashboard_pages, ray_dashboard_pages } = await api.listClusters();
+      this.render(clusters, { rayjupyter: dashboard_pages, ray: ray_dashboard_pages });
       if (this.message.dataset.kind === 'poll-error') {
         this.showMessage('');
       }
@@ -72,11 +73,15 @@ export class ClustersPanel extends Widget {
     });
   }
 
-  /** Add a running cluster by its rayjupyter://SECRET@HOST:PORT address. */
+  /** Add a running cluster: rayjupyter://SECRET@HOST:PORT, or Ray's ray:// or http:// address. */
   async addCluster(): Promise<void> {
     const address = this.addressInput.value.trim();
     if (!address) {
-      this.showMessage('Paste the cluster address: rayjupyter://SECRET@HOST:PORT.', 'error');
+      this.showMessage(
+        'Paste the cluster address: rayjupyter://SECRET@HOST:PORT, or for a Ray cluster ' +
+          'ray://HOST:10001 or its dashboard http://HOST:8265.',
+        'error'
+      );
       return;
     }
     await this.busy(this.addButton, 'Adding…', async () => {
@@ -122,8 +127,10 @@ export class ClustersPanel extends Widget {
 
     const add = el('div', 'rj-Panel-row');
     this.addressInput = el('input', 'rj-Panel-address jp-mod-styled') as HTMLInputElement;
-    this.addressInput.placeholder = 'rayjupyter://SECRET@HOST:PORT';
-    this.addressInput.title = 'Address of a running cluster';
+    this.addressInput.placeholder = 'rayjupyter://SECRET@HOST:PORT or ray://HOST:10001';
+    this.addressInput.title =
+      'Address of a running cluster: rayjupyter://SECRET@HOST:PORT, or a Ray cluster: ' +
+      'ray://HOST:10001 (its dashboard on HOST:8265) or its dashboard http://HOST:PORT';
     this.addressInput.addEventListener('keydown', event => {
       if (event.key === 'Enter') {
         void this.addCluster();
@@ -136,7 +143,7 @@ export class ClustersPanel extends Widget {
     return header;
   }
 
-  private render(clusters: ClusterInfo[], pages: DashboardPage[]): void {
+  private render(clusters: ClusterInfo[], pages: PagesByEngine): void {
     const seen = new Set<string>();
     for (const cluster of clusters) {
       seen.add(cluster.id);
@@ -145,7 +152,7 @@ export class ClustersPanel extends Widget {
         item = new ClusterItem(this, this.actions);
         this.items.set(cluster.id, item);
       }
-      item.update(cluster, pages);
+      item.update(cluster, pages[cluster.engine] ?? []);
       this.list.appendChild(item.node); // keeps the server's order
     }
     for (const [id, item] of this.items) {
@@ -242,11 +249,13 @@ class ClusterItem {
     this.renderPages(pages);
     const node = this.node;
     node.dataset.clusterId = cluster.id;
+    node.dataset.engine = cluster.engine;
     node.dataset.origin = cluster.origin;
     node.dataset.state = cluster.status ? 'up' : 'unreachable';
     this.name.textContent = cluster.address;
     this.name.title = `session ${cluster.id}`;
-    this.origin.textContent = ORIGINS[cluster.origin];
+    this.origin.textContent =
+      cluster.engine === 'ray' ? `Ray · ${ORIGINS[cluster.origin]}` : ORIGINS[cluster.origin];
     this.origin.title = cluster.kernel_id
       ? `kernel ${cluster.kernel_id}`
       : cluster.owner_pid
@@ -319,7 +328,9 @@ class ClusterItem {
     this.nodes.dataset.alive = `${alive}`;
     this.nodes.textContent = `${alive} node${alive === 1 ? '' : 's'} alive`;
     this.nodes.title = status.nodes
-      .map(n => `${n.address} ${n.alive ? 'alive' : 'dead'} (${count(n.resources.CPU ?? 0)} CPU)`)
+      .map(
+        n => `${n.address} ${n.alive ? 'alive' : 'dead'} (${count(n.resources.CPU ?? 0)} CPU)`
+      )
       .join('\n');
     this.cpu.set(
       fraction(status.cpu_used, status.cpu_total),
@@ -394,6 +405,9 @@ class Bar {
   private readonly fill: HTMLElement;
   private readonly text: HTMLElement;
 }
+
+/** The dashboard pages of each engine (Ray's dashboard has its own routes). */
+type PagesByEngine = { [engine in ClusterEngine]: DashboardPage[] };
 
 // live tasks: running, and pending (waiting for their arguments or for a worker)
 const TASK_STATES = ['RUNNING', 'PENDING'];

@@ -9,9 +9,13 @@ when their cluster leaves the list and when the Jupyter server stops.
 from __future__ import annotations
 
 import contextlib
+import posixpath
+import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import psutil
 
@@ -38,6 +42,46 @@ class Dashboard(Protocol):
 
 
 Starter = Callable[..., Dashboard]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the proxy sends a dashboard's requests, and how it authenticates there.
+
+    Ours serves every path under the proxy's prefix (strip is empty); Ray's serves at its
+    root, so the proxy's prefix is cut off (strip) and put back on redirects.
+    """
+
+    origin: str  # http://HOST:PORT[/prefix] of the dashboard, no trailing slash
+    headers: dict[str, str] = field(default_factory=dict)  # its credentials, added here
+    strip: str = ""  # the request path prefix that the upstream does not see
+    # paths (prefixes) that act on the cluster (profilers, tracebacks), not only show it:
+    # they need a user who may run code, as any method other than GET/HEAD/OPTIONS does
+    acting_paths: tuple[str, ...] = ()
+    guard_writes: bool = False  # other methods need a user who may run code (Ray's job API)
+
+    def path(self, request_path: str) -> str:
+        """The upstream path of a request path."""
+        if self.strip and request_path.startswith(self.strip):
+            return "/" + request_path[len(self.strip) :]
+        return request_path
+
+    def acts(self, method: str, upstream_path: str) -> bool:
+        """Whether the request acts on the cluster (runs code, attaches to processes).
+
+        The path is compared as the upstream's router sees it: percent-decoded, with
+        repeated slashes and dot segments folded (``/%77orker//./traceback`` is
+        ``/worker/traceback``).
+        """
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            return self.guard_writes
+        if not self.acting_paths:
+            return False
+        path = posixpath.normpath("/" + re.sub(r"/+", "/", unquote(upstream_path)).lstrip("/"))
+        return any(
+            (path + "/").startswith(prefix if prefix.endswith("/") else prefix + "/")
+            for prefix in self.acting_paths
+        )
 
 
 def start_dashboard(connect_address: str, *, host: str, port: int, prefix: str) -> Dashboard:

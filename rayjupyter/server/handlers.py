@@ -5,7 +5,8 @@ a connect address (it holds the cluster's secret) goes only to users who may run
 
     GET    clusters                  ClusterList
     POST   clusters  {num_cpus?}     ClusterInfo of a new local cluster (201)
-    POST   clusters  {address}       ClusterInfo of a cluster added by address (201)
+    POST   clusters  {address}       ClusterInfo of a cluster added by address (201): ours,
+                                     or Ray's (ray://HOST:10001, http://HOST:8265)
     GET    clusters/<id>             ClusterInfo
     DELETE clusters/<id>             stop (started here) or forget (remote); 409 otherwise
     GET    kernels/<id>/cluster      KernelCluster, for the status bar
@@ -29,6 +30,7 @@ from rayjupyter.server.authz import (
 from rayjupyter.server.dashboards import dashboard_pages
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.models import ClusterInfo, ClusterList, ErrorReply, StopReply
+from rayjupyter.server.ray_clusters import RAY_DASHBOARD_PAGES
 from rayjupyter.server.service import ClusterService
 
 INTERNAL_ERROR = (
@@ -113,6 +115,7 @@ class ClustersHandler(RayJupyterAPIHandler):
         body: ClusterList = {
             "clusters": clusters,
             "dashboard_pages": dashboard_pages(),
+            "ray_dashboard_pages": list(RAY_DASHBOARD_PAGES),
         }
         self.reply(body)
 
@@ -120,18 +123,24 @@ class ClustersHandler(RayJupyterAPIHandler):
     @requires("write")
     async def post(self) -> None:
         request = self.body_object()
-        unknown = set(request) - {"num_cpus", "address"}
+        unknown = set(request) - {"num_cpus", "address", "ray_client_address"}
         if unknown or ("num_cpus" in request and "address" in request):
             raise ClusterError(
                 400,
                 "Send {} or {'num_cpus': N} to start a local cluster, or "
-                "{'address': 'rayjupyter://SECRET@HOST:PORT'} to add a running one.",
+                "{'address': 'rayjupyter://SECRET@HOST:PORT'} (or a Ray cluster's "
+                "'ray://HOST:10001' or 'http://HOST:8265') to add a running one.",
             )
         if "address" in request:
             address = request["address"]
-            if not isinstance(address, str):
-                raise ClusterError(400, "address must be a string: rayjupyter://SECRET@HOST:PORT")
-            self.reply(await self.for_user(await self.service.add(address)), 201)
+            client = request.get("ray_client_address")
+            if not isinstance(address, str) or not isinstance(client, str | None):
+                raise ClusterError(
+                    400,
+                    "address must be a string: rayjupyter://SECRET@HOST:PORT, ray://HOST:10001 "
+                    "or http://HOST:8265 (and ray_client_address: ray://HOST:PORT)",
+                )
+            self.reply(await self.for_user(await self.service.add(address, client)), 201)
             return
         num_cpus = request.get("num_cpus")
         if num_cpus is not None and (

@@ -18,6 +18,9 @@ ClusterOrigin = Literal["panel", "kernel", "process", "remote"]
 #: or nothing (its owner stops it; stop_note says how)
 StopAction = Literal["stop", "forget", "none"]
 
+#: the runtime a cluster runs: rayjupyter's own, or Ray (read through Ray's dashboard HTTP API)
+ClusterEngine = Literal["rayjupyter", "ray"]
+
 #: how a kernel's cluster was found: the kernel started it, or is connected to it
 KernelMatch = Literal["owner", "connected"]
 
@@ -26,7 +29,7 @@ class ClusterNode(TypedDict):
     """One node of a cluster, as the head's node table has it."""
 
     node_id: str  # hex
-    address: str  # host:port of the node daemon
+    address: str  # host:port of the node daemon (Ray: the node's IP)
     alive: bool
     resources: dict[str, float]  # total resources of the node: CPU, GPU, custom ones
     started: float  # unix seconds
@@ -41,9 +44,9 @@ class ClusterStatus(TypedDict):
     cpu_used: float  # CPU slots held by running tasks and actors
     gpu_total: float
     gpu_used: float
-    cpu_percent: float  # machine CPU use of the head's machine, 0..100
-    memory_used: float  # bytes in use on the head's machine
-    memory_total: float  # bytes of memory of the head's machine
+    cpu_percent: float  # machine CPU use of the head's machine (Ray: mean of live nodes), 0..100
+    memory_used: float  # bytes in use on the head's machine (Ray: sum over live nodes)
+    memory_total: float  # bytes of memory of the head's machine (Ray: sum over live nodes)
     store_used: int  # bytes of the object store in shared memory
     store_capacity: int  # bytes the object store may use
     tasks: dict[str, int]  # live tasks by state (Ray's: PENDING_ARGS_AVAIL, ..., RUNNING)
@@ -59,8 +62,9 @@ class ClusterInfo(TypedDict):
     """A cluster this Jupyter server knows, with its status when it could be read."""
 
     id: str  # the cluster's session name; used in URLs
-    address: str  # host:port
-    connect_address: str | None  # rayjupyter://SECRET@HOST:PORT; null if the user may not run code
+    engine: ClusterEngine
+    address: str  # host:port (Ray: the dashboard's http://HOST:PORT)
+    connect_address: str | None  # rayjupyter://SECRET@HOST:PORT or ray://HOST:PORT; null: no code
     origin: ClusterOrigin
     local: bool  # runs on this machine
     owner_pid: int  # the process that started it and whose exit stops it; 0 if none
@@ -84,7 +88,8 @@ class ClusterList(TypedDict):
     """GET clusters: every cluster this server knows, and the pages of their dashboards."""
 
     clusters: list[ClusterInfo]
-    dashboard_pages: list[DashboardPage]
+    dashboard_pages: list[DashboardPage]  # pages of rayjupyter's dashboard
+    ray_dashboard_pages: list[DashboardPage]  # pages of Ray's dashboard (its own routes)
 
 
 class StartClusterRequest(TypedDict, total=False):
@@ -93,10 +98,15 @@ class StartClusterRequest(TypedDict, total=False):
     num_cpus: float  # CPUs of the new cluster; default: this machine's CPU count
 
 
-class AddClusterRequest(TypedDict):
-    """POST clusters with address: remember a running cluster by its address."""
+class _AddClusterAddress(TypedDict):
+    address: str  # rayjupyter://SECRET@HOST:PORT; Ray: ray://HOST:10001 or http://HOST:8265
 
-    address: str  # rayjupyter://SECRET@HOST:PORT
+
+class AddClusterRequest(_AddClusterAddress, total=False):
+    """POST clusters with address: remember a running cluster by its address, one of ours
+    (rayjupyter://SECRET@HOST:PORT) or Ray's (ray://HOST:10001, or http://HOST:8265)."""
+
+    ray_client_address: str  # ray://HOST:PORT: a Ray Client server not on HOST:10001
 
 
 class KernelCluster(TypedDict):

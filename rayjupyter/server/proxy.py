@@ -2,9 +2,14 @@
 websockets, through Jupyter's own port and auth, so the dashboard works wherever Jupyter
 does (JupyterHub, an SSH tunnel).
 
-The dashboard serves every path under that same prefix, so a request's path travels
-unchanged. Jupyter's credentials (its token, its cookies) stay here; the dashboard gets its
-own token in an Authorization header instead. Jupyter's Authorizer decides who may use a
+Our dashboard serves every path under that same prefix, so a request's path travels
+unchanged; a Ray cluster's dashboard (``ray_clusters.py``) serves at its root, so the
+prefix is cut off on the way there and put back on redirects. Jupyter's credentials (its
+token, its cookies) stay here; the dashboard gets its own credentials in an Authorization
+header instead (our dashboard's token, or Ray's auth token), so the browser never holds
+them. On a Ray dashboard, requests that act on the cluster (any method but GET/HEAD/OPTIONS:
+Ray's job API runs code; profilers and tracebacks attach to processes) need a user who may
+run code (``authz.may_run_code``). Jupyter's Authorizer decides who may use a
 dashboard: ``read`` on the resource ``rayjupyter`` for page views and the websocket,
 ``write`` for other methods (``authz.py``). A websocket upgrade is routed to its own
 handler by a matcher on the Upgrade header (tornado picks handlers by path only).
@@ -25,8 +30,8 @@ from tornado import httpclient, web, websocket
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches
 
-from rayjupyter.server.authz import AUTH_RESOURCE, READ_REFUSED, requires
-from rayjupyter.server.dashboards import Dashboard
+from rayjupyter.server.authz import AUTH_RESOURCE, READ_REFUSED, may_run_code, requires
+from rayjupyter.server.dashboards import Upstream
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.handlers import JsonErrors, error_body
 from rayjupyter.server.service import ClusterService
@@ -71,19 +76,32 @@ class WebSocketUpgrade(PathMatches):
         return super().match(request)
 
 
-def upstream_uri(request: HTTPServerRequest) -> str:
-    """The request's path and query, without Jupyter's token."""
+ACTING_REFUSED = (
+    "This acts on the Ray cluster (it runs code or attaches to its processes): it needs a "
+    "Jupyter user who may run code (execute on 'rayjupyter' and 'kernels')."
+)
+
+
+def upstream_uri(request: HTTPServerRequest, upstream: Upstream) -> str:
+    """The request's upstream path and query, without Jupyter's token."""
     parts = urlsplit(request.uri or "/")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    return parts.path + (f"?{urlencode(query)}" if query else "")
+    return upstream.path(parts.path) + (f"?{urlencode(query)}" if query else "")
 
 
-def upstream_headers(request: HTTPServerRequest, dashboard: Dashboard) -> dict[str, str]:
+def upstream_headers(request: HTTPServerRequest, upstream: Upstream) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.get_all() if k.lower() not in _REQUEST_DROP}
-    headers["Authorization"] = f"token {dashboard.token}"
+    headers.update(upstream.headers)
     headers["X-Forwarded-Host"] = request.host
     headers["X-Forwarded-Proto"] = request.protocol
     return headers
+
+
+async def refuse_acting(handler: JupyterHandler, upstream: Upstream, path: str) -> None:
+    """A 403 for a request that acts on the cluster from a user who may not run code."""
+    method = handler.request.method or "GET"
+    if upstream.acts(method, path) and not await may_run_code(handler):
+        raise ClusterError(403, ACTING_REFUSED)
 
 
 class DashboardProxyHandler(JsonErrors):
@@ -101,13 +119,15 @@ class DashboardProxyHandler(JsonErrors):
         if not path and not self.request.path.endswith("/"):
             self.redirect(self.request.path + "/" + _query(self.request))
             return
-        dashboard = await self.service.dashboard(session)
+        upstream = await self.service.upstream(session)
+        uri = upstream_uri(self.request, upstream)
+        await refuse_acting(self, upstream, urlsplit(uri).path)
         method = self.request.method or "GET"
         body = self.request.body if method in ("POST", "PUT", "PATCH") else None
         request = httpclient.HTTPRequest(
-            f"http://{self.service.dashboards.host}:{dashboard.port}{upstream_uri(self.request)}",
+            upstream.origin + uri,
             method=method,
-            headers=upstream_headers(self.request, dashboard),
+            headers=upstream_headers(self.request, upstream),
             body=body,
             follow_redirects=False,
             allow_nonstandard_methods=True,
@@ -133,7 +153,7 @@ class DashboardProxyHandler(JsonErrors):
             if lowered in _RESPONSE_DROP:
                 continue
             if lowered == "location":
-                value = _local_location(value)
+                value = _local_location(value, upstream)
             if lowered in seen:  # a repeated header (Vary, Link): keep every value
                 self.add_header(name, value)
             else:  # replaces Jupyter's default (Content-Type, Cache-Control)
@@ -201,20 +221,26 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
             self.authorizer.is_authorized(self, self.current_user, "read", AUTH_RESOURCE)
         ):
             raise web.HTTPError(403, READ_REFUSED)
-        dashboard = await self._dashboard(session)
-        headers = upstream_headers(self.request, dashboard)
+        upstream = await self._upstream(session)
+        uri = upstream_uri(self.request, upstream)
+        try:
+            await refuse_acting(self, upstream, urlsplit(uri).path)
+        except ClusterError as exc:
+            raise web.HTTPError(exc.status, "%s", exc.message) from None
+        headers = upstream_headers(self.request, upstream)
         for name in ("Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions"):
             headers.pop(name, None)
         headers.pop("Sec-Websocket-Protocol", None)
         # Jupyter has checked the browser's Origin (check_origin); the dashboard sees its own
-        headers["Origin"] = f"http://{self.service.dashboards.host}:{dashboard.port}"
+        origin = urlsplit(upstream.origin)
+        headers["Origin"] = f"{origin.scheme}://{origin.netloc}"
         protocols = [
             p.strip()
             for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
         request = httpclient.HTTPRequest(
-            f"ws://{self.service.dashboards.host}:{dashboard.port}{upstream_uri(self.request)}",
+            "ws" + upstream.origin[len("http") :] + uri,  # http -> ws, https -> wss
             headers=headers,
             connect_timeout=UPSTREAM_TIMEOUT_S,
             request_timeout=UPSTREAM_TIMEOUT_S,
@@ -231,9 +257,9 @@ class DashboardWebSocketProxy(WebSocketMixin, websocket.WebSocketHandler, Jupyte
             return
         await super().get(session, path)
 
-    async def _dashboard(self, session: str) -> Dashboard:
+    async def _upstream(self, session: str) -> Upstream:
         try:
-            return await self.service.dashboard(session)
+            return await self.service.upstream(session)
         except ClusterError as exc:
             raise web.HTTPError(exc.status, "%s", exc.message) from None
 
@@ -279,8 +305,14 @@ def _query(request: HTTPServerRequest) -> str:
     return f"?{request.query}" if request.query else ""
 
 
-def _local_location(location: str) -> str:
+def _local_location(location: str, upstream: Upstream) -> str:
     """A redirect to the dashboard's own host:port becomes a path on this server."""
+    if upstream.strip:  # Ray's: its paths start at its root, ours under the proxy's prefix
+        if location.startswith(upstream.origin + "/"):
+            return upstream.strip + location[len(upstream.origin) + 1 :]
+        if location.startswith("/") and not location.startswith("//"):
+            return upstream.strip + location[1:]
+        return location
     parts = urlsplit(location)
     if parts.scheme in ("http", "https") and parts.hostname in ("127.0.0.1", "localhost", "::1"):
         return parts.path + (f"?{parts.query}" if parts.query else "")

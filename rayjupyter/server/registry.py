@@ -5,7 +5,8 @@ Three sources, merged by session name:
 - local clusters found by discovery (``/tmp/rayjupyter/*/cluster.json``): started by this
   server's kernels or by any other process of the user on this machine;
 - clusters this server started from the panel (it owns them and stops them when it stops);
-- remote clusters added by address (kept in memory until removed).
+- remote clusters added by address (kept in memory until removed);
+- Ray clusters added by address (``ray_clusters.py``: read through Ray's dashboard API).
 
 Every method blocks (process start, network round trips) and raises ``ClusterError`` with
 an HTTP status and a one-line message that names the fix.
@@ -36,6 +37,7 @@ from rayjupyter.server.models import (
     KernelMatch,
     StopAction,
 )
+from rayjupyter.server.ray_clusters import RayClusters, is_ray_address
 from rayjupyter.server.status import StatusError, StatusReader
 
 STATUS_THREADS = 8  # clusters whose status is read at once
@@ -77,6 +79,7 @@ class ClusterRegistry:
         self._started: dict[str, LocalCluster] = {}  # session -> cluster started from the panel
         self._remotes: dict[str, _Known] = {}  # session -> cluster added by address
         self._pool = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="rayjupyter-status")
+        self.ray = RayClusters(dashboard_url, _is_this_machine)
 
     # ------------------------------------------------------------------ listing
 
@@ -122,9 +125,14 @@ class ClusterRegistry:
     def list_clusters(self, kernel_pids: dict[int, str] | None = None) -> list[ClusterInfo]:
         """Every cluster with its live status (read in parallel, each bounded in time)."""
         known = self.known(kernel_pids)
-        return list(self._pool.map(self._info, known))
+        ours = [self._pool.submit(self._info, k) for k in known]
+        ray = [self._pool.submit(self.ray.info, c) for c in self.ray.all()]
+        return [future.result() for future in ours + ray]
 
     def get(self, session: str, kernel_pids: dict[int, str] | None = None) -> ClusterInfo:
+        ray = self.ray.find(session)
+        if ray is not None:
+            return self.ray.info(ray)
         return self._info(self._find(session, kernel_pids))
 
     def connect_address(self, session: str) -> str:
@@ -151,6 +159,7 @@ class ClusterRegistry:
         action, note = self._stop_policy(known)
         return {
             "id": known.session,
+            "engine": "rayjupyter",
             "address": known.hostport,
             "connect_address": known.connect_address,
             "origin": known.origin,
@@ -214,6 +223,10 @@ class ClusterRegistry:
 
     def stop(self, session: str, kernel_pids: dict[int, str] | None = None) -> str:
         """Stop a cluster started from the panel, or forget a remote one; a line saying which."""
+        ray = self.ray.forget(session)
+        if ray is not None:
+            where = ray.address.dashboard
+            return f"Removed the Ray cluster at {where} from the list; it keeps running."
         with self._lock:
             cluster = self._started.pop(session, None)
             remote = self._remotes.pop(session, None) if cluster is None else None
@@ -228,11 +241,22 @@ class ClusterRegistry:
         _action, note = self._stop_policy(self._find(session, kernel_pids))
         raise ClusterError(409, f"This server did not start cluster {session}. {note}")
 
-    def add_remote(self, address: str) -> ClusterInfo:
-        """Remember a running cluster by its address, once it has answered."""
+    def add_remote(self, address: str, ray_client_address: str | None = None) -> ClusterInfo:
+        """Remember a running cluster by its address, once it has answered (a Ray cluster's
+        Ray Client address may be given too, when it is not the default)."""
         address = address.strip()
         if not address:
-            raise ClusterError(400, "Give the cluster's address: rayjupyter://SECRET@HOST:PORT.")
+            raise ClusterError(
+                400,
+                "Give the cluster's address: rayjupyter://SECRET@HOST:PORT, or for a Ray "
+                "cluster ray://HOST:10001 or its dashboard's http://HOST:8265.",
+            )
+        if is_ray_address(address):
+            return self.ray.info(self.ray.add(address, ray_client_address))
+        if ray_client_address is not None:
+            raise ClusterError(
+                400, "ray_client_address goes with a Ray cluster's address (ray:// or http://)."
+            )
         if "://" not in address and "@" in address:
             address = ADDRESS_SCHEME + address
         try:
@@ -273,6 +297,9 @@ class ClusterRegistry:
             for k in known:
                 if _endpoints(k.hostport) & peers:
                     return self._info(k), "connected"
+            for ray in self.ray.all():  # a Ray Client driver (ray://HOST:PORT)
+                if _endpoints(ray.address.client_hostport) & peers:
+                    return self.ray.info(ray), "connected"
         for k in known:  # attached from this machine: over the node's Unix socket
             if not k.local:
                 continue
@@ -290,6 +317,7 @@ class ClusterRegistry:
             remotes = list(self._remotes.values())
             self._started.clear()
             self._remotes.clear()
+        self.ray.clear()
         for remote in remotes:
             with contextlib.suppress(OSError):
                 connect.forget_secret(remote.hostport)
@@ -327,8 +355,9 @@ def _tcp_peers(pid: int) -> set[tuple[str, int]]:
         connections = psutil.Process(pid).net_connections(kind="tcp")
     except psutil.Error:
         return set()
+    # an IPv4 peer of a dual-stack socket (gRPC's, Ray Client's) reads ::ffff:a.b.c.d
     return {
-        (str(c.raddr.ip), int(c.raddr.port))
+        (str(c.raddr.ip).removeprefix("::ffff:"), int(c.raddr.port))
         for c in connections
         if c.raddr and c.status == psutil.CONN_ESTABLISHED
     }

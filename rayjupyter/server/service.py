@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 from jupyter_server.utils import url_path_join
 
-from rayjupyter.server.dashboards import Dashboard, DashboardManager
+from rayjupyter.server.dashboards import Dashboard, DashboardManager, Upstream
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.models import ClusterInfo, KernelCluster
+from rayjupyter.server.ray_clusters import RAY_ACTING_PATHS, auth_headers, ray_token
 from rayjupyter.server.registry import ClusterRegistry
 
 T = TypeVar("T")
@@ -84,8 +85,8 @@ class ClusterService:
     async def start(self, num_cpus: float | None) -> ClusterInfo:
         return await self.call(self.registry.start_local, num_cpus, timeout=START_TIMEOUT_S)
 
-    async def add(self, address: str) -> ClusterInfo:
-        return await self.call(self.registry.add_remote, address)
+    async def add(self, address: str, ray_client_address: str | None = None) -> ClusterInfo:
+        return await self.call(self.registry.add_remote, address, ray_client_address)
 
     async def stop(self, session: str) -> str:
         message = await self.call(self.registry.stop, session, self.kernel_pids())
@@ -108,6 +109,24 @@ class ClusterService:
             return running
         address = await self.call(self.registry.connect_address, session)
         return await self.call(self.dashboards.get, session, address, timeout=DASHBOARD_TIMEOUT_S)
+
+    async def upstream(self, session: str) -> Upstream:
+        """Where the proxy sends a cluster's dashboard requests: a Ray cluster's own
+        dashboard, or ours (started on first use)."""
+        ray = self.registry.ray.find(session)
+        if ray is not None:
+            return Upstream(
+                ray.address.dashboard,
+                auth_headers(ray_token()),
+                strip=self.dashboard_url(session),
+                acting_paths=RAY_ACTING_PATHS,
+                guard_writes=True,
+            )
+        dashboard = await self.dashboard(session)
+        return Upstream(
+            f"http://{self.dashboards.host}:{dashboard.port}",
+            {"Authorization": f"token {dashboard.token}"},
+        )
 
     def close(self) -> None:
         """Stop the dashboards and the clusters started from the panel (server shutdown)."""
