@@ -20,6 +20,7 @@ from rayjupyter.data.block import (
     BlockMetadata,
     batch_from_table,
     check_batch_format,
+    compact,
     concat,
     metadata_of,
     rebatch,
@@ -211,9 +212,15 @@ class WriteBlocks(Stage):
 # --------------------------------------------------------------------------- the task body
 
 
-def coalesce(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
+def coalesce(
+    tables: Iterable[pa.Table], target: int, *, blocks: bool = False
+) -> Iterator[pa.Table]:
     """Small outputs (a map_batches batch each) joined into blocks of up to ``target`` bytes,
-    so a task makes few blocks, not one per batch; an all-empty output keeps its schema."""
+    so a task makes few blocks, not one per batch; an all-empty output keeps its schema.
+
+    With ``blocks`` (a task's output for the store) each is also cut to ``target`` and
+    compacted (see ``block.compact``), and the pieces it was joined from are dropped
+    before it is handed on, so a worker holds one block's bytes, not two."""
     pending: list[pa.Table] = []
     held = 0
     empty: pa.Table | None = None
@@ -223,15 +230,28 @@ def coalesce(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
             empty = table
             continue
         pending.append(table)
-        held += int(table.nbytes)
+        del table
+        held += int(pending[-1].nbytes)
         if held >= target:
-            yield concat(pending)
-            emitted = True
-            pending, held = [], 0
+            ready = _joined(pending, target, blocks)
+            held, emitted = 0, True
+            while ready:
+                yield ready.pop(0)
     if pending:
-        yield concat(pending)
+        ready = _joined(pending, target, blocks)
+        while ready:
+            yield ready.pop(0)
     elif not emitted and empty is not None:
         yield empty
+
+
+def _joined(pending: list[pa.Table], target: int, blocks: bool) -> list[pa.Table]:
+    """pending as one table (or, with ``blocks``, as compact pieces); empties pending."""
+    table = concat(pending)
+    pending.clear()
+    if not blocks:
+        return [table]
+    return [compact(piece) for piece in split_table(table, target)]
 
 
 def run_chain(
@@ -250,12 +270,12 @@ def run_chain(
         stream: Iterator[pa.Table] = iter(source()) if source is not None else iter(blocks)
         for stage in stages:
             stream = stage.apply(stream)
-        for table in coalesce(stream, target_max_block_size):
-            for piece in split_table(table, target_max_block_size):
-                now = time.perf_counter()
-                yield piece
-                yield metadata_of(piece, now - start)
-                start = time.perf_counter()
+        for piece in coalesce(stream, target_max_block_size, blocks=True):
+            now = time.perf_counter()
+            yield piece
+            yield metadata_of(piece, now - start)
+            del piece  # sent: not held while the next block is made
+            start = time.perf_counter()
     except Exception as exc:
         tb = traceback.format_exc()
         try:
