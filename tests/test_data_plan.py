@@ -192,3 +192,43 @@ def test_text_progress_line():
         OpProgress("Sort", 0, None, 0.0, 0, 0, False),
     ]
     assert TextProgress.line(rows) == "ReadRange->Map: 50/100 rows | Sort: 0 rows"
+
+
+def test_compact_copies_only_slices_and_chunked_tables():
+    from rayjupyter.core.serialization import serialize
+
+    data = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ones((1000, 128)))
+    table = pa.table({"data": data, "id": np.arange(1000)})
+    assert block.compact(table) is table  # one chunk of its own buffers: no copy
+    piece = block.compact(table.slice(10, 100))
+    assert piece.get_total_buffer_size() == piece.nbytes  # not the parent's buffers
+    assert serialize(piece).nbytes < table.nbytes // 5
+    joined = block.compact(pa.concat_tables([table, table.slice(0, 5)]))
+    assert [c.num_chunks for c in joined.columns] == [1, 1] and joined.num_rows == 1005
+    np.testing.assert_array_equal(joined["id"].to_numpy()[1000:], np.arange(5))
+
+
+def test_a_map_task_holds_about_a_read_piece_not_its_whole_range():
+    import tracemalloc
+
+    # 64 MiB in one read task, fused with a map_batches, out in 8 MiB blocks
+    rows, target = 8192, 8 * 2**20
+    (task,) = sources.range_tasks(rows, 1, (1024,))
+    double = MapBatches("Double", UserFn(lambda b: {"data": b["data"] * 2}))
+    list(run_chain(sources.range_tasks(4, 1, (1024,))[0], [double], (), target))  # imports
+    tracemalloc.start()
+    try:
+        blocks = 0
+        for item in run_chain(task, [double], (), target):
+            if isinstance(item, pa.Table):
+                assert [c.num_chunks for c in item.columns] == [1]  # readers map it as is
+                assert item.get_total_buffer_size() == item.nbytes <= target
+                blocks += 1
+            del item
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert blocks == 8
+    # a 16 MiB read piece and one batch's output (was: the 64 MiB range, and as much again
+    # in a temporary, plus the pieces and batches already handed on)
+    assert peak < 32 * 2**20, peak

@@ -258,5 +258,6 @@ def rebatch(tables: Iterable[pa.Table], batch_size: int | None) -> Iterator[pa.T
             if held == batch_size:
                 yield concat(pending)
                 pending, held = [], 0
+        del table  # an empty slice still holds its block: not while the next is made
     if held:
         yield concat(pending)

@@ -59,6 +59,7 @@ def _range_tensor_block(start: int, stop: int, shape: tuple[int, ...]) -> Iterat
         data = np.empty((high - low, *shape), dtype=np.int64)
         data[...] = np.arange(low, high, dtype=np.int64).reshape(-1, *([1] * len(shape)))
         yield pa.table({"data": pa.FixedShapeTensorArray.from_numpy_ndarray(data)})
+        del data  # not held while the next piece is made
 
 
 def range_tasks(n: int, num_blocks: int, shape: tuple[int, ...] | None = None) -> list[ReadTask]:

@@ -138,6 +138,7 @@ class MapBatches(Stage):
                     yield table_from_batch(item)
             else:
                 yield table_from_batch(result)
+            del batch, result  # neither is held while the next batch is made
 
 
 def _is_generator(value: Any) -> bool:
