@@ -232,3 +232,33 @@ def test_a_map_task_holds_about_a_read_piece_not_its_whole_range():
     # a 16 MiB read piece and one batch's output (was: the 64 MiB range, and as much again
     # in a temporary, plus the pieces and batches already handed on)
     assert peak < 32 * 2**20, peak
+
+
+def test_a_task_packs_its_batches_into_blocks_and_lets_each_batch_go():
+    import weakref
+
+    from rayjupyter.data.stages import coalesce
+
+    made: list[weakref.ref] = []
+    held_back: list[int] = []
+
+    def batches():
+        for i in range(10):
+            held_back.append(sum(ref() is not None for ref in made))
+            data = np.full((100, 8), i, dtype=np.float32)  # 3.2 KB with the ids
+            made.append(weakref.ref(data))
+            yield pa.table({"data": block.array_from_values(data), "i": np.full(100, i)})
+            del data
+        yield pa.table({"s": ["a string column is joined, not packed"]})
+
+    out = list(coalesce(batches(), 10_000, blocks=True))
+    assert held_back == [0] * 10  # each batch copied into its block, not held until it fills
+    assert [t.num_rows for t in out] == [250, 250, 250, 250, 1]  # 40 bytes a row
+    for table in out[:4]:
+        assert [c.num_chunks for c in table.columns] == [1, 1]
+        assert table.get_total_buffer_size() == table.nbytes <= 10_000
+    ids = np.concatenate([t["i"].to_numpy() for t in out[:4]])
+    np.testing.assert_array_equal(ids, np.repeat(np.arange(10), 100))
+    data = np.concatenate([block.column_to_numpy(t["data"]) for t in out[:4]])
+    np.testing.assert_array_equal(data[:, 0], ids)
+    assert out[4].column_names == ["s"]

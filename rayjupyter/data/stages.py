@@ -29,6 +29,7 @@ from rayjupyter.data.block import (
     table_from_batch,
     table_from_rows,
 )
+from rayjupyter.data.packing import Packer, packable
 
 # callable-class instances made once per actor of an actor pool, by stage key
 _UDF_INSTANCES: dict[str, Any] = {}
@@ -219,17 +220,30 @@ def coalesce(
     """Small outputs (a map_batches batch each) joined into blocks of up to ``target`` bytes,
     so a task makes few blocks, not one per batch; an all-empty output keeps its schema.
 
-    With ``blocks`` (a task's output for the store) each is also cut to ``target`` and
-    compacted (see ``block.compact``), and the pieces it was joined from are dropped
-    before it is handed on, so a worker holds one block's bytes, not two."""
+    With ``blocks`` (a task's output for the store) each block is one contiguous chunk per
+    column of at most ``target`` bytes: fixed-width rows are copied into it as they come
+    (``packing.Packer``), other tables are joined, cut and compacted (``block.compact``);
+    either way a worker holds one block's bytes, not the pieces and their copy too."""
     pending: list[pa.Table] = []
     held = 0
     empty: pa.Table | None = None
     emitted = False
+    packer: Packer | None = None
     for table in tables:
         if table.num_rows == 0:
             empty = table
             continue
+        if blocks and not pending and table.nbytes < target:
+            if packer is None and packable(table):
+                packer = Packer(table.schema, target)
+            if packer is not None and packer.accepts(table):
+                emitted = True
+                yield from packer.add(table)
+                del table
+                continue
+        if packer is not None:  # another kind of table: the rows packed so far go first
+            yield from _drain(packer)
+            packer = None
         pending.append(table)
         del table
         held += int(pending[-1].nbytes)
@@ -238,12 +252,20 @@ def coalesce(
             held, emitted = 0, True
             while ready:
                 yield ready.pop(0)
+    if packer is not None:
+        yield from _drain(packer)
     if pending:
         ready = _joined(pending, target, blocks)
         while ready:
             yield ready.pop(0)
     elif not emitted and empty is not None:
         yield empty
+
+
+def _drain(packer: Packer) -> Iterator[pa.Table]:
+    last = packer.flush()
+    if last is not None:
+        yield last
 
 
 def _joined(pending: list[pa.Table], target: int, blocks: bool) -> list[pa.Table]:
