@@ -3,6 +3,7 @@
     python -m benchmarks.data                 # the sizes: 4 GB, 2 GB, 1 GB, 10 M rows
     python -m benchmarks.data --quick         # a tenth of them
     python -m benchmarks.data --tiny --against none   # seconds, rayjupyter only
+    python -m benchmarks.data --only map_batches --against none   # one row, one side
 
 The same code runs for both: ``data`` is ``rayjupyter.data`` or ``ray.data``. The peak memory
 is the whole process tree's PSS (driver, daemons, workers), sampled every 0.2 s while the
@@ -105,7 +106,12 @@ def _setup(backend: str, num_cpus: int) -> tuple[Any, Any, Any]:
     return rt, data, store
 
 
-def run_child(backend: str, size: str, num_cpus: int, out: Path) -> None:
+WORKLOADS = ("map_batches", "parquet_pipeline", "random_shuffle", "groupby_mean")
+
+
+def run_child(
+    backend: str, size: str, num_cpus: int, out: Path, only: tuple[str, ...] = WORKLOADS
+) -> None:
     result: dict[str, Any] = {"backend": backend, "metrics": {}, "errors": {}}
 
     def save() -> None:
@@ -168,10 +174,9 @@ def run_child(backend: str, size: str, num_cpus: int, out: Path) -> None:
         assert len(out) == 100, len(out)
         return {"rows": groupby_rows}
 
-    step("map_batches", map_batches)
-    step("parquet_pipeline", parquet)
-    step("random_shuffle", shuffle)
-    step("groupby_mean", groupby)
+    for name, fn in zip(WORKLOADS, (map_batches, parquet, shuffle, groupby), strict=True):
+        if name in only:
+            step(name, fn)
     rt.shutdown()
     save()
 
@@ -179,11 +184,13 @@ def run_child(backend: str, size: str, num_cpus: int, out: Path) -> None:
 # --------------------------------------------------------------------------- the parent
 
 
-def _run(backend: str, size: str, num_cpus: int, timeout_s: float, workdir: Path) -> dict:
+def _run(
+    backend: str, size: str, num_cpus: int, timeout_s: float, workdir: Path, only: list[str]
+) -> dict:
     out = workdir / f"{backend}.json"
     log = out.with_suffix(".log")
     cmd = [sys.executable, "-m", "benchmarks.data", "--child", backend, "--size", size]
-    cmd += ["--num-cpus", str(num_cpus), "--out", str(out)]
+    cmd += ["--num-cpus", str(num_cpus), "--out", str(out), "--only", *only]
     reason = run_logged(cmd, timeout_s, log)
     run = json.loads(out.read_text()) if out.exists() else {"metrics": {}, "errors": {}}
     if reason:
@@ -247,20 +254,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="workloads to run"
+    )
     args = parser.parse_args(argv)
     size = "quick" if args.quick else "tiny" if args.tiny else args.size
     if args.child:
-        run_child(args.child, size, args.num_cpus, args.out)
+        run_child(args.child, size, args.num_cpus, args.out, tuple(args.only))
         return 0
     backends = ["rayjupyter"] + ([] if args.against == "none" else ["ray"])
     results = {}
     with tempfile.TemporaryDirectory(prefix="rj-data-bench-") as workdir:
         for backend in backends:
             print(f"running {backend} ({size})...", file=sys.stderr)
-            results[backend] = _run(backend, size, args.num_cpus, args.timeout, Path(workdir))
+            results[backend] = _run(
+                backend, size, args.num_cpus, args.timeout, Path(workdir), args.only
+            )
     text = table(results, size)
     print(text)
-    path = args.json or REPO_ROOT / "benchmarks" / "results" / f"data-{size}.json"
+    partial = args.against == "none" or len(args.only) < len(WORKLOADS)
+    default = f"data-{size}{'-partial' if partial else ''}.json"  # the full table stays
+    path = args.json or REPO_ROOT / "benchmarks" / "results" / default
     path.write_text(json.dumps({"size": size, "results": results}, indent=1), encoding="utf-8")
     path.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     return 0

@@ -356,14 +356,49 @@ def test_iter_torch_batches():
 
 def _in_shared_memory(table: pa.Table) -> list[bool]:
     """Whether the first column's data buffer lies in a shared mapping of this process."""
-    address = table.column(0).chunk(0).buffers()[1].address
+    return [_shared_address(table.column(0).chunk(0).buffers()[1].address)] * table.num_rows
+
+
+def _shared_address(address: int) -> bool:
     with open("/proc/self/maps", encoding="utf-8") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             low, high = (int(part, 16) for part in fields[0].split("-"))
             if low <= address < high:
-                return [fields[1][3] == "s"] * table.num_rows
-    return [False] * table.num_rows
+                return fields[1][3] == "s"
+    return False
+
+
+def test_map_batches_output_reaches_the_consumer_without_a_copy():
+    # 8 batches per task, joined into one block: one chunk, so batch_size=None maps it as
+    # is (a block of 8 chunks was copied into one array in the driver)
+    ds = rd.range_tensor(4096, shape=(256,), override_num_blocks=2).map_batches(
+        lambda b: {"data": b["data"] * 2}, batch_size=256
+    )
+    seen = 0
+    for batch in ds.iter_batches(batch_size=None):
+        data = batch["data"]
+        assert data.shape == (2048, 256) and not data.flags.writeable
+        assert _shared_address(data.__array_interface__["data"][0])
+        np.testing.assert_array_equal(data[:, 0], 2 * np.arange(seen, seen + 2048))
+        seen += len(data)
+    assert seen == 4096
+
+
+def test_blocks_cut_from_a_larger_table_carry_only_their_rows():
+    from rayjupyter.core import api, queries
+
+    ctx = rd.DataContext.get_current()
+    target, ctx.target_max_block_size = ctx.target_max_block_size, 2**20
+    try:
+        before = queries.store_stats(api._client()).used_bytes
+        ds = rd.range_tensor(1024, shape=(1024,), override_num_blocks=1).materialize()
+        stored = queries.store_stats(api._client()).used_bytes - before
+    finally:
+        ctx.target_max_block_size = target
+    assert ds.num_blocks() == 8 and ds.count() == 1024
+    # 8 MiB of rows in 8 blocks: about 8 MiB stored, not each block with all 8 MiB
+    assert stored < 12 * 2**20, stored
 
 
 def test_the_next_operator_reads_blocks_zero_copy():

@@ -120,6 +120,22 @@ def test_large_items_go_through_shared_memory_zero_copy():
     assert not values[0].flags.writeable  # mapped read-only from the store, not copied
 
 
+def test_the_worker_lets_go_of_an_item_once_sent():
+    @rj.remote(num_returns="streaming")
+    def gen():
+        import weakref
+
+        item = np.ones(1 << 20)  # shared memory, not inline
+        sent = weakref.ref(item)
+        yield item
+        del item
+        yield sent() is None  # a data task's block, freed before the next is made
+
+    first, second = gen.remote()
+    assert rj.get(first, timeout=30).shape == (1 << 20,)
+    assert rj.get(second, timeout=30) is True
+
+
 def test_error_mid_stream_raises_at_its_index_then_ends():
     @rj.remote(max_retries=0)
     def fails_after_two():

@@ -383,7 +383,7 @@ class TaskExecutor:
                 except StopIteration:
                     break
                 self._send_item(task, gate, index, value)
-                index += 1
+                index, value = index + 1, None  # the sent item is not held while making the next
         except KeyboardInterrupt:
             # cancelled between items (held back, or sending one): the producer hears of
             # it at its yield, as it would have had the signal come while it ran

@@ -91,6 +91,7 @@ class DataIterator:
             if drop_last and batch_size is not None and batch.num_rows < batch_size:
                 return
             yield batch_from_table(batch, fmt)
+            del batch  # its block's mapping is not held while the next one is fetched
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         for table in _tables(self._bundles(), 1):

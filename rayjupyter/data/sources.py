@@ -35,14 +35,31 @@ class ReadTask:
 # --------------------------------------------------------------------------- in memory
 
 
+# A read task makes its rows in pieces of about this size, not all at once: a fused
+# map_batches then holds one piece in the worker, not the task's whole range (8 read tasks
+# over 4 GB made 500 MB tables, plus as much again in numpy temporaries, per worker).
+READ_PIECE_BYTES = 16 * 1024 * 1024
+
+
+def row_pieces(start: int, stop: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive pieces of about READ_PIECE_BYTES each."""
+    step = max(1, READ_PIECE_BYTES // max(1, row_bytes))
+    for low in range(start, stop, step):
+        yield low, min(stop, low + step)
+
+
 def _range_block(start: int, stop: int) -> Iterator[pa.Table]:
-    yield pa.table({"id": pa.array(np.arange(start, stop, dtype=np.int64))})
+    for low, high in row_pieces(start, stop, 8):
+        yield pa.table({"id": pa.array(np.arange(low, high, dtype=np.int64))})
 
 
 def _range_tensor_block(start: int, stop: int, shape: tuple[int, ...]) -> Iterator[pa.Table]:
-    ids = np.arange(start, stop, dtype=np.int64)
-    data = np.ones((stop - start, *shape), dtype=np.int64) * ids.reshape(-1, *([1] * len(shape)))
-    yield pa.table({"data": pa.FixedShapeTensorArray.from_numpy_ndarray(data)})
+    row_bytes = 8 * int(np.prod(shape, dtype=np.int64))
+    for low, high in row_pieces(start, stop, row_bytes):
+        data = np.empty((high - low, *shape), dtype=np.int64)
+        data[...] = np.arange(low, high, dtype=np.int64).reshape(-1, *([1] * len(shape)))
+        yield pa.table({"data": pa.FixedShapeTensorArray.from_numpy_ndarray(data)})
+        del data  # not held while the next piece is made
 
 
 def range_tasks(n: int, num_blocks: int, shape: tuple[int, ...] | None = None) -> list[ReadTask]:

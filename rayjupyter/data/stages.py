@@ -20,6 +20,7 @@ from rayjupyter.data.block import (
     BlockMetadata,
     batch_from_table,
     check_batch_format,
+    compact,
     concat,
     metadata_of,
     rebatch,
@@ -28,6 +29,7 @@ from rayjupyter.data.block import (
     table_from_batch,
     table_from_rows,
 )
+from rayjupyter.data.packing import Packer, packable
 
 # callable-class instances made once per actor of an actor pool, by stage key
 _UDF_INSTANCES: dict[str, Any] = {}
@@ -137,6 +139,7 @@ class MapBatches(Stage):
                     yield table_from_batch(item)
             else:
                 yield table_from_batch(result)
+            del batch, result  # neither is held while the next batch is made
 
 
 def _is_generator(value: Any) -> bool:
@@ -211,27 +214,67 @@ class WriteBlocks(Stage):
 # --------------------------------------------------------------------------- the task body
 
 
-def coalesce(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
+def coalesce(
+    tables: Iterable[pa.Table], target: int, *, blocks: bool = False
+) -> Iterator[pa.Table]:
     """Small outputs (a map_batches batch each) joined into blocks of up to ``target`` bytes,
-    so a task makes few blocks, not one per batch; an all-empty output keeps its schema."""
+    so a task makes few blocks, not one per batch; an all-empty output keeps its schema.
+
+    With ``blocks`` (a task's output for the store) each block is one contiguous chunk per
+    column of at most ``target`` bytes: fixed-width rows are copied into it as they come
+    (``packing.Packer``), other tables are joined, cut and compacted (``block.compact``);
+    either way a worker holds one block's bytes, not the pieces and their copy too."""
     pending: list[pa.Table] = []
     held = 0
     empty: pa.Table | None = None
     emitted = False
+    packer: Packer | None = None
     for table in tables:
         if table.num_rows == 0:
             empty = table
             continue
+        if blocks and not pending and table.nbytes < target:
+            if packer is None and packable(table):
+                packer = Packer(table.schema, target)
+            if packer is not None and packer.accepts(table):
+                emitted = True
+                yield from packer.add(table)
+                del table
+                continue
+        if packer is not None:  # another kind of table: the rows packed so far go first
+            yield from _drain(packer)
+            packer = None
         pending.append(table)
-        held += int(table.nbytes)
+        del table
+        held += int(pending[-1].nbytes)
         if held >= target:
-            yield concat(pending)
-            emitted = True
-            pending, held = [], 0
+            ready = _joined(pending, target, blocks)
+            held, emitted = 0, True
+            while ready:
+                yield ready.pop(0)
+    if packer is not None:
+        yield from _drain(packer)
     if pending:
-        yield concat(pending)
+        ready = _joined(pending, target, blocks)
+        while ready:
+            yield ready.pop(0)
     elif not emitted and empty is not None:
         yield empty
+
+
+def _drain(packer: Packer) -> Iterator[pa.Table]:
+    last = packer.flush()
+    if last is not None:
+        yield last
+
+
+def _joined(pending: list[pa.Table], target: int, blocks: bool) -> list[pa.Table]:
+    """pending as one table (or, with ``blocks``, as compact pieces); empties pending."""
+    table = concat(pending)
+    pending.clear()
+    if not blocks:
+        return [table]
+    return [compact(piece) for piece in split_table(table, target)]
 
 
 def run_chain(
@@ -250,12 +293,12 @@ def run_chain(
         stream: Iterator[pa.Table] = iter(source()) if source is not None else iter(blocks)
         for stage in stages:
             stream = stage.apply(stream)
-        for table in coalesce(stream, target_max_block_size):
-            for piece in split_table(table, target_max_block_size):
-                now = time.perf_counter()
-                yield piece
-                yield metadata_of(piece, now - start)
-                start = time.perf_counter()
+        for piece in coalesce(stream, target_max_block_size, blocks=True):
+            now = time.perf_counter()
+            yield piece
+            yield metadata_of(piece, now - start)
+            del piece  # sent: not held while the next block is made
+            start = time.perf_counter()
     except Exception as exc:
         tb = traceback.format_exc()
         try:
