@@ -485,6 +485,17 @@ class CancelCall(NamedTuple):
     task_id: bytes
 
 
+class ExitActor(NamedTuple):
+    """End this worker's actor by itself (its handles all went): ``__ray_shutdown__`` and
+    atexit handlers run; the node kills the process if it is still there after a grace."""
+
+    actor_id: bytes
+
+
+#: what a worker's loop takes next from its node
+WorkerOrder = ExecuteTask | StartActor | CancelCall | ExitActor
+
+
 class LogLines(NamedTuple):
     """Output of workers, already prefixed with ``(task_name pid=N)``."""
 
@@ -587,6 +598,7 @@ NODE_TO_CLIENT = (
     ActorGone,
     GeneratorCredit,
     AttemptLost,
+    ExitActor,  # (last: a new kind at the end shifts no other's index)
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
