@@ -110,3 +110,28 @@ def test_an_actor_whose_owners_node_died_before_its_arguments_came_fails_its_cal
         with pytest.raises(RayActorError) as caught:
             rj.get(holder.call.remote(), timeout=90)
         assert isinstance(caught.value, ActorDiedError), caught.value
+
+
+@rj.remote(resources={"far": 1})
+class FarAway:
+    def __init__(self, log):
+        self.log = str(log)
+
+    def __ray_shutdown__(self):
+        with open(self.log, "w") as out:
+            out.write("shutdown")
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_an_unused_actor_on_another_node_also_ends_gracefully(tmp_path):
+    """Its home (the head) asks the peer hosting it to let it end itself (ExitActor)."""
+    log = tmp_path / "log"
+    with started_nodes(num_cpus=1) as nodes:
+        nodes.join(num_cpus=1, far=1)
+        actor = FarAway.remote(log)
+        pid = rj.get(actor.pid.remote(), timeout=60)
+        del actor
+        wait_for_condition(log.exists, timeout=20)
+        wait_for_pids_gone([pid])

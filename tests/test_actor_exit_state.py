@@ -134,3 +134,28 @@ def test_a_running_actor_dies_with_its_owner_and_an_ending_one_is_left_to_end() 
     assert ending.state is ActorState.EXITING  # asked to end already: it ends by itself
     shell.ends_come()
     assert ending.state is ActorState.DEAD
+
+
+def test_an_unused_actor_hosted_by_a_peer_is_asked_to_end_there() -> None:
+    home = Shell(cpus=1, peers=1)
+    actor = home.create(cpus=2.0)  # does not fit here: a peer hosts it
+    home.schedule()
+    assert actor.host
+    out = home.run(home.table.released(actor, 0.0))
+    stop = next(op for op in out if op[0] == A.STOP_HOSTED)
+    assert stop[4] is True  # graceful: ExitActor to the peer, not KillActor
+    assert actor.state is ActorState.DEAD  # the home forgets it; the peer ends it
+    killed = home.create(cpus=2.0)
+    home.schedule()
+    out = home.run(home.table.kill(killed.actor_id, no_restart=True))
+    assert [op[4] for op in out if op[0] == A.STOP_HOSTED] == [False]  # rj.kill: KillActor
+
+
+def test_the_peer_hosting_an_actor_ends_it_once_its_calls_are_done() -> None:
+    peer = Shell()
+    actor = _alive(peer)
+    task = peer.call(actor)
+    assert peer.run(peer.table.asked_to_end(actor, 0.0)) == []
+    assert actor.state is ActorState.ALIVE and actor.release_when_idle
+    peer.answer(task)
+    assert actor.state is ActorState.EXITING and peer.asked_exit == [actor.worker]

@@ -39,7 +39,9 @@ HOST_ACTOR = 32  # (HOST_ACTOR, actor, peer): ask that peer (NodeInfo) to run it
 DISPATCH_CALL = 33  # (DISPATCH_CALL, task, worker): send a call to the actor's process here
 FORWARD_CALL = 34  # (FORWARD_CALL, task, peer): send a call to the peer hosting the actor
 KILL_PROCESS = 35  # (KILL_PROCESS, worker): SIGKILL the actor's process here
-STOP_HOSTED = 36  # (STOP_HOSTED, actor, address, task_ids): its host stops it; those calls: stale
+# (STOP_HOSTED, actor, address, task_ids, graceful): its host stops it (graceful: asks it to
+# end itself, as ASK_EXIT); those calls: stale
+STOP_HOSTED = 36
 TELL_HOME = 37  # (TELL_HOME, actor, reason, restartable): it ran here for a peer: tell it
 FAIL_CALL = 38  # (FAIL_CALL, task, error_blob): it is FAILED now: unpin its arguments, publish
 UNPIN_CALL = 39  # (UNPIN_CALL, task): it left the process (it is queued again)
@@ -257,6 +259,8 @@ class ActorTable:
         if actor.state is ActorState.EXITING:  # exit_actor() runs: it ends by itself
             self.exit_deadlines.setdefault(actor.actor_id, now + self.grace_s)
             return _NONE
+        if actor.host:  # its host asks it to end itself (``asked_to_end`` there)
+            return self.die(actor, reason, graceful=True)
         worker = self.state.workers.get(actor.worker or b"")
         if worker is None or actor.state not in (ActorState.STARTING, ActorState.ALIVE):
             return self.die(actor, reason)
@@ -264,6 +268,16 @@ class ActorTable:
         actor.exit_reason = reason
         self.exit_deadlines[actor.actor_id] = now + self.grace_s
         return [(ASK_EXIT, worker)]
+
+    def asked_to_end(self, actor: ActorRecord, now: float) -> list[Instruction]:
+        """The home of an actor we host says its handles all went: it ends by itself once
+        its calls are done (as ``released`` decides for an actor of ours)."""
+        if actor.state is ActorState.DEAD:
+            return _NONE
+        if actor.busy:
+            actor.release_when_idle = True
+            return _NONE
+        return self.end_unused(actor, now)
 
     def overdue(self, now: float) -> list[Instruction]:
         """Actors asked to end that have not within the grace period: kill their process
@@ -312,7 +326,7 @@ class ActorTable:
             return _NONE  # nothing runs yet: it starts as planned
         actor.transition(ActorState.KILLING)
         if actor.host:  # it ends there; the peer's ActorGone brings us to host_lost
-            return [(STOP_HOSTED, actor, actor.host, tuple(actor.in_flight))]
+            return [(STOP_HOSTED, actor, actor.host, tuple(actor.in_flight), False)]
         worker = self.state.workers.get(actor.worker or b"")
         return [(KILL_PROCESS, worker)] if worker is not None else _NONE
 
@@ -385,8 +399,9 @@ class ActorTable:
         self.pending.add(actor.actor_id)
         return out
 
-    def die(self, actor: ActorRecord, reason: str) -> list[Instruction]:
-        """For good: every waiting call fails with ActorDiedError naming the reason."""
+    def die(self, actor: ActorRecord, reason: str, graceful: bool = False) -> list[Instruction]:
+        """For good: every waiting call fails with ActorDiedError naming the reason
+        (``graceful``: a peer hosting it is asked to let it end itself, not to kill it)."""
         error = ActorDiedError(
             f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
         )
@@ -395,7 +410,7 @@ class ActorTable:
         restartable = not actor.no_restart and actor.state is not ActorState.EXITING
         out: list[Instruction] = [(TELL_HOME, actor, reason, restartable)]
         if actor.host:
-            out.append((STOP_HOSTED, actor, actor.host, tuple(actor.in_flight)))
+            out.append((STOP_HOSTED, actor, actor.host, tuple(actor.in_flight), graceful))
             actor.host, actor.host_node = "", b""
         self.state.actor_released(actor.actor_id)  # if its process held a slot here
         actor.gpu_ids = ()

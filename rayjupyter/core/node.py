@@ -110,6 +110,7 @@ class Node:
         P.KillActor: "actor_part.on_kill_actor",
         P.ActorStarted: "actor_part.on_actor_started",
         P.ActorExiting: "actor_part.on_actor_exiting",
+        P.ExitActor: "actor_part.on_exit_actor",  # from an actor's home: its handles all went
         P.ProvideObjects: "pulling.on_provide_objects",
         P.PullObject: "pulling.on_pull_object",
         P.RegisterNode: "membership.on_register_node",

@@ -92,7 +92,7 @@ class ActorPeers(Protocol):
     def host_actor(self, actor: ActorRecord, peer: NodeInfo) -> None: ...
     def forward(self, task: TaskRecord, peer: NodeInfo, charge: bool = True) -> None: ...
     def release_hosted(
-        self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...]
+        self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...], graceful: bool
     ) -> None: ...
     def actor_gone_from_here(self, actor: ActorRecord, reason: str, restartable: bool) -> None: ...
 
@@ -160,7 +160,8 @@ class NodeActors:
                 worker = instruction[1]
                 self.node.send(worker.client_id, P.ExitActor(worker.actor_id))
             elif op == A.STOP_HOSTED:
-                self.peers.release_hosted(instruction[1].actor_id, instruction[2], instruction[3])
+                actor_id, address, task_ids, graceful = instruction[1].actor_id, *instruction[2:]
+                self.peers.release_hosted(actor_id, address, task_ids, graceful)
             elif op == A.TELL_HOME:
                 self.peers.actor_gone_from_here(instruction[1], instruction[2], instruction[3])
             elif op == A.ACTOR_ENDED:
@@ -368,6 +369,12 @@ class NodeActors:
 
     def on_kill_actor(self, client: bytes, message: P.KillActor) -> None:
         self.execute(self.table.kill(message.actor_id, message.no_restart))
+
+    def on_exit_actor(self, client: bytes, message: P.ExitActor) -> None:
+        """The home of an actor we host: its handles all went, it may end by itself."""
+        actor = self.actors.get(message.actor_id)
+        if actor is not None and actor.creation.owner == client:
+            self.execute(self.table.asked_to_end(actor, time.monotonic()))
 
     def on_actor_exiting(self, client: bytes, message: P.ActorExiting) -> None:
         self.table.exiting(message.actor_id, client)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs
 
-PROTOCOL_VERSION = 5  # 4: placement groups, 5: jobs (new kinds shift the indices of later ones)
+PROTOCOL_VERSION = 6  # 5: jobs, 6: ExitActor (new kinds shift the indices of later ones)
 
 #: (object_id, inline payload or None when the value lives in shared memory, size in
 #: bytes, is_error). How a finished value travels to whoever needs it.
@@ -486,8 +486,9 @@ class CancelCall(NamedTuple):
 
 
 class ExitActor(NamedTuple):
-    """End this worker's actor by itself (its handles all went): ``__ray_shutdown__`` and
-    atexit handlers run; the node kills the process if it is still there after a grace."""
+    """An actor's handles all went: its worker ends it by itself (``__ray_shutdown__``,
+    atexit handlers; killed if still there after a grace). Also from an actor's home node
+    to the peer hosting it, which then asks its worker the same once its calls are done."""
 
     actor_id: bytes
 
@@ -582,6 +583,7 @@ CLIENT_TO_NODE = (
     RemovePlacementGroup,
     QueryPlacementGroups,
     *JOB_MESSAGES,
+    ExitActor,  # (also node -> an actor's worker)
 )
 NODE_TO_CLIENT = (
     Welcome,
@@ -598,7 +600,6 @@ NODE_TO_CLIENT = (
     ActorGone,
     GeneratorCredit,
     AttemptLost,
-    ExitActor,  # (last: a new kind at the end shifts no other's index)
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
