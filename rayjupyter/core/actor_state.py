@@ -3,10 +3,11 @@ restarts and death.
 
 ``ActorTable`` is composed by ``NodeState`` (it shares its workers, resources, worker limit
 and view of the peers). Events go in as method calls (created, a call admitted or ready, a
-process started or died, kill, exit, the last handle released, the peer hosting it lost it)
-and instructions come out, plain tuples whose first item is an opcode below;
-``node_actors.NodeActors`` is the shell that starts processes, sends the messages and
-signals. So every decision is tested with no process (``tests/test_actor_state.py``), and
+process started or died, kill, exit, the last handle released, its owner gone, the peer
+hosting it lost it, the grace of one asked to end passed) and instructions come out, plain
+tuples whose first item is an opcode below; ``node_actors.NodeActors`` is the shell that
+starts processes, sends the messages and signals. So every decision is tested with no
+process (``tests/test_actor_state.py``, ``tests/test_actor_exit_state.py``), and
 ``validate`` checks the invariants after any step.
 
 Calls are queued per caller, each caller's in the order it made them (Ray's ordering): a
