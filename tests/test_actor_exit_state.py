@@ -159,3 +159,26 @@ def test_the_peer_hosting_an_actor_ends_it_once_its_calls_are_done() -> None:
     assert actor.state is ActorState.ALIVE and actor.release_when_idle
     peer.answer(task)
     assert actor.state is ActorState.EXITING and peer.asked_exit == [actor.worker]
+
+
+def test_an_idle_env_worker_that_created_live_actors_is_not_reaped() -> None:
+    """Its end would end them (``owner_gone``), so room is not made with it."""
+    from test_scheduler import make_task, node
+
+    from rayjupyter.core import node_state as ns
+
+    shell = node(cpus=2, workers=1)
+    task = shell.submit(make_task("in-x", env="x"))
+    shell.schedule(known_envs=("x",), now=0.0)
+    shell.connect_all()
+    shell.schedule(known_envs=("x",))
+    worker = shell.state.workers[task.worker or b""]
+    shell.finish(worker)
+    creation = make_call(b"owned-actor", worker.client_id, name="A.__init__")
+    creation.method = "__init__"
+    owned = ActorRecord(b"owned-actor", "A", creation, b"", {}, {}, {}, "")
+    shell.state.actor_table.add(owned)
+    later = worker.idle_since + ns.ENV_WORKER_IDLE_S + 1
+    assert shell.state.reap_env_workers(later) == []
+    owned.transition(ActorState.DEAD)
+    assert shell.run(shell.state.reap_env_workers(later)) == [(ns.KILL, worker)]

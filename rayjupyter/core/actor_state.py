@@ -294,6 +294,15 @@ class ActorTable:
                 out.append((KILL_PROCESS, worker))
         return out
 
+    def owners(self) -> set[bytes]:
+        """The processes whose end would end live actors (``owner_gone``): an idle worker
+        among them is not stopped to save room."""
+        return {
+            actor.creation.owner
+            for actor in self.actors.values()
+            if not actor.detached and actor.state is not ActorState.DEAD
+        }
+
     def owner_gone(self, owner: bytes) -> list[Instruction]:
         """The process that created these actors is gone. As in Ray, a non-detached actor
         shares its owner's fate, whoever else holds a handle to it: one that is waiting
