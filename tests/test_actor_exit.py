@@ -140,7 +140,8 @@ def test_calls_queued_behind_exit_actor_never_run_on_a_threaded_actor(tmp_path):
     lines = _written(log).split("\n")
     shutdown_at = next(float(line.split()[1]) for line in lines if line.startswith("shutdown"))
     pings_at = [float(line.split()[1]) for line in lines if line.startswith("ping")]
-    late = [at for at in pings_at if at > shutdown_at]
+    # (a margin: a call that began just as exit_actor() was called may log just after)
+    late = [at for at in pings_at if at > shutdown_at + 0.05]
     assert late == [], f"{len(late)} calls ran after exit_actor() (of {ran} that ran)"
 
 
