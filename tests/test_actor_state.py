@@ -93,6 +93,8 @@ class Shell:
         self.remote: list[TaskRecord] = []  # plain tasks sent to a peer (spill-over)
         # calls waiting on a task's value (node_objects: its error fails them as it lands)
         self.waiters: dict[bytes, list[TaskRecord]] = {}
+        self.now = 0.0  # the monotonic clock the shell passes in
+        self.asked_exit: list[bytes] = []  # processes asked to end themselves (ExitActor)
 
     def check(self) -> None:
         self.state.validate()
@@ -116,6 +118,8 @@ class Shell:
                 self.forwarded.append(instruction[1])
             elif op == A.KILL_PROCESS:
                 self.doomed.add(instruction[1].client_id)
+            elif op == A.ASK_EXIT:
+                self.asked_exit.append(instruction[1].client_id)
             elif op == A.STOP_HOSTED:
                 self.stopped.append(instruction[1].actor_id)
             elif op == A.TELL_HOME:
@@ -246,7 +250,7 @@ class Shell:
             task.transition(TaskState.FINISHED)
             self.ended[task.task_id] = (task.state, None)
             self.state.forget(task)
-        self.run(self.table.settle_idle(task.actor_id))
+        self.run(self.table.settle_idle(task.actor_id, self.now))
 
     def process_dies_as_told(self) -> None:
         """The processes told to die (KILL_PROCESS) end."""
@@ -488,19 +492,22 @@ def test_the_last_handle_ends_an_actor_once_its_calls_are_done() -> None:
     actor = shell.create()
     shell.schedule()
     task = shell.call(actor)
-    shell.run(shell.table.released(actor))
+    shell.run(shell.table.released(actor, shell.now))
     assert actor.state is ActorState.ALIVE and actor.release_when_idle
     shell.answer(task)
-    assert actor.state is ActorState.DEAD and actor.worker is None
+    assert actor.state is ActorState.EXITING and shell.asked_exit == [actor.worker]
     assert shell.ended[task.task_id][0] is TaskState.FINISHED
+    shell.ends_come()  # it ran __ray_shutdown__ and its atexit handlers, then ended
+    assert actor.state is ActorState.DEAD and actor.worker is None
+    assert "all handles to it went out of scope" in str(error_of(actor.death_error))
     other = shell.create(cpus=0.5)
     shell.schedule()
     doomed = shell.call(other, ready=False)
     shell.fail(doomed, b"its argument failed")  # it stays in its queue, FAILED, until popped
-    shell.run(shell.table.released(other))
-    assert other.state is ActorState.DEAD  # a failed queued call is no work to wait for
+    shell.run(shell.table.released(other, shell.now))
+    assert other.state is ActorState.EXITING  # a failed queued call is no work to wait for
     detached = shell.create(lifetime="detached")
-    shell.run(shell.table.released(detached))
+    shell.run(shell.table.released(detached, shell.now))
     assert detached.state is ActorState.PENDING  # detached: outlives its handles
 
 
@@ -565,9 +572,9 @@ def test_actors_wait_for_a_process_at_the_limit_and_say_why_once() -> None:
     assert MAX_WORKERS_ENV in second.pending_reason
     shell.schedule()
     assert len([i for i in shell.log if i[0] == ns.WARN]) == 1  # once per episode
-    shell.run(shell.table.released(first))
-    assert first.state is ActorState.DEAD
-    shell.process_dies_as_told()
+    shell.run(shell.table.released(first, shell.now))
+    assert first.state is ActorState.EXITING
+    shell.ends_come()
     shell.schedule()
     assert second.state is ActorState.ALIVE and not second.pending_reason
 
@@ -694,7 +701,7 @@ def test_random_actor_events_keep_the_invariants_and_everything_settles(seed: in
         elif event < 0.88:
             held = [a for a in live if a.refs > 0]
             if held:
-                shell.run(table.released(rng.choice(held)))
+                shell.run(table.released(rng.choice(held), shell.now))
         elif event < 0.93 and calls:
             task = rng.choice(calls)
             forwarded = {t.task_id for t in shell.forwarded}
@@ -705,8 +712,13 @@ def test_random_actor_events_keep_the_invariants_and_everything_settles(seed: in
                 actor = rng.choice(hosted)
                 shell.forwarded = [t for t in shell.forwarded if t.task_id not in actor.in_flight]
                 shell.run(table.host_lost(actor, "peer lost it", rng.random() < 0.7))
-        else:
+        elif event < 0.99:
             peer.available["CPU"] = rng.choice((0.0, 2.0, 4.0))  # a new view of the peer
+        elif event < 0.997:  # time passes: actors asked to end past their grace are killed
+            shell.now += rng.choice((1.0, 40.0))
+            shell.run(table.overdue(shell.now))
+        else:  # the process that created them is gone: they share its fate
+            shell.run(table.owner_gone(b"driver"))
         if rng.random() < 0.5:  # killed and exiting processes end, sooner or later
             shell.ends_come()
 
@@ -714,7 +726,7 @@ def test_random_actor_events_keep_the_invariants_and_everything_settles(seed: in
     shell.checking = False
     for actor in actors:
         while actor.refs > 0 and actor.state is not ActorState.DEAD:
-            shell.run(table.released(actor))
+            shell.run(table.released(actor, shell.now))
         shell.run(table.kill(actor.actor_id, no_restart=True))
     for _ in range(10_000):
         shell.ends_come()

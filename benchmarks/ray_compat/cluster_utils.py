@@ -80,6 +80,7 @@ class Cluster:
         if self.head_node is None:
             self.head_node = node
             LIVE.append(self)  # the shim's init() with no address attaches to it, as Ray's
+            os.environ["RAYJUPYTER_ADDRESS"] = self.address or ""  # (and the first .remote())
         self._nodes.append(node)
         if wait:
             self.wait_for_nodes()
@@ -117,6 +118,7 @@ class Cluster:
     def shutdown(self) -> None:
         if self in LIVE:
             LIVE.remove(self)
+            os.environ["RAYJUPYTER_ADDRESS"] = (LIVE[-1].address or "") if LIVE else "local"
         for node in reversed(self._nodes):
             node.stop()
         self._nodes.clear()

@@ -3,10 +3,11 @@ restarts and death.
 
 ``ActorTable`` is composed by ``NodeState`` (it shares its workers, resources, worker limit
 and view of the peers). Events go in as method calls (created, a call admitted or ready, a
-process started or died, kill, exit, the last handle released, the peer hosting it lost it)
-and instructions come out, plain tuples whose first item is an opcode below;
-``node_actors.NodeActors`` is the shell that starts processes, sends the messages and
-signals. So every decision is tested with no process (``tests/test_actor_state.py``), and
+process started or died, kill, exit, the last handle released, its owner gone, the peer
+hosting it lost it, the grace of one asked to end passed) and instructions come out, plain
+tuples whose first item is an opcode below; ``node_actors.NodeActors`` is the shell that
+starts processes, sends the messages and signals. So every decision is tested with no
+process (``tests/test_actor_state.py``, ``tests/test_actor_exit_state.py``), and
 ``validate`` checks the invariants after any step.
 
 Calls are queued per caller, each caller's in the order it made them (Ray's ordering): a
@@ -15,57 +16,23 @@ call still waiting for its arguments holds back the later calls of its own calle
 
 from __future__ import annotations
 
-import enum
 import pickle
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rayjupyter.core import peer_placement, worker_limit
+from rayjupyter.core.actor_record import ACTOR_TRANSITIONS as ACTOR_TRANSITIONS
+from rayjupyter.core.actor_record import HAS_PROCESS as HAS_PROCESS
+from rayjupyter.core.actor_record import ActorRecord as ActorRecord
+from rayjupyter.core.actor_record import ActorState as ActorState
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.head import NodeInfo
-from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
+from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_errors import cancelled_error
 
 if TYPE_CHECKING:
     from rayjupyter.core.node_state import Instruction, NodeState
 
-
-class ActorState(enum.Enum):
-    PENDING = "pending"  # waiting for its arguments, for resources or for a process
-    STARTING = "starting"  # its process runs __init__
-    ALIVE = "alive"  # runs calls (here, or on the peer that hosts it)
-    KILLING = "killing"  # rj.kill(): its process is being stopped; it restarts or dies next
-    EXITING = "exiting"  # exit_actor(): its process ends by itself; it dies next
-    DEAD = "dead"
-
-
-#: what leads out of each state (PENDING again: a restart, its process having died)
-ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
-    # placed (a process here, or a peer asked to host it); or it fails before it starts
-    ActorState.PENDING: frozenset({ActorState.STARTING, ActorState.DEAD}),
-    ActorState.STARTING: frozenset(
-        {
-            ActorState.ALIVE,  # __init__ returned
-            ActorState.PENDING,  # its process died
-            ActorState.KILLING,
-            ActorState.EXITING,  # exit_actor() in __init__
-            ActorState.DEAD,  # __init__ raised, or it is ended for good
-        }
-    ),
-    ActorState.ALIVE: frozenset(
-        {ActorState.PENDING, ActorState.KILLING, ActorState.EXITING, ActorState.DEAD}
-    ),
-    ActorState.KILLING: frozenset({ActorState.PENDING, ActorState.DEAD}),
-    ActorState.EXITING: frozenset({ActorState.DEAD}),
-    ActorState.DEAD: frozenset(),
-}
-
-#: states in which the actor has a process (here, or on the peer hosting it)
-HAS_PROCESS = frozenset(
-    {ActorState.STARTING, ActorState.ALIVE, ActorState.KILLING, ActorState.EXITING}
-)
 
 # Instructions: (opcode, ...); numbered apart from node_state's, so one shell runs both.
 SPAWN_ACTOR = 31  # (SPAWN_ACTOR, actor): start its process; the shell reports ``spawned``
@@ -73,11 +40,18 @@ HOST_ACTOR = 32  # (HOST_ACTOR, actor, peer): ask that peer (NodeInfo) to run it
 DISPATCH_CALL = 33  # (DISPATCH_CALL, task, worker): send a call to the actor's process here
 FORWARD_CALL = 34  # (FORWARD_CALL, task, peer): send a call to the peer hosting the actor
 KILL_PROCESS = 35  # (KILL_PROCESS, worker): SIGKILL the actor's process here
-STOP_HOSTED = 36  # (STOP_HOSTED, actor, address, task_ids): its host stops it; those calls: stale
+# (STOP_HOSTED, actor, address, task_ids, graceful): its host stops it (graceful: asks it to
+# end itself, as ASK_EXIT); those calls: stale
+STOP_HOSTED = 36
 TELL_HOME = 37  # (TELL_HOME, actor, reason, restartable): it ran here for a peer: tell it
 FAIL_CALL = 38  # (FAIL_CALL, task, error_blob): it is FAILED now: unpin its arguments, publish
 UNPIN_CALL = 39  # (UNPIN_CALL, task): it left the process (it is queued again)
 ACTOR_ENDED = 40  # (ACTOR_ENDED, actor, named_detached): forget its creation (and save file)
+ASK_EXIT = 41  # (ASK_EXIT, worker): ask its process here to end itself (ExitActor)
+
+#: how long an actor asked to end may take before its process is killed (Ray's
+#: actor_graceful_shutdown_timeout_ms, 30 s by default)
+GRACEFUL_EXIT_S = 30.0
 
 OPCODE_NAMES = {
     value: name
@@ -85,123 +59,7 @@ OPCODE_NAMES = {
     if isinstance(value, int) and name.isupper() and not name.startswith("_")
 }
 
-HISTORY_KEPT = 8  # states an actor remembers for the error of an undeclared transition
 _NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
-
-
-@dataclass(eq=False)
-class ActorRecord:
-    """Everything the node knows about one actor."""
-
-    actor_id: bytes
-    class_name: str
-    creation: TaskRecord  # its __init__ call; deps are held for the actor's whole life
-    class_blob: bytes
-    place_demand: dict[str, float]
-    run_demand: dict[str, float]
-    options: dict[str, Any]
-    namespace: str
-    state: ActorState = ActorState.PENDING
-    refs: int = 0  # handles (and the creator's hold), like an object's refs
-    restarts: int = 0
-    worker: bytes | None = None  # its process here, while it has one
-    calls: dict[bytes, deque[TaskRecord]] = field(default_factory=dict)  # per caller, in order
-    in_flight: dict[bytes, TaskRecord] = field(default_factory=dict)
-    gpu_ids: tuple[int, ...] = ()
-    death_error: bytes = b""
-    no_restart: bool = False  # rj.kill(no_restart=True), __init__ raised, group removed
-    release_when_idle: bool = False  # its last handle went: it ends when its calls are done
-    host: str = ""  # the peer node that runs its process ("": this node)
-    placed_by_strategy: bool = False  # SPREAD/node affinity chose this node: it waits here
-    host_node: bytes = b""
-    pending_reason: str = ""  # why a placeable actor still waits (no worker process free)
-    label: str = ""  # its instance's own __repr__ (its output's prefix, as in Ray), if any
-    history: list[ActorState] = field(default_factory=list)
-
-    @property
-    def job(self) -> bytes:
-        return self.creation.job
-
-    @property
-    def name(self) -> str:
-        return str(self.options.get("name") or "")
-
-    @property
-    def detached(self) -> bool:
-        return self.options.get("lifetime") == "detached"
-
-    def transition(self, new: ActorState) -> None:
-        if new not in ACTOR_TRANSITIONS[self.state]:
-            recent = " -> ".join(s.value for s in self.history[-5:])
-            raise InvalidTransition(
-                f"actor {self.class_name} ({self.actor_id.hex()}): "
-                f"{self.state.value} -> {new.value} is not allowed (recent: {recent or 'none'})"
-            )
-        self.history.append(self.state)
-        del self.history[:-HISTORY_KEPT]
-        self.state = new
-
-    def handle_info(self) -> tuple[bytes, str, dict[str, Any], int]:
-        """What a process needs to build a handle: id, class name, method table, and the
-        limit of pending calls per caller (``max_pending_calls``, -1: none)."""
-        limit = int(self.options.get("max_pending_calls", -1))
-        return self.actor_id, self.class_name, dict(self.options.get("methods") or {}), limit
-
-    # ------------------------------------------------------------------ call queues
-
-    def enqueue(self, task: TaskRecord) -> None:
-        queue = self.calls.get(task.owner)
-        if queue is None:
-            queue = self.calls[task.owner] = deque()
-        queue.append(task)
-
-    def queued(self) -> int:
-        return sum(len(queue) for queue in self.calls.values())
-
-    @property
-    def busy(self) -> bool:
-        """A call runs or waits (calls that failed while queued do not count)."""
-        if self.in_flight:
-            return True
-        return any(task.state is not TaskState.FAILED for task in self.queued_calls())
-
-    def queued_calls(self) -> Iterator[TaskRecord]:
-        for queue in self.calls.values():
-            yield from queue
-
-    def take_ready_calls(self) -> list[TaskRecord]:
-        """The calls that may go now, each caller's in its order: a call still waiting for
-        its arguments holds back the ones behind it from the same caller; calls cancelled
-        while queued are dropped."""
-        taken: list[TaskRecord] = []
-        for caller in list(self.calls):
-            queue = self.calls[caller]
-            while queue:
-                state = queue[0].state
-                if state is TaskState.FAILED:
-                    queue.popleft()
-                elif state is TaskState.READY:
-                    taken.append(queue.popleft())
-                else:
-                    break
-            if not queue:
-                del self.calls[caller]
-        return taken
-
-    def requeue(self, tasks: list[TaskRecord]) -> None:
-        """Calls to run again (after a restart) go first, each caller's in its order."""
-        for task in reversed(tasks):
-            queue = self.calls.get(task.owner)
-            if queue is None:
-                queue = self.calls[task.owner] = deque()
-            queue.appendleft(task)
-
-    def drop(self, task: TaskRecord) -> None:
-        queue = self.calls.get(task.owner)
-        if queue is not None and task in queue:
-            queue.remove(task)
-            if not queue:
-                del self.calls[task.owner]
 
 
 class ActorTable:
@@ -212,6 +70,9 @@ class ActorTable:
         self.actors: dict[bytes, ActorRecord] = {}  # every actor this node is home to
         self.named: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> live actor id
         self.pending: set[bytes] = set()  # ready to be placed (arguments there)
+        self.grace_s = GRACEFUL_EXIT_S  # how long an actor asked to end may take
+        # actors asked to end by themselves: when their process is killed if still there
+        self.exit_deadlines: dict[bytes, float] = {}
 
     # ------------------------------------------------------------------ creation
 
@@ -372,16 +233,16 @@ class ActorTable:
         actor = self.actors.get(actor_id)
         return actor.in_flight.pop(task_id, None) if actor is not None else None
 
-    def settle_idle(self, actor_id: bytes) -> list[Instruction]:
+    def settle_idle(self, actor_id: bytes, now: float) -> list[Instruction]:
         """After a call ended: an actor whose handles are all gone ends once it is idle."""
         actor = self.actors.get(actor_id)
         if actor is None or not actor.release_when_idle or actor.state is ActorState.DEAD:
             return _NONE
         if actor.busy:
             return _NONE
-        return self.die(actor, "all handles to it went out of scope")
+        return self.end_unused(actor, now)
 
-    def released(self, actor: ActorRecord) -> list[Instruction]:
+    def released(self, actor: ActorRecord, now: float) -> list[Instruction]:
         """One handle fewer; a non-detached actor ends when none is left (once idle)."""
         actor.refs -= 1
         if actor.refs > 0 or actor.detached or actor.state is ActorState.DEAD:
@@ -389,7 +250,72 @@ class ActorTable:
         if actor.busy:
             actor.release_when_idle = True
             return _NONE
-        return self.die(actor, "all handles to it went out of scope")
+        return self.end_unused(actor, now)
+
+    def end_unused(self, actor: ActorRecord, now: float) -> list[Instruction]:
+        """Its handles are all gone and it is idle. As in Ray, its process is asked to end
+        itself (its ``__ray_shutdown__`` and atexit handlers run) and killed if it has not
+        within ``grace_s``; an actor without a process here ends at once."""
+        reason = "all handles to it went out of scope"
+        if actor.state is ActorState.EXITING:  # exit_actor() runs: it ends by itself
+            self.exit_deadlines.setdefault(actor.actor_id, now + self.grace_s)
+            return _NONE
+        if actor.host:  # its host asks it to end itself (``asked_to_end`` there)
+            return self.die(actor, reason, graceful=True)
+        worker = self.state.workers.get(actor.worker or b"")
+        if worker is None or actor.state not in (ActorState.STARTING, ActorState.ALIVE):
+            return self.die(actor, reason)
+        actor.transition(ActorState.EXITING)
+        actor.exit_reason = reason
+        self.exit_deadlines[actor.actor_id] = now + self.grace_s
+        return [(ASK_EXIT, worker)]
+
+    def asked_to_end(self, actor: ActorRecord, now: float) -> list[Instruction]:
+        """The home of an actor we host says its handles all went: it ends by itself once
+        its calls are done (as ``released`` decides for an actor of ours)."""
+        if actor.state is ActorState.DEAD:
+            return _NONE
+        if actor.busy:
+            actor.release_when_idle = True
+            return _NONE
+        return self.end_unused(actor, now)
+
+    def overdue(self, now: float) -> list[Instruction]:
+        """Actors asked to end that have not within the grace period: kill their process
+        (it dies as it would have: no restart, the same reason)."""
+        out: list[Instruction] = []
+        for actor_id, deadline in list(self.exit_deadlines.items()):
+            if deadline > now:
+                continue
+            del self.exit_deadlines[actor_id]
+            actor = self.actors[actor_id]
+            worker = self.state.workers.get(actor.worker or b"")
+            if worker is not None:
+                out.append((KILL_PROCESS, worker))
+        return out
+
+    def owners(self) -> set[bytes]:
+        """The processes whose end would end live actors (``owner_gone``): an idle worker
+        among them is not stopped to save room."""
+        return {
+            actor.creation.owner
+            for actor in self.actors.values()
+            if not actor.detached and actor.state is not ActorState.DEAD
+        }
+
+    def owner_gone(self, owner: bytes) -> list[Instruction]:
+        """The process that created these actors is gone. As in Ray, a non-detached actor
+        shares its owner's fate, whoever else holds a handle to it: one that is waiting
+        (for its arguments, say) or running dies now; one already ending is left to end."""
+        out: list[Instruction] = []
+        for actor in list(self.actors.values()):
+            if actor.creation.owner != owner or actor.detached:
+                continue
+            if actor.state in (ActorState.DEAD, ActorState.EXITING):
+                continue
+            actor.no_restart = True
+            out += self.die(actor, "its owner (the process that created it) died")
+        return out
 
     # ------------------------------------------------------------------ death
 
@@ -399,15 +325,18 @@ class ActorTable:
         if actor is None or actor.state is ActorState.DEAD:
             return _NONE
         actor.no_restart = actor.no_restart or no_restart
-        if actor.state in (ActorState.KILLING, ActorState.EXITING):
+        if actor.state is ActorState.KILLING:
             return _NONE  # on its way out already
+        if actor.state is ActorState.EXITING:  # ending by itself: rj.kill does not wait
+            worker = self.state.workers.get(actor.worker or b"")
+            return [(KILL_PROCESS, worker)] if worker is not None else _NONE
         if actor.state is ActorState.PENDING or not (actor.host or actor.worker):
             if actor.no_restart:
                 return self.die(actor, "it was killed by rj.kill() before it started")
             return _NONE  # nothing runs yet: it starts as planned
         actor.transition(ActorState.KILLING)
         if actor.host:  # it ends there; the peer's ActorGone brings us to host_lost
-            return [(STOP_HOSTED, actor, actor.host, tuple(actor.in_flight))]
+            return [(STOP_HOSTED, actor, actor.host, tuple(actor.in_flight), False)]
         worker = self.state.workers.get(actor.worker or b"")
         return [(KILL_PROCESS, worker)] if worker is not None else _NONE
 
@@ -440,7 +369,7 @@ class ActorTable:
         """Its process is gone (here or on a peer): within max_restarts it is placed again
         and its calls in flight run again within max_task_retries; else it dies."""
         if actor.state is ActorState.EXITING:
-            reason = "it exited on purpose (exit_actor() was called)"
+            reason = actor.exit_reason or "it exited on purpose (exit_actor() was called)"
         elif actor.state is ActorState.KILLING:
             reason = "it was killed by rj.kill()"
         else:
@@ -480,8 +409,9 @@ class ActorTable:
         self.pending.add(actor.actor_id)
         return out
 
-    def die(self, actor: ActorRecord, reason: str) -> list[Instruction]:
-        """For good: every waiting call fails with ActorDiedError naming the reason."""
+    def die(self, actor: ActorRecord, reason: str, graceful: bool = False) -> list[Instruction]:
+        """For good: every waiting call fails with ActorDiedError naming the reason
+        (``graceful``: a peer hosting it is asked to let it end itself, not to kill it)."""
         error = ActorDiedError(
             f"The actor {actor.class_name} ({actor.actor_id.hex()[:12]}) is dead: {reason}"
         )
@@ -490,7 +420,7 @@ class ActorTable:
         restartable = not actor.no_restart and actor.state is not ActorState.EXITING
         out: list[Instruction] = [(TELL_HOME, actor, reason, restartable)]
         if actor.host:
-            out.append((STOP_HOSTED, actor, actor.host, tuple(actor.in_flight)))
+            out.append((STOP_HOSTED, actor, actor.host, tuple(actor.in_flight), graceful))
             actor.host, actor.host_node = "", b""
         self.state.actor_released(actor.actor_id)  # if its process held a slot here
         actor.gpu_ids = ()
@@ -509,6 +439,7 @@ class ActorTable:
             del self.named[(actor.namespace, actor.name)]
             named_detached = actor.detached
         self.pending.discard(actor.actor_id)
+        self.exit_deadlines.pop(actor.actor_id, None)
         out.append((ACTOR_ENDED, actor, named_detached))
         return out
 
@@ -566,6 +497,11 @@ class ActorTable:
                 assert runs.worker == worker.client_id, (
                     f"pid {worker.pid} runs actor {runs.class_name}, whose process is another"
                 )
+        for actor_id in self.exit_deadlines:
+            ending = self.actors.get(actor_id)
+            assert ending is not None and ending.state is ActorState.EXITING, (
+                f"actor {actor_id.hex()[:12]} has an exit deadline but is not ending"
+            )
         for (namespace, name), actor_id in self.named.items():
             named = self.actors.get(actor_id)
             assert named is not None and named.state is not ActorState.DEAD, (

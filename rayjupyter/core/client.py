@@ -93,9 +93,7 @@ class Client:
         self.sent_funcs: set[bytes] = set()
         self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
         self.sent_envs: set[str] = set()  # envs the node has from us (runtime_env.register)
-        self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | P.CancelCall | None] = (
-            queue.SimpleQueue()
-        )
+        self.tasks: queue.SimpleQueue[P.WorkerOrder | None] = queue.SimpleQueue()
         self._closed = False
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
@@ -318,7 +316,7 @@ class Client:
         with self._cond:
             self._cond.notify_all()
 
-    def next_task(self) -> P.ExecuteTask | P.StartActor | P.CancelCall | None:
+    def next_task(self) -> P.WorkerOrder | None:
         """The next task for this worker (None once closed), waiting as long as it takes."""
         while True:
             try:
@@ -553,7 +551,7 @@ class Client:
             elif kind is P.ExecuteTask and self._blocked_waits and not message.actor_id:
                 self._lent.append(message)  # run inside the wait (see _run_lent)
                 notify = True
-            elif kind is P.ExecuteTask or kind is P.StartActor:
+            elif kind is P.ExecuteTask or kind is P.StartActor or kind is P.ExitActor:
                 self.tasks.put(message)
             elif kind is P.CancelCall:
                 self.cancelled_calls.add(message.task_id)

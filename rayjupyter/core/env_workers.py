@@ -24,6 +24,7 @@ def reap(state: NodeState, now: float, crowded_by: str, planned: int) -> list[Wo
     another env idle longest, when envs already hold a pool's worth of workers
     (``planned``: env workers about to start that are not in the table yet)."""
     idle_env = state.scheduler.idle_env
+    owners = state.actor_table.owners()  # a worker that created live actors stays: they die with it
     if crowded_by:
         live = planned + sum(
             1
@@ -32,11 +33,22 @@ def reap(state: NodeState, now: float, crowded_by: str, planned: int) -> list[Wo
         )
         if live < state.pool_size:
             return []
-        others = [w for env, pool in idle_env.items() if env != crowded_by for w in pool]
+        others = [
+            w
+            for env, pool in idle_env.items()
+            if env != crowded_by
+            for w in pool
+            if w.client_id not in owners
+        ]
         victims = sorted(others, key=lambda w: w.idle_since)[:1]
     else:
         deadline = now - IDLE_S
-        victims = [w for pool in idle_env.values() for w in pool if w.idle_since < deadline]
+        victims = [
+            w
+            for pool in idle_env.values()
+            for w in pool
+            if w.idle_since < deadline and w.client_id not in owners
+        ]
     for worker in victims:
         state.scheduler.forget_worker(worker)
     return victims

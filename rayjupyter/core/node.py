@@ -31,13 +31,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import (
-    auth,
-    discovery,
-    spawn,
-    task_events,
-    worker_limit,
-)
+from rayjupyter.core import auth, discovery, spawn, task_events, worker_limit
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -117,6 +111,7 @@ class Node:
         P.KillActor: "actor_part.on_kill_actor",
         P.ActorStarted: "actor_part.on_actor_started",
         P.ActorExiting: "actor_part.on_actor_exiting",
+        P.ExitActor: "actor_part.on_exit_actor",  # from an actor's home: its handles all went
         P.ProvideObjects: "pulling.on_provide_objects",
         P.PullObject: "pulling.on_pull_object",
         P.RegisterNode: "membership.on_register_node",
@@ -321,6 +316,7 @@ class Node:
             placement=self.placement,
             send=self.send,
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
+            owner_gone=self.actor_part.owner_gone,
         )
         self.drivers: Callable[[], list[bytes]] = self.connections.drivers
         self.release_client: Callable[[bytes], None] = self.connections.release_client
@@ -422,6 +418,7 @@ class Node:
                     # env workers idle for a while stop (NodeState picks them)
                     self.execute(self.state.reap_env_workers(last_check))
                     self.task_part.warn_if_starved(last_check)
+                    self.actor_part.tick(last_check)  # actors asked to end, past their grace
                 self.membership.tick()
                 self.placement.tick()
                 self.jobs.tick()

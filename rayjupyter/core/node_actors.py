@@ -15,6 +15,7 @@ import contextlib
 import os
 import pickle
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,6 +31,27 @@ from rayjupyter.core.node_state import Instruction, NodeState, cancelled_error
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_events import TaskEventLog
+
+GRACEFUL_EXIT_ENV = "RAYJUPYTER_ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S"
+
+
+def graceful_exit_s() -> float:
+    """Seconds an actor whose handles all went may take to end itself (running its
+    ``__ray_shutdown__`` and atexit handlers) before it is killed: Ray's
+    ``actor_graceful_shutdown_timeout_ms``, read by the node when it starts."""
+    raw = os.environ.get(GRACEFUL_EXIT_ENV, "")
+    if not raw:
+        return A.GRACEFUL_EXIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(
+            f"{GRACEFUL_EXIT_ENV}={raw!r}: expected seconds, 0 or more (default "
+            f"{A.GRACEFUL_EXIT_S:g})"
+        )
+    return value
 
 
 class ActorHost(Protocol):
@@ -70,7 +92,7 @@ class ActorPeers(Protocol):
     def host_actor(self, actor: ActorRecord, peer: NodeInfo) -> None: ...
     def forward(self, task: TaskRecord, peer: NodeInfo, charge: bool = True) -> None: ...
     def release_hosted(
-        self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...]
+        self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...], graceful: bool
     ) -> None: ...
     def actor_gone_from_here(self, actor: ActorRecord, reason: str, restartable: bool) -> None: ...
 
@@ -108,6 +130,7 @@ class NodeActors:
         self.actors = self.table.actors  # the actor table (the node's parts read it)
         self.named_actors = self.table.named  # (namespace, name) -> actor id
         self.pending_actors = self.table.pending  # waiting for resources to be placed
+        self.table.grace_s = graceful_exit_s()
 
     # ------------------------------------------------------------------ instructions
 
@@ -133,8 +156,12 @@ class NodeActors:
             elif op == A.KILL_PROCESS:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(instruction[1].pid, signal.SIGKILL)
+            elif op == A.ASK_EXIT:
+                worker = instruction[1]
+                self.node.send(worker.client_id, P.ExitActor(worker.actor_id))
             elif op == A.STOP_HOSTED:
-                self.peers.release_hosted(instruction[1].actor_id, instruction[2], instruction[3])
+                actor_id, address, task_ids, graceful = instruction[1].actor_id, *instruction[2:]
+                self.peers.release_hosted(actor_id, address, task_ids, graceful)
             elif op == A.TELL_HOME:
                 self.peers.actor_gone_from_here(instruction[1], instruction[2], instruction[3])
             elif op == A.ACTOR_ENDED:
@@ -328,12 +355,12 @@ class NodeActors:
             for object_id, inline, size, contained in message.results:
                 self.node.set_ready(object_id, inline, size, False, contained)
             self.node.forget_task(task)
-        self.execute(self.table.settle_idle(worker.actor_id))
+        self.execute(self.table.settle_idle(worker.actor_id, time.monotonic()))
 
     def remote_call_ended(self, task: TaskRecord) -> None:
         """A call to an actor that a peer hosts came back (a result or an error)."""
         if self.table.call_returned(task.actor_id, task.task_id) is not None:
-            self.execute(self.table.settle_idle(task.actor_id))
+            self.execute(self.table.settle_idle(task.actor_id, time.monotonic()))
 
     def actor_call_dropped(self, task: TaskRecord) -> None:
         self.table.drop_call(task)
@@ -343,12 +370,27 @@ class NodeActors:
     def on_kill_actor(self, client: bytes, message: P.KillActor) -> None:
         self.execute(self.table.kill(message.actor_id, message.no_restart))
 
+    def on_exit_actor(self, client: bytes, message: P.ExitActor) -> None:
+        """The home of an actor we host: its handles all went, it may end by itself."""
+        actor = self.actors.get(message.actor_id)
+        if actor is not None and actor.creation.owner == client:
+            self.execute(self.table.asked_to_end(actor, time.monotonic()))
+
     def on_actor_exiting(self, client: bytes, message: P.ActorExiting) -> None:
         self.table.exiting(message.actor_id, client)
 
     def actor_released(self, actor: ActorRecord) -> None:
         """One handle fewer; a non-detached actor ends when none is left."""
-        self.execute(self.table.released(actor))
+        self.execute(self.table.released(actor, time.monotonic()))
+
+    def owner_gone(self, client: bytes) -> None:
+        """A process is gone: the actors it created end with it (Ray's fate sharing)."""
+        self.execute(self.table.owner_gone(client))
+
+    def tick(self, now: float) -> None:
+        """Now and then: kill the actors asked to end that did not within the grace."""
+        if self.table.exit_deadlines:
+            self.execute(self.table.overdue(now))
 
     def actor_process_died(self, worker: WorkerRecord, cause: str) -> None:
         self.execute(self.table.process_died(worker, cause))

@@ -43,6 +43,7 @@ class NodeConnections:
         placement: NodePlacement,
         send: Callable[[bytes, Any], None],
         execute: Callable[[list[Instruction]], None],
+        owner_gone: Callable[[bytes], None],
     ) -> None:
         self.node_id = node_id
         self.session = session
@@ -60,6 +61,7 @@ class NodeConnections:
         self.placement = placement
         self.send = send
         self.execute = execute
+        self.owner_gone = owner_gone  # the actors a gone client created end with it
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
@@ -98,7 +100,7 @@ class NodeConnections:
                 self.release_client(client)
 
     def release_client(self, client: bytes) -> None:
-        """A client is gone: drop its holds and pins."""
+        """A client is gone: drop its holds and pins; the actors it created end."""
         self.clients.pop(client, None)
         self.tcp_clients.discard(client)
         if self.generators.streams:
@@ -106,3 +108,4 @@ class NodeConnections:
         self.object_table.release_holds(client)
         self.store.release_client(client)
         self.placement.client_gone(client)
+        self.owner_gone(client)

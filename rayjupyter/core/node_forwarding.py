@@ -218,13 +218,16 @@ class NodeForwarding:
         if owner in self.links.node_clients:
             self.node.send(owner, P.ActorGone(actor.actor_id, reason, restartable))
 
-    def release_hosted(self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...]) -> None:
-        """Our actor that a peer hosts is killed or dead here: stop its process there."""
+    def release_hosted(
+        self, actor_id: bytes, address: str, task_ids: tuple[bytes, ...], graceful: bool = False
+    ) -> None:
+        """Our actor that a peer hosts is killed or dead here: stop its process there
+        (``graceful``: its handles all went, so it is asked to end itself)."""
         for task_id in task_ids:
             self.forwarded.pop(task_id, None)
         link = self.links.links.get(address)
         if link is not None:
-            link.send(P.KillActor(actor_id, True))
+            link.send(P.ExitActor(actor_id) if graceful else P.KillActor(actor_id, True))
 
     def on_peer_objects_ready(self, link: PeerLink, message: P.ObjectsReady) -> None:
         for object_id, inline, size, is_error in message.objects:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from rayjupyter.core import protocol as P
-from rayjupyter.core.exceptions import WorkerCrashedError
+from rayjupyter.core.exceptions import ActorDiedError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
@@ -192,7 +192,12 @@ class NodeMembership:
             del self.forwarding.forwarded[task.task_id]
             if task.state not in OCCUPYING:
                 continue
-            error = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
+            error: Exception = WorkerCrashedError(f"Task {task.name!r} was lost: {message}")
+            if task.actor_id:  # a call to an actor whose home was there: it is gone for good
+                error = ActorDiedError(
+                    f"The actor that {task.name!r} calls is dead: {message} It lived there."
+                )
+                error.actor_id = task.actor_id.hex()  # Ray's attribute
             lost = pickle.dumps(error, protocol=5)
             # (dead_node: a task pinned to that node by its affinity fails, a soft one is freed)
             self.node.execute(self.node.state.retry_or_fail(task, lost, dead_node=node_id))

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs
 
-PROTOCOL_VERSION = 5  # 4: placement groups, 5: jobs (new kinds shift the indices of later ones)
+PROTOCOL_VERSION = 6  # 5: jobs, 6: ExitActor (new kinds shift the indices of later ones)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -485,6 +485,18 @@ class CancelCall(NamedTuple):
     task_id: bytes
 
 
+class ExitActor(NamedTuple):
+    """An actor's handles all went: its worker ends it by itself (``__ray_shutdown__``,
+    atexit handlers; killed if still there after a grace). Also from an actor's home node
+    to the peer hosting it, which then asks its worker the same once its calls are done."""
+
+    actor_id: bytes
+
+
+#: what a worker's loop takes next from its node
+WorkerOrder = ExecuteTask | StartActor | CancelCall | ExitActor
+
+
 class LogLines(NamedTuple):
     """Output of workers, already prefixed with ``(task_name pid=N)``."""
 
@@ -571,6 +583,7 @@ CLIENT_TO_NODE = (
     RemovePlacementGroup,
     QueryPlacementGroups,
     *JOB_MESSAGES,
+    ExitActor,  # (also node -> an actor's worker)
 )
 NODE_TO_CLIENT = (
     Welcome,

@@ -8,7 +8,6 @@ stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -20,20 +19,21 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import api, gpu_visibility, nested_lending, runtime_context, runtime_env
-from rayjupyter.core import protocol as P
-from rayjupyter.core.actor import (
-    READY_METHOD,
-    TERMINATE_METHOD,
-    ActorExitRequest,
-    _method_table,
+from rayjupyter.core import (
+    api,
+    gpu_visibility,
+    nested_lending,
+    runtime_context,
+    runtime_env,
+    worker_actor,
 )
+from rayjupyter.core import protocol as P
+from rayjupyter.core.actor import READY_METHOD, TERMINATE_METHOD, ActorExitRequest
 from rayjupyter.core.client import Client
 from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
 from rayjupyter.core.generators import DYNAMIC, DynamicObjectRefGenerator
@@ -43,21 +43,9 @@ from rayjupyter.core.remote_function import put_serialized
 from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, serialize
 from rayjupyter.core.streams import ProducerGate, item_id
 from rayjupyter.core.task_args import unpack_args
+from rayjupyter.core.worker_actor import dumps_error as _dumps_error
 
 PR_SET_PDEATHSIG = 1
-
-
-def _own_repr(instance: Any) -> str:
-    """An actor's ``repr`` if its class defines ``__repr__`` (Ray prints its output as
-    ``(Worker(index=1) pid=...)`` then), else ""; bounded, and never raising."""
-    own: Any = type(instance).__repr__
-    if own is object.__repr__:
-        return ""
-    try:
-        text = repr(instance)
-    except Exception:
-        return ""
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -184,6 +172,8 @@ class TaskExecutor:
         )
 
     def _execute(self, task: P.ExecuteTask, function: Callable[..., Any]) -> None:
+        if task.actor_id and runtime_context.current.exit_requested:
+            return  # queued behind exit_actor(): never runs (the node fails it)
         outer = self.running  # a task lent to us runs inside the wait of another
         placement = runtime_context.current.placement  # (the waiting task's, then)
         omp = os.environ.get("OMP_NUM_THREADS")  # (and its OMP_NUM_THREADS)
@@ -238,6 +228,8 @@ class TaskExecutor:
         try:
             # max_concurrency calls at once (per concurrency group)
             async with self.slots[self._group_of(task.method)]:
+                if runtime_context.current.exit_requested:
+                    return  # queued behind exit_actor(): never runs (the node fails it)
                 token = self._enter(task, self._method(task.method))
                 try:
                     message = await self._call_async(task)
@@ -282,82 +274,17 @@ class TaskExecutor:
         self.client.send([message])
 
     def _exit_process(self) -> None:
-        """exit_actor() / __ray_terminate__: the actor's ``__ray_shutdown__``, then the
-        process's atexit handlers, then tell the node and end (never to be restarted)."""
-        with self.exit_lock:  # once, whichever thread or coroutine gets here first
-            shutdown = getattr(self.instance, "__ray_shutdown__", None)
-            if callable(shutdown):
-                try:
-                    shutdown()
-                except Exception:
-                    traceback.print_exc()
-            with contextlib.suppress(Exception):
-                atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self.client.send([P.ActorExiting(runtime_context.current.actor_id)])
-            self.client.close()
-            os._exit(0)
-
-    async def _watch_exit(self) -> None:
-        """An async actor: exit_actor() called where no call returns to us (a task the
-        actor started itself) still ends the actor."""
-        while not runtime_context.current.exit_requested:
-            await asyncio.sleep(0.25)
-        await asyncio.sleep(0.1)  # the call that asked, if any, ends the actor itself
-        self._exit_process()
+        """exit_actor() / __ray_terminate__ / the node's ExitActor: end on purpose."""
+        worker_actor.exit_process(self)
 
     # ------------------------------------------------------------------ actors
 
     def start_actor(self, start: P.StartActor) -> None:
         """Become an actor's process: build the instance, then serve its calls."""
-        runtime_context.current.actor_id = start.actor_id
-        runtime_context.current.job_id = start.job_id
-        runtime_context.current.actor_gpu_ids = start.gpu_ids
-        runtime_context.current.placement = start.strategy
-        runtime_context.current.actor_name = start.name
-        runtime_context.current.actor_namespace = start.namespace
-        runtime_context.current.actor_class_name = start.class_name
-        runtime_context.current.actor_resources = dict(start.resources)
-        runtime_context.current.actor_restarted = start.restarts > 0
         if self.omp_from_env is None:
             os.environ["OMP_NUM_THREADS"] = _omp_threads(start.resources or ())
         gpu_visibility.apply(start.gpu_ids)
-        try:
-            cls = cloudpickle.loads(start.class_blob)
-            dep_values = [self.client.materialize(info) for info in start.deps]
-            args, kwargs = unpack_args(start.args_blob, dep_values, deserialize)
-            runtime_context.current.actor_methods = _method_table(cls)
-            runtime_context.current.actor_is_async = any(
-                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-                for _, m in inspect.getmembers(cls)
-            )
-            self.instance = cls(*args, **kwargs)
-        except ActorExitRequest:
-            pass  # exit_actor() in __init__: the actor starts, then ends at once
-        except Exception as exc:
-            if not runtime_context.current.exit_requested:
-                error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", self.pid)
-                self.client.send([P.ActorStarted(start.actor_id, _dumps_error(error, self.pid))])
-                return
-        if runtime_context.current.exit_requested:
-            self.client.send([P.ActorStarted(start.actor_id, None)])
-            self._exit_process()
-        if runtime_context.current.actor_is_async:
-            self.loop = asyncio.new_event_loop()
-            self.slots = {"": asyncio.Semaphore(start.max_concurrency)}
-            for group, size in start.concurrency_groups:
-                self.slots[group] = asyncio.Semaphore(size)
-            threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
-            asyncio.run_coroutine_threadsafe(self._watch_exit(), self.loop)
-        elif start.max_concurrency > 1 or start.concurrency_groups:
-            # with groups, the default group gets threads too, so no group waits on another
-            pools = [("", start.max_concurrency), *start.concurrency_groups]
-            self.pools = {
-                group: concurrent.futures.ThreadPoolExecutor(size, group or "actor")
-                for group, size in pools
-            }
-        self.client.send([P.ActorStarted(start.actor_id, None, _own_repr(self.instance))])
+        worker_actor.start_actor(self, start)
 
     # ------------------------------------------------------------------ generators
 
@@ -534,15 +461,6 @@ def _stepped(generator: Any) -> Any:
         loop.close()
 
 
-def _dumps_error(error: RayTaskError, pid: int) -> bytes:
-    """The error as bytes; without its cause if the cause cannot be pickled."""
-    try:
-        return bytes(cloudpickle.dumps(error))
-    except Exception:
-        bare = RayTaskError(error.function_name, error.traceback_str, None, pid)
-        return bytes(cloudpickle.dumps(bare))
-
-
 def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
     if isinstance(retry_exceptions, bool):
         return retry_exceptions
@@ -607,6 +525,8 @@ def main() -> None:
             executor.start_actor(task)
         elif isinstance(task, P.CancelCall):
             executor.cancel_call(task.task_id)
+        elif isinstance(task, P.ExitActor):  # its handles all went: end it gracefully
+            executor._exit_process()
         else:
             executor.run(task)
         del task
