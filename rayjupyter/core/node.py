@@ -217,8 +217,8 @@ class Node:
         self.poller = self.poll.poller
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.tcp_router, zmq.POLLIN)
-        self.poller.register(self.zap.socket, zmq.POLLIN)
-        self.poller.register(self.handshakes.socket, zmq.POLLIN)
+        self.poll.watch_quiet_socket(self.zap.socket, self.zap.handle)
+        self.poll.watch_quiet_socket(self.handshakes.socket, self.handshakes.handle)
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
@@ -441,10 +441,6 @@ class Node:
                         router_ready = True
                     elif source is self.tcp_router:
                         tcp_ready = True
-                    elif source is self.zap.socket:
-                        self.zap.handle()
-                    elif source is self.handshakes.socket:
-                        self.handshakes.handle()
                     elif source in exit_fds:
                         exited.append(source)
                     elif source in link_of_socket:
