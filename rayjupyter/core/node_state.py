@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Container, Mapping
 from typing import Any
 
-from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks
+from rayjupyter.core import env_workers, nested_lending, peer_placement
 from rayjupyter.core.actor_state import ActorTable
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
@@ -615,5 +615,7 @@ class NodeState:
         ``held_elsewhere``: resources that a part of the node holds outside these tables
         (the placement groups' bundles: ``BundleLedger.reserved``)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
+        from rayjupyter.core import state_checks  # tests only: not at every node's start
+
         state_checks.validate(self, held_elsewhere or {})
         self.actor_table.validate()
