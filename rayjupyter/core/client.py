@@ -11,7 +11,6 @@ reads in the thread that waits.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import queue
 import sys
@@ -26,6 +25,7 @@ import zmq
 
 from rayjupyter.core import ids, protocol, transport
 from rayjupyter.core import protocol as P
+from rayjupyter.core.client_outbox import Outbox
 from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
@@ -37,7 +37,6 @@ from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
-BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
@@ -79,7 +78,10 @@ class Client:
         self.transport = transport.connect(
             self.context, address, secret, self.client_id, kind=kind, channel_fd=channel_fd
         )
-        self._tx_lock = threading.Lock()
+        self._pins: deque[tuple[bool, bytes]] = deque()
+        # what we send (client_outbox.py): batched frames, ref-count and pin changes first
+        self.outbox = Outbox(self.transport, self.context, self.client_id.hex(), self._pins)
+        self.send = self.outbox.send
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
@@ -89,14 +91,12 @@ class Client:
         self.request = self.replies.request
         self.new_request_id = self.replies.new_id
         self.await_reply = self.replies.await_reply
-        self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
         self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
         self.sent_envs: set[str] = set()  # envs the node has from us (runtime_env.register)
         self.tasks: queue.SimpleQueue[P.ExecuteTask | P.StartActor | P.CancelCall | None] = (
             queue.SimpleQueue()
         )
-        self._closed = False
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
@@ -108,13 +108,6 @@ class Client:
         self._lent: deque[P.ExecuteTask] = deque()
         self._blocked_waits = 0
         self.run_lent: Callable[[P.ExecuteTask], None] | None = None
-        self._outbox: list[Any] = []
-        self._last_send = 0.0
-        self._flush_requested = False
-        self._wake_rx = self.context.socket(zmq.PAIR)
-        self._wake_rx.bind(f"inproc://wake-{self.client_id.hex()}")
-        self._wake_tx = self.context.socket(zmq.PAIR)
-        self._wake_tx.connect(f"inproc://wake-{self.client_id.hex()}")
 
         hello = P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)
         welcome, rest = transport.handshake(self.transport, self.context, hello, address, timeout)
@@ -161,52 +154,19 @@ class Client:
             self._io_thread = threading.Thread(
                 target=self._io_loop, name="rayjupyter-io", daemon=True
             )
+            self.outbox.batching = True
             self._io_thread.start()
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, messages: list[Any], *, batch: bool = False) -> None:
-        """Send messages, after any queued ref-count and pin changes (order matters).
+    @property
+    def _closed(self) -> bool:
+        """True once closed, or once the node closed our link (nothing more is sent)."""
+        return self.outbox.closed
 
-        ``batch=True`` (submits and puts from a driver) sends at once after a quiet spell,
-        so a lone call is not delayed, but holds messages that follow each other closely
-        for the IO thread to send together: a loop of 10,000 submits costs a few hundred
-        sends instead of 10,000 (each send wakes zmq's IO thread: tens of microseconds).
-        """
-        with self._tx_lock:
-            if self._closed:
-                return
-            outbox = self._outbox
-            self._queue_ops(outbox)
-            outbox.extend(messages)
-            now = time.monotonic()
-            if batch and self._io_thread is not None and now - self._last_send < BATCH_WINDOW_S:
-                if not self._flush_requested:
-                    self._flush_requested = True
-                    self._wake_tx.send(b"")
-                return
-            if outbox:
-                self._outbox = []
-                self._flush_requested = False
-                self.transport.send(protocol.dumps(outbox))
-                self._last_send = now
-
-    def _queue_ops(self, outbox: list[Any]) -> None:
-        """Ref-count and pin changes so far go ahead of the messages that follow them."""
-        # pins first: a value dropped with its ref is unmapped before it is freed, so the
-        # node may reuse its file (object_store's pool) only once nobody maps it
-        pins = self._drain_pins()
-        if pins:
-            outbox.append(P.PinOps(pins))
-        ops = reference_counter.drain()
-        if ops:
-            outbox.append(P.RefOps(ops))
-
-    def _drain_pins(self) -> tuple[tuple[bool, bytes], ...]:
-        pins: list[tuple[bool, bytes]] = []
-        while self._pins:
-            pins.append(self._pins.popleft())
-        return tuple(pins)
+    @_closed.setter
+    def _closed(self, closed: bool) -> None:
+        self.outbox.closed = closed
 
     def submit(self, message: P.SubmitTask) -> None:
         self._awaiting_push.update(message.return_ids)
@@ -270,7 +230,7 @@ class Client:
                 with self._cond:
                     self._waiting_here -= 1
                 if self._ready_callbacks:  # awaited refs: the IO thread reads for them now
-                    self._wake_io_thread()
+                    self.outbox.wake_io_thread()
 
     def _check_alive(self) -> None:
         """Raise rather than wait forever on a cluster whose node has died."""
@@ -394,7 +354,7 @@ class Client:
 
         if needed <= 0:
             return True
-        if self._outbox:  # submits held back for batching go now: we wait on them
+        if self.outbox.messages:  # submits held back for batching go now: we wait on them
             self.send([])
         self._request_missing(missing)
         # a get (all of them): the tasks making them may run inside this wait at the limit
@@ -411,7 +371,7 @@ class Client:
         """Block until predicate holds, as objects among object_ids arrive; False on timeout."""
         if predicate():
             return True
-        if self._outbox:
+        if self.outbox.messages:
             self.send([])
         self._request_missing([oid for oid in object_ids if oid not in self.objects])
         self._blocked(True)
@@ -447,15 +407,9 @@ class Client:
             callback(info)
         else:
             if self._reading_here:  # the IO thread stands aside: have it read for this
-                self._wake_io_thread()
+                self.outbox.wake_io_thread()
             self.send([])  # a held-back submit of this very object goes now
             self._request_missing([object_id])
-
-    def _wake_io_thread(self) -> None:
-        with self._tx_lock:  # the wake socket is the IO thread's flush request too
-            if not self._flush_requested and not self._closed:
-                self._flush_requested = True
-                self._wake_tx.send(b"")
 
     def _forget(self, object_id: bytes) -> None:
         self.objects.pop(object_id, None)
@@ -466,9 +420,10 @@ class Client:
         poller = zmq.Poller()
         incoming = self.transport.pollable()
         poller.register(incoming, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        wake_rx = self.outbox.wake_rx
+        poller.register(wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
-        wake_only.register(self._wake_rx, zmq.POLLIN)
+        wake_only.register(wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
         while not self._closed:
             try:
@@ -491,17 +446,15 @@ class Client:
                     with self._cond:  # a waiter may have stood aside for this read
                         self._cond.notify_all()
                 now = time.monotonic()
-                if self._wake_rx in events:
-                    while self._wake_rx.poll(0):
-                        self._wake_rx.recv()
-                    self.send([])  # the batch held back by send(batch=True)
+                if wake_rx in events:
+                    self.outbox.flush()  # the batch held back by send(batch=True)
                     last_flush = now
                 elif (reference_counter.pending or self._pins) and (
                     now - last_flush >= FLUSH_INTERVAL_S
                 ):
                     self.send([])
                     last_flush = now
-                elif now - self._last_send > HEARTBEAT_S:
+                elif now - self.outbox.last_send > HEARTBEAT_S:
                     self.send([P.Heartbeat()])
             except zmq.ZMQError:
                 return
@@ -589,18 +542,13 @@ class Client:
         """Flush what is queued, stop the IO thread and close the sockets."""
         if self._closed:
             return
-        with contextlib.suppress(zmq.ZMQError):
-            # drivers and observers (dashboards) leave; a worker's exit is seen by its node
-            self.send([P.Disconnect()] if self.kind != "worker" else [])
-        with self._tx_lock:
-            self._closed = True
-            self._wake_tx.send(b"")  # the IO thread sees _closed now, not at its next timeout
+        # drivers and observers (dashboards) leave; a worker's exit is seen by its node
+        self.outbox.close([P.Disconnect()] if self.kind != "worker" else [])
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)
         self.transport.close()
-        self._wake_rx.close(linger=0)
-        self._wake_tx.close(linger=0)
+        self.outbox.close_sockets()
         self.context.term()
         if reference_counter.on_zero == self._forget:
             reference_counter.on_zero = None
