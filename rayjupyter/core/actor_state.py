@@ -29,7 +29,8 @@ from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, 
 from rayjupyter.core.task_errors import cancelled_error
 
 if TYPE_CHECKING:
-    from rayjupyter.core.node_state import Instruction, NodeState
+    from rayjupyter.core.node_instructions import Instruction
+    from rayjupyter.core.node_state import NodeState
 
 
 class ActorState(enum.Enum):

@@ -104,7 +104,7 @@ class Client:
         self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
         self._blocks_answered = 0
         # a worker: children the node lent us while a task here waits in get, and what
-        # runs them (nested_lending.py; set by worker.main for a pool worker)
+        # runs them (nested_lending.py; set by worker_main.main for a pool worker)
         self._lent: deque[P.ExecuteTask] = deque()
         self._blocked_waits = 0
         self.run_lent: Callable[[P.ExecuteTask], None] | None = None

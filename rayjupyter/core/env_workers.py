@@ -1,13 +1,16 @@
-"""Which runtime_env workers stop: those idle too long, or one making room for another env.
+"""Which runtime_env workers start, and which stop: those idle too long, or one making room
+for another env.
 
-A decision of ``NodeState`` (``reap_env_workers``, ``env_spawns``), kept apart because it
-reads the idle pools per env and the workers table at once; no I/O.
+Decisions of ``NodeState`` (``env_spawns``, ``reap_env_workers``), kept apart because they
+read the idle pools per env and the workers table at once; no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
+from rayjupyter.core.node_instructions import NONE, SPAWN, Instruction
 from rayjupyter.core.scheduler import WorkerRecord, WorkerState
 
 if TYPE_CHECKING:
@@ -39,3 +42,28 @@ def reap(state: NodeState, now: float, crowded_by: str, planned: int) -> list[Wo
     for worker in victims:
         state.scheduler.forget_worker(worker)
     return victims
+
+
+def spawns(state: NodeState, known_envs: Container[str], now: float) -> list[Instruction]:
+    """Workers for runtime_envs whose tasks fit now but have no idle worker of theirs;
+    when envs hold a pool's worth of workers, the one idle longest of another env goes."""
+    wanted = state.scheduler.env_unplaced
+    if not wanted:
+        return NONE
+    starting: dict[str, int] = {}
+    for worker in state.workers.values():
+        if worker.env and not worker.actor_id and worker.state is WorkerState.STARTING:
+            starting[worker.env] = starting.get(worker.env, 0) + 1
+    out: list[Instruction] = []
+    planned = 0  # env workers this call starts (the shell adds them to the table)
+    for env, count in wanted.items():
+        if env not in known_envs:
+            continue  # admission failed its tasks already
+        missing = count - starting.get(env, 0)
+        for started in range(missing):
+            out += state.reap_env_workers(now, crowded_by=env, planned=planned)
+            if not state.limit.room(len(state.workers) + planned):
+                return out + state.limit_reached(missing - started, "tasks", planned)
+            out.append((SPAWN, env, 1))
+            planned += 1
+    return out

@@ -34,6 +34,7 @@ import zmq
 from rayjupyter.core import (
     auth,
     discovery,
+    node_routes,
     spawn,
     task_events,
     worker_limit,
@@ -55,6 +56,7 @@ from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_gc import GarbagePolicy
 from rayjupyter.core.node_generators import NodeGenerators
+from rayjupyter.core.node_instructions import WARN, Instruction
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_jobs import NodeJobs
 from rayjupyter.core.node_links import NodeLinks, PeerLink
@@ -65,7 +67,7 @@ from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_routers import NodeRouters
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import WARN, Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.node_tasks import NodeTasks
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import (
@@ -97,53 +99,11 @@ class Node:
         "jobs": NodeJobs,
     }
 
-    #: which method handles each message a client may send: the node's own, or
-    #: "part.method" of one of ``PARTS`` (bound once, in ``__init__``: one lookup a message)
-    HANDLERS: dict[type, str] = {
-        P.Hello: "connections.on_hello",
-        P.SubmitTask: "task_part.on_submit",
-        P.PutObject: "object_table.on_put",
-        P.RefOps: "object_table.on_ref_ops",
-        P.PinOps: "object_table.on_pin_ops",
-        P.Subscribe: "object_table.on_subscribe",
-        P.TaskFinished: "task_part.on_task_finished",
-        P.WorkerBlocked: "task_part.on_worker_blocked",
-        P.StopCluster: "on_stop",
-        P.Heartbeat: "connections.on_heartbeat",
-        P.Disconnect: "connections.on_disconnect",
-        P.CancelTask: "task_part.on_cancel",
-        P.CreateActor: "actor_part.on_create_actor",
-        P.KillActor: "actor_part.on_kill_actor",
-        P.ActorStarted: "actor_part.on_actor_started",
-        P.ActorExiting: "actor_part.on_actor_exiting",
-        P.ProvideObjects: "pulling.on_provide_objects",
-        P.PullObject: "pulling.on_pull_object",
-        P.RegisterNode: "membership.on_register_node",
-        P.NodeHeartbeat: "membership.on_node_heartbeat",
-        P.ActorHomes: "forwarding.on_actor_homes",
-        P.UploadPackage: "envs.on_upload_package",
-        P.RegisterRuntimeEnv: "envs.on_register_runtime_env",
-        P.GeneratorItem: "on_generator_item",
-        P.GeneratorConsumed: "on_generator_consumed",
-        **dict.fromkeys(P.QUERIES, "queries.on_query"),  # by type: node_queries.ANSWERS
-        P.CreatePlacementGroup: "placement.on_create",
-        P.RemovePlacementGroup: "placement.on_remove",
-        P.QueryPlacementGroups: "placement.on_query",
-        **dict.fromkeys(P.JOB_MESSAGES, "jobs.on_job_message"),  # the head's Jobs API
-    }
-
-    #: which method handles each message a peer node sends us on our link to it
-    PEER_HANDLERS: dict[type, str] = {
-        P.Welcome: "membership.on_peer_welcome",
-        P.ClusterView: "membership.on_cluster_view",
-        P.ObjectsReady: "forwarding.on_peer_objects_ready",
-        P.ContainedObjects: "forwarding.on_contained_objects",
-        P.ActorGone: "forwarding.on_actor_gone",
-        P.AttemptLost: "forwarding.on_attempt_lost",
-        P.LogLines: "forwarding.on_peer_log_lines",
-        P.ObjectChunk: "pulling.on_object_chunk",
-        P.Reply: "placement.on_peer_reply",
-    }
+    #: which method handles each message a client may send, and each message a peer node
+    #: sends us on our link to it: the node's own, or "part.method" of one of ``PARTS``
+    #: (bound once, in ``__init__``: one lookup a message); the tables are node_routes.py's
+    HANDLERS: dict[type, str] = node_routes.CLIENT_MESSAGES
+    PEER_HANDLERS: dict[type, str] = node_routes.PEER_MESSAGES
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
         self.config = config
@@ -596,7 +556,7 @@ def main() -> None:
     # what nodes killed before us left (their secret, their shared memory): ours to clear
     discovery.remove_stale_sessions(keep=config.session)
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
-    import rayjupyter.core.worker  # noqa: F401 - imported once here, shared by forked workers
+    import rayjupyter.core.worker_main  # noqa: F401 - imported once here, shared by forked workers
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))

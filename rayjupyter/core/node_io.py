@@ -63,7 +63,7 @@ class NodePoll:
         turns readable whenever libzmq has news for the socket, and after a drain that found
         it empty the next message makes it readable again.
         """
-        self.handle(sock.getsockopt(zmq.FD), lambda _fd: drain())
+        self.handle(int(sock.getsockopt(zmq.FD)), lambda _fd: drain())
         drain()  # what came before it was watched
 
     def forget(self, fd: int) -> None:

@@ -31,9 +31,10 @@ from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
+from rayjupyter.core.node_instructions import Instruction
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
 from rayjupyter.core.task_events import RecentLogs
