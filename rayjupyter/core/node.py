@@ -175,8 +175,7 @@ class Node:
 
         self.poll = NodePoll()
         self.poller = self.poll.poller
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.tcp_router, zmq.POLLIN)
+        self.routers.watch(self.poll)
         self.poll.watch_quiet_socket(self.zap.socket, self.zap.handle)
         self.poll.watch_quiet_socket(self.handshakes.socket, self.handshakes.handle)
         if config.watch_stdin:
@@ -370,7 +369,8 @@ class Node:
         self.garbage.start()
         try:
             while self.running:
-                events = self.poller.poll(0 if self.object_table.releasing else 1000)
+                busy = self.object_table.releasing or self.routers.ready
+                events = self.poller.poll(0 if busy else 1000)
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
@@ -388,7 +388,6 @@ class Node:
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
-                router_ready = tcp_ready = False
                 exited = []
                 channel_fds = self.pool.channel_fds
                 exit_fds = self.poll.exit_fds
@@ -397,10 +396,6 @@ class Node:
                 for source, mask in events:
                     if source in channel_fds:
                         self.pool.on_channel(channel_fds[source], mask)
-                    elif source is self.router:
-                        router_ready = True
-                    elif source is self.tcp_router:
-                        tcp_ready = True
                     elif source in exit_fds:
                         exited.append(source)
                     elif source in link_of_socket:
@@ -410,10 +405,8 @@ class Node:
                         if handler is not None:
                             handler(source)
                     # else: a peer link's socket dropped by an earlier event of this turn
-                if router_ready:
-                    self.routers.drain(self.router)
-                if tcp_ready:
-                    self.routers.drain(self.tcp_router)
+                if self.routers.ready:  # (their descriptors' handlers above, or left over)
+                    self.routers.drain_ready()
                 for fd in exited:
                     if fd in fd_handlers:
                         fd_handlers[fd](fd)
