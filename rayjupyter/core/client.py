@@ -208,7 +208,7 @@ class Client:
                     continue
                 remaining = FLUSH_INTERVAL_S
                 if self._io_thread is not None:  # a driver: is its node still there?
-                    if self._closed or time.monotonic() >= next_check:  # (it costs a syscall)
+                    if self.outbox.closed or time.monotonic() >= next_check:  # (it costs a syscall)
                         self._check_alive()
                         next_check = time.monotonic() + LIVENESS_CHECK_S
                     remaining = LIVENESS_CHECK_S
@@ -216,7 +216,7 @@ class Client:
                     remaining = min(remaining, deadline - time.monotonic())
                     if remaining <= 0:
                         return predicate()
-                if self._io_thread is not None and self._closed:  # let liveness say why
+                if self._io_thread is not None and self.outbox.closed:  # let liveness say why
                     time.sleep(min(remaining, 0.05))
                 elif reads_itself:
                     self._pump(remaining, seen)
@@ -288,13 +288,13 @@ class Client:
             if task is not None:
                 if isinstance(task, P.ExecuteTask):
                     # the node may have taken it back when we last blocked: hear it first
-                    while self._blocks_answered < self._blocks_sent and not self._closed:
+                    while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
                         self._pump(FLUSH_INTERVAL_S)
                 if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
                     self._revoked.discard(task.task_id)  # the node gave it to another worker
                     continue
                 return task
-            if self._closed:
+            if self.outbox.closed:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
@@ -334,7 +334,7 @@ class Client:
         """A task making what we wait for, lent to us by the node at its worker limit
         (nested_lending.py): run it here, inside the wait, unless the node took it back."""
         task = self._lent.popleft()
-        while self._blocks_answered < self._blocks_sent and not self._closed:
+        while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
             self._pump(FLUSH_INTERVAL_S)  # it may have been sent ahead and revoked since
         if task.task_id in self._revoked:
             self._revoked.discard(task.task_id)
@@ -425,7 +425,7 @@ class Client:
         wake_only = zmq.Poller()
         wake_only.register(wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
-        while not self._closed:
+        while not self.outbox.closed:
             try:
                 if self._reading_here:
                     # a thread in _wait reads the channel: stay off it until that has been
@@ -469,7 +469,7 @@ class Client:
         self.last_heard = time.monotonic()
         frames = self.transport.read()
         if frames is None:  # our node is gone: nothing more will come
-            self._closed = True
+            self.outbox.closed = True
             self.tasks.put(None)
             return
         # kept on self until handled: Ctrl-C in a driver's reading thread must not drop
@@ -540,7 +540,7 @@ class Client:
 
     def close(self) -> None:
         """Flush what is queued, stop the IO thread and close the sockets."""
-        if self._closed:
+        if self.outbox.closed:
             return
         # drivers and observers (dashboards) leave; a worker's exit is seen by its node
         self.outbox.close([P.Disconnect()] if self.kind != "worker" else [])

@@ -39,6 +39,11 @@ from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
 from rayjupyter.core.task_events import RecentLogs
 
+# the poll flags as plain ints: ``events & zmq.POLLIN`` goes through enum.Flag's Python
+# code (six calls a channel event, on every task's way in and out)
+_POLLOUT = int(zmq.POLLOUT)
+_READABLE = int(zmq.POLLIN | zmq.POLLERR)
+
 
 @dataclass
 class WorkerPipes:
@@ -158,11 +163,11 @@ class NodeWorkers:
         info = self.clients.get(client_id)
         if info is not None:
             info.last_seen = time.monotonic()
-        if events & zmq.POLLOUT:
+        if events & _POLLOUT:
             link.write_pending()
             if not link.has_pending:
                 self.poller.modify(link.fileno(), zmq.POLLIN)
-        if not events & (zmq.POLLIN | zmq.POLLERR):
+        if not events & _READABLE:
             return
         frames = link.recv_frames(reads=channel.NODE_READS)
         if frames is None:  # the worker closed its end: it is exiting (see its pidfd)

@@ -472,11 +472,12 @@ class TaskExecutor:
         self, task: P.ExecuteTask, result: Any
     ) -> tuple[tuple[bytes, bytes | None, int, tuple[bytes, ...]], ...]:
         count = len(task.return_ids)
+        if count == 1:  # most tasks: no list, no generator expression
+            what = f"the return value of task {task.name!r}"
+            return (self._store_value(task, task.return_ids[0], result, what),)
         if count > 1 and inspect.isgenerator(result):  # a generator for a fixed num_returns
             result = list(result)
-        if count == 1:
-            values = [result]
-        elif count == 0:
+        if count == 0:
             values = []
         else:
             if not isinstance(result, list | tuple) or len(result) != count:
