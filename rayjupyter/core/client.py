@@ -189,6 +189,7 @@ class Client:
         transport meanwhile (see _io_loop): two threads polling it would both wake. A driver
         on zmq sockets waits for its IO thread (zmq sockets are not shared between threads).
         """
+        self.outbox.burst_over()
         reads_itself = self._io_thread is None or self.transport.shared_reads
         standing_in = reads_itself and self._io_thread is not None  # for the IO thread
         deadline = None if timeout is None else time.monotonic() + timeout

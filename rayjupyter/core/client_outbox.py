@@ -1,9 +1,11 @@
 """A client's sending side: messages batched into frames, ref-count and pin changes first.
 
 The calling thread sends under a lock, so a lone submit costs one send and no thread hop.
-Submits and puts that follow each other closely are held instead, and a driver's IO
-thread sends them together (``flush``): a loop of 10,000 submits costs a few hundred
-frames, not 10,000, and the node wakes once per frame, not once per submit.
+Submits and puts that follow each other closely, with no wait between them, are held
+instead, and a driver's IO thread sends them together (``flush``): a loop of 10,000
+submits costs a few hundred frames, not 10,000, and the node wakes once per frame, not
+once per submit. A wait (``get``) ends a burst: the submit after it goes at once, so a
+loop of ``get(f.remote())`` never hands a submit to the IO thread, however fast it runs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one fr
 # the IO thread, woken for a held batch while submits still come: how long it lets the
 # burst go on (one frame for all of it), and how many messages it holds at most
 BURST_HOLD_S = 0.001
-BURST_MAX_MESSAGES = 2048
+BURST_MAX_MESSAGES = 1024  # about what the node reads from one client per loop turn
 
 
 class Outbox:
@@ -43,7 +45,8 @@ class Outbox:
         self.lock = threading.Lock()
         self.messages: list[Any] = []
         self.last_send = 0.0
-        self.last_held = 0.0  # when the latest message was held for the IO thread
+        # when the latest submit or put came (0 once a thread waits: the burst is over)
+        self.last_batched = 0.0
         self.flush_requested = False
         self.closed = False
         self.batching = False  # a driver's IO thread flushes what send(batch=True) holds
@@ -55,9 +58,10 @@ class Outbox:
     def send(self, messages: list[Any], *, batch: bool = False) -> None:
         """Send messages, after any queued ref-count and pin changes (order matters).
 
-        ``batch=True`` (submits and puts from a driver) sends at once after a quiet spell,
-        so a lone call is not delayed, but holds messages that follow each other closely
-        for the IO thread to send together (each send wakes the node: tens of microseconds).
+        ``batch=True`` (submits and puts from a driver) sends at once after a quiet spell
+        or a wait, so a lone call is not delayed, but holds messages that follow each other
+        closely for the IO thread to send together (each send wakes the node: tens of
+        microseconds).
         """
         with self.lock:
             if self.closed:
@@ -66,8 +70,12 @@ class Outbox:
             self._queue_ops(outbox)
             outbox.extend(messages)
             now = time.monotonic()
-            if batch and self.batching and now - self.last_send < BATCH_WINDOW_S:
-                self.last_held = now
+            if batch and self.batching:
+                burst = now - self.last_batched < BATCH_WINDOW_S
+                self.last_batched = now
+            else:
+                burst = False
+            if burst:
                 if not self.flush_requested:
                     self.flush_requested = True
                     self.wake_tx.send(b"")
@@ -91,6 +99,10 @@ class Outbox:
         if ops:
             outbox.append(P.RefOps(ops))
 
+    def burst_over(self) -> None:
+        """A thread waits: the next submit goes at once (and a held burst goes now)."""
+        self.last_batched = 0.0
+
     def wake_io_thread(self) -> None:
         """Have the IO thread look again (the wake socket is its flush request too)."""
         with self.lock:
@@ -111,7 +123,7 @@ class Outbox:
         deadline = time.monotonic() + BURST_HOLD_S
         while not self.closed and len(self.messages) < BURST_MAX_MESSAGES:
             now = time.monotonic()
-            if now - self.last_held >= BATCH_WINDOW_S or now >= deadline:
+            if now - self.last_batched >= BATCH_WINDOW_S or now >= deadline:
                 break
             time.sleep(BATCH_WINDOW_S)
         self.send([])
