@@ -1,11 +1,11 @@
 """A process's connection to its node: used by drivers and workers alike.
 
 Frames travel over one ``transport.Transport`` (a socket pair, the node's Unix socket, or
-zmq); the waiting logic here is written once for all three. The calling thread sends under
-a lock, so a submit costs one send and no thread hop. In a driver an IO thread reads and
-files results and replies, waking waiters through one condition variable, except while a
-thread waits on a transport any thread may read: that thread reads itself. A worker always
-reads in the thread that waits.
+zmq); the waiting logic here is written once for all three. Sending (a lone submit at once
+from the calling thread, a burst batched into frames) is ``client_outbox.Outbox``'s. In a
+driver an IO thread reads and files results and replies, waking waiters through one
+condition variable, except while a thread waits on a transport any thread may read: that
+thread reads itself. A worker always reads in the thread that waits.
 """
 
 from __future__ import annotations
