@@ -125,7 +125,7 @@ class Outbox:
             now = time.monotonic()
             if now - self.last_batched >= BATCH_WINDOW_S or now >= deadline:
                 break
-            time.sleep(BATCH_WINDOW_S)
+            time.sleep(min(BATCH_WINDOW_S, deadline - now))
         self.send([])
 
     def close(self, last: list[Any]) -> None:
