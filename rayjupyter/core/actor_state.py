@@ -31,7 +31,8 @@ from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_errors import cancelled_error
 
 if TYPE_CHECKING:
-    from rayjupyter.core.node_state import Instruction, NodeState
+    from rayjupyter.core.node_instructions import Instruction
+    from rayjupyter.core.node_state import NodeState
 
 
 # Instructions: (opcode, ...); numbered apart from node_state's, so one shell runs both.

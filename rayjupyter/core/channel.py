@@ -13,6 +13,7 @@ bytes of one ``protocol.dumps`` batch.
 
 from __future__ import annotations
 
+import mmap
 import socket
 import struct
 
@@ -34,6 +35,10 @@ class Channel:
         sock.setblocking(blocking_send)
         self._inbuf = bytearray()
         self._outbuf = bytearray()
+        # reads land here: ``recv(READ_SIZE)`` would allocate 256 KiB per read, above malloc's
+        # mmap threshold (an mmap, an mremap and an munmap per read, and a page fault).
+        # Anonymous memory: only the pages reads touch are resident (a page or two).
+        self._landing = memoryview(mmap.mmap(-1, READ_SIZE))
         self.closed = False
 
     def fileno(self) -> int:
@@ -107,20 +112,21 @@ class Channel:
         ``reads`` reads (what is left is read at the next poll).
         """
         buf = self._inbuf
+        landing = self._landing
         flags = 0 if wait and self.blocking_send else socket.MSG_DONTWAIT
         for _ in range(reads):
             try:
-                data = self.sock.recv(READ_SIZE, flags)
+                size = self.sock.recv_into(landing, READ_SIZE, flags)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                data = b""
-            if not data:
+                size = 0
+            if not size:
                 self.closed = True
                 break
-            buf += data
+            buf += landing[:size]
             flags = socket.MSG_DONTWAIT
-            if len(data) < READ_SIZE:
+            if size < READ_SIZE:
                 break
         frames: list[bytes] = []
         start = 0

@@ -1,17 +1,16 @@
 """A process's connection to its node: used by drivers and workers alike.
 
 Frames travel over one ``transport.Transport`` (a socket pair, the node's Unix socket, or
-zmq); the waiting logic here is written once for all three. The calling thread sends under
-a lock, so a submit costs one send and no thread hop. In a driver an IO thread reads and
-files results and replies, waking waiters through one condition variable, except while a
-thread waits on a transport any thread may read: that thread reads itself. A worker always
-reads in the thread that waits.
+zmq); the waiting logic here is written once for all three. Sending (a lone submit at once
+from the calling thread, a burst batched into frames) is ``client_outbox.Outbox``'s. In a
+driver an IO thread reads and files results and replies, waking waiters through one
+condition variable, except while a thread waits on a transport any thread may read: that
+thread reads itself. A worker always reads in the thread that waits.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import queue
 import sys
@@ -26,6 +25,7 @@ import zmq
 
 from rayjupyter.core import ids, protocol, transport
 from rayjupyter.core import protocol as P
+from rayjupyter.core.client_outbox import Outbox
 from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
 from rayjupyter.core.exceptions import (
@@ -37,7 +37,6 @@ from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
-BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one frame
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
 HEARTBEAT_S = 2.0  # a driver sends at least this often (the node lets silent ones go)
@@ -79,7 +78,10 @@ class Client:
         self.transport = transport.connect(
             self.context, address, secret, self.client_id, kind=kind, channel_fd=channel_fd
         )
-        self._tx_lock = threading.Lock()
+        self._pins: deque[tuple[bool, bytes]] = deque()
+        # what we send (client_outbox.py): batched frames, ref-count and pin changes first
+        self.outbox = Outbox(self.transport, self.context, self.client_id.hex(), self._pins)
+        self.send = self.outbox.send
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
@@ -89,12 +91,10 @@ class Client:
         self.request = self.replies.request
         self.new_request_id = self.replies.new_id
         self.await_reply = self.replies.await_reply
-        self._pins: deque[tuple[bool, bytes]] = deque()
         self.sent_funcs: set[bytes] = set()
         self.runtime_env: RuntimeEnv | None = None  # the job's env (init(runtime_env=...))
         self.sent_envs: set[str] = set()  # envs the node has from us (runtime_env.register)
         self.tasks: queue.SimpleQueue[P.WorkerOrder | None] = queue.SimpleQueue()
-        self._closed = False
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
@@ -102,17 +102,10 @@ class Client:
         self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
         self._blocks_answered = 0
         # a worker: children the node lent us while a task here waits in get, and what
-        # runs them (nested_lending.py; set by worker.main for a pool worker)
+        # runs them (nested_lending.py; set by worker_main.main for a pool worker)
         self._lent: deque[P.ExecuteTask] = deque()
         self._blocked_waits = 0
         self.run_lent: Callable[[P.ExecuteTask], None] | None = None
-        self._outbox: list[Any] = []
-        self._last_send = 0.0
-        self._flush_requested = False
-        self._wake_rx = self.context.socket(zmq.PAIR)
-        self._wake_rx.bind(f"inproc://wake-{self.client_id.hex()}")
-        self._wake_tx = self.context.socket(zmq.PAIR)
-        self._wake_tx.connect(f"inproc://wake-{self.client_id.hex()}")
 
         hello = P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)
         welcome, rest = transport.handshake(self.transport, self.context, hello, address, timeout)
@@ -159,52 +152,19 @@ class Client:
             self._io_thread = threading.Thread(
                 target=self._io_loop, name="rayjupyter-io", daemon=True
             )
+            self.outbox.batching = True
             self._io_thread.start()
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, messages: list[Any], *, batch: bool = False) -> None:
-        """Send messages, after any queued ref-count and pin changes (order matters).
+    @property
+    def _closed(self) -> bool:
+        """True once closed, or once the node closed our link (nothing more is sent)."""
+        return self.outbox.closed
 
-        ``batch=True`` (submits and puts from a driver) sends at once after a quiet spell,
-        so a lone call is not delayed, but holds messages that follow each other closely
-        for the IO thread to send together: a loop of 10,000 submits costs a few hundred
-        sends instead of 10,000 (each send wakes zmq's IO thread: tens of microseconds).
-        """
-        with self._tx_lock:
-            if self._closed:
-                return
-            outbox = self._outbox
-            self._queue_ops(outbox)
-            outbox.extend(messages)
-            now = time.monotonic()
-            if batch and self._io_thread is not None and now - self._last_send < BATCH_WINDOW_S:
-                if not self._flush_requested:
-                    self._flush_requested = True
-                    self._wake_tx.send(b"")
-                return
-            if outbox:
-                self._outbox = []
-                self._flush_requested = False
-                self.transport.send(protocol.dumps(outbox))
-                self._last_send = now
-
-    def _queue_ops(self, outbox: list[Any]) -> None:
-        """Ref-count and pin changes so far go ahead of the messages that follow them."""
-        # pins first: a value dropped with its ref is unmapped before it is freed, so the
-        # node may reuse its file (object_store's pool) only once nobody maps it
-        pins = self._drain_pins()
-        if pins:
-            outbox.append(P.PinOps(pins))
-        ops = reference_counter.drain()
-        if ops:
-            outbox.append(P.RefOps(ops))
-
-    def _drain_pins(self) -> tuple[tuple[bool, bytes], ...]:
-        pins: list[tuple[bool, bytes]] = []
-        while self._pins:
-            pins.append(self._pins.popleft())
-        return tuple(pins)
+    @_closed.setter
+    def _closed(self, closed: bool) -> None:
+        self.outbox.closed = closed
 
     def submit(self, message: P.SubmitTask) -> None:
         self._awaiting_push.update(message.return_ids)
@@ -227,6 +187,7 @@ class Client:
         transport meanwhile (see _io_loop): two threads polling it would both wake. A driver
         on zmq sockets waits for its IO thread (zmq sockets are not shared between threads).
         """
+        self.outbox.burst_over()
         reads_itself = self._io_thread is None or self.transport.shared_reads
         standing_in = reads_itself and self._io_thread is not None  # for the IO thread
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -246,7 +207,7 @@ class Client:
                     continue
                 remaining = FLUSH_INTERVAL_S
                 if self._io_thread is not None:  # a driver: is its node still there?
-                    if self._closed or time.monotonic() >= next_check:  # (it costs a syscall)
+                    if self.outbox.closed or time.monotonic() >= next_check:  # (it costs a syscall)
                         self._check_alive()
                         next_check = time.monotonic() + LIVENESS_CHECK_S
                     remaining = LIVENESS_CHECK_S
@@ -254,7 +215,7 @@ class Client:
                     remaining = min(remaining, deadline - time.monotonic())
                     if remaining <= 0:
                         return predicate()
-                if self._io_thread is not None and self._closed:  # let liveness say why
+                if self._io_thread is not None and self.outbox.closed:  # let liveness say why
                     time.sleep(min(remaining, 0.05))
                 elif reads_itself:
                     self._pump(remaining, seen)
@@ -268,7 +229,7 @@ class Client:
                 with self._cond:
                     self._waiting_here -= 1
                 if self._ready_callbacks:  # awaited refs: the IO thread reads for them now
-                    self._wake_io_thread()
+                    self.outbox.wake_io_thread()
 
     def _check_alive(self) -> None:
         """Raise rather than wait forever on a cluster whose node has died."""
@@ -326,13 +287,13 @@ class Client:
             if task is not None:
                 if isinstance(task, P.ExecuteTask):
                     # the node may have taken it back when we last blocked: hear it first
-                    while self._blocks_answered < self._blocks_sent and not self._closed:
+                    while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
                         self._pump(FLUSH_INTERVAL_S)
                 if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
                     self._revoked.discard(task.task_id)  # the node gave it to another worker
                     continue
                 return task
-            if self._closed:
+            if self.outbox.closed:
                 return None
             self._pump(FLUSH_INTERVAL_S)
 
@@ -372,7 +333,7 @@ class Client:
         """A task making what we wait for, lent to us by the node at its worker limit
         (nested_lending.py): run it here, inside the wait, unless the node took it back."""
         task = self._lent.popleft()
-        while self._blocks_answered < self._blocks_sent and not self._closed:
+        while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
             self._pump(FLUSH_INTERVAL_S)  # it may have been sent ahead and revoked since
         if task.task_id in self._revoked:
             self._revoked.discard(task.task_id)
@@ -392,7 +353,7 @@ class Client:
 
         if needed <= 0:
             return True
-        if self._outbox:  # submits held back for batching go now: we wait on them
+        if self.outbox.messages:  # submits held back for batching go now: we wait on them
             self.send([])
         self._request_missing(missing)
         # a get (all of them): the tasks making them may run inside this wait at the limit
@@ -409,7 +370,7 @@ class Client:
         """Block until predicate holds, as objects among object_ids arrive; False on timeout."""
         if predicate():
             return True
-        if self._outbox:
+        if self.outbox.messages:
             self.send([])
         self._request_missing([oid for oid in object_ids if oid not in self.objects])
         self._blocked(True)
@@ -445,15 +406,9 @@ class Client:
             callback(info)
         else:
             if self._reading_here:  # the IO thread stands aside: have it read for this
-                self._wake_io_thread()
+                self.outbox.wake_io_thread()
             self.send([])  # a held-back submit of this very object goes now
             self._request_missing([object_id])
-
-    def _wake_io_thread(self) -> None:
-        with self._tx_lock:  # the wake socket is the IO thread's flush request too
-            if not self._flush_requested and not self._closed:
-                self._flush_requested = True
-                self._wake_tx.send(b"")
 
     def _forget(self, object_id: bytes) -> None:
         self.objects.pop(object_id, None)
@@ -464,11 +419,12 @@ class Client:
         poller = zmq.Poller()
         incoming = self.transport.pollable()
         poller.register(incoming, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        wake_rx = self.outbox.wake_rx
+        poller.register(wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
-        wake_only.register(self._wake_rx, zmq.POLLIN)
+        wake_only.register(wake_rx, zmq.POLLIN)
         last_flush = time.monotonic()
-        while not self._closed:
+        while not self.outbox.closed:
             try:
                 if self._reading_here:
                     # a thread in _wait reads the channel: stay off it until that has been
@@ -489,17 +445,15 @@ class Client:
                     with self._cond:  # a waiter may have stood aside for this read
                         self._cond.notify_all()
                 now = time.monotonic()
-                if self._wake_rx in events:
-                    while self._wake_rx.poll(0):
-                        self._wake_rx.recv()
-                    self.send([])  # the batch held back by send(batch=True)
+                if wake_rx in events:
+                    self.outbox.flush()  # the batch held back by send(batch=True)
                     last_flush = now
                 elif (reference_counter.pending or self._pins) and (
                     now - last_flush >= FLUSH_INTERVAL_S
                 ):
                     self.send([])
                     last_flush = now
-                elif now - self._last_send > HEARTBEAT_S:
+                elif now - self.outbox.last_send > HEARTBEAT_S:
                     self.send([P.Heartbeat()])
             except zmq.ZMQError:
                 return
@@ -514,7 +468,7 @@ class Client:
         self.last_heard = time.monotonic()
         frames = self.transport.read()
         if frames is None:  # our node is gone: nothing more will come
-            self._closed = True
+            self.outbox.closed = True
             self.tasks.put(None)
             return
         # kept on self until handled: Ctrl-C in a driver's reading thread must not drop
@@ -585,20 +539,15 @@ class Client:
 
     def close(self) -> None:
         """Flush what is queued, stop the IO thread and close the sockets."""
-        if self._closed:
+        if self.outbox.closed:
             return
-        with contextlib.suppress(zmq.ZMQError):
-            # drivers and observers (dashboards) leave; a worker's exit is seen by its node
-            self.send([P.Disconnect()] if self.kind != "worker" else [])
-        with self._tx_lock:
-            self._closed = True
-            self._wake_tx.send(b"")  # the IO thread sees _closed now, not at its next timeout
+        # drivers and observers (dashboards) leave; a worker's exit is seen by its node
+        self.outbox.close([P.Disconnect()] if self.kind != "worker" else [])
         if self._io_thread is not None and self._io_thread is not threading.current_thread():
             self._io_thread.join(2.0)
         self.tasks.put(None)
         self.transport.close()
-        self._wake_rx.close(linger=0)
-        self._wake_tx.close(linger=0)
+        self.outbox.close_sockets()
         self.context.term()
         if reference_counter.on_zero == self._forget:
             reference_counter.on_zero = None

@@ -1,14 +1,17 @@
-"""Which runtime_env (and GPU) workers stop: those idle too long, or one making room for
-another pool's (``worker_pool``: a runtime_env's or GPU work's workers).
+"""Which runtime_env (and GPU) workers start, and which stop: those idle too long, or one
+making room for another pool's (``worker_pool``: a runtime_env's or GPU work's workers).
 
-A decision of ``NodeState`` (``reap_env_workers``, ``env_spawns``), kept apart because it
-reads the idle pools per env and the workers table at once; no I/O.
+Decisions of ``NodeState`` (``env_spawns``, ``reap_env_workers``), kept apart because they
+read the idle pools per env and the workers table at once; no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
+from rayjupyter.core import worker_pool
+from rayjupyter.core.node_instructions import NONE, SPAWN, Instruction
 from rayjupyter.core.scheduler import WorkerRecord, WorkerState
 
 if TYPE_CHECKING:
@@ -52,3 +55,28 @@ def reap(state: NodeState, now: float, crowded_by: str, planned: int) -> list[Wo
     for worker in victims:
         state.scheduler.forget_worker(worker)
     return victims
+
+
+def spawns(state: NodeState, known_envs: Container[str], now: float) -> list[Instruction]:
+    """Workers for runtime_envs whose tasks fit now but have no idle worker of theirs;
+    when envs hold a pool's worth of workers, the one idle longest of another env goes."""
+    wanted = state.scheduler.env_unplaced
+    if not wanted:
+        return NONE
+    starting: dict[str, int] = {}
+    for worker in state.workers.values():
+        if worker.pool and not worker.actor_id and worker.state is WorkerState.STARTING:
+            starting[worker.pool] = starting.get(worker.pool, 0) + 1
+    out: list[Instruction] = []
+    planned = 0  # env workers this call starts (the shell adds them to the table)
+    for env, count in wanted.items():
+        if not worker_pool.env_known(env, known_envs):
+            continue  # admission failed its tasks already
+        missing = count - starting.get(env, 0)
+        for started in range(missing):
+            out += state.reap_env_workers(now, crowded_by=env, planned=planned)
+            if not state.limit.room(len(state.workers) + planned):
+                return out + state.limit_reached(missing - started, "tasks", planned)
+            out.append((SPAWN, env, 1))
+            planned += 1
+    return out

@@ -31,7 +31,14 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, discovery, spawn, task_events, worker_limit
+from rayjupyter.core import (
+    auth,
+    discovery,
+    node_routes,
+    spawn,
+    task_events,
+    worker_limit,
+)
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import (
@@ -50,6 +57,7 @@ from rayjupyter.core.node_connections import NodeConnections
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_gc import GarbagePolicy
 from rayjupyter.core.node_generators import NodeGenerators
+from rayjupyter.core.node_instructions import WARN, Instruction
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_jobs import NodeJobs
 from rayjupyter.core.node_links import NodeLinks, PeerLink
@@ -60,7 +68,7 @@ from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.node_queries import NodeQueries
 from rayjupyter.core.node_routers import NodeRouters
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import WARN, Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.node_tasks import NodeTasks
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import (
@@ -92,54 +100,11 @@ class Node:
         "jobs": NodeJobs,
     }
 
-    #: which method handles each message a client may send: the node's own, or
-    #: "part.method" of one of ``PARTS`` (bound once, in ``__init__``: one lookup a message)
-    HANDLERS: dict[type, str] = {
-        P.Hello: "connections.on_hello",
-        P.SubmitTask: "task_part.on_submit",
-        P.PutObject: "object_table.on_put",
-        P.RefOps: "object_table.on_ref_ops",
-        P.PinOps: "object_table.on_pin_ops",
-        P.Subscribe: "object_table.on_subscribe",
-        P.TaskFinished: "task_part.on_task_finished",
-        P.WorkerBlocked: "task_part.on_worker_blocked",
-        P.StopCluster: "on_stop",
-        P.Heartbeat: "connections.on_heartbeat",
-        P.Disconnect: "connections.on_disconnect",
-        P.CancelTask: "task_part.on_cancel",
-        P.CreateActor: "actor_part.on_create_actor",
-        P.KillActor: "actor_part.on_kill_actor",
-        P.ActorStarted: "actor_part.on_actor_started",
-        P.ActorExiting: "actor_part.on_actor_exiting",
-        P.ExitActor: "actor_part.on_exit_actor",  # from an actor's home: its handles all went
-        P.ProvideObjects: "pulling.on_provide_objects",
-        P.PullObject: "pulling.on_pull_object",
-        P.RegisterNode: "membership.on_register_node",
-        P.NodeHeartbeat: "membership.on_node_heartbeat",
-        P.ActorHomes: "forwarding.on_actor_homes",
-        P.UploadPackage: "envs.on_upload_package",
-        P.RegisterRuntimeEnv: "envs.on_register_runtime_env",
-        P.GeneratorItem: "on_generator_item",
-        P.GeneratorConsumed: "on_generator_consumed",
-        **dict.fromkeys(P.QUERIES, "queries.on_query"),  # by type: node_queries.ANSWERS
-        P.CreatePlacementGroup: "placement.on_create",
-        P.RemovePlacementGroup: "placement.on_remove",
-        P.QueryPlacementGroups: "placement.on_query",
-        **dict.fromkeys(P.JOB_MESSAGES, "jobs.on_job_message"),  # the head's Jobs API
-    }
-
-    #: which method handles each message a peer node sends us on our link to it
-    PEER_HANDLERS: dict[type, str] = {
-        P.Welcome: "membership.on_peer_welcome",
-        P.ClusterView: "membership.on_cluster_view",
-        P.ObjectsReady: "forwarding.on_peer_objects_ready",
-        P.ContainedObjects: "forwarding.on_contained_objects",
-        P.ActorGone: "forwarding.on_actor_gone",
-        P.AttemptLost: "forwarding.on_attempt_lost",
-        P.LogLines: "forwarding.on_peer_log_lines",
-        P.ObjectChunk: "pulling.on_object_chunk",
-        P.Reply: "placement.on_peer_reply",
-    }
+    #: which method handles each message a client may send, and each message a peer node
+    #: sends us on our link to it: the node's own, or "part.method" of one of ``PARTS``
+    #: (bound once, in ``__init__``: one lookup a message); the tables are node_routes.py's
+    HANDLERS: dict[type, str] = node_routes.CLIENT_MESSAGES
+    PEER_HANDLERS: dict[type, str] = node_routes.PEER_MESSAGES
 
     def __init__(self, config: NodeConfig, secret: str) -> None:
         self.config = config
@@ -210,10 +175,9 @@ class Node:
 
         self.poll = NodePoll()
         self.poller = self.poll.poller
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.tcp_router, zmq.POLLIN)
-        self.poller.register(self.zap.socket, zmq.POLLIN)
-        self.poller.register(self.handshakes.socket, zmq.POLLIN)
+        self.routers.watch(self.poll)
+        self.poll.watch_quiet_socket(self.zap.socket, self.zap.handle)
+        self.poll.watch_quiet_socket(self.handshakes.socket, self.handshakes.handle)
         if config.watch_stdin:
             self.poll.watch(sys.stdin.fileno(), self._on_stdin)
 
@@ -406,7 +370,8 @@ class Node:
         self.garbage.start()
         try:
             while self.running:
-                events = self.poller.poll(0 if self.object_table.releasing else 1000)
+                busy = self.object_table.releasing or self.routers.ready
+                events = self.poller.poll(0 if busy else 1000)
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()
@@ -425,7 +390,6 @@ class Node:
                 # Order matters: a worker writes its output, then sends its result, then
                 # may exit. So output first (a task's prints carry its own name), then
                 # messages, then exits (a result sent just before exiting still counts).
-                router_ready = tcp_ready = False
                 exited = []
                 channel_fds = self.pool.channel_fds
                 exit_fds = self.poll.exit_fds
@@ -434,14 +398,6 @@ class Node:
                 for source, mask in events:
                     if source in channel_fds:
                         self.pool.on_channel(channel_fds[source], mask)
-                    elif source is self.router:
-                        router_ready = True
-                    elif source is self.tcp_router:
-                        tcp_ready = True
-                    elif source is self.zap.socket:
-                        self.zap.handle()
-                    elif source is self.handshakes.socket:
-                        self.handshakes.handle()
                     elif source in exit_fds:
                         exited.append(source)
                     elif source in link_of_socket:
@@ -451,10 +407,8 @@ class Node:
                         if handler is not None:
                             handler(source)
                     # else: a peer link's socket dropped by an earlier event of this turn
-                if router_ready:
-                    self.routers.drain(self.router)
-                if tcp_ready:
-                    self.routers.drain(self.tcp_router)
+                if self.routers.ready:  # (their descriptors' handlers above, or left over)
+                    self.routers.drain_ready()
                 for fd in exited:
                     if fd in fd_handlers:
                         fd_handlers[fd](fd)
@@ -597,7 +551,7 @@ def main() -> None:
     # what nodes killed before us left (their secret, their shared memory): ours to clear
     discovery.remove_stale_sessions(keep=config.session)
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
-    import rayjupyter.core.worker  # noqa: F401 - imported once here, shared by forked workers
+    import rayjupyter.core.worker_main  # noqa: F401 - imported once here, shared by forked workers
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))

@@ -27,7 +27,8 @@ from rayjupyter.core.actor_state import ActorRecord as ActorRecord
 from rayjupyter.core.actor_state import ActorState as ActorState
 from rayjupyter.core.exceptions_extra import ActorAlreadyExistsError
 from rayjupyter.core.head import NodeInfo
-from rayjupyter.core.node_state import Instruction, NodeState, cancelled_error
+from rayjupyter.core.node_instructions import Instruction
+from rayjupyter.core.node_state import NodeState, cancelled_error
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_events import TaskEventLog

@@ -17,10 +17,11 @@ from rayjupyter.core import protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.node_generators import NodeGenerators
+from rayjupyter.core.node_instructions import Instruction
 from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_objects import NodeObjects
 from rayjupyter.core.node_placement import NodePlacement
-from rayjupyter.core.node_state import Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
 
 

@@ -54,6 +54,18 @@ class NodePoll:
         self.poller.register(fd, zmq.POLLIN)
         self.fd_handlers[fd] = handler
 
+    def watch_quiet_socket(self, sock: zmq.Socket[bytes], drain: Callable[[], object]) -> None:
+        """Call ``drain()`` when a rarely busy zmq socket may have messages; ``drain`` must
+        read until nothing is left, and nothing else may use the socket.
+
+        Watched through libzmq's descriptor, which the loop's poll checks for free, where a
+        zmq socket in the poller costs a poll and a getpid syscall each turn. The descriptor
+        turns readable whenever libzmq has news for the socket, and after a drain that found
+        it empty the next message makes it readable again.
+        """
+        self.handle(int(sock.getsockopt(zmq.FD)), lambda _fd: drain())
+        drain()  # what came before it was watched
+
     def forget(self, fd: int) -> None:
         """Stop watching ``fd`` (left open)."""
         self.poller.unregister(fd)

@@ -23,9 +23,10 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.config import NodeConfig
 from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, NodeActors
+from rayjupyter.core.node_instructions import Instruction
 from rayjupyter.core.node_io import NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord
 from rayjupyter.core.task_events import TaskEventLog

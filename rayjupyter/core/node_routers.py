@@ -5,10 +5,18 @@ faster than tcp and needing no crypto; everyone else over tcp with CurveZMQ. Cli
 each are told apart by their socket. What the node sends in a loop turn is kept per client
 and sent at the turn's end (``flush``) as one frame each: to a worker over its socket pair
 (``channel.py``), to anyone else over the router it came from, then the peer links'.
+
+The loop watches the routers through libzmq's descriptors (``watch``), not as zmq sockets
+in its poller: those cost two syscalls each per loop turn, and a local cluster's clients
+never use the routers. A descriptor turns readable when libzmq has news for its socket;
+any use of the socket may take that news without a message being read, so a router that
+was sent on is asked once at the turn's end whether it holds messages (``ready``), and so
+is one whose drain stopped at DRAIN_MAX.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +27,7 @@ import zmq
 from rayjupyter.core import auth, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import bound
-from rayjupyter.core.node_io import ClientInfo
+from rayjupyter.core.node_io import ClientInfo, NodePoll
 
 #: frames drained from one router per loop turn (the rest wait for the next turn)
 DRAIN_MAX = 10_000
@@ -61,6 +69,26 @@ class NodeRouters:
         self.channels: dict[bytes, Any] = {}
         self.send_on_channel: Callable[[Any, bytes], None] = lambda link, frame: None
         self.flush_links: Callable[[], None] = lambda: None
+        # routers to drain at the next turn without waiting (see the module's docstring)
+        self.ready: list[zmq.Socket[bytes]] = []
+        self._sent_on: set[zmq.Socket[bytes]] = set()  # this turn: their news may be taken
+
+    def watch(self, poll: NodePoll) -> None:
+        """Have the loop's poll watch both routers' descriptors; each is drained once first."""
+        for router in (self.router, self.tcp_router):
+            poll.handle(int(router.getsockopt(zmq.FD)), functools.partial(self._signalled, router))
+            self._signalled(router)
+
+    def _signalled(self, router: zmq.Socket[bytes], _fd: int = -1) -> None:
+        if router not in self.ready:
+            self.ready.append(router)
+
+    def drain_ready(self) -> None:
+        """Drain the routers that were signalled or are known to hold messages."""
+        ready, self.ready = self.ready, []
+        for router in (self.router, self.tcp_router):  # (in this order, as always)
+            if router in ready:
+                self.drain(router)
 
     def _router(self, secret: str, *, curve: bool) -> zmq.Socket[bytes]:
         router = self.context.socket(zmq.ROUTER)
@@ -83,7 +111,7 @@ class NodeRouters:
         for _ in range(DRAIN_MAX):
             # EVENTS instead of a failing recv: an exception per drained batch costs more
             if not int(router.getsockopt(zmq.EVENTS)) & pollin:
-                return
+                return  # (its descriptor signals the next message)
             # the peer's id, then one batch (in parts if it is larger than a zmq frame may
             # be: transport.send_frame); whole, so a client that sends a message of several
             # frames cannot shift every later message by one (and wedge the loop)
@@ -108,6 +136,7 @@ class NodeRouters:
                     self.handlers[type(message)](client, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     self.report_error(message)
+        self._signalled(router)  # stopped at DRAIN_MAX: the rest at the next turn
 
     def refuse_frame(self, client: bytes, error: Exception) -> None:
         """A frame that is not a batch of messages: dropped, and its sender told why."""
@@ -127,6 +156,7 @@ class NodeRouters:
         header = protocol.dumps([chunk._replace(data=b"")])
         router = self.tcp_router if client in self.tcp_clients else self.router
         router.send_multipart([client + b"r", header, chunk.data], copy=False)
+        self._sent_on.add(router)
 
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
@@ -141,7 +171,13 @@ class NodeRouters:
             router = self.tcp_router if client in tcp_clients else self.router
             router.send(client + b"r", zmq.SNDMORE)
             router.send(protocol.dumps(messages))
+            self._sent_on.add(router)
         self.flush_links()
+        if self._sent_on:  # a send may have taken a router's news of a message
+            for router in self._sent_on:
+                if int(router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    self._signalled(router)
+            self._sent_on.clear()
 
     def close(self) -> None:
         self.router.close(0)

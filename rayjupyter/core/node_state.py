@@ -4,7 +4,7 @@
 (with its idle pools per runtime_env, ``scheduler.Scheduler``), prefetch (tasks sent ahead
 to busy workers) and cancellation. It does no I/O: each event is a method that changes
 the tables and returns what the node must do as a list of instructions, plain tuples whose
-first item is one of the opcodes below. The node (``node.py``) is the shell that sends the
+first item is an opcode of ``node_instructions``. The node (``node.py``) is the shell that sends the
 messages, signals the processes and fills in the objects. So every decision here is tested
 with no process at all (``tests/test_scheduler.py``), and ``validate`` checks the tables'
 invariants after any step.
@@ -18,11 +18,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Container, Mapping
-from typing import Any
 
-from rayjupyter.core import env_workers, nested_lending, peer_placement, state_checks, worker_pool
+from rayjupyter.core import env_workers, nested_lending, peer_placement, worker_pool
 from rayjupyter.core.actor_state import ActorTable
 from rayjupyter.core.head import NodeInfo
+from rayjupyter.core.node_instructions import (  # (the tests read them as node_state.X)
+    ACTOR_PROCESS_DIED,
+    ATTEMPT_LOST,
+    CANCEL_CALL,
+    CANCEL_FORWARDED,
+    DROP_ACTOR_CALL,
+    EXECUTE,
+    FAILED,
+    FINISHED,
+    FORWARD,
+    INTERRUPT,
+    KILL,
+    REVOKE,
+    SPAWN,
+    START_ACTOR,
+    STARTED,
+    UNPIN,
+    WARN,
+    Instruction,
+)
+from rayjupyter.core.node_instructions import NONE as _NONE
+from rayjupyter.core.node_instructions import OPCODE_NAMES as OPCODE_NAMES
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
 from rayjupyter.core.scheduler import OCCUPYING as OCCUPYING
 from rayjupyter.core.scheduler import (
@@ -38,42 +59,9 @@ from rayjupyter.core.task_errors import crashed_error as crashed_error
 from rayjupyter.core.task_errors import unschedulable_error as unschedulable_error
 from rayjupyter.core.worker_limit import WorkerLimit
 
-# Instructions: (opcode, ...). Ints, so the shell's dispatch is a cheap comparison.
-EXECUTE = 1  # (EXECUTE, task, worker): send the task; if worker.prefetched is task it waits there
-# (REVOKE, task, worker, answers_block): take back a task sent ahead and unpin what it
-# pinned; task None: nothing taken back, the message only answers a WorkerBlocked (the
-# worker waits for that answer before it starts a task it got earlier)
-REVOKE = 2
-SPAWN = 3  # (SPAWN, env, count): start count pool workers in runtime_env env ("" plain)
-KILL = 4  # (KILL, worker): SIGKILL the worker's process
-INTERRUPT = 5  # (INTERRUPT, task, worker): ask the task to stop (CancelCall, then SIGINT)
-CANCEL_CALL = 6  # (CANCEL_CALL, task, worker): an actor call: only CancelCall, no signal
-CANCEL_FORWARDED = 7  # (CANCEL_FORWARDED, task, force): the task runs on a peer: tell it
-FAILED = 8  # (FAILED, task, error_blob): the task failed: its returns become the error
-FINISHED = 9  # (FINISHED, task): the task succeeded: the shell stores its results
-STARTED = 10  # (STARTED, task, worker): publish that the task started (one sent ahead)
-UNPIN = 11  # (UNPIN, task): the task left its worker: drop the pins on its arguments
-ACTOR_PROCESS_DIED = 12  # (ACTOR_PROCESS_DIED, worker, cause): restart or end its actor
-DROP_ACTOR_CALL = 13  # (DROP_ACTOR_CALL, task): a queued actor call was cancelled
-START_ACTOR = 14  # (START_ACTOR, worker): an actor's process connected: send the class
-WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker process
-# (ATTEMPT_LOST, task, error, pid, cause): a task a peer node forwarded here lost its
-# attempt (worker pid died of cause, or it raised error): tell that node, which retries
-ATTEMPT_LOST = 16
-FORWARD = 20  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
-
-OPCODE_NAMES = {
-    value: name
-    for name, value in globals().items()
-    if isinstance(value, int) and name.isupper() and not name.startswith("_")
-}
-
 ENV_WORKER_IDLE_S = env_workers.IDLE_S  # runtime_env workers idle this long are stopped
 #: a queue this short gives a failing task up at once (longer: see NodeState.stale)
 STALE_SCAN = 256
-
-Instruction = tuple[Any, ...]
-_NONE: list[Instruction] = []  # returned (never mutated) when an event needs nothing done
 
 
 class NodeState:
@@ -471,28 +459,8 @@ class NodeState:
 
     def env_spawns(self, known_envs: Container[str], now: float) -> list[Instruction]:
         """Workers for pools (runtime_envs, GPU work: ``worker_pool``) whose tasks fit now
-        but have no idle worker of theirs; when those hold a pool's worth of workers, the
-        one idle longest of another goes."""
-        wanted = self.scheduler.env_unplaced
-        if not wanted:
-            return _NONE
-        starting: dict[str, int] = {}
-        for worker in self.workers.values():
-            if worker.pool and not worker.actor_id and worker.state is WorkerState.STARTING:
-                starting[worker.pool] = starting.get(worker.pool, 0) + 1
-        out: list[Instruction] = []
-        planned = 0  # env workers this call starts (the shell adds them to the table)
-        for env, count in wanted.items():
-            if not worker_pool.env_known(env, known_envs):
-                continue  # admission failed its tasks already
-            missing = count - starting.get(env, 0)
-            for started in range(missing):
-                out += self.reap_env_workers(now, crowded_by=env, planned=planned)
-                if not self.limit.room(len(self.workers) + planned):
-                    return out + self.limit_reached(missing - started, "tasks", planned)
-                out.append((SPAWN, env, 1))
-                planned += 1
-        return out
+        but have no idle worker of theirs (``env_workers.spawns``)."""
+        return env_workers.spawns(self, known_envs, now)
 
     def reap_env_workers(
         self, now: float, crowded_by: str = "", planned: int = 0
@@ -615,5 +583,7 @@ class NodeState:
         ``held_elsewhere``: resources that a part of the node holds outside these tables
         (the placement groups' bundles: ``BundleLedger.reserved``)."""
         assert not _NONE, f"the shared empty instruction list was changed: {_NONE}"
+        from rayjupyter.core import state_checks  # tests only: not at every node's start
+
         state_checks.validate(self, held_elsewhere or {})
         self.actor_table.validate()

@@ -26,12 +26,7 @@ from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
-from rayjupyter.core.node_io import ClientInfo
-from rayjupyter.core.node_objects import NodeObjects, ObjectEntry
-from rayjupyter.core.node_placement import NodePlacement
-from rayjupyter.core.node_pulls import NodePulls
-from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import (
+from rayjupyter.core.node_instructions import (
     ACTOR_PROCESS_DIED,
     ATTEMPT_LOST,
     CANCEL_CALL,
@@ -50,8 +45,13 @@ from rayjupyter.core.node_state import (
     UNPIN,
     WARN,
     Instruction,
-    NodeState,
 )
+from rayjupyter.core.node_io import ClientInfo
+from rayjupyter.core.node_objects import NodeObjects, ObjectEntry
+from rayjupyter.core.node_placement import NodePlacement
+from rayjupyter.core.node_pulls import NodePulls
+from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord

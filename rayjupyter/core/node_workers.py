@@ -31,12 +31,18 @@ from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn, 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
+from rayjupyter.core.node_instructions import Instruction
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
-from rayjupyter.core.node_state import Instruction, NodeState
+from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
 from rayjupyter.core.task_events import RecentLogs
+
+# the poll flags as plain ints: ``events & zmq.POLLIN`` goes through enum.Flag's Python
+# code (six calls a channel event, on every task's way in and out)
+_POLLOUT = int(zmq.POLLOUT)
+_READABLE = int(zmq.POLLIN | zmq.POLLERR)
 
 
 @dataclass
@@ -159,11 +165,11 @@ class NodeWorkers:
         info = self.clients.get(client_id)
         if info is not None:
             info.last_seen = time.monotonic()
-        if events & zmq.POLLOUT:
+        if events & _POLLOUT:
             link.write_pending()
             if not link.has_pending:
                 self.poller.modify(link.fileno(), zmq.POLLIN)
-        if not events & (zmq.POLLIN | zmq.POLLERR):
+        if not events & _READABLE:
             return
         frames = link.recv_frames(reads=channel.NODE_READS)
         if frames is None:  # the worker closed its end: it is exiting (see its pidfd)

@@ -42,7 +42,7 @@ def _pipes() -> tuple[int, int, int, int]:
 
 
 def fork_worker(env: dict[str, str], keep_fd: int) -> StartedProcess:
-    """Fork a worker that runs ``worker.main`` with ``env`` added to its environment; of
+    """Fork a worker that runs ``worker_main.main`` with ``env`` added to its environment; of
     the node's descriptors it keeps only ``keep_fd`` (its end of the node's channel)."""
     out_r, out_w, err_r, err_w = _pipes()
     sys.stdout.flush()
@@ -59,9 +59,9 @@ def fork_worker(env: dict[str, str], keep_fd: int) -> StartedProcess:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.environ.update(env)
-            from rayjupyter.core import worker
+            from rayjupyter.core import worker_main
 
-            worker.main()
+            worker_main.main()
             code = 0
         except BaseException:
             import traceback

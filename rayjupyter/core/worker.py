@@ -1,8 +1,8 @@
-"""A pooled worker process: runs the tasks its node sends, one at a time, forever.
+"""What a worker process does with the tasks its node sends: ``TaskExecutor``.
 
-Started by the node as ``python -m rayjupyter.core.worker`` with its identity and the
-cluster secret in the environment. It dies with its node (PR_SET_PDEATHSIG), and its
-stdout/stderr are pipes the node forwards to the driver with a ``(task pid=N)`` prefix.
+It runs tasks one at a time, and once it hosts an actor, that actor's calls (inline, on
+the actor's threads or on its event loop). The process itself (forked from the node, its
+connection, its loop) is ``worker_main.py``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import ctypes
-import functools
 import inspect
-import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -25,11 +21,8 @@ from typing import Any
 import cloudpickle
 
 from rayjupyter.core import (
-    api,
     gpu_visibility,
-    nested_lending,
     runtime_context,
-    runtime_env,
     worker_actor,
 )
 from rayjupyter.core import protocol as P
@@ -44,19 +37,6 @@ from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, seriali
 from rayjupyter.core.streams import ProducerGate, item_id
 from rayjupyter.core.task_args import unpack_args
 from rayjupyter.core.worker_actor import dumps_error as _dumps_error
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel for SIGKILL when the node goes, then check it has not gone already."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the node's exit still closes our socket
-        return
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def _omp_threads(resources: tuple[tuple[str, float], ...] | None) -> str:
@@ -416,11 +396,12 @@ class TaskExecutor:
         self, task: P.ExecuteTask, result: Any
     ) -> tuple[tuple[bytes, bytes | None, int, tuple[bytes, ...]], ...]:
         count = len(task.return_ids)
+        if count == 1:  # most tasks: no list, no generator expression
+            what = f"the return value of task {task.name!r}"
+            return (self._store_value(task, task.return_ids[0], result, what),)
         if count > 1 and inspect.isgenerator(result):  # a generator for a fixed num_returns
             result = list(result)
-        if count == 1:
-            values = [result]
-        elif count == 0:
+        if count == 0:
             values = []
         else:
             if not isinstance(result, list | tuple) or len(result) != count:
@@ -471,66 +452,3 @@ def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _on_sigint(executor: TaskExecutor, signum: int, frame: Any) -> None:
-    """rj.cancel sends SIGINT: interrupt the running task, ignore it between tasks."""
-    if executor.running is not None:
-        raise KeyboardInterrupt
-    executor.sigint_between_tasks = True
-
-
-def main() -> None:
-    env = os.environ
-    _die_with_parent(int(env["RAYJUPYTER_PARENT_PID"]))
-    secret = env.pop("RAYJUPYTER_SECRET")
-    for path in reversed(json.loads(env.get("RAYJUPYTER_SYS_PATH", "[]"))):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    # a runtime_env worker: its packages come first (ahead of the driver's own copies), and
-    # it runs in its working_dir, so relative paths open the shipped data files
-    for path in reversed(json.loads(env.pop("RAYJUPYTER_ENV_PATHS", "[]"))):
-        with contextlib.suppress(ValueError):
-            sys.path.remove(path)
-        sys.path.insert(0, path)
-    working_dir = env.pop("RAYJUPYTER_WORKING_DIR", "")
-    if working_dir:
-        os.chdir(working_dir)
-    job_env = runtime_env.job_env_of_worker()
-    env.pop(runtime_env.WORKER_ENV_VAR, None)
-    client = Client(
-        env["RAYJUPYTER_NODE_ADDRESS"],
-        secret,
-        kind="worker",
-        client_id=bytes.fromhex(env["RAYJUPYTER_CLIENT_ID"]),
-        io_thread=False,
-        channel_fd=int(env.pop("RAYJUPYTER_CHANNEL_FD")),
-    )
-    if job_env is not None:  # the tasks it submits inherit its env
-        client.runtime_env = job_env
-        client.sent_envs.add(job_env.digest)
-    api._set_worker_client(client)
-    runtime_context.current.node_id = client.node_id
-    runtime_context.current.worker_id = client.client_id
-    executor = TaskExecutor(client)
-    client.run_lent = executor.run  # children lent to a waiting task (nested_lending.py)
-    # each nested level is about 8 frames: room for nested_lending.MAX_NESTED of them
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 16 * nested_lending.MAX_NESTED))
-    signal.signal(signal.SIGINT, functools.partial(_on_sigint, executor))
-    while True:
-        task = client.next_task()
-        if task is None:
-            break
-        if isinstance(task, P.StartActor):
-            executor.start_actor(task)
-        elif isinstance(task, P.CancelCall):
-            executor.cancel_call(task.task_id)
-        elif isinstance(task, P.ExitActor):  # its handles all went: end it gracefully
-            executor._exit_process()
-        else:
-            executor.run(task)
-        del task
-
-
-if __name__ == "__main__":
-    main()

@@ -59,9 +59,9 @@ def machine_max_workers() -> int:
         pids = _read_int(path)
         if pids is not None:
             bounds.append(pids // (2 * THREADS_PER_WORKER))
-    import psutil  # here, not at import: a driver imports this module and never asks
-
-    memory = psutil.virtual_memory().total
+    # the machine's memory (MemTotal, as psutil.virtual_memory().total reads it), without
+    # importing psutil at every node's start (its import and memory, in every worker too)
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     cgroup_memory = _read_int("/sys/fs/cgroup/memory.max")
     if cgroup_memory is not None:
         memory = min(memory, cgroup_memory)
