@@ -19,7 +19,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.notebook.output_routing import encode_display
+from rayjupyter.notebook.output_routing import END_MARKER, encode_display
 
 # _repr_*_ method -> MIME type, as IPython's formatters use them
 _REPR_METHODS = (
@@ -45,6 +45,9 @@ class CellSpec:
     bring_back: tuple[str, ...]  # names to send back when defined after the cell
     display_last: bool  # show the last expression's value, as a cell does
     sources: dict[str, str] = field(default_factory=dict)  # other notebook cells, by filename
+    # print a last line saying the output is complete: Ray's driver prints worker lines
+    # from log files, after the result may have arrived
+    end_marker: bool = False
 
 
 @dataclass
@@ -71,10 +74,15 @@ def run_cell(spec: CellSpec, shipped: dict[str, Any]) -> CellResult:
         assert isinstance(statement, ast.Expr)
         last = statement.value
     value = None
-    with _line_buffered_output(), _rich_display(spec.source):
-        exec(compile(tree, spec.filename, "exec"), namespace)
-        if last is not None:
-            value = eval(compile(ast.Expression(last), spec.filename, "eval"), namespace)
+    try:
+        with _line_buffered_output(), _rich_display(spec.source):
+            exec(compile(tree, spec.filename, "exec"), namespace)
+            if last is not None:
+                value = eval(compile(ast.Expression(last), spec.filename, "eval"), namespace)
+    finally:
+        if spec.end_marker:
+            sys.stdout.write(END_MARKER)
+            sys.stdout.flush()
     return _result(spec, namespace, value)
 
 

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 # then base64 JSON {"data": ..., "metadata": ...}; \x02 is no line break to str.splitlines
 DISPLAY_MARKER = "\x02rayjupyter-display:"
+#: the last line of a cell's output when its engine delivers output after the result (Ray)
+END_MARKER = "\x02rayjupyter-end\n"
 # a worker line's prefix: "(name pid=12) ", Ray's "(name pid=12, ip=10.0.0.2) ", either in
 # colour codes; group 1 is what the routes are keyed by
 _PREFIX = re.compile(r"(?:\x1b\[[0-9;]*m)*(\(.+? pid=)\d+(?:, ip=[^)\s]+)?\)(?:\x1b\[[0-9;]*m)* ")
@@ -54,20 +56,34 @@ class Router:
     def __init__(self) -> None:
         self._routes: dict[str, Sink] = {}
         self._lock = threading.Lock()
+        #: route key -> set when its task's END_MARKER line arrived (engines that send one)
+        self._ended: dict[str, threading.Event] = {}
 
     def route(self, task_name: str, sink: Sink) -> None:
         self.install()
         with self._lock:
             self._routes = {**self._routes, f"({task_name} pid=": sink}
+            self._ended[f"({task_name} pid="] = threading.Event()
 
     def unroute(self, task_name: str) -> None:
         """Stop routing a task's lines; the streams are unwrapped once nothing is routed."""
         with self._lock:
             routes = dict(self._routes)
             routes.pop(f"({task_name} pid=", None)
+            self._ended.pop(f"({task_name} pid=", None)
             self._routes = routes
             if not routes:
                 self.uninstall()
+
+    def wait_end(self, task_name: str, timeout: float) -> bool:
+        """Wait until the task's END_MARKER line has come through (True), or timeout."""
+        event = self._ended.get(f"({task_name} pid=")
+        return event is not None and event.wait(timeout)
+
+    def ended(self, sink: Sink) -> None:
+        for key, routed in list(self._routes.items()):
+            if routed is sink and key in self._ended:
+                self._ended[key].set()
 
     def routed(self, task_name: str) -> bool:
         return f"({task_name} pid=" in self._routes
@@ -130,13 +146,16 @@ class RoutingStream:
             if target is None:
                 self._inner.write(piece)
                 continue
-            shown = decode_display(piece)
-            if shown is not None:
+            quiet = True  # a control line: its line end, written apart, is not output
+            if piece.startswith(END_MARKER[:-1]):
+                self._router.ended(target)
+            elif (shown := decode_display(piece)) is not None:
                 target.display(*shown)
             else:
                 target.write(self._name, piece)
+                quiet = False
             if not piece.endswith("\n"):
-                self._continued[threading.get_ident()] = (target, shown is not None)
+                self._continued[threading.get_ident()] = (target, quiet)
         return len(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -22,6 +22,9 @@ from rayjupyter.notebook.output_routing import ROUTER, CellSink, WidgetSink
 from rayjupyter.notebook.ticker import TICKER
 
 REFRESH_S = 0.2
+#: how long a finished cell waits for the last of its output on an engine that delivers it
+#: after the result (Ray prints worker lines as its log monitor reads them)
+OUTPUT_DRAIN_S = 5.0
 # names IPython puts in the user namespace: history and output caches, never shipped
 _IPYTHON_NAME = re.compile(r"_+|_i+|_i?\d+|_[iod]h|In|Out|exit|quit|get_ipython")
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)(?P<rest>.*)$')
@@ -100,6 +103,7 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
     shipped_names = [n for n in names.reads if n in user_ns and not _is_ipython_name(n)]
     shipped_names += [n for n in options.push if n not in shipped_names]
     shipped = {n: user_ns[n] for n in shipped_names}
+    engine = engines.active()
     spec = CellSpec(
         task_name=name,
         filename=filename,
@@ -108,8 +112,8 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
         bring_back=tuple(options.pull if options.pull is not None else names.writes),
         display_last=names.ends_with_expression,
         sources=_notebook_sources(shell, shipped),
+        end_marker=engine.name == "ray",
     )
-    engine = engines.active()
     if options.block:
         sink: Any = CellSink()
         background = None
@@ -125,13 +129,20 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
     if background is not None:
         background.start(ref)
         return None
+    drain = spec.end_marker
     try:
         result = _wait(engine, ref, options.timeout, name)
     except Exception as err:
         if engine.task_traceback(err) is None:
+            drain = False  # cancelled or lost: no more output is coming
             raise
         raise clean_task_error(engine, err, shell, spec) from None
+    except BaseException:  # Ctrl-C: the task was cancelled
+        drain = False
+        raise
     finally:
+        if drain:
+            ROUTER.wait_end(name, OUTPUT_DRAIN_S)
         ROUTER.unroute(name)
     for line in templates.skipped_lines(result.skipped, result.missing if options.pull else []):
         print(line, file=sys.stderr)
@@ -326,8 +337,12 @@ class BackgroundCell:
         try:
             result: CellResult = engine.get(self.ref, timeout=30)
         except Exception as err:
+            if self.spec.end_marker and engine.task_traceback(err) is not None:
+                ROUTER.wait_end(self.spec.task_name, OUTPUT_DRAIN_S)
             self._failed(err)
             return
+        if self.spec.end_marker:
+            ROUTER.wait_end(self.spec.task_name, OUTPUT_DRAIN_S)
         self.shell.user_ns.update(result.values)
         missing = result.missing if self.show_missing else []
         note = templates.arrival_note(list(result.values), result.skipped, missing)
