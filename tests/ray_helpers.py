@@ -152,8 +152,13 @@ def ray_cluster(tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1) -> Itera
         cluster.address = match[1]
         host = cluster.address.rpartition(":")[0]
         cluster.client_address = f"ray://{host}:{client_port}"
+        # a session directory of its own: two nodes on one machine sharing one would each
+        # tail the other's worker logs, and drivers would print every line twice
+        (tmp / "node2").mkdir(exist_ok=True)
         worker = subprocess.Popen(
-            _node_command(["--address", cluster.address], worker_cpus),
+            _node_command(
+                ["--address", cluster.address, "--temp-dir", str(tmp / "node2")], worker_cpus
+            ),
             stdout=(tmp / "worker.log").open("wb"),
             stderr=subprocess.STDOUT,
             env=env,

@@ -285,16 +285,17 @@ class RayEngine:
         return isinstance(error, self.ray.exceptions.TaskCancelledError)
 
     def task_traceback(self, error: BaseException) -> str | None:
-        if isinstance(error, self.ray.exceptions.RayTaskError):
-            return str(getattr(error, "traceback_str", "") or "")
-        return None
+        if not isinstance(error, self.ray.exceptions.RayTaskError):
+            return None
+        # the error Ray raises is an instance of the cause's type too, whose text is the
+        # remote traceback (its traceback_str stays on the RayTaskError it was made from)
+        return str(vars(error).get("traceback_str") or error)
 
     def set_task_traceback(self, error: BaseException, text: str) -> None:
         """IPython prints ``_render_traceback_`` instead of the local frames: the cell's own."""
         cause = getattr(error, "cause", None)
         header = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
         lines = [f"RayTaskError: {header}", *text.rstrip().splitlines()]
-        error.traceback_str = text  # type: ignore[attr-defined]
         error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
 
     def progress_source(self, refs: Sequence[Any]) -> ProgressSource | None:
