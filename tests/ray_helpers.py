@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
-from helpers import wait_for_condition
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 START_TIMEOUT_S = 120.0
@@ -34,6 +34,16 @@ STOP_TIMEOUT_S = 20.0
 OBJECT_STORE_BYTES = 200_000_000
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 _ADDRESS_LINE = re.compile(r"ray start --address='([^']+)'")
+
+
+def _poll(predicate: Any, timeout: float, what: str) -> None:
+    """Poll until predicate is true; its exceptions end the wait at once (unlike
+    wait_for_condition, which counts them as "not yet")."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -94,8 +104,15 @@ def _node_command(extra: list[str], num_cpus: int) -> list[str]:
     ]
 
 
-def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float) -> None:
-    """Ask Ray itself (in a child process, so this one never imports ray) for live nodes."""
+def _wait_for_nodes(
+    address: str,
+    count: int,
+    env: dict[str, str],
+    timeout: float,
+    starter: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Ask Ray itself (in a child process, so this one never imports ray) for live nodes;
+    give up early if the node's ``ray start`` exits."""
     code = (
         "import ray, sys, time\n"
         f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
@@ -104,7 +121,46 @@ def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: floa
         "    if time.monotonic() > deadline: sys.exit('nodes did not join')\n"
         "    time.sleep(0.2)\n"
     )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=timeout + 30)
+    waiter = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+
+        def joined() -> bool:
+            if starter is not None and starter.poll() is not None:
+                raise RuntimeError(f"ray start exited with {starter.returncode}")
+            code = waiter.poll()
+            if code not in (None, 0):
+                raise RuntimeError(f"waiting for {count} nodes failed ({code})")
+            return code == 0
+
+        _poll(joined, timeout + 30, f"{count} Ray nodes")
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        waiter.wait(timeout=10)
+
+
+#: Ray gives a node 30 s to register (its own constant); on a loaded machine a start can
+#: miss it, so a node that failed to start is stopped (its PIDs) and started afresh
+START_ATTEMPTS = 3
+
+
+def _start_node(
+    command: Any, log: Path, env: dict[str, str], ready: Any, what: str
+) -> subprocess.Popen[bytes]:
+    """Start a node with ``ray start --block``; retried when Ray's own start-up times out."""
+    failures = []
+    for _attempt in range(START_ATTEMPTS):
+        starter = subprocess.Popen(
+            command(), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
+        )
+        attempt = RayCluster("", "", log.parent, [starter])
+        try:
+            ready(starter)
+            return starter
+        except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
+            failures.append(f"{type(exc).__name__}: {str(exc)[-2000:]}")
+            stop(attempt)
+    raise RuntimeError(f"{what} did not start in {START_ATTEMPTS} tries:\n" + "\n".join(failures))
 
 
 @contextlib.contextmanager
@@ -117,54 +173,53 @@ def ray_cluster(tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1) -> Itera
     # workers import the rayjupyter under test (%%remote's runner, the util helpers)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    port = free_port()
-    client_port = free_port()
-    head = subprocess.Popen(
-        _node_command(
-            [
-                "--head",
-                "--port",
-                str(port),
-                "--ray-client-server-port",
-                str(client_port),
-                "--include-dashboard=false",
-                "--temp-dir",
-                str(tmp),
-            ],
-            head_cpus,
-        ),
-        stdout=(tmp / "head.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    cluster = RayCluster("", "", tmp, [head])
-    try:
-        log = tmp / "head.log"
+    ports = {"gcs": 0, "client": 0}
+    head_log = tmp / "head.log"
 
+    def head_command() -> list[str]:
+        ports.update(gcs=free_port(), client=free_port())
+        extra = [
+            "--head",
+            "--port",
+            str(ports["gcs"]),
+            "--ray-client-server-port",
+            str(ports["client"]),
+            "--include-dashboard=false",
+            "--temp-dir",
+            str(tmp),
+        ]
+        return _node_command(extra, head_cpus)
+
+    def head_ready(head: subprocess.Popen[bytes]) -> None:
         def announced() -> bool:
             if head.poll() is not None:
-                raise RuntimeError(f"ray start --head exited:\n{log.read_text()[-3000:]}")
-            return bool(_ADDRESS_LINE.search(log.read_text(errors="replace")))
+                raise RuntimeError(f"ray start --head exited:\n{head_log.read_text()[-3000:]}")
+            return bool(_ADDRESS_LINE.search(head_log.read_text(errors="replace")))
 
-        wait_for_condition(announced, timeout=START_TIMEOUT_S, interval=0.2)
-        match = _ADDRESS_LINE.search(log.read_text(errors="replace"))
+        _poll(announced, START_TIMEOUT_S, "the Ray head announcing its address")
+
+    cluster = RayCluster("", "", tmp, [])
+    try:
+        head = _start_node(head_command, head_log, env, head_ready, "the Ray head")
+        cluster.starters.append(head)
+        match = _ADDRESS_LINE.search(head_log.read_text(errors="replace"))
         assert match is not None
         cluster.address = match[1]
         host = cluster.address.rpartition(":")[0]
-        cluster.client_address = f"ray://{host}:{client_port}"
+        cluster.client_address = f"ray://{host}:{ports['client']}"
         # a session directory of its own: two nodes on one machine sharing one would each
         # tail the other's worker logs, and drivers would print every line twice
         (tmp / "node2").mkdir(exist_ok=True)
-        worker = subprocess.Popen(
-            _node_command(
-                ["--address", cluster.address, "--temp-dir", str(tmp / "node2")], worker_cpus
-            ),
-            stdout=(tmp / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+
+        def worker_command() -> list[str]:
+            extra = ["--address", cluster.address, "--temp-dir", str(tmp / "node2")]
+            return _node_command(extra, worker_cpus)
+
+        def worker_ready(worker: subprocess.Popen[bytes]) -> None:
+            _wait_for_nodes(cluster.address, 2, env, START_TIMEOUT_S, worker)
+
+        worker = _start_node(worker_command, tmp / "worker.log", env, worker_ready, "node 2")
         cluster.starters.append(worker)
-        _wait_for_nodes(cluster.address, 2, env, START_TIMEOUT_S)
         yield cluster
     finally:
         stop(cluster)
