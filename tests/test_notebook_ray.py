@@ -46,16 +46,18 @@ def ray_head() -> Iterator[RayCluster]:
 
 @contextlib.contextmanager
 def _kernel_beside(cluster: RayCluster, *setup: str) -> Iterator[Kernel]:
-    """A kernel whose processes and the cluster's (workers come and go) the leak check
-    leaves to their own teardown, which checks they are gone."""
+    """A kernel whose processes and the cluster's the leak check leaves to their own
+    teardown, which checks they are gone. The cluster's stay excluded after the kernel:
+    Ray starts and ends workers (and a Ray Client server per client) on its own time."""
+    starters = {starter.pid for starter in cluster.starters}
     with running_kernel("%load_ext rayjupyter", *setup) as kernel:
         saved = _SHARED.roots, _SHARED.active
-        _SHARED.roots = {kernel.pid, *(s.pid for s in cluster.starters)} | saved[0]
+        _SHARED.roots = {kernel.pid} | starters | saved[0]
         _SHARED.active = True
         try:
             yield kernel
         finally:
-            _SHARED.roots, _SHARED.active = saved
+            _SHARED.roots, _SHARED.active = saved[0] | starters, saved[1]
 
 
 @pytest.fixture(scope="module")
