@@ -126,6 +126,8 @@ def test_remote_round_trip_streams_prints_and_rich_output(rnb):
         "display(HTML('<b>rich from ray</b>'))\n"
         "y = twice(x)\n"
         "worker_pid = os.getpid()\n"
+        "import sys\n"
+        "runner_imported = 'rayjupyter.notebook.cell_runner' in sys.modules\n"
         "y + 1\n",
         timeout=120,
     )
@@ -135,6 +137,8 @@ def test_remote_round_trip_streams_prints_and_rich_output(rnb):
     assert reply.result is not None and reply.result["text/plain"] == "43"
     assert rnb.value("y") == "42"
     assert rnb.value("import os; worker_pid != os.getpid()") == "True"
+    # the runner travelled by value: a cluster without rayjupyter installed runs the cell
+    assert rnb.value("runner_imported") == "False"
 
 
 def test_remote_error_shows_the_cells_own_lines(rnb):

@@ -3,6 +3,8 @@ names shipped from the notebook, then hand back the names it defined and its las
 
 Imported on workers, so it imports nothing from Jupyter: display calls are formatted here
 from the objects' own ``_repr_*_`` methods and travel to the notebook as marked stdout lines.
+On Ray it is shipped by value (with ``output_routing``), so a Ray cluster runs ``%%remote``
+cells without rayjupyter installed: it imports nothing at the top but the standard library.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import cloudpickle
 
 from rayjupyter.notebook.output_routing import END_MARKER, encode_display
 
@@ -111,10 +111,19 @@ def _result(spec: CellSpec, namespace: dict[str, Any], value: Any) -> CellResult
 def _unpicklable(value: Any) -> str | None:
     """Why value cannot travel back, or None. Large buffers are not copied to find out."""
     try:
-        cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _buffer: False)
+        _pickler().dumps(value, protocol=5, buffer_callback=lambda _buffer: False)
     except Exception as exc:
         return f"{type(value).__name__} cannot be pickled ({exc})"
     return None
+
+
+def _pickler() -> Any:
+    """cloudpickle, or Ray's copy of it on a Ray worker that has no other."""
+    try:
+        import cloudpickle
+    except ImportError:
+        from ray import cloudpickle
+    return cloudpickle
 
 
 def _register_sources(spec: CellSpec) -> None:

@@ -151,8 +151,8 @@ class RayMagics(Magics):
     @argument(
         "address",
         nargs="?",
-        help="HOST:PORT or rayjupyter://SECRET@HOST:PORT of a running cluster; "
-        "none: start a local cluster owned by this kernel",
+        help="HOST:PORT or rayjupyter://SECRET@HOST:PORT of a running cluster, or "
+        "ray://HOST:10001 (Ray Client); none: start a local cluster owned by this kernel",
     )
     @argument("--num-cpus", type=_non_negative, help="CPUs of the local cluster")
     @argument("--num-gpus", type=_non_negative, help="GPUs of the local cluster")

@@ -77,6 +77,26 @@ def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         ) from None
 
 
+def _reason(exc: BaseException, limit: int = 400) -> str:
+    """Ray's error in one line: its first line and, when it has more, its last (the cause)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ship_runner_by_value() -> None:
+    """Ray pickles the ``%%remote`` runner and its output helpers by value, so a cluster
+    without rayjupyter installed runs the cells (the runner imports only the stdlib)."""
+    from ray import cloudpickle
+
+    from rayjupyter.notebook import cell_runner, output_routing
+
+    for module in (cell_runner, output_routing):
+        cloudpickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]
+
+
 class RaySummary:
     """The connection card of a Ray cluster, drawn live as our own clusters' are."""
 
@@ -175,9 +195,8 @@ class RayEngine:
         try:
             self.context = ray.init(**kwargs)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RayConnectError(
-                f"could not connect to Ray at {describe_target(address)}: {first}"
+                f"could not connect to Ray at {describe_target(address)}: {_reason(exc)}"
             ) from None
         self.target = wanted
         self.local = address is None
@@ -260,6 +279,7 @@ class RayEngine:
     def submit_cell(self, function: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         key = id(function)
         if key not in self._remotes:
+            _ship_runner_by_value()
             self._remotes[key] = self.ray.remote(function)
         return self._remotes[key].options(**options).remote(*args)
 
