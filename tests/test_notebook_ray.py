@@ -167,6 +167,21 @@ def test_interrupt_cancels_the_remote_cell(rnb, tmp_path):
     wait_for_pids_gone([worker], timeout=30)  # ray.cancel(force=True) ended its worker
 
 
+def test_no_block_cell_on_ray_brings_its_names_back_later(rnb):
+    reply = rnb.ok(
+        "%%remote --no-block\nimport time\ntime.sleep(0.5)\nprint('in the background')\nlate = 7\n",
+        timeout=60,
+    )
+    assert len(reply.widget_states("OutputModel")) == 1  # its output goes to its widget
+    rnb.wait_in_kernel("'late' in globals()", timeout=60)
+    assert rnb.value("late") == "7"
+
+
+def test_timeout_cancels_a_slow_cell_on_ray(rnb):
+    reply = rnb.execute("%%remote --timeout 1\nimport time\ntime.sleep(60)\n", timeout=60)
+    assert "did not finish within --timeout 1 s and was cancelled" in reply.traceback
+
+
 # ------------------------------------------------------------------ progress and charts
 
 
@@ -287,7 +302,12 @@ def test_environment_variable_makes_plain_connect_use_ray(ray_head, monkeypatch)
 
 def test_ray_client_address_connects_through_ray_client(ray_head):
     with _kernel_beside(ray_head) as kernel:
-        reply = kernel.ok(f"%ray_connect {ray_head.client_address}", timeout=180)
+        reply = kernel.execute(f"%ray_connect {ray_head.client_address}", timeout=180)
+        if "Starting Ray client server failed" in reply.traceback:
+            # Ray's client server starts a server process per client; on a loaded machine
+            # that start can miss Ray's own deadline once (the error says so in one line)
+            reply = kernel.execute(f"%ray_connect {ray_head.client_address}", timeout=180)
+        assert reply.error is None, reply.traceback
         assert "Ray · cluster" in reply.displays[-1]["text/plain"]
         reply = kernel.ok(
             "import ray\n@ray.remote\ndef add(a, b):\n    return a + b\nray.get(add.remote(2, 3))",
