@@ -211,3 +211,35 @@ def test_tracker_counts_from_any_progress_source_and_asks_only_for_the_unfinishe
     tracker.poll()
     assert source.asked[-1] == [b"b"]  # a and c were settled: not asked again
     assert tracker.model.complete and tracker.model.failed == 1
+
+
+#: the only modules that may import ``ray`` (and only inside functions run on Ray)
+RAY_IMPORTERS = {
+    "rayjupyter/notebook/engines/ray_engine.py",
+    "rayjupyter/notebook/cell_runner.py",  # Ray's cloudpickle, on a worker that has no other
+    "rayjupyter/util/engine_api.py",  # ray.actor.exit_actor, inside a Ray actor
+}
+
+
+def test_ray_is_imported_only_by_the_ray_engine_and_only_inside_functions():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found: dict[str, list[int]] = {}
+    top_level: list[str] = []
+    for path in sorted((root / "rayjupyter").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                relative = str(path.relative_to(root))
+                found.setdefault(relative, []).append(node.lineno)
+                if node in tree.body:
+                    top_level.append(f"{relative}:{node.lineno}")
+    assert set(found) <= RAY_IMPORTERS, found
+    assert not top_level, top_level
