@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +338,17 @@ def test_env_var_with_a_bad_engine_name_is_a_usage_error(ray_head, monkeypatch):
         reply = kernel.execute("%ray_connect")
         assert "RAYJUPYTER_ENGINE='spark' is not an engine" in reply.stderr + reply.traceback
         assert os.environ["RAYJUPYTER_ENGINE"] == "spark"
+
+
+def test_a_killed_kernel_leaves_no_local_ray_behind(ray_head):
+    """Ray's agents can outlive a SIGKILLed driver: the kernel's guard ends them."""
+    kernel = Kernel()
+    try:
+        kernel.ok("%load_ext rayjupyter")
+        kernel.ok("%ray_connect --ray --num-cpus 1 --object-store-memory 100MB", timeout=240)
+        local = kernel.tree() - {kernel.pid}
+        assert len(local) > 2
+        os.kill(kernel.pid, signal.SIGKILL)
+        wait_for_pids_gone(local, timeout=60)
+    finally:
+        kernel.shutdown()

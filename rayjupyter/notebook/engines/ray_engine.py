@@ -147,6 +147,7 @@ class RayEngine:
         self.summary_owner: RaySummary | None = None
         self._state_api_down_until = 0.0
         self._remotes: dict[int, Any] = {}
+        self._guard: Any = None  # the LocalRayGuard of a local Ray this kernel started
 
     @property
     def ray(self) -> Any:
@@ -192,6 +193,9 @@ class RayEngine:
             kwargs.update({k: v for k, v in local_options.items() if v is not None})
         else:
             kwargs["address"] = address
+        from rayjupyter.notebook.engines import ray_local_guard
+
+        children_before = ray_local_guard.children_now()
         try:
             self.context = ray.init(**kwargs)
         except Exception as exc:
@@ -200,6 +204,8 @@ class RayEngine:
             ) from None
         self.target = wanted
         self.local = address is None
+        if self.local:
+            self._guard = ray_local_guard.guard_new_children(children_before)
         self._state_api_down_until = 0.0
         from rayjupyter.notebook.engines import ray_progress
 
@@ -211,12 +217,17 @@ class RayEngine:
         target, local = self.target, self.local
         self.target, self.context, self.summary_owner = None, None, None
         self._remotes.clear()
+        guard, self._guard = self._guard, None
         if ray is None or not ray.is_initialized():
+            if guard is not None:
+                guard.stop()
             return "Not connected to a cluster."
         from rayjupyter.notebook.engines import ray_progress
 
         ray_progress.uninstall_get_hook(ray)
         ray.shutdown()
+        if guard is not None:
+            guard.stop()
         if local:
             return "Stopped the local Ray started by this kernel."
         return f"Disconnected from the Ray cluster at {target} (it keeps running)."
