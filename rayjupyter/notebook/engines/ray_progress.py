@@ -63,11 +63,12 @@ class RayProgress:
         return ray is None or not ray.is_initialized()
 
 
-def install_get_hook(ray: Any) -> None:
-    """Wrap ``ray.get`` so a slow get of many refs shows the automatic progress bar."""
+def install_get_hook(ray: Any, *, only_in_kernel: bool = True) -> None:
+    """Wrap ``ray.get`` so a slow get of many refs shows the automatic progress bar
+    (``only_in_kernel=False``: outside a kernel too, for measuring its cost)."""
     from rayjupyter.notebook.kernel import in_kernel
 
-    if _original_get or not in_kernel():
+    if _original_get or (only_in_kernel and not in_kernel()):
         return
     original = ray.get
 
