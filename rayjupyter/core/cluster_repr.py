@@ -119,11 +119,13 @@ def summary_text(
     local: bool,
     status: NodeStatus | None,
     dashboard_url: str | None = None,
+    *,
+    title: str | None = None,
 ) -> str:
     """A few aligned lines for terminals and ``repr`` in IPython."""
     rows = summary_rows(address, local, status, dashboard_url)
     width = max(len(label) for label, _ in rows)
-    lines = [summary_title(local)]
+    lines = [title or summary_title(local)]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
 
@@ -133,8 +135,11 @@ def summary_html(
     local: bool,
     status: NodeStatus | None,
     dashboard_url: str | None = None,
+    *,
+    title: str | None = None,
 ) -> str:
-    """A small themed card: what ``rj.init()`` and ``%ray_connect`` show in a notebook."""
+    """A small themed card: what ``rj.init()`` and ``%ray_connect`` show in a notebook
+    (``title``: another engine's name, for a Ray cluster)."""
     rows = summary_rows(address, local, status, dashboard_url)
     body = []
     for label, value in rows:
@@ -153,7 +158,7 @@ def summary_html(
     )
     return (
         f'<div class="rayjupyter-summary" style="{_BOX}">'
-        f'<div style="{_TITLE}">{html.escape(summary_title(local))} {state}</div>'
+        f'<div style="{_TITLE}">{html.escape(title or summary_title(local))} {state}</div>'
         f'<table style="{_TABLE}">{"".join(body)}</table></div>'
     )
 

@@ -31,7 +31,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def progress(refs: Any, *, wait: bool | None = None) -> Any:
-    """Live progress of refs: a widget in a notebook, a text bar elsewhere (see progress.py)."""
+    """Live progress of refs (ours or Ray's): a widget in a notebook, a text bar elsewhere."""
     from rayjupyter.notebook import progress_display as _progress
 
     return _progress.progress(refs, wait=wait)

@@ -3,6 +3,8 @@ names shipped from the notebook, then hand back the names it defined and its las
 
 Imported on workers, so it imports nothing from Jupyter: display calls are formatted here
 from the objects' own ``_repr_*_`` methods and travel to the notebook as marked stdout lines.
+On Ray it is shipped by value (with ``output_routing``), so a Ray cluster runs ``%%remote``
+cells without rayjupyter installed: it imports nothing at the top but the standard library.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
-from rayjupyter.notebook.output_routing import encode_display
+from rayjupyter.notebook.output_routing import END_MARKER, encode_display
 
 # _repr_*_ method -> MIME type, as IPython's formatters use them
 _REPR_METHODS = (
@@ -45,6 +45,9 @@ class CellSpec:
     bring_back: tuple[str, ...]  # names to send back when defined after the cell
     display_last: bool  # show the last expression's value, as a cell does
     sources: dict[str, str] = field(default_factory=dict)  # other notebook cells, by filename
+    # print a last line saying the output is complete: Ray's driver prints worker lines
+    # from log files, after the result may have arrived
+    end_marker: bool = False
 
 
 @dataclass
@@ -71,10 +74,15 @@ def run_cell(spec: CellSpec, shipped: dict[str, Any]) -> CellResult:
         assert isinstance(statement, ast.Expr)
         last = statement.value
     value = None
-    with _line_buffered_output(), _rich_display(spec.source):
-        exec(compile(tree, spec.filename, "exec"), namespace)
-        if last is not None:
-            value = eval(compile(ast.Expression(last), spec.filename, "eval"), namespace)
+    try:
+        with _line_buffered_output(), _rich_display(spec.source):
+            exec(compile(tree, spec.filename, "exec"), namespace)
+            if last is not None:
+                value = eval(compile(ast.Expression(last), spec.filename, "eval"), namespace)
+    finally:
+        if spec.end_marker:
+            sys.stdout.write(END_MARKER)
+            sys.stdout.flush()
     return _result(spec, namespace, value)
 
 
@@ -103,10 +111,19 @@ def _result(spec: CellSpec, namespace: dict[str, Any], value: Any) -> CellResult
 def _unpicklable(value: Any) -> str | None:
     """Why value cannot travel back, or None. Large buffers are not copied to find out."""
     try:
-        cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _buffer: False)
+        _pickler().dumps(value, protocol=5, buffer_callback=lambda _buffer: False)
     except Exception as exc:
         return f"{type(value).__name__} cannot be pickled ({exc})"
     return None
+
+
+def _pickler() -> Any:
+    """cloudpickle, or Ray's copy of it on a Ray worker that has no other."""
+    try:
+        import cloudpickle
+    except ImportError:
+        from ray import cloudpickle
+    return cloudpickle
 
 
 def _register_sources(spec: CellSpec) -> None:

@@ -1,17 +1,20 @@
 """Live bokeh charts of the cluster in the notebook: CPU and memory, the object store, tasks
 running and pending, and a task stream. Hosted in an ipywidget (jupyter_bokeh's BokehModel)
 so they update from a background thread every second, whether the kernel is idle or busy,
-in JupyterLab 4 and VS Code; BokehJS is embedded inline (no CDN)."""
+in JupyterLab 4 and VS Code; BokehJS is embedded inline (no CDN).
+
+The samples come from the active engine's status (on Ray: its resource calls and state
+API); the task stream needs this driver's submits, which only our runtime reports."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rayjupyter.core import queries
-from rayjupyter.core.client import Client
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.notebook.chart_data import TaskStream, sample
+from rayjupyter.notebook.engines.base import Engine
+from rayjupyter.notebook.engines.rayjupyter_engine import RayJupyterEngine
 from rayjupyter.notebook.task_tap import TAP
 from rayjupyter.notebook.ticker import TICKER
 
@@ -30,18 +33,20 @@ def _load_bokehjs() -> None:
 
 
 class ResourceChart:
-    """Four live figures fed by the node's status; ``stop()`` ends the updates."""
+    """Four live figures fed by the engine's status; ``stop()`` ends the updates."""
 
-    def __init__(self, client: Client, *, interval: float = 1.0, window: int = 300) -> None:
+    def __init__(self, engine: Engine, *, interval: float = 1.0, window: int = 300) -> None:
         from bokeh.layouts import gridplot
         from bokeh.models import ColumnDataSource, HoverTool, Range1d, SingleIntervalTicker
         from bokeh.plotting import figure
 
-        self.client = client
+        self.engine = engine
+        # the task stream draws this driver's own submits: our runtime's client only
+        self.client: Any = engine.client() if isinstance(engine, RayJupyterEngine) else None
         self.interval = interval
         self.window = window
         self.updates = 0
-        status = queries.status(client, timeout=10.0)
+        status = engine.status(timeout=10.0)
         first = sample(status)
         self.sources = {key: ColumnDataSource(data=rows) for key, rows in first.items()}
         self.sources["stream"] = ColumnDataSource(
@@ -89,7 +94,12 @@ class ResourceChart:
         tasks.line(
             "time", "pending", source=self.sources["tasks"], color="#ff7f0e", legend_label="pending"
         )
-        stream = figure(title="Task stream (this driver's tasks, by CPU slot)", **common)
+        stream_title = (
+            "Task stream (this driver's tasks, by CPU slot)"
+            if self.client is not None
+            else "Task stream (not on Ray: its driver does not report task starts)"
+        )
+        stream = figure(title=stream_title, **common)
         stream.hbar(
             y="row",
             left="start",
@@ -124,15 +134,16 @@ class ResourceChart:
 
     def update(self) -> bool:
         """Stream one new sample into each source; False (stop) once disconnected."""
-        if self.client._closed:
+        if not self.engine.connected:
             return False
         try:
-            status = queries.status(self.client, timeout=max(2.0, self.interval))
+            status = self.engine.status(timeout=max(2.0, self.interval))
         except Exception:  # busy or going away: skip a beat, stop once closed
-            return not self.client._closed
+            return self.engine.connected
         for key, rows in sample(status).items():
             self.sources[key].stream({**rows}, rollover=self.window)
-        self._update_stream()
+        if self.client is not None:
+            self._update_stream()
         self.updates += 1
         return True
 
@@ -157,7 +168,7 @@ class ResourceChart:
 
 def resource_chart(*, interval: float = 1.0, window: int = 300) -> None:
     """Display live charts of the connected cluster in this notebook cell."""
-    from rayjupyter.core import api
+    from rayjupyter.notebook import engines
     from rayjupyter.notebook.kernel import in_kernel
 
     if not in_kernel():
@@ -167,4 +178,11 @@ def resource_chart(*, interval: float = 1.0, window: int = 300) -> None:
         )
     if interval <= 0 or window < 2:
         raise ValueError("interval must be > 0 seconds and window at least 2 samples")
-    ResourceChart(api._client(), interval=interval, window=window).show()
+    engine = engines.active()
+    if engine.name == "rayjupyter":
+        from rayjupyter.core import api
+
+        api._client()  # not connected: the core's own error, naming rj.init
+    elif not engine.connected:
+        raise RuntimeError("not connected to Ray: run %ray_connect --ray first")
+    ResourceChart(engine, interval=interval, window=window).show()

@@ -1,17 +1,21 @@
 """The notebook's magics, in one place: ``%ray_connect``, ``%ray_disconnect``,
-``%ray_status``, ``%ray_dashboard`` and ``%%remote``. Bad options raise UsageError."""
+``%ray_status``, ``%ray_dashboard`` and ``%%remote``. Bad options raise UsageError.
+
+They talk to the active engine (``engines/``): rayjupyter's runtime, or Ray after
+``%ray_connect --ray``/``ray://`` (or with ``RAYJUPYTER_ENGINE=ray``)."""
 
 from __future__ import annotations
 
 import argparse
 import html
 import json
+import os
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class
 
-from rayjupyter.notebook import connection
+from rayjupyter.notebook import engines
 from rayjupyter.notebook.ipython_typed import (
     argument,
     cell_magic,
@@ -101,6 +105,30 @@ def _resources(text: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _engine_and_address(
+    address: str | None, ray: str | None
+) -> tuple[engines.EngineName, str | None]:
+    """Which engine and address ``%ray_connect`` means (the address None: a local cluster)."""
+    from rayjupyter.notebook.engines.ray_engine import CLIENT_SCHEME
+
+    if ray is not None:
+        if address is not None:
+            raise UsageError(
+                f"%ray_connect: give the Ray address once: --ray {address} (or {address} "
+                f"alone for ray:// addresses)"
+            )
+        return "ray", ray or None
+    if address is not None and address.startswith(CLIENT_SCHEME):
+        return "ray", address
+    try:
+        name = engines.environment_engine()
+    except ValueError as exc:
+        raise UsageError(f"%ray_connect: {exc}") from None
+    if name == "ray" and address is None:
+        return "ray", os.environ.get("RAY_ADDRESS", "").strip() or None
+    return name, address
+
+
 class _Html:
     """An HTML and text pair to display (status cards)."""
 
@@ -123,8 +151,8 @@ class RayMagics(Magics):
     @argument(
         "address",
         nargs="?",
-        help="HOST:PORT or rayjupyter://SECRET@HOST:PORT of a running cluster; "
-        "none: start a local cluster owned by this kernel",
+        help="HOST:PORT or rayjupyter://SECRET@HOST:PORT of a running cluster, or "
+        "ray://HOST:10001 (Ray Client); none: start a local cluster owned by this kernel",
     )
     @argument("--num-cpus", type=_non_negative, help="CPUs of the local cluster")
     @argument("--num-gpus", type=_non_negative, help="GPUs of the local cluster")
@@ -132,40 +160,59 @@ class RayMagics(Magics):
         "--object-store-memory", type=_bytes, help="bytes of shared memory for objects (2GiB)"
     )
     @argument("--namespace", help="namespace for named actors")
+    @argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="attach to Ray instead: HOST:6379 or auto (a driver on the cluster); no "
+        "address: a local Ray started by this kernel. ray://HOST:10001 needs no flag",
+    )
     @line_magic
     def ray_connect(self, line: str) -> None:
         """Connect this kernel to a cluster and show its summary (again: no change)."""
         args = parse_argstring(self.ray_connect, line)
-        context, note = connection.connect(
-            args.address,
+        name, address = _engine_and_address(args.address, args.ray)
+        request = engines.ConnectRequest(
+            address,
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
             object_store_memory=args.object_store_memory,
             namespace=args.namespace,
         )
-        if note:
-            print(note)
-        display(context)
+        current = engines.active()
+        switched = ""
+        if current.name != name and current.connected:
+            switched = f"Switched engines from {current.name} to {name}: {current.disconnect()}"
+        summary, note = engines.engine(name).connect(request)
+        engines.activate(name)
+        for line_ in (switched, note):
+            if line_:
+                print(line_)
+        display(summary)
 
     @line_magic
     def ray_disconnect(self, line: str) -> None:
         """Leave the cluster; a local cluster this kernel started stops."""
         if line.strip():
             raise UsageError("%ray_disconnect takes no arguments")
-        print(connection.disconnect())
+        print(engines.active().disconnect())
 
     @line_magic
     def ray_status(self, line: str) -> None:
         """Nodes, resource use, and tasks and actors by state."""
-        from rayjupyter.core import api, cluster_repr, queries
+        from rayjupyter.core import cluster_repr
 
         if line.strip():
             raise UsageError("%ray_status takes no arguments")
-        client = api._state["client"]
-        if client is None:
+        engine = engines.active()
+        if not engine.connected:
             raise UsageError("Not connected: run %ray_connect first")
-        status = queries.status(client, timeout=10.0)
-        display(_Html(cluster_repr.status_html(status), cluster_repr.status_text(status)))
+        status = engine.status(timeout=10.0)
+        notes = engine.status_notes()
+        text = "\n".join([cluster_repr.status_text(status), *notes])
+        extra = "".join(f"<div><small>{html.escape(note)}</small></div>" for note in notes)
+        display(_Html(cluster_repr.status_html(status) + extra, text))
 
     @magic_arguments()
     @argument("--interval", type=_positive, default=1.0, help="seconds between updates")
@@ -178,29 +225,37 @@ class RayMagics(Magics):
     @line_magic
     def ray_dashboard(self, line: str) -> None:
         """Live charts of the cluster in the notebook: CPU, memory, store, tasks."""
-        from rayjupyter.core import api
         from rayjupyter.notebook import charts
         from rayjupyter.notebook.kernel import in_kernel
 
         args = parse_argstring(self.ray_dashboard, line)
+        engine = engines.active()
         if args.open:
             from rayjupyter.dashboard.launch import driver_dashboard
 
-            if api._state["client"] is None:
+            if not engine.connected:
                 raise UsageError("Not connected: run %ray_connect first")
-            url = driver_dashboard()
+            if engine.name == "ray":
+                url = engine.dashboard_url() or ""
+                if not url:
+                    raise UsageError(
+                        "this Ray cluster runs no dashboard: start its head with "
+                        "--include-dashboard=true"
+                    )
+            else:
+                url = driver_dashboard()
             link = f'Dashboard: <a href="{html.escape(url)}" target="_blank">{html.escape(url)}</a>'
             display(_Html(link, f"Dashboard: {url}"))
             return
         if not in_kernel():
             raise UsageError("%ray_dashboard draws in a Jupyter notebook; here use %ray_status")
-        if api._state["client"] is None:
+        if not engine.connected:
             raise UsageError("Not connected: run %ray_connect first")
         if args.window < 2:
             raise UsageError("%ray_dashboard: --window must be at least 2 samples")
-        context = api._state["context"]
-        if context is not None and context.dashboard_url:
-            print(f"Dashboard: {context.dashboard_url}")
+        dashboard = engine.dashboard_url()
+        if dashboard:
+            print(f"Dashboard: {dashboard}")
         charts.resource_chart(interval=args.interval, window=args.window)
 
     @magic_arguments()

@@ -1,22 +1,29 @@
 """Route worker output to where it belongs: a ``%%remote`` cell's own lines, unprefixed.
 
 The core writes every worker line to this process's sys.stdout/sys.stderr as
-``(task_name pid=N) text``. A ``%%remote`` cell's task has a unique name, so wrapping the
-two streams lets its lines go to the cell that ran it (or to its live widget), without the
-prefix; display calls made in the cell travel as marked lines (see cell_runner) and become
-rich output. Every other line passes through untouched.
+``(task_name pid=N) text``; a Ray driver writes ``(task_name pid=N, ip=H) text``, the prefix
+in colour codes, and the line's end in a second write (``print``). A ``%%remote`` cell's
+task has a unique name, so wrapping the two streams lets its lines go to the cell that ran
+it (or to its live widget), without the prefix; display calls made in the cell travel as
+marked lines (see cell_runner) and become rich output. Every other line passes through untouched.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 import threading
 from typing import Any, Protocol
 
 # then base64 JSON {"data": ..., "metadata": ...}; \x02 is no line break to str.splitlines
 DISPLAY_MARKER = "\x02rayjupyter-display:"
+#: the last line of a cell's output when its engine delivers output after the result (Ray)
+END_MARKER = "\x02rayjupyter-end\n"
+# a worker line's prefix: "(name pid=12) ", Ray's "(name pid=12, ip=10.0.0.2) ", either in
+# colour codes; group 1 is what the routes are keyed by
+_PREFIX = re.compile(r"(?:\x1b\[[0-9;]*m)*(\(.+? pid=)\d+(?:, ip=[^)\s]+)?\)(?:\x1b\[[0-9;]*m)* ")
 
 
 class Sink(Protocol):
@@ -49,20 +56,34 @@ class Router:
     def __init__(self) -> None:
         self._routes: dict[str, Sink] = {}
         self._lock = threading.Lock()
+        #: route key -> set when its task's END_MARKER line arrived (engines that send one)
+        self._ended: dict[str, threading.Event] = {}
 
     def route(self, task_name: str, sink: Sink) -> None:
         self.install()
         with self._lock:
             self._routes = {**self._routes, f"({task_name} pid=": sink}
+            self._ended[f"({task_name} pid="] = threading.Event()
 
     def unroute(self, task_name: str) -> None:
         """Stop routing a task's lines; the streams are unwrapped once nothing is routed."""
         with self._lock:
             routes = dict(self._routes)
             routes.pop(f"({task_name} pid=", None)
+            self._ended.pop(f"({task_name} pid=", None)
             self._routes = routes
             if not routes:
                 self.uninstall()
+
+    def wait_end(self, task_name: str, timeout: float) -> bool:
+        """Wait until the task's END_MARKER line has come through (True), or timeout."""
+        event = self._ended.get(f"({task_name} pid=")
+        return event is not None and event.wait(timeout)
+
+    def ended(self, sink: Sink) -> None:
+        for key, routed in list(self._routes.items()):
+            if routed is sink and key in self._ended:
+                self._ended[key].set()
 
     def routed(self, task_name: str) -> bool:
         return f"({task_name} pid=" in self._routes
@@ -86,13 +107,10 @@ class Router:
         out: list[tuple[Sink | None, str]] = []
         for line in text.splitlines(keepends=True):
             sink = None
-            if line.startswith("("):
-                for prefix, candidate in routes.items():
-                    if line.startswith(prefix):
-                        close = line.find(") ", len(prefix))
-                        if close != -1 and line[len(prefix) : close].isdigit():
-                            sink, line = candidate, line[close + 2 :]
-                        break
+            if "(" in line[:16]:
+                match = _PREFIX.match(line)
+                if match is not None and match[1] in routes:
+                    sink, line = routes[match[1]], line[match.end() :]
             if out and out[-1][0] is sink and sink is None:
                 out[-1] = (None, out[-1][1] + line)
             else:
@@ -107,19 +125,37 @@ class RoutingStream:
         self._inner = inner
         self._name = name
         self._router = router
+        #: thread -> (sink, was a display) of a routed line whose end has not been written yet
+        self._continued: dict[int, tuple[Sink, bool]] = {}
 
     def write(self, text: str) -> int:
+        continued = self._continued.pop(threading.get_ident(), None)
+        if continued is not None:  # the rest of a routed line that print() wrote in two
+            sink, was_display = continued
+            head, newline, text = text.partition("\n")
+            if not was_display and head + newline:
+                sink.write(self._name, head + newline)
+            if not newline:  # still no line end: keep following this line
+                self._continued[threading.get_ident()] = continued
+                return len(head)
+            if not text:
+                return len(head) + 1
         if not self._router._routes or "(" not in text:
             return int(self._inner.write(text) or 0)
-        for sink, piece in self._router.split(text):
-            if sink is None:
+        for target, piece in self._router.split(text):
+            if target is None:
                 self._inner.write(piece)
                 continue
-            shown = decode_display(piece)
-            if shown is not None:
-                sink.display(*shown)
+            quiet = True  # a control line: its line end, written apart, is not output
+            if piece.startswith(END_MARKER[:-1]):
+                self._router.ended(target)
+            elif (shown := decode_display(piece)) is not None:
+                target.display(*shown)
             else:
-                sink.write(self._name, piece)
+                target.write(self._name, piece)
+                quiet = False
+            if not piece.endswith("\n"):
+                self._continued[threading.get_ident()] = (target, quiet)
         return len(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -1,25 +1,27 @@
 """Live progress of tasks: ``rj.progress(refs)`` and the bar shown on slow ``get``/``wait``.
 
-A Tracker feeds the model from this driver's object table (which results have arrived, and
-whether as errors) and the node's status (how many tasks run); the Ticker thread redraws
-the view about five times a second, so the bar moves while the kernel is blocked in get.
+A Tracker feeds the model from the engine's ProgressSource (on our runtime: this driver's
+object table and the node's status; on Ray: ``ray.wait`` and the cluster's resources); the
+Ticker thread redraws the view about five times a second, so the bar moves while the kernel
+is blocked in get. Refs of either engine are taken.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from rayjupyter.core import queries
 from rayjupyter.core.client import Client
 from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.notebook.engines.base import ProgressSource
+from rayjupyter.notebook.engines.rayjupyter_engine import ClientProgress
 from rayjupyter.notebook.kernel import cell_context, in_kernel
 from rayjupyter.notebook.progress_model import ProgressModel
 from rayjupyter.notebook.progress_views import TextProgressView, WidgetProgressView
-from rayjupyter.notebook.task_tap import TAP
 from rayjupyter.notebook.ticker import TICKER
 
 REFRESH_S = 0.2  # redraws per second: about five
@@ -27,61 +29,52 @@ STATUS_S = 0.5  # how often the node is asked how many tasks run
 
 
 class Tracker:
-    """Feeds a ProgressModel from the driver's object table and the node's task counts."""
+    """Feeds a ProgressModel from a ProgressSource: results arrived, tasks running."""
 
     def __init__(
         self,
-        client: Client,
+        source: ProgressSource,
         object_ids: Sequence[bytes],
         *,
-        refs: Sequence[ObjectRef] = (),
+        refs: Sequence[Any] = (),
         started: float | None = None,
         growing: bool = False,
     ) -> None:
-        self.client = client
+        self.source = source
         initial = list(object_ids)  # a growing list may gain ids while we read it
         self.model = ProgressModel(
-            initial, {oid: TAP.name(oid) for oid in initial}, started=started
+            initial, {oid: source.name(oid) for oid in initial}, started=started
         )
         #: a list the caller appends to while it blocks (a joblib call): re-read on each poll
-        self._source = object_ids if growing else None
+        self._source_ids = object_ids if growing else None
         self._seen = len(initial)
         self._refs = list(refs)  # hold the objects while they are watched
         self._running = 0
         self._asked = 0.0
+        self._finished: dict[bytes, bool] = {}
 
     def poll(self) -> bool:
         """Take a snapshot into the model; True if a count changed."""
-        if self._source is not None and len(self._source) > self._seen:
-            fresh = list(self._source[self._seen :])
+        if self._source_ids is not None and len(self._source_ids) > self._seen:
+            fresh = list(self._source_ids[self._seen :])
             self._seen += len(fresh)
-            self.model.add(fresh, {oid: TAP.name(oid) for oid in fresh})
-        objects = self.client.objects
-        finished: dict[bytes, bool] = {}
-        for oid in self.model.object_ids:
-            info = objects.get(oid)
-            if info is not None:
-                finished[oid] = bool(info[3])
+            self.model.add(fresh, {oid: self.source.name(oid) for oid in fresh})
+        waiting = [oid for oid in self.model.object_ids if oid not in self._finished]
+        if waiting:
+            self._finished.update(self.source.finished(waiting))
         now = time.monotonic()
-        if len(finished) < self.model.total and now - self._asked >= STATUS_S:
+        if len(self._finished) < self.model.total and now - self._asked >= STATUS_S:
             self._asked = now
-            self._running = self._cluster_running()
-        changed = self.model.update(finished, self._running)
+            self._running = self.source.running()
+        changed = self.model.update(self._finished, self._running)
         if self.model.complete:
             self._refs = []
         return changed
 
-    def _cluster_running(self) -> int:
-        try:
-            status = queries.status(self.client, timeout=2.0)
-        except Exception:  # closed or busy: keep the last figure, the bar still moves
-            return self._running
-        return status.tasks_running
 
-
-def _as_refs(refs: Any) -> list[ObjectRef]:
-    items = [refs] if isinstance(refs, ObjectRef) else list(refs)
-    bad = [type(item).__name__ for item in items if not isinstance(item, ObjectRef)]
+def _as_refs(refs: Any) -> list[Any]:
+    items = [refs] if _is_ref(refs) else list(refs)
+    bad = [type(item).__name__ for item in items if not _is_ref(item)]
     if bad:
         raise TypeError(
             f"progress() expects an ObjectRef or a list of them, got {bad[0]}: pass the refs "
@@ -90,17 +83,37 @@ def _as_refs(refs: Any) -> list[ObjectRef]:
     return items
 
 
+def _is_ref(value: Any) -> bool:
+    """Our ObjectRef, or Ray's when Ray is loaded (ray is never imported to find out)."""
+    if isinstance(value, ObjectRef):
+        return True
+    ray = sys.modules.get("ray")
+    return ray is not None and isinstance(value, ray.ObjectRef)
+
+
+def _source_for(items: list[Any]) -> ProgressSource:
+    from rayjupyter.notebook import engines
+
+    for name in ("rayjupyter", "ray"):
+        if name == "ray" and "ray" not in sys.modules:
+            continue
+        source = engines.engine(name).progress_source(items)
+        if source is not None:
+            return source
+    raise TypeError(
+        "progress() takes the refs of one engine at a time: rayjupyter's or Ray's, not both"
+    )
+
+
 def progress(refs: Any, *, wait: bool | None = None) -> None:
     """Show live progress of refs: a widget in a notebook, a text bar elsewhere.
 
     wait: block until every task has finished. Default: not in a notebook (the widget
     keeps updating on its own), yes elsewhere (a script sees the bar, then carries on).
     """
-    from rayjupyter.core import api
-
     items = _as_refs(refs)
-    client = api._client()
-    tracker = Tracker(client, [ref.binary() for ref in items], refs=items)
+    source = _source_for(items)
+    tracker = Tracker(source, [ref.binary() for ref in items], refs=items)
     kernel = in_kernel()
     if wait is None:
         wait = not kernel
@@ -120,7 +133,7 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
         if tracker.model.complete:
             done.set()
             return False
-        return not client._closed
+        return not source.closed
 
     if not wait:
         tick()
@@ -129,7 +142,7 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
         return
     object_ids = list(tracker.model.object_ids)
     while tick():
-        client.wait_objects(object_ids, len(object_ids), REFRESH_S)  # wakes as results land
+        source.wait(object_ids, REFRESH_S)  # wakes as results land
     view.close()
 
 
@@ -171,7 +184,13 @@ class AutoProgress:
         growing = needed == 0
         if not self.enabled or (len(object_ids) < self.min_refs and not growing):
             return _NULL
-        return _Watch(client, object_ids, self.delay, growing)
+        return _Watch(ClientProgress(client), object_ids, self.delay, growing)
+
+    def watch(self, source: ProgressSource, object_ids: list[bytes]) -> AbstractContextManager[Any]:
+        """A bar for another engine's blocking call (Ray's ``get``), on the same settings."""
+        if not self.enabled or len(object_ids) < self.min_refs:
+            return _NULL
+        return _Watch(source, object_ids, self.delay)
 
 
 _NULL: AbstractContextManager[Any] = nullcontext()
@@ -181,9 +200,9 @@ class _Watch:
     """One blocking call being watched; shows its widget only if it is still blocked later."""
 
     def __init__(
-        self, client: Client, object_ids: list[bytes], delay: float, growing: bool = False
+        self, source: ProgressSource, object_ids: list[bytes], delay: float, growing: bool = False
     ) -> None:
-        self.client = client
+        self.source = source
         self.object_ids = object_ids
         self.delay = delay
         self.growing = growing
@@ -206,7 +225,7 @@ class _Watch:
                 from rayjupyter.notebook.ipython_typed import display
 
                 self.tracker = Tracker(
-                    self.client, self.object_ids, started=self.started, growing=self.growing
+                    self.source, self.object_ids, started=self.started, growing=self.growing
                 )
                 self.view = WidgetProgressView(self.tracker.model)
                 self.context.run(display, self.view.widget)

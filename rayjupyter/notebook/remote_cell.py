@@ -14,9 +14,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
-from rayjupyter.core.object_ref import ObjectRef
-from rayjupyter.notebook import templates
+from rayjupyter.notebook import engines, templates
 from rayjupyter.notebook.cell_names import analyze
 from rayjupyter.notebook.cell_runner import CellResult, CellSpec, run_cell
 from rayjupyter.notebook.kernel import in_kernel
@@ -24,6 +22,9 @@ from rayjupyter.notebook.output_routing import ROUTER, CellSink, WidgetSink
 from rayjupyter.notebook.ticker import TICKER
 
 REFRESH_S = 0.2
+#: how long a finished cell waits for the last of its output on an engine that delivers it
+#: after the result (Ray prints worker lines as its log monitor reads them)
+OUTPUT_DRAIN_S = 5.0
 # names IPython puts in the user namespace: history and output caches, never shipped
 _IPYTHON_NAME = re.compile(r"_+|_i+|_i?\d+|_[iod]h|In|Out|exit|quit|get_ipython")
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)(?P<rest>.*)$')
@@ -58,18 +59,7 @@ class RemoteOptions:
         return options
 
 
-_remote_run_cell: Any = None
 _names_lock = threading.Lock()
-
-
-def _runner() -> Any:
-    """One remote function for every cell, so the node caches it once per connection."""
-    global _remote_run_cell
-    if _remote_run_cell is None:
-        from rayjupyter.core.api import remote
-
-        _remote_run_cell = remote(run_cell)
-    return _remote_run_cell
 
 
 def _cell_number(shell: Any) -> int:
@@ -113,6 +103,7 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
     shipped_names = [n for n in names.reads if n in user_ns and not _is_ipython_name(n)]
     shipped_names += [n for n in options.push if n not in shipped_names]
     shipped = {n: user_ns[n] for n in shipped_names}
+    engine = engines.active()
     spec = CellSpec(
         task_name=name,
         filename=filename,
@@ -121,28 +112,37 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
         bring_back=tuple(options.pull if options.pull is not None else names.writes),
         display_last=names.ends_with_expression,
         sources=_notebook_sources(shell, shipped),
+        end_marker=engine.name == "ray",
     )
-    remote_fn = _runner().options(**options.task_options(name))
     if options.block:
         sink: Any = CellSink()
         background = None
     else:
-        background = BackgroundCell(shell, spec, options, count)
+        background = BackgroundCell(shell, spec, options, count, engine)
         sink = background.sink
     ROUTER.route(name, sink)
     try:
-        ref = remote_fn.remote(spec, shipped)
+        ref = engine.submit_cell(run_cell, (spec, shipped), options.task_options(name))
     except Exception as exc:
         ROUTER.unroute(name)
         raise _shipping_error(shipped, exc) from None
     if background is not None:
         background.start(ref)
         return None
+    drain = spec.end_marker
     try:
-        result = _wait(ref, options.timeout, name)
-    except RayTaskError as err:
-        raise clean_task_error(err, shell, spec) from None
+        result = _wait(engine, ref, options.timeout, name)
+    except Exception as err:
+        if engine.task_traceback(err) is None:
+            drain = False  # cancelled or lost: no more output is coming
+            raise
+        raise clean_task_error(engine, err, shell, spec) from None
+    except BaseException:  # Ctrl-C: the task was cancelled
+        drain = False
+        raise
     finally:
+        if drain:
+            ROUTER.wait_end(name, OUTPUT_DRAIN_S)
         ROUTER.unroute(name)
     for line in templates.skipped_lines(result.skipped, result.missing if options.pull else []):
         print(line, file=sys.stderr)
@@ -150,14 +150,13 @@ def run_remote_cell(shell: Any, magic_line: str, cell: str, options: RemoteOptio
     return _shown_value(result)
 
 
-def _wait(ref: ObjectRef, timeout: float | None, name: str) -> CellResult:
-    from rayjupyter.core import api
-    from rayjupyter.core.exceptions import GetTimeoutError
-
+def _wait(engine: engines.Engine, ref: Any, timeout: float | None, name: str) -> CellResult:
     try:
-        result: CellResult = api.get(ref, timeout=timeout)
-    except GetTimeoutError:
-        api.cancel(ref, force=True)
+        result: CellResult = engine.get(ref, timeout=timeout)
+    except Exception as err:
+        if not engine.is_timeout(err):
+            raise
+        engine.cancel(ref, force=True)
         raise RemoteCellError(
             f"{name} did not finish within --timeout {timeout:g} s and was cancelled; "
             f"raise --timeout or use --no-block"
@@ -231,9 +230,11 @@ def _shipping_error(shipped: dict[str, Any], exc: Exception) -> Exception:
     return exc
 
 
-def clean_task_error(err: RayTaskError, shell: Any, spec: CellSpec) -> RayTaskError:
+def clean_task_error(
+    engine: engines.Engine, err: BaseException, shell: Any, spec: CellSpec
+) -> BaseException:
     """The remote traceback without our runner's frames, its cells named as IPython does."""
-    err.traceback_str = rewrite_traceback(err.traceback_str, shell, spec)
+    engine.set_task_traceback(err, rewrite_traceback(engine.task_traceback(err) or "", shell, spec))
     return err
 
 
@@ -271,14 +272,22 @@ class BackgroundCell:
     """A ``--no-block`` cell: a live widget with the task's state and output; its names
     arrive in the namespace when it finishes, with a note under the cell."""
 
-    def __init__(self, shell: Any, spec: CellSpec, options: RemoteOptions, count: int) -> None:
+    def __init__(
+        self,
+        shell: Any,
+        spec: CellSpec,
+        options: RemoteOptions,
+        count: int,
+        engine: engines.Engine,
+    ) -> None:
         self.shell = shell
+        self.engine = engine
         self.spec = spec
         self.timeout = options.timeout
         self.show_missing = options.pull is not None
         self.state = "queued"
         self.detail = ""
-        self.ref: ObjectRef | None = None
+        self.ref: Any = None
         self.started = time.monotonic()
         self.finished = threading.Event()
         self.error: BaseException | None = None
@@ -298,7 +307,7 @@ class BackgroundCell:
         elapsed = time.monotonic() - self.started
         return templates.cell_state(self.spec.task_name, self.state, elapsed, self.detail)
 
-    def start(self, ref: ObjectRef) -> None:
+    def start(self, ref: Any) -> None:
         self.ref = ref
         self.state = "running"
         if self.kernel:
@@ -308,49 +317,56 @@ class BackgroundCell:
         TICKER.every(REFRESH_S, self._tick)
 
     def _tick(self) -> bool:
-        from rayjupyter.core import api
-
         assert self.ref is not None
-        client = api._state["client"]
-        if client is None or client._closed:
+        if not self.engine.connected:
             self._end("cancelled", "disconnected from the cluster")
             return False
-        if self.ref.binary() in client.objects:
+        if self.engine.is_ready(self.ref):
             self._collect()
             return False
         if self.timeout is not None and time.monotonic() - self.started > self.timeout:
-            api.cancel(self.ref, force=True)
+            self.engine.cancel(self.ref, force=True)
             self._end("timed out", f"cancelled after --timeout {self.timeout:g} s")
             return False
         self._refresh()
         return True
 
     def _collect(self) -> None:
-        from rayjupyter.core import api
-
         assert self.ref is not None  # collected only after start() submitted the cell
+        engine = self.engine
         try:
-            result: CellResult = api.get(self.ref, timeout=30)
-        except TaskCancelledError as err:
-            self.error = err
-            self._end("cancelled", "rj.cancel")
-        except RayTaskError as err:
-            self.error = clean_task_error(err, self.shell, self.spec)
-            self._write("stderr", "\n".join(self.error._render_traceback_()) + "\n")
-            self._end("failed", type(err.cause).__name__ if err.cause else "error")
-        except Exception as err:  # lost connection, store trouble: say so under the cell
-            self.error = err
+            result: CellResult = engine.get(self.ref, timeout=30)
+        except Exception as err:
+            if self.spec.end_marker and engine.task_traceback(err) is not None:
+                ROUTER.wait_end(self.spec.task_name, OUTPUT_DRAIN_S)
+            self._failed(err)
+            return
+        if self.spec.end_marker:
+            ROUTER.wait_end(self.spec.task_name, OUTPUT_DRAIN_S)
+        self.shell.user_ns.update(result.values)
+        missing = result.missing if self.show_missing else []
+        note = templates.arrival_note(list(result.values), result.skipped, missing)
+        self._write("stdout", note + "\n")
+        shown = _shown_value(result)
+        if shown is not None:
+            self._show(shown)
+        self._end("finished", f"{len(result.values)} names back")
+
+    def _failed(self, err: Exception) -> None:
+        engine = self.engine
+        self.error = err
+        if engine.is_cancelled(err):
+            self._end("cancelled", "rj.cancel" if engine.name == "rayjupyter" else "ray.cancel")
+        elif engine.task_traceback(err) is not None:
+            clean_task_error(engine, err, self.shell, self.spec)
+            render = getattr(err, "_render_traceback_", None)
+            lines = render() if callable(render) else [str(err)]
+            self._write("stderr", "\n".join(lines) + "\n")
+            cause = getattr(err, "cause", None)
+            self._end("failed", type(cause).__name__ if cause is not None else "error")
+        else:  # lost connection, store trouble: say so under the cell
             self._write("stderr", f"{type(err).__name__}: {err}\n")
             self._end("failed", type(err).__name__)
-        else:
-            self.shell.user_ns.update(result.values)
-            missing = result.missing if self.show_missing else []
-            note = templates.arrival_note(list(result.values), result.skipped, missing)
-            self._write("stdout", note + "\n")
-            shown = _shown_value(result)
-            if shown is not None:
-                self._show(shown)
-            self._end("finished", f"{len(result.values)} names back")
 
     def _show(self, value: Any) -> None:
         from rayjupyter.notebook.cell_runner import format_display

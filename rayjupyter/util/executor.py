@@ -1,4 +1,5 @@
-"""``concurrent.futures`` on a cluster: an Executor whose work runs as tasks."""
+"""``concurrent.futures`` on a cluster: an Executor whose work runs as tasks (on Ray too,
+when this process is a Ray driver: see ``engine_api``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from rayjupyter.core import api
-from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.util import engine_api
 
 
 class Executor(concurrent.futures.Executor):
@@ -29,6 +29,7 @@ class Executor(concurrent.futures.Executor):
                     return fn(*args, **kwargs)
 
                 target.__name__ = getattr(fn, "__name__", "call")
+            api = engine_api.core()
             remote = api.remote(**self._options)(target) if self._options else api.remote(target)
             self._remotes[fn] = remote
         return remote
@@ -36,7 +37,7 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        ref: ObjectRef = self._remote(fn).remote(*args, **kwargs)
+        ref = self._remote(fn).remote(*args, **kwargs)
         return ref.future()
 
     def map(
@@ -47,6 +48,8 @@ class Executor(concurrent.futures.Executor):
         chunksize: int = 1,
     ) -> Iterator[Any]:
         refs = [self._remote(fn).remote(*args) for args in zip(*iterables, strict=False)]
+
+        api = engine_api.core()
 
         def results() -> Iterator[Any]:
             for ref in refs:

@@ -15,6 +15,9 @@ exception type; an error or an interrupt cancels the batches still outstanding.
 
 This module imports joblib, so ``rayjupyter.util`` does not import it: only code that uses
 the backend pays for joblib (and scikit-learn).
+
+On Ray (this process a Ray driver, see ``engine_api``) the same backend submits to Ray:
+completions arrive through each ref's future, and no progress bar is drawn for the call.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_par
 from rayjupyter.core import api
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.serialization import INLINE_THRESHOLD
+from rayjupyter.util import engine_api
 
 BACKEND_NAME = "rayjupyter"
 RAY_BACKEND_NAME = "ray"  # the name Ray's ray.util.joblib registers, for ported code
@@ -78,10 +82,11 @@ def _run_batch(batch: Any, *shared: Any) -> Any:
     return batch()
 
 
-@functools.lru_cache(maxsize=1)
-def _base_remote() -> Any:
-    """``_run_batch`` as a remote function: every batch shares its function id (shipped once)."""
-    return api.remote(_run_batch)
+@functools.lru_cache(maxsize=2)
+def _base_remote(on_ray: bool = False) -> Any:
+    """``_run_batch`` as a remote function: every batch shares its function id (shipped once);
+    one for our runtime, one for Ray."""
+    return engine_api.core().remote(_run_batch)
 
 
 # ------------------------------------------------------------------ on the caller
@@ -134,13 +139,15 @@ class _Call:
     """
 
     def __init__(self) -> None:
-        self.client = api._client()
+        self.on_ray = engine_api.on_ray()
+        self.api = engine_api.core()
+        self.client = None if self.on_ray else api._client()
         self.lock = threading.Lock()
         self.shared: dict[int, tuple[Any, ObjectRef]] = {}  # id(value) -> (value, its ref)
         self.pending: dict[bytes, _Job] = {}
         self.object_ids: list[bytes] = []  # every batch's result id, for the progress display
         self.finished: list[ObjectRef] = []  # kept while a progress display may read them
-        self.keep_finished = api.wait_observer is not None
+        self.keep_finished = api.wait_observer is not None and not self.on_ray
         self.done: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._complete, name="rayjupyter-joblib", daemon=True)
         self.thread.start()
@@ -151,7 +158,7 @@ class _Call:
             entry = self.shared.get(id(value))
             if entry is None:
                 # the value is held here until the call ends, so its id cannot be reused
-                entry = self.shared[id(value)] = (value, api.put(value))
+                entry = self.shared[id(value)] = (value, self.api.put(value))
             return entry[1]
 
     def submit(
@@ -164,7 +171,10 @@ class _Call:
         with self.lock:
             self.pending[object_id] = job
             self.object_ids.append(object_id)
-        self.client.when_ready(object_id, lambda _info: self.done.put(job))
+        if self.client is None:  # Ray: its ref's future says when the batch is done
+            ref.future().add_done_callback(lambda _future: self.done.put(job))
+        else:
+            self.client.when_ready(object_id, lambda _info: self.done.put(job))
         return job
 
     def _substitute(self, batch: Any) -> tuple[Any, list[ObjectRef]]:
@@ -200,14 +210,14 @@ class _Call:
 
     def _complete(self) -> None:
         """Hand finished batches to joblib, in the order they finish."""
-        worker = self.client.kind == "worker"
+        worker = self.client is not None and self.client.kind == "worker"
         while True:
             try:
                 job = self.done.get(timeout=PUMP_S) if worker else self.done.get()
             except queue.Empty:  # a worker reads its socket only while someone waits on it
                 with self.lock:
                     waiting = list(self.pending)
-                if waiting:
+                if waiting and self.client is not None:
                     self.client.wait_objects(waiting, 1, PUMP_S)
                 continue
             if job is None:
@@ -230,7 +240,7 @@ class _Call:
             self.pending.clear()
         for job in jobs:
             with contextlib.suppress(Exception):  # the cluster may be gone already
-                api.cancel(job.ref)
+                self.api.cancel(job.ref)
 
     def close(self) -> None:
         """Stop the completion thread and drop the shared arguments (the store frees them)."""
@@ -276,7 +286,7 @@ class RayJupyterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         if n_jobs is None:
             return 1
         if n_jobs < 0:
-            cpus = api.cluster_resources().get("CPU", 1.0)
+            cpus = engine_api.core().cluster_resources().get("CPU", 1.0)
             per_task = float(self._remote_args.get("num_cpus") or 1.0)
             n_jobs = max(int(cpus // per_task) + 1 + n_jobs, 1)
         return int(n_jobs)
@@ -314,12 +324,13 @@ class RayJupyterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         """The remote function for batches named ``name``, with this backend's task options."""
         remote = self._remotes.get(name)
         if remote is None:
-            remote = self._remotes[name] = _base_remote().options(name=name, **self._remote_args)
+            base = _base_remote(engine_api.on_ray())
+            remote = self._remotes[name] = base.options(name=name, **self._remote_args)
         return remote
 
     def retrieve_result_callback(self, out: _Job) -> Any:
         """The batch's results, or its error raised as the task's own exception type."""
-        return api.get(out.ref)
+        return engine_api.core().get(out.ref)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """An error or an interrupt: cancel what is still queued or running."""
@@ -330,7 +341,7 @@ class RayJupyterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def retrieval_context(self) -> Iterator[None]:
         """While joblib waits for results: the notebook's progress display, if loaded."""
         observer, call = api.wait_observer, self._call
-        if observer is None or call is None:
+        if observer is None or call is None or call.client is None:
             yield
             return
         with observer(call.client, call.object_ids, 0):  # 0: ids keep coming while we wait

@@ -1,4 +1,5 @@
-"""A ``multiprocessing.Pool`` drop-in whose processes are actors on the cluster (Ray's API)."""
+"""A ``multiprocessing.Pool`` drop-in whose processes are actors on the cluster (Ray's API);
+on Ray itself when this process is a Ray driver (see ``engine_api``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rayjupyter.core import api
-from rayjupyter.core.actor import ActorHandle, exit_actor, kill
+from rayjupyter.core.actor import ActorHandle
 from rayjupyter.core.object_ref import ObjectRef
+from rayjupyter.util import engine_api
 
 
 class _PoolProcess:
@@ -25,7 +27,7 @@ class _PoolProcess:
     def retire(self) -> None:
         """End this process once the chunks sent before this call are done (calls run in
         order): ``maxtasksperchild``."""
-        exit_actor()
+        engine_api.exit_actor()
 
 
 class AsyncResult:
@@ -37,16 +39,16 @@ class AsyncResult:
         self._flatten = flatten
 
     def get(self, timeout: float | None = None) -> Any:
-        values = api.get(self._refs, timeout=timeout)
+        values = engine_api.core().get(self._refs, timeout=timeout)
         if self._flatten:
             values = [value for chunk in values for value in chunk]
         return values[0] if self._single else values
 
     def wait(self, timeout: float | None = None) -> None:
-        api.wait(self._refs, num_returns=len(self._refs), timeout=timeout)
+        engine_api.core().wait(self._refs, num_returns=len(self._refs), timeout=timeout)
 
     def ready(self) -> bool:
-        ready, _ = api.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        ready, _ = engine_api.core().wait(self._refs, num_returns=len(self._refs), timeout=0)
         return len(ready) == len(self._refs)
 
     def successful(self) -> bool:
@@ -82,7 +84,7 @@ class Pool:
         if ray_address is not None and not api.is_initialized():
             api.init(address=ray_address)
         if processes is None:
-            processes = int(api.cluster_resources().get("CPU", os.cpu_count() or 1))
+            processes = int(engine_api.core().cluster_resources().get("CPU", os.cpu_count() or 1))
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (
@@ -95,9 +97,9 @@ class Pool:
         self._initargs = tuple(initargs or ())
         self._maxtasks = maxtasksperchild
         self._actor_class = (
-            api.remote(**ray_remote_args)(_PoolProcess)
+            engine_api.core().remote(**ray_remote_args)(_PoolProcess)
             if ray_remote_args
-            else api.remote(_PoolProcess)
+            else engine_api.core().remote(_PoolProcess)
         )
         self._actors = [self._new_process() for _ in range(processes)]
         self._counts = [0] * processes  # chunks sent to each current process
@@ -198,7 +200,7 @@ class Pool:
         self._check_open()
         refs = self._submit_chunks(func, self._chunks(iterable, chunksize, star=False))
         for ref in refs:
-            yield from api.get(ref)
+            yield from engine_api.core().get(ref)
 
     def imap_unordered(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
@@ -206,8 +208,8 @@ class Pool:
         self._check_open()
         pending = self._submit_chunks(func, self._chunks(iterable, chunksize, star=False))
         while pending:
-            ready, pending = api.wait(pending, num_returns=1)
-            yield from api.get(ready[0])
+            ready, pending = engine_api.core().wait(pending, num_returns=1)
+            yield from engine_api.core().get(ready[0])
 
     def close(self) -> None:
         """No more work; ``join`` then waits for what was submitted."""
@@ -217,7 +219,7 @@ class Pool:
         if not self._closed:
             raise ValueError("Pool is still running: call close() or terminate() first")
         if self._outstanding:
-            api.wait(self._outstanding, num_returns=len(self._outstanding))
+            engine_api.core().wait(self._outstanding, num_returns=len(self._outstanding))
         self._outstanding = []
         self._kill_all()
 
@@ -229,7 +231,7 @@ class Pool:
 
     def _kill_all(self) -> None:
         for actor in self._actors + self._retired:
-            kill(actor)
+            engine_api.kill(actor)
         self._retired = []
 
     def __enter__(self) -> Pool:

@@ -1,0 +1,263 @@
+"""A real Ray cluster for tests: a head and a second node started with ``ray start --block``
+as children of the test process, stopped by the PIDs they started.
+
+``ray stop`` is never used: it stops every Ray process on the machine by name, other
+people's too. ``--block`` keeps each node's processes under the ``ray start`` process we
+spawned, so the fixture owns exactly that tree (workers included: the raylet starts them).
+
+Ray binds to the machine's address even when told 127.0.0.1 (it resolves loopback to the
+node IP for multi-node use), so the cluster is reachable on the host's address. Token
+authentication is on, with a fresh token per cluster, in the environment of the test
+process (and so of the kernels it starts), never written under ~/.ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+OBJECT_STORE_BYTES = 200_000_000
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+_ADDRESS_LINE = re.compile(r"ray start --address='([^']+)'")
+
+
+def _poll(predicate: Any, timeout: float, what: str) -> None:
+    """Poll until predicate is true; its exceptions end the wait at once (unlike
+    wait_for_condition, which counts them as "not yet")."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_flags() -> list[str]:
+    """Every port a node opens, chosen free: Ray's defaults collide with other Rays here."""
+    flags = []
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+    ):
+        flags += [flag, str(free_port())]
+    return flags
+
+
+@dataclass
+class RayCluster:
+    """Where the cluster is and which processes are ours."""
+
+    address: str  # host:port of the head's GCS, as Ray reports it
+    client_address: str  # ray://host:port of its Ray Client server
+    temp_dir: Path
+    starters: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def pids(self) -> set[int]:
+        """Every process of the cluster now: the ``ray start`` processes and their trees."""
+        found: set[int] = set()
+        for starter in self.starters:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(starter.pid)
+                found.add(starter.pid)
+                found.update(child.pid for child in root.children(recursive=True))
+        return found
+
+
+def _node_command(extra: list[str], num_cpus: int) -> list[str]:
+    return [
+        str(RAY_BIN),
+        "start",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(num_cpus),
+        "--object-store-memory",
+        str(OBJECT_STORE_BYTES),
+        "--disable-usage-stats",
+        *_port_flags(),
+        *extra,
+    ]
+
+
+def _wait_for_nodes(
+    address: str,
+    count: int,
+    env: dict[str, str],
+    timeout: float,
+    starter: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Ask Ray itself (in a child process, so this one never imports ray) for live nodes;
+    give up early if the node's ``ray start`` exits."""
+    code = (
+        "import ray, sys, time\n"
+        f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+        f"deadline = time.monotonic() + {timeout}\n"
+        f"while sum(n['Alive'] for n in ray.nodes()) < {count}:\n"
+        "    if time.monotonic() > deadline: sys.exit('nodes did not join')\n"
+        "    time.sleep(0.2)\n"
+    )
+    waiter = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+
+        def joined() -> bool:
+            if starter is not None and starter.poll() is not None:
+                raise RuntimeError(f"ray start exited with {starter.returncode}")
+            code = waiter.poll()
+            if code not in (None, 0):
+                raise RuntimeError(f"waiting for {count} nodes failed ({code})")
+            return code == 0
+
+        _poll(joined, timeout + 30, f"{count} Ray nodes")
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        waiter.wait(timeout=10)
+
+
+#: Ray gives a node 30 s to register (its own constant); on a loaded machine a start can
+#: miss it, so a node that failed to start is stopped (its PIDs) and started afresh
+START_ATTEMPTS = 3
+
+
+def _start_node(
+    command: Any, log: Path, env: dict[str, str], ready: Any, what: str
+) -> subprocess.Popen[bytes]:
+    """Start a node with ``ray start --block``; retried when Ray's own start-up times out."""
+    failures = []
+    for _attempt in range(START_ATTEMPTS):
+        starter = subprocess.Popen(
+            command(), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
+        )
+        attempt = RayCluster("", "", log.parent, [starter])
+        try:
+            ready(starter)
+            return starter
+        except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
+            failures.append(f"{type(exc).__name__}: {str(exc)[-2000:]}")
+            stop(attempt)
+    raise RuntimeError(f"{what} did not start in {START_ATTEMPTS} tries:\n" + "\n".join(failures))
+
+
+@contextlib.contextmanager
+def ray_cluster(tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1) -> Iterator[RayCluster]:
+    """A 2-node Ray cluster; every process it started is gone when this exits."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    saved = {name: os.environ.get(name) for name in AUTH_ENV}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = dict(os.environ)
+    # workers import the rayjupyter under test (%%remote's runner, the util helpers)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    ports = {"gcs": 0, "client": 0}
+    head_log = tmp / "head.log"
+
+    def head_command() -> list[str]:
+        ports.update(gcs=free_port(), client=free_port())
+        extra = [
+            "--head",
+            "--port",
+            str(ports["gcs"]),
+            "--ray-client-server-port",
+            str(ports["client"]),
+            "--include-dashboard=false",
+            "--temp-dir",
+            str(tmp),
+        ]
+        return _node_command(extra, head_cpus)
+
+    def head_ready(head: subprocess.Popen[bytes]) -> None:
+        def announced() -> bool:
+            if head.poll() is not None:
+                raise RuntimeError(f"ray start --head exited:\n{head_log.read_text()[-3000:]}")
+            return bool(_ADDRESS_LINE.search(head_log.read_text(errors="replace")))
+
+        _poll(announced, START_TIMEOUT_S, "the Ray head announcing its address")
+
+    cluster = RayCluster("", "", tmp, [])
+    try:
+        head = _start_node(head_command, head_log, env, head_ready, "the Ray head")
+        cluster.starters.append(head)
+        match = _ADDRESS_LINE.search(head_log.read_text(errors="replace"))
+        assert match is not None
+        cluster.address = match[1]
+        host = cluster.address.rpartition(":")[0]
+        cluster.client_address = f"ray://{host}:{ports['client']}"
+        # a session directory of its own: two nodes on one machine sharing one would each
+        # tail the other's worker logs, and drivers would print every line twice
+        (tmp / "node2").mkdir(exist_ok=True)
+
+        def worker_command() -> list[str]:
+            extra = ["--address", cluster.address, "--temp-dir", str(tmp / "node2")]
+            return _node_command(extra, worker_cpus)
+
+        def worker_ready(worker: subprocess.Popen[bytes]) -> None:
+            _wait_for_nodes(cluster.address, 2, env, START_TIMEOUT_S, worker)
+
+        worker = _start_node(worker_command, tmp / "worker.log", env, worker_ready, "node 2")
+        cluster.starters.append(worker)
+        yield cluster
+    finally:
+        stop(cluster)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def stop(cluster: RayCluster) -> None:
+    """SIGTERM each ``ray start`` (it stops its node), then kill what is left, by PID."""
+    pids = cluster.pids()
+    for starter in reversed(cluster.starters):  # the second node first, then the head
+        with contextlib.suppress(ProcessLookupError):
+            starter.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for starter in cluster.starters:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            starter.wait(timeout=max(0.1, deadline - time.monotonic()))
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    _gone, alive = psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for starter in cluster.starters:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            starter.wait(timeout=5)
+    left = [pid for pid in pids if psutil.pid_exists(pid) and _running(pid)]
+    assert not left, f"Ray processes still running after stop: {left}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
