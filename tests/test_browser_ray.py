@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _SHARED
 from lab_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -23,7 +22,7 @@ from lab_helpers import (
     start_lab,
     stop_lab,
 )
-from ray_head import RAY_MISSING, RayHead, ray_importable, start_ray_head, stop_ray_head
+from ray_helpers import RAY_MISSING, RayHead, ray_importable, running_ray_head
 
 pytestmark = [
     pytest.mark.skipif(not ray_importable(), reason=RAY_MISSING),
@@ -44,13 +43,8 @@ WAIT_MS = 90_000  # a loaded 2-core machine: Ray, lab and chromium compete for i
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
-    head = start_ray_head()
-    _SHARED.roots.add(head.process.pid)  # its tree outlives single tests on purpose
-    try:
+    with running_ray_head() as head:
         yield head
-    finally:
-        _SHARED.roots.discard(head.process.pid)
-        stop_ray_head(head)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ ProgressSource. No Ray needed (``ray`` is never imported here)."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from IPython.core.error import UsageError
 
 from rayjupyter.notebook import engines
 from rayjupyter.notebook.engines import ray_status
-from rayjupyter.notebook.magics import _engine_and_address
+from rayjupyter.notebook.magics import _engine_and_address, _sizing_for_environment_address
 from rayjupyter.notebook.output_routing import (
     END_MARKER,
     Router,
@@ -149,6 +150,16 @@ def test_connect_picks_the_engine_from_flags_and_environment(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert _engine_and_address(address, ray) == expected
+
+
+def test_local_sizing_is_dropped_and_said_when_ray_address_comes_from_the_environment():
+    """A notebook's `%ray_connect --num-cpus 2` sent to RAY_ADDRESS: the cluster keeps its own."""
+    args = argparse.Namespace(num_cpus=2.0, num_gpus=0.0, object_store_memory=None)
+    note = _sizing_for_environment_address(args, "10.0.0.1:6379")
+    assert (args.num_cpus, args.num_gpus, args.object_store_memory) == (None, None, None)
+    assert note.startswith("--num-cpus, --num-gpus not applied: RAY_ADDRESS=10.0.0.1:6379 is")
+    unsized = argparse.Namespace(num_cpus=None, num_gpus=None, object_store_memory=None)
+    assert _sizing_for_environment_address(unsized, "h:1") == ""
 
 
 def test_connect_refuses_two_addresses_and_unknown_engines(monkeypatch):

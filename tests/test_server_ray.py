@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-from conftest import _SHARED
 from jupyter_server.auth.authorizer import Authorizer
-from ray_head import RAY_MISSING, RayHead, ray_importable, start_ray_head, stop_ray_head
+from ray_helpers import RAY_MISSING, RayHead, ray_importable, running_ray_head
 from tornado.httpclient import HTTPClientError
 
 from rayjupyter.server.ray_clusters import RAY_DASHBOARD_PAGES
@@ -63,13 +62,8 @@ def jp_server_config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
     """One Ray head for the module (it takes tens of seconds to start on a loaded machine)."""
-    head = start_ray_head()
-    _SHARED.roots.add(head.process.pid)  # its tree outlives single tests on purpose
-    try:
+    with running_ray_head() as head:
         yield head
-    finally:
-        _SHARED.roots.discard(head.process.pid)
-        stop_ray_head(head)
 
 
 @pytest.fixture

@@ -129,6 +129,25 @@ def _engine_and_address(
     return name, address
 
 
+_LOCAL_SIZING = ("num_cpus", "num_gpus", "object_store_memory")
+
+
+def _sizing_for_environment_address(args: Any, address: str) -> str:
+    """A notebook's ``%ray_connect --num-cpus 2`` sizes a local cluster; RAY_ADDRESS sends it
+    to a running Ray instead, which keeps its own resources: drop the sizing and say so."""
+    given = [
+        f"--{key.replace('_', '-')}" for key in _LOCAL_SIZING if getattr(args, key) is not None
+    ]
+    for key in _LOCAL_SIZING:
+        setattr(args, key, None)
+    if not given:
+        return ""
+    return (
+        f"{', '.join(given)} not applied: RAY_ADDRESS={address} is a running Ray cluster, "
+        f"which keeps its own resources (unset RAY_ADDRESS for a local Ray of this size)."
+    )
+
+
 class _Html:
     """An HTML and text pair to display (status cards)."""
 
@@ -173,6 +192,9 @@ class RayMagics(Magics):
         """Connect this kernel to a cluster and show its summary (again: no change)."""
         args = parse_argstring(self.ray_connect, line)
         name, address = _engine_and_address(args.address, args.ray)
+        sizing_note = ""
+        if name == "ray" and address is not None and args.address is None and args.ray is None:
+            sizing_note = _sizing_for_environment_address(args, address)
         request = engines.ConnectRequest(
             address,
             num_cpus=args.num_cpus,
@@ -181,12 +203,13 @@ class RayMagics(Magics):
             namespace=args.namespace,
         )
         current = engines.active()
+        # connect first: a wrong address fails here and leaves the current engine connected
+        summary, note = engines.engine(name).connect(request)
         switched = ""
         if current.name != name and current.connected:
             switched = f"Switched engines from {current.name} to {name}: {current.disconnect()}"
-        summary, note = engines.engine(name).connect(request)
         engines.activate(name)
-        for line_ in (switched, note):
+        for line_ in (sizing_note, switched, note):
             if line_:
                 print(line_)
         display(summary)

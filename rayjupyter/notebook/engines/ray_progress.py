@@ -1,7 +1,8 @@
 """Progress bars over Ray's ObjectRefs: a ProgressSource from ``ray.wait`` and the cluster's
 resources, and the hook that gives a blocking ``ray.get`` of many refs the automatic bar
 (ours is fed by the runtime's ``wait_observer``; Ray has none, so ``ray.get`` is wrapped
-while this kernel is connected through ``%ray_connect --ray``)."""
+while this kernel is connected through ``%ray_connect --ray``, or after a cell that called
+``ray.init()`` itself)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,15 @@ def install_get_hook(ray: Any, *, only_in_kernel: bool = True) -> None:
 def uninstall_get_hook(ray: Any) -> None:
     if _original_get:
         ray.get = _original_get.pop()
+
+
+def follow_ray_sessions(*_result: Any) -> None:
+    """After each cell (IPython's post_run_cell): a ``ray.init()`` the user called gets the
+    hook too, from the next cell on; after a ``ray.shutdown()`` Ray's own get is put back."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return
+    if ray.is_initialized():
+        install_get_hook(ray)
+    elif _original_get:
+        uninstall_get_hook(ray)
