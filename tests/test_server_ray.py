@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -187,16 +188,31 @@ async def test_a_ray_client_driver_is_matched_to_its_cluster(
         "sys.stdin.read()\n"
     )
     env = {**os.environ, **head.env()}
-    driver = subprocess.Popen(
-        [sys.executable, "-c", driver_code],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # Ray Client logs there
-    )
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 (Ray Client logs there; shown on failure)
+
+    def start_driver() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", driver_code],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+
+    driver = start_driver()
     try:
         assert driver.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(driver.stdout.readline), 120)
+        if not line:  # Ray's per-client server can fail to start on a loaded machine: once more
+            driver.wait(30)
+            driver = start_driver()
+            assert driver.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(driver.stdout.readline), 120)
+        if not line:
+            driver.wait(30)
+            errors.seek(0)
+            tail = errors.read()[-2000:].decode(errors="replace")
+            raise AssertionError(f"the Ray Client driver did not connect: {tail}")
         assert line.strip() == b"connected", line
         registry = jp_serverapp.web_app.settings["rayjupyter"].service.registry
         found, match = await asyncio.to_thread(registry.cluster_of, driver.pid)
@@ -209,6 +225,7 @@ async def test_a_ray_client_driver_is_matched_to_its_cluster(
         except subprocess.TimeoutExpired:
             driver.kill()
             driver.wait(10)
+        errors.close()
 
 
 async def test_proxied_ray_dashboard_job_api_task_counts_and_log_websocket(

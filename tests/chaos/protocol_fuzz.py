@@ -11,6 +11,7 @@ control: it proves the marker would show an unpickling).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
 import random
@@ -19,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
@@ -296,6 +298,81 @@ def send_zmq(
             out.answered += 1
     finally:
         client.close()
+
+
+ATTACKER_WAIT_S = 60.0  # a send_zmq call takes well under a second; beyond this it is stuck
+
+
+def _attacker_main(conn: Connection) -> None:
+    """The zmq attacker's own process: send_zmq for each job until told to stop."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            break
+        if job is None:
+            break
+        endpoint, secret, parts, hello = job
+        out = Outcome()
+        send_zmq(ctx, endpoint, secret, parts, out, hello)
+        conn.send((out.frames, out.answered, out.closed))
+    ctx.destroy(0)
+
+
+class ZmqAttacker:
+    """Fuzzed zmq clients, sent from a child process of their own.
+
+    libzmq 4.3.5 can abort the *sending* process (``Resource temporarily unavailable
+    (src/session_base.cpp:233)``) when the node drops a connection in the middle of a
+    hostile multipart message: that is the attacker's crash, not the node's, so it must not
+    take the test run with it. A child that dies is counted in ``aborts`` and replaced.
+    """
+
+    def __init__(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
+        self.aborts = 0
+        self.on_start = on_start  # told each new child's pid (the leak check lets it be)
+        self._start()
+
+    def _start(self) -> None:
+        spawn = multiprocessing.get_context("spawn")  # the test process has threads: no fork
+        self.conn, child_end = spawn.Pipe()
+        self.process = spawn.Process(target=_attacker_main, args=(child_end,), daemon=True)
+        self.process.start()
+        child_end.close()
+        assert self.process.pid is not None
+        self.on_start(self.process.pid)
+
+    def send(
+        self, endpoint: str, secret: str, parts: list[list[bytes]], out: Outcome, hello: bool
+    ) -> None:
+        """``send_zmq`` in the child; its counts go to ``out``."""
+        with contextlib.suppress(OSError):
+            self.conn.send((endpoint, secret, parts, hello))
+            if self.conn.poll(ATTACKER_WAIT_S):
+                with contextlib.suppress(EOFError):
+                    frames, answered, closed = self.conn.recv()
+                    out.frames += frames
+                    out.answered += answered
+                    out.closed += closed
+                    return
+        out.frames += sum(len(message) for message in parts)
+        self.aborts += 1
+        self._end(kill=True)
+        self._start()
+
+    def _end(self, kill: bool) -> None:
+        if kill and self.process.is_alive():
+            self.process.kill()
+        self.process.join(10)
+        self.conn.close()
+        assert not self.process.is_alive(), f"the attacker process {self.process.pid} is left"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(10)
+        self._end(kill=True)
 
 
 def wait_quiet(seconds: float) -> None:

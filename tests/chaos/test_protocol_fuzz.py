@@ -31,7 +31,6 @@ from typing import Any
 
 import psutil
 import pytest
-import zmq
 from chaos_report import FuzzRow, reporter
 from cluster_helpers import Nodes
 from conftest import _SHARED
@@ -47,6 +46,7 @@ from hypothesis import strategies as st  # noqa: E402
 from protocol_fuzz import (  # noqa: E402
     Big,
     Outcome,
+    ZmqAttacker,
     authed_frames,
     fuzz_seconds,
     marker_pickle,
@@ -54,7 +54,6 @@ from protocol_fuzz import (  # noqa: E402
     raw_frames,
     send_channel_authed,
     send_stream,
-    send_zmq,
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
@@ -86,6 +85,11 @@ class Target:
         return f"{session_dir(self.session)}/node.sock"
 
 
+def _let_outlive_tests(pid: int) -> None:
+    """The module's own processes (the attacker, restarted after an abort) are no test's leak."""
+    _SHARED.roots.add(pid)
+
+
 @dataclass
 class FuzzCluster:
     head: Target
@@ -94,7 +98,7 @@ class FuzzCluster:
     dashboard: str  # http://host:port/prefix/
     token: str
     nodes: Nodes
-    ctx: zmq.Context[Any] = field(default_factory=zmq.Context)
+    attacker: ZmqAttacker = field(default_factory=lambda: ZmqAttacker(_let_outlive_tests))
 
     def alive(self, target: Target) -> bool:
         try:
@@ -144,7 +148,7 @@ def holder() -> Iterator[Holder]:
         _SHARED.active, _SHARED.roots = False, set()
         if held.cluster is not None:
             held.cluster.nodes.stop()
-            held.cluster.ctx.destroy(0)
+            held.cluster.attacker.close()
         rj.shutdown()
 
 
@@ -154,6 +158,7 @@ def cluster(holder: Holder) -> FuzzCluster:
     found = holder.cluster
     if found is not None and not (found.alive(found.head) and found.alive(found.node)):
         found.nodes.stop()
+        found.attacker.close()
         rj.shutdown()
         found = None
     if found is None:
@@ -252,8 +257,7 @@ def test_before_auth_nothing_is_unpickled_and_the_node_lives(
         if kind == "tcp":
             send_stream((target.host, target.port), chunks, out)
             if bomb_at % 2 == 0:  # a zmq client with the wrong secret, frames and all
-                send_zmq(
-                    cluster.ctx,
+                cluster.attacker.send(
                     f"tcp://{target.host}:{target.port}",
                     wrong,
                     [[c] for c in chunks],
@@ -263,8 +267,7 @@ def test_before_auth_nothing_is_unpickled_and_the_node_lives(
         elif kind == "ipc":
             send_stream(target.ipc, chunks, out)
             if bomb_at % 2 == 0:
-                send_zmq(
-                    cluster.ctx,
+                cluster.attacker.send(
                     f"ipc://{target.ipc}",
                     wrong,
                     [[c] for c in chunks],
@@ -411,7 +414,7 @@ def test_after_auth_a_buggy_client_never_crashes_the_node(
             endpoint = (
                 f"tcp://{target.host}:{target.port}" if kind == "tcp" else f"ipc://{target.ipc}"
             )
-            send_zmq(cluster.ctx, endpoint, cluster.secret, parts, out, hello=True)
+            cluster.attacker.send(endpoint, cluster.secret, parts, out, hello=True)
         _after_each(cluster, target, row, [f for m in messages for f in m])
 
     messages = st.lists(st.lists(authed_frames, min_size=1, max_size=3), min_size=1, max_size=4)
