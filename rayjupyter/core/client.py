@@ -469,7 +469,7 @@ class Client:
         poller.register(self._wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
         wake_only.register(self._wake_rx, zmq.POLLIN)
-        last_flush = time.monotonic()
+        last_flush = last_beat = time.monotonic()
         while not self._closed:
             try:
                 if self._reading_here:
@@ -501,8 +501,11 @@ class Client:
                 ):
                     self.send([])
                     last_flush = now
-                elif now - self._last_send > HEARTBEAT_S:
+                elif now - self._last_send > HEARTBEAT_S or (  # sends that get no answer
+                    now - self.last_heard > HEARTBEAT_S and now - last_beat > HEARTBEAT_S / 4
+                ):  # (tasks queued for a busy resource) keep the node silent: ask it
                     self.send([P.Heartbeat()])
+                    last_beat = now
             except zmq.ZMQError:
                 return
 
