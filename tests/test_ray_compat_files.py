@@ -149,3 +149,49 @@ def test_attached_driver_submitting_unanswered_work_stays_connected() -> None:
         [sys.executable, "-c", ATTACHED_DRIVER], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "connected", out.stderr[-2000:]
+
+
+def test_a_users_base_exception_fails_the_task_not_the_worker() -> None:
+    class Interrupted(BaseException):
+        pass
+
+    @rj.remote(max_retries=0)
+    def task() -> None:
+        raise Interrupted("stop")
+
+    @rj.remote
+    class Actor:
+        def call(self) -> None:
+            raise Interrupted("stop")
+
+        async def async_call(self) -> None:
+            raise Interrupted("stop")
+
+    @rj.remote
+    class BrokenInit:
+        def __init__(self) -> None:
+            raise Interrupted("stop")
+
+    with pytest.raises(Interrupted):
+        rj.get(task.remote(), timeout=60)
+    actor = Actor.remote()
+    for call in (actor.call, actor.async_call):
+        with pytest.raises(Interrupted):
+            rj.get(call.remote(), timeout=60)
+    with pytest.raises(rj.exceptions.ActorDiedError, match="Interrupted"):
+        rj.get(BrokenInit.remote().__ray_ready__.remote(), timeout=60)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is Python 3.11+")
+def test_an_exception_group_stays_a_group() -> None:
+    @rj.remote(max_retries=0)
+    def task() -> None:
+        raise ExceptionGroup("two", [ValueError("a"), TypeError("b")])  # noqa: F821
+
+    with pytest.raises(rj.exceptions.RayTaskError) as caught:
+        rj.get(task.remote(), timeout=60)
+    error = caught.value
+    assert isinstance(error, ExceptionGroup)  # noqa: F821
+    assert [type(e) for e in error.exceptions] == [ValueError, TypeError]
+    matched, rest = error.split(ValueError)
+    assert matched is not None and rest is not None

@@ -110,6 +110,9 @@ INTERNAL_TESTS = {
     "test_worker_exit_after_parent_raylet_dies": "RAY_RAYLET_PID (the raylet's process id "
     "in each worker's environment)",
     "test_list_named_actors_timeout": "RAY_testing_asio_delay_us (the GCS's fault injection)",
+    "test_worker_start_timeout": "RAY_testing_asio_delay_us (the GCS's fault injection)",
+    "test_task_failure_when_driver_local_raylet_dies": "ray.experimental.internal_kv in a "
+    "task, then kill_raylet",
 }
 
 
@@ -192,6 +195,20 @@ def ray_start_cluster_head(request: Any) -> Iterator[Any]:
 @pytest.fixture
 def ray_start_cluster_2_nodes(request: Any) -> Iterator[Any]:
     yield from _cluster(request, do_init=True, num_nodes=2)
+
+
+@pytest.fixture
+def call_ray_start(request: Any) -> Iterator[str]:
+    """Ray's ``ray start --head`` for a test: a one-node cluster not connected to, its address."""
+    import ray.cluster_utils
+
+    cluster = ray.cluster_utils.Cluster()
+    cluster.add_node(num_cpus=1)
+    try:
+        yield str(cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture
