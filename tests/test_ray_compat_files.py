@@ -8,9 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import warnings
+from typing import Any
 
 import pytest
+from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -195,3 +198,42 @@ def test_an_exception_group_stays_a_group() -> None:
     assert [type(e) for e in error.exceptions] == [ValueError, TypeError]
     matched, rest = error.split(ValueError)
     assert matched is not None and rest is not None
+
+
+def test_calls_without_retries_fail_fast_while_the_actor_restarts(tmp_path: Any) -> None:
+    release = tmp_path / "release"
+
+    @rj.remote(max_restarts=1, max_task_retries=0)
+    class SlowRestart:
+        def __init__(self) -> None:
+            while rj.get_runtime_context().was_current_actor_reconstructed:
+                if release.exists():  # the restart's __init__ holds until the test says
+                    break
+                time.sleep(0.05)
+
+        def ping(self) -> str:
+            return "pong"
+
+    actor = SlowRestart.remote()
+    assert rj.get(actor.ping.remote(), timeout=60) == "pong"
+    rj.kill(actor, no_restart=False)
+    wait_for_condition(lambda: _unavailable(actor), timeout=60)
+    release.write_text("go")
+    wait_for_condition(lambda: _pong(actor), timeout=60)
+
+
+def _unavailable(actor: Any) -> bool:
+    """A call sent before the kill ended the process waits for the restart (GetTimeoutError,
+    "not yet"); one sent while __init__ runs again fails at once."""
+    try:
+        rj.get(actor.ping.remote(), timeout=2)
+    except rj.exceptions.ActorUnavailableError:
+        return True
+    return False
+
+
+def _pong(actor: Any) -> bool:
+    try:
+        return bool(rj.get(actor.ping.remote(), timeout=60) == "pong")
+    except rj.exceptions.ActorUnavailableError:
+        return False

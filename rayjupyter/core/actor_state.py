@@ -26,7 +26,7 @@ from rayjupyter.core import peer_placement, worker_limit
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.scheduler import InvalidTransition, TaskRecord, TaskState, WorkerRecord
-from rayjupyter.core.task_errors import cancelled_error
+from rayjupyter.core.task_errors import cancelled_error, restarting_error
 
 if TYPE_CHECKING:
     from rayjupyter.core.node_state import Instruction, NodeState
@@ -39,6 +39,10 @@ class ActorState(enum.Enum):
     KILLING = "killing"  # rj.kill(): its process is being stopped; it restarts or dies next
     EXITING = "exiting"  # exit_actor(): its process ends by itself; it dies next
     DEAD = "dead"
+
+
+#: a restarted actor's states before it runs calls again: calls without retries fail fast
+RESTARTING = (ActorState.PENDING, ActorState.STARTING)
 
 
 #: what leads out of each state (PENDING again: a restart, its process having died)
@@ -236,6 +240,8 @@ class ActorTable:
             error = ActorDiedError(f"No actor {task.actor_id.hex()} exists on this cluster.")
             return [self.fail_call(task, pickle.dumps(error, protocol=5))]
         task.max_retries = int(actor.options.get("max_task_retries") or 0)
+        if not task.max_retries and actor.restarts and actor.state in RESTARTING:
+            return [self.fail_call(task, restarting_error(task, actor.actor_id))]  # as Ray
         task.job, task.namespace = actor.job, actor.namespace
         actor.enqueue(task)
         return _NONE
