@@ -501,11 +501,9 @@ class Client:
                 ):
                     self.send([])
                     last_flush = now
-                elif now - self._last_send > HEARTBEAT_S or (  # sends that get no answer
-                    now - self.last_heard > HEARTBEAT_S and now - last_beat > HEARTBEAT_S / 4
-                ):  # (tasks queued for a busy resource) keep the node silent: ask it
+                elif now - min(self._last_send, max(self.last_heard, last_beat)) > HEARTBEAT_S:
                     self.send([P.Heartbeat()])
-                    last_beat = now
+                    last_beat = now  # (sends the node has no answer for do not prove it lives)
             except zmq.ZMQError:
                 return
 
