@@ -104,8 +104,9 @@ def pytest_pyfunc_call(pyfuncitem: Any) -> bool | None:
     return True
 
 
-#: tests that reach Ray's internals in a way the shim cannot see (inside a worker, through
-#: Ray's environment variables): skipped on rayjupyter's side, with the reason
+#: tests (by name, or by name with its parameters) that reach Ray's internals in a way the
+#: shim cannot see (inside a worker, through Ray's environment variables or _system_config):
+#: skipped on rayjupyter's side, with the reason
 INTERNAL_TESTS = {
     "test_worker_exit_after_parent_raylet_dies": "RAY_RAYLET_PID (the raylet's process id "
     "in each worker's environment)",
@@ -113,6 +114,8 @@ INTERNAL_TESTS = {
     "test_worker_start_timeout": "RAY_testing_asio_delay_us (the GCS's fault injection)",
     "test_task_failure_when_driver_local_raylet_dies": "ray.experimental.internal_kv in a "
     "task, then kill_raylet",
+    "test_object_lost_error[True]": "_system_config record_ref_creation_sites (where each "
+    "ref was made, in the error)",
 }
 
 
@@ -120,7 +123,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if TARGET != "rayjupyter":
         return
     for item in items:
-        reason = INTERNAL_TESTS.get(item.originalname)
+        reason = INTERNAL_TESTS.get(item.name) or INTERNAL_TESTS.get(item.originalname)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=SKIP_PREFIX + reason))
 
