@@ -116,6 +116,11 @@ INTERNAL_TESTS = {
     "task, then kill_raylet",
     "test_object_lost_error[True]": "_system_config record_ref_creation_sites (where each "
     "ref was made, in the error)",
+    "test_streaming_object_ref_generator_basic_unit": "a mock of Ray's core worker",
+    "test_streaming_object_ref_generator_task_failed_unit": "a mock of Ray's core worker",
+    "test_next_sync_timeout_when_generator_ref_unavailable": "RAY_max_direct_call_object_size "
+    "(the inlining threshold) and ObjectRefGenerator._next_sync",
+    "test_get_correct_node_ip": "ray._private.services' node IP lookup, patched",
 }
 
 
