@@ -52,6 +52,15 @@ async def test_async_test(ray_start_regular_shared):
         return 3
 
     assert await g.remote() == 3
+
+
+def test_placement_group_helper(ray_start_regular_shared):
+    from ray._private.test_utils import placement_group_assert_no_leak
+
+    group = ray.util.placement_group([{"CPU": 1}])
+    ray.get(group.ready())
+    placement_group_assert_no_leak([group])
+    assert ray.available_resources()["CPU"] == 1
 """
 
 
@@ -88,6 +97,7 @@ def test_runner_on_a_ray_style_file(tmp_path):
         "test_internals_are_skipped": "skipped",
         "test_missing_api_fails": "failed",
         "test_async_test": "passed",
+        "test_placement_group_helper": "passed",
     }
     assert "ray._private.worker" in tests["test_internals_are_skipped"]["message"]
     assert "no_such_api" in tests["test_missing_api_fails"]["message"]

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import ray
 
+from benchmarks.ray_compat.internals import SKIP_PREFIX
+
 TARGET = os.environ.get("RAY_COMPAT_TARGET", "ray")
 
 
@@ -102,6 +104,35 @@ def pytest_pyfunc_call(pyfuncitem: Any) -> bool | None:
     return True
 
 
+#: tests (by name, or by name with its parameters) that reach Ray's internals in a way the
+#: shim cannot see (inside a worker, through Ray's environment variables or _system_config):
+#: skipped on rayjupyter's side, with the reason
+INTERNAL_TESTS = {
+    "test_worker_exit_after_parent_raylet_dies": "RAY_RAYLET_PID (the raylet's process id "
+    "in each worker's environment)",
+    "test_list_named_actors_timeout": "RAY_testing_asio_delay_us (the GCS's fault injection)",
+    "test_worker_start_timeout": "RAY_testing_asio_delay_us (the GCS's fault injection)",
+    "test_task_failure_when_driver_local_raylet_dies": "ray.experimental.internal_kv in a "
+    "task, then kill_raylet",
+    "test_object_lost_error[True]": "_system_config record_ref_creation_sites (where each "
+    "ref was made, in the error)",
+    "test_streaming_object_ref_generator_basic_unit": "a mock of Ray's core worker",
+    "test_streaming_object_ref_generator_task_failed_unit": "a mock of Ray's core worker",
+    "test_next_sync_timeout_when_generator_ref_unavailable": "RAY_max_direct_call_object_size "
+    "(the inlining threshold) and ObjectRefGenerator._next_sync",
+    "test_get_correct_node_ip": "ray._private.services' node IP lookup, patched",
+}
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if TARGET != "rayjupyter":
+        return
+    for item in items:
+        reason = INTERNAL_TESTS.get(item.name) or INTERNAL_TESTS.get(item.originalname)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=SKIP_PREFIX + reason))
+
+
 @pytest.fixture
 def shutdown_only() -> Iterator[None]:
     yield None
@@ -170,6 +201,25 @@ def ray_start_cluster_head(request: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def ray_start_cluster_2_nodes(request: Any) -> Iterator[Any]:
+    yield from _cluster(request, do_init=True, num_nodes=2)
+
+
+@pytest.fixture
+def call_ray_start(request: Any) -> Iterator[str]:
+    """Ray's ``ray start --head`` for a test: a one-node cluster not connected to, its address."""
+    import ray.cluster_utils
+
+    cluster = ray.cluster_utils.Cluster()
+    cluster.add_node(num_cpus=1)
+    try:
+        yield str(cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
 def ray_start_cluster_enabled(request: Any) -> Iterator[Any]:
     yield from _cluster(request, do_init=False, num_nodes=0)
 
@@ -184,6 +234,11 @@ def set_enable_auto_connect(request: Any, monkeypatch: Any) -> Iterator[str]:
 @pytest.fixture
 def error_pubsub() -> None:
     pytest.skip("needs Ray internals: the GCS error pubsub (error_pubsub fixture)")
+
+
+@pytest.fixture
+def log_pubsub() -> None:
+    pytest.skip("needs Ray internals: the GCS log pubsub (log_pubsub fixture)")
 
 
 @pytest.fixture

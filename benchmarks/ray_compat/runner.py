@@ -33,10 +33,14 @@ DEFAULT_FILES = (
     "test_actor.py",
     "test_actor_failures.py",
     "test_failure.py",
+    "test_failure_2.py",
+    "test_failure_3.py",
+    "test_failure_4.py",
     "test_placement_group.py",
     "test_runtime_context.py",
     "test_queue.py",
     "test_streaming_generator.py",
+    "test_baseexceptionandgroup.py",
 )
 
 

@@ -114,6 +114,33 @@ def run_string_as_driver_nonblocking(
     return proc
 
 
+def placement_group_assert_no_leak(groups: list[Any], timeout: float = 30) -> None:
+    """Remove the groups, then wait until the table says so and every resource they held
+    (their renamed bundle resources included) is free again."""
+    ray = _ray()
+    for group in groups:
+        ray.util.remove_placement_group(group)
+
+    def removed() -> bool:
+        rows = ray.util.placement_group_table().values()
+        return all(row["state"] == "REMOVED" for row in rows)
+
+    def recovered() -> bool:
+        total = ray.cluster_resources()
+        free = ray.available_resources()
+        if any("_group_" in name for name in free):
+            return False
+        stores = ("memory", "object_store_memory")  # objects live there, groups or not
+        return all(
+            free[name] == amount
+            for name, amount in total.items()
+            if name in free and name not in stores
+        )
+
+    wait_for_condition(removed, timeout=timeout)
+    wait_for_condition(recovered, timeout=timeout)
+
+
 def _ray() -> Any:
     import ray
 

@@ -8,6 +8,7 @@ submit path as tasks, so arguments, dependencies and results behave the same.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 from typing import Any
@@ -174,6 +175,15 @@ def _check_concurrency_groups(cls: type, groups: dict[str, int] | None) -> None:
             )
 
 
+def _restore_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
+    """Unpickle an ActorClass without looking into ``cls``: it may not be filled in yet
+    (its options were checked where it was made)."""
+    actor_class = ActorClass.__new__(ActorClass)
+    actor_class.__dict__.update(_cls=cls, _options=options, _blob=None, __name__=cls.__name__)
+    actor_class.__doc__ = cls.__doc__
+    return actor_class
+
+
 class ActorClass:
     """A class made remote: ``Cls.remote(*args)`` starts an actor and returns its handle."""
 
@@ -182,12 +192,20 @@ class ActorClass:
         self._options = option_table.merge_options(
             option_table.actor_defaults(), options, for_actor=True
         )
-        self._methods = _method_table(cls)
         _check_concurrency_groups(cls, self._options.get("concurrency_groups"))
-        self._argcheck = signatures.for_class(cls)
         self._blob: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    # worked out at first use, not when unpickled: a class whose methods create actors of
+    # itself is unpickled before its body is filled in (cloudpickle's recursion)
+    @functools.cached_property
+    def _methods(self) -> dict[str, dict[str, Any]]:
+        return _method_table(self._cls)
+
+    @functools.cached_property
+    def _argcheck(self) -> Any:
+        return signatures.for_class(self._cls)
 
     def __dir__(self) -> list[str]:
         """``options``, ``remote`` and the class's methods (for autocompletion, as Ray's)."""
@@ -201,7 +219,7 @@ class ActorClass:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ActorClass, (self._cls, self._options))
+        return (_restore_actor_class, (self._cls, self._options))
 
     def __getattr__(self, name: str) -> Any:
         """The class's own attributes (class variables, static and class methods), so a

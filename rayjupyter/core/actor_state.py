@@ -28,12 +28,15 @@ from rayjupyter.core.actor_record import ActorState as ActorState
 from rayjupyter.core.exceptions import ActorDiedError
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
-from rayjupyter.core.task_errors import cancelled_error
+from rayjupyter.core.task_errors import cancelled_error, restarting_error
 
 if TYPE_CHECKING:
     from rayjupyter.core.node_instructions import Instruction
     from rayjupyter.core.node_state import NodeState
 
+
+#: a restarted actor's states before it runs calls again: calls without retries fail fast
+RESTARTING = (ActorState.PENDING, ActorState.STARTING)
 
 # Instructions: (opcode, ...); numbered apart from node_state's, so one shell runs both.
 SPAWN_ACTOR = 31  # (SPAWN_ACTOR, actor): start its process; the shell reports ``spawned``
@@ -98,6 +101,8 @@ class ActorTable:
             error = ActorDiedError(f"No actor {task.actor_id.hex()} exists on this cluster.")
             return [self.fail_call(task, pickle.dumps(error, protocol=5))]
         task.max_retries = int(actor.options.get("max_task_retries") or 0)
+        if not task.max_retries and actor.restarts and actor.state in RESTARTING:
+            return [self.fail_call(task, restarting_error(task, actor.actor_id))]  # as Ray
         task.job, task.namespace = actor.job, actor.namespace
         actor.enqueue(task)
         return _NONE

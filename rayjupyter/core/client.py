@@ -419,11 +419,12 @@ class Client:
         poller = zmq.Poller()
         incoming = self.transport.pollable()
         poller.register(incoming, zmq.POLLIN)
-        wake_rx = self.outbox.wake_rx
+        outbox = self.outbox
+        wake_rx = outbox.wake_rx
         poller.register(wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
         wake_only.register(wake_rx, zmq.POLLIN)
-        last_flush = time.monotonic()
+        last_flush = last_beat = time.monotonic()
         while not self.outbox.closed:
             try:
                 if self._reading_here:
@@ -453,8 +454,9 @@ class Client:
                 ):
                     self.send([])
                     last_flush = now
-                elif now - self.outbox.last_send > HEARTBEAT_S:
+                elif now - min(outbox.last_send, max(self.last_heard, last_beat)) > HEARTBEAT_S:
                     self.send([P.Heartbeat()])
+                    last_beat = now  # (sends the node has no answer for do not prove it lives)
             except zmq.ZMQError:
                 return
 

@@ -29,9 +29,11 @@ errors are made in one process and raised in another.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import pickle
+import sys
 import threading
 import traceback
 import types
@@ -348,6 +350,18 @@ def _rebuild_task_error(
     return error.as_instanceof_cause() if kind is None else error
 
 
+def task_failure(exc: BaseException) -> BaseException:
+    """The error a task (or actor ``__init__``) ends with, for any exception its code raised:
+    a BaseException of the user's fails the task as in Ray, but SystemExit ends the worker,
+    and KeyboardInterrupt and asyncio's CancelledError stay cancels (raised on here)."""
+    asyncio = sys.modules.get("asyncio")
+    if isinstance(exc, SystemExit | KeyboardInterrupt) or (
+        asyncio is not None and isinstance(exc, asyncio.CancelledError)
+    ):
+        raise exc
+    return exc
+
+
 def _user_cause_type(cause: BaseException | None) -> type[BaseException] | None:
     """The user's own exception type, looking through RayTaskErrors of nested tasks."""
     seen = 0
@@ -376,6 +390,8 @@ def _dual_class(cause_type: type[BaseException]) -> type[RayTaskError] | None:
             "__doc__": f"A RayTaskError that is also a {_qualified_name(cause_type)}.",
             "__getattr__": _delegate_to_cause,
         }
+        if issubclass(cause_type, _GROUP_TYPES):  # its __new__ takes (message, errors)
+            namespace["__new__"] = _group_dual_new
         try:
             dual: type[RayTaskError] | None = type(name, (RayTaskError, cause_type), namespace)
         except Exception:  # final type, layout conflict, or a refusing __init_subclass__
@@ -384,6 +400,17 @@ def _dual_class(cause_type: type[BaseException]) -> type[RayTaskError] | None:
         if dual is not None:
             _DUAL_TYPES.add(dual)
         return dual
+
+
+#: BaseExceptionGroup where Python has it (3.11+)
+_GROUP_TYPES: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(builtins, "BaseExceptionGroup", None),) if t is not None
+)
+
+
+def _group_dual_new(cls: type, function_name: str, traceback_str: str, cause: Any, *_: Any) -> Any:
+    """An ExceptionGroup's dual keeps the group's message and members (``except*`` works)."""
+    return _GROUP_TYPES[0].__new__(cls, cause.message, cause.exceptions)
 
 
 def _delegate_to_cause(self: RayTaskError, name: str) -> Any:

@@ -77,7 +77,7 @@ class NodeConnections:
             return
         self.send(client, P.Welcome(self.node_id, self.session, self.object_store_memory, ""))
         if message.kind == "node":  # a peer: its tasks run here, it gets our workers' output
-            self.node_clients.setdefault(client, b"")
+            self.node_clients.setdefault(client, message.node_id)  # (dropped when it dies)
         self.clients[client] = ClientInfo(
             message.kind, message.pid, message.namespace, time.monotonic()
         )

@@ -108,6 +108,7 @@ class PeerHost(Protocol):
     generators: NodeGenerators
     placement: NodePlacement
     actor_part: NodeActors
+    handlers: dict[type, Callable[[bytes, Any], None]]  # the node's dispatch table
 
     @property
     def is_head(self) -> bool: ...

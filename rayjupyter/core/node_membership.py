@@ -14,6 +14,7 @@ import pickle
 import sys
 import time
 
+from rayjupyter.core import node_fate
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ActorDiedError, WorkerCrashedError
 from rayjupyter.core.head import NodeInfo
@@ -185,6 +186,8 @@ class NodeMembership:
             if peer_id == node_id:
                 del self.links.node_clients[client]
                 self.node.release_client(client)
+                for request in node_fate.orphaned(self.node.state, client):  # its owners died
+                    self.node.handlers[type(request)](client, request)
         for actor in [a for a in self.node.actors.values() if a.host == address]:
             self.forwarding.host_lost(actor, f"the node it ran on died ({why})")
         for forwarded in [f for f in self.forwarding.forwarded.values() if f.address == address]:

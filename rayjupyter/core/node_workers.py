@@ -27,7 +27,16 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import auth, channel, ids, local_channel, protocol, spawn, worker_pool
+from rayjupyter.core import (
+    auth,
+    channel,
+    ids,
+    local_channel,
+    node_fate,
+    protocol,
+    spawn,
+    worker_pool,
+)
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import BOUNDS, SECRET_ENV, bound, worker_endpoint
@@ -417,6 +426,8 @@ class NodeWorkers:
         instructions = self.state.worker_died(worker, cause, respawn=self.running())
         self.release_client(worker.client_id)
         self.execute(instructions)
+        for request in node_fate.orphaned(self.state, worker.client_id):  # (as rj.cancel/kill)
+            self.handlers[type(request)](worker.client_id, request)
 
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

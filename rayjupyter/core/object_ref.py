@@ -177,6 +177,18 @@ class ObjectRef:
         client.when_ready(self._id, resolve)
         return future
 
+    def _on_completed(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(value)`` once the value is ready (the error, if it failed), as
+        Ray's ``ObjectRef._on_completed``, which libraries use. Callbacks run one at a time
+        on a thread of their own, never the IO thread: one may submit work or call ``get``.
+        """
+
+        def done(future: concurrent.futures.Future[Any]) -> None:
+            error = future.exception()
+            _callback_runner().submit(callback, error if error is not None else future.result())
+
+        self.future().add_done_callback(done)
+
     def __await__(self) -> Generator[Any, None, Any]:
         """``await ref`` in async code: the event loop keeps running while it waits."""
         import asyncio
@@ -191,3 +203,18 @@ class ObjectRef:
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
+
+
+_callbacks: list[concurrent.futures.ThreadPoolExecutor] = []
+_callbacks_lock = threading.Lock()
+
+
+def _callback_runner() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that runs ``_on_completed`` callbacks; its queue holds one entry per
+    ref whose callback is due, so it is bounded by the refs the program keeps."""
+    with _callbacks_lock:
+        if not _callbacks:
+            _callbacks.append(
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rj-ref-callbacks")
+            )
+        return _callbacks[0]

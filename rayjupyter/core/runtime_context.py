@@ -81,6 +81,8 @@ def original_resource_names(resources: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, amount in resources.items():
         base = name.split("_group_", 1)[0]
+        if base == "bundle":  # the group's own marker every task in a bundle takes, not asked
+            continue
         out[base] = max(out.get(base, 0.0), amount)
     return {k: v for k, v in out.items() if v}
 

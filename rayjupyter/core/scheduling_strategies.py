@@ -14,6 +14,7 @@ A strategy becomes two things at submit time (``resolve``):
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,6 +118,12 @@ def from_legacy(options: Mapping[str, Any]) -> Any:
             "placement_group= and scheduling_strategy= cannot both be given: use "
             "scheduling_strategy=PlacementGroupSchedulingStrategy(...)"
         )
+    warnings.warn(
+        "placement_group parameter is deprecated: use scheduling_strategy="
+        "PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index) instead",
+        DeprecationWarning,
+        stacklevel=4,
+    )
     return PlacementGroupSchedulingStrategy(
         group,
         options.get("placement_group_bundle_index", -1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 
 from rayjupyter.core.exceptions import (
+    ActorUnavailableError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -35,4 +36,13 @@ def crashed_error(task: TaskRecord, pid: int, cause: str) -> bytes:
         f"max_retries={task.max_retries} allows no more. Raise max_retries or "
         f"find why the process dies (out of memory, a segfault, os._exit)."
     )
+    return pickle.dumps(error, protocol=5)
+
+
+def restarting_error(task: TaskRecord, actor_id: bytes) -> bytes:
+    error = ActorUnavailableError(
+        f"The actor {actor_id.hex()[:12]} is restarting: the call {task.name!r} was not sent "
+        f"(max_task_retries=0 fails calls at once while it restarts; raise it to wait)."
+    )
+    error.actor_id = actor_id.hex()  # Ray's attribute (travels with the pickle)
     return pickle.dumps(error, protocol=5)

@@ -28,7 +28,7 @@ from rayjupyter.core import (
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor import READY_METHOD, TERMINATE_METHOD, ActorExitRequest
 from rayjupyter.core.client import Client
-from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError
+from rayjupyter.core.exceptions import RayTaskError, TaskCancelledError, task_failure
 from rayjupyter.core.generators import DYNAMIC, DynamicObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
 from rayjupyter.core.object_store import pool_prefix, shm_path, write_object
@@ -180,8 +180,8 @@ class TaskExecutor:
             message = None
         except KeyboardInterrupt:  # rj.cancel: the node turns this into TaskCancelledError
             message = self._failure(task, TaskCancelledError(f"Task {task.name!r} was cancelled."))
-        except Exception as exc:
-            message = self._failure(task, exc)
+        except BaseException as exc:  # a BaseException of the user's too (not SystemExit)
+            message = self._failure(task, task_failure(exc))
         finally:
             runtime_context.current_task.reset(token)
             runtime_context.current.placement = placement
@@ -215,8 +215,8 @@ class TaskExecutor:
                     message = await self._call_async(task)
                 except ActorExitRequest:
                     message = None
-                except Exception as exc:
-                    message = self._failure(task, exc)
+                except BaseException as exc:  # not a cancel (CancelledError): see below
+                    message = self._failure(task, task_failure(exc))
                 finally:
                     runtime_context.current_task.reset(token)
         except asyncio.CancelledError:  # rj.cancel, while running or waiting for a slot
@@ -417,7 +417,7 @@ class TaskExecutor:
             for object_id, value in zip(task.return_ids, values, strict=True)
         )
 
-    def _failure(self, task: P.ExecuteTask, exc: Exception) -> P.TaskFinished:
+    def _failure(self, task: P.ExecuteTask, exc: BaseException) -> P.TaskFinished:
         error = RayTaskError.from_exception(exc, task.name, self.pid)
         blob = _dumps_error(error, self.pid)
         return P.TaskFinished(task.task_id, (), blob, _retryable(task.retry_exceptions, exc))
@@ -442,7 +442,7 @@ def _stepped(generator: Any) -> Any:
         loop.close()
 
 
-def _retryable(retry_exceptions: bool | bytes, exc: Exception) -> bool:
+def _retryable(retry_exceptions: bool | bytes, exc: BaseException) -> bool:
     if isinstance(retry_exceptions, bool):
         return retry_exceptions
     kinds = tuple(cloudpickle.loads(retry_exceptions))

@@ -25,7 +25,7 @@ import cloudpickle
 from rayjupyter.core import protocol as P
 from rayjupyter.core import runtime_context
 from rayjupyter.core.actor import ActorExitRequest, _method_table
-from rayjupyter.core.exceptions import RayTaskError
+from rayjupyter.core.exceptions import RayTaskError, task_failure
 from rayjupyter.core.serialization import deserialize
 from rayjupyter.core.task_args import unpack_args
 
@@ -96,8 +96,9 @@ def start_actor(executor: TaskExecutor, start: P.StartActor) -> None:
             executor.instance = cls(*args, **kwargs)
     except ActorExitRequest:
         pass  # exit_actor() in __init__: the actor starts, then ends at once
-    except Exception as exc:
+    except BaseException as exc:  # a BaseException of the user's too (not SystemExit)
         if not current.exit_requested:
+            exc = task_failure(exc)
             error = RayTaskError.from_exception(exc, f"{start.class_name}.__init__", executor.pid)
             client.send([P.ActorStarted(start.actor_id, dumps_error(error, executor.pid))])
             return

@@ -1,6 +1,9 @@
 """Ray's util layer: joblib backend, Executor, Pool, ActorPool, Queue, placement groups and
 the state API."""
 
+import importlib
+from typing import Any
+
 from rayjupyter.core.actor import list_named_actors
 from rayjupyter.util import queue, scheduling_strategies
 from rayjupyter.util.actor_pool import ActorPool
@@ -45,3 +48,13 @@ __all__ = [
     "remove_placement_group",
     "scheduling_strategies",
 ]
+
+#: submodules reached as attributes (``rj.util.state.list_actors()``), imported on first use
+_LAZY_SUBMODULES = ("state", "multiprocessing", "joblib")
+
+
+def __getattr__(name: str) -> Any:
+    """``rj.util.state`` and friends without an import first, as Ray's ``ray.util`` allows."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -94,6 +94,8 @@ def _check_bundles(bundles: Any) -> list[dict[str, float]]:
         for key, value in bundle.items():
             if not isinstance(key, str) or not key:
                 raise ValueError(f"bundle resource names must be strings, got {key!r}")
+            if key == "bundle":  # the group's own marker resource (see group_demand)
+                raise ValueError("'bundle' is a reserved resource name: name the resource else")
             amount = float(value) if isinstance(value, numbers.Real) else math.nan
             if isinstance(value, bool) or not math.isfinite(amount) or amount < 0:
                 raise ValueError(f"bundle amounts must be numbers >= 0, got {key}={value!r}")

@@ -89,6 +89,12 @@ class _InternalLoader(importlib.abc.Loader):
         known: dict[str, Any] = {}
         if spec.name == "ray._raylet":  # public classes Ray also exports from ray._raylet
             known = {"ObjectRef": _rj.ObjectRef, "ObjectRefGenerator": _rj.ObjectRefGenerator}
+        elif spec.name == "ray._private":  # Ray Client's flag: never in client mode here
+            hook = InternalModule(
+                f"{spec.name}.client_mode_hook", {"is_client_mode_enabled": False}
+            )
+            sys.modules[hook.__name__] = hook
+            known = {"client_mode_hook": hook}
         return InternalModule(spec.name, known)
 
     def exec_module(self, module: types.ModuleType) -> None:
