@@ -346,10 +346,17 @@ class Client:
         missing = [oid for oid in object_ids if oid not in objects]
         needed = len(missing) - (len(object_ids) - num_ready)  # how many more must arrive
 
+        allowed = len(object_ids) - num_ready  # how many may still be missing at the end
+        first = 0  # for a get of them all: missing[:first] have come
+
         def enough() -> bool:
-            nonlocal missing
+            nonlocal missing, first
+            if not allowed:  # the first still missing decides, and results come mostly in
+                while first < len(missing) and missing[first] in objects:  # order: each is
+                    first += 1  # looked at about once, not at every wake (O(n) per get)
+                return first == len(missing)
             missing = [oid for oid in missing if oid not in objects]  # shrinks as they come
-            return len(missing) <= len(object_ids) - num_ready
+            return len(missing) <= allowed
 
         if needed <= 0:
             return True

@@ -15,6 +15,10 @@ from typing import Any
 
 from rayjupyter.core import worker_pool
 
+#: resources that queued work asks for beside others (CPUs), never alone: their being free
+#: does not say that a queued task could run (``Scheduler._unplaced``'s quick answer)
+_BESIDE = frozenset({"memory", "object_store_memory"})
+
 
 # IntEnum: members hash as ints (in C); a plain Enum hashes in Python, on every transition
 class TaskState(enum.IntEnum):
@@ -298,8 +302,9 @@ class Scheduler:
         """How many queued tasks (per env) the free resources could run now if there were
         workers for them."""
         available = dict(self.resources.available)
-        # (node:<ip> is never used up: only work pinned to this node asks for a share of it)
-        if all(v <= 1e-9 for k, v in available.items() if k[:5] != "node:"):
+        # (node:<ip> is never used up: only work pinned to this node asks for a share of it;
+        # nor, mostly, is memory, which work asks for beside CPUs, not alone)
+        if all(v <= 1e-9 for k, v in available.items() if k[:5] != "node:" and k not in _BESIDE):
             return {}  # the common case under load: everything is in use
         counts: dict[str, int] = {}
         for task in itertools.islice(self.ready, limit):
