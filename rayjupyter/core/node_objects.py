@@ -122,6 +122,8 @@ class NodeObjects:
         self.release_copies = pulling.release_copies
         self.lineage = pulling.lineage
         self.forget_lineage = pulling.forget_lineage
+        self.promised = pulling.promises.promised  # ours that peers wait for (NodePromises)
+        self.keep_promise = pulling.promises.keep
         self.objects: dict[bytes, ObjectEntry] = {}
         self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
         self.releasing: deque[Iterator[tuple[bytes, int]]] = deque()  # gone clients' holds
@@ -252,6 +254,8 @@ class NodeObjects:
             self.release_copies(object_id, set(entry.copies) | ({entry.location} - {""}))
         if self.lineage:
             self.forget_lineage(object_id)
+        if self.promised:
+            self.promised.pop(object_id, None)
         for contained in entry.contained:
             self.decref(contained)
 
@@ -297,6 +301,8 @@ class NodeObjects:
         entry.contained = contained
         for inner in contained:
             self.incref(inner)
+        if self.promised and object_id in self.promised:
+            self.keep_promise(object_id, entry)
         if entry.refs > 0:
             info = (object_id, inline, size, is_error)
             owner = ids.owner_of(object_id)
@@ -326,6 +332,8 @@ class NodeObjects:
         entry.ready = True
         entry.size = size
         entry.location = location
+        if self.promised and object_id in self.promised:
+            self.keep_promise(object_id, entry)
         if entry.refs > 0:
             owner = ids.owner_of(object_id)
             if owner in self.clients and owner not in entry.subscribers:

@@ -1,0 +1,97 @@
+"""Refs nested in a task's arguments that are not ready when the task goes to another node:
+the task can still get them there (Ray: a nested ref is not resolved before the task runs,
+but ``get`` of it inside waits until it is ready, wherever it is made)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cluster_helpers import Nodes, alive_nodes, nodes_fixture
+from helpers import wait_for_condition
+
+import rayjupyter as rj
+
+pytestmark = pytest.mark.timeout(120)
+
+nodes = nodes_fixture(num_cpus=1, resources={"head": 1})
+
+
+def _wait_for_file(path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+@rj.remote(resources={"n1": 1})
+def produce_after(gate: str, n: int) -> Any:
+    """Waits for the test to open the gate, then returns a value (large when n is)."""
+    _wait_for_file(gate)
+    return np.full(n, 3, dtype=np.int64) if n else "small"
+
+
+@rj.remote(resources={"n2": 1})
+def consume(started: str, box: dict[str, list[Any]]) -> Any:
+    """Says it started, then gets the ref nested in its argument (not ready yet)."""
+    Path(started).touch()
+    value = rj.get(box["refs"][0], timeout=60)
+    if isinstance(value, np.ndarray):
+        return int(value.sum())
+    return value
+
+
+@pytest.mark.parametrize("size", [0, 1 << 17], ids=["inline", "in_store"])
+def test_a_nested_ref_made_on_one_peer_is_got_on_another_after_the_task_started(
+    nodes: Nodes, tmp_path: Path, size: int
+) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    made = produce_after.remote(gate, size)
+    result = consume.remote(started, {"refs": [made]})
+    _wait_for_file(started)  # the consumer runs, on n2, while the value is not made yet
+    Path(gate).touch()
+    assert rj.get(result, timeout=60) == (3 * size if size else "small")
+    assert rj.get(made, timeout=30) is not None
+
+
+def test_a_nested_ref_the_driver_dropped_lives_while_the_peer_s_task_holds_it(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    made = produce_after.remote(gate, 1 << 17)
+    result = consume.remote(started, {"refs": [made]})
+    del made  # only the consumer's argument holds it now
+    _wait_for_file(started)
+    Path(gate).touch()
+    assert rj.get(result, timeout=60) == 3 << 17
+
+
+@rj.remote(resources={"n1": 1})
+def fail_after(gate: str) -> None:
+    _wait_for_file(gate)
+    raise ValueError("made badly")
+
+
+def test_a_nested_ref_whose_task_fails_raises_its_error_in_the_peer_s_get(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    result = consume.remote(started, {"refs": [fail_after.remote(gate)]})
+    _wait_for_file(started)
+    Path(gate).touch()
+    with pytest.raises(ValueError, match="made badly"):
+        rj.get(result, timeout=60)
