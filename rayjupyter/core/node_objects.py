@@ -30,6 +30,7 @@ from rayjupyter.core.object_files import FlatBytes, pool_prefix, shm_path, write
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 from rayjupyter.core.serialization import INLINE_THRESHOLD
+from rayjupyter.core.task_errors import dependency_failed
 
 #: holds of gone clients dropped per loop turn (about 20 ms)
 RELEASE_PER_TURN = 20_000
@@ -319,7 +320,7 @@ class NodeObjects:
         for task in waiters:
             if is_error:
                 if task.state is TaskState.WAITING:
-                    self.fail_task(task, inline or b"")
+                    self.fail_task(task, dependency_failed(task, inline or b""))
             elif dependency_ready(task):
                 self.task_ready(task)
         if entry.refs <= 0:

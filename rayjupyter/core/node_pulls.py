@@ -51,7 +51,9 @@ class NodePulls:
         # to run again if that peer dies, until every result is freed
         self.lineage: dict[bytes, TaskRecord] = {}
         self.promises = NodePromises(node, links)  # values not made yet, named by tasks
-        self.on_pending_objects = self.promises.on_pending_objects
+
+    def on_pending_objects(self, client: bytes, message: P.PendingObjects) -> None:
+        self.promises.on_pending_objects(client, message)
 
     def on_provide_objects(self, client: bytes, message: P.ProvideObjects) -> None:
         for object_id, inline, size, is_error, holder in message.objects:

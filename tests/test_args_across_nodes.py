@@ -1,10 +1,13 @@
-"""Refs nested in a task's arguments that are not ready when the task goes to another node:
-the task can still get them there (Ray: a nested ref is not resolved before the task runs,
-but ``get`` of it inside waits until it is ready, wherever it is made)."""
+"""Task arguments across nodes. Refs nested in a task's arguments that are not ready when
+the task goes to another node: the task can still get them there (Ray: a nested ref is not
+resolved before the task runs, but ``get`` of it inside waits until it is ready, wherever
+it is made). An argument whose value was lost with its node: the error comes through the
+task (a RayTaskError whose cause is the ObjectLostError), as in Ray."""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cluster_helpers import Nodes, alive_nodes, nodes_fixture
-from helpers import wait_for_condition
+from helpers import wait_for_condition, wait_for_pids_gone
 
 import rayjupyter as rj
 
@@ -95,3 +98,38 @@ def test_a_nested_ref_whose_task_fails_raises_its_error_in_the_peer_s_get(
     Path(gate).touch()
     with pytest.raises(ValueError, match="made badly"):
         rj.get(result, timeout=60)
+
+
+@rj.remote(resources={"n1": 1})
+def put_there() -> list[Any]:
+    return [rj.put(np.zeros(1 << 17))]  # a put: nothing can make it again
+
+
+@rj.remote
+def takes(value: Any) -> None:
+    return None
+
+
+@rj.remote
+def gets_nested(box: list[Any]) -> None:
+    rj.get(box[0], timeout=30)
+
+
+def test_a_lost_argument_fails_the_task_with_a_task_error_caused_by_the_loss(
+    nodes: Nodes,
+) -> None:
+    doomed = nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=10)
+    held = rj.get(put_there.remote(), timeout=30)[0]  # its value stays on n1
+    os.kill(doomed.pid, signal.SIGKILL)
+    wait_for_condition(lambda: alive_nodes() == 1, timeout=10)
+    wait_for_pids_gone([doomed.pid], timeout=10)
+    with pytest.raises(rj.exceptions.ObjectLostError) as direct:
+        rj.get(held, timeout=30)
+    assert not isinstance(direct.value, rj.exceptions.RayTaskError)  # a get of it: as is
+    for result in (takes.remote(held), gets_nested.remote([held])):
+        with pytest.raises(rj.exceptions.RayTaskError) as through_task:
+            rj.get(result, timeout=30)
+        assert isinstance(through_task.value, rj.exceptions.ObjectLostError)
+        assert isinstance(through_task.value.cause, rj.exceptions.ObjectLostError)
+        assert "rj.put" in str(through_task.value)
