@@ -133,3 +133,29 @@ def test_a_lost_argument_fails_the_task_with_a_task_error_caused_by_the_loss(
         assert isinstance(through_task.value, rj.exceptions.ObjectLostError)
         assert isinstance(through_task.value.cause, rj.exceptions.ObjectLostError)
         assert "rj.put" in str(through_task.value)
+
+
+@rj.remote(resources={"n2": 1})
+class Keeper:
+    """Keeps the refs its creation was given (as Ray's tests do), gets them in __init__."""
+
+    def __init__(self, started: str, refs: list[Any]) -> None:
+        Path(started).touch()
+        self.refs = refs
+        self.value = rj.get(refs[0], timeout=60)
+
+    def total(self) -> int:
+        return int(self.value.sum())
+
+
+def test_an_actor_on_a_peer_gets_a_ref_nested_in_its_creation_made_on_another_peer(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    nodes.join(n1=1)
+    nodes.join(n2=1)
+    wait_for_condition(lambda: alive_nodes() == 3, timeout=10)
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    keeper = Keeper.remote(started, [produce_after.remote(gate, 1 << 17)])
+    _wait_for_file(started)
+    Path(gate).touch()
+    assert rj.get(keeper.total.remote(), timeout=60) == 3 << 17
