@@ -86,11 +86,16 @@ class NodeForwarding:
         self.node.execute(self.node.state.spill_over(self.links.node_clients))
 
     def provide(self, link: PeerLink, object_ids: tuple[bytes, ...]) -> None:
-        """Tell a peer the values (or where they are) of the ready objects a call uses."""
+        """Tell a peer the values (or where they are) of the objects a call uses; those not
+        made yet (refs nested in its arguments) it hears of now and gets when they are."""
         provided = []
+        pending = []
         for object_id in object_ids:
             entry = self.node.objects.get(object_id)
-            if entry is None or not entry.ready:
+            if entry is None:
+                continue
+            if not entry.ready:
+                pending.append(object_id)
                 continue
             if entry.location:
                 holder = entry.location
@@ -101,6 +106,8 @@ class NodeForwarding:
             provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
         if provided:
             link.send(P.ProvideObjects(tuple(provided)))
+        if pending:
+            self.pulling.promises.promise(link, pending)
         homes = []
         for object_id in object_ids:
             if object_id in self.node.actors:

@@ -30,6 +30,7 @@ from rayjupyter.core.object_files import FlatBytes, pool_prefix, shm_path, write
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 from rayjupyter.core.serialization import INLINE_THRESHOLD
+from rayjupyter.core.task_errors import dependency_failed
 
 #: holds of gone clients dropped per loop turn (about 20 ms)
 RELEASE_PER_TURN = 20_000
@@ -122,6 +123,8 @@ class NodeObjects:
         self.release_copies = pulling.release_copies
         self.lineage = pulling.lineage
         self.forget_lineage = pulling.forget_lineage
+        self.promised = pulling.promises.promised  # ours that peers wait for (NodePromises)
+        self.keep_promise = pulling.promises.keep
         self.objects: dict[bytes, ObjectEntry] = {}
         self.holds: dict[bytes, dict[bytes, int]] = {}  # client -> object -> count
         self.releasing: deque[Iterator[tuple[bytes, int]]] = deque()  # gone clients' holds
@@ -252,6 +255,8 @@ class NodeObjects:
             self.release_copies(object_id, set(entry.copies) | ({entry.location} - {""}))
         if self.lineage:
             self.forget_lineage(object_id)
+        if self.promised:
+            self.promised.pop(object_id, None)
         for contained in entry.contained:
             self.decref(contained)
 
@@ -297,6 +302,8 @@ class NodeObjects:
         entry.contained = contained
         for inner in contained:
             self.incref(inner)
+        if self.promised and object_id in self.promised:
+            self.keep_promise(object_id, entry)
         if entry.refs > 0:
             info = (object_id, inline, size, is_error)
             owner = ids.owner_of(object_id)
@@ -313,7 +320,7 @@ class NodeObjects:
         for task in waiters:
             if is_error:
                 if task.state is TaskState.WAITING:
-                    self.fail_task(task, inline or b"")
+                    self.fail_task(task, dependency_failed(task, inline or b""))
             elif dependency_ready(task):
                 self.task_ready(task)
         if entry.refs <= 0:
@@ -326,6 +333,8 @@ class NodeObjects:
         entry.ready = True
         entry.size = size
         entry.location = location
+        if self.promised and object_id in self.promised:
+            self.keep_promise(object_id, entry)
         if entry.refs > 0:
             owner = ids.owner_of(object_id)
             if owner in self.clients and owner not in entry.subscribers:

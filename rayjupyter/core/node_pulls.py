@@ -20,6 +20,7 @@ from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ObjectLostError
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
+from rayjupyter.core.node_promises import NodePromises
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.scheduler import TaskRecord, TaskState
 
@@ -49,12 +50,21 @@ class NodePulls:
         # finished tasks whose results live only on peers: kept (with their arguments held)
         # to run again if that peer dies, until every result is freed
         self.lineage: dict[bytes, TaskRecord] = {}
+        self.promises = NodePromises(node, links)  # values not made yet, named by tasks
+
+    def on_pending_objects(self, client: bytes, message: P.PendingObjects) -> None:
+        self.promises.on_pending_objects(client, message)
 
     def on_provide_objects(self, client: bytes, message: P.ProvideObjects) -> None:
         for object_id, inline, size, is_error, holder in message.objects:
-            if object_id not in self.node.objects:
-                entry = self.node.objects[object_id] = self.node.new_entry()
-                self.node.hold(client, object_id)
+            pending = bool(self.promises.awaiting) and self.promises.settled(object_id)
+            if pending or object_id not in self.node.objects:
+                entry = self.node.objects.get(object_id)
+                if entry is None:
+                    entry = self.node.objects[object_id] = self.node.new_entry()
+                    self.node.hold(client, object_id)
+                elif entry.ready:
+                    continue  # made here meanwhile (its task ran here, or a retry did)
                 if inline is not None or not holder:
                     self.node.set_ready(object_id, inline, size, is_error, ())
                 else:
@@ -174,6 +184,8 @@ class NodePulls:
                     f"its only copy was on node {address}, which died, and it cannot be "
                     f"rebuilt (it came from rj.put, or its task is out of retries)",
                 )
+        if self.promises.awaiting:
+            self.promises.holder_died(address, self.object_lost)
         for done in rebuilding.values():
             self._run_again(done)
 

@@ -31,6 +31,7 @@ CLIENT_MESSAGES: dict[type, str] = {
     P.ExitActor: "actor_part.on_exit_actor",  # from an actor's home: its handles all went
     P.ProvideObjects: "pulling.on_provide_objects",
     P.PullObject: "pulling.on_pull_object",
+    P.PendingObjects: "pulling.on_pending_objects",  # (NodePromises)
     P.RegisterNode: "membership.on_register_node",
     P.NodeHeartbeat: "membership.on_node_heartbeat",
     P.ActorHomes: "forwarding.on_actor_homes",

@@ -56,6 +56,7 @@ from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.object_store import ObjectStore
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.starvation import StarvationWatch
+from rayjupyter.core.task_errors import dependency_failed
 from rayjupyter.core.task_events import TaskEventLog
 
 _ONE_CPU = {"CPU": 1.0}  # a task's default demand: workers assume it when not told
@@ -182,20 +183,18 @@ class NodeTasks:
         for object_id in task.deps:
             entry = self.objects.get(object_id)
             if entry is None:
-                failed_dep = pickle.dumps(
-                    ObjectLostError(
-                        f"Task {task.name!r} depends on object {object_id.hex()}, which no "
-                        f"longer exists (all its refs were dropped)."
-                    ),
-                    protocol=5,
+                lost = ObjectLostError(
+                    f"Task {task.name!r} depends on object {object_id.hex()}, which no "
+                    f"longer exists (all its refs were dropped)."
                 )
+                failed_dep = dependency_failed(task, pickle.dumps(lost, protocol=5))
                 continue
             entry.refs += 1
             if not entry.ready:
                 entry.waiters.append(task)
                 task.missing += 1
             elif entry.is_error and failed_dep is None:
-                failed_dep = entry.inline
+                failed_dep = dependency_failed(task, entry.inline or b"")
         if failed_dep is None and (task.env or task.method == "__init__"):
             failed_dep = self.envs.env_error(task)
         if failed_dep is None and self.state.over_limit(task, self.max_tasks_per_client):

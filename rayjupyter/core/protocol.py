@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs, protocol_queries
 
-PROTOCOL_VERSION = 6  # 5: jobs, 6: ExitActor (new kinds shift the indices of later ones)
+PROTOCOL_VERSION = 7  # 5: jobs, 6: ExitActor, 7: PendingObjects (new kinds shift later indices)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -198,6 +198,15 @@ class ProvideObjects(NamedTuple):
     """
 
     objects: tuple[tuple[bytes, bytes | None, int, bool, str], ...]
+
+
+class PendingObjects(NamedTuple):
+    """From a peer node, with a task it forwards here: objects the task's refs name that are
+    not made yet; ``holder`` (host:port of that peer) sends ``ProvideObjects`` of each when
+    it is, and until then a get here waits. Each is held here for the peer, as provided."""
+
+    holder: str
+    object_ids: tuple[bytes, ...]
 
 
 class PullObject(NamedTuple):
@@ -478,6 +487,7 @@ CLIENT_TO_NODE = (
     QueryPlacementGroups,
     *JOB_MESSAGES,
     ExitActor,  # (also node -> an actor's worker)
+    PendingObjects,
 )
 NODE_TO_CLIENT = (
     Welcome,
