@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import (
     cluster_repr,
@@ -30,8 +30,10 @@ from rayjupyter.core.client import Client
 from rayjupyter.core.config import SECRET_ENV, NodeConfig, session_dir, worker_endpoint
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import reference_counter
-from rayjupyter.core.read_models import NodeStatus
 from rayjupyter.core.runtime_env import RuntimeEnv
+
+if TYPE_CHECKING:
+    from rayjupyter.core.read_models import NodeStatus  # (the node's answer: not built here)
 
 ADDRESS_ENV = connect.ADDRESS_ENVS[0]
 ADDRESS_SCHEME = connect.ADDRESS_SCHEME

@@ -30,9 +30,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core.read_models import JobRow, JobStatusName
+from rayjupyter.core.state_names import JobStatusName
+
+if TYPE_CHECKING:
+    # imported where a row is built: the read models' dataclasses cost a few milliseconds
+    # of the node's start, and only queries need them (state_names.py)
+    from rayjupyter.core.read_models import JobRow
 
 MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
 #: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
@@ -105,6 +110,8 @@ class JobRecord:
 
     def row(self, node_id: str) -> JobRow:
         """The record as Ray's ``JobDetails``."""
+        from rayjupyter.core.read_models import JobRow
+
         return JobRow(
             type="SUBMISSION",
             job_id=self.job_id,
