@@ -27,7 +27,13 @@ from rayjupyter.core import (
 )
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.client import Client
-from rayjupyter.core.config import SECRET_ENV, NodeConfig, session_dir, worker_endpoint
+from rayjupyter.core.config import (
+    JOB_RUNTIME_ENV_VAR,
+    SECRET_ENV,
+    NodeConfig,
+    session_dir,
+    worker_endpoint,
+)
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.runtime_env import RuntimeEnv
@@ -318,8 +324,6 @@ def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] |
     """init(runtime_env=...): upload it now; every task and actor of this job runs in it.
     Without one, a driver started by a submitted job takes the job's (registered already)."""
     if resolved is None:
-        from rayjupyter.core.jobs import JOB_RUNTIME_ENV_VAR
-
         wire = os.environ.get(JOB_RUNTIME_ENV_VAR)
         if wire:
             import json

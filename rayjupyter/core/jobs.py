@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from rayjupyter.core.read_models import JobRow
 
 MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
-#: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
-#: ``rj.init`` there makes the env of every task and actor of the job, as in Ray
-JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
 #: jobs the head remembers; at the bound the oldest ended job is forgotten (with its log)
 MAX_JOBS = 1000
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (as Ray's stop_job)

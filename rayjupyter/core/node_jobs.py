@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import protocol as P
-from rayjupyter.core.config import SECRET_ENV, session_dir
+from rayjupyter.core.config import JOB_RUNTIME_ENV_VAR, SECRET_ENV, session_dir
 from rayjupyter.core.jobs import (
     FORGET,
-    JOB_RUNTIME_ENV_VAR,
     SIGNAL,
     START,
     Instruction,
