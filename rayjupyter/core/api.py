@@ -16,7 +16,6 @@ from rayjupyter.core.driver import ClusterContext, init, is_initialized, shutdow
 from rayjupyter.core.exceptions import GetTimeoutError
 from rayjupyter.core.generators import ObjectRefGenerator
 from rayjupyter.core.object_ref import ObjectRef
-from rayjupyter.core.read_models import TaskRow, as_dict
 from rayjupyter.core.remote_function import RemoteFunction, put_serialized
 from rayjupyter.core.serialization import serialize
 
@@ -240,6 +239,7 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
     """
     import json
 
+    from rayjupyter.core.read_models import TaskRow
     from rayjupyter.core.task_events import chrome_trace
 
     rows = queries.list_state(_client(), "tasks", limit=10**9)
@@ -266,6 +266,8 @@ def available_resources() -> dict[str, float]:
 
 def nodes() -> list[dict[str, Any]]:
     """One row per node, shaped like ``ray.nodes()``."""
+    from rayjupyter.core.read_models import as_dict  # (its dataclasses: imported when asked)
+
     return [as_dict(row) for row in queries.nodes(_client())]
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from rayjupyter.core.read_models import TASK_STATES, NodeStatus
+from rayjupyter.core.state_names import TASK_STATES
+
+if TYPE_CHECKING:
+    from rayjupyter.core.read_models import NodeStatus  # (what it renders: built elsewhere)
 
 #: resources counted in bytes (shown apart from the counts: the store, and tasks' memory=)
 _BYTE_RESOURCES = ("object_store_memory", "memory")

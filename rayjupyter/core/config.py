@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 READY_LINE = "RAYJUPYTER_NODE_READY"
 SECRET_ENV = "RAYJUPYTER_SECRET"
 DRIVER_CHANNEL_ENV = "RAYJUPYTER_DRIVER_CHANNEL"  # "FD:CLIENT_ID": a local cluster's driver link
+#: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
+#: ``rj.init`` there makes the env of every task and actor of the job, as in Ray (here, not
+#: in jobs.py: every driver's init reads it, and jobs.py costs a millisecond to import)
+JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
 
 
 @dataclass

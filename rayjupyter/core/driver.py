@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import (
     cluster_repr,
@@ -27,11 +27,19 @@ from rayjupyter.core import (
 )
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.client import Client
-from rayjupyter.core.config import SECRET_ENV, NodeConfig, session_dir, worker_endpoint
+from rayjupyter.core.config import (
+    JOB_RUNTIME_ENV_VAR,
+    SECRET_ENV,
+    NodeConfig,
+    session_dir,
+    worker_endpoint,
+)
 from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
 from rayjupyter.core.object_ref import reference_counter
-from rayjupyter.core.read_models import NodeStatus
 from rayjupyter.core.runtime_env import RuntimeEnv
+
+if TYPE_CHECKING:
+    from rayjupyter.core.read_models import NodeStatus  # (the node's answer: not built here)
 
 ADDRESS_ENV = connect.ADDRESS_ENVS[0]
 ADDRESS_SCHEME = connect.ADDRESS_SCHEME
@@ -316,8 +324,6 @@ def _set_job_env(client: Client, resolved: tuple[RuntimeEnv, dict[str, bytes]] |
     """init(runtime_env=...): upload it now; every task and actor of this job runs in it.
     Without one, a driver started by a submitted job takes the job's (registered already)."""
     if resolved is None:
-        from rayjupyter.core.jobs import JOB_RUNTIME_ENV_VAR
-
         wire = os.environ.get(JOB_RUNTIME_ENV_VAR)
         if wire:
             import json

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rayjupyter.core.read_models import NodeRow
+if TYPE_CHECKING:
+    # imported where a query builds one: the read models' dataclasses cost a few
+    # milliseconds of the node's start (state_names.py)
+    from rayjupyter.core.read_models import NodeRow
 
 
 @dataclass
@@ -50,6 +54,8 @@ class HeadState:
 
     def node_table(self) -> list[NodeRow]:
         """Rows shaped like ``ray.nodes()``."""
+        from rayjupyter.core.read_models import NodeRow
+
         rows = []
         for node in self.nodes.values():
             host, _, port = node.address.rpartition(":")

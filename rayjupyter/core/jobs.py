@@ -30,14 +30,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core.read_models import JobRow, JobStatusName
+from rayjupyter.core.state_names import JobStatusName
+
+if TYPE_CHECKING:
+    # imported where a row is built: the read models' dataclasses cost a few milliseconds
+    # of the node's start, and only queries need them (state_names.py)
+    from rayjupyter.core.read_models import JobRow
 
 MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
-#: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
-#: ``rj.init`` there makes the env of every task and actor of the job, as in Ray
-JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
 #: jobs the head remembers; at the bound the oldest ended job is forgotten (with its log)
 MAX_JOBS = 1000
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (as Ray's stop_job)
@@ -105,6 +107,8 @@ class JobRecord:
 
     def row(self, node_id: str) -> JobRow:
         """The record as Ray's ``JobDetails``."""
+        from rayjupyter.core.read_models import JobRow
+
         return JobRow(
             type="SUBMISSION",
             job_id=self.job_id,

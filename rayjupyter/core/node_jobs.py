@@ -21,13 +21,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import protocol as P
-from rayjupyter.core.config import SECRET_ENV, session_dir
+from rayjupyter.core.config import JOB_RUNTIME_ENV_VAR, SECRET_ENV, session_dir
 from rayjupyter.core.jobs import (
     FORGET,
-    JOB_RUNTIME_ENV_VAR,
     SIGNAL,
     START,
     Instruction,
@@ -38,8 +37,10 @@ from rayjupyter.core.jobs import (
 )
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_runtime_env import ENV_PATHS_VAR, WORKING_DIR_VAR
-from rayjupyter.core.read_models import JobRow
 from rayjupyter.core.runtime_env import WORKER_ENV_VAR
+
+if TYPE_CHECKING:
+    from rayjupyter.core.read_models import JobRow  # (jobs.py builds them, when asked)
 
 JOB_LOG_MAX_ENV = "RAYJUPYTER_JOB_LOG_MAX_BYTES"
 JOB_LOG_MAX_BYTES = 256 << 20  # a job's log file stops growing here, and says so

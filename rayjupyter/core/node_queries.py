@@ -13,7 +13,7 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.actor_state import ActorRecord, ActorState
@@ -22,28 +22,32 @@ from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_io import ClientInfo
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
-from rayjupyter.core.read_models import (
+from rayjupyter.core.scheduler import TaskState
+from rayjupyter.core.state_names import (
     PENDING_ARGS_AVAIL,
     PENDING_NODE_ASSIGNMENT,
     RUNNING,
     STATE_KINDS,
-    ActorRow,
     ActorStateName,
-    JobRow,
-    MachineUsage,
-    NamedActor,
-    NodeRow,
-    NodeStatus,
-    ObjectRow,
-    StateRow,
-    StoreStats,
     TaskStateName,
-    WorkerLogLines,
-    WorkerRow,
-    matches,
 )
-from rayjupyter.core.scheduler import TaskState
 from rayjupyter.core.task_events import RecentLogs, TaskEventLog
+
+if TYPE_CHECKING:
+    # imported where a query builds one: the read models' dataclasses cost a few
+    # milliseconds of the node's start, and only queries need them (state_names.py)
+    from rayjupyter.core.read_models import (
+        ActorRow,
+        JobRow,
+        MachineUsage,
+        NamedActor,
+        NodeRow,
+        NodeStatus,
+        StateRow,
+        StoreStats,
+        WorkerLogLines,
+        WorkerRow,
+    )
 
 #: the engine's task states (scheduler.TaskState) in Ray's vocabulary; a task sent ahead to
 #: a busy worker (prefetched) is RUNNING to the engine but still waits for a worker: it
@@ -131,6 +135,8 @@ class NodeQueries:
 
     def status(self) -> NodeStatus:
         """A snapshot for status displays: resources, tasks and actors by state, the store."""
+        from rayjupyter.core.read_models import NodeStatus, StoreStats
+
         # counted in C (map, attrgetter, Counter): a status must stay cheap with a million
         # tasks queued; actors' creations, which are not tasks to Ray, are taken out after
         states = Counter(map(_STATE_OF, self.tasks.values()))
@@ -190,6 +196,8 @@ class NodeQueries:
         """CPU and memory of this machine now (psutil), for resource charts."""
         import psutil
 
+        from rayjupyter.core.read_models import MachineUsage
+
         memory = psutil.virtual_memory()
         return MachineUsage(
             cpu_percent=psutil.cpu_percent(interval=None),
@@ -202,6 +210,8 @@ class NodeQueries:
         self, kind: str, filters: tuple[tuple[str, str, Any], ...], limit: int
     ) -> list[StateRow] | Exception:
         """Rows for the state API (``rj.util.state.list_*``), filtered, at most ``limit``."""
+        from rayjupyter.core.read_models import ObjectRow, matches
+
         rows: list[Any]
         if kind == "tasks":
             rows = [e.row(self.node_id) for e in self.events.events.values()]
@@ -234,6 +244,8 @@ class NodeQueries:
     def job_rows(self) -> list[JobRow]:
         """Submitted jobs (their drivers included), then drivers that connected by
         themselves, in Ray's ``JobDetails`` names."""
+        from rayjupyter.core.read_models import JobRow
+
         submitted: list[JobRow] = self.jobs.rows() if self.jobs is not None else []
         theirs = {row.job_id for row in submitted if row.job_id}
         drivers = [
@@ -260,6 +272,8 @@ class NodeQueries:
 
     def worker_rows(self) -> list[WorkerRow]:
         """This node's worker processes and its drivers, in Ray's ``list_workers`` names."""
+        from rayjupyter.core.read_models import WorkerRow
+
         host = self.head.nodes[self.node_id].address.rpartition(":")[0]
         rows = [
             WorkerRow(
@@ -292,6 +306,8 @@ class NodeQueries:
 
     def actor_row(self, actor: ActorRecord) -> ActorRow:
         """A row shaped like Ray's ``list_actors``."""
+        from rayjupyter.core.read_models import ActorRow
+
         worker = self.workers.get(actor.worker) if actor.worker else None
         return ActorRow(
             actor_id=actor.actor_id.hex(),
@@ -310,6 +326,8 @@ class NodeQueries:
 
     def list_named_actors(self, client: bytes, all_namespaces: bool) -> list[NamedActor]:
         """Live named actors: in the asker's namespace, or in every namespace."""
+        from rayjupyter.core.read_models import NamedActor
+
         namespace = self.context_of(client)[1]
         return [
             NamedActor(name, space)
@@ -344,6 +362,8 @@ def _nodes(node: NodeQueries, client: bytes, message: P.ListNodes) -> list[NodeR
 
 
 def _store_stats(node: NodeQueries, client: bytes, message: P.GetStoreStats) -> StoreStats:
+    from rayjupyter.core.read_models import StoreStats
+
     return StoreStats(**node.store.stats())
 
 

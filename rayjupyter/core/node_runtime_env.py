@@ -18,8 +18,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -98,6 +96,10 @@ class NodeRuntimeEnv:
         if hashlib.sha256(message.blob).hexdigest() != digest:
             self.package_errors[digest] = "its bytes do not match its sha256 (corrupted)"
             return
+        # imported here, where a package arrives: zipfile and tempfile cost every node's start
+        # a millisecond (and their memory in every worker forked from it)
+        import zipfile
+
         try:
             self._store_package(digest, message.blob)
         except (OSError, zipfile.BadZipFile) as exc:
@@ -108,6 +110,9 @@ class NodeRuntimeEnv:
     def _store_package(self, digest: str, blob: bytes) -> None:
         """Keep the zip (for peers) and extract it, each renamed into place when complete,
         so that a crash or a second upload never leaves half a package."""
+        import tempfile
+        import zipfile
+
         os.makedirs(self.package_root, mode=0o700, exist_ok=True)
         zip_path = self.package_dir(digest) + ".zip"
         if not os.path.exists(zip_path):

@@ -14,18 +14,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ClusterConnectionError
-from rayjupyter.core.read_models import (
-    STATE_KINDS,
-    NamedActor,
-    NodeRow,
-    NodeStatus,
-    StateRow,
-    StoreStats,
-    WorkerLogLines,
-)
+from rayjupyter.core.state_names import STATE_KINDS
 
 if TYPE_CHECKING:
     from rayjupyter.core.client import Client
+
+    # imported where an answer is checked: the read models' dataclasses cost a few
+    # milliseconds of every process's start (state_names.py); an answer's unpickling
+    # imports them anyway
+    from rayjupyter.core.read_models import (
+        NamedActor,
+        NodeRow,
+        NodeStatus,
+        StateRow,
+        StoreStats,
+        WorkerLogLines,
+    )
 
 
 class Replies:
@@ -80,6 +84,8 @@ def _checked(value: Any, kind: type[T], query: str) -> T:
 
 def status(client: Client, timeout: float = 10.0) -> NodeStatus:
     """The cluster's status snapshot."""
+    from rayjupyter.core.read_models import NodeStatus
+
     return _checked(client.request(P.GetStatus, timeout=timeout), NodeStatus, "GetStatus")
 
 
@@ -112,6 +118,8 @@ def nodes(client: Client, timeout: float = 30.0) -> list[NodeRow]:
 
 
 def store_stats(client: Client, timeout: float = 30.0) -> StoreStats:
+    from rayjupyter.core.read_models import StoreStats
+
     return _checked(client.request(P.GetStoreStats, timeout=timeout), StoreStats, "GetStoreStats")
 
 

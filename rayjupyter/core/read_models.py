@@ -17,37 +17,31 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rayjupyter.core import state_names as _names
+
+# the states' and kinds' names (defined in state_names.py), here too: every reader finds
+# them here (the aliases' comments are the TypeScript models' doc comments)
+
 #: Ray's names for the states a task goes through (those this engine reaches): waiting for
 #: its arguments, waiting for a worker (also when sent ahead to a busy one), running, done.
-TaskStateName = Literal[
-    "PENDING_ARGS_AVAIL",
-    "PENDING_NODE_ASSIGNMENT",
-    "RUNNING",
-    "FINISHED",
-    "FAILED",
-]
-PENDING_ARGS_AVAIL: TaskStateName = "PENDING_ARGS_AVAIL"
-PENDING_NODE_ASSIGNMENT: TaskStateName = "PENDING_NODE_ASSIGNMENT"
-RUNNING: TaskStateName = "RUNNING"
-FINISHED: TaskStateName = "FINISHED"
-FAILED: TaskStateName = "FAILED"
-#: live states that are not running yet, in the order a task goes through them
-PENDING_STATES: tuple[TaskStateName, ...] = (PENDING_ARGS_AVAIL, PENDING_NODE_ASSIGNMENT)
-#: every state, in the order a task goes through them (displays sort by it)
-TASK_STATES: tuple[TaskStateName, ...] = (*PENDING_STATES, RUNNING, FINISHED, FAILED)
-
+TaskStateName = _names.TaskStateName
+PENDING_ARGS_AVAIL = _names.PENDING_ARGS_AVAIL
+PENDING_NODE_ASSIGNMENT = _names.PENDING_NODE_ASSIGNMENT
+RUNNING = _names.RUNNING
+FINISHED = _names.FINISHED
+FAILED = _names.FAILED
+PENDING_STATES = _names.PENDING_STATES
+TASK_STATES = _names.TASK_STATES
 #: Ray's names for an actor's states
-ActorStateName = Literal["PENDING_CREATION", "RESTARTING", "ALIVE", "DEAD"]
-
+ActorStateName = _names.ActorStateName
 #: the kinds of rows ``ListState`` answers with
-StateKind = Literal["tasks", "actors", "objects", "nodes", "jobs", "workers"]
-STATE_KINDS: tuple[StateKind, ...] = ("tasks", "actors", "objects", "nodes", "jobs", "workers")
-
+StateKind = _names.StateKind
+STATE_KINDS = _names.STATE_KINDS
 #: Ray's job states (``JobStatus``): a submitted job waits for its process, runs, then ends
 #: stopped (``stop_job``), succeeded (exit code 0) or failed
-JobStatusName = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+JobStatusName = _names.JobStatusName
 #: a job submitted through the Jobs API, or a driver that connected by itself
-JobTypeName = Literal["SUBMISSION", "DRIVER"]
+JobTypeName = _names.JobTypeName
 
 
 class Row:

@@ -15,19 +15,22 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core.config import BOUNDS
-from rayjupyter.core.read_models import (
+from rayjupyter.core.state_names import (
     FAILED,
     FINISHED,
     PENDING_ARGS_AVAIL,
     PENDING_NODE_ASSIGNMENT,
     RUNNING,
-    TaskRow,
     TaskStateName,
-    WorkerLogLines,
 )
+
+if TYPE_CHECKING:
+    # the read models are imported where a query builds one: their dataclasses cost a few
+    # milliseconds of the node's start (state_names.py)
+    from rayjupyter.core.read_models import TaskRow, WorkerLogLines
 
 
 @dataclass
@@ -45,6 +48,8 @@ class TaskEvent:
 
     def row(self, node_id: bytes) -> TaskRow:
         """A row shaped like Ray's ``list_tasks`` (ids as hex, times in seconds)."""
+        from rayjupyter.core.read_models import TaskRow
+
         return TaskRow(
             task_id=self.task_id.hex(),
             name=self.name,
@@ -177,6 +182,8 @@ class RecentLogs:
     def snapshot(self, pid: int | None = None, limit: int = 100) -> list[WorkerLogLines]:
         """Per worker: pid, the name of what it ran last, and its last ``limit`` lines as
         (unix time, stream 1=stdout 2=stderr, text); the most recently heard worker last."""
+        from rayjupyter.core.read_models import WorkerLogLines
+
         if pid is None:
             entries = list(self.by_pid.values())
         else:

@@ -7,7 +7,6 @@ connection, its loop) is ``worker_main.py``.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
@@ -16,7 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
@@ -37,6 +36,11 @@ from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, seriali
 from rayjupyter.core.streams import ProducerGate, item_id
 from rayjupyter.core.task_args import unpack_args
 from rayjupyter.core.worker_actor import dumps_error as _dumps_error
+
+if TYPE_CHECKING:
+    # imported where used: only async actors and async generators need an event loop, and
+    # asyncio is a tenth of the node's start (every worker is forked from the node)
+    import asyncio
 
 
 def _omp_threads(resources: tuple[tuple[str, float], ...] | None) -> str:
@@ -104,6 +108,8 @@ class TaskExecutor:
         if not task.actor_id:
             self._execute(task, self._function(task))
         elif self.loop is not None:
+            import asyncio  # (imported by the actor's start, worker_actor._start_loop)
+
             future = asyncio.run_coroutine_threadsafe(self._execute_async(task), self.loop)
             self.async_calls[task.task_id] = future
             future.add_done_callback(lambda _: self._async_call_done(task.task_id))
@@ -198,6 +204,8 @@ class TaskExecutor:
             raise KeyboardInterrupt
 
     async def _execute_async(self, task: P.ExecuteTask) -> None:
+        import asyncio
+
         message: P.TaskFinished | None
         if task.task_id in self.cancelled_async:  # cancelled before it began
             self._finish(self._cancelled_async(task), False)
@@ -306,6 +314,8 @@ class TaskExecutor:
 
     async def _run_async_generator(self, task: P.ExecuteTask, generator: Any) -> Any:
         """An async actor's async generator: as _run_generator, awaiting on the actor's loop."""
+        import asyncio
+
         if task.generator == DYNAMIC:
             return DynamicObjectRefGenerator([self._put(task, value) async for value in generator])
         gate = ProducerGate(task.backpressure)
@@ -425,6 +435,8 @@ class TaskExecutor:
 
 def _stepped(generator: Any) -> Any:
     """An async generator as a plain one, each step run on an event loop of its own."""
+    import asyncio
+
     loop = asyncio.new_event_loop()
     try:
         while True:

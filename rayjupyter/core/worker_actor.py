@@ -9,7 +9,6 @@ went): ``__ray_shutdown__`` runs, then the atexit handlers, then the node hears 
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -30,6 +29,8 @@ from rayjupyter.core.serialization import deserialize
 from rayjupyter.core.task_args import unpack_args
 
 if TYPE_CHECKING:
+    import asyncio  # imported where used: only async actors need it (see worker.py)
+
     from rayjupyter.core.worker import TaskExecutor
 
 WATCH_EXIT_S = 0.25  # how often an async actor looks for exit_actor() called in its own tasks
@@ -89,6 +90,8 @@ def start_actor(executor: TaskExecutor, start: P.StartActor) -> None:
         current.actor_methods = _method_table(cls)
         current.actor_is_async = is_async_class(cls)
         if current.actor_is_async:
+            import asyncio
+
             loop = _start_loop(executor, start)
             future = asyncio.run_coroutine_threadsafe(_construct(cls, args, kwargs), loop)
             executor.instance = future.result()
@@ -106,6 +109,8 @@ def start_actor(executor: TaskExecutor, start: P.StartActor) -> None:
         client.send([P.ActorStarted(start.actor_id, None)])
         exit_process(executor)
     if executor.loop is not None:
+        import asyncio
+
         asyncio.run_coroutine_threadsafe(_watch_exit(executor), executor.loop)
     elif start.max_concurrency > 1 or start.concurrency_groups:
         # with groups, the default group gets threads too, so no group waits on another
@@ -119,6 +124,8 @@ def start_actor(executor: TaskExecutor, start: P.StartActor) -> None:
 
 def _start_loop(executor: TaskExecutor, start: P.StartActor) -> asyncio.AbstractEventLoop:
     """An async actor's event loop, on a thread of its own, with its call slots."""
+    import asyncio
+
     loop = executor.loop = asyncio.new_event_loop()
     executor.slots = {"": asyncio.Semaphore(start.max_concurrency)}
     for group, size in start.concurrency_groups:
@@ -151,6 +158,8 @@ def exit_process(executor: TaskExecutor) -> None:
 async def _watch_exit(executor: TaskExecutor) -> None:
     """An async actor: exit_actor() called where no call returns to us (a task the actor
     started itself, in a method or in ``__init__``) still ends the actor."""
+    import asyncio
+
     while not runtime_context.current.exit_requested:
         await asyncio.sleep(WATCH_EXIT_S)
     await asyncio.sleep(0.1)  # the call that asked, if any, ends the actor itself
