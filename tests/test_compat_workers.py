@@ -7,6 +7,8 @@ The decisions themselves are tested without processes in test_worker_pool.py."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 from helpers import is_alive, wait_for_condition
@@ -76,6 +78,28 @@ def test_max_calls_ends_a_cpu_worker_after_that_many_runs(cluster) -> None:
     assert len(set(pids)) >= 3
     with pytest.raises(ValueError, match="max_calls cannot be set"):
         limited.options(max_calls=3)
+
+
+@rj.remote(num_cpus=0)
+def waits_for(path: str) -> int:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return 7
+
+
+@rj.remote(max_calls=1, max_retries=0)
+def starts_a_child(path: str) -> tuple[int, list[rj.ObjectRef]]:
+    return os.getpid(), [waits_for.remote(path)]
+
+
+def test_a_worker_retired_by_max_calls_leaves_its_child_running(cluster, tmp_path: Path) -> None:
+    """Its exit is the node's doing, not a failure: what it submitted is not fate-shared."""
+    go = tmp_path / "go"
+    pid, (child,) = rj.get(starts_a_child.remote(str(go)), timeout=60)
+    wait_for_condition(lambda: not is_alive(pid), timeout=30)  # retired while the child waits
+    go.touch()
+    assert rj.get(child, timeout=60) == 7
 
 
 def test_memory_is_reported_and_reserved(monkeypatch: pytest.MonkeyPatch) -> None:

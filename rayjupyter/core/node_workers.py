@@ -426,6 +426,8 @@ class NodeWorkers:
         instructions = self.state.worker_died(worker, cause, respawn=self.running())
         self.release_client(worker.client_id)
         self.execute(instructions)
+        if worker.retired:  # as Ray's drained exit after max_calls: what it started goes on
+            return
         for request in node_fate.orphaned(self.state, worker.client_id):  # (as rj.cancel/kill)
             self.handlers[type(request)](worker.client_id, request)
 

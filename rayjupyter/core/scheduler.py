@@ -154,6 +154,7 @@ class WorkerRecord:
     pool: str = ""  # what it was started for (worker_pool.pool_of); "" for the plain pool
     # runs of each function with max_calls it made (worker_pool.ran): it exits at the max
     calls: dict[bytes, int] = field(default_factory=dict)
+    retired: bool = False  # stopped by the node after max_calls: its exit is no failure
     idle_since: float = 0.0  # monotonic time it last became idle (env workers are reaped)
     # tasks blocked in get beneath ``task``, which a child of theirs was lent to run inside
     # their process (nested_lending.py), innermost last, each with what it lent

@@ -64,6 +64,7 @@ def finished_on(scheduler: Scheduler, worker: WorkerRecord, task: TaskRecord) ->
     """An idle worker after ``task``: back to its pool, or (False) retired by max_calls,
     out of every pool, for the node to stop."""
     if ran(worker, task):
+        worker.retired = True
         return False
     scheduler.worker_idle(worker)
     return True
