@@ -145,6 +145,9 @@ def init(address: str | None = None, **kwargs: Any) -> Any:
         address = cluster_utils.current_address()
     if address is None:
         kwargs.pop("_system_config", None)
+        # a new local cluster, not the one RAYJUPYTER_ADDRESS names (a Cluster a test made
+        # and left running sets it, for the first .remote()'s auto-init)
+        address = "local" if any(kwargs.get(name) is not None for name in resources) else None
     return _rj.init(address, **kwargs)
 
 
