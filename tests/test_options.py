@@ -212,3 +212,12 @@ def test_actor_demand_places_with_one_cpu_and_runs_with_none() -> None:
     assert resource_demand(options, for_placement=True) == {"CPU": 1.0}
     pinned = merge_options(options, {"num_cpus": 2}, for_actor=True)
     assert resource_demand(pinned) == resource_demand(pinned, for_placement=True) == {"CPU": 2.0}
+
+
+def test_object_store_memory_on_an_actor_warns_and_is_dropped_as_in_ray() -> None:
+    """Ported actors that still ask for it keep working (Ray deprecated it, not refused)."""
+    with pytest.warns(DeprecationWarning, match="object_store_memory= on an actor"):
+        checked = validate_options({"object_store_memory": 1, "num_cpus": 1}, for_actor=True)
+    assert checked == {"num_cpus": 1}
+    with pytest.raises(ValueError, match="Invalid option 'object_store_memory'"):
+        validate_options({"object_store_memory": 1}, for_actor=False)  # tasks never took it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -330,6 +331,14 @@ def validate_options(options: Mapping[str, Any], *, for_actor: bool) -> dict[str
     kind = "actors" if for_actor else "remote functions"
     checked: dict[str, Any] = {}
     for name, value in options.items():
+        if for_actor and name == "object_store_memory":  # Ray accepts it, deprecated
+            warnings.warn(
+                "object_store_memory= on an actor is deprecated (in Ray too) and ignored here: "
+                "actors reserve no share of the object store; leave it out",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            continue
         spec = OPTIONS.get(name)
         if spec is None or not spec.applies(for_actor=for_actor):
             valid = ", ".join(valid_option_names(for_actor=for_actor))
