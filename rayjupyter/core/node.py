@@ -281,6 +281,7 @@ class Node:
             send=self.send,
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             owner_gone=self.actor_part.owner_gone,
+            driver_arrived=self._driver_arrived,
         )
         self.drivers: Callable[[], list[bytes]] = self.connections.drivers
         self.release_client: Callable[[bytes], None] = self.connections.release_client
@@ -420,6 +421,9 @@ class Node:
                 self.flush()
         finally:
             self.shutdown()
+
+    def _driver_arrived(self, client: bytes) -> None:
+        self.jobs.driver_arrived(client)  # (the jobs part is built after the connections)
 
     @property
     def is_head(self) -> bool:

@@ -45,6 +45,7 @@ class NodeConnections:
         send: Callable[[bytes, Any], None],
         execute: Callable[[list[Instruction]], None],
         owner_gone: Callable[[bytes], None],
+        driver_arrived: Callable[[bytes], None] = lambda client: None,
     ) -> None:
         self.node_id = node_id
         self.session = session
@@ -63,6 +64,7 @@ class NodeConnections:
         self.send = send
         self.execute = execute
         self.owner_gone = owner_gone  # the actors a gone client created end with it
+        self.driver_arrived = driver_arrived  # a job's driver is known at once (node_jobs)
 
     def drivers(self) -> list[bytes]:
         return [c for c, info in self.clients.items() if info.kind == "driver"]
@@ -84,6 +86,8 @@ class NodeConnections:
         worker = self.workers.get(client)
         if worker is not None:
             self.execute(self.state.worker_connected(worker))
+        elif message.kind == "driver":
+            self.driver_arrived(client)
 
     def on_heartbeat(self, client: bytes, message: P.Heartbeat) -> None:
         self.send(client, P.Reply(0, None))  # so an attached driver knows the node lives

@@ -201,6 +201,14 @@ class NodeJobs:
             if record is not None and record.job_id is None:
                 record.job_id = self.driver_job_of(record)
 
+    def driver_arrived(self, client: bytes) -> None:
+        """A driver connected: if a running entrypoint started it, it is that job's driver
+        (looked at now, not only by ``tick``, which a short-lived driver may slip between)."""
+        for submission_id in self.processes:
+            record = self.manager.jobs.get(submission_id)
+            if record is not None and record.job_id is None:
+                record.job_id = self.driver_job_of(record)
+
     def pids(self) -> set[int]:
         """The running entrypoints (children of the node whose exit ``_on_exit`` collects)."""
         return {running.process.pid for running in self.processes.values()}

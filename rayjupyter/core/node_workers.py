@@ -252,6 +252,9 @@ class NodeWorkers:
             conn.setblocking(False)
             self.unproven[conn.fileno()] = (conn, bytearray(), time.monotonic())
             self.poll.handle(conn.fileno(), self._on_unproven)
+            # its proof is usually here already: read now, so a burst of honest clients
+            # queued while the loop was busy never counts against the unproven bound
+            self._on_unproven(conn.fileno())
 
     def _on_unproven(self, fd: int) -> None:
         """Read a new connection's first frame; it opens a channel only with the secret."""
