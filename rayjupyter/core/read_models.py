@@ -123,6 +123,9 @@ class StoreStats:
     num_pinned: int
     spill_count: int  # objects spilled to disk since start
     restore_count: int  # objects read back from disk since start
+    directory: str = "/dev/shm"  # where the object files are (a folder on disk when
+    # /dev/shm was too small for the store: store_placement)
+    note: str = ""  # why that directory and size; "" when the store simply fits /dev/shm
 
 
 @dataclass(frozen=True)
