@@ -123,8 +123,7 @@ class StoreStats:
     num_pinned: int
     spill_count: int  # objects spilled to disk since start
     restore_count: int  # objects read back from disk since start
-    directory: str = "/dev/shm"  # where the object files are (a folder on disk when
-    # /dev/shm was too small for the store: store_placement)
+    directory: str = "/dev/shm"  # the object files' folder: on disk if /dev/shm was too small
     note: str = ""  # why that directory and size; "" when the store simply fits /dev/shm
 
 
