@@ -52,22 +52,26 @@ COPY_CHUNK: Final[int] = 1 << 30  # bytes per pwrite or sendfile call
 SHM_PREFIX: Final[str] = "rj-"
 
 
-# session -> the directory of its object files, learned once per process (store_dir)
-_store_dirs: dict[str, str] = {}
+class _StoreDirs(dict[str, str]):
+    """session -> the directory of its object files, learned once per process: /dev/shm,
+    unless the node chose files on disk (store_placement), which it shows by making the
+    session's fallback folder before any client can know the session."""
 
-
-def store_dir(session: str) -> str:
-    """The directory of a session's object files: /dev/shm, unless the node chose files on
-    disk (store_placement), which it shows by making the session's fallback folder before
-    any client can know the session. Looked up once per session, then cached."""
-    directory = _store_dirs.get(session)
-    if directory is None:
+    def __missing__(self, session: str) -> str:
         from rayjupyter.core.store_placement import fallback_dir
 
         fallback = fallback_dir(session)
         directory = fallback if os.path.isdir(fallback) else SHM_DIR
-        _store_dirs[session] = directory
-    return directory
+        self[session] = directory
+        return directory
+
+
+_store_dirs: Final[_StoreDirs] = _StoreDirs()
+
+
+def store_dir(session: str) -> str:
+    """The directory of a session's object files (looked up once per session, then cached)."""
+    return _store_dirs[session]
 
 
 def set_store_dir(session: str, directory: str) -> None:
@@ -77,8 +81,7 @@ def set_store_dir(session: str, directory: str) -> None:
 
 def shm_path(session: str, object_id: bytes) -> str:
     """The file of one object of one cluster session (in shared memory, as a rule)."""
-    directory = _store_dirs.get(session) or store_dir(session)
-    return f"{directory}/{SHM_PREFIX}{session}-{object_id.hex()}"
+    return f"{_store_dirs[session]}/{SHM_PREFIX}{session}-{object_id.hex()}"
 
 
 # Freed files that nobody maps are kept for reuse: writing into pages tmpfs has already
