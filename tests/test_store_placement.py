@@ -189,3 +189,13 @@ def test_status_and_repr_unchanged_with_a_normal_dev_shm() -> None:
     assert "Object store" not in cluster_repr.status_text(status)
     assert "Object store" not in cluster_repr.status_html(status)
     assert "files under" not in cluster_repr.summary_text("127.0.0.1:1", True, status)
+
+
+def test_rayjupyter_status_shows_a_store_in_files() -> None:
+    from rayjupyter.cli.cluster import render_status
+
+    note = "the object store (4.8 GiB) keeps its objects in files under /x/objects because ..."
+    shown = render_status("h:1", _status(StoreStats(5 * GiB, 0, 0, 0, 0, 0, 0, 0, 0, "/x", note)))
+    assert f"object store: {note}" in shown
+    plain = render_status("h:1", _status(StoreStats(5 * GiB, 0, 0, 0, 0, 0, 0, 0, 0)))
+    assert "object store:" not in plain

@@ -302,6 +302,8 @@ def render_status(address: str, status: NodeStatus) -> str:
         used_gb = store.used_bytes / 1e9
         cap_gb = store.capacity / 1e9
         lines.append(f"  {used_gb:.2f}/{cap_gb:.2f} GB object store (this node)")
+    if store.note:  # not simply in /dev/shm (store_placement): where, and why
+        lines.append(f"  object store: {store.note}")
     tasks = status.tasks
     lines += ["", "Tasks: " + (", ".join(f"{n} {s}" for s, n in sorted(tasks.items())) or "none")]
     return "\n".join(lines)
