@@ -69,6 +69,12 @@ _SCRIPT = textwrap.dedent(
     def check(x):
         return int(x.sum()), x.flags.writeable
 
+    @rj.remote
+    def make(n):
+        import numpy as np
+        return np.full(n, 7, dtype=np.uint8)
+
+    made = rj.get(make.remote(100 << 20))  # a worker writes a value larger than /dev/shm
     status = ctx._live_status()
     out = {
         "read_only": not value.flags.writeable,
@@ -78,13 +84,14 @@ _SCRIPT = textwrap.dedent(
         "path_exists": os.path.exists(path),
         "task": list(rj.get(check.remote(ref))),
         "sum": int(array.sum()),
+        "made": [int(made.size), int(made[-1]), bool(made.flags.writeable)],
         "directory": status.store.directory,
         "capacity": status.store.capacity,
         "status": cluster_repr.status_text(status),
         "summary": cluster_repr.summary_text(ctx.address, True, status),
         "shm_files": os.listdir("/dev/shm"),
     }
-    del value
+    del value, made
     rj.shutdown()
     print(json.dumps(out))
     """
@@ -109,6 +116,7 @@ def test_a_229mb_array_with_dockers_64mb_dev_shm(tmp_path: Path) -> None:
     assert out["path"].startswith(folder + "/") and out["path_exists"]
     assert out["read_only"] and out["equal"] and out["zero_copy"]
     assert out["task"] == [out["sum"], False]  # the task mapped it read-only too
+    assert out["made"] == [100 << 20, 7, False]
     assert out["capacity"] > 229 * 2**20  # sized from memory, not from the 64 MB
     assert out["shm_files"] == []  # nothing of ours in the small /dev/shm
     # said once, with the reason and the fix
