@@ -186,6 +186,10 @@ export interface StoreStats {
   spill_count: number;
   /** objects read back from disk since start */
   restore_count: number;
+  /** the object files' folder: on disk if /dev/shm was too small */
+  directory: string;
+  /** why that directory and size; "" when the store simply fits /dev/shm */
+  note: string;
 }
 
 /** The head machine's CPU and memory (psutil), sampled when the status was taken. */

@@ -24,7 +24,6 @@ from typing import Any
 from rayjupyter.cli.output import CliError
 from rayjupyter.core import addresses, auth, discovery, worker_limit
 from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
-from rayjupyter.core.launcher import default_object_store_memory
 from rayjupyter.core.read_models import NodeStatus
 
 DEFAULT_PORT = 6380
@@ -94,7 +93,7 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
         num_cpus=num_cpus,
         num_gpus=float(args.num_gpus or 0),
         resources=resources,
-        object_store_memory=int(args.object_store_memory or default_object_store_memory()),
+        object_store_memory=int(args.object_store_memory or 0),  # 0: the node sizes it
         memory=int(args.memory or 0),
         host=args.node_ip,
         port=args.port if args.head else 0,
@@ -303,6 +302,8 @@ def render_status(address: str, status: NodeStatus) -> str:
         used_gb = store.used_bytes / 1e9
         cap_gb = store.capacity / 1e9
         lines.append(f"  {used_gb:.2f}/{cap_gb:.2f} GB object store (this node)")
+    if store.note:  # not simply in /dev/shm (store_placement): where, and why
+        lines.append(f"  object store: {store.note}")
     tasks = status.tasks
     lines += ["", "Tasks: " + (", ".join(f"{n} {s}" for s, n in sorted(tasks.items())) or "none")]
     return "\n".join(lines)

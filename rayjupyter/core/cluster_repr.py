@@ -103,7 +103,11 @@ def summary_rows(
     store = status.store
     capacity = store.capacity or total.get("object_store_memory", 0.0)
     rows.append(
-        ("object store", f"{format_bytes(store.used_bytes)} used of {format_bytes(capacity)}")
+        (
+            "object store",
+            f"{format_bytes(store.used_bytes)} used of {format_bytes(capacity)}"
+            + _store_place(status),
+        )
     )
     custom = sorted(k for k in total if k not in ("CPU", "GPU", *_BYTE_RESOURCES))
     if custom:
@@ -223,6 +227,14 @@ def _machine_line(status: NodeStatus) -> str:
     )
 
 
+def _store_place(status: NodeStatus) -> str:
+    """Where the store is, when not where it is expected (/dev/shm too small for it)."""
+    store = status.store
+    if store.directory == "/dev/shm":
+        return ""
+    return f", in files under {store.directory} (/dev/shm too small)"
+
+
 def _process_line(status: NodeStatus) -> str:
     return f"{status.workers} task workers, {status.drivers} drivers"
 
@@ -238,6 +250,8 @@ def status_text(status: NodeStatus) -> str:
     actors = _count_rows(status.actors)
     lines.append("Actors: " + (", ".join(f"{n} {s}" for s, n in actors) if actors else "none"))
     lines.append("Processes: " + _process_line(status))
+    if status.store.note:
+        lines.append("Object store: " + status.store.note)
     machine = _machine_line(status)
     if machine:
         lines.append("Machine: " + machine)
@@ -271,6 +285,10 @@ def status_html(status: NodeStatus) -> str:
         _html_counts("Actors", _count_rows(status.actors)),
         f'<div style="{_SECTION}">Processes</div><div>{html.escape(_process_line(status))}</div>',
     ]
+    if status.store.note:
+        parts.append(
+            f'<div style="{_SECTION}">Object store</div><div>{html.escape(status.store.note)}</div>'
+        )
     machine = _machine_line(status)
     if machine:
         parts.append(f'<div style="{_MUTED}; margin-top: 4px">{html.escape(machine)}</div>')

@@ -34,7 +34,7 @@ from rayjupyter.core.config import (
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
+from rayjupyter.core.launcher import LocalCluster
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.runtime_env import RuntimeEnv
 
@@ -292,7 +292,7 @@ def _start_local(
         num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
         num_gpus=float(num_gpus or 0),
         resources=dict(resources or {}),
-        object_store_memory=int(object_store_memory or default_object_store_memory()),
+        object_store_memory=int(object_store_memory or 0),  # 0: the node sizes it
         memory=int(memory or 0),
         sys_path=[p or os.getcwd() for p in sys.path],
         owner_pid=os.getpid(),

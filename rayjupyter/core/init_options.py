@@ -27,7 +27,8 @@ REFUSED: dict[str, str] = {
     "_system_config": "Ray's internal system config has no counterpart here",
     "_redis_password": "there is no Redis; the cluster's secret (rayjupyter://SECRET@...) "
     "guards it",
-    "_plasma_directory": "objects live in /dev/shm (spilled to the session's folder)",
+    "_plasma_directory": "objects live in /dev/shm (in the session's folder when /dev/shm is "
+    "too small for the store; spilled to the session's folder)",
     "_metrics_export_port": "there is no Prometheus exporter; use the dashboard or the state API",
     "_driver_object_store_memory": "a driver has no object store of its own",
     "_node_name": "nodes are named by their id",

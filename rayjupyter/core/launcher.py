@@ -29,14 +29,11 @@ START_TIMEOUT_S = 60.0
 
 
 def default_object_store_memory() -> int:
-    """30% of RAM, as in Ray, but never more than /dev/shm can hold."""
-    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3)
-    try:
-        shm = os.statvfs("/dev/shm")
-        memory = min(memory, int(shm.f_bavail * shm.f_frsize * 0.8))
-    except OSError:
-        pass
-    return memory
+    """The store a node here gets when none is asked for (object_store_memory=0): 30% of
+    RAM, as in Ray, fitted to /dev/shm as store_placement decides."""
+    from rayjupyter.core.store_placement import measure
+
+    return measure("default", 0).capacity
 
 
 class LocalCluster:

@@ -36,6 +36,7 @@ from rayjupyter.core import (
     discovery,
     node_routes,
     spawn,
+    store_placement,
     task_events,
     worker_limit,
 )
@@ -142,6 +143,10 @@ class Node:
             self.tcp_router, f"tcp://{self.address}", self.zap.refusals
         )
 
+        # /dev/shm, or files on disk when it is too small (a container's 64 MB): decided
+        # before anything reads the store's size (the memory resource is what it leaves)
+        placement = store_placement.measure(self.session, config.object_store_memory)
+        config.object_store_memory = placement.capacity
         totals = node_totals(config)  # CPU, GPU, memory and the custom ones
         totals.setdefault(f"node:{config.host}", 1.0)  # as Ray: every node names its address
         # every task and worker decision is made there; NodeTasks carries them out
@@ -154,7 +159,10 @@ class Node:
         self.scheduler = self.state.scheduler
         self.placement = NodePlacement(self)  # bundles held here; on the head, the group table
         spill_dir = config.spill_dir or f"/tmp/rayjupyter/{self.session}/spill"
-        self.store = ObjectStore(self.session, config.object_store_memory, spill_dir)
+        self.store = ObjectStore(
+            self.session, config.object_store_memory, spill_dir, placement.directory
+        )
+        self.store.note = placement.reason
         self.head = HeadState()
         me = NodeInfo(self.node_id, self.address, self.advertised(), session=self.session)
         self.head.register_node(me)
@@ -282,6 +290,7 @@ class Node:
             execute=lambda instructions: self.execute(instructions),  # (the task part's)
             owner_gone=self.actor_part.owner_gone,
             driver_arrived=self._driver_arrived,
+            store_notice=placement.reason if placement.warn else "",
         )
         self.drivers: Callable[[], list[bytes]] = self.connections.drivers
         self.release_client: Callable[[bytes], None] = self.connections.release_client
@@ -531,7 +540,7 @@ class Node:
                 os.waitpid(pipes.pid, 0)  # SIGKILLed: this returns at once
         spawn.kill_descendants()  # what tasks started and left behind (we are its subreaper)
         self.store.shutdown()
-        for path in glob.glob(f"/dev/shm/rj-{self.session}-*"):
+        for path in glob.glob(f"{self.store.directory}/rj-{self.session}-*"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         for address in list(self.links):

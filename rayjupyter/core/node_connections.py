@@ -46,12 +46,15 @@ class NodeConnections:
         execute: Callable[[list[Instruction]], None],
         owner_gone: Callable[[bytes], None],
         driver_arrived: Callable[[bytes], None] = lambda client: None,
+        store_notice: str = "",
     ) -> None:
         self.node_id = node_id
         self.session = session
         self.object_store_memory = config.object_store_memory
         self.client_timeout_s = config.client_timeout_s
         self.owner_pid = config.owner_pid  # the driver that started us is never let go
+        # where the store went when /dev/shm was too small: the first driver hears it, once
+        self.store_notice = store_notice
         self.state = state
         self.workers = state.workers
         self.clients = clients
@@ -88,6 +91,9 @@ class NodeConnections:
             self.execute(self.state.worker_connected(worker))
         elif message.kind == "driver":
             self.driver_arrived(client)
+            if self.store_notice:
+                self.send(client, P.LogLines(2, f"rayjupyter: {self.store_notice}\n"))
+                self.store_notice = ""
 
     def on_heartbeat(self, client: bytes, message: P.Heartbeat) -> None:
         self.send(client, P.Reply(0, None))  # so an attached driver knows the node lives

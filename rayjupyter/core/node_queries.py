@@ -171,7 +171,9 @@ class NodeQueries:
             # pids of drivers on this machine: which kernel is attached (over a Unix socket,
             # which names no peer the way a TCP connection does)
             driver_pids=[self.clients[c].pid for c in self.drivers() if c in self.channels],
-            store=StoreStats(**self.store.stats()),
+            store=StoreStats(
+                **self.store.stats(), directory=self.store.directory, note=self.store.note
+            ),
             machine=self._machine_usage(),
         )
 
@@ -364,7 +366,8 @@ def _nodes(node: NodeQueries, client: bytes, message: P.ListNodes) -> list[NodeR
 def _store_stats(node: NodeQueries, client: bytes, message: P.GetStoreStats) -> StoreStats:
     from rayjupyter.core.read_models import StoreStats
 
-    return StoreStats(**node.store.stats())
+    store = node.store
+    return StoreStats(**store.stats(), directory=store.directory, note=store.note)
 
 
 def _ping(node: NodeQueries, client: bytes, message: P.Ping) -> None:

@@ -1,6 +1,8 @@
 """Object files in shared memory: the functions any process uses.
 
-``shm_path`` names an object's file under /dev/shm, ``write_object`` (the maker of a value
+``shm_path`` names an object's file in its session's store directory (``store_dir``:
+/dev/shm, or files on disk when the node found /dev/shm too small, see store_placement),
+``write_object`` (the maker of a value
 writes its file once, reusing a freed file from the pool when one fits) and ``map_object``
 (readers map it read-only and get zero-copy values). The node's manager of these files
 (capacity, pins, spilling) is ``object_store.ObjectStore``.
@@ -37,7 +39,9 @@ __all__ = [
     "pool_prefix",
     "pooled_files",
     "reserve",
+    "set_store_dir",
     "shm_path",
+    "store_dir",
     "store_full_error",
     "unlink_quietly",
     "write_object",
@@ -48,9 +52,36 @@ COPY_CHUNK: Final[int] = 1 << 30  # bytes per pwrite or sendfile call
 SHM_PREFIX: Final[str] = "rj-"
 
 
+class _StoreDirs(dict[str, str]):
+    """session -> the directory of its object files, learned once per process: /dev/shm,
+    unless the node chose files on disk (store_placement), which it shows by making the
+    session's fallback folder before any client can know the session."""
+
+    def __missing__(self, session: str) -> str:
+        from rayjupyter.core.store_placement import fallback_dir
+
+        fallback = fallback_dir(session)
+        directory = fallback if os.path.isdir(fallback) else SHM_DIR
+        self[session] = directory
+        return directory
+
+
+_store_dirs: Final[_StoreDirs] = _StoreDirs()
+
+
+def store_dir(session: str) -> str:
+    """The directory of a session's object files (looked up once per session, then cached)."""
+    return _store_dirs[session]
+
+
+def set_store_dir(session: str, directory: str) -> None:
+    """The node says where its store is (before any client connects)."""
+    _store_dirs[session] = directory
+
+
 def shm_path(session: str, object_id: bytes) -> str:
-    """The shared-memory file of one object of one cluster session."""
-    return f"{SHM_DIR}/{SHM_PREFIX}{session}-{object_id.hex()}"
+    """The file of one object of one cluster session (in shared memory, as a rule)."""
+    return f"{_store_dirs[session]}/{SHM_PREFIX}{session}-{object_id.hex()}"
 
 
 # Freed files that nobody maps are kept for reuse: writing into pages tmpfs has already
@@ -61,7 +92,7 @@ POOL_MIN_SIZE: Final[int] = 1 << 20  # smaller objects: not worth a directory li
 
 
 def pool_prefix(session: str) -> str:
-    return f"{SHM_DIR}/{SHM_PREFIX}{session}-pool-"
+    return f"{store_dir(session)}/{SHM_PREFIX}{session}-pool-"
 
 
 def pooled_files(prefix: str) -> list[tuple[int, str]]:

@@ -1,4 +1,5 @@
-"""The node daemon's shared-memory object store: one sealed file per object under /dev/shm.
+"""The node daemon's shared-memory object store: one sealed file per object under /dev/shm
+(or, when /dev/shm is too small, under the session's folder: store_placement).
 
 ``ObjectStore`` manages the files that processes write and map (``object_files``):
 capacity accounting, pins, and spilling least-recently-used objects to disk. Its decisions
@@ -26,6 +27,7 @@ from rayjupyter.core.object_files import (
     pool_prefix,
     pooled_files,
     reserve,
+    set_store_dir,
     shm_path,
     store_full_error,
     unlink_quietly,
@@ -228,11 +230,19 @@ class StorePolicy:
 class ObjectStore:
     """The node daemon's store manager; owned by the daemon's single thread (no locks)."""
 
-    def __init__(self, session: str, capacity: int, spill_dir: str) -> None:
+    def __init__(
+        self, session: str, capacity: int, spill_dir: str, directory: str = SHM_DIR
+    ) -> None:
         if not session or "/" in session or "\0" in session:
             raise ValueError(f"session must be a non-empty name without '/', got {session!r}")
         self.session = session
         self.spill_dir = spill_dir
+        #: where the object files are: /dev/shm, or a folder on disk (store_placement)
+        self.directory = directory
+        if directory != SHM_DIR:  # its existence tells this machine's clients (store_dir)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        set_store_dir(session, directory)
+        self.note = ""  # why this directory and size (store_placement), for the status
         self._policy = StorePolicy(capacity)
         self._spill_dir_made = False
         self._pool_prefix = pool_prefix(session)
@@ -367,7 +377,7 @@ class ObjectStore:
         )
 
     def shutdown(self) -> None:
-        """Delete every file of this session in /dev/shm and the spill directory."""
+        """Delete every file of this session in its store directory and the spill directory."""
         prefix = f"{SHM_PREFIX}{self.session}-"
         for oid in list(self._policy.entries):
             unlink_quietly(self.path_of(oid))
@@ -376,13 +386,15 @@ class ObjectStore:
         self._policy = StorePolicy(self._policy.capacity)
         # Also files written by processes that died before the node accounted them.
         try:
-            names = os.listdir(SHM_DIR)
+            names = os.listdir(self.directory)
         except FileNotFoundError:
             names = []
         for name in names:
             rest = name[len(prefix) :]
             if name.startswith(prefix) and rest and all(c in "0123456789abcdef" for c in rest):
-                unlink_quietly(os.path.join(SHM_DIR, name))
+                unlink_quietly(os.path.join(self.directory, name))
+        if self.directory != SHM_DIR:
+            shutil.rmtree(self.directory, ignore_errors=True)
         if self._spill_dir_made:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             self._spill_dir_made = False
@@ -420,9 +432,21 @@ class ObjectStore:
             if not self._spill_dir_made:
                 os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
                 self._spill_dir_made = True
-            _copy_file(src, self._spill_path(object_id), entry.size)
+            if self.directory == SHM_DIR or not _moved(src, self._spill_path(object_id)):
+                _copy_file(src, self._spill_path(object_id), entry.size)
         unlink_quietly(src)  # readers that mapped it keep valid memory
         self._policy.spilled(object_id)
+
+
+def _moved(src: str, dst: str) -> bool:
+    """Rename src to dst if both are on one filesystem (a store on disk spills for free)."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    return True
 
 
 def _copy_file(src: str, dst: str, size: int) -> None:

@@ -317,7 +317,7 @@ class Welcome(NamedTuple):
     """Answer to ``Hello``: what the client needs to know about its node."""
 
     node_id: bytes
-    session: str  # names shared-memory files: /dev/shm/rj-<session>-<object id>
+    session: str  # names object files: <object_files.store_dir>/rj-<session>-<object id>
     store_capacity: int  # object_store_memory in bytes
     error: str  # non-empty when the client is refused (version mismatch)
 

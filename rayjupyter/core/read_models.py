@@ -123,6 +123,8 @@ class StoreStats:
     num_pinned: int
     spill_count: int  # objects spilled to disk since start
     restore_count: int  # objects read back from disk since start
+    directory: str = "/dev/shm"  # the object files' folder: on disk if /dev/shm was too small
+    note: str = ""  # why that directory and size; "" when the store simply fits /dev/shm
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
             raise ObjectStoreFullError(
                 f"Cannot put an object of {sobj.nbytes / 2**20:.1f} MiB: the object store holds "
                 f"{client.store_capacity / 2**20:.1f} MiB. Start the cluster with a larger "
-                f"object_store_memory."
+                f"object_store_memory (one larger than /dev/shm is kept in files on disk)."
             )
         if sobj.nbytes >= PING_BEFORE_WRITE:
             # refs dropped just now may free a file this put can reuse: let the node see

@@ -28,7 +28,7 @@ import psutil
 from rayjupyter.core import connect, discovery
 from rayjupyter.core.api import ADDRESS_SCHEME, _parse_address
 from rayjupyter.core.config import NodeConfig
-from rayjupyter.core.launcher import LocalCluster, default_object_store_memory
+from rayjupyter.core.launcher import LocalCluster
 from rayjupyter.server.errors import ClusterError
 from rayjupyter.server.models import (
     ClusterInfo,
@@ -209,7 +209,7 @@ class ClusterRegistry:
             sys_path.insert(0, self.root_dir)
         config = NodeConfig(
             num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
-            object_store_memory=default_object_store_memory(),
+            object_store_memory=0,  # the node sizes it to this machine (store_placement)
             sys_path=sys_path,
             owner_pid=os.getpid(),
         )
