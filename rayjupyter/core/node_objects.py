@@ -250,6 +250,8 @@ class NodeObjects:
             return  # already freed further down a cascade of failures or releases
         del self.objects[object_id]
         if entry.in_store:
+            for client in self.store.pinned_by(object_id):
+                self._unmap_kept(client, object_id)
             self.store.free(object_id)
         if entry.location or entry.copies:
             self.release_copies(object_id, set(entry.copies) | ({entry.location} - {""}))
@@ -259,6 +261,13 @@ class NodeObjects:
             self.promised.pop(object_id, None)
         for contained in entry.contained:
             self.decref(contained)
+
+    def _unmap_kept(self, client: bytes, object_id: bytes) -> None:
+        """A worker that maps a freed object may only keep it for later tasks (its values
+        are gone with the ref): it drops that mapping, and its unpin lets the memory go."""
+        info = self.clients.get(client)  # (pins are also held by tasks, under their ids)
+        if info is not None and info.kind == "worker":
+            self.send(client, P.ObjectsFreed((object_id,)))
 
     def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
         if entry.in_store:

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs, protocol_queries
 
-PROTOCOL_VERSION = 7  # 5: jobs, 6: ExitActor, 7: PendingObjects (new kinds shift later indices)
+PROTOCOL_VERSION = 8  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: ObjectsFreed (new kinds
+# shift later indices)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -328,6 +329,13 @@ class ObjectsReady(NamedTuple):
     objects: tuple[ObjectInfo, ...]
 
 
+class ObjectsFreed(NamedTuple):
+    """Objects freed while this worker had them mapped: it drops the mappings it keeps for
+    later tasks (``ValueReader.keep_mapped``), so their memory goes once no value uses it."""
+
+    object_ids: tuple[bytes, ...]
+
+
 class ExecuteTask(NamedTuple):
     """Run a task on this worker."""
 
@@ -504,6 +512,7 @@ NODE_TO_CLIENT = (
     ActorGone,
     GeneratorCredit,
     AttemptLost,
+    ObjectsFreed,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
