@@ -22,7 +22,7 @@ from rayjupyter.core.object_files import (
     pooled_files,
     write_object,
 )
-from rayjupyter.core.object_store import ObjectStore
+from rayjupyter.core.object_store import ObjectStore, StorePolicy
 from rayjupyter.core.serialization import deserialize, serialize
 
 MiB = 2**20
@@ -141,6 +141,20 @@ def _checksum(array: np.ndarray) -> tuple[int, int]:
     return int(array[::4096].sum(dtype=np.int64)), int(array[-1])
 
 
+def test_kept_mappings_do_not_stop_the_store_spilling(small_store_cluster):
+    kept = [rj.put(np.full(70 * MiB, i, dtype=np.uint8)) for i in (1, 2)]
+    for ref in kept:  # both workers keep both mapped (140 MiB each, under half the store)
+        _on_both_workers(ref)
+    assert _store_stats()["num_pinned"] == 2
+    big = rj.put(np.full(200 * MiB, 3, dtype=np.uint8))  # nothing unmapped to spill for it
+    # the workers are asked to unmap the least recently used kept one, which is spilled
+    wait_for_condition(lambda: _store_stats()["used_bytes"] <= 300 * MiB, timeout=20)
+    assert 70 * MiB <= _store_stats()["spilled_bytes"] < 71 * MiB  # the oldest: 1
+    for value, ref in enumerate([*kept, big], start=1):
+        for row in _on_both_workers(ref):
+            assert row[4] == row[5] == value
+
+
 def test_tasks_read_spilled_and_restored_arguments_correctly(small_store_cluster):
     rng = np.random.default_rng(1)
     arrays = [rng.integers(0, 256, 80 * MiB, dtype=np.uint8) for _ in range(6)]  # 480 MiB
@@ -216,3 +230,19 @@ def test_a_new_object_with_a_freed_mapped_ones_id_replaces_its_file(store):
     path = _put(store, a, 2)  # made again (a retried task), while the old one is mapped
     assert not any(n.endswith("-freed") for n in os.listdir(SHM_DIR) if store.session in n)
     assert deserialize(map_object(path))[-1] == 2
+
+
+def test_policy_names_the_pinned_objects_to_let_go_of_when_over_capacity():
+    policy = StorePolicy(100)
+    a, b, c = b"a" * 28, b"b" * 28, b"c" * 28
+    for oid in (a, b):
+        policy.added(oid, 40)
+        policy.pin(oid, b"worker")
+    policy.pin(b, b"driver")
+    assert policy.pinned_excess() == []  # under capacity: nothing to ask for
+    policy.added(c, 40)  # 120 of 100, and nothing unpinned but c itself
+    assert policy.plan_room(0, exclude=c) == []
+    assert policy.pinned_excess() == [(a, (b"worker",))]  # the oldest covers the excess
+    policy.unpin(a, b"worker")
+    assert policy.plan_room(0) == [a]
+    policy.validate()

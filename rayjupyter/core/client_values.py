@@ -21,7 +21,7 @@ from rayjupyter.core.object_fetch import Fetch
 from rayjupyter.core.object_files import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
-KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
+KEEP_MAPPED = 8  # mappings of task arguments a worker keeps (see materialize)
 
 _Args = ParamSpec("_Args")
 _Result = TypeVar("_Result")
@@ -160,7 +160,8 @@ class ValueReader:
             mapped = self.mapped
             mapped[object_id] = view
             self.mapped_bytes[object_id] = size
-            limit = max(self.store_capacity // 8, 1)
+            # (kept mappings do not stop the store spilling: it asks for them, UnmapKept)
+            limit = max(self.store_capacity // 2, 1)
             while len(mapped) > KEEP_MAPPED or (
                 len(mapped) > 1 and sum(self.mapped_bytes.values()) > limit
             ):
@@ -170,7 +171,7 @@ class ValueReader:
         del dropped
 
     def forget_mapped(self, object_ids: tuple[bytes, ...]) -> None:
-        """The node freed these objects: drop their kept mappings (``ObjectsFreed``).
+        """Drop the kept mappings of these objects (``UnmapKept``: freed, or to be spilled).
 
         A mapping goes (and its unpin is sent) once no value built on it lives either; a
         task still holding one keeps reading the sealed bytes it mapped.

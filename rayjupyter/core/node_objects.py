@@ -251,7 +251,7 @@ class NodeObjects:
         del self.objects[object_id]
         if entry.in_store:
             for client in self.store.pinned_by(object_id):
-                self._unmap_kept(client, object_id)
+                self.unmap_kept(client, object_id)
             self.store.free(object_id)
         if entry.location or entry.copies:
             self.release_copies(object_id, set(entry.copies) | ({entry.location} - {""}))
@@ -262,12 +262,20 @@ class NodeObjects:
         for contained in entry.contained:
             self.decref(contained)
 
-    def _unmap_kept(self, client: bytes, object_id: bytes) -> None:
-        """A worker that maps a freed object may only keep it for later tasks (its values
-        are gone with the ref): it drops that mapping, and its unpin lets the memory go."""
+    def unmap_kept(self, client: bytes, object_id: bytes) -> None:
+        """A worker that maps a freed object (or one the store must spill) may only keep it
+        for later tasks: it drops that mapping, and its unpin lets the memory go (or lets
+        the store spill it). A mapping that a live value still uses stays until it dies."""
         info = self.clients.get(client)  # (pins are also held by tasks, under their ids)
         if info is not None and info.kind == "worker":
-            self.send(client, P.ObjectsFreed((object_id,)))
+            self.send(client, P.UnmapKept((object_id,)))
+
+    def relieve_store(self) -> None:
+        """The store is over its capacity because what it would spill is mapped: ask the
+        workers that keep those mappings to let go (the store spills on their unpins)."""
+        for object_id, clients in self.store.pinned_excess():
+            for client in clients:
+                self.unmap_kept(client, object_id)
 
     def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
         if entry.in_store:
@@ -277,6 +285,8 @@ class NodeObjects:
                 blob = pickle.dumps(exc, protocol=5)
                 return (object_id, blob, len(blob), True)
             self.store.touch(object_id)
+            if self.store.used_bytes > self.store.capacity:
+                self.relieve_store()
         return (object_id, entry.inline, entry.size, entry.is_error)
 
     def set_ready(
@@ -302,6 +312,8 @@ class NodeObjects:
                 # and the tasks waiting for it fail, rather than wait for ever
                 inline = pickle.dumps(exc, protocol=5)
                 size, is_error, contained = len(inline), True, ()
+            if self.store.used_bytes > self.store.capacity:
+                self.relieve_store()
         entry.location = ""
         entry.ready = True
         entry.inline = inline

@@ -111,6 +111,20 @@ class StorePolicy:
                 break
         return victims
 
+    def pinned_excess(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """Over capacity: the least recently used pinned objects that, spilled, would bring
+        the store back under it, each with who pins it (readers asked to let go of them)."""
+        excess = self.used_bytes - self.capacity
+        found: list[tuple[bytes, tuple[bytes, ...]]] = []
+        for oid in self._lru:
+            if excess <= 0:
+                break
+            entry = self.entries[oid]
+            if entry.pins and not entry.freed:
+                found.append((oid, tuple(entry.pins)))
+                excess -= entry.size
+        return found
+
     def admits(self, incoming: int, spill_failed: bool) -> bool:
         """Whether a new object of incoming bytes is accounted once room was sought for it.
 
@@ -331,14 +345,28 @@ class ObjectStore:
         """Client unmapped object_id; a freed object's last reader gone frees its file.
 
         A client sends its unpin after the munmap, so once the last pin goes nobody maps
-        the file and it may join the pool of reusable files.
+        the file and it may join the pool of reusable files. A store over its capacity
+        (everything was pinned when the last object came) spills once an object's last
+        reader lets go (the node asked for it: ``NodeObjects.relieve_store``).
         """
-        if self._policy.unpin(object_id, client) and object_id in self._draining:
-            path, size = self._draining.pop(object_id)
-            if self._pool_room(size):
-                self._pool_file(path, size)
-            else:
-                unlink_quietly(path)
+        policy = self._policy
+        if policy.unpin(object_id, client):
+            if object_id in self._draining:
+                path, size = self._draining.pop(object_id)
+                if self._pool_room(size):
+                    self._pool_file(path, size)
+                else:
+                    unlink_quietly(path)
+        elif (
+            policy.used_bytes > policy.capacity
+            and policy.contains(object_id)  # (not freed meanwhile)
+            and not policy.is_pinned(object_id)
+        ):
+            self._make_room(0, exclude=b"")
+
+    def pinned_excess(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """Pinned objects to spill to get back under capacity, with who pins each."""
+        return self._policy.pinned_excess()
 
     def release_client(self, client: bytes) -> None:
         """Client went away: drop all its pins.
