@@ -239,10 +239,14 @@ def test_policy_names_the_pinned_objects_to_let_go_of_when_over_capacity():
         policy.added(oid, 40)
         policy.pin(oid, b"worker")
     policy.pin(b, b"driver")
-    assert policy.pinned_excess() == []  # under capacity: nothing to ask for
+    workers = {b"worker"}.__contains__
+    assert policy.pinned_excess(workers) == []  # under capacity: nothing to ask for
     policy.added(c, 40)  # 120 of 100, and nothing unpinned but c itself
     assert policy.plan_room(0, exclude=c) == []
-    assert policy.pinned_excess() == [(a, (b"worker",))]  # the oldest covers the excess
+    assert policy.pinned_excess(workers) == [(a, (b"worker",))]  # the oldest covers it
+    policy.pin(a, b"task")  # pinned by a running task too: asking the worker frees nothing
+    assert policy.pinned_excess(workers) == []
+    policy.unpin(a, b"task")
     policy.unpin(a, b"worker")
-    assert policy.plan_room(0) == [a]
+    assert set(policy.plan_room(40)) == {a, c}  # b is still pinned by the driver
     policy.validate()

@@ -82,8 +82,9 @@ class ValueReader:
         array passed to many tasks is then mapped and faulted into this process once, not
         per task. Each call still builds a fresh value from the mapping, so tasks never
         share objects. A kept mapping holds its pin: the node neither spills the object nor
-        reuses its file meanwhile, and when it frees the object it tells us to drop it
-        (``forget_mapped``), so a kept mapping never outlives the object's last ref.
+        reuses its file meanwhile. When it frees the object, or must spill it, it tells us
+        to drop it (``forget_mapped``), so a kept mapping never outlives the object's last
+        ref nor holds the store over its capacity.
         """
         object_id, inline, size, is_error = info
         if keep_mapped and inline is None:

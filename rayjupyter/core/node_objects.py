@@ -266,16 +266,20 @@ class NodeObjects:
         """A worker that maps a freed object (or one the store must spill) may only keep it
         for later tasks: it drops that mapping, and its unpin lets the memory go (or lets
         the store spill it). A mapping that a live value still uses stays until it dies."""
-        info = self.clients.get(client)  # (pins are also held by tasks, under their ids)
-        if info is not None and info.kind == "worker":
+        if self._is_worker(client):  # (pins are also held by tasks, under their ids)
             self.send(client, P.UnmapKept((object_id,)))
 
     def relieve_store(self) -> None:
         """The store is over its capacity because what it would spill is mapped: ask the
-        workers that keep those mappings to let go (the store spills on their unpins)."""
-        for object_id, clients in self.store.pinned_excess():
+        workers that keep those mappings to let go (the store spills on their unpins).
+        Objects that a driver or a task pins too are left alone: asking would free nothing."""
+        for object_id, clients in self.store.pinned_excess(self._is_worker):
             for client in clients:
                 self.unmap_kept(client, object_id)
+
+    def _is_worker(self, client: bytes) -> bool:
+        info = self.clients.get(client)
+        return info is not None and info.kind == "worker"
 
     def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
         if entry.in_store:

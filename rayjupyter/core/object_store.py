@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rayjupyter.core.exceptions import ObjectStoreFullError
@@ -111,16 +112,19 @@ class StorePolicy:
                 break
         return victims
 
-    def pinned_excess(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    def pinned_excess(
+        self, releasable: Callable[[bytes], bool]
+    ) -> list[tuple[bytes, tuple[bytes, ...]]]:
         """Over capacity: the least recently used pinned objects that, spilled, would bring
-        the store back under it, each with who pins it (readers asked to let go of them)."""
+        the store back under it, each with who pins it (to be asked to let go of it). Only
+        objects whose every pinner is releasable (it may let go when asked) are named."""
         excess = self.used_bytes - self.capacity
         found: list[tuple[bytes, tuple[bytes, ...]]] = []
         for oid in self._lru:
             if excess <= 0:
                 break
             entry = self.entries[oid]
-            if entry.pins and not entry.freed:
+            if entry.pins and not entry.freed and all(map(releasable, entry.pins)):
                 found.append((oid, tuple(entry.pins)))
                 excess -= entry.size
         return found
@@ -364,9 +368,11 @@ class ObjectStore:
         ):
             self._make_room(0, exclude=b"")
 
-    def pinned_excess(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    def pinned_excess(
+        self, releasable: Callable[[bytes], bool]
+    ) -> list[tuple[bytes, tuple[bytes, ...]]]:
         """Pinned objects to spill to get back under capacity, with who pins each."""
-        return self._policy.pinned_excess()
+        return self._policy.pinned_excess(releasable)
 
     def release_client(self, client: bytes) -> None:
         """Client went away: drop all its pins.
