@@ -93,14 +93,19 @@ def test_a_freed_argument_is_unmapped_by_the_workers_that_kept_it(cluster):
 
 
 def test_reused_pooled_files_never_show_stale_data_to_a_worker(cluster):
+    session = cluster.address_info["session"]
     size = 8 * MiB
+    inodes = []
     for value in range(1, 7):  # same size each time: every put may reuse the last file
         ref = rj.put(np.full(size, value, dtype=np.uint8))
+        inodes.append(os.stat(f"/dev/shm/rj-{session}-{ref.hex()}").st_ino)
         for row in _on_both_workers(ref) + _on_both_workers(ref):
             assert row[4] == row[5] == value, (value, row)
         del ref
         gc.collect()
         wait_for_condition(lambda: _store_stats()["num_objects"] == 0, timeout=10)
+        wait_for_condition(lambda: _store_stats()["used_bytes"] == 0, timeout=10)
+    assert len(set(inodes)) < len(inodes), inodes  # the workers' files were reused
 
 
 @rj.remote
