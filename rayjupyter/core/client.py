@@ -519,6 +519,8 @@ class Client:
             elif kind is P.CancelCall:
                 self.cancelled_calls.add(message.task_id)
                 self.tasks.put(message)
+            elif kind is P.UnmapKept:
+                self.values.forget_mapped(message.object_ids)
             elif kind is P.ObjectChunk:  # only an error comes alone, without its data frame
                 self.values.on_chunk(message, b"")
             elif kind is P.GeneratorCredit:

@@ -21,7 +21,7 @@ from rayjupyter.core.object_fetch import Fetch
 from rayjupyter.core.object_files import map_object, shm_path
 from rayjupyter.core.serialization import deserialize
 
-KEEP_MAPPED = 4  # mappings of task arguments a worker keeps (see materialize)
+KEEP_MAPPED = 8  # mappings of task arguments a worker keeps (see materialize)
 
 _Args = ParamSpec("_Args")
 _Result = TypeVar("_Result")
@@ -67,8 +67,10 @@ class ValueReader:
         self.send = send
         self.wait = wait
         self.restore = restore  # a spilled value: the node brings it back (or says why not)
-        self.mapped: OrderedDict[bytes, memoryview] = OrderedDict()  # see materialize
+        # see materialize; the lock: the IO thread drops freed objects (forget_mapped)
+        self.mapped: OrderedDict[bytes, memoryview] = OrderedDict()
         self.mapped_bytes: dict[bytes, int] = {}
+        self.mapped_lock = threading.Lock()
         self.fetches: dict[bytes, Fetch] = {}
 
     def materialize(
@@ -77,13 +79,21 @@ class ValueReader:
         """The value behind an ObjectInfo: inline bytes decoded, shared memory mapped zero-copy.
 
         ``keep_mapped`` (workers, for task arguments) keeps the last few mappings: a large
-        array passed to many tasks is then faulted into this process once, not per task.
-        Each call still builds a fresh value from the mapping, so tasks never share objects.
+        array passed to many tasks is then mapped and faulted into this process once, not
+        per task. Each call still builds a fresh value from the mapping, so tasks never
+        share objects. A kept mapping holds its pin: the node neither spills the object nor
+        reuses its file meanwhile. When it frees the object, or must spill it, it tells us
+        to drop it (``forget_mapped``), so a kept mapping never outlives the object's last
+        ref nor holds the store over its capacity.
         """
         object_id, inline, size, is_error = info
-        if keep_mapped and inline is None and object_id in self.mapped:
-            self.mapped.move_to_end(object_id)
-            return deserialize(self.mapped[object_id])
+        if keep_mapped and inline is None:
+            with self.mapped_lock:
+                kept = self.mapped.get(object_id)
+                if kept is not None:
+                    self.mapped.move_to_end(object_id)
+            if kept is not None:
+                return deserialize(kept)
         if is_error:
             error = pickle.loads(inline or b"")
             if isinstance(error, RayTaskError):
@@ -146,12 +156,32 @@ class ValueReader:
 
     def keep_mapped(self, object_id: bytes, view: memoryview, size: int) -> None:
         """Remember a mapping; the oldest go (and are unpinned) past the count or byte limit."""
-        mapped = self.mapped
-        mapped[object_id] = view
-        self.mapped_bytes[object_id] = size
-        limit = max(self.store_capacity // 8, 1)
-        while len(mapped) > KEEP_MAPPED or (
-            len(mapped) > 1 and sum(self.mapped_bytes.values()) > limit
-        ):
-            oldest, _ = mapped.popitem(last=False)
-            del self.mapped_bytes[oldest]
+        dropped = []  # unmapped (by the last value's finalizer) after the lock is let go
+        with self.mapped_lock:
+            mapped = self.mapped
+            mapped[object_id] = view
+            self.mapped_bytes[object_id] = size
+            # (kept mappings do not stop the store spilling: it asks for them, UnmapKept)
+            limit = max(self.store_capacity // 2, 1)
+            while len(mapped) > KEEP_MAPPED or (
+                len(mapped) > 1 and sum(self.mapped_bytes.values()) > limit
+            ):
+                oldest, old_view = mapped.popitem(last=False)
+                del self.mapped_bytes[oldest]
+                dropped.append(old_view)
+        del dropped
+
+    def forget_mapped(self, object_ids: tuple[bytes, ...]) -> None:
+        """Drop the kept mappings of these objects (``UnmapKept``: freed, or to be spilled).
+
+        A mapping goes (and its unpin is sent) once no value built on it lives either; a
+        task still holding one keeps reading the sealed bytes it mapped.
+        """
+        dropped = []
+        with self.mapped_lock:
+            for object_id in object_ids:
+                view = self.mapped.pop(object_id, None)
+                if view is not None:
+                    del self.mapped_bytes[object_id]
+                    dropped.append(view)
+        del dropped

@@ -250,6 +250,8 @@ class NodeObjects:
             return  # already freed further down a cascade of failures or releases
         del self.objects[object_id]
         if entry.in_store:
+            for client in self.store.pinned_by(object_id):
+                self.unmap_kept(client, object_id)
             self.store.free(object_id)
         if entry.location or entry.copies:
             self.release_copies(object_id, set(entry.copies) | ({entry.location} - {""}))
@@ -260,6 +262,25 @@ class NodeObjects:
         for contained in entry.contained:
             self.decref(contained)
 
+    def unmap_kept(self, client: bytes, object_id: bytes) -> None:
+        """A worker that maps a freed object (or one the store must spill) may only keep it
+        for later tasks: it drops that mapping, and its unpin lets the memory go (or lets
+        the store spill it). A mapping that a live value still uses stays until it dies."""
+        if self._is_worker(client):  # (pins are also held by tasks, under their ids)
+            self.send(client, P.UnmapKept((object_id,)))
+
+    def relieve_store(self) -> None:
+        """The store is over its capacity because what it would spill is mapped: ask the
+        workers that keep those mappings to let go (the store spills on their unpins).
+        Objects that a driver or a task pins too are left alone: asking would free nothing."""
+        for object_id, clients in self.store.pinned_excess(self._is_worker):
+            for client in clients:
+                self.unmap_kept(client, object_id)
+
+    def _is_worker(self, client: bytes) -> bool:
+        info = self.clients.get(client)
+        return info is not None and info.kind == "worker"
+
     def object_info(self, object_id: bytes, entry: ObjectEntry) -> P.ObjectInfo:
         if entry.in_store:
             try:
@@ -268,6 +289,8 @@ class NodeObjects:
                 blob = pickle.dumps(exc, protocol=5)
                 return (object_id, blob, len(blob), True)
             self.store.touch(object_id)
+            if self.store.used_bytes > self.store.capacity:
+                self.relieve_store()
         return (object_id, entry.inline, entry.size, entry.is_error)
 
     def set_ready(
@@ -293,6 +316,8 @@ class NodeObjects:
                 # and the tasks waiting for it fail, rather than wait for ever
                 inline = pickle.dumps(exc, protocol=5)
                 size, is_error, contained = len(inline), True, ()
+            if self.store.used_bytes > self.store.capacity:
+                self.relieve_store()
         entry.location = ""
         entry.ready = True
         entry.inline = inline

@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rayjupyter.core.exceptions import ObjectStoreFullError
@@ -112,6 +113,23 @@ class StorePolicy:
             if need <= 0:
                 break
         return victims
+
+    def pinned_excess(
+        self, releasable: Callable[[bytes], bool]
+    ) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """Over capacity: the least recently used pinned objects that, spilled, would bring
+        the store back under it, each with who pins it (to be asked to let go of it). Only
+        objects whose every pinner is releasable (it may let go when asked) are named."""
+        excess = self.used_bytes - self.capacity
+        found: list[tuple[bytes, tuple[bytes, ...]]] = []
+        for oid in self._lru:
+            if excess <= 0:
+                break
+            entry = self.entries[oid]
+            if entry.pins and not entry.freed and all(map(releasable, entry.pins)):
+                found.append((oid, tuple(entry.pins)))
+                excess -= entry.size
+        return found
 
     def admits(self, incoming: int, spill_failed: bool) -> bool:
         """Whether a new object of incoming bytes is accounted once room was sought for it.
@@ -249,6 +267,9 @@ class ObjectStore:
         self._pool_seq = 0
         #: freed files kept for reuse take at most this much shared memory
         self.pool_limit = min(capacity // 4, 4 << 30)
+        #: freed objects' files that readers still map, set aside under another name until
+        #: the last reader lets go (workers keep task arguments mapped, so most are)
+        self._draining: dict[bytes, tuple[str, int]] = {}  # id -> (path, size)
 
     # -- read-only views --------------------------------------------------------------------
 
@@ -276,6 +297,11 @@ class ObjectStore:
 
     def is_spilled(self, object_id: bytes) -> bool:
         return self._policy.entry(object_id).spilled
+
+    def pinned_by(self, object_id: bytes) -> tuple[bytes, ...]:
+        """The clients (and tasks) that have object_id mapped, or are about to."""
+        entry = self._policy.entries.get(object_id)
+        return tuple(entry.pins) if entry is not None else ()
 
     def path_of(self, object_id: bytes) -> str:
         return shm_path(self.session, object_id)
@@ -308,6 +334,9 @@ class ObjectStore:
         if self._policy.contains(object_id):
             self._policy.touch(object_id)
             return
+        drained = self._draining.pop(object_id, None)  # a freed predecessor's, still mapped
+        if drained is not None:
+            unlink_quietly(drained[0])
         if size >= POOL_MIN_SIZE or self._pool_seq:
             pooled = pooled_files(self._pool_prefix)
             if self._policy.used_bytes + sum(s for s, _ in pooled) + size > self.capacity:
@@ -327,11 +356,44 @@ class ObjectStore:
         self._policy.pin(object_id, client)
 
     def unpin(self, object_id: bytes, client: bytes) -> None:
-        self._policy.unpin(object_id, client)
+        """Client unmapped object_id; a freed object's last reader gone frees its file.
+
+        A client sends its unpin after the munmap, so once the last pin goes nobody maps
+        the file and it may join the pool of reusable files. A store over its capacity
+        (everything was pinned when the last object came) spills once an object's last
+        reader lets go (the node asked for it: ``NodeObjects.relieve_store``).
+        """
+        policy = self._policy
+        if policy.unpin(object_id, client):
+            if object_id in self._draining:
+                path, size = self._draining.pop(object_id)
+                if self._pool_room(size):
+                    self._pool_file(path, size)
+                else:
+                    unlink_quietly(path)
+        elif (
+            policy.used_bytes > policy.capacity
+            and policy.contains(object_id)  # (not freed meanwhile)
+            and not policy.is_pinned(object_id)
+        ):
+            self._make_room(0, exclude=b"")
+
+    def pinned_excess(
+        self, releasable: Callable[[bytes], bool]
+    ) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """Pinned objects to spill to get back under capacity, with who pins each."""
+        return self._policy.pinned_excess(releasable)
 
     def release_client(self, client: bytes) -> None:
-        """Client went away: drop all its pins."""
-        self._policy.release_client(client)
+        """Client went away: drop all its pins.
+
+        Freed files it still mapped are deleted, not pooled: a client the node gave up on
+        may still be alive, and a reused file would change under its values.
+        """
+        for object_id in self._policy.release_client(client):
+            drained = self._draining.pop(object_id, None)
+            if drained is not None:
+                unlink_quietly(drained[0])
 
     def restore(self, object_id: bytes) -> None:
         """If object_id is spilled, copy it back to shared memory (spilling others to make room).
@@ -356,18 +418,26 @@ class ObjectStore:
         entry = self._policy.entries.get(object_id)
         if entry is None or entry.freed:
             return
-        on_disk, spilled = entry.on_disk, entry.spilled
-        reusable = not spilled and not entry.pins and entry.size >= POOL_MIN_SIZE
+        on_disk, spilled, mapped = entry.on_disk, entry.spilled, bool(entry.pins)
+        reusable = not spilled and entry.size >= POOL_MIN_SIZE
         self._policy.freed(object_id)
-        if reusable and self._pool_room(entry.size):
-            self._pool_seq += 1
-            target = f"{self._pool_prefix}{entry.size}-{self._pool_seq}"
+        if reusable and mapped:  # pooled (or deleted) when its last reader unpins
+            drain = f"{self.path_of(object_id)}-freed"
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path_of(object_id), target)
+                os.rename(self.path_of(object_id), drain)
+                self._draining[object_id] = (drain, entry.size)
+        elif reusable and self._pool_room(entry.size):
+            self._pool_file(self.path_of(object_id), entry.size)
         elif not spilled:
             unlink_quietly(self.path_of(object_id))
         if on_disk:
             unlink_quietly(self._spill_path(object_id))
+
+    def _pool_file(self, path: str, size: int) -> None:
+        """Move a file nobody maps into the pool, where the next writer of its size takes it."""
+        self._pool_seq += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, f"{self._pool_prefix}{size}-{self._pool_seq}")
 
     def _pool_room(self, size: int) -> bool:
         pooled = sum(s for s, _ in pooled_files(self._pool_prefix))
@@ -383,6 +453,9 @@ class ObjectStore:
             unlink_quietly(self.path_of(oid))
         for _, path in pooled_files(self._pool_prefix):
             unlink_quietly(path)
+        for path, _ in self._draining.values():
+            unlink_quietly(path)
+        self._draining.clear()
         self._policy = StorePolicy(self._policy.capacity)
         # Also files written by processes that died before the node accounted them.
         try:

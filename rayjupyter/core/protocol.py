@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs, protocol_queries
 
-PROTOCOL_VERSION = 7  # 5: jobs, 6: ExitActor, 7: PendingObjects (new kinds shift later indices)
+PROTOCOL_VERSION = 8  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
+# shift later indices)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -328,6 +329,15 @@ class ObjectsReady(NamedTuple):
     objects: tuple[ObjectInfo, ...]
 
 
+class UnmapKept(NamedTuple):
+    """To a worker that maps these objects: drop the mappings you keep for later tasks
+    (``ValueReader.keep_mapped``). They were freed (their memory goes once no value uses
+    it), or the store is over its capacity and needs to spill them (a mapped object is not
+    spilled)."""
+
+    object_ids: tuple[bytes, ...]
+
+
 class ExecuteTask(NamedTuple):
     """Run a task on this worker."""
 
@@ -504,6 +514,7 @@ NODE_TO_CLIENT = (
     ActorGone,
     GeneratorCredit,
     AttemptLost,
+    UnmapKept,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 
