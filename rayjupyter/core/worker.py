@@ -186,9 +186,11 @@ class TaskExecutor:
                 self.running = outer
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
-            stored = self._store(task, result)
-            del result  # (maybe an argument, returned: unmapped before the node hears we're done)
-            message: P.TaskFinished | None = P.TaskFinished(task.task_id, stored, None, False)
+            # (result lives on until TaskFinished is sent: the refs it holds, a dynamic
+            # generator's items, must not be dropped before the node adopts them)
+            message: P.TaskFinished | None = P.TaskFinished(
+                task.task_id, self._store(task, result), None, False
+            )
         except ActorExitRequest:
             message = None
         except KeyboardInterrupt:  # rj.cancel: the node turns this into TaskCancelledError
