@@ -172,3 +172,23 @@ def test_a_task_that_returns_its_big_argument(cluster):
     assert _digest(out) == _digest(array)
     del out
     wait_for_condition(_store_is_empty, timeout=30)
+
+
+def test_a_retried_actor_call_still_finds_its_big_argument(cluster, tmp_path):
+    marker = str(tmp_path / "tried")
+
+    @rj.remote(max_restarts=1, max_task_retries=1)
+    class Fragile:
+        def look(self, array, path):
+            if not os.path.exists(path):
+                open(path, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _look(array)
+
+    array = _big()
+    fragile = Fragile.remote()
+    digest, writeable, shared = rj.get(fragile.look.remote(array, marker), timeout=90)
+    assert os.path.exists(marker)  # the first try died with the actor's process
+    assert digest == _digest(array) and not writeable and shared
+    wait_for_condition(_store_is_empty, timeout=30)
+    rj.kill(fragile)
