@@ -192,3 +192,16 @@ def test_a_retried_actor_call_still_finds_its_big_argument(cluster, tmp_path):
     assert digest == _digest(array) and not writeable and shared
     wait_for_condition(_store_is_empty, timeout=30)
     rj.kill(fragile)
+
+
+def test_no_file_of_the_session_is_left_after_shutdown():
+    rj.init(num_cpus=1)
+    try:
+        session = _client().session
+        array = _big()
+        assert rj.get(look.remote(array), timeout=60)[0] == _digest(array)
+        wait_for_condition(_store_is_empty, timeout=30)
+    finally:
+        rj.shutdown()
+    directory, stem = os.path.split(shm_path(session, b""))
+    assert not [n for n in os.listdir(directory) if n.startswith(stem)]  # pooled ones too
