@@ -75,6 +75,10 @@ class Backend(abc.ABC):
         """Sum, in a task, the array behind a ``put`` handle, passed by reference; its result."""
 
     @abc.abstractmethod
+    def sum_value(self, arr: np.ndarray) -> float:
+        """Sum, in a task, ``arr`` passed by value: the runtime ships it however it ships args."""
+
+    @abc.abstractmethod
     def chain(self, length: int) -> Any:
         """Run ``length`` ``add_one`` tasks, each fed the previous one's result; the last result."""
 
@@ -175,6 +179,10 @@ class RayApiBackend(Backend):
     def sum_ref(self, handle: Any) -> float:
         """``get(array_sum.remote(ref))``: the worker reads the object where the store holds it."""
         return float(self._api.get(self._task(tasks.array_sum).remote(handle)))
+
+    def sum_value(self, arr: np.ndarray) -> float:
+        """``get(array_sum.remote(arr))``: a large argument goes through the object store."""
+        return float(self._api.get(self._task(tasks.array_sum).remote(arr)))
 
     def chain(self, length: int) -> Any:
         """``ref = add_one.remote(ref)`` ``length`` times, then ``get`` the last ref."""
@@ -297,6 +305,10 @@ class DaskBackend(Backend):
         """``submit(array_sum, future)``: runs where the scattered array lives, no transfer."""
         return float(self._client.submit(tasks.array_sum, handle, pure=False).result())
 
+    def sum_value(self, arr: np.ndarray) -> float:
+        """``submit(array_sum, arr)``: the array is pickled into the task sent to a worker."""
+        return float(self._client.submit(tasks.array_sum, arr, pure=False).result())
+
     def chain(self, length: int) -> Any:
         """``future = submit(add_one, future)`` ``length`` times, then ``result()`` of the last."""
         value: Any = 0
@@ -412,6 +424,10 @@ class MultiprocessingBackend(Backend):
         segment, shape, dtype = handle
         args = (segment.name, tuple(shape), np.dtype(dtype).str)
         return float(self.pool.apply(tasks.shared_array_sum, args))
+
+    def sum_value(self, arr: np.ndarray) -> float:
+        """``pool.apply(array_sum, (arr,))``: pickled through the pool's pipe."""
+        return float(self.pool.apply(tasks.array_sum, (arr,)))
 
     def chain(self, length: int) -> Any:
         """``value = pool.apply(add_one, (value,))`` ``length`` times: no refs, via the driver."""

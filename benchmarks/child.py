@@ -107,6 +107,7 @@ def run_backend(backend: Backend, sizes: workloads.Sizes, num_cpus: int, result:
         ("dependency_chain", lambda: workloads.dependency_chain(backend, sizes)),
         ("put_get", lambda: workloads.put_get(backend, sizes)),
         ("ref_sum", lambda: workloads.ref_sum(backend, sizes)),
+        ("value_sum", lambda: workloads.value_sum(backend, sizes)),
         ("primes_speedup", lambda: workloads.primes_speedup(backend, sizes)),
     ]
     for step, run in steps:

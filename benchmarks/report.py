@@ -53,6 +53,8 @@ def rows_for(sizes: Sizes) -> list[Row]:
         Row("get_zero_copy", "get is zero-copy (read-only, in shared memory)", "", ""),
         Row("ref_sum_first_s", f"task sums a {size} ref, first call", "s", "lower"),
         Row("ref_sum_s", f"task sums a {size} ref, warm workers", "s", "lower"),
+        Row("value_sum_first_s", f"task({size} array by value), first call", "s", "lower"),
+        Row("value_sum_s", f"task({size} array by value), warm", "s", "lower"),
         Row("primes_par_s", f"{primes}, parallel", "s", "lower"),
         Row("primes_speedup", f"{primes}: sequential / parallel", "x", "higher"),
     ]

@@ -210,6 +210,20 @@ def ref_sum(backend: Backend, sizes: Sizes) -> Metrics:
     return {"ref_sum_s": statistics.median(seconds), "ref_sum_first_s": first_s}
 
 
+def value_sum(backend: Backend, sizes: Sizes) -> Metrics:
+    """Seconds for a task to sum a large array passed by value: the runtime's own shipping
+    of a big argument (Ray puts it in the object store) plus the task, after a warm-up call."""
+    source = np.arange(sizes.array_bytes // 8, dtype=np.float64)
+    expected = float(source.sum())
+    try:
+        first_s = _time_value_sum(backend, source, expected)
+        seconds = [_time_value_sum(backend, source, expected) for _ in range(sizes.put_get_rounds)]
+    finally:
+        del source
+        gc.collect()
+    return {"value_sum_s": statistics.median(seconds), "value_sum_first_s": first_s}
+
+
 def primes_speedup(backend: Backend, sizes: Sizes) -> Metrics:
     """The seeds' example: ``primes_runs`` prime sums in the driver, then in parallel tasks."""
     limit, runs = sizes.primes_limit, sizes.primes_runs
@@ -301,6 +315,16 @@ def _time_ref_sum(backend: Backend, handle: Any, expected: float) -> float:
     """Seconds for one ``sum_ref`` call, checked against the driver's own sum."""
     t0 = time.perf_counter()
     total = backend.sum_ref(handle)
+    elapsed = time.perf_counter() - t0
+    if not math.isclose(total, expected, rel_tol=1e-9):
+        raise RuntimeError(f"the task summed the array to {total}, expected {expected}")
+    return elapsed
+
+
+def _time_value_sum(backend: Backend, source: np.ndarray, expected: float) -> float:
+    """Seconds for one ``sum_value`` call, checked against the driver's own sum."""
+    t0 = time.perf_counter()
+    total = backend.sum_value(source)
     elapsed = time.perf_counter() - t0
     if not math.isclose(total, expected, rel_tol=1e-9):
         raise RuntimeError(f"the task summed the array to {total}, expected {expected}")

@@ -31,6 +31,7 @@ WORKLOAD_KEYS = {
     "get_ms",
     "ref_sum_first_s",
     "ref_sum_s",
+    "value_sum_s",
     "primes_speedup",
 }
 

@@ -303,7 +303,9 @@ def create_actor(
     if actor_class._argcheck is not None:
         actor_class._argcheck.check(name, args, kwargs)
     class_blob = actor_class._class_blob()  # (refused here if too large: nothing sent yet)
-    packed = pack_args(args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s))
+    packed = pack_args(
+        args, kwargs, f"{name}.__init__", lambda s: put_serialized(client, s, argument=True)
+    )
     actor_id = client.ids.object_id(client.ids.task_id(), ACTOR_INDEX)
     node_options = _node_options(actor_class)
     # the env its process starts in (packed and registered the first time it is used)
@@ -460,7 +462,7 @@ class ActorHandle:
             signatures.from_description(params).check(label, args, kwargs)
         options = {"_generator_backpressure_num_objects": backpressure}
         mode, window = generator_options(num_returns, options, label)
-        packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s))
+        packed = pack_args(args, kwargs, label, lambda s: put_serialized(client, s, argument=True))
         task_id = client.ids.task_id()
         count = 1 if mode else int(num_returns)
         return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))

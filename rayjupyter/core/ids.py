@@ -36,6 +36,17 @@ class IdGenerator:
         return task_id + index.to_bytes(4, "big")
 
 
+#: the index of a large argument the caller stored for one call (``f.remote(big_array)``):
+#: its task id is a put's, so nothing rebuilds it from lineage; readers know it is used once
+ARGUMENT_INDEX = 0xFFFFFFFE
+_ARGUMENT_SUFFIX = ARGUMENT_INDEX.to_bytes(4, "big")
+
+
+def is_call_argument(object_id: bytes) -> bool:
+    """True for a large by-value argument stored for one call (see ARGUMENT_INDEX)."""
+    return object_id.endswith(_ARGUMENT_SUFFIX)
+
+
 def task_of(object_id: bytes) -> bytes:
     """The task (or put) that made an object."""
     return object_id[:TASK_ID_SIZE]

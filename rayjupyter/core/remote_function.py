@@ -10,15 +10,16 @@ from typing import Any
 
 import cloudpickle
 
-from rayjupyter.core import options as option_table
-from rayjupyter.core import protocol as P
 from rayjupyter.core import (
+    ids,
     runtime_context,
     runtime_env,
     scheduling_strategies,
     serialization,
     signatures,
 )
+from rayjupyter.core import options as option_table
+from rayjupyter.core import protocol as P
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import check_definition_size
 from rayjupyter.core.exceptions import SerializationError
@@ -156,13 +157,18 @@ def _rebuild(
     return RemoteFunction(function, options, func_id)
 
 
-def put_serialized(client: Client, sobj: SerializedObject) -> ObjectRef:
-    """Store an already serialized value; the ref returned is held at the node for us."""
+def put_serialized(client: Client, sobj: SerializedObject, *, argument: bool = False) -> ObjectRef:
+    """Store an already serialized value; the ref returned is held at the node for us.
+
+    ``argument``: a large by-value argument of one call; its id says so (ids.ARGUMENT_INDEX),
+    and the worker lets go of its mapping when the call ends (the file then goes back to the
+    node's pool, whose pages the next large write reuses)."""
     from rayjupyter.core.exceptions import ObjectStoreFullError
     from rayjupyter.core.object_store import pool_prefix, shm_path, write_object
     from rayjupyter.core.serialization import INLINE_THRESHOLD
 
-    object_id = client.ids.object_id(client.ids.task_id())
+    index = ids.ARGUMENT_INDEX if argument else 0
+    object_id = client.ids.object_id(client.ids.task_id(), index)
     contained = tuple(ref.binary() for ref in sobj.contained_refs)
     if sobj.nbytes <= INLINE_THRESHOLD or client.remote:  # remote: the node stores it
         client.put(object_id, sobj.to_bytes(), sobj.nbytes, contained)
@@ -196,7 +202,9 @@ def submit(
     demand, strategy = function._demand, ""
     if function._strategy is not None or runtime_context.current.placement:
         demand, strategy = scheduling_strategies.resolve(function._strategy, demand)
-    packed = pack_args(args, kwargs, function._name, lambda sobj: put_serialized(client, sobj))
+    packed = pack_args(
+        args, kwargs, function._name, lambda sobj: put_serialized(client, sobj, argument=True)
+    )
     task_id = client.ids.task_id()
     num_returns: int | str = function._options["num_returns"]
     mode, backpressure = generator_options(num_returns, function._options, function._name)

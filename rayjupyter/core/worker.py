@@ -21,6 +21,7 @@ import cloudpickle
 
 from rayjupyter.core import (
     gpu_visibility,
+    ids,
     runtime_context,
     worker_actor,
 )
@@ -137,6 +138,12 @@ class TaskExecutor:
         self.async_calls.pop(task_id, None)
         self.cancelled_async.discard(task_id)
 
+    def _materialize(self, info: P.ObjectInfo) -> Any:
+        """A task argument's value. A ref's mapping is kept for the next tasks (the same array
+        is often passed to many); a large by-value argument is used by this call only: its
+        mapping goes with the call's values, so the node can pool its file once freed."""
+        return self.client.materialize(info, keep_mapped=not ids.is_call_argument(info[0]))
+
     def _function(self, task: P.ExecuteTask) -> Callable[..., Any]:
         function = self.functions.get(task.func_id)
         if function is None:
@@ -165,7 +172,7 @@ class TaskExecutor:
         omp = os.environ.get("OMP_NUM_THREADS")  # (and its OMP_NUM_THREADS)
         token = self._enter(task, function)
         try:
-            dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
+            dep_values = [self._materialize(info) for info in task.deps]
             args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
             del dep_values
             if not task.actor_id:
@@ -179,6 +186,8 @@ class TaskExecutor:
                 self.running = outer
                 self.client.cancelled_calls.discard(task.task_id)
             del args, kwargs
+            # (result lives on until TaskFinished is sent: the refs it holds, a dynamic
+            # generator's items, must not be dropped before the node adopts them)
             message: P.TaskFinished | None = P.TaskFinished(
                 task.task_id, self._store(task, result), None, False
             )
@@ -242,7 +251,7 @@ class TaskExecutor:
         return self._failure(task, error)
 
     async def _call_async(self, task: P.ExecuteTask) -> P.TaskFinished:
-        dep_values = [self.client.materialize(info, keep_mapped=True) for info in task.deps]
+        dep_values = [self._materialize(info) for info in task.deps]
         args, kwargs = unpack_args(task.args_blob, dep_values, deserialize)
         result = self._method(task.method)(*args, **kwargs)
         if task.generator and inspect.isasyncgen(result):
