@@ -8,6 +8,8 @@ import argparse
 import io
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -384,3 +386,36 @@ def test_ray_is_imported_only_by_the_ray_engine_and_only_inside_functions():
                     top_level.append(f"{relative}:{node.lineno}")
     assert set(found) <= RAY_IMPORTERS, found
     assert not top_level, top_level
+
+
+def test_ray_task_names_and_failures_are_asked_for_sparingly(monkeypatch):
+    """One state-API query a second at most, names given up on after a while (a put ref
+    has no task), and nothing asked for a while after the API failed (no dashboard)."""
+    clock = [0.0]
+    queries: list[list[tuple[str, str, str]]] = []
+    rows = [
+        SimpleNamespace(task_id="t1", name="f", error_type=None, error_message=None),
+        SimpleNamespace(
+            task_id="t2", name="g", error_type="TASK_EXECUTION_EXCEPTION",
+            error_message="ray::g()\nZeroDivisionError: division by zero",
+        ),
+    ]  # fmt: skip
+    states = ray_progress.TaskStates("02000000", clock=lambda: clock[0])
+
+    def listing(filters: list[tuple[str, str, str]], *, detail: bool) -> list[Any]:
+        queries.append(filters)
+        return rows if not filters else [rows[1]]
+
+    monkeypatch.setattr(states, "_list", listing)
+    assert states.name("t1") == "f" and states.name("t2") == "g" and len(queries) == 1
+    assert states.name("put") is None and len(queries) == 1  # asked a moment ago
+    clock[0] += ray_progress.REFRESH_S
+    assert states.name("put") is None and len(queries) == 2
+    clock[0] += ray_progress.NAME_WAIT_S
+    assert states.name("put") is None and len(queries) == 2  # given up on
+    assert states.failed(["t1", "t2"]) == {"t2": "ZeroDivisionError"}
+    assert queries[-1] == [("state", "=", "FAILED")]
+    assert states.failed(["t1"]) == {} and len(queries) == 3  # not again within the second
+    states._down_until = clock[0] + 5
+    clock[0] += 2
+    assert not states.up and states.failed(["t1"]) == {} and len(queries) == 3

@@ -1,9 +1,10 @@
 """Live progress of tasks: ``rj.progress(refs)`` and the bar shown on slow ``get``/``wait``.
 
 A Tracker feeds the model from the engine's ProgressSource (on our runtime: this driver's
-object table and the node's status; on Ray: ``ray.wait`` and the cluster's resources); the
-Ticker thread redraws the view about five times a second, so the bar moves while the kernel
-is blocked in get. Refs of either engine are taken.
+object table and the node's status; on Ray: ``ray.wait``, Ray's state API for task names
+and failures, and the cluster's resources); the Ticker thread redraws the view about five
+times a second, so the bar moves while the kernel is blocked in get. Refs of either engine
+are taken.
 """
 
 from __future__ import annotations

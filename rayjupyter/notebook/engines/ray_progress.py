@@ -19,6 +19,7 @@ _original_get: list[Any] = []
 STATE_TIMEOUT_S = 2
 REFRESH_S = 1.0  # the state API is asked at most this often (Ray reports task events each 1 s)
 DOWN_RETRY_S = 30.0  # after the state API failed (no dashboard), ask again only this late
+NAME_WAIT_S = 15.0  # a ref's name is looked for this long (Ray reports a task in ~1 s)
 NAMES_LIMIT = 10_000  # rows of this job's tasks read to name refs (Ray's own most per call)
 #: how long after a result arrives Ray's state API may still report that its task failed
 SETTLE_S = 5.0
@@ -58,6 +59,7 @@ class TaskStates:
         self.names: dict[str, str] = {}  # task id (hex) -> name
         self.errors: dict[str, str] = {}  # task id (hex) -> error name, once failed
         self._asked: dict[str, float] = {}  # query -> when
+        self._unnamed_since: dict[str, float] = {}  # task id -> first asked for its name
         self._down_until = 0.0
 
     @property
@@ -90,7 +92,12 @@ class TaskStates:
             return []
 
     def name(self, task_id: str) -> str | None:
-        if task_id not in self.names and self._due("names"):
+        """The task's name; None while not known (a ``ray.put`` ref has no task: given up on
+        after ``NAME_WAIT_S``, as is a task older than the rows read)."""
+        if task_id in self.names:
+            return self.names[task_id]
+        first = self._unnamed_since.setdefault(task_id, self.clock())
+        if self.clock() - first < NAME_WAIT_S and self._due("names"):
             for task in self._list([], detail=False):
                 self.names.setdefault(str(task.task_id), str(task.name))
         return self.names.get(task_id)

@@ -1,7 +1,8 @@
 """Ray's cluster facts as our read model (``NodeStatus``): pure functions over the plain
 dicts that ``ray.nodes()``, ``ray.cluster_resources()``, ``ray.available_resources()`` and
-the state API's summaries return, so the status card, the summary and the charts draw a
-Ray cluster with the code that draws ours. No ``ray`` import here: tested without Ray."""
+the state API's summaries return, and each node's machine (``ray_metrics``), so the status
+card, the summary and the charts draw a Ray cluster with the code that draws ours. No
+``ray`` import here: tested without Ray."""
 
 from __future__ import annotations
 
