@@ -204,8 +204,13 @@ def _start_node(
 
 
 @contextlib.contextmanager
-def ray_cluster(tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1) -> Iterator[RayCluster]:
-    """A 2-node Ray cluster; every process it started is gone when this exits."""
+def ray_cluster(
+    tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1, dashboard: bool = False
+) -> Iterator[RayCluster]:
+    """A 2-node Ray cluster; every process it started is gone when this exits.
+
+    dashboard: the head runs Ray's dashboard (on loopback, a free port), which serves Ray's
+    state API (task names and states for the progress bars, task and actor counts)."""
     tmp.mkdir(parents=True, exist_ok=True)
     saved = {name: os.environ.get(name) for name in AUTH_ENV}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -224,7 +229,17 @@ def ray_cluster(tmp: Path, *, head_cpus: int = 2, worker_cpus: int = 1) -> Itera
             str(ports["gcs"]),
             "--ray-client-server-port",
             str(ports["client"]),
-            "--include-dashboard=false",
+            *(
+                [
+                    "--include-dashboard=true",
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    str(free_port()),
+                ]
+                if dashboard
+                else ["--include-dashboard=false"]
+            ),
             "--temp-dir",
             str(tmp),
         ]

@@ -38,11 +38,12 @@ pytestmark = [
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayCluster]:
-    """A 2-node Ray cluster (2 + 1 CPUs) for the session; its processes gone afterwards."""
+    """A 2-node Ray cluster (2 + 1 CPUs) with its dashboard, for the session; its processes
+    gone afterwards."""
     # a short path: Ray's unix sockets live under it (108 bytes at most)
     tmp = Path(tempfile.mkdtemp(prefix="rj-ray-"))
     try:
-        with ray_cluster(tmp) as cluster:
+        with ray_cluster(tmp, dashboard=True) as cluster:  # Ray's state API: names, failures
             yield cluster
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,7 +126,8 @@ def test_status_lists_both_nodes_and_says_what_ray_leaves_out(rnb):
     node_lines = [line for line in text.splitlines() if "ALIVE" in line or "alive" in line]
     assert len(node_lines) == 2, text
     assert "CPU" in text and "3" in text
-    assert "metrics endpoint" in text  # what Ray does not give is said, not faked
+    assert "metrics endpoint" in text  # where the machine figures come from, said
+    assert "no node's free resources" in text  # what Ray does not give is said, not faked
     assert "var(--jp-" in shown["text/html"]
 
 
@@ -281,6 +283,83 @@ def test_resource_charts_draw_from_rays_state(rnb):
     )
 
 
+def test_machine_cpu_and_memory_come_from_each_ray_nodes_metrics(rnb):
+    """Each node's metrics agent gives its machine: the charts' CPU and memory lines."""
+    rnb.ok(
+        "import time\n"
+        "from rayjupyter.notebook import engines\n"
+        "from rayjupyter.notebook.chart_data import sample\n"
+        "deadline = time.monotonic() + 60\n"  # an agent reports every few seconds
+        "while True:\n"
+        "    status = engines.active().status()\n"
+        "    if len(status.node_machines) == 2 or time.monotonic() > deadline:\n"
+        "        break\n"
+        "    time.sleep(0.5)\n"
+        "row = sample(status)\n",
+        timeout=120,
+    )
+    machines = json.loads(
+        rnb.value(
+            "import json, dataclasses\n"
+            "json.dumps({k: dataclasses.asdict(m) for k, m in status.node_machines.items()})"
+        ).strip("'")
+    )
+    alive = json.loads(rnb.value("json.dumps([n.NodeID for n in status.alive_nodes])").strip("'"))
+    assert sorted(machines) == sorted(alive) and len(alive) == 2
+    for usage in machines.values():
+        assert 0 < usage["cpu_percent"] <= 100
+        assert 0 < usage["memory_used"] < usage["memory_total"]
+    assert rnb.value("row['usage']['cpu'][0] > 0 and 0 < row['usage']['memory'][0] < 100") == (
+        "True"
+    )
+    text = rnb.ok("%ray_status").displays[0]["text/plain"]
+    assert "Machine: CPU" in text and text.count("machine CPU") == 2, text
+
+
+def test_a_get_of_ray_refs_that_fail_shows_their_names_and_failures(rnb):
+    """Names and failures from Ray's state API: the bar names the function, counts the
+    failures in red with their exception class, and keeps updating after get raised."""
+    rnb.ok(
+        "configure_progress(delay=0.2)\n"
+        "@ray.remote(max_retries=0)\n"
+        "def flaky(i):\n"
+        "    import time\n"
+        "    time.sleep(1.0 if i % 4 == 0 else 0.2)\n"  # the first failure after the bar shows
+        "    if i % 4 == 0:\n"
+        "        raise ValueError(i)\n"
+        "    return i\n"
+    )
+    since = len(rnb.history)
+    reply = rnb.execute("ray.get([flaky.remote(i) for i in range(12)])", timeout=120)
+    assert reply.error is not None and "ValueError" in reply.error["ename"]
+    (bar,) = reply.widget_states("IntProgressModel")
+
+    def state_of(message: dict) -> dict:
+        content = message["content"]
+        return content.get("data", {}).get("state", {}) if "comm_id" in content else {}
+
+    rnb.wait_for_message(
+        lambda m: (
+            m["msg_type"] == "comm_msg"
+            and m["content"]["comm_id"] == bar["comm_id"]
+            and state_of(m).get("bar_style") == "danger"
+        ),
+        timeout=60,
+        since=since,
+    )
+    rnb.wait_for_message(
+        lambda m: "3 failed (ValueError)" in str(state_of(m).get("value", "")),
+        timeout=60,
+        since=since,
+    )
+    descriptions = [
+        state_of(m).get("description")
+        for m in rnb.history[since:]
+        if m["msg_type"] == "comm_msg" and m["content"].get("comm_id") == bar["comm_id"]
+    ]
+    assert "flaky" in [bar["description"], *descriptions]
+
+
 # ------------------------------------------------------------------ util helpers on Ray
 
 
@@ -309,6 +388,35 @@ def test_joblib_executor_and_pool_run_on_ray(rnb):
     )
     assert "[0, 1, 4, 9, 16, 25] [0, 1, 4, 9] [0, 1, 4, 9, 16]" in reply.stdout
     assert "False False" in reply.stdout  # ran in Ray's workers; our runtime never started
+
+
+def test_a_joblib_call_on_ray_shows_a_progress_bar_that_follows_its_batches(rnb):
+    rnb.ok(
+        "import joblib, time\n"
+        "from rayjupyter.util.joblib import register_rayjupyter\n"
+        "register_rayjupyter()\n"
+        "configure_progress(delay=0.3)\n"
+        "def nap(seconds):\n"
+        "    import time\n"
+        "    time.sleep(seconds)\n"
+        "    return seconds\n"
+    )
+    reply = rnb.ok(
+        "with joblib.parallel_backend('ray'):\n"
+        "    out = joblib.Parallel(n_jobs=-1, batch_size=1)(\n"
+        "        joblib.delayed(nap)(0.25) for _ in range(12))\n"
+        "len(out)",
+        timeout=180,
+    )
+    assert reply.result == {"text/plain": "12"}
+    (bar,) = reply.widget_states("IntProgressModel")
+    assert bar["description"] == "nap"  # the batch's own name, known at submit
+    updates = reply.comm_updates(bar["comm_id"])
+    maxima = [bar["max"]] + [s["max"] for s in updates if "max" in s]
+    values = [s["value"] for s in updates if "value" in s]
+    assert maxima[-1] == 12, maxima  # the bar grew with the batches joblib submitted
+    assert values[-1] == 12, values
+    assert len(set(values)) >= 2, values  # it moved while joblib waited
 
 
 # ------------------------------------------------------------------ engines

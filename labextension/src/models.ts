@@ -192,7 +192,7 @@ export interface StoreStats {
   note: string;
 }
 
-/** The head machine's CPU and memory (psutil), sampled when the status was taken. */
+/** A machine's CPU and memory, sampled when the status was taken: the head's (psutil) on our runtime; on Ray, each node's metrics agent, and the cluster's mean CPU and summed memory. */
 export interface MachineUsage {
   /** 0-100, all cores together */
   cpu_percent: number;
@@ -223,6 +223,8 @@ export interface NodeStatus {
   driver_pids: number[];
   store: StoreStats;
   machine: MachineUsage;
+  /** node id (hex) -> its machine */
+  node_machines: { [key: string]: MachineUsage };
 }
 
 /** One task or actor call, in Ray's ``list_tasks`` names. */

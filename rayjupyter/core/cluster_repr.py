@@ -206,6 +206,12 @@ def _node_rows(status: NodeStatus) -> list[tuple[str, str, str, str]]:
             for k, v in node.Resources.items()
             if k not in _BYTE_RESOURCES
         )
+        machine = status.node_machines.get(node.NodeID)
+        if machine is not None and node.Alive:  # Ray: each node's machine, from its agent
+            shown += (
+                f"; machine CPU {machine.cpu_percent:.0f}%, memory "
+                f"{format_bytes(machine.memory_used)} of {format_bytes(machine.memory_total)}"
+            )
         state = "alive" if node.Alive else "dead"
         rows.append((node.NodeID[:16], node.address, state, shown))
     return rows

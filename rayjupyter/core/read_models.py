@@ -129,7 +129,8 @@ class StoreStats:
 
 @dataclass(frozen=True)
 class MachineUsage:
-    """The head machine's CPU and memory (psutil), sampled when the status was taken."""
+    """A machine's CPU and memory, sampled when the status was taken: the head's (psutil) on
+    our runtime; on Ray, each node's metrics agent, and the cluster's mean CPU and summed memory."""
 
     cpu_percent: float  # 0-100, all cores together
     memory_total: float  # bytes
@@ -151,6 +152,10 @@ class NodeStatus:
     driver_pids: list[int]  # pids of the drivers attached from the head's own machine
     store: StoreStats
     machine: MachineUsage
+    # our runtime samples only the head's machine (``machine``); Ray's metrics agents give each
+    node_machines: dict[str, MachineUsage] = dataclasses.field(  # node id (hex) -> its machine
+        default_factory=dict
+    )
 
     @property
     def alive_nodes(self) -> list[NodeRow]:

@@ -3,8 +3,9 @@ running and pending, and a task stream. Hosted in an ipywidget (jupyter_bokeh's 
 so they update from a background thread every second, whether the kernel is idle or busy,
 in JupyterLab 4 and VS Code; BokehJS is embedded inline (no CDN).
 
-The samples come from the active engine's status (on Ray: its resource calls and state
-API); the task stream needs this driver's submits, which only our runtime reports."""
+The samples come from the active engine's status (on Ray: its resource calls, its state
+API and each node's metrics agent for machine CPU and memory); the task stream needs this
+driver's submits, which only our runtime reports."""
 
 from __future__ import annotations
 

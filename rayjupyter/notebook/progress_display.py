@@ -1,9 +1,10 @@
 """Live progress of tasks: ``rj.progress(refs)`` and the bar shown on slow ``get``/``wait``.
 
 A Tracker feeds the model from the engine's ProgressSource (on our runtime: this driver's
-object table and the node's status; on Ray: ``ray.wait`` and the cluster's resources); the
-Ticker thread redraws the view about five times a second, so the bar moves while the kernel
-is blocked in get. Refs of either engine are taken.
+object table and the node's status; on Ray: ``ray.wait``, Ray's state API for task names
+and failures, and the cluster's resources); the Ticker thread redraws the view about five
+times a second, so the bar moves while the kernel is blocked in get. Refs of either engine
+are taken.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from rayjupyter.notebook.progress_views import TextProgressView, WidgetProgressV
 from rayjupyter.notebook.ticker import TICKER
 
 REFRESH_S = 0.2  # redraws per second: about five
-STATUS_S = 0.5  # how often the node is asked how many tasks run
+STATUS_S = 0.5  # how often the node is asked how many tasks run (and late names asked for)
+SETTLE_LIMIT_S = 300.0  # a bar left updating after its call ended stops after this
 
 
 class Tracker:
@@ -51,25 +53,57 @@ class Tracker:
         self._refs = list(refs)  # hold the objects while they are watched
         self._running = 0
         self._asked = 0.0
+        self._named = time.monotonic()
         self._finished: dict[bytes, bool] = {}
+        self._done_at: dict[bytes, float] = {}  # counted done when; a source may learn later
+        self._last_done = 0.0  # when the latest object was counted done
+
+    def _waiting(self, now: float) -> list[bytes]:
+        """Objects to ask about: unfinished ones, and done ones still inside the source's
+        settle time (it may yet learn that they failed)."""
+        settle = self.source.settle_s
+        finished, done_at = self._finished, self._done_at
+        return [
+            oid
+            for oid in self.model.object_ids
+            if oid not in finished or (settle and not finished[oid] and now - done_at[oid] < settle)
+        ]
 
     def poll(self) -> bool:
         """Take a snapshot into the model; True if a count changed."""
+        source = self.source
         if self._source_ids is not None and len(self._source_ids) > self._seen:
             fresh = list(self._source_ids[self._seen :])
             self._seen += len(fresh)
-            self.model.add(fresh, {oid: self.source.name(oid) for oid in fresh})
-        waiting = [oid for oid in self.model.object_ids if oid not in self._finished]
-        if waiting:
-            self._finished.update(self.source.finished(waiting))
+            self.model.add(fresh, {oid: source.name(oid) for oid in fresh})
         now = time.monotonic()
+        waiting = self._waiting(now)
+        errors: dict[bytes, str] = {}
+        if waiting:
+            for oid, failed in source.finished(waiting).items():
+                if oid not in self._finished:
+                    self._done_at[oid] = self._last_done = now
+                if failed:
+                    errors[oid] = source.error(oid)
+                if failed or oid not in self._finished:
+                    self._finished[oid] = failed
         if len(self._finished) < self.model.total and now - self._asked >= STATUS_S:
             self._asked = now
-            self._running = self.source.running()
-        changed = self.model.update(self._finished, self._running)
-        if self.model.complete:
+            self._running = source.running()
+        if now - self._named >= STATUS_S:  # names an engine learns late (Ray's state API)
+            self._named = now
+            unnamed = self.model.unnamed()
+            if unnamed:
+                self.model.rename({oid: source.name(oid) for oid in unnamed})
+        changed = self.model.update(self._finished, self._running, errors)
+        if self.settled:
             self._refs = []
         return changed
+
+    @property
+    def settled(self) -> bool:
+        """Every object finished, and none can still turn out to have failed."""
+        return self.model.complete and (time.monotonic() - self._last_done >= self.source.settle_s)
 
 
 def _as_refs(refs: Any) -> list[Any]:
@@ -130,7 +164,7 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
     def tick() -> bool:
         tracker.poll()
         view.render()
-        if tracker.model.complete:
+        if tracker.settled:
             done.set()
             return False
         return not source.closed
@@ -142,7 +176,10 @@ def progress(refs: Any, *, wait: bool | None = None) -> None:
         return
     object_ids = list(tracker.model.object_ids)
     while tick():
-        source.wait(object_ids, REFRESH_S)  # wakes as results land
+        if tracker.model.complete:  # settling: the source may yet report a failure
+            time.sleep(REFRESH_S)
+        else:
+            source.wait(object_ids, REFRESH_S)  # wakes as results land
     view.close()
 
 
@@ -186,11 +223,14 @@ class AutoProgress:
             return _NULL
         return _Watch(ClientProgress(client), object_ids, self.delay, growing)
 
-    def watch(self, source: ProgressSource, object_ids: list[bytes]) -> AbstractContextManager[Any]:
-        """A bar for another engine's blocking call (Ray's ``get``), on the same settings."""
-        if not self.enabled or len(object_ids) < self.min_refs:
+    def watch(
+        self, source: ProgressSource, object_ids: list[bytes], *, growing: bool = False
+    ) -> AbstractContextManager[Any]:
+        """A bar for another engine's blocking call (Ray's ``get``, a joblib call on Ray:
+        ``growing``, whose ids keep coming while it blocks), on the same settings."""
+        if not self.enabled or (len(object_ids) < self.min_refs and not growing):
             return _NULL
-        return _Watch(source, object_ids, self.delay)
+        return _Watch(source, object_ids, self.delay, growing)
 
 
 _NULL: AbstractContextManager[Any] = nullcontext()
@@ -220,7 +260,7 @@ class _Watch:
     def _tick(self) -> bool:
         with self.lock:
             if self.exited:
-                return False
+                return self._settle()
             if self.view is None:
                 from rayjupyter.notebook.ipython_typed import display
 
@@ -235,12 +275,36 @@ class _Watch:
             return True
 
     def __exit__(self, *exc: object) -> None:
-        self.job.cancel()
         with self.lock:
             self.exited = True
+            self.exited_at = time.monotonic()
             if self.view is not None and self.tracker is not None:
                 self.tracker.poll()
-                self.view.close()
+                self.view.render()
+                if self.tracker.settled or self.source.closed or not self.source.settle_s:
+                    self.view.close()
+                    self.job.cancel()
+                    return
+            else:
+                self.job.cancel()
+                return
+        # an engine that learns failures late (Ray): the bar keeps updating after the call
+        # returned or raised (it raises at the first failure), until every task is counted
+
+    def _settle(self) -> bool:
+        """After the call: one more poll; False (stop) once settled or given up."""
+        if self.view is None or self.tracker is None:
+            return False
+        self.tracker.poll()
+        self.view.render()
+        if (
+            self.tracker.settled
+            or self.source.closed
+            or time.monotonic() - self.exited_at > SETTLE_LIMIT_S
+        ):
+            self.view.close()
+            return False
+        return True
 
 
 AUTO = AutoProgress()

@@ -22,6 +22,7 @@ class Row:
     done: int
     failed: int
     running: int
+    errors: tuple[str, ...] = ()  # why its failed tasks failed, where the engine says
 
     @property
     def pending(self) -> int:
@@ -48,6 +49,7 @@ class ProgressModel:
         self.started = time.monotonic() if started is None else started
         self.ended: float | None = None
         self._state: dict[bytes, str] = {}  # "done" | "failed"; absent while unfinished
+        self._errors: dict[bytes, str] = {}  # failed object -> why, where known
         self._running = 0
         self.rows: list[Row] = self._rows()
 
@@ -63,11 +65,40 @@ class ProgressModel:
             self.ended = None
         self.rows = self._rows()
 
-    def update(self, finished: Mapping[bytes, bool], cluster_running: int) -> bool:
-        """Take a snapshot: finished maps object id -> failed? True if any count changed."""
+    def rename(self, names: Mapping[bytes, str]) -> None:
+        """Names learned late (Ray's state API reports a task after its submit): the objects
+        move to their function's row; a row left empty goes."""
+        changed = False
+        for oid, name in names.items():
+            if oid in self.names and name and self.names[oid] != name:
+                self.names[oid] = name
+                changed = True
+        if changed:
+            self.order = list(dict.fromkeys(self.names[oid] for oid in self.object_ids))
+            self.rows = self._rows()
+
+    def unnamed(self) -> list[bytes]:
+        """Objects whose function is not known yet (named "task")."""
+        return [oid for oid, name in self.names.items() if name == "task"]
+
+    def update(
+        self,
+        finished: Mapping[bytes, bool],
+        cluster_running: int,
+        errors: Mapping[bytes, str] | None = None,
+    ) -> bool:
+        """Take a snapshot: finished maps object id -> failed? True if any count changed.
+
+        A failure learned after the object was counted done wins (Ray reports a task's
+        failure a moment after its result is ready); errors: why, for failed objects."""
         for oid in self.object_ids:
-            if oid not in self._state and oid in finished:
+            if oid not in finished:
+                continue
+            if oid not in self._state or (finished[oid] and self._state[oid] == "done"):
                 self._state[oid] = "failed" if finished[oid] else "done"
+        for oid, why in (errors or {}).items():
+            if why and self._state.get(oid) == "failed":
+                self._errors[oid] = why
         unfinished = len(self.object_ids) - len(self._state)
         self._running = max(0, min(cluster_running, unfinished))
         rows = self._rows()
@@ -79,19 +110,27 @@ class ProgressModel:
 
     def _rows(self) -> list[Row]:
         counts = {name: [0, 0, 0, 0] for name in self.order}  # total, done, failed, running
+        errors: dict[str, set[str]] = {name: set() for name in self.order}
         budget = self._running
         for oid in self.object_ids:
-            row = counts[self.names[oid]]
+            name = self.names[oid]
+            row = counts[name]
             row[0] += 1
             state = self._state.get(oid)
             if state == "done":
                 row[1] += 1
             elif state == "failed":
                 row[2] += 1
+                if oid in self._errors:
+                    errors[name].add(self._errors[oid])
             elif budget > 0:
                 row[3] += 1
                 budget -= 1
-        return [Row(name, *counts[name]) for name in self.order]
+        rows = []
+        for name in self.order:
+            total, done, failed, running = counts[name]
+            rows.append(Row(name, total, done, failed, running, tuple(sorted(errors[name]))))
+        return rows
 
     @property
     def total(self) -> int:
@@ -126,8 +165,9 @@ def format_elapsed(seconds: float) -> str:
 
 
 def row_summary(row: Row) -> str:
-    """'5/8 done · 2 running · 1 pending · 0 failed'."""
+    """'5/8 done · 2 running · 1 pending · 0 failed' ('1 failed (ValueError)')."""
+    why = f" ({', '.join(row.errors)})" if row.errors else ""
     return (
         f"{row.done}/{row.total} done · {row.running} running · {row.pending} pending · "
-        f"{row.failed} failed"
+        f"{row.failed} failed{why}"
     )

@@ -65,6 +65,7 @@ class WidgetProgressView:
         self.header = w.HTML(value=self._header())
         self.bars: dict[str, Any] = {}
         self.labels: dict[str, Any] = {}
+        self.boxes: dict[str, Any] = {}
         self.widget = w.VBox([self.header, *[self._row_box(row) for row in model.rows]])
         self.widget.add_class("rayjupyter-progress")
 
@@ -81,7 +82,8 @@ class WidgetProgressView:
         label = w.HTML(value=templates.progress_counts(row))
         self.bars[row.name] = bar
         self.labels[row.name] = label
-        return w.HBox([bar, label])
+        box = self.boxes[row.name] = w.HBox([bar, label])
+        return box
 
     def _header(self) -> str:
         model = self.model
@@ -90,9 +92,16 @@ class WidgetProgressView:
         )
 
     def render(self) -> None:
-        for row in self.model.rows:
+        rows = self.model.rows
+        current = {row.name for row in rows}
+        # rows renamed (names an engine learned late): their widgets take the new names
+        orphans = [name for name in self.bars if name not in current]
+        for row in rows:
             bar = self.bars.get(row.name)
-            if bar is None:  # the model grew (a joblib call submits as it goes)
+            if bar is None and orphans:
+                self._rename(orphans.pop(0), row.name)
+                bar = self.bars[row.name]
+            elif bar is None:  # the model grew (a joblib call submits as it goes)
                 self.widget.children = (*self.widget.children, self._row_box(row))
                 bar = self.bars[row.name]
             if bar.max != max(row.total, 1):
@@ -102,7 +111,17 @@ class WidgetProgressView:
                 "danger" if row.failed else ("success" if row.finished == row.total else "")
             )
             self.labels[row.name].value = templates.progress_counts(row)
+        for name in orphans:  # rows merged into others
+            box = self.boxes.pop(name)
+            del self.bars[name], self.labels[name]
+            self.widget.children = tuple(c for c in self.widget.children if c is not box)
         self.header.value = self._header()
+
+    def _rename(self, old: str, new: str) -> None:
+        self.bars[new] = self.bars.pop(old)
+        self.labels[new] = self.labels.pop(old)
+        self.boxes[new] = self.boxes.pop(old)
+        self.bars[new].description = new
 
     def close(self) -> None:
         self.render()

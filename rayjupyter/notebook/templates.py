@@ -38,8 +38,9 @@ def progress_header(finished: int, total: int, failed: int, elapsed: float, comp
 
 def progress_counts(row: Row) -> str:
     """The counts beside one function's bar."""
+    why = f" ({html.escape(', '.join(row.errors))})" if row.errors else ""
     failed = (
-        f' · <span style="color: var(--jp-error-color1, #d32f2f)">{row.failed} failed</span>'
+        f' · <span style="color: var(--jp-error-color1, #d32f2f)">{row.failed} failed{why}</span>'
         if row.failed
         else " · 0 failed"
     )

@@ -17,7 +17,8 @@ This module imports joblib, so ``rayjupyter.util`` does not import it: only code
 the backend pays for joblib (and scikit-learn).
 
 On Ray (this process a Ray driver, see ``engine_api``) the same backend submits to Ray:
-completions arrive through each ref's future, and no progress bar is drawn for the call.
+completions arrive through each ref's future, and the notebook's progress bar follows the
+batches as on our runtime (``ray.wait`` and Ray's state API, ``engines/ray_progress.py``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ class _Call:
         self.object_ids: list[bytes] = []  # every batch's result id, for the progress display
         self.finished: list[ObjectRef] = []  # kept while a progress display may read them
         self.keep_finished = api.wait_observer is not None and not self.on_ray
+        # on Ray the display reads the refs themselves (ray.wait), and each batch's name
+        self.refs: dict[bytes, Any] = {}
+        self.names: dict[bytes, str] = {}
+        self.keep_refs = api.wait_observer is not None and self.on_ray
         self.done: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._complete, name="rayjupyter-joblib", daemon=True)
         self.thread.start()
@@ -165,11 +170,15 @@ class _Call:
         self, batch: Any, callback: Callable[[Any], None] | None, remote: Callable[[str], Any]
     ) -> _Job:
         shipped, refs = self._substitute(batch)
-        ref = remote(_batch_name(batch)).remote(shipped, *refs)
+        name = _batch_name(batch)
+        ref = remote(name).remote(shipped, *refs)
         job = _Job(ref, callback)
         object_id = ref.binary()
         with self.lock:
             self.pending[object_id] = job
+            if self.keep_refs:  # before the id: the display finds the ref of each id it sees
+                self.refs[object_id] = ref
+                self.names[object_id] = name
             self.object_ids.append(object_id)
         if self.client is None:  # Ray: its ref's future says when the batch is done
             ref.future().add_done_callback(lambda _future: self.done.put(job))
@@ -252,6 +261,8 @@ class _Call:
             self.pending.clear()
             self.finished.clear()
             self.object_ids.clear()
+            self.refs.clear()
+            self.names.clear()
 
 
 class RayJupyterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
@@ -341,7 +352,21 @@ class RayJupyterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def retrieval_context(self) -> Iterator[None]:
         """While joblib waits for results: the notebook's progress display, if loaded."""
         observer, call = api.wait_observer, self._call
-        if observer is None or call is None or call.client is None:
+        if observer is None or call is None:
+            yield
+            return
+        if call.on_ray:
+            from rayjupyter.notebook.engines.ray_progress import RayProgress
+            from rayjupyter.notebook.progress_display import AutoProgress
+
+            if not isinstance(observer, AutoProgress):
+                yield
+                return
+            source = RayProgress(call.refs, call.names)  # both read live as batches come
+            with observer.watch(source, call.object_ids, growing=True):
+                yield
+            return
+        if call.client is None:
             yield
             return
         with observer(call.client, call.object_ids, 0):  # 0: ids keep coming while we wait

@@ -43,7 +43,17 @@ class ProgressSource(Protocol):
         ...
 
     def name(self, object_id: bytes) -> str:
-        """The remote function that makes object_id ("task" when not known)."""
+        """The remote function that makes object_id ("task" when not known yet: asked again)."""
+        ...
+
+    def error(self, object_id: bytes) -> str:
+        """Why a finished object's task failed ("ValueError", "WORKER_DIED"; "" if unknown)."""
+        ...
+
+    @property
+    def settle_s(self) -> float:
+        """How long after a result arrives this source may still learn that its task failed
+        (0: ``finished`` knows at once; Ray's state API reports a second or so later)."""
         ...
 
     def wait(self, object_ids: Sequence[bytes], seconds: float) -> None:

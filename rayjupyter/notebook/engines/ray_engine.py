@@ -17,7 +17,7 @@ from typing import Any
 
 from rayjupyter.core import cluster_repr
 from rayjupyter.core.read_models import NodeStatus
-from rayjupyter.notebook.engines import ray_status
+from rayjupyter.notebook.engines import ray_metrics, ray_status
 from rayjupyter.notebook.engines.base import ConnectRequest, EngineName, ProgressSource
 
 CLIENT_SCHEME = "ray://"
@@ -148,6 +148,7 @@ class RayEngine:
         self._state_api_down_until = 0.0
         self._remotes: dict[int, Any] = {}
         self._guard: Any = None  # the LocalRayGuard of a local Ray this kernel started
+        self._metrics = ray_metrics.NodeMetrics()  # each node's machine, from its agent
 
     @property
     def ray(self) -> Any:
@@ -247,12 +248,14 @@ class RayEngine:
     def status(self, timeout: float = 10.0) -> NodeStatus:
         ray = self.ray
         tasks, actors = self._state_summaries()
+        nodes = ray.nodes()
         return ray_status.node_status(
-            ray.nodes(),
+            nodes,
             ray.cluster_resources(),
             ray.available_resources(),
             tasks=tasks,
             actors=actors,
+            machines=self._metrics.sample(nodes),
         )
 
     def _state_summaries(self) -> tuple[dict[str, int] | None, dict[str, int] | None]:
@@ -262,11 +265,14 @@ class RayEngine:
         try:
             from ray.util import state
 
+            from rayjupyter.notebook.engines.ray_progress import state_api_address
+
+            address = state_api_address()  # this cluster's, not "the" Ray on the machine
             tasks = state.summarize_tasks(
-                timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False
+                address=address, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False
             )
             actors = state.summarize_actors(
-                timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False
+                address=address, timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False
             )
         except Exception:  # no dashboard (or it is busy): counts left out, said in the notes
             self._state_api_down_until = time.monotonic() + STATE_API_RETRY_S
@@ -274,10 +280,17 @@ class RayEngine:
         return ray_status.live_task_counts(tasks), ray_status.actor_counts(actors)
 
     def status_notes(self) -> list[str]:
-        notes = [
-            "Ray reports each node's free resources, machine CPU and memory only through its "
-            "metrics endpoint: shown are totals and the cluster's CPU slots in use."
-        ]
+        if self._metrics.answered:
+            machine = (
+                "Machine CPU and memory come from each node's metrics endpoint (Ray's metrics "
+                "agent, every few seconds)"
+            )
+        else:
+            machine = (
+                "No node's metrics endpoint answered (Ray's metrics agents come with "
+                "ray[default]): the machine CPU line is the CPU slots in use, memory unknown"
+            )
+        notes = [f"{machine}; Ray reports no node's free resources: shown are totals."]
         if time.monotonic() < self._state_api_down_until:
             notes.append(
                 "Task and actor counts need Ray's state API, which the cluster's dashboard "

@@ -1,7 +1,8 @@
 """Ray's cluster facts as our read model (``NodeStatus``): pure functions over the plain
 dicts that ``ray.nodes()``, ``ray.cluster_resources()``, ``ray.available_resources()`` and
-the state API's summaries return, so the status card, the summary and the charts draw a
-Ray cluster with the code that draws ours. No ``ray`` import here: tested without Ray."""
+the state API's summaries return, and each node's machine (``ray_metrics``), so the status
+card, the summary and the charts draw a Ray cluster with the code that draws ours. No
+``ray`` import here: tested without Ray."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rayjupyter.core.read_models import (
     StoreStats,
     TaskStateName,
 )
+from rayjupyter.notebook.engines import ray_metrics
 
 #: Ray's live task states onto our vocabulary (Ray's own names, fewer of them); finished
 #: and failed tasks are history, not live work, and are left out as our status does
@@ -91,16 +93,19 @@ def node_status(
     *,
     tasks: Mapping[str, int] | None = None,
     actors: Mapping[str, int] | None = None,
+    machines: Mapping[str, MachineUsage] | None = None,
     now: float | None = None,
 ) -> NodeStatus:
-    """One snapshot. The machine line is CPU slots in use (Ray reports machine CPU and memory
-    only through its metrics endpoint), the store its logical ``object_store_memory``."""
+    """One snapshot. machines: each node's machine from its metrics agent (``ray_metrics``);
+    the machine line is their mean CPU and summed memory, or, when no agent answered, the
+    CPU slots in use with no memory. The store is the logical ``object_store_memory``."""
     total_f = {k: float(v) for k, v in total.items() if not k.startswith("node:")}
     free_f = {k: float(v) for k, v in available.items() if not k.startswith("node:")}
     capacity = int(total_f.get("object_store_memory", 0.0))
     used_store = max(0, capacity - int(free_f.get("object_store_memory", capacity)))
     cpus = total_f.get("CPU", 0.0)
     cpu_used = max(0.0, cpus - free_f.get("CPU", cpus))
+    at = time.time() if now is None else now
     return NodeStatus(
         nodes=node_rows(nodes),
         total=total_f,
@@ -121,10 +126,19 @@ def node_status(
             spill_count=0,
             restore_count=0,
         ),
-        machine=MachineUsage(
-            cpu_percent=100.0 * cpu_used / cpus if cpus else 0.0,
-            memory_total=0.0,
-            memory_used=0.0,
-            time=time.time() if now is None else now,
-        ),
+        machine=_machine(machines or {}, nodes, 100.0 * cpu_used / cpus if cpus else 0.0, at),
+        node_machines=dict(machines or {}),
     )
+
+
+def _machine(
+    machines: Mapping[str, MachineUsage],
+    nodes: Sequence[Mapping[str, Any]],
+    slots_percent: float,
+    at: float,
+) -> MachineUsage:
+    live = {str(node.get("NodeID", "")) for node in nodes if node.get("Alive")}
+    sampled = [usage for node_id, usage in machines.items() if node_id in live]
+    if not sampled:
+        return MachineUsage(cpu_percent=slots_percent, memory_total=0.0, memory_used=0.0, time=at)
+    return ray_metrics.combine(sampled, at)

@@ -43,6 +43,13 @@ class ClientProgress:
 
         return TAP.name(object_id)
 
+    def error(self, object_id: bytes) -> str:
+        return ""  # the error itself raises at get; the bar counts the failure
+
+    @property
+    def settle_s(self) -> float:
+        return 0.0
+
     def wait(self, object_ids: Sequence[bytes], seconds: float) -> None:
         self.client.wait_objects(list(object_ids), len(object_ids), seconds)
 
