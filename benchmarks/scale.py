@@ -64,16 +64,16 @@ FANOUT_TASKS = {"full": 10_000, "quick": 2_000, "tiny": 200}
 IDLE_WINDOW_S = {"full": 5.0, "quick": 2.0, "tiny": 1.0}
 TIMEOUT_S = {"full": 600.0, "quick": 180.0, "tiny": 120.0}
 # Before a workload's first size has run: idle tree MB and MB per unit, generous guesses
-# (a Ray worker process is ~100 MB RSS, ~60 MB PSS; a nested task in Ray's tree holds one
-# blocked worker, and about half the tree waits at once).
+# from the quick run (a Ray actor is a worker process of ~87 MB PSS, a rayjupyter one a
+# fork of ~6 MB; a nested task holds a blocked worker while its children run).
 PRIOR_MB = {
     ("rayjupyter", "tasks"): (200, 0.004),
-    ("rayjupyter", "actors"): (200, 40),
+    ("rayjupyter", "actors"): (200, 8),
     ("rayjupyter", "objects"): (200, 0.004),
     ("rayjupyter", "fanout"): (100, 100),
-    ("rayjupyter", "tree"): (200, 40),
+    ("rayjupyter", "tree"): (200, 8),
     ("ray", "tasks"): (800, 0.02),
-    ("ray", "actors"): (800, 80),
+    ("ray", "actors"): (800, 90),
     ("ray", "objects"): (800, 0.01),
     ("ray", "fanout"): (300, 250),
     ("ray", "tree"): (800, 40),
@@ -189,7 +189,12 @@ def _run_sampled(cmd: list[str], timeout_s: float, log: Path) -> tuple[str | Non
 
 
 def not_run_reason(
-    backend: str, workload: str, size: int, before: list[dict[str, Any]], timeout_s: float
+    backend: str,
+    workload: str,
+    size: int,
+    before: list[dict[str, Any]],
+    timeout_s: float,
+    memory_share: float = MEMORY_SHARE,
 ) -> str | None:
     """Why a row should not be started: it would not fit in memory, or in its timeout, going
     by the same workload's largest size already run (or the prior guess)."""
@@ -210,7 +215,7 @@ def not_run_reason(
         base, per = PRIOR_MB[(backend, workload)]
         need_mb, need_s = base + per * n, 0.0
     available = psutil.virtual_memory().available / MB
-    if need_mb > MEMORY_SHARE * available:
+    if need_mb > memory_share * available:
         return f"not run: would need ~{need_mb / 1e3:,.1f} GB, {available / 1e3:,.1f} GB available"
     if need_s > timeout_s:
         return f"not run: would take ~{need_s:,.0f} s, over the {timeout_s:.0f} s timeout"
@@ -230,7 +235,9 @@ def run_suite(args: argparse.Namespace, sizes: dict[str, dict[str, list[int]]]) 
                     before = [
                         r for r in rows if r["backend"] == backend and r["workload"] == workload
                     ]
-                    reason = not_run_reason(backend, workload, size, before, args.timeout)
+                    reason = not_run_reason(
+                        backend, workload, size, before, args.timeout, args.memory_share
+                    )
                     if reason is None and any(r["status"] != "ok" for r in before):
                         reason = "not run: a smaller size did not finish"
                     if reason:
@@ -284,6 +291,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, dict[st
     parser.add_argument("--idle-window", type=float, help="seconds the head's idle CPU is read")
     parser.add_argument("--timeout", type=float, help="seconds one row may take")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument(
+        "--memory-share",
+        type=float,
+        default=MEMORY_SHARE,
+        help="the most of the available memory one row may be expected to take (0.7)",
+    )
     parser.add_argument("--json", type=Path, help="default: results/scale[-quick|-tiny].json")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -324,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "fanout_tasks": args.fanout_tasks,
             "idle_window_s": args.idle_window,
             "timeout_s": args.timeout,
+            "memory_share": args.memory_share,
         },
         "rows": rows,
     }

@@ -141,8 +141,9 @@ class Nodes:
             from ray.cluster_utils import Cluster
 
             self._ray = Cluster()
-            for _ in range(count):
-                self._ray.add_node(num_cpus=1, object_store_memory=STORE_BYTES)
+            for i in range(count):  # the head without its dashboard, as the other rows
+                extra = {"include_dashboard": False} if i == 0 else {}
+                self._ray.add_node(num_cpus=1, object_store_memory=STORE_BYTES, **extra)
             self.api.init(address=self._ray.address, log_to_driver=False)
             self._ray.wait_for_nodes()
         else:
@@ -294,11 +295,13 @@ def fanout(backend: str, nodes: int, tasks_n: int, row: Row, idle_window_s: floa
         cpu0, t0 = cpu_seconds(head), time.perf_counter()
         pids = api.get([where.remote(0) for _ in range(tasks_n)], timeout=None)
         took = time.perf_counter() - t0
+        head_cpu_s = cpu_seconds(head) - cpu0
         head_mb = procs.tree_memory(head)[1] / MB
         row.add(
             s=took,
             per_s=tasks_n / took,
-            head_load_cpu_pct=100 * (cpu_seconds(head) - cpu0) / took,
+            head_load_cpu_pct=100 * head_cpu_s / took,
+            head_cpu_ms_per_task=1000 * head_cpu_s / tasks_n,
             head_load_mb=head_mb,
             workers_used=len(set(pids)),
             nodes_used=len({_parent(pid) for pid in set(pids)} - {None}),
