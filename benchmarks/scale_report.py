@@ -164,7 +164,20 @@ def targets(record: dict[str, Any]) -> list[str]:
                 behind.append(f"{row['workload']} {label} {metric}: {mine:,.2f} vs {theirs:,.2f}")
     if compared:
         verdict = "met" if not behind else "MISSED: " + "; ".join(behind)
-        out.append(f"ahead of Ray (time and peak PSS, {compared} comparisons): {verdict}")
+        what = f"time, peak PSS, head CPU per fan-out task: {compared} comparisons"
+        out.append(f"ahead of Ray ({what}): {verdict}")
+    kept = []
+    for row in (r for r in ours if r["status"] == "ok" and r["workload"] != "fanout"):
+        m = row["metrics"]
+        idle = m.get("idle_driver_mb", 0.0) + m.get("idle_node_mb", 0.0)
+        grew = max(row.get("peak", {}).get("total_mb", 0.0), m.get("held_mb", 0.0)) - idle
+        left = m.get("after_over_idle_mb")
+        if left is not None and left > max(5.0, 0.1 * grew):
+            label = size_label(row["workload"], row["size"])
+            kept.append(f"{row['workload']} {label}: {left:,.0f} of {grew:,.0f} MB")
+    if ours:
+        verdict = "met" if not kept else "MISSED: " + "; ".join(kept)
+        out.append(f"memory back to idle (within 5 MB or 10% of the growth): {verdict}")
     failed = [r for r in ours if r["status"] != "ok" and not r["status"].startswith("not run")]
     skipped = [r for r in ours if r["status"].startswith("not run")]
     verdict = (
