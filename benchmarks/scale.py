@@ -1,7 +1,7 @@
 """How cost grows: time and whole-tree memory (PSS) as tasks, actors, objects, nodes and
 nesting grow, rayjupyter beside Ray, every row in a fresh child process with a timeout.
 
-    python -m benchmarks.scale                    # full sizes (an idle machine: ~20 minutes)
+    python -m benchmarks.scale                    # full sizes (~25 minutes on 2 cores)
     python -m benchmarks.scale --quick            # 1k/10k tasks, 20/100 actors, 1/2/4 nodes
     python -m benchmarks.scale --tiny --against none   # seconds, rayjupyter only (the tests)
     python -m benchmarks.scale --only tasks --tasks 10000,100000,1000000 --ray-tasks 10000
@@ -222,6 +222,24 @@ def not_run_reason(
     return None
 
 
+def over_worker_limit(actors: int, num_cpus: int) -> str | None:
+    """rayjupyter's node runs at most so many worker processes (worker_limit.py: from the
+    machine's memory at 32 MiB each, or RAYJUPYTER_MAX_WORKERS); each actor is one, and
+    actors past the limit wait for a process to free up: the row could only time out."""
+    import os
+
+    from rayjupyter.core import worker_limit
+
+    limit = worker_limit.from_env() or worker_limit.machine_max_workers()
+    if actors + num_cpus <= limit:
+        return None
+    return (
+        f"not run: {actors:,} actors and {num_cpus} task workers are over the node's worker "
+        f"limit of {limit:,} processes ({worker_limit.MAX_WORKERS_ENV} raises it"
+        f"{'' if os.environ.get(worker_limit.MAX_WORKERS_ENV) else '; unset here'})"
+    )
+
+
 def run_suite(args: argparse.Namespace, sizes: dict[str, dict[str, list[int]]]) -> list[dict]:
     """Every row, rayjupyter then Ray for each size, so both see the machine alike."""
     rows: list[dict[str, Any]] = []
@@ -238,6 +256,8 @@ def run_suite(args: argparse.Namespace, sizes: dict[str, dict[str, list[int]]]) 
                     reason = not_run_reason(
                         backend, workload, size, before, args.timeout, args.memory_share
                     )
+                    if reason is None and backend == "rayjupyter" and workload == "actors":
+                        reason = over_worker_limit(size, args.num_cpus)
                     if reason is None and any(r["status"] != "ok" for r in before):
                         reason = "not run: a smaller size did not finish"
                     if reason:
