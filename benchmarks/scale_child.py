@@ -118,8 +118,8 @@ def record_after(row: Row, idle_mb: float) -> None:
 def start(backend: str, num_cpus: int) -> Any:
     """``init(num_cpus=...)`` as a user would (Ray without its dashboard); the API module."""
     api = importlib.import_module(backend)
-    if backend == "ray":
-        api.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    if backend == "ray":  # "local": a new cluster, never one another program left running
+        api.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
         api.init(num_cpus=num_cpus)
     return api
