@@ -1,7 +1,7 @@
 """How cost grows: time and whole-tree memory (PSS) as tasks, actors, objects, nodes and
 nesting grow, rayjupyter beside Ray, every row in a fresh child process with a timeout.
 
-    python -m benchmarks.scale                    # full sizes (~25 minutes on 2 cores)
+    python -m benchmarks.scale                    # full sizes (15-20 minutes on 2 cores)
     python -m benchmarks.scale --quick            # 1k/10k tasks, 20/100 actors, 1/2/4 nodes
     python -m benchmarks.scale --tiny --against none   # seconds, rayjupyter only (the tests)
     python -m benchmarks.scale --only tasks --tasks 10000,100000,1000000 --ray-tasks 10000
