@@ -72,3 +72,22 @@ class Counter:
         """Count one call and return the count, so lost or repeated calls show in the results."""
         self.count += 1
         return self.count
+
+
+_REMOTE_TREES: dict[str, Any] = {}  # api module name -> the remote ``tree``, made once per worker
+
+
+def tree(api_name: str, depth: int) -> int:
+    """A node of a binary tree of nested tasks: start both children, wait on them (holding
+    this worker), and count the tasks below and this one. ``api_name`` is "ray" or
+    "rayjupyter": the same function runs on both."""
+    if depth <= 1:
+        return 1
+    import importlib
+
+    api = importlib.import_module(api_name)
+    remote_tree = _REMOTE_TREES.get(api_name)
+    if remote_tree is None:
+        remote_tree = _REMOTE_TREES[api_name] = api.remote(tree)
+    children = [remote_tree.remote(api_name, depth - 1) for _ in range(2)]
+    return 1 + sum(api.get(children))

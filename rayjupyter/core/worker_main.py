@@ -43,6 +43,12 @@ def _on_sigint(executor: TaskExecutor, signum: int, frame: Any) -> None:
     executor.sigint_between_tasks = True
 
 
+# The link is a socket pair from the node that forked us (no address to get wrong) and we
+# die with it, so waiting long for its Welcome costs nothing; a burst of hundreds of actors
+# on a busy machine can keep the node from answering within a client's 8 s.
+HELLO_TIMEOUT_S = 600.0
+
+
 def main() -> None:
     env = os.environ
     _die_with_parent(int(env["RAYJUPYTER_PARENT_PID"]))
@@ -68,6 +74,7 @@ def main() -> None:
         client_id=bytes.fromhex(env["RAYJUPYTER_CLIENT_ID"]),
         io_thread=False,
         channel_fd=int(env.pop("RAYJUPYTER_CHANNEL_FD")),
+        timeout=HELLO_TIMEOUT_S,
     )
     if job_env is not None:  # the tasks it submits inherit its env
         client.runtime_env = job_env
