@@ -25,6 +25,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ObjectLostError
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
 from rayjupyter.core.node_promises import NodePromises
+from rayjupyter.core.object_files import POOL_MIN_SIZE, _take_pooled, pool_prefix
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.core.scheduler import TaskRecord, TaskState
@@ -102,12 +103,10 @@ class NodePulls:
         holders = [entry.location, *self.more_holders.pop(object_id, ())]
         path = shm_path(self.node.session, object_id)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            if entry.size:
-                os.posix_fallocate(fd, 0, entry.size)
+            fd = _create(self.node.session, path, entry.size)
         except OSError as exc:
-            with contextlib.suppress(UnboundLocalError, OSError):
-                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             reason = os.strerror(exc.errno or errno.EIO)
             self.object_lost(object_id, f"no room in this node's store for it ({reason})")
             return
@@ -281,3 +280,25 @@ def _read_chunk(path: str, offset: int, length: int) -> memoryview | bytes:
     finally:
         os.close(fd)
     return memoryview(mapped)[offset - start :]
+
+
+def _create(session: str, path: str, size: int) -> int:
+    """The file a pulled value is written into: a freed one of the store's pool if one
+    fits (its pages are there already: writing them runs at memcpy speed, where fresh
+    tmpfs pages fault first), else a new one with all its room taken up front."""
+    if size >= POOL_MIN_SIZE and _take_pooled(pool_prefix(session), size, path):
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)  # (a little larger: give the tail back)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    if size:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
