@@ -144,7 +144,10 @@ class NodePulls:
             while done < len(view):
                 done += os.pwrite(pull.fd, view[done:], message.offset + done)
         except OSError as exc:
-            self.pull_failed(pull, f"it could not be written here ({exc})")
+            reason = os.strerror(exc.errno or errno.EIO)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                reason = f"no room in this node's store for it ({reason})"
+            self.pull_failed(pull, f"it could not be written here: {reason}")
             return
         if pull.plan.done:
             self._pull_done(pull)
@@ -284,21 +287,20 @@ def _read_chunk(path: str, offset: int, length: int) -> memoryview | bytes:
 
 def _create(session: str, path: str, size: int) -> int:
     """The file a pulled value is written into: a freed one of the store's pool if one
-    fits (its pages are there already: writing them runs at memcpy speed, where fresh
-    tmpfs pages fault first), else a new one with all its room taken up front."""
+    fits (its pages are there already: writing them runs at memcpy speed), else a new one.
+
+    A new file's pages are not taken up front (posix_fallocate): on tmpfs that zeroes the
+    whole value before the first byte is asked for (half a second a GB here), while the
+    writes allocate them as the chunks arrive, overlapped with the transfer. A store that
+    fills up fails a write (ENOSPC), which fails the pull with that reason; nobody maps the
+    file before the pull is done, so no reader meets a missing page."""
     if size >= POOL_MIN_SIZE and _take_pooled(pool_prefix(session), size, path):
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            os.ftruncate(fd, size)  # (a little larger: give the tail back)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    if size:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError:
-            os.close(fd)
-            raise
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)  # (a pooled file may be a little larger: its tail goes back)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
