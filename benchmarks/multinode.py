@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-STORE_BYTES = 3 << 30
+STORE_BYTES = int(os.environ.get("MULTINODE_STORE_GB", "3")) << 30  # each node's store
 BACKENDS = {  # column -> (backend, extra environment)
     "rayjupyter": ("rayjupyter", {}),
     "rayjupyter, CurveZMQ": ("rayjupyter", {"RAYJUPYTER_PEER_CURVE_ON_LOOPBACK": "1"}),
@@ -165,6 +165,7 @@ def run_child(column: str, args: argparse.Namespace) -> dict[str, Any]:
         out = Path(tmp) / "result.json"
         log = Path(tmp) / "log.txt"
         env = {**os.environ, **extra, "PYTHONPATH": str(REPO)}
+        env["MULTINODE_STORE_GB"] = str(args.store_gb)
         cmd = [sys.executable, "-m", "benchmarks.multinode", "--child", backend]
         cmd += ["--sizes-mb", ",".join(map(str, args.sizes)), "--repeat", str(args.repeat)]
         cmd += ["--calls", str(args.calls), "--out", str(out)]
@@ -222,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", default="ray", help="'ray' (default) or 'none'")
     parser.add_argument("--no-curve", action="store_true", help="skip the CurveZMQ column")
+    parser.add_argument(
+        "--store-gb",
+        type=int,
+        default=3,
+        help="each node's store (rayjupyter pools freed files of up to a quarter of it)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per backend, seconds")
     parser.add_argument("--json", default="benchmarks/results/multinode.json")
     parser.add_argument("--child", choices=["rayjupyter", "ray"], help=argparse.SUPPRESS)

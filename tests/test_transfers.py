@@ -10,16 +10,17 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from cluster_helpers import Nodes, alive_nodes, nodes_fixture
+from cluster_helpers import Nodes, alive_nodes, nodes_fixture, started_nodes
 from helpers import wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import api
-from rayjupyter.core.node_links import peer_endpoint
+from rayjupyter.core.node_links import PEER_CURVE_ENV, peer_endpoint
 from rayjupyter.core.object_files import shm_path
 from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.exceptions import ObjectLostError
@@ -174,6 +175,24 @@ def test_a_value_two_nodes_hold_is_pulled_from_both_intact(nodes: Nodes) -> None
     # the head provides it to n2 naming both: n2 pulls from the head and from n1 at once
     got = rj.get(digest.options(resources={"n2": 1}).remote(made), timeout=60)
     assert got == expected_digest(2)
+
+
+@pytest.fixture
+def curve_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Nodes]:
+    """Nodes that link over TCP with CurveZMQ even on this machine, as between machines."""
+    monkeypatch.setenv(PEER_CURVE_ENV, "1")  # (inherited by every node started here)
+    with started_nodes(num_cpus=1, resources={"head": 1}) as started:
+        yield started
+
+
+@pytest.mark.timeout(180)
+def test_a_value_crosses_intact_over_curvezmq_as_between_machines(curve_nodes: Nodes) -> None:
+    n1 = curve_nodes.join(n1=1)
+    wait_for_condition(lambda: alive_nodes() == 2, timeout=20)
+    assert peer_endpoint(n1.address).startswith("tcp://")
+    made = make.options(resources={"n1": 1}).remote(SIZE, 5)
+    array = rj.get(made, timeout=60)
+    assert hashlib.sha256(array).hexdigest() == expected_digest(5)
 
 
 def kill_once_pulling(session: str, object_id: bytes, pid: int) -> threading.Thread:

@@ -118,8 +118,15 @@ class NodePulls:
         self._ask(pull, plan.requests())
 
     def _ask(self, pull: Pull, asks: list[tuple[str, int, int]]) -> None:
+        """Send the requests now, not at the end of the loop's turn: a holder whose window
+        emptied while we wrote what it sent would idle until then."""
+        asked = set()
         for holder, offset, length in asks:
-            self.links.link(holder).send(P.PullObject(pull.object_id, offset, length))
+            link = self.links.link(holder)
+            link.send(P.PullObject(pull.object_id, offset, length))
+            asked.add(link)
+        for link in asked:
+            link.flush()
 
     def on_object_chunk(self, link: PeerLink, message: P.ObjectChunk) -> None:
         pull = self.pulls.get(message.object_id)
@@ -219,6 +226,7 @@ class NodePulls:
             if task_id in rebuilding:
                 entry.ready = False
                 entry.location = ""
+                self.more_holders.pop(object_id, None)
             else:
                 self.object_lost(
                     object_id,
@@ -256,6 +264,7 @@ class NodePulls:
         entry = self.node.objects.get(object_id)
         if entry is None:
             return
+        self.more_holders.pop(object_id, None)
         error = ObjectLostError(f"Object {object_id.hex()} was lost: {why}.")
         blob = pickle.dumps(error, protocol=5)
         entry.location = ""
