@@ -97,11 +97,12 @@ def peer_endpoint(address: str) -> str:
     """Where we reach the peer at ``address`` (host:port): its Unix socket when it runs on
     this machine, else TCP with CurveZMQ.
 
-    On one machine nothing crosses a wire, so encryption protects nothing; and it would cost
-    most of a transfer's time (CurveZMQ moves about 0.4 GB/s on a core, a Unix socket
-    several GB/s). The Unix socket still asks for the cluster's secret (PLAIN), in a folder
-    only our user may open. A peer is on this machine when its session folder here names
-    its address, its node lives in our network namespace and its socket is there.
+    On one machine nothing crosses a wire, so encryption protects nothing; and it costs
+    most of a transfer's time (a 1 GB pull on 2 cores: 0.5-0.9 GB/s with CurveZMQ, 1.2-2.3
+    GB/s over the Unix socket; benchmarks/multinode.py). The Unix socket still asks for the
+    cluster's secret (PLAIN), in a folder only our user may open. A peer is on this machine
+    when its session folder here names its address, its node lives in our network namespace
+    and its socket is there.
     """
     tcp = f"tcp://{address}"
     if os.environ.get(PEER_CURVE_ENV, "0") not in ("", "0"):
