@@ -1,15 +1,17 @@
 """Across nodes, rayjupyter beside Ray: task latency to a peer node and values pulled between
 two nodes on this machine, each backend in a fresh process of its own.
 
-    python -m benchmarks.multinode                    # 100 MB and 1 GB, best of 3
+    python -m benchmarks.multinode                    # 100 MB and 1 GB, best of 3, 8 GB stores
     python -m benchmarks.multinode --sizes-mb 100 --repeat 2 --against none
 
 A head (the driver's local cluster) and one node that joins it, on this machine, each with
-one CPU and its own shared-memory store: rayjupyter's ``LocalCluster`` joined to
-``rj.init``'s head, Ray's ``ray.cluster_utils.Cluster`` with one added node. A value is
-made by a task on the peer node (and used there once, so it exists), then the timed
-``get`` on the driver pulls it into the head's store and maps it: GB/s is the value's
-bytes over that get's seconds (best of ``--repeat``; all are in the JSON).
+one CPU and its own shared-memory store of ``--store-gb`` (8: about the default here, 30% of
+RAM; rayjupyter reuses freed files of up to a quarter of the store, so a 3 GB store leaves
+each 1 GB pull to fault in fresh tmpfs pages; Ray gets the same store size): rayjupyter's
+``LocalCluster`` joined to ``rj.init``'s head, Ray's ``ray.cluster_utils.Cluster`` with one
+added node. A value is made by a task on the peer node (and used there once, so it
+exists), then the timed ``get`` on the driver pulls it into the head's store and maps it:
+GB/s is the value's bytes over that get's seconds (best of ``--repeat``; all in the JSON).
 
 Columns: "rayjupyter" links peers on one machine over the node's Unix socket (the default,
 no encryption on a link that never leaves the kernel); "rayjupyter, CurveZMQ" forces TCP
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-STORE_BYTES = int(os.environ.get("MULTINODE_STORE_GB", "3")) << 30  # each node's store
+STORE_BYTES = int(os.environ.get("MULTINODE_STORE_GB", "8")) << 30  # each node's store
 BACKENDS = {  # column -> (backend, extra environment)
     "rayjupyter": ("rayjupyter", {}),
     "rayjupyter, CurveZMQ": ("rayjupyter", {"RAYJUPYTER_PEER_CURVE_ON_LOOPBACK": "1"}),
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--store-gb",
         type=int,
-        default=3,
+        default=8,
         help="each node's store (rayjupyter pools freed files of up to a quarter of it)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per backend, seconds")
