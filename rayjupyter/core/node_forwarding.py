@@ -89,6 +89,7 @@ class NodeForwarding:
         """Tell a peer the values (or where they are) of the objects a call uses; those not
         made yet (refs nested in its arguments) it hears of now and gets when they are."""
         provided = []
+        more_holders: list[tuple[bytes, tuple[str, ...]]] = []
         pending = []
         for object_id in object_ids:
             entry = self.node.objects.get(object_id)
@@ -104,8 +105,11 @@ class NodeForwarding:
             else:
                 holder = ""
             provided.append((object_id, entry.inline, entry.size, entry.is_error, holder))
+            others = tuple(a for a in entry.copies if a not in (holder, link.address))
+            if holder and others:  # peers that keep a copy for us: pulled from at once
+                more_holders.append((object_id, others))
         if provided:
-            link.send(P.ProvideObjects(tuple(provided)))
+            link.send(P.ProvideObjects(tuple(provided), tuple(more_holders)))
         if pending:
             self.pulling.promises.promise(link, pending)
         homes = []

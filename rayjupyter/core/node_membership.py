@@ -204,6 +204,9 @@ class NodeMembership:
             lost = pickle.dumps(error, protocol=5)
             # (dead_node: a task pinned to that node by its affinity fails, a soft one is freed)
             self.node.execute(self.node.state.retry_or_fail(task, lost, dead_node=node_id))
+        self.pulling.holder_died(
+            address, why
+        )  # (before: a value pulled on from others is not lost)
         self.pulling.rebuild_or_lose(address)
         for pull in [p for p in self.pulling.pulls.values() if p.address == address]:
             self.pulling.pull_failed(pull, f"the node holding it died ({why})")

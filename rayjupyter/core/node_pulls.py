@@ -2,9 +2,12 @@
 values rebuilt from lineage when the only node that had them died.
 
 A part of the node daemon (``Node.pulling``). A large value that stays in a peer's store is
-pulled here only when someone needs it: in 8 MB chunks, a few requests in flight, each
-chunk's bytes a zmq frame of its own, so a 1 GB value crosses in bounded memory. The peer
-keeps its copy, held for us, until we free the object (``release_copies``).
+pulled here only when someone needs it: in chunks, from every peer known to hold it at once
+(``pull_plan.PullPlan`` decides who is asked for what), each chunk's bytes a zmq frame of
+their own, written into this store's file where they belong as they arrive (no buffer of
+the value's size, no second copy), so a 1 GB value crosses in bounded memory. A holder
+sends a chunk straight from a mapping of its file. The peer that provided the value keeps
+its copy, held for us, until we free the object (``release_copies``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import mmap
 import os
 import pickle
 from dataclasses import dataclass
@@ -21,23 +25,21 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ObjectLostError
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
 from rayjupyter.core.node_promises import NodePromises
+from rayjupyter.core.object_files import POOL_MIN_SIZE, _take_pooled, pool_prefix
 from rayjupyter.core.object_store import shm_path
+from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.core.scheduler import TaskRecord, TaskState
-
-CHUNK_BYTES = 8 << 20
-CHUNKS_IN_FLIGHT = 8  # at most 64 MB in the pipe per pull
 
 
 @dataclass
 class Pull:
-    """A value being copied here from a peer's store, chunk by chunk."""
+    """A value being copied here from peers' stores, chunk by chunk."""
 
     object_id: bytes
-    address: str
+    address: str  # the peer that holds it for us (the entry's location)
     size: int
     fd: int
-    requested: int = 0  # bytes asked for so far
-    received: int = 0
+    plan: PullPlan
 
 
 class NodePulls:
@@ -51,11 +53,14 @@ class NodePulls:
         # to run again if that peer dies, until every result is freed
         self.lineage: dict[bytes, TaskRecord] = {}
         self.promises = NodePromises(node, links)  # values not made yet, named by tasks
+        # other peers that hold a value we may pull (besides its location), as provided
+        self.more_holders: dict[bytes, tuple[str, ...]] = {}
 
     def on_pending_objects(self, client: bytes, message: P.PendingObjects) -> None:
         self.promises.on_pending_objects(client, message)
 
     def on_provide_objects(self, client: bytes, message: P.ProvideObjects) -> None:
+        more_holders = dict(message.more_holders)
         for object_id, inline, size, is_error, holder in message.objects:
             pending = bool(self.promises.awaiting) and self.promises.settled(object_id)
             if pending or object_id not in self.node.objects:
@@ -69,6 +74,8 @@ class NodePulls:
                     self.node.set_ready(object_id, inline, size, is_error, ())
                 else:
                     location = "" if holder == self.node.address else holder
+                    if location and object_id in more_holders:
+                        self.more_holders[object_id] = more_holders[object_id]
                     self.node.set_ready(object_id, None, size, False, (), location=location)
                 del entry
             else:
@@ -82,62 +89,99 @@ class NodePulls:
             return
         self.node.store.restore(object_id)
         try:
-            fd = os.open(self.node.store.path_of(object_id), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.pread(fd, message.length, message.offset)
-            finally:
-                os.close(fd)
-        except OSError as exc:
+            data = _read_chunk(self.node.store.path_of(object_id), message.offset, message.length)
+        except (OSError, ValueError) as exc:
             self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", str(exc)))
             return
         self.node.send_chunk(client, P.ObjectChunk(object_id, message.offset, entry.size, data, ""))
 
     def pull(self, object_id: bytes) -> None:
-        """Copy a value that a peer holds into this node's store (once, however many ask)."""
+        """Copy a value that peers hold into this node's store (once, however many ask)."""
         entry = self.node.objects[object_id]
         if object_id in self.pulls or not entry.location:
             return
+        holders = [entry.location, *self.more_holders.pop(object_id, ())]
         path = shm_path(self.node.session, object_id)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            if entry.size:
-                os.posix_fallocate(fd, 0, entry.size)
+            fd = _create(self.node.session, path, entry.size)
         except OSError as exc:
-            with contextlib.suppress(UnboundLocalError, OSError):
-                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             reason = os.strerror(exc.errno or errno.EIO)
             self.object_lost(object_id, f"no room in this node's store for it ({reason})")
             return
-        pull = self.pulls[object_id] = Pull(object_id, entry.location, entry.size, fd)
+        plan = PullPlan(entry.size, [h for h in holders if h != self.node.address])
+        pull = self.pulls[object_id] = Pull(object_id, entry.location, entry.size, fd, plan)
         if entry.size == 0:
             self._pull_done(pull)
             return
-        for _ in range(CHUNKS_IN_FLIGHT):
-            self._request_chunk(pull)
+        self._ask(pull, plan.requests())
 
-    def _request_chunk(self, pull: Pull) -> None:
-        if pull.requested >= pull.size:
-            return
-        length = min(CHUNK_BYTES, pull.size - pull.requested)
-        self.links.link(pull.address).send(P.PullObject(pull.object_id, pull.requested, length))
-        pull.requested += length
+    def _ask(self, pull: Pull, asks: list[tuple[str, int, int]]) -> None:
+        """Queue the requests: they leave together at the end of the loop's turn (one send
+        for every chunk that turn wrote; one per chunk costs a wake-up of zmq's IO thread
+        each, which measured slower on 2 cores)."""
+        for holder, offset, length in asks:
+            self.links.link(holder).send(P.PullObject(pull.object_id, offset, length))
 
     def on_object_chunk(self, link: PeerLink, message: P.ObjectChunk) -> None:
         pull = self.pulls.get(message.object_id)
-        if pull is None or pull.address != link.address:
+        if pull is None:
             return
         if message.error:
-            self.pull_failed(pull, f"node {link.address} no longer has it ({message.error})")
+            self.holder_failed(
+                pull, link.address, f"node {link.address} no longer has it ({message.error})"
+            )
             return
         view = memoryview(message.data)
+        asked = pull.plan.in_flight.get(link.address, {}).get(message.offset)
+        if asked is not None and asked != len(view):
+            why = f"node {link.address} sent {len(view)} of its bytes, not {asked}"
+            self.holder_failed(pull, link.address, why)
+            return
+        wanted, asks = pull.plan.arrived(link.address, message.offset, len(view))
+        if not wanted:
+            return  # (from a holder we gave up on: another was asked for these bytes)
         done = 0
-        while done < len(view):
-            done += os.pwrite(pull.fd, view[done:], message.offset + done)
-        pull.received += len(view)
-        if pull.received >= pull.size:
+        try:
+            while done < len(view):
+                done += os.pwrite(pull.fd, view[done:], message.offset + done)
+        except OSError as exc:
+            reason = os.strerror(exc.errno or errno.EIO)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                reason = f"no room in this node's store for it ({reason})"
+            self.pull_failed(pull, f"it could not be written here: {reason}")
+            return
+        if pull.plan.done:
             self._pull_done(pull)
         else:
-            self._request_chunk(pull)
+            self._ask(pull, asks)
+
+    def holder_failed(self, pull: Pull, address: str, why: str) -> None:
+        """A holder cannot serve the rest: the others take its chunks, or the pull fails."""
+        if address not in pull.plan.in_flight:
+            return  # (given up on already)
+        asks = pull.plan.holder_failed(address)
+        if pull.plan.failed:
+            self.pull_failed(pull, why)
+            return
+        if address == pull.address and pull.plan.holders:
+            # (the entry's location: a get here asks the holders that are left)
+            pull.address = pull.plan.holders[0]
+            entry = self.node.objects.get(pull.object_id)
+            if entry is not None and entry.location == address:
+                entry.location = pull.address
+        self._ask(pull, asks)
+
+    def holder_died(self, address: str, why: str) -> None:
+        """A peer died: the pulls that other holders can finish go on without it (the
+        others are the membership's to rebuild or fail, as values whose only copy it had)."""
+        for object_id, holders in list(self.more_holders.items()):
+            if address in holders:
+                self.more_holders[object_id] = tuple(h for h in holders if h != address)
+        for pull in list(self.pulls.values()):
+            if address in pull.plan.in_flight and len(pull.plan.holders) > 1:
+                self.holder_failed(pull, address, f"the node holding it died ({why})")
 
     def _pull_done(self, pull: Pull) -> None:
         del self.pulls[pull.object_id]
@@ -178,6 +222,7 @@ class NodePulls:
             if task_id in rebuilding:
                 entry.ready = False
                 entry.location = ""
+                self.more_holders.pop(object_id, None)
             else:
                 self.object_lost(
                     object_id,
@@ -215,6 +260,7 @@ class NodePulls:
         entry = self.node.objects.get(object_id)
         if entry is None:
             return
+        self.more_holders.pop(object_id, None)
         error = ObjectLostError(f"Object {object_id.hex()} was lost: {why}.")
         blob = pickle.dumps(error, protocol=5)
         entry.location = ""
@@ -222,6 +268,48 @@ class NodePulls:
 
     def release_copies(self, object_id: bytes, locations: set[str]) -> None:
         """An object we freed: let go of the copies peers keep for us."""
+        self.more_holders.pop(object_id, None)
         for address in locations:
             if address in self.links.links:
                 self.links.links[address].send(P.RefOps(((False, object_id),)))
+
+
+def _read_chunk(path: str, offset: int, length: int) -> memoryview | bytes:
+    """Bytes [offset, offset + length) of a store file, as a read-only mapping: zmq sends
+    them from there (no copy here), and they stay valid if the file is freed meanwhile."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        length = max(0, min(length, size - offset))
+        if length == 0:
+            return b""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        # (its page table filled in one go: the sender's IO thread faults on none of them)
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(
+            fd, offset - start + length, flags=flags, prot=mmap.PROT_READ, offset=start
+        )
+    finally:
+        os.close(fd)
+    return memoryview(mapped)[offset - start :]
+
+
+def _create(session: str, path: str, size: int) -> int:
+    """The file a pulled value is written into: a freed one of the store's pool if one
+    fits (its pages are there already: writing them runs at memcpy speed), else a new one.
+
+    A new file's pages are not taken up front (posix_fallocate): on tmpfs that zeroes the
+    whole value before the first byte is asked for (half a second a GB here), while the
+    writes allocate them as the chunks arrive, overlapped with the transfer. A store that
+    fills up fails a write (ENOSPC), which fails the pull with that reason; nobody maps the
+    file before the pull is done, so no reader meets a missing page."""
+    if size >= POOL_MIN_SIZE and _take_pooled(pool_prefix(session), size, path):
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)  # (a pooled file may be a little larger: its tail goes back)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -199,6 +199,9 @@ class ProvideObjects(NamedTuple):
     """
 
     objects: tuple[tuple[bytes, bytes | None, int, bool, str], ...]
+    #: other peers that hold some of these values too, (object_id, their host:ports): a
+    #: pull asks them at once (they hold it for the sender, which holds it for us)
+    more_holders: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
 
 
 class PendingObjects(NamedTuple):
@@ -423,7 +426,7 @@ class ObjectChunk(NamedTuple):
     object_id: bytes
     offset: int
     total: int  # the value's full size
-    data: bytes
+    data: bytes | memoryview  # (a view: of the sender's mapping, of the frame received)
     error: str  # non-empty when this node cannot serve the value (then data is empty)
 
 
