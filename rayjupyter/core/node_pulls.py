@@ -25,7 +25,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import ObjectLostError
 from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
 from rayjupyter.core.node_promises import NodePromises
-from rayjupyter.core.object_files import POOL_MIN_SIZE, _take_pooled, pool_prefix
+from rayjupyter.core.object_files import POOL_MIN_SIZE, pool_prefix, take_pooled
 from rayjupyter.core.object_store import shm_path
 from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.core.scheduler import TaskRecord, TaskState
@@ -303,7 +303,7 @@ def _create(session: str, path: str, size: int) -> int:
     writes allocate them as the chunks arrive, overlapped with the transfer. A store that
     fills up fails a write (ENOSPC), which fails the pull with that reason; nobody maps the
     file before the pull is done, so no reader meets a missing page."""
-    if size >= POOL_MIN_SIZE and _take_pooled(pool_prefix(session), size, path):
+    if size >= POOL_MIN_SIZE and take_pooled(pool_prefix(session), size, path):
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     else:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -43,6 +43,7 @@ __all__ = [
     "shm_path",
     "store_dir",
     "store_full_error",
+    "take_pooled",
     "unlink_quietly",
     "write_object",
 ]
@@ -107,7 +108,7 @@ def pooled_files(prefix: str) -> list[tuple[int, str]]:
     return files
 
 
-def _take_pooled(prefix: str, nbytes: int, dest: str) -> bool:
+def take_pooled(prefix: str, nbytes: int, dest: str) -> bool:
     """Move a pooled file of about nbytes (not more than a quarter larger) to dest."""
     fits = sorted(f for f in pooled_files(prefix) if nbytes <= f[0] <= nbytes + nbytes // 4)
     for _, path in fits:
@@ -179,7 +180,7 @@ def write_object(path: str, sobj: FlatLayout | SerializedObject, pool: str | Non
     (and removes the partial file) when the filesystem is full.
     """
     nbytes = sobj.nbytes
-    reused = pool is not None and nbytes >= POOL_MIN_SIZE and _take_pooled(pool, nbytes, path)
+    reused = pool is not None and nbytes >= POOL_MIN_SIZE and take_pooled(pool, nbytes, path)
     if reused:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     else:
