@@ -8,6 +8,7 @@ sends the text it returns (once per episode) to the drivers.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,10 +48,14 @@ class StarvationWatch:
         """The warning to send now, if any. ``ready``: the queue of ready plain tasks;
         ``actor_held``: what each actor's process holds here; ``total``: the node's;
         ``pending_actors``: what each actor still waiting to be placed needs."""
-        tasks: list[Mapping[str, float]] = [t.demand for t in ready if t.state is TaskState.READY]
-        waiting = [d for d in [*tasks, *pending_actors] if _fits(d, total)]
+        # Nothing to say while a plain task runs (it will give its resources back): that is
+        # known from the workers alone, so a long queue is not walked every second (walking
+        # 600,000 queued tasks once a second made the node's time grow with the square)
         running = any(w.task is not None and not w.actor_id and not w.lent for w in workers)
-        if not waiting or running:
+        tasks = (t.demand for t in ready if t.state is TaskState.READY)
+        waiting = (d for d in itertools.chain(tasks, pending_actors) if _fits(d, total))
+        needed = None if running else next(waiting, None)
+        if needed is None:
             self.since, self.warned = None, False
             return None
         if self.since is None:
@@ -63,13 +68,13 @@ class StarvationWatch:
             actors += 1
             for name, amount in demand.items():
                 held[name] = held.get(name, 0.0) + amount
-        needed = waiting[0]
         if not any(held.get(name, 0.0) > 0 for name in needed):
             return None  # not the actors' doing (a placement group, a worker limit...)
         self.warned = True
         held_text = ", ".join(f"{name}={amount:g}" for name, amount in sorted(held.items()))
+        count = 1 + sum(1 for _ in waiting)
         return (
-            f"Warning: {len(waiting)} task(s) or actor(s) have waited {now - self.since:.0f} s for "
+            f"Warning: {count} task(s) or actor(s) have waited {now - self.since:.0f} s for "
             f"{dict(needed)}: {actors} actor(s) hold {held_text} of this node's "
             f"{dict(total)}, and no task is running that would free them. They wait until "
             f"those actors end: create fewer actors, give them num_cpus=0 (the default holds "
