@@ -57,13 +57,20 @@ def read_cluster_file(session: str) -> dict[str, Any] | None:
 
 
 def _alive(pid: int) -> bool:
+    """pid runs; a zombie does not (a killed node whose parent died before reaping it
+    waits as one until its new parent, perhaps a subreaper that never reaps, collects it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask: it answered the signal, so it is there
+    return state not in (b"Z", b"X")
 
 
 def list_local_clusters() -> list[dict[str, Any]]:
