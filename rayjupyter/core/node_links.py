@@ -152,6 +152,7 @@ class PeerHost(Protocol):
     tasks: dict[bytes, TaskRecord]
     funcs: dict[bytes, bytes]
     channels: dict[bytes, Any]  # clients over a socket (workers, local drivers and peers)
+    clients: dict[bytes, Any]  # those that said Hello (ClientInfo)
     actors: dict[bytes, ActorRecord]
     envs: NodeRuntimeEnv
     generators: NodeGenerators

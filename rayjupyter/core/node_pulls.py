@@ -93,7 +93,9 @@ class NodePulls:
             return
         self.node.store.restore(object_id)
         path = self.node.store.path_of(object_id)
-        if client in self.node.channels:  # a peer on this machine (peer_bulk.py)
+        # a peer's bulk link (peer_bulk.py): a channel that never said Hello, where a
+        # driver's or a worker's did (they would not read a chunk frame)
+        if client in self.node.channels and client not in self.node.clients:
             try:
                 fd, length = _open_chunk(path, message.offset, message.length)
             except OSError as exc:
