@@ -234,7 +234,7 @@ class NodeLinks:
 
     def drop_link(self, address: str) -> None:
         link = self.links.pop(address, None)
-        self.bulk.drop(address)
+        self.bulk.forget(address)
         if link is not None:
             del self.link_of_socket[link.rx]
             self.poll.unregister(link.rx)

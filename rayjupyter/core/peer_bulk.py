@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import traceback
 from typing import Any, Protocol
 
 from rayjupyter.core import local_channel, protocol
@@ -155,12 +156,19 @@ class BulkLink:
             self._part, self._need = "header", self._header_size
             return
         self._part, self._need = "length", HEADER.size
-        messages = protocol.loads(data)
+        try:
+            messages = protocol.loads(data)
+        except Exception:  # not a batch of ours: drop the link (its pulls go on over zmq)
+            self.closed = True
+            return
         if not self._is_chunk:
             for message in messages:
                 sink.on_message(self.address, message)
             return
-        chunk = messages[0]
+        chunk = messages[0] if len(messages) == 1 else None
+        if not isinstance(chunk, P.ObjectChunk):
+            self.closed = True
+            return
         self._chunk, self._length, self._left, self._failed = chunk, self._body, self._body, False
         self._target = sink.chunk_target(self.address, chunk, self._body)
         if self._body == 0:
@@ -253,7 +261,12 @@ class BulkLinks:
 
     def _readable(self, link: BulkLink) -> None:
         assert self.sink is not None
-        if not link.read(self.sink):
+        try:
+            alive = link.read(self.sink)
+        except Exception:  # a bug here must not take the node down: over zmq from now on
+            traceback.print_exc()
+            alive = False
+        if not alive:
             self.drop(link.address)
             self.refused.add(link.address)
             self.sink.bulk_lost(link.address)
@@ -266,6 +279,11 @@ class BulkLinks:
     def forget_target(self, fd: int) -> None:
         for link in self.links.values():
             link.forget_target(fd)
+
+    def forget(self, address: str) -> None:
+        """The peer left or died: a node that comes back at its address is linked anew."""
+        self.drop(address)
+        self.refused.discard(address)
 
     def drop(self, address: str) -> None:
         link = self.links.pop(address, None)
