@@ -16,7 +16,7 @@ import pytest
 
 from rayjupyter.core import protocol
 from rayjupyter.core import protocol as P
-from rayjupyter.core.channel import BODY, CHUNK_FLAG, HEADER, Channel
+from rayjupyter.core.channel import BODY, CHUNK_FLAG, HEADER, Channel, FileRegion
 from rayjupyter.core.peer_bulk import READ_BUDGET, BulkLink
 
 MB = 1 << 20
@@ -61,11 +61,11 @@ def ends() -> Iterator[tuple[Channel, BulkLink]]:
     link.close()
 
 
-def source(tmp_path: Path, size: int) -> tuple[bytes, int]:
+def source(tmp_path: Path, size: int, name: str = "held") -> tuple[bytes, Path]:
     data = os.urandom(size)
-    path = tmp_path / "held"
+    path = tmp_path / name
     path.write_bytes(data)
-    return data, os.open(path, os.O_RDONLY)
+    return data, path
 
 
 def destination(tmp_path: Path, size: int, flags: int = os.O_RDWR) -> int:
@@ -89,18 +89,24 @@ def chunk(offset: int) -> P.ObjectChunk:
     return P.ObjectChunk(b"o" * 20, offset, 0, b"", "")
 
 
+def region(offset: int, path: Path, length: int) -> FileRegion:
+    """A chunk of the file at path, as a holder sends it."""
+    error = protocol.dumps([chunk(offset)._replace(error="gone")])
+    return FileRegion(protocol.dumps([chunk(offset)]), str(path), offset, length, error)
+
+
 def test_a_chunk_body_is_received_into_its_place_in_the_file(
     ends: tuple[Channel, BulkLink], tmp_path: Path
 ) -> None:
     channel, link = ends
-    data, fd = source(tmp_path, 20 * MB + 123)
+    data, held = source(tmp_path, 20 * MB + 123)
     out = destination(tmp_path, len(data))
     sink = Sink(out)
     # two chunks, an ordinary frame between them and one after: all in order
-    channel.send_file_chunk(protocol.dumps([chunk(12 * MB)]), os.dup(fd), 12 * MB, 8 * MB + 123)
+    channel.send_file_chunk(region(12 * MB, held, 8 * MB + 123))
     error = P.ObjectChunk(b"x" * 20, 0, 0, b"", "not here")
     channel.send(protocol.dumps([error]))
-    channel.send_file_chunk(protocol.dumps([chunk(0)]), fd, 0, 12 * MB)
+    channel.send_file_chunk(region(0, held, 12 * MB))
     channel.send(protocol.dumps([error]))
     assert channel.has_pending  # (more than the socket takes at once)
     assert pump(channel, link, sink, lambda: len(sink.events) == 6)
@@ -116,7 +122,7 @@ def test_a_body_cut_short_by_a_dying_peer_is_never_reported_written(
     ends: tuple[Channel, BulkLink], tmp_path: Path
 ) -> None:
     channel, link = ends
-    data, fd = source(tmp_path, 2 * MB)
+    data, _ = source(tmp_path, 2 * MB)
     out = destination(tmp_path, len(data))
     sink = Sink(out)
     header = protocol.dumps([chunk(0)])
@@ -127,7 +133,6 @@ def test_a_body_cut_short_by_a_dying_peer_is_never_reported_written(
     channel.close()
     assert not pump(channel, link, sink, lambda: False)
     assert sink.kinds() == ["target"]  # never "written": the pull asks again elsewhere
-    os.close(fd)
     os.close(out)
 
 
@@ -135,10 +140,10 @@ def test_a_body_that_cannot_be_written_fails_and_the_link_goes_on(
     ends: tuple[Channel, BulkLink], tmp_path: Path
 ) -> None:
     channel, link = ends
-    data, fd = source(tmp_path, 2 * MB)
+    data, held = source(tmp_path, 2 * MB)
     read_only = destination(tmp_path, len(data), os.O_RDONLY)  # (writes fail: EBADF)
     sink = Sink(read_only)
-    channel.send_file_chunk(protocol.dumps([chunk(0)]), fd, 0, len(data))
+    channel.send_file_chunk(region(0, held, len(data)))
     channel.send(protocol.dumps([P.LogLines(2, "after")]))
     assert pump(channel, link, sink, lambda: "message" in sink.kinds())
     assert sink.kinds() == ["target", "failed", "message"]  # the rest of the body dropped
@@ -147,10 +152,10 @@ def test_a_body_that_cannot_be_written_fails_and_the_link_goes_on(
 
 def test_a_body_no_longer_wanted_is_dropped(ends: tuple[Channel, BulkLink], tmp_path: Path) -> None:
     channel, link = ends
-    data, fd = source(tmp_path, 2 * READ_BUDGET)  # (not all read at the first turn)
+    data, held = source(tmp_path, 2 * READ_BUDGET)  # (not all read at the first turn)
     out = destination(tmp_path, len(data))
     sink = Sink(out)
-    channel.send_file_chunk(protocol.dumps([chunk(0)]), fd, 0, len(data))
+    channel.send_file_chunk(region(0, held, len(data)))
     channel.send(protocol.dumps([P.LogLines(2, "after")]))
     pump(channel, link, sink, lambda: "target" in sink.kinds())
     assert sink.kinds() == ["target"]
@@ -161,8 +166,8 @@ def test_a_body_no_longer_wanted_is_dropped(ends: tuple[Channel, BulkLink], tmp_
 
     # a chunk nobody asked for (no target) is read past too
     sink.target = None
-    _, fd = source(tmp_path, MB)
-    channel.send_file_chunk(protocol.dumps([chunk(0)]), fd, 0, MB)
+    _, held = source(tmp_path, MB)
+    channel.send_file_chunk(region(0, held, MB))
     channel.send(protocol.dumps([P.LogLines(2, "again")]))
     assert pump(channel, link, sink, lambda: sink.kinds().count("message") == 2)
     assert sink.kinds() == ["target", "message", "target", "message"]
@@ -179,15 +184,32 @@ def test_a_frame_that_is_not_ours_closes_the_link(
     assert sink.events == []
 
 
-def test_a_channel_that_loses_its_reader_closes_its_queued_files(tmp_path: Path) -> None:
+def test_a_file_gone_when_its_chunk_s_turn_comes_is_answered_with_an_error(
+    ends: tuple[Channel, BulkLink], tmp_path: Path
+) -> None:
+    channel, link = ends
+    _, first = source(tmp_path, 20 * MB)
+    _, second = source(tmp_path, MB, name="freed")
+    channel.send_file_chunk(region(0, first, 20 * MB))
+    channel.send_file_chunk(region(0, second, MB))  # (waits: the socket is full)
+    second.unlink()  # freed meanwhile
+    sink = Sink(None)
+    assert pump(channel, link, sink, lambda: "message" in sink.kinds())
+    assert sink.kinds() == ["target", "message"]
+    assert sink.events[1][1].error == "gone"
+
+
+def test_a_channel_that_loses_its_reader_closes_its_file(tmp_path: Path) -> None:
     holder, puller = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     channel = Channel(holder, blocking_send=False)
-    _, fd = source(tmp_path, 20 * MB)
-    channel.send_file_chunk(protocol.dumps([chunk(0)]), fd, 0, 20 * MB)
-    assert channel.has_pending
+    _, held = source(tmp_path, 20 * MB)
+    sending = region(0, held, 20 * MB)
+    channel.send_file_chunk(sending)
+    channel.send_file_chunk(region(0, held, MB))
+    assert channel.has_pending and sending.fd >= 0
     puller.close()
     channel.write_pending()
     assert channel.closed and not channel.has_pending
     with pytest.raises(OSError):
-        os.fstat(fd)  # (closed by the channel)
+        os.fstat(sending.fd)  # (closed by the channel)
     channel.close()

@@ -41,11 +41,30 @@ NODE_READS = 1
 
 @dataclass
 class FileRegion:
-    """Bytes of a file still to send (a chunk's body); the channel closes ``fd`` once sent."""
+    """A chunk frame still to send: its header, then bytes of a file. The file is opened
+    only when the chunk's turn comes (one descriptor per channel, however many chunks
+    wait), and closed once its bytes are sent."""
 
-    fd: int
+    header: bytes  # pickled
+    path: str
     offset: int
-    length: int
+    length: int  # at most this many (fewer if the file is shorter)
+    error: bytes  # the frame's payload sent instead when the file cannot be opened
+    fd: int = -1
+
+    def open(self) -> bytes:
+        """Open the file; the frame's bytes up to the body (or the error frame)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return HEADER.pack(len(self.error)) + self.error
+        try:
+            self.length = max(0, min(self.length, os.fstat(fd).st_size - self.offset))
+        except OSError:
+            os.close(fd)
+            return HEADER.pack(len(self.error)) + self.error
+        self.fd = fd
+        return HEADER.pack(CHUNK_FLAG | len(self.header)) + BODY.pack(self.length) + self.header
 
 
 class Channel:
@@ -110,20 +129,17 @@ class Channel:
         if sent < len(frame):
             self._outbuf += memoryview(frame)[sent:]
 
-    def send_file_chunk(self, header: bytes, fd: int, offset: int, length: int) -> None:
-        """Send a chunk frame: ``header`` (pickled), then ``length`` bytes of the file ``fd``
-        from ``offset``, which this channel owns from now on (closed once sent). Only on
-        the non-blocking end: what the socket does not take waits for write_pending."""
+    def send_file_chunk(self, region: FileRegion) -> None:
+        """Send a chunk frame (see FileRegion), after everything sent before. Only on the
+        non-blocking end: what the socket does not take waits for write_pending."""
         assert not self.blocking_send
         if self.closed:
-            os.close(fd)
             return
         if not self._sends_chunks:
             self._sends_chunks = True
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK_SNDBUF)
-        self.send_raw(HEADER.pack(CHUNK_FLAG | len(header)) + BODY.pack(length) + header)
-        self._queue.append(FileRegion(fd, offset, length))
+        self._queue.append(region)
         if len(self._queue) == 1 and not self._outbuf:
             self.write_pending()
 
@@ -168,12 +184,20 @@ class Channel:
             del self._outbuf[:sent]
 
     def _send_region(self) -> bool:
-        """Send the next queued item (its bytes move to ``_outbuf``; a file region goes
-        out by sendfile); False when the socket is full."""
+        """Send the next queued item: its bytes move to ``_outbuf``; a file region's frame
+        up to its body too (when its file opens), then its body goes out by sendfile.
+        False when the socket is full."""
         item = self._queue[0]
         if isinstance(item, bytearray):
             self._queue.popleft()
             self._outbuf = item
+            return True
+        if item.fd < 0:
+            self._outbuf = bytearray(item.open())
+            if item.fd < 0 or item.length == 0:
+                self._queue.popleft()
+                if item.fd >= 0:
+                    os.close(item.fd)
             return True
         try:
             sent = os.sendfile(self.sock.fileno(), item.fd, item.offset, item.length)
@@ -182,7 +206,7 @@ class Channel:
         except OSError:
             self._lost()
             return False
-        if sent == 0:  # the file is shorter than it was (it cannot be): drop the link
+        if sent == 0:  # the file shrank under us: the frame cannot be finished
             self._lost()
             return False
         item.offset += sent
@@ -197,7 +221,7 @@ class Channel:
         self.closed = True
         self._outbuf.clear()
         for item in self._queue:
-            if isinstance(item, FileRegion):
+            if isinstance(item, FileRegion) and item.fd >= 0:
                 os.close(item.fd)
         self._queue.clear()
 

@@ -96,13 +96,8 @@ class NodePulls:
         # a peer's bulk link (peer_bulk.py): a channel that never said Hello, where a
         # driver's or a worker's did (they would not read a chunk frame)
         if client in self.node.channels and client not in self.node.clients:
-            try:
-                fd, length = _open_chunk(path, message.offset, message.length)
-            except OSError as exc:
-                self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", str(exc)))
-                return
             chunk = P.ObjectChunk(object_id, message.offset, entry.size, b"", "")
-            self.node.send_file_chunk(client, chunk, fd, length)
+            self.node.send_file_chunk(client, chunk, path, message.length)
             return
         try:
             data = _read_chunk(path, message.offset, message.length)
@@ -353,18 +348,6 @@ def _write_error(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = f"no room in this node's store for it ({reason})"
     return reason
-
-
-def _open_chunk(path: str, offset: int, length: int) -> tuple[int, int]:
-    """A descriptor of a store file and how many bytes of [offset, offset + length) it has
-    (the caller owns the descriptor: it stays valid if the file is freed meanwhile)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-    except OSError:
-        os.close(fd)
-        raise
-    return fd, max(0, min(length, size - offset))
 
 
 def _read_chunk(path: str, offset: int, length: int) -> memoryview | bytes:

@@ -26,6 +26,7 @@ import zmq
 
 from rayjupyter.core import auth, protocol
 from rayjupyter.core import protocol as P
+from rayjupyter.core.channel import FileRegion
 from rayjupyter.core.config import bound
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 
@@ -159,15 +160,17 @@ class NodeRouters:
         router.send_multipart([client + b"r", header, chunk.data], copy=False)
         self._sent_on.add(router)
 
-    def send_file_chunk(self, client: bytes, chunk: P.ObjectChunk, fd: int, length: int) -> bool:
-        """A piece of a value for a peer on this machine, over its channel: ``length`` bytes
-        of the file ``fd`` (closed once sent) from ``chunk.offset`` (see peer_bulk.py);
-        False (``fd`` left open) when the client has no channel."""
+    def send_file_chunk(self, client: bytes, chunk: P.ObjectChunk, path: str, length: int) -> bool:
+        """A piece of a value for a peer on this machine, over its channel: up to ``length``
+        bytes of the file at ``path`` from ``chunk.offset`` (see peer_bulk.py); False when
+        the client has no channel."""
         link = self.channels.get(client)
         if link is None:
             return False
         self.flush()  # keep the order of what was sent before
-        link.send_file_chunk(protocol.dumps([chunk]), fd, chunk.offset, length)
+        error = chunk._replace(total=0, error=f"its file {path} could not be opened")
+        header, error_frame = protocol.dumps([chunk]), protocol.dumps([error])
+        link.send_file_chunk(FileRegion(header, path, chunk.offset, length, error_frame))
         self.watch_output(link)
         return True
 
