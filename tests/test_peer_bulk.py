@@ -1,23 +1,29 @@
 """Chunks between peers on one machine (peer_bulk.py, channel.py's chunk frames), without
 node processes: a holder's channel sends a chunk's body from its file, the puller's link
 splices it into the destination file at its offset; and what happens when the body is
-cut short, cannot be written, is no longer wanted, or the frame is not ours.
+cut short, cannot be written (the store is full), is no longer wanted, or the frame is
+not ours.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from rayjupyter.core import protocol
+from rayjupyter.core import node_pulls, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import BODY, CHUNK_FLAG, HEADER, Channel, FileRegion
-from rayjupyter.core.peer_bulk import READ_BUDGET, BulkLink
+from rayjupyter.core.peer_bulk import READ_BUDGET, BulkLink, BulkLinks
+from rayjupyter.core.pull_plan import PullPlan
+from rayjupyter.exceptions import ObjectLostError
 
 MB = 1 << 20
 PEER = "127.0.0.1:1"
@@ -213,3 +219,41 @@ def test_a_channel_that_loses_its_reader_closes_its_file(tmp_path: Path) -> None
     with pytest.raises(OSError):
         os.fstat(sending.fd)  # (closed by the channel)
     channel.close()
+
+
+class FakeNode:
+    """What NodePulls asks of its node when a chunk cannot be written."""
+
+    def __init__(self) -> None:
+        self.session = "s"
+        self.address = "127.0.0.1:2"
+        self.objects: dict[bytes, Any] = {}
+        self.ready: list[tuple[bytes, bytes | None, bool]] = []
+
+    def set_ready(
+        self, object_id: bytes, inline: bytes | None, size: int, is_error: bool, *_: Any
+    ) -> None:
+        self.ready.append((object_id, inline, is_error))
+
+
+def test_a_store_that_fills_up_mid_chunk_fails_the_pull_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_pulls, "shm_path", lambda session, oid: str(tmp_path / oid.hex()))
+    node = FakeNode()
+    links = SimpleNamespace(bulk=BulkLinks(poll=None, secret=""))
+    pulling = node_pulls.NodePulls(node, links)  # type: ignore[arg-type]
+    object_id = b"o" * 20
+    node.objects[object_id] = SimpleNamespace(ready=True, location=PEER)
+    fd = os.open(tmp_path / object_id.hex(), os.O_RDWR | os.O_CREAT)
+    plan = PullPlan(4 * MB, [PEER])
+    pulling.pulls[object_id] = node_pulls.Pull(object_id, PEER, 4 * MB, fd, plan)
+    plan.requests()
+    assert pulling.chunk_target(PEER, chunk(0), 2 * MB) == fd
+    pulling.chunk_write_failed(PEER, chunk(0), OSError(errno.ENOSPC, "full"))
+    assert object_id not in pulling.pulls and not (tmp_path / object_id.hex()).exists()
+    [(_, blob, is_error)] = node.ready
+    assert is_error and blob is not None
+    error = pickle.loads(blob)
+    assert isinstance(error, ObjectLostError)
+    assert "no room in this node's store for it" in str(error)
