@@ -14,14 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from cluster_helpers import Nodes, alive_nodes, nodes_fixture, started_nodes
 from helpers import wait_for_condition
 
 import rayjupyter as rj
-from rayjupyter.core import api
+from rayjupyter.core import api, local_channel
 from rayjupyter.core.node_links import PEER_CURVE_ENV, peer_endpoint
 from rayjupyter.core.object_files import shm_path
+from rayjupyter.core.peer_bulk import PEER_BULK_ENV
 from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.exceptions import ObjectLostError
 
@@ -154,6 +156,12 @@ def head_session() -> str:
     return str(api._state["context"].address_info["session"])
 
 
+def channel_connections(pid: int, session: str) -> int:
+    """Connections a node accepted on its channel socket (local drivers, peers' bulk links)."""
+    path = local_channel.socket_path(session)
+    return sum(c.laddr == path for c in psutil.Process(pid).net_connections(kind="unix"))
+
+
 @pytest.mark.timeout(180)
 def test_a_value_is_pulled_intact_from_a_peer(nodes: Nodes) -> None:
     n1 = nodes.join(n1=1)
@@ -161,8 +169,26 @@ def test_a_value_is_pulled_intact_from_a_peer(nodes: Nodes) -> None:
     assert peer_endpoint(n1.address).startswith("ipc://")  # on this machine: its socket
     made = make.options(resources={"n1": 1}).remote(SIZE, 1)
     made_there = rj.get(digest.options(resources={"n1": 1}).remote(made), timeout=60)
+    before = channel_connections(n1.pid, n1.session)
     array = rj.get(made, timeout=60)  # pulled into the head's store
     assert hashlib.sha256(array).hexdigest() == made_there == expected_digest(1)
+    # its chunks came over the holder's channel socket (peer_bulk.py), not zmq
+    assert channel_connections(n1.pid, n1.session) == before + 1
+
+
+@pytest.mark.timeout(180)
+def test_a_value_is_pulled_intact_over_zmq_when_bulk_links_are_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PEER_BULK_ENV, "0")  # (inherited by every node started here)
+    with started_nodes(num_cpus=1, resources={"head": 1}) as started:
+        n1 = started.join(n1=1)
+        wait_for_condition(lambda: alive_nodes() == 2, timeout=20)
+        made = make.options(resources={"n1": 1}).remote(SIZE, 6)
+        before = channel_connections(n1.pid, n1.session)
+        array = rj.get(made, timeout=60)
+        assert hashlib.sha256(array).hexdigest() == expected_digest(6)
+        assert channel_connections(n1.pid, n1.session) == before
 
 
 @pytest.mark.timeout(180)

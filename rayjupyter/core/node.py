@@ -136,6 +136,7 @@ class Node:
         # bound once: every part sends through these
         self.send = self.routers.send
         self.send_chunk = self.routers.send_chunk
+        self.send_file_chunk = self.routers.send_file_chunk
         self.flush = self.routers.flush
         self.address = f"{config.host}:{self.port}"
         # TCP peers without the secret fail the handshake before ZAP: reported from here
@@ -215,6 +216,7 @@ class Node:
         self.pipes = self.pool.pipes
         self.send_on_channel = self.pool.send_on_channel
         self.routers.channels, self.routers.send_on_channel = self.channels, self.send_on_channel
+        self.routers.watch_output = self.pool.watch_output
         self.spawn_worker = self.pool.spawn_worker
         driver_channel = os.environ.pop(DRIVER_CHANNEL_ENV, "")
         if driver_channel:  # the driver that started us talks over a socket pair (channel.py)

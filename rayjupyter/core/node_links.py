@@ -29,6 +29,7 @@ from rayjupyter.core.node_io import NodePoll
 from rayjupyter.core.node_runtime_env import NodeRuntimeEnv
 from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.object_store import ObjectStore
+from rayjupyter.core.peer_bulk import BulkLink, BulkLinks
 from rayjupyter.core.scheduler import TaskRecord
 from rayjupyter.core.task_events import TaskEventLog
 from rayjupyter.core.transport import part_size, send_frame
@@ -104,9 +105,15 @@ def peer_endpoint(address: str) -> str:
     when its session folder here names its address, its node lives in our network namespace
     and its socket is there.
     """
-    tcp = f"tcp://{address}"
+    session = peer_session(address)
+    return worker_endpoint(session) if session else f"tcp://{address}"
+
+
+def peer_session(address: str) -> str | None:
+    """The session of the peer at ``address`` when it runs on this machine (see
+    ``peer_endpoint``), else None."""
     if os.environ.get(PEER_CURVE_ENV, "0") not in ("", "0"):
-        return tcp
+        return None
     for path in glob.glob(os.path.join(discovery.SESSIONS_ROOT, "*", discovery.CLUSTER_FILE)):
         session = os.path.basename(os.path.dirname(path))
         info = discovery.read_cluster_file(session)
@@ -115,8 +122,8 @@ def peer_endpoint(address: str) -> str:
         endpoint = worker_endpoint(session)
         pid = int(info.get("pid", 0))
         if pid and _same_network(pid) and os.path.exists(endpoint.removeprefix("ipc://")):
-            return endpoint
-    return tcp
+            return session
+    return None
 
 
 def _same_network(pid: int) -> bool:
@@ -144,6 +151,8 @@ class PeerHost(Protocol):
     objects: dict[bytes, Any]
     tasks: dict[bytes, TaskRecord]
     funcs: dict[bytes, bytes]
+    channels: dict[bytes, Any]  # clients over a socket (workers, local drivers and peers)
+    clients: dict[bytes, Any]  # those that said Hello (ClientInfo)
     actors: dict[bytes, ActorRecord]
     envs: NodeRuntimeEnv
     generators: NodeGenerators
@@ -160,6 +169,9 @@ class PeerHost(Protocol):
     def drivers(self) -> list[bytes]: ...
     def send(self, client: bytes, message: Any) -> None: ...
     def send_chunk(self, client: bytes, chunk: P.ObjectChunk) -> None: ...
+    def send_file_chunk(
+        self, client: bytes, chunk: P.ObjectChunk, path: str, length: int
+    ) -> bool: ...
     def release_client(self, client: bytes) -> None: ...
     def execute(self, instructions: list[Instruction]) -> None: ...
     def fail_task(self, task: TaskRecord, error_blob: bytes) -> None: ...
@@ -202,6 +214,15 @@ class NodeLinks:
         self.links: dict[str, PeerLink] = {}
         self.link_of_socket: dict[zmq.Socket[bytes], PeerLink] = {}
         self.node_clients: dict[bytes, bytes] = {}  # peer nodes' client ids -> their node ids
+        # chunks from peers on this machine: straight into the store's file (peer_bulk.py)
+        self.bulk = BulkLinks(poll, secret)
+
+    def bulk_link(self, address: str) -> BulkLink | None:
+        """The link chunks from ``address`` come over when it is on this machine."""
+        link = self.bulk.links.get(address)
+        if link is not None or address in self.bulk.refused:
+            return link
+        return self.bulk.get(address, peer_session(address))
 
     def link(self, address: str) -> PeerLink:
         link = self.links.get(address)
@@ -213,6 +234,7 @@ class NodeLinks:
 
     def drop_link(self, address: str) -> None:
         link = self.links.pop(address, None)
+        self.bulk.forget(address)
         if link is not None:
             del self.link_of_socket[link.rx]
             self.poll.unregister(link.rx)
@@ -221,6 +243,7 @@ class NodeLinks:
     def flush_links(self) -> None:
         for link in self.links.values():
             link.flush()
+        self.bulk.flush()
 
     def drain_link(self, link: PeerLink) -> None:
         link.last_heard = time.monotonic()

@@ -3,11 +3,14 @@ values rebuilt from lineage when the only node that had them died.
 
 A part of the node daemon (``Node.pulling``). A large value that stays in a peer's store is
 pulled here only when someone needs it: in chunks, from every peer known to hold it at once
-(``pull_plan.PullPlan`` decides who is asked for what), each chunk's bytes a zmq frame of
-their own, written into this store's file where they belong as they arrive (no buffer of
-the value's size, no second copy), so a 1 GB value crosses in bounded memory. A holder
-sends a chunk straight from a mapping of its file. The peer that provided the value keeps
-its copy, held for us, until we free the object (``release_copies``).
+(``pull_plan.PullPlan`` decides who is asked for what), written into this store's file
+where they belong as they arrive (no buffer of the value's size), so a 1 GB value crosses
+in bounded memory. From a peer on this machine the chunks come over its channel socket
+(``peer_bulk.py``): the holder sends them from its file with sendfile and they are spliced
+into ours, one copy per byte. From other machines, each chunk's bytes are a zmq frame of
+their own, sent from a mapping of the holder's file and written here with pwrite. The
+peer that provided the value keeps its copy, held for us, until we free the object
+(``release_copies``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class NodePulls:
         self.promises = NodePromises(node, links)  # values not made yet, named by tasks
         # other peers that hold a value we may pull (besides its location), as provided
         self.more_holders: dict[bytes, tuple[str, ...]] = {}
+        links.bulk.sink = self
 
     def on_pending_objects(self, client: bytes, message: P.PendingObjects) -> None:
         self.promises.on_pending_objects(client, message)
@@ -88,8 +92,15 @@ class NodePulls:
             self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", "not here"))
             return
         self.node.store.restore(object_id)
+        path = self.node.store.path_of(object_id)
+        # a peer's bulk link (peer_bulk.py): a channel that never said Hello, where a
+        # driver's or a worker's did (they would not read a chunk frame)
+        if client in self.node.channels and client not in self.node.clients:
+            chunk = P.ObjectChunk(object_id, message.offset, entry.size, b"", "")
+            self.node.send_file_chunk(client, chunk, path, message.length)
+            return
         try:
-            data = _read_chunk(self.node.store.path_of(object_id), message.offset, message.length)
+            data = _read_chunk(path, message.offset, message.length)
         except (OSError, ValueError) as exc:
             self.node.send(client, P.ObjectChunk(object_id, message.offset, 0, b"", str(exc)))
             return
@@ -122,24 +133,83 @@ class NodePulls:
         for every chunk that turn wrote; one per chunk costs a wake-up of zmq's IO thread
         each, which measured slower on 2 cores)."""
         for holder, offset, length in asks:
-            self.links.link(holder).send(P.PullObject(pull.object_id, offset, length))
+            link = self.links.bulk_link(holder) or self.links.link(holder)
+            link.send(P.PullObject(pull.object_id, offset, length))
 
     def on_object_chunk(self, link: PeerLink, message: P.ObjectChunk) -> None:
+        self._chunk(link.address, message)
+
+    # ----------------------------------------------- chunks over a bulk link (ChunkSink)
+
+    def chunk_target(self, address: str, chunk: P.ObjectChunk, length: int) -> int | None:
+        pull = self._asked(address, chunk, length)
+        return None if pull is None else pull.fd
+
+    def chunk_written(self, address: str, chunk: P.ObjectChunk, length: int) -> None:
+        pull = self.pulls.get(chunk.object_id)
+        if pull is not None:
+            self._written(pull, address, chunk.offset, length)
+
+    def chunk_write_failed(self, address: str, chunk: P.ObjectChunk, error: OSError) -> None:
+        pull = self.pulls.get(chunk.object_id)
+        if pull is not None:
+            self.pull_failed(pull, f"it could not be written here: {_write_error(error)}")
+
+    def on_message(self, address: str, message: object) -> None:
+        if isinstance(message, P.ObjectChunk):
+            self._chunk(address, message)
+
+    def bulk_lost(self, address: str) -> None:
+        """The bulk link to a holder closed: its chunks in flight go to the other holders,
+        or are asked again over zmq (the membership notices if the holder died)."""
+        for pull in list(self.pulls.values()):
+            pending = pull.plan.in_flight.get(address)
+            if not pending:
+                continue
+            if len(pull.plan.holders) > 1:
+                self.holder_failed(pull, address, f"the link to node {address} closed")
+            elif address in self.links.links:
+                for offset, length in pending.items():
+                    self.links.links[address].send(P.PullObject(pull.object_id, offset, length))
+
+    # ------------------------------------------------------------------------------------
+
+    def _asked(self, address: str, chunk: P.ObjectChunk, length: int) -> Pull | None:
+        """The pull a chunk from address belongs to, if it is one we asked it for (a wrong
+        size fails the holder)."""
+        pull = self.pulls.get(chunk.object_id)
+        if pull is None:
+            return None
+        asked = pull.plan.in_flight.get(address, {}).get(chunk.offset)
+        if asked is not None and asked != length:
+            why = f"node {address} sent {length} of its bytes, not {asked}"
+            self.holder_failed(pull, address, why)
+            return None
+        return pull if asked is not None else None
+
+    def _written(self, pull: Pull, address: str, offset: int, length: int) -> None:
+        wanted, asks = pull.plan.arrived(address, offset, length)
+        if not wanted:
+            return
+        if pull.plan.done:
+            self._pull_done(pull)
+        else:
+            self._ask(pull, asks)
+
+    def _chunk(self, address: str, message: P.ObjectChunk) -> None:
         pull = self.pulls.get(message.object_id)
         if pull is None:
             return
         if message.error:
-            self.holder_failed(
-                pull, link.address, f"node {link.address} no longer has it ({message.error})"
-            )
+            self.holder_failed(pull, address, f"node {address} no longer has it ({message.error})")
             return
         view = memoryview(message.data)
-        asked = pull.plan.in_flight.get(link.address, {}).get(message.offset)
+        asked = pull.plan.in_flight.get(address, {}).get(message.offset)
         if asked is not None and asked != len(view):
-            why = f"node {link.address} sent {len(view)} of its bytes, not {asked}"
-            self.holder_failed(pull, link.address, why)
+            why = f"node {address} sent {len(view)} of its bytes, not {asked}"
+            self.holder_failed(pull, address, why)
             return
-        wanted, asks = pull.plan.arrived(link.address, message.offset, len(view))
+        wanted, asks = pull.plan.arrived(address, message.offset, len(view))
         if not wanted:
             return  # (from a holder we gave up on: another was asked for these bytes)
         done = 0
@@ -147,10 +217,7 @@ class NodePulls:
             while done < len(view):
                 done += os.pwrite(pull.fd, view[done:], message.offset + done)
         except OSError as exc:
-            reason = os.strerror(exc.errno or errno.EIO)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                reason = f"no room in this node's store for it ({reason})"
-            self.pull_failed(pull, f"it could not be written here: {reason}")
+            self.pull_failed(pull, f"it could not be written here: {_write_error(exc)}")
             return
         if pull.plan.done:
             self._pull_done(pull)
@@ -185,6 +252,7 @@ class NodePulls:
 
     def _pull_done(self, pull: Pull) -> None:
         del self.pulls[pull.object_id]
+        self.links.bulk.forget_target(pull.fd)
         os.close(pull.fd)
         entry = self.node.objects.get(pull.object_id)
         if entry is None:
@@ -198,6 +266,7 @@ class NodePulls:
 
     def pull_failed(self, pull: Pull, why: str) -> None:
         del self.pulls[pull.object_id]
+        self.links.bulk.forget_target(pull.fd)
         os.close(pull.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(shm_path(self.node.session, pull.object_id))
@@ -272,6 +341,13 @@ class NodePulls:
         for address in locations:
             if address in self.links.links:
                 self.links.links[address].send(P.RefOps(((False, object_id),)))
+
+
+def _write_error(exc: OSError) -> str:
+    reason = os.strerror(exc.errno or errno.EIO)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"no room in this node's store for it ({reason})"
+    return reason
 
 
 def _read_chunk(path: str, offset: int, length: int) -> memoryview | bytes:

@@ -26,6 +26,7 @@ import zmq
 
 from rayjupyter.core import auth, protocol
 from rayjupyter.core import protocol as P
+from rayjupyter.core.channel import FileRegion
 from rayjupyter.core.config import bound
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 
@@ -68,6 +69,7 @@ class NodeRouters:
         # set by the node once its worker pool and peer links exist (they need ``send``)
         self.channels: dict[bytes, Any] = {}
         self.send_on_channel: Callable[[Any, bytes], None] = lambda link, frame: None
+        self.watch_output: Callable[[Any], None] = lambda link: None  # (POLLOUT if pending)
         self.flush_links: Callable[[], None] = lambda: None
         # routers to drain at the next turn without waiting (see the module's docstring)
         self.ready: list[zmq.Socket[bytes]] = []
@@ -157,6 +159,20 @@ class NodeRouters:
         router = self.tcp_router if client in self.tcp_clients else self.router
         router.send_multipart([client + b"r", header, chunk.data], copy=False)
         self._sent_on.add(router)
+
+    def send_file_chunk(self, client: bytes, chunk: P.ObjectChunk, path: str, length: int) -> bool:
+        """A piece of a value for a peer on this machine, over its channel: up to ``length``
+        bytes of the file at ``path`` from ``chunk.offset`` (see peer_bulk.py); False when
+        the client has no channel."""
+        link = self.channels.get(client)
+        if link is None:
+            return False
+        self.flush()  # keep the order of what was sent before
+        error = chunk._replace(total=0, error=f"its file {path} could not be opened")
+        header, error_frame = protocol.dumps([chunk]), protocol.dumps([error])
+        link.send_file_chunk(FileRegion(header, path, chunk.offset, length, error_frame))
+        self.watch_output(link)
+        return True
 
     def flush(self) -> None:
         outbox, self.outbox = self.outbox, {}

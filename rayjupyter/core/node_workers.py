@@ -306,6 +306,9 @@ class NodeWorkers:
 
     def send_on_channel(self, link: Channel, payload: bytes) -> None:
         link.send(payload)
+        self.watch_output(link)
+
+    def watch_output(self, link: Channel) -> None:
         if link.has_pending:  # the loop writes the rest when the socket has room
             self.poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
