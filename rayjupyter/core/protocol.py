@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs, protocol_queries
 
-PROTOCOL_VERSION = 8  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
-# shift later indices)
+PROTOCOL_VERSION = 9  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
+# shift later indices), 9: bulk links between peers on one machine (peer_bulk.py)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
