@@ -34,6 +34,8 @@ def pack_args(
     put: Callable[[SerializedObject], ObjectRef],
 ) -> PackedArgs:
     """Serialize (args, kwargs) for a task; ``put`` stores a large argument and returns its ref."""
+    if not args and not kwargs:  # f.remote(): the same bytes every time
+        return PackedArgs(_NO_ARGS, (), (), [])
     deps: list[bytes] = []
     keep_alive: list[ObjectRef] = []
 
@@ -68,6 +70,10 @@ def pack_args(
         sobj = serialize((packed_args, packed_kwargs), what=f"the arguments of task {task_name!r}")
     nested = tuple(ref.binary() for ref in sobj.contained_refs)
     return PackedArgs(sobj.to_bytes(), tuple(deps), nested, keep_alive)
+
+
+#: a call without arguments, packed (``((), {})``, as pack_args would serialize it)
+_NO_ARGS = serialize(((), {})).to_bytes()
 
 
 def _raise_for_culprit(args: tuple[Any, ...], kwargs: dict[str, Any], task_name: str) -> None:
