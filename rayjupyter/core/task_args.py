@@ -27,6 +27,10 @@ class PackedArgs(NamedTuple):
     keep_alive: list[ObjectRef]  # refs of promoted large arguments, until the submit is sent
 
 
+#: a call without arguments, packed (``((), {})``, as pack_args would serialize it)
+_NO_ARGS = serialize(((), {})).to_bytes()
+
+
 def pack_args(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -70,10 +74,6 @@ def pack_args(
         sobj = serialize((packed_args, packed_kwargs), what=f"the arguments of task {task_name!r}")
     nested = tuple(ref.binary() for ref in sobj.contained_refs)
     return PackedArgs(sobj.to_bytes(), tuple(deps), nested, keep_alive)
-
-
-#: a call without arguments, packed (``((), {})``, as pack_args would serialize it)
-_NO_ARGS = serialize(((), {})).to_bytes()
 
 
 def _raise_for_culprit(args: tuple[Any, ...], kwargs: dict[str, Any], task_name: str) -> None:
