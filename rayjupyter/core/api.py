@@ -90,12 +90,17 @@ def _waiting(client: Client, object_ids: list[bytes], needed: int) -> Iterator[N
         with observer:
             yield
     except KeyboardInterrupt:
-        # only a driver's interrupt is a person stopping the work: in a worker it is rj.cancel
-        # of the waiting task itself, which (as in Ray) leaves what that task waits on running
-        if client.kind == "driver":
-            pending = [oid for oid in object_ids if oid not in client.objects]
-            client.send([P.CancelTask(oid, False, True) for oid in pending])
+        _cancel_waited(client, object_ids)
         raise
+
+
+def _cancel_waited(client: Client, object_ids: list[bytes]) -> None:
+    """Ctrl-C in a wait: cancel the tasks making what has not come yet."""
+    # only a driver's interrupt is a person stopping the work: in a worker it is rj.cancel
+    # of the waiting task itself, which (as in Ray) leaves what that task waits on running
+    if client.kind == "driver":
+        pending = [oid for oid in object_ids if oid not in client.objects]
+        client.send([P.CancelTask(oid, False, True) for oid in pending])
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -107,21 +112,32 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     """The values behind refs, waiting for them; a task's error is raised here."""
     _check_timeout(timeout)
     single = isinstance(object_refs, ObjectRef)
-    if isinstance(object_refs, ObjectRefGenerator):
-        raise TypeError(
-            "rj.get() does not take an ObjectRefGenerator (as in Ray): iterate it, or get "
-            "gen.completed() to wait for the task to end."
-        )
-    refs = [object_refs] if single else object_refs
-    if not isinstance(refs, list | tuple) or not all(isinstance(r, ObjectRef) for r in refs):
-        raise ValueError(
-            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, "
-            f"got {type(object_refs).__name__}."
-        )
+    if single:  # (the common case: nothing else to check)
+        object_ids = [object_refs.binary()]  # type: ignore[union-attr]
+    else:
+        if isinstance(object_refs, ObjectRefGenerator):
+            raise TypeError(
+                "rj.get() does not take an ObjectRefGenerator (as in Ray): iterate it, or get "
+                "gen.completed() to wait for the task to end."
+            )
+        if not isinstance(object_refs, list | tuple) or not all(
+            isinstance(r, ObjectRef) for r in object_refs
+        ):
+            raise ValueError(
+                f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, "
+                f"got {type(object_refs).__name__}."
+            )
+        object_ids = [ref.binary() for ref in object_refs]
     client = _client()
-    object_ids = [ref.binary() for ref in refs]  # type: ignore[union-attr]
-    with _waiting(client, object_ids, len(object_ids)):
-        infos = client.get_infos(object_ids, timeout)
+    if wait_observer is None:  # (as _waiting does, without a generator per get)
+        try:
+            infos = client.get_infos(object_ids, timeout)
+        except KeyboardInterrupt:
+            _cancel_waited(client, object_ids)
+            raise
+    else:
+        with _waiting(client, object_ids, len(object_ids)):
+            infos = client.get_infos(object_ids, timeout)
     values = [client.materialize(info, timeout) for info in infos]
     return values[0] if single else values
 

@@ -154,8 +154,17 @@ class Channel:
     def _send_whole(self, frame: bytes) -> None:
         """Block until all of frame is sent, even through Ctrl-C (raised afterwards): half a
         frame would leave the node reading garbage lengths from then on."""
-        view = memoryview(frame)
         interrupted: KeyboardInterrupt | None = None
+        try:
+            sent = self.sock.send(frame)  # nearly always all of it (the node keeps reading)
+        except KeyboardInterrupt as exc:
+            interrupted, sent = exc, 0
+        except OSError:  # the node is gone: the waiting side notices (liveness checks)
+            self.closed = True
+            return
+        if sent == len(frame) and interrupted is None:
+            return
+        view = memoryview(frame)[sent:]
         while view:
             try:
                 view = view[self.sock.send(view) :]
@@ -245,24 +254,33 @@ class Channel:
             if not size:
                 self.closed = True
                 break
+            if size < READ_SIZE and not buf:  # all that came, and nothing kept from before:
+                return self._split(landing, size)  # the frames are cut where they landed
             buf += landing[:size]
             flags = socket.MSG_DONTWAIT
             if size < READ_SIZE:
                 break
+        frames = self._split(buf, len(buf))
+        if not frames and self.closed:
+            return None
+        return frames
+
+    def _split(self, data: bytearray | memoryview, size: int) -> list[bytes]:
+        """The complete frames in ``data[:size]``; the rest waits in ``_inbuf`` for more."""
         frames: list[bytes] = []
         start = 0
-        size = len(buf)
         while size - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(buf, start)
+            (length,) = HEADER.unpack_from(data, start)
             end = start + HEADER.size + length
             if end > size:
                 break
-            frames.append(bytes(buf[start + HEADER.size : end]))
+            frames.append(bytes(data[start + HEADER.size : end]))
             start = end
-        if start:
-            del buf[:start]
-        if not frames and self.closed:
-            return None
+        if data is self._inbuf:
+            if start:
+                del self._inbuf[:start]
+        elif start < size:
+            self._inbuf += data[start:size]
         return frames
 
     def close(self) -> None:

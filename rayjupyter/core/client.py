@@ -279,11 +279,10 @@ class Client:
 
     def next_task(self) -> P.WorkerOrder | None:
         """The next task for this worker (None once closed), waiting as long as it takes."""
+        tasks = self.tasks
         while True:
-            try:
-                task = self.tasks.get_nowait()
-            except queue.Empty:
-                task = None
+            # (this thread alone takes from it: no exception per task for an empty queue)
+            task = tasks.get_nowait() if not tasks.empty() else None
             if task is not None:
                 if isinstance(task, P.ExecuteTask):
                     # the node may have taken it back when we last blocked: hear it first

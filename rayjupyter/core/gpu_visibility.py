@@ -29,11 +29,11 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
 
 def visible_devices(gpu_ids: tuple[int, ...], environ: Mapping[str, str]) -> str | None:
     """The value CUDA_VISIBLE_DEVICES takes for work given ``gpu_ids``; None: leave it."""
+    if not gpu_ids and not _flag(environ, OVERRIDE_ON_ZERO_VARIABLE):
+        return None  # (every task without GPUs: one variable read, not three)
     if any(_flag(environ, name) for name in NOSET_VARIABLES):
         return None
-    if gpu_ids or _flag(environ, OVERRIDE_ON_ZERO_VARIABLE):
-        return ",".join(map(str, gpu_ids))
-    return None
+    return ",".join(map(str, gpu_ids))
 
 
 def apply(gpu_ids: tuple[int, ...], environ: MutableMapping[str, str] = os.environ) -> None:

@@ -183,7 +183,6 @@ class Node:
         self.validating = os.environ.get(VALIDATE_ENV) == "1"
 
         self.poll = NodePoll()
-        self.poller = self.poll.poller
         self.routers.watch(self.poll)
         self.poll.watch_quiet_socket(self.zap.socket, self.zap.handle)
         self.poll.watch_quiet_socket(self.handshakes.socket, self.handshakes.handle)
@@ -383,7 +382,7 @@ class Node:
         try:
             while self.running:
                 busy = self.object_table.releasing or self.routers.ready
-                events = self.poller.poll(0 if busy else 1000)
+                events = self.poll.poll(0 if busy else 1000)
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()

@@ -62,6 +62,8 @@ class WorkerPipes:
     pidfd: int
     output_fds: list[int] = field(default_factory=list)
     partial: dict[int, bytes] = field(default_factory=dict)
+    # its output pipes while open: asked after each of its tasks (``drain_output``)
+    output_poll: Any = field(default_factory=select.poll)
 
 
 def worker_env(
@@ -108,7 +110,6 @@ class NodeWorkers:
         self.session = session
         self.sys_path = sys_path
         self.poll = poll
-        self.poller = poll.poller
         self.state = state
         self.envs = envs
         self.clients = clients
@@ -157,7 +158,7 @@ class NodeWorkers:
     def open_channel(self, client_id: bytes, link: Channel) -> None:
         self.channels[client_id] = link
         self.channel_fds[link.fileno()] = client_id
-        self.poller.register(link.fileno(), zmq.POLLIN)
+        self.poll.register(link.fileno(), zmq.POLLIN)
 
     def close_channel(self, client_id: bytes) -> None:
         link = self.channels.pop(client_id, None)
@@ -165,7 +166,7 @@ class NodeWorkers:
         if link is None:
             return
         del self.channel_fds[link.fileno()]
-        self.poller.unregister(link.fileno())
+        self.poll.unregister(link.fileno())
         link.close()
 
     def on_channel(self, client_id: bytes, events: int) -> None:
@@ -177,7 +178,7 @@ class NodeWorkers:
         if events & _POLLOUT:
             link.write_pending()
             if not link.has_pending:
-                self.poller.modify(link.fileno(), zmq.POLLIN)
+                self.poll.modify(link.fileno(), zmq.POLLIN)
         if not events & _READABLE:
             return
         frames = link.recv_frames(reads=channel.NODE_READS)
@@ -310,7 +311,7 @@ class NodeWorkers:
 
     def watch_output(self, link: Channel) -> None:
         if link.has_pending:  # the loop writes the rest when the socket has room
-            self.poller.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
+            self.poll.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
     def _adopt_worker(
         self,
@@ -329,6 +330,7 @@ class NodeWorkers:
         self.pipes[client_id] = pipes
         for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
             pipes.output_fds.append(fd)
+            pipes.output_poll.register(fd, select.POLLIN)
             self.poll.watch(fd, functools.partial(self._on_output, worker, stream))
         self.poll.exit_fds.add(pipes.pidfd)
         self.poll.handle(pipes.pidfd, functools.partial(self._on_worker_exit, worker))
@@ -339,17 +341,13 @@ class NodeWorkers:
         One poll() asks which pipe has data: on the hot path (every finished task) most
         tasks print nothing, and a read that finds nothing costs an exception in Python.
         poll, not select: with a few hundred workers the node's descriptors pass 1024,
-        which select() cannot watch.
+        which select() cannot watch. The poll object is the worker's, made once; a pipe
+        leaves it when it closes (``_on_output``).
         """
-        fds = [fd for fd in pipes.output_fds if fd in self.poll.fd_handlers]
-        if not fds:
-            return
-        poll = select.poll()
-        for fd in fds:
-            poll.register(fd, select.POLLIN)
-        for fd, _ in poll.poll(0):
+        fd_handlers = self.poll.fd_handlers
+        for fd, _ in pipes.output_poll.poll(0):
             for _ in range(64):
-                if fd not in self.poll.fd_handlers or not self.poll.fd_handlers[fd](fd):
+                if fd not in fd_handlers or not fd_handlers[fd](fd):
                     break
 
     def _on_output(self, worker: WorkerRecord, stream: int, fd: int) -> bool:
@@ -361,6 +359,8 @@ class NodeWorkers:
         pipes = self.pipes.get(worker.client_id) or self.exiting.get(worker.client_id)
         if not data:
             self.poll.unwatch(fd)
+            if pipes is not None:
+                pipes.output_poll.unregister(fd)
             if pipes is not None and pipes.partial.get(stream):
                 self._forward_output(worker, stream, pipes.partial.pop(stream) + b"\n")
             return False

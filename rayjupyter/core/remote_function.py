@@ -58,7 +58,10 @@ class RemoteFunction:
         self._argcheck: signatures.ArgumentCheck | None = None
         self._argcheck_known = False
         self._name = self._options["name"] or getattr(function, "__name__", "task")
-        generator_options(self._options["num_returns"], self._options, self._name)
+        num_returns = self._options["num_returns"]
+        # (generator mode, backpressure) of its SubmitTask, and how many refs a call makes
+        self._generator = generator_options(num_returns, self._options, self._name)
+        self._count = 1 if self._generator[0] else int(num_returns)
         retry = self._options["retry_exceptions"]
         self._retry: bool | bytes = retry if isinstance(retry, bool) else cloudpickle.dumps(retry)
         functools.update_wrapper(self, function)
@@ -206,10 +209,12 @@ def submit(
         args, kwargs, function._name, lambda sobj: put_serialized(client, sobj, argument=True)
     )
     task_id = client.ids.task_id()
-    num_returns: int | str = function._options["num_returns"]
-    mode, backpressure = generator_options(num_returns, function._options, function._name)
-    count = 1 if mode else int(num_returns)
-    return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
+    mode, backpressure = function._generator
+    count = function._count
+    if count == 1:  # (most tasks)
+        return_ids: tuple[bytes, ...] = (client.ids.object_id(task_id, 0),)
+    else:
+        return_ids = tuple(client.ids.object_id(task_id, i) for i in range(count))
     if blob is not None:
         client.sent_funcs.add(func_id)
     stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None

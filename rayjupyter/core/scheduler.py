@@ -264,6 +264,10 @@ class Scheduler:
     def assignments(self) -> tuple[list[tuple[TaskRecord, WorkerRecord]], int]:
         """Pair ready tasks with idle workers; also count tasks that fit but lack a worker
         (the plain pool's count is returned; other envs' counts go to ``env_unplaced``)."""
+        if not self.ready:  # most loop turns: nothing queued
+            if self.env_unplaced:
+                self.env_unplaced = {}
+            return [], 0
         out: list[tuple[TaskRecord, WorkerRecord]] = []
         skipped: list[TaskRecord] = []
         ready = self.ready

@@ -27,6 +27,10 @@ class PackedArgs(NamedTuple):
     keep_alive: list[ObjectRef]  # refs of promoted large arguments, until the submit is sent
 
 
+#: a call without arguments, packed (``((), {})``, as pack_args would serialize it)
+_NO_ARGS = serialize(((), {})).to_bytes()
+
+
 def pack_args(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -34,6 +38,8 @@ def pack_args(
     put: Callable[[SerializedObject], ObjectRef],
 ) -> PackedArgs:
     """Serialize (args, kwargs) for a task; ``put`` stores a large argument and returns its ref."""
+    if not args and not kwargs:  # f.remote(): the same bytes every time
+        return PackedArgs(_NO_ARGS, (), (), [])
     deps: list[bytes] = []
     keep_alive: list[ObjectRef] = []
 

@@ -157,7 +157,9 @@ class TaskExecutor:
         if not task.actor_id:  # (an actor's process keeps the actor's own)
             runtime_context.current.placement = task.strategy
             if self.omp_from_env is None:
-                os.environ["OMP_NUM_THREADS"] = _omp_threads(task.resources)
+                threads = _omp_threads(task.resources)
+                if os.environ.get("OMP_NUM_THREADS") != threads:  # (a write costs twice a read)
+                    os.environ["OMP_NUM_THREADS"] = threads
         return runtime_context.current_task.set(
             runtime_context.TaskInfo(
                 task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
@@ -200,7 +202,11 @@ class TaskExecutor:
         finally:
             runtime_context.current_task.reset(token)
             runtime_context.current.placement = placement
-            if omp is not None and self.omp_from_env is None:
+            if (
+                omp is not None
+                and self.omp_from_env is None
+                and os.environ.get("OMP_NUM_THREADS") != omp
+            ):
                 os.environ["OMP_NUM_THREADS"] = omp
         self._finish(message, runtime_context.current.exit_requested)
 
