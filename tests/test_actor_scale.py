@@ -50,3 +50,11 @@ def test_a_new_worker_keeps_none_of_the_node_descriptors_for_other_workers():
     assert len(last_fds) == len(first_fds), (first_fds, last_fds)
     for actor in [first, *others, last]:
         rj.kill(actor)
+
+
+def test_an_actors_worker_runs_one_thread():
+    """No zmq I/O or reaper thread in a worker: its link is the node's socket pair."""
+    actor = Idle.remote()
+    pid = rj.get(actor.pid.remote(), timeout=60)
+    assert os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    rj.kill(actor)

@@ -80,7 +80,9 @@ class Client:
         )
         self._pins: deque[tuple[bool, bytes]] = deque()
         # what we send (client_outbox.py): batched frames, ref-count and pin changes first
-        self.outbox = Outbox(self.transport, self.context, self.client_id.hex(), self._pins)
+        # (a client without an IO thread has nothing to wake: no wake socket, no zmq threads)
+        wakes = self.context if io_thread else None
+        self.outbox = Outbox(self.transport, wakes, self.client_id.hex(), self._pins)
         self.send = self.outbox.send
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
@@ -441,6 +443,7 @@ class Client:
         poller.register(incoming, zmq.POLLIN)
         outbox = self.outbox
         wake_rx = outbox.wake_rx
+        assert wake_rx is not None  # (a client with an IO thread has its wake socket)
         poller.register(wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
         wake_only.register(wake_rx, zmq.POLLIN)
