@@ -14,6 +14,8 @@ from typing import Any
 
 import zmq
 
+from rayjupyter.core.loop_poller import LoopPoller
+
 
 @dataclass
 class ClientInfo:
@@ -30,7 +32,7 @@ class NodePoll:
     other descriptor (pipes, pidfds, listeners) has a handler here, called with the fd."""
 
     def __init__(self) -> None:
-        self.poller = zmq.Poller()
+        self.poller = LoopPoller()  # zmq.Poller's interface; a turn costs what is ready
         self.fd_handlers: dict[int, Callable[[int], object]] = {}
         self.exit_fds: set[int] = set()  # pidfds: readable when a worker process exits
 
