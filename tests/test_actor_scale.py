@@ -58,3 +58,24 @@ def test_an_actors_worker_runs_one_thread():
     pid = rj.get(actor.pid.remote(), timeout=60)
     assert os.listdir(f"/proc/{pid}/task") == [str(pid)]
     rj.kill(actor)
+
+
+def _node() -> psutil.Process:
+    [node] = [
+        proc
+        for proc in psutil.Process().children()
+        if "rayjupyter.core.node" in " ".join(proc.cmdline())
+    ]
+    return node
+
+
+def test_the_nodes_mappings_do_not_grow_with_its_workers():
+    """Every fork copies the node's mappings: one per worker made starting N cost N^2."""
+    node = _node()
+    before = len(node.memory_maps(grouped=False))
+    actors = [Idle.remote() for _ in range(12)]
+    rj.get([actor.pid.remote() for actor in actors], timeout=120)
+    grown = len(node.memory_maps(grouped=False)) - before
+    assert grown < 6, f"the node's mappings grew by {grown} for 12 workers"
+    for actor in actors:
+        rj.kill(actor)
