@@ -83,7 +83,12 @@ class Channel:
         # reads land here: ``recv(READ_SIZE)`` would allocate 256 KiB per read, above malloc's
         # mmap threshold (an mmap, an mremap and an munmap per read, and a page fault).
         # Anonymous memory: only the pages reads touch are resident (a page or two).
-        self._landing = memoryview(mmap.mmap(-1, READ_SIZE))
+        # Private, not mmap's default shared mapping: private anonymous mappings side by
+        # side are one mapping to the kernel, shared ones one each, and fork copies every
+        # mapping: a node with 1,000 workers' channels made each new worker's fork copy
+        # 1,000 mappings (and every worker carried them all).
+        landing = mmap.mmap(-1, READ_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._landing = memoryview(landing)
         self.closed = False
 
     def fileno(self) -> int:

@@ -80,7 +80,9 @@ class Client:
         )
         self._pins: deque[tuple[bool, bytes]] = deque()
         # what we send (client_outbox.py): batched frames, ref-count and pin changes first
-        self.outbox = Outbox(self.transport, self.context, self.client_id.hex(), self._pins)
+        # (a client without an IO thread has nothing to wake: no wake socket, no zmq threads)
+        wakes = self.context if io_thread else None
+        self.outbox = Outbox(self.transport, wakes, self.client_id.hex(), self._pins)
         self.send = self.outbox.send
         self._cond = threading.Condition()
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
@@ -254,8 +256,9 @@ class Client:
         """Handle whatever has arrived already, without waiting."""
         self._pump(0.0)
 
-    def _pump(self, timeout: float, seen: int | None = None) -> None:
-        """Read and handle what arrives within timeout; only one thread reads at a time.
+    def _pump(self, timeout: float | None, seen: int | None = None) -> None:
+        """Read and handle what arrives within timeout (None: however long it takes); only
+        one thread reads at a time.
 
         seen is the drain count the caller last looked at: if another thread has read
         since, return at once (what the caller waits for may have come in that read).
@@ -268,7 +271,7 @@ class Client:
         try:
             if seen is not None and self._drains != seen:
                 return
-            if self.transport.poll_in(int(timeout * 1000)):
+            if self.transport.poll_in(-1 if timeout is None else int(timeout * 1000)):
                 self._drain_rx()
             elif reference_counter.pending or self._pins:
                 self.send([])
@@ -294,7 +297,19 @@ class Client:
                 return task
             if self.outbox.closed:
                 return None
-            self._pump(FLUSH_INTERVAL_S)
+            self._pump(self._idle_wait())
+
+    def _idle_wait(self) -> float | None:
+        """How long a worker waiting for its next task may sleep before it looks again.
+
+        It wakes every FLUSH_INTERVAL_S only to send ref-count and pin changes that other
+        threads (an async or threaded actor's, the user's) queue meanwhile. With no other
+        Python thread, nothing can queue one while it sleeps: it sleeps until a message
+        comes. A thousand idle actors woke 20,000 times a second (a core of a small
+        machine), which made starting the next thousand slower and slower."""
+        if reference_counter.pending or self._pins or threading.active_count() > 1:
+            return FLUSH_INTERVAL_S
+        return None
 
     # ------------------------------------------------------------------ waiting
 
@@ -427,6 +442,7 @@ class Client:
         poller.register(incoming, zmq.POLLIN)
         outbox = self.outbox
         wake_rx = outbox.wake_rx
+        assert wake_rx is not None  # (a client with an IO thread has its wake socket)
         poller.register(wake_rx, zmq.POLLIN)
         wake_only = zmq.Poller()
         wake_only.register(wake_rx, zmq.POLLIN)

@@ -31,12 +31,17 @@ BURST_MAX_MESSAGES = 1024  # about what the node reads from one client per loop 
 
 
 class Outbox:
-    """What a client has to send, and the wake socket that asks its IO thread to send it."""
+    """What a client has to send, and the wake socket that asks its IO thread to send it.
+
+    A client without an IO thread (a worker) passes no context: it has no wake socket,
+    and its zmq context starts no threads (libzmq starts its I/O and reaper threads at the
+    first socket). Each of a thousand actors' workers had two such threads, their stacks
+    and malloc arenas for nothing."""
 
     def __init__(
         self,
         transport: Transport,
-        context: zmq.Context[zmq.Socket[bytes]],
+        context: zmq.Context[zmq.Socket[bytes]] | None,
         name: str,
         pins: deque[tuple[bool, bytes]],
     ) -> None:
@@ -50,10 +55,13 @@ class Outbox:
         self.flush_requested = False
         self.closed = False
         self.batching = False  # a driver's IO thread flushes what send(batch=True) holds
-        self.wake_rx = context.socket(zmq.PAIR)
-        self.wake_rx.bind(f"inproc://wake-{name}")
-        self.wake_tx = context.socket(zmq.PAIR)
-        self.wake_tx.connect(f"inproc://wake-{name}")
+        self.wake_rx: zmq.Socket[bytes] | None = None
+        self.wake_tx: zmq.Socket[bytes] | None = None
+        if context is not None:
+            self.wake_rx = context.socket(zmq.PAIR)
+            self.wake_rx.bind(f"inproc://wake-{name}")
+            self.wake_tx = context.socket(zmq.PAIR)
+            self.wake_tx.connect(f"inproc://wake-{name}")
 
     def send(self, messages: list[Any], *, batch: bool = False) -> None:
         """Send messages, after any queued ref-count and pin changes (order matters).
@@ -75,7 +83,7 @@ class Outbox:
                 self.last_batched = now
             else:
                 burst = False
-            if burst:
+            if burst and self.wake_tx is not None:
                 if not self.flush_requested:
                     self.flush_requested = True
                     self.wake_tx.send(b"")
@@ -106,7 +114,7 @@ class Outbox:
     def wake_io_thread(self) -> None:
         """Have the IO thread look again (the wake socket is its flush request too)."""
         with self.lock:
-            if not self.flush_requested and not self.closed:
+            if not self.flush_requested and not self.closed and self.wake_tx is not None:
                 self.flush_requested = True
                 self.wake_tx.send(b"")
 
@@ -118,7 +126,7 @@ class Outbox:
         the machine schedules it); it lets the submits go on while they keep coming
         closer than BATCH_WINDOW_S, for at most BURST_HOLD_S and BURST_MAX_MESSAGES.
         """
-        while self.wake_rx.poll(0):
+        while self.wake_rx is not None and self.wake_rx.poll(0):
             self.wake_rx.recv()
         deadline = time.monotonic() + BURST_HOLD_S
         while not self.closed and len(self.messages) < BURST_MAX_MESSAGES:
@@ -134,8 +142,10 @@ class Outbox:
             self.send(last)
         with self.lock:
             self.closed = True
-            self.wake_tx.send(b"")
+            if self.wake_tx is not None:
+                self.wake_tx.send(b"")
 
     def close_sockets(self) -> None:
-        self.wake_rx.close(linger=0)
-        self.wake_tx.close(linger=0)
+        for sock in (self.wake_rx, self.wake_tx):
+            if sock is not None:
+                sock.close(linger=0)
