@@ -147,6 +147,7 @@ class Client:
         # read, not yet handled
         self._unhandled: collections.deque[transport.Incoming] = collections.deque()
         self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
+        self._links_lost = 0  # direct links seen closed (direct_links.py): we re-subscribe
         self._last_read_here = 0.0
         self._waiting_here = 0  # threads in _wait on a channel right now
         self._io_thread: threading.Thread | None = None
@@ -505,6 +506,24 @@ class Client:
                 self._handle(protocol.loads(item))
             else:  # a chunk of a value: its header, then its raw bytes
                 self.values.on_chunk(protocol.loads(item[0])[0], item[1])
+        links = self.transport.links
+        if links is not None and links.lost != self._links_lost:
+            self._links_lost = links.lost
+            self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        """A direct link closed (its worker exited, maybe between its TaskFinished and its
+        answer to us): ask the node for every result we still wait for, so none is lost
+        (the node answers a subscriber even where it answered the owner directly)."""
+        streams = self.streams
+        wanted = [
+            oid
+            for oid in list(self._awaiting_push)
+            if oid not in self.objects and oid[: ids.TASK_ID_SIZE] not in streams
+        ]
+        if wanted:
+            self._subscribed.update(wanted)
+            self.send([P.Subscribe(tuple(wanted), False)])
 
     def _handle(self, messages: list[Any]) -> None:
         notify = False
@@ -553,6 +572,10 @@ class Client:
                 if message.request_id:  # 0: the answer to a heartbeat
                     self.replies.answers[message.request_id] = message.value
                     notify = True
+            elif kind is P.DirectLink:
+                links = self.transport.links
+                if links is not None:
+                    links.on_message(message)
             elif kind is P.LogLines and self.log_to_driver:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)

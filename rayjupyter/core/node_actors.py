@@ -79,6 +79,7 @@ class ActorHost(Protocol):
         is_error: bool,
         contained: tuple[bytes, ...],
         location: str = "",
+        answered: bool = False,
     ) -> None: ...
     def execute(self, instructions: list[Instruction]) -> None: ...
 
@@ -353,8 +354,9 @@ class NodeActors:
         else:
             task.transition(TaskState.FINISHED)
             self.events.ended(task.task_id, failed=False)
+            direct = message.direct  # (answered to its caller on a direct link)
             for object_id, inline, size, contained in message.results:
-                self.node.set_ready(object_id, inline, size, False, contained)
+                self.node.set_ready(object_id, inline, size, False, contained, "", direct)
             self.node.forget_task(task)
         self.execute(self.table.settle_idle(worker.actor_id, time.monotonic()))
 

@@ -21,6 +21,7 @@ from typing import Any
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import BOUNDS, bound
+from rayjupyter.core.direct_links import DirectLinks
 from rayjupyter.core.exceptions import ObjectLostError, TaskUnschedulableError
 from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
@@ -118,6 +119,8 @@ class NodeTasks:
         self.drain_output = pool.drain_output
         self.spawn_worker = pool.spawn_worker
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
+        # workers that answer local drivers directly (direct_links.py)
+        self.direct = DirectLinks(pool.channels, clients, send)
         self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.starvation = StarvationWatch.from_env()
@@ -300,8 +303,9 @@ class NodeTasks:
         for instruction in self.state.task_finished(worker, task, message.error, message.retryable):
             if instruction[0] == FINISHED:
                 self.events.ended(task.task_id, failed=False)
+                direct = message.direct
                 for object_id, inline, size, contained in message.results:
-                    self.set_ready(object_id, inline, size, False, contained)
+                    self.set_ready(object_id, inline, size, False, contained, "", direct)
                 self.forget_task(task)
             else:
                 self.execute_one(instruction)
@@ -431,6 +435,7 @@ class NodeTasks:
         generator, credit = "", -1
         if self.generators.modes:  # (a plain task pays one check on this hot path)
             generator, credit = self.generators.execute_fields(task.task_id)
+        reply_to = b"" if generator else self.direct.reply_to(task.owner, worker.client_id)
         self.send(
             worker.client_id,
             P.ExecuteTask(
@@ -451,6 +456,7 @@ class NodeTasks:
                 credit,
                 task.strategy,
                 None if task.demand == _ONE_CPU else tuple(task.demand.items()),
+                reply_to,
             ),
         )
         if generator:

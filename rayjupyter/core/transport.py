@@ -33,6 +33,7 @@ from rayjupyter.core import auth, local_channel, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import bound
+from rayjupyter.core.direct_links import LinkEnds
 from rayjupyter.core.exceptions import ClusterConnectionError
 
 #: what CurveZMQ adds to a part on the wire (its MESSAGE command: name, nonce, MAC, flags),
@@ -89,28 +90,44 @@ class Transport(Protocol):
     def close(self) -> None:
         """Close the link; what was sent is delivered first where the transport can."""
 
+    @property
+    def links(self) -> LinkEnds | None:
+        """Direct links to workers (a driver) or drivers (a worker): direct_links.py."""
+
 
 class ChannelTransport:
     """A length-framed Unix stream socket (channel.py): one context switch per hop."""
 
     shared_reads = True
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, reads_links: bool = False) -> None:
         self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
+        self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        # a driver reads its direct links too: one epoll for them and the channel (its
+        # descriptor is what the IO thread watches); a worker only writes its links
+        self._epoll: select.epoll | None = None
+        if reads_links:
+            self._epoll = select.epoll()
+            self._epoll.register(fd, select.EPOLLIN)
+        self._links = LinkEnds(self.channel, self._epoll)
 
     @classmethod
-    def inherited(cls, fd: int) -> ChannelTransport:
+    def inherited(cls, fd: int, *, reads_links: bool = False) -> ChannelTransport:
         """Our end of a socket pair our node made (it needs no credentials: nobody else has it)."""
-        return cls(fd)
+        return cls(fd, reads_links=reads_links)
+
+    @property
+    def links(self) -> LinkEnds:
+        return self._links
 
     @property
     def closed(self) -> bool:
         return self.channel.closed
 
     def pollable(self) -> int:
-        return self.channel.fileno()
+        return self.channel.fileno() if self._epoll is None else self._epoll.fileno()
 
     def hello(self, frame: bytes) -> None:
         self.channel.send(frame)
@@ -119,14 +136,32 @@ class ChannelTransport:
         self.channel.send(frame)
 
     def poll_in(self, timeout_ms: int) -> bool:
+        if self._epoll is not None and self._links.readers:
+            return bool(self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1))
         return bool(self._poll.poll(timeout_ms))
 
     def read(self) -> list[Incoming] | None:
-        frames = self.channel.recv_frames()
-        return None if frames is None else list(frames)
+        links = self._links
+        if not links.readers:
+            frames = self.channel.recv_frames()
+            return None if frames is None else list(frames)
+        assert self._epoll is not None
+        items: list[Incoming] = []
+        for fd, _events in self._epoll.poll(0):
+            if fd == self._fd:
+                frames = self.channel.recv_frames()
+                if frames is None:
+                    return None
+                items.extend(frames)
+            elif fd in links.readers:
+                links.read(fd, items)
+        return items
 
     def close(self) -> None:
+        self._links.close()
         self.channel.close()
+        if self._epoll is not None:
+            self._epoll.close()
 
 
 class ZmqTransport:
@@ -186,6 +221,8 @@ class ZmqTransport:
         self.tx.close(linger=200)
         self.rx.close(linger=0)
 
+    links = None  # (direct links need a channel: a zmq driver gets none)
+
 
 def connect(
     context: zmq.Context[zmq.Socket[bytes]],
@@ -198,11 +235,11 @@ def connect(
 ) -> Transport:
     """The cheapest link to the node at address that this process can have."""
     if channel_fd is not None:
-        return ChannelTransport.inherited(channel_fd)
+        return ChannelTransport.inherited(channel_fd, reads_links=kind == "driver")
     if kind != "worker":  # a worker always has its socket pair
         fd = local_channel.connect(address, secret, client_id)
         if fd is not None:
-            return ChannelTransport(fd)
+            return ChannelTransport(fd, reads_links=kind == "driver")
     return ZmqTransport(context, address, client_id, secret)
 
 
