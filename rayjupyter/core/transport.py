@@ -112,6 +112,9 @@ class ChannelTransport:
             self._epoll = select.epoll()
             self._epoll.register(fd, select.EPOLLIN)
         self._links = LinkEnds(self.channel, self._epoll)
+        # what the last poll_in found (read takes it rather than asking epoll again); a
+        # stale list costs only a read that finds nothing: epoll is level-triggered
+        self._ready: list[tuple[int, int]] | None = None
 
     @classmethod
     def inherited(cls, fd: int, *, reads_links: bool = False) -> ChannelTransport:
@@ -137,7 +140,8 @@ class ChannelTransport:
 
     def poll_in(self, timeout_ms: int) -> bool:
         if self._epoll is not None and self._links.readers:
-            return bool(self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1))
+            self._ready = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+            return bool(self._ready)
         return bool(self._poll.poll(timeout_ms))
 
     def read(self) -> list[Incoming] | None:
@@ -147,7 +151,8 @@ class ChannelTransport:
             return None if frames is None else list(frames)
         assert self._epoll is not None
         items: list[Incoming] = []
-        for fd, _events in self._epoll.poll(0):
+        ready, self._ready = self._ready, None
+        for fd, _events in ready or self._epoll.poll(0):
             if fd == self._fd:
                 frames = self.channel.recv_frames()
                 if frames is None:
