@@ -75,9 +75,9 @@ class DirectLinks:
             return b""
         if workers is None:
             info = self.clients.get(owner)
-            if info is None:
+            if info is None or owner not in self.channels:  # (a zmq driver, a peer node)
                 return b""
-            if owner not in self.channels or info.kind != "driver":
+            if info.kind != "driver":  # a worker (forgotten when its channel closes)
                 self.refused.add(owner)
                 return b""
             workers = self.by_driver[owner] = set()
