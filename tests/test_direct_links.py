@@ -157,3 +157,11 @@ def test_links_can_be_turned_off(start):
     assert rj.get([one.remote() for _ in range(10)], timeout=30) == [1] * 10
     assert rj.get(one.remote(), timeout=30) == 1
     assert links().sent == 0 and not links().readers
+
+
+def test_a_burst_is_answered_by_the_node(start):
+    start()
+    rj.get(one.remote(), timeout=30)
+    before = links().sent
+    assert rj.get([one.remote() for _ in range(200)], timeout=60) == [1] * 200
+    assert links().sent - before < 100  # (only its tail, with few tasks left, goes direct)

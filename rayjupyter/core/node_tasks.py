@@ -121,6 +121,7 @@ class NodeTasks:
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
         # workers that answer local drivers directly (direct_links.py)
         self.direct = DirectLinks(pool.channels, clients, send)
+        self.owned = state.owned  # tasks per client not ended (a burst is answered by us)
         self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.starvation = StarvationWatch.from_env()
@@ -435,7 +436,10 @@ class NodeTasks:
         generator, credit = "", -1
         if self.generators.modes:  # (a plain task pays one check on this hot path)
             generator, credit = self.generators.execute_fields(task.task_id)
-        reply_to = b"" if generator else self.direct.reply_to(task.owner, worker.client_id)
+        reply_to = b""
+        if not generator:
+            owner = task.owner
+            reply_to = self.direct.reply_to(owner, worker.client_id, self.owned.get(owner, 0))
         self.send(
             worker.client_id,
             P.ExecuteTask(
