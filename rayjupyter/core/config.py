@@ -7,7 +7,15 @@ import os
 from dataclasses import dataclass, field
 
 READY_LINE = "RAYJUPYTER_NODE_READY"
+#: ``python -X rayjupyter_node -m rayjupyter.core.node``: this process is a node (and the
+#: workers it forks), known before the package's ``__init__`` runs, so that it skips what only
+#: a driver uses (``driver.py``)
+NODE_PROCESS_XOPTION = "rayjupyter_node"
 SECRET_ENV = "RAYJUPYTER_SECRET"
+#: a cluster's address with its secret, ``rayjupyter://SECRET@HOST:PORT``, and the variables
+#: that name one (``connect.py`` reads them; here so that a worker need not import it)
+ADDRESS_SCHEME = "rayjupyter://"
+ADDRESS_ENVS = ("RAYJUPYTER_ADDRESS", "RAY_ADDRESS")
 DRIVER_CHANNEL_ENV = "RAYJUPYTER_DRIVER_CHANNEL"  # "FD:CLIENT_ID": a local cluster's driver link
 #: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
 #: ``rj.init`` there makes the env of every task and actor of the job, as in Ray (here, not
