@@ -23,6 +23,8 @@ NODE_LAZY = (
     "rayjupyter.core.cluster_repr",
     "pathlib",
     "html",
+    "subprocess",  # (with jobs.py: started by the first Jobs API message)
+    "rayjupyter.core.jobs",
 )
 #: what a driver's init uses, loaded with the API so that init does not wait for them
 DRIVER_INIT = (

@@ -21,6 +21,9 @@ DRIVER_CHANNEL_ENV = "RAYJUPYTER_DRIVER_CHANNEL"  # "FD:CLIENT_ID": a local clus
 #: ``rj.init`` there makes the env of every task and actor of the job, as in Ray (here, not
 #: in jobs.py: every driver's init reads it, and jobs.py costs a millisecond to import)
 JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
+#: the most jobs the head remembers (``jobs.py``); here, so that a node reads whether it is set
+#: without importing jobs.py
+MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
 
 
 @dataclass
