@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 READY_LINE = "RAYJUPYTER_NODE_READY"
 #: ``python -X rayjupyter_node -m rayjupyter.core.node``: this process is a node (and the
@@ -93,8 +94,7 @@ KIB = 1 << 10
 MIB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Bound:
+class Bound(NamedTuple):  # (immutable: a frozen dataclass costs the node ~8x more)
     """One limit on a queue or table of the node: its setting, default, and what reaching
     it does (every queue and table is bounded, and reaching a bound says so)."""
 
