@@ -32,16 +32,17 @@ from rayjupyter.core.config import ADDRESS_SCHEME as ADDRESS_SCHEME  # (api re-e
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.runtime_env import RuntimeEnv
 
+if TYPE_CHECKING:
+    from rayjupyter.core.launcher import LocalCluster
+    from rayjupyter.core.read_models import NodeStatus  # (the node's answer: not built here)
+
 # This module is in every node and worker too (the API imports it), which never start or
 # attach to a cluster: what only a driver's init uses (connect, init_options, launcher, and
 # with them pathlib and subprocess) and only a notebook's repr (cluster_repr, html) is
 # imported where used. A driver loads init's modules here, with the API, so that init does
 # not wait for them; a node (started with ``-X rayjupyter_node``) and the workers it forks
 # skip them: ~5 ms of the node's start that no process of the cluster needs.
-if TYPE_CHECKING:
-    from rayjupyter.core.launcher import LocalCluster
-    from rayjupyter.core.read_models import NodeStatus  # (the node's answer: not built here)
-elif NODE_PROCESS_XOPTION not in sys._xoptions:
+if NODE_PROCESS_XOPTION not in sys._xoptions:
     from rayjupyter.core import connect, init_options, launcher  # noqa: F401
 
 ADDRESS_ENV = ADDRESS_ENVS[0]
