@@ -23,7 +23,7 @@ from typing import Any
 
 from rayjupyter.cli.output import CliError
 from rayjupyter.core import addresses, auth, discovery, worker_limit
-from rayjupyter.core.config import READY_LINE, SECRET_ENV, NodeConfig
+from rayjupyter.core.config import NODE_PROCESS_XOPTION, READY_LINE, SECRET_ENV, NodeConfig
 from rayjupyter.core.read_models import NodeStatus
 
 DEFAULT_PORT = 6380
@@ -108,7 +108,8 @@ def _node_config(args: argparse.Namespace, head_address: str) -> NodeConfig:
 
 def _launch(config: NodeConfig, secret: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start a node daemon; (process, port, session) once it is ready (joined, for a node)."""
-    argv = [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))]
+    node = ("-X", NODE_PROCESS_XOPTION, "-m", "rayjupyter.core.node")  # (config.py)
+    argv = [sys.executable, *node, json.dumps(asdict(config))]
     env = dict(os.environ, **{SECRET_ENV: secret, "PYTHONUNBUFFERED": "1"})
     logs = state_dir() / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -14,13 +14,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import connect
+from rayjupyter.core.config import ADDRESS_ENVS as ADDRESS_ENVS  # (re-exported)
+from rayjupyter.core.config import ADDRESS_SCHEME as ADDRESS_SCHEME
 from rayjupyter.core.config import SECRET_ENV
 
 if TYPE_CHECKING:
     from rayjupyter.core.client import Client
-
-ADDRESS_SCHEME = connect.ADDRESS_SCHEME
-ADDRESS_ENVS = connect.ADDRESS_ENVS
 
 
 class AddressError(ValueError):

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 READY_LINE = "RAYJUPYTER_NODE_READY"
+#: ``python -X rayjupyter_node -m rayjupyter.core.node``: this process is a node (and the
+#: workers it forks), known before the package's ``__init__`` runs, so that it skips what only
+#: a driver uses (``driver.py``)
+NODE_PROCESS_XOPTION = "rayjupyter_node"
 SECRET_ENV = "RAYJUPYTER_SECRET"
+#: a cluster's address with its secret, ``rayjupyter://SECRET@HOST:PORT``, and the variables
+#: that name one (``connect.py`` reads them; here so that a worker need not import it)
+ADDRESS_SCHEME = "rayjupyter://"
+ADDRESS_ENVS = ("RAYJUPYTER_ADDRESS", "RAY_ADDRESS")
 DRIVER_CHANNEL_ENV = "RAYJUPYTER_DRIVER_CHANNEL"  # "FD:CLIENT_ID": a local cluster's driver link
 #: in a submitted job's entrypoint: its runtime_env (JSON of ``RuntimeEnv.to_wire``), which
 #: ``rj.init`` there makes the env of every task and actor of the job, as in Ray (here, not
 #: in jobs.py: every driver's init reads it, and jobs.py costs a millisecond to import)
 JOB_RUNTIME_ENV_VAR = "RAYJUPYTER_JOB_RUNTIME_ENV"
+#: the most jobs the head remembers (``jobs.py``); here, so that a node reads whether it is set
+#: without importing jobs.py
+MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
 
 
 @dataclass
@@ -82,8 +94,7 @@ KIB = 1 << 10
 MIB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Bound:
+class Bound(NamedTuple):  # (immutable: a frozen dataclass costs the node ~8x more)
     """One limit on a queue or table of the node: its setting, default, and what reaching
     it does (every queue and table is bounded, and reaching a bound says so)."""
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from rayjupyter.core import discovery
+from rayjupyter.core.config import ADDRESS_ENVS as ADDRESS_ENVS  # (re-exported)
+from rayjupyter.core.config import ADDRESS_SCHEME as ADDRESS_SCHEME
 from rayjupyter.core.config import SECRET_ENV
 
-ADDRESS_SCHEME = "rayjupyter://"
-ADDRESS_ENVS = ("RAYJUPYTER_ADDRESS", "RAY_ADDRESS")
 HOME_ENV = "RAYJUPYTER_HOME"
 KNOWN_FILE = "known_clusters.json"
 MAX_KNOWN = 256  # clusters the Jupyter server remembers by address; the oldest go first

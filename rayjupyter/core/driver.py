@@ -16,33 +16,36 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rayjupyter.core import (
-    cluster_repr,
-    connect,
-    hooks,
-    init_options,
-    queries,
-    runtime_context,
-    worker_limit,
-)
+from rayjupyter.core import hooks, queries, runtime_context, worker_limit
 from rayjupyter.core import runtime_env as runtime_env_module
 from rayjupyter.core.client import Client
 from rayjupyter.core.config import (
+    ADDRESS_ENVS,
     JOB_RUNTIME_ENV_VAR,
+    NODE_PROCESS_XOPTION,
     SECRET_ENV,
     NodeConfig,
     session_dir,
     worker_endpoint,
 )
-from rayjupyter.core.launcher import LocalCluster
+from rayjupyter.core.config import ADDRESS_SCHEME as ADDRESS_SCHEME  # (api re-exports it)
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.runtime_env import RuntimeEnv
 
 if TYPE_CHECKING:
+    from rayjupyter.core.launcher import LocalCluster
     from rayjupyter.core.read_models import NodeStatus  # (the node's answer: not built here)
 
-ADDRESS_ENV = connect.ADDRESS_ENVS[0]
-ADDRESS_SCHEME = connect.ADDRESS_SCHEME
+# This module is in every node and worker too (the API imports it), which never start or
+# attach to a cluster: what only a driver's init uses (connect, init_options, launcher, and
+# with them pathlib and subprocess) and only a notebook's repr (cluster_repr, html) is
+# imported where used. A driver loads init's modules here, with the API, so that init does
+# not wait for them; a node (started with ``-X rayjupyter_node``) and the workers it forks
+# skip them: ~5 ms of the node's start that no process of the cluster needs.
+if NODE_PROCESS_XOPTION not in sys._xoptions:
+    from rayjupyter.core import connect, init_options, launcher  # noqa: F401
+
+ADDRESS_ENV = ADDRESS_ENVS[0]
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "cluster": None, "context": None, "dashboard": None}
@@ -130,12 +133,16 @@ class ClusterContext(Mapping[str, Any]):
 
     def _repr_html_(self) -> str:
         """The summary card a notebook shows (JupyterLab-themed HTML)."""
+        from rayjupyter.core import cluster_repr
+
         return cluster_repr.summary_html(
             self.address, self.local, self._live_status(), self.dashboard_url
         )
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """The same summary as text, for IPython in a terminal."""
+        from rayjupyter.core import cluster_repr
+
         printer.text(
             cluster_repr.summary_text(
                 self.address, self.local, self._live_status(), self.dashboard_url
@@ -160,6 +167,8 @@ def _parse_address(address: str) -> tuple[str, str]:
             f"Client (ray://) server here."
         )
     else:
+        from rayjupyter.core import connect
+
         hostport, secret = address, connect.find_secret(address)
     if not secret:
         raise ValueError(
@@ -219,6 +228,8 @@ def init(
         ("system_reserved_memory", system_reserved_memory),
     ):
         kwargs.setdefault(name, value)
+    from rayjupyter.core import connect, init_options
+
     with _lock:
         if _state["client"] is not None:
             if ignore_reinit_error:
@@ -288,6 +299,8 @@ def _start_local(
     memory: int | None = None,
 ) -> tuple[Client, LocalCluster]:
     """A local cluster owned by this process (it dies with it), and our connection to it."""
+    from rayjupyter.core.launcher import LocalCluster
+
     config = NodeConfig(
         num_cpus=float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
         num_gpus=float(num_gpus or 0),

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class NodeInfo:
+    """One node of the cluster, as the head's node table holds it."""
+
     node_id: bytes
     address: str  # host:port of the node daemon
     resources: dict[str, float]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from rayjupyter.core.config import MAX_JOBS_ENV as MAX_JOBS_ENV  # (node_jobs reads it too)
 from rayjupyter.core.state_names import JobStatusName
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     # of the node's start, and only queries need them (state_names.py)
     from rayjupyter.core.read_models import JobRow
 
-MAX_JOBS_ENV = "RAYJUPYTER_MAX_JOBS"
 #: jobs the head remembers; at the bound the oldest ended job is forgotten (with its log)
 MAX_JOBS = 1000
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long (as Ray's stop_job)

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from rayjupyter.core import auth, channel, discovery, ids
 from rayjupyter.core.config import (
     DRIVER_CHANNEL_ENV,
+    NODE_PROCESS_XOPTION,
     READY_LINE,
     SECRET_ENV,
     NodeConfig,
@@ -52,7 +53,11 @@ class LocalCluster:
         env[DRIVER_CHANNEL_ENV] = f"{node_end.fileno()}:{self.driver_client_id.hex()}"
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rayjupyter.core.node", json.dumps(asdict(config))],
+                [
+                    sys.executable,
+                    *("-X", NODE_PROCESS_XOPTION, "-m", "rayjupyter.core.node"),
+                    json.dumps(asdict(config)),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,

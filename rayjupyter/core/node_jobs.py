@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,22 +23,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rayjupyter.core import protocol as P
-from rayjupyter.core.config import JOB_RUNTIME_ENV_VAR, SECRET_ENV, session_dir
-from rayjupyter.core.jobs import (
-    FORGET,
-    SIGNAL,
-    START,
-    Instruction,
-    JobManager,
-    JobRecord,
-    max_jobs_from_env,
-    new_submission_id,
-)
+from rayjupyter.core.config import JOB_RUNTIME_ENV_VAR, MAX_JOBS_ENV, SECRET_ENV, session_dir
 from rayjupyter.core.node_io import ClientInfo, NodePoll
 from rayjupyter.core.node_runtime_env import ENV_PATHS_VAR, WORKING_DIR_VAR
 from rayjupyter.core.runtime_env import WORKER_ENV_VAR
 
+# jobs.py (the state machine) and subprocess load with the first Jobs API message: most
+# clusters never see one, and they cost every node's start ~2 ms.
 if TYPE_CHECKING:
+    import subprocess
+
+    from rayjupyter.core.jobs import Instruction, JobManager, JobRecord
     from rayjupyter.core.read_models import JobRow  # (jobs.py builds them, when asked)
 
 JOB_LOG_MAX_ENV = "RAYJUPYTER_JOB_LOG_MAX_BYTES"
@@ -88,12 +82,23 @@ class NodeJobs:
         self.clients = clients
         self.envs = envs
         self.send = send
-        self.manager = JobManager(max_jobs=max_jobs_from_env())
+        self._manager: JobManager | None = None
+        if MAX_JOBS_ENV in os.environ:
+            self.manager  # noqa: B018 - a bad setting stops the node's start, as a bound does
         self.processes: dict[str, JobProcess] = {}
         self.last_look = 0.0  # when tick last looked for the entrypoints' drivers
         self.log_dir = os.path.join(session_dir(session), "jobs")
         limit = os.environ.get(JOB_LOG_MAX_ENV, "")
         self.log_max = int(limit) if limit.isdigit() else JOB_LOG_MAX_BYTES
+
+    @property
+    def manager(self) -> JobManager:
+        """The jobs' state machine, made at the first Jobs API message."""
+        if self._manager is None:
+            from rayjupyter.core.jobs import JobManager, max_jobs_from_env
+
+            self._manager = JobManager(max_jobs=max_jobs_from_env())
+        return self._manager
 
     # ------------------------------------------------------------------ handlers
 
@@ -117,6 +122,8 @@ class NodeJobs:
         if isinstance(message, P.SubmitJob):
             if message.env and message.env not in self.envs.runtime_envs:
                 raise ValueError(f"the job's runtime_env {message.env} is not registered")
+            from rayjupyter.core.jobs import new_submission_id
+
             submission_id = message.submission_id or new_submission_id()
             self.execute(
                 self.manager.submit(
@@ -155,6 +162,8 @@ class NodeJobs:
 
     def rows(self) -> list[JobRow]:
         """Every submitted job the head remembers, oldest first."""
+        if self._manager is None:
+            return []
         return [self.row(record) for record in self.manager.jobs.values()]
 
     def row(self, record: JobRecord) -> JobRow:
@@ -175,6 +184,8 @@ class NodeJobs:
     # ------------------------------------------------------------------ instructions
 
     def execute(self, instructions: list[Instruction]) -> None:
+        from rayjupyter.core.jobs import FORGET, SIGNAL, START
+
         for instruction in instructions:
             kind, record = instruction[0], instruction[1]
             if kind == START:
@@ -239,6 +250,8 @@ class NodeJobs:
         return env, cwd
 
     def _start(self, record: JobRecord) -> None:
+        import subprocess
+
         now = time.time()
         read_end = write_end = -1
         log = None

@@ -22,6 +22,7 @@ import mmap
 import os
 import pickle
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
@@ -30,8 +31,10 @@ from rayjupyter.core.node_links import NodeLinks, PeerHost, PeerLink
 from rayjupyter.core.node_promises import NodePromises
 from rayjupyter.core.object_files import POOL_MIN_SIZE, pool_prefix, take_pooled
 from rayjupyter.core.object_store import shm_path
-from rayjupyter.core.pull_plan import PullPlan
 from rayjupyter.core.scheduler import TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from rayjupyter.core.pull_plan import PullPlan  # (imported when a pull starts)
 
 
 @dataclass
@@ -121,6 +124,8 @@ class NodePulls:
             reason = os.strerror(exc.errno or errno.EIO)
             self.object_lost(object_id, f"no room in this node's store for it ({reason})")
             return
+        from rayjupyter.core.pull_plan import PullPlan  # (only a multi-node cluster pulls)
+
         plan = PullPlan(entry.size, [h for h in holders if h != self.node.address])
         pull = self.pulls[object_id] = Pull(object_id, entry.location, entry.size, fd, plan)
         if entry.size == 0:

@@ -7,9 +7,7 @@ naming it. Kept apart from ``protocol.py`` only for size: ``protocol.CLIENT_TO_N
 them, so they share its kinds, its version and its framing.
 """
 
-from __future__ import annotations
-
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple  # (no __future__ annotations: see protocol.py)
 
 
 class SubmitJob(NamedTuple):

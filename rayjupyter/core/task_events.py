@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)  # a node keeps 100,000 of them: no __dict__ each
 class TaskEvent:
+    """One task's record for the state API and the timeline (a docstring: without one,
+    ``dataclass`` builds it from ``inspect.signature``, at every node's start)."""
+
     task_id: bytes
     name: str
     job_id: bytes
