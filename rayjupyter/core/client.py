@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.client_outbox import Outbox
 from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
+from rayjupyter.core.direct_calls import DirectCalls
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
     GetTimeoutError,
@@ -88,6 +90,8 @@ class Client:
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
+        # actor calls sent on direct links to the actors' processes (direct_calls.py)
+        self.direct_calls = DirectCalls(weakref.proxy(self), self.transport.links, submit_observers)
         # requests to the node and their answers (queries.Replies), bound once
         self.replies = Replies(weak_method(self.send), weak_method(self._wait), address)
         self.request = self.replies.request
@@ -375,8 +379,9 @@ class Client:
 
         if needed <= 0:
             return True
-        if self.outbox.messages:  # submits held back for batching go now: we wait on them
-            self.send([])
+        outbox = self.outbox
+        if outbox.messages and not outbox.only_notices:  # submits held back for batching
+            self.send([])  # go now: we wait on them
         self._request_missing(missing)
         # a get (all of them): the tasks making them may run inside this wait at the limit
         waiting_for = tuple(missing) if needed == len(missing) <= WAITING_FOR_MAX else ()
@@ -472,7 +477,7 @@ class Client:
                 if wake_rx in events:
                     self.outbox.flush()  # the batch held back by send(batch=True)
                     last_flush = now
-                elif (reference_counter.pending or self._pins) and (
+                elif (reference_counter.pending or self._pins or outbox.messages) and (
                     now - last_flush >= FLUSH_INTERVAL_S
                 ):
                     self.send([])
@@ -509,27 +514,15 @@ class Client:
         links = self.transport.links
         if links is not None and links.lost != self._links_lost:
             self._links_lost = links.lost
-            self._resubscribe()
-
-    def _resubscribe(self) -> None:
-        """A direct link closed (its worker exited, maybe between its TaskFinished and its
-        answer to us): ask the node for every result we still wait for, so none is lost
-        (the node answers a subscriber even where it answered the owner directly)."""
-        streams = self.streams
-        wanted = [
-            oid
-            for oid in list(self._awaiting_push)
-            if oid not in self.objects and oid[: ids.TASK_ID_SIZE] not in streams
-        ]
-        if wanted:
-            self._subscribed.update(wanted)
-            self.send([P.Subscribe(tuple(wanted), False)])
+            self.direct_calls.resubscribe()
 
     def _handle(self, messages: list[Any]) -> None:
         notify = False
         for message in messages:
             kind = type(message)
             if kind is P.ObjectsReady:
+                if not message.objects:  # a direct call's answer comes by the node: it
+                    self.send([])  # needs our notice of that call (direct_calls.py)
                 for info in message.objects:
                     oid = info[0]
                     if reference_counter.count(oid) > 0 or (

@@ -60,8 +60,10 @@ class DirectLinks:
         channels: dict[bytes, Channel],
         clients: dict[bytes, Any],
         send: Callable[[bytes, Any], None],
+        actor_of: Callable[[bytes], bytes],
     ) -> None:
         self.limit = links_per_driver()
+        self.actor_of = actor_of  # the actor a worker hosts (b"": a pooled worker)
         self.channels = channels
         self.clients = clients
         self.send = send
@@ -96,7 +98,7 @@ class DirectLinks:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         driver_link.attach_fd(ours.detach())  # (closed here once sent)
         worker_link.attach_fd(theirs.detach())
-        self.send(owner, P.DirectLink(worker, True))
+        self.send(owner, P.DirectLink(worker, True, self.actor_of(worker)))
         self.send(worker, P.DirectLink(owner, True))
         workers.add(worker)
         self.by_worker.setdefault(worker, set()).add(owner)
@@ -119,82 +121,106 @@ class DirectLinks:
 
 
 class LinkEnds:
-    """A client's ends of its direct links: a driver reads them, a worker writes them."""
+    """A client's ends of its direct links, each a socket both ends read and write: a
+    driver sends actor calls on it and reads their answers; a worker reads those calls and
+    answers every call of that driver's whose results are small."""
 
-    def __init__(self, channel: Channel, poller: select.epoll | None) -> None:
+    def __init__(self, channel: Channel, poller: select.epoll) -> None:
         self.channel = channel  # to the node: the descriptors come on it
         channel.fds_in = deque()
-        self.poller = poller  # (a driver's: the channel's and the links' descriptors)
-        self.readers: dict[int, tuple[bytes, Channel]] = {}  # descriptor -> (worker, link)
-        self.writers: dict[bytes, socket.socket] = {}  # driver -> link
+        self.poller = poller  # the channel's and the links' descriptors
+        self.readers: dict[int, tuple[bytes, Channel]] = {}  # descriptor -> (peer, link)
+        self.writers: dict[bytes, Channel] = {}  # peer -> link
+        self.actors: dict[bytes, bytes] = {}  # (a driver) actor id -> the worker hosting it
         self.lost = 0  # links that closed under a driver (it subscribes again then)
         self.sent = 0  # results answered directly (a worker), or read from links (a driver)
-        self._lock = threading.Lock()  # (a threaded actor's calls end in several threads)
+        # (a threaded actor's calls end in several threads; a driver's calls are sent by
+        # any of its threads)
+        self._lock = threading.Lock()
 
     def on_message(self, message: P.DirectLink) -> None:
         if not message.opened:
             with self._lock:
-                sock = self.writers.pop(message.peer, None)
-                if sock is not None:
-                    sock.close()
+                link = self.writers.get(message.peer)
+                if link is not None:
+                    self._drop(link.fileno())
             return
         fds = self.channel.fds_in
         if not fds:  # cannot happen: the descriptor comes with or before its message
             return
-        sock = socket.socket(fileno=fds.popleft())
-        if self.poller is None:  # a worker
-            with self._lock:
-                old = self.writers.pop(message.peer, None)
-                if old is not None:
-                    old.close()
-                self.writers[message.peer] = sock
-            return
-        link = Channel(sock, blocking_send=True)
-        self.readers[sock.fileno()] = (message.peer, link)
-        self.poller.register(sock.fileno(), select.EPOLLIN)
+        link = Channel(socket.socket(fileno=fds.popleft()), blocking_send=True)
+        with self._lock:
+            old = self.writers.get(message.peer)
+            if old is not None:
+                self._drop(old.fileno())
+            self.readers[link.fileno()] = (message.peer, link)
+            self.writers[message.peer] = link
+            if message.actor_id:
+                self.actors[message.actor_id] = message.peer
+        self.poller.register(link.fileno(), select.EPOLLIN)
+
+    def _drop(self, fd: int) -> None:
+        """Forget and close a link (the lock is held)."""
+        peer, link = self.readers.pop(fd)
+        if self.writers.get(peer) is link:
+            del self.writers[peer]
+            for actor_id in [a for a, worker in self.actors.items() if worker == peer]:
+                del self.actors[actor_id]
+        with contextlib.suppress(OSError, ValueError):
+            self.poller.unregister(fd)
+        link.close()
+        self.lost += 1
 
     def read(self, fd: int, frames: list[Any]) -> None:
-        """Add what arrived on the link with descriptor fd to frames (a driver)."""
-        _peer, link = self.readers[fd]
+        """Add what arrived on the link with descriptor fd to frames."""
+        entry = self.readers.get(fd)
+        if entry is None:
+            return
+        link = entry[1]
         got = link.recv_frames()
         if got:
             frames.extend(got)
             self.sent += len(got)
         if got is None or link.closed:
-            assert self.poller is not None
-            del self.readers[fd]
-            self.poller.unregister(fd)
-            link.close()
-            self.lost += 1
+            with self._lock:
+                if fd in self.readers:
+                    self._drop(fd)
 
     def answer(self, driver: bytes, results: tuple[P.ObjectInfo, ...]) -> bool:
         """Send results to driver on our link (a worker): False if there is none. A send the
         link does not take whole closes it: the driver then asks the node again."""
-        payload = P.dumps([P.ObjectsReady(results)])
+        return self._send(driver, P.dumps([P.ObjectsReady(results)]), answer=True)
+
+    def call(self, worker: bytes, task: P.ExecuteTask) -> bool:
+        """Send an actor call to the worker hosting the actor (a driver): False if the link
+        is gone (the call then goes by the node)."""
+        return self._send(worker, P.dumps([task]), answer=False)
+
+    def _send(self, peer: bytes, payload: bytes, answer: bool) -> bool:
         frame = HEADER.pack(len(payload)) + payload
         with self._lock:
-            sock = self.writers.get(driver)
-            if sock is None:
+            link = self.writers.get(peer)
+            if link is None:
                 return False
             try:
-                sent = sock.send(frame, socket.MSG_DONTWAIT)
+                if answer:  # a worker never blocks on a slow driver (the node answers)
+                    sent = link.sock.send(frame, socket.MSG_DONTWAIT)
+                else:  # a driver's few calls in flight (direct_calls.IN_FLIGHT) fit
+                    link.sock.sendall(frame)
+                    sent = len(frame)
             except OSError:
                 sent = 0
-            if sent != len(frame):
-                del self.writers[driver]
-                sock.close()
+            if sent != len(frame):  # (half a frame would be garbage to the other end)
+                self._drop(link.fileno())
                 return False
-            self.sent += 1
+            if answer:
+                self.sent += 1
             return True
 
-    def has(self, driver: bytes) -> bool:
-        return driver in self.writers
+    def has(self, peer: bytes) -> bool:
+        return peer in self.writers
 
     def close(self) -> None:
-        for _peer, link in self.readers.values():
-            with contextlib.suppress(OSError, ValueError):
-                link.close()
-        self.readers.clear()
-        for sock in self.writers.values():
-            sock.close()
-        self.writers.clear()
+        with self._lock:
+            for fd in list(self.readers):
+                self._drop(fd)

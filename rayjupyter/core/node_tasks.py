@@ -120,7 +120,7 @@ class NodeTasks:
         self.spawn_worker = pool.spawn_worker
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
         # workers that answer local drivers directly (direct_links.py)
-        self.direct = DirectLinks(pool.channels, clients, send)
+        self.direct = DirectLinks(pool.channels, clients, send, self._actor_of)
         self.owned = state.owned  # tasks per client not ended (a burst is answered by us)
         self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
@@ -150,6 +150,7 @@ class NodeTasks:
             env=message.runtime_env,
             max_calls=message.max_calls,
             strategy=message.strategy,
+            sent_to=message.sent_to,
             # a peer node's task: that node counts its attempts and retries it (a
             # generator's stream and an actor's calls are still decided here, as before)
             retried_by_owner=(
@@ -420,7 +421,16 @@ class NodeTasks:
         else:
             raise ValueError(f"unknown instruction {instruction!r}")
 
+    def _actor_of(self, worker_id: bytes) -> bytes:
+        worker = self.workers.get(worker_id)
+        return worker.actor_id if worker is not None else b""
+
     def dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        if task.sent_to:  # its caller sent it to this worker itself (direct_calls.py)
+            task.sent_to = b""
+            self.events.started(task.task_id, worker.pid, task.attempt)
+            self.actor_part.direct_call_dispatched(worker, task.task_id)
+            return
         deps = []
         for object_id in task.deps:
             entry = self.objects[object_id]

@@ -22,9 +22,9 @@ from rayjupyter.core import protocol_jobs, protocol_queries
 
 PROTOCOL_VERSION = 10  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
 # shift later indices), 9: bulk links between peers on one machine (peer_bulk.py),
-# 10: a worker answers a local driver directly (DirectLink; ExecuteTask.reply_to and
-# TaskFinished.direct: a node of 9 would push every result a second time, and a worker of 9
-# would never answer on a link)
+# 10: direct links between a local driver and a worker (DirectLink; ExecuteTask.reply_to,
+# TaskFinished.direct, SubmitTask.sent_to: a node of 9 would push every result a second time,
+# run a call the driver sent its actor itself twice, and a worker of 9 would never answer)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -64,6 +64,9 @@ class SubmitTask(NamedTuple):
     backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
     max_calls: int = 0  # runs of the function a worker makes before it exits (0: no limit)
+    # an actor call the submitter also sent to this worker of the actor on its direct link
+    # (direct_calls.py): the node keeps the books but does not send it a second time
+    sent_to: bytes = b""
 
 
 class CreateActor(NamedTuple):
@@ -482,6 +485,7 @@ class DirectLink(NamedTuple):
 
     peer: bytes  # the client id at the other end
     opened: bool  # False: the peer is gone, close our end (no descriptor comes)
+    actor_id: bytes = b""  # (to a driver) the actor that worker hosts: calls may go on it
 
 
 # ---------------------------------------------------------------- framing

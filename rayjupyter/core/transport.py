@@ -100,26 +100,24 @@ class ChannelTransport:
 
     shared_reads = True
 
-    def __init__(self, fd: int, *, reads_links: bool = False) -> None:
+    def __init__(self, fd: int) -> None:
         self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
         self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        # a driver reads its direct links too: one epoll for them and the channel (its
-        # descriptor is what the IO thread watches); a worker only writes its links
-        self._epoll: select.epoll | None = None
-        if reads_links:
-            self._epoll = select.epoll()
-            self._epoll.register(fd, select.EPOLLIN)
+        # direct links are read too (a driver's answers, a worker's calls): one epoll for
+        # them and the channel, whose descriptor is what a driver's IO thread watches
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
         self._links = LinkEnds(self.channel, self._epoll)
         # what the last poll_in found (read takes it rather than asking epoll again); a
         # stale list costs only a read that finds nothing: epoll is level-triggered
         self._ready: list[tuple[int, int]] | None = None
 
     @classmethod
-    def inherited(cls, fd: int, *, reads_links: bool = False) -> ChannelTransport:
+    def inherited(cls, fd: int) -> ChannelTransport:
         """Our end of a socket pair our node made (it needs no credentials: nobody else has it)."""
-        return cls(fd, reads_links=reads_links)
+        return cls(fd)
 
     @property
     def links(self) -> LinkEnds:
@@ -130,7 +128,7 @@ class ChannelTransport:
         return self.channel.closed
 
     def pollable(self) -> int:
-        return self.channel.fileno() if self._epoll is None else self._epoll.fileno()
+        return self._epoll.fileno()
 
     def hello(self, frame: bytes) -> None:
         self.channel.send(frame)
@@ -139,7 +137,7 @@ class ChannelTransport:
         self.channel.send(frame)
 
     def poll_in(self, timeout_ms: int) -> bool:
-        if self._epoll is not None and self._links.readers:
+        if self._links.readers:
             self._ready = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
             return bool(self._ready)
         return bool(self._poll.poll(timeout_ms))
@@ -149,24 +147,29 @@ class ChannelTransport:
         if not links.readers:
             frames = self.channel.recv_frames()
             return None if frames is None else list(frames)
-        assert self._epoll is not None
-        items: list[Incoming] = []
         ready, self._ready = self._ready, None
-        for fd, _events in ready or self._epoll.poll(0):
-            if fd == self._fd:
-                frames = self.channel.recv_frames()
-                if frames is None:
-                    return None
-                items.extend(frames)
-            elif fd in links.readers:
+        if ready is None:
+            ready = self._epoll.poll(0)
+        channel_frames: list[Incoming] = []
+        if any(fd == self._fd for fd, _events in ready):
+            got = self.channel.recv_frames()
+            if got is None:
+                return None
+            channel_frames.extend(got)
+        # the links after the channel, their frames first: a call a driver sent its actor
+        # directly is on the link before any call of its that the node relays, so whatever
+        # the node sent that we hold now was preceded by what the links hold now
+        items: list[Incoming] = []
+        for fd, _events in self._epoll.poll(0) if channel_frames else ready:
+            if fd != self._fd:
                 links.read(fd, items)
+        items.extend(channel_frames)
         return items
 
     def close(self) -> None:
         self._links.close()
         self.channel.close()
-        if self._epoll is not None:
-            self._epoll.close()
+        self._epoll.close()
 
 
 class ZmqTransport:
@@ -240,11 +243,11 @@ def connect(
 ) -> Transport:
     """The cheapest link to the node at address that this process can have."""
     if channel_fd is not None:
-        return ChannelTransport.inherited(channel_fd, reads_links=kind == "driver")
+        return ChannelTransport.inherited(channel_fd)
     if kind != "worker":  # a worker always has its socket pair
         fd = local_channel.connect(address, secret, client_id)
         if fd is not None:
-            return ChannelTransport(fd, reads_links=kind == "driver")
+            return ChannelTransport(fd)
     return ZmqTransport(context, address, client_id, secret)
 
 

@@ -162,7 +162,12 @@ class TaskExecutor:
                     os.environ["OMP_NUM_THREADS"] = threads
         return runtime_context.current_task.set(
             runtime_context.TaskInfo(
-                task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
+                task.task_id,
+                task.job_id or runtime_context.current.job_id,  # (a direct call: the actor's)
+                task.gpu_ids,
+                task.name,
+                function,
+                task.resources,
             )
         )
 
@@ -281,6 +286,12 @@ class TaskExecutor:
             answer = self._direct_answer(task, message)
         if answer is None or task is None:
             self.client.send([message])
+            if task is not None and task.reply_to and not task.job_id:
+                # a call its caller sent us itself (it names no job: direct_calls.py), which
+                # the node answers: an empty answer has the caller send the node its notice
+                links = self.client.transport.links
+                if links is not None:
+                    links.answer(task.reply_to, ())
             return
         # the node first, as ever (it keeps the books), then the driver (direct_links.py)
         self.client.send([message._replace(direct=True)])
