@@ -16,7 +16,8 @@ import rayjupyter as rj
 from rayjupyter.core.driver import _client
 from rayjupyter.exceptions import (
     ActorDiedError,
-    ActorUnavailableError, PendingCallsLimitExceeded,
+    ActorUnavailableError,
+    PendingCallsLimitExceeded,
     RayTaskError,
 )
 from rayjupyter.util.state import list_tasks
