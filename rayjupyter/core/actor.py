@@ -512,7 +512,9 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"rj.kill() expects an actor handle, got {type(actor).__name__}")
-    _client().send([P.KillActor(actor._actor_id, no_restart)])
+    client = _client()
+    client.direct_calls.forget(actor._actor_id)  # the calls after this one go by the node
+    client.send([P.KillActor(actor._actor_id, no_restart)])
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

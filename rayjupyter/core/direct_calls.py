@@ -132,6 +132,12 @@ class DirectCalls:
             client._subscribed.update(wanted)
             client.send([P.Subscribe(tuple(wanted), False)])
 
+    def forget(self, actor_id: bytes) -> None:
+        """The actor is being killed: our next calls go by the node, which fails them (its
+        process may still answer until the signal lands). A restart makes a new link."""
+        if self.links is not None:
+            self.links.forget_actor(actor_id)
+
     def _settled(self, route: _Route) -> bool:
         """No call of ours to it by the node is left, and few direct ones."""
         awaiting = self.awaiting

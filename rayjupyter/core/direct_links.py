@@ -217,6 +217,10 @@ class LinkEnds:
                 self.sent += 1
             return True
 
+    def forget_actor(self, actor_id: bytes) -> None:
+        with self._lock:
+            self.actors.pop(actor_id, None)
+
     def has(self, peer: bytes) -> bool:
         return peer in self.writers
 
