@@ -22,9 +22,12 @@ authentication.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
 import zmq
@@ -99,6 +102,18 @@ class ChannelTransport:
         self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        self._bell = -1  # see doorbell()
+
+    def doorbell(self) -> Callable[[], None]:
+        """What another thread calls to end a ``poll_in`` early (it returns False then,
+        as on a timeout): a worker sleeping until a message comes hears its other threads
+        this way (``Client._idle_wait``). An eventfd, made at the first call; it lives as
+        long as the process (a ring after a close must not write into a reused number)."""
+        if self._bell < 0:
+            self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._poll.register(self._bell, select.POLLIN)
+        bell = self._bell
+        return lambda: os.eventfd_write(bell, 1)
 
     @classmethod
     def inherited(cls, fd: int) -> ChannelTransport:
@@ -119,7 +134,17 @@ class ChannelTransport:
         self.channel.send(frame)
 
     def poll_in(self, timeout_ms: int) -> bool:
-        return bool(self._poll.poll(timeout_ms))
+        events = self._poll.poll(timeout_ms)
+        if self._bell < 0 or not events:
+            return bool(events)
+        readable = False
+        for fd, _ in events:
+            if fd == self._bell:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(fd)  # (rings since the last read count once)
+            else:
+                readable = True
+        return readable
 
     def read(self) -> list[Incoming] | None:
         frames = self.channel.recv_frames()
