@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -75,19 +75,29 @@ def run_logged(cmd: list[str], timeout_s: float, log: Path) -> str | None:
     """Runs cmd from the repo root (its output to log) in a process group of its own, so a
     timeout kills all of it; why it failed, or None when it exited 0."""
     with open(log, "wb") as log_file:
-        child = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            return f"timed out after {timeout_s:.0f} s"
+        return wait_logged(start_logged(cmd, log_file), timeout_s)
+
+
+def start_logged(cmd: list[str], log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+    """cmd started from the repo root, its output to log_file, in a session of its own."""
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=_child_env(),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_logged(child: subprocess.Popen[bytes], timeout_s: float) -> str | None:
+    """Why a child of start_logged failed (all of its group killed at the timeout), or
+    None when it exited 0."""
+    try:
+        code = child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        return f"timed out after {timeout_s:.0f} s"
     return None if code == 0 else f"benchmark process exited with code {code}"
 
 

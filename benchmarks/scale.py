@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from typing import Any
 import psutil
 
 from benchmarks import machine, procs
-from benchmarks.runner import REPO_ROOT, _child_env, _kill_group, _kill_leftovers, _tail
+from benchmarks.runner import REPO_ROOT, _kill_leftovers, _tail, start_logged, wait_logged
 
 MB = 1e6
 WORKLOADS = ("tasks", "actors", "objects", "fanout", "tree")
@@ -168,21 +167,9 @@ def run_row(
 def _run_sampled(cmd: list[str], timeout_s: float, log: Path) -> tuple[str | None, Sampler]:
     """As ``runner.run_logged`` (its own session, killed whole at the timeout), sampled."""
     with open(log, "wb") as log_file:
-        child = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_child_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        child = start_logged(cmd, log_file)
         with Sampler(child.pid) as sampler:
-            try:
-                code = child.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(child)
-                return f"timed out after {timeout_s:.0f} s", sampler
-    return (None if code == 0 else f"exit code {code}"), sampler
+            return wait_logged(child, timeout_s), sampler
 
 
 # --------------------------------------------------------------------------- guards

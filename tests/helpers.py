@@ -40,6 +40,18 @@ def wait_for_condition(
         time.sleep(interval)
 
 
+def mapped_file(address: int) -> str:
+    """The file backing this address of this process's memory, from /proc/self/maps
+    ("" if anonymous or unmapped): where a value a task reads really lies."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
 def child_pids() -> set[int]:
     """PIDs of every descendant of this process (children, grandchildren, ...)."""
     return {proc.pid for proc in psutil.Process().children(recursive=True)}

@@ -7,7 +7,7 @@ import os
 import signal
 
 import numpy as np
-from helpers import wait_for_condition
+from helpers import mapped_file, wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import queries
@@ -31,14 +31,7 @@ def _digest(array: np.ndarray) -> str:
 
 def _look(array: np.ndarray) -> tuple[str, bool, bool]:
     """(digest, writeable, lies in the store's shared memory) of an argument in a worker."""
-    address = array.__array_interface__["data"][0]
-    mapped = ""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                mapped = fields[5] if len(fields) > 5 else ""
+    mapped = mapped_file(array.__array_interface__["data"][0])
     prefix = shm_path(_client().session, b"")
     return _digest(array), bool(array.flags.writeable), mapped.startswith(prefix)
 

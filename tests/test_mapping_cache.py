@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers import wait_for_condition
+from helpers import mapped_file, wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import queries
@@ -51,13 +51,7 @@ def _inspect(hold_s: float, array: np.ndarray) -> tuple[int, int, str, bool, int
 
     time.sleep(hold_s)
     address = array.__array_interface__["data"][0]
-    backing = ""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            if low <= address < high:
-                backing = fields[5] if len(fields) > 5 else ""
+    backing = mapped_file(address)
     return os.getpid(), address, backing, array.flags.writeable, int(array.min()), int(array[-1])
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import wait_for_condition
+from helpers import mapped_file, wait_for_condition
 
 import rayjupyter as rj
 from rayjupyter.core import queries
@@ -18,15 +18,8 @@ MiB = 2**20
 
 
 def _mapped_file(array: np.ndarray) -> str:
-    """The file backing the memory of an array, from /proc/self/maps ('' if anonymous)."""
-    address = array.__array_interface__["data"][0]
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                return fields[5] if len(fields) > 5 else ""
-    return ""
+    """The file backing the memory of an array ('' if anonymous)."""
+    return mapped_file(array.__array_interface__["data"][0])
 
 
 def _store_stats() -> dict[str, int]:
@@ -72,13 +65,8 @@ def test_large_task_result_and_arrow_table_are_zero_copy(cluster):
 def test_task_reads_large_ref_argument_zero_copy(cluster):
     @rj.remote
     def inspect(array):
-        with open("/proc/self/maps") as maps:
-            address = array.__array_interface__["data"][0]
-            for line in maps:
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                if start <= address < end:
-                    return float(array.sum()), line.split()[-1], array.flags.writeable
-        return None
+        path = mapped_file(array.__array_interface__["data"][0])
+        return float(array.sum()), path, array.flags.writeable
 
     array = np.ones(20 * MiB // 8)
     total, path, writeable = rj.get(inspect.remote(rj.put(array)), timeout=60)

@@ -138,6 +138,8 @@ def exit_actor() -> None:
             "actor method to end that actor (rj.kill(handle) ends one from outside)."
         )
     runtime_context.current.exit_requested = True
+    if runtime_context.current.on_exit_request is not None:
+        runtime_context.current.on_exit_request()
     if runtime_context.current.actor_is_async:
         raise AsyncioActorExit("exit_actor() was called.")
     raise ActorExitRequest("exit_actor() was called.")

@@ -189,6 +189,8 @@ class Channel:
 
     def send_raw(self, data: bytes) -> None:
         """Queue bytes as they are (already framed), after everything queued before."""
+        if self.closed:  # (as send: kept, they would be pending, and polled for, forever)
+            return
         if self._queue:
             self._queue.append(bytearray(data))
         else:

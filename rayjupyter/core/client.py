@@ -155,6 +155,12 @@ class Client:
         self._last_read_here = 0.0
         self._waiting_here = 0  # threads in _wait on a channel right now
         self._io_thread: threading.Thread | None = None
+        # a worker sleeping until a message comes is woken by its other threads (an actor's,
+        # the user's) through this when they queue something for it (see _idle_wait); one
+        # client per worker process, so its eventfd may live as long as the process
+        self._doorbell: Callable[[], None] | None = None
+        if kind == "worker" and isinstance(self.transport, transport.ChannelTransport):
+            self._doorbell = self.transport.doorbell()
         if io_thread:
             self._io_thread = threading.Thread(
                 target=self._io_loop, name="rayjupyter-io", daemon=True
@@ -261,12 +267,13 @@ class Client:
         """Handle whatever has arrived already, without waiting."""
         self._pump(0.0)
 
-    def _pump(self, timeout: float | None, seen: int | None = None) -> None:
+    def _pump(self, timeout: float | None, seen: int | None = None, flush: bool = True) -> None:
         """Read and handle what arrives within timeout (None: however long it takes); only
         one thread reads at a time.
 
         seen is the drain count the caller last looked at: if another thread has read
         since, return at once (what the caller waits for may have come in that read).
+        With nothing read, queued ref-count and pin changes are sent, unless not flush.
         """
         if not self._rx_lock.acquire(blocking=False):
             with self._cond:  # another thread reads; it wakes us when something arrives
@@ -278,7 +285,7 @@ class Client:
                 return
             if self.transport.poll_in(-1 if timeout is None else int(timeout * 1000)):
                 self._drain_rx()
-            elif reference_counter.pending or self._pins:
+            elif flush and (reference_counter.pending or self._pins):
                 self.send([])
         finally:
             self._rx_lock.release()
@@ -289,6 +296,7 @@ class Client:
         """The next task for this worker (None once closed), waiting as long as it takes."""
         tasks = self.tasks
         while True:
+            seen = self._drains  # (before looking: a task queued since wakes the wait below)
             # (this thread alone takes from it: no exception per task for an empty queue)
             task = tasks.get_nowait() if not tasks.empty() else None
             if task is not None:
@@ -302,17 +310,30 @@ class Client:
                 return task
             if self.outbox.closed:
                 return None
-            self._pump(self._idle_wait())
+            wait = self._idle_wait()
+            try:
+                # woken by the doorbell: the changes wait FLUSH_INTERVAL_S for a message
+                # to ride on (the next turn), as they would have without the sleep
+                self._pump(wait, seen, flush=wait is not None)
+            finally:
+                reference_counter.on_queued = None
 
     def _idle_wait(self) -> float | None:
         """How long a worker waiting for its next task may sleep before it looks again.
 
-        It wakes every FLUSH_INTERVAL_S only to send ref-count and pin changes that other
-        threads (an async or threaded actor's, the user's) queue meanwhile. With no other
-        Python thread, nothing can queue one while it sleeps: it sleeps until a message
-        comes. A thousand idle actors woke 20,000 times a second (a core of a small
-        machine), which made starting the next thousand slower and slower."""
-        if reference_counter.pending or self._pins or threading.active_count() > 1:
+        Ref-count and pin changes queued wait FLUSH_INTERVAL_S at most for a message to
+        ride on. With none queued it sleeps until a message comes, or until another thread
+        (an async or threaded actor's, the user's) queues a change or a task and rings the
+        doorbell. A thousand idle actors woke 20,000 times a second (a core of a small
+        machine), which made starting the next thousand slower and slower; threaded and
+        async ones kept waking every FLUSH_INTERVAL_S until they had a doorbell."""
+        if reference_counter.pending or self._pins:
+            return FLUSH_INTERVAL_S
+        if self._doorbell is None:  # (a worker always has one; a ZmqTransport has none)
+            return FLUSH_INTERVAL_S if threading.active_count() > 1 else None
+        reference_counter.on_queued = self._doorbell
+        if reference_counter.pending or self._pins:  # queued before it was set: no ring
+            reference_counter.on_queued = None
             return FLUSH_INTERVAL_S
         return None
 
@@ -346,7 +367,17 @@ class Client:
                     self._blocked_waits -= 1
                     while not self._blocked_waits and self._lent:  # came as the wait ended:
                         self.tasks.put(self._lent.popleft())  # the node waits for it next
+                        self._wake_task_loop()
             self.send([P.WorkerBlocked(blocked, waiting_for)])
+
+    def _wake_task_loop(self) -> None:
+        """A task was queued outside a read: wake the worker's main thread, asleep in
+        ``next_task`` on the link (the doorbell ends its poll, or the poll of the thread
+        that reads for it, which then notifies)."""
+        if self._doorbell is not None:
+            self._doorbell()
+        with self._cond:
+            self._cond.notify_all()
 
     def _run_lent(self, run: Callable[[P.ExecuteTask], None]) -> None:
         """A task making what we wait for, lent to us by the node at its worker limit

@@ -19,6 +19,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.exceptions import GetTimeoutError, ObjectLostError, RayTaskError
 from rayjupyter.core.object_fetch import Fetch
 from rayjupyter.core.object_files import map_object, shm_path
+from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.serialization import deserialize
 
 KEEP_MAPPED = 8  # mappings of task arguments a worker keeps (see materialize)
@@ -106,13 +107,13 @@ class ValueReader:
         path = shm_path(self.session, object_id)
         for _ in range(3):
             try:
-                view = map_object(path, on_release=lambda: self.pins.append((False, object_id)))
+                view = map_object(path, on_release=lambda: self._pin(False, object_id))
             except FileNotFoundError:  # spilled to disk: ask the node to bring it back
                 fresh = self.restore(object_id, timeout)
                 if fresh[3] or fresh[1] is not None:  # e.g. ObjectStoreFullError: no room
                     return self.materialize(fresh, timeout, keep_mapped=keep_mapped)
                 continue
-            self.pins.append((True, object_id))
+            self._pin(True, object_id)
             if keep_mapped:
                 self.keep_mapped(object_id, view, size)
             return deserialize(view)
@@ -153,6 +154,12 @@ class ValueReader:
             return
         with self.cond:
             self.cond.notify_all()
+
+    def _pin(self, mapped: bool, object_id: bytes) -> None:
+        """Queue a pin (or, unmapped, an unpin) for the node; it rides with the ref ops."""
+        self.pins.append((mapped, object_id))
+        if reference_counter.on_queued is not None:  # a worker sleeps: wake it to send
+            reference_counter.queued()
 
     def keep_mapped(self, object_id: bytes, view: memoryview, size: int) -> None:
         """Remember a mapping; the oldest go (and are unpinned) past the count or byte limit."""

@@ -33,6 +33,9 @@ class ReferenceCounter:
         self.pending: deque[tuple[bool, bytes]] = deque()
         #: called with an id when its last ref in this process is gone (drops cached values)
         self.on_zero: Callable[[bytes], None] | None = None
+        #: set while a worker sleeps with nothing to send (``Client._idle_wait``): called
+        #: once, at the next change queued for the node, so the worker wakes to send it
+        self.on_queued: Callable[[], None] | None = None
 
     def add(self, object_id: bytes, *, report: bool = True) -> None:
         with self._lock:
@@ -40,6 +43,8 @@ class ReferenceCounter:
             self._counts[object_id] = count + 1
             if count == 0 and report:
                 self.pending.append((True, object_id))
+                if self.on_queued is not None:
+                    self.queued()
 
     def remove(self, object_id: bytes) -> None:
         with self._lock:
@@ -48,10 +53,19 @@ class ReferenceCounter:
                 self._counts.pop(object_id, None)
                 if count == 1:
                     self.pending.append((False, object_id))
+                    if self.on_queued is not None:
+                        self.queued()
                     if self.on_zero is not None:
                         self.on_zero(object_id)
             else:
                 self._counts[object_id] = count - 1
+
+    def queued(self) -> None:
+        """A change for the node was queued (here, or a pin by ``client_values``): wake
+        the worker if it sleeps with nothing to send."""
+        wake, self.on_queued = self.on_queued, None
+        if wake is not None:
+            wake()
 
     def count(self, object_id: bytes) -> int:
         return self._counts.get(object_id, 0)

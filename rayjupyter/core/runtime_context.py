@@ -6,6 +6,7 @@ import contextvars
 import inspect
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,6 +36,8 @@ class _Process:
     # exit_actor() was called: the process ends after the running call, even if the user's
     # code caught the exception it raised (as in Ray)
     exit_requested: bool = False
+    # an async actor's: wakes what watches for exit_actor() (worker_actor._watch_exit)
+    on_exit_request: Callable[[], None] | None = None
 
 
 current = _Process()

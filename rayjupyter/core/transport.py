@@ -22,9 +22,12 @@ authentication.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
 import zmq
@@ -113,6 +116,19 @@ class ChannelTransport:
         # what the last poll_in found (read takes it rather than asking epoll again); a
         # stale list costs only a read that finds nothing: epoll is level-triggered
         self._ready: list[tuple[int, int]] | None = None
+        self._bell = -1  # see doorbell()
+
+    def doorbell(self) -> Callable[[], None]:
+        """What another thread calls to end a ``poll_in`` early (it returns False then,
+        as on a timeout): a worker sleeping until a message comes hears its other threads
+        this way (``Client._idle_wait``). An eventfd, made at the first call; it lives as
+        long as the process (a ring after a close must not write into a reused number)."""
+        if self._bell < 0:
+            self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._poll.register(self._bell, select.POLLIN)
+            self._epoll.register(self._bell, select.EPOLLIN)
+        bell = self._bell
+        return lambda: os.eventfd_write(bell, 1)
 
     @classmethod
     def inherited(cls, fd: int) -> ChannelTransport:
@@ -138,9 +154,20 @@ class ChannelTransport:
 
     def poll_in(self, timeout_ms: int) -> bool:
         if self._links.readers:
-            self._ready = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-            return bool(self._ready)
-        return bool(self._poll.poll(timeout_ms))
+            events = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+            self._ready = events
+        else:
+            events = self._poll.poll(timeout_ms)
+        if self._bell < 0 or not events:
+            return bool(events)
+        readable = False
+        for fd, _ in events:
+            if fd == self._bell:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(fd)  # (rings since the last read count once)
+            else:
+                readable = True
+        return readable
 
     def read(self) -> list[Incoming] | None:
         links = self._links

@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 
     from rayjupyter.core.worker import TaskExecutor
 
-WATCH_EXIT_S = 0.25  # how often an async actor looks for exit_actor() called in its own tasks
-
 
 def own_repr(instance: Any) -> str:
     """An actor's ``repr`` if its class defines ``__repr__`` (Ray prints its output as
@@ -160,7 +158,15 @@ async def _watch_exit(executor: TaskExecutor) -> None:
     started itself, in a method or in ``__init__``) still ends the actor."""
     import asyncio
 
-    while not runtime_context.current.exit_requested:
-        await asyncio.sleep(WATCH_EXIT_S)
+    loop = asyncio.get_running_loop()
+    asked = asyncio.Event()
+    current = runtime_context.current
+
+    def ask() -> None:  # (exit_actor() runs in the loop's thread, or in one of the user's)
+        loop.call_soon_threadsafe(asked.set)
+
+    current.on_exit_request = ask
+    if not current.exit_requested:  # (asked before the watch began: set, not called)
+        await asked.wait()
     await asyncio.sleep(0.1)  # the call that asked, if any, ends the actor itself
     exit_process(executor)
