@@ -397,6 +397,43 @@ def test_a_call_without_retries_fails_at_a_restart_and_a_cancelled_one_as_cancel
     assert actor.state is ActorState.PENDING
 
 
+def test_a_direct_call_to_a_process_that_died_since_counts_as_in_flight_at_its_death() -> None:
+    """A caller's notice of a call it sent the actor's process itself (``sent_to``) may come
+    after that process died: it may have run there, so it is retried within
+    max_task_retries, else failed, and never just run again as if it were new."""
+    shell = Shell()
+    actor = shell.create(max_restarts=2, max_task_retries=1)
+    shell.schedule()
+    old = actor.worker
+    shell.process_dies(actor)
+    shell.schedule()
+    assert actor.state is ActorState.ALIVE and actor.worker != old
+    late = make_call(actor.actor_id)
+    late.sent_to = old or b""
+    late.max_retries = 1
+    shell.state.submit(late)
+    assert shell.table.admit_call(late) == []
+    assert late.attempt == 1 and not late.sent_to  # a retry, sent by the node
+    shell.ready(late)
+    assert shell.dispatched[-1] is late
+    strict = shell.create(max_restarts=2)
+    shell.schedule()
+    gone = strict.worker
+    shell.process_dies(strict)
+    shell.schedule()
+    unlucky = make_call(strict.actor_id)
+    unlucky.sent_to = gone or b""
+    shell.state.submit(unlucky)
+    shell.run(shell.table.admit_call(unlucky))
+    state, blob = shell.ended[unlucky.task_id]
+    assert state is TaskState.FAILED and "was not retried" in str(error_of(blob))
+    current = make_call(strict.actor_id)
+    current.sent_to = strict.worker or b""
+    shell.state.submit(current)
+    assert shell.table.admit_call(current) == [] and current.sent_to  # as sent: kept
+    shell.check()
+
+
 def test_kill_is_a_state_until_the_process_ends_then_it_restarts_or_dies() -> None:
     shell = Shell()
     actor = shell.create(max_restarts=2)

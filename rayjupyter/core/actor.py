@@ -474,26 +474,26 @@ class ActorHandle:
         counted = limit > 0 and bool(refs)  # (streaming calls and num_returns=0: not counted)
         if counted:
             pending_calls.take(self._actor_id, limit, label)
-        client.submit(
-            P.SubmitTask(
-                task_id,
-                b"",
-                None,
-                label,
-                packed.blob,
-                packed.deps,
-                packed.nested,
-                return_ids,
-                {},
-                0,
-                False,
-                self._actor_id,
-                method_name,
-                "",
-                mode,
-                window,
-            )
+        call = P.SubmitTask(
+            task_id,
+            b"",
+            None,
+            label,
+            packed.blob,
+            packed.deps,
+            packed.nested,
+            return_ids,
+            {},
+            0,
+            False,
+            self._actor_id,
+            method_name,
+            "",
+            mode,
+            window,
         )
+        if not client.direct_calls.submit(call):  # (direct_calls.py)
+            client.submit(call)
         if counted:  # pending until its first result is here (the ref keeps it until then)
             actor_id = self._actor_id
 
@@ -514,7 +514,9 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"rj.kill() expects an actor handle, got {type(actor).__name__}")
-    _client().send([P.KillActor(actor._actor_id, no_restart)])
+    client = _client()
+    client.direct_calls.forget(actor._actor_id)  # the calls after this one go by the node
+    client.send([P.KillActor(actor._actor_id, no_restart)])
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

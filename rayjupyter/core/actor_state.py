@@ -104,6 +104,18 @@ class ActorTable:
         if not task.max_retries and actor.restarts and actor.state in RESTARTING:
             return [self.fail_call(task, restarting_error(task, actor.actor_id))]  # as Ray
         task.job, task.namespace = actor.job, actor.namespace
+        if task.sent_to and task.sent_to != actor.worker:
+            # its caller sent it on a direct link to a process of the actor that has ended
+            # since (direct_calls.py): it may have run there, so it is a call that was in
+            # flight at that death: run again within max_task_retries, else failed
+            task.sent_to = b""
+            if not task.retry():
+                error = ActorDiedError(
+                    f"The actor {actor.class_name} died while running {task.name!r}; the call "
+                    f"was not retried (max_task_retries={task.max_retries})."
+                )
+                error.actor_id = actor.actor_id.hex()
+                return [self.fail_call(task, pickle.dumps(error, protocol=5))]
         actor.enqueue(task)
         return _NONE
 

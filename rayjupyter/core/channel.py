@@ -18,6 +18,7 @@ file (the kernel hands the file's pages to the socket: no copy on the sending si
 
 from __future__ import annotations
 
+import array
 import contextlib
 import mmap
 import os
@@ -67,6 +68,29 @@ class FileRegion:
         return HEADER.pack(CHUNK_FLAG | len(self.header)) + BODY.pack(self.length) + self.header
 
 
+@dataclass
+class FdFrame:
+    """A frame that carries descriptors (SCM_RIGHTS, ``direct_links.py``): they go with its
+    first byte, so they arrive no later than the frame; ours are closed once sent."""
+
+    data: bytes
+    fds: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+#: room for the descriptors one read may bring (a frame carries at most a few)
+ANCILLARY_SIZE = socket.CMSG_SPACE(64 * array.array("i").itemsize)
+
+
 class Channel:
     """One end of a worker link. The node's end never blocks (it keeps what the socket
     does not take yet); a worker's end blocks on send, since the node always reads."""
@@ -78,8 +102,12 @@ class Channel:
         self._inbuf = bytearray()
         self._outbuf = bytearray()
         # what waits behind a file region being sent (bytes or more regions), in order
-        self._queue: deque[bytearray | FileRegion] = deque()
+        self._queue: deque[bytearray | FileRegion | FdFrame] = deque()
         self._sends_chunks = False
+        self._fds_out: list[int] = []  # descriptors the next frame sent carries (attach_fd)
+        #: descriptors received (a client's end reads with recvmsg): taken in order by the
+        #: messages they came for, which arrive with them or after them
+        self.fds_in: deque[int] | None = None
         # reads land here: ``recv(READ_SIZE)`` would allocate 256 KiB per read, above malloc's
         # mmap threshold (an mmap, an mremap and an munmap per read, and a page fault).
         # Anonymous memory: only the pages reads touch are resident (a page or two).
@@ -114,6 +142,12 @@ class Channel:
         if self.blocking_send:
             self._send_whole(frame)
             return
+        if self._fds_out:
+            fds, self._fds_out = self._fds_out, []
+            self._queue.append(FdFrame(frame, fds))
+            if len(self._queue) == 1 and not self._outbuf:
+                self.write_pending()
+            return
         if self._queue:
             last = self._queue[-1]
             if isinstance(last, bytearray):
@@ -133,6 +167,11 @@ class Channel:
             return
         if sent < len(frame):
             self._outbuf += memoryview(frame)[sent:]
+
+    def attach_fd(self, fd: int) -> None:
+        """Send a descriptor (ours, closed once sent) with the next frame: only on the node's
+        (non-blocking) end, towards a client that reads with ``fds_in``."""
+        self._fds_out.append(fd)
 
     def send_file_chunk(self, region: FileRegion) -> None:
         """Send a chunk frame (see FileRegion), after everything sent before. Only on the
@@ -208,6 +247,19 @@ class Channel:
             self._queue.popleft()
             self._outbuf = item
             return True
+        if isinstance(item, FdFrame):
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", item.fds))]
+            try:
+                sent = self.sock.sendmsg([item.data], rights)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._lost()
+                return False
+            self._queue.popleft()
+            item.close()  # the receiver has its own copies now
+            self._outbuf = bytearray(memoryview(item.data)[sent:])
+            return True
         if item.fd < 0:
             self._outbuf = bytearray(item.open())
             if item.fd < 0 or item.length == 0:
@@ -239,7 +291,13 @@ class Channel:
         for item in self._queue:
             if isinstance(item, FileRegion) and item.fd >= 0:
                 os.close(item.fd)
+            elif isinstance(item, FdFrame):
+                item.close()
         self._queue.clear()
+        for fd in self._fds_out:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds_out = []
 
     def recv_frames(self, *, wait: bool = False, reads: int = MAX_READS) -> list[bytes] | None:
         """The complete frames that have arrived; None once the other end has closed.
@@ -251,9 +309,13 @@ class Channel:
         buf = self._inbuf
         landing = self._landing
         flags = 0 if wait and self.blocking_send else socket.MSG_DONTWAIT
+        fds_in = self.fds_in
         for _ in range(reads):
             try:
-                size = self.sock.recv_into(landing, READ_SIZE, flags)
+                if fds_in is None:
+                    size = self.sock.recv_into(landing, READ_SIZE, flags)
+                else:
+                    size = self._recv_with_fds(landing, flags | socket.MSG_CMSG_CLOEXEC, fds_in)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -271,6 +333,16 @@ class Channel:
         if not frames and self.closed:
             return None
         return frames
+
+    def _recv_with_fds(self, landing: memoryview, flags: int, fds_in: deque[int]) -> int:
+        """recv_into that keeps the descriptors that came with the bytes (``fds_in``)."""
+        size, ancillary, _flags, _address = self.sock.recvmsg_into([landing], ANCILLARY_SIZE, flags)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                fds_in.extend(fds)
+        return size
 
     def _split(self, data: bytearray | memoryview, size: int) -> list[bytes]:
         """The complete frames in ``data[:size]``; the rest waits in ``_inbuf`` for more."""

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from rayjupyter.core import protocol as P
 from rayjupyter.core.client_outbox import Outbox
 from rayjupyter.core.client_values import ValueReader, weak_method
 from rayjupyter.core.config import session_dir
+from rayjupyter.core.direct_calls import DirectCalls
 from rayjupyter.core.exceptions import (
     ClusterConnectionError,
     GetTimeoutError,
@@ -88,6 +90,8 @@ class Client:
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
+        # actor calls sent on direct links to the actors' processes (direct_calls.py)
+        self.direct_calls = DirectCalls(weakref.proxy(self), self.transport.links, submit_observers)
         # requests to the node and their answers (queries.Replies), bound once
         self.replies = Replies(weak_method(self.send), weak_method(self._wait), address)
         self.request = self.replies.request
@@ -147,6 +151,7 @@ class Client:
         # read, not yet handled
         self._unhandled: collections.deque[transport.Incoming] = collections.deque()
         self._drains = 0  # reads so far: a waiter that saw n knows whether it missed one
+        self._links_lost = 0  # direct links seen closed (direct_links.py): we re-subscribe
         self._last_read_here = 0.0
         self._waiting_here = 0  # threads in _wait on a channel right now
         self._io_thread: threading.Thread | None = None
@@ -405,8 +410,9 @@ class Client:
 
         if needed <= 0:
             return True
-        if self.outbox.messages:  # submits held back for batching go now: we wait on them
-            self.send([])
+        outbox = self.outbox
+        if outbox.messages and not outbox.only_notices:  # submits held back for batching
+            self.send([])  # go now: we wait on them
         self._request_missing(missing)
         # a get (all of them): the tasks making them may run inside this wait at the limit
         waiting_for = tuple(missing) if needed == len(missing) <= WAITING_FOR_MAX else ()
@@ -502,7 +508,7 @@ class Client:
                 if wake_rx in events:
                     self.outbox.flush()  # the batch held back by send(batch=True)
                     last_flush = now
-                elif (reference_counter.pending or self._pins) and (
+                elif (reference_counter.pending or self._pins or outbox.messages) and (
                     now - last_flush >= FLUSH_INTERVAL_S
                 ):
                     self.send([])
@@ -536,12 +542,18 @@ class Client:
                 self._handle(protocol.loads(item))
             else:  # a chunk of a value: its header, then its raw bytes
                 self.values.on_chunk(protocol.loads(item[0])[0], item[1])
+        links = self.transport.links
+        if links is not None and links.lost != self._links_lost:
+            self._links_lost = links.lost
+            self.direct_calls.resubscribe()
 
     def _handle(self, messages: list[Any]) -> None:
         notify = False
         for message in messages:
             kind = type(message)
             if kind is P.ObjectsReady:
+                if not message.objects:  # a direct call's answer comes by the node: it
+                    self.send([])  # needs our notice of that call (direct_calls.py)
                 for info in message.objects:
                     oid = info[0]
                     if reference_counter.count(oid) > 0 or (
@@ -584,6 +596,10 @@ class Client:
                 if message.request_id:  # 0: the answer to a heartbeat
                     self.replies.answers[message.request_id] = message.value
                     notify = True
+            elif kind is P.DirectLink:
+                links = self.transport.links
+                if links is not None:
+                    links.on_message(message)
             elif kind is P.LogLines and self.log_to_driver:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)

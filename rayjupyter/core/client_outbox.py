@@ -28,6 +28,8 @@ BATCH_WINDOW_S = 0.0002  # messages closer together than this are sent in one fr
 # burst go on (one frame for all of it), and how many messages it holds at most
 BURST_HOLD_S = 0.001
 BURST_MAX_MESSAGES = 1024  # about what the node reads from one client per loop turn
+#: notices (direct_calls.py) held at most: then they go, as one frame
+NOTICES_MAX = 256
 
 
 class Outbox:
@@ -49,6 +51,9 @@ class Outbox:
         self.pins = pins  # (pin?, object id) of values mapped or unmapped here
         self.lock = threading.Lock()
         self.messages: list[Any] = []
+        # what messages holds is only notices (and the ref-count changes before them): a
+        # wait need not send them, the IO thread does within FLUSH_INTERVAL_S
+        self.only_notices = False
         self.last_send = 0.0
         # when the latest submit or put came (0 once a thread waits: the burst is over)
         self.last_batched = 0.0
@@ -76,7 +81,9 @@ class Outbox:
                 return
             outbox = self.messages
             self._queue_ops(outbox)
-            outbox.extend(messages)
+            if messages:
+                outbox.extend(messages)
+                self.only_notices = False
             now = time.monotonic()
             if batch and self.batching:
                 burst = now - self.last_batched < BATCH_WINDOW_S
@@ -90,9 +97,26 @@ class Outbox:
                 return
             if outbox:
                 self.messages = []
+                self.only_notices = False
                 self.flush_requested = False
                 self.transport.send(protocol.dumps(outbox))
                 self.last_send = now
+
+    def notify(self, message: Any) -> None:
+        """Queue a message the node needs in order but nobody waits on (the books of a
+        direct call): it rides with the next message, or goes within FLUSH_INTERVAL_S, or
+        once NOTICES_MAX are held. Each would otherwise wake the node once per call."""
+        with self.lock:
+            if self.closed:
+                return
+            outbox = self.messages
+            if not outbox:
+                self.only_notices = True
+            self._queue_ops(outbox)
+            outbox.append(message)
+            if len(outbox) < NOTICES_MAX:
+                return
+        self.send([])
 
     def _queue_ops(self, outbox: list[Any]) -> None:
         """Ref-count and pin changes so far go ahead of the messages that follow them."""

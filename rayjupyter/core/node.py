@@ -327,6 +327,7 @@ class Node:
         self.forget_task = tasks.forget_task
         self.unpin_deps = tasks.unpin_deps
         self.dispatch = tasks.dispatch
+        self.pool.channel_closed = tasks.direct.client_gone
         self.execute: Callable[[list[Instruction]], None] = tasks.execute
         self.warn_worker_limit = tasks.warn_worker_limit
         self.membership.start()

@@ -33,6 +33,9 @@ from rayjupyter.core.node_workers import NodeWorkers
 from rayjupyter.core.scheduler import TaskRecord, TaskState, WorkerRecord
 from rayjupyter.core.task_events import TaskEventLog
 
+#: ends of direct calls kept until their caller's SubmitTask comes (it is sent first, so
+#: only a caller that died between its two sends leaves one for good)
+EARLY_ENDS_MAX = 10_000
 GRACEFUL_EXIT_ENV = "RAYJUPYTER_ACTOR_GRACEFUL_SHUTDOWN_TIMEOUT_S"
 
 
@@ -79,6 +82,7 @@ class ActorHost(Protocol):
         is_error: bool,
         contained: tuple[bytes, ...],
         location: str = "",
+        answered: bool = False,
     ) -> None: ...
     def execute(self, instructions: list[Instruction]) -> None: ...
 
@@ -132,6 +136,8 @@ class NodeActors:
         self.named_actors = self.table.named  # (namespace, name) -> actor id
         self.pending_actors = self.table.pending  # waiting for resources to be placed
         self.table.grace_s = graceful_exit_s()
+        # ends of calls sent on direct links that came before the caller's SubmitTask
+        self.early_ends: dict[bytes, P.TaskFinished] = {}
 
     # ------------------------------------------------------------------ instructions
 
@@ -286,6 +292,13 @@ class NodeActors:
         """A new call (or the creation) for an actor: queued, or failed (False)."""
         if task.method == "__init__":
             return True
+        if task.sent_to:
+            early = self.early_ends.get(task.task_id)
+            actor = self.actors.get(task.actor_id)
+            if early is not None and (actor is None or actor.worker != task.sent_to):
+                del self.early_ends[task.task_id]  # it ran on a process that ended since
+                self._ended_before_known(task, early)
+                return False
         if task.actor_id not in self.actors and task.actor_id in self.peers.actor_homes:
             return True  # it lives on another node: the call goes there when ready
         out = self.table.admit_call(task)
@@ -341,9 +354,21 @@ class NodeActors:
         error = None if message.error is None else str(pickle.loads(message.error))
         self.execute(self.table.started(message.actor_id, client, error, message.label))
 
+    def direct_call_dispatched(self, worker: WorkerRecord, task_id: bytes) -> None:
+        """A call its caller sent the actor's process itself is in flight now: its end may
+        have come first (the worker's channel read before the caller's)."""
+        early = self.early_ends.pop(task_id, None)
+        if early is not None:
+            self.actor_call_finished(worker, early)
+
     def actor_call_finished(self, worker: WorkerRecord, message: P.TaskFinished) -> None:
         task = self.table.call_returned(worker.actor_id, message.task_id)
         if task is None:
+            if message.task_id not in self.tasks:  # a direct call we have not heard of yet
+                early = self.early_ends
+                if len(early) >= EARLY_ENDS_MAX:  # (its caller died between its two sends)
+                    del early[next(iter(early))]
+                early[message.task_id] = message
             return
         self.pool.drain_output(self.pool.pipes[worker.client_id])
         self.node.unpin_deps(task)
@@ -353,10 +378,26 @@ class NodeActors:
         else:
             task.transition(TaskState.FINISHED)
             self.events.ended(task.task_id, failed=False)
+            direct = message.direct  # (answered to its caller on a direct link)
             for object_id, inline, size, contained in message.results:
-                self.node.set_ready(object_id, inline, size, False, contained)
+                self.node.set_ready(object_id, inline, size, False, contained, "", direct)
             self.node.forget_task(task)
         self.execute(self.table.settle_idle(worker.actor_id, time.monotonic()))
+
+    def _ended_before_known(self, task: TaskRecord, message: P.TaskFinished) -> None:
+        """A direct call whose end we heard before its caller's SubmitTask, from a process
+        of the actor that has ended since: only its books are left to keep."""
+        task.sent_to = b""
+        task.transition(TaskState.READY)
+        task.transition(TaskState.RUNNING)
+        if message.error is not None:
+            self.node.fail_task(task, message.error)
+            return
+        task.transition(TaskState.FINISHED)
+        self.events.ended(task.task_id, failed=False)
+        for object_id, inline, size, contained in message.results:
+            self.node.set_ready(object_id, inline, size, False, contained, "", message.direct)
+        self.node.forget_task(task)
 
     def remote_call_ended(self, task: TaskRecord) -> None:
         """A call to an actor that a peer hosts came back (a result or an error)."""

@@ -301,7 +301,10 @@ class NodeObjects:
         is_error: bool,
         contained: tuple[bytes, ...],
         location: str = "",
+        answered: bool = False,
     ) -> None:
+        """``answered``: its worker sent it to its owner directly (direct_links.py): the
+        owner hears it from us only if it subscribed (after its link closed)."""
         entry = self.objects.get(object_id)
         if entry is None:  # made by a retried task whose first result was freed meanwhile
             entry = self.objects[object_id] = ObjectEntry()
@@ -332,7 +335,7 @@ class NodeObjects:
         if entry.refs > 0:
             info = (object_id, inline, size, is_error)
             owner = ids.owner_of(object_id)
-            if owner in self.clients:
+            if owner in self.clients and (not answered or owner in entry.subscribers):
                 self.send(owner, P.ObjectsReady((info,)))
             for subscriber in entry.subscribers:
                 if subscriber != owner:

@@ -21,6 +21,7 @@ from typing import Any
 from rayjupyter.core import ids
 from rayjupyter.core import protocol as P
 from rayjupyter.core.config import BOUNDS, bound
+from rayjupyter.core.direct_links import DirectLinks
 from rayjupyter.core.exceptions import ObjectLostError, TaskUnschedulableError
 from rayjupyter.core.head import HeadState
 from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
@@ -118,6 +119,9 @@ class NodeTasks:
         self.drain_output = pool.drain_output
         self.spawn_worker = pool.spawn_worker
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
+        # workers that answer local drivers directly (direct_links.py)
+        self.direct = DirectLinks(pool.channels, clients, send, self._actor_of)
+        self.owned = state.owned  # tasks per client not ended (a burst is answered by us)
         self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.starvation = StarvationWatch.from_env()
@@ -146,6 +150,7 @@ class NodeTasks:
             env=message.runtime_env,
             max_calls=message.max_calls,
             strategy=message.strategy,
+            sent_to=message.sent_to,
             # a peer node's task: that node counts its attempts and retries it (a
             # generator's stream and an actor's calls are still decided here, as before)
             retried_by_owner=(
@@ -300,8 +305,9 @@ class NodeTasks:
         for instruction in self.state.task_finished(worker, task, message.error, message.retryable):
             if instruction[0] == FINISHED:
                 self.events.ended(task.task_id, failed=False)
+                direct = message.direct
                 for object_id, inline, size, contained in message.results:
-                    self.set_ready(object_id, inline, size, False, contained)
+                    self.set_ready(object_id, inline, size, False, contained, "", direct)
                 self.forget_task(task)
             else:
                 self.execute_one(instruction)
@@ -415,7 +421,16 @@ class NodeTasks:
         else:
             raise ValueError(f"unknown instruction {instruction!r}")
 
+    def _actor_of(self, worker_id: bytes) -> bytes:
+        worker = self.workers.get(worker_id)
+        return worker.actor_id if worker is not None else b""
+
     def dispatch(self, task: TaskRecord, worker: WorkerRecord) -> None:
+        if task.sent_to:  # its caller sent it to this worker itself (direct_calls.py)
+            task.sent_to = b""
+            self.events.started(task.task_id, worker.pid, task.attempt)
+            self.actor_part.direct_call_dispatched(worker, task.task_id)
+            return
         deps = []
         for object_id in task.deps:
             entry = self.objects[object_id]
@@ -431,6 +446,10 @@ class NodeTasks:
         generator, credit = "", -1
         if self.generators.modes:  # (a plain task pays one check on this hot path)
             generator, credit = self.generators.execute_fields(task.task_id)
+        reply_to = b""
+        if not generator:
+            owner = task.owner
+            reply_to = self.direct.reply_to(owner, worker.client_id, self.owned.get(owner, 0))
         self.send(
             worker.client_id,
             P.ExecuteTask(
@@ -451,6 +470,7 @@ class NodeTasks:
                 credit,
                 task.strategy,
                 None if task.demand == _ONE_CPU else tuple(task.demand.items()),
+                reply_to,
             ),
         )
         if generator:

@@ -132,6 +132,8 @@ class NodeWorkers:
         self.channel_listener: socket.socket | None = None
         self.log_backlog = bound("log_backlog_bytes")
         self.dropped_lines: dict[bytes, int] = {}  # per slow local driver, not yet told
+        #: called with a client whose channel closed (its direct links go: direct_links.py)
+        self.channel_closed: Callable[[bytes], None] = lambda client_id: None
 
     def spawn_worker(self, actor_id: bytes = b"", pool: str = "") -> bytes:
         """Start a worker process (for a pool, or dedicated to one actor), in the pool's
@@ -168,6 +170,7 @@ class NodeWorkers:
         del self.channel_fds[link.fileno()]
         self.poll.unregister(link.fileno())
         link.close()
+        self.channel_closed(client_id)
 
     def on_channel(self, client_id: bytes, events: int) -> None:
         """A channel is readable (or has room again for what we still owe its client)."""

@@ -20,8 +20,11 @@ from typing import Any, NamedTuple
 
 from rayjupyter.core import protocol_jobs, protocol_queries
 
-PROTOCOL_VERSION = 9  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
-# shift later indices), 9: bulk links between peers on one machine (peer_bulk.py)
+PROTOCOL_VERSION = 10  # 5: jobs, 6: ExitActor, 7: PendingObjects, 8: UnmapKept (new kinds
+# shift later indices), 9: bulk links between peers on one machine (peer_bulk.py),
+# 10: direct links between a local driver and a worker (DirectLink; ExecuteTask.reply_to,
+# TaskFinished.direct, SubmitTask.sent_to: a node of 9 would push every result a second time,
+# run a call the driver sent its actor itself twice, and a worker of 9 would never answer)
 
 #: how a finished value travels: (object_id, inline payload or None, size, is_error)
 ObjectInfo = tuple[bytes, "bytes | None", int, bool]
@@ -61,6 +64,9 @@ class SubmitTask(NamedTuple):
     backpressure: int = -1  # streaming: items the producer may run ahead (-1: no bound)
     strategy: str = ""  # scheduling strategy string (scheduling_strategies.resolve)
     max_calls: int = 0  # runs of the function a worker makes before it exits (0: no limit)
+    # an actor call the submitter also sent to this worker of the actor on its direct link
+    # (direct_calls.py): the node keeps the books but does not send it a second time
+    sent_to: bytes = b""
 
 
 class CreateActor(NamedTuple):
@@ -172,6 +178,9 @@ class TaskFinished(NamedTuple):
     # (object_id, inline or None, size, contained refs) per return value
     error: bytes | None  # a serialized RayTaskError when the task raised
     retryable: bool  # the error matches retry_exceptions
+    # the results go to ExecuteTask.reply_to on its direct link too, right after this
+    # message: the node does not push them to their owner (direct_links.py)
+    direct: bool = False
 
 
 class WorkerBlocked(NamedTuple):
@@ -363,6 +372,8 @@ class ExecuteTask(NamedTuple):
     strategy: str = ""  # its scheduling strategy string: the running code's placement group
     # what the task holds, when not the default of one CPU (the runtime context's answer)
     resources: tuple[tuple[str, float], ...] | None = None
+    # the driver to answer directly on our link to it (direct_links.py); b"": the node only
+    reply_to: bytes = b""
 
 
 class StartActor(NamedTuple):
@@ -467,6 +478,16 @@ class GeneratorCredit(NamedTuple):
     seen: int
 
 
+class DirectLink(NamedTuple):
+    """A link to a peer on this machine opens (its descriptor came with this frame, by
+    SCM_RIGHTS) or closes: to a driver, from a worker that answers it directly; to that
+    worker, the driver it answers (direct_links.py)."""
+
+    peer: bytes  # the client id at the other end
+    opened: bool  # False: the peer is gone, close our end (no descriptor comes)
+    actor_id: bytes = b""  # (to a driver) the actor that worker hosts: calls may go on it
+
+
 # ---------------------------------------------------------------- framing
 
 CLIENT_TO_NODE = (
@@ -519,6 +540,7 @@ NODE_TO_CLIENT = (
     GeneratorCredit,
     AttemptLost,
     UnmapKept,
+    DirectLink,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

@@ -110,6 +110,8 @@ class TaskRecord:
     # blocked in a get of these objects (WorkerBlocked.waiting_for): the tasks that make
     # them may run inside the wait at the worker limit (nested_lending.py)
     waits_for: tuple[bytes, ...] = ()
+    # an actor call its caller sent this worker itself (direct_calls.py): not sent again
+    sent_to: bytes = b""
 
     def __post_init__(self) -> None:
         demand = self.demand  # (most demands are {"CPU": n}: no call for them)

@@ -36,6 +36,7 @@ from rayjupyter.core import auth, local_channel, protocol
 from rayjupyter.core import protocol as P
 from rayjupyter.core.channel import Channel
 from rayjupyter.core.config import bound
+from rayjupyter.core.direct_links import LinkEnds
 from rayjupyter.core.exceptions import ClusterConnectionError
 
 #: what CurveZMQ adds to a part on the wire (its MESSAGE command: name, nonce, MAC, flags),
@@ -92,6 +93,10 @@ class Transport(Protocol):
     def close(self) -> None:
         """Close the link; what was sent is delivered first where the transport can."""
 
+    @property
+    def links(self) -> LinkEnds | None:
+        """Direct links to workers (a driver) or drivers (a worker): direct_links.py."""
+
 
 class ChannelTransport:
     """A length-framed Unix stream socket (channel.py): one context switch per hop."""
@@ -100,8 +105,17 @@ class ChannelTransport:
 
     def __init__(self, fd: int) -> None:
         self.channel = Channel(socket.socket(fileno=fd), blocking_send=True)
+        self._fd = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        # direct links are read too (a driver's answers, a worker's calls): one epoll for
+        # them and the channel, whose descriptor is what a driver's IO thread watches
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._links = LinkEnds(self.channel, self._epoll)
+        # what the last poll_in found (read takes it rather than asking epoll again); a
+        # stale list costs only a read that finds nothing: epoll is level-triggered
+        self._ready: list[tuple[int, int]] | None = None
         self._bell = -1  # see doorbell()
 
     def doorbell(self) -> Callable[[], None]:
@@ -112,6 +126,7 @@ class ChannelTransport:
         if self._bell < 0:
             self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._poll.register(self._bell, select.POLLIN)
+            self._epoll.register(self._bell, select.EPOLLIN)
         bell = self._bell
         return lambda: os.eventfd_write(bell, 1)
 
@@ -121,11 +136,15 @@ class ChannelTransport:
         return cls(fd)
 
     @property
+    def links(self) -> LinkEnds:
+        return self._links
+
+    @property
     def closed(self) -> bool:
         return self.channel.closed
 
     def pollable(self) -> int:
-        return self.channel.fileno()
+        return self._epoll.fileno()
 
     def hello(self, frame: bytes) -> None:
         self.channel.send(frame)
@@ -134,7 +153,11 @@ class ChannelTransport:
         self.channel.send(frame)
 
     def poll_in(self, timeout_ms: int) -> bool:
-        events = self._poll.poll(timeout_ms)
+        if self._links.readers:
+            events = self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+            self._ready = events
+        else:
+            events = self._poll.poll(timeout_ms)
         if self._bell < 0 or not events:
             return bool(events)
         readable = False
@@ -147,11 +170,33 @@ class ChannelTransport:
         return readable
 
     def read(self) -> list[Incoming] | None:
-        frames = self.channel.recv_frames()
-        return None if frames is None else list(frames)
+        links = self._links
+        if not links.readers:
+            frames = self.channel.recv_frames()
+            return None if frames is None else list(frames)
+        ready, self._ready = self._ready, None
+        if ready is None:
+            ready = self._epoll.poll(0)
+        channel_frames: list[Incoming] = []
+        if any(fd == self._fd for fd, _events in ready):
+            got = self.channel.recv_frames()
+            if got is None:
+                return None
+            channel_frames.extend(got)
+        # the links after the channel, their frames first: a call a driver sent its actor
+        # directly is on the link before any call of its that the node relays, so whatever
+        # the node sent that we hold now was preceded by what the links hold now
+        items: list[Incoming] = []
+        for fd, _events in self._epoll.poll(0) if channel_frames else ready:
+            if fd != self._fd:
+                links.read(fd, items)
+        items.extend(channel_frames)
+        return items
 
     def close(self) -> None:
+        self._links.close()
         self.channel.close()
+        self._epoll.close()
 
 
 class ZmqTransport:
@@ -210,6 +255,8 @@ class ZmqTransport:
     def close(self) -> None:
         self.tx.close(linger=200)
         self.rx.close(linger=0)
+
+    links = None  # (direct links need a channel: a zmq driver gets none)
 
 
 def connect(

@@ -162,7 +162,12 @@ class TaskExecutor:
                     os.environ["OMP_NUM_THREADS"] = threads
         return runtime_context.current_task.set(
             runtime_context.TaskInfo(
-                task.task_id, task.job_id, task.gpu_ids, task.name, function, task.resources
+                task.task_id,
+                task.job_id or runtime_context.current.job_id,  # (a direct call: the actor's)
+                task.gpu_ids,
+                task.name,
+                function,
+                task.resources,
             )
         )
 
@@ -208,7 +213,7 @@ class TaskExecutor:
                 and os.environ.get("OMP_NUM_THREADS") != omp
             ):
                 os.environ["OMP_NUM_THREADS"] = omp
-        self._finish(message, runtime_context.current.exit_requested)
+        self._finish(message, runtime_context.current.exit_requested, task)
 
     def _stop_if_cancelled(self, task_id: bytes) -> None:
         """rj.cancel that came while the task was being set up: its SIGINT was ignored."""
@@ -249,7 +254,7 @@ class TaskExecutor:
         exiting = runtime_context.current.exit_requested
         if task.task_id in self.cancelled_async and not exiting:
             message = self._cancelled_async(task)  # the method caught CancelledError
-        self._finish(message, exiting)
+        self._finish(message, exiting, task)
 
     def _cancelled_async(self, task: P.ExecuteTask) -> P.TaskFinished:
         self.cancelled_async.discard(task.task_id)
@@ -268,13 +273,48 @@ class TaskExecutor:
             result = await result
         return P.TaskFinished(task.task_id, self._store(task, result), None, False)
 
-    def _finish(self, message: P.TaskFinished | None, exiting: bool) -> None:
+    def _finish(
+        self, message: P.TaskFinished | None, exiting: bool, task: P.ExecuteTask | None = None
+    ) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         if exiting:  # the call's caller sees the actor's death, not a value (as in Ray)
             self._exit_process()
         assert message is not None
-        self.client.send([message])
+        answer = None
+        if task is not None and task.reply_to and message.error is None:
+            answer = self._direct_answer(task, message)
+        if answer is None or task is None:
+            self.client.send([message])
+            if task is not None and task.reply_to and not task.job_id:
+                # a call its caller sent us itself (it names no job: direct_calls.py), which
+                # the node answers: an empty answer has the caller send the node its notice
+                links = self.client.transport.links
+                if links is not None:
+                    links.answer(task.reply_to, ())
+            return
+        # the node first, as ever (it keeps the books), then the driver (direct_links.py)
+        self.client.send([message._replace(direct=True)])
+        if _EXIT_BEFORE_ANSWER:  # (tests: a worker gone between the two sends)
+            os._exit(0)
+        links = self.client.transport.links
+        assert links is not None
+        links.answer(task.reply_to, answer)
+
+    def _direct_answer(
+        self, task: P.ExecuteTask, message: P.TaskFinished
+    ) -> tuple[P.ObjectInfo, ...] | None:
+        """The results to send task.reply_to directly: only small inline values holding no
+        refs, and only over a link we have (else None: the node's path)."""
+        links = self.client.transport.links
+        if links is None or not links.has(task.reply_to):
+            return None
+        answer = []
+        for object_id, inline, size, contained in message.results:
+            if inline is None or contained:
+                return None
+            answer.append((object_id, inline, size, False))
+        return tuple(answer) if answer else None
 
     def _exit_process(self) -> None:
         """exit_actor() / __ray_terminate__ / the node's ExitActor: end on purpose."""
@@ -467,6 +507,10 @@ def _stepped(generator: Any) -> Any:
                 raise
     finally:
         loop.close()
+
+
+#: tests only: exit between TaskFinished and the direct answer (direct_links.py)
+_EXIT_BEFORE_ANSWER = bool(os.environ.get("RAYJUPYTER_TEST_EXIT_BEFORE_DIRECT"))
 
 
 def _retryable(retry_exceptions: bool | bytes, exc: BaseException) -> bool:
