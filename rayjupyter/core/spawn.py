@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -93,10 +94,18 @@ def become_worker(
 
 
 def _wait_for_adoption(parent: int, timeout: float = 10.0) -> None:
-    """Until ``parent`` (which exits right after forking us) is gone: microseconds."""
-    deadline = time.monotonic() + timeout
-    while os.getppid() == parent and time.monotonic() < deadline:
-        time.sleep(0.0001)
+    """Until ``parent`` (which exits right after forking us) is gone: a pidfd turns readable
+    once it has exited, and its children (us) are re-parented before that."""
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:  # gone and reaped already
+        return
+    try:
+        waiter = select.poll()
+        waiter.register(pidfd, select.POLLIN)
+        waiter.poll(timeout * 1000)
+    finally:
+        os.close(pidfd)
 
 
 def close_inherited_fds(keep_fd: int) -> None:
