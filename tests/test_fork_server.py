@@ -4,6 +4,7 @@ node's children, their output and exits reach the node, nothing outlives the nod
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -33,6 +34,9 @@ class Probe:
         print(text, flush=True)
         return os.getpid()
 
+    def gc_state(self):
+        return gc.get_freeze_count(), gc.get_threshold()
+
     def leave(self, code):
         os._exit(code)
 
@@ -59,6 +63,14 @@ def test_its_workers_are_the_nodes_children_with_the_nodes_name(cluster):
     # its intermediate processes are gone: none is left below it
     assert template.children() == []
     assert template.num_fds() <= 6
+
+
+def test_its_workers_leave_the_imports_frozen_as_the_nodes_did(cluster):
+    """gc.freeze() in the template (as node_gc.py in the node): a worker's collections skip
+    the imported code's objects, so its pages stay shared; thresholds are Python's."""
+    frozen, thresholds = rj.get(Probe.remote().gc_state.remote(), timeout=60)
+    assert frozen > 1000
+    assert thresholds == gc.get_threshold()
 
 
 def test_output_and_exit_of_a_worker_it_forked_reach_the_node(cluster, capfd):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -179,6 +180,9 @@ def _serve(link: socket.socket, node_pid: int) -> None:
     os.dup2(devnull, 0)  # not the node's stdin (its owner's pipe)
     os.close(devnull)
     spawn.close_inherited_fds(link.fileno())
+    # as the node does once built (node_gc.py): the imports stay out of every collection in
+    # the template and in its workers, which so leave their pages shared
+    gc.freeze()
     with open("/proc/self/comm", "rb") as comm:
         name = comm.read().strip()
     libc.prctl(PR_SET_NAME, ctypes.c_char_p(NAME), 0, 0, 0)
