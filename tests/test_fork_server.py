@@ -61,7 +61,7 @@ def test_its_workers_are_the_nodes_children_with_the_nodes_name(cluster):
         assert name == node.name()  # not the template's
         assert len(fds) <= 8, fds  # stdin/out/err, its channel, its own few: none of ours
     # its intermediate processes are gone: none is left below it
-    assert template.children() == []
+    wait_for_condition(lambda: template.children() == [], timeout=10)
     assert template.num_fds() <= 6
 
 

@@ -59,8 +59,11 @@ def enabled() -> bool:
 class ForkServer:
     """The node's handle on its template: ``fork_worker`` through it, ``stop`` it."""
 
-    def __init__(self, pid: int, link: socket.socket) -> None:
+    def __init__(self, pid: int, link: socket.socket, pidfd: int = -1) -> None:
         self.pid = pid
+        # signals go through it: if the template died, the node's reaping of orphans
+        # (spawn.reap_adopted) may have collected it, and its pid may be another's now
+        self.pidfd = pidfd
         self.link: socket.socket | None = link
         self.unanswered = 0  # requests sent whose pid is not read yet
 
@@ -86,7 +89,7 @@ class ForkServer:
                 os._exit(code)
         template_end.close()
         node_end.settimeout(REPLY_TIMEOUT_S)
-        return cls(pid, node_end)
+        return cls(pid, node_end, os.pidfd_open(pid))
 
     def fork_worker(self, env: dict[str, str], keep_fd: int) -> StartedProcess | None:
         """As ``spawn.fork_worker``, by the template; None if it cannot (it is gone)."""
@@ -154,10 +157,14 @@ class ForkServer:
             return
         self.link.close()
         self.link = None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        if self.pidfd < 0:
+            return
+        with contextlib.suppress(OSError):  # (ESRCH: it has exited)
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # (reaped already, as an orphan)
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
+        os.close(self.pidfd)
+        self.pidfd = -1
 
 
 def start_if_enabled() -> ForkServer | None:
