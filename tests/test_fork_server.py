@@ -20,6 +20,12 @@ from rayjupyter.core import discovery, fork_server
 from rayjupyter.core.api import _state
 
 
+@pytest.fixture(autouse=True)
+def _always(monkeypatch):
+    """Every worker through the template (by default the node forks while it is small)."""
+    monkeypatch.setenv(fork_server.FORK_SERVER_ENV, "1")
+
+
 @rj.remote
 class Probe:
     def where(self):
@@ -171,6 +177,37 @@ print("ok", len(pids))
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.stdout.strip() == "ok 40", done.stderr
+
+
+def test_the_node_turns_to_the_template_once_its_own_forks_cost_more(monkeypatch):
+    for value, chosen in (("0", "off"), ("1", "always"), ("", "auto"), ("auto", "auto")):
+        monkeypatch.setenv(fork_server.FORK_SERVER_ENV, value)
+        assert fork_server.mode() == chosen
+    server = fork_server.ForkServer(pid=-1, link=socket.socket(socket.AF_UNIX), engaged=False)
+    try:
+        for _ in range(100):  # a small node: 1 ms a fork
+            server.note_direct_fork(0.001)
+        assert not server.engaged
+        server.note_direct_fork(0.010)  # one slow fork is not enough ...
+        assert not server.engaged
+        for _ in range(20):  # ... a heap that makes every fork slow is
+            server.note_direct_fork(0.004)
+        assert server.engaged
+    finally:
+        assert server.link is not None
+        server.link.close()
+
+
+def test_by_default_the_template_waits_and_workers_still_start(monkeypatch):
+    monkeypatch.delenv(fork_server.FORK_SERVER_ENV)
+    ctx = rj.init(num_cpus=1)
+    try:
+        node = _node(ctx)
+        assert len(_templates(node)) == 1
+        _, ppid, _, _ = rj.get(Probe.remote().where.remote(), timeout=60)
+        assert ppid == node.pid
+    finally:
+        rj.shutdown()
 
 
 def test_a_request_too_large_is_refused_so_the_node_forks_it():

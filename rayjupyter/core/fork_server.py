@@ -16,9 +16,15 @@ the worker's environment as JSON, and its descriptors (its channel end, the writ
 its output pipes) with SCM_RIGHTS. The answer is the worker's pid, sent once the
 intermediate is reaped, so the worker is the node's child by then.
 
+A round trip to the template costs more than a fork of a small node, so the node forks its
+workers itself until its own forks cost more than the template's (``note_direct_fork``),
+and asks the template from then on. A burst of starts (one instruction list) is asked at
+once and its pids read at its end (``NodeWorkers.adopt_unborn``), so the template forks
+while the node sends.
+
 The template dies with the node (PR_SET_PDEATHSIG) and when the node closes its end. If it
 is gone or does not answer, the node forks its workers itself again (``spawn.fork_worker``),
-as it does with ``RAYJUPYTER_FORK_SERVER=0``.
+as it does with ``RAYJUPYTER_FORK_SERVER=0``; ``=1`` asks the template for every worker.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ from rayjupyter.core import spawn
 from rayjupyter.core.config import DRIVER_CHANNEL_ENV
 from rayjupyter.core.spawn import StartedProcess
 
-FORK_SERVER_ENV = "RAYJUPYTER_FORK_SERVER"  # "0": the node forks its workers itself
+# "0": the node forks its workers itself; "1": the template forks them all; unset ("auto"):
+# the node forks them while that is cheaper, the template once the node's forks cost more
+FORK_SERVER_ENV = "RAYJUPYTER_FORK_SERVER"
+# A fork of the node costs 1 ms at its start and grows with its heap (3.5 ms at 2,000
+# workers on a 2-CPU machine); the template's, a round trip included, 1.9 ms a worker in a
+# burst (2.7 ms alone). Past this average of the node's recent forks, the template's are used.
+DIRECT_FORK_LIMIT_S = 0.002
+_AVERAGE_WEIGHT = 0.1  # of the newest fork in that (exponentially weighted) average
 NAME = b"rj-fork-server"  # the template's name in ps and psutil (its command line is the node's)
 MAX_REQUEST = 1 << 18  # a larger environment (a runtime_env's variables) is forked directly
 REPLY_TIMEOUT_S = 30.0
@@ -52,23 +65,39 @@ PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 
 
-def enabled() -> bool:
-    return os.environ.get(FORK_SERVER_ENV, "1") not in ("", "0")
+def mode() -> str:
+    """ "off", "always" or "auto" (see FORK_SERVER_ENV)."""
+    value = os.environ.get(FORK_SERVER_ENV, "").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "1": "always", "true": "always"}.get(
+        value, "auto"
+    )
 
 
 class ForkServer:
     """The node's handle on its template: ``fork_worker`` through it, ``stop`` it."""
 
-    def __init__(self, pid: int, link: socket.socket, pidfd: int = -1) -> None:
+    def __init__(
+        self, pid: int, link: socket.socket, pidfd: int = -1, engaged: bool = True
+    ) -> None:
         self.pid = pid
+        # whether the node asks it for its workers now (see note_direct_fork)
+        self.engaged = engaged
+        self.direct_fork_s = 0.0  # the average of the node's own recent forks
         # signals go through it: if the template died, the node's reaping of orphans
         # (spawn.reap_adopted) may have collected it, and its pid may be another's now
         self.pidfd = pidfd
         self.link: socket.socket | None = link
         self.unanswered = 0  # requests sent whose pid is not read yet
 
+    def note_direct_fork(self, seconds: float) -> None:
+        """A fork of the node took this long: past DIRECT_FORK_LIMIT_S on average, the
+        template forks the workers from now on (the node's heap rarely shrinks)."""
+        self.direct_fork_s += _AVERAGE_WEIGHT * (seconds - self.direct_fork_s)
+        if self.direct_fork_s > DIRECT_FORK_LIMIT_S:
+            self.engaged = True
+
     @classmethod
-    def start(cls) -> ForkServer:
+    def start(cls, engaged: bool = True) -> ForkServer:
         """Fork the template from this process (call it before any thread or socket)."""
         node_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         node_pid = os.getpid()
@@ -89,7 +118,7 @@ class ForkServer:
                 os._exit(code)
         template_end.close()
         node_end.settimeout(REPLY_TIMEOUT_S)
-        return cls(pid, node_end, os.pidfd_open(pid))
+        return cls(pid, node_end, os.pidfd_open(pid), engaged)
 
     def fork_worker(self, env: dict[str, str], keep_fd: int) -> StartedProcess | None:
         """As ``spawn.fork_worker``, by the template; None if it cannot (it is gone)."""
@@ -168,7 +197,9 @@ class ForkServer:
 
 
 def start_if_enabled() -> ForkServer | None:
-    return ForkServer.start() if enabled() else None
+    """The node's template, unless FORK_SERVER_ENV is "0"."""
+    chosen = mode()
+    return None if chosen == "off" else ForkServer.start(engaged=chosen == "always")
 
 
 # ---------------------------------------------------------------------- the template's side

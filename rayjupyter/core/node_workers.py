@@ -165,8 +165,9 @@ class NodeWorkers:
         if env:
             variables = {**self.envs.env_process_vars(env), **variables}
         requested = None
-        if self.fork_server is not None:
-            requested = self.fork_server.request(variables, keep_fd=worker_end.fileno())
+        server = self.fork_server
+        if server is not None and server.engaged:
+            requested = server.request(variables, keep_fd=worker_end.fileno())
         if requested is not None:  # its pid comes with the others of this burst
             worker = WorkerRecord(client_id=client_id, pid=0, actor_id=actor_id, env=env, pool=pool)
             self.state.worker_spawned(worker)
@@ -179,6 +180,8 @@ class NodeWorkers:
             started = spawn.fork_worker(variables, keep_fd=worker_end.fileno())
         finally:
             worker_end.close()
+        if server is not None:
+            server.note_direct_fork(started.fork_s)
         self.open_channel(client_id, Channel(node_end, blocking_send=False))
         worker = WorkerRecord(
             client_id=client_id, pid=started.pid, actor_id=actor_id, env=env, pool=pool

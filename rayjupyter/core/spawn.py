@@ -33,6 +33,7 @@ class StartedProcess(NamedTuple):
     pid: int
     stdout_fd: int  # read ends of the worker's stdout and stderr pipes (non-blocking)
     stderr_fd: int
+    fork_s: float = 0.0  # how long the fork took the node (fork_server.py weighs it)
 
 
 def output_pipes() -> tuple[int, int, int, int]:
@@ -50,12 +51,14 @@ def fork_worker(env: dict[str, str], keep_fd: int) -> StartedProcess:
     out_r, out_w, err_r, err_w = output_pipes()
     sys.stdout.flush()
     sys.stderr.flush()
+    started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: become a worker and never return into the node's code
         become_worker(env, keep_fd, out_w, err_w)
+    took = time.perf_counter() - started
     os.close(out_w)
     os.close(err_w)
-    return StartedProcess(pid, out_r, err_r)
+    return StartedProcess(pid, out_r, err_r, took)
 
 
 def become_worker(
