@@ -3,9 +3,9 @@
 A part of the node daemon (``Node.pool``): it owns the socket pairs (``channel.py``) to the
 node's workers and to drivers on this machine, the workers' pipes and pidfds, and the
 listener local drivers attach to; it reads them and hands each message to the node's
-dispatch table. Workers are forked by the node's fork server (fork_server.py; a burst of
-starts is asked at once, their pids read at its end: ``adopt_unborn``), or by the node
-itself (spawn.py, with ``RAYJUPYTER_FORK_SERVER=0``); each one's stdout and
+dispatch table. Workers are forked by the node itself (spawn.py) while that is cheap, then
+by its fork server (fork_server.py: a burst of starts is asked at once, their pids read at
+its end, ``adopt_unborn``); each one's stdout and
 stderr are pipes the loop reads and forwards to the drivers with Ray's ``(task_name pid=N)``
 prefix, and a pidfd tells the loop the moment a worker exits, so its task is retried or
 failed at once.
