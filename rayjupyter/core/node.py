@@ -34,6 +34,7 @@ import zmq
 from rayjupyter.core import (
     auth,
     discovery,
+    fork_server,
     node_routes,
     spawn,
     store_placement,
@@ -382,6 +383,8 @@ class Node:
         self.garbage.start()
         try:
             while self.running:
+                if self.pool.unborn:  # (started outside an instruction list: the pool's)
+                    self.pool.adopt_unborn()
                 busy = self.object_table.releasing or self.routers.ready
                 events = self.poll.poll(0 if busy else 1000)
                 if time.monotonic() - last_check > 1.0:
@@ -534,6 +537,7 @@ class Node:
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
+        self.pool.stop_fork_server()  # (the workers it started are ours)
         for pipes in self.pipes.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pipes.pid, signal.SIGKILL)
@@ -568,9 +572,13 @@ def main() -> None:
     os.makedirs(session_dir(config.session), mode=0o700, exist_ok=True)
     import rayjupyter.core.worker_main  # noqa: F401 - imported once here, shared by forked workers
 
+    # workers are forked from a template made now, before the node's state and sockets
+    template = fork_server.start_if_enabled()
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
     node = Node(config, secret)
+    node.pool.fork_server = template
     discovery.write_cluster_file(config.session, node.describe())
     node.run()
     sys.stdout.flush()

@@ -11,7 +11,6 @@ between two calls.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import signal
@@ -161,8 +160,7 @@ class NodeActors:
             elif op == A.HOST_ACTOR:
                 self.peers.host_actor(instruction[1], instruction[2])
             elif op == A.KILL_PROCESS:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(instruction[1].pid, signal.SIGKILL)
+                self.pool.signal_worker(instruction[1], signal.SIGKILL)
             elif op == A.ASK_EXIT:
                 worker = instruction[1]
                 self.node.send(worker.client_id, P.ExitActor(worker.actor_id))
@@ -179,6 +177,8 @@ class NodeActors:
                     self.save_detached_actors()
             else:
                 self.node.execute([instruction])
+        if self.pool.unborn:  # the pids of the actors' workers this burst started
+            self.pool.adopt_unborn()
 
     # ------------------------------------------------------------------ creation
 

@@ -11,9 +11,7 @@ A node that is not the head relays its clients' group requests to the head.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import pickle
 import signal
 import time
@@ -263,8 +261,7 @@ class NodePlacement:
                 actor.no_restart = True
                 node.actor_part.actor_dies(actor, ActorPlacementGroupRemoved.default_message)
             elif not actor.host and actor.worker in node.workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(node.workers[actor.worker].pid, signal.SIGKILL)
+                node.pool.signal_worker(node.workers[actor.worker], signal.SIGKILL)
         for task in list(node.tasks.values()):
             if (
                 not task.actor_id

@@ -11,8 +11,6 @@ what it calls per message is bound to attributes here once.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import signal
 from collections.abc import Callable
@@ -118,6 +116,9 @@ class NodeTasks:
         self.pipes = pool.pipes
         self.drain_output = pool.drain_output
         self.spawn_worker = pool.spawn_worker
+        self.signal_worker = pool.signal_worker
+        self.unborn = pool.unborn  # workers started whose pids are still to read
+        self.adopt_unborn = pool.adopt_unborn
         self.funcs: dict[bytes, bytes] = {}  # function id -> its pickled function
         # workers that answer local drivers directly (direct_links.py)
         self.direct = DirectLinks(pool.channels, clients, send, self._actor_of)
@@ -360,6 +361,8 @@ class NodeTasks:
         """Carry out what ``NodeState`` decided."""
         for instruction in instructions:
             self.execute_one(instruction)
+        if self.unborn:  # the pids of the workers this burst started
+            self.adopt_unborn()
 
     def execute_one(self, instruction: Instruction) -> None:
         op = instruction[0]
@@ -384,16 +387,14 @@ class NodeTasks:
             for _ in range(instruction[2]):
                 self.spawn_worker(pool=instruction[1])
         elif op == KILL:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(instruction[1].pid, signal.SIGKILL)
+            self.signal_worker(instruction[1], signal.SIGKILL)
         elif op == INTERRUPT:
             task, worker = instruction[1], instruction[2]
             # names the task, so a worker still setting it up stops it too; sent ahead of
             # the signal, which makes the worker look for it
             self.send(worker.client_id, P.CancelCall(task.task_id))
             self.flush()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGINT)
+            self.signal_worker(worker, signal.SIGINT)
         elif op == CANCEL_CALL:
             self.send(instruction[2].client_id, P.CancelCall(instruction[1].task_id))
         elif op == CANCEL_FORWARDED:

@@ -3,7 +3,9 @@
 A part of the node daemon (``Node.pool``): it owns the socket pairs (``channel.py``) to the
 node's workers and to drivers on this machine, the workers' pipes and pidfds, and the
 listener local drivers attach to; it reads them and hands each message to the node's
-dispatch table. Workers are forked from the node (see spawn.py); each one's stdout and
+dispatch table. Workers are forked by the node itself (spawn.py) while that is cheap, then
+by its fork server (fork_server.py: a burst of starts is asked at once, their pids read at
+its end, ``adopt_unborn``); each one's stdout and
 stderr are pipes the loop reads and forwards to the drivers with Ray's ``(task_name pid=N)``
 prefix, and a pidfd tells the loop the moment a worker exits, so its task is retried or
 failed at once.
@@ -30,6 +32,7 @@ import zmq
 from rayjupyter.core import (
     auth,
     channel,
+    fork_server,
     ids,
     local_channel,
     node_fate,
@@ -64,6 +67,17 @@ class WorkerPipes:
     partial: dict[int, bytes] = field(default_factory=dict)
     # its output pipes while open: asked after each of its tasks (``drain_output``)
     output_poll: Any = field(default_factory=select.poll)
+
+
+@dataclass
+class Unborn:
+    """A worker the fork server was asked for, until its pid is read (``adopt_unborn``)."""
+
+    worker: WorkerRecord  # known to the state already, its pid 0 until then
+    stdout_fd: int  # the read ends of its output pipes
+    stderr_fd: int
+    variables: dict[str, str]  # what it was asked with: the node forks it if the server fails
+    worker_end: socket.socket  # its end of the channel, kept open until then
 
 
 def worker_env(
@@ -134,6 +148,9 @@ class NodeWorkers:
         self.dropped_lines: dict[bytes, int] = {}  # per slow local driver, not yet told
         #: called with a client whose channel closed (its direct links go: direct_links.py)
         self.channel_closed: Callable[[bytes], None] = lambda client_id: None
+        # forks the workers, if the node started one (fork_server.py); else the node does
+        self.fork_server: fork_server.ForkServer | None = None
+        self.unborn: list[Unborn] = []  # asked of the fork server, pids not read yet
 
     def spawn_worker(self, actor_id: bytes = b"", pool: str = "") -> bytes:
         """Start a worker process (for a pool, or dedicated to one actor), in the pool's
@@ -149,13 +166,63 @@ class NodeWorkers:
         )
         if env:
             variables = {**self.envs.env_process_vars(env), **variables}
+        requested = None
+        server = self.fork_server
+        if server is not None and server.engaged:
+            requested = server.request(variables, keep_fd=worker_end.fileno())
+        if requested is not None:  # its pid comes with the others of this burst
+            worker = WorkerRecord(client_id=client_id, pid=0, actor_id=actor_id, env=env, pool=pool)
+            self.state.worker_spawned(worker)
+            self.open_channel(client_id, Channel(node_end, blocking_send=False))
+            self.unborn.append(Unborn(worker, *requested, variables, worker_end))
+            if len(self.unborn) >= fork_server.MAX_UNANSWERED:
+                self.adopt_unborn()
+            return client_id
         try:
             started = spawn.fork_worker(variables, keep_fd=worker_end.fileno())
         finally:
             worker_end.close()
+        if server is not None:
+            server.note_direct_fork(started.fork_s)
         self.open_channel(client_id, Channel(node_end, blocking_send=False))
-        self._adopt_worker(client_id, started, actor_id, env, pool)
+        worker = WorkerRecord(
+            client_id=client_id, pid=started.pid, actor_id=actor_id, env=env, pool=pool
+        )
+        self.state.worker_spawned(worker)
+        self._watch_worker(worker, started)
         return client_id
+
+    def adopt_unborn(self) -> None:
+        """The pids of the workers the fork server was asked for: each is watched from now
+        on (its exit, its output), as one the node forked itself. Called at the end of each
+        burst of starts (an instruction list), before a signal to a worker, and before the
+        loop polls; if the fork server fails, the node forks the rest itself."""
+        unborn = self.unborn[:]
+        self.unborn.clear()  # (in place: NodeTasks holds it)
+        for entry in unborn:
+            pid = self.fork_server.answer() if self.fork_server is not None else 0
+            if pid > 0:
+                started = StartedProcess(pid, entry.stdout_fd, entry.stderr_fd)
+            else:
+                os.close(entry.stdout_fd)
+                os.close(entry.stderr_fd)
+                started = spawn.fork_worker(entry.variables, keep_fd=entry.worker_end.fileno())
+            entry.worker_end.close()
+            entry.worker.pid = started.pid
+            self._watch_worker(entry.worker, started)
+
+    def signal_worker(self, worker: WorkerRecord, signum: int) -> None:
+        """Send a worker's process a signal (once its pid is known: never kill(0, ...))."""
+        if not worker.pid:
+            self.adopt_unborn()
+        if worker.pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signum)
+
+    def stop_fork_server(self) -> None:
+        self.adopt_unborn()
+        if self.fork_server is not None:
+            self.fork_server.stop()
 
     def open_channel(self, client_id: bytes, link: Channel) -> None:
         self.channels[client_id] = link
@@ -316,21 +383,10 @@ class NodeWorkers:
         if link.has_pending:  # the loop writes the rest when the socket has room
             self.poll.modify(link.fileno(), zmq.POLLIN | zmq.POLLOUT)
 
-    def _adopt_worker(
-        self,
-        client_id: bytes,
-        started: StartedProcess,
-        actor_id: bytes = b"",
-        env: str = "",
-        pool: str = "",
-    ) -> None:
+    def _watch_worker(self, worker: WorkerRecord, started: StartedProcess) -> None:
         """Watch a started worker's output pipes and its exit."""
-        worker = WorkerRecord(
-            client_id=client_id, pid=started.pid, actor_id=actor_id, env=env, pool=pool
-        )
         pipes = WorkerPipes(pid=started.pid, pidfd=os.pidfd_open(started.pid))
-        self.state.worker_spawned(worker)
-        self.pipes[client_id] = pipes
+        self.pipes[worker.client_id] = pipes
         for stream, fd in ((1, started.stdout_fd), (2, started.stderr_fd)):
             pipes.output_fds.append(fd)
             pipes.output_poll.register(fd, select.POLLIN)

@@ -19,11 +19,12 @@ import contextlib
 import ctypes
 import os
 import resource
+import select
 import signal
 import sys
 import time
 from collections.abc import Container
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
@@ -32,9 +33,11 @@ class StartedProcess(NamedTuple):
     pid: int
     stdout_fd: int  # read ends of the worker's stdout and stderr pipes (non-blocking)
     stderr_fd: int
+    fork_s: float = 0.0  # how long the fork took the node (fork_server.py weighs it)
 
 
-def _pipes() -> tuple[int, int, int, int]:
+def output_pipes() -> tuple[int, int, int, int]:
+    """A worker's stdout and stderr pipes: (out_r, out_w, err_r, err_w), read ends non-blocking."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     os.set_blocking(out_r, False)
@@ -45,39 +48,70 @@ def _pipes() -> tuple[int, int, int, int]:
 def fork_worker(env: dict[str, str], keep_fd: int) -> StartedProcess:
     """Fork a worker that runs ``worker_main.main`` with ``env`` added to its environment; of
     the node's descriptors it keeps only ``keep_fd`` (its end of the node's channel)."""
-    out_r, out_w, err_r, err_w = _pipes()
+    out_r, out_w, err_r, err_w = output_pipes()
     sys.stdout.flush()
     sys.stderr.flush()
+    started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: become a worker and never return into the node's code
-        code = 1
-        try:
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            _close_inherited_fds(keep_fd)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.environ.update(env)
-            from rayjupyter.core import worker_main
-
-            worker_main.main()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        become_worker(env, keep_fd, out_w, err_w)
+    took = time.perf_counter() - started
     os.close(out_w)
     os.close(err_w)
-    return StartedProcess(pid, out_r, err_r)
+    return StartedProcess(pid, out_r, err_r, took)
 
 
-def _close_inherited_fds(keep_fd: int) -> None:
+def become_worker(
+    env: dict[str, str], keep_fd: int, out_w: int, err_w: int, reparented_from: int = 0
+) -> NoReturn:
+    """In a fresh child: run ``worker_main.main`` with ``env`` added to the environment,
+    ``out_w`` and ``err_w`` as stdout and stderr, and no descriptor but ``keep_fd`` besides.
+
+    ``reparented_from``: a parent about to exit (the fork server's intermediate process):
+    wait until the node has adopted us, since the worker dies with its parent from then on
+    (PR_SET_PDEATHSIG) and checks that parent is the node."""
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        close_inherited_fds(keep_fd)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.environ.update(env)
+        if reparented_from:
+            _wait_for_adoption(reparented_from)
+        from rayjupyter.core import worker_main
+
+        worker_main.main()
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_for_adoption(parent: int, timeout: float = 10.0) -> None:
+    """Until ``parent`` (which exits right after forking us) is gone: a pidfd turns readable
+    once it has exited, and its children (us) are re-parented before that."""
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:  # gone and reaped already
+        return
+    try:
+        waiter = select.poll()
+        waiter.register(pidfd, select.POLLIN)
+        waiter.poll(timeout * 1000)
+    finally:
+        os.close(pidfd)
+
+
+def close_inherited_fds(keep_fd: int) -> None:
     """In a fresh child: close everything but stdin, stdout, stderr and ``keep_fd``.
 
     ``os.closerange`` is one close_range() call on Linux 5.9+: the node holds four
