@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,15 +22,6 @@ from rayjupyter.exceptions import (
 from rayjupyter.util.state import list_tasks
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def cluster() -> Iterator[None]:
-    rj.init(num_cpus=2)
-    try:
-        yield
-    finally:
-        rj.shutdown()
 
 
 def direct_sent() -> int:
@@ -214,3 +204,35 @@ def test_max_pending_calls_still_holds(cluster):
         log.add.remote(1)
     rj.get(refs, timeout=30)
     assert rj.get(log.add.remote(2), timeout=30) == 2
+
+
+@rj.remote
+def hello(name: str) -> int:
+    print(f"hello, {name}")
+    return len(name)
+
+
+@rj.remote
+class Talker:
+    def say(self, text: str) -> str:
+        print(f"says {text}")
+        return text
+
+    def quiet(self) -> int:
+        return 0
+
+
+def test_a_task_that_printed_shows_its_output_before_its_result(cluster, capsys):
+    """Its result comes by the node, which forwards the worker's output first: a notebook
+    cell does not end before the task's prints show (worker_output.py)."""
+    rj.get(hello.remote("warm"), timeout=30)
+    talker = Talker.remote()
+    rj.get(talker.quiet.remote(), timeout=30)
+    for i in range(20):
+        assert rj.get(hello.remote(f"world {i}"), timeout=30) == len(f"world {i}")
+        assert f"hello, world {i}" in capsys.readouterr().out
+        assert rj.get(talker.say.remote(f"call {i}"), timeout=30) == f"call {i}"
+        assert f"says call {i}" in capsys.readouterr().out
+    sent = direct_sent()
+    assert rj.get(talker.quiet.remote(), timeout=30) == 0  # (a quiet call stays direct)
+    assert direct_sent() == sent + 1

@@ -197,17 +197,19 @@ class LinkEnds:
         return self._send(worker, P.dumps([task]), answer=False)
 
     def _send(self, peer: bytes, payload: bytes, answer: bool) -> bool:
-        frame = HEADER.pack(len(payload)) + payload
         with self._lock:
             link = self.writers.get(peer)
             if link is None:
                 return False
-            try:
-                if answer:  # a worker never blocks on a slow driver (the node answers)
-                    sent = link.sock.send(frame, socket.MSG_DONTWAIT)
-                else:  # a driver's few calls in flight (direct_calls.IN_FLIGHT) fit
-                    link.sock.sendall(frame)
-                    sent = len(frame)
+            if not answer:  # a driver's call: whole, even through Ctrl-C (raised after it)
+                link.send(payload)
+                if link.closed:
+                    self._drop(link.fileno())
+                    return False
+                return True
+            frame = HEADER.pack(len(payload)) + payload
+            try:  # a worker never blocks on a slow driver (the node answers then)
+                sent = link.sock.send(frame, socket.MSG_DONTWAIT)
             except OSError:
                 sent = 0
             if sent != len(frame):  # (half a frame would be garbage to the other end)

@@ -37,6 +37,7 @@ from rayjupyter.core.serialization import INLINE_THRESHOLD, deserialize, seriali
 from rayjupyter.core.streams import ProducerGate, item_id
 from rayjupyter.core.task_args import unpack_args
 from rayjupyter.core.worker_actor import dumps_error as _dumps_error
+from rayjupyter.core.worker_output import output
 
 if TYPE_CHECKING:
     # imported where used: only async actors and async generators need an event loop, and
@@ -88,6 +89,8 @@ class TaskExecutor:
         # CancelledError and returned (Ray's get raises TaskCancelledError then too)
         self.cancelled_async: set[bytes] = set()
         self.async_tasks: dict[bytes, asyncio.Task[None]] = {}  # (read in the loop's thread)
+        # bytes printed so far when a task that may be answered directly began
+        self.output_at: dict[bytes, int] = {}
 
     def cancel_call(self, task_id: bytes) -> None:
         """rj.cancel of a running async actor call: its coroutine gets CancelledError."""
@@ -106,6 +109,8 @@ class TaskExecutor:
 
     def run(self, task: P.ExecuteTask) -> None:
         """Run a task or an actor call: inline, or on the actor's threads or event loop."""
+        if task.reply_to:
+            self.output_at[task.task_id] = output.total
         if not task.actor_id:
             self._execute(task, self._function(task))
         elif self.loop is not None:
@@ -282,8 +287,10 @@ class TaskExecutor:
             self._exit_process()
         assert message is not None
         answer = None
-        if task is not None and task.reply_to and message.error is None:
-            answer = self._direct_answer(task, message)
+        if task is not None and task.reply_to:
+            printed_from = self.output_at.pop(task.task_id, -1)
+            if message.error is None and printed_from == output.total:  # (worker_output.py)
+                answer = self._direct_answer(task, message)
         if answer is None or task is None:
             self.client.send([message])
             if task is not None and task.reply_to and not task.job_id:

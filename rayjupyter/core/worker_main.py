@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any
 
-from rayjupyter.core import api, nested_lending, runtime_context, runtime_env
+from rayjupyter.core import api, nested_lending, runtime_context, runtime_env, worker_output
 from rayjupyter.core import protocol as P
 from rayjupyter.core.client import Client
 from rayjupyter.core.worker import TaskExecutor
@@ -82,6 +82,7 @@ def main() -> None:
     api._set_worker_client(client)
     runtime_context.current.node_id = client.node_id
     runtime_context.current.worker_id = client.client_id
+    worker_output.output.install()  # (a task that printed is answered by the node)
     executor = TaskExecutor(client)
     client.run_lent = executor.run  # children lent to a waiting task (nested_lending.py)
     # each nested level is about 8 frames: room for nested_lending.MAX_NESTED of them
