@@ -13,8 +13,9 @@ Order: a caller's calls run in the order it made them. A call goes direct only w
 earlier call of ours to that actor that went by the node has ended (one that waits at the
 node for an argument would otherwise be overtaken), and the actor's process reads its links
 before the calls the node relays (transport.py), so a direct call is not overtaken either.
-A call with ref arguments or a streaming result, or one beyond ``IN_FLIGHT`` unanswered
-direct calls (a burst: the node batches many answers to a frame), goes by the node.
+A call with ref arguments, large arguments or a streaming result, or one beyond
+``IN_FLIGHT`` unanswered direct calls (a burst: the node batches many answers to a frame),
+goes by the node.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 #: unanswered direct calls to one actor; beyond, calls go by the node
 IN_FLIGHT = 8
+#: a call's packed arguments at most (bytes) to go direct: it then leaves in one piece of
+#: the kernel's, so two threads' calls on one link never mix
+ARGS_MAX = 16 * 1024
 #: actors whose last call by the node is remembered; beyond, the oldest ended ones go
 ROUTES_MAX = 4096
 
@@ -80,6 +84,7 @@ class DirectCalls:
             or not message.return_ids
             or message.deps
             or message.generator
+            or len(message.args_blob) > ARGS_MAX
             or (route is not None and not self._settled(route))
         ):
             self._by_node(message, route)

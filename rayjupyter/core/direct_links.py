@@ -134,38 +134,42 @@ class LinkEnds:
         self.actors: dict[bytes, bytes] = {}  # (a driver) actor id -> the worker hosting it
         self.lost = 0  # links that closed under a driver (it subscribes again then)
         self.sent = 0  # results answered directly (a worker), or read from links (a driver)
-        # (a threaded actor's calls end in several threads; a driver's calls are sent by
-        # any of its threads)
-        self._lock = threading.Lock()
+        # a worker's answers go out whole and one at a time (a threaded actor's calls end
+        # in several threads). Nothing else takes a lock: a Ctrl-C in a driver's main thread
+        # between a lock's acquire and its release would hold it for good (and the next
+        # call, or rj.kill, would hang); the dicts are changed one operation at a time
+        self._answer_lock = threading.Lock()
 
     def on_message(self, message: P.DirectLink) -> None:
         if not message.opened:
-            with self._lock:
-                link = self.writers.get(message.peer)
-                if link is not None:
-                    self._drop(link.fileno())
+            link = self.writers.get(message.peer)
+            if link is not None:
+                self._drop(link.fileno())
             return
         fds = self.channel.fds_in
         if not fds:  # cannot happen: the descriptor comes with or before its message
             return
         link = Channel(socket.socket(fileno=fds.popleft()), blocking_send=True)
-        with self._lock:
-            old = self.writers.get(message.peer)
-            if old is not None:
-                self._drop(old.fileno())
-            self.readers[link.fileno()] = (message.peer, link)
-            self.writers[message.peer] = link
-            if message.actor_id:
-                self.actors[message.actor_id] = message.peer
+        old = self.writers.get(message.peer)
+        if old is not None:
+            self._drop(old.fileno())
+        self.readers[link.fileno()] = (message.peer, link)
+        self.writers[message.peer] = link
+        if message.actor_id:
+            self.actors[message.actor_id] = message.peer
         self.poller.register(link.fileno(), select.EPOLLIN)
 
     def _drop(self, fd: int) -> None:
-        """Forget and close a link (the lock is held)."""
-        peer, link = self.readers.pop(fd)
+        """Forget and close a link (once, whichever thread comes first)."""
+        entry = self.readers.pop(fd, None)
+        if entry is None:
+            return
+        peer, link = entry
         if self.writers.get(peer) is link:
-            del self.writers[peer]
-            for actor_id in [a for a, worker in self.actors.items() if worker == peer]:
-                del self.actors[actor_id]
+            self.writers.pop(peer, None)
+            for actor_id, worker in list(self.actors.items()):
+                if worker == peer:
+                    self.actors.pop(actor_id, None)
         with contextlib.suppress(OSError, ValueError):
             self.poller.unregister(fd)
         link.close()
@@ -182,9 +186,7 @@ class LinkEnds:
             frames.extend(got)
             self.sent += len(got)
         if got is None or link.closed:
-            with self._lock:
-                if fd in self.readers:
-                    self._drop(fd)
+            self._drop(fd)
 
     def answer(self, driver: bytes, results: tuple[P.ObjectInfo, ...]) -> bool:
         """Send results to driver on our link (a worker): False if there is none. A send the
@@ -197,36 +199,33 @@ class LinkEnds:
         return self._send(worker, P.dumps([task]), answer=False)
 
     def _send(self, peer: bytes, payload: bytes, answer: bool) -> bool:
-        with self._lock:
-            link = self.writers.get(peer)
-            if link is None:
+        link = self.writers.get(peer)
+        if link is None:
+            return False
+        if not answer:  # a driver's call: whole, even through Ctrl-C (raised after it)
+            link.send(payload)  # (small: one send, so calls of two threads do not mix)
+            if link.closed:
+                self._drop(link.fileno())
                 return False
-            if not answer:  # a driver's call: whole, even through Ctrl-C (raised after it)
-                link.send(payload)
-                if link.closed:
-                    self._drop(link.fileno())
-                    return False
-                return True
-            frame = HEADER.pack(len(payload)) + payload
+            return True
+        frame = HEADER.pack(len(payload)) + payload
+        with self._answer_lock:
             try:  # a worker never blocks on a slow driver (the node answers then)
                 sent = link.sock.send(frame, socket.MSG_DONTWAIT)
             except OSError:
                 sent = 0
-            if sent != len(frame):  # (half a frame would be garbage to the other end)
-                self._drop(link.fileno())
-                return False
-            if answer:
-                self.sent += 1
-            return True
+        if sent != len(frame):  # (half a frame would be garbage to the other end)
+            self._drop(link.fileno())
+            return False
+        self.sent += 1
+        return True
 
     def forget_actor(self, actor_id: bytes) -> None:
-        with self._lock:
-            self.actors.pop(actor_id, None)
+        self.actors.pop(actor_id, None)
 
     def has(self, peer: bytes) -> bool:
         return peer in self.writers
 
     def close(self) -> None:
-        with self._lock:
-            for fd in list(self.readers):
-                self._drop(fd)
+        for fd in list(self.readers):
+            self._drop(fd)
