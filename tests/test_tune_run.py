@@ -329,7 +329,10 @@ def test_restore_after_the_driver_is_killed_or_interrupted(shared_cluster, tmp_p
     gate = tmp_path / "gate"
     script = textwrap.dedent(
         f"""
-        import json, os, sys, tempfile, time
+        import json, os, signal, sys, tempfile, time
+        # Ctrl-C as in a terminal: a test run started in the background (CI under a shell
+        # without job control) hands its processes SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import rayjupyter as rj
         from rayjupyter import tune
