@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from rayjupyter.core import ids, protocol, transport
+from rayjupyter.core import client_io, ids, protocol, transport
 from rayjupyter.core import protocol as P
 from rayjupyter.core.client_outbox import Outbox
 from rayjupyter.core.client_values import ValueReader, weak_method
@@ -163,7 +163,7 @@ class Client:
             self._doorbell = self.transport.doorbell()
         if io_thread:
             self._io_thread = threading.Thread(
-                target=self._io_loop, name="rayjupyter-io", daemon=True
+                target=client_io.io_loop, args=(self,), name="rayjupyter-io", daemon=True
             )
             self.outbox.batching = True
             self._io_thread.start()
@@ -197,7 +197,7 @@ class Client:
         A worker, or a driver on a transport any thread may read, reads in the waiting
         thread: an answer then wakes it directly rather than the IO thread, which would then
         wake it (a second context switch, about 60 us). A driver's IO thread stays off the
-        transport meanwhile (see _io_loop): two threads polling it would both wake. A driver
+        transport meanwhile (client_io.io_loop): two threads polling it would both wake. A driver
         on zmq sockets waits for its IO thread (zmq sockets are not shared between threads).
         """
         self.outbox.burst_over()
@@ -472,52 +472,6 @@ class Client:
         self.objects.pop(object_id, None)
         self._subscribed.discard(object_id)
         self._awaiting_push.discard(object_id)
-
-    def _io_loop(self) -> None:
-        poller = zmq.Poller()
-        incoming = self.transport.pollable()
-        poller.register(incoming, zmq.POLLIN)
-        outbox = self.outbox
-        wake_rx = outbox.wake_rx
-        assert wake_rx is not None  # (a client with an IO thread has its wake socket)
-        poller.register(wake_rx, zmq.POLLIN)
-        wake_only = zmq.Poller()
-        wake_only.register(wake_rx, zmq.POLLIN)
-        last_flush = last_beat = time.monotonic()
-        while not self.outbox.closed:
-            try:
-                if self._reading_here:
-                    # a thread in _wait reads the channel: stay off it until that has been
-                    # over for a moment (a loop of gets then costs no hand-offs at all)
-                    events = dict(wake_only.poll(int(FOREGROUND_IDLE_S * 1000)))
-                    if not self._waiting_here and (
-                        self._ready_callbacks  # refs awaited: nobody waits here to read
-                        or time.monotonic() - self._last_read_here > FOREGROUND_IDLE_S
-                    ):
-                        self._reading_here = False
-                else:
-                    events = dict(poller.poll(int(FLUSH_INTERVAL_S * 1000)))
-                if incoming in events and self._rx_lock.acquire(blocking=False):
-                    try:
-                        self._drain_rx()
-                    finally:
-                        self._rx_lock.release()
-                    with self._cond:  # a waiter may have stood aside for this read
-                        self._cond.notify_all()
-                now = time.monotonic()
-                if wake_rx in events:
-                    self.outbox.flush()  # the batch held back by send(batch=True)
-                    last_flush = now
-                elif (reference_counter.pending or self._pins or outbox.messages) and (
-                    now - last_flush >= FLUSH_INTERVAL_S
-                ):
-                    self.send([])
-                    last_flush = now
-                elif now - min(outbox.last_send, max(self.last_heard, last_beat)) > HEARTBEAT_S:
-                    self.send([P.Heartbeat()])
-                    last_beat = now  # (sends the node has no answer for do not prove it lives)
-            except zmq.ZMQError:
-                return
 
     def _drain_rx(self) -> None:
         try:
