@@ -101,8 +101,6 @@ class ActorTable:
             error = ActorDiedError(f"No actor {task.actor_id.hex()} exists on this cluster.")
             return [self.fail_call(task, pickle.dumps(error, protocol=5))]
         task.max_retries = int(actor.options.get("max_task_retries") or 0)
-        if not task.max_retries and actor.restarts and actor.state in RESTARTING:
-            return [self.fail_call(task, restarting_error(task, actor.actor_id))]  # as Ray
         task.job, task.namespace = actor.job, actor.namespace
         if task.sent_to and task.sent_to != actor.worker:
             # its caller sent it on a direct link to a process of the actor that has ended
@@ -116,6 +114,8 @@ class ActorTable:
                 )
                 error.actor_id = actor.actor_id.hex()
                 return [self.fail_call(task, pickle.dumps(error, protocol=5))]
+        if not task.max_retries and actor.restarts and actor.state in RESTARTING:
+            return [self.fail_call(task, restarting_error(task, actor.actor_id))]  # as Ray
         actor.enqueue(task)
         return _NONE
 
