@@ -61,7 +61,8 @@ def test_a_sync_result_comes_over_the_link(start):
 
 
 def test_large_results_and_results_holding_refs_go_through_the_node(start):
-    start()
+    # (on a lease the worker also sends a marker frame on the link: counted here)
+    start(RAYJUPYTER_WORKER_LEASES="0")
 
     @rj.remote
     def big():
@@ -79,7 +80,7 @@ def test_large_results_and_results_holding_refs_go_through_the_node(start):
 
 
 def test_errors_go_through_the_node(start):
-    start()
+    start(RAYJUPYTER_WORKER_LEASES="0")  # (as above)
 
     @rj.remote
     def fails():

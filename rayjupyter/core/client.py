@@ -37,6 +37,7 @@ from rayjupyter.core.exceptions import (
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
+from rayjupyter.core.task_leases import TaskLeases
 
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
@@ -92,6 +93,8 @@ class Client:
         self._subscribed: set[bytes] = set()
         # actor calls sent on direct links to the actors' processes (direct_calls.py)
         self.direct_calls = DirectCalls(weakref.proxy(self), self.transport.links, submit_observers)
+        # tasks sent to a worker the node lent us (task_leases.py)
+        self.task_leases = TaskLeases(weakref.proxy(self), self.transport.links, submit_observers)
         # requests to the node and their answers (queries.Replies), bound once
         self.replies = Replies(weak_method(self.send), weak_method(self._wait), address)
         self.request = self.replies.request
@@ -554,6 +557,8 @@ class Client:
                 links = self.transport.links
                 if links is not None:
                     links.on_message(message)
+            elif kind is P.Lease:
+                self.task_leases.on_lease(message)
             elif kind is P.LogLines and self.log_to_driver:
                 stream = sys.stdout if message.stream == 1 else sys.stderr
                 stream.write(message.text)

@@ -50,6 +50,8 @@ def io_loop(client: Client) -> None:
                 with client._cond:  # a waiter may have stood aside for this read
                     client._cond.notify_all()
             now = time.monotonic()
+            if client.task_leases.lease is not None:
+                client.task_leases.return_idle(now)
             if wake_rx in events:
                 client.outbox.flush()  # the batch held back by send(batch=True)
                 last_flush = now

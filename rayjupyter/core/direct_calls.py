@@ -102,13 +102,14 @@ class DirectCalls:
             0,
             message.actor_id,
             message.method,
-            b"",  # (the actor's process knows its job; none says the call came direct)
+            b"",  # (the actor's process knows its job)
             (),
             "",
             -1,
             "",
             (),
             self.client.client_id,
+            True,
         )
         if not links.call(worker, call):  # the link closed: the node's path
             self._by_node(message, route)

@@ -328,7 +328,7 @@ class Node:
         self.forget_task = tasks.forget_task
         self.unpin_deps = tasks.unpin_deps
         self.dispatch = tasks.dispatch
-        self.pool.channel_closed = tasks.direct.client_gone
+        self.pool.channel_closed = tasks.client_gone
         self.execute: Callable[[list[Instruction]], None] = tasks.execute
         self.warn_worker_limit = tasks.warn_worker_limit
         self.membership.start()
@@ -485,7 +485,15 @@ class Node:
         return advertised
 
     def free_resources(self) -> dict[str, float]:
-        return {k: max(v, 0.0) for k, v in self.resources.available.items()}
+        """What this node could run now. A worker lent to a driver counts as free: the node
+        takes it back the moment other work waits here (worker_leases.py), so placement
+        (SPREAD, groups, peers) and ``available_resources()`` see what is really spare."""
+        free = dict(self.resources.available)
+        for lease in self.state.leases.leases.values():
+            if not lease.returned:
+                for key, value in lease.record.demand.items():
+                    free[key] = free.get(key, 0.0) + value
+        return {k: max(v, 0.0) for k, v in free.items()}
 
     def queued(self) -> int:
         return len(self.scheduler.ready)
@@ -510,7 +518,11 @@ class Node:
             actor_part.place_pending_actors()
         state = self.state
         self.execute(state.assign())
-        if len(self.head.nodes) > 1:
+        leases = state.leases
+        if leases.leases and (state.ready or actor_part.pending_actors):
+            self.execute(leases.revoke_all())  # the leased workers are wanted
+        # (what waits for a lent worker coming back stays: it is free in a moment)
+        if len(self.head.nodes) > 1 and not leases.coming_back():
             self.forwarding.spill_over()
         if self.scheduler.env_unplaced:
             self.execute(state.env_spawns(self.envs.runtime_envs, time.monotonic()))

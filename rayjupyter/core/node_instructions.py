@@ -33,6 +33,9 @@ WARN = 15  # (WARN, text): tell the drivers (stderr): work waits for a worker pr
 # attempt (worker pid died of cause, or it raised error): tell that node, which retries
 ATTEMPT_LOST = 16
 FORWARD = 20  # (FORWARD, task, peer): run the task on that peer (NodeInfo)
+# (LEASE, worker, owner, demand, func_id, granted): tell a driver it may send tasks of that
+# demand to that worker itself (granted), or that it must give the worker back (worker_leases)
+LEASE = 21
 
 OPCODE_NAMES = {
     value: name

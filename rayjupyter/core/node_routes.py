@@ -20,6 +20,7 @@ CLIENT_MESSAGES: dict[type, str] = {
     P.Subscribe: "object_table.on_subscribe",
     P.TaskFinished: "task_part.on_task_finished",
     P.WorkerBlocked: "task_part.on_worker_blocked",
+    P.ReturnLease: "task_part.on_return_lease",
     P.StopCluster: "on_stop",
     P.Heartbeat: "connections.on_heartbeat",
     P.Disconnect: "connections.on_disconnect",

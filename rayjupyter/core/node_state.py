@@ -57,6 +57,7 @@ from rayjupyter.core.scheduler import (
 from rayjupyter.core.task_errors import cancelled_error as cancelled_error
 from rayjupyter.core.task_errors import crashed_error as crashed_error
 from rayjupyter.core.task_errors import unschedulable_error as unschedulable_error
+from rayjupyter.core.worker_leases import WorkerLeases
 from rayjupyter.core.worker_limit import WorkerLimit
 
 ENV_WORKER_IDLE_S = env_workers.IDLE_S  # runtime_env workers idle this long are stopped
@@ -88,6 +89,7 @@ class NodeState:
         self.nodes: Mapping[bytes, NodeInfo] = {}
         self.node_id = b""
         self.actor_table = ActorTable(self)
+        self.leases = WorkerLeases(self)  # workers lent to local drivers (worker_leases.py)
 
     # ------------------------------------------------------------------ tasks
 
@@ -235,10 +237,17 @@ class NodeState:
             task.gpu_ids = ()
 
     def task_finished(
-        self, worker: WorkerRecord, task: TaskRecord, error: bytes | None, retryable: bool
+        self,
+        worker: WorkerRecord,
+        task: TaskRecord,
+        error: bytes | None,
+        retryable: bool,
+        answered: bool = False,
     ) -> list[Instruction]:
         """The hot path: a pool worker answered for its task (the shell checked that
-        ``worker.task is task``). A task sent ahead starts at once and inherits the slot."""
+        ``worker.task is task``). A task sent ahead starts at once and inherits the slot.
+        ``answered``: its results went to its driver directly: the worker may stay lent
+        to that driver (worker_leases.py)."""
         self._release(task, worker)
         following = worker.prefetched
         if following is not None:  # the worker has started it already
@@ -250,6 +259,8 @@ class NodeState:
             worker.task, worker.lent = worker.suspended.pop()
             worker.transition(WorkerState.BLOCKED)
             out = []
+        elif answered and error is None and self.leases.grantable(worker, task):
+            out = self.leases.grant(worker, task)
         else:
             worker.task = None
             worker.transition(WorkerState.IDLE)
@@ -341,9 +352,11 @@ class NodeState:
         keep the plain pool at its size (``respawn``: the node still runs)."""
         self.scheduler.forget_worker(worker)
         task = worker.task
+        leased = self.leases.leases.get(worker.client_id)
+        lease = leased.record if leased is not None else None
         worker.transition(WorkerState.DEAD)
         del self.workers[worker.client_id]
-        out: list[Instruction] = []
+        out: list[Instruction] = self.leases.worker_died(worker, cause)
         following = worker.prefetched
         if following is not None:
             # sent ahead: it may have started as the worker died, so it counts as an attempt
@@ -356,14 +369,16 @@ class NodeState:
         elif task is not None and task.state in OCCUPYING:
             self._release(task, worker)
             task.worker = None
-            out.append((UNPIN, task))
-            out += self._attempt_lost(task, worker.pid, cause)
+            if task is not lease:  # (a lease's placeholder only held resources)
+                out.append((UNPIN, task))
+                out += self._attempt_lost(task, worker.pid, cause)
         while worker.suspended:  # the waiting parents a child was lent to die with it
             parent, worker.lent = worker.suspended.pop()
             self._release(parent, worker)
             parent.worker = None
-            out.append((UNPIN, parent))
-            out += self._attempt_lost(parent, worker.pid, cause)
+            if parent is not lease:
+                out.append((UNPIN, parent))
+                out += self._attempt_lost(parent, worker.pid, cause)
         if respawn and self.live_pool_workers() < self.pool_size:
             out.append((SPAWN, "", 1))
         return out
@@ -494,6 +509,7 @@ class NodeState:
                 or worker.suspended
                 or worker.actor_id
                 or running is None
+                or worker.client_id in self.leases.leases  # lent to a driver
             ):
                 continue
             task = ready[0]
@@ -587,3 +603,4 @@ class NodeState:
 
         state_checks.validate(self, held_elsewhere or {})
         self.actor_table.validate()
+        self.leases.validate()

@@ -22,7 +22,7 @@ from rayjupyter.core.config import BOUNDS, bound
 from rayjupyter.core.direct_links import DirectLinks
 from rayjupyter.core.exceptions import ObjectLostError, TaskUnschedulableError
 from rayjupyter.core.head import HeadState
-from rayjupyter.core.node_actors import ActorRecord, ActorState, NodeActors
+from rayjupyter.core.node_actors import EARLY_ENDS_MAX, ActorRecord, ActorState, NodeActors
 from rayjupyter.core.node_forwarding import NodeForwarding
 from rayjupyter.core.node_generators import NodeGenerators
 from rayjupyter.core.node_instructions import (
@@ -37,6 +37,7 @@ from rayjupyter.core.node_instructions import (
     FORWARD,
     INTERRUPT,
     KILL,
+    LEASE,
     REVOKE,
     SPAWN,
     START_ACTOR,
@@ -123,6 +124,9 @@ class NodeTasks:
         # workers that answer local drivers directly (direct_links.py)
         self.direct = DirectLinks(pool.channels, clients, send, self._actor_of)
         self.owned = state.owned  # tasks per client not ended (a burst is answered by us)
+        self.leases = state.leases  # workers lent to local drivers (worker_leases.py)
+        # ends of tasks drivers sent leased workers that came before the drivers' notices
+        self.early_ends: dict[bytes, P.TaskFinished] = {}
         self.max_tasks_per_client = bound("tasks_per_client")
         self.warned_infeasible: set[tuple[tuple[str, float], ...]] = set()
         self.starvation = StarvationWatch.from_env()
@@ -234,6 +238,16 @@ class NodeTasks:
 
     def task_ready(self, task: TaskRecord) -> None:
         self.events.ready(task.task_id)
+        if task.sent_to and not task.actor_id:  # its driver sent it a leased worker itself
+            early = self.early_ends.pop(task.task_id, None)
+            worker_id = task.sent_to
+            self.execute(self.leases.notice(task, early is not None))
+            if early is not None:
+                pipes = self.pipes.get(worker_id)
+                if pipes is not None:  # its prints go out before its results
+                    self.drain_output(pipes)
+                self.direct_task_finished(task, early)
+            return
         if task.actor_id:
             if task.actor_id not in self.actors:
                 self.forwarding.route_actor_call(task)  # an actor of another node (see actor_homes)
@@ -300,10 +314,29 @@ class NodeTasks:
             return
         task = self.tasks.get(message.task_id)
         if task is None or worker.task is not task:
+            if task is not None and task.sent_to:  # a task its driver sent us itself
+                self.drain_output(self.pipes[client])
+                self.direct_task_finished(task, message)
+            elif task is None and message.by_link:  # (its driver's notice comes next)
+                early = self.early_ends
+                if len(early) >= EARLY_ENDS_MAX:  # (its driver died between its two sends)
+                    del early[next(iter(early))]
+                early[message.task_id] = message
             return
         self.drain_output(self.pipes[client])  # the task's prints, under the task's name
         self.unpin_deps(task)
-        for instruction in self.state.task_finished(worker, task, message.error, message.retryable):
+        self.task_ended(
+            task,
+            message,
+            self.state.task_finished(
+                worker, task, message.error, message.retryable, message.direct
+            ),
+        )
+
+    def task_ended(
+        self, task: TaskRecord, message: P.TaskFinished, instructions: list[Instruction]
+    ) -> None:
+        for instruction in instructions:
             if instruction[0] == FINISHED:
                 self.events.ended(task.task_id, failed=False)
                 direct = message.direct
@@ -312,6 +345,19 @@ class NodeTasks:
                 self.forget_task(task)
             else:
                 self.execute_one(instruction)
+
+    def direct_task_finished(self, task: TaskRecord, message: P.TaskFinished) -> None:
+        self.task_ended(task, message, self.leases.finished(task, message.error, message.retryable))
+        if self.unborn:
+            self.adopt_unborn()
+
+    def on_return_lease(self, client: bytes, message: P.ReturnLease) -> None:
+        self.execute(self.leases.returned(client, message.worker))
+
+    def client_gone(self, client: bytes) -> None:
+        """A client's channel closed: its links, and a driver's lease, go."""
+        self.direct.client_gone(client)
+        self.execute(self.leases.owner_gone(client))
 
     def on_worker_blocked(self, client: bytes, message: P.WorkerBlocked) -> None:
         worker = self.workers.get(client)
@@ -373,6 +419,9 @@ class NodeTasks:
         elif op == STARTED:
             task, worker = instruction[1], instruction[2]
             self.events.started(task.task_id, worker.pid, task.attempt)
+        elif op == LEASE:
+            _, worker, owner, demand, func_id, granted = instruction
+            self.send(owner, P.Lease(worker.client_id, tuple(demand.items()), func_id, granted))
         elif op == REVOKE:
             task, worker, answers_block = instruction[1], instruction[2], instruction[3]
             self.send(

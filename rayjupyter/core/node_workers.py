@@ -50,6 +50,7 @@ from rayjupyter.core.node_state import NodeState
 from rayjupyter.core.scheduler import WorkerRecord
 from rayjupyter.core.spawn import StartedProcess
 from rayjupyter.core.task_events import RecentLogs
+from rayjupyter.core.worker_output import TASK_MARKER
 
 # the poll flags as plain ints: ``events & zmq.POLLIN`` goes through enum.Flag's Python
 # code (six calls a channel event, on every task's way in and out)
@@ -67,6 +68,25 @@ class WorkerPipes:
     partial: dict[int, bytes] = field(default_factory=dict)
     # its output pipes while open: asked after each of its tasks (``drain_output``)
     output_poll: Any = field(default_factory=select.poll)
+    # per stream, the task whose output follows, as the worker marked it in the stream
+    # (worker_output.mark_task): a leased worker runs tasks the node hears of later
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def _read_markers(pipes: WorkerPipes, stream: int, data: bytes) -> bytes:
+    """Take the task markers out of complete lines of output, noting the last name (what
+    the line held before its marker, a print without a newline, is kept)."""
+    kept = []
+    for line in data.splitlines(keepends=True):
+        at = line.find(TASK_MARKER)
+        if at < 0:
+            kept.append(line)
+            continue
+        if at:
+            kept.append(line[:at] + b"\n")
+        name = line[at + len(TASK_MARKER) :].rstrip(b"\n")
+        pipes.names[stream] = name.decode(errors="replace")
+    return b"".join(kept)
 
 
 @dataclass
@@ -435,7 +455,14 @@ class NodeWorkers:
         return True
 
     def _forward_output(self, worker: WorkerRecord, stream: int, data: bytes) -> None:
-        if worker.task is not None:
+        pipes = self.pipes.get(worker.client_id) or self.exiting.get(worker.client_id)
+        if TASK_MARKER in data and pipes is not None:  # (worker_output.mark_task)
+            data = _read_markers(pipes, stream, data)
+            if not data:
+                return
+        if pipes is not None and stream in pipes.names and not worker.actor_id:
+            name = pipes.names[stream]
+        elif worker.task is not None:
             name = worker.task.name
         else:  # as Ray prints an actor's output
             name = (worker.actor_id and self.actor_class(worker.actor_id)) or "worker"

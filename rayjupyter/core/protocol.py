@@ -181,6 +181,7 @@ class TaskFinished(NamedTuple):
     # the results go to ExecuteTask.reply_to on its direct link too, right after this
     # message: the node does not push them to their owner (direct_links.py)
     direct: bool = False
+    by_link: bool = False  # the task came on a direct link (ExecuteTask.by_link)
 
 
 class WorkerBlocked(NamedTuple):
@@ -374,6 +375,9 @@ class ExecuteTask(NamedTuple):
     resources: tuple[tuple[str, float], ...] | None = None
     # the driver to answer directly on our link to it (direct_links.py); b"": the node only
     reply_to: bytes = b""
+    # sent by its caller on our link (direct_calls.py, task_leases.py): the node may hear of
+    # it after its end, and an answer it gives needs the caller's notice
+    by_link: bool = False
 
 
 class StartActor(NamedTuple):
@@ -478,6 +482,23 @@ class GeneratorCredit(NamedTuple):
     seen: int
 
 
+class Lease(NamedTuple):
+    """To a driver: it may send tasks of ``demand`` to ``worker`` itself, on their direct
+    link (granted), or it must give that worker back (worker_leases.py, task_leases.py)."""
+
+    worker: bytes
+    demand: tuple[tuple[str, float], ...]
+    func_id: bytes  # a function the worker has already (granted)
+    granted: bool
+
+
+class ReturnLease(NamedTuple):
+    """From a driver: it sends no more tasks to that worker itself (its notices of the ones
+    it sent came before this)."""
+
+    worker: bytes
+
+
 class DirectLink(NamedTuple):
     """A link to a peer on this machine opens (its descriptor came with this frame, by
     SCM_RIGHTS) or closes: to a driver, from a worker that answers it directly; to that
@@ -523,6 +544,7 @@ CLIENT_TO_NODE = (
     *JOB_MESSAGES,
     ExitActor,  # (also node -> an actor's worker)
     PendingObjects,
+    ReturnLease,
 )
 NODE_TO_CLIENT = (
     Welcome,
@@ -541,6 +563,7 @@ NODE_TO_CLIENT = (
     AttemptLost,
     UnmapKept,
     DirectLink,
+    Lease,
 )
 ALL_MESSAGES = CLIENT_TO_NODE + NODE_TO_CLIENT
 

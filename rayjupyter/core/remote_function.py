@@ -219,28 +219,28 @@ def submit(
         client.sent_funcs.add(func_id)
     stream = ObjectRefGenerator(task_id, client) if mode == STREAMING else None
     refs = [] if stream else [ObjectRef(object_id, _owned=True) for object_id in return_ids]
-    client.submit(
-        P.SubmitTask(
-            task_id,
-            func_id,
-            blob,
-            function._name,
-            packed.blob,
-            packed.deps,
-            packed.nested,
-            return_ids,
-            demand,
-            function._options["max_retries"],
-            function._retry,
-            b"",
-            "",
-            env,
-            mode,
-            backpressure,
-            strategy,
-            function._options["max_calls"],
-        )
+    message = P.SubmitTask(
+        task_id,
+        func_id,
+        blob,
+        function._name,
+        packed.blob,
+        packed.deps,
+        packed.nested,
+        return_ids,
+        demand,
+        function._options["max_retries"],
+        function._retry,
+        b"",
+        "",
+        env,
+        mode,
+        backpressure,
+        strategy,
+        function._options["max_calls"],
     )
+    if not client.task_leases.submit(message, function):  # (task_leases.py)
+        client.submit(message)
     if stream is not None:
         return stream
     if count == 1:

@@ -112,7 +112,11 @@ class TaskExecutor:
         if task.reply_to:
             self.output_at[task.task_id] = output.total
         if not task.actor_id:
+            outer_name = output.marked
+            output.mark_task(task.name)  # (its prints are named after it: worker_output.py)
             self._execute(task, self._function(task))
+            if self.running is not None:  # it ran lent inside another task's wait
+                output.mark_task(outer_name)
         elif self.loop is not None:
             import asyncio  # (imported by the actor's start, worker_actor._start_loop)
 
@@ -287,14 +291,16 @@ class TaskExecutor:
             self._exit_process()
         assert message is not None
         answer = None
+        if task is not None and task.by_link:  # (the node may hear of it after this)
+            message = message._replace(by_link=True)
         if task is not None and task.reply_to:
             printed_from = self.output_at.pop(task.task_id, -1)
             if message.error is None and printed_from == output.total:  # (worker_output.py)
                 answer = self._direct_answer(task, message)
         if answer is None or task is None:
             self.client.send([message])
-            if task is not None and task.reply_to and not task.job_id:
-                # a call its caller sent us itself (it names no job: direct_calls.py), which
+            if task is not None and task.by_link:
+                # a task its caller sent us itself (direct_calls.py, task_leases.py), which
                 # the node answers: an empty answer has the caller send the node its notice
                 links = self.client.transport.links
                 if links is not None:

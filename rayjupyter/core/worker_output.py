@@ -6,6 +6,11 @@ driver first, and a notebook cell would end before the task's prints show. The n
 worker's pipes before it answers for it, so a task whose call printed anything is answered
 by the node. What a process writes to the descriptors without Python's streams (a C
 library, a child process) is not counted: it may still show after the result.
+
+Each stream also says whose output follows: a marker line with the task's name, written
+when a task of another name begins (as Ray's workers mark theirs for its log monitor). The
+node takes the markers out and names the lines after them: a task a driver sent a leased
+worker itself (task_leases.py) may print before the node has heard of it.
 """
 
 from __future__ import annotations
@@ -42,11 +47,26 @@ class _CountingRaw(io.RawIOBase):
         return total
 
 
+#: starts a line that names the task whose output follows (never a user's: a NUL first)
+TASK_MARKER = b"\x00rj-task:"
+
+
 class OutputCount:
     """The bytes this process printed through ``sys.stdout`` and ``sys.stderr``."""
 
     def __init__(self) -> None:
         self._raws: list[_CountingRaw] = []
+        self.marked = ""  # the task named by the last marker
+
+    def mark_task(self, name: str) -> None:
+        """From now on the output is ``name``'s: say so in both streams (not counted)."""
+        if name == self.marked or not self._raws:
+            return
+        self.marked = name
+        line = TASK_MARKER + name.replace("\n", " ").encode(errors="replace") + b"\n"
+        for raw in self._raws:
+            with contextlib.suppress(OSError):
+                os.write(raw.fileno(), line)
 
     def install(self) -> None:
         """Replace both streams with unbuffered counting ones on the same descriptors (a
