@@ -244,7 +244,7 @@ class NodeTasks:
             self.execute(self.leases.notice(task, early is not None))
             if early is not None:
                 pipes = self.pipes.get(worker_id)
-                if pipes is not None:  # its prints go out before its results
+                if pipes is not None and not early.quiet:  # its prints go out first
                     self.drain_output(pipes)
                 self.direct_task_finished(task, early)
             return
@@ -315,7 +315,8 @@ class NodeTasks:
         task = self.tasks.get(message.task_id)
         if task is None or worker.task is not task:
             if task is not None and task.sent_to:  # a task its driver sent us itself
-                self.drain_output(self.pipes[client])
+                if not message.quiet:
+                    self.drain_output(self.pipes[client])
                 self.direct_task_finished(task, message)
             elif task is None and message.by_link:  # (its driver's notice comes next)
                 early = self.early_ends
@@ -323,7 +324,8 @@ class NodeTasks:
                     del early[next(iter(early))]
                 early[message.task_id] = message
             return
-        self.drain_output(self.pipes[client])  # the task's prints, under the task's name
+        if not message.quiet:  # the task's prints go out before its results
+            self.drain_output(self.pipes[client])
         self.unpin_deps(task)
         self.task_ended(
             task,

@@ -58,6 +58,11 @@ _POLLOUT = int(zmq.POLLOUT)
 _READABLE = int(zmq.POLLIN | zmq.POLLERR)
 
 
+#: a node turn that handles a large batch of messages (a driver's notices) lets other
+#: processes on its CPU run after every 32 (the driver and the worker it waits on)
+YIELD_EVERY_MASK = 31
+
+
 @dataclass
 class WorkerPipes:
     """A worker process's handles: its exit fd and its output pipes, read by the loop."""
@@ -285,11 +290,13 @@ class NodeWorkers:
             except Exception as exc:  # a buggy client: answered by closing its connection
                 self._refuse_channel(client_id, exc)
                 return
-            for message in messages:
+            for index, message in enumerate(messages):
                 try:
                     handlers[type(message)](client_id, message)
                 except Exception:  # a bug here must not take the cluster down: report it
                     self.report_error(message)
+                if index & YIELD_EVERY_MASK == YIELD_EVERY_MASK:
+                    os.sched_yield()
 
     def _refuse_channel(self, client_id: bytes, error: Exception) -> None:
         """A frame that is not a batch of messages: the channel is closed, and its client let

@@ -182,6 +182,8 @@ class TaskFinished(NamedTuple):
     # message: the node does not push them to their owner (direct_links.py)
     direct: bool = False
     by_link: bool = False  # the task came on a direct link (ExecuteTask.by_link)
+    # it printed nothing through Python's streams: the node need not read its pipes first
+    quiet: bool = False
 
 
 class WorkerBlocked(NamedTuple):

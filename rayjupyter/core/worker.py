@@ -109,7 +109,7 @@ class TaskExecutor:
 
     def run(self, task: P.ExecuteTask) -> None:
         """Run a task or an actor call: inline, or on the actor's threads or event loop."""
-        if task.reply_to:
+        if task.reply_to or not task.actor_id:
             self.output_at[task.task_id] = output.total
         if not task.actor_id:
             outer_name = output.marked
@@ -291,11 +291,11 @@ class TaskExecutor:
             self._exit_process()
         assert message is not None
         answer = None
-        if task is not None and task.by_link:  # (the node may hear of it after this)
-            message = message._replace(by_link=True)
-        if task is not None and task.reply_to:
-            printed_from = self.output_at.pop(task.task_id, -1)
-            if message.error is None and printed_from == output.total:  # (worker_output.py)
+        if task is not None:
+            quiet = self.output_at.pop(task.task_id, -1) == output.total  # (worker_output.py)
+            if quiet or task.by_link:  # the node need not read our pipes; it may hear of a
+                message = message._replace(by_link=task.by_link, quiet=quiet)  # task after
+            if task.reply_to and quiet and message.error is None:
                 answer = self._direct_answer(task, message)
         if answer is None or task is None:
             self.client.send([message])
