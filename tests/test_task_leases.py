@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -224,3 +225,51 @@ def test_task_markers_name_the_output_that_follows_them():
     assert pipes.names == {1: "third"}
     assert _read_markers(pipes, 2, TASK_MARKER + b"only\n") == b""
     assert pipes.names == {1: "third", 2: "only"}
+
+
+def test_two_drivers_and_threads_share_one_cpu_through_leases():
+    """Each driver's lease is taken back when the other's tasks wait: both finish."""
+    import subprocess
+    import textwrap
+    import threading
+
+    context = rj.init(num_cpus=1)
+    try:
+        script = textwrap.dedent(
+            f"""
+            import rayjupyter as rj
+            rj.init(address={context.connect_address!r})
+
+            @rj.remote
+            def add_one(value):
+                return value + 1
+
+            assert all(rj.get(add_one.remote(i), timeout=60) == i + 1 for i in range(300))
+            print("done", flush=True)
+            """
+        )
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            failures: list[BaseException] = []
+
+            def loop(offset: int) -> None:
+                try:
+                    for i in range(150):
+                        assert rj.get(add_one.remote(offset + i), timeout=60) == offset + i + 1
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=loop, args=(k * 1000,)) for k in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=100)
+            assert not failures, failures
+            assert other.communicate(timeout=60)[0].strip() == "done"
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait(timeout=10)
+        assert lease_sent() > 0
+    finally:
+        rj.shutdown()
