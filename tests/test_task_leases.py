@@ -270,6 +270,9 @@ def test_two_drivers_and_threads_share_one_cpu_through_leases():
             if other.poll() is None:
                 other.kill()
                 other.wait(timeout=10)
-        assert lease_sent() > 0
+        hold_lease()  # alone again, the driver gets its lease back
+        sent = lease_sent()
+        assert rj.get(add_one.remote(1), timeout=30) == 2
+        assert lease_sent() == sent + 1
     finally:
         rj.shutdown()

@@ -118,7 +118,6 @@ class Client:
 
         hello = P.Hello(self.kind, os.getpid(), protocol.PROTOCOL_VERSION, self.namespace)
         welcome, rest = transport.handshake(self.transport, self.context, hello, address, timeout)
-        self._handle(rest)
         self.node_id = welcome.node_id
         self.session = welcome.session
         self.store_capacity = welcome.store_capacity
@@ -164,6 +163,9 @@ class Client:
         self._doorbell: Callable[[], None] | None = None
         if kind == "worker" and isinstance(self.transport, transport.ChannelTransport):
             self._doorbell = self.transport.doorbell()
+        # what came with the welcome (a new worker's first task, and its stream's credit),
+        # once every table its handling touches exists
+        self._handle(rest)
         if io_thread:
             self._io_thread = threading.Thread(
                 target=client_io.io_loop, args=(self,), name="rayjupyter-io", daemon=True
