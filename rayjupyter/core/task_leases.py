@@ -36,7 +36,7 @@ _ONE_CPU = {"CPU": 1.0}
 
 
 class _Lease:
-    __slots__ = ("busy", "demand", "funcs", "used", "worker")
+    __slots__ = ("busy", "demand", "funcs", "revoked", "used", "worker")
 
     def __init__(self, worker: bytes, demand: dict[str, float], func_id: bytes) -> None:
         self.worker = worker
@@ -44,6 +44,7 @@ class _Lease:
         self.funcs = {func_id}  # functions the worker has (we sent it, or it ran one of ours)
         self.busy = b""  # the first return id of the task on it not answered yet
         self.used = time.monotonic()
+        self.revoked = False  # the node wants it back: it goes at the IO thread's next turn
 
 
 class TaskLeases:
@@ -61,13 +62,28 @@ class TaskLeases:
         self.awaiting = client._awaiting_push
         self.lease: _Lease | None = None
         self.sent = 0  # tasks sent on leases (tests, benchmarks)
+        # one item per submit under way: the IO thread gives a lease back only when none
+        # is, so a task's notice never follows the lease's return (list appends and pops
+        # are atomic; a lock held across a Ctrl-C would hang the next call)
+        self._submitting: list[None] = []
 
     def submit(self, message: P.SubmitTask, function: Any) -> bool:
         """Send a task to the leased worker and tell the node (True), or leave it to the
         node's path (False: the caller submits it). ``function``: its RemoteFunction."""
+        if self.lease is None:
+            return False
+        submitting = self._submitting
+        submitting.append(None)
+        try:
+            return self._submit(message, function)
+        finally:
+            submitting.pop()
+
+    def _submit(self, message: P.SubmitTask, function: Any) -> bool:
         lease = self.lease
         if (
             lease is None
+            or lease.revoked
             or message.resources != lease.demand
             or message.deps
             or message.generator
@@ -130,15 +146,27 @@ class TaskLeases:
                 self.lease = _Lease(message.worker, dict(message.demand), message.func_id)
                 return
         elif lease is not None and lease.worker == message.worker:
-            self.lease = None
-        self.client.send([P.ReturnLease(message.worker)])  # (after the notices held)
+            lease.revoked = True
+            self._give_back(lease)
+            return
+        self.client.send([P.ReturnLease(message.worker)])  # (one we do not hold)
 
     def return_idle(self, now: float) -> None:
-        """The IO thread's turn: a lease unused for IDLE_S goes back."""
+        """The IO thread's turn: a lease the node wants back, or one unused for IDLE_S,
+        goes back."""
         lease = self.lease
-        if lease is None or now - lease.used < IDLE_S:
+        if lease is None or (not lease.revoked and now - lease.used < IDLE_S):
             return
-        if lease.busy and lease.busy in self.awaiting:
+        if not lease.revoked and lease.busy and lease.busy in self.awaiting:
             return
+        self._give_back(lease)
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Return the lease, unless a submit under way may be sending on it: then it stays
+        (a revoked one goes at the next turn, after that task's notice)."""
         self.lease = None
-        self.client.send([P.ReturnLease(lease.worker)])
+        if self._submitting:
+            if self.lease is None:
+                self.lease = lease
+            return
+        self.client.send([P.ReturnLease(lease.worker)])  # (after the notices held)
