@@ -238,3 +238,30 @@ def test_a_task_that_printed_shows_its_output_before_its_result(cluster, capsys)
     sent = direct_sent()
     assert rj.get(talker.quiet.remote(), timeout=30) == 0  # (a quiet call stays direct)
     assert direct_sent() == sent + 1
+
+
+def test_a_link_closing_while_a_call_is_sent_does_not_lose_that_call(cluster, monkeypatch):
+    """Another actor's link closes between a direct call's send and its notice to the
+    node: the driver then asks the node again for what it waits on, and must not ask for
+    that call's result before its notice (the node would say it knows no such object)."""
+    caller, doomed = Log.remote(), Log.remote()
+    rj.get(caller.add.remote(0), timeout=30)
+    doomed_pid = rj.get(doomed.pid.remote(), timeout=30)
+    client = _client()
+    links = client.transport.links
+    send_on_link = links.call
+
+    def call_as_another_link_closes(worker, task):
+        lost = links.lost
+        os.kill(doomed_pid, 9)
+        wait_for_condition(lambda: client._links_lost > lost, timeout=30)
+        time.sleep(0.2)  # (the reader has acted on the loss)
+        monkeypatch.setattr(links, "call", send_on_link)
+        return send_on_link(worker, task)
+
+    monkeypatch.setattr(links, "call", call_as_another_link_closes)
+    sent = direct_sent()
+    ref = caller.add.remote(1)
+    assert direct_sent() == sent + 1
+    assert rj.get(ref, timeout=30) == 2
+    assert rj.get(caller.add.remote(2), timeout=30) == 3

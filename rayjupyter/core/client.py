@@ -91,6 +91,11 @@ class Client:
         self.objects: dict[bytes, P.ObjectInfo] = {}  # finished values this process holds refs to
         self._awaiting_push: set[bytes] = set()  # our own results, pushed by the node when done
         self._subscribed: set[bytes] = set()
+        # results of tasks and calls being submitted, whose SubmitTask (or notice of a
+        # direct call) is not queued yet: a re-subscription must not reach the node first
+        self._unnoticed: set[bytes] = set()
+        # a re-subscription left some of those out: the IO thread's next turn sends it again
+        self.resubscribe_due = False
         # actor calls sent on direct links to the actors' processes (direct_calls.py)
         self.direct_calls = DirectCalls(weakref.proxy(self), self.transport.links, submit_observers)
         # tasks sent to a worker the node lent us (task_leases.py)
@@ -185,10 +190,15 @@ class Client:
         self.outbox.closed = closed
 
     def submit(self, message: P.SubmitTask) -> None:
-        self._awaiting_push.update(message.return_ids)
-        for observe in submit_observers:
-            observe(message)
-        self.send([message], batch=True)
+        unnoticed = self._unnoticed
+        unnoticed.update(message.return_ids)  # (before awaiting: see DirectCalls.resubscribe)
+        try:
+            self._awaiting_push.update(message.return_ids)
+            for observe in submit_observers:
+                observe(message)
+            self.send([message], batch=True)
+        finally:
+            unnoticed.difference_update(message.return_ids)
 
     def put(
         self, object_id: bytes, inline: bytes | None, size: int, contained: tuple[bytes, ...]
@@ -504,6 +514,8 @@ class Client:
         links = self.transport.links
         if links is not None and links.lost != self._links_lost:
             self._links_lost = links.lost
+            self.resubscribe_due = True
+        if self.resubscribe_due:
             self.direct_calls.resubscribe()
 
     def _handle(self, messages: list[Any]) -> None:

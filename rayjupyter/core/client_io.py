@@ -49,6 +49,8 @@ def io_loop(client: Client) -> None:
                     client._rx_lock.release()
                 with client._cond:  # a waiter may have stood aside for this read
                     client._cond.notify_all()
+            if client.resubscribe_due:
+                client.direct_calls.resubscribe()
             now = time.monotonic()
             if client.task_leases.lease is not None:
                 client.task_leases.return_idle(now)

@@ -89,6 +89,16 @@ class DirectCalls:
         ):
             self._by_node(message, route)
             return False
+        unnoticed = self.client._unnoticed
+        unnoticed.update(message.return_ids)  # (before awaiting: see resubscribe)
+        try:
+            return self._send(message, route, worker, links)
+        finally:
+            unnoticed.difference_update(message.return_ids)
+
+    def _send(
+        self, message: P.SubmitTask, route: _Route | None, worker: bytes, links: LinkEnds
+    ) -> bool:
         self.awaiting.update(message.return_ids)  # (before its answer can come)
         call = P.ExecuteTask(
             message.task_id,
@@ -112,6 +122,7 @@ class DirectCalls:
             True,
         )
         if not links.call(worker, call):  # the link closed: the node's path
+            self.awaiting.difference_update(message.return_ids)  # (until that submit)
             self._by_node(message, route)
             return False
         if route is None:
@@ -126,16 +137,29 @@ class DirectCalls:
     def resubscribe(self) -> None:
         """A direct link closed (its worker exited, maybe between its TaskFinished and its
         answer to us): ask the node for every result we still wait for, so none is lost
-        (the node answers a subscriber even where it answered the owner directly)."""
+        (the node answers a subscriber even where it answered the owner directly).
+
+        A call whose notice is not queued yet (another thread is sending it) is left for
+        the next turn: asked for before its notice, the node would answer that it knows no
+        such object."""
         client = self.client
+        client.resubscribe_due = False
         streams = client.streams
-        wanted = [
-            object_id
-            for object_id in list(self.awaiting)
-            if object_id not in client.objects and object_id[: ids.TASK_ID_SIZE] not in streams
-        ]
+        objects = client.objects
+        unnoticed = client._unnoticed
+        subscribed = client._subscribed
+        wanted = []
+        for object_id in list(self.awaiting):
+            if object_id in objects or object_id in subscribed:
+                continue
+            if object_id[: ids.TASK_ID_SIZE] in streams:
+                continue
+            if object_id in unnoticed:
+                client.resubscribe_due = True
+            else:
+                wanted.append(object_id)
         if wanted:
-            client._subscribed.update(wanted)
+            subscribed.update(wanted)
             client.send([P.Subscribe(tuple(wanted), False)])
 
     def forget(self, actor_id: bytes) -> None:

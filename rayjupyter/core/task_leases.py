@@ -97,12 +97,21 @@ class TaskLeases:
             if lease.busy in self.awaiting:
                 return False
             lease.busy = b""
-        links = self.links
-        assert links is not None  # (a lease comes only over a link)
         blob = None if message.func_id in lease.funcs else function._function_blob()
         if len(message.args_blob) + (len(blob) if blob else 0) > ARGS_MAX:
             return False
         client = self.client
+        unnoticed = client._unnoticed
+        unnoticed.update(message.return_ids)  # (before awaiting: see DirectCalls.resubscribe)
+        try:
+            return self._send(message, lease, blob)
+        finally:
+            unnoticed.difference_update(message.return_ids)
+
+    def _send(self, message: P.SubmitTask, lease: _Lease, blob: bytes | None) -> bool:
+        client = self.client
+        links = self.links
+        assert links is not None  # (a lease comes only over a link)
         self.awaiting.update(message.return_ids)  # (before its answer can come)
         task = P.ExecuteTask(
             message.task_id,
@@ -126,6 +135,7 @@ class TaskLeases:
             True,
         )
         if not links.call(lease.worker, task):  # the link closed: its worker died
+            self.awaiting.difference_update(message.return_ids)  # (until the node's submit)
             self.lease = None
             return False
         lease.funcs.add(message.func_id)
