@@ -686,6 +686,36 @@ def test_spill_over_sends_what_does_not_fit_and_counts_it_taken() -> None:
     state.resources.release({"CPU": 1.0})
 
 
+def test_spill_over_with_every_peer_busy_leaves_the_queue_as_it_was() -> None:
+    """A demand no peer has free stays, the queue keeps its order; another demand still goes."""
+    shell = Shell(cpus=1, peers=1)
+    state = shell.state
+    peer = shell.nodes[b"peer0"]
+    peer.available["CPU"] = 0.0
+    peer.available["GPU"] = 1.0
+    peer.resources["GPU"] = 1.0
+    tasks = []
+    for n in range(8):
+        task = make_call(b"", b"driver", name=f"t{n}")
+        task.actor_id = b""
+        task.demand = {"CPU": 1.0} if n != 6 else {"GPU": 1.0}
+        if n == 7:
+            task.strategy = "node:" + state.node_id.hex()
+            task.demand = {"GPU": 1.0}
+        state.submit(task)
+        state.task_ready(task)
+        tasks.append(task)
+    state.resources.acquire({"CPU": 1.0})  # busy here
+    before = list(state.ready)
+    out = state.spill_over(from_peers=())
+    assert [i[1] for i in out] == [tasks[6]]  # the GPU task; the pinned one stays
+    assert peer.available["GPU"] == 0.0
+    assert list(state.ready) == [t for t in before if t is not tasks[6]]
+    assert state.spill_over(from_peers=()) == []  # nothing free: nothing moves
+    assert list(state.ready) == [t for t in before if t is not tasks[6]]
+    state.resources.release({"CPU": 1.0})
+
+
 # ------------------------------------------------------------------ random sequences
 
 

@@ -386,7 +386,7 @@ class Node:
                 if self.pool.unborn:  # (started outside an instruction list: the pool's)
                     self.pool.adopt_unborn()
                 busy = self.object_table.releasing or self.routers.ready
-                events = self.poll.poll(0 if busy else 1000)
+                events = self.poll.poll(0 if busy else self.forwarding.poll_timeout_ms(1000))
                 if time.monotonic() - last_check > 1.0:
                     last_check = time.monotonic()
                     self.connections.let_go_of_silent_drivers()

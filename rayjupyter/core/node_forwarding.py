@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import time
 
 from rayjupyter.core import ids, peer_placement
 from rayjupyter.core import protocol as P
@@ -26,6 +27,11 @@ from rayjupyter.core.node_pulls import NodePulls
 from rayjupyter.core.scheduler import OCCUPYING, TaskRecord, TaskState
 
 LOCALITY_MIN_BYTES = peer_placement.LOCALITY_MIN_BYTES
+
+#: after a spill-over that moved nothing, how long the next waits: the node turns once per
+#: message, and each look goes over the first SPILL_SCAN queued tasks (a 4-node fan-out
+#: spent most of the head's CPU looking, with every peer busy)
+SPILL_PAUSE_S = 0.002
 
 #: what only an actor's home node acts on: names are looked up there, lifetime is kept there
 _HOME_ONLY_OPTIONS = ("name", "get_if_exists", "lifetime", "namespace")
@@ -53,6 +59,8 @@ class NodeForwarding:
         self.actor_homes: dict[bytes, str] = {}  # other nodes' actors we were handed
         self.contained_info: dict[bytes, tuple[tuple[bytes, bytes | None, int, bool, str], ...]]
         self.contained_info = {}  # refs inside a peer's value, until that value arrives
+        self.spill_after = 0.0  # no spill-over before (monotonic): the last moved nothing
+        self.spill_skipped = False  # one was skipped for that: the loop wakes to do it
 
     def peer_nodes(self) -> list[NodeInfo]:
         return self.node.state.peers()
@@ -82,8 +90,27 @@ class NodeForwarding:
 
     def spill_over(self) -> None:
         """Queued tasks that this node cannot run now go to peers that can (its decision:
-        ``NodeState.spill_over``)."""
-        self.node.execute(self.node.state.spill_over(self.links.node_clients))
+        ``NodeState.spill_over``), looked for at most every SPILL_PAUSE_S while none can."""
+        now = time.monotonic()
+        if now < self.spill_after:
+            self.spill_skipped = True
+            return
+        self.spill_skipped = False
+        out = self.node.state.spill_over(self.links.node_clients)
+        if out:
+            self.node.execute(out)
+        else:
+            self.spill_after = now + SPILL_PAUSE_S
+
+    def poll_timeout_ms(self, idle_ms: int) -> int:
+        """How long the loop may sleep: a skipped spill-over is done once its pause ends."""
+        if not self.spill_skipped:
+            return idle_ms
+        left = self.spill_after - time.monotonic()
+        if left <= 0:
+            self.spill_skipped = False  # (the turn now does it, if spill-over still applies)
+            return 0
+        return min(idle_ms, int(left * 1000) + 1)
 
     def provide(self, link: PeerLink, object_ids: tuple[bytes, ...]) -> None:
         """Tell a peer the values (or where they are) of the objects a call uses; those not

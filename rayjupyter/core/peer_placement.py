@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Iterable, Mapping
+from itertools import islice
 
 from rayjupyter.core.head import NodeInfo
 from rayjupyter.core.scheduler import ResourcePool, TaskRecord, TaskState
@@ -85,28 +86,40 @@ def spill(
     from_peers: Container[bytes],
 ) -> list[tuple[TaskRecord, NodeInfo]]:
     """Take off the ready queue the tasks that this node cannot run now and a peer can
-    (``choose_peer``), at most SPILL_SCAN per turn, each charged to its peer so the next
+    (``choose_peer``), among the first SPILL_SCAN, each charged to its peer so the next
     choice sees it taken. Tasks a peer sent us (owner in ``from_peers``) and tasks pinned
-    here by node affinity stay, in their order."""
-    kept: list[TaskRecord] = []
+    here by node affinity stay, in their order.
+
+    The node asks at every turn of its loop, mostly while every peer is busy: a demand
+    found staying here is not looked at again this turn (nothing frees within one, and a
+    charge only takes), and the queue is rebuilt only up to the last task that moved. A
+    turn over a full queue then costs a look per task, not a placement."""
+    stays: set[tuple[tuple[str, float], ...]] = set()
     moves: list[tuple[TaskRecord, NodeInfo]] = []
-    for _ in range(min(len(ready), SPILL_SCAN)):
-        task = ready.popleft()
+    reach = 0  # the queue's head up to the last task moved or dropped is rebuilt
+    for index, task in enumerate(islice(ready, SPILL_SCAN)):
         if task.state is not TaskState.READY:
-            continue  # failed while queued (NodeState.stale is an upper bound)
+            reach = index + 1  # failed while queued (NodeState.stale is an upper bound)
+            continue
+        if task.owner in from_peers or task.strategy.startswith("node:"):
+            continue  # sent to us by a peer, or placed here by its node affinity
         demand = task.demand
-        if (
-            task.owner in from_peers
-            or resources.fits(demand)
-            or task.strategy.startswith("node:")  # placed here by its node affinity
-        ):
-            kept.append(task)  # runs here (sent to us by a peer, or waits for a worker)
+        key = tuple(demand.items())
+        if key in stays:
+            continue
+        if resources.fits(demand):
+            stays.add(key)  # it waits for a worker here
             continue
         target = choose_peer(demand, peers, resources.feasible(demand))
         if target is None:
-            kept.append(task)
+            stays.add(key)
         else:
             charge(target, demand)
             moves.append((task, target))
-    ready.extendleft(reversed(kept))
+            reach = index + 1
+    if reach:
+        moved = {id(task) for task, _ in moves}
+        scanned = [ready.popleft() for _ in range(reach)]
+        kept = [t for t in scanned if t.state is TaskState.READY and id(t) not in moved]
+        ready.extendleft(reversed(kept))
     return moves
