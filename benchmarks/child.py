@@ -8,7 +8,6 @@ timeout still reports what it measured.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks import workloads
+from benchmarks import procs, workloads
 from benchmarks.backends import BACKENDS, Backend
 
 SIZES = {"full": workloads.FULL, "quick": workloads.QUICK, "tiny": workloads.TINY}
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack-dump-after", type=float, default=0.0, help="seconds; 0 = never")
     args = parser.parse_args(argv)
     if args.stack_dump_after > 0:  # a hang leaves every thread's stack in the log
-        faulthandler.dump_traceback_later(args.stack_dump_after, exit=False)
+        procs.dump_stacks_later(args.stack_dump_after)
     result = Result(args.backend, args.out)
     run_backend(BACKENDS[args.backend](), SIZES[args.size], args.num_cpus, result)
     return 0

@@ -49,3 +49,28 @@ def wait_gone(procs: list[psutil.Process], limit_s: float) -> list[psutil.Proces
         time.sleep(0.005)
         left = [p for p in left if alive(p)]
     return left
+
+
+def dump_stacks_later(seconds: float) -> None:
+    """Print every thread's Python stack to stderr once ``seconds`` have passed (a row that
+    hangs leaves where it hung in its log). A timer thread that takes the GIL, not
+    ``faulthandler.dump_traceback_later``: that one reads other threads' frames without
+    the GIL, and a row's child died of SIGSEGV right after its dump (CI8)."""
+    import sys
+    import threading
+    import traceback
+
+    def dump() -> None:
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        lines = [f"--- stacks after {seconds:.0f} s ---\n"]
+        for ident, frame in sys._current_frames().items():
+            if ident == threading.get_ident():
+                continue
+            lines.append(f"Thread {names.get(ident, ident)}:\n")
+            lines += traceback.format_stack(frame)
+        sys.stderr.write("".join(lines))
+        sys.stderr.flush()
+
+    timer = threading.Timer(seconds, dump)
+    timer.daemon = True
+    timer.start()

@@ -11,7 +11,6 @@ result file is rewritten after every step, so a killed row still reports what it
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import gc
 import importlib
 import json
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack-dump-after", type=float, default=0.0, help="seconds; 0: never")
     args = parser.parse_args(argv)
     if args.stack_dump_after > 0:  # a hang leaves every thread's stack in the log
-        faulthandler.dump_traceback_later(args.stack_dump_after, exit=False)
+        procs.dump_stacks_later(args.stack_dump_after)
     row = Row(args.out, args.backend, args.workload, args.size)
     try:
         run(args, row)
