@@ -117,6 +117,25 @@ def test_a_lent_worker_is_taken_back_when_other_work_waits():
         rj.shutdown()
 
 
+def test_a_placement_group_takes_the_lent_worker_back_at_once(monkeypatch):
+    """A bundle reserved here may take the CPU a lent worker holds (a lease counts as
+    free): the node asks for the worker back then, not when the driver leaves it idle."""
+    from rayjupyter.core import task_leases
+    from rayjupyter.util.placement_group import placement_group, remove_placement_group
+
+    monkeypatch.setattr(task_leases, "IDLE_S", 600.0)  # no idle return in this test
+    rj.init(num_cpus=1)
+    try:
+        hold_lease()
+        group = placement_group([{"CPU": 1}])  # (not waited on: a wait queues a task)
+        wait_for_condition(lambda: _client().task_leases.lease is None, timeout=30)
+        assert group.wait(timeout_seconds=30)
+        assert rj.available_resources().get("CPU", 0.0) == 0.0  # not overcommitted
+        remove_placement_group(group)
+    finally:
+        rj.shutdown()
+
+
 @rj.remote(num_cpus=1)
 class Counter:
     def __init__(self) -> None:

@@ -222,8 +222,15 @@ class NodePlacement:
         self.hold(bundles)
 
     def hold(self, bundles: Any) -> None:
+        held = self.ledger.held
+        reserves = any((group_id, index) not in held for group_id, index, _ in bundles)
         for group_id in self.ledger.reconcile(bundles):
             self.end_running_work(group_id)
+        leases = self.node.state.leases
+        if reserves and leases.leases:
+            # a bundle may take what a worker lent to a driver holds (it counts as free):
+            # that worker comes back now, not when its driver leaves it idle
+            self.node.execute(leases.revoke_all())
 
     def group_removed(self, group_id: bytes) -> None:
         """Fail its queued tasks, kill its actors (and running tasks), give back its bundles."""
