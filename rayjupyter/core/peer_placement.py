@@ -94,25 +94,24 @@ def spill(
     found staying here is not looked at again this turn (nothing frees within one, and a
     charge only takes), and the queue is rebuilt only up to the last task that moved. A
     turn over a full queue then costs a look per task, not a placement."""
-    stays: set[tuple[tuple[str, float], ...]] = set()
+    stays: list[dict[str, float]] = []  # (compared in C: no key built per task)
     moves: list[tuple[TaskRecord, NodeInfo]] = []
     reach = 0  # the queue's head up to the last task moved or dropped is rebuilt
     for index, task in enumerate(islice(ready, SPILL_SCAN)):
         if task.state is not TaskState.READY:
             reach = index + 1  # failed while queued (NodeState.stale is an upper bound)
             continue
+        demand = task.demand
+        if demand in stays:
+            continue
         if task.owner in from_peers or task.strategy.startswith("node:"):
             continue  # sent to us by a peer, or placed here by its node affinity
-        demand = task.demand
-        key = tuple(demand.items())
-        if key in stays:
-            continue
         if resources.fits(demand):
-            stays.add(key)  # it waits for a worker here
+            stays.append(demand)  # it waits for a worker here
             continue
         target = choose_peer(demand, peers, resources.feasible(demand))
         if target is None:
-            stays.add(key)
+            stays.append(demand)
         else:
             charge(target, demand)
             moves.append((task, target))
