@@ -39,6 +39,8 @@ from rayjupyter.core.queries import Replies
 from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.task_leases import TaskLeases
 
+#: functions of revoked tasks a worker keeps at most (the oldest go first)
+REVOKED_FUNCTIONS_MAX = 64
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
@@ -112,6 +114,8 @@ class Client:
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
         self._revoked: set[bytes] = set()  # prefetched tasks the node took back
+        # the functions those carried: tasks sent after them count on them (prefetch.py)
+        self.revoked_functions: dict[bytes, bytes] = {}
         self._block_lock = threading.Lock()
         self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
         self._blocks_answered = 0
@@ -320,7 +324,7 @@ class Client:
                     while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
                         self._pump(FLUSH_INTERVAL_S)
                 if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
-                    self._revoked.discard(task.task_id)  # the node gave it to another worker
+                    self._drop_revoked(task)  # the node gave it to another worker
                     continue
                 return task
             if self.outbox.closed:
@@ -401,9 +405,18 @@ class Client:
         while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
             self._pump(FLUSH_INTERVAL_S)  # it may have been sent ahead and revoked since
         if task.task_id in self._revoked:
-            self._revoked.discard(task.task_id)
+            self._drop_revoked(task)
             return
         run(task)
+
+    def _drop_revoked(self, task: P.ExecuteTask) -> None:
+        """A task the node took back is not run; the function it carried is kept."""
+        self._revoked.discard(task.task_id)
+        if task.func_blob is not None:
+            kept = self.revoked_functions
+            if len(kept) >= REVOKED_FUNCTIONS_MAX:  # (the node sends it again after that)
+                del kept[next(iter(kept))]
+            kept[task.func_id] = task.func_blob
 
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
         """Block until ``num_ready`` of the objects are available here; False on timeout."""

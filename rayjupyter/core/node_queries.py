@@ -150,7 +150,9 @@ class NodeQueries:
                 name = TASK_STATE_NAMES[state]
                 tasks[name] = tasks.get(name, 0) + count
         # a task sent ahead to a busy worker (prefetch) waits there: pending, not running
-        prefetched = sum(1 for w in self.workers.values() if w.prefetched is not None)
+        prefetched = sum(
+            1 + len(w.ahead) for w in self.workers.values() if w.prefetched is not None
+        )
         if prefetched:
             tasks[RUNNING] -= prefetched
             tasks[PENDING_NODE_ASSIGNMENT] = tasks.get(PENDING_NODE_ASSIGNMENT, 0) + prefetched

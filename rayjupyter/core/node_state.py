@@ -45,6 +45,7 @@ from rayjupyter.core.node_instructions import (  # (the tests read them as node_
 from rayjupyter.core.node_instructions import NONE as _NONE
 from rayjupyter.core.node_instructions import OPCODE_NAMES as OPCODE_NAMES
 from rayjupyter.core.placement_groups import cpu_share, gpu_amount
+from rayjupyter.core.prefetch import Prefetch
 from rayjupyter.core.scheduler import OCCUPYING as OCCUPYING
 from rayjupyter.core.scheduler import (
     ResourcePool,
@@ -90,6 +91,7 @@ class NodeState:
         self.node_id = b""
         self.actor_table = ActorTable(self)
         self.leases = WorkerLeases(self)  # workers lent to local drivers (worker_leases.py)
+        self.prefetching = Prefetch(self)  # tasks sent ahead to busy workers (prefetch.py)
 
     # ------------------------------------------------------------------ tasks
 
@@ -249,9 +251,8 @@ class NodeState:
         ``answered``: its results went to its driver directly: the worker may stay lent
         to that driver (worker_leases.py)."""
         self._release(task, worker)
-        following = worker.prefetched
+        following = self.prefetching.next_of(worker)
         if following is not None:  # the worker has started it already
-            worker.prefetched = None
             worker.task = following
             self.resources.acquire(following.demand)
             out: list[Instruction] = [(STARTED, following, worker)]
@@ -294,7 +295,8 @@ class NodeState:
         if worker.task is None or worker.state is not WorkerState.BUSY:
             return [(REVOKE, None, worker, True)]
         worker.task.waits_for = waiting_for
-        out = self._revoke(worker, answers_block=True) or [(REVOKE, None, worker, True)]
+        out = self.prefetching.take_back(worker, answers_block=True)
+        out = out or [(REVOKE, None, worker, True)]
         total = self.resources.total
         lending = {k: v for k, v in cpu_share(worker.task.demand).items() if k in total}
         self.resources.release(lending)
@@ -334,19 +336,6 @@ class NodeState:
         worker.prefetched = child
         worker.transition(WorkerState.BLOCKED)
 
-    def _revoke(self, worker: WorkerRecord, answers_block: bool) -> list[Instruction]:
-        """Take back a task sent ahead; it goes first in the queue again. The worker drops
-        the message that sent it, which may have carried its function: send that again."""
-        task = worker.prefetched
-        if task is None:
-            return _NONE
-        worker.prefetched = None
-        worker.known_funcs.discard(task.func_id)
-        task.worker = None
-        task.transition(TaskState.READY)
-        self.ready.appendleft(task)
-        return [(REVOKE, task, worker, answers_block)]
-
     def worker_died(self, worker: WorkerRecord, cause: str, respawn: bool) -> list[Instruction]:
         """Its process exited: retry or fail what it ran, hand an actor's death on, and
         keep the plain pool at its size (``respawn``: the node still runs)."""
@@ -357,12 +346,9 @@ class NodeState:
         worker.transition(WorkerState.DEAD)
         del self.workers[worker.client_id]
         out: list[Instruction] = self.leases.worker_died(worker, cause)
-        following = worker.prefetched
-        if following is not None:
-            # sent ahead: it may have started as the worker died, so it counts as an attempt
-            worker.prefetched = None
-            following.worker = None
-            out.append((UNPIN, following))
+        following, requeued = self.prefetching.lost_with(worker)
+        out += requeued
+        if following is not None:  # sent ahead: it may have started as the worker died
             out += self._attempt_lost(following, worker.pid, cause)
         if worker.actor_id:
             out.append((ACTOR_PROCESS_DIED, worker, cause))
@@ -488,44 +474,8 @@ class NodeState:
         return [(KILL, worker) for worker in victims] if victims else _NONE
 
     def prefetch(self) -> list[Instruction]:
-        """With more queued tasks than workers, send each busy worker its next task now.
-
-        A worker then starts its next task the moment it finishes one, instead of idling
-        for a round trip through the node; this roughly doubles the rate of short tasks.
-        Only a task with the same demand (it inherits the finished task's resources), of
-        the worker's own pool, needing no GPU, behind a task without max_calls.
-        """
-        ready = self.ready
-        if len(ready) <= self.pool_size or self.scheduler.idle:
-            return _NONE
-        out: list[Instruction] = []
-        for worker in self.workers.values():
-            if not ready:
-                break
-            running = worker.task
-            if (
-                worker.state is not WorkerState.BUSY
-                or worker.prefetched is not None
-                or worker.suspended
-                or worker.actor_id
-                or running is None
-                or worker.client_id in self.leases.leases  # lent to a driver
-            ):
-                continue
-            task = ready[0]
-            if task.state is not TaskState.READY:
-                ready.popleft()  # defensive: the queue holds READY tasks only
-                continue
-            if task.demand != running.demand or task.pool != running.pool:
-                continue
-            if gpu_amount(task.demand) or running.max_calls:  # (its worker may exit after it)
-                continue
-            ready.popleft()
-            task.transition(TaskState.RUNNING)
-            task.worker = worker.client_id
-            worker.prefetched = task
-            out.append((EXECUTE, task, worker))
-        return out
+        """Busy workers get their next tasks now (``prefetch.Prefetch.send_ahead``)."""
+        return self.prefetching.send_ahead()
 
     # ------------------------------------------------------------------ peers
 
@@ -578,8 +528,8 @@ class NodeState:
             if task.actor_id:  # only an async actor can stop a running call (as in Ray)
                 task.transition(TaskState.CANCELLED)
                 out.append((CANCEL_CALL, task, worker))
-            elif worker.prefetched is task:  # sent ahead, not started: take it back
-                worker.prefetched = None
+            elif worker.prefetched is task or task in worker.ahead:  # sent ahead, not started
+                self.prefetching.drop(worker, task)  # (those sent after it stay there)
                 worker.known_funcs.discard(task.func_id)  # (the dropped message had it)
                 task.worker = None
                 task.transition(TaskState.CANCELLED)

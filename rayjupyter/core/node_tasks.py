@@ -125,6 +125,7 @@ class NodeTasks:
         self.direct = DirectLinks(pool.channels, clients, send, self._actor_of)
         self.owned = state.owned  # tasks per client not ended (a burst is answered by us)
         self.leases = state.leases  # workers lent to local drivers (worker_leases.py)
+        self.prefetching = state.prefetching  # tasks sent ahead to busy workers
         # ends of tasks drivers sent leased workers that came before the drivers' notices
         self.early_ends: dict[bytes, P.TaskFinished] = {}
         self.max_tasks_per_client = bound("tasks_per_client")
@@ -340,7 +341,9 @@ class NodeTasks:
     ) -> None:
         for instruction in instructions:
             if instruction[0] == FINISHED:
-                self.events.ended(task.task_id, failed=False)
+                ran = self.events.ended(task.task_id, failed=False)
+                if ran is not None:  # (short functions get several tasks sent ahead)
+                    self.prefetching.ran(task.func_id, ran)
                 direct = message.direct
                 for object_id, inline, size, contained in message.results:
                     self.set_ready(object_id, inline, size, False, contained, "", direct)
@@ -493,7 +496,8 @@ class NodeTasks:
         if task.func_id not in worker.known_funcs:
             func_blob = self.funcs.get(task.func_id)
             worker.known_funcs.add(task.func_id)
-        if worker.prefetched is not task:  # one sent ahead starts when the current one ends
+        if worker.prefetched is not task and task not in worker.ahead:  # one sent ahead
+            # starts when the one before it ends
             self.events.started(task.task_id, worker.pid, task.attempt)
         generator, credit = "", -1
         if self.generators.modes:  # (a plain task pays one check on this hot path)

@@ -151,6 +151,7 @@ class WorkerRecord:
     lent: dict[str, float] = field(default_factory=dict)  # resources given back while blocked
     actor_id: bytes = b""  # set for a process dedicated to an actor
     prefetched: TaskRecord | None = None  # sent ahead, to start when the current task ends
+    ahead: list[TaskRecord] = field(default_factory=list)  # sent after it (prefetch.py)
     handle: Any = None  # the node's process handle (Popen), opaque here
     env: str = ""  # runtime_env digest it was started in ("" for the plain pool)
     pool: str = ""  # what it was started for (worker_pool.pool_of); "" for the plain pool

@@ -72,8 +72,12 @@ def validate(state: NodeState, held_elsewhere: dict[str, float]) -> None:
             assert running is None, f"{kind.name} worker pid {worker.pid} holds a task"
             assert not worker.suspended, f"{kind.name} pid {worker.pid} has suspended tasks"
             assert not worker.lent, f"{kind.name} worker pid {worker.pid} lends"
-        following = worker.prefetched
-        if following is not None:
+        assert worker.prefetched is not None or not worker.ahead, (
+            f"pid {worker.pid} has tasks sent ahead after none"
+        )
+        for following in (worker.prefetched, *worker.ahead):
+            if following is None:
+                continue
             assert kind is WorkerState.BUSY, f"{kind.name} pid {worker.pid} has a task sent ahead"
             assert following is not running, f"pid {worker.pid} prefetched its own task"
             assert following.state is TaskState.RUNNING, (

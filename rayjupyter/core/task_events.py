@@ -110,12 +110,15 @@ class TaskEventLog:
             event.worker_pid = worker_pid
             event.attempt = attempt
 
-    def ended(self, task_id: bytes, failed: bool) -> None:
+    def ended(self, task_id: bytes, failed: bool) -> float | None:
+        """Record its end; how long it ran (seconds), if its start was recorded."""
         event = self.events.get(task_id)
-        if event is not None:
-            event.state = FAILED if failed else FINISHED
-            event.finished_at = time.time()
-            self._ended[task_id] = None
+        if event is None:
+            return None
+        event.state = FAILED if failed else FINISHED
+        event.finished_at = now = time.time()
+        self._ended[task_id] = None
+        return now - event.started_at if event.started_at else None
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Counts per name and state, built here: much less to send than every row."""
