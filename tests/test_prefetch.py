@@ -11,7 +11,7 @@ from rayjupyter.core import prefetch
 from rayjupyter.core.scheduler import TaskState, WorkerState
 
 
-def short_shell(cpus: int = 1, tasks: int = 6):
+def short_shell(cpus: int = 1, tasks: int = 12):
     shell = node(cpus=cpus, workers=cpus)
     shell.state.prefetching.ran(b"func", 0.0001)  # (make_task's function ran short here)
     queued = [shell.submit(make_task(f"t{i}", max_retries=1)) for i in range(tasks)]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rayjupyter.core.node_state import NodeState
 
 #: tasks a worker holds at most: the one it runs, plus those sent ahead
-PREFETCH_DEPTH = 4
+PREFETCH_DEPTH = 8
 #: a function whose last run here took less (seconds) may have several tasks sent ahead
 SHORT_TASK_S = 0.002
 #: functions remembered as short; past this the set starts again (a cache: forgetting one
