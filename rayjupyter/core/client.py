@@ -36,11 +36,10 @@ from rayjupyter.core.exceptions import (
 )
 from rayjupyter.core.object_ref import reference_counter
 from rayjupyter.core.queries import Replies
+from rayjupyter.core.revoked_tasks import RevokedTasks
 from rayjupyter.core.runtime_env import RuntimeEnv
 from rayjupyter.core.task_leases import TaskLeases
 
-#: functions of revoked tasks a worker keeps at most (the oldest go first)
-REVOKED_FUNCTIONS_MAX = 64
 FLUSH_INTERVAL_S = 0.05  # how long a ref-count change may wait for a message to ride on
 LIVENESS_CHECK_S = 1.0  # how often a waiting driver checks that its local node still runs
 WAITING_FOR_MAX = 64  # a worker's get of more objects than this names none (WorkerBlocked)
@@ -113,9 +112,7 @@ class Client:
         self.tasks: queue.SimpleQueue[P.WorkerOrder | None] = queue.SimpleQueue()
         self._ready_callbacks: dict[bytes, list[Callable[[P.ObjectInfo], None]]] = {}
         self.last_heard = time.monotonic()  # when the node last sent us anything
-        self._revoked: set[bytes] = set()  # prefetched tasks the node took back
-        # the functions those carried: tasks sent after them count on them (prefetch.py)
-        self.revoked_functions: dict[bytes, bytes] = {}
+        self.revoked = RevokedTasks()  # tasks sent ahead that the node took back
         self._block_lock = threading.Lock()
         self._blocks_sent = 0  # WorkerBlocked(True) sent; the node answers each (RevokeTask)
         self._blocks_answered = 0
@@ -323,9 +320,8 @@ class Client:
                     # the node may have taken it back when we last blocked: hear it first
                     while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
                         self._pump(FLUSH_INTERVAL_S)
-                if isinstance(task, P.ExecuteTask) and task.task_id in self._revoked:
-                    self._drop_revoked(task)  # the node gave it to another worker
-                    continue
+                if isinstance(task, P.ExecuteTask) and self.revoked.drop(task):
+                    continue  # the node gave it to another worker
                 return task
             if self.outbox.closed:
                 return None
@@ -404,19 +400,8 @@ class Client:
         task = self._lent.popleft()
         while self._blocks_answered < self._blocks_sent and not self.outbox.closed:
             self._pump(FLUSH_INTERVAL_S)  # it may have been sent ahead and revoked since
-        if task.task_id in self._revoked:
-            self._drop_revoked(task)
-            return
-        run(task)
-
-    def _drop_revoked(self, task: P.ExecuteTask) -> None:
-        """A task the node took back is not run; the function it carried is kept."""
-        self._revoked.discard(task.task_id)
-        if task.func_blob is not None:
-            kept = self.revoked_functions
-            if len(kept) >= REVOKED_FUNCTIONS_MAX:  # (the node sends it again after that)
-                del kept[next(iter(kept))]
-            kept[task.func_id] = task.func_blob
+        if not self.revoked.drop(task):
+            run(task)
 
     def wait_objects(self, object_ids: list[bytes], num_ready: int, timeout: float | None) -> bool:
         """Block until ``num_ready`` of the objects are available here; False on timeout."""
@@ -573,7 +558,7 @@ class Client:
                 notify = True
             elif kind is P.RevokeTask:
                 if message.task_id:
-                    self._revoked.add(message.task_id)
+                    self.revoked.ids.add(message.task_id)
                 if message.answers_block:
                     self._blocks_answered += 1
             elif kind is P.Reply:

@@ -118,7 +118,7 @@ class Prefetch:
 
     def drop(self, worker: WorkerRecord, task: TaskRecord) -> None:
         """One task sent ahead is taken back alone (cancelled); those after it stay, and
-        the worker keeps the function the dropped message carried (Client._drop_revoked)."""
+        the worker keeps the function the dropped message carried (revoked_tasks.py)."""
         if worker.prefetched is task:
             worker.prefetched = worker.ahead.pop(0) if worker.ahead else None
         else:

@@ -156,7 +156,7 @@ class TaskExecutor:
     def _function(self, task: P.ExecuteTask) -> Callable[..., Any]:
         function = self.functions.get(task.func_id)
         if function is None:
-            blob = task.func_blob or self.client.revoked_functions.pop(task.func_id, None)
+            blob = task.func_blob or self.client.revoked.function(task.func_id)
             function = cloudpickle.loads(blob or b"")
             self.functions[task.func_id] = function
         return function
